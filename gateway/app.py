@@ -1,0 +1,125 @@
+"""Wires the stages together; nothing else does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.dedup import RedeliveryFilter
+from gateway.decode.profile import ProfileSet, load_profiles
+from gateway.ingest.mqtt import MqttSubscriber
+from gateway.pipeline import IngestPipeline
+from gateway.registry import Registry, load_registry
+from gateway.stats import Stats
+from gateway.store.backoff import Backoff
+from gateway.store.drain import OutboxDrain
+from gateway.store.influx import InfluxWriter
+from gateway.store.outbox import Outbox
+from gateway.store.series import SeriesMapper
+
+log = logging.getLogger(__name__)
+
+
+def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry]:
+    """Profiles and registry, checked; raises ConfigError naming the file and field."""
+    profiles = load_profiles(config.profiles_dir, CODECS)
+    registry = load_registry(config.registry_file) if config.registry_file else Registry()
+    return profiles, registry
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.stats = Stats()
+        self.profiles, self.registry = load_catalogue(config)
+        self.outbox = Outbox(
+            config.outbox.path,
+            max_bytes=config.outbox.max_bytes,
+            synchronous=config.outbox.synchronous,
+            quarantine_max_rows=config.outbox.quarantine_max_rows,
+        )
+        redelivery = RedeliveryFilter()
+        redelivery.restore(self.outbox.redelivery_keys())
+        ingest = config.ingest
+        decoder = Decoder(
+            self.profiles,
+            self.registry,
+            self.clock,
+            max_payload_bytes=ingest.max_payload_bytes,
+            require_registered=ingest.require_registered,
+            max_future_skew_s=ingest.max_future_skew_s,
+        )
+        self.pipeline = IngestPipeline(
+            decoder,
+            redelivery,
+            SeriesMapper(self.profiles, self.registry),
+            self.outbox,
+            self.stats,
+            commit_max_messages=ingest.commit_max_messages,
+            commit_interval_s=ingest.commit_interval_s,
+        )
+        self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Until stop(); then finishes the batch in hand and closes the outbox."""
+        tasks: list[asyncio.Task[None]] = []
+        writer: InfluxWriter | None = None
+        try:
+            if self.config.influx is not None:
+                influx = self.config.influx
+                writer = InfluxWriter(influx)
+                await writer.__aenter__()
+                drain = OutboxDrain(
+                    self.outbox,
+                    writer,
+                    Backoff(influx.backoff_initial_s, influx.backoff_max_s),
+                    self.clock,
+                    self.stats,
+                    batch_lines=influx.batch_lines,
+                )
+                self.pipeline.listeners.append(lambda _: drain.wakeup.set())
+                tasks.append(asyncio.create_task(drain.run(), name="drain"))
+            else:
+                tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
+            if self.subscriber is not None:
+                await self.subscriber.start()
+                tasks.append(
+                    asyncio.create_task(
+                        self.pipeline.run(self.subscriber, self.stopping), name="ingest"
+                    )
+                )
+            stop = asyncio.create_task(self.stopping.wait())
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            for task in done:
+                if task is not stop and task.exception() is not None:
+                    log.error("the %s stage failed: %s", task.get_name(), task.exception())
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.stopping.set()
+            if self.subscriber is not None:
+                self.subscriber.stop()
+            for task in tasks:
+                if task.get_name() != "ingest":
+                    task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if writer is not None:
+                await writer.__aexit__(None, None, None)
+            self.outbox.close()
+
+    async def _watch_depth(self) -> None:
+        # With no database configured the outbox only grows; keep its depth in view.
+        while True:
+            self.stats.outbox_depth = await asyncio.to_thread(self.outbox.depth)
+            await self.clock.sleep(1.0)
+
+    def stop(self) -> None:
+        self.stopping.set()

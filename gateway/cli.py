@@ -1,0 +1,104 @@
+"""`community-gateway`: run, check, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError, GatewayError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="community-gateway",
+        description="Monitoring gateway for smart complete communities.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the gateway")
+    run.add_argument("--config", type=Path, required=True, help="gateway YAML config file")
+
+    check = commands.add_parser("check", help="check a config, its device profiles and registry")
+    check.add_argument("--config", type=Path, required=True)
+
+    from simulators.cli import add_arguments, run_from_args
+
+    simulate = commands.add_parser("simulate", help="publish simulated device traffic")
+    add_arguments(simulate)
+
+    demo = commands.add_parser("demo", help="the whole system on embedded defaults")
+    demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--devices", type=int, default=200)
+    demo.add_argument(
+        "--period-scale",
+        type=float,
+        default=0.05,
+        help="devices report this many times their typical period (0.05: 20 times faster)",
+    )
+    demo.add_argument("--seed", type=int, default=7)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "run":
+            config = load_config(args.config)
+            _configure_logging(config)
+            return asyncio.run(_run(config))
+        if args.command == "simulate":
+            return run_from_args(args)
+        from gateway.demo import run_demo
+
+        return asyncio.run(run_demo(args.seconds, args.devices, args.period_scale, args.seed))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check(path: Path) -> int:
+    from gateway.app import load_catalogue
+
+    config = load_config(path)
+    profiles, registry = load_catalogue(config)
+    print(f"{path}: ok")
+    print(f"  device profiles: {len(profiles)} ({', '.join(sorted(profiles.by_name))})")
+    print(f"  registered devices: {len(registry)}")
+    print(f"  outbox: {config.outbox.path}")
+    print(f"  time-series database: {config.influx.url if config.influx else 'none (outbox only)'}")
+    return 0
+
+
+def _configure_logging(config: GatewayConfig) -> None:
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _run(config: GatewayConfig) -> int:
+    from gateway.app import Gateway
+
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, gateway.stop)
+    await gateway.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

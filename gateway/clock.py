@@ -1,0 +1,60 @@
+"""Injected time, so that batching and rule tests never sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Wall-clock time in epoch milliseconds."""
+
+    def monotonic_s(self) -> float:
+        """Monotonic seconds, for intervals and timeouts."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait; a manual clock returns when time is advanced past the deadline."""
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic_s(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class ManualClock:
+    """A clock that moves only when told to; sleepers wake when their deadline passes."""
+
+    def __init__(self, start_ms: int = 1_767_225_600_000) -> None:
+        self._now_ms = start_ms
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def monotonic_s(self) -> float:
+        return self._now_ms / 1000.0
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.monotonic_s() + seconds, future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        self._now_ms += round(seconds * 1000)
+        now_s = self.monotonic_s()
+        due = [(t, f) for t, f in self._sleepers if t <= now_s]
+        self._sleepers = [(t, f) for t, f in self._sleepers if t > now_s]
+        for _, future in due:
+            if not future.done():
+                future.set_result(None)

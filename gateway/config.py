@@ -1,0 +1,141 @@
+"""The gateway's configuration: one typed model, checked once at start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from gateway import PROJECT_ROOT
+from gateway.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    # Operator config is strict: a misspelt key is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = Field("community-gateway", min_length=1, max_length=64)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive_s: int = Field(30, ge=5)
+    # How many unacknowledged QoS 1 messages the broker may have in flight to us (MQTT 5).
+    receive_maximum: int = Field(10_000, ge=1, le=65_535)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    topics: tuple[str, ...] = ("community/+/+/+/+", "vendor/acme-smoke/+/up")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class InfluxConfig(_Strict):
+    url: str
+    api: Literal["v1", "v2"] = "v1"
+    # InfluxDB 1.x API
+    database: str = "community"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    # InfluxDB 2.x/3.x API (also served by InfluxDB 1.8+)
+    org: str | None = None
+    bucket: str | None = None
+    token: SecretStr | None = None
+    batch_lines: int = Field(5000, ge=1, le=5000)
+    timeout_s: float = Field(10.0, gt=0)
+    gzip: bool = True
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _v2_needs_bucket(self) -> InfluxConfig:
+        if self.api == "v2" and not self.bucket:
+            raise ValueError("api v2 needs 'bucket' (and 'org', 'token' for InfluxDB 2.x)")
+        return self
+
+
+class OutboxConfig(_Strict):
+    path: Path = Path("var/outbox.sqlite3")
+    max_bytes: int = Field(1 << 30, ge=1 << 20)
+    # "full" survives power loss; "normal" survives a crashed process only.
+    synchronous: Literal["full", "normal"] = "full"
+    quarantine_max_rows: int = Field(100_000, ge=100)
+
+
+class IngestConfig(_Strict):
+    max_payload_bytes: int = Field(16 * 1024, ge=256)
+    # Reject messages from devices missing from the registry.
+    require_registered: bool = False
+    commit_interval_s: float = Field(0.05, gt=0)
+    commit_max_messages: int = Field(5000, ge=1)
+    # Reject device timestamps this far ahead of the gateway's clock.
+    max_future_skew_s: float = Field(24 * 3600, gt=0)
+
+
+class GatewayConfig(_Strict):
+    mqtt: MqttConfig | None = MqttConfig()
+    # None: no time-series database; points stay in the outbox.
+    influx: InfluxConfig | None = None
+    outbox: OutboxConfig = OutboxConfig()
+    ingest: IngestConfig = IngestConfig()
+    profiles_dir: Path = PROJECT_ROOT / "device_profiles"
+    registry_file: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and check a YAML config file; relative paths are taken from the file's folder.
+
+    `${NAME}` in a value is replaced by the environment variable NAME, so that
+    secrets need not be written into the file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(os.path.expandvars(text)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "", "expected a mapping at the top level")
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error(str(path), exc) from exc
+    return _resolve_paths(config, path.parent)
+
+
+def config_error(file: str, exc: ValidationError) -> ConfigError:
+    """The first problem of a pydantic error, as a ConfigError naming the field."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[1:]
+    )
+    message = first["msg"] + (f" (also {problems})" if problems else "")
+    return ConfigError(file, field, message)
+
+
+def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    outbox = config.outbox.model_copy(update={"path": resolve(config.outbox.path)})
+    update: dict[str, object] = {"outbox": outbox, "profiles_dir": resolve(config.profiles_dir)}
+    if config.registry_file is not None:
+        update["registry_file"] = resolve(config.registry_file)
+    return config.model_copy(update=update)

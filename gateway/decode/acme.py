@@ -1,0 +1,86 @@
+"""The ACME NB-IoT smoke detector's 10-byte frame, relayed by a carrier IoT platform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.decode.rejection import RejectReason
+from gateway.errors import DecodeError
+
+FRAME_LENGTH = 10
+HEADER = 0xAA
+PERIODIC_REPORT = 0x01
+ALARM_REPORT = 0x02
+
+# Status bits of byte 2, and the event each one raises in an alarm report.
+STATUS_BITS = (("alarm", 0x01), ("tamper", 0x02), ("low_battery", 0x04), ("fault", 0x08))
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeFrame:
+    frame_type: int
+    alarm: bool
+    tamper: bool
+    low_battery: bool
+    fault: bool
+    battery_pct: int
+    temperature_c: float
+    obscuration_pct_per_m: float
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """An alarm report raises one event per status bit set; a periodic report none."""
+        if self.frame_type != ALARM_REPORT:
+            return ()
+        return tuple(name for name, _ in STATUS_BITS if getattr(self, name))
+
+
+def crc16_modbus(data: bytes) -> int:
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def decode_frame(hex_payload: str) -> AcmeFrame:
+    try:
+        frame = bytes.fromhex(hex_payload)
+    except ValueError as exc:
+        raise DecodeError(RejectReason.BAD_FRAME, "payload is not hexadecimal") from exc
+    if len(frame) != FRAME_LENGTH:
+        raise DecodeError(
+            RejectReason.BAD_FRAME_LENGTH, f"frame is {len(frame)} bytes, expected {FRAME_LENGTH}"
+        )
+    if frame[0] != HEADER:
+        raise DecodeError(RejectReason.BAD_FRAME_HEADER, f"header 0x{frame[0]:02X}, expected 0xAA")
+    expected = crc16_modbus(frame[:8])
+    received = frame[8] | (frame[9] << 8)
+    if received != expected:
+        raise DecodeError(RejectReason.BAD_CRC, f"CRC 0x{received:04X}, computed 0x{expected:04X}")
+    if frame[1] not in (PERIODIC_REPORT, ALARM_REPORT):
+        raise DecodeError(RejectReason.BAD_FRAME_TYPE, f"frame type 0x{frame[1]:02X}")
+    status = frame[2]
+    return AcmeFrame(
+        frame_type=frame[1],
+        alarm=bool(status & 0x01),
+        tamper=bool(status & 0x02),
+        low_battery=bool(status & 0x04),
+        fault=bool(status & 0x08),
+        battery_pct=frame[3],
+        temperature_c=int.from_bytes(frame[4:6], "big", signed=True) / 10,
+        obscuration_pct_per_m=int.from_bytes(frame[6:8], "big") / 100,
+    )
+
+
+def encode_frame(frame: AcmeFrame) -> bytes:
+    """The inverse of decode_frame, for simulators and tests."""
+    status = sum(bit for name, bit in STATUS_BITS if getattr(frame, name))
+    body = (
+        bytes([HEADER, frame.frame_type, status, frame.battery_pct])
+        + round(frame.temperature_c * 10).to_bytes(2, "big", signed=True)
+        + round(frame.obscuration_pct_per_m * 100).to_bytes(2, "big")
+    )
+    crc = crc16_modbus(body)
+    return body + bytes([crc & 0xFF, crc >> 8])

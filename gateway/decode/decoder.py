@@ -1,0 +1,369 @@
+"""Turns an inbound MQTT message into typed records, or rejects it with a reason."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.decode import acme
+from gateway.decode.profile import DeviceProfile, FieldSpec, ProfileSet
+from gateway.decode.record import (
+    DeviceRef,
+    Event,
+    FieldValue,
+    Reading,
+    Record,
+    StatusReport,
+    TimeSource,
+)
+from gateway.decode.rejection import RejectReason
+from gateway.errors import DecodeError
+from gateway.ingest.message import InboundMessage
+from gateway.registry import Registry
+
+CODECS = frozenset({"json", "acme_smoke"})
+
+_COMMUNITY = re.compile(r"[a-z0-9-]{1,32}")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_KINDS = frozenset({"telemetry", "event", "status"})
+# Epoch milliseconds before 2000-01-01 are taken for a device clock that was never set,
+# or for seconds sent where milliseconds were expected.
+_EARLIEST_TS_MS = 946_684_800_000
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedMessage:
+    device: DeviceRef
+    records: tuple[Record, ...]
+    # Identifies a redelivery of the same message: its `seq`, or failing that its `ts`.
+    dedup_key: int | None
+
+
+class _Fields:
+    """A profile's field specs compiled once into a fast checker."""
+
+    __slots__ = ("_specs",)
+
+    def __init__(self, specs: Mapping[str, FieldSpec]) -> None:
+        self._specs = tuple(
+            (name, spec.type, spec.min, spec.max, spec.required) for name, spec in specs.items()
+        )
+
+    def check(self, payload: Mapping[str, Any]) -> dict[str, FieldValue]:
+        values: dict[str, FieldValue] = {}
+        for name, kind, low, high, required in self._specs:
+            value = payload.get(name)
+            if value is None:
+                if required:
+                    raise DecodeError(RejectReason.MISSING_FIELD, f"{name} is required")
+                continue
+            values[name] = _check_value(name, kind, low, high, value)
+        return values
+
+
+def _check_value(
+    name: str, kind: str, low: float | None, high: float | None, value: Any
+) -> FieldValue:
+    number: int | float
+    if kind == "bool":
+        if type(value) is not bool:
+            raise DecodeError(RejectReason.WRONG_TYPE, f"{name} must be a boolean, got {value!r}")
+        return value
+    if kind == "string":
+        if not isinstance(value, str):
+            raise DecodeError(RejectReason.WRONG_TYPE, f"{name} must be a string, got {value!r}")
+        return value
+    if kind == "int":
+        if type(value) is int:
+            number = value
+        elif type(value) is float and value.is_integer():
+            number = int(value)
+        else:
+            raise DecodeError(RejectReason.WRONG_TYPE, f"{name} must be an integer, got {value!r}")
+    else:
+        if type(value) is float:
+            if not math.isfinite(value):
+                raise DecodeError(RejectReason.WRONG_TYPE, f"{name} must be finite, got {value}")
+            number = value
+        elif type(value) is int:
+            number = float(value)
+        else:
+            raise DecodeError(RejectReason.WRONG_TYPE, f"{name} must be a number, got {value!r}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise DecodeError(RejectReason.OUT_OF_RANGE, f"{name}={number} is outside [{low}, {high}]")
+    return number
+
+
+class _CompiledProfile:
+    __slots__ = ("event_fields", "event_kinds", "part_fields", "profile", "telemetry_fields")
+
+    def __init__(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+        self.telemetry_fields = _Fields(profile.telemetry.fields)
+        parts = profile.telemetry.parts
+        self.part_fields = _Fields(parts.fields) if parts else None
+        self.event_kinds = frozenset(profile.events.kinds) if profile.events else frozenset()
+        self.event_fields = _Fields(profile.events.fields) if profile.events else _Fields({})
+
+
+class Decoder:
+    def __init__(
+        self,
+        profiles: ProfileSet,
+        registry: Registry,
+        clock: Clock,
+        *,
+        max_payload_bytes: int = 16 * 1024,
+        require_registered: bool = False,
+        max_future_skew_s: float = 24 * 3600,
+    ) -> None:
+        self._by_type = {t: _CompiledProfile(p) for t, p in profiles.by_device_type.items()}
+        self._vendor = tuple(_CompiledProfile(p) for p in profiles.vendor)
+        self._registry = registry
+        self._clock = clock
+        self._max_payload_bytes = max_payload_bytes
+        self._require_registered = require_registered
+        self._max_future_skew_ms = int(max_future_skew_s * 1000)
+
+    def decode(self, message: InboundMessage) -> DecodedMessage:
+        """Raises DecodeError with the reason the message is rejected."""
+        if len(message.payload) > self._max_payload_bytes:
+            raise DecodeError(
+                RejectReason.TOO_LARGE,
+                f"{len(message.payload)} bytes, at most {self._max_payload_bytes}",
+            )
+        parts = message.topic.split("/")
+        if len(parts) == 5 and parts[0] == "community":
+            return self._decode_canonical(message, parts)
+        for compiled in self._vendor:
+            if _topic_matches(compiled.profile.topics, parts):
+                return self._decode_vendor(message, compiled, parts)
+        raise DecodeError(
+            RejectReason.BAD_TOPIC, f"no device profile takes topic {message.topic!r}"
+        )
+
+    def _decode_canonical(self, message: InboundMessage, parts: list[str]) -> DecodedMessage:
+        _, community, device_type, device_id, kind = parts
+        if not _COMMUNITY.fullmatch(community):
+            raise DecodeError(RejectReason.BAD_TOPIC, f"community {community!r} is not valid")
+        if not _DEVICE_ID.fullmatch(device_id):
+            raise DecodeError(RejectReason.BAD_TOPIC, f"device id {device_id!r} is not valid")
+        if kind not in _KINDS:
+            raise DecodeError(RejectReason.BAD_TOPIC, f"kind {kind!r} is not {sorted(_KINDS)}")
+        compiled = self._by_type.get(device_type)
+        if compiled is None:
+            raise DecodeError(
+                RejectReason.UNKNOWN_DEVICE_TYPE, f"no device profile for {device_type!r}"
+            )
+        self._check_registered(community, device_type, device_id)
+        body = _parse_object(message.payload)
+        device = DeviceRef(community, device_type, device_id)
+        time_ms, source = self._timestamp(body, message.received_ms)
+        seq = _seq(body)
+        records: tuple[Record, ...]
+        if kind == "telemetry":
+            records = self._readings(compiled, device, body, time_ms, source, seq)
+        elif kind == "event":
+            records = (self._event(compiled, device, body, time_ms, source, seq),)
+        else:
+            online = body.get("online")
+            if type(online) is not bool:
+                raise DecodeError(
+                    RejectReason.WRONG_TYPE, f"online must be a boolean, got {online!r}"
+                )
+            records = (StatusReport(device, time_ms, source, online, seq),)
+        return DecodedMessage(device, records, _dedup_key(kind, seq, source, time_ms))
+
+    def _decode_vendor(
+        self, message: InboundMessage, compiled: _CompiledProfile, parts: list[str]
+    ) -> DecodedMessage:
+        body = _parse_object(message.payload)
+        imei = body.get("imei")
+        if not isinstance(imei, str) or not re.fullmatch(r"[0-9]{15}", imei):
+            raise DecodeError(RejectReason.WRONG_TYPE, f"imei must be 15 digits, got {imei!r}")
+        if imei not in parts:
+            raise DecodeError(RejectReason.BAD_TOPIC, f"imei {imei} differs from the topic's")
+        registered = self._registry.by_imei(imei)
+        if registered is None:
+            raise DecodeError(
+                RejectReason.UNREGISTERED_DEVICE, f"IMEI {imei} is not in the registry"
+            )
+        hex_payload = body.get("payload")
+        if not isinstance(hex_payload, str):
+            raise DecodeError(RejectReason.WRONG_TYPE, "payload must be a hex string")
+        frame = acme.decode_frame(hex_payload)
+        device = DeviceRef(registered.community, compiled.profile.device_type, registered.device_id)
+        time_ms, source = self._timestamp(body, message.received_ms)
+        fields = compiled.telemetry_fields.check(
+            {
+                "obscuration_pct_per_m": frame.obscuration_pct_per_m,
+                "temperature_c": frame.temperature_c,
+                "battery_pct": frame.battery_pct,
+                "alarm": frame.alarm,
+                "tamper": frame.tamper,
+                "low_battery": frame.low_battery,
+                "fault": frame.fault,
+            }
+        )
+        records: list[Record] = [Reading(device, time_ms, source, fields)]
+        records.extend(Event(device, time_ms, source, name, {}) for name in frame.events)
+        return DecodedMessage(device, tuple(records), _dedup_key("up", None, source, time_ms))
+
+    def _check_registered(self, community: str, device_type: str, device_id: str) -> None:
+        registered = self._registry.get(community, device_id)
+        if registered is None:
+            if self._require_registered:
+                raise DecodeError(
+                    RejectReason.UNREGISTERED_DEVICE,
+                    f"{device_id} in {community} is not in the registry",
+                )
+        elif registered.device_type != device_type:
+            raise DecodeError(
+                RejectReason.DEVICE_TYPE_MISMATCH,
+                f"{device_id} is registered as {registered.device_type}, sent as {device_type}",
+            )
+
+    def _timestamp(self, body: Mapping[str, Any], received_ms: int) -> tuple[int, TimeSource]:
+        ts = body.get("ts")
+        if ts is None:
+            return received_ms, TimeSource.GATEWAY
+        if type(ts) is int:
+            time_ms = ts
+        elif isinstance(ts, str):
+            try:
+                parsed = datetime.fromisoformat(ts)
+            except ValueError as exc:
+                raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} is not RFC 3339") from exc
+            if parsed.tzinfo is None:
+                raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} has no UTC offset")
+            time_ms = round(parsed.timestamp() * 1000)
+        else:
+            raise DecodeError(
+                RejectReason.BAD_TIMESTAMP, f"ts must be epoch ms or RFC 3339, got {ts!r}"
+            )
+        if time_ms < _EARLIEST_TS_MS:
+            raise DecodeError(
+                RejectReason.BAD_TIMESTAMP, f"ts {ts} is before 2000 (seconds sent for ms?)"
+            )
+        if time_ms > self._clock.now_ms() + self._max_future_skew_ms:
+            raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts} is in the future")
+        return time_ms, TimeSource.DEVICE
+
+    def _readings(
+        self,
+        compiled: _CompiledProfile,
+        device: DeviceRef,
+        body: Mapping[str, Any],
+        time_ms: int,
+        source: TimeSource,
+        seq: int | None,
+    ) -> tuple[Record, ...]:
+        fields = compiled.telemetry_fields.check(body)
+        records: list[Record] = []
+        parts = compiled.profile.telemetry.parts
+        if parts is not None and compiled.part_fields is not None:
+            items = body.get(parts.field)
+            if items is not None:
+                if not isinstance(items, list) or len(items) > parts.max_items:
+                    raise DecodeError(
+                        RejectReason.WRONG_TYPE,
+                        f"{parts.field} must be a list of at most {parts.max_items} objects",
+                    )
+                for item in items:
+                    if not isinstance(item, dict):
+                        raise DecodeError(
+                            RejectReason.WRONG_TYPE, f"{parts.field} items must be objects"
+                        )
+                    key = item.get(parts.key)
+                    if type(key) is not int or key < 0:
+                        raise DecodeError(
+                            RejectReason.WRONG_TYPE,
+                            f"{parts.field}[].{parts.key} must be a non-negative integer",
+                        )
+                    part_values = compiled.part_fields.check(item)
+                    if part_values:
+                        records.append(Reading(device, time_ms, source, part_values, seq, key))
+        if fields:
+            records.insert(0, Reading(device, time_ms, source, fields, seq))
+        if not records:
+            raise DecodeError(RejectReason.MISSING_FIELD, "telemetry carries no known field")
+        return tuple(records)
+
+    def _event(
+        self,
+        compiled: _CompiledProfile,
+        device: DeviceRef,
+        body: Mapping[str, Any],
+        time_ms: int,
+        source: TimeSource,
+        seq: int | None,
+    ) -> Event:
+        kind = body.get("event")
+        if not isinstance(kind, str):
+            raise DecodeError(RejectReason.MISSING_FIELD, "an event needs an 'event' string")
+        if kind not in compiled.event_kinds:
+            raise DecodeError(
+                RejectReason.UNKNOWN_EVENT,
+                f"{kind!r} is not an event of {device.device_type}: {sorted(compiled.event_kinds)}",
+            )
+        fields = compiled.event_fields.check(body)
+        port = fields.get("port")
+        return Event(
+            device, time_ms, source, kind, fields, seq, port if type(port) is int else None
+        )
+
+
+def _parse_object(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(RejectReason.NOT_JSON, f"not UTF-8 JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise DecodeError(
+            RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(body).__name__}"
+        )
+    return body
+
+
+def _seq(body: Mapping[str, Any]) -> int | None:
+    seq = body.get("seq")
+    if seq is None:
+        return None
+    if type(seq) is not int or seq < 0:
+        raise DecodeError(
+            RejectReason.WRONG_TYPE, f"seq must be a non-negative integer, got {seq!r}"
+        )
+    return seq
+
+
+_KIND_CODES = {"telemetry": 0, "event": 1, "status": 2, "up": 3}
+
+
+def _dedup_key(kind: str, seq: int | None, source: TimeSource, time_ms: int) -> int | None:
+    """A small int per message: seq as is, a device timestamp negated (so the two never meet)."""
+    if seq is not None:
+        return seq
+    if source is TimeSource.DEVICE:
+        return -(time_ms * 4 + _KIND_CODES[kind]) - 1
+    return None
+
+
+def _topic_matches(filters: tuple[str, ...], parts: list[str]) -> bool:
+    for topic_filter in filters:
+        pattern = topic_filter.split("/")
+        if pattern[-1] == "#":
+            if len(parts) >= len(pattern) - 1 and all(
+                p in ("+", t) for p, t in zip(pattern[:-1], parts, strict=False)
+            ):
+                return True
+        elif len(pattern) == len(parts) and all(
+            p in ("+", t) for p, t in zip(pattern, parts, strict=True)
+        ):
+            return True
+    return False

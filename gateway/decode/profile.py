@@ -1,0 +1,146 @@
+"""Device profiles: one YAML file per device type in `device_profiles/`.
+
+A profile declares the topics a device type uses, its codec, its fields with type,
+unit and valid range, its typical reporting period, and how readings map to
+time series.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.config import config_error
+from gateway.errors import ConfigError
+
+_NAME = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    type: Literal["float", "int", "bool", "string"]
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    required: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _range_fits_type(self) -> FieldSpec:
+        if self.type in ("bool", "string") and (self.min is not None or self.max is not None):
+            raise ValueError(f"a {self.type} field takes no min/max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class PartsSpec(_Strict):
+    """A list inside a telemetry payload whose items are series of their own (a shed's ports)."""
+
+    field: str = Field(pattern=_NAME)
+    key: str = Field(pattern=_NAME)
+    measurement: str = Field(pattern=_NAME)
+    fields: dict[str, FieldSpec]
+    max_items: int = Field(64, ge=1)
+
+
+class TelemetrySpec(_Strict):
+    measurement: str = Field(pattern=_NAME)
+    fields: dict[str, FieldSpec]
+    parts: PartsSpec | None = None
+
+
+class EventSpec(_Strict):
+    measurement: str = Field(pattern=_NAME)
+    kinds: tuple[str, ...] = Field(min_length=1)
+    fields: dict[str, FieldSpec] = {}
+
+
+class DeviceProfile(_Strict):
+    name: str = Field(pattern=_NAME)
+    device_type: str = Field(pattern=_NAME)
+    description: str | None = None
+    codec: str = "json"
+    topics: tuple[str, ...] = Field(min_length=1)
+    period_s: float = Field(gt=0)
+    telemetry: TelemetrySpec
+    events: EventSpec | None = None
+
+    @model_validator(mode="after")
+    def _topics_are_filters(self) -> DeviceProfile:
+        for topic in self.topics:
+            if not re.fullmatch(r"[^#+]*(\+[^#+]*)*(#)?", topic) or topic.startswith("/"):
+                raise ValueError(f"topic {topic!r} is not a valid MQTT topic filter")
+        return self
+
+
+class ProfileSet:
+    """All loaded profiles, found by device type (canonical JSON) or by codec."""
+
+    def __init__(self, profiles: Mapping[str, DeviceProfile]) -> None:
+        self.by_name = dict(profiles)
+        self.by_device_type: dict[str, DeviceProfile] = {}
+        for profile in profiles.values():
+            if profile.codec == "json":
+                self.by_device_type[profile.device_type] = profile
+        self.vendor = tuple(p for p in profiles.values() if p.codec != "json")
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def period_s(self, device_type: str) -> float | None:
+        profile = self.by_device_type.get(device_type)
+        return profile.period_s if profile else None
+
+
+def load_profiles(folder: Path, known_codecs: frozenset[str]) -> ProfileSet:
+    """Load every `*.yaml` in `folder`; an error names the file, the field and the problem."""
+    if not folder.is_dir():
+        raise ConfigError(str(folder), "", "device profile folder not found")
+    profiles: dict[str, DeviceProfile] = {}
+    json_types: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        profile = _load_one(path)
+        if profile.codec not in known_codecs:
+            raise ConfigError(
+                str(path),
+                "codec",
+                f"unknown codec {profile.codec!r}; known: {sorted(known_codecs)}",
+            )
+        if profile.name in profiles:
+            raise ConfigError(str(path), "name", f"profile {profile.name!r} is defined twice")
+        if profile.codec == "json":
+            if profile.device_type in json_types:
+                raise ConfigError(
+                    str(path),
+                    "device_type",
+                    f"{profile.device_type!r} already has a JSON profile in "
+                    f"{json_types[profile.device_type].name}",
+                )
+            json_types[profile.device_type] = path
+        profiles[profile.name] = profile
+    if not profiles:
+        raise ConfigError(str(folder), "", "no device profiles (*.yaml) found")
+    return ProfileSet(profiles)
+
+
+def _load_one(path: Path) -> DeviceProfile:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), "", f"cannot read profile: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "", "expected a mapping at the top level")
+    raw.setdefault("name", path.stem)
+    try:
+        return DeviceProfile.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error(str(path), exc) from exc

@@ -1,0 +1,199 @@
+"""The device registry: where each device is, who wears it, what its thresholds are.
+
+Operators keep it as a CSV sheet (one row a device) or as YAML with the same keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import ConfigError
+
+COLUMNS = (
+    "device_id",
+    "device_type",
+    "community",
+    "area",
+    "compound",
+    "building",
+    "unit",
+    "lat",
+    "lon",
+    "imei",
+    "well_depth_cm",
+    "home_lat",
+    "home_lon",
+    "safe_radius_m",
+    "lives_alone",
+    "wearer_name",
+    "wearer_phone",
+    "emergency_contacts",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    name: str
+    phone: str
+
+
+class RegisteredDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    device_type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    community: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
+    area: str | None = None
+    compound: str | None = None
+    building: str | None = None
+    unit: str | None = None
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    imei: str | None = Field(None, pattern=r"^[0-9]{15}$")
+    well_depth_cm: float | None = Field(None, gt=0, le=10_000)
+    home_lat: float | None = Field(None, ge=-90, le=90)
+    home_lon: float | None = Field(None, ge=-180, le=180)
+    safe_radius_m: float | None = Field(None, gt=0)
+    lives_alone: bool = False
+    wearer_name: str | None = None
+    wearer_phone: str | None = None
+    emergency_contacts: tuple[Contact, ...] = ()
+
+    @field_validator("emergency_contacts", mode="before")
+    @classmethod
+    def _parse_contacts(cls, value: object) -> object:
+        if isinstance(value, str):
+            contacts = []
+            for item in filter(None, (part.strip() for part in value.split(";"))):
+                name, sep, phone = item.partition(":")
+                if not sep or not name.strip() or not phone.strip():
+                    raise ValueError(f"expected 'name:phone;name:phone', got {item!r}")
+                contacts.append(Contact(name.strip(), phone.strip()))
+            return tuple(contacts)
+        if isinstance(value, list):
+            return tuple(
+                Contact(str(c["name"]), str(c["phone"])) if isinstance(c, Mapping) else c
+                for c in value
+            )
+        return value
+
+    @property
+    def place_tags(self) -> tuple[tuple[str, str], ...]:
+        """The grid cell (片区/小区/楼栋) as time-series tags, for dashboards per place."""
+        return tuple(
+            (key, value)
+            for key, value in (
+                ("area", self.area),
+                ("compound", self.compound),
+                ("building", self.building),
+            )
+            if value
+        )
+
+
+class Registry:
+    """Registered devices, found by (community, device id) or by a vendor IMEI."""
+
+    def __init__(self, devices: Iterable[RegisteredDevice] = ()) -> None:
+        self._by_id: dict[tuple[str, str], RegisteredDevice] = {}
+        self._by_imei: dict[str, RegisteredDevice] = {}
+        for device in devices:
+            self._by_id[(device.community, device.device_id)] = device
+            if device.imei:
+                self._by_imei[device.imei] = device
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, community: str, device_id: str) -> RegisteredDevice | None:
+        return self._by_id.get((community, device_id))
+
+    def by_imei(self, imei: str) -> RegisteredDevice | None:
+        return self._by_imei.get(imei)
+
+    def devices(self) -> Iterable[RegisteredDevice]:
+        return self._by_id.values()
+
+
+def load_registry(path: Path) -> Registry:
+    """Read a registry file (.csv, .yaml or .yml); every error names the row and the field."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from exc
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(path, text)
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        rows = _yaml_rows(path, text)
+    else:
+        raise ConfigError(str(path), "", "expected a .csv, .yaml or .yml file")
+    return Registry(_validate_rows(path, rows))
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    unknown = [name for name in header if name not in COLUMNS]
+    if unknown:
+        raise ConfigError(str(path), "header", f"unknown column(s) {unknown}; known: {COLUMNS}")
+    for required in ("device_id", "device_type", "community"):
+        if required not in header:
+            raise ConfigError(str(path), "header", f"missing column {required!r}")
+    rows = []
+    for record in reader:
+        cleaned = {k: v.strip() for k, v in record.items() if k is not None and v and v.strip()}
+        rows.append((f"line {reader.line_num}", cleaned))
+    return rows
+
+
+def _yaml_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    if isinstance(data, dict):
+        data = data.get("devices")
+    if not isinstance(data, list):
+        raise ConfigError(str(path), "devices", "expected a list of devices")
+    rows = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ConfigError(str(path), f"devices[{index}]", "expected a mapping")
+        rows.append((f"devices[{index}]", item))
+    return rows
+
+
+def _validate_rows(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> list[RegisteredDevice]:
+    devices: list[RegisteredDevice] = []
+    seen_ids: dict[tuple[str, str], str] = {}
+    seen_imeis: dict[str, str] = {}
+    for where, row in rows:
+        try:
+            device = RegisteredDevice.model_validate(row)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"])
+            name = row.get("device_id", "?")
+            raise ConfigError(str(path), f"{where} ({name}): {field}", error["msg"]) from exc
+        key = (device.community, device.device_id)
+        if key in seen_ids:
+            raise ConfigError(
+                str(path), f"{where}: device_id", f"{device.device_id!r} also at {seen_ids[key]}"
+            )
+        seen_ids[key] = where
+        if device.imei:
+            if device.imei in seen_imeis:
+                raise ConfigError(
+                    str(path), f"{where}: imei", f"{device.imei} also at {seen_imeis[device.imei]}"
+                )
+            seen_imeis[device.imei] = where
+        devices.append(device)
+    return devices

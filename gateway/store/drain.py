@@ -1,0 +1,105 @@
+"""Moves lines from the outbox to the time-series database, oldest first.
+
+Lines leave the outbox only after the database accepted them (or refused them as
+malformed, which quarantines them). While the database is down the outbox grows and
+this loop keeps trying with backoff; when it returns, the backlog drains in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from gateway.clock import Clock
+from gateway.decode.rejection import RejectReason
+from gateway.errors import StoreError
+from gateway.stats import Stats
+from gateway.store.backoff import Backoff
+from gateway.store.influx import WriteResult
+from gateway.store.outbox import Outbox, QuarantineEntry
+
+log = logging.getLogger(__name__)
+
+
+class LineWriter(Protocol):
+    async def write(self, lines: list[str]) -> WriteResult: ...
+
+
+class OutboxDrain:
+    def __init__(
+        self,
+        outbox: Outbox,
+        writer: LineWriter,
+        backoff: Backoff,
+        clock: Clock,
+        stats: Stats,
+        *,
+        batch_lines: int = 5000,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self._outbox = outbox
+        self._writer = writer
+        self._backoff = backoff
+        self._clock = clock
+        self._stats = stats
+        self._batch_lines = batch_lines
+        self._idle_poll_s = idle_poll_s
+        self.wakeup = asyncio.Event()
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        while True:
+            wrote = await self.drain_once()
+            if wrote is None:
+                continue
+            if wrote == 0:
+                self.wakeup.clear()
+                await self._wait_for_work()
+
+    async def _wait_for_work(self) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(self._idle_poll_s))
+        waiter = asyncio.ensure_future(self.wakeup.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+
+    async def drain_once(self) -> int | None:
+        """Write one batch. The number of lines taken out, or None after a failed write."""
+        rows = await asyncio.to_thread(self._outbox.peek, self._batch_lines)
+        self._stats.outbox_depth = await asyncio.to_thread(self._outbox.depth)
+        if not rows:
+            return 0
+        lines = [line for _, line in rows]
+        started_s = self._clock.monotonic_s()
+        try:
+            result = await self._writer.write(lines)
+        except StoreError as exc:
+            self._stats.write_failures += 1
+            self._stats.last_write_error = str(exc)
+            delay_s = self._backoff.next_delay_s(exc.retry_after_s)
+            log.warning(
+                "writing %d lines failed (%s); %d lines wait in the outbox, next try in %.1f s",
+                len(lines),
+                exc,
+                self._stats.outbox_depth,
+                delay_s,
+            )
+            await self._clock.sleep(delay_s)
+            return None
+        self._stats.write_latency_s = self._clock.monotonic_s() - started_s
+        self._backoff.reset()
+        now_ms = self._clock.now_ms()
+        refused = [
+            QuarantineEntry(now_ms, "", r.line.encode(), RejectReason.REFUSED_BY_DATABASE, r.reason)
+            for r in result.rejected
+        ]
+        for entry in refused:
+            log.warning("the database refused a line: %s", entry.detail)
+        await asyncio.to_thread(self._outbox.remove_through, rows[-1][0], refused)
+        self._stats.lines_written += result.accepted_lines
+        self._stats.lines_refused += len(refused)
+        self._stats.rejected_by_reason.update(e.reason for e in refused)
+        return len(rows)

@@ -1,0 +1,242 @@
+"""The durable local outbox between decoding and the time-series writer.
+
+A SQLite database in WAL mode holds the line-protocol lines waiting to be written,
+the quarantine of rejected messages, and the redelivery keys. Ingest commits a
+whole batch in one transaction, and acknowledges the batch to the broker only
+after that commit: a crash before it ends in redelivery, not loss.
+
+Ingest and the writer each use their own connection, so that a slow database
+write never waits behind a commit or the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
+CREATE TABLE IF NOT EXISTS redelivery_keys (
+    community TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    PRIMARY KEY (community, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    WITHOUT ROWID;
+"""
+
+# Share of the size bound freed beyond the excess when the outbox is full, so that
+# the eviction does not run again for every batch.
+_EVICT_HEADROOM = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    received_ms: int
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredQuarantine:
+    id: int
+    entry: QuarantineEntry
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    lines: int
+    quarantined: int
+    # Oldest lines dropped because the outbox reached its size bound.
+    evicted_lines: int
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        synchronous: str = "full",
+        quarantine_max_rows: int = 100_000,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.quarantine_max_rows = quarantine_max_rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._ingest = self._connect(synchronous)
+            self._ingest.executescript(_SCHEMA)
+            self._drain = self._connect(synchronous)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open outbox {path}: {exc}", retryable=False) from exc
+        self._page_size: int = self._ingest.execute("PRAGMA page_size").fetchone()[0]
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        # Autocommit mode: transactions are opened explicitly with BEGIN.
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        return conn
+
+    def close(self) -> None:
+        self._drain.close()
+        self._ingest.close()
+
+    # --- ingest side -------------------------------------------------------
+
+    def commit(
+        self,
+        lines: Sequence[str],
+        quarantined: Sequence[QuarantineEntry],
+        redelivery_keys: Sequence[tuple[str, str, str]],
+    ) -> CommitResult:
+        """Store a batch in one transaction. Raises StoreError if it could not be made durable."""
+        conn = self._ingest
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if lines:
+                conn.executemany("INSERT INTO lines (line) VALUES (?)", ((line,) for line in lines))
+            if quarantined:
+                self._insert_quarantine(conn, quarantined)
+            if redelivery_keys:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO redelivery_keys (community, device_id, keys) "
+                    "VALUES (?, ?, ?)",
+                    redelivery_keys,
+                )
+            evicted = self._evict_if_full(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"outbox commit failed: {exc}", retryable=False) from exc
+        if evicted:
+            log.warning(
+                "outbox reached its bound of %d bytes: dropped the %d oldest lines",
+                self.max_bytes,
+                evicted,
+            )
+        return CommitResult(len(lines), len(quarantined), evicted)
+
+    def _insert_quarantine(
+        self, conn: sqlite3.Connection, entries: Sequence[QuarantineEntry]
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO quarantine (received_ms, topic, payload, reason, detail) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ((e.received_ms, e.topic, e.payload, e.reason, e.detail) for e in entries),
+        )
+        self._add_counts(conn, (f"quarantined:{e.reason}" for e in entries))
+        newest = conn.execute("SELECT max(id) FROM quarantine").fetchone()[0] or 0
+        # Keep the newest rows; the counters still count every rejection.
+        conn.execute("DELETE FROM quarantine WHERE id <= ?", (newest - self.quarantine_max_rows,))
+
+    def _evict_if_full(self, conn: sqlite3.Connection) -> int:
+        used = self._used_bytes(conn)
+        if used <= self.max_bytes:
+            return 0
+        first, last = conn.execute("SELECT min(id), max(id) FROM lines").fetchone()
+        if first is None:
+            return 0
+        rows = last - first + 1
+        # Free a little more than the excess, so that the next batches fit without another cut.
+        excess = used - self.max_bytes * (1 - _EVICT_HEADROOM)
+        count = min(rows, max(1, math.ceil(excess / (used / rows))))
+        evicted = conn.execute("DELETE FROM lines WHERE id < ?", (first + count,)).rowcount
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('outbox_evicted_lines', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (evicted,),
+        )
+        return int(evicted)
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * self._page_size)
+
+    @staticmethod
+    def _add_counts(conn: sqlite3.Connection, names: Iterable[str]) -> None:
+        counts: dict[str, int] = {}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            counts.items(),
+        )
+
+    def redelivery_keys(self) -> list[tuple[str, str, str]]:
+        rows = self._ingest.execute("SELECT community, device_id, keys FROM redelivery_keys")
+        return [(str(c), str(d), str(k)) for c, d, k in rows]
+
+    # --- writer side -------------------------------------------------------
+
+    def peek(self, limit: int) -> list[tuple[int, str]]:
+        """The oldest `limit` lines waiting, with their ids, in the order they were stored."""
+        rows = self._drain.execute("SELECT id, line FROM lines ORDER BY id LIMIT ?", (limit,))
+        return [(int(i), str(line)) for i, line in rows]
+
+    def remove_through(self, last_id: int, refused: Sequence[QuarantineEntry] = ()) -> None:
+        """Drop lines the database accepted; quarantine the ones it refused, in one transaction."""
+        conn = self._drain
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM lines WHERE id <= ?", (last_id,))
+            if refused:
+                self._insert_quarantine(conn, refused)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"outbox update failed: {exc}", retryable=True) from exc
+
+    def depth(self) -> int:
+        """Lines waiting. Ids are contiguous because lines leave only from the front."""
+        first, last = self._drain.execute("SELECT min(id), max(id) FROM lines").fetchone()
+        return 0 if first is None else int(last - first + 1)
+
+    # --- inspection --------------------------------------------------------
+
+    def quarantine(self, *, limit: int = 100, reason: str | None = None) -> list[StoredQuarantine]:
+        """Newest quarantined messages first."""
+        query = "SELECT id, received_ms, topic, payload, reason, detail FROM quarantine"
+        params: tuple[object, ...] = ()
+        if reason is not None:
+            query += " WHERE reason = ?"
+            params = (reason,)
+        rows = self._drain.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [
+            StoredQuarantine(int(i), QuarantineEntry(int(r), str(t), bytes(p), str(why), str(d)))
+            for i, r, t, p, why, d in rows
+        ]
+
+    def counters(self) -> dict[str, int]:
+        rows = self._drain.execute("SELECT name, value FROM counters")
+        return {str(name): int(value) for name, value in rows}
+
+    def size_bytes(self) -> int:
+        return self._used_bytes(self._drain)

@@ -1,0 +1,154 @@
+"""Command-line flags for `community-gateway simulate` and `python -m simulators`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from simulators.fleet import Fleet
+from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
+from simulators.scenario import Scenario, ScenarioKind
+
+# Flags that only matter when publishing: with none of them, --write-registry just writes.
+PUBLISH_FLAGS = ("host", "port", "rate", "seconds", "messages", "scenario")
+
+
+def _rate(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (msg/s) or 'max'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("rate must be > 0")
+    return value
+
+
+def _scenario(text: str) -> Scenario:
+    try:
+        return Scenario.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    kinds = ", ".join(k.value for k in ScenarioKind)
+    broker = parser.add_argument_group("broker")
+    broker.add_argument("--host", default=None, help="MQTT broker host (default 127.0.0.1)")
+    broker.add_argument("--port", type=int, default=None, help="MQTT broker port (default 1883)")
+    broker.add_argument("--username", default=None)
+    broker.add_argument("--password", default=None)
+    fleet = parser.add_argument_group("fleet")
+    fleet.add_argument("--devices", type=int, default=100, help="number of devices (100)")
+    fleet.add_argument("--communities", type=int, default=3, help="number of communities (3)")
+    fleet.add_argument(
+        "--community",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="community name, repeatable; overrides --communities",
+    )
+    fleet.add_argument("--seed", type=int, default=1, help="same seed, same traffic (1)")
+    fleet.add_argument(
+        "--write-registry",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the device registry CSV; alone, write it and exit",
+    )
+    run = parser.add_argument_group("traffic")
+    run.add_argument(
+        "--rate",
+        type=_rate,
+        default=argparse.SUPPRESS,
+        metavar="R",
+        help="total msg/s, device after device, or 'max' for as fast as acknowledged; "
+        "without it each device reports at its own period in real time",
+    )
+    run.add_argument("--seconds", type=float, default=None, help="run this long (60)")
+    run.add_argument("--messages", type=int, default=None, help="stop after this many")
+    run.add_argument(
+        "--scenario",
+        type=_scenario,
+        action="append",
+        default=[],
+        metavar="KIND@S[:DEVICE]",
+        help=f"inject a scenario at S seconds, repeatable; kinds: {kinds}",
+    )
+    run.add_argument("--processes", type=int, default=1, help="publisher processes (1)")
+    run.add_argument(
+        "--period-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply every reporting period by F (0.01: 100 times faster)",
+    )
+
+
+def options_from_args(ns: argparse.Namespace) -> SimulationOptions:
+    has_rate = hasattr(ns, "rate")
+    seconds = ns.seconds
+    if seconds is None and ns.messages is None:
+        seconds = 60.0
+    return SimulationOptions(
+        host=ns.host or "127.0.0.1",
+        port=ns.port or 1883,
+        username=ns.username,
+        password=ns.password,
+        devices=ns.devices,
+        communities=ns.communities,
+        community_names=tuple(ns.community),
+        seed=ns.seed,
+        seconds=seconds,
+        max_messages=ns.messages,
+        rate_msg_s=ns.rate if has_rate else None,
+        realistic=not has_rate,
+        period_scale=ns.period_scale,
+        scenarios=tuple(ns.scenario),
+        processes=ns.processes,
+    )
+
+
+def wants_publishing(ns: argparse.Namespace) -> bool:
+    if ns.write_registry is None:
+        return True
+    return any(getattr(ns, name, None) not in (None, []) for name in PUBLISH_FLAGS)
+
+
+def run_from_args(ns: argparse.Namespace) -> int:
+    """Write the registry if asked, then publish unless only the registry was asked for."""
+    options = options_from_args(ns)
+    if ns.write_registry is not None:
+        fleet = Fleet.build(
+            seed=options.seed,
+            devices=options.devices,
+            communities=options.communities,
+            community_names=options.community_names or None,
+        )
+        ns.write_registry.write_text(fleet.registry_csv(), encoding="utf-8")
+        print(f"wrote {len(fleet.devices)} devices to {ns.write_registry}", file=sys.stderr)
+    if not wants_publishing(ns):
+        return 0
+    try:
+        report: SimulationReport = run_simulation(options)
+    except (ConnectionError, OSError) as error:
+        print(f"simulate: {error}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators",
+        description="Publish realistic, seeded device traffic to an MQTT broker.",
+    )
+    add_arguments(parser)
+    ns = parser.parse_args(argv)
+    try:
+        return run_from_args(ns)
+    except ValueError as error:
+        parser.error(str(error))

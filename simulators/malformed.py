@@ -1,0 +1,134 @@
+"""Every kind of bad input the device contract says the gateway must reject and survive."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from simulators.acme import AcmeFrame, FrameType, StatusBits
+from simulators.device import Device, DeviceType
+from simulators.message import (
+    MAX_PAYLOAD_BYTES,
+    MessageKind,
+    SimMessage,
+    device_topic,
+    encode_json,
+    vendor_topic,
+)
+
+# Used when the fleet has no vendor detector, so the vendor cases are still sent.
+SPARE_IMEI = "860000000000009"
+
+
+class BadInput(StrEnum):
+    NOT_JSON = "not_json"
+    TOO_LARGE = "too_large"
+    UNKNOWN_DEVICE_TYPE = "unknown_device_type"
+    UNREGISTERED_DEVICE = "unregistered_device"
+    WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"
+    ACME_BAD_HEADER = "acme_bad_header"
+    ACME_BAD_LENGTH = "acme_bad_length"
+    ACME_BAD_CRC = "acme_bad_crc"
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    label: BadInput
+    topic: str
+    payload: bytes
+    device_id: str | None
+
+
+def malformed_messages(devices: Sequence[Device], time_ms: int) -> list[SimMessage]:
+    """One message of each bad kind, 1 ms apart from `time_ms`; no `seq`, to spare dedup."""
+    json_device = next((d for d in devices if d.imei is None), None)
+    if json_device is None:
+        raise ValueError("malformed needs at least one device that speaks JSON")
+    community = json_device.community
+    bracelet = next((d for d in devices if d.device_type is DeviceType.BRACELET), json_device)
+    vendor = next((d for d in devices if d.imei is not None), None)
+    imei = vendor.imei if vendor is not None and vendor.imei else SPARE_IMEI
+    vendor_id = vendor.device_id if vendor is not None else None
+
+    def topic(device: Device) -> str:
+        return device_topic(device.community, device.device_type, device.device_id, "telemetry")
+
+    frame = AcmeFrame(FrameType.PERIODIC, StatusBits.NONE, 80, 23.5, 0.02)
+    good = frame.encode()
+    bad_crc = good[:8] + bytes([good[8] ^ 0xFF, good[9]])
+    padding = "x" * (MAX_PAYLOAD_BYTES + 512)
+    cases = [
+        _Bad(BadInput.NOT_JSON, topic(json_device), b"\xff{not json", json_device.device_id),
+        _Bad(
+            BadInput.TOO_LARGE,
+            topic(json_device),
+            encode_json({"ts": time_ms, "padding": padding}),
+            json_device.device_id,
+        ),
+        _Bad(
+            BadInput.UNKNOWN_DEVICE_TYPE,
+            device_topic(community, "toaster", "toaster-0001", "telemetry"),
+            encode_json({"ts": time_ms, "temperature_c": 210.0}),
+            "toaster-0001",
+        ),
+        _Bad(
+            BadInput.UNREGISTERED_DEVICE,
+            device_topic(community, DeviceType.SMOKE_DETECTOR, "sd-ghost-9999", "telemetry"),
+            encode_json(
+                {
+                    "ts": time_ms,
+                    "obscuration_pct_per_m": 0.0,
+                    "temperature_c": 24.0,
+                    "battery_pct": 90,
+                    "alarm": False,
+                }
+            ),
+            "sd-ghost-9999",
+        ),
+        _Bad(
+            BadInput.WRONG_TYPE,
+            topic(bracelet),
+            encode_json({"ts": time_ms, "heart_rate_bpm": "seventy", "worn": "yes"}),
+            bracelet.device_id,
+        ),
+        _Bad(
+            BadInput.OUT_OF_RANGE,
+            topic(bracelet),
+            encode_json({"ts": time_ms, "heart_rate_bpm": 400, "battery_pct": 180}),
+            bracelet.device_id,
+        ),
+        _Bad(
+            BadInput.ACME_BAD_HEADER,
+            vendor_topic(imei),
+            _envelope(imei, time_ms, frame.encode(header=0x55)),
+            vendor_id,
+        ),
+        _Bad(
+            BadInput.ACME_BAD_LENGTH,
+            vendor_topic(imei),
+            _envelope(imei, time_ms, good[:8]),
+            vendor_id,
+        ),
+        _Bad(
+            BadInput.ACME_BAD_CRC, vendor_topic(imei), _envelope(imei, time_ms, bad_crc), vendor_id
+        ),
+    ]
+    return [
+        SimMessage(
+            topic=case.topic,
+            payload=case.payload,
+            qos=1,
+            retain=False,
+            time_ms=time_ms + i,
+            device_id=case.device_id,
+            kind=MessageKind.MALFORMED,
+            label=case.label.value,
+        )
+        for i, case in enumerate(cases)
+    ]
+
+
+def _envelope(imei: str, time_ms: int, frame: bytes) -> bytes:
+    return encode_json({"imei": imei, "ts": time_ms, "payload": frame.hex()})

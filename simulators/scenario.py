@@ -1,0 +1,170 @@
+"""Things that go wrong, injected at a simulated time, and which devices they hit."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from simulators.device import Device, DeviceType
+
+
+class ScenarioKind(StrEnum):
+    FIRE = "fire"
+    FALL = "fall"
+    SOS = "sos"
+    LID_OPENED = "lid_opened"
+    OVERFLOW = "overflow"
+    SEWER_GAS = "sewer_gas"
+    THERMAL_RUNAWAY = "thermal_runaway"
+    OVERCURRENT = "overcurrent"
+    SHED_SMOKE = "shed_smoke"
+    HEART_RATE = "heart_rate"
+    WANDER = "wander"
+    NO_ACTIVITY = "no_activity"
+    LOW_BATTERY = "low_battery"
+    SILENT = "silent"
+    MALFORMED = "malformed"
+
+
+_SMOKE, _MANHOLE, _BRACELET, _SHED = (
+    DeviceType.SMOKE_DETECTOR,
+    DeviceType.MANHOLE_COVER,
+    DeviceType.BRACELET,
+    DeviceType.CHARGING_SHED,
+)
+
+# Which device types a scenario can hit; `silent` and `malformed` are handled by the engine.
+TARGET_TYPES: dict[ScenarioKind, tuple[DeviceType, ...]] = {
+    ScenarioKind.FIRE: (_SMOKE,),
+    ScenarioKind.FALL: (_BRACELET,),
+    ScenarioKind.SOS: (_BRACELET,),
+    ScenarioKind.LID_OPENED: (_MANHOLE,),
+    ScenarioKind.OVERFLOW: (_MANHOLE,),
+    ScenarioKind.SEWER_GAS: (_MANHOLE,),
+    ScenarioKind.THERMAL_RUNAWAY: (_SHED,),
+    ScenarioKind.OVERCURRENT: (_SHED,),
+    ScenarioKind.SHED_SMOKE: (_SHED,),
+    ScenarioKind.HEART_RATE: (_BRACELET,),
+    ScenarioKind.WANDER: (_BRACELET,),
+    ScenarioKind.NO_ACTIVITY: (_BRACELET,),
+    ScenarioKind.LOW_BATTERY: (_SMOKE, _MANHOLE, _BRACELET),
+    ScenarioKind.SILENT: (_SMOKE, _MANHOLE, _BRACELET, _SHED),
+    ScenarioKind.MALFORMED: (),
+}
+
+# A fire spreads: other detectors in the building alarm this many seconds after the first.
+FIRE_SPREAD_S = (20.0, 150.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    kind: ScenarioKind
+    at_s: float
+    target: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        """`kind@seconds[:device_id]`, e.g. `fire@30`, `fall@10:br-hgy-0003`."""
+        kind_text, at, rest = text.strip().partition("@")
+        if not at:
+            raise ValueError(f"scenario {text!r}: expected kind@seconds[:device_id]")
+        try:
+            kind = ScenarioKind(kind_text)
+        except ValueError:
+            known = ", ".join(k.value for k in ScenarioKind)
+            raise ValueError(f"scenario {text!r}: unknown kind {kind_text!r} ({known})") from None
+        seconds_text, _, target = rest.partition(":")
+        try:
+            at_s = float(seconds_text)
+        except ValueError:
+            raise ValueError(f"scenario {text!r}: {seconds_text!r} is not seconds") from None
+        if not at_s >= 0:
+            raise ValueError(f"scenario {text!r}: time must be >= 0 s")
+        return cls(kind, at_s, target or None)
+
+    def __str__(self) -> str:
+        at = f"{self.at_s:g}"
+        return f"{self.kind}@{at}" + (f":{self.target}" if self.target else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One device reached by a scenario, `delay_s` after the scenario's time."""
+
+    device_id: str | None
+    stage: str
+    at_s: float
+
+
+def resolve(scenario: Scenario, devices: Sequence[Device], seed: int) -> list[Hit]:
+    """The devices a scenario hits, chosen the same way whichever process asks."""
+    kind = scenario.kind
+    if kind is ScenarioKind.MALFORMED:
+        return [Hit(None, kind.value, scenario.at_s)]
+    targets = _targets(scenario, devices)
+    if kind is ScenarioKind.FIRE:
+        rng = random.Random(f"{seed}:fire:{scenario}")
+        hits = [Hit(targets[0].device_id, kind.value, scenario.at_s)]
+        for device in targets[1:]:
+            hits.append(
+                Hit(device.device_id, kind.value, scenario.at_s + rng.uniform(*FIRE_SPREAD_S))
+            )
+        return hits
+    return [Hit(device.device_id, kind.value, scenario.at_s) for device in targets]
+
+
+def _targets(scenario: Scenario, devices: Sequence[Device]) -> list[Device]:
+    kind = scenario.kind
+    allowed = TARGET_TYPES[kind]
+    if scenario.target is not None:
+        chosen = next((d for d in devices if d.device_id == scenario.target), None)
+        if chosen is None:
+            raise ValueError(f"scenario {scenario}: no device {scenario.target!r} in the fleet")
+        if chosen.device_type not in allowed:
+            names = ", ".join(allowed)
+            raise ValueError(f"scenario {scenario}: {chosen.device_id} is not one of {names}")
+        if kind is ScenarioKind.FIRE:
+            return [chosen, *_same_building(chosen, devices)]
+        return [chosen]
+    if kind is ScenarioKind.FIRE:
+        return _default_fire(scenario, devices)
+    if kind in (ScenarioKind.LOW_BATTERY, ScenarioKind.SILENT):
+        # One of each type it applies to, so every type's rule gets exercised.
+        firsts = [next((d for d in devices if d.device_type is t), None) for t in allowed]
+        found = [d for d in firsts if d is not None]
+        if not found:
+            raise ValueError(f"scenario {scenario}: the fleet has no device it applies to")
+        return found
+    candidates = [d for d in devices if d.device_type in allowed]
+    if kind is ScenarioKind.NO_ACTIVITY:
+        alone = [d for d in candidates if d.wearer is not None and d.wearer.lives_alone]
+        candidates = alone or candidates
+    if not candidates:
+        names = ", ".join(allowed)
+        raise ValueError(f"scenario {scenario}: the fleet has no {names}")
+    return [candidates[0]]
+
+
+def _same_building(first: Device, devices: Sequence[Device]) -> list[Device]:
+    return [
+        d
+        for d in devices
+        if d.device_type is _SMOKE
+        and d.building_key == first.building_key
+        and d.device_id != first.device_id
+    ]
+
+
+def _default_fire(scenario: Scenario, devices: Sequence[Device]) -> list[Device]:
+    """The first building with a vendor (ACME) detector in it, else the first with any."""
+    smoke = [d for d in devices if d.device_type is _SMOKE]
+    if not smoke:
+        raise ValueError(f"scenario {scenario}: the fleet has no smoke_detector")
+    with_vendor = next((d for d in smoke if d.imei is not None), None)
+    anchor = with_vendor or smoke[0]
+    building = [d for d in smoke if d.building_key == anchor.building_key]
+    # The first alarm comes from a plain JSON detector when the building has one.
+    building.sort(key=lambda d: d.imei is not None)
+    return building

@@ -1,0 +1,167 @@
+"""Nothing lost, nothing doubled: the database, the broker or the gateway itself going away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.integration.harness import Publisher, gateway_config, running, wait_until
+from tests.integration.services import InfluxService, MosquittoService
+
+T0 = 1_767_225_600_000
+
+
+def readings(namespace: str, first: int, count: int) -> list[tuple[str, dict[str, Any] | bytes]]:
+    """`count` distinct smoke readings spread over 20 devices."""
+    return [
+        (
+            f"community/{namespace}/smoke_detector/sd-{i % 20}/telemetry",
+            {"ts": T0 + i, "seq": i, "temperature_c": 20.0 + (i % 50) / 10},
+        )
+        for i in range(first, first + count)
+    ]
+
+
+def stored(influxdb: InfluxService, db: str) -> int:
+    try:
+        result = influxdb.query(db, "SELECT count(temperature_c) FROM smoke_detector")
+    except (RuntimeError, OSError):
+        return -1
+    return int(result[0]["count"]) if result else 0
+
+
+async def publish(
+    broker: MosquittoService, messages: list[tuple[str, dict[str, Any] | bytes]]
+) -> None:
+    def send() -> None:
+        publisher = Publisher(broker)
+        try:
+            publisher.publish_all(messages)
+        finally:
+            publisher.close()
+
+    await asyncio.to_thread(send)
+
+
+async def test_influxdb_stopped_mid_stream_loses_and_doubles_nothing(
+    tmp_path: Path, mosquitto: MosquittoService, fresh_influxdb: InfluxService, namespace: str
+) -> None:
+    influxdb = fresh_influxdb
+    influxdb.create_database("community")
+    config = gateway_config(
+        tmp_path,
+        mosquitto,
+        namespace,
+        influx={
+            "url": influxdb.url,
+            "database": "community",
+            "backoff_initial_s": 0.1,
+            "backoff_max_s": 0.5,
+            "batch_lines": 500,
+        },
+    )
+    async with running(config) as gateway:
+        await publish(mosquitto, readings(namespace, 0, 1000))
+        await wait_until(lambda: stored(influxdb, "community") >= 200, what="first points")
+        influxdb.stop()
+        await publish(mosquitto, readings(namespace, 1000, 1500))
+        await wait_until(lambda: gateway.stats.messages_in == 2500, what="all messages in")
+        await wait_until(lambda: gateway.stats.write_failures > 0, what="a failed write")
+        assert gateway.outbox.depth() > 0
+        influxdb.start()
+        await wait_until(
+            lambda: stored(influxdb, "community") == 2500, timeout_s=60, what="backlog drained"
+        )
+        await wait_until(lambda: gateway.outbox.depth() == 0, what="outbox empty")
+        # Each point was sent once: the outbox let go of nothing before it was accepted.
+        assert gateway.stats.lines_written == 2500
+    assert stored(influxdb, "community") == 2500
+
+
+async def test_broker_restart_and_gateway_downtime_lose_nothing(
+    tmp_path: Path,
+    fresh_mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+) -> None:
+    broker = fresh_mosquitto
+    config = gateway_config(
+        tmp_path, broker, namespace, influx={"url": influxdb.url, "database": influx_db}
+    )
+    async with running(config) as gateway:
+        await publish(broker, readings(namespace, 0, 300))
+        await wait_until(lambda: stored(influxdb, influx_db) == 300, what="first batch")
+        connections = gateway.subscriber.connections if gateway.subscriber else 0
+        broker.restart()
+        await wait_until(
+            lambda: gateway.subscriber is not None and gateway.subscriber.connections > connections,
+            what="reconnected",
+        )
+        await publish(broker, readings(namespace, 300, 300))
+        await wait_until(lambda: stored(influxdb, influx_db) == 600, what="after broker restart")
+    # While the gateway is away its persistent session queues what devices send.
+    await publish(broker, readings(namespace, 600, 400))
+    async with running(config):
+        await wait_until(lambda: stored(influxdb, influx_db) == 1000, what="queued while away")
+
+
+async def test_gateway_killed_mid_stream_loses_no_message(
+    tmp_path: Path,
+    mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+) -> None:
+    config = gateway_config(
+        tmp_path, mosquitto, namespace, influx={"url": influxdb.url, "database": influx_db}
+    )
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+
+    log_file = tmp_path / "gateway.log"
+
+    async def start() -> subprocess.Popen[bytes]:
+        connections = log_file.read_text().count("connected to") if log_file.exists() else 0
+        with log_file.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        await wait_until(
+            lambda: log_file.read_text().count("connected to") > connections, what="gateway up"
+        )
+        # Its first subscription must be in place before devices publish.
+        await asyncio.sleep(0.3)
+        return process
+
+    total = 6000
+    process = await start()
+    try:
+        await publish(mosquitto, readings(namespace, 0, 10))
+        await wait_until(lambda: stored(influxdb, influx_db) == 10, what="first points")
+        sending = asyncio.create_task(publish(mosquitto, readings(namespace, 10, total - 10)))
+        await wait_until(
+            lambda: stored(influxdb, influx_db) >= 1000, timeout_s=60, what="stream flowing"
+        )
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        killed_at = stored(influxdb, influx_db)
+        await sending
+        process = await start()
+        await wait_until(
+            lambda: stored(influxdb, influx_db) == total, timeout_s=90, what="every message"
+        )
+        assert killed_at < total, "the kill came after the stream had ended"
+    finally:
+        process.kill()
+        process.wait(timeout=10)

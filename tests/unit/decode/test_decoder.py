@@ -1,0 +1,297 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway import PROJECT_ROOT
+from gateway.clock import ManualClock
+from gateway.decode import acme
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.profile import load_profiles
+from gateway.decode.record import Event, Reading, StatusReport, TimeSource
+from gateway.errors import DecodeError
+from gateway.ingest.message import InboundMessage
+from gateway.registry import RegisteredDevice, Registry
+
+NOW_MS = 1_767_225_600_000
+PROFILES = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+IMEI = "860000000000001"
+
+
+def registry() -> Registry:
+    return Registry(
+        [
+            RegisteredDevice(
+                device_id="sd-1", device_type="smoke_detector", community="hgy", building="3"
+            ),
+            RegisteredDevice(
+                device_id="acme-1", device_type="smoke_detector", community="hgy", imei=IMEI
+            ),
+        ]
+    )
+
+
+def decoder(*, require_registered: bool = False) -> Decoder:
+    return Decoder(PROFILES, registry(), ManualClock(NOW_MS), require_registered=require_registered)
+
+
+def message(topic: str, payload: object) -> InboundMessage:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return InboundMessage(topic, body, received_ms=NOW_MS + 5)
+
+
+def reject_reason(topic: str, payload: object, **kwargs: bool) -> str:
+    with pytest.raises(DecodeError) as info:
+        decoder(**kwargs).decode(message(topic, payload))
+    return info.value.reason
+
+
+def test_smoke_telemetry_becomes_a_typed_reading() -> None:
+    decoded = decoder().decode(
+        message(
+            "community/hgy/smoke_detector/sd-1/telemetry",
+            {
+                "ts": NOW_MS,
+                "seq": 7,
+                "obscuration_pct_per_m": 0.5,
+                "temperature_c": 24,
+                "battery_pct": 88.0,
+                "alarm": False,
+                "unknown_extra": "ignored",
+            },
+        )
+    )
+    (reading,) = decoded.records
+    assert isinstance(reading, Reading)
+    assert reading.fields == {
+        "obscuration_pct_per_m": 0.5,
+        "temperature_c": 24.0,
+        "battery_pct": 88,
+        "alarm": False,
+    }
+    assert type(reading.fields["temperature_c"]) is float
+    assert type(reading.fields["battery_pct"]) is int
+    assert (reading.time_ms, reading.time_source, reading.seq) == (NOW_MS, TimeSource.DEVICE, 7)
+    assert decoded.dedup_key == 7
+
+
+def test_missing_ts_uses_receive_time_and_says_so() -> None:
+    decoded = decoder().decode(
+        message("community/hgy/bracelet/br-1/telemetry", {"heart_rate_bpm": 70})
+    )
+    (reading,) = decoded.records
+    assert reading.time_ms == NOW_MS + 5
+    assert reading.time_source is TimeSource.GATEWAY
+    assert decoded.dedup_key is None
+
+
+def test_rfc3339_timestamp_with_offset() -> None:
+    decoded = decoder().decode(
+        message(
+            "community/hgy/bracelet/br-1/telemetry",
+            {"ts": "2026-01-01T08:00:00+08:00", "heart_rate_bpm": 70},
+        )
+    )
+    assert decoded.records[0].time_ms == NOW_MS
+
+
+def test_charging_shed_ports_become_readings_of_their_own() -> None:
+    decoded = decoder().decode(
+        message(
+            "community/hgy/charging_shed/cs-1/telemetry",
+            {
+                "ts": NOW_MS,
+                "ambient_temp_c": 21.5,
+                "smoke": False,
+                "ports": [
+                    {
+                        "port": 1,
+                        "charging": True,
+                        "current_a": 2.5,
+                        "voltage_v": 48.0,
+                        "power_w": 120.0,
+                        "temperature_c": 35.0,
+                    },
+                    {
+                        "port": 2,
+                        "charging": False,
+                        "current_a": 0,
+                        "voltage_v": 0,
+                        "power_w": 0,
+                        "temperature_c": 22.0,
+                    },
+                ],
+            },
+        )
+    )
+    shed, port1, port2 = decoded.records
+    assert isinstance(shed, Reading) and shed.port is None
+    assert shed.fields == {"ambient_temp_c": 21.5, "smoke": False}
+    assert isinstance(port1, Reading) and port1.port == 1 and port1.fields["temperature_c"] == 35.0
+    assert isinstance(port2, Reading) and port2.port == 2 and port2.fields["charging"] is False
+
+
+def test_event_and_status() -> None:
+    fall = (
+        decoder()
+        .decode(
+            message(
+                "community/hgy/bracelet/br-1/event",
+                {"ts": NOW_MS, "event": "fall", "confidence": 0.93, "lat": 34.7, "lon": 113.6},
+            )
+        )
+        .records[0]
+    )
+    assert isinstance(fall, Event)
+    assert fall.kind == "fall" and fall.fields["confidence"] == 0.93
+    overcurrent = (
+        decoder()
+        .decode(
+            message("community/hgy/charging_shed/cs-1/event", {"event": "overcurrent", "port": 3})
+        )
+        .records[0]
+    )
+    assert isinstance(overcurrent, Event) and overcurrent.port == 3
+    status = decoder().decode(message("community/hgy/bracelet/br-1/status", {"online": False}))
+    assert status.records == (
+        StatusReport(status.device, NOW_MS + 5, TimeSource.GATEWAY, online=False),
+    )
+
+
+def acme_body(frame: bytes, imei: str = IMEI) -> dict[str, object]:
+    return {"imei": imei, "ts": NOW_MS, "payload": frame.hex().upper()}
+
+
+def test_acme_alarm_frame_is_a_smoke_detector_reading_and_events() -> None:
+    frame = acme.encode_frame(
+        acme.AcmeFrame(acme.ALARM_REPORT, True, True, False, False, 76, -3.5, 12.34)
+    )
+    decoded = decoder().decode(message(f"vendor/acme-smoke/{IMEI}/up", acme_body(frame)))
+    assert (decoded.device.community, decoded.device.device_id) == ("hgy", "acme-1")
+    assert decoded.device.device_type == "smoke_detector"
+    reading, *events = decoded.records
+    assert isinstance(reading, Reading)
+    assert reading.fields["temperature_c"] == -3.5
+    assert reading.fields["obscuration_pct_per_m"] == 12.34
+    assert reading.fields["battery_pct"] == 76
+    assert reading.fields["alarm"] is True
+    assert [e.kind for e in events if isinstance(e, Event)] == ["alarm", "tamper"]
+
+
+def test_acme_frame_known_vector() -> None:
+    # header, periodic, no status bits, 90 %, 25.3 °C, 0.05 %/m
+    body = bytes.fromhex("AA01005A00FD0005")
+    crc = acme.crc16_modbus(body)
+    frame = acme.decode_frame((body + bytes([crc & 0xFF, crc >> 8])).hex())
+    assert (frame.battery_pct, frame.temperature_c, frame.obscuration_pct_per_m) == (90, 25.3, 0.05)
+    assert acme.crc16_modbus(b"123456789") == 0x4B37
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("community/hgy/smoke_detector/sd-1/telemetry", b"{not json", "not_json"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", b"\xff\xfe", "not_json"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", [1, 2], "not_object"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"x": "y" * 20_000}, "too_large"),
+        ("community/hgy/toaster/t-1/telemetry", {"temp": 1}, "unknown_device_type"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"battery_pct": "90"}, "wrong_type"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"alarm": 1}, "wrong_type"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"battery_pct": 12.5}, "wrong_type"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"battery_pct": 101}, "out_of_range"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"temperature_c": -41}, "out_of_range"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", b'{"temperature_c": NaN}', "wrong_type"),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"rssi": 3}, "missing_field"),
+        ("community/hgy/smoke_detector/sd-1/event", {"event": "party"}, "unknown_event"),
+        ("community/hgy/smoke_detector/sd-1/event", {"ts": NOW_MS}, "missing_field"),
+        (
+            "community/hgy/smoke_detector/sd-1/telemetry",
+            {"ts": 1767225600, "alarm": True},
+            "bad_timestamp",
+        ),
+        (
+            "community/hgy/smoke_detector/sd-1/telemetry",
+            {"ts": "yesterday", "alarm": True},
+            "bad_timestamp",
+        ),
+        (
+            "community/hgy/smoke_detector/sd-1/telemetry",
+            {"ts": "2026-01-01T08:00:00", "alarm": True},
+            "bad_timestamp",
+        ),
+        (
+            "community/hgy/smoke_detector/sd-1/telemetry",
+            {"ts": NOW_MS + 2 * 86_400_000, "alarm": True},
+            "bad_timestamp",
+        ),
+        ("community/hgy/smoke_detector/sd-1/telemetry", {"seq": -1, "alarm": True}, "wrong_type"),
+        ("community/HGY/smoke_detector/sd-1/telemetry", {"alarm": True}, "bad_topic"),
+        ("community/hgy/smoke_detector/sd-1/config", {"alarm": True}, "bad_topic"),
+        ("other/topic", {"alarm": True}, "bad_topic"),
+        ("community/hgy/bracelet/sd-1/telemetry", {"worn": True}, "device_type_mismatch"),
+        ("community/hgy/charging_shed/cs-1/telemetry", {"ports": [{"port": "a"}]}, "wrong_type"),
+        (
+            "community/hgy/charging_shed/cs-1/telemetry",
+            {"ports": [{"port": 1, "temperature_c": 400}]},
+            "out_of_range",
+        ),
+    ],
+)
+def test_bad_input_is_rejected_with_its_reason(topic: str, payload: object, reason: str) -> None:
+    assert reject_reason(topic, payload) == reason
+
+
+def test_unregistered_device_rejected_only_when_the_registry_is_enforced() -> None:
+    topic = "community/hgy/smoke_detector/sd-unknown/telemetry"
+    assert reject_reason(topic, {"alarm": True}, require_registered=True) == "unregistered_device"
+    assert decoder().decode(message(topic, {"alarm": True})).records
+
+
+def good_frame() -> bytes:
+    return acme.encode_frame(
+        acme.AcmeFrame(acme.PERIODIC_REPORT, False, False, False, False, 90, 25.0, 0.0)
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"\xab" + good_frame()[1:], "bad_frame_header"),
+        (good_frame()[:9], "bad_frame_length"),
+        (good_frame() + b"\x00", "bad_frame_length"),
+        (good_frame()[:8] + bytes([good_frame()[8] ^ 1, good_frame()[9]]), "bad_crc"),
+    ],
+)
+def test_bad_acme_frames(frame: bytes, reason: str) -> None:
+    assert reject_reason(f"vendor/acme-smoke/{IMEI}/up", acme_body(frame)) == reason
+
+
+def test_acme_bad_hex_and_unknown_imei() -> None:
+    topic = f"vendor/acme-smoke/{IMEI}/up"
+    assert reject_reason(topic, {"imei": IMEI, "payload": "zz"}) == "bad_frame"
+    other = "860000000000999"
+    assert (
+        reject_reason(f"vendor/acme-smoke/{other}/up", acme_body(good_frame(), other))
+        == "unregistered_device"
+    )
+
+
+def test_redelivery_keys_distinguish_seq_and_timestamps() -> None:
+    d = decoder()
+    topic = "community/hgy/bracelet/br-1/"
+    by_seq = d.decode(message(topic + "telemetry", {"seq": 5, "worn": True})).dedup_key
+    by_ts = d.decode(message(topic + "telemetry", {"ts": NOW_MS, "worn": True})).dedup_key
+    event_ts = d.decode(message(topic + "event", {"ts": NOW_MS, "event": "sos"})).dedup_key
+    assert by_seq == 5
+    assert by_ts is not None and event_ts is not None
+    assert len({by_seq, by_ts, event_ts}) == 3
+
+
+def test_profiles_folder_is_the_shipped_one() -> None:
+    assert Path(PROJECT_ROOT / "device_profiles" / "acme_smoke.yaml").exists()
+    assert set(PROFILES.by_device_type) == {
+        "smoke_detector",
+        "manhole_cover",
+        "bracelet",
+        "charging_shed",
+    }

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+from sim_contract import EVENTS, MAX_BYTES, MORNING_MS, crc16_modbus, decode_frame
+
+from simulators import DeviceType, Fleet, MessageKind, Scenario, ScenarioKind, SimMessage
+from simulators.layout import distance_m
+
+Bodies = list[tuple[int, dict[str, Any]]]
+
+
+def _run(
+    fleet: Fleet, text: str, hours: float = 1.0, start_ms: int = MORNING_MS
+) -> list[SimMessage]:
+    scenario = Scenario.parse(text)
+    return list(fleet.messages(start_ms=start_ms, duration_s=hours * 3600, scenarios=[scenario]))
+
+
+def _of(messages: list[SimMessage], device_id: str, kind: MessageKind) -> Bodies:
+    return [
+        (m.time_ms, json.loads(m.payload))
+        for m in messages
+        if m.device_id == device_id and m.kind is kind
+    ]
+
+
+def _events(messages: list[SimMessage], name: str) -> list[tuple[str | None, dict[str, Any]]]:
+    found = []
+    for m in messages:
+        if m.kind is MessageKind.EVENT:
+            body = json.loads(m.payload)
+            if body["event"] == name:
+                found.append((m.device_id, body))
+    return found
+
+
+def _first(fleet: Fleet, device_type: DeviceType) -> str:
+    return next(d.device_id for d in fleet.devices if d.device_type is device_type)
+
+
+def test_parse() -> None:
+    assert Scenario.parse("fire@30") == Scenario(ScenarioKind.FIRE, 30.0)
+    assert Scenario.parse("fall@10:br-hgy-0003") == Scenario(ScenarioKind.FALL, 10.0, "br-hgy-0003")
+    assert Scenario.parse("malformed@5").kind is ScenarioKind.MALFORMED
+    assert str(Scenario.parse("fall@10.5:br-1")) == "fall@10.5:br-1"
+    for bad in ("fire", "blaze@3", "fire@soon", "fire@-1"):
+        with pytest.raises(ValueError):
+            Scenario.parse(bad)
+
+
+def test_wrong_target_is_refused(fleet: Fleet) -> None:
+    with pytest.raises(ValueError, match="not one of"):
+        _run(fleet, f"fall@1:{_first(fleet, DeviceType.MANHOLE_COVER)}")
+    with pytest.raises(ValueError, match="no device"):
+        _run(fleet, "fall@1:nobody")
+
+
+def test_fire_sets_off_a_building(fleet: Fleet) -> None:
+    messages = _run(fleet, "fire@30", hours=0.25)
+    alarms = _events(messages, "alarm")
+    assert alarms
+    first = fleet.device(alarms[0][0] or "")
+    building = [
+        d
+        for d in fleet.devices
+        if d.device_type is DeviceType.SMOKE_DETECTOR and d.building_key == first.building_key
+    ]
+    assert len(building) >= 2
+    assert any(d.imei for d in building)
+    for device in building:
+        if device.imei:
+            frames = [
+                decode_frame(b["payload"])
+                for _, b in _of(messages, device.device_id, MessageKind.VENDOR)
+            ]
+            alarm_frames = [f for f in frames if f["type"] == 0x02]
+            assert alarm_frames and all(f["status"] & 1 and f["crc_ok"] for f in alarm_frames)
+            continue
+        readings = [
+            b
+            for t, b in _of(messages, device.device_id, MessageKind.TELEMETRY)
+            if t >= MORNING_MS + 30_000
+        ]
+        assert any(
+            b["event"] == "alarm" for _, b in _of(messages, device.device_id, MessageKind.EVENT)
+        )
+        assert len(readings) >= 3 and all(b["alarm"] for b in readings)
+        obscuration = [b["obscuration_pct_per_m"] for b in readings]
+        temperature = [b["temperature_c"] for b in readings]
+        assert obscuration[-1] > obscuration[0] and temperature[-1] > temperature[0]
+
+
+def test_fall_and_sos(fleet: Fleet) -> None:
+    target = [d for d in fleet.devices if d.device_type is DeviceType.BRACELET][2].device_id
+    falls = _events(_run(fleet, f"fall@10:{target}", hours=0.1), "fall")
+    assert len(falls) == 1 and falls[0][0] == target
+    assert falls[0][1]["confidence"] == 0.9
+    assert isinstance(falls[0][1]["lat"], float) and isinstance(falls[0][1]["lon"], float)
+    assert falls[0][1]["ts"] == MORNING_MS + 10_000
+    soses = _events(_run(fleet, "sos@10", hours=0.1), "sos")
+    assert len(soses) == 1 and "lat" in soses[0][1]
+
+
+def test_lid_opened(fleet: Fleet) -> None:
+    messages = _run(fleet, "lid_opened@60")
+    device_id = _events(messages, "lid_opened")[0][0] or ""
+    readings = _of(messages, device_id, MessageKind.TELEMETRY)
+    assert any(b["lid_open"] and b["tilt_deg"] > 15 for _, b in readings)
+    assert _events(messages, "lid_closed")  # put back after a while
+
+
+def test_overflow(fleet: Fleet) -> None:
+    target = _first(fleet, DeviceType.MANHOLE_COVER)
+    depth_cm = fleet.device(target).well_depth_cm or 0
+    readings = _of(_run(fleet, "overflow@60"), target, MessageKind.TELEMETRY)
+    levels = [b["water_level_cm"] for _, b in readings]
+    assert max(levels) > 0.8 * depth_cm
+    assert levels[0] < 0.5 * depth_cm
+
+
+def test_sewer_gas(fleet: Fleet) -> None:
+    target = _first(fleet, DeviceType.MANHOLE_COVER)
+    readings = _of(_run(fleet, "sewer_gas@60"), target, MessageKind.TELEMETRY)
+    assert any(b.get("ch4_ppm", 0) > 5000 for _, b in readings)
+
+
+def _port_series(readings: Bodies) -> dict[int, list[tuple[int, dict[str, Any]]]]:
+    series: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for t, body in readings:
+        for port in body["ports"]:
+            series.setdefault(port["port"], []).append((t, port))
+    return series
+
+
+def test_thermal_runaway(fleet: Fleet) -> None:
+    target = _first(fleet, DeviceType.CHARGING_SHED)
+    readings = _of(_run(fleet, "thermal_runaway@60", hours=0.25), target, MessageKind.TELEMETRY)
+    hot = []
+    for points in _port_series(readings).values():
+        for (t0, a), (t1, b) in itertools.pairwise(points):
+            rise_c_per_min = (b["temperature_c"] - a["temperature_c"]) / ((t1 - t0) / 60_000)
+            if b["temperature_c"] > 80 and rise_c_per_min >= 5:
+                hot.append(b)
+    assert hot
+
+
+def test_overcurrent(fleet: Fleet) -> None:
+    messages = _run(fleet, "overcurrent@60", hours=0.25)
+    target = _first(fleet, DeviceType.CHARGING_SHED)
+    events = _events(messages, "overcurrent")
+    assert events and events[0][0] == target
+    port = events[0][1]["port"]
+    currents = [
+        p["current_a"] for _, p in _port_series(_of(messages, target, MessageKind.TELEMETRY))[port]
+    ]
+    assert max(currents) > 10
+    assert currents[-1] == 0  # the breaker cut it
+    assert _events(messages, "power_cut")[0][1]["port"] == port
+
+
+def test_shed_smoke(fleet: Fleet) -> None:
+    messages = _run(fleet, "shed_smoke@60", hours=0.1)
+    assert _events(messages, "smoke_alarm")
+    target = _first(fleet, DeviceType.CHARGING_SHED)
+    assert any(b["smoke"] for _, b in _of(messages, target, MessageKind.TELEMETRY))
+
+
+def test_heart_rate_abnormal_for_minutes(fleet: Fleet) -> None:
+    target = _first(fleet, DeviceType.BRACELET)
+    readings = _of(_run(fleet, "heart_rate@60", hours=0.5), target, MessageKind.TELEMETRY)
+    abnormal = [t for t, b in readings if b["worn"] and not 40 <= b["heart_rate_bpm"] <= 150]
+    assert len(abnormal) >= 3 and abnormal[-1] - abnormal[0] >= 60_000
+    # and back to normal afterwards
+    assert 40 <= readings[-1][1]["heart_rate_bpm"] <= 150
+
+
+def test_wander_leaves_the_safe_area(fleet: Fleet) -> None:
+    target = _first(fleet, DeviceType.BRACELET)
+    wearer = fleet.device(target).wearer
+    assert wearer is not None
+    readings = _of(_run(fleet, "wander@60", hours=0.5), target, MessageKind.TELEMETRY)
+    away = [distance_m(b["lat"], b["lon"], wearer.home_lat, wearer.home_lon) for _, b in readings]
+    assert max(away) > wearer.safe_radius_m
+    assert away[0] < wearer.safe_radius_m
+
+
+def test_no_activity_for_a_lone_wearer() -> None:
+    fleet = Fleet.build(seed=7, devices=12, communities=1)
+    day_start_ms = MORNING_MS - 3 * 3600 * 1000  # 07:00 local
+    messages = _run(fleet, "no_activity@0", hours=15.5, start_ms=day_start_ms)
+    alone = [d for d in fleet.devices if d.wearer is not None and d.wearer.lives_alone]
+    assert alone
+    readings = _of(messages, alone[0].device_id, MessageKind.TELEMETRY)
+    assert all(b["worn"] for _, b in readings)
+    assert len({b["steps"] for _, b in readings}) == 1
+    assert readings[-1][0] - readings[0][0] >= 12 * 3600 * 1000
+
+
+def test_low_battery(fleet: Fleet) -> None:
+    messages = _run(fleet, "low_battery@60", hours=0.2)
+    smoke = next(d for d in fleet.devices if d.device_type is DeviceType.SMOKE_DETECTOR)
+    bracelet = _first(fleet, DeviceType.BRACELET)
+    assert any(
+        b["battery_pct"] < 20 for _, b in _of(messages, smoke.device_id, MessageKind.TELEMETRY)
+    )
+    assert any(device == smoke.device_id for device, _ in _events(messages, "low_battery"))
+    assert any(b["battery_pct"] < 15 for _, b in _of(messages, bracelet, MessageKind.TELEMETRY))
+
+
+def test_silent_devices_stop_and_leave_a_last_will(fleet: Fleet) -> None:
+    target = _first(fleet, DeviceType.CHARGING_SHED)
+    messages = _run(fleet, f"silent@60:{target}", hours=0.5)
+    mine = [m for m in messages if m.device_id == target]
+    will = [m for m in mine if m.kind is MessageKind.STATUS]
+    assert len(will) == 1 and will[0].retain and json.loads(will[0].payload) == {"online": False}
+    assert will[0] is mine[-1] and will[0].time_ms == MORNING_MS + 60_000
+    others = [m for m in messages if m.device_id != target and m.time_ms > MORNING_MS + 60_000]
+    assert others
+
+
+def test_malformed_sends_every_kind_of_bad_input(fleet: Fleet) -> None:
+    messages = [
+        m for m in _run(fleet, "malformed@5", hours=0.01) if m.kind is MessageKind.MALFORMED
+    ]
+    by_label = {m.label: m for m in messages}
+    assert set(by_label) == {
+        "not_json", "too_large", "unknown_device_type", "unregistered_device", "wrong_type",
+        "out_of_range", "acme_bad_header", "acme_bad_length", "acme_bad_crc",
+    }  # fmt: skip
+    registered = {d.device_id for d in fleet.devices}
+
+    with pytest.raises(ValueError):
+        json.loads(by_label["not_json"].payload)
+    assert len(by_label["too_large"].payload) > MAX_BYTES
+    json.loads(by_label["too_large"].payload)
+    assert by_label["unknown_device_type"].topic.split("/")[2] not in EVENTS
+    unregistered = by_label["unregistered_device"].topic.split("/")
+    assert unregistered[2] == "smoke_detector" and unregistered[3] not in registered
+    wrong = json.loads(by_label["wrong_type"].payload)
+    assert isinstance(wrong["heart_rate_bpm"], str)
+    out = json.loads(by_label["out_of_range"].payload)
+    assert out["heart_rate_bpm"] > 250 or out["battery_pct"] > 100
+
+    def frame(label: str) -> bytes:
+        return bytes.fromhex(json.loads(by_label[label].payload)["payload"])
+
+    header = frame("acme_bad_header")
+    assert len(header) == 10 and header[0] != 0xAA
+    assert crc16_modbus(header[:8]) == int.from_bytes(header[8:], "little")
+    assert len(frame("acme_bad_length")) != 10
+    crc = frame("acme_bad_crc")
+    assert len(crc) == 10 and crc[0] == 0xAA
+    assert crc16_modbus(crc[:8]) != int.from_bytes(crc[8:], "little")

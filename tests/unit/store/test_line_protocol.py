@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import enum
+import math
+
+import pytest
+
+from gateway.decode.record import FieldValue
+from gateway.store.line_protocol import encode_point, encode_points
+from gateway.store.point import Point
+
+T_MS = 1_767_225_600_000
+
+
+def point(
+    fields: tuple[tuple[str, FieldValue], ...] = (("v", 1.5),),
+    tags: tuple[tuple[str, str], ...] = (),
+    measurement: str = "m",
+) -> Point:
+    return Point(measurement=measurement, tags=tags, fields=fields, time_ms=T_MS)
+
+
+def test_typical_point() -> None:
+    p = Point(
+        measurement="reading",
+        tags=(("device_id", "th-001"), ("community", "c1"), ("device_type", "th")),
+        fields=(("temperature_c", 21.5), ("battery_mv", 3012), ("door_open", False)),
+        time_ms=T_MS,
+    )
+    assert encode_point(p) == (
+        "reading,community=c1,device_id=th-001,device_type=th "
+        f"temperature_c=21.5,battery_mv=3012i,door_open=false {T_MS}"
+    )
+
+
+def test_tags_sorted_by_key_and_empty_values_omitted() -> None:
+    p = point(tags=(("z", "1"), ("a", "2"), ("port", ""), ("m", "3")))
+    assert encode_point(p) == f"m,a=2,m=3,z=1 v=1.5 {T_MS}"
+
+
+def test_field_order_is_kept() -> None:
+    assert encode_point(point((("b", 1), ("a", 2)))) == f"m b=1i,a=2i {T_MS}"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1, "1i"),
+        (-7, "-7i"),
+        (0, "0i"),
+        (2**63 - 1, "9223372036854775807i"),
+        (-(2**63), "-9223372036854775808i"),
+        (True, "true"),
+        (False, "false"),
+        (3.0, "3.0"),
+        (-0.0, "-0.0"),
+        (0.1, "0.1"),
+        (1e20, "1e+20"),
+        (1e-5, "1e-05"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        ("plain", '"plain"'),
+        ("", '""'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("C:\\dir\\", '"C:\\\\dir\\\\"'),
+        ("a,b c=d", '"a,b c=d"'),
+        ("湖光苑 3号楼", '"湖光苑 3号楼"'),
+        # InfluxDB has no escape for a newline in a string; it keeps a raw one.
+        ("line1\nline2\r\n", '"line1\nline2\r\n"'),
+    ],
+)
+def test_field_values(value: FieldValue, text: str) -> None:
+    assert encode_point(point((("f", value),))) == f"m f={text} {T_MS}"
+
+
+def test_floats_round_trip() -> None:
+    for value in (0.1 + 0.2, 1 / 3, 123456789.123456789, 2.5e-300, -1e300):
+        line = encode_point(point((("f", value),)))
+        assert float(line.split(" ")[1].removeprefix("f=")) == value
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_floats_rejected(value: float) -> None:
+    with pytest.raises(ValueError, match="'f'"):
+        encode_point(point((("f", value),)))
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+def test_ints_outside_int64_rejected(value: int) -> None:
+    with pytest.raises(ValueError, match="int64"):
+        encode_point(point((("f", value),)))
+
+
+def test_subclasses_of_field_types() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Mode(enum.StrEnum):
+        AUTO = "auto"
+
+    class Ratio(float):
+        pass
+
+    p = point((("level", Level.HIGH), ("mode", Mode.AUTO), ("r", Ratio(0.5))))
+    assert encode_point(p) == f'm level=3i,mode="auto",r=0.5 {T_MS}'
+
+
+def test_unsupported_type_rejected() -> None:
+    with pytest.raises(ValueError, match="unsupported type"):
+        encode_point(point((("f", None),)))  # type: ignore[arg-type]
+
+
+def test_no_fields_rejected() -> None:
+    with pytest.raises(ValueError, match="no fields"):
+        encode_point(point(fields=()))
+
+
+@pytest.mark.parametrize(
+    "p",
+    [
+        point(measurement=""),
+        point(tags=(("", "v"),)),
+        point(fields=(("", 1),)),
+    ],
+)
+def test_empty_names_rejected(p: Point) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        encode_point(p)
+
+
+def test_measurement_escapes_comma_and_space_only() -> None:
+    p = point(measurement="a,b c=d")
+    assert encode_point(p) == f"a\\,b\\ c=d v=1.5 {T_MS}"
+
+
+def test_tag_and_field_keys_escape_comma_equals_space() -> None:
+    p = point(tags=(("k,1 =", "v,1 ="),), fields=(("f,1 =", 1),))
+    assert encode_point(p) == f"m,k\\,1\\ \\==v\\,1\\ \\= f\\,1\\ \\==1i {T_MS}"
+
+
+def test_double_quotes_in_names_are_literal() -> None:
+    p = point(measurement='m"', tags=(('t"', 'v"'),), fields=(('f"', 1),))
+    assert encode_point(p) == f'm",t"=v" f"=1i {T_MS}'
+
+
+def test_backslashes_in_names_are_literal() -> None:
+    # The parser only looks one character back: a backslash not before a special
+    # character is a literal one, and one before an escaped special stays as it is.
+    p = point(measurement="C:\\m", tags=(("k", "a\\b"), ("x", "a\\,b")), fields=(("f\\g", 1),))
+    assert encode_point(p) == f"C:\\m,k=a\\b,x=a\\\\,b f\\g=1i {T_MS}"
+
+
+def test_trailing_backslash_becomes_space() -> None:
+    p = point(measurement="m\\", tags=(("t\\", "v\\"),), fields=(("f\\", 1),))
+    assert encode_point(p) == f"m\\ ,t\\ =v\\  f\\ =1i {T_MS}"
+
+
+def test_newlines_in_names_become_spaces() -> None:
+    p = point(measurement="m\nx", tags=(("t\r\n", "a\nb"),), fields=(("f\n", 1),))
+    line = encode_point(p)
+    assert line == f"m\\ x,t\\ \\ =a\\ b f\\ =1i {T_MS}"
+    assert "\n" not in line
+
+
+def test_non_ascii_is_kept() -> None:
+    p = point(measurement="住户", tags=(("小区", "湖光苑 3号楼"),), fields=(("温度", 1),))
+    assert encode_point(p) == f"住户,小区=湖光苑\\ 3号楼 温度=1i {T_MS}"
+
+
+def test_cached_series_give_same_text() -> None:
+    tags = (("device_id", "d-1"), ("community", "c"))
+    first = encode_point(point(tags=tags))
+    again = encode_point(point(tags=(("device_id", "d-1"), ("community", "c"))))
+    assert first == again == f"m,community=c,device_id=d-1 v=1.5 {T_MS}"
+
+
+def test_encode_points_keeps_order() -> None:
+    lines = encode_points([point((("v", i),)) for i in range(3)])
+    assert lines == [f"m v={i}i {T_MS}" for i in range(3)]
+
+
+def test_negative_time() -> None:
+    p = Point(measurement="m", tags=(), fields=(("v", 1),), time_ms=-5)
+    assert encode_point(p) == "m v=1i -5"

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+from gateway.store.outbox import Outbox, QuarantineEntry
+
+
+def entry(reason: str = "not_json") -> QuarantineEntry:
+    return QuarantineEntry(1, "community/a/b/c/telemetry", b"\x00raw", reason, "detail")
+
+
+def test_lines_leave_in_order_and_only_when_removed(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.commit([f"m v={i}i 1" for i in range(10)], [], [])
+    first = outbox.peek(4)
+    assert [line for _, line in first] == [f"m v={i}i 1" for i in range(4)]
+    assert outbox.peek(4) == first
+    outbox.remove_through(first[-1][0])
+    assert [line for _, line in outbox.peek(100)] == [f"m v={i}i 1" for i in range(4, 10)]
+    assert outbox.depth() == 6
+
+
+def test_everything_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path)
+    outbox.commit(["m v=1i 1"], [entry()], [("hgy", "sd-1", "1 2 3")])
+    outbox.close()
+    again = Outbox(path)
+    assert [line for _, line in again.peek(10)] == ["m v=1i 1"]
+    assert again.redelivery_keys() == [("hgy", "sd-1", "1 2 3")]
+    (stored,) = again.quarantine()
+    assert stored.entry == entry()
+    assert again.counters() == {"quarantined:not_json": 1}
+
+
+def test_refused_lines_are_quarantined_when_removed(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.commit(["a v=1i 1", "b v= 1"], [], [])
+    last_id = outbox.peek(10)[-1][0]
+    outbox.remove_through(last_id, [entry("refused_by_database")])
+    assert outbox.depth() == 0
+    assert [q.entry.reason for q in outbox.quarantine()] == ["refused_by_database"]
+
+
+def test_quarantine_keeps_the_newest_rows_and_counts_all(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", quarantine_max_rows=100)
+    for _ in range(3):
+        outbox.commit([], [entry("bad_crc")] * 60, [])
+    assert len(outbox.quarantine(limit=1000)) == 100
+    assert len(outbox.quarantine(reason="bad_crc", limit=5)) == 5
+    assert outbox.counters()["quarantined:bad_crc"] == 180
+
+
+def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
+    evicted = 0
+    for batch in range(40):
+        result = outbox.commit(
+            [f'm,batch={batch} pad="{"x" * 900}" {i}' for i in range(100)], [], []
+        )
+        evicted += result.evicted_lines
+    assert evicted > 0
+    assert outbox.size_bytes() <= (1 << 20) + 200_000
+    assert outbox.counters()["outbox_evicted_lines"] == evicted
+    # The newest batch is intact; the oldest went first.
+    lines = [line for _, line in outbox.peek(10_000)]
+    assert lines[-1].startswith("m,batch=39 ")
+    assert not any(line.startswith("m,batch=0 ") for line in lines)
+    assert outbox.depth() == 4000 - evicted

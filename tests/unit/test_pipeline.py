@@ -1,0 +1,99 @@
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import PROJECT_ROOT
+from gateway.clock import ManualClock
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.dedup import RedeliveryFilter
+from gateway.decode.profile import load_profiles
+from gateway.decode.record import Record
+from gateway.ingest.message import InboundMessage
+from gateway.pipeline import IngestPipeline
+from gateway.registry import Registry
+from gateway.stats import Stats
+from gateway.store.outbox import Outbox
+from gateway.store.series import SeriesMapper
+
+NOW_MS = 1_767_225_600_000
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
+        return []
+
+    def ack(self, messages: Sequence[InboundMessage]) -> None:
+        self.acked.extend(m.mid for m in messages)
+
+
+def pipeline(path: Path, redelivery: RedeliveryFilter | None = None) -> IngestPipeline:
+    profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+    registry = Registry()
+    outbox = Outbox(path)
+    redelivery = redelivery or RedeliveryFilter()
+    redelivery.restore(outbox.redelivery_keys())
+    return IngestPipeline(
+        Decoder(profiles, registry, ManualClock(NOW_MS)),
+        redelivery,
+        SeriesMapper(profiles, registry),
+        outbox,
+        Stats(),
+    )
+
+
+def msg(mid: int, payload: dict[str, object] | bytes, kind: str = "telemetry") -> InboundMessage:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return InboundMessage(f"community/hgy/bracelet/br-1/{kind}", body, NOW_MS, mid, 1)
+
+
+async def test_a_batch_is_committed_then_acknowledged_then_handed_on(tmp_path: Path) -> None:
+    p = pipeline(tmp_path / "o.sqlite3")
+    seen: list[Record] = []
+    source = FakeSource()
+
+    def listen(records: Sequence[Record]) -> None:
+        # By the time listeners run, the batch is durable and acknowledged.
+        assert p._outbox.depth() == 2
+        assert source.acked == [1, 2, 3]
+        seen.extend(records)
+
+    p.listeners.append(listen)
+    await p.handle(
+        source,
+        [
+            msg(1, {"ts": NOW_MS, "seq": 1, "heart_rate_bpm": 70}),
+            msg(2, b"garbage"),
+            msg(3, {"ts": NOW_MS, "seq": 2, "event": "sos"}, "event"),
+        ],
+    )
+    assert len(seen) == 2
+    assert p._stats.rejected_by_reason == {"not_json": 1}
+    assert [q.entry.reason for q in p._outbox.quarantine()] == ["not_json"]
+
+
+async def test_redelivery_makes_nothing_twice_even_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    first = pipeline(path)
+    source = FakeSource()
+    await first.handle(source, [msg(1, {"ts": NOW_MS, "seq": 9, "event": "fall"}, "event")])
+    first._outbox.close()
+
+    second = pipeline(path)
+    seen: list[Record] = []
+    second.listeners.append(seen.extend)
+    await second.handle(
+        source,
+        [
+            msg(1, {"ts": NOW_MS, "seq": 9, "event": "fall"}, "event"),
+            msg(2, {"ts": NOW_MS + 1, "seq": 10, "event": "fall"}, "event"),
+            msg(3, {"ts": NOW_MS + 1, "seq": 10, "event": "fall"}, "event"),
+        ],
+    )
+    assert [r.seq for r in seen] == [10]
+    assert second._stats.redeliveries == 2
+    # Redeliveries are still acknowledged, or the broker would send them forever.
+    assert source.acked == [1, 1, 2, 3]
+    assert second._outbox.depth() == 2
