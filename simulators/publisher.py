@@ -51,7 +51,7 @@ class SimulationOptions:
     processes: int = 1
     qos: int = 1
     # Unacknowledged messages allowed in flight per connection.
-    inflight_window: int = 200
+    inflight_window: int = 64
     client_id_prefix: str = "simulator"
 
     def __post_init__(self) -> None:

@@ -91,7 +91,7 @@ class Scenario:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One device reached by a scenario, `delay_s` after the scenario's time."""
+    """A scenario stage reaching one device (none: fleet-wide) at `at_s` into the run."""
 
     device_id: str | None
     stage: str

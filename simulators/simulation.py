@@ -6,6 +6,7 @@ import heapq
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from simulators.acme import AcmeFrame, FrameType, StatusBits
 from simulators.device import Device
@@ -40,11 +41,18 @@ class _Run:
     next_tick_ms: int = 0
 
 
+# tick: a periodic report · hit: a scenario stage reaches a device · emit: send an event ·
+# silence: the device stops and its last will is published · malformed: send bad input
+ActionKind = Literal["tick", "hit", "emit", "silence", "malformed"]
+
+
 @dataclass(order=True, slots=True)
 class _Action:
+    """Something due at `time_ms`; `order` keeps same-time actions first-in, first-out."""
+
     time_ms: int
     order: int
-    what: str = field(compare=False)  # "tick", "hit", "emit", "silence", "malformed"
+    what: ActionKind = field(compare=False)
     index: int = field(compare=False, default=-1)
     stage: str = field(compare=False, default="")
     token: int = field(compare=False, default=0)
@@ -117,7 +125,7 @@ class Simulation:
                 index = self.index_of[hit.device_id]
                 if index not in self.runs:
                     continue
-                what = "silence" if scenario.kind is ScenarioKind.SILENT else "hit"
+                what: ActionKind = "silence" if scenario.kind is ScenarioKind.SILENT else "hit"
                 self._push(_Action(time_ms, 0, what, index=index, stage=hit.stage))
 
     # --- the two ways of driving time ---

@@ -6,7 +6,7 @@ import math
 import random
 
 from simulators.device import Device, Wearer
-from simulators.layout import distance_m, offset
+from simulators.layout import offset
 from simulators.models.model import DeviceModel, Fields, Reaction, clamp, local_day, local_hour
 
 BATTERY_DRAIN_PCT_PER_H = 0.6  # about a week between charges
@@ -129,9 +129,6 @@ class BraceletModel(DeviceModel):
             "worn": self.worn,
             "battery_pct": round(self.battery_pct),
         }
-
-    def distance_from_home_m(self) -> float:
-        return distance_m(self.lat, self.lon, self.wearer.home_lat, self.wearer.home_lon)
 
     # --- scenarios ---
 

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from sim_contract import decode_frame
-
 from simulators.acme import AcmeFrame, FrameType, StatusBits, crc16_modbus, imei_check_digit
+from tests.unit.simulators.sim_contract import decode_frame
 
 
 def test_crc16_modbus_known_vector() -> None:

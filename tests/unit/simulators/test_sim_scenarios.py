@@ -5,10 +5,16 @@ import json
 from typing import Any
 
 import pytest
-from sim_contract import EVENTS, MAX_BYTES, MORNING_MS, crc16_modbus, decode_frame
 
 from simulators import DeviceType, Fleet, MessageKind, Scenario, ScenarioKind, SimMessage
 from simulators.layout import distance_m
+from tests.unit.simulators.sim_contract import (
+    EVENTS,
+    MAX_BYTES,
+    MORNING_MS,
+    crc16_modbus,
+    decode_frame,
+)
 
 Bodies = list[tuple[int, dict[str, Any]]]
 

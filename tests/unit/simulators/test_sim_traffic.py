@@ -4,10 +4,9 @@ import json
 from collections import defaultdict
 from itertools import islice, pairwise
 
-from sim_contract import MORNING_MS, decode_frame, message_problems
-
 from simulators import DeviceType, Fleet, MessageKind, Scenario, SimMessage
 from simulators.layout import distance_m
+from tests.unit.simulators.sim_contract import MORNING_MS, decode_frame, message_problems
 
 ALL_SCENARIOS = [
     Scenario.parse(text)
