@@ -41,6 +41,8 @@ demo: install
 	$(BIN)/community-gateway demo $(ARGS)
 
 bench: install services
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.mqtt_clients
 	$(BIN)/python -m bench.pipeline
 
 clean:

@@ -1,12 +1,12 @@
 """End-to-end throughput of the gateway: simulator traffic through a local Mosquitto into
 a local InfluxDB, with nothing lost, in one run:
 
-1. the raw receive rate of paho-mqtt (the gateway's client) with a no-op handler,
-   draining a QoS 1 backlog;
-2. the gateway draining a QoS 1 backlog queued in its persistent session while it was
+1. the gateway draining a QoS 1 backlog queued in its persistent session while it was
    down: the broker offers as fast as the gateway takes;
-3. the gateway under live load from several publisher processes;
-4. the gateway's peak memory.
+2. the gateway under live load from several publisher processes;
+3. the gateway's peak memory.
+
+The raw receive rates of the MQTT clients are measured by bench/mqtt_clients.py.
 
     .venv/bin/python -m bench.pipeline [--messages 200000] [--publishers 2]
 """
@@ -16,21 +16,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from simulators.fleet import Fleet
 from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
 from tests.integration.services import InfluxService, MosquittoService
 
 DEVICES = 2000
+# The gateway's phases use one fleet, the one its registry describes.
+FLEET_SEED = 2
+PROTOCOL = os.environ.get("BENCH_MQTT_PROTOCOL", "5")
 
 
 def preload(
@@ -50,50 +51,22 @@ def preload(
     )
 
 
-def raw_receive_rate(broker: MosquittoService, messages: int, publishers: int) -> float:
-    """Messages/s paho delivers to a no-op handler, acknowledging each QoS 1 message."""
-    received = 0
-    last = threading.Event()
-    started: list[float] = []
-
-    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        nonlocal received
-        if not started:
-            started.append(time.perf_counter())
-        received += 1
-        if received >= messages:
-            last.set()
-
-    def client() -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", clean_session=False)
-        c.on_message = on_message
-        c.connect(broker.host, broker.port)
-        return c
-
-    c = client()
-    c.subscribe("community/#", qos=1)
-    c.loop_start()
-    time.sleep(0.5)
-    c.disconnect()
-    c.loop_stop()
-    report = preload(broker, messages, publishers, seed=1)
-    expected = report.total_acknowledged
-    c = client()
-    c.loop_start()
-    messages = expected
-    last.wait(timeout=600)
-    elapsed = time.perf_counter() - started[0]
-    c.disconnect()
-    c.loop_stop()
-    return received / elapsed
-
-
 def gateway_config(workdir: Path, broker: MosquittoService, influx: InfluxService) -> GatewayConfig:
+    registry = workdir / "devices.csv"
+    registry.write_text(
+        Fleet.build(seed=FLEET_SEED, devices=DEVICES).registry_csv(), encoding="utf-8"
+    )
     return GatewayConfig.model_validate(
         {
-            "mqtt": {"host": broker.host, "port": broker.port, "client_id": "bench-gateway"},
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "client_id": "bench-gateway",
+                "protocol": PROTOCOL,
+            },
             "influx": {"url": influx.url, "database": "bench"},
             "outbox": {"path": workdir / "outbox.sqlite3"},
+            "registry_file": registry,
         }
     )
 
@@ -130,7 +103,7 @@ async def gateway_phases(
     gateway.stop()
     await task
 
-    report = await asyncio.to_thread(preload, broker, messages, publishers, 2)
+    report = await asyncio.to_thread(preload, broker, messages, publishers, FLEET_SEED)
     backlog = report.total_acknowledged
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
@@ -147,7 +120,7 @@ async def gateway_phases(
             SimulationOptions(
                 port=broker.port,
                 devices=DEVICES,
-                seed=3,
+                seed=FLEET_SEED,
                 seconds=live_s,
                 rate_msg_s=None,
                 processes=publishers,
@@ -162,6 +135,8 @@ async def gateway_phases(
     results["live_stored_msg_s"] = live_report.total_acknowledged / (offered_s + elapsed)
     results["lost"] = float(backlog + live_report.total_acknowledged - gateway.stats.messages_in)
     results["rejected"] = float(gateway.stats.rejected)
+    if gateway.stats.rejected:
+        print("rejected:", dict(gateway.stats.rejected_by_reason))
     gateway.stop()
     await task
     return results
@@ -182,7 +157,6 @@ def main() -> None:
         influx.start()
         try:
             influx.create_database("bench")
-            raw = raw_receive_rate(broker, args.messages // 2, args.publishers)
             rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             results = asyncio.run(
                 gateway_phases(
@@ -192,7 +166,6 @@ def main() -> None:
         finally:
             influx.stop()
             broker.stop()
-    results["paho_raw_receive_msg_s"] = raw
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["rss_before_gateway_mib"] = rss_before_kib / 1024
     for name, value in results.items():

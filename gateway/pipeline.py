@@ -21,7 +21,6 @@ from gateway.decode.record import Record
 from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
 from gateway.stats import Stats
-from gateway.store.line_protocol import encode_point
 from gateway.store.outbox import Outbox, QuarantineEntry
 from gateway.store.series import SeriesMapper
 
@@ -78,11 +77,11 @@ class IngestPipeline:
         redeliveries = 0
         decode = self._decoder.decode
         is_redelivery = self._redelivery.is_redelivery
-        points = self._mapper.points
+        line = self._mapper.line
         for message in messages:
             try:
                 decoded = decode(message)
-                new_lines = [encode_point(p) for r in decoded.records for p in points(r)]
+                new_lines = [line(r) for r in decoded.records]
             except DecodeError as exc:
                 quarantined.append(
                     QuarantineEntry(

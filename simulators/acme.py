@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
+from gateway.decode.acme import crc16_modbus
+
 FRAME_HEADER = 0xAA
 FRAME_LENGTH_BYTES = 10
 
@@ -43,16 +45,6 @@ class AcmeFrame:
             round(self.obscuration_pct_per_m * 100),
         )
         return body + crc16_modbus(body).to_bytes(2, "little")
-
-
-def crc16_modbus(data: bytes) -> int:
-    """CRC-16/MODBUS: poly 0x8005 reflected (0xA001), init 0xFFFF, no final xor."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 def imei_check_digit(first_14_digits: str) -> str:

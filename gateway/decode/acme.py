@@ -72,15 +72,3 @@ def decode_frame(hex_payload: str) -> AcmeFrame:
         temperature_c=int.from_bytes(frame[4:6], "big", signed=True) / 10,
         obscuration_pct_per_m=int.from_bytes(frame[6:8], "big") / 100,
     )
-
-
-def encode_frame(frame: AcmeFrame) -> bytes:
-    """The inverse of decode_frame, for simulators and tests."""
-    status = sum(bit for name, bit in STATUS_BITS if getattr(frame, name))
-    body = (
-        bytes([HEADER, frame.frame_type, status, frame.battery_pct])
-        + round(frame.temperature_c * 10).to_bytes(2, "big", signed=True)
-        + round(frame.obscuration_pct_per_m * 100).to_bytes(2, "big")
-    )
-    crc = crc16_modbus(body)
-    return body + bytes([crc & 0xFF, crc >> 8])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from gateway.clock import Clock
 from gateway.decode import acme
@@ -321,8 +322,8 @@ class Decoder:
 
 def _parse_object(payload: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
         raise DecodeError(RejectReason.NOT_JSON, f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise DecodeError(
@@ -346,12 +347,14 @@ _KIND_CODES = {"telemetry": 0, "event": 1, "status": 2, "up": 3}
 
 
 def _dedup_key(kind: str, seq: int | None, source: TimeSource, time_ms: int) -> int | None:
-    """A small int per message: seq as is, a device timestamp negated (so the two never meet)."""
-    if seq is not None:
-        return seq
+    """A small int per message, the same for every delivery of it.
+
+    `seq` and the device's `ts` together where both are sent: a device that restarts
+    counts from 0 again, and its new messages must not pass for old ones.
+    """
     if source is TimeSource.DEVICE:
-        return -(time_ms * 4 + _KIND_CODES[kind]) - 1
-    return None
+        return hash((seq, time_ms)) if seq is not None else hash((_KIND_CODES[kind], time_ms))
+    return seq
 
 
 def _topic_matches(filters: tuple[str, ...], parts: list[str]) -> bool:

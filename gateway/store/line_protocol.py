@@ -51,14 +51,17 @@ def encode_point(point: Point) -> str:
     series_id = (point.measurement, point.tags)
     series = _series_cache.get(series_id)
     if series is None:
-        series = _encode_series(point.measurement, point.tags)
+        series = encode_series(point.measurement, point.tags)
         if len(_series_cache) >= _CACHE_MAX_ENTRIES:
             _series_cache.clear()
         _series_cache[series_id] = series
-    if not point.fields:
-        raise ValueError(f"point of {point.measurement!r} has no fields")
-    fields = []
-    for key, value in point.fields:
+    return f"{series} {encode_fields(point.fields)} {point.time_ms}"
+
+
+def encode_fields(fields: Iterable[tuple[str, FieldValue]]) -> str:
+    """The field set of a line: `key=value` pairs joined by commas."""
+    encoded = []
+    for key, value in fields:
         prefix = _field_prefix_cache.get(key)
         if prefix is None:
             prefix = _field_prefix(key)
@@ -68,14 +71,18 @@ def encode_point(point: Point) -> str:
             if value - value != 0.0:
                 raise ValueError(f"field {key!r}: {value!r} cannot be stored")
             # repr is the shortest text that parses back to the same float.
-            fields.append(prefix + repr(value))
+            encoded.append(prefix + repr(value))
         elif type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
-            fields.append(f"{prefix}{value}i")
+            encoded.append(f"{prefix}{value}i")
+        elif type(value) is bool:
+            encoded.append(prefix + ("true" if value else "false"))
         elif type(value) is str:
-            fields.append(prefix + '"' + value.translate(_STRING_ESCAPES) + '"')
+            encoded.append(prefix + '"' + value.translate(_STRING_ESCAPES) + '"')
         else:
-            fields.append(prefix + _field_value(key, value))
-    return f"{series} {','.join(fields)} {point.time_ms}"
+            encoded.append(prefix + _field_value(key, value))
+    if not encoded:
+        raise ValueError("a point has no fields")
+    return ",".join(encoded)
 
 
 def encode_points(points: Iterable[Point]) -> list[str]:
@@ -83,7 +90,8 @@ def encode_points(points: Iterable[Point]) -> list[str]:
     return [encode_point(point) for point in points]
 
 
-def _encode_series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+def encode_series(measurement: str, tags: Iterable[tuple[str, str]]) -> str:
+    """The measurement and tag set of a line, tags sorted."""
     if not measurement:
         raise ValueError("measurement is empty")
     parts = [_escape(measurement, _MEASUREMENT_ESCAPES)]

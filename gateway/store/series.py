@@ -1,13 +1,18 @@
-"""How records map to time series, as the device profiles declare."""
+"""How records map to time series, as the device profiles declare, encoded as lines."""
 
 from __future__ import annotations
 
 from gateway.decode.profile import ProfileSet
-from gateway.decode.record import Event, FieldValue, Reading, Record, TimeSource
+from gateway.decode.record import Event, Reading, Record, TimeSource
 from gateway.registry import Registry
-from gateway.store.point import Point
+from gateway.store.line_protocol import encode_fields, encode_series
 
 STATUS_MEASUREMENT = "device_status"
+# A point without a device timestamp is marked, so that dashboards can tell.
+_GATEWAY_TIME = (("gateway_time", True),)
+_EVENT_COUNT = (("count", 1),)
+# Series prefixes cached; cleared when full so that a storm of new ids stays bounded.
+_CACHE_MAX_ENTRIES = 200_000
 
 
 class SeriesMapper:
@@ -25,8 +30,30 @@ class SeriesMapper:
                 self._parts.setdefault(device_type, (parts.measurement, parts.key))
             if profile.events:
                 self._events.setdefault(device_type, profile.events.measurement)
+        self._series: dict[tuple[object, ...], str] = {}
 
-    def points(self, record: Record) -> list[Point]:
+    def line(self, record: Record) -> str:
+        """The record as one line of line protocol. Raises ValueError if it cannot be one."""
+        if isinstance(record, Reading):
+            key: tuple[object, ...] = (0, record.device, record.port)
+            fields = tuple(record.fields.items())
+        elif isinstance(record, Event):
+            key = (1, record.device, record.kind, record.port)
+            fields = tuple((k, v) for k, v in record.fields.items() if k != "port") + _EVENT_COUNT
+        else:
+            key = (2, record.device)
+            fields = (("online", record.online),)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series_of(record)
+            if len(self._series) >= _CACHE_MAX_ENTRIES:
+                self._series.clear()
+            self._series[key] = series
+        if record.time_source is TimeSource.GATEWAY:
+            fields += _GATEWAY_TIME
+        return f"{series} {encode_fields(fields)} {record.time_ms}"
+
+    def _series_of(self, record: Record) -> str:
         device = record.device
         tags: list[tuple[str, str]] = [
             ("community", device.community),
@@ -35,9 +62,7 @@ class SeriesMapper:
         registered = self._registry.get(device.community, device.device_id)
         if registered is not None:
             tags.extend(registered.place_tags)
-        fields: dict[str, FieldValue]
         if isinstance(record, Reading):
-            fields = dict(record.fields)
             if record.port is None:
                 measurement = self._telemetry[device.device_type]
             else:
@@ -48,13 +73,7 @@ class SeriesMapper:
             tags.append(("event", record.kind))
             if record.port is not None:
                 tags.append(("port", str(record.port)))
-            fields = {k: v for k, v in record.fields.items() if k != "port"}
-            fields["count"] = 1
         else:
             measurement = STATUS_MEASUREMENT
             tags.append(("device_type", device.device_type))
-            fields = {"online": record.online}
-        if record.time_source is TimeSource.GATEWAY:
-            # The device sent no `ts`; mark the point so that dashboards can tell.
-            fields["gateway_time"] = True
-        return [Point(measurement, tuple(sorted(tags)), tuple(fields.items()), record.time_ms)]
+        return encode_series(measurement, tags)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.decode import acme
+from simulators.acme import AcmeFrame, FrameType, StatusBits
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService, VictoriaMetricsService
 
@@ -51,9 +51,7 @@ async def test_every_device_type_and_the_vendor_frame_land_with_the_right_series
         influx=influx_v1(influxdb, influx_db),
         registry_file=write_registry(tmp_path, ns),
     )
-    alarm_frame = acme.encode_frame(
-        acme.AcmeFrame(acme.ALARM_REPORT, True, False, False, False, 61, 57.5, 4.25)
-    )
+    alarm_frame = AcmeFrame(FrameType.ALARM, StatusBits.ALARM, 61, 57.5, 4.25).encode()
     async with running(config):
         publisher = Publisher(mosquitto)
         publisher.publish_all(
@@ -225,9 +223,7 @@ async def test_bad_input_is_quarantined_and_good_messages_around_it_land(
 ) -> None:
     ns = namespace
     good = f"community/{ns}/smoke_detector/sd-1/telemetry"
-    frame = acme.encode_frame(
-        acme.AcmeFrame(acme.PERIODIC_REPORT, False, False, False, False, 90, 21.0, 0.0)
-    )
+    frame = AcmeFrame(FrameType.PERIODIC, StatusBits.NONE, 90, 21.0, 0.0).encode()
     bad_crc = frame[:8] + bytes([frame[8] ^ 0xFF, frame[9]])
     bad: list[tuple[str, dict[str, Any] | bytes, str]] = [
         (good, b"{oops", "not_json"),

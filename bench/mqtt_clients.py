@@ -1,0 +1,172 @@
+"""Receive rate of candidate MQTT clients draining a QoS 1 backlog, acknowledging each
+message only after a simulated batch commit, as the gateway must.
+
+    .venv/bin/python -m bench.mqtt_clients [--messages 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from simulators.publisher import SimulationOptions, run_simulation
+from tests.integration.services import MosquittoService
+
+TOPICS = ("community/#", "vendor/#")
+BATCH = 2000
+
+
+def preload(broker: MosquittoService, messages: int) -> int:
+    report = run_simulation(
+        SimulationOptions(
+            port=broker.port,
+            devices=2000,
+            seed=1,
+            seconds=None,
+            max_messages=messages,
+            rate_msg_s=None,
+            processes=2,
+            client_id_prefix=f"preload-{time.monotonic_ns()}",
+        )
+    )
+    return report.total_acknowledged
+
+
+def paho_rate(broker: MosquittoService, messages: int, v5: bool) -> float:
+    client_id = f"paho-{'v5' if v5 else 'v311'}"
+
+    def make() -> paho.Client:
+        return paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+
+    def connect(c: paho.Client) -> None:
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 600
+            props.ReceiveMaximum = 10_000
+        c.connect(broker.host, broker.port, clean_start=False if v5 else 3, properties=props)
+
+    c = make()
+    connect(c)
+    c.subscribe([(t, 1) for t in TOPICS])
+    c.loop_start()
+    time.sleep(0.5)
+    c.disconnect()
+    c.loop_stop()
+    expected = preload(broker, messages)
+    pending: deque[int] = deque()
+    c = make()
+    c.on_message = lambda _c, _u, m: pending.append(m.mid)
+    connect(c)
+    c.loop_start()
+    received = 0
+    began = 0.0
+    while received < expected:
+        if not pending:
+            time.sleep(0.005)
+            continue
+        if not began:
+            began = time.perf_counter()
+        mids = [pending.popleft() for _ in range(min(BATCH, len(pending)))]
+        for mid in mids:
+            c.ack(mid, 1)
+        received += len(mids)
+    elapsed = time.perf_counter() - began
+    c.disconnect()
+    c.loop_stop()
+    return received / elapsed
+
+
+async def gmqtt_rate(broker: MosquittoService, messages: int) -> float:
+    import gmqtt
+
+    async def connect(handler: object) -> gmqtt.Client:
+        c = gmqtt.Client(
+            "gmqtt-v5",
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            session_expiry_interval=600,
+            receive_maximum=10_000,
+        )
+        c.on_message = handler
+        await c.connect(broker.host, broker.port, version=gmqtt.constants.MQTTv50)
+        return c
+
+    async def ignore(*args: object) -> int:
+        return 0
+
+    c = await connect(ignore)
+    for topic in TOPICS:
+        c.subscribe(topic, qos=1)
+    await asyncio.sleep(0.5)
+    await c.disconnect()
+    expected = await asyncio.to_thread(preload, broker, messages)
+    state = {"received": 0, "began": 0.0}
+    committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def on_message(
+        client: object, topic: str, payload: bytes, qos: int, props: object
+    ) -> int:
+        nonlocal committed
+        if not state["began"]:
+            state["began"] = time.perf_counter()
+        state["received"] += 1
+        if state["received"] >= expected:
+            done.set()
+        await committed
+        return 0
+
+    async def commit_loop() -> None:
+        nonlocal committed
+        while not done.is_set():
+            await asyncio.sleep(0.02)
+            committed.set_result(None)
+            committed = asyncio.get_running_loop().create_future()
+        committed.set_result(None)
+
+    committer = asyncio.create_task(commit_loop())
+    c = await connect(on_message)
+    await done.wait()
+    elapsed = time.perf_counter() - state["began"]
+    await committer
+    await c.disconnect()
+    return state["received"] / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = MosquittoService(Path(tmp) / "mosquitto")
+        broker.start()
+        try:
+            results = {
+                "paho 2 MQTT 3.1.1, manual ack": paho_rate(broker, args.messages, v5=False),
+                "paho 2 MQTT 5, manual ack": paho_rate(broker, args.messages, v5=True),
+                "gmqtt MQTT 5, ack after handler": asyncio.run(gmqtt_rate(broker, args.messages)),
+            }
+        finally:
+            broker.stop()
+    for name, rate in results.items():
+        print(f"{name:36} {rate:10,.0f} msg/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+from pathlib import Path
+
+import pytest
+
+from gateway import PROJECT_ROOT
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.registry import load_registry
+
+EXAMPLE = PROJECT_ROOT / "deploy" / "gateway.example.yaml"
+
+
+def test_the_shipped_example_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "device profiles: 5" in out
+    assert "registered devices: 5" in out
+
+
+def test_relative_paths_and_environment_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_SECRET", "s3cret")
+    path = tmp_path / "gw.yaml"
+    path.write_text("mqtt: {username: gw, password: ${MQTT_SECRET}}\noutbox: {path: data/o.db}\n")
+    config = load_config(path)
+    assert config.mqtt is not None and config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(config)
+    assert config.outbox.path == tmp_path / "data" / "o.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        ("mqtt: {port: 99999}", "mqtt.port", "less than or equal to 65535"),
+        ("mqtt: {prot: 1}", "mqtt.prot", "Extra inputs"),
+        ("influx: {url: http://x, api: v2}", "influx", "bucket"),
+        ("ingest: {commit_interval_s: fast}", "ingest.commit_interval_s", "valid number"),
+        ("- a list", "", "mapping"),
+        ("mqtt: [unclosed", "", "not valid YAML"),
+    ],
+)
+def test_a_bad_config_names_the_file_the_field_and_the_problem(
+    tmp_path: Path, text: str, field: str, problem: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.file == str(path)
+    assert info.value.field == field
+    assert problem in info.value.problem
+
+
+def test_check_exits_non_zero_naming_the_profile_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "smoke.yaml").write_text(
+        "device_type: smoke_detector\ntopics: ['community/+/smoke_detector/+/+']\nperiod_s: 60\n"
+        "telemetry:\n  measurement: smoke\n  fields:\n    battery_pct: {type: int, min: 100, max: 0}\n"
+    )
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"profiles_dir: {profiles}\n")
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(profiles / "smoke.yaml") in err
+    assert "telemetry.fields.battery_pct" in err
+    assert "min 100.0 is greater than max 0.0" in err
+
+
+def test_unknown_codec_and_missing_profile_folder(tmp_path: Path) -> None:
+    from gateway.decode.decoder import CODECS
+    from gateway.decode.profile import load_profiles
+
+    with pytest.raises(ConfigError, match="device profile folder not found"):
+        load_profiles(tmp_path / "nowhere", CODECS)
+    (tmp_path / "x.yaml").write_text(
+        "device_type: x\ncodec: morse\ntopics: [a/b]\nperiod_s: 1\n"
+        "telemetry: {measurement: x, fields: {v: {type: int}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_profiles(tmp_path, CODECS)
+    assert (info.value.field, info.value.file) == ("codec", str(tmp_path / "x.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "problem"),
+    [
+        ("sd 1,smoke_detector,hgy,,", "line 2 (sd 1): device_id", "pattern"),
+        ("sd-1,smoke_detector,HGY,,", "line 2 (sd-1): community", "pattern"),
+        ("sd-1,smoke_detector,hgy,12345,", "line 2 (sd-1): imei", "pattern"),
+        ("mh-1,manhole_cover,hgy,,-5", "line 2 (mh-1): well_depth_cm", "greater than 0"),
+    ],
+)
+def test_a_bad_registry_row_names_the_line_and_field(
+    tmp_path: Path, row: str, field: str, problem: str
+) -> None:
+    path = tmp_path / "devices.csv"
+    path.write_text(f"device_id,device_type,community,imei,well_depth_cm\n{row}\n")
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert info.value.field == field
+    assert problem in info.value.problem
+
+
+def test_registry_rejects_duplicates_and_unknown_columns(tmp_path: Path) -> None:
+    path = tmp_path / "devices.csv"
+    path.write_text("device_id,device_type,community\nsd-1,smoke_detector,hgy\nsd-1,bracelet,hgy\n")
+    with pytest.raises(ConfigError, match="also at line 2"):
+        load_registry(path)
+    path.write_text("device_id,device_type,community,colour\n")
+    with pytest.raises(ConfigError, match="unknown column"):
+        load_registry(path)
+
+
+def test_registry_in_yaml_with_contacts(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        "devices:\n"
+        "  - {device_id: br-1, device_type: bracelet, community: hgy, lives_alone: true,\n"
+        "     emergency_contacts: [{name: 张丽, phone: '13987654321'}]}\n"
+    )
+    (device,) = load_registry(path).devices()
+    assert device.lives_alone is True
+    assert device.emergency_contacts[0].name == "张丽"
+    csv = load_registry(PROJECT_ROOT / "deploy" / "devices.example.csv")
+    wearer = csv.get("huguangyuan", "br-hgy-0001")
+    assert wearer is not None and [c.phone for c in wearer.emergency_contacts] == [
+        "13987654321",
+        "037112345678",
+    ]
+    assert csv.by_imei("860425041234563") is not None
