@@ -23,6 +23,8 @@ from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
 
+SUMMARY_INTERVAL_S = 60.0
+
 
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry]:
     """Profiles and registry, checked; raises ConfigError naming the file and field."""
@@ -87,6 +89,7 @@ class Gateway:
                 tasks.append(asyncio.create_task(drain.run(), name="drain"))
             else:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
+            tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
             if self.subscriber is not None:
                 await self.subscriber.start()
                 tasks.append(
@@ -120,6 +123,11 @@ class Gateway:
         while True:
             self.stats.outbox_depth = await asyncio.to_thread(self.outbox.depth)
             await self.clock.sleep(1.0)
+
+    async def _log_summary(self) -> None:
+        while True:
+            await self.clock.sleep(SUMMARY_INTERVAL_S)
+            log.info("%s", self.stats.summary())
 
     def stop(self) -> None:
         self.stopping.set()

@@ -9,6 +9,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from gateway.registry import COLUMNS as REGISTRY_COLUMNS
 from simulators.acme import imei_check_digit
 from simulators.device import Device, DeviceType
 from simulators.layout import Building, Site, community_names, offset, plan_buildings, site_for
@@ -16,27 +17,6 @@ from simulators.message import SimMessage
 from simulators.people import make_wearer
 from simulators.scenario import Scenario
 from simulators.simulation import Simulation, last_will, online_status
-
-REGISTRY_COLUMNS = (
-    "device_id",
-    "device_type",
-    "community",
-    "area",
-    "compound",
-    "building",
-    "unit",
-    "lat",
-    "lon",
-    "imei",
-    "well_depth_cm",
-    "home_lat",
-    "home_lon",
-    "safe_radius_m",
-    "lives_alone",
-    "wearer_name",
-    "wearer_phone",
-    "emergency_contacts",
-)
 
 # The mix of a typical community: detectors in every stairwell, bracelets for some of the
 # elderly, covers along the roads, a few e-bike sheds.

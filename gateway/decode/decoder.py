@@ -214,7 +214,7 @@ class Decoder:
         )
         records: list[Record] = [Reading(device, time_ms, source, fields)]
         records.extend(Event(device, time_ms, source, name, {}) for name in frame.events)
-        return DecodedMessage(device, tuple(records), _dedup_key("up", None, source, time_ms))
+        return DecodedMessage(device, tuple(records), _dedup_key("up", _seq(body), source, time_ms))
 
     def _check_registered(self, community: str, device_type: str, device_id: str) -> None:
         registered = self._registry.get(community, device_id)

@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from gateway.decode.acme import crc16_modbus
+
 TOPIC = re.compile(
     r"community/(?P<community>[a-z0-9-]{1,32})/(?P<type>[a-z_]+)/"
     r"(?P<device_id>[A-Za-z0-9_-]{1,64})/(?P<kind>telemetry|event|status)"
@@ -20,15 +22,6 @@ EVENTS = {
     "bracelet": {"sos", "fall", "removed"},
     "charging_shed": {"smoke_alarm", "power_cut", "overcurrent"},
 }
-
-
-def crc16_modbus(data: bytes) -> int:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 def is_int(value: Any) -> bool:
