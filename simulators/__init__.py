@@ -1,7 +1,8 @@
 """Realistic, seeded MQTT traffic for every device type in the device contract."""
 
+from gateway.registry import COLUMNS as REGISTRY_COLUMNS
 from simulators.device import Contact, Device, DeviceType, Wearer
-from simulators.fleet import REGISTRY_COLUMNS, Fleet
+from simulators.fleet import Fleet
 from simulators.message import MessageKind, SimMessage
 from simulators.scenario import Scenario, ScenarioKind
 
