@@ -34,19 +34,24 @@ FLEET_SEED = 2
 PROTOCOL = os.environ.get("BENCH_MQTT_PROTOCOL", "5")
 
 
-def preload(
-    broker: MosquittoService, messages: int, publishers: int, seed: int
+def flood(
+    broker: MosquittoService,
+    publishers: int,
+    *,
+    messages: int | None = None,
+    seconds: float | None = None,
 ) -> SimulationReport:
+    """Publish from `publishers` processes as fast as the broker acknowledges."""
     return run_simulation(
         SimulationOptions(
             port=broker.port,
             devices=DEVICES,
-            seed=seed,
-            seconds=None,
+            seed=FLEET_SEED,
+            seconds=seconds,
             max_messages=messages,
             rate_msg_s=None,
             processes=publishers,
-            client_id_prefix=f"bench-{seed}",
+            client_id_prefix=f"bench-{time.monotonic_ns()}",
         )
     )
 
@@ -103,7 +108,7 @@ async def gateway_phases(
     gateway.stop()
     await task
 
-    report = await asyncio.to_thread(preload, broker, messages, publishers, FLEET_SEED)
+    report = await asyncio.to_thread(flood, broker, publishers, messages=messages)
     backlog = report.total_acknowledged
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
@@ -114,21 +119,7 @@ async def gateway_phases(
     # Live: publishers offer as fast as they can while the gateway takes what it can.
     before = gateway.stats.messages_in
     began = time.perf_counter()
-    live = asyncio.create_task(
-        asyncio.to_thread(
-            run_simulation,
-            SimulationOptions(
-                port=broker.port,
-                devices=DEVICES,
-                seed=FLEET_SEED,
-                seconds=live_s,
-                rate_msg_s=None,
-                processes=publishers,
-                client_id_prefix="bench-live",
-            ),
-        )
-    )
-    live_report = await live
+    live_report = await asyncio.to_thread(flood, broker, publishers, seconds=live_s)
     offered_s = time.perf_counter() - began
     elapsed = await wait_until_drained(gateway, before + live_report.total_acknowledged)
     results["live_offered_msg_s"] = live_report.total_acknowledged / offered_s
