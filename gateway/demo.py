@@ -69,6 +69,8 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
         "--seconds", str(seconds if seconds is not None else 365 * 86400),
         *(arg for scenario in SCENARIOS for arg in ("--scenario", scenario)),
         stdout=asyncio.subprocess.DEVNULL,
+        # Its own session: Ctrl-C in the terminal reaches the demo, which stops it in order.
+        start_new_session=True,
     )  # fmt: skip
     started_s = loop.time()
     try:
