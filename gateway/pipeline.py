@@ -18,6 +18,7 @@ from typing import Protocol
 from gateway.decode.decoder import Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import Record
+from gateway.decode.rejection import RejectReason
 from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
 from gateway.stats import Stats
@@ -92,7 +93,11 @@ class IngestPipeline:
             except ValueError as exc:
                 quarantined.append(
                     QuarantineEntry(
-                        message.received_ms, message.topic, message.payload, "unencodable", str(exc)
+                        message.received_ms,
+                        message.topic,
+                        message.payload,
+                        RejectReason.UNENCODABLE,
+                        str(exc),
                     )
                 )
                 continue

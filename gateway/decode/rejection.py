@@ -23,5 +23,7 @@ class RejectReason(StrEnum):
     BAD_FRAME_LENGTH = "bad_frame_length"
     BAD_FRAME_TYPE = "bad_frame_type"
     BAD_CRC = "bad_crc"
+    # Valid by its profile, yet not storable as line protocol (an integer beyond int64).
+    UNENCODABLE = "unencodable"
     # A line the time-series database refused (HTTP 400) after it left the outbox.
     REFUSED_BY_DATABASE = "refused_by_database"

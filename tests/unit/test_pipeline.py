@@ -97,3 +97,31 @@ async def test_redelivery_makes_nothing_twice_even_after_a_restart(tmp_path: Pat
     # Redeliveries are still acknowledged, or the broker would send them forever.
     assert source.acked == [1, 1, 2, 3]
     assert second._outbox.depth() == 2
+
+
+async def test_a_value_line_protocol_cannot_carry_is_quarantined(tmp_path: Path) -> None:
+    profiles_dir = tmp_path / "profiles"
+    profiles_dir.mkdir()
+    (profiles_dir / "counter.yaml").write_text(
+        "device_type: counter\ntopics: ['community/+/counter/+/+']\nperiod_s: 60\n"
+        "telemetry: {measurement: counter, fields: {total: {type: int}}}\n"
+    )
+    profiles = load_profiles(profiles_dir, CODECS)
+    p = IngestPipeline(
+        Decoder(profiles, Registry(), ManualClock(NOW_MS)),
+        RedeliveryFilter(),
+        SeriesMapper(profiles, Registry()),
+        Outbox(tmp_path / "o.sqlite3"),
+        Stats(),
+    )
+    topic = "community/hgy/counter/c-1/telemetry"
+    batch = p.prepare(
+        [
+            InboundMessage(topic, b'{"total": 99999999999999999999}', NOW_MS, 1, 1),
+            InboundMessage(topic, b'{"total": 5}', NOW_MS, 2, 1),
+        ]
+    )
+    assert [q.reason for q in batch.quarantined] == ["unencodable"]
+    assert batch.lines == [
+        f"counter,community=hgy,device_id=c-1 total=5i,gateway_time=true {NOW_MS}"
+    ]
