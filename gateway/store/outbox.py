@@ -197,8 +197,9 @@ class Outbox:
 
     def peek(self, limit: int) -> list[tuple[int, str]]:
         """The oldest `limit` lines waiting, with their ids, in the order they were stored."""
-        rows = self._drain.execute("SELECT id, line FROM lines ORDER BY id LIMIT ?", (limit,))
-        return [(int(i), str(line)) for i, line in rows]
+        cursor = self._drain.execute("SELECT id, line FROM lines ORDER BY id LIMIT ?", (limit,))
+        rows: list[tuple[int, str]] = cursor.fetchall()
+        return rows
 
     def remove_through(self, last_id: int, refused: Sequence[QuarantineEntry] = ()) -> None:
         """Drop lines the database accepted; quarantine the ones it refused, in one transaction."""
