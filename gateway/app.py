@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
+from gateway.decode.record import Record
 from gateway.ingest.mqtt import MqttSubscriber
 from gateway.pipeline import IngestPipeline
 from gateway.registry import Registry, load_registry
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.engine import RuleEngine
+from gateway.rules.rule import Rule, load_rules
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
 from gateway.store.drain import OutboxDrain
@@ -23,14 +28,21 @@ from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
 
+
+def _log_alerts(changes: Sequence[AlertChange]) -> None:
+    for change in changes:
+        level = logging.WARNING if change.state is AlertState.FIRING else logging.INFO
+        log.log(level, "alert %s (%s)", change.summary(), change.alert_id)
+
+
 SUMMARY_INTERVAL_S = 60.0
 
 
-def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry]:
-    """Profiles and registry, checked; raises ConfigError naming the file and field."""
+def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
+    """Profiles, registry and rules, checked; raises ConfigError naming the file and field."""
     profiles = load_profiles(config.profiles_dir, CODECS)
     registry = load_registry(config.registry_file) if config.registry_file else Registry()
-    return profiles, registry
+    return profiles, registry, load_rules(config.rules_dir)
 
 
 class Gateway:
@@ -38,7 +50,10 @@ class Gateway:
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = Stats()
-        self.profiles, self.registry = load_catalogue(config)
+        self.profiles, self.registry, rules = load_catalogue(config)
+        self.rules = RuleEngine(rules, self.registry)
+        # The notification stage subscribes here; until then alert changes are logged.
+        self.alert_listeners: list[Callable[[Sequence[AlertChange]], None]] = [_log_alerts]
         self.outbox = Outbox(
             config.outbox.path,
             max_bytes=config.outbox.max_bytes,
@@ -65,6 +80,7 @@ class Gateway:
             commit_max_messages=ingest.commit_max_messages,
             commit_interval_s=ingest.commit_interval_s,
         )
+        self.pipeline.listeners.append(self._evaluate_rules)
         self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
         self.stopping = asyncio.Event()
 
@@ -123,6 +139,19 @@ class Gateway:
         while True:
             self.stats.outbox_depth = await asyncio.to_thread(self.outbox.depth)
             await self.clock.sleep(1.0)
+
+    def _evaluate_rules(self, records: Sequence[Record]) -> None:
+        changes = self.rules.evaluate(records)
+        if not changes:
+            return
+        for change in changes:
+            if change.state is AlertState.FIRING:
+                self.stats.alerts_firing += 1
+            else:
+                self.stats.alerts_resolved += 1
+        self.stats.alerts_open = sum(t.firing for t in self.rules.tracks.values())
+        for listener in self.alert_listeners:
+            listener(changes)
 
     async def _log_summary(self) -> None:
         while True:

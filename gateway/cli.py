@@ -73,10 +73,11 @@ def _check(path: Path) -> int:
     from gateway.app import load_catalogue
 
     config = load_config(path)
-    profiles, registry = load_catalogue(config)
+    profiles, registry, rules = load_catalogue(config)
     print(f"{path}: ok")
     print(f"  device profiles: {len(profiles)} ({', '.join(sorted(profiles.by_name))})")
     print(f"  registered devices: {len(registry)}")
+    print(f"  alert rules: {len(rules)}")
     print(f"  outbox: {config.outbox.path}")
     print(f"  time-series database: {config.influx.url if config.influx else 'none (outbox only)'}")
     return 0

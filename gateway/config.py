@@ -92,6 +92,7 @@ class GatewayConfig(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     ingest: IngestConfig = IngestConfig()
     profiles_dir: Path = PROJECT_ROOT / "device_profiles"
+    rules_dir: Path = PROJECT_ROOT / "alert_rules"
     registry_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -135,7 +136,11 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         return p if p.is_absolute() else (base / p)
 
     outbox = config.outbox.model_copy(update={"path": resolve(config.outbox.path)})
-    update: dict[str, object] = {"outbox": outbox, "profiles_dir": resolve(config.profiles_dir)}
+    update: dict[str, object] = {
+        "outbox": outbox,
+        "profiles_dir": resolve(config.profiles_dir),
+        "rules_dir": resolve(config.rules_dir),
+    }
     if config.registry_file is not None:
         update["registry_file"] = resolve(config.registry_file)
     return config.model_copy(update=update)

@@ -21,6 +21,9 @@ class Stats:
     last_write_error: str | None = None
     write_latency_s: float = 0.0
     outbox_depth: int = 0
+    alerts_firing: int = 0
+    alerts_resolved: int = 0
+    alerts_open: int = 0
 
     @property
     def rejected(self) -> int:
@@ -31,5 +34,6 @@ class Stats:
         return (
             f"in={self.messages_in} stored={self.lines_stored} written={self.lines_written} "
             f"outbox={self.outbox_depth} redelivered={self.redeliveries} "
+            f"alerts={self.alerts_firing} open={self.alerts_open} "
             f"rejected={self.rejected}" + (f" ({rejects})" if rejects else "")
         )

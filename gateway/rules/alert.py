@@ -1,0 +1,37 @@
+"""Alerts and their changes, as the rules stage hands them on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.decode.record import DeviceRef, FieldValue
+from gateway.rules.rule import Severity
+
+
+class AlertState(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    alert_id: str
+    rule: str
+    title: str
+    severity: Severity
+    life_safety: bool
+    device: DeviceRef
+    port: int | None
+    state: AlertState
+    started_ms: int
+    at_ms: int
+    # The reading or event that made the change, for the notification text.
+    values: Mapping[str, FieldValue]
+
+    def summary(self) -> str:
+        where = f"{self.device.community}/{self.device.device_id}"
+        if self.port is not None:
+            where += f" port {self.port}"
+        return f"[{self.severity}] {self.title} {self.state}: {where}"

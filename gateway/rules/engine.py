@@ -1,0 +1,190 @@
+"""Evaluates records against the rules and keeps each alert's state.
+
+A condition rule has at most one open alert per (rule, device[, port]): it fires when
+its condition has held for `for_s` and `repeat` readings, and resolves when the clear
+condition (by default, the condition being false) has held for `clear_after_s`. An
+event rule makes an alert of every matching event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, StatusReport
+from gateway.registry import Registry
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.expression import Unknown
+from gateway.rules.rule import Rule
+
+_REGISTRY_ATTRIBUTES = (
+    "well_depth_cm",
+    "home_lat",
+    "home_lon",
+    "safe_radius_m",
+    "lives_alone",
+    "lat",
+    "lon",
+)
+
+TrackKey = tuple[str, str, str, int | None]
+
+
+@dataclass(slots=True)
+class Track:
+    """The state of one (rule, device, port) whose condition has been seen true."""
+
+    firing: bool
+    since_ms: int
+    readings: int
+    clearing_since_ms: int | None = None
+    alert_id: str = ""
+
+
+class RuleEngine:
+    def __init__(self, rules: Sequence[Rule], registry: Registry) -> None:
+        self._registry = registry
+        self.tracks: dict[TrackKey, Track] = {}
+        self.load(rules)
+
+    def load(self, rules: Sequence[Rule]) -> None:
+        """Take a new set of rules; the state of rules that remain is kept."""
+        self._rules = list(rules)
+        self._by_type: dict[str, list[Rule]] = {}
+        names = {rule.name for rule in rules}
+        self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
+        self._device_scopes: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _rules_for(self, device_type: str) -> list[Rule]:
+        rules = self._by_type.get(device_type)
+        if rules is None:
+            rules = self._by_type[device_type] = [
+                r for r in self._rules if r.applies_to(device_type)
+            ]
+        return rules
+
+    def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
+        changes: list[AlertChange] = []
+        for record in records:
+            if isinstance(record, StatusReport):
+                continue
+            rules = self._rules_for(record.device.device_type)
+            if not rules:
+                continue
+            scope = self._scope(record)
+            for rule in rules:
+                change = self._apply(rule, record, scope)
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    def _scope(self, record: Reading | Event) -> dict[str, Any]:
+        device = record.device
+        ident = (device.community, device.device_id)
+        device_scope = self._device_scopes.get(ident)
+        if device_scope is None:
+            device_scope = {}
+            registered = self._registry.get(*ident)
+            if registered is not None:
+                for name in _REGISTRY_ATTRIBUTES:
+                    value = getattr(registered, name)
+                    if value is not None:
+                        device_scope[f"device.{name}"] = value
+            self._device_scopes[ident] = device_scope
+        scope = {**device_scope, **record.fields}
+        # A reading is known not to be an event: `event == 'x'` is false for it, not unknown.
+        scope["event"] = record.kind if isinstance(record, Event) else ""
+        scope["port"] = record.port
+        return scope
+
+    def _apply(
+        self, rule: Rule, record: Reading | Event, scope: Mapping[str, Any]
+    ) -> AlertChange | None:
+        try:
+            holds: bool | None = bool(rule.when(scope))
+        except Unknown:
+            holds = None
+        spec = rule.spec
+        device = record.device
+        port = record.port if spec.per_port else None
+        if spec.kind == "event":
+            if not holds:
+                return None
+            alert_id = _alert_id(rule.name, device, port, record.time_ms)
+            return _change(rule, device, port, AlertState.FIRING, alert_id, record, record.time_ms)
+        key = (rule.name, device.community, device.device_id, port)
+        track = self.tracks.get(key)
+        now_ms = record.time_ms
+        if holds:
+            if track is None:
+                track = self.tracks[key] = Track(False, now_ms, 0)
+            track.readings += 1
+            track.clearing_since_ms = None
+            if (
+                not track.firing
+                and now_ms - track.since_ms >= spec.for_s * 1000
+                and track.readings >= spec.repeat
+            ):
+                track.firing = True
+                track.alert_id = _alert_id(rule.name, device, port, now_ms)
+                return _change(
+                    rule, device, port, AlertState.FIRING, track.alert_id, record, track.since_ms
+                )
+            return None
+        if track is None:
+            return None
+        if not track.firing:
+            if holds is False:
+                # The condition broke before it held long enough: no alert.
+                del self.tracks[key]
+            return None
+        cleared = holds is False
+        if rule.clear_when is not None:
+            try:
+                cleared = bool(rule.clear_when(scope))
+            except Unknown:
+                cleared = False
+        if not cleared:
+            return None
+        if track.clearing_since_ms is None:
+            track.clearing_since_ms = now_ms
+        if now_ms - track.clearing_since_ms < spec.clear_after_s * 1000:
+            return None
+        del self.tracks[key]
+        return _change(
+            rule, device, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
+        )
+
+
+def _alert_id(rule: str, device: DeviceRef, port: int | None, started_ms: int) -> str:
+    # Derived from what the alert is about, so a replay after a restart names it again.
+    suffix = f":{port}" if port is not None else ""
+    return f"{rule}:{device.community}:{device.device_id}{suffix}:{started_ms}"
+
+
+def _change(
+    rule: Rule,
+    device: DeviceRef,
+    port: int | None,
+    state: AlertState,
+    alert_id: str,
+    record: Reading | Event,
+    started_ms: int,
+) -> AlertChange:
+    values: dict[str, FieldValue] = dict(record.fields)
+    if isinstance(record, Event):
+        values["event"] = record.kind
+    return AlertChange(
+        alert_id=alert_id,
+        rule=rule.name,
+        title=rule.spec.title,
+        severity=rule.spec.severity,
+        life_safety=rule.spec.life_safety,
+        device=device,
+        port=port,
+        state=state,
+        started_ms=started_ms,
+        at_ms=record.time_ms,
+        values=values,
+    )

@@ -1,0 +1,192 @@
+"""Rule conditions: a small expression language compiled once into Python closures.
+
+    alarm == true or event == 'alarm'
+    water_level_cm > 0.8 * device.well_depth_cm
+    distance_m(lat, lon, device.home_lat, device.home_lon) > device.safe_radius_m
+
+Names are the record's fields, `event` (the event kind, or none for a reading),
+`port`, and `device.<attribute>` from the registry. Logic is three-valued: a name the
+record does not carry is unknown, and an unknown condition changes no alert state,
+so a telemetry rule ignores events and the other way round.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# Evaluated against a scope; returns the value, or raises _Unknown.
+Evaluator = Callable[[Mapping[str, Any]], Any]
+
+
+class Unknown(Exception):
+    """A name the record does not carry."""
+
+
+class ExpressionError(ValueError):
+    pass
+
+
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
+_ARITHMETIC: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_CONSTANTS = {"true": True, "false": False, "none": None}
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres (haversine)."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi, dlambda = phi2 - phi1, math.radians(lon2 - lon1)
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
+    return 2 * 6_371_000.0 * math.asin(math.sqrt(a))
+
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"distance_m": distance_m, "abs": abs}
+
+
+def compile_condition(text: str) -> Evaluator:
+    """Compile `text`; raises ExpressionError saying what is wrong."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"not a valid expression: {exc.msg} in {text!r}") from exc
+    return _compile(tree.body)
+
+
+def names_in(text: str) -> set[str]:
+    """The record names an expression reads (not `device.*`, not constants)."""
+    tree = ast.parse(text, mode="eval")
+    return {
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name)
+        and node.id not in _CONSTANTS
+        and node.id not in _FUNCTIONS
+        and node.id != "device"
+    }
+
+
+def _compile(node: ast.expr) -> Evaluator:
+    if isinstance(node, ast.BoolOp):
+        parts = [_compile(v) for v in node.values]
+        return _all(parts) if isinstance(node.op, ast.And) else _any(parts)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        inner = _compile(node.operand)
+        return lambda scope: not inner(scope)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _compile(node.operand)
+        return lambda scope: -inner(scope)
+    if isinstance(node, ast.Compare):
+        return _comparison(node)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        op = _ARITHMETIC[type(node.op)]
+        left, right = _compile(node.left), _compile(node.right)
+        return lambda scope: op(left(scope), right(scope))
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str):
+        value = node.value
+        return lambda scope: value
+    if isinstance(node, ast.Tuple | ast.List):
+        items = [_compile(e) for e in node.elts]
+        return lambda scope: tuple(item(scope) for item in items)
+    if isinstance(node, ast.Name):
+        return _name(node.id)
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "device"
+    ):
+        return _name(f"device.{node.attr}")
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and not node.keywords
+    ):
+        function = _FUNCTIONS[node.func.id]
+        args = [_compile(a) for a in node.args]
+        return lambda scope: function(*(a(scope) for a in args))
+    raise ExpressionError(f"{ast.unparse(node)!r} is not allowed in a condition")
+
+
+def _name(name: str) -> Evaluator:
+    if name in _CONSTANTS:
+        constant = _CONSTANTS[name]
+        return lambda scope: constant
+
+    def lookup(scope: Mapping[str, Any]) -> Any:
+        value = scope.get(name)
+        if value is None:
+            raise Unknown(name)
+        return value
+
+    return lookup
+
+
+def _comparison(node: ast.Compare) -> Evaluator:
+    left = _compile(node.left)
+    steps = [
+        (_COMPARE[type(op)], _compile(c))
+        for op, c in zip(node.ops, node.comparators, strict=True)
+        if type(op) in _COMPARE
+    ]
+    if len(steps) != len(node.ops):
+        raise ExpressionError(f"{ast.unparse(node)!r} uses an unsupported comparison")
+
+    def compare(scope: Mapping[str, Any]) -> bool:
+        a = left(scope)
+        for op, right in steps:
+            b = right(scope)
+            if not op(a, b):
+                return False
+            a = b
+        return True
+
+    return compare
+
+
+def _all(parts: list[Evaluator]) -> Evaluator:
+    def evaluate(scope: Mapping[str, Any]) -> bool:
+        unknown = False
+        for part in parts:
+            try:
+                if not part(scope):
+                    return False
+            except Unknown:
+                unknown = True
+        if unknown:
+            raise Unknown("and")
+        return True
+
+    return evaluate
+
+
+def _any(parts: list[Evaluator]) -> Evaluator:
+    def evaluate(scope: Mapping[str, Any]) -> bool:
+        unknown = False
+        for part in parts:
+            try:
+                if part(scope):
+                    return True
+            except Unknown:
+                unknown = True
+        if unknown:
+            raise Unknown("or")
+        return False
+
+    return evaluate

@@ -1,0 +1,105 @@
+"""Alert rules: YAML files in `alert_rules/`, each rule compiled once when loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import ConfigError
+from gateway.rules.expression import Evaluator, ExpressionError, compile_condition
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    MAJOR = "major"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class RuleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    title: str
+    device_types: tuple[str, ...] = Field(min_length=1)
+    severity: Severity
+    # Fire, SOS, falls, sewer gas, thermal runaway: never muted by a silence.
+    life_safety: bool = False
+    # condition: one open alert per (rule, device[, port]) while it holds;
+    # event: every matching event is an alert of its own.
+    kind: Literal["condition", "event"] = "condition"
+    when: str
+    clear_when: str | None = None
+    for_s: float = Field(0.0, ge=0)
+    repeat: int = Field(1, ge=1)
+    clear_after_s: float = Field(0.0, ge=0)
+    per_port: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    spec: RuleSpec
+    when: Evaluator
+    clear_when: Evaluator | None
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def applies_to(self, device_type: str) -> bool:
+        return "*" in self.spec.device_types or device_type in self.spec.device_types
+
+
+def load_rules(folder: Path) -> list[Rule]:
+    """Every rule of every `*.yaml` in `folder`; an error names the file, rule and field."""
+    if not folder.is_dir():
+        raise ConfigError(str(folder), "", "alert rule folder not found")
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        for rule in _load_file(path):
+            if rule.name in seen:
+                raise ConfigError(
+                    str(path), f"rule {rule.name}", f"also defined in {seen[rule.name]}"
+                )
+            seen[rule.name] = path.name
+            rules.append(rule)
+    return rules
+
+
+def _load_file(path: Path) -> list[Rule]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), "", f"cannot read rules: {exc}") from exc
+    items = data.get("rules") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ConfigError(str(path), "rules", "expected a list of rules under 'rules'")
+    rules = []
+    for index, item in enumerate(items):
+        label = f"rules[{index}]"
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            label = f"rule {item['name']}"
+        try:
+            spec = RuleSpec.model_validate(item)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"])
+            raise ConfigError(str(path), f"{label}: {field}", error["msg"]) from exc
+        try:
+            when = compile_condition(spec.when)
+            clear = compile_condition(spec.clear_when) if spec.clear_when else None
+        except ExpressionError as exc:
+            raise ConfigError(str(path), f"{label}: condition", str(exc)) from exc
+        if spec.kind == "event" and (spec.clear_when or spec.for_s or spec.repeat > 1):
+            raise ConfigError(
+                str(path), label, "an event rule takes no clear_when, for_s or repeat"
+            )
+        rules.append(Rule(spec, when, clear, path.name))
+    return rules

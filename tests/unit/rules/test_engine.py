@@ -1,0 +1,180 @@
+from pathlib import Path
+
+import pytest
+
+from gateway import PROJECT_ROOT
+from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
+from gateway.errors import ConfigError
+from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.engine import RuleEngine
+from gateway.rules.rule import load_rules
+
+T0 = 1_767_225_600_000
+RULES = load_rules(PROJECT_ROOT / "alert_rules")
+SMOKE = DeviceRef("hgy", "smoke_detector", "sd-1")
+COVER = DeviceRef("hgy", "manhole_cover", "mh-1")
+WRIST = DeviceRef("hgy", "bracelet", "br-1")
+SHED = DeviceRef("hgy", "charging_shed", "cs-1")
+
+
+def engine() -> RuleEngine:
+    registry = Registry(
+        [
+            RegisteredDevice(
+                device_id="mh-1", device_type="manhole_cover", community="hgy", well_depth_cm=200
+            ),
+            RegisteredDevice(
+                device_id="br-1",
+                device_type="bracelet",
+                community="hgy",
+                home_lat=34.75,
+                home_lon=113.62,
+                safe_radius_m=500,
+                lives_alone=True,
+            ),
+        ]
+    )
+    return RuleEngine(RULES, registry)
+
+
+def reading(
+    device: DeviceRef, t_s: float, port: int | None = None, **fields: FieldValue
+) -> Reading:
+    return Reading(device, T0 + int(t_s * 1000), TimeSource.DEVICE, fields, port=port)
+
+
+def event(device: DeviceRef, t_s: float, kind: str, port: int | None = None) -> Event:
+    return Event(device, T0 + int(t_s * 1000), TimeSource.DEVICE, kind, {}, port=port)
+
+
+def states(changes: list[AlertChange]) -> list[tuple[str, AlertState]]:
+    return [(c.rule, c.state) for c in changes]
+
+
+def test_fire_alarm_fires_once_and_clears() -> None:
+    e = engine()
+    assert states(e.evaluate([reading(SMOKE, 0, alarm=False, battery_pct=90)])) == []
+    fired = e.evaluate([event(SMOKE, 1, "alarm")])
+    assert states(fired) == [("fire_alarm", AlertState.FIRING)]
+    assert fired[0].life_safety and fired[0].severity == "critical"
+    # Still alarming: the same alert, not a second one.
+    assert e.evaluate([reading(SMOKE, 2, alarm=True), event(SMOKE, 3, "alarm")]) == []
+    cleared = e.evaluate([event(SMOKE, 4, "alarm_cleared")])
+    assert states(cleared) == [("fire_alarm", AlertState.RESOLVED)]
+    assert cleared[0].alert_id == fired[0].alert_id
+
+
+def test_an_event_rule_makes_an_alert_of_every_event() -> None:
+    e = engine()
+    first = e.evaluate([event(WRIST, 0, "sos")])
+    second = e.evaluate([event(WRIST, 30, "sos")])
+    assert states(first) == states(second) == [("sos", AlertState.FIRING)]
+    assert first[0].alert_id != second[0].alert_id
+    assert states(e.evaluate([event(WRIST, 40, "fall")])) == [("fall", AlertState.FIRING)]
+
+
+def test_heart_rate_must_hold_for_60_s_while_worn() -> None:
+    e = engine()
+    assert e.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)]) == []
+    assert e.evaluate([reading(WRIST, 30, heart_rate_bpm=36, worn=True)]) == []
+    # Back to normal before 60 s: nothing, and the clock starts again.
+    assert e.evaluate([reading(WRIST, 50, heart_rate_bpm=70, worn=True)]) == []
+    assert e.evaluate([reading(WRIST, 60, heart_rate_bpm=160, worn=True)]) == []
+    fired = e.evaluate([reading(WRIST, 120, heart_rate_bpm=165, worn=True)])
+    assert states(fired) == [("abnormal_heart_rate", AlertState.FIRING)]
+    assert fired[0].started_ms == T0 + 60_000
+    # Not worn: the bracelet on a table says nothing about the wearer.
+    assert e.evaluate([reading(WRIST, 0, heart_rate_bpm=0, worn=False)]) == []
+
+
+def test_flapping_around_a_threshold_gives_one_alert() -> None:
+    e = engine()
+    changes: list[AlertChange] = []
+    # Holds above 60 °C for 30 s, then flaps around the threshold.
+    temperatures = [61, 62, 63, 59, 61, 58, 61, 57, 62, 61, 59, 60.5, 61]
+    for i, temperature in enumerate(temperatures):
+        changes += e.evaluate([reading(SHED, i * 15, port=3, temperature_c=temperature)])
+    assert states(changes) == [("port_overheating", AlertState.FIRING)]
+    # Clears only below 55 °C held for 60 s.
+    changes = []
+    for i in range(6):
+        changes += e.evaluate([reading(SHED, 200 + i * 15, port=3, temperature_c=50.0)])
+    assert states(changes) == [("port_overheating", AlertState.RESOLVED)]
+
+
+def test_port_rules_keep_one_alert_per_port() -> None:
+    e = engine()
+    changes = e.evaluate(
+        [reading(SHED, 0, port=1, temperature_c=85.0), reading(SHED, 0, port=2, temperature_c=90.0)]
+    )
+    assert sorted((c.rule, c.port) for c in changes) == [
+        ("thermal_runaway_risk", 1),
+        ("thermal_runaway_risk", 2),
+    ]
+    assert e.evaluate([reading(SHED, 15, port=1, temperature_c=86.0)]) == []
+
+
+def test_overflow_uses_each_wells_depth_and_hysteresis() -> None:
+    e = engine()
+    assert e.evaluate([reading(COVER, 0, water_level_cm=150.0)]) == []
+    assert states(e.evaluate([reading(COVER, 600, water_level_cm=161.0)])) == [
+        ("overflow_risk", AlertState.FIRING)
+    ]
+    assert e.evaluate([reading(COVER, 1200, water_level_cm=150.0)]) == []
+    assert states(e.evaluate([reading(COVER, 1800, water_level_cm=130.0)])) == [
+        ("overflow_risk", AlertState.RESOLVED)
+    ]
+    # An unregistered cover has no depth: the rule cannot judge it and stays quiet.
+    other = DeviceRef("hgy", "manhole_cover", "mh-unknown")
+    assert e.evaluate([reading(other, 0, water_level_cm=999.0)]) == []
+
+
+def test_left_safe_area_by_distance_from_home() -> None:
+    e = engine()
+    assert e.evaluate([reading(WRIST, 0, lat=34.7510, lon=113.6210)]) == []
+    fired = e.evaluate([reading(WRIST, 60, lat=34.7600, lon=113.6200)])  # about 1.1 km north
+    assert states(fired) == [("left_safe_area", AlertState.FIRING)]
+    assert states(e.evaluate([reading(WRIST, 120, lat=34.7501, lon=113.6201)])) == [
+        ("left_safe_area", AlertState.RESOLVED)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("records", "rule"),
+    [
+        ([reading(SMOKE, 0, battery_pct=12)], "smoke_low_battery"),
+        ([event(SMOKE, 0, "tamper")], "smoke_tampering"),
+        ([reading(COVER, 0, lid_open=True, tilt_deg=2.0)], "cover_open"),
+        ([event(COVER, 0, "displaced")], "cover_open"),
+        ([reading(COVER, 0, ch4_ppm=6000.0)], "sewer_gas"),
+        ([reading(WRIST, 0, battery_pct=10)], "bracelet_low_battery"),
+        ([reading(SHED, 0, smoke=True, ambient_temp_c=30.0)], "shed_fire"),
+        ([event(SHED, 0, "smoke_alarm")], "shed_fire"),
+        ([reading(SHED, 0, port=4, current_a=12.5)], "over_current"),
+    ],
+)
+def test_each_default_rule_fires(records: list[Reading | Event], rule: str) -> None:
+    assert (rule, AlertState.FIRING) in states(engine().evaluate(records))
+
+
+def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "rules:\n  - {name: hot, title: Hot, device_types: [x], severity: major, when: 'temp >> 3'}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_rules(tmp_path)
+    assert info.value.file == str(tmp_path / "bad.yaml")
+    assert info.value.field == "rule hot: condition"
+    assert "not allowed" in info.value.problem
+    (tmp_path / "bad.yaml").write_text(
+        "rules:\n  - {name: hot, title: Hot, device_types: [x], severity: urgent, when: 'a > 1'}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_rules(tmp_path)
+    assert info.value.field == "rule hot: severity"
+    (tmp_path / "bad.yaml").write_text(
+        "rules:\n  - {name: hot, title: Hot, device_types: [x], severity: info, when: '__import__(1)'}\n"
+    )
+    with pytest.raises(ConfigError, match="not allowed"):
+        load_rules(tmp_path)
