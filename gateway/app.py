@@ -19,6 +19,7 @@ from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import RuleEngine
 from gateway.rules.rule import Rule, load_rules
+from gateway.rules.state import RuleStateStore
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
 from gateway.store.drain import OutboxDrain
@@ -60,6 +61,8 @@ class Gateway:
             synchronous=config.outbox.synchronous,
             quarantine_max_rows=config.outbox.quarantine_max_rows,
         )
+        self.rule_state = RuleStateStore(config.outbox.path)
+        self.rules.restore(self.rule_state.load())
         redelivery = RedeliveryFilter()
         redelivery.restore(self.outbox.redelivery_keys())
         ingest = config.ingest
@@ -133,6 +136,7 @@ class Gateway:
             if writer is not None:
                 await writer.__aexit__(None, None, None)
             self.outbox.close()
+            self.rule_state.close()
 
     async def _watch_depth(self) -> None:
         # With no database configured the outbox only grows; keep its depth in view.
@@ -142,6 +146,9 @@ class Gateway:
 
     def _evaluate_rules(self, records: Sequence[Record]) -> None:
         changes = self.rules.evaluate(records)
+        # Saved before anything is told of the change: a restart then neither forgets an
+        # alert nor announces it again.
+        self.rule_state.save(*self.rules.take_changes())
         if not changes:
             return
         for change in changes:

@@ -46,6 +46,8 @@ class RuleEngine:
     def __init__(self, rules: Sequence[Rule], registry: Registry) -> None:
         self._registry = registry
         self.tracks: dict[TrackKey, Track] = {}
+        # Keys whose state changed since the last save, so that a restart forgets nothing.
+        self._dirty: set[TrackKey] = set()
         self.load(rules)
 
     def load(self, rules: Sequence[Rule]) -> None:
@@ -55,6 +57,17 @@ class RuleEngine:
         names = {rule.name for rule in rules}
         self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
         self._device_scopes: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def take_changes(self) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
+        """Tracks changed and tracks gone since the last call, to persist."""
+        changed = [(k, self.tracks[k]) for k in self._dirty if k in self.tracks]
+        gone = [k for k in self._dirty if k not in self.tracks]
+        self._dirty.clear()
+        return changed, gone
+
+    def restore(self, saved: Iterable[tuple[TrackKey, Track]]) -> None:
+        names = {rule.name for rule in self._rules}
+        self.tracks.update((k, t) for k, t in saved if k[0] in names)
 
     def _rules_for(self, device_type: str) -> list[Rule]:
         rules = self._by_type.get(device_type)
@@ -119,6 +132,7 @@ class RuleEngine:
         if holds:
             if track is None:
                 track = self.tracks[key] = Track(False, now_ms, 0)
+            self._dirty.add(key)
             track.readings += 1
             track.clearing_since_ms = None
             if (
@@ -138,6 +152,7 @@ class RuleEngine:
             if holds is False:
                 # The condition broke before it held long enough: no alert.
                 del self.tracks[key]
+                self._dirty.add(key)
             return None
         cleared = holds is False
         if rule.clear_when is not None:
@@ -149,9 +164,11 @@ class RuleEngine:
             return None
         if track.clearing_since_ms is None:
             track.clearing_since_ms = now_ms
+            self._dirty.add(key)
         if now_ms - track.clearing_since_ms < spec.clear_after_s * 1000:
             return None
         del self.tracks[key]
+        self._dirty.add(key)
         return _change(
             rule, device, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
         )

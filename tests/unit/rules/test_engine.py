@@ -178,3 +178,32 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="not allowed"):
         load_rules(tmp_path)
+
+
+def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
+    from gateway.rules.state import RuleStateStore
+
+    path = tmp_path / "state.sqlite3"
+    before = engine()
+    store = RuleStateStore(path)
+    fired = before.evaluate([event(SMOKE, 0, "alarm")])
+    # Mid-way through a for-duration: heart rate low for 30 of the 60 s.
+    before.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)])
+    before.evaluate([reading(WRIST, 30, heart_rate_bpm=35, worn=True)])
+    store.save(*before.take_changes())
+    store.close()
+
+    after = engine()
+    store = RuleStateStore(path)
+    after.restore(store.load())
+    # The fire alarm is still firing: another alarm is not a new alert...
+    assert after.evaluate([event(SMOKE, 5, "alarm")]) == []
+    # ...and its all-clear resolves the alert fired before the restart.
+    cleared = after.evaluate([event(SMOKE, 10, "alarm_cleared")])
+    assert [(c.state, c.alert_id) for c in cleared] == [(AlertState.RESOLVED, fired[0].alert_id)]
+    # The heart-rate timer carried on: 60 s after it started, it fires.
+    assert states(after.evaluate([reading(WRIST, 60, heart_rate_bpm=35, worn=True)])) == [
+        ("abnormal_heart_rate", AlertState.FIRING)
+    ]
+    store.save(*after.take_changes())
+    assert {k[0] for k, _ in store.load()} == {"abnormal_heart_rate"}
