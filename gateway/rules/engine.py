@@ -8,6 +8,7 @@ event rule makes an alert of every matching event.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ class RuleEngine:
         names = {rule.name for rule in rules}
         self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
         self._device_scopes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rates: dict[str, dict[str, float]] = {}
+        self._history: dict[tuple[str, str, int | None, str], deque[tuple[int, float]]] = {}
 
     def take_changes(self) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
         """Tracks changed and tracks gone since the last call, to persist."""
@@ -75,7 +78,33 @@ class RuleEngine:
             rules = self._by_type[device_type] = [
                 r for r in self._rules if r.applies_to(device_type)
             ]
+            windows: dict[str, float] = {}
+            for rule in rules:
+                for field, window_s in rule.spec.rates.items():
+                    windows[field] = max(window_s, windows.get(field, 0.0))
+            self._rates[device_type] = windows
         return rules
+
+    def _add_rates(self, record: Reading | Event, scope: dict[str, Any]) -> None:
+        device = record.device
+        for field, window_s in self._rates[device.device_type].items():
+            value = record.fields.get(field)
+            if type(value) not in (int, float):
+                continue
+            key = (device.community, device.device_id, record.port, field)
+            history = self._history.get(key)
+            if history is None:
+                history = self._history[key] = deque()
+            history.append((record.time_ms, float(value)))  # type: ignore[arg-type]
+            window_ms = window_s * 1000
+            while history[0][0] < record.time_ms - window_ms:
+                history.popleft()
+            first_ms, first = history[0]
+            # Too short a span says nothing about the trend: the rate stays unknown.
+            if record.time_ms - first_ms >= window_ms / 2:
+                scope[f"{field}_per_min"] = (
+                    (float(value) - first) / (record.time_ms - first_ms) * 60_000  # type: ignore[arg-type]
+                )
 
     def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
         changes: list[AlertChange] = []
@@ -109,6 +138,8 @@ class RuleEngine:
         # A reading is known not to be an event: `event == 'x'` is false for it, not unknown.
         scope["event"] = record.kind if isinstance(record, Event) else ""
         scope["port"] = record.port
+        if self._rates[device.device_type]:
+            self._add_rates(record, scope)
         return scope
 
     def _apply(

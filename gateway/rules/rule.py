@@ -39,6 +39,9 @@ class RuleSpec(BaseModel):
     repeat: int = Field(1, ge=1)
     clear_after_s: float = Field(0.0, ge=0)
     per_port: bool = False
+    # Field -> window in seconds: the condition may then use `<field>_per_min`, the
+    # field's change per minute over that window (°C per minute for temperature_c).
+    rates: dict[str, float] = {}
 
 
 @dataclass(frozen=True, slots=True)

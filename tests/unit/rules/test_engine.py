@@ -207,3 +207,21 @@ def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
     ]
     store.save(*after.take_changes())
     assert {k[0] for k, _ in store.load()} == {"abnormal_heart_rate"}
+
+
+def test_thermal_runaway_by_rate_of_rise_before_80_c() -> None:
+    e = engine()
+    changes: list[AlertChange] = []
+    # A port at a steady 40 °C, then rising 2 °C every 15 s (8 °C per minute).
+    for i in range(8):
+        changes += e.evaluate([reading(SHED, i * 15, port=2, temperature_c=40.0)])
+    assert changes == []
+    temperature = 40.0
+    for i in range(8, 16):
+        temperature += 2.0
+        changes += e.evaluate([reading(SHED, i * 15, port=2, temperature_c=temperature)])
+    fired = [c for c in changes if c.rule == "thermal_runaway_risk"]
+    assert [(c.state, c.port) for c in fired] == [(AlertState.FIRING, 2)]
+    assert fired[0].values["temperature_c"] < 60
+    # A neighbouring port at a steady 45 °C is not part of it.
+    assert e.evaluate([reading(SHED, 300, port=5, temperature_c=45.0)]) == []
