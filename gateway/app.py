@@ -37,6 +37,8 @@ def _log_alerts(changes: Sequence[AlertChange]) -> None:
 
 
 SUMMARY_INTERVAL_S = 60.0
+# How often silent devices are looked for.
+RULE_TICK_S = 5.0
 
 
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
@@ -52,7 +54,8 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
-        self.rules = RuleEngine(rules, self.registry)
+        periods_s = {t: p.period_s for t, p in self.profiles.by_device_type.items()}
+        self.rules = RuleEngine(rules, self.registry, periods_s, now_ms=self.clock.now_ms())
         # The notification stage subscribes here; until then alert changes are logged.
         self.alert_listeners: list[Callable[[Sequence[AlertChange]], None]] = [_log_alerts]
         self.outbox = Outbox(
@@ -109,6 +112,7 @@ class Gateway:
             else:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
+            tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
             if self.subscriber is not None:
                 await self.subscriber.start()
                 tasks.append(
@@ -145,7 +149,14 @@ class Gateway:
             await self.clock.sleep(1.0)
 
     def _evaluate_rules(self, records: Sequence[Record]) -> None:
-        changes = self.rules.evaluate(records)
+        self._publish_alerts(self.rules.evaluate(records))
+
+    async def _tick_rules(self) -> None:
+        while True:
+            await self.clock.sleep(RULE_TICK_S)
+            self._publish_alerts(self.rules.tick(self.clock.now_ms()))
+
+    def _publish_alerts(self, changes: Sequence[AlertChange]) -> None:
         # Saved before anything is told of the change: a restart then neither forgets an
         # alert nor announces it again.
         self.rule_state.save(*self.rules.take_changes())

@@ -44,8 +44,21 @@ class Track:
 
 
 class RuleEngine:
-    def __init__(self, rules: Sequence[Rule], registry: Registry) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        registry: Registry,
+        periods_s: Mapping[str, float] | None = None,
+        *,
+        now_ms: int = 0,
+    ) -> None:
         self._registry = registry
+        self._periods_s = dict(periods_s or {})
+        # When each device was last heard from; registered devices count from start-up,
+        # so that one which never reports is found too.
+        self.last_seen_ms: dict[DeviceRef, int] = {
+            DeviceRef(d.community, d.device_type, d.device_id): now_ms for d in registry.devices()
+        }
         self.tracks: dict[TrackKey, Track] = {}
         # Keys whose state changed since the last save, so that a restart forgets nothing.
         self._dirty: set[TrackKey] = set()
@@ -53,13 +66,59 @@ class RuleEngine:
 
     def load(self, rules: Sequence[Rule]) -> None:
         """Take a new set of rules; the state of rules that remain is kept."""
-        self._rules = list(rules)
+        self._rules = [r for r in rules if r.spec.kind != "absence"]
+        self._absence = [r for r in rules if r.spec.kind == "absence"]
         self._by_type: dict[str, list[Rule]] = {}
         names = {rule.name for rule in rules}
         self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
         self._device_scopes: dict[tuple[str, str], dict[str, Any]] = {}
         self._rates: dict[str, dict[str, float]] = {}
         self._history: dict[tuple[str, str, int | None, str], deque[tuple[int, float]]] = {}
+
+    def tick(self, now_ms: int) -> list[AlertChange]:
+        """Fire absence alerts for devices silent too long."""
+        changes: list[AlertChange] = []
+        for rule in self._absence:
+            for device, seen_ms in self.last_seen_ms.items():
+                period_s = self._periods_s.get(device.device_type)
+                if period_s is None or not rule.applies_to(device.device_type):
+                    continue
+                if now_ms - seen_ms < rule.spec.after_periods * period_s * 1000:
+                    continue
+                key = (rule.name, device.community, device.device_id, None)
+                if key in self.tracks:
+                    continue
+                alert_id = _alert_id(rule.name, device, None, seen_ms)
+                self.tracks[key] = Track(True, seen_ms, 0, None, alert_id)
+                self._dirty.add(key)
+                values: dict[str, FieldValue] = {"silent_s": (now_ms - seen_ms) // 1000}
+                changes.append(
+                    _change(
+                        rule, device, None, AlertState.FIRING, alert_id, seen_ms, now_ms, values
+                    )
+                )
+        return changes
+
+    def _heard(self, record: Record) -> list[AlertChange]:
+        changes = []
+        for rule in self._absence:
+            key = (rule.name, record.device.community, record.device.device_id, None)
+            track = self.tracks.pop(key, None)
+            if track is not None:
+                self._dirty.add(key)
+                changes.append(
+                    _change(
+                        rule,
+                        record.device,
+                        None,
+                        AlertState.RESOLVED,
+                        track.alert_id,
+                        track.since_ms,
+                        record.time_ms,
+                        {},
+                    )
+                )
+        return changes
 
     def take_changes(self) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
         """Tracks changed and tracks gone since the last call, to persist."""
@@ -109,6 +168,9 @@ class RuleEngine:
     def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
         changes: list[AlertChange] = []
         for record in records:
+            self.last_seen_ms[record.device] = record.time_ms
+            if self._absence:
+                changes.extend(self._heard(record))
             if isinstance(record, StatusReport):
                 continue
             rules = self._rules_for(record.device.device_type)
@@ -156,7 +218,7 @@ class RuleEngine:
             if not holds:
                 return None
             alert_id = _alert_id(rule.name, device, port, record.time_ms)
-            return _change(rule, device, port, AlertState.FIRING, alert_id, record, record.time_ms)
+            return _record_change(rule, port, AlertState.FIRING, alert_id, record, record.time_ms)
         key = (rule.name, device.community, device.device_id, port)
         track = self.tracks.get(key)
         now_ms = record.time_ms
@@ -173,8 +235,8 @@ class RuleEngine:
             ):
                 track.firing = True
                 track.alert_id = _alert_id(rule.name, device, port, now_ms)
-                return _change(
-                    rule, device, port, AlertState.FIRING, track.alert_id, record, track.since_ms
+                return _record_change(
+                    rule, port, AlertState.FIRING, track.alert_id, record, track.since_ms
                 )
             return None
         if track is None:
@@ -200,8 +262,8 @@ class RuleEngine:
             return None
         del self.tracks[key]
         self._dirty.add(key)
-        return _change(
-            rule, device, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
+        return _record_change(
+            rule, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
         )
 
 
@@ -211,9 +273,8 @@ def _alert_id(rule: str, device: DeviceRef, port: int | None, started_ms: int) -
     return f"{rule}:{device.community}:{device.device_id}{suffix}:{started_ms}"
 
 
-def _change(
+def _record_change(
     rule: Rule,
-    device: DeviceRef,
     port: int | None,
     state: AlertState,
     alert_id: str,
@@ -223,6 +284,19 @@ def _change(
     values: dict[str, FieldValue] = dict(record.fields)
     if isinstance(record, Event):
         values["event"] = record.kind
+    return _change(rule, record.device, port, state, alert_id, started_ms, record.time_ms, values)
+
+
+def _change(
+    rule: Rule,
+    device: DeviceRef,
+    port: int | None,
+    state: AlertState,
+    alert_id: str,
+    started_ms: int,
+    at_ms: int,
+    values: Mapping[str, FieldValue],
+) -> AlertChange:
     return AlertChange(
         alert_id=alert_id,
         rule=rule.name,
@@ -233,6 +307,6 @@ def _change(
         port=port,
         state=state,
         started_ms=started_ms,
-        at_ms=record.time_ms,
+        at_ms=at_ms,
         values=values,
     )

@@ -32,8 +32,10 @@ class RuleSpec(BaseModel):
     life_safety: bool = False
     # condition: one open alert per (rule, device[, port]) while it holds;
     # event: every matching event is an alert of its own.
-    kind: Literal["condition", "event"] = "condition"
-    when: str
+    # absence: no message from a device for `after_periods` × its profile's period.
+    kind: Literal["condition", "event", "absence"] = "condition"
+    when: str = "true"
+    after_periods: float = Field(2.5, gt=0)
     clear_when: str | None = None
     for_s: float = Field(0.0, ge=0)
     repeat: int = Field(1, ge=1)
@@ -100,9 +102,9 @@ def _load_file(path: Path) -> list[Rule]:
             clear = compile_condition(spec.clear_when) if spec.clear_when else None
         except ExpressionError as exc:
             raise ConfigError(str(path), f"{label}: condition", str(exc)) from exc
-        if spec.kind == "event" and (spec.clear_when or spec.for_s or spec.repeat > 1):
+        if spec.kind != "condition" and (spec.clear_when or spec.for_s or spec.repeat > 1):
             raise ConfigError(
-                str(path), label, "an event rule takes no clear_when, for_s or repeat"
+                str(path), label, f"an {spec.kind} rule takes no clear_when, for_s or repeat"
             )
         rules.append(Rule(spec, when, clear, path.name))
     return rules

@@ -225,3 +225,28 @@ def test_thermal_runaway_by_rate_of_rise_before_80_c() -> None:
     assert fired[0].values["temperature_c"] < 60
     # A neighbouring port at a steady 45 °C is not part of it.
     assert e.evaluate([reading(SHED, 300, port=5, temperature_c=45.0)]) == []
+
+
+def test_a_silent_device_goes_offline_and_comes_back() -> None:
+    e = RuleEngine(
+        RULES,
+        Registry(
+            [RegisteredDevice(device_id="sd-2", device_type="smoke_detector", community="hgy")]
+        ),
+        {"bracelet": 60.0, "smoke_detector": 3600.0},
+        now_ms=T0,
+    )
+    e.evaluate([reading(WRIST, 0, heart_rate_bpm=70)])
+    assert e.tick(T0 + 149_000) == []
+    offline = e.tick(T0 + 151_000)
+    assert [(c.rule, c.device.device_id, c.state) for c in offline] == [
+        ("device_offline", "br-1", AlertState.FIRING)
+    ]
+    assert e.tick(T0 + 300_000) == []  # still the same alert
+    # A registered detector that never reported is found too, after 2.5 hours.
+    later = e.tick(T0 + 9_001_000)
+    assert [(c.device.device_id, c.state) for c in later] == [("sd-2", AlertState.FIRING)]
+    back = e.evaluate([reading(WRIST, 400, heart_rate_bpm=72)])
+    assert [(c.rule, c.state, c.alert_id) for c in back] == [
+        ("device_offline", AlertState.RESOLVED, offline[0].alert_id)
+    ]
