@@ -44,6 +44,7 @@ bench: install services
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.mqtt_clients
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.rules
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
