@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
-from gateway.decode.record import Record
 from gateway.ingest.mqtt import MqttSubscriber
 from gateway.pipeline import IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.book import AlertBook
 from gateway.rules.engine import RuleEngine
 from gateway.rules.rule import Rule, load_rules
-from gateway.rules.state import RuleStateStore
+from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
 from gateway.store.drain import OutboxDrain
@@ -56,16 +56,13 @@ class Gateway:
         self.profiles, self.registry, rules = load_catalogue(config)
         periods_s = {t: p.period_s for t, p in self.profiles.by_device_type.items()}
         self.rules = RuleEngine(rules, self.registry, periods_s, now_ms=self.clock.now_ms())
-        # The notification stage subscribes here; until then alert changes are logged.
-        self.alert_listeners: list[Callable[[Sequence[AlertChange]], None]] = [_log_alerts]
         self.outbox = Outbox(
             config.outbox.path,
             max_bytes=config.outbox.max_bytes,
             synchronous=config.outbox.synchronous,
             quarantine_max_rows=config.outbox.quarantine_max_rows,
         )
-        self.rule_state = RuleStateStore(config.outbox.path)
-        self.rules.restore(self.rule_state.load())
+        self.alerts = AlertBook(config.outbox.path)
         redelivery = RedeliveryFilter()
         redelivery.restore(self.outbox.redelivery_keys())
         ingest = config.ingest
@@ -85,8 +82,10 @@ class Gateway:
             self.stats,
             commit_max_messages=ingest.commit_max_messages,
             commit_interval_s=ingest.commit_interval_s,
+            alerts=AlertStage(self.rules, self.alerts),
         )
-        self.pipeline.listeners.append(self._evaluate_rules)
+        # The notification stage subscribes here; until then alert changes are logged.
+        self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
         self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
         self.stopping = asyncio.Event()
 
@@ -140,7 +139,7 @@ class Gateway:
             if writer is not None:
                 await writer.__aexit__(None, None, None)
             self.outbox.close()
-            self.rule_state.close()
+            self.alerts.close()
 
     async def _watch_depth(self) -> None:
         # With no database configured the outbox only grows; keep its depth in view.
@@ -148,28 +147,20 @@ class Gateway:
             self.stats.outbox_depth = await asyncio.to_thread(self.outbox.depth)
             await self.clock.sleep(1.0)
 
-    def _evaluate_rules(self, records: Sequence[Record]) -> None:
-        self._publish_alerts(self.rules.evaluate(records))
-
     async def _tick_rules(self) -> None:
         while True:
             await self.clock.sleep(RULE_TICK_S)
-            self._publish_alerts(self.rules.tick(self.clock.now_ms()))
+            stage = self.pipeline.alerts
+            if stage is not None:
+                await self.pipeline.commit_alerts(stage.tick(self.clock.now_ms()))
 
-    def _publish_alerts(self, changes: Sequence[AlertChange]) -> None:
-        # Saved before anything is told of the change: a restart then neither forgets an
-        # alert nor announces it again.
-        self.rule_state.save(*self.rules.take_changes())
-        if not changes:
-            return
+    def _count_alerts(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:
             if change.state is AlertState.FIRING:
                 self.stats.alerts_firing += 1
             else:
                 self.stats.alerts_resolved += 1
         self.stats.alerts_open = sum(t.firing for t in self.rules.tracks.values())
-        for listener in self.alert_listeners:
-            listener(changes)
 
     async def _log_summary(self) -> None:
         while True:

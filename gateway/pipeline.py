@@ -21,6 +21,8 @@ from gateway.decode.record import Record
 from gateway.decode.rejection import RejectReason
 from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
+from gateway.rules.alert import AlertChange
+from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox, QuarantineEntry
 from gateway.store.series import SeriesMapper
@@ -28,6 +30,7 @@ from gateway.store.series import SeriesMapper
 log = logging.getLogger(__name__)
 
 RecordListener = Callable[[Sequence[Record]], None]
+AlertListener = Callable[[Sequence[AlertChange]], None]
 
 
 class MessageSource(Protocol):
@@ -58,6 +61,7 @@ class IngestPipeline:
         *,
         commit_max_messages: int = 5000,
         commit_interval_s: float = 0.05,
+        alerts: AlertStage | None = None,
     ) -> None:
         self._decoder = decoder
         self._redelivery = redelivery
@@ -66,8 +70,12 @@ class IngestPipeline:
         self._stats = stats
         self._commit_max_messages = commit_max_messages
         self._commit_interval_s = commit_interval_s
+        self.alerts = alerts
         self.listeners: list[RecordListener] = []
+        self.alert_listeners: list[AlertListener] = []
         self.committed = asyncio.Event()
+        # One transaction at a time on the ingest connection: batches and rule timers.
+        self._commit_lock = asyncio.Lock()
 
     def prepare(self, messages: Sequence[InboundMessage]) -> Batch:
         """Decode a batch: pure but for the redelivery filter's memory."""
@@ -119,15 +127,38 @@ class IngestPipeline:
 
     async def handle(self, source: MessageSource, messages: Sequence[InboundMessage]) -> None:
         batch = self.prepare(messages)
-        changes = self._redelivery.take_changes()
-        result = await asyncio.to_thread(
-            self._outbox.commit, batch.lines, batch.quarantined, changes
-        )
+        keys = self._redelivery.take_changes()
+        decision = self.alerts.evaluate(batch.records) if self.alerts else AlertDecision()
+        async with self._commit_lock:
+            result = await asyncio.to_thread(
+                self._outbox.commit,
+                batch.lines + decision.lines,
+                batch.quarantined,
+                keys,
+                decision.write,
+            )
         source.ack(messages)
         self._count(messages, batch, result.evicted_lines)
+        self._stats.lines_stored += len(decision.lines)
         self.committed.set()
         for listener in self.listeners:
             listener(batch.records)
+        self._announce(decision)
+
+    async def commit_alerts(self, decision: AlertDecision) -> None:
+        """Commit what the rules decided outside a batch (a device gone silent)."""
+        if decision.write is None:
+            return
+        async with self._commit_lock:
+            await asyncio.to_thread(self._outbox.commit, decision.lines, [], [], decision.write)
+        self._stats.lines_stored += len(decision.lines)
+        self.committed.set()
+        self._announce(decision)
+
+    def _announce(self, decision: AlertDecision) -> None:
+        if decision.changes:
+            for alert_listener in self.alert_listeners:
+                alert_listener(decision.changes)
 
     def _count(self, messages: Sequence[InboundMessage], batch: Batch, evicted: int) -> None:
         stats = self._stats

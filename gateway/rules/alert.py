@@ -11,8 +11,14 @@ from gateway.rules.rule import Severity
 
 
 class AlertState(StrEnum):
+    """The lifecycle: firing -> acknowledged (a person took it) -> resolved (the
+    condition cleared) -> closed (a person handled it). A person may close an alert
+    whose condition still holds; it may be acknowledged after it resolved."""
+
     FIRING = "firing"
+    ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)

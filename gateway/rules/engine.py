@@ -156,7 +156,9 @@ class RuleEngine:
                 history = self._history[key] = deque()
             history.append((record.time_ms, float(value)))  # type: ignore[arg-type]
             window_ms = window_s * 1000
-            while history[0][0] < record.time_ms - window_ms:
+            # Keep one sample at or before the window's start, so that readings sparser
+            # than the window still give a rate.
+            while len(history) > 1 and history[1][0] <= record.time_ms - window_ms:
                 history.popleft()
             first_ms, first = history[0]
             # Too short a span says nothing about the trend: the rate stays unknown.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +112,12 @@ class Outbox:
         lines: Sequence[str],
         quarantined: Sequence[QuarantineEntry],
         redelivery_keys: Sequence[tuple[str, str, str]],
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> CommitResult:
-        """Store a batch in one transaction. Raises StoreError if it could not be made durable."""
+        """Store a batch in one transaction. Raises StoreError if it could not be made durable.
+
+        `also` writes more in the same transaction: what the rules made of the batch.
+        """
         conn = self._ingest
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -127,6 +131,8 @@ class Outbox:
                     "VALUES (?, ?, ?)",
                     redelivery_keys,
                 )
+            if also is not None:
+                also(conn)
             evicted = self._evict_if_full(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

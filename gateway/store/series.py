@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.decode.profile import ProfileSet
 from gateway.decode.record import Event, Reading, Record, TimeSource
 from gateway.registry import Registry
+from gateway.rules.alert import AlertChange
 from gateway.store.line_protocol import encode_fields, encode_series
 
 STATUS_MEASUREMENT = "device_status"
@@ -77,3 +78,28 @@ class SeriesMapper:
             measurement = STATUS_MEASUREMENT
             tags.append(("device_type", device.device_type))
         return encode_series(measurement, tags)
+
+
+ALERT_MEASUREMENT = "alert"
+
+
+def alert_line(change: AlertChange) -> str:
+    """An alert's change of state, for timelines and annotations."""
+    device = change.device
+    tags = [
+        ("community", device.community),
+        ("device_id", device.device_id),
+        ("device_type", device.device_type),
+        ("rule", change.rule),
+        ("severity", str(change.severity)),
+    ]
+    if change.port is not None:
+        tags.append(("port", str(change.port)))
+    fields = (
+        ("state", str(change.state)),
+        ("alert_id", change.alert_id),
+        ("title", change.title),
+        ("life_safety", change.life_safety),
+        ("started_ms", change.started_ms),
+    )
+    return f"{encode_series(ALERT_MEASUREMENT, tags)} {encode_fields(fields)} {change.at_ms}"

@@ -144,6 +144,7 @@ async def test_every_device_type_and_the_vendor_frame_land_with_the_right_series
             lambda: (
                 len(rows(influxdb, influx_db, "SELECT * FROM device_status")) == 1
                 and len(rows(influxdb, influx_db, "SELECT * FROM smoke_detector")) == 2
+                and len(rows(influxdb, influx_db, "SELECT * FROM alert")) >= 3
             ),
             what="all points in InfluxDB",
         )
@@ -198,6 +199,17 @@ async def test_every_device_type_and_the_vendor_frame_land_with_the_right_series
         ("1", 36.5, True),
         ("2", 19.0, False),
     ]
+
+    # What the default rules made of it, as the dashboards' alert timeline sees it.
+    alerts = {
+        (a["rule"], a["device_id"], a["state"])
+        for a in rows(influxdb, influx_db, "SELECT * FROM alert")
+    }
+    assert {
+        ("fire_alarm", "acme-7", "firing"),
+        ("smoke_tampering", "sd-1", "firing"),
+        ("fall", "br-1", "firing"),
+    } <= alerts
 
     status = one("SELECT * FROM device_status")
     assert (status["online"], status["gateway_time"], status["device_type"]) == (

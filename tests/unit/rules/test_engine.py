@@ -7,8 +7,11 @@ from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSou
 from gateway.errors import ConfigError
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
 from gateway.rules.rule import load_rules
+from gateway.rules.stage import AlertDecision, AlertStage
+from gateway.store.outbox import Outbox
 
 T0 = 1_767_225_600_000
 RULES = load_rules(PROJECT_ROOT / "alert_rules")
@@ -181,32 +184,67 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
 
 
 def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
-    from gateway.rules.state import RuleStateStore
-
     path = tmp_path / "state.sqlite3"
-    before = engine()
-    store = RuleStateStore(path)
-    fired = before.evaluate([event(SMOKE, 0, "alarm")])
-    # Mid-way through a for-duration: heart rate low for 30 of the 60 s.
-    before.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)])
-    before.evaluate([reading(WRIST, 30, heart_rate_bpm=35, worn=True)])
-    store.save(*before.take_changes())
-    store.close()
+    outbox = Outbox(path)
+    stage = AlertStage(engine(), AlertBook(path))
 
-    after = engine()
-    store = RuleStateStore(path)
-    after.restore(store.load())
+    def commit(decision: AlertDecision) -> None:
+        outbox.commit(decision.lines, [], [], decision.write)
+
+    fired = stage.evaluate([event(SMOKE, 0, "alarm")])
+    commit(fired)
+    # Mid-way through a for-duration: heart rate low for 30 of the 60 s.
+    commit(stage.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)]))
+    commit(stage.evaluate([reading(WRIST, 30, heart_rate_bpm=35, worn=True)]))
+    stage.book.close()
+
+    after = AlertStage(engine(), AlertBook(path))
     # The fire alarm is still firing: another alarm is not a new alert...
-    assert after.evaluate([event(SMOKE, 5, "alarm")]) == []
+    assert after.evaluate([event(SMOKE, 5, "alarm")]).changes == []
     # ...and its all-clear resolves the alert fired before the restart.
     cleared = after.evaluate([event(SMOKE, 10, "alarm_cleared")])
-    assert [(c.state, c.alert_id) for c in cleared] == [(AlertState.RESOLVED, fired[0].alert_id)]
-    # The heart-rate timer carried on: 60 s after it started, it fires.
-    assert states(after.evaluate([reading(WRIST, 60, heart_rate_bpm=35, worn=True)])) == [
-        ("abnormal_heart_rate", AlertState.FIRING)
+    assert [(c.state, c.alert_id) for c in cleared.changes] == [
+        (AlertState.RESOLVED, fired.changes[0].alert_id)
     ]
-    store.save(*after.take_changes())
-    assert {k[0] for k, _ in store.load()} == {"abnormal_heart_rate"}
+    # The heart-rate timer carried on: 60 s after it started, it fires.
+    late = after.evaluate([reading(WRIST, 60, heart_rate_bpm=35, worn=True)])
+    assert states(late.changes) == [("abnormal_heart_rate", AlertState.FIRING)]
+    # Alert changes go to the time series too.
+    assert late.lines[0].startswith("alert,community=hgy,device_id=br-1,device_type=bracelet,")
+    assert 'state="firing"' in late.lines[0]
+
+
+def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    outbox = Outbox(path)
+    stage = AlertStage(engine(), AlertBook(path))
+    decision = stage.evaluate([reading(SHED, 0, port=2, temperature_c=85.0)])
+    outbox.commit(decision.lines, [], [], decision.write)
+    (alert,) = stage.book.open_alerts()
+    assert (alert.rule, alert.port, alert.state) == ("thermal_runaway_risk", 2, AlertState.FIRING)
+    stage.book.acknowledge(alert.alert_id, "网格员 王芳", T0 + 60_000)
+    with pytest.raises(AlertError, match="acknowledged by 网格员 王芳"):
+        stage.book.acknowledge(alert.alert_id, "someone else", T0 + 61_000)
+    decision = stage.evaluate(
+        [reading(SHED, t, port=2, temperature_c=40.0) for t in (100, 160, 220, 300)]
+    )
+    outbox.commit(decision.lines, [], [], decision.write)
+    assert stage.book.get(alert.alert_id).state is AlertState.RESOLVED
+    closed = stage.book.close_alert(
+        alert.alert_id, "网格员 王芳", T0 + 400_000, "充电器故障，已断电"
+    )
+    assert (closed.state, closed.note) == (AlertState.CLOSED, "充电器故障，已断电")
+    assert stage.book.open_alerts() == []
+    assert [(s.state, s.actor) for s in stage.book.history(alert.alert_id)] == [
+        (AlertState.FIRING, "rules"),
+        (AlertState.ACKNOWLEDGED, "网格员 王芳"),
+        (AlertState.RESOLVED, "rules"),
+        (AlertState.CLOSED, "网格员 王芳"),
+    ]
+    with pytest.raises(AlertError, match="already closed"):
+        stage.book.close_alert(alert.alert_id, "x", T0, "")
+    with pytest.raises(AlertError, match="no alert"):
+        stage.book.get("nope")
 
 
 def test_thermal_runaway_by_rate_of_rise_before_80_c() -> None:

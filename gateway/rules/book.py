@@ -1,0 +1,280 @@
+"""The alert book: every alert with its full history, kept beside the outbox.
+
+The rules engine decides when an alert fires and resolves; people acknowledge and
+close it. Each step is recorded with who and when.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import GatewayError, StoreError
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.engine import Track, TrackKey
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    title TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    life_safety INTEGER NOT NULL,
+    community TEXT NOT NULL,
+    device_type TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    port INTEGER,
+    state TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    acknowledged_by TEXT,
+    acknowledged_ms INTEGER,
+    resolved_ms INTEGER,
+    closed_by TEXT,
+    closed_ms INTEGER,
+    note TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state);
+CREATE TABLE IF NOT EXISTS alert_history (
+    id INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_history_alert ON alert_history (alert_id);
+CREATE TABLE IF NOT EXISTS rule_tracks (
+    rule TEXT NOT NULL,
+    community TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    firing INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    clearing_since_ms INTEGER,
+    alert_id TEXT NOT NULL,
+    PRIMARY KEY (rule, community, device_id, port)
+) WITHOUT ROWID;
+"""
+# SQLite's primary keys take no NULL; no port is stored as -1.
+_NO_PORT = -1
+RULES_ACTOR = "rules"
+
+
+class AlertError(GatewayError):
+    """A lifecycle step that does not apply to the alert as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertStep:
+    state: AlertState
+    at_ms: int
+    actor: str
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEntry:
+    alert_id: str
+    rule: str
+    title: str
+    severity: str
+    life_safety: bool
+    community: str
+    device_type: str
+    device_id: str
+    port: int | None
+    state: AlertState
+    started_ms: int
+    acknowledged_by: str | None
+    closed_by: str | None
+    note: str | None
+
+
+class AlertBook:
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open the alert book in {path}: {exc}", retryable=False
+            ) from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def load_tracks(self) -> list[tuple[TrackKey, Track]]:
+        rows = self._conn.execute(
+            "SELECT rule, community, device_id, port, firing, since_ms, readings, "
+            "clearing_since_ms, alert_id FROM rule_tracks"
+        )
+        return [
+            (
+                (rule, community, device_id, None if port == _NO_PORT else port),
+                Track(bool(firing), since_ms, readings, clearing, alert_id),
+            )
+            for rule, community, device_id, port, firing, since_ms, readings, clearing, alert_id in rows
+        ]
+
+    @staticmethod
+    def write(
+        conn: sqlite3.Connection,
+        changes: Sequence[AlertChange],
+        tracks_changed: Sequence[tuple[TrackKey, Track]],
+        tracks_gone: Sequence[TrackKey],
+    ) -> None:
+        """What the rules decided, inside the caller's transaction: the rule timers, new
+        alerts and alerts whose condition cleared."""
+        conn.executemany(
+            "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (*key[:3], _NO_PORT if key[3] is None else key[3], int(t.firing), t.since_ms,
+                 t.readings, t.clearing_since_ms, t.alert_id)
+                for key, t in tracks_changed
+            ),
+        )  # fmt: skip
+        conn.executemany(
+            "DELETE FROM rule_tracks WHERE rule = ? AND community = ? AND device_id = ? AND port = ?",
+            ((*key[:3], _NO_PORT if key[3] is None else key[3]) for key in tracks_gone),
+        )
+        for change in changes:
+            if change.state is AlertState.FIRING:
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO alerts (alert_id, rule, title, severity, life_safety,"
+                    " community, device_type, device_id, port, state, started_ms, updated_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'firing', ?, ?)",
+                    (
+                        change.alert_id, change.rule, change.title, str(change.severity),
+                        int(change.life_safety), change.device.community,
+                        change.device.device_type, change.device.device_id, change.port,
+                        change.started_ms, change.at_ms,
+                    ),
+                ).rowcount  # fmt: skip
+                if inserted:
+                    AlertBook._step(
+                        conn, change.alert_id, AlertState.FIRING, change.at_ms, RULES_ACTOR
+                    )
+            else:
+                updated = conn.execute(
+                    "UPDATE alerts SET state = CASE WHEN state = 'closed' THEN 'closed'"
+                    " ELSE 'resolved' END, resolved_ms = ?, updated_ms = ?"
+                    " WHERE alert_id = ? AND resolved_ms IS NULL",
+                    (change.at_ms, change.at_ms, change.alert_id),
+                ).rowcount
+                if updated:
+                    AlertBook._step(
+                        conn, change.alert_id, AlertState.RESOLVED, change.at_ms, RULES_ACTOR
+                    )
+
+    def acknowledge(self, alert_id: str, who: str, at_ms: int) -> AlertEntry:
+        entry = self.get(alert_id)
+        if entry.acknowledged_by is not None or entry.state is AlertState.CLOSED:
+            raise AlertError(
+                f"alert {alert_id} is {entry.state}, acknowledged by {entry.acknowledged_by}"
+            )
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE alerts SET acknowledged_by = ?, acknowledged_ms = ?, updated_ms = ?,"
+                " state = CASE WHEN state = 'firing' THEN 'acknowledged' ELSE state END"
+                " WHERE alert_id = ?",
+                (who, at_ms, at_ms, alert_id),
+            )
+            self._step(conn, alert_id, AlertState.ACKNOWLEDGED, at_ms, who)
+        return self.get(alert_id)
+
+    def close_alert(self, alert_id: str, who: str, at_ms: int, note: str) -> AlertEntry:
+        entry = self.get(alert_id)
+        if entry.state is AlertState.CLOSED:
+            raise AlertError(f"alert {alert_id} is already closed by {entry.closed_by}")
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE alerts SET state = 'closed', closed_by = ?, closed_ms = ?, note = ?,"
+                " updated_ms = ? WHERE alert_id = ?",
+                (who, at_ms, note, at_ms, alert_id),
+            )
+            self._step(conn, alert_id, AlertState.CLOSED, at_ms, who, note)
+        return self.get(alert_id)
+
+    def get(self, alert_id: str) -> AlertEntry:
+        row = self._conn.execute(
+            "SELECT alert_id, rule, title, severity, life_safety, community, device_type,"
+            " device_id, port, state, started_ms, acknowledged_by, closed_by, note"
+            " FROM alerts WHERE alert_id = ?",
+            (alert_id,),
+        ).fetchone()
+        if row is None:
+            raise AlertError(f"no alert {alert_id}")
+        return _entry(row)
+
+    def open_alerts(self) -> list[AlertEntry]:
+        rows = self._conn.execute(
+            "SELECT alert_id, rule, title, severity, life_safety, community, device_type,"
+            " device_id, port, state, started_ms, acknowledged_by, closed_by, note"
+            " FROM alerts WHERE state != 'closed' ORDER BY started_ms"
+        )
+        return [_entry(row) for row in rows]
+
+    def history(self, alert_id: str) -> list[AlertStep]:
+        rows = self._conn.execute(
+            "SELECT state, at_ms, actor, note FROM alert_history WHERE alert_id = ? ORDER BY id",
+            (alert_id,),
+        )
+        return [AlertStep(AlertState(s), at, actor, note) for s, at, actor, note in rows]
+
+    @staticmethod
+    def _step(
+        conn: sqlite3.Connection,
+        alert_id: str,
+        state: AlertState,
+        at_ms: int,
+        actor: str,
+        note: str | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO alert_history (alert_id, state, at_ms, actor, note) VALUES (?, ?, ?, ?, ?)",
+            (alert_id, str(state), at_ms, actor, note),
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if error is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")
+
+
+def _entry(row: tuple[object, ...]) -> AlertEntry:
+    (alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,
+     state, started_ms, acknowledged_by, closed_by, note) = row  # fmt: skip
+    return AlertEntry(
+        alert_id=str(alert_id),
+        rule=str(rule),
+        title=str(title),
+        severity=str(severity),
+        life_safety=bool(life_safety),
+        community=str(community),
+        device_type=str(device_type),
+        device_id=str(device_id),
+        port=port if isinstance(port, int) else None,
+        state=AlertState(str(state)),
+        started_ms=int(started_ms),  # type: ignore[call-overload]
+        acknowledged_by=acknowledged_by if isinstance(acknowledged_by, str) else None,
+        closed_by=closed_by if isinstance(closed_by, str) else None,
+        note=note if isinstance(note, str) else None,
+    )

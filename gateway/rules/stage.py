@@ -1,0 +1,46 @@
+"""The rules stage of the pipeline: what a batch of records makes of the alerts, ready
+to be committed in the same transaction as the batch itself, so that a crash can
+neither lose an alert nor announce it twice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from gateway.decode.record import Record
+from gateway.rules.alert import AlertChange
+from gateway.rules.book import AlertBook
+from gateway.rules.engine import RuleEngine
+from gateway.store.series import alert_line
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDecision:
+    changes: list[AlertChange] = field(default_factory=list)
+    # Alert changes as time-series lines, for the dashboards' timelines.
+    lines: list[str] = field(default_factory=list)
+    # Writes the rule timers and the alert book inside the caller's transaction.
+    write: partial[None] | None = None
+
+
+class AlertStage:
+    def __init__(self, engine: RuleEngine, book: AlertBook) -> None:
+        self.engine = engine
+        self.book = book
+        engine.restore(book.load_tracks())
+
+    def evaluate(self, records: Sequence[Record]) -> AlertDecision:
+        return self._decide(self.engine.evaluate(records))
+
+    def tick(self, now_ms: int) -> AlertDecision:
+        return self._decide(self.engine.tick(now_ms))
+
+    def _decide(self, changes: list[AlertChange]) -> AlertDecision:
+        tracks_changed, tracks_gone = self.engine.take_changes()
+        if not changes and not tracks_changed and not tracks_gone:
+            return AlertDecision()
+        write = partial(
+            AlertBook.write, changes=changes, tracks_changed=tracks_changed, tracks_gone=tracks_gone
+        )
+        return AlertDecision(changes, [alert_line(c) for c in changes], write)
