@@ -12,6 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
+from gateway.errors import ConfigError
 from gateway.ingest.mqtt import MqttSubscriber
 from gateway.pipeline import IngestPipeline
 from gateway.registry import Registry, load_registry
@@ -166,6 +167,17 @@ class Gateway:
         while True:
             await self.clock.sleep(SUMMARY_INTERVAL_S)
             log.info("%s", self.stats.summary())
+
+    def reload_rules(self) -> bool:
+        """Load the rule files again; a broken one leaves the running rules untouched."""
+        try:
+            rules = load_rules(self.config.rules_dir)
+        except ConfigError as exc:
+            log.error("rules not reloaded, the running rules stay: %s", exc)
+            return False
+        self.rules.load(rules)
+        log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
+        return True
 
     def stop(self) -> None:
         self.stopping.set()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="check a config, its device profiles and registry")
     check.add_argument("--config", type=Path, required=True)
 
+    reload = commands.add_parser(
+        "reload", help="check the alert rules and have the running gateway load them"
+    )
+    reload.add_argument("--config", type=Path, required=True)
+
     from simulators.cli import add_arguments, run_from_args
 
     simulate = commands.add_parser("simulate", help="publish simulated device traffic")
@@ -50,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.config)
+        if args.command == "reload":
+            return _reload(args.config)
         if args.command == "run":
             config = load_config(args.config)
             _configure_logging(config)
@@ -97,7 +105,34 @@ async def _run(config: GatewayConfig) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, gateway.stop)
-    await gateway.run()
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_rules)
+    pid_file = _pid_file(config)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        await gateway.run()
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
+def _pid_file(config: GatewayConfig) -> Path:
+    return config.outbox.path.with_suffix(".pid")
+
+
+def _reload(path: Path) -> int:
+    """Check the rules here, where errors can be shown, then tell the running gateway."""
+    from gateway.rules.rule import load_rules
+
+    config = load_config(path)
+    rules = load_rules(config.rules_dir)
+    pid_file = _pid_file(config)
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"no running gateway for {path} ({pid_file}: {exc})", file=sys.stderr)
+        return 1
+    print(f"{len(rules)} rules checked; gateway {pid} told to reload them")
     return 0
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import yaml
+
+from gateway import PROJECT_ROOT
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
 
@@ -32,3 +39,55 @@ async def test_a_fire_alarm_firing_before_a_restart_is_not_new_after_it(
             await wait_until(lambda: gateway.stats.alerts_resolved == 1, what="all clear")
     finally:
         publisher.close()
+
+
+async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "alert_rules", rules_dir)
+    config = gateway_config(tmp_path, mosquitto, namespace).model_copy(
+        update={"rules_dir": rules_dir}
+    )
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    log_file = tmp_path / "gateway.log"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args, "--config", str(config_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+            stderr=log,
+        )
+    try:
+        await wait_until(lambda: "connected to" in log_file.read_text(), what="gateway up")
+        (rules_dir / "extra.yaml").write_text(
+            "rules:\n  - {name: hot_shed, title: Hot, device_types: [charging_shed],"
+            " severity: info, when: 'ambient_temp_c > 45'}\n"
+        )
+        result = cli("reload")
+        assert result.returncode == 0, result.stderr
+        assert "17 rules checked" in result.stdout
+        await wait_until(lambda: "reloaded 17 alert rules" in log_file.read_text(), what="reload")
+
+        (rules_dir / "extra.yaml").write_text("rules:\n  - {name: broken, when: 'x >'}\n")
+        refused = cli("reload")
+        assert refused.returncode == 2
+        assert "extra.yaml" in refused.stderr and "rule broken" in refused.stderr
+        # Signalled anyway (say by a hand-sent SIGHUP), it keeps the running rules.
+        process.send_signal(signal.SIGHUP)
+        await wait_until(
+            lambda: "rules not reloaded, the running rules stay" in log_file.read_text(),
+            what="refusal logged",
+        )
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
