@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ COLUMNS = (
     "wearer_name",
     "wearer_phone",
     "emergency_contacts",
+    "thresholds",
 )
 
 
@@ -66,6 +68,21 @@ class RegisteredDevice(BaseModel):
     wearer_name: str | None = None
     wearer_phone: str | None = None
     emergency_contacts: tuple[Contact, ...] = ()
+    # Per-device rule thresholds, read by rules as device.<name>: "name=value;name=value".
+    thresholds: dict[str, float] = {}
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _parse_thresholds(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        parsed: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(";"))):
+            name, sep, number = item.partition("=")
+            if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name.strip()):
+                raise ValueError(f"expected 'name=value;name=value', got {item!r}")
+            parsed[name.strip()] = number.strip()
+        return parsed
 
     @field_validator("emergency_contacts", mode="before")
     @classmethod

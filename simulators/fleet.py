@@ -125,6 +125,7 @@ class Fleet:
                     ""
                     if w is None
                     else ";".join(f"{c.name}:{c.phone}" for c in w.emergency_contacts),
+                    "",  # thresholds: the rules' defaults
                 ]
             )
         return out.getvalue()

@@ -197,6 +197,8 @@ class RuleEngine:
                     value = getattr(registered, name)
                     if value is not None:
                         device_scope[f"device.{name}"] = value
+                for name, threshold in registered.thresholds.items():
+                    device_scope[f"device.{name}"] = threshold
             self._device_scopes[ident] = device_scope
         scope = {**device_scope, **record.fields}
         # A reading is known not to be an event: `event == 'x'` is false for it, not unknown.

@@ -3,6 +3,7 @@
     alarm == true or event == 'alarm'
     water_level_cm > 0.8 * device.well_depth_cm
     distance_m(lat, lon, device.home_lat, device.home_lon) > device.safe_radius_m
+    heart_rate_bpm > coalesce(device.max_heart_rate_bpm, 150)
 
 Names are the record's fields, `event` (the event kind, or none for a reading),
 `port`, and `device.<attribute>` from the registry. Logic is three-valued: a name the
@@ -78,7 +79,7 @@ def names_in(text: str) -> set[str]:
         if isinstance(node, ast.Name)
         and node.id not in _CONSTANTS
         and node.id not in _FUNCTIONS
-        and node.id != "device"
+        and node.id not in ("device", "coalesce")
     }
 
 
@@ -115,6 +116,13 @@ def _compile(node: ast.expr) -> Evaluator:
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
+        and node.func.id == "coalesce"
+        and not node.keywords
+    ):
+        return _coalesce([_compile(a) for a in node.args])
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
         and node.func.id in _FUNCTIONS
         and not node.keywords
     ):
@@ -122,6 +130,20 @@ def _compile(node: ast.expr) -> Evaluator:
         args = [_compile(a) for a in node.args]
         return lambda scope: function(*(a(scope) for a in args))
     raise ExpressionError(f"{ast.unparse(node)!r} is not allowed in a condition")
+
+
+def _coalesce(options: list[Evaluator]) -> Evaluator:
+    """The first known value: a per-device threshold, else the rule's default."""
+
+    def evaluate(scope: Mapping[str, Any]) -> Any:
+        for option in options:
+            try:
+                return option(scope)
+            except Unknown:
+                continue
+        raise Unknown("coalesce")
+
+    return evaluate
 
 
 def _name(name: str) -> Evaluator:

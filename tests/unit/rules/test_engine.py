@@ -288,3 +288,25 @@ def test_a_silent_device_goes_offline_and_comes_back() -> None:
     assert [(c.rule, c.state, c.alert_id) for c in back] == [
         ("device_offline", AlertState.RESOLVED, offline[0].alert_id)
     ]
+
+
+def test_per_device_thresholds_with_a_default(tmp_path: Path) -> None:
+    from gateway.registry import load_registry
+
+    path = tmp_path / "devices.csv"
+    path.write_text(
+        "device_id,device_type,community,thresholds\n"
+        "br-athlete,bracelet,hgy,min_heart_rate_bpm=32;max_heart_rate_bpm=175\n"
+        "br-1,bracelet,hgy,\n"
+    )
+    e = RuleEngine(RULES, load_registry(path))
+    athlete = DeviceRef("hgy", "bracelet", "br-athlete")
+    for t in (0, 60):
+        assert e.evaluate([reading(athlete, t, heart_rate_bpm=36, worn=True)]) == []
+        assert e.evaluate([reading(athlete, t, heart_rate_bpm=160, worn=True)]) == []
+    e.evaluate([reading(WRIST, 0, heart_rate_bpm=36, worn=True)])
+    fired = e.evaluate([reading(WRIST, 60, heart_rate_bpm=36, worn=True)])
+    assert states(fired) == [("abnormal_heart_rate", AlertState.FIRING)]
+    path.write_text("device_id,device_type,community,thresholds\nb,bracelet,hgy,max=\n")
+    with pytest.raises(ConfigError, match="thresholds"):
+        load_registry(path)

@@ -11,7 +11,8 @@ from simulators import REGISTRY_COLUMNS, DeviceType, Fleet
 
 HEADER = (
     "device_id,device_type,community,area,compound,building,unit,lat,lon,imei,well_depth_cm,"
-    "home_lat,home_lon,safe_radius_m,lives_alone,wearer_name,wearer_phone,emergency_contacts"
+    "home_lat,home_lon,safe_radius_m,lives_alone,wearer_name,wearer_phone,emergency_contacts,"
+    "thresholds"
 )
 
 
