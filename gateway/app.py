@@ -20,6 +20,7 @@ from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook
 from gateway.rules.engine import RuleEngine
 from gateway.rules.rule import Rule, load_rules
+from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
@@ -64,6 +65,7 @@ class Gateway:
             quarantine_max_rows=config.outbox.quarantine_max_rows,
         )
         self.alerts = AlertBook(config.outbox.path)
+        self.silences = SilenceBook(config.outbox.path, self.registry)
         redelivery = RedeliveryFilter()
         redelivery.restore(self.outbox.redelivery_keys())
         ingest = config.ingest
@@ -83,7 +85,7 @@ class Gateway:
             self.stats,
             commit_max_messages=ingest.commit_max_messages,
             commit_interval_s=ingest.commit_interval_s,
-            alerts=AlertStage(self.rules, self.alerts),
+            alerts=AlertStage(self.rules, self.alerts, self.silences, self.clock),
         )
         # The notification stage subscribes here; until then alert changes are logged.
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
@@ -141,6 +143,7 @@ class Gateway:
                 await writer.__aexit__(None, None, None)
             self.outbox.close()
             self.alerts.close()
+            self.silences.close()
 
     async def _watch_depth(self) -> None:
         # With no database configured the outbox only grows; keep its depth in view.

@@ -35,9 +35,18 @@ class AlertChange:
     at_ms: int
     # The reading or event that made the change, for the notification text.
     values: Mapping[str, FieldValue]
+    # The silence that mutes it; never set on a life-safety alert.
+    silenced_by: int | None = None
+    # A silence that matched a life-safety alert, which goes out anyway.
+    silence_overridden: int | None = None
 
     def summary(self) -> str:
         where = f"{self.device.community}/{self.device.device_id}"
         if self.port is not None:
             where += f" port {self.port}"
-        return f"[{self.severity}] {self.title} {self.state}: {where}"
+        text = f"[{self.severity}] {self.title} {self.state}: {where}"
+        if self.silenced_by is not None:
+            text += f" (muted by silence {self.silenced_by})"
+        if self.silence_overridden is not None:
+            text += f" (life-safety: silence {self.silence_overridden} overridden)"
+        return text

@@ -157,7 +157,12 @@ class AlertBook:
                 ).rowcount  # fmt: skip
                 if inserted:
                     AlertBook._step(
-                        conn, change.alert_id, AlertState.FIRING, change.at_ms, RULES_ACTOR
+                        conn,
+                        change.alert_id,
+                        AlertState.FIRING,
+                        change.at_ms,
+                        RULES_ACTOR,
+                        _silence_note(change),
                     )
             else:
                 updated = conn.execute(
@@ -257,6 +262,14 @@ class _Transaction:
             self._conn.execute("COMMIT")
         else:
             self._conn.execute("ROLLBACK")
+
+
+def _silence_note(change: AlertChange) -> str | None:
+    if change.silenced_by is not None:
+        return f"muted by silence {change.silenced_by}"
+    if change.silence_overridden is not None:
+        return f"silence {change.silence_overridden} overridden: life-safety alerts are never muted"
+    return None
 
 
 def _entry(row: tuple[object, ...]) -> AlertEntry:

@@ -5,13 +5,15 @@ neither lose an alert nor announce it twice."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
+from gateway.clock import Clock
 from gateway.decode.record import Record
 from gateway.rules.alert import AlertChange
 from gateway.rules.book import AlertBook
 from gateway.rules.engine import RuleEngine
+from gateway.rules.silence import SilenceBook
 from gateway.store.series import alert_line
 
 
@@ -25,9 +27,13 @@ class AlertDecision:
 
 
 class AlertStage:
-    def __init__(self, engine: RuleEngine, book: AlertBook) -> None:
+    def __init__(
+        self, engine: RuleEngine, book: AlertBook, silences: SilenceBook, clock: Clock
+    ) -> None:
         self.engine = engine
         self.book = book
+        self.silences = silences
+        self._clock = clock
         engine.restore(book.load_tracks())
 
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
@@ -37,6 +43,8 @@ class AlertStage:
         return self._decide(self.engine.tick(now_ms))
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
+        now_ms = self._clock.now_ms()
+        changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         if not changes and not tracks_changed and not tracks_gone:
             return AlertDecision()
@@ -44,3 +52,11 @@ class AlertStage:
             AlertBook.write, changes=changes, tracks_changed=tracks_changed, tracks_gone=tracks_gone
         )
         return AlertDecision(changes, [alert_line(c) for c in changes], write)
+
+    def _silence(self, change: AlertChange, now_ms: int) -> AlertChange:
+        silence = self.silences.matching(change, now_ms)
+        if silence is None:
+            return change
+        if change.life_safety:
+            return replace(change, silence_overridden=silence.id)
+        return replace(change, silenced_by=silence.id)

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from gateway import PROJECT_ROOT
+from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
 from gateway.errors import ConfigError
 from gateway.registry import RegisteredDevice, Registry
@@ -10,6 +11,7 @@ from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
 from gateway.rules.rule import load_rules
+from gateway.rules.silence import SilenceBook, SilenceError
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.store.outbox import Outbox
 
@@ -186,7 +188,7 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
 def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     outbox = Outbox(path)
-    stage = AlertStage(engine(), AlertBook(path))
+    stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
 
     def commit(decision: AlertDecision) -> None:
         outbox.commit(decision.lines, [], [], decision.write)
@@ -198,7 +200,7 @@ def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
     commit(stage.evaluate([reading(WRIST, 30, heart_rate_bpm=35, worn=True)]))
     stage.book.close()
 
-    after = AlertStage(engine(), AlertBook(path))
+    after = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
     # The fire alarm is still firing: another alarm is not a new alert...
     assert after.evaluate([event(SMOKE, 5, "alarm")]).changes == []
     # ...and its all-clear resolves the alert fired before the restart.
@@ -217,7 +219,7 @@ def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
 def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     outbox = Outbox(path)
-    stage = AlertStage(engine(), AlertBook(path))
+    stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
     decision = stage.evaluate([reading(SHED, 0, port=2, temperature_c=85.0)])
     outbox.commit(decision.lines, [], [], decision.write)
     (alert,) = stage.book.open_alerts()
@@ -310,3 +312,63 @@ def test_per_device_thresholds_with_a_default(tmp_path: Path) -> None:
     path.write_text("device_id,device_type,community,thresholds\nb,bracelet,hgy,max=\n")
     with pytest.raises(ConfigError, match="thresholds"):
         load_registry(path)
+
+
+def test_a_silence_mutes_maintenance_but_never_a_life_safety_alert(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    registry = Registry(
+        [
+            RegisteredDevice(
+                device_id="cs-1", device_type="charging_shed", community="hgy", building="5号楼"
+            ),
+            RegisteredDevice(
+                device_id="sd-1", device_type="smoke_detector", community="hgy", building="5号楼"
+            ),
+        ]
+    )
+    clock = ManualClock(T0)
+    silences = SilenceBook(path, registry)
+    stage = AlertStage(RuleEngine(RULES, registry), AlertBook(path), silences, clock)
+    outbox = Outbox(path)
+    maintenance = silences.add(
+        author="物业 李强", reason="更换充电桩", community="hgy", building="5号楼",
+        starts_ms=T0, ends_ms=T0 + 3_600_000,
+    )  # fmt: skip
+    decision = stage.evaluate([reading(SHED, 0, port=1, current_a=12.0), event(SMOKE, 0, "alarm")])
+    outbox.commit(decision.lines, [], [], decision.write)
+    by_rule = {c.rule: c for c in decision.changes}
+    assert by_rule["over_current"].silenced_by == maintenance.id
+    assert by_rule["fire_alarm"].silenced_by is None
+    assert by_rule["fire_alarm"].silence_overridden == maintenance.id
+    (step,) = stage.book.history(by_rule["fire_alarm"].alert_id)
+    assert step.note is not None and "overridden" in step.note
+    assert stage.book.history(by_rule["over_current"].alert_id)[0].note == (
+        f"muted by silence {maintenance.id}"
+    )
+    # Expired: the next alert goes out again.
+    clock.advance(3601)
+    later = stage.evaluate([reading(SMOKE, 4000, battery_pct=5)])
+    assert [c.silenced_by for c in later.changes] == [None]
+    # Kept across a restart, and can be lifted early.
+    again = SilenceBook(path, registry)
+    assert [s.reason for s in again.current(T0)] == ["更换充电桩"]
+    again.delete(maintenance.id)
+    assert again.current(T0) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"author": "", "reason": "x", "device_id": "a"}, "author and a reason"),
+        ({"author": "a", "reason": "x"}, "a device, a place or a rule"),
+        ({"author": "a", "reason": "x", "building": "5号楼"}, "within its community"),
+        ({"author": "a", "reason": "x", "rule": "fire_alarm", "ends_ms": T0}, "end after"),
+    ],
+)
+def test_a_silence_must_say_what_when_who_and_why(
+    tmp_path: Path, kwargs: dict[str, object], problem: str
+) -> None:
+    silences = SilenceBook(tmp_path / "s.sqlite3", Registry())
+    arguments: dict[str, object] = {"starts_ms": T0, "ends_ms": T0 + 1000, **kwargs}
+    with pytest.raises(SilenceError, match=problem):
+        silences.add(**arguments)  # type: ignore[arg-type]

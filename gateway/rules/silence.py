@@ -1,0 +1,130 @@
+"""Silences: maintenance windows that mute alerts by device, place or rule.
+
+A silence never mutes a life-safety alert (fire, SOS, fall, sewer gas, thermal
+runaway): that alert goes out anyway, and the alert book records that a silence was
+overridden.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import GatewayError, StoreError
+from gateway.registry import Registry
+from gateway.rules.alert import AlertChange
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS silences (
+    id INTEGER PRIMARY KEY,
+    community TEXT,
+    building TEXT,
+    device_id TEXT,
+    rule TEXT,
+    starts_ms INTEGER NOT NULL,
+    ends_ms INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+class SilenceError(GatewayError):
+    """A silence that cannot be made as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    id: int
+    community: str | None
+    building: str | None
+    device_id: str | None
+    rule: str | None
+    starts_ms: int
+    ends_ms: int
+    author: str
+    reason: str
+
+    def matches(self, change: AlertChange, building: str | None, now_ms: int) -> bool:
+        device = change.device
+        return (
+            self.starts_ms <= now_ms < self.ends_ms
+            and self.community in (None, device.community)
+            and self.device_id in (None, device.device_id)
+            and self.rule in (None, change.rule)
+            and self.building in (None, building)
+        )
+
+
+class SilenceBook:
+    def __init__(self, path: Path, registry: Registry) -> None:
+        self._registry = registry
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open silences in {path}: {exc}", retryable=False) from exc
+        self._active = self._load()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def add(
+        self,
+        *,
+        author: str,
+        reason: str,
+        starts_ms: int,
+        ends_ms: int,
+        community: str | None = None,
+        building: str | None = None,
+        device_id: str | None = None,
+        rule: str | None = None,
+    ) -> Silence:
+        if not author.strip() or not reason.strip():
+            raise SilenceError("a silence needs an author and a reason")
+        if ends_ms <= starts_ms:
+            raise SilenceError("a silence must end after it starts")
+        if not any((community, building, device_id, rule)):
+            raise SilenceError("a silence needs a device, a place or a rule to match")
+        if building and not community:
+            raise SilenceError("a building is named within its community")
+        cursor = self._conn.execute(
+            "INSERT INTO silences (community, building, device_id, rule, starts_ms, ends_ms,"
+            " author, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (community, building, device_id, rule, starts_ms, ends_ms, author, reason),
+        )
+        silence = Silence(
+            int(cursor.lastrowid or 0), community, building, device_id, rule,
+            starts_ms, ends_ms, author, reason,
+        )  # fmt: skip
+        self._active.append(silence)
+        return silence
+
+    def delete(self, silence_id: int) -> None:
+        if not self._conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount:
+            raise SilenceError(f"no silence {silence_id}")
+        self._active = [s for s in self._active if s.id != silence_id]
+
+    def current(self, now_ms: int) -> list[Silence]:
+        """Silences not yet expired."""
+        return [s for s in self._active if s.ends_ms > now_ms]
+
+    def matching(self, change: AlertChange, now_ms: int) -> Silence | None:
+        if not self._active:
+            return None
+        registered = self._registry.get(change.device.community, change.device.device_id)
+        building = registered.building if registered else None
+        for silence in self._active:
+            if silence.matches(change, building, now_ms):
+                return silence
+        return None
+
+    def _load(self) -> list[Silence]:
+        rows = self._conn.execute(
+            "SELECT id, community, building, device_id, rule, starts_ms, ends_ms, author, reason"
+            " FROM silences"
+        )
+        return [Silence(*row) for row in rows]
