@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from zoneinfo import ZoneInfo
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
@@ -57,7 +58,13 @@ class Gateway:
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
         periods_s = {t: p.period_s for t, p in self.profiles.by_device_type.items()}
-        self.rules = RuleEngine(rules, self.registry, periods_s, now_ms=self.clock.now_ms())
+        self.rules = RuleEngine(
+            rules,
+            self.registry,
+            periods_s,
+            now_ms=self.clock.now_ms(),
+            zone=ZoneInfo(config.timezone),
+        )
         self.outbox = Outbox(
             config.outbox.path,
             max_bytes=config.outbox.max_bytes,

@@ -5,9 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway import PROJECT_ROOT
 from gateway.errors import ConfigError
@@ -95,6 +104,19 @@ class GatewayConfig(_Strict):
     rules_dir: Path = PROJECT_ROOT / "alert_rules"
     registry_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Local time for rules bounded by time of day.
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai)"
+            ) from exc
+        return value
 
 
 def load_config(path: Path) -> GatewayConfig:

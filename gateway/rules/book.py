@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS rule_tracks (
     readings INTEGER NOT NULL,
     clearing_since_ms INTEGER,
     alert_id TEXT NOT NULL,
+    last_value REAL,
     PRIMARY KEY (rule, community, device_id, port)
 ) WITHOUT ROWID;
 """
@@ -111,14 +112,14 @@ class AlertBook:
     def load_tracks(self) -> list[tuple[TrackKey, Track]]:
         rows = self._conn.execute(
             "SELECT rule, community, device_id, port, firing, since_ms, readings, "
-            "clearing_since_ms, alert_id FROM rule_tracks"
+            "clearing_since_ms, alert_id, last_value FROM rule_tracks"
         )
         return [
             (
                 (rule, community, device_id, None if port == _NO_PORT else port),
-                Track(bool(firing), since_ms, readings, clearing, alert_id),
+                Track(bool(firing), since_ms, readings, clearing, alert_id, last_value),
             )
-            for rule, community, device_id, port, firing, since_ms, readings, clearing, alert_id in rows
+            for rule, community, device_id, port, firing, since_ms, readings, clearing, alert_id, last_value in rows
         ]
 
     @staticmethod
@@ -131,10 +132,10 @@ class AlertBook:
         """What the rules decided, inside the caller's transaction: the rule timers, new
         alerts and alerts whose condition cleared."""
         conn.executemany(
-            "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (*key[:3], _NO_PORT if key[3] is None else key[3], int(t.firing), t.since_ms,
-                 t.readings, t.clearing_since_ms, t.alert_id)
+                 t.readings, t.clearing_since_ms, t.alert_id, t.last_value)
                 for key, t in tracks_changed
             ),
         )  # fmt: skip

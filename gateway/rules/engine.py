@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, StatusReport
 from gateway.registry import Registry
@@ -30,6 +31,7 @@ _REGISTRY_ATTRIBUTES = (
 )
 
 TrackKey = tuple[str, str, str, int | None]
+CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 
 
 @dataclass(slots=True)
@@ -41,6 +43,8 @@ class Track:
     readings: int
     clearing_since_ms: int | None = None
     alert_id: str = ""
+    # Inactivity rules: the watched field's value, unchanged since `since_ms`.
+    last_value: float | None = None
 
 
 class RuleEngine:
@@ -51,8 +55,10 @@ class RuleEngine:
         periods_s: Mapping[str, float] | None = None,
         *,
         now_ms: int = 0,
+        zone: ZoneInfo = CHINA_STANDARD_TIME,
     ) -> None:
         self._registry = registry
+        self._zone = zone
         self._periods_s = dict(periods_s or {})
         # When each device was last heard from; registered devices count from start-up,
         # so that one which never reports is found too.
@@ -68,6 +74,7 @@ class RuleEngine:
         """Take a new set of rules; the state of rules that remain is kept."""
         self._rules = [r for r in rules if r.spec.kind != "absence"]
         self._absence = [r for r in rules if r.spec.kind == "absence"]
+        self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
         self._by_type: dict[str, list[Rule]] = {}
         names = {rule.name for rule in rules}
         self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
@@ -76,8 +83,14 @@ class RuleEngine:
         self._history: dict[tuple[str, str, int | None, str], deque[tuple[int, float]]] = {}
 
     def tick(self, now_ms: int) -> list[AlertChange]:
-        """Fire absence alerts for devices silent too long."""
+        """Fire absence alerts for devices silent too long, and inactivity alerts."""
         changes: list[AlertChange] = []
+        for key, track in list(self.tracks.items()):
+            rule = self._inactivity.get(key[0])
+            if rule is not None:
+                change = self._inactive_too_long(rule, key, track, now_ms)
+                if change is not None:
+                    changes.append(change)
         for rule in self._absence:
             for device, seen_ms in self.last_seen_ms.items():
                 period_s = self._periods_s.get(device.device_type)
@@ -98,6 +111,59 @@ class RuleEngine:
                     )
                 )
         return changes
+
+    def _apply_inactivity(
+        self, rule: Rule, record: Reading | Event, holds: bool | None
+    ) -> AlertChange | None:
+        value = record.fields.get(rule.spec.field or "")
+        if holds is None or type(value) not in (int, float):
+            return None
+        device = record.device
+        key = (rule.name, device.community, device.device_id, None)
+        track = self.tracks.get(key)
+        if not holds:
+            # Not judged (the bracelet is off): the watch starts again when it holds.
+            if track is not None and not track.firing:
+                del self.tracks[key]
+                self._dirty.add(key)
+            return None
+        if track is None or track.last_value != value:
+            self.tracks[key] = Track(False, record.time_ms, 0, last_value=float(value))  # type: ignore[arg-type]
+            self._dirty.add(key)
+            if track is not None and track.firing:
+                return _record_change(
+                    rule, None, AlertState.RESOLVED, track.alert_id, record, track.since_ms
+                )
+            return None
+        return self._inactive_too_long(rule, key, track, record.time_ms)
+
+    def _inactive_too_long(
+        self, rule: Rule, key: TrackKey, track: Track, now_ms: int
+    ) -> AlertChange | None:
+        if track.firing:
+            return None
+        window = rule.window
+        elapsed_s = (
+            window.seconds_within(track.since_ms, now_ms, self._zone)
+            if window is not None
+            else (now_ms - track.since_ms) / 1000
+        )
+        if elapsed_s < rule.spec.unchanged_for_s:
+            return None
+        device = DeviceRef(key[1], "", key[2])
+        for known in self.last_seen_ms:
+            if (known.community, known.device_id) == (key[1], key[2]):
+                device = known
+                break
+        track.firing = True
+        track.alert_id = _alert_id(rule.name, device, None, track.since_ms)
+        self._dirty.add(key)
+        values: dict[str, FieldValue] = {"unchanged_s": int(elapsed_s)}
+        if track.last_value is not None:
+            values[rule.spec.field or "value"] = track.last_value
+        return _change(
+            rule, device, None, AlertState.FIRING, track.alert_id, track.since_ms, now_ms, values
+        )
 
     def _heard(self, record: Record) -> list[AlertChange]:
         changes = []
@@ -216,6 +282,10 @@ class RuleEngine:
         except Unknown:
             holds = None
         spec = rule.spec
+        if rule.window is not None and not rule.window.contains(record.time_ms, self._zone):
+            return None
+        if spec.kind == "inactivity":
+            return self._apply_inactivity(rule, record, holds)
         device = record.device
         port = record.port if spec.per_port else None
         if spec.kind == "event":

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import ConfigError
 from gateway.rules.expression import Evaluator, ExpressionError, compile_condition
+from gateway.rules.schedule import DailyWindow
 
 
 class Severity(StrEnum):
@@ -33,7 +34,8 @@ class RuleSpec(BaseModel):
     # condition: one open alert per (rule, device[, port]) while it holds;
     # event: every matching event is an alert of its own.
     # absence: no message from a device for `after_periods` × its profile's period.
-    kind: Literal["condition", "event", "absence"] = "condition"
+    # inactivity: `field` unchanged for `unchanged_for_s` of active hours while `when` holds.
+    kind: Literal["condition", "event", "absence", "inactivity"] = "condition"
     when: str = "true"
     after_periods: float = Field(2.5, gt=0)
     clear_when: str | None = None
@@ -41,6 +43,10 @@ class RuleSpec(BaseModel):
     repeat: int = Field(1, ge=1)
     clear_after_s: float = Field(0.0, ge=0)
     per_port: bool = False
+    # Local time of day the rule judges in, e.g. "07:00-22:00"; outside it, nothing changes.
+    active_hours: str | None = None
+    field: str | None = None
+    unchanged_for_s: float = Field(0.0, ge=0)
     # Field -> window in seconds: the condition may then use `<field>_per_min`, the
     # field's change per minute over that window (°C per minute for temperature_c).
     rates: dict[str, float] = {}
@@ -52,6 +58,7 @@ class Rule:
     when: Evaluator
     clear_when: Evaluator | None
     source: str
+    window: DailyWindow | None = None
 
     @property
     def name(self) -> str:
@@ -106,5 +113,13 @@ def _load_file(path: Path) -> list[Rule]:
             raise ConfigError(
                 str(path), label, f"an {spec.kind} rule takes no clear_when, for_s or repeat"
             )
-        rules.append(Rule(spec, when, clear, path.name))
+        if spec.kind == "inactivity" and (not spec.field or not spec.unchanged_for_s):
+            raise ConfigError(
+                str(path), label, "an inactivity rule needs field and unchanged_for_s"
+            )
+        try:
+            window = DailyWindow.parse(spec.active_hours) if spec.active_hours else None
+        except ValueError as exc:
+            raise ConfigError(str(path), f"{label}: active_hours", str(exc)) from exc
+        rules.append(Rule(spec, when, clear, path.name, window))
     return rules

@@ -372,3 +372,62 @@ def test_a_silence_must_say_what_when_who_and_why(
     arguments: dict[str, object] = {"starts_ms": T0, "ends_ms": T0 + 1000, **kwargs}
     with pytest.raises(SilenceError, match=problem):
         silences.add(**arguments)  # type: ignore[arg-type]
+
+
+def test_no_activity_counts_only_daytime_for_someone_living_alone() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Asia/Shanghai")
+    e = engine()
+
+    def at(day: int, hour: int, minute: int = 0) -> float:
+        moment = datetime(2026, 1, day, hour, minute, tzinfo=zone).timestamp()
+        return moment - T0 / 1000
+
+    # Steps stop changing at 18:00 on the 2nd; the night (22:00-07:00) does not count.
+    assert e.evaluate([reading(WRIST, at(2, 18), steps=4200, worn=True)]) == []
+    for hour in (20, 23):
+        assert e.evaluate([reading(WRIST, at(2, hour), steps=4200, worn=True)]) == []
+    # 18:00-22:00 is 4 h; by 14:59 next day 7 h 59 min more: 11 h 59 min, not yet.
+    assert e.evaluate([reading(WRIST, at(3, 14, 59), steps=4200, worn=True)]) == []
+    assert e.tick(T0 + int(at(3, 14, 59) * 1000)) == []
+    # At 15:00, 12 h of daytime: found by the timer, without a new reading.
+    fired = e.tick(T0 + int(at(3, 15, 1) * 1000))
+    assert [(c.rule, c.device.device_id, c.state) for c in fired] == [
+        ("no_activity", "br-1", AlertState.FIRING)
+    ]
+    assert fired[0].device.device_type == "bracelet"
+    # The first steps resolve it.
+    back = e.evaluate([reading(WRIST, at(3, 16), steps=4230, worn=True)])
+    assert [(c.rule, c.state) for c in back] == [("no_activity", AlertState.RESOLVED)]
+
+
+def test_no_activity_ignores_a_bracelet_not_worn_and_people_not_alone() -> None:
+    e = engine()
+    for hour in range(0, 48, 2):
+        assert e.evaluate([reading(WRIST, hour * 3600, steps=10, worn=False)]) == []
+    assert e.tick(T0 + 48 * 3_600_000) == []
+    other = DeviceRef("hgy", "bracelet", "br-family")  # not registered as living alone
+    for hour in range(0, 48, 2):
+        assert e.evaluate([reading(other, hour * 3600, steps=10, worn=True)]) == []
+    assert e.tick(T0 + 48 * 3_600_000) == []
+
+
+def test_daily_window_arithmetic() -> None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.rules.schedule import DailyWindow
+
+    zone = ZoneInfo("Asia/Shanghai")
+    day = DailyWindow.parse("07:00-22:00")
+    night = DailyWindow.parse("22:00-06:00")
+    midnight = 1_767_196_800_000  # 2026-01-01 00:00 in Shanghai
+    hour = 3_600_000
+    assert day.seconds_within(midnight, midnight + 24 * hour, zone) == 15 * 3600
+    assert night.seconds_within(midnight, midnight + 24 * hour, zone) == 8 * 3600
+    assert night.contains(midnight + 23 * hour, zone) and not night.contains(
+        midnight + 12 * hour, zone
+    )
+    with pytest.raises(ValueError, match="HH:MM-HH:MM"):
+        DailyWindow.parse("7am-10pm")
