@@ -127,6 +127,11 @@ class RuleEngine:
                 del self.tracks[key]
                 self._dirty.add(key)
             return None
+        if track is not None and track.last_value is not None and value < track.last_value:  # type: ignore[operator]
+            # A cumulative counter reset (steps at midnight) is not activity.
+            track.last_value = float(value)  # type: ignore[arg-type]
+            self._dirty.add(key)
+            return self._inactive_too_long(rule, key, track, record.time_ms)
         if track is None or track.last_value != value:
             self.tracks[key] = Track(False, record.time_ms, 0, last_value=float(value))  # type: ignore[arg-type]
             self._dirty.add(key)

@@ -34,7 +34,8 @@ class RuleSpec(BaseModel):
     # condition: one open alert per (rule, device[, port]) while it holds;
     # event: every matching event is an alert of its own.
     # absence: no message from a device for `after_periods` × its profile's period.
-    # inactivity: `field` unchanged for `unchanged_for_s` of active hours while `when` holds.
+    # inactivity: cumulative `field` not risen for `unchanged_for_s` of active hours while
+    # `when` holds (a fall, such as steps reset at midnight, is not activity).
     kind: Literal["condition", "event", "absence", "inactivity"] = "condition"
     when: str = "true"
     after_periods: float = Field(2.5, gt=0)
