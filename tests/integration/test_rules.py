@@ -95,3 +95,49 @@ async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+async def test_default_rules_end_to_end_from_simulator_scenarios(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    import time
+
+    from simulators.fleet import Fleet
+    from simulators.scenario import Scenario, ScenarioKind
+
+    fleet = Fleet.build(seed=11, devices=40, communities=1, community_names=[namespace])
+    registry_file = tmp_path / "devices.csv"
+    registry_file.write_text(fleet.registry_csv(), encoding="utf-8")
+    start_ms = time.time_ns() // 1_000_000 - 2 * 3_600_000
+    scenarios = [
+        Scenario(ScenarioKind.FIRE, 60.0),
+        Scenario(ScenarioKind.FALL, 120.0),
+        Scenario(ScenarioKind.SOS, 180.0),
+        Scenario(ScenarioKind.LID_OPENED, 240.0),
+        Scenario(ScenarioKind.THERMAL_RUNAWAY, 300.0),
+    ]
+    messages = [
+        (m.topic, m.payload)
+        for m in fleet.messages(start_ms=start_ms, duration_s=3600, scenarios=scenarios)
+    ]
+    config = gateway_config(
+        tmp_path, mosquitto, namespace, registry_file=registry_file, require_registered=True
+    )
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway:
+            publisher.publish_all(messages)  # type: ignore[arg-type]
+            await wait_until(
+                lambda: gateway.stats.messages_in >= len(messages), what="every message"
+            )
+            rules = {a.rule for a in gateway.alerts.open_alerts()}
+            assert {
+                "fire_alarm",
+                "fall",
+                "sos",
+                "cover_open",
+                "thermal_runaway_risk",
+            } <= rules
+            assert gateway.stats.rejected == 0, gateway.stats.rejected_by_reason
+    finally:
+        publisher.close()

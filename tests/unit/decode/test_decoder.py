@@ -232,7 +232,7 @@ def test_acme_frame_known_vector() -> None:
         ("community/hgy/charging_shed/cs-1/telemetry", {"ports": [{"port": "a"}]}, "wrong_type"),
         (
             "community/hgy/charging_shed/cs-1/telemetry",
-            {"ports": [{"port": 1, "temperature_c": 400}]},
+            {"ports": [{"port": 1, "temperature_c": 1500}]},
             "out_of_range",
         ),
     ],
