@@ -75,6 +75,8 @@ class RuleEngine:
         self._rules = [r for r in rules if r.spec.kind != "absence"]
         self._absence = [r for r in rules if r.spec.kind == "absence"]
         self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
+        self._correlation = {r.name: r for r in rules if r.spec.kind == "correlation"}
+        self._correlations: dict[TrackKey, dict[str, int]] = {}
         self._by_type: dict[str, list[Rule]] = {}
         names = {rule.name for rule in rules}
         self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
@@ -83,8 +85,19 @@ class RuleEngine:
         self._history: dict[tuple[str, str, int | None, str], deque[tuple[int, float]]] = {}
 
     def tick(self, now_ms: int) -> list[AlertChange]:
-        """Fire absence alerts for devices silent too long, and inactivity alerts."""
+        """Fire absence and inactivity alerts; resolve correlations whose window passed."""
         changes: list[AlertChange] = []
+        for key, track in list(self.tracks.items()):
+            rule = self._correlation.get(key[0])
+            if rule is not None and now_ms - track.since_ms >= rule.spec.window_s * 1000:
+                del self.tracks[key]
+                self._correlations.pop(key, None)
+                self._dirty.add(key)
+                place = DeviceRef(key[1], rule.spec.place, key[2])
+                changes.append(
+                    _change(rule, place, None, AlertState.RESOLVED, track.alert_id,
+                            track.since_ms, now_ms, {})
+                )  # fmt: skip
         for key, track in list(self.tracks.items()):
             rule = self._inactivity.get(key[0])
             if rule is not None:
@@ -141,6 +154,45 @@ class RuleEngine:
                 )
             return None
         return self._inactive_too_long(rule, key, track, record.time_ms)
+
+    def _apply_correlation(
+        self, rule: Rule, record: Reading | Event, holds: bool | None
+    ) -> AlertChange | None:
+        if not holds:
+            return None
+        device = record.device
+        place = self._place_of(device, rule.spec.place)
+        if place is None:
+            return None
+        key = (rule.name, device.community, place.device_id, None)
+        window_ms = int(rule.spec.window_s * 1000)
+        hits = self._correlations.setdefault(key, {})
+        hits[device.device_id] = record.time_ms
+        for device_id, at_ms in list(hits.items()):
+            if at_ms < record.time_ms - window_ms:
+                del hits[device_id]
+        if len(hits) < rule.spec.min_devices or key in self.tracks:
+            if key in self.tracks:
+                self.tracks[key].since_ms = max(self.tracks[key].since_ms, record.time_ms)
+                self._dirty.add(key)
+            return None
+        first_ms = min(hits.values())
+        alert_id = _alert_id(rule.name, place, None, first_ms)
+        # since_ms: the latest hit, from which the window runs until the alert resolves.
+        self.tracks[key] = Track(True, record.time_ms, len(hits), None, alert_id)
+        self._dirty.add(key)
+        values: dict[str, FieldValue] = {"devices": ",".join(sorted(hits))}
+        return _change(
+            rule, place, None, AlertState.FIRING, alert_id, first_ms, record.time_ms, values
+        )
+
+    def _place_of(self, device: DeviceRef, place: str) -> DeviceRef | None:
+        """The place a correlation alert is about, named like a device of type `place`."""
+        if place == "community":
+            return DeviceRef(device.community, place, device.community)
+        registered = self._registry.get(device.community, device.device_id)
+        value = getattr(registered, place, None) if registered is not None else None
+        return DeviceRef(device.community, place, value) if value else None
 
     def _inactive_too_long(
         self, rule: Rule, key: TrackKey, track: Track, now_ms: int
@@ -291,6 +343,8 @@ class RuleEngine:
             return None
         if spec.kind == "inactivity":
             return self._apply_inactivity(rule, record, holds)
+        if spec.kind == "correlation":
+            return self._apply_correlation(rule, record, holds)
         device = record.device
         port = record.port if spec.per_port else None
         if spec.kind == "event":

@@ -36,7 +36,8 @@ class RuleSpec(BaseModel):
     # absence: no message from a device for `after_periods` × its profile's period.
     # inactivity: cumulative `field` not risen for `unchanged_for_s` of active hours while
     # `when` holds (a fall, such as steps reset at midnight, is not activity).
-    kind: Literal["condition", "event", "absence", "inactivity"] = "condition"
+    # correlation: `when` holds for `min_devices` devices at one `place` within `window_s`.
+    kind: Literal["condition", "event", "absence", "inactivity", "correlation"] = "condition"
     when: str = "true"
     after_periods: float = Field(2.5, gt=0)
     clear_when: str | None = None
@@ -48,6 +49,9 @@ class RuleSpec(BaseModel):
     active_hours: str | None = None
     field: str | None = None
     unchanged_for_s: float = Field(0.0, ge=0)
+    place: Literal["building", "compound", "area", "community"] = "building"
+    min_devices: int = Field(2, ge=2)
+    window_s: float = Field(300.0, gt=0)
     # Field -> window in seconds: the condition may then use `<field>_per_min`, the
     # field's change per minute over that window (°C per minute for temperature_c).
     rates: dict[str, float] = {}

@@ -431,3 +431,37 @@ def test_daily_window_arithmetic() -> None:
     )
     with pytest.raises(ValueError, match="HH:MM-HH:MM"):
         DailyWindow.parse("7am-10pm")
+
+
+def test_several_detectors_in_one_building_make_one_building_alert() -> None:
+    registry = Registry(
+        [
+            RegisteredDevice(
+                device_id=f"sd-{i}", device_type="smoke_detector", community="hgy", building=b
+            )
+            for i, b in ((1, "3号楼"), (2, "3号楼"), (3, "3号楼"), (4, "5号楼"))
+        ]
+    )
+    e = RuleEngine(RULES, registry)
+    detector = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(5)]
+
+    def building_alerts(changes: list[AlertChange]) -> list[tuple[str, str, AlertState]]:
+        return [
+            (c.device.device_id, c.device.device_type, c.state)
+            for c in changes
+            if c.rule == "building_fire"
+        ]
+
+    assert building_alerts(e.evaluate([event(detector[1], 0, "alarm")])) == []
+    # Another building's detector is not the same fire.
+    assert building_alerts(e.evaluate([event(detector[4], 30, "alarm")])) == []
+    # Too late to be the same fire: outside the five-minute window.
+    assert building_alerts(e.evaluate([event(detector[2], 400, "alarm")])) == []
+    fired = e.evaluate([event(detector[3], 500, "alarm")])
+    assert building_alerts(fired) == [("3号楼", "building", AlertState.FIRING)]
+    assert [c.values["devices"] for c in fired if c.rule == "building_fire"] == ["sd-2,sd-3"]
+    # A third detector joins the same alert.
+    assert building_alerts(e.evaluate([event(detector[1], 520, "alarm")])) == []
+    # Five minutes without a new alarm in the building: it resolves.
+    assert e.tick(T0 + 700_000) == []
+    assert building_alerts(e.tick(T0 + 821_000)) == [("3号楼", "building", AlertState.RESOLVED)]
