@@ -20,17 +20,8 @@ from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.expression import Unknown
 from gateway.rules.rule import Rule
 
-_REGISTRY_ATTRIBUTES = (
-    "well_depth_cm",
-    "home_lat",
-    "home_lon",
-    "safe_radius_m",
-    "lives_alone",
-    "lat",
-    "lon",
-)
-
 TrackKey = tuple[str, str, str, int | None]
+_NO_ATTRIBUTES: dict[str, Any] = {}
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 
 
@@ -82,6 +73,8 @@ class RuleEngine:
         self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
         self._device_scopes: dict[tuple[str, str], dict[str, Any]] = {}
         self._rates: dict[str, dict[str, float]] = {}
+        self._attributes: dict[str, frozenset[str]] = {}
+        self._relevant_cache: dict[tuple[str, bool, bool, tuple[str, ...]], list[Rule]] = {}
         self._history: dict[tuple[str, str, int | None, str], deque[tuple[int, float]]] = {}
 
     def tick(self, now_ms: int) -> list[AlertChange]:
@@ -260,11 +253,34 @@ class RuleEngine:
             rules = self._by_type[device_type] = [
                 r for r in self._rules if r.applies_to(device_type)
             ]
+            self._attributes[device_type] = frozenset().union(*(r.attributes for r in rules))
             windows: dict[str, float] = {}
             for rule in rules:
                 for field, window_s in rule.spec.rates.items():
                     windows[field] = max(window_s, windows.get(field, 0.0))
             self._rates[device_type] = windows
+        return rules
+
+    def _relevant(self, record: Reading | Event) -> list[Rule]:
+        """The rules whose conditions read something this record carries."""
+        is_event = isinstance(record, Event)
+        key = (record.device.device_type, is_event, record.port is None, tuple(record.fields))
+        rules = self._relevant_cache.get(key)
+        if rules is None:
+            present = set(record.fields)
+            if is_event:
+                present.add("event")
+            if record.port is not None:
+                present.add("port")
+            windows = self._rates.get(record.device.device_type)
+            if windows is None:
+                self._rules_for(record.device.device_type)
+                windows = self._rates[record.device.device_type]
+            present |= {f"{field}_per_min" for field in windows if field in present}
+            rules = [
+                rule for rule in self._rules_for(record.device.device_type) if rule.names & present
+            ]
+            self._relevant_cache[key] = rules
         return rules
 
     def _add_rates(self, record: Reading | Event, scope: dict[str, Any]) -> None:
@@ -298,7 +314,7 @@ class RuleEngine:
                 changes.extend(self._heard(record))
             if isinstance(record, StatusReport):
                 continue
-            rules = self._rules_for(record.device.device_type)
+            rules = self._relevant(record)
             if not rules:
                 continue
             scope = self._scope(record)
@@ -313,15 +329,19 @@ class RuleEngine:
         ident = (device.community, device.device_id)
         device_scope = self._device_scopes.get(ident)
         if device_scope is None:
-            device_scope = {}
+            device_scope = _NO_ATTRIBUTES
             registered = self._registry.get(*ident)
             if registered is not None:
-                for name in _REGISTRY_ATTRIBUTES:
-                    value = getattr(registered, name)
-                    if value is not None:
-                        device_scope[f"device.{name}"] = value
-                for name, threshold in registered.thresholds.items():
-                    device_scope[f"device.{name}"] = threshold
+                wanted = self._attributes[device.device_type]
+                known = {name: getattr(registered, name, None) for name in wanted}
+                known.update(registered.thresholds)
+                attributes: dict[str, Any] = {
+                    f"device.{name}": value
+                    for name, value in known.items()
+                    if value is not None and name in wanted
+                }
+                # Most devices have none the rules read: they share one empty mapping.
+                device_scope = attributes or _NO_ATTRIBUTES
             self._device_scopes[ident] = device_scope
         scope = {**device_scope, **record.fields}
         # A reading is known not to be an event: `event == 'x'` is false for it, not unknown.

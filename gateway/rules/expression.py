@@ -83,6 +83,18 @@ def names_in(text: str) -> set[str]:
     }
 
 
+def device_attributes_in(text: str) -> set[str]:
+    """The registry attributes an expression reads (`device.<name>`)."""
+    tree = ast.parse(text, mode="eval")
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "device"
+    }
+
+
 def _compile(node: ast.expr) -> Evaluator:
     if isinstance(node, ast.BoolOp):
         parts = [_compile(v) for v in node.values]

@@ -11,7 +11,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import ConfigError
-from gateway.rules.expression import Evaluator, ExpressionError, compile_condition
+from gateway.rules.expression import (
+    Evaluator,
+    ExpressionError,
+    compile_condition,
+    device_attributes_in,
+    names_in,
+)
 from gateway.rules.schedule import DailyWindow
 
 
@@ -64,6 +70,11 @@ class Rule:
     clear_when: Evaluator | None
     source: str
     window: DailyWindow | None = None
+    # The record names its conditions read: a record carrying none of them cannot
+    # change the rule's state, so the engine skips the rule for it.
+    names: frozenset[str] = frozenset()
+    # The registry attributes they read (device.<name>).
+    attributes: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -126,5 +137,14 @@ def _load_file(path: Path) -> list[Rule]:
             window = DailyWindow.parse(spec.active_hours) if spec.active_hours else None
         except ValueError as exc:
             raise ConfigError(str(path), f"{label}: active_hours", str(exc)) from exc
-        rules.append(Rule(spec, when, clear, path.name, window))
+        names = names_in(spec.when) | (names_in(spec.clear_when) if spec.clear_when else set())
+        names |= {f"{field}_per_min" for field in spec.rates}
+        if spec.field:
+            names.add(spec.field)
+        attributes = device_attributes_in(spec.when)
+        if spec.clear_when:
+            attributes |= device_attributes_in(spec.clear_when)
+        rules.append(
+            Rule(spec, when, clear, path.name, window, frozenset(names), frozenset(attributes))
+        )
     return rules
