@@ -80,6 +80,7 @@ async def test_influxdb_stopped_mid_stream_loses_and_doubles_nothing(
             lambda: stored(influxdb, "community") == 2500, timeout_s=60, what="backlog drained"
         )
         await wait_until(lambda: gateway.outbox.depth() == 0, what="outbox empty")
+        await wait_until(lambda: gateway.stats.lines_written >= 2500, what="writes counted")
         # Each point was sent once: the outbox let go of nothing before it was accepted.
         assert gateway.stats.lines_written == 2500
     assert stored(influxdb, "community") == 2500
