@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 def _log_alerts(changes: Sequence[AlertChange]) -> None:
     for change in changes:
         level = logging.WARNING if change.state is AlertState.FIRING else logging.INFO
+        if not change.fired:
+            level = logging.DEBUG
         log.log(level, "alert %s (%s)", change.summary(), change.alert_id)
 
 
@@ -167,6 +169,8 @@ class Gateway:
 
     def _count_alerts(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:
+            if not change.fired:
+                continue
             if change.state is AlertState.FIRING:
                 self.stats.alerts_firing += 1
             else:

@@ -11,10 +11,13 @@ from gateway.rules.rule import Severity
 
 
 class AlertState(StrEnum):
-    """The lifecycle: firing -> acknowledged (a person took it) -> resolved (the
-    condition cleared) -> closed (a person handled it). A person may close an alert
-    whose condition still holds; it may be acknowledged after it resolved."""
+    """The lifecycle: pending (the condition holds, not yet for its duration) -> firing
+    -> acknowledged (a person took it) -> resolved (the condition cleared) -> closed (a
+    person handled it). A person may close an alert whose condition still holds; it may
+    be acknowledged after it resolved. A pending alert whose condition breaks resolves
+    without ever firing, and is announced to nobody."""
 
+    PENDING = "pending"
     FIRING = "firing"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
@@ -35,6 +38,9 @@ class AlertChange:
     at_ms: int
     # The reading or event that made the change, for the notification text.
     values: Mapping[str, FieldValue]
+    # False for a pending alert, and for one that resolved while still pending: nothing
+    # to announce to anyone.
+    fired: bool = True
     # The silence that mutes it; never set on a life-safety alert.
     silenced_by: int | None = None
     # A silence that matched a life-safety alert, which goes out anyway.

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     state TEXT NOT NULL,
     started_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
+    -- Null for an alert that ended while pending: nobody has anything to handle.
+    fired_ms INTEGER,
     acknowledged_by TEXT,
     acknowledged_ms INTEGER,
     resolved_ms INTEGER,
@@ -144,23 +146,30 @@ class AlertBook:
             ((*key[:3], _NO_PORT if key[3] is None else key[3]) for key in tracks_gone),
         )
         for change in changes:
-            if change.state is AlertState.FIRING:
+            if change.state in (AlertState.PENDING, AlertState.FIRING):
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO alerts (alert_id, rule, title, severity, life_safety,"
-                    " community, device_type, device_id, port, state, started_ms, updated_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'firing', ?, ?)",
+                    " community, device_type, device_id, port, state, started_ms, updated_ms,"
+                    " fired_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         change.alert_id, change.rule, change.title, str(change.severity),
                         int(change.life_safety), change.device.community,
                         change.device.device_type, change.device.device_id, change.port,
-                        change.started_ms, change.at_ms,
+                        str(change.state), change.started_ms, change.at_ms,
+                        change.at_ms if change.state is AlertState.FIRING else None,
                     ),
                 ).rowcount  # fmt: skip
+                if not inserted and change.state is AlertState.FIRING:
+                    inserted = conn.execute(
+                        "UPDATE alerts SET state = 'firing', updated_ms = ?, fired_ms = ?"
+                        " WHERE alert_id = ? AND state = 'pending'",
+                        (change.at_ms, change.at_ms, change.alert_id),
+                    ).rowcount
                 if inserted:
                     AlertBook._step(
                         conn,
                         change.alert_id,
-                        AlertState.FIRING,
+                        change.state,
                         change.at_ms,
                         RULES_ACTOR,
                         _silence_note(change),
@@ -218,10 +227,12 @@ class AlertBook:
         return _entry(row)
 
     def open_alerts(self) -> list[AlertEntry]:
+        """Pending, and fired but not yet closed by a person."""
         rows = self._conn.execute(
             "SELECT alert_id, rule, title, severity, life_safety, community, device_type,"
             " device_id, port, state, started_ms, acknowledged_by, closed_by, note"
-            " FROM alerts WHERE state != 'closed' ORDER BY started_ms"
+            " FROM alerts WHERE state != 'closed' AND (fired_ms IS NOT NULL OR state = 'pending')"
+            " ORDER BY started_ms"
         )
         return [_entry(row) for row in rows]
 

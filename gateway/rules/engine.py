@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -376,29 +376,42 @@ class RuleEngine:
         track = self.tracks.get(key)
         now_ms = record.time_ms
         if holds:
+            created = track is None
             if track is None:
-                track = self.tracks[key] = Track(False, now_ms, 0)
+                alert_id = _alert_id(rule.name, device, port, now_ms)
+                track = self.tracks[key] = Track(False, now_ms, 0, None, alert_id)
             self._dirty.add(key)
             track.readings += 1
             track.clearing_since_ms = None
-            if (
-                not track.firing
-                and now_ms - track.since_ms >= spec.for_s * 1000
-                and track.readings >= spec.repeat
-            ):
+            if track.firing:
+                return None
+            if now_ms - track.since_ms >= spec.for_s * 1000 and track.readings >= spec.repeat:
                 track.firing = True
-                track.alert_id = _alert_id(rule.name, device, port, now_ms)
                 return _record_change(
                     rule, port, AlertState.FIRING, track.alert_id, record, track.since_ms
+                )
+            if created:
+                # Held, but not yet for long enough: pending, visible, not yet announced.
+                return replace(
+                    _record_change(
+                        rule, port, AlertState.PENDING, track.alert_id, record, track.since_ms
+                    ),
+                    fired=False,
                 )
             return None
         if track is None:
             return None
         if not track.firing:
             if holds is False:
-                # The condition broke before it held long enough: no alert.
+                # The condition broke before it held long enough: the pending alert ends.
                 del self.tracks[key]
                 self._dirty.add(key)
+                return replace(
+                    _record_change(
+                        rule, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
+                    ),
+                    fired=False,
+                )
             return None
         cleared = holds is False
         if rule.clear_when is not None:

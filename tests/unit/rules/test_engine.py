@@ -54,7 +54,8 @@ def event(device: DeviceRef, t_s: float, kind: str, port: int | None = None) -> 
 
 
 def states(changes: list[AlertChange]) -> list[tuple[str, AlertState]]:
-    return [(c.rule, c.state) for c in changes]
+    """What would be announced: pending alerts, fired or not, are left out."""
+    return [(c.rule, c.state) for c in changes if c.fired]
 
 
 def test_fire_alarm_fires_once_and_clears() -> None:
@@ -81,11 +82,17 @@ def test_an_event_rule_makes_an_alert_of_every_event() -> None:
 
 def test_heart_rate_must_hold_for_60_s_while_worn() -> None:
     e = engine()
-    assert e.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)]) == []
+    pending = e.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)])
+    assert [(c.rule, c.state, c.fired) for c in pending] == [
+        ("abnormal_heart_rate", AlertState.PENDING, False)
+    ]
     assert e.evaluate([reading(WRIST, 30, heart_rate_bpm=36, worn=True)]) == []
-    # Back to normal before 60 s: nothing, and the clock starts again.
-    assert e.evaluate([reading(WRIST, 50, heart_rate_bpm=70, worn=True)]) == []
-    assert e.evaluate([reading(WRIST, 60, heart_rate_bpm=160, worn=True)]) == []
+    # Back to normal before 60 s: the pending alert ends unannounced; the clock restarts.
+    ended = e.evaluate([reading(WRIST, 50, heart_rate_bpm=70, worn=True)])
+    assert [(c.state, c.fired, c.alert_id) for c in ended] == [
+        (AlertState.RESOLVED, False, pending[0].alert_id)
+    ]
+    assert states(e.evaluate([reading(WRIST, 60, heart_rate_bpm=160, worn=True)])) == []
     fired = e.evaluate([reading(WRIST, 120, heart_rate_bpm=165, worn=True)])
     assert states(fired) == [("abnormal_heart_rate", AlertState.FIRING)]
     assert fired[0].started_ms == T0 + 60_000
@@ -113,7 +120,7 @@ def test_port_rules_keep_one_alert_per_port() -> None:
     changes = e.evaluate(
         [reading(SHED, 0, port=1, temperature_c=85.0), reading(SHED, 0, port=2, temperature_c=90.0)]
     )
-    assert sorted((c.rule, c.port) for c in changes) == [
+    assert sorted((c.rule, c.port) for c in changes if c.fired) == [
         ("thermal_runaway_risk", 1),
         ("thermal_runaway_risk", 2),
     ]
@@ -222,7 +229,9 @@ def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
     decision = stage.evaluate([reading(SHED, 0, port=2, temperature_c=85.0)])
     outbox.commit(decision.lines, [], [], decision.write)
-    (alert,) = stage.book.open_alerts()
+    # Over 60 °C too, but not yet for 30 s: the overheating alert is pending.
+    pending, alert = sorted(stage.book.open_alerts(), key=lambda a: a.rule)
+    assert (pending.rule, pending.state) == ("port_overheating", AlertState.PENDING)
     assert (alert.rule, alert.port, alert.state) == ("thermal_runaway_risk", 2, AlertState.FIRING)
     stage.book.acknowledge(alert.alert_id, "网格员 王芳", T0 + 60_000)
     with pytest.raises(AlertError, match="acknowledged by 网格员 王芳"):
@@ -237,6 +246,10 @@ def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     )
     assert (closed.state, closed.note) == (AlertState.CLOSED, "充电器故障，已断电")
     assert stage.book.open_alerts() == []
+    assert [(s.state, s.actor) for s in stage.book.history(pending.alert_id)] == [
+        (AlertState.PENDING, "rules"),
+        (AlertState.RESOLVED, "rules"),
+    ]
     assert [(s.state, s.actor) for s in stage.book.history(alert.alert_id)] == [
         (AlertState.FIRING, "rules"),
         (AlertState.ACKNOWLEDGED, "网格员 王芳"),
