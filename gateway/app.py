@@ -175,7 +175,7 @@ class Gateway:
                 self.stats.alerts_firing += 1
             else:
                 self.stats.alerts_resolved += 1
-        self.stats.alerts_open = sum(t.firing for t in self.rules.tracks.values())
+        self.stats.alerts_open = self.alerts.count_fired_open()
 
     async def _log_summary(self) -> None:
         while True:

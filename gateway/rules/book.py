@@ -226,6 +226,13 @@ class AlertBook:
             raise AlertError(f"no alert {alert_id}")
         return _entry(row)
 
+    def count_fired_open(self) -> int:
+        """Alerts that fired and no person has closed yet."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM alerts WHERE state != 'closed' AND fired_ms IS NOT NULL"
+        ).fetchone()
+        return int(row[0])
+
     def open_alerts(self) -> list[AlertEntry]:
         """Pending, and fired but not yet closed by a person."""
         rows = self._conn.execute(

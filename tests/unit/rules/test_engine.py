@@ -232,6 +232,7 @@ def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     # Over 60 °C too, but not yet for 30 s: the overheating alert is pending.
     pending, alert = sorted(stage.book.open_alerts(), key=lambda a: a.rule)
     assert (pending.rule, pending.state) == ("port_overheating", AlertState.PENDING)
+    assert stage.book.count_fired_open() == 1
     assert (alert.rule, alert.port, alert.state) == ("thermal_runaway_risk", 2, AlertState.FIRING)
     stage.book.acknowledge(alert.alert_id, "网格员 王芳", T0 + 60_000)
     with pytest.raises(AlertError, match="acknowledged by 网格员 王芳"):
@@ -246,6 +247,7 @@ def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     )
     assert (closed.state, closed.note) == (AlertState.CLOSED, "充电器故障，已断电")
     assert stage.book.open_alerts() == []
+    assert stage.book.count_fired_open() == 0
     assert [(s.state, s.actor) for s in stage.book.history(pending.alert_id)] == [
         (AlertState.PENDING, "rules"),
         (AlertState.RESOLVED, "rules"),
