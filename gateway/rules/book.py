@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.decode.record import DeviceRef
 from gateway.errors import GatewayError, StoreError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS rule_tracks (
     alert_id TEXT NOT NULL,
     last_value REAL,
     PRIMARY KEY (rule, community, device_id, port)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_seen (
+    community TEXT NOT NULL,
+    device_type TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (community, device_type, device_id)
 ) WITHOUT ROWID;
 """
 # SQLite's primary keys take no NULL; no port is stored as -1.
@@ -124,15 +132,26 @@ class AlertBook:
             for rule, community, device_id, port, firing, since_ms, readings, clearing, alert_id, last_value in rows
         ]
 
+    def load_last_seen(self) -> list[tuple[DeviceRef, int]]:
+        rows = self._conn.execute(
+            "SELECT community, device_type, device_id, seen_ms FROM last_seen"
+        )
+        return [(DeviceRef(c, t, d), int(ms)) for c, t, d, ms in rows]
+
     @staticmethod
     def write(
         conn: sqlite3.Connection,
         changes: Sequence[AlertChange],
         tracks_changed: Sequence[tuple[TrackKey, Track]],
         tracks_gone: Sequence[TrackKey],
+        seen: Sequence[tuple[DeviceRef, int]] = (),
     ) -> None:
-        """What the rules decided, inside the caller's transaction: the rule timers, new
-        alerts and alerts whose condition cleared."""
+        """What the rules decided, inside the caller's transaction: when devices were last
+        heard from, the rule timers, new alerts and alerts whose condition cleared."""
+        conn.executemany(
+            "INSERT OR REPLACE INTO last_seen VALUES (?, ?, ?, ?)",
+            ((d.community, d.device_type, d.device_id, ms) for d, ms in seen),
+        )
         conn.executemany(
             "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (

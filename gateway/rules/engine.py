@@ -51,6 +51,7 @@ class RuleEngine:
         self._registry = registry
         self._zone = zone
         self._periods_s = dict(periods_s or {})
+        self._seen: set[DeviceRef] = set()
         # When each device was last heard from; registered devices count from start-up,
         # so that one which never reports is found too.
         self.last_seen_ms: dict[DeviceRef, int] = {
@@ -243,6 +244,12 @@ class RuleEngine:
         self._dirty.clear()
         return changed, gone
 
+    def take_seen(self) -> list[tuple[DeviceRef, int]]:
+        """Devices heard from since the last call, with when, to persist."""
+        seen = [(device, self.last_seen_ms[device]) for device in self._seen]
+        self._seen.clear()
+        return seen
+
     def restore(self, saved: Iterable[tuple[TrackKey, Track]]) -> None:
         names = {rule.name for rule in self._rules}
         self.tracks.update((k, t) for k, t in saved if k[0] in names)
@@ -310,6 +317,7 @@ class RuleEngine:
         changes: list[AlertChange] = []
         for record in records:
             self.last_seen_ms[record.device] = record.time_ms
+            self._seen.add(record.device)
             if self._absence:
                 changes.extend(self._heard(record))
             if isinstance(record, StatusReport):

@@ -35,6 +35,8 @@ class AlertStage:
         self.silences = silences
         self._clock = clock
         engine.restore(book.load_tracks())
+        # Offline timers carry on from when each device was last heard, not from start-up.
+        engine.last_seen_ms.update(book.load_last_seen())
 
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
         return self._decide(self.engine.evaluate(records))
@@ -46,10 +48,15 @@ class AlertStage:
         now_ms = self._clock.now_ms()
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
-        if not changes and not tracks_changed and not tracks_gone:
+        seen = self.engine.take_seen()
+        if not changes and not tracks_changed and not tracks_gone and not seen:
             return AlertDecision()
         write = partial(
-            AlertBook.write, changes=changes, tracks_changed=tracks_changed, tracks_gone=tracks_gone
+            AlertBook.write,
+            changes=changes,
+            tracks_changed=tracks_changed,
+            tracks_gone=tracks_gone,
+            seen=seen,
         )
         return AlertDecision(changes, [alert_line(c) for c in changes], write)
 

@@ -480,3 +480,24 @@ def test_several_detectors_in_one_building_make_one_building_alert() -> None:
     # Five minutes without a new alarm in the building: it resolves.
     assert e.tick(T0 + 700_000) == []
     assert building_alerts(e.tick(T0 + 821_000)) == [("3号楼", "building", AlertState.RESOLVED)]
+
+
+def test_offline_timers_carry_on_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    outbox = Outbox(path)
+    periods = {"bracelet": 60.0}
+
+    def stage(now_ms: int) -> AlertStage:
+        return AlertStage(
+            RuleEngine(RULES, Registry(), periods, now_ms=now_ms),
+            AlertBook(path),
+            SilenceBook(path, Registry()),
+            ManualClock(now_ms),
+        )
+
+    first = stage(T0)
+    decision = first.evaluate([reading(WRIST, 0, heart_rate_bpm=70)])
+    outbox.commit(decision.lines, [], [], decision.write)
+    # Restarted 100 s later: the bracelet was last heard at T0, not at the restart.
+    second = stage(T0 + 100_000)
+    assert states(second.tick(T0 + 151_000).changes) == [("device_offline", AlertState.FIRING)]
