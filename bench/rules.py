@@ -45,7 +45,7 @@ def main() -> None:
             decoder.decode(InboundMessage(message.topic, message.payload, start_ms)).records
         )
     rules = load_rules(PROJECT_ROOT / "alert_rules")
-    periods = {t: p.period_s for t, p in profiles.by_device_type.items()}
+    periods = profiles.periods_s()
 
     def run_once() -> tuple[RuleEngine, float, float]:
         engine = RuleEngine(rules, registry, periods, now_ms=start_ms)

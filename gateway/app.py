@@ -59,7 +59,7 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
-        periods_s = {t: p.period_s for t, p in self.profiles.by_device_type.items()}
+        periods_s = self.profiles.periods_s()
         self.rules = RuleEngine(
             rules,
             self.registry,

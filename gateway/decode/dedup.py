@@ -7,7 +7,7 @@ arrive with the same `seq` (or the same `ts`). Each device keeps its last few ke
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from gateway.decode.record import DeviceRef
 
@@ -44,6 +44,3 @@ class RedeliveryFilter:
             self._recent[(community, device_id)] = deque(
                 (int(k) for k in keys.split()), maxlen=self._keys_per_device
             )
-
-    def snapshot(self) -> Mapping[tuple[str, str], tuple[int, ...]]:
-        return {ident: tuple(keys) for ident, keys in self._recent.items()}

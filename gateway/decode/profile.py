@@ -96,9 +96,9 @@ class ProfileSet:
     def __len__(self) -> int:
         return len(self.by_name)
 
-    def period_s(self, device_type: str) -> float | None:
-        profile = self.by_device_type.get(device_type)
-        return profile.period_s if profile else None
+    def periods_s(self) -> dict[str, float]:
+        """Each device type's typical reporting period, for the offline rules."""
+        return {t: p.period_s for t, p in self.by_device_type.items()}
 
 
 def load_profiles(folder: Path, known_codecs: frozenset[str]) -> ProfileSet:

@@ -201,11 +201,15 @@ class RuleEngine:
         )
         if elapsed_s < rule.spec.unchanged_for_s:
             return None
-        device = DeviceRef(key[1], "", key[2])
-        for known in self.last_seen_ms:
-            if (known.community, known.device_id) == (key[1], key[2]):
-                device = known
-                break
+        registered = self._registry.get(key[1], key[2])
+        if registered is not None:
+            device = DeviceRef(key[1], registered.device_type, key[2])
+        else:
+            # Rare: an unregistered device; its type is known from when it was heard.
+            device = next(
+                (d for d in self.last_seen_ms if (d.community, d.device_id) == key[1:3]),
+                DeviceRef(key[1], "", key[2]),
+            )
         track.firing = True
         track.alert_id = _alert_id(rule.name, device, None, track.since_ms)
         self._dirty.add(key)
@@ -279,14 +283,10 @@ class RuleEngine:
                 present.add("event")
             if record.port is not None:
                 present.add("port")
-            windows = self._rates.get(record.device.device_type)
-            if windows is None:
-                self._rules_for(record.device.device_type)
-                windows = self._rates[record.device.device_type]
+            candidates = self._rules_for(record.device.device_type)
+            windows = self._rates[record.device.device_type]
             present |= {f"{field}_per_min" for field in windows if field in present}
-            rules = [
-                rule for rule in self._rules_for(record.device.device_type) if rule.names & present
-            ]
+            rules = [rule for rule in candidates if rule.names & present]
             self._relevant_cache[key] = rules
         return rules
 

@@ -31,7 +31,7 @@ def run(tmp_path: Path, kind: ScenarioKind, hours: float) -> tuple[Counter[str],
     registry = load_registry(registry_file)
     clock = ManualClock(NOON_MS)
     decoder = Decoder(PROFILES, registry, clock, require_registered=True)
-    periods = {t: p.period_s for t, p in PROFILES.by_device_type.items()}
+    periods = PROFILES.periods_s()
     engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, periods, now_ms=NOON_MS)
     fired: Counter[str] = Counter()
     resolved: Counter[str] = Counter()
