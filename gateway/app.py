@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
 from gateway.clock import Clock, SystemClock
-from gateway.config import GatewayConfig
+from gateway.config import ApiConfig, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
 from gateway.errors import ConfigError
 from gateway.ingest.mqtt import MqttSubscriber
+from gateway.notify.desk import AlertDesk
+from gateway.notify.link import LinkSigner, link_secret
+from gateway.notify.log import NotificationLog
 from gateway.pipeline import IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
@@ -96,8 +99,14 @@ class Gateway:
             commit_interval_s=ingest.commit_interval_s,
             alerts=AlertStage(self.rules, self.alerts, self.silences, self.clock),
         )
-        # The notification stage subscribes here; until then alert changes are logged.
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
+        self.desk = AlertDesk(self.alerts, self.registry, self.pipeline.commit, self.clock)
+        self.notifications = NotificationLog(config.outbox.path)
+        api = config.api or ApiConfig()
+        secret = api.link_secret.get_secret_value() if api.link_secret else None
+        self.links = LinkSigner(
+            link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
+        )
         self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
         self.stopping = asyncio.Event()
 
@@ -153,6 +162,7 @@ class Gateway:
             self.outbox.close()
             self.alerts.close()
             self.silences.close()
+            self.notifications.close()
 
     async def _watch_depth(self) -> None:
         # With no database configured the outbox only grows; keep its depth in view.

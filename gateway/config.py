@@ -94,12 +94,25 @@ class IngestConfig(_Strict):
     max_future_skew_s: float = Field(24 * 3600, gt=0)
 
 
+class ApiConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # Where phones reach the gateway: the base of the links in notifications.
+    public_url: str = "http://127.0.0.1:8080"
+    # Signs those links; when unset, one is made and kept beside the outbox.
+    link_secret: SecretStr | None = None
+    # How long a link in a notification can be used to act on its alert.
+    link_ttl_s: float = Field(72 * 3600, gt=0)
+
+
 class GatewayConfig(_Strict):
     mqtt: MqttConfig | None = MqttConfig()
     # None: no time-series database; points stay in the outbox.
     influx: InfluxConfig | None = None
     outbox: OutboxConfig = OutboxConfig()
     ingest: IngestConfig = IngestConfig()
+    # None: no HTTP API or pages; notification links still carry `public_url`.
+    api: ApiConfig | None = None
     profiles_dir: Path = PROJECT_ROOT / "device_profiles"
     rules_dir: Path = PROJECT_ROOT / "alert_rules"
     registry_file: Path | None = None

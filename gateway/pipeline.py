@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -149,11 +150,18 @@ class IngestPipeline:
         """Commit what the rules decided outside a batch (a device gone silent)."""
         if decision.write is None:
             return
-        async with self._commit_lock:
-            await asyncio.to_thread(self._outbox.commit, decision.lines, [], [], decision.write)
-        self._stats.lines_stored += len(decision.lines)
-        self.committed.set()
+        await self.commit(decision.lines, decision.write)
         self._announce(decision)
+
+    async def commit(
+        self, lines: Sequence[str], write: Callable[[sqlite3.Connection], None] | None
+    ) -> None:
+        """Commit lines, and whatever `write` adds, in one transaction of the ingest
+        connection, between batches. What `write` raises is raised here, nothing kept."""
+        async with self._commit_lock:
+            await asyncio.to_thread(self._outbox.commit, lines, [], [], write)
+        self._stats.lines_stored += len(lines)
+        self.committed.set()
 
     def _announce(self, decision: AlertDecision) -> None:
         if decision.changes:

@@ -24,6 +24,9 @@ class Stats:
     alerts_firing: int = 0
     alerts_resolved: int = 0
     alerts_open: int = 0
+    # (channel, result) of every delivery attempt.
+    notifications: Counter[tuple[str, str]] = field(default_factory=Counter)
+    escalations: int = 0
 
     @property
     def rejected(self) -> int:

@@ -12,14 +12,15 @@ from gateway.rules.rule import Severity
 
 class AlertState(StrEnum):
     """The lifecycle: pending (the condition holds, not yet for its duration) -> firing
-    -> acknowledged (a person took it) -> resolved (the condition cleared) -> closed (a
-    person handled it). A person may close an alert whose condition still holds; it may
+    -> acknowledged (a person took it) -> arrived (someone reached the scene) -> resolved
+    (the condition cleared) -> closed (a person handled it). A person may close an alert whose condition still holds; it may
     be acknowledged after it resolved. A pending alert whose condition breaks resolves
     without ever firing, and is announced to nobody."""
 
     PENDING = "pending"
     FIRING = "firing"
     ACKNOWLEDGED = "acknowledged"
+    ARRIVED = "arrived"
     RESOLVED = "resolved"
     CLOSED = "closed"
 

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     fired_ms INTEGER,
     acknowledged_by TEXT,
     acknowledged_ms INTEGER,
+    arrived_by TEXT,
+    arrived_ms INTEGER,
+    assigned_to TEXT,
     resolved_ms INTEGER,
     closed_by TEXT,
     closed_ms INTEGER,
@@ -70,9 +73,16 @@ CREATE TABLE IF NOT EXISTS last_seen (
     PRIMARY KEY (community, device_type, device_id)
 ) WITHOUT ROWID;
 """
+# Columns added since the first release, for alert books made by it.
+_ADDED_COLUMNS = (("arrived_by", "TEXT"), ("arrived_ms", "INTEGER"), ("assigned_to", "TEXT"))
 # SQLite's primary keys take no NULL; no port is stored as -1.
 _NO_PORT = -1
 RULES_ACTOR = "rules"
+_ENTRY_COLUMNS = (
+    "alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,"
+    " state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,"
+    " arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note"
+)
 
 
 class AlertError(GatewayError):
@@ -100,8 +110,17 @@ class AlertEntry:
     port: int | None
     state: AlertState
     started_ms: int
+    updated_ms: int
+    # None while pending, and for an alert that ended while pending.
+    fired_ms: int | None
     acknowledged_by: str | None
+    acknowledged_ms: int | None
+    arrived_by: str | None
+    arrived_ms: int | None
+    assigned_to: str | None
+    resolved_ms: int | None
     closed_by: str | None
+    closed_ms: int | None
     note: str | None
 
 
@@ -111,6 +130,10 @@ class AlertBook:
             self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(alerts)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in present:
+                    self._conn.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
         except sqlite3.Error as exc:
             raise StoreError(
                 f"cannot open the alert book in {path}: {exc}", retryable=False
@@ -205,45 +228,95 @@ class AlertBook:
                         conn, change.alert_id, AlertState.RESOLVED, change.at_ms, RULES_ACTOR
                     )
 
+    # --- what people do; each step checked and made in one transaction ------------------
+
     def acknowledge(self, alert_id: str, who: str, at_ms: int) -> AlertEntry:
-        entry = self.get(alert_id)
+        with self._transaction() as conn:
+            AlertBook.record_acknowledge(conn, alert_id, who, at_ms)
+        return self.get(alert_id)
+
+    def arrive(self, alert_id: str, who: str, at_ms: int) -> AlertEntry:
+        with self._transaction() as conn:
+            AlertBook.record_arrival(conn, alert_id, who, at_ms)
+        return self.get(alert_id)
+
+    def assign(self, alert_id: str, who: str, to: str, at_ms: int) -> AlertEntry:
+        with self._transaction() as conn:
+            AlertBook.record_assignment(conn, alert_id, who, to, at_ms)
+        return self.get(alert_id)
+
+    def close_alert(self, alert_id: str, who: str, at_ms: int, note: str) -> AlertEntry:
+        with self._transaction() as conn:
+            AlertBook.record_close(conn, alert_id, who, at_ms, note)
+        return self.get(alert_id)
+
+    # The record_* steps run inside the caller's transaction, so that the handling time
+    # they make can commit with them. Each raises AlertError when it does not apply.
+
+    @staticmethod
+    def record_acknowledge(conn: sqlite3.Connection, alert_id: str, who: str, at_ms: int) -> None:
+        entry = _read(conn, alert_id)
         if entry.acknowledged_by is not None or entry.state is AlertState.CLOSED:
             raise AlertError(
                 f"alert {alert_id} is {entry.state}, acknowledged by {entry.acknowledged_by}"
             )
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE alerts SET acknowledged_by = ?, acknowledged_ms = ?, updated_ms = ?,"
-                " state = CASE WHEN state = 'firing' THEN 'acknowledged' ELSE state END"
-                " WHERE alert_id = ?",
-                (who, at_ms, at_ms, alert_id),
-            )
-            self._step(conn, alert_id, AlertState.ACKNOWLEDGED, at_ms, who)
-        return self.get(alert_id)
+        conn.execute(
+            "UPDATE alerts SET acknowledged_by = ?, acknowledged_ms = ?, updated_ms = ?,"
+            " state = CASE WHEN state = 'firing' THEN 'acknowledged' ELSE state END"
+            " WHERE alert_id = ?",
+            (who, at_ms, at_ms, alert_id),
+        )
+        AlertBook._step(conn, alert_id, AlertState.ACKNOWLEDGED, at_ms, who)
 
-    def close_alert(self, alert_id: str, who: str, at_ms: int, note: str) -> AlertEntry:
-        entry = self.get(alert_id)
+    @staticmethod
+    def record_arrival(conn: sqlite3.Connection, alert_id: str, who: str, at_ms: int) -> None:
+        """Someone reached the scene; reaching it acknowledges the alert too."""
+        entry = _read(conn, alert_id)
+        if entry.state is AlertState.CLOSED or entry.arrived_by is not None:
+            raise AlertError(f"alert {alert_id} is {entry.state}, arrived: {entry.arrived_by}")
+        if entry.acknowledged_by is None:
+            AlertBook.record_acknowledge(conn, alert_id, who, at_ms)
+        conn.execute(
+            "UPDATE alerts SET arrived_by = ?, arrived_ms = ?, updated_ms = ?,"
+            " state = CASE WHEN state IN ('firing', 'acknowledged') THEN 'arrived' ELSE state END"
+            " WHERE alert_id = ?",
+            (who, at_ms, at_ms, alert_id),
+        )
+        AlertBook._step(conn, alert_id, AlertState.ARRIVED, at_ms, who)
+
+    @staticmethod
+    def record_assignment(
+        conn: sqlite3.Connection, alert_id: str, who: str, to: str, at_ms: int
+    ) -> None:
+        entry = _read(conn, alert_id)
+        if entry.state is AlertState.CLOSED:
+            raise AlertError(f"alert {alert_id} is closed")
+        if not to.strip():
+            raise AlertError("an alert is assigned to a named person")
+        conn.execute(
+            "UPDATE alerts SET assigned_to = ?, updated_ms = ? WHERE alert_id = ?",
+            (to, at_ms, alert_id),
+        )
+        AlertBook._step(conn, alert_id, entry.state, at_ms, who, f"assigned to {to}")
+
+    @staticmethod
+    def record_close(
+        conn: sqlite3.Connection, alert_id: str, who: str, at_ms: int, note: str
+    ) -> None:
+        entry = _read(conn, alert_id)
         if entry.state is AlertState.CLOSED:
             raise AlertError(f"alert {alert_id} is already closed by {entry.closed_by}")
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE alerts SET state = 'closed', closed_by = ?, closed_ms = ?, note = ?,"
-                " updated_ms = ? WHERE alert_id = ?",
-                (who, at_ms, note, at_ms, alert_id),
-            )
-            self._step(conn, alert_id, AlertState.CLOSED, at_ms, who, note)
-        return self.get(alert_id)
+        if not note.strip():
+            raise AlertError("closing an alert needs a note of what was found and done")
+        conn.execute(
+            "UPDATE alerts SET state = 'closed', closed_by = ?, closed_ms = ?, note = ?,"
+            " updated_ms = ? WHERE alert_id = ?",
+            (who, at_ms, note, at_ms, alert_id),
+        )
+        AlertBook._step(conn, alert_id, AlertState.CLOSED, at_ms, who, note)
 
     def get(self, alert_id: str) -> AlertEntry:
-        row = self._conn.execute(
-            "SELECT alert_id, rule, title, severity, life_safety, community, device_type,"
-            " device_id, port, state, started_ms, acknowledged_by, closed_by, note"
-            " FROM alerts WHERE alert_id = ?",
-            (alert_id,),
-        ).fetchone()
-        if row is None:
-            raise AlertError(f"no alert {alert_id}")
-        return _entry(row)
+        return _read(self._conn, alert_id)
 
     def count_fired_open(self) -> int:
         """Alerts that fired and no person has closed yet."""
@@ -255,9 +328,8 @@ class AlertBook:
     def open_alerts(self) -> list[AlertEntry]:
         """Pending, and fired but not yet closed by a person."""
         rows = self._conn.execute(
-            "SELECT alert_id, rule, title, severity, life_safety, community, device_type,"
-            " device_id, port, state, started_ms, acknowledged_by, closed_by, note"
-            " FROM alerts WHERE state != 'closed' AND (fired_ms IS NOT NULL OR state = 'pending')"
+            f"SELECT {_ENTRY_COLUMNS} FROM alerts"
+            " WHERE state != 'closed' AND (fired_ms IS NOT NULL OR state = 'pending')"
             " ORDER BY started_ms"
         )
         return [_entry(row) for row in rows]
@@ -310,9 +382,27 @@ def _silence_note(change: AlertChange) -> str | None:
     return None
 
 
+def _read(conn: sqlite3.Connection, alert_id: str) -> AlertEntry:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM alerts WHERE alert_id = ?", (alert_id,)
+    ).fetchone()
+    if row is None:
+        raise AlertError(f"no alert {alert_id}")
+    return _entry(row)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ms(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
 def _entry(row: tuple[object, ...]) -> AlertEntry:
     (alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,
-     state, started_ms, acknowledged_by, closed_by, note) = row  # fmt: skip
+     state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,
+     arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note) = row  # fmt: skip
     return AlertEntry(
         alert_id=str(alert_id),
         rule=str(rule),
@@ -322,10 +412,18 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
         community=str(community),
         device_type=str(device_type),
         device_id=str(device_id),
-        port=port if isinstance(port, int) else None,
+        port=_ms(port),
         state=AlertState(str(state)),
         started_ms=int(started_ms),  # type: ignore[call-overload]
-        acknowledged_by=acknowledged_by if isinstance(acknowledged_by, str) else None,
-        closed_by=closed_by if isinstance(closed_by, str) else None,
-        note=note if isinstance(note, str) else None,
+        updated_ms=int(updated_ms),  # type: ignore[call-overload]
+        fired_ms=_ms(fired_ms),
+        acknowledged_by=_text(acknowledged_by),
+        acknowledged_ms=_ms(acknowledged_ms),
+        arrived_by=_text(arrived_by),
+        arrived_ms=_ms(arrived_ms),
+        assigned_to=_text(assigned_to),
+        resolved_ms=_ms(resolved_ms),
+        closed_by=_text(closed_by),
+        closed_ms=_ms(closed_ms),
+        note=_text(note),
     )

@@ -139,6 +139,11 @@ class Outbox:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreError(f"outbox commit failed: {exc}", retryable=False) from exc
+        except BaseException:
+            # `also` refused (a lifecycle step that does not apply): nothing of it stays.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         if evicted:
             log.warning(
                 "outbox reached its bound of %d bytes: dropped the %d oldest lines",

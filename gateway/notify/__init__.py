@@ -1,0 +1,1 @@
+"""The notification stage: routing, channels, escalation and the closed loop."""

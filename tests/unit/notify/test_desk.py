@@ -1,0 +1,141 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway import PROJECT_ROOT
+from gateway.clock import ManualClock
+from gateway.decode.record import DeviceRef, Event, TimeSource
+from gateway.notify.desk import AlertDesk
+from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.alert import AlertState
+from gateway.rules.book import AlertBook, AlertEntry, AlertError
+from gateway.rules.engine import RuleEngine
+from gateway.rules.rule import load_rules
+from gateway.rules.silence import SilenceBook
+from gateway.rules.stage import AlertStage
+from gateway.store.outbox import Outbox
+
+T0 = 1_767_225_600_000
+WRIST = DeviceRef("hgy", "bracelet", "br-1")
+REGISTRY = Registry(
+    [
+        RegisteredDevice(
+            device_id="br-1", device_type="bracelet", community="hgy", area="east",
+            compound="lakeside", building="3",
+        )
+    ]
+)  # fmt: skip
+
+
+class Desk:
+    def __init__(self, path: Path) -> None:
+        self.clock = ManualClock(T0)
+        self.outbox = Outbox(path)
+        self.book = AlertBook(path)
+        self.stage = AlertStage(
+            RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), REGISTRY),
+            self.book, SilenceBook(path, REGISTRY), self.clock,
+        )  # fmt: skip
+        self.desk = AlertDesk(self.book, REGISTRY, self.commit, self.clock)
+        self.steps: list[tuple[str, AlertState]] = []
+        self.desk.listeners.append(lambda entry, step: self.steps.append((entry.alert_id, step)))
+
+    async def commit(self, lines, write) -> None:  # type: ignore[no-untyped-def]
+        self.outbox.commit(lines, [], [], write)
+
+    def fall(self) -> AlertEntry:
+        decision = self.stage.evaluate([Event(WRIST, T0, TimeSource.DEVICE, "fall", {})])
+        self.outbox.commit(decision.lines, [], [], decision.write)
+        (alert,) = self.book.open_alerts()
+        return alert
+
+    def handling_lines(self) -> list[str]:
+        return [line for _, line in self.outbox.peek(100) if line.startswith("alert_handling")]
+
+
+async def test_each_step_is_recorded_with_its_handling_time_by_grid_cell(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    alert = d.fall()
+    d.clock.advance(90)
+    entry = await d.desk.acknowledge(alert.alert_id, "wang-fang")
+    assert (entry.state, entry.acknowledged_by, entry.acknowledged_ms) == (
+        AlertState.ACKNOWLEDGED, "wang-fang", T0 + 90_000,
+    )  # fmt: skip
+    d.clock.advance(510)
+    entry = await d.desk.arrive(alert.alert_id, "wang-fang")
+    assert (entry.state, entry.arrived_ms) == (AlertState.ARRIVED, T0 + 600_000)
+    d.clock.advance(600)
+    entry = await d.desk.close(alert.alert_id, "wang-fang", "老人已送医")
+    assert (entry.state, entry.note) == (AlertState.CLOSED, "老人已送医")
+    tags = "community=hgy,compound=lakeside,device_type=bracelet,rule=fall,severity=critical"
+    assert d.handling_lines() == [
+        f'alert_handling,area=east,building=3,{tags} alert_id="{alert.alert_id}",acknowledge_s=90.0 {T0 + 90_000}',
+        f'alert_handling,area=east,building=3,{tags} alert_id="{alert.alert_id}",arrive_s=600.0 {T0 + 600_000}',
+        f'alert_handling,area=east,building=3,{tags} alert_id="{alert.alert_id}",close_s=1200.0 {T0 + 1_200_000}',
+    ]
+    assert [s for _, s in d.steps] == [
+        AlertState.ACKNOWLEDGED,
+        AlertState.ARRIVED,
+        AlertState.CLOSED,
+    ]
+    assert [(s.state, s.actor) for s in d.book.history(alert.alert_id)] == [
+        (AlertState.FIRING, "rules"),
+        (AlertState.ACKNOWLEDGED, "wang-fang"),
+        (AlertState.ARRIVED, "wang-fang"),
+        (AlertState.CLOSED, "wang-fang"),
+    ]
+
+
+async def test_arriving_first_acknowledges_too(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    alert = d.fall()
+    d.clock.advance(300)
+    entry = await d.desk.arrive(alert.alert_id, "li-na")
+    assert (entry.acknowledged_by, entry.arrived_by) == ("li-na", "li-na")
+    assert [line.split(" ")[1].split(",")[1] for line in d.handling_lines()] == [
+        "acknowledge_s=300.0",
+        "arrive_s=300.0",
+    ]
+
+
+async def test_a_step_that_does_not_apply_leaves_nothing_behind(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    alert = d.fall()
+    await d.desk.acknowledge(alert.alert_id, "wang-fang")
+    with pytest.raises(AlertError, match="acknowledged by wang-fang"):
+        await d.desk.acknowledge(alert.alert_id, "li-na")
+    with pytest.raises(AlertError, match="needs a note"):
+        await d.desk.close(alert.alert_id, "li-na", "  ")
+    with pytest.raises(AlertError, match="no alert"):
+        await d.desk.acknowledge("nope", "li-na")
+    # One handling line: the refused steps wrote none, and the outbox is usable after them.
+    assert len(d.handling_lines()) == 1
+    entry = await d.desk.assign(alert.alert_id, "operator", "zhao-lei")
+    assert entry.assigned_to == "zhao-lei"
+    assert d.book.history(alert.alert_id)[-1].note == "assigned to zhao-lei"
+
+
+def test_an_alert_book_of_the_first_release_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, rule TEXT NOT NULL, title TEXT NOT NULL,"
+        " severity TEXT NOT NULL, life_safety INTEGER NOT NULL, community TEXT NOT NULL,"
+        " device_type TEXT NOT NULL, device_id TEXT NOT NULL, port INTEGER, state TEXT NOT NULL,"
+        " started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, fired_ms INTEGER,"
+        " acknowledged_by TEXT, acknowledged_ms INTEGER, resolved_ms INTEGER, closed_by TEXT,"
+        " closed_ms INTEGER, note TEXT) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO alerts (alert_id, rule, title, severity, life_safety, community,"
+        " device_type, device_id, state, started_ms, updated_ms, fired_ms) VALUES"
+        " ('a1', 'fall', 'Fall', 'critical', 1, 'hgy', 'bracelet', 'br-1', 'firing', 1, 1, 1)"
+    )
+    conn.commit()
+    conn.close()
+    book = AlertBook(path)
+    entry = book.arrive("a1", "wang-fang", 5)
+    assert (entry.state, entry.arrived_by, entry.acknowledged_by) == (
+        AlertState.ARRIVED, "wang-fang", "wang-fang",
+    )  # fmt: skip
