@@ -8,6 +8,8 @@ import logging
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
+import httpx
+
 from gateway.clock import Clock, SystemClock
 from gateway.config import ApiConfig, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
@@ -18,6 +20,8 @@ from gateway.ingest.mqtt import MqttSubscriber
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
+from gateway.notify.notifier import Notifier, make_channels
+from gateway.notify.router import Router
 from gateway.pipeline import IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
@@ -108,6 +112,25 @@ class Gateway:
             link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
         )
         self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
+        self.notifier: Notifier | None = None
+        self._http: httpx.AsyncClient | None = None
+        if config.notify is not None:
+            self._http = httpx.AsyncClient()
+            publish = self.subscriber.publish if self.subscriber else None
+            self.notifier = Notifier(
+                config.notify,
+                make_channels(config.notify, self._http, publish, self.clock),
+                Router(config.notify, self.registry, ZoneInfo(config.timezone)),
+                self.alerts,
+                self.notifications,
+                self.links,
+                self.pipeline.commit,
+                self.clock,
+                self.stats,
+                ZoneInfo(config.timezone),
+            )
+            self.pipeline.alert_listeners.append(self.notifier.on_alerts)
+            self.desk.listeners.append(self.notifier.on_desk_step)
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -133,6 +156,8 @@ class Gateway:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
+            if self.notifier is not None:
+                tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
             if self.subscriber is not None:
                 await self.subscriber.start()
                 tasks.append(
@@ -159,6 +184,8 @@ class Gateway:
                     await task
             if writer is not None:
                 await writer.__aexit__(None, None, None)
+            if self._http is not None:
+                await self._http.aclose()
             self.outbox.close()
             self.alerts.close()
             self.silences.close()

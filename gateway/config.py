@@ -20,6 +20,7 @@ from pydantic import (
 
 from gateway import PROJECT_ROOT
 from gateway.errors import ConfigError
+from gateway.notify.policy import NotifyPolicy
 
 
 class _Strict(BaseModel):
@@ -113,6 +114,8 @@ class GatewayConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
     # None: no HTTP API or pages; notification links still carry `public_url`.
     api: ApiConfig | None = None
+    # None: alerts are logged, nobody is notified.
+    notify: NotifyPolicy | None = None
     profiles_dir: Path = PROJECT_ROOT / "device_profiles"
     rules_dir: Path = PROJECT_ROOT / "alert_rules"
     registry_file: Path | None = None

@@ -44,8 +44,21 @@ class StoreError(GatewayError):
 
 
 class NotifyError(GatewayError):
-    """A notification could not be delivered."""
+    """A notification could not be delivered.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    `rate_limited`: the provider (or our own count of its limit) refuses more for now;
+    `retry_after_s` says for how long, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        rate_limited: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.retryable = retryable
+        self.rate_limited = rate_limited
+        self.retry_after_s = retry_after_s
         super().__init__(message)

@@ -25,6 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.clock import Clock
 from gateway.config import MqttConfig
+from gateway.errors import NotifyError
 from gateway.ingest.message import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class MqttSubscriber:
         self._connection_lock = threading.Lock()
         self.connected = threading.Event()
         self.connections = 0
+        # Our own publishes (notifications) waiting for the broker's PUBACK, by mid.
+        self._published: dict[int, asyncio.Future[None]] = {}
+        self._published_lock = threading.Lock()
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -74,7 +78,24 @@ class MqttSubscriber:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
+
+    async def publish(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
+        """Publish at QoS 1 and wait until the broker acknowledged it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._published_lock:
+            # Under the lock, so that the PUBACK cannot be handled before we wait for it.
+            info = self._client.publish(topic, payload, qos=1)
+            self._published[info.mid] = future
+        try:
+            await asyncio.wait_for(future, timeout_s)
+        except TimeoutError as exc:
+            raise NotifyError(f"the broker did not acknowledge {topic}", retryable=True) from exc
+        finally:
+            with self._published_lock:
+                self._published.pop(info.mid, None)
 
     async def start(self) -> None:
         """Begin connecting; paho keeps reconnecting with backoff until stop()."""
@@ -180,6 +201,19 @@ class MqttSubscriber:
         if reason.is_failure:
             log.warning("lost the broker connection (%s); reconnecting", reason)
 
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._published_lock:
+            future = self._published.get(mid)
+        if future is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(_resolve, future)
+
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         pending = self._pending
         was_empty = not pending
@@ -196,3 +230,8 @@ class MqttSubscriber:
         )
         if was_empty and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wakeup.set)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

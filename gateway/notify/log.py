@@ -28,6 +28,29 @@ CREATE TABLE IF NOT EXISTS notification_attempts (
     latency_ms REAL
 );
 CREATE INDEX IF NOT EXISTS notification_attempts_alert ON notification_attempts (alert_id);
+CREATE TABLE IF NOT EXISTS escalation_steps (
+    alert_id TEXT NOT NULL,
+    route INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    -- waiting, done, or stopped (a person took the alert first)
+    state TEXT NOT NULL,
+    PRIMARY KEY (alert_id, route, step)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS escalation_steps_due ON escalation_steps (state, due_ms);
+CREATE TABLE IF NOT EXISTS notifications (
+    key TEXT PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    channels TEXT NOT NULL,
+    channel_index INTEGER NOT NULL,
+    tries INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    -- pending, digest (waits to go out in a digest), sent, or undelivered
+    state TEXT NOT NULL,
+    notice TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, due_ms);
 """
 
 
@@ -62,6 +85,26 @@ class DeliveryAttempt:
     latency_ms: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    alert_id: str
+    route: int
+    step: int
+    due_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    key: str
+    alert_id: str
+    channels: tuple[str, ...]
+    channel_index: int
+    tries: int
+    due_ms: int
+    state: str
+    notice: str
+
+
 class NotificationLog:
     def __init__(self, path: Path) -> None:
         try:
@@ -85,6 +128,104 @@ class NotificationLog:
                 attempt.at_ms, str(attempt.result), attempt.detail, attempt.latency_ms,
             ),
         )  # fmt: skip
+
+    # --- escalation steps ----------------------------------------------------------------
+
+    def plan(self, steps: list[PlannedStep]) -> int:
+        """Schedule an alert's steps; those planned already stay as they are."""
+        return self._conn.executemany(
+            "INSERT OR IGNORE INTO escalation_steps VALUES (?, ?, ?, ?, 'waiting')",
+            ((s.alert_id, s.route, s.step, s.due_ms) for s in steps),
+        ).rowcount
+
+    def planned(self, alert_id: str) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM escalation_steps WHERE alert_id = ? LIMIT 1", (alert_id,)
+        ).fetchone()
+        return row is not None
+
+    def due_steps(self, now_ms: int) -> list[PlannedStep]:
+        rows = self._conn.execute(
+            "SELECT alert_id, route, step, due_ms FROM escalation_steps"
+            " WHERE state = 'waiting' AND due_ms <= ? ORDER BY due_ms, step",
+            (now_ms,),
+        )
+        return [PlannedStep(*row) for row in rows]
+
+    def finish_step(self, step: PlannedStep) -> None:
+        self._conn.execute(
+            "UPDATE escalation_steps SET state = 'done' WHERE alert_id = ? AND route = ?"
+            " AND step = ?",
+            (step.alert_id, step.route, step.step),
+        )
+
+    def stop_steps(self, alert_id: str) -> int:
+        """Cancel what is still waiting for an alert that a person took."""
+        return self._conn.execute(
+            "UPDATE escalation_steps SET state = 'stopped' WHERE alert_id = ? AND state = 'waiting'",
+            (alert_id,),
+        ).rowcount
+
+    def next_due_ms(self) -> int | None:
+        row = self._conn.execute(
+            "SELECT min(due_ms) FROM (SELECT min(due_ms) AS due_ms FROM escalation_steps"
+            " WHERE state = 'waiting' UNION ALL SELECT min(due_ms) FROM notifications"
+            " WHERE state = 'pending')"
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    # --- notifications -------------------------------------------------------------------
+
+    def add(self, notification: Notification, now_ms: int) -> bool:
+        """False if a notification with that key exists: it is never made twice."""
+        return bool(
+            self._conn.execute(
+                "INSERT OR IGNORE INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    notification.key,
+                    notification.alert_id,
+                    ",".join(notification.channels),
+                    notification.channel_index,
+                    notification.tries,
+                    notification.due_ms,
+                    notification.state,
+                    notification.notice,
+                    now_ms,
+                ),
+            ).rowcount
+        )
+
+    def due(self, now_ms: int) -> list[Notification]:
+        return self._select("state = 'pending' AND due_ms <= ?", (now_ms,))
+
+    def waiting_for_digest(self) -> list[Notification]:
+        return self._select("state = 'digest'", ())
+
+    def get(self, key: str) -> Notification | None:
+        found = self._select("key = ?", (key,))
+        return found[0] if found else None
+
+    def update(self, key: str, *, state: str, channel_index: int, tries: int, due_ms: int) -> None:
+        self._conn.execute(
+            "UPDATE notifications SET state = ?, channel_index = ?, tries = ?, due_ms = ?"
+            " WHERE key = ?",
+            (state, channel_index, tries, due_ms, key),
+        )
+
+    def sent_receivers(self, alert_id: str) -> list[Notification]:
+        return self._select("alert_id = ? AND state = 'sent'", (alert_id,))
+
+    def _select(self, where: str, args: tuple[object, ...]) -> list[Notification]:
+        rows = self._conn.execute(
+            "SELECT key, alert_id, channels, channel_index, tries, due_ms, state, notice"
+            f" FROM notifications WHERE {where} ORDER BY due_ms, key",
+            args,
+        )
+        return [
+            Notification(key, alert, tuple(filter(None, channels.split(","))), index, tries,
+                         due_ms, state, notice)
+            for key, alert, channels, index, tries, due_ms, state, notice in rows
+        ]  # fmt: skip
 
     def attempts(self, alert_id: str) -> list[DeliveryAttempt]:
         """Every attempt for one alert, oldest first."""

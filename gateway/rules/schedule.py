@@ -28,6 +28,14 @@ class DailyWindow:
             return self.start <= moment < self.end
         return moment >= self.start or moment < self.end
 
+    def end_after(self, time_ms: int, zone: ZoneInfo) -> int:
+        """When the window that holds `time_ms` closes, in epoch ms."""
+        moment = datetime.fromtimestamp(time_ms / 1000, zone)
+        closes = datetime.combine(moment.date(), self.end, zone)
+        if closes <= moment:
+            closes = datetime.combine(moment.date() + timedelta(days=1), self.end, zone)
+        return int(closes.timestamp() * 1000)
+
     def seconds_within(self, start_ms: int, end_ms: int, zone: ZoneInfo) -> float:
         """How much of [start_ms, end_ms) falls inside the window."""
         if end_ms <= start_ms:

@@ -1,0 +1,126 @@
+"""What every channel is: a name, the provider's limits, and `send`, which raises
+NotifyError saying whether trying again can help and whether a limit was hit."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.errors import NotifyError
+from gateway.notify.notice import Notice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    count: int
+    window_s: float
+    # Per phone number (voice calls) rather than per channel (a group robot).
+    per_number: bool = False
+
+
+class Limiter:
+    """Counts sends in a sliding window per key, and keeps keys the provider blocked."""
+
+    def __init__(self, limits: tuple[Limit, ...]) -> None:
+        self._limits = limits
+        self._sent: dict[tuple[int, str], deque[float]] = {}
+        self._blocked_until: dict[str, float] = {}
+
+    def wait_s(self, number: str | None, now_s: float) -> float:
+        """0 when a send is allowed now; otherwise how long until it is."""
+        wait = max(0.0, self._blocked_until.get("", 0.0) - now_s)
+        for index, limit in enumerate(self._limits):
+            key = (index, (number or "") if limit.per_number else "")
+            sent = self._sent.get(key)
+            if sent is None:
+                continue
+            while sent and sent[0] <= now_s - limit.window_s:
+                sent.popleft()
+            if len(sent) >= limit.count:
+                wait = max(wait, sent[0] + limit.window_s - now_s)
+        return wait
+
+    def note(self, number: str | None, now_s: float) -> None:
+        for index, limit in enumerate(self._limits):
+            key = (index, (number or "") if limit.per_number else "")
+            self._sent.setdefault(key, deque()).append(now_s)
+
+    def block(self, until_s: float) -> None:
+        self._blocked_until[""] = max(self._blocked_until.get("", 0.0), until_s)
+
+
+class Channel(ABC):
+    """One configured way to reach people."""
+
+    kind = ""
+    # Whether it needs the receiver's phone number (SMS, voice).
+    needs_phone = False
+    # A message listing several alerts is one send (robots, webhook); not for voice.
+    digests = True
+
+    def __init__(self, name: str, limits: tuple[Limit, ...] = ()) -> None:
+        self.name = name
+        self.limiter = Limiter(limits)
+        # How long the provider blocks a sender that went over its limit.
+        self.blocked_s: float | None = None
+
+    @abstractmethod
+    async def send(self, notice: Notice) -> None:
+        """Deliver, or raise NotifyError."""
+
+
+def check_http(response: httpx.Response, provider: str) -> None:
+    """Classify an HTTP answer: 429 is a limit, 5xx worth retrying, other 4xx final."""
+    if response.status_code == 429:
+        raise NotifyError(
+            f"{provider} answered 429: over its rate limit",
+            retryable=True,
+            rate_limited=True,
+            retry_after_s=retry_after(response),
+        )
+    if response.status_code >= 500:
+        raise NotifyError(f"{provider} answered {response.status_code}", retryable=True)
+    if response.status_code >= 400:
+        raise NotifyError(
+            f"{provider} refused the request: {response.status_code} {response.text[:200]}",
+            retryable=False,
+        )
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def post(
+    http: httpx.AsyncClient, provider: str, url: str, **kwargs: object
+) -> httpx.Response:
+    """POST, turning transport failures into retryable NotifyErrors; never logs the URL,
+    which may carry a robot's key."""
+    try:
+        response = await http.post(url, **kwargs)  # type: ignore[arg-type]
+    except httpx.TimeoutException as exc:
+        raise NotifyError(f"{provider} did not answer in time", retryable=True) from exc
+    except httpx.TransportError as exc:
+        raise NotifyError(f"{provider} unreachable: {type(exc).__name__}", retryable=True) from exc
+    check_http(response, provider)
+    return response
+
+
+def json_body(response: httpx.Response, provider: str) -> dict[str, object]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise NotifyError(f"{provider} answered with no JSON", retryable=True) from exc
+    if not isinstance(body, dict):
+        raise NotifyError(f"{provider} answered with unexpected JSON", retryable=True)
+    return body

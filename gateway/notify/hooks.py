@@ -1,0 +1,95 @@
+"""Channels to other systems: a generic webhook, an MQTT topic for a grid-worker app, and
+the console."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import httpx
+import orjson
+
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel, post
+from gateway.notify.notice import Notice
+from gateway.notify.policy import MqttChannel, WebhookChannel
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+def notice_document(notice: Notice) -> dict[str, object]:
+    """The JSON a webhook or an app receives: stable names, times in epoch ms."""
+    return {
+        "key": notice.key,
+        "kind": notice.kind,
+        "alert_id": notice.alert_id,
+        "rule": notice.rule,
+        "title": notice.title,
+        "severity": notice.severity,
+        "life_safety": notice.life_safety,
+        "state": "resolved" if notice.kind == "resolved" else "firing",
+        "device": {
+            "community": notice.community,
+            "device_type": notice.device_type,
+            "device_id": notice.device_id,
+            "port": notice.port,
+        },
+        "place": notice.place,
+        "started_ms": notice.started_ms,
+        "time": notice.time_text,
+        "receiver": notice.receiver,
+        "ack_url": notice.link,
+        "map_url": notice.map_url,
+        "text": notice.text(),
+        "alerts": list(notice.lines),
+    }
+
+
+class Webhook(Channel):
+    kind = "webhook"
+
+    def __init__(self, name: str, config: WebhookChannel, http: httpx.AsyncClient) -> None:
+        super().__init__(name)
+        self._config = config
+        self._http = http
+
+    async def send(self, notice: Notice) -> None:
+        headers = {k: v.get_secret_value() for k, v in self._config.headers.items()}
+        # A receiver that saw this key already can drop the copy a retry may bring.
+        headers["Idempotency-Key"] = notice.key
+        headers["Content-Type"] = "application/json"
+        await post(
+            self._http,
+            "webhook",
+            self._config.url,
+            content=orjson.dumps(notice_document(notice)),
+            headers=headers,
+            timeout=self._config.timeout_s,
+        )
+
+
+class MqttPublisher(Channel):
+    kind = "mqtt"
+
+    def __init__(self, name: str, config: MqttChannel, publish: Publish | None) -> None:
+        super().__init__(name)
+        self._config = config
+        self._publish = publish
+
+    async def send(self, notice: Notice) -> None:
+        if self._publish is None:
+            raise NotifyError("no MQTT broker is configured", retryable=False)
+        topic = self._config.topic.format(community=notice.community, receiver=notice.receiver)
+        await self._publish(topic, orjson.dumps(notice_document(notice)))
+
+
+class Console(Channel):
+    kind = "console"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+    async def send(self, notice: Notice) -> None:
+        log.warning("notify %s: %s", notice.receiver, notice.text().replace("\n", " | "))

@@ -1,0 +1,166 @@
+"""A notice: what one receiver is told about one alert, rendered for each kind of channel.
+
+It is made once, stored with its notification, and sent as stored: a retry or a
+restart sends the same words with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from gateway.registry import RegisteredDevice
+from gateway.rules.book import AlertEntry
+from gateway.rules.rule import Severity
+
+_SEVERITY_ZH = {
+    Severity.CRITICAL: "紧急",
+    Severity.MAJOR: "重要",
+    Severity.WARNING: "警告",
+    Severity.INFO: "提示",
+}
+_KIND_ZH = {"firing": "告警", "resolved": "已恢复", "digest": "告警汇总"}
+# SMS and voice templates take short variables; longer ones are refused by providers.
+TEMPLATE_VALUE_MAX_CHARS = 35
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    key: str
+    # firing, resolved, or digest (several alerts in one message).
+    kind: str
+    alert_id: str
+    rule: str
+    title: str
+    severity: str
+    life_safety: bool
+    community: str
+    device_type: str
+    device_id: str
+    port: int | None
+    place: str
+    started_ms: int
+    time_text: str
+    receiver: str
+    receiver_name: str
+    phone: str | None
+    link: str | None = None
+    map_url: str | None = None
+    # A digest's alerts, one line each.
+    lines: tuple[str, ...] = ()
+
+    @property
+    def critical(self) -> bool:
+        """Never held back by quiet hours or a provider's limit; news of a cleared
+        condition is not."""
+        if self.kind != "firing":
+            return False
+        return self.severity == Severity.CRITICAL or self.life_safety
+
+    def headline(self) -> str:
+        severity = _SEVERITY_ZH.get(Severity(self.severity), self.severity)
+        return f"【{severity}{_KIND_ZH[self.kind]}】{self.title}"
+
+    def text(self) -> str:
+        if self.kind == "digest":
+            return "\n".join([self.headline(), *self.lines])
+        device = self.device_id if self.port is None else f"{self.device_id} 端口 {self.port}"
+        parts = [
+            self.headline(),
+            f"地点: {self.place}",
+            f"设备: {device}",
+            f"时间: {self.time_text}",
+        ]
+        if self.map_url:
+            parts.append(f"地图: {self.map_url}")
+        if self.link:
+            parts.append(f"处理: {self.link}")
+        return "\n".join(parts)
+
+    def markdown(self) -> str:
+        lines = self.text().split("\n")
+        return "\n\n".join([f"### {lines[0]}", *lines[1:]])
+
+    def template_values(self) -> dict[str, str]:
+        values = {
+            "title": self.title,
+            "severity": _SEVERITY_ZH.get(Severity(self.severity), self.severity),
+            "place": self.place,
+            "device": self.device_id,
+            "time": self.time_text,
+            "state": _KIND_ZH[self.kind],
+            "link": self.link or "",
+            "alert_id": self.alert_id,
+        }
+        return {k: v[:TEMPLATE_VALUE_MAX_CHARS] for k, v in values.items()}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Notice:
+        raw: dict[str, Any] = orjson.loads(data)
+        raw["lines"] = tuple(raw.get("lines", ()))
+        return cls(**raw)
+
+
+def describe_place(community: str, device: RegisteredDevice | None) -> str:
+    if device is None:
+        return community
+    parts = [community, device.area, device.compound, device.building, device.unit]
+    return " ".join(part for part in parts if part)
+
+
+def map_url(device: RegisteredDevice | None, title: str) -> str | None:
+    """An AMap (高德) marker at the device, from WGS-84 coordinates."""
+    if device is None or device.lat is None or device.lon is None:
+        return None
+    return (
+        f"https://uri.amap.com/marker?position={device.lon},{device.lat}"
+        f"&name={quote(title)}&coordinate=wgs84"
+    )
+
+
+def local_time_text(time_ms: int, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, zone).strftime("%Y-%m-%d %H:%M")
+
+
+def make_notice(
+    *,
+    key: str,
+    kind: str,
+    entry: AlertEntry,
+    device: RegisteredDevice | None,
+    receiver: str,
+    receiver_name: str,
+    phone: str | None,
+    link: str | None,
+    zone: ZoneInfo,
+) -> Notice:
+    return Notice(
+        key=key,
+        kind=kind,
+        alert_id=entry.alert_id,
+        rule=entry.rule,
+        title=entry.title,
+        severity=entry.severity,
+        life_safety=entry.life_safety,
+        community=entry.community,
+        device_type=entry.device_type,
+        device_id=entry.device_id,
+        port=entry.port,
+        place=describe_place(entry.community, device),
+        started_ms=entry.started_ms,
+        time_text=local_time_text(entry.fired_ms or entry.started_ms, zone),
+        receiver=receiver,
+        receiver_name=receiver_name,
+        phone=phone,
+        link=link,
+        map_url=map_url(device, entry.title),
+    )

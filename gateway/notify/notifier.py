@@ -1,0 +1,503 @@
+"""The notification stage: turns alert changes into escalation steps, steps into
+notifications, and delivers each notification until it is sent or every channel of
+its receiver failed.
+
+    alert change -> routes -> escalation steps (planned at firing time)
+                 -> due step: stopped if a person took the alert, else one
+                    notification per receiver (keyed: never made twice)
+                 -> delivery: channel after channel; retries with backoff; over a
+                    limit, critical goes to the next channel, the rest into a digest
+
+Everything is kept in the notification log beside the outbox, so a restart carries on
+where it stopped and sends nothing twice. Alerts that fired while the gateway was
+down before planning them are found in the alert book at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from gateway.clock import Clock
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel
+from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
+from gateway.notify.hooks import Console, MqttPublisher, Publish, Webhook
+from gateway.notify.link import LinkSigner
+from gateway.notify.log import (
+    AttemptResult,
+    DeliveryAttempt,
+    Notification,
+    NotificationLog,
+    PlannedStep,
+)
+from gateway.notify.notice import Notice, make_notice
+from gateway.notify.policy import (
+    AliyunSmsChannel,
+    AliyunVoiceChannel,
+    ChannelConfig,
+    ConsoleChannel,
+    DingtalkChannel,
+    FeishuChannel,
+    MqttChannel,
+    NotifyPolicy,
+    TencentSmsChannel,
+    TencentVoiceChannel,
+    WebhookChannel,
+    WecomChannel,
+)
+from gateway.notify.robots import DingtalkRobot, FeishuBot, WecomRobot
+from gateway.notify.router import Router, Target
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.book import AlertBook, AlertEntry, AlertError
+from gateway.stats import Stats
+from gateway.store.line_protocol import encode_fields, encode_series
+
+log = logging.getLogger(__name__)
+
+NOTIFICATION_MEASUREMENT = "notification"
+ESCALATION_MEASUREMENT = "escalation"
+# Sends under way at once, so that one slow provider does not hold up the others.
+MAX_CONCURRENT_SENDS = 16
+# Bounds the passes of one round of delivery (each pass tries the next channel).
+MAX_CHANNELS_PER_PASS = 8
+# How often the loop looks again when nothing is due sooner.
+IDLE_WAKE_S = 1.0
+
+CommitLines = Callable[[Sequence[str], None], Awaitable[None]]
+
+
+def make_channels(
+    policy: NotifyPolicy, http: httpx.AsyncClient, publish: Publish | None, clock: Clock
+) -> dict[str, Channel]:
+    return {name: _channel(name, config, http, publish, clock)
+            for name, config in policy.channels.items()}  # fmt: skip
+
+
+def _channel(
+    name: str,
+    config: ChannelConfig,
+    http: httpx.AsyncClient,
+    publish: Publish | None,
+    clock: Clock,
+) -> Channel:
+    if isinstance(config, WecomChannel):
+        return WecomRobot(name, config, http)
+    if isinstance(config, DingtalkChannel):
+        return DingtalkRobot(name, config, http, clock)
+    if isinstance(config, FeishuChannel):
+        return FeishuBot(name, config, http, clock)
+    if isinstance(config, AliyunSmsChannel):
+        return AliyunSms(name, config, http, clock)
+    if isinstance(config, AliyunVoiceChannel):
+        return AliyunVoice(name, config, http, clock)
+    if isinstance(config, TencentSmsChannel):
+        return TencentSms(name, config, http, clock)
+    if isinstance(config, TencentVoiceChannel):
+        return TencentVoice(name, config, http, clock)
+    if isinstance(config, WebhookChannel):
+        return Webhook(name, config, http)
+    if isinstance(config, MqttChannel):
+        return MqttPublisher(name, config, publish)
+    assert isinstance(config, ConsoleChannel)  # the union is closed
+    return Console(name)
+
+
+class Notifier:
+    def __init__(
+        self,
+        policy: NotifyPolicy,
+        channels: dict[str, Channel],
+        router: Router,
+        book: AlertBook,
+        notifications: NotificationLog,
+        links: LinkSigner,
+        commit: CommitLines,
+        clock: Clock,
+        stats: Stats,
+        zone: ZoneInfo,
+    ) -> None:
+        self.policy = policy
+        self.channels = channels
+        self.router = router
+        self.book = book
+        self.log = notifications
+        self._links = links
+        self._commit = commit
+        self._clock = clock
+        self._stats = stats
+        self._zone = zone
+        self._incoming: deque[AlertChange] = deque()
+        self._lines: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        self._random = random.Random()
+
+    # --- what the other stages call --------------------------------------------------------
+
+    def on_alerts(self, changes: Sequence[AlertChange]) -> None:
+        """Alert listener of the pipeline: called after the changes committed."""
+        for change in changes:
+            if change.fired and change.state in (AlertState.FIRING, AlertState.RESOLVED):
+                self._incoming.append(change)
+        self._wakeup.set()
+
+    def on_desk_step(self, entry: AlertEntry, step: AlertState) -> None:
+        """A person acknowledged or closed an alert: its escalation stops now."""
+        if step in (AlertState.ACKNOWLEDGED, AlertState.CLOSED):
+            self.log.stop_steps(entry.alert_id)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.recover()
+        while True:
+            await self.process()
+            self._wakeup.clear()
+            next_due = self.log.next_due_ms()
+            wait_s = IDLE_WAKE_S
+            if next_due is not None:
+                wait_s = min(wait_s, max(0.0, (next_due - self._clock.now_ms()) / 1000))
+            if self._incoming:
+                continue
+            sleeper = asyncio.ensure_future(self._clock.sleep(wait_s))
+            woken = asyncio.ensure_future(self._wakeup.wait())
+            await asyncio.wait([sleeper, woken], return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+            woken.cancel()
+
+    def recover(self) -> None:
+        """Plan alerts that fired but were never planned: the gateway stopped between
+        committing them and planning their notifications."""
+        for entry in self.book.open_alerts():
+            if entry.fired_ms is None or entry.acknowledged_by is not None:
+                continue
+            if self.log.planned(entry.alert_id):
+                continue
+            history = self.book.history(entry.alert_id)
+            if any(step.note and step.note.startswith("muted by") for step in history):
+                continue
+            log.info("planning notifications of %s, which fired before a restart", entry.alert_id)
+            self._plan(entry)
+        self._wakeup.set()
+
+    async def process(self) -> None:
+        """Everything due now: plan new alerts, run due steps, deliver, send digests."""
+        now_ms = self._clock.now_ms()
+        while self._incoming:
+            self._take(self._incoming.popleft(), now_ms)
+        for step in self.log.due_steps(now_ms):
+            self._run_step(step, now_ms)
+        # A notification a channel failed or refused is due again at once on the next
+        # channel: deliver until nothing more is due now, each channel once at most.
+        for _ in range(MAX_CHANNELS_PER_PASS):
+            due = self.log.due(self._clock.now_ms())
+            if not due:
+                break
+            # Critical first: they never wait behind the others.
+            due.sort(key=lambda n: not Notice.from_json(n.notice).critical)
+            await asyncio.gather(*(self._deliver(n) for n in due))
+        await self._send_digests()
+        if self._lines:
+            lines, self._lines = self._lines, []
+            await self._commit(lines, None)
+
+    # --- planning --------------------------------------------------------------------------
+
+    def _take(self, change: AlertChange, now_ms: int) -> None:
+        if change.silenced_by is not None:
+            self._record(change.alert_id, "-", "-", AttemptResult.SILENCED,
+                         f"muted by silence {change.silenced_by}", None, change)  # fmt: skip
+            return
+        try:
+            entry = self.book.get(change.alert_id)
+        except AlertError:
+            log.error("alert %s is not in the alert book; not notified", change.alert_id)
+            return
+        if change.state is AlertState.FIRING:
+            self._plan(entry)
+        else:
+            self._announce_resolved(entry, now_ms)
+
+    def _plan(self, entry: AlertEntry) -> None:
+        fired_ms = entry.fired_ms if entry.fired_ms is not None else entry.started_ms
+        steps = [
+            PlannedStep(entry.alert_id, route_index, number, fired_ms + round(step.after_s * 1000))
+            for route_index, route in self.router.routes(entry)
+            for number, step in enumerate(self.policy.escalations[route.escalation])
+        ]
+        if not steps:
+            log.warning("no route for alert %s (%s); nobody is notified", entry.alert_id,
+                        entry.rule)  # fmt: skip
+        self.log.plan(steps)
+
+    def _run_step(self, planned: PlannedStep, now_ms: int) -> None:
+        entry = self.book.get(planned.alert_id)
+        routes = self.policy.routes
+        if planned.route >= len(routes):
+            self.log.finish_step(planned)
+            return
+        chain = self.policy.escalations[routes[planned.route].escalation]
+        if planned.step >= len(chain) or self._taken(entry):
+            self.log.stop_steps(entry.alert_id)
+            return
+        step = chain[planned.step]
+        targets = self.router.targets(step, entry, now_ms)
+        for target in targets:
+            self._add(entry, target, f"{entry.alert_id}/{planned.route}.{planned.step}", "firing",
+                      now_ms)  # fmt: skip
+        if not targets:
+            self._record(entry.alert_id, "-", "-", AttemptResult.UNDELIVERED,
+                         "nobody to notify at this step", None, entry)  # fmt: skip
+        self.log.finish_step(planned)
+        if planned.step > 0:
+            self._stats.escalations += 1
+            log.warning("alert %s not acknowledged: escalation step %d to %s", entry.alert_id,
+                        planned.step, ", ".join(t.receiver for t in targets))  # fmt: skip
+            tags = [("community", entry.community), ("rule", entry.rule),
+                    ("severity", entry.severity), ("step", str(planned.step))]  # fmt: skip
+            fields = (("alert_id", entry.alert_id), ("step_index", planned.step))
+            self._lines.append(
+                f"{encode_series(ESCALATION_MEASUREMENT, tags)} {encode_fields(fields)} {now_ms}"
+            )
+
+    def _taken(self, entry: AlertEntry) -> bool:
+        """A person has it, or it cleared by itself and does not concern life or safety."""
+        if entry.acknowledged_by is not None or entry.state is AlertState.CLOSED:
+            return True
+        return entry.resolved_ms is not None and not entry.life_safety
+
+    def _announce_resolved(self, entry: AlertEntry, now_ms: int) -> None:
+        told = {
+            Notice.from_json(n.notice).receiver: n for n in self.log.sent_receivers(entry.alert_id)
+        }
+        for route_index, route in self.router.routes(entry):
+            if not route.send_resolved:
+                continue
+            first = self.policy.escalations[route.escalation][0]
+            for target in self.router.targets(first, entry, now_ms):
+                if target.receiver in told:
+                    self._add(entry, target, f"{entry.alert_id}/{route_index}", "resolved", now_ms)
+
+    def _add(self, entry: AlertEntry, target: Target, prefix: str, kind: str, now_ms: int) -> None:
+        key = f"{prefix}/{target.receiver}/{kind}"
+        link = None
+        if kind == "firing":
+            link = self._links.url(entry.alert_id, target.receiver, now_ms)
+        notice = make_notice(
+            key=key, kind=kind, entry=entry, device=self.router.device(entry),
+            receiver=target.receiver, receiver_name=target.display_name, phone=target.phone,
+            link=link, zone=self._zone,
+        )  # fmt: skip
+        due_ms = now_ms
+        quiet = target.quiet_hours
+        if quiet is not None and not notice.critical and quiet.contains(now_ms, self._zone):
+            due_ms = quiet.end_after(now_ms, self._zone)
+        notification = Notification(key, entry.alert_id, target.channels, 0, 0, due_ms,
+                                    "pending", notice.to_json().decode())  # fmt: skip
+        if self.log.add(notification, now_ms) and due_ms > now_ms:
+            self._record_notice(notice, "-", AttemptResult.QUIET_HOURS,
+                                f"held until {due_ms}", None)  # fmt: skip
+
+    # --- delivery --------------------------------------------------------------------------
+
+    async def _deliver(self, notification: Notification) -> None:
+        async with self._sends:
+            notice = Notice.from_json(notification.notice)
+            index, tries = notification.channel_index, notification.tries
+            now_ms = self._clock.now_ms()
+            if index >= len(notification.channels):
+                self._undelivered(notification, notice)
+                return
+            channel = self.channels[notification.channels[index]]
+            if channel.needs_phone and not notice.phone:
+                self._record_notice(notice, channel.name, AttemptResult.FAILED,
+                                    "the receiver has no phone number", None)  # fmt: skip
+                self._next_channel(notification, notice, now_ms)
+                return
+            wait_s = channel.limiter.wait_s(notice.phone, now_ms / 1000)
+            if wait_s > 0:
+                self._over_limit(notification, notice, channel, wait_s, "over the channel's limit")
+                return
+            channel.limiter.note(notice.phone, now_ms / 1000)
+            started_s = time.perf_counter()
+            try:
+                await channel.send(notice)
+            except NotifyError as exc:
+                latency_ms = (time.perf_counter() - started_s) * 1000
+                self._failed(notification, notice, channel, exc, latency_ms, tries)
+                return
+            latency_ms = (time.perf_counter() - started_s) * 1000
+            self.log.update(notification.key, state="sent", channel_index=index, tries=tries + 1,
+                            due_ms=now_ms)  # fmt: skip
+            self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
+
+    def _failed(
+        self,
+        notification: Notification,
+        notice: Notice,
+        channel: Channel,
+        exc: NotifyError,
+        latency_ms: float,
+        tries: int,
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        if exc.rate_limited:
+            if channel.blocked_s:
+                channel.limiter.block(now_ms / 1000 + channel.blocked_s)
+            self._over_limit(notification, notice, channel, exc.retry_after_s or 60.0, str(exc))
+            return
+        delivery = self.policy.delivery
+        if exc.retryable and tries + 1 < delivery.max_tries:
+            # Jittered, so that many notifications failing together do not retry together,
+            # and never at once, so that a retry is not another pass of the same round.
+            ceiling_s = min(delivery.backoff_max_s, delivery.backoff_initial_s * 2**tries)
+            due_ms = now_ms + round(self._random.uniform(ceiling_s / 2, ceiling_s) * 1000)
+            self.log.update(notification.key, state="pending",
+                            channel_index=notification.channel_index, tries=tries + 1,
+                            due_ms=due_ms)  # fmt: skip
+            self._record_notice(notice, channel.name, AttemptResult.RETRY, str(exc), latency_ms)
+            return
+        self._record_notice(notice, channel.name, AttemptResult.FAILED, str(exc), latency_ms)
+        self._next_channel(notification, notice, now_ms)
+
+    def _over_limit(
+        self,
+        notification: Notification,
+        notice: Notice,
+        channel: Channel,
+        wait_s: float,
+        detail: str,
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED, detail, None)
+        if notice.critical:
+            # A critical alert is never held behind a limit: the next channel takes it.
+            self._next_channel(notification, notice, now_ms)
+        elif channel.digests:
+            self.log.update(notification.key, state="digest",
+                            channel_index=notification.channel_index, tries=notification.tries,
+                            due_ms=now_ms)  # fmt: skip
+            self._record_notice(notice, channel.name, AttemptResult.DIGESTED,
+                                "waits to go out in a digest", None)  # fmt: skip
+        else:
+            self.log.update(notification.key, state="pending",
+                            channel_index=notification.channel_index, tries=notification.tries,
+                            due_ms=now_ms + round(wait_s * 1000))  # fmt: skip
+
+    def _next_channel(self, notification: Notification, notice: Notice, now_ms: int) -> None:
+        index = notification.channel_index + 1
+        if index >= len(notification.channels):
+            self._undelivered(notification, notice)
+            return
+        self.log.update(notification.key, state="pending", channel_index=index, tries=0,
+                        due_ms=now_ms)  # fmt: skip
+        self._wakeup.set()
+
+    def _undelivered(self, notification: Notification, notice: Notice) -> None:
+        self.log.update(notification.key, state="undelivered",
+                        channel_index=notification.channel_index, tries=notification.tries,
+                        due_ms=notification.due_ms)  # fmt: skip
+        self._record_notice(notice, "-", AttemptResult.UNDELIVERED,
+                            f"every channel failed: {', '.join(notification.channels)}", None)  # fmt: skip
+        log.error("could not notify %s of alert %s by any of its channels", notice.receiver,
+                  notice.alert_id)  # fmt: skip
+
+    async def _send_digests(self) -> None:
+        """Notifications held over a channel's limit go out as one message per channel
+        and receiver as soon as the limit allows."""
+        groups: dict[tuple[str, str], list[tuple[Notification, Notice]]] = {}
+        for notification in self.log.waiting_for_digest():
+            name = notification.channels[notification.channel_index]
+            notice = Notice.from_json(notification.notice)
+            group = "" if not self.channels[name].needs_phone else notice.receiver
+            groups.setdefault((name, group), []).append((notification, notice))
+        for (name, _), members in groups.items():
+            channel = self.channels[name]
+            first = members[0][1]
+            now_ms = self._clock.now_ms()
+            if channel.limiter.wait_s(first.phone, now_ms / 1000) > 0:
+                continue
+            digest = _digest(first, [notice for _, notice in members])
+            channel.limiter.note(first.phone, now_ms / 1000)
+            try:
+                await channel.send(digest)
+            except NotifyError as exc:
+                if exc.rate_limited and channel.blocked_s:
+                    channel.limiter.block(now_ms / 1000 + channel.blocked_s)
+                if not exc.rate_limited:
+                    for notification, notice in members:
+                        self._record_notice(notice, name, AttemptResult.FAILED, str(exc), None)
+                        self._next_channel(notification, notice, now_ms)
+                continue
+            for notification, notice in members:
+                self.log.update(notification.key, state="sent",
+                                channel_index=notification.channel_index,
+                                tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
+                self._record_notice(notice, name, AttemptResult.SENT, f"in digest {digest.key}",
+                                    None)  # fmt: skip
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _record_notice(
+        self,
+        notice: Notice,
+        channel: str,
+        result: AttemptResult,
+        detail: str,
+        latency_ms: float | None,
+    ) -> None:
+        self._record(notice.alert_id, notice.receiver, channel, result, detail, latency_ms,
+                     notice, key=notice.key)  # fmt: skip
+
+    def _record(
+        self,
+        alert_id: str,
+        receiver: str,
+        channel: str,
+        result: AttemptResult,
+        detail: str,
+        latency_ms: float | None,
+        about: Notice | AlertEntry | AlertChange,
+        key: str = "",
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        self.log.record(DeliveryAttempt(key or alert_id, alert_id, receiver, channel, now_ms,
+                                        result, detail, latency_ms))  # fmt: skip
+        self._stats.notifications[(channel, str(result))] += 1
+        if isinstance(about, AlertChange):
+            community, rule, severity = about.device.community, about.rule, str(about.severity)
+        else:
+            community, rule, severity = about.community, about.rule, about.severity
+        tags = [("channel", channel), ("community", community), ("result", str(result)),
+                ("rule", rule), ("severity", severity)]  # fmt: skip
+        fields: list[tuple[str, bool | int | float | str]] = [("count", 1), ("alert_id", alert_id)]
+        if latency_ms is not None:
+            fields.append(("latency_ms", round(latency_ms, 3)))
+        self._lines.append(
+            f"{encode_series(NOTIFICATION_MEASUREMENT, tags)} {encode_fields(fields)} {now_ms}"
+        )
+
+
+def _digest(first: Notice, notices: list[Notice]) -> Notice:
+    keys = sorted(n.key for n in notices)
+    digest_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    lines = tuple(f"- {n.title} · {n.place} · {n.device_id} · {n.time_text}" for n in notices)
+    return replace(
+        first,
+        key=f"digest/{digest_id}",
+        kind="digest",
+        title=f"{len(notices)} 条告警",
+        link=None,
+        map_url=None,
+        lines=lines,
+    )

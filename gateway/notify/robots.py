@@ -1,0 +1,162 @@
+"""Group chat robots: WeCom (企业微信), DingTalk (钉钉) and Feishu (飞书).
+
+Each answers HTTP 200 with its own error code in the body; the codes that mean "over
+the limit" and "try again" differ per provider and are told apart here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from urllib.parse import quote_plus
+
+import httpx
+
+from gateway.clock import Clock
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel, Limit, json_body, post
+from gateway.notify.notice import Notice
+from gateway.notify.policy import DingtalkChannel, FeishuChannel, WecomChannel
+
+# WeCom: 45009 over the frequency limit; -1 system busy.
+_WECOM_LIMITED = {45009}
+_WECOM_BUSY = {-1}
+# DingTalk: 130101 sent too fast (the robot is then blocked); -1 system busy.
+_DINGTALK_LIMITED = {130101}
+_DINGTALK_BUSY = {-1}
+# Feishu: 9499 and 11232 too many requests.
+_FEISHU_LIMITED = {9499, 11232}
+
+
+def _raise_for_code(
+    provider: str,
+    code: object,
+    message: object,
+    limited: set[int],
+    busy: set[int],
+    retry_after_s: float | None,
+) -> None:
+    if code == 0:
+        return
+    if code in limited:
+        raise NotifyError(
+            f"{provider} over its limit: {code} {message}",
+            retryable=True,
+            rate_limited=True,
+            retry_after_s=retry_after_s,
+        )
+    raise NotifyError(f"{provider} refused: {code} {message}", retryable=code in busy)
+
+
+class WecomRobot(Channel):
+    kind = "wecom"
+
+    def __init__(self, name: str, config: WecomChannel, http: httpx.AsyncClient) -> None:
+        super().__init__(name, (Limit(config.per_minute, 60.0),))
+        self._config = config
+        self._http = http
+
+    async def send(self, notice: Notice) -> None:
+        # Text, not markdown: only text messages can @ the receiver by phone number.
+        text: dict[str, object] = {"content": notice.text()}
+        if notice.phone:
+            text["mentioned_mobile_list"] = [notice.phone]
+        response = await post(
+            self._http,
+            "WeCom",
+            self._config.url,
+            params={"key": self._config.key.get_secret_value()},
+            json={"msgtype": "text", "text": text},
+            timeout=self._config.timeout_s,
+        )
+        body = json_body(response, "WeCom")
+        _raise_for_code(
+            "WeCom", body.get("errcode"), body.get("errmsg"), _WECOM_LIMITED, _WECOM_BUSY, 60.0
+        )
+
+
+def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
+    """DingTalk's signature: base64 HMAC-SHA256 of "timestamp\\nsecret" keyed by the secret."""
+    to_sign = f"{timestamp_ms}\n{secret}".encode()
+    digest = hmac.new(secret.encode(), to_sign, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+class DingtalkRobot(Channel):
+    kind = "dingtalk"
+
+    def __init__(
+        self, name: str, config: DingtalkChannel, http: httpx.AsyncClient, clock: Clock
+    ) -> None:
+        super().__init__(name, (Limit(config.per_minute, 60.0),))
+        self.blocked_s = config.blocked_s
+        self._config = config
+        self._http = http
+        self._clock = clock
+
+    async def send(self, notice: Notice) -> None:
+        text = notice.markdown()
+        at: dict[str, object] = {"isAtAll": False}
+        if notice.phone:
+            # DingTalk shows the mention only when the text names the number too.
+            text += f"\n\n@{notice.phone}"
+            at["atMobiles"] = [notice.phone]
+        params = {"access_token": self._config.access_token.get_secret_value()}
+        if self._config.secret is not None:
+            timestamp_ms = self._clock.now_ms()
+            params["timestamp"] = str(timestamp_ms)
+            params["sign"] = dingtalk_sign(self._config.secret.get_secret_value(), timestamp_ms)
+        response = await post(
+            self._http,
+            "DingTalk",
+            self._config.url,
+            params=params,
+            json={
+                "msgtype": "markdown",
+                "markdown": {"title": notice.headline(), "text": text},
+                "at": at,
+            },
+            timeout=self._config.timeout_s,
+        )
+        body = json_body(response, "DingTalk")
+        _raise_for_code(
+            "DingTalk",
+            body.get("errcode"),
+            body.get("errmsg"),
+            _DINGTALK_LIMITED,
+            _DINGTALK_BUSY,
+            self._config.blocked_s,
+        )
+
+
+def feishu_sign(secret: str, timestamp_s: int) -> str:
+    """Feishu's signature, unlike DingTalk's: HMAC-SHA256 keyed by "timestamp\\nsecret"
+    over an empty message, base64; the timestamp is in seconds."""
+    key = f"{timestamp_s}\n{secret}".encode()
+    return base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode()
+
+
+class FeishuBot(Channel):
+    kind = "feishu"
+
+    def __init__(
+        self, name: str, config: FeishuChannel, http: httpx.AsyncClient, clock: Clock
+    ) -> None:
+        super().__init__(name, (Limit(config.per_second, 1.0),))
+        self._config = config
+        self._http = http
+        self._clock = clock
+
+    async def send(self, notice: Notice) -> None:
+        body: dict[str, object] = {"msg_type": "text", "content": {"text": notice.text()}}
+        if self._config.secret is not None:
+            timestamp_s = self._clock.now_ms() // 1000
+            body["timestamp"] = str(timestamp_s)
+            body["sign"] = feishu_sign(self._config.secret.get_secret_value(), timestamp_s)
+        url = f"{self._config.url.rstrip('/')}/{quote_plus(self._config.hook.get_secret_value())}"
+        response = await post(self._http, "Feishu", url, json=body, timeout=self._config.timeout_s)
+        answer = json_body(response, "Feishu")
+        _raise_for_code(
+            "Feishu", answer.get("code", 0), answer.get("msg"), _FEISHU_LIMITED, set(), 1.0
+        )

@@ -1,0 +1,162 @@
+"""Routing: which escalation chains an alert follows, and who each step reaches — the
+grid worker on duty for the alert's cell, named receivers, a wearer's emergency
+contacts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from gateway.notify.policy import (
+    EMERGENCY_CONTACTS,
+    ON_DUTY,
+    WEEKDAYS,
+    Match,
+    NotifyPolicy,
+    Receiver,
+    Roster,
+    Route,
+    Shift,
+    Step,
+)
+from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.book import AlertEntry
+from gateway.rules.schedule import DailyWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One person or group to tell, and how."""
+
+    receiver: str
+    display_name: str
+    phone: str | None
+    channels: tuple[str, ...]
+    quiet_hours: DailyWindow | None
+
+
+class Router:
+    def __init__(self, policy: NotifyPolicy, registry: Registry, zone: ZoneInfo) -> None:
+        self.policy = policy
+        self._registry = registry
+        self._zone = zone
+        self._windows = {s.hours: DailyWindow.parse(s.hours) for r in policy.rosters
+                         for s in r.shifts}  # fmt: skip
+
+    def device(self, entry: AlertEntry) -> RegisteredDevice | None:
+        return self._registry.get(entry.community, entry.device_id)
+
+    def routes(self, entry: AlertEntry) -> list[tuple[int, Route]]:
+        """The routes an alert follows: the first that matches, and any after it while a
+        matching route says `continue`."""
+        device = self.device(entry)
+        chosen: list[tuple[int, Route]] = []
+        for index, route in enumerate(self.policy.routes):
+            if _matches(route.match, entry, device):
+                chosen.append((index, route))
+                if not route.continue_:
+                    break
+        return chosen
+
+    def targets(self, step: Step, entry: AlertEntry, at_ms: int) -> list[Target]:
+        device = self.device(entry)
+        targets: list[Target] = []
+        for name in step.to:
+            if name == ON_DUTY:
+                on_duty = self.on_duty(device, entry.community, at_ms)
+                if not on_duty:
+                    log.warning(
+                        "nobody on duty for %s; telling %s",
+                        entry.community,
+                        ", ".join(self.policy.fallback_receivers) or "nobody",
+                    )
+                    on_duty = [self.policy.receiver(n) for n in self.policy.fallback_receivers]
+                targets.extend(self._target(r, step) for r in on_duty)
+            elif name == EMERGENCY_CONTACTS:
+                channels = step.channels or self.policy.emergency_contact_channels
+                for contact in device.emergency_contacts if device else ():
+                    targets.append(
+                        Target(f"contact:{contact.phone}", contact.name, contact.phone,
+                               channels, None)
+                    )  # fmt: skip
+            else:
+                targets.append(self._target(self.policy.receiver(name), step))
+        unique: dict[str, Target] = {}
+        for target in targets:
+            unique.setdefault(target.receiver, target)
+        return list(unique.values())
+
+    def on_duty(
+        self, device: RegisteredDevice | None, community: str, at_ms: int
+    ) -> list[Receiver]:
+        """Who is on duty for the most specific cell that holds the device and has
+        someone on duty now."""
+        rosters = sorted(
+            (r for r in self.policy.rosters if _in_cell(r, device, community)),
+            key=_specificity,
+            reverse=True,
+        )
+        moment = datetime.fromtimestamp(at_ms / 1000, self._zone)
+        for roster in rosters:
+            names = [s.receiver for s in roster.shifts if self._on_shift(s, moment, at_ms)]
+            if names:
+                return [self.policy.receiver(n) for n in dict.fromkeys(names)]
+        return []
+
+    def _on_shift(self, shift: Shift, moment: datetime, at_ms: int) -> bool:
+        window = self._windows[shift.hours]
+        if not window.contains(at_ms, self._zone):
+            return False
+        # A night shift that began yesterday belongs to yesterday's day of the week.
+        started = moment
+        if window.end <= window.start and moment.time() < window.end:
+            started = moment - timedelta(days=1)
+        return WEEKDAYS[started.weekday()] in shift.days
+
+    def _target(self, receiver: Receiver, step: Step) -> Target:
+        quiet = DailyWindow.parse(receiver.quiet_hours) if receiver.quiet_hours else None
+        return Target(
+            receiver.name,
+            receiver.display_name or receiver.name,
+            receiver.phone,
+            step.channels or receiver.channels,
+            quiet,
+        )
+
+
+def _matches(match: Match, entry: AlertEntry, device: RegisteredDevice | None) -> bool:
+    def fits(allowed: tuple[str, ...], value: str | None) -> bool:
+        return not allowed or value in allowed
+
+    return (
+        fits(tuple(str(s) for s in match.severities), entry.severity)
+        and fits(match.rules, entry.rule)
+        and fits(match.device_types, entry.device_type)
+        and fits(match.communities, entry.community)
+        and fits(match.areas, device.area if device else None)
+        and fits(match.compounds, device.compound if device else None)
+        and fits(match.buildings, device.building if device else None)
+    )
+
+
+def _in_cell(roster: Roster, device: RegisteredDevice | None, community: str) -> bool:
+    cell = roster.cell
+    if cell.community != community:
+        return False
+    for wanted, actual in (
+        (cell.area, device.area if device else None),
+        (cell.compound, device.compound if device else None),
+        (cell.building, device.building if device else None),
+    ):
+        if wanted is not None and wanted != actual:
+            return False
+    return True
+
+
+def _specificity(roster: Roster) -> int:
+    cell = roster.cell
+    return sum(part is not None for part in (cell.area, cell.compound, cell.building))

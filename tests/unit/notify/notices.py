@@ -1,0 +1,32 @@
+"""Notices and receivers shared by the notification tests."""
+
+from gateway.notify.notice import Notice
+
+T0 = 1_767_225_600_000
+
+
+def notice(
+    *, severity: str = "critical", kind: str = "firing", key: str = "a1/0.0/wang-fang/firing",
+    phone: str | None = "13800000001", receiver: str = "wang-fang", life_safety: bool = True,
+) -> Notice:  # fmt: skip
+    return Notice(
+        key=key,
+        kind=kind,
+        alert_id="a1",
+        rule="fall",
+        title="跌倒 Fall",
+        severity=severity,
+        life_safety=life_safety,
+        community="hgy",
+        device_type="bracelet",
+        device_id="br-1",
+        port=None,
+        place="hgy 东区 湖光小区 3号楼",
+        started_ms=T0,
+        time_text="2026-01-01 08:00",
+        receiver=receiver,
+        receiver_name="王芳",
+        phone=phone,
+        link="https://gw.example.cn/a/token",
+        map_url=None,
+    )

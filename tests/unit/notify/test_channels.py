@@ -1,0 +1,504 @@
+"""Every channel against a local HTTP server that checks the exact request, signature
+included, and answers as the provider does: success, its rate-limit answer, its errors."""
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, quote
+
+import httpx
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from gateway.clock import ManualClock
+from gateway.errors import NotifyError
+from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
+from gateway.notify.hooks import Console, MqttPublisher, Webhook
+from gateway.notify.policy import (
+    AliyunSmsChannel,
+    AliyunVoiceChannel,
+    DingtalkChannel,
+    FeishuChannel,
+    MqttChannel,
+    TencentSmsChannel,
+    TencentVoiceChannel,
+    WebhookChannel,
+    WecomChannel,
+)
+from gateway.notify.robots import DingtalkRobot, FeishuBot, WecomRobot
+from tests.unit.notify.notices import T0, notice
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+# --- WeCom ---------------------------------------------------------------------------------
+
+
+async def test_wecom_sends_text_that_mentions_the_receiver(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_oneshot_request(
+        "/cgi-bin/webhook/send", method="POST", query_string={"key": "robot-key"}
+    ).respond_with_json({"errcode": 0, "errmsg": "ok"})
+    robot = WecomRobot(
+        "wecom",
+        WecomChannel(
+            type="wecom", key="robot-key", url=httpserver.url_for("/cgi-bin/webhook/send")
+        ),
+        http,
+    )
+    await robot.send(notice())
+    ((request, _),) = httpserver.log
+    body = request.get_json()
+    assert body["msgtype"] == "text"
+    assert body["text"]["mentioned_mobile_list"] == ["13800000001"]
+    assert body["text"]["content"].startswith(
+        "【紧急告警】跌倒 Fall\n地点: hgy 东区 湖光小区 3号楼"
+    )
+    assert "处理: https://gw.example.cn/a/token" in body["text"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable", "rate_limited"),
+    [
+        ({"errcode": 45009, "errmsg": "api freq out of limit"}, True, True),
+        ({"errcode": -1, "errmsg": "system busy"}, True, False),
+        ({"errcode": 93000, "errmsg": "invalid webhook url"}, False, False),
+    ],
+)
+async def test_wecom_errors_say_whether_to_retry(
+    httpserver: HTTPServer,
+    http: httpx.AsyncClient,
+    answer: dict[str, object],
+    retryable: bool,
+    rate_limited: bool,
+) -> None:
+    httpserver.expect_request("/send").respond_with_json(answer)
+    robot = WecomRobot(
+        "w", WecomChannel(type="wecom", key="k", url=httpserver.url_for("/send")), http
+    )
+    with pytest.raises(NotifyError) as error:
+        await robot.send(notice())
+    assert (error.value.retryable, error.value.rate_limited) == (retryable, rate_limited)
+    assert "k" not in str(error.value).split(":")[0]
+
+
+# --- DingTalk ------------------------------------------------------------------------------
+
+
+def dingtalk_handler(secret: str, answer: dict[str, object]):  # type: ignore[no-untyped-def]
+    def handle(request: Request) -> Response:
+        timestamp = request.args["timestamp"]
+        string_to_sign = f"{timestamp}\n{secret}"
+        expected = base64.b64encode(
+            hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).digest()
+        ).decode()
+        if request.args["sign"] != expected or request.args["access_token"] != "tok":
+            return json_response({"errcode": 310000, "errmsg": "sign not match"})
+        return json_response(answer)
+
+    return handle
+
+
+async def test_dingtalk_signs_with_hmac_sha256_and_mentions_the_receiver(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_oneshot_request("/robot/send", method="POST").respond_with_handler(
+        dingtalk_handler("SECabc", {"errcode": 0, "errmsg": "ok"})
+    )
+    robot = DingtalkRobot(
+        "ding",
+        DingtalkChannel(type="dingtalk", access_token="tok", secret="SECabc",
+                        url=httpserver.url_for("/robot/send")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    await robot.send(notice())
+    ((request, _),) = httpserver.log
+    assert request.args["timestamp"] == str(T0)
+    body = request.get_json()
+    assert body["msgtype"] == "markdown"
+    assert body["markdown"]["title"] == "【紧急告警】跌倒 Fall"
+    assert body["markdown"]["text"].endswith("@13800000001")
+    assert body["at"] == {"isAtAll": False, "atMobiles": ["13800000001"]}
+
+
+async def test_dingtalk_wrong_secret_is_final_and_its_limit_blocks_for_ten_minutes(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_request("/robot/send").respond_with_handler(
+        dingtalk_handler("SECabc", {"errcode": 130101, "errmsg": "send too fast"})
+    )
+    url = httpserver.url_for("/robot/send")
+    wrong = DingtalkRobot("d", DingtalkChannel(type="dingtalk", access_token="tok",
+                                               secret="SECxyz", url=url), http, ManualClock(T0))  # fmt: skip
+    with pytest.raises(NotifyError, match="310000") as refused:
+        await wrong.send(notice())
+    assert not refused.value.retryable
+    right = DingtalkRobot("d", DingtalkChannel(type="dingtalk", access_token="tok",
+                                               secret="SECabc", url=url), http, ManualClock(T0))  # fmt: skip
+    with pytest.raises(NotifyError, match="130101") as limited:
+        await right.send(notice())
+    assert limited.value.rate_limited
+    assert limited.value.retry_after_s == 600
+    assert right.blocked_s == 600
+
+
+# --- Feishu --------------------------------------------------------------------------------
+
+
+async def test_feishu_signs_in_its_own_way(httpserver: HTTPServer, http: httpx.AsyncClient) -> None:
+    secret = "feishu-secret"
+
+    def handle(request: Request) -> Response:
+        body = request.get_json()
+        key = f"{body['timestamp']}\n{secret}".encode()
+        expected = base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode()
+        if body["sign"] != expected:
+            return json_response(
+                {
+                    "code": 19021,
+                    "msg": "sign match fail or timestamp is not within one hour from current time",
+                }
+            )
+        return json_response(
+            {"StatusCode": 0, "StatusMessage": "success", "code": 0, "msg": "success"}
+        )
+
+    httpserver.expect_oneshot_request(
+        "/open-apis/bot/v2/hook/hook-id", method="POST"
+    ).respond_with_handler(handle)
+    bot = FeishuBot(
+        "feishu",
+        FeishuChannel(type="feishu", hook="hook-id", secret=secret,
+                      url=httpserver.url_for("/open-apis/bot/v2/hook")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    await bot.send(notice())
+    ((request, _),) = httpserver.log
+    body = request.get_json()
+    assert body["timestamp"] == str(T0 // 1000)
+    assert body["msg_type"] == "text"
+    assert body["content"]["text"].startswith("【紧急告警】跌倒 Fall")
+    # DingTalk's way of signing would not pass Feishu's check.
+    dingtalk_way = base64.b64encode(
+        hmac.new(secret.encode(), f"{T0 // 1000}\n{secret}".encode(), hashlib.sha256).digest()
+    ).decode()
+    assert body["sign"] != dingtalk_way
+
+
+async def test_feishu_limit_and_http_429(httpserver: HTTPServer, http: httpx.AsyncClient) -> None:
+    httpserver.expect_oneshot_request("/hook/h").respond_with_json(
+        {"code": 9499, "msg": "Too Many Requests"}
+    )
+    httpserver.expect_oneshot_request("/hook/h").respond_with_response(
+        Response("slow down", status=429, headers={"Retry-After": "3"})
+    )
+    bot = FeishuBot("f", FeishuChannel(type="feishu", hook="h", url=httpserver.url_for("/hook")),
+                    http, ManualClock(T0))  # fmt: skip
+    with pytest.raises(NotifyError) as first:
+        await bot.send(notice())
+    assert first.value.rate_limited
+    with pytest.raises(NotifyError) as second:
+        await bot.send(notice())
+    assert (second.value.rate_limited, second.value.retry_after_s) == (True, 3.0)
+
+
+# --- Aliyun --------------------------------------------------------------------------------
+
+
+def aliyun_check(secret: str, answer: dict[str, object]):  # type: ignore[no-untyped-def]
+    """Recomputes the RPC signature as Aliyun's documentation describes it."""
+
+    def encode(value: str) -> str:
+        return quote(value, safe="").replace("+", "%20").replace("*", "%2A").replace("%7E", "~")
+
+    def handle(request: Request) -> Response:
+        params = dict(parse_qsl(request.get_data(as_text=True), keep_blank_values=True))
+        signature = params.pop("Signature")
+        canonical = "&".join(f"{encode(k)}={encode(v)}" for k, v in sorted(params.items()))
+        to_sign = "POST&%2F&" + encode(canonical)
+        expected = base64.b64encode(
+            hmac.new(f"{secret}&".encode(), to_sign.encode(), hashlib.sha1).digest()
+        ).decode()
+        if signature != expected:
+            return json_response({"Code": "SignatureDoesNotMatch", "Message": "bad"}, 400)
+        return json_response(answer)
+
+    return handle
+
+
+async def test_aliyun_sms_sends_the_template_with_a_signed_request(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_oneshot_request("/", method="POST").respond_with_handler(
+        aliyun_check("ak-secret", {"Code": "OK", "Message": "OK", "BizId": "9", "RequestId": "r"})
+    )
+    sms = AliyunSms(
+        "sms",
+        AliyunSmsChannel(type="aliyun_sms", access_key_id="LTAIid", access_key_secret="ak-secret",
+                         sign_name="湖光苑社区", template_code="SMS_1",
+                         params=("title", "place", "time"), url=httpserver.url_for("/")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    await sms.send(notice())
+    ((request, _),) = httpserver.log
+    params = dict(parse_qsl(request.get_data(as_text=True)))
+    assert params["Action"] == "SendSms"
+    assert params["Version"] == "2017-05-25"
+    assert params["PhoneNumbers"] == "13800000001"
+    assert params["SignName"] == "湖光苑社区"
+    assert params["TemplateCode"] == "SMS_1"
+    assert json.loads(params["TemplateParam"]) == {
+        "title": "跌倒 Fall", "place": "hgy 东区 湖光小区 3号楼", "time": "2026-01-01 08:00"
+    }  # fmt: skip
+    assert params["OutId"] == "a1/0.0/wang-fang/firing"
+    assert params["Timestamp"] == "2026-01-01T00:00:00Z"
+    assert params["SignatureMethod"] == "HMAC-SHA1"
+    assert params["AccessKeyId"] == "LTAIid"
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable", "rate_limited"),
+    [
+        ("isv.BUSINESS_LIMIT_CONTROL", True, True),
+        ("isp.SYSTEM_ERROR", True, False),
+        ("isv.MOBILE_NUMBER_ILLEGAL", False, False),
+    ],
+)
+async def test_aliyun_voice_calls_and_its_errors(
+    httpserver: HTTPServer, http: httpx.AsyncClient, code: str, retryable: bool, rate_limited: bool
+) -> None:
+    httpserver.expect_oneshot_request("/", method="POST").respond_with_handler(
+        aliyun_check("s", {"Code": "OK", "CallId": "c1", "RequestId": "r"})
+    )
+    httpserver.expect_oneshot_request("/", method="POST").respond_with_handler(
+        aliyun_check("s", {"Code": code, "Message": "refused", "RequestId": "r"})
+    )
+    voice = AliyunVoice(
+        "voice",
+        AliyunVoiceChannel(type="aliyun_voice", access_key_id="id", access_key_secret="s",
+                           tts_code="TTS_1", called_show_number="057100000000",
+                           url=httpserver.url_for("/")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    await voice.send(notice())
+    params = dict(parse_qsl(httpserver.log[0][0].get_data(as_text=True)))
+    assert (params["Action"], params["CalledNumber"], params["TtsCode"]) == (
+        "SingleCallByTts", "13800000001", "TTS_1",
+    )  # fmt: skip
+    assert params["CalledShowNumber"] == "057100000000"
+    with pytest.raises(NotifyError, match=code) as error:
+        await voice.send(notice())
+    assert (error.value.retryable, error.value.rate_limited) == (retryable, rate_limited)
+    # One call a minute to a number, as Aliyun allows.
+    assert voice.limiter.wait_s("13800000001", T0 / 1000) == 0
+    voice.limiter.note("13800000001", T0 / 1000)
+    assert voice.limiter.wait_s("13800000001", T0 / 1000 + 30) == 30
+    assert voice.limiter.wait_s("13900000002", T0 / 1000 + 30) == 0
+
+
+# --- Tencent Cloud -------------------------------------------------------------------------
+
+
+def tencent_check(secret_id: str, secret_key: str, service: str, answer: dict[str, object]):  # type: ignore[no-untyped-def]
+    """Recomputes TC3-HMAC-SHA256 from what arrived, as Tencent's documentation describes."""
+
+    def handle(request: Request) -> Response:
+        timestamp = int(request.headers["X-TC-Timestamp"])
+        date = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+        payload = request.get_data()
+        canonical = (
+            f"POST\n/\n\ncontent-type:{request.headers['Content-Type']}\n"
+            f"host:{request.headers['Host']}\n\ncontent-type;host\n"
+            + hashlib.sha256(payload).hexdigest()
+        )
+        scope = f"{date}/{service}/tc3_request"
+        to_sign = (
+            f"TC3-HMAC-SHA256\n{timestamp}\n{scope}\n"
+            + hashlib.sha256(canonical.encode()).hexdigest()
+        )
+        key = ("TC3" + secret_key).encode()
+        for part in (date, service, "tc3_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        expected = (
+            f"TC3-HMAC-SHA256 Credential={secret_id}/{scope}, "
+            f"SignedHeaders=content-type;host, Signature={signature}"
+        )
+        if request.headers["Authorization"] != expected:
+            return json_response(
+                {
+                    "Response": {
+                        "Error": {"Code": "AuthFailure.SignatureFailure", "Message": "bad"},
+                        "RequestId": "r",
+                    }
+                }
+            )
+        return json_response(answer)
+
+    return handle
+
+
+async def test_tencent_sms_signs_tc3_and_reads_the_per_number_status(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    ok = {
+        "Response": {
+            "SendStatusSet": [
+                {"Code": "Ok", "Message": "send success", "PhoneNumber": "+8613800000001"}
+            ],
+            "RequestId": "r",
+        }
+    }
+    limited = {
+        "Response": {
+            "SendStatusSet": [
+                {"Code": "LimitExceeded.PhoneNumberThirtySecondLimit", "Message": "30s"}
+            ],
+            "RequestId": "r",
+        }
+    }
+    for answer in (ok, limited):
+        httpserver.expect_oneshot_request("/", method="POST").respond_with_handler(
+            tencent_check("AKIDx", "tkey", "sms", answer)
+        )
+    sms = TencentSms(
+        "tsms",
+        TencentSmsChannel(type="tencent_sms", secret_id="AKIDx", secret_key="tkey",
+                          sdk_app_id="1400000000", sign_name="湖光苑", template_id="100",
+                          params=("title", "place"), url=httpserver.url_for("/")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    await sms.send(notice())
+    request = httpserver.log[0][0]
+    assert request.headers["X-TC-Action"] == "SendSms"
+    assert request.headers["X-TC-Version"] == "2021-01-11"
+    assert request.headers["X-TC-Timestamp"] == str(T0 // 1000)
+    assert request.get_json() == {
+        "PhoneNumberSet": ["+8613800000001"],
+        "SmsSdkAppId": "1400000000",
+        "SignName": "湖光苑",
+        "TemplateId": "100",
+        "TemplateParamSet": ["跌倒 Fall", "hgy 东区 湖光小区 3号楼"],
+        "SessionContext": "a1/0.0/wang-fang/firing",
+    }
+    with pytest.raises(NotifyError, match="PhoneNumberThirtySecondLimit") as error:
+        await sms.send(notice())
+    assert error.value.rate_limited
+
+
+async def test_tencent_voice_and_a_wrong_key(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_request("/", method="POST").respond_with_handler(
+        tencent_check(
+            "AKIDx", "tkey", "vms", {"Response": {"SendStatus": {"CallId": "c"}, "RequestId": "r"}}
+        )
+    )
+
+    def voice(key: str) -> TencentVoice:
+        return TencentVoice(
+            "tvoice",
+            TencentVoiceChannel(type="tencent_voice", secret_id="AKIDx", secret_key=key,
+                                voice_sdk_app_id="1400000001", template_id="200",
+                                url=httpserver.url_for("/")),
+            http,
+            ManualClock(T0),
+        )  # fmt: skip
+
+    await voice("tkey").send(notice())
+    body = httpserver.log[0][0].get_json()
+    assert (body["CalledNumber"], body["VoiceSdkAppid"], body["TemplateId"]) == (
+        "+8613800000001", "1400000001", "200",
+    )  # fmt: skip
+    assert httpserver.log[0][0].headers["X-TC-Action"] == "SendTtsVoice"
+    with pytest.raises(NotifyError, match="AuthFailure") as error:
+        await voice("wrong").send(notice())
+    assert not error.value.retryable
+
+
+# --- webhook, MQTT, console ----------------------------------------------------------------
+
+
+async def test_webhook_posts_json_with_an_idempotency_key(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_oneshot_request(
+        "/hook",
+        method="POST",
+        headers={"Authorization": "Bearer t0k", "Idempotency-Key": "a1/0.0/wang-fang/firing"},
+    ).respond_with_data("", status=204)
+    hook = Webhook("hook", WebhookChannel(type="webhook", url=httpserver.url_for("/hook"),
+                                          headers={"Authorization": "Bearer t0k"}), http)  # fmt: skip
+    await hook.send(notice())
+    httpserver.check_assertions()
+    body = httpserver.log[0][0].get_json()
+    assert body["alert_id"] == "a1"
+    assert body["rule"] == "fall"
+    assert body["severity"] == "critical"
+    assert body["state"] == "firing"
+    assert body["device"] == {
+        "community": "hgy",
+        "device_type": "bracelet",
+        "device_id": "br-1",
+        "port": None,
+    }
+    assert body["place"] == "hgy 东区 湖光小区 3号楼"
+    assert body["started_ms"] == T0
+    assert body["ack_url"] == "https://gw.example.cn/a/token"
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(503, True), (400, False)])
+async def test_webhook_errors(
+    httpserver: HTTPServer, http: httpx.AsyncClient, status: int, retryable: bool
+) -> None:
+    httpserver.expect_request("/hook").respond_with_data("no", status=status)
+    hook = Webhook("hook", WebhookChannel(type="webhook", url=httpserver.url_for("/hook")), http)
+    with pytest.raises(NotifyError) as error:
+        await hook.send(notice())
+    assert error.value.retryable is retryable
+
+
+async def test_an_unreachable_provider_is_worth_retrying(http: httpx.AsyncClient) -> None:
+    hook = Webhook(
+        "hook", WebhookChannel(type="webhook", url="http://127.0.0.1:9/x", timeout_s=2), http
+    )
+    with pytest.raises(NotifyError, match="unreachable") as error:
+        await hook.send(notice())
+    assert error.value.retryable
+
+
+async def test_mqtt_publishes_the_document_to_the_receivers_topic() -> None:
+    published: list[tuple[str, bytes]] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        published.append((topic, payload))
+
+    await MqttPublisher("app", MqttChannel(type="mqtt"), publish).send(notice())
+    ((topic, payload),) = published
+    assert topic == "notify/hgy/wang-fang"
+    assert json.loads(payload)["ack_url"] == "https://gw.example.cn/a/token"
+    with pytest.raises(NotifyError, match="no MQTT broker"):
+        await MqttPublisher("app", MqttChannel(type="mqtt"), None).send(notice())
+
+
+async def test_console_logs_the_text(caplog: pytest.LogCaptureFixture) -> None:
+    await Console("console").send(notice())
+    assert "notify wang-fang: 【紧急告警】跌倒 Fall | 地点" in caplog.text

@@ -1,0 +1,365 @@
+"""The notification stage with an injected clock: routing, escalation, fallback, limits,
+digests, quiet hours, silences and idempotency across a restart."""
+
+from collections import deque
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from gateway import PROJECT_ROOT
+from gateway.clock import ManualClock
+from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel, Limit
+from gateway.notify.desk import AlertDesk
+from gateway.notify.link import LinkSigner
+from gateway.notify.log import AttemptResult, NotificationLog
+from gateway.notify.notice import Notice
+from gateway.notify.notifier import Notifier
+from gateway.notify.policy import NotifyPolicy
+from gateway.notify.router import Router
+from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.book import AlertBook
+from gateway.rules.engine import RuleEngine
+from gateway.rules.rule import load_rules
+from gateway.rules.silence import SilenceBook
+from gateway.rules.stage import AlertStage
+from gateway.stats import Stats
+from gateway.store.outbox import Outbox
+
+# 2026-01-01 08:00 in Shanghai.
+T0 = 1_767_225_600_000
+ZONE = ZoneInfo("Asia/Shanghai")
+WRIST = DeviceRef("hgy", "bracelet", "br-1")
+SMOKE = DeviceRef("hgy", "smoke_detector", "sd-1")
+REGISTRY = Registry(
+    [
+        RegisteredDevice(
+            device_id="br-1", device_type="bracelet", community="hgy", area="east",
+            building="3", lat=34.75, lon=113.62, wearer_name="张三明",
+            emergency_contacts="张小明:13900000009",
+        ),
+        RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community="hgy",
+                         area="east", building="3"),
+    ]
+)  # fmt: skip
+POLICY = NotifyPolicy.model_validate(
+    {
+        "channels": {
+            "wecom": {"type": "console"},
+            "sms": {"type": "console"},
+            "voice": {"type": "console"},
+            "office-robot": {"type": "console"},
+        },
+        "receivers": [
+            {"name": "wang-fang", "display_name": "王芳", "phone": "13800000001",
+             "channels": ["wecom", "sms"], "quiet_hours": "22:00-07:00"},
+            {"name": "li-na", "phone": "13800000002", "channels": ["wecom", "sms"]},
+            {"name": "office", "channels": ["office-robot"]},
+            {"name": "property", "channels": ["office-robot"]},
+            {"name": "secretary", "phone": "13800000003", "channels": ["sms"]},
+        ],
+        "rosters": [
+            {"cell": {"community": "hgy", "area": "east"},
+             "shifts": [{"receiver": "wang-fang", "hours": "08:00-20:00"},
+                        {"receiver": "li-na", "hours": "20:00-08:00"}]},
+        ],
+        "routes": [
+            {"match": {"severities": ["critical"]}, "escalation": "critical"},
+            {"escalation": "normal"},
+        ],
+        "escalations": {
+            "critical": [
+                {"after_s": 0, "to": ["on_duty", "emergency_contacts"]},
+                {"after_s": 180, "to": ["office", "property"]},
+                {"after_s": 180, "to": ["on_duty"], "channels": ["voice"]},
+                {"after_s": 600, "to": ["secretary"]},
+            ],
+            "normal": [{"after_s": 0, "to": ["on_duty"]}],
+        },
+        "emergency_contact_channels": ["sms"],
+        "delivery": {"max_tries": 3, "backoff_initial_s": 2, "backoff_max_s": 10},
+    }
+)  # fmt: skip
+
+
+class FakeChannel(Channel):
+    kind = "fake"
+
+    def __init__(self, name: str, *, needs_phone: bool = False, digests: bool = True,
+                 limits: tuple[Limit, ...] = ()) -> None:  # fmt: skip
+        super().__init__(name, limits)
+        self.needs_phone = needs_phone
+        self.digests = digests
+        self.sent: list[Notice] = []
+        self.errors: deque[NotifyError] = deque()
+
+    async def send(self, notice: Notice) -> None:
+        if self.errors:
+            raise self.errors.popleft()
+        self.sent.append(notice)
+
+
+class Rig:
+    """A gateway's rules, alert book, desk and notifier on one outbox file, as app.py
+    wires them; `restart()` makes them again from the same files."""
+
+    def __init__(self, path: Path, clock: ManualClock | None = None,
+                 limits: tuple[Limit, ...] = ()) -> None:  # fmt: skip
+        self.path = path
+        self.clock = clock or ManualClock(T0)
+        self.limits = limits
+        self.start()
+
+    def start(self) -> None:
+        self.outbox = Outbox(self.path)
+        self.book = AlertBook(self.path)
+        self.stats = Stats()
+        self.stage = AlertStage(
+            RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), REGISTRY),
+            self.book, SilenceBook(self.path, REGISTRY), self.clock,
+        )  # fmt: skip
+        self.channels = {
+            "wecom": FakeChannel("wecom", limits=self.limits),
+            "sms": FakeChannel("sms", needs_phone=True),
+            "voice": FakeChannel("voice", needs_phone=True, digests=False),
+            "office-robot": FakeChannel("office-robot"),
+        }
+        self.log = NotificationLog(self.path)
+        self.notifier = Notifier(
+            POLICY, dict(self.channels), Router(POLICY, REGISTRY, ZONE), self.book, self.log,
+            LinkSigner("secret", "https://gw.example.cn", 3600), self.commit, self.clock,
+            self.stats, ZONE,
+        )  # fmt: skip
+        self.desk = AlertDesk(self.book, REGISTRY, self.commit, self.clock)
+        self.desk.listeners.append(self.notifier.on_desk_step)
+
+    def restart(self) -> None:
+        self.outbox.close()
+        self.book.close()
+        self.log.close()
+        self.start()
+
+    async def commit(self, lines, write) -> None:  # type: ignore[no-untyped-def]
+        self.outbox.commit(lines, [], [], write)
+
+    def feed(self, *records: Reading | Event, announce: bool = True) -> None:
+        decision = self.stage.evaluate(list(records))
+        self.outbox.commit(decision.lines, [], [], decision.write)
+        if announce:
+            self.notifier.on_alerts(decision.changes)
+
+    async def after(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        await self.notifier.process()
+
+    def sent(self) -> list[tuple[str, str, str]]:
+        """(channel, receiver, kind) of everything sent, in order per channel."""
+        return [(name, n.receiver, n.kind) for name, c in self.channels.items() for n in c.sent]  # type: ignore[attr-defined]
+
+    def lines(self, measurement: str) -> list[str]:
+        return [line for _, line in self.outbox.peek(1000) if line.startswith(measurement + ",")]
+
+
+def fall(at_s: float = 0) -> Event:
+    return Event(WRIST, T0 + int(at_s * 1000), TimeSource.DEVICE, "fall", {"confidence": 0.9})
+
+
+def reading(device: DeviceRef, at_s: float, **fields: FieldValue) -> Reading:
+    return Reading(device, T0 + int(at_s * 1000), TimeSource.DEVICE, fields)
+
+
+async def test_a_critical_alert_escalates_step_by_step_until_acknowledged(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    # 08:00: the day shift of the east area, and the wearer's emergency contact.
+    assert rig.sent() == [
+        ("wecom", "wang-fang", "firing"),
+        ("sms", "contact:13900000009", "firing"),
+    ]
+    notice = rig.channels["wecom"].sent[0]  # type: ignore[attr-defined]
+    assert notice.link.startswith("https://gw.example.cn/a/")
+    assert notice.place == "hgy east 3"
+    assert "position=113.62,34.75" in notice.map_url
+    await rig.after(179)
+    assert len(rig.sent()) == 2
+    await rig.after(1)
+    # Not acknowledged in 3 minutes: the office and the property company, and a call.
+    assert rig.sent()[2:] == [
+        ("voice", "wang-fang", "firing"),
+        ("office-robot", "office", "firing"),
+        ("office-robot", "property", "firing"),
+    ]
+    assert rig.stats.escalations == 2
+    assert len(rig.lines("escalation")) == 2
+    alert_id = notice.alert_id
+    await rig.desk.acknowledge(alert_id, "wang-fang")
+    await rig.after(600)
+    # Acknowledged: the secretary is never called.
+    assert len(rig.sent()) == 5
+    assert rig.stats.escalations == 2
+    results = [(a.receiver, a.channel, a.result) for a in rig.log.attempts(alert_id)]
+    assert ("wang-fang", "wecom", AttemptResult.SENT) in results
+    assert len(rig.lines("notification")) == 5
+
+
+async def test_without_acknowledgement_the_chain_runs_to_its_end(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    for step_s in (0, 180, 420):
+        await rig.after(step_s)
+    assert ("sms", "secretary", "firing") in rig.sent()
+    assert len(rig.sent()) == 6
+    assert rig.stats.escalations == 3
+
+
+async def test_a_failing_channel_falls_back_to_the_next(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    wecom = rig.channels["wecom"]
+    wecom.errors.append(NotifyError("WeCom refused: 93000 invalid webhook", retryable=False))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    await rig.after(0)
+    await rig.after(0)
+    assert ("sms", "wang-fang", "firing") in rig.sent()
+    alert_id = rig.channels["sms"].sent[0].alert_id  # type: ignore[attr-defined]
+    mine = [(a.channel, a.result) for a in rig.log.attempts(alert_id) if a.receiver == "wang-fang"]
+    assert mine == [("wecom", AttemptResult.FAILED), ("sms", AttemptResult.SENT)]
+
+
+async def test_a_retryable_error_is_tried_again_after_a_backoff(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(reading(SMOKE, 0, battery_pct=10))  # low battery: info, not critical
+    await rig.after(0)
+    assert rig.sent() == []
+    await rig.after(10)  # the backoff is at most 2 s for a first retry
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    alert_id = rig.channels["wecom"].sent[0].alert_id  # type: ignore[attr-defined]
+    assert [a.result for a in rig.log.attempts(alert_id)] == [
+        AttemptResult.RETRY,
+        AttemptResult.SENT,
+    ]
+
+
+async def test_over_the_limit_critical_moves_on_and_the_rest_wait_for_one_digest(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3", limits=(Limit(1, 60.0),))
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    # Two more info alerts within the minute: held for a digest, not sent one by one.
+    rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
+    rig.feed(Event(SMOKE, T0 + 2000, TimeSource.DEVICE, "tamper", {}))
+    await rig.after(2)
+    assert len(rig.sent()) == 1
+    # A fall now: critical is never held behind the limit; SMS takes it at once.
+    rig.feed(fall(3))
+    await rig.after(1)
+    assert ("sms", "wang-fang", "firing") in rig.sent()
+    assert rig.sent()[0] == ("wecom", "wang-fang", "firing")
+    await rig.after(60)
+    digests = [n for n in rig.channels["wecom"].sent if n.kind == "digest"]  # type: ignore[attr-defined]
+    assert len(digests) == 1
+    assert digests[0].title == "2 条告警"
+    assert len(digests[0].lines) == 2
+    await rig.after(60)
+    assert len([n for n in rig.channels["wecom"].sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
+
+
+async def test_quiet_hours_hold_non_critical_notices_but_never_critical_ones(
+    tmp_path: Path,
+) -> None:
+    # 23:00 in Shanghai, inside wang-fang's quiet hours; li-na has the night shift.
+    late = ManualClock(T0 + 15 * 3600 * 1000)
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=late)
+    router = rig.notifier.router
+    assert [r.name for r in router.on_duty(REGISTRY.get("hgy", "br-1"), "hgy", late.now_ms())] == [
+        "li-na"
+    ]
+    # Put wang-fang on duty around the clock, so that her quiet hours apply.
+    policy = POLICY.model_copy(
+        update={"rosters": (POLICY.rosters[0].model_copy(update={"shifts": (
+            POLICY.rosters[0].shifts[0].model_copy(update={"hours": "00:00-00:00"}),)}),)}
+    )  # fmt: skip
+    rig.notifier.policy = policy
+    rig.notifier.router = Router(policy, REGISTRY, ZONE)
+    rig.feed(Reading(SMOKE, late.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    rig.feed(Event(WRIST, late.now_ms(), TimeSource.DEVICE, "sos", {}))
+    await rig.after(0)
+    assert ("wecom", "wang-fang", "firing") in rig.sent()
+    assert [n.rule for n in rig.channels["wecom"].sent] == ["sos"]  # type: ignore[attr-defined]
+    # 07:00 the next morning, the low battery notice goes out.
+    await rig.after(8 * 3600 - 1)
+    assert [n.rule for n in rig.channels["wecom"].sent] == ["sos"]  # type: ignore[attr-defined]
+    await rig.after(1)
+    assert [n.rule for n in rig.channels["wecom"].sent] == ["sos", "smoke_low_battery"]  # type: ignore[attr-defined]
+
+
+async def test_neither_a_redelivery_nor_a_restart_sends_twice(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    assert len(rig.sent()) == 2
+    # The same fall again (a redelivered event makes no new alert) and a restart.
+    rig.feed(fall())
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == []
+    # The escalation carries on after the restart, once.
+    await rig.after(180)
+    assert [s[1] for s in rig.sent()] == ["wang-fang", "office", "property"]
+
+
+async def test_an_alert_committed_just_before_a_crash_is_notified_after_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall(), announce=False)  # committed; the process died before telling anyone
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == [
+        ("wecom", "wang-fang", "firing"),
+        ("sms", "contact:13900000009", "firing"),
+    ]
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == []
+
+
+async def test_a_silenced_alert_notifies_nobody_but_is_recorded(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.stage.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+                           ends_ms=T0 + 3600_000, community="hgy", rule="smoke_low_battery")  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert rig.sent() == []
+    (alert,) = rig.book.open_alerts()
+    assert [a.result for a in rig.log.attempts(alert.alert_id)] == [AttemptResult.SILENCED]
+
+
+async def test_those_told_hear_when_the_condition_clears(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    rig.feed(reading(SMOKE, 3600, battery_pct=100))
+    await rig.after(3600)
+    assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
+    resolved = rig.channels["wecom"].sent[1]  # type: ignore[attr-defined]
+    assert resolved.text().startswith("【提示已恢复】")
+    assert resolved.link is None
+
+
+async def test_undeliverable_is_recorded_when_every_channel_fails(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    for name in ("wecom", "sms"):
+        rig.channels[name].errors.append(NotifyError(f"{name} down", retryable=False))  # type: ignore[attr-defined]
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    for _ in range(3):
+        await rig.after(0)
+    (alert,) = rig.book.open_alerts()
+    assert [a.result for a in rig.log.attempts(alert.alert_id)] == [
+        AttemptResult.FAILED, AttemptResult.FAILED, AttemptResult.UNDELIVERED,
+    ]  # fmt: skip
+    assert rig.stats.notifications[("-", "undelivered")] == 1
