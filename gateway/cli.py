@@ -86,6 +86,14 @@ def _check(path: Path) -> int:
     print(f"  device profiles: {len(profiles)} ({', '.join(sorted(profiles.by_name))})")
     print(f"  registered devices: {len(registry)}")
     print(f"  alert rules: {len(rules)}")
+    if config.notify is not None:
+        policy = config.notify
+        print(
+            f"  notifications: {len(policy.channels)} channels, {len(policy.receivers)} receivers,"
+            f" {len(policy.rosters)} rosters, {len(policy.routes)} routes"
+        )
+    else:
+        print("  notifications: none (alerts are logged only)")
     print(f"  outbox: {config.outbox.path}")
     print(f"  time-series database: {config.influx.url if config.influx else 'none (outbox only)'}")
     return 0

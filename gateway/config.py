@@ -141,6 +141,24 @@ def load_config(path: Path) -> GatewayConfig:
     `${NAME}` in a value is replaced by the environment variable NAME, so that
     secrets need not be written into the file.
     """
+    raw = _read_mapping(path)
+    policy_file = raw.get("notify")
+    if isinstance(policy_file, str):
+        # The notification policy may live in a file of its own (rosters change often).
+        policy_path = path.parent / policy_file
+        raw["notify"] = _read_mapping(policy_path)
+        try:
+            NotifyPolicy.model_validate(raw["notify"])
+        except ValidationError as exc:
+            raise config_error(str(policy_path), exc) from exc
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error(str(path), exc) from exc
+    return _resolve_paths(config, path.parent)
+
+
+def _read_mapping(path: Path) -> dict[str, object]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -151,17 +169,18 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "", "expected a mapping at the top level")
-    try:
-        config = GatewayConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise config_error(str(path), exc) from exc
-    return _resolve_paths(config, path.parent)
+    return raw
 
 
 def config_error(file: str, exc: ValidationError) -> ConfigError:
     """The first problem of a pydantic error, as a ConfigError naming the field."""
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "value_error" and ": " in str(first["ctx"].get("error", "")):
+        # A check across fields names the field itself: "routes[0].escalation: ...".
+        inner, _, problem = str(first["ctx"]["error"]).partition(": ")
+        field = ".".join(part for part in (field, inner) if part)
+        first = {**first, "msg": problem}
     problems = "; ".join(
         f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[1:]
     )

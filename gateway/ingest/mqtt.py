@@ -118,6 +118,7 @@ class MqttSubscriber:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        close_sockets(self._client)
 
     async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
         """Wait briefly for messages, then up to `linger_s` more so that commits come in batches."""
@@ -235,3 +236,10 @@ class MqttSubscriber:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def close_sockets(client: paho.Client) -> None:
+    """Close the socket pair paho keeps for waking its loop, which it leaves to the
+    garbage collector; collected in a cycle, its sockets may be finalised before paho
+    closes them, an unclosed-socket warning."""
+    client._reset_sockets()

@@ -229,9 +229,12 @@ class Notifier:
             self._announce_resolved(entry, now_ms)
 
     def _plan(self, entry: AlertEntry) -> None:
-        fired_ms = entry.fired_ms if entry.fired_ms is not None else entry.started_ms
+        # Delays count from now, not from the device's time of the event: an alarm that
+        # reaches the gateway late (a backlog after an outage) still gives a person the
+        # chain's time to take it before the next step.
+        now_ms = self._clock.now_ms()
         steps = [
-            PlannedStep(entry.alert_id, route_index, number, fired_ms + round(step.after_s * 1000))
+            PlannedStep(entry.alert_id, route_index, number, now_ms + round(step.after_s * 1000))
             for route_index, route in self.router.routes(entry)
             for number, step in enumerate(self.policy.escalations[route.escalation])
         ]

@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from gateway.ingest.mqtt import close_sockets
 from tests.integration.services import MosquittoService
 
 
@@ -102,3 +103,4 @@ class Publisher:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        close_sockets(self._client)

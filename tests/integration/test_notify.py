@@ -1,0 +1,151 @@
+"""The closed loop: a simulated fall through real Mosquitto reaches a grid worker by
+webhook and by MQTT, and is acknowledged, reached and closed through its link; the
+handling times land in InfluxDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pytest_httpserver import HTTPServer
+
+from gateway.config import GatewayConfig
+from gateway.ingest.mqtt import close_sockets
+from gateway.rules.alert import AlertState
+from simulators.fleet import Fleet
+from simulators.scenario import Scenario, ScenarioKind
+from tests.integration.harness import Publisher, gateway_config, running, wait_until
+from tests.integration.services import InfluxService, MosquittoService
+
+
+def notify_policy(namespace: str, webhook_url: str) -> dict[str, object]:
+    return {
+        "channels": {
+            "worker-app": {"type": "webhook", "url": webhook_url,
+                           "headers": {"Authorization": "Bearer app-token"}},
+            "app-topic": {"type": "mqtt"},
+        },
+        "receivers": [
+            {"name": "wang-fang", "display_name": "王芳", "phone": "13800000001",
+             "channels": ["worker-app"]},
+            {"name": "duty-phone", "channels": ["app-topic"]},
+        ],
+        "rosters": [{"cell": {"community": namespace},
+                     "shifts": [{"receiver": "wang-fang"}]}],
+        "routes": [{"match": {"severities": ["critical"]}, "escalation": "critical"}],
+        "escalations": {"critical": [{"after_s": 0, "to": ["on_duty", "duty-phone"]},
+                                     {"after_s": 180, "to": ["duty-phone"]}]},
+    }  # fmt: skip
+
+
+async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
+    tmp_path: Path,
+    mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+    httpserver: HTTPServer,
+) -> None:
+    fleet = Fleet.build(seed=5, devices=8, communities=1, community_names=[namespace])
+    registry_file = tmp_path / "devices.csv"
+    registry_file.write_text(fleet.registry_csv(), encoding="utf-8")
+    start_ms = time.time_ns() // 1_000_000 - 600_000
+    messages = [
+        (m.topic, m.payload)
+        for m in fleet.messages(
+            start_ms=start_ms, duration_s=300, scenarios=[Scenario(ScenarioKind.FALL, 60.0)]
+        )
+    ]
+    httpserver.expect_request("/notify", method="POST").respond_with_data("", status=204)
+    base = gateway_config(tmp_path, mosquitto, namespace, registry_file=registry_file,
+                          influx={"url": influxdb.url, "database": influx_db})  # fmt: skip
+    config = GatewayConfig.model_validate(
+        {
+            **base.model_dump(exclude_none=True),
+            "api": {"public_url": "https://gw.example.cn"},
+            "notify": notify_policy(namespace, httpserver.url_for("/notify")),
+        }
+    )
+    app_messages: list[dict[str, object]] = []
+    app = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    app.on_message = lambda client, userdata, message: app_messages.append(
+        json.loads(message.payload)
+    )
+    app.connect(mosquitto.host, mosquitto.port)
+    app.subscribe(f"notify/{namespace}/+", qos=1)
+    app.loop_start()
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway:
+            publisher.publish_all(messages)  # type: ignore[arg-type]
+
+            def falls() -> list[dict[str, object]]:
+                bodies = [json.loads(r.get_data()) for r, _ in httpserver.log]
+                return [b for b in bodies if b["rule"] == "fall"]
+
+            await wait_until(lambda: len(falls()) == 1, what="the fall notification")
+            (request, _) = next(
+                (r, s) for r, s in httpserver.log if json.loads(r.get_data())["rule"] == "fall"
+            )
+            assert request.headers["Authorization"] == "Bearer app-token"
+            document = falls()[0]
+            assert request.headers["Idempotency-Key"] == document["key"]
+            assert document["severity"] == "critical"
+            assert document["receiver"] == "wang-fang"
+            device = document["device"]
+            assert isinstance(device, dict) and device["device_type"] == "bracelet"
+            ack_url = str(document["ack_url"])
+            assert ack_url.startswith("https://gw.example.cn/a/")
+            await wait_until(
+                lambda: any(m["rule"] == "fall" for m in app_messages), what="the app's copy"
+            )
+
+            link = gateway.links.verify(ack_url.rsplit("/", 1)[1], gateway.clock.now_ms())
+            assert link.receiver == "wang-fang"
+            await gateway.desk.acknowledge(link.alert_id, link.receiver)
+            await gateway.desk.arrive(link.alert_id, link.receiver)
+            closed = await gateway.desk.close(link.alert_id, link.receiver, "已扶起，无外伤")
+            assert (closed.state, closed.closed_by) == (AlertState.CLOSED, "wang-fang")
+            # Acknowledged: the escalation waiting for its 180 s is stopped.
+            assert not gateway.notifications.due_steps(gateway.clock.now_ms() + 200_000)
+
+            def handling() -> dict[str, object]:
+                rows = influxdb.query(
+                    influx_db,
+                    "SELECT max(acknowledge_s) AS ack, max(arrive_s) AS arrive,"
+                    " max(close_s) AS close FROM alert_handling"
+                    f" WHERE alert_id = '{link.alert_id}' AND rule = 'fall'",
+                )
+                return rows[0] if rows else {}
+
+            await wait_until(
+                lambda: handling().get("close") is not None, what="handling times in InfluxDB"
+            )
+            times = handling()
+            assert times["close"] >= times["arrive"] >= times["ack"] > 0  # type: ignore[operator]
+
+            def sent_by() -> set[str]:
+                rows = influxdb.query(
+                    influx_db,
+                    "SELECT count(\"count\") FROM notification WHERE result = 'sent'"
+                    f" AND alert_id = '{link.alert_id}' GROUP BY channel",
+                )
+                return {str(row["channel"]) for row in rows}
+
+            await wait_until(
+                lambda: sent_by() == {"worker-app", "app-topic"}, what="notifications in InfluxDB"
+            )
+        # A restart sends nothing again.
+        before = len(httpserver.log)
+        async with running(config):
+            await asyncio.sleep(1.0)
+        assert len(httpserver.log) == before
+    finally:
+        publisher.close()
+        app.disconnect()
+        app.loop_stop()
+        close_sockets(app)

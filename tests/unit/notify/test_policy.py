@@ -1,0 +1,113 @@
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gateway import PROJECT_ROOT
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.notify.router import Router
+from gateway.registry import load_registry
+from gateway.rules.alert import AlertState
+from gateway.rules.book import AlertEntry
+
+DEPLOY = PROJECT_ROOT / "deploy"
+# Wednesday 2026-01-07, 09:00 and 21:00 in Shanghai.
+WED_0900 = 1_767_747_600_000
+WED_2100 = WED_0900 + 12 * 3600 * 1000
+
+
+def config_with(tmp_path: Path, notify: str) -> Path:
+    (tmp_path / "notify.yaml").write_text(notify, encoding="utf-8")
+    path = tmp_path / "gateway.yaml"
+    path.write_text("mqtt: null\nnotify: notify.yaml\n", encoding="utf-8")
+    return path
+
+
+def entry(device_id: str, severity: str = "critical") -> AlertEntry:
+    return AlertEntry(
+        alert_id="a", rule="fall", title="Fall", severity=severity, life_safety=True,
+        community="huguangyuan", device_type="bracelet", device_id=device_id, port=None,
+        state=AlertState.FIRING, started_ms=0, updated_ms=0, fired_ms=0, acknowledged_by=None,
+        acknowledged_ms=None, arrived_by=None, arrived_ms=None, assigned_to=None,
+        resolved_ms=None, closed_by=None, closed_ms=None, note=None,
+    )  # fmt: skip
+
+
+def test_the_example_policy_routes_by_severity_and_duty_roster(tmp_path: Path) -> None:
+    path = config_with(tmp_path, (DEPLOY / "notify.example.yaml").read_text(encoding="utf-8"))
+    config = load_config(path)
+    assert config.notify is not None
+    registry = load_registry(DEPLOY / "devices.example.csv")
+    router = Router(config.notify, registry, ZoneInfo("Asia/Shanghai"))
+    fall = entry("br-hgy-0001")
+    assert [r.escalation for _, r in router.routes(fall)] == ["critical", "platform"]
+    assert [r.escalation for _, r in router.routes(entry("br-hgy-0001", "info"))] == ["routine"]
+    first = config.notify.escalations["critical"][0]
+    # 东区 by day: its own grid worker; the wearer's family by SMS, then a call.
+    targets = router.targets(first, fall, WED_0900)
+    assert [t.receiver for t in targets] == [
+        "wang-fang", "contact:13987654321", "contact:037112345678",
+    ]  # fmt: skip
+    assert targets[1].channels == ("sms", "voice")
+    # At night the community's night duty.
+    assert router.targets(first, fall, WED_2100)[0].receiver == "zhao-min"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ("- {after_s: 0, to: [on_duty, emergency_contacts]}",
+         "escalations.critical[0].to", None),
+        ("channels: [worker-app, grid-wecom, sms, backup-sms, voice], quiet",
+         "receivers[0].channels", None),
+    ],
+)  # fmt: skip
+def test_a_wrong_name_is_found_with_its_file_and_field(
+    tmp_path: Path, change: str, field: str, problem: str | None
+) -> None:
+    text = (DEPLOY / "notify.example.yaml").read_text(encoding="utf-8")
+    broken = change.replace("on_duty,", "on_dutty,").replace("grid-wecom,", "grid-wechat,")
+    assert change in text
+    path = config_with(tmp_path, text.replace(change, broken, 1))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert error.value.file == str(tmp_path / "notify.yaml")
+    # The policy's own file names the field from its top.
+    assert error.value.field == field
+    assert "no receiver 'on_dutty'" in str(error.value) or "no channel 'grid-wechat'" in str(
+        error.value
+    )
+
+
+def test_inline_policy_errors_name_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "mqtt: null\nnotify:\n  channels: {c: {type: console}}\n"
+        "  receivers: [{name: a, channels: [c], quiet_hours: '25:00-07:00'}]\n"
+        "  routes: [{escalation: e}]\n  escalations: {e: [{after_s: 0, to: [a]}]}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="expected 'HH:MM-HH:MM'") as error:
+        load_config(path)
+    assert error.value.file == str(path)
+    assert error.value.field == "notify.receivers.0.quiet_hours"
+
+
+def test_unknown_channel_type_and_missing_secret(tmp_path: Path) -> None:
+    path = config_with(
+        tmp_path,
+        "channels: {x: {type: pager}}\nroutes: [{escalation: e}]\n"
+        "escalations: {e: [{after_s: 0, to: [on_duty]}]}\n",
+    )
+    with pytest.raises(ConfigError, match="does not match any of the expected tags") as error:
+        load_config(path)
+    assert error.value.field == "channels.x"
+    path = config_with(
+        tmp_path,
+        "channels: {x: {type: dingtalk}}\nroutes: [{escalation: e}]\n"
+        "escalations: {e: [{after_s: 0, to: [on_duty]}]}\n",
+    )
+    with pytest.raises(ConfigError, match="Field required") as error:
+        load_config(path)
+    assert error.value.field == "channels.x.dingtalk.access_token"
