@@ -30,6 +30,9 @@ from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
 
+# A batch at least this large means traffic is heavy enough to linger for the next.
+LINGER_MIN_MESSAGES = 20
+
 RecordListener = Callable[[Sequence[Record]], None]
 AlertListener = Callable[[Sequence[AlertChange]], None]
 
@@ -121,10 +124,15 @@ class IngestPipeline:
 
     async def run(self, source: MessageSource, stopping: asyncio.Event) -> None:
         """Until `stopping` is set. A failed commit raises: the batch stays unacknowledged."""
+        linger_s = 0.0
         while not stopping.is_set():
-            messages = await source.next_batch(self._commit_max_messages, self._commit_interval_s)
+            messages = await source.next_batch(self._commit_max_messages, linger_s)
             if messages:
                 await self.handle(source, messages)
+            # Lingering gathers a busy stream into fewer commits; a quiet one would only
+            # wait, and a lone alarm should not wait for company.
+            busy = len(messages) >= LINGER_MIN_MESSAGES
+            linger_s = self._commit_interval_s if busy else 0.0
 
     async def handle(self, source: MessageSource, messages: Sequence[InboundMessage]) -> None:
         batch = self.prepare(messages)

@@ -193,10 +193,11 @@ class Notifier:
     async def process(self) -> None:
         """Everything due now: plan new alerts, run due steps, deliver, send digests."""
         now_ms = self._clock.now_ms()
-        while self._incoming:
-            self._take(self._incoming.popleft(), now_ms)
-        for step in self.log.due_steps(now_ms):
-            self._run_step(step, now_ms)
+        with self.log.transaction():
+            while self._incoming:
+                self._take(self._incoming.popleft(), now_ms)
+            for step in self.log.due_steps(now_ms):
+                self._run_step(step, now_ms)
         # A notification a channel failed or refused is due again at once on the next
         # channel: deliver until nothing more is due now, each channel once at most.
         for _ in range(MAX_CHANNELS_PER_PASS):
@@ -315,34 +316,47 @@ class Notifier:
 
     async def _deliver(self, notification: Notification) -> None:
         async with self._sends:
-            notice = Notice.from_json(notification.notice)
-            index, tries = notification.channel_index, notification.tries
-            now_ms = self._clock.now_ms()
-            if index >= len(notification.channels):
-                self._undelivered(notification, notice)
+            with self.log.transaction():
+                ready = self._ready(notification)
+            if ready is None:
                 return
-            channel = self.channels[notification.channels[index]]
-            if channel.needs_phone and not notice.phone:
-                self._record_notice(notice, channel.name, AttemptResult.FAILED,
-                                    "the receiver has no phone number", None)  # fmt: skip
-                self._next_channel(notification, notice, now_ms)
-                return
-            wait_s = channel.limiter.wait_s(notice.phone, now_ms / 1000)
-            if wait_s > 0:
-                self._over_limit(notification, notice, channel, wait_s, "over the channel's limit")
-                return
-            channel.limiter.note(notice.phone, now_ms / 1000)
+            channel, notice = ready
             started_s = time.perf_counter()
             try:
                 await channel.send(notice)
             except NotifyError as exc:
                 latency_ms = (time.perf_counter() - started_s) * 1000
-                self._failed(notification, notice, channel, exc, latency_ms, tries)
+                with self.log.transaction():
+                    self._failed(notification, notice, channel, exc, latency_ms,
+                                 notification.tries)  # fmt: skip
                 return
             latency_ms = (time.perf_counter() - started_s) * 1000
-            self.log.update(notification.key, state="sent", channel_index=index, tries=tries + 1,
-                            due_ms=now_ms)  # fmt: skip
-            self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
+            with self.log.transaction():
+                self.log.update(notification.key, state="sent",
+                                channel_index=notification.channel_index,
+                                tries=notification.tries + 1, due_ms=self._clock.now_ms())  # fmt: skip
+                self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
+
+    def _ready(self, notification: Notification) -> tuple[Channel, Notice] | None:
+        """The channel to try now, or None when the notification goes another way."""
+        notice = Notice.from_json(notification.notice)
+        index = notification.channel_index
+        now_ms = self._clock.now_ms()
+        if index >= len(notification.channels):
+            self._undelivered(notification, notice)
+            return None
+        channel = self.channels[notification.channels[index]]
+        if channel.needs_phone and not notice.phone:
+            self._record_notice(notice, channel.name, AttemptResult.FAILED,
+                                "the receiver has no phone number", None)  # fmt: skip
+            self._next_channel(notification, notice, now_ms)
+            return None
+        wait_s = channel.limiter.wait_s(notice.phone, now_ms / 1000)
+        if wait_s > 0:
+            self._over_limit(notification, notice, channel, wait_s, "over the channel's limit")
+            return None
+        channel.limiter.note(notice.phone, now_ms / 1000)
+        return channel, notice
 
     def _failed(
         self,

@@ -1,0 +1,186 @@
+"""Time from a device's MQTT publish to a webhook receiving its notification, p50 and
+p99, under background load: an SOS from a bracelet every `--every-s` seconds through a
+local Mosquitto and the gateway (writing into a local InfluxDB) to a local webhook, while
+simulator processes publish telemetry at each `--rates` msg/s.
+
+    .venv/bin/python -m bench.notify_latency [--rates 0,2000,5000,10000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.pipeline import DEVICES, FLEET_SEED, gateway_config
+from gateway.app import Gateway
+from gateway.config import GatewayConfig
+from gateway.ingest.mqtt import close_sockets
+from simulators.device import DeviceType
+from simulators.fleet import Fleet
+from simulators.publisher import SimulationOptions, run_simulation
+from tests.integration.services import InfluxService, MosquittoService
+
+
+class Receiver:
+    """The webhook: when each notification arrived, by the SOS's device and time."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        arrived = self.arrived
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                # An event alert's id ends with its device and the event's time.
+                key = ":".join(body["alert_id"].split(":")[-2:])
+                arrived.setdefault(key, time.monotonic())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def with_notify(config: GatewayConfig, url: str) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            **config.model_dump(exclude_none=True),
+            "notify": {
+                "channels": {"hook": {"type": "webhook", "url": url}},
+                "receivers": [{"name": "duty", "channels": ["hook"]}],
+                "routes": [{"match": {"rules": ["sos"]}, "escalation": "sos"}],
+                "escalations": {"sos": [{"after_s": 0, "to": ["duty"]}]},
+            },
+        }
+    )
+
+
+async def measure(
+    gateway: Gateway,
+    broker: MosquittoService,
+    receiver: Receiver,
+    rate: float,
+    seconds: float,
+    every_s: float,
+) -> dict[str, float]:
+    bracelets = [
+        d for d in Fleet.build(seed=FLEET_SEED, devices=DEVICES).devices
+        if d.device_type is DeviceType.BRACELET
+    ]  # fmt: skip
+    probe = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                        client_id=f"probe-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    probe.connect(broker.host, broker.port)
+    probe.loop_start()
+    background = None
+    if rate > 0:
+        options = SimulationOptions(
+            port=broker.port, devices=DEVICES, seed=FLEET_SEED, seconds=seconds + 2,
+            rate_msg_s=rate, processes=2, client_id_prefix=f"bg-{time.monotonic_ns()}",
+        )  # fmt: skip
+        background = asyncio.create_task(asyncio.to_thread(run_simulation, options))
+        await asyncio.sleep(1.0)
+    in_before = gateway.stats.messages_in
+    sent: dict[str, float] = {}
+    began = time.monotonic()
+    index = 0
+    while time.monotonic() - began < seconds:
+        device = bracelets[index % len(bracelets)]
+        index += 1
+        ts_ms = time.time_ns() // 1_000_000
+        topic = f"community/{device.community}/bracelet/{device.device_id}/event"
+        payload = {"ts": ts_ms, "event": "sos", "lat": device.lat, "lon": device.lon}
+        sent[f"{device.device_id}:{ts_ms}"] = time.monotonic()
+        probe.publish(topic, json.dumps(payload), qos=1)
+        await asyncio.sleep(every_s)
+    offered_in = gateway.stats.messages_in - in_before
+    if background is not None:
+        report = await background
+        offered = report.total_acknowledged / report.elapsed_s
+    else:
+        offered = 0.0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(k in receiver.arrived for k in sent):
+        await asyncio.sleep(0.05)
+    probe.disconnect()
+    probe.loop_stop()
+    close_sockets(probe)
+    latencies_ms = sorted(
+        (receiver.arrived[k] - t) * 1000 for k, t in sent.items() if k in receiver.arrived
+    )
+    quantiles = (
+        statistics.quantiles(latencies_ms, n=100, method="inclusive")
+        if len(latencies_ms) > 1
+        else [0.0] * 99
+    )
+    return {
+        "background_offered_msg_s": offered,
+        "gateway_in_msg_s": offered_in / seconds,
+        "probes": float(len(sent)),
+        "delivered": float(len(latencies_ms)),
+        "p50_ms": statistics.median(latencies_ms) if latencies_ms else float("nan"),
+        "p99_ms": quantiles[98],
+        "max_ms": latencies_ms[-1] if latencies_ms else float("nan"),
+    }
+
+
+async def run(workdir: Path, rates: list[float], seconds: float, every_s: float) -> None:
+    broker = MosquittoService(workdir / "mosquitto")
+    influx = InfluxService(workdir / "influxdb")
+    broker.start()
+    influx.start()
+    receiver = Receiver()
+    try:
+        influx.create_database("bench")
+        config = with_notify(gateway_config(workdir, broker, influx), receiver.url)
+        gateway = Gateway(config)
+        task = asyncio.create_task(gateway.run())
+        await asyncio.sleep(1.0)
+        print(f"{'background':>12} {'offered':>10} {'taken in':>10} {'probes':>7} "
+              f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")  # fmt: skip
+        for rate in rates:
+            r = await measure(gateway, broker, receiver, rate, seconds, every_s)
+            print(f"{rate:12,.0f} {r['background_offered_msg_s']:10,.0f} "
+                  f"{r['gateway_in_msg_s']:10,.0f} {r['delivered']:3.0f}/{r['probes']:<3.0f} "
+                  f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f}", flush=True)  # fmt: skip
+            # Let the backlog of one rate drain before the next.
+            while gateway.stats.outbox_depth > 0:
+                await asyncio.sleep(0.5)
+        gateway.stop()
+        await task
+    finally:
+        receiver.server.shutdown()
+        influx.stop()
+        broker.stop()
+
+
+def main() -> None:
+    # The alerts the probes raise would otherwise be logged one by one.
+    logging.basicConfig(level=logging.ERROR)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="0,2000,5000,10000")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--every-s", type=float, default=0.25)
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-notify-") as tmp:
+        asyncio.run(run(Path(tmp), rates, args.seconds, args.every_s))
+
+
+if __name__ == "__main__":
+    main()
