@@ -155,6 +155,13 @@ class IngestPipeline:
         self.committed.set()
         self._announce(decision)
 
+    async def commit_lines(self, lines: Sequence[str]) -> None:
+        """Commit lines the gateway makes itself (its health, the registry) to the outbox."""
+        async with self._commit_lock:
+            await asyncio.to_thread(self._outbox.commit, lines, [], [])
+        self._stats.lines_stored += len(lines)
+        self.committed.set()
+
     def _announce(self, decision: AlertDecision) -> None:
         if decision.changes:
             for alert_listener in self.alert_listeners:
