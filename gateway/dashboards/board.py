@@ -311,6 +311,8 @@ def device_map(
         .description(description)
         .targets(list(queries))
         .view(geomap.MapViewConfig().id("fit").all_layers(True).padding(10))
+        # Grafana's default base map; a box without internet shows the markers alone.
+        .basemap(common_builder.MapLayerOptions().type("default").name("Basemap"))
         .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True))
         .layers(list(layers))
         .tooltip(geomap.TooltipOptions().mode(geomap_model.TooltipMode.DETAILS))

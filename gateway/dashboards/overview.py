@@ -47,21 +47,6 @@ def build() -> Board:
         ref_id="C",
     ).table()
     board.add(
-        device_map(
-            "设备地图 Devices by state",
-            "Green: normal; grey: offline (silent for 2.5 reporting periods); red: an "
-            "open alert. Positions come from the device registry (device_info).",
-            [devices.alias("devices"), offline, alarm],
-            [
-                marker_layer("Normal", "A", "green", 6),
-                marker_layer("Offline", "B", "#8e8e8e", 8),
-                marker_layer("Alarm", "C", "red", 10),
-            ],
-            width=14,
-            height=16,
-        )
-    )
-    board.add(
         single_stat(
             "未处理告警 Open alerts by severity",
             "Alerts firing or acknowledged and not yet resolved, by severity.",
@@ -72,8 +57,8 @@ def build() -> Board:
                 + f') WHERE {OPEN} GROUP BY "severity"'
             ).alias("$tag_severity"),
             steps=((None, "green"), (1, "red")),
-            width=10,
-            height=5,
+            width=8,
+            height=8,
         )
     )
     registered = Influx(
@@ -122,8 +107,23 @@ def build() -> Board:
                     {"excludeByName": {"Time": True}, "renameByName": {}},
                 ),
             ],
-            width=10,
-            height=11,
+            width=16,
+            height=8,
+        )
+    )
+    board.add(
+        device_map(
+            "设备地图 Devices by state",
+            "Green: normal; grey: offline (silent for 2.5 reporting periods); red: an "
+            "open alert. Positions come from the device registry (device_info).",
+            [devices.alias("devices"), offline, alarm],
+            [
+                marker_layer("Normal", "A", "green", 6),
+                marker_layer("Offline", "B", "#8e8e8e", 8),
+                marker_layer("Alarm", "C", "red", 10),
+            ],
+            width=24,
+            height=16,
         )
     )
     board.add(

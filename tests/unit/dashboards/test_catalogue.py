@@ -74,3 +74,15 @@ def test_alert_timeline_is_an_annotation_from_influxdb() -> None:
     assert fired["datasource"]["type"] == "influxdb"
     assert 'FROM "alert"' in fired["target"]["query"]
     assert fired["textColumn"] == "title"
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_panels_fit_the_grid_without_overlapping(name: str) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboards()[name]["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,9 +18,15 @@ import pytest
 
 from gateway.cli import main
 from gateway.dashboards.catalogue import dashboards
-from tests.integration.services import free_port
 
 TOKEN = "glsa_s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class FakeGrafana(BaseHTTPRequestHandler):
@@ -64,7 +71,7 @@ def grafana() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         (FakeGrafana,),
         {"requests": requests, "accepted": {f"Bearer {TOKEN}", basic}},
     )
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
