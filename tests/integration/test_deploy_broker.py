@@ -7,6 +7,7 @@ certificates moved into a temporary folder; the ACL file is used exactly as ship
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import PROJECT_ROOT
+from tests.integration.harness import gateway_config, running, wait_until
 from tests.integration.services import HOST, MosquittoService, free_port
 from tests.integration.test_broker_security import make_certificates
 
@@ -172,3 +174,42 @@ def test_the_shipped_broker_settings_for_outages(broker: ShippedMosquitto) -> No
     assert int(settings["max_queued_messages"]) >= 1_000_000
     assert "pattern write community/+/+/%u/#" in (SHIPPED / "acl").read_text().splitlines()
     assert broker.running
+
+
+async def test_the_gateway_logs_in_over_tls_and_takes_only_genuine_device_messages(
+    tmp_path: Path, broker: ShippedMosquitto
+) -> None:
+    base = gateway_config(tmp_path, broker, "hgy")
+    assert base.mqtt is not None
+    config = base.model_copy(
+        update={
+            "mqtt": base.mqtt.model_validate(
+                {
+                    **base.mqtt.model_dump(),
+                    "username": "gateway",
+                    "password": PASSWORDS["gateway"],
+                    "tls": {"ca_file": str(broker.certs / "ca.crt")},
+                }
+            )
+        }
+    )
+    async with running(config) as gateway:
+        assert not gateway.rules.last_seen_ms  # no registry: no device known yet
+        device = await asyncio.to_thread(Client, broker, "sd-hgy-0001", PASSWORDS["sd-hgy-0001"])
+        try:
+            for topic in (
+                "community/hgy/smoke_detector/sd-hgy-0002/telemetry",
+                "community/hgy/smoke_detector/sd-hgy-0001/telemetry",
+            ):
+                info = device.client.publish(topic, b'{"battery_pct": 90}', qos=1)
+                await asyncio.to_thread(info.wait_for_publish, 10)
+            # The forged message was sent first: had the broker let it through, the
+            # gateway would have heard of sd-hgy-0002 by the time it hears sd-hgy-0001.
+            await wait_until(
+                lambda: "sd-hgy-0001" in {r.device_id for r in gateway.rules.last_seen_ms},
+                what="the genuine reading",
+            )
+            assert "sd-hgy-0002" not in {r.device_id for r in gateway.rules.last_seen_ms}
+            assert gateway.stats.messages_in == 1
+        finally:
+            device.close()
