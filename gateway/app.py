@@ -16,6 +16,7 @@ from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
 from gateway.errors import ConfigError
+from gateway.health import HealthReport
 from gateway.ingest.mqtt import MqttSubscriber
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner, link_secret
@@ -35,7 +36,7 @@ from gateway.store.backoff import Backoff
 from gateway.store.drain import OutboxDrain
 from gateway.store.influx import InfluxWriter
 from gateway.store.outbox import Outbox
-from gateway.store.series import SeriesMapper
+from gateway.store.series import SeriesMapper, device_info_lines
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class Gateway:
             else:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
+            tasks.append(asyncio.create_task(self._report_health(), name="health"))
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
             if self.notifier is not None:
                 tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
@@ -196,6 +198,22 @@ class Gateway:
         while True:
             self.stats.outbox_depth = await asyncio.to_thread(self.outbox.depth)
             await self.clock.sleep(1.0)
+
+    async def _report_health(self) -> None:
+        # The registry's places and positions first, for the dashboards' map; then the
+        # gateway's own counters, through the outbox like every other point.
+        info = device_info_lines(self.registry, self.clock.now_ms())
+        if info:
+            await self.pipeline.commit(info, None)
+        interval_s = self.config.health_interval_s
+        if interval_s is None:
+            # A stage that ends stops the gateway; this one has nothing more to do.
+            await self.stopping.wait()
+            return
+        report = HealthReport(self.config.mqtt.client_id if self.config.mqtt else "gateway")
+        while True:
+            await self.clock.sleep(interval_s)
+            await self.pipeline.commit(report.lines(self.stats, self.clock.now_ms()), None)
 
     async def _tick_rules(self) -> None:
         while True:

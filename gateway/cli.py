@@ -1,4 +1,4 @@
-"""`community-gateway`: run, check, simulate, demo."""
+"""`community-gateway`: run, check, simulate, demo, dashboards, push-dashboards."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import __version__
+from gateway import PROJECT_ROOT, __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 
@@ -52,8 +52,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--seed", type=int, default=7)
 
+    dashboards = commands.add_parser(
+        "dashboards", help="generate the Grafana dashboards as JSON files"
+    )
+    dashboards.add_argument(
+        "--out", type=Path, default=DASHBOARD_FOLDER, help=f"folder (default {DASHBOARD_FOLDER})"
+    )
+
+    push = commands.add_parser(
+        "push-dashboards",
+        help="create or replace the dashboards in a running Grafana over its HTTP API",
+        description="Secrets are best given in the environment: GRAFANA_TOKEN (a service "
+        "account token), or GRAFANA_USER and GRAFANA_PASSWORD.",
+    )
+    push.add_argument("--url", default=os.environ.get("GRAFANA_URL"), help="or GRAFANA_URL")
+    push.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN"), help="or GRAFANA_TOKEN")
+    push.add_argument("--user", default=os.environ.get("GRAFANA_USER"), help="or GRAFANA_USER")
+    push.add_argument(
+        "--password", default=os.environ.get("GRAFANA_PASSWORD"), help="or GRAFANA_PASSWORD"
+    )
+    push.add_argument("--folder-uid", default=None, help="an existing folder to put them in")
+    push.add_argument("--timeout-s", type=float, default=10.0)
+
     args = parser.parse_args(argv)
     try:
+        if args.command == "dashboards":
+            return _dashboards(args.out)
+        if args.command == "push-dashboards":
+            return _push_dashboards(args)
         if args.command == "check":
             return _check(args.config)
         if args.command == "reload":
@@ -96,6 +122,34 @@ def _check(path: Path) -> int:
         print("  notifications: none (alerts are logged only)")
     print(f"  outbox: {config.outbox.path}")
     print(f"  time-series database: {config.influx.url if config.influx else 'none (outbox only)'}")
+    return 0
+
+
+DASHBOARD_FOLDER = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
+
+
+def _dashboards(folder: Path) -> int:
+    from gateway.dashboards.catalogue import write_dashboards
+
+    for path in write_dashboards(folder):
+        print(path)
+    return 0
+
+
+def _push_dashboards(args: argparse.Namespace) -> int:
+    from gateway.dashboards.catalogue import dashboards
+    from gateway.dashboards.push import Credential, push_dashboards
+
+    if not args.url:
+        print("error: give Grafana's address with --url or GRAFANA_URL", file=sys.stderr)
+        return 2
+    credential = Credential(token=args.token, user=args.user, password=args.password)
+    boards = dashboards()
+    urls = push_dashboards(
+        args.url, credential, boards, folder_uid=args.folder_uid, timeout_s=args.timeout_s
+    )
+    for name, url in zip(boards, urls, strict=True):
+        print(f"{name}: {url}")
     return 0
 
 

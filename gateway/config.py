@@ -122,6 +122,8 @@ class GatewayConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Local time for rules bounded by time of day.
     timezone: str = "Asia/Shanghai"
+    # How often the gateway writes its own health to the time series; null: never.
+    health_interval_s: float | None = Field(10.0, gt=0)
 
     @field_validator("timezone")
     @classmethod

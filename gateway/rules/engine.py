@@ -62,6 +62,11 @@ class RuleEngine:
         self._dirty: set[TrackKey] = set()
         self.load(rules)
 
+    @property
+    def registry(self) -> Registry:
+        """The registry the rules read device attributes from."""
+        return self._registry
+
     def load(self, rules: Sequence[Rule]) -> None:
         """Take a new set of rules; the state of rules that remain is kept."""
         self._rules = [r for r in rules if r.spec.kind != "absence"]

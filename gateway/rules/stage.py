@@ -58,7 +58,11 @@ class AlertStage:
             tracks_gone=tracks_gone,
             seen=seen,
         )
-        return AlertDecision(changes, [alert_line(c) for c in changes], write)
+        registry = self.engine.registry
+        lines = [
+            alert_line(c, registry.get(c.device.community, c.device.device_id)) for c in changes
+        ]
+        return AlertDecision(changes, lines, write)
 
     def _silence(self, change: AlertChange, now_ms: int) -> AlertChange:
         silence = self.silences.matching(change, now_ms)

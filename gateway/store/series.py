@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.decode.profile import ProfileSet
-from gateway.decode.record import Event, Reading, Record, TimeSource
-from gateway.registry import Registry
+from gateway.decode.record import Event, FieldValue, Reading, Record, TimeSource
+from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange
 from gateway.store.line_protocol import encode_fields, encode_series
 
@@ -83,8 +83,13 @@ class SeriesMapper:
 ALERT_MEASUREMENT = "alert"
 
 
-def alert_line(change: AlertChange) -> str:
-    """An alert's change of state, for timelines and annotations."""
+def alert_line(change: AlertChange, registered: RegisteredDevice | None = None) -> str:
+    """An alert's change of state, for timelines and annotations.
+
+    With the device's registry entry, the alert carries its grid cell as tags and the
+    device's position as fields, so that dashboards can group alerts by place and put
+    them on the map.
+    """
     device = change.device
     tags = [
         ("community", device.community),
@@ -95,11 +100,43 @@ def alert_line(change: AlertChange) -> str:
     ]
     if change.port is not None:
         tags.append(("port", str(change.port)))
-    fields = (
+    fields: tuple[tuple[str, FieldValue], ...] = (
         ("state", str(change.state)),
         ("alert_id", change.alert_id),
         ("title", change.title),
         ("life_safety", change.life_safety),
         ("started_ms", change.started_ms),
     )
+    if registered is not None:
+        tags.extend(registered.place_tags)
+        fields += _position(registered)
     return f"{encode_series(ALERT_MEASUREMENT, tags)} {encode_fields(fields)} {change.at_ms}"
+
+
+DEVICE_INFO_MEASUREMENT = "device_info"
+
+
+def device_info_lines(registry: Registry, at_ms: int) -> list[str]:
+    """Each registered device's place and position, for maps of devices that do not send
+    their own. Names and phone numbers of wearers stay out: dashboards are public screens."""
+    lines = []
+    for device in registry.devices():
+        tags = [
+            ("community", device.community),
+            ("device_id", device.device_id),
+            ("device_type", device.device_type),
+            *device.place_tags,
+        ]
+        fields: tuple[tuple[str, FieldValue], ...] = (("registered", True), *_position(device))
+        if device.well_depth_cm is not None:
+            fields += (("well_depth_cm", device.well_depth_cm),)
+        lines.append(
+            f"{encode_series(DEVICE_INFO_MEASUREMENT, tags)} {encode_fields(fields)} {at_ms}"
+        )
+    return lines
+
+
+def _position(device: RegisteredDevice) -> tuple[tuple[str, FieldValue], ...]:
+    if device.lat is None or device.lon is None:
+        return ()
+    return (("lat", device.lat), ("lon", device.lon))

@@ -27,6 +27,7 @@ def gateway_config(
     *,
     influx: dict[str, Any] | None = None,
     registry_file: Path | None = None,
+    health_interval_s: float | None = None,
     **ingest: Any,
 ) -> GatewayConfig:
     """A config that listens only to this test's community and the vendor topic."""
@@ -46,6 +47,8 @@ def gateway_config(
             "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
             "ingest": {"commit_interval_s": 0.02, **ingest},
             "registry_file": registry_file,
+            # Off unless a test asks: its lines would change the counts other tests check.
+            "health_interval_s": health_interval_s,
         }
     )
 

@@ -1,0 +1,102 @@
+"""The gateway's own health: ingest, rejects, outbox and writes to the database."""
+
+from __future__ import annotations
+
+from gateway.dashboards.board import Board, single_stat, time_series
+from gateway.dashboards.query import Influx
+
+UID = "community-gateway-health"
+
+
+def build() -> Board:
+    board = Board(
+        UID,
+        "网关运行 Gateway health",
+        "Ingest rate, rejected messages by reason, outbox depth and write latency, from "
+        "the gateway's own reports (every health_interval_s).",
+        ["gateway"],
+    )
+    board.add(
+        single_stat(
+            "积压 Outbox depth",
+            "Lines waiting in the outbox for the database; it grows while InfluxDB is away.",
+            Influx('SELECT last("outbox_depth") FROM "gateway" WHERE $timeFilter'),
+            steps=((None, "green"), (10000, "orange"), (1000000, "red")),
+        )
+    )
+    board.add(
+        single_stat(
+            "写入延迟 Write latency",
+            "How long the last write to the database took.",
+            Influx('SELECT last("write_latency_ms") FROM "gateway" WHERE $timeFilter'),
+            unit="ms",
+            steps=((None, "green"), (1000, "orange"), (5000, "red")),
+        )
+    )
+    board.add(
+        single_stat(
+            "拒收 Rejected messages",
+            "Device messages rejected and quarantined in the time range.",
+            Influx('SELECT sum("rejected") FROM "gateway" WHERE $timeFilter'),
+            steps=((None, "green"), (1, "orange")),
+        )
+    )
+    board.add(
+        single_stat(
+            "未处理告警 Open alerts",
+            "Alerts open, as the gateway last counted them.",
+            Influx('SELECT last("alerts_open") FROM "gateway" WHERE $timeFilter'),
+            steps=((None, "green"), (1, "red")),
+        )
+    )
+    board.add(
+        time_series(
+            "接收速率 Ingest rate",
+            "Messages taken in, lines stored in the outbox and lines written to the "
+            "database, per minute.",
+            Influx(
+                'SELECT sum("messages_in") AS "messages in", sum("lines_stored") AS '
+                '"lines stored", sum("lines_written") AS "lines written" FROM "gateway" '
+                'WHERE $timeFilter GROUP BY time(1m), "instance" fill(0)'
+            ).alias("$col ($tag_instance)"),
+            unit="short",
+        )
+    )
+    board.add(
+        time_series(
+            "拒收原因 Rejects by reason",
+            "Rejected messages per minute, by reason (see the README's table of reasons).",
+            Influx(
+                'SELECT sum("rejected") FROM "gateway_rejects" WHERE $timeFilter '
+                'GROUP BY time(1m), "reason" fill(none)'
+            ).alias("$tag_reason"),
+            bars=True,
+        )
+    )
+    board.add(
+        time_series(
+            "积压趋势 Outbox depth",
+            "Lines waiting for the database.",
+            Influx(
+                'SELECT max("outbox_depth") FROM "gateway" WHERE $timeFilter '
+                'GROUP BY time($__interval), "instance" fill(none)'
+            ).alias("$tag_instance"),
+        )
+    )
+    board.add(
+        time_series(
+            "写入延迟趋势 Write latency and failures",
+            "Latency of writes to the database, and failed writes per minute.",
+            Influx(
+                'SELECT max("write_latency_ms") AS "latency" FROM "gateway" WHERE $timeFilter '
+                'GROUP BY time($__interval), "instance" fill(none)'
+            ).alias("latency ($tag_instance)"),
+            Influx(
+                'SELECT sum("write_failures") AS "failures" FROM "gateway" WHERE $timeFilter '
+                'GROUP BY time(1m), "instance" fill(none)',
+                ref_id="B",
+            ).alias("failed writes ($tag_instance)"),
+            unit="ms",
+        )
+    )
+    return board

@@ -1,0 +1,143 @@
+"""The community at a glance: where every device is and what state it is in."""
+
+from __future__ import annotations
+
+from gateway.dashboards.board import (
+    Board,
+    bar_gauge,
+    device_map,
+    marker_layer,
+    single_stat,
+    time_series,
+    transform,
+)
+from gateway.dashboards.query import OPEN, PLACE, Influx
+
+UID = "community-overview"
+
+# The last state of each alert series (one open alert per rule, device and port).
+_LAST_ALERT = (
+    'SELECT last("state") AS "state", last("lat") AS "lat", last("lon") AS "lon" '
+    f'FROM "alert" WHERE {PLACE} AND {{rule}} GROUP BY "device_id", "device_type", '
+    '"rule", "port", "severity"'
+)
+
+
+def build() -> Board:
+    board = Board(
+        UID,
+        "社区总览 Community overview",
+        "Every device on the map by state, open alerts, online rate and traffic.",
+        ["overview"],
+    )
+    devices = Influx(
+        'SELECT last("lat") AS "lat", last("lon") AS "lon" FROM "device_info" '
+        f'WHERE {PLACE} GROUP BY "device_id", "device_type"'
+    ).table()
+    offline = Influx(
+        'SELECT "lat", "lon", "state" FROM ('
+        + _LAST_ALERT.format(rule="\"rule\" = 'device_offline'")
+        + f') WHERE {OPEN} GROUP BY "device_id", "device_type"',
+        ref_id="B",
+    ).table()
+    alarm = Influx(
+        'SELECT "lat", "lon", "state" FROM ('
+        + _LAST_ALERT.format(rule="\"rule\" != 'device_offline'")
+        + f') WHERE {OPEN} GROUP BY "device_id", "device_type", "rule", "severity"',
+        ref_id="C",
+    ).table()
+    board.add(
+        single_stat(
+            "未处理告警 Open alerts by severity",
+            "Alerts firing or acknowledged and not yet resolved, by severity.",
+            Influx(
+                'SELECT count("state") AS "open" FROM ('
+                + 'SELECT last("state") AS "state" FROM "alert" '
+                + f'WHERE {PLACE} GROUP BY "device_id", "rule", "port", "severity"'
+                + f') WHERE {OPEN} GROUP BY "severity"'
+            ).alias("$tag_severity"),
+            steps=((None, "green"), (1, "red")),
+            width=8,
+            height=8,
+        )
+    )
+    registered = Influx(
+        'SELECT count("registered") AS "registered" FROM ('
+        'SELECT last("registered") AS "registered" FROM "device_info" '
+        f'WHERE {PLACE} GROUP BY "device_id", "device_type"'
+        ') GROUP BY "device_type"'
+    ).table()
+    offline_count = Influx(
+        'SELECT count("state") AS "offline" FROM ('
+        'SELECT last("state") AS "state" FROM "alert" '
+        f'WHERE {PLACE} AND "rule" = \'device_offline\' GROUP BY "device_id", "device_type"'
+        f') WHERE {OPEN} GROUP BY "device_type"',
+        ref_id="B",
+    ).table()
+    board.add(
+        bar_gauge(
+            "在线率 Online rate by device type",
+            "Registered devices not offline, as a share of the registered devices.",
+            registered,
+            offline_count,
+            unit="percentunit",
+            maximum=1,
+            steps=((None, "red"), (0.9, "orange"), (0.98, "green")),
+            transformations=[
+                transform("merge", {}),
+                transform(
+                    "calculateField",
+                    {
+                        "alias": "online",
+                        "mode": "binary",
+                        "binary": {"left": "registered", "operator": "-", "right": "offline"},
+                        "replaceFields": False,
+                    },
+                ),
+                transform(
+                    "calculateField",
+                    {
+                        "alias": "online_rate",
+                        "mode": "binary",
+                        "binary": {"left": "online", "operator": "/", "right": "registered"},
+                    },
+                ),
+                transform(
+                    "organize",
+                    {"excludeByName": {"Time": True}, "renameByName": {}},
+                ),
+            ],
+            width=16,
+            height=8,
+        )
+    )
+    board.add(
+        device_map(
+            "设备地图 Devices by state",
+            "Green: normal; grey: offline (silent for 2.5 reporting periods); red: an "
+            "open alert. Positions come from the device registry (device_info).",
+            [devices.alias("devices"), offline, alarm],
+            [
+                marker_layer("Normal", "A", "green", 6),
+                marker_layer("Offline", "B", "#8e8e8e", 8),
+                marker_layer("Alarm", "C", "red", 10),
+            ],
+            width=24,
+            height=16,
+        )
+    )
+    board.add(
+        time_series(
+            "消息速率 Messages per minute",
+            "Device messages the gateway took in, per minute (all its communities).",
+            Influx(
+                'SELECT sum("messages_in") FROM "gateway" WHERE $timeFilter '
+                'GROUP BY time(1m), "instance" fill(0)'
+            ).alias("$tag_instance"),
+            unit="short",
+            bars=True,
+            width=24,
+            height=7,
+        )
+    )
+    return board

@@ -1,0 +1,185 @@
+"""Every query of every generated dashboard, run against InfluxDB after a simulator run
+through the real Mosquitto and the gateway.
+
+Grafana itself is not run here: each query's template variables are filled in as
+Grafana does (`$community` and the other places as regular expressions, `$timeFilter`,
+`$__interval`) and the InfluxQL goes straight to InfluxDB.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.dashboards.catalogue import dashboards
+from gateway.dashboards.query import variable_queries
+from simulators.fleet import Fleet
+from simulators.scenario import Scenario, ScenarioKind
+from tests.integration.harness import Publisher, gateway_config, running, wait_until
+from tests.integration.services import InfluxService, MosquittoService
+
+SCENARIOS = [
+    Scenario(ScenarioKind.FIRE, 600.0),
+    Scenario(ScenarioKind.FALL, 900.0),
+    Scenario(ScenarioKind.SOS, 1200.0),
+    Scenario(ScenarioKind.LID_OPENED, 1500.0),
+    Scenario(ScenarioKind.THERMAL_RUNAWAY, 1800.0),
+    Scenario(ScenarioKind.OVERFLOW, 2100.0),
+    Scenario(ScenarioKind.MALFORMED, 2400.0),
+    Scenario(ScenarioKind.OVERCURRENT, 3000.0),
+    # Late, so that the wearer is still away when the run ends.
+    Scenario(ScenarioKind.WANDER, 3300.0),
+]
+
+
+def queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, InfluxQL) for every panel target and annotation of a dashboard."""
+    for panel in board["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                yield f"panel {inner['title']!r} {target['refId']}", target["query"]
+    for annotation in board["annotations"].get("list", []):
+        yield f"annotation {annotation['name']!r}", annotation["target"]["query"]
+
+
+def fill(query: str, values: dict[str, str]) -> str:
+    # An unknown variable raises KeyError: a query may use only what the test fills in.
+    return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], query)
+
+
+def handling_lines(community: str, device: Any, now_ms: int) -> str:
+    """What the notification stage writes for an alert handled by a grid worker."""
+    place = f"community={community},area={device.area},compound={device.compound}"
+    if device.building:
+        place += f",building={device.building}"
+    common = f"{place},device_type=smoke_detector,rule=fire_alarm,severity=critical"
+    return "\n".join(
+        [
+            f'alert_handling,{common} alert_id="a1",acknowledge_s=42.5 {now_ms - 3000}',
+            f'alert_handling,{common} alert_id="a1",arrive_s=310.0 {now_ms - 2000}',
+            f'alert_handling,{common} alert_id="a1",close_s=1250.0 {now_ms - 1000}',
+            f"escalation,community={community},rule=fire_alarm,severity=critical,step=phone"
+            f' alert_id="a1",step_index=1i {now_ms - 2500}',
+            f"notification,community={community},channel=sms,result=sent,severity=critical,"
+            f'rule=fire_alarm count=3i,latency_ms=850.0,alert_id="a1" {now_ms - 2800}',
+        ]
+    )
+
+
+@pytest.fixture
+async def community_data(
+    tmp_path: Path,
+    mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+) -> Fleet:
+    fleet = Fleet.build(seed=5, devices=40, communities=1, community_names=[namespace])
+    detector = next(d for d in fleet.devices if d.device_type.value == "smoke_detector")
+    scenarios = [*SCENARIOS, Scenario(ScenarioKind.LOW_BATTERY, 2700.0, detector.device_id)]
+    registry_file = tmp_path / "devices.csv"
+    registry_file.write_text(fleet.registry_csv(), encoding="utf-8")
+    start_ms = time.time_ns() // 1_000_000 - 2 * 3_600_000
+    messages = [
+        (m.topic, m.payload)
+        for m in fleet.messages(start_ms=start_ms, duration_s=3600, scenarios=scenarios)
+    ]
+    config = gateway_config(
+        tmp_path,
+        mosquitto,
+        namespace,
+        influx={"url": influxdb.url, "database": influx_db, "backoff_max_s": 1},
+        registry_file=registry_file,
+        health_interval_s=0.2,
+    )
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway:
+            publisher.publish_all(messages)  # type: ignore[arg-type]
+            await wait_until(
+                lambda: gateway.stats.messages_in >= len(messages), what="every message"
+            )
+            # Devices last heard an hour ago are found offline by the next rule tick.
+            await wait_until(
+                lambda: any(a.rule == "device_offline" for a in gateway.alerts.open_alerts()),
+                what="offline devices",
+            )
+            # A health report after the last reject and the offline alerts, then all written.
+            reports = gateway.stats.lines_stored
+            await wait_until(lambda: gateway.stats.lines_stored > reports + 1, what="report")
+            await wait_until(lambda: gateway.outbox.depth() == 0, what="outbox drained")
+    finally:
+        publisher.close()
+    now_ms = time.time_ns() // 1_000_000
+    device = next(d for d in fleet.devices if d.device_type.value == "smoke_detector")
+    httpx.post(
+        f"{influxdb.url}/write",
+        params={"db": influx_db, "precision": "ms"},
+        content=handling_lines(namespace, device, now_ms).encode(),
+        timeout=10,
+    ).raise_for_status()
+    return fleet
+
+
+async def test_every_query_of_every_dashboard_returns_data(
+    community_data: Fleet, influxdb: InfluxService, influx_db: str, namespace: str
+) -> None:
+    everything = {
+        "community": re.escape(namespace),
+        "area": ".*",
+        "compound": ".*",
+        "building": ".*",
+        "timeFilter": "time >= now() - 3h",
+        "__interval": "1m",
+    }
+    empty = []
+    count = 0
+    for name, board in dashboards().items():
+        for where, query in queries(board):
+            count += 1
+            rows = influxdb.query(influx_db, fill(query, everything))
+            if not rows:
+                empty.append(f"{name} {where}: {fill(query, everything)}")
+        for variable, query in variable_queries(board).items():
+            count += 1
+            if not influxdb.query(influx_db, fill(query, everything)):
+                empty.append(f"{name} variable {variable}")
+    assert count > 60
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+async def test_choosing_one_place_narrows_the_panels_to_it(
+    community_data: Fleet, influxdb: InfluxService, influx_db: str, namespace: str
+) -> None:
+    area = community_data.devices[0].area
+    areas = {d.area for d in community_data.devices}
+    other = next(iter(areas - {area}), None)
+    values = {
+        "community": re.escape(namespace),
+        "area": re.escape(area),
+        "compound": ".*",
+        "building": ".*",
+        "timeFilter": "time >= now() - 3h",
+        "__interval": "1m",
+    }
+    board = dashboards()["community-overview.json"]
+    devices_query = next(q for w, q in queries(board) if "Devices by state" in w)
+    rows = influxdb.query(influx_db, fill(devices_query, values))
+    expected = {d.device_id for d in community_data.devices if d.area == area}
+    assert {row["device_id"] for row in rows} == expected
+    if other is not None:
+        assert {row["device_id"] for row in rows}.isdisjoint(
+            d.device_id for d in community_data.devices if d.area == other
+        )
+    # The variable offering buildings offers only this area's.
+    buildings_query = variable_queries(board)["building"]
+    buildings = {r["value"] for r in influxdb.query(influx_db, fill(buildings_query, values))}
+    assert buildings == {
+        d.building for d in community_data.devices if d.area == area and d.building
+    }

@@ -1,0 +1,88 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway import PROJECT_ROOT
+from gateway.cli import main
+from gateway.dashboards.catalogue import dashboards, render
+from gateway.dashboards.query import PROVISIONED_DATASOURCE_UID
+
+SHIPPED = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
+
+
+def test_generating_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    assert main(["dashboards", "--out", str(tmp_path / "one")]) == 0
+    assert main(["dashboards", "--out", str(tmp_path / "two")]) == 0
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
+    assert one == two
+    assert len(one) == 7
+
+
+def test_the_committed_dashboards_are_what_the_code_generates() -> None:
+    fresh = {name: render(board) for name, board in dashboards().items()}
+    shipped = {p.name: p.read_text(encoding="utf-8") for p in SHIPPED.glob("*.json")}
+    assert shipped.keys() == fresh.keys(), "run: community-gateway dashboards"
+    for name, text in fresh.items():
+        assert shipped[name] == text, f"{name} is stale; run: community-gateway dashboards"
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_panels_have_unique_ids_and_ask_the_chosen_influxdb(name: str) -> None:
+    board = dashboards()[name]
+    assert board["uid"] == name.removesuffix(".json")
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "influxdb", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["rawQuery"] is True
+            assert target["query"].startswith("SELECT ")
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names == ["datasource", "community", "area", "compound", "building"]
+    assert board["templating"]["list"][0]["current"]["value"] == PROVISIONED_DATASOURCE_UID
+
+
+def test_device_panels_follow_the_chosen_place() -> None:
+    for name in ("community-smoke.json", "community-manhole.json", "community-bracelet.json"):
+        for panel in dashboards()[name]["panels"]:
+            for target in panel.get("targets", []):
+                assert '"building" =~ /^$building$/' in target["query"], panel["title"]
+
+
+def test_bracelet_dashboard_shows_no_wearer_details() -> None:
+    text = json.dumps(dashboards()["community-bracelet.json"])
+    for personal in ("wearer_name", "wearer_phone", "emergency_contacts", "home_lat", "home_lon"):
+        assert personal not in text
+
+
+def test_charging_temperatures_draw_the_rule_limits() -> None:
+    board = dashboards()["community-charging.json"]
+    panel = next(p for p in board["panels"] if p["title"].endswith("Port temperatures"))
+    defaults = panel["fieldConfig"]["defaults"]
+    assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, 60, 80]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "line+area"
+
+
+def test_alert_timeline_is_an_annotation_from_influxdb() -> None:
+    board = dashboards()["community-alerts.json"]
+    fired = board["annotations"]["list"][0]
+    assert fired["datasource"]["type"] == "influxdb"
+    assert 'FROM "alert"' in fired["target"]["query"]
+    assert fired["textColumn"] == "title"
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_panels_fit_the_grid_without_overlapping(name: str) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboards()[name]["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]

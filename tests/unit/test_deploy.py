@@ -1,0 +1,123 @@
+"""The files in deploy/: Docker Compose, Grafana provisioning, the systemd unit.
+
+Docker cannot run here; the Compose file is checked for what the edge box relies on.
+"""
+
+from __future__ import annotations
+
+import configparser
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway import PROJECT_ROOT
+from gateway.cli import main
+from gateway.dashboards.query import PROVISIONED_DATASOURCE_UID
+
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return loaded
+
+
+def mounts(service: str) -> dict[str, str]:
+    """Container path -> host path (relative to deploy/) or volume name."""
+    found = {}
+    for volume in compose()["services"][service]["volumes"]:
+        source, target = volume.split(":")[:2]
+        found[target] = source
+    return found
+
+
+def test_every_service_restarts_and_keeps_its_state_in_a_named_volume() -> None:
+    services = compose()["services"]
+    assert set(services) == {"mosquitto", "influxdb", "grafana", "gateway"}
+    named = set(compose()["volumes"])
+    for name, service in services.items():
+        assert service["restart"] in ("always", "unless-stopped"), name
+        assert set(mounts(name).values()) & named, f"{name} keeps no state in a volume"
+
+
+def test_bind_mounts_point_at_files_that_exist() -> None:
+    for name in compose()["services"]:
+        for source in mounts(name).values():
+            if source.startswith("./") and not source.startswith(
+                ("./mosquitto/passwd", "./mosquitto/certs", "./backup")
+            ):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+
+
+@pytest.mark.parametrize("config", ["gateway.example.yaml", "gateway.compose.yaml"])
+def test_the_gateway_configs_pass_check(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(DEPLOY / config)]) == 0
+    assert "registered devices: 5" in capsys.readouterr().out
+
+
+def test_compose_runs_the_gateway_on_its_own_config_and_registry() -> None:
+    gateway = mounts("gateway")
+    assert gateway["/etc/community-gateway/gateway.yaml"] == "./gateway.compose.yaml"
+    config = yaml.safe_load((DEPLOY / "gateway.compose.yaml").read_text())
+    registry_in_container = f"/etc/community-gateway/{config['registry_file']}"
+    assert registry_in_container in gateway
+    assert config["mqtt"]["tls"]["ca_file"] in gateway
+    assert config["outbox"]["path"].startswith("/var/lib/community-gateway/")
+    assert gateway["/var/lib/community-gateway"] == "gateway-data"
+    assert (
+        DEPLOY / compose()["services"]["gateway"]["build"]["dockerfile"].removeprefix("deploy/")
+    ).exists()
+
+
+def test_compose_secrets_come_from_the_environment() -> None:
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    assert "change-me" not in text
+    for name in yaml.safe_load(
+        "\n".join(
+            f"{line.split('=')[0]}: x"
+            for line in (DEPLOY / "env.example").read_text().splitlines()
+            if "=" in line
+        )
+    ):
+        assert f"${{{name}:?" in text, name
+
+
+def test_grafana_loads_the_generated_dashboards_from_influxdb() -> None:
+    grafana = mounts("grafana")
+    providers = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/dashboards/community-gateway.yaml").read_text()
+    )["providers"]
+    path = providers[0]["options"]["path"]
+    assert grafana[path] == "./grafana/dashboards"
+    assert sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
+    sources = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/influxdb.yaml").read_text()
+    )["datasources"]
+    assert sources[0]["uid"] == PROVISIONED_DATASOURCE_UID
+    assert sources[0]["type"] == "influxdb"
+    assert (
+        sources[0]["jsonData"]["dbName"]
+        == yaml.safe_load((DEPLOY / "gateway.compose.yaml").read_text())["influx"]["database"]
+    )
+
+
+def test_the_systemd_unit_runs_unprivileged_and_always_restarts() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / "community-gateway.service")
+    service = unit["Service"]
+    assert service["User"] not in ("", "root")
+    assert service["Restart"] == "always"
+    assert service["ExecStart"].endswith("run --config /etc/community-gateway/gateway.yaml")
+    assert service["StateDirectory"] == "community-gateway"
+    for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
+        assert service[hardening] == "yes", hardening
+    assert service["ProtectSystem"] == "strict"
+    assert service["CapabilityBoundingSet"] == ""
+
+
+def test_install_guide_covers_backup_and_upgrade() -> None:
+    guide = (DEPLOY / "INSTALL.md").read_text()
+    for needed in ("apt-get install", "mosquitto_passwd", ".backup", "influxd backup", "Upgrade"):
+        assert needed in guide, needed

@@ -1,0 +1,28 @@
+from gateway.health import HealthReport
+from gateway.stats import Stats
+
+
+def test_each_report_carries_the_counts_since_the_previous_one() -> None:
+    stats = Stats(messages_in=100, lines_stored=180, lines_written=150, outbox_depth=30)
+    stats.rejected_by_reason.update({"not_json": 2, "bad_crc": 1})
+    report = HealthReport("gw-1")
+    first = report.lines(stats, 1_000)
+    assert first[0] == (
+        "gateway,instance=gw-1 messages_in=100i,lines_stored=180i,lines_written=150i,"
+        "redeliveries=0i,write_failures=0i,rejected=3i,outbox_depth=30i,"
+        "write_latency_ms=0.0,alerts_open=0i 1000"
+    )
+    assert first[1:] == [
+        "gateway_rejects,instance=gw-1,reason=bad_crc rejected=1i 1000",
+        "gateway_rejects,instance=gw-1,reason=not_json rejected=2i 1000",
+    ]
+    stats.messages_in += 10
+    stats.rejected_by_reason["not_json"] += 1
+    stats.write_latency_s = 0.0125
+    second = report.lines(stats, 2_000)
+    assert "messages_in=10i," in second[0]
+    assert "lines_stored=0i," in second[0]
+    assert "rejected=1i," in second[0]
+    assert "write_latency_ms=12.5," in second[0]
+    # A reason with nothing new since the last report makes no line.
+    assert second[1:] == ["gateway_rejects,instance=gw-1,reason=not_json rejected=1i 2000"]
