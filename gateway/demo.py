@@ -21,10 +21,35 @@ from amqtt.contexts import BrokerConfig, ListenerConfig
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, IngestConfig, MqttConfig, OutboxConfig
+from gateway.notify.policy import NotifyPolicy
 from simulators.fleet import Fleet
 
 # Things to see go wrong during the demo, at these seconds after the start.
 SCENARIOS = ("malformed@4", "fire@6", "fall@9", "thermal_runaway@12", "lid_opened@15", "sos@18")
+
+
+# The grid worker on duty and the community office, on the console: every notification
+# shows as a line with its link, and an alert nobody takes escalates after 30 s.
+DEMO_POLICY = NotifyPolicy.model_validate(
+    {
+        "channels": {"console": {"type": "console"}},
+        "receivers": [
+            {"name": "grid-worker", "display_name": "网格员", "channels": ["console"]},
+            {"name": "community-office", "display_name": "社区办公室", "channels": ["console"]},
+        ],
+        "routes": [
+            {"match": {"severities": ["critical", "major"]}, "escalation": "urgent"},
+            {"escalation": "routine"},
+        ],
+        "escalations": {
+            "urgent": [
+                {"after_s": 0, "to": ["grid-worker"]},
+                {"after_s": 30, "to": ["community-office"]},
+            ],
+            "routine": [{"after_s": 0, "to": ["grid-worker"]}],
+        },
+    }
+)
 
 
 def _free_port() -> int:
@@ -52,6 +77,7 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
         outbox=OutboxConfig(path=workdir / "outbox.sqlite3", synchronous="normal"),
         registry_file=registry,
         ingest=IngestConfig(require_registered=True),
+        notify=DEMO_POLICY,
     )
     gateway = Gateway(config)
     running = asyncio.create_task(gateway.run())

@@ -32,11 +32,15 @@ class Stats:
     def rejected(self) -> int:
         return sum(self.rejected_by_reason.values())
 
+    @property
+    def notified(self) -> int:
+        return sum(n for (_, result), n in self.notifications.items() if result == "sent")
+
     def summary(self) -> str:
         rejects = ", ".join(f"{r}={n}" for r, n in sorted(self.rejected_by_reason.items()))
         return (
             f"in={self.messages_in} stored={self.lines_stored} written={self.lines_written} "
             f"outbox={self.outbox_depth} redelivered={self.redeliveries} "
-            f"alerts={self.alerts_firing} open={self.alerts_open} "
+            f"alerts={self.alerts_firing} open={self.alerts_open} notified={self.notified} "
             f"rejected={self.rejected}" + (f" ({rejects})" if rejects else "")
         )
