@@ -29,6 +29,26 @@ from gateway.notify.policy import (
     TencentVoiceChannel,
 )
 
+
+class _CloudChannel(Channel):
+    """A provider API called with a template and its variables, for a phone number."""
+
+    needs_phone = True
+
+    def __init__(
+        self,
+        name: str,
+        config: AliyunSmsChannel | AliyunVoiceChannel | TencentSmsChannel | TencentVoiceChannel,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        limits: tuple[Limit, ...] = (),
+    ) -> None:
+        super().__init__(name, limits)
+        self._params = config.params
+        self._http = http
+        self._clock = clock
+
+
 # --- Aliyun ---------------------------------------------------------------------------
 
 _ALIYUN_LIMITED = ("isv.BUSINESS_LIMIT_CONTROL", "Throttling")
@@ -47,8 +67,7 @@ def aliyun_signature(secret: str, method: str, params: dict[str, str]) -> str:
     return base64.b64encode(digest).decode()
 
 
-class _Aliyun(Channel):
-    needs_phone = True
+class _Aliyun(_CloudChannel):
     _version = "2017-05-25"
 
     def __init__(
@@ -59,14 +78,12 @@ class _Aliyun(Channel):
         clock: Clock,
         limits: tuple[Limit, ...] = (),
     ) -> None:
-        super().__init__(name, limits)
+        super().__init__(name, config, http, clock, limits)
         self._config = config
-        self._http = http
-        self._clock = clock
 
     def _values(self, notice: Notice) -> str:
         values = notice.template_values()
-        return orjson.dumps({name: values[name] for name in self._config.params}).decode()
+        return orjson.dumps({name: values[name] for name in self._params}).decode()
 
     async def _call(self, action: str, fields: dict[str, str], provider: str) -> None:
         config = self._config
@@ -191,8 +208,7 @@ def tencent_authorization(
     )
 
 
-class _Tencent(Channel):
-    needs_phone = True
+class _Tencent(_CloudChannel):
     _service = ""
     _version = ""
     _action = ""
@@ -205,14 +221,12 @@ class _Tencent(Channel):
         clock: Clock,
         limits: tuple[Limit, ...] = (),
     ) -> None:
-        super().__init__(name, limits)
+        super().__init__(name, config, http, clock, limits)
         self._config = config
-        self._http = http
-        self._clock = clock
 
     def _values(self, notice: Notice) -> list[str]:
         values = notice.template_values()
-        return [values[name] for name in self._config.params]
+        return [values[name] for name in self._params]
 
     async def _call(self, body: dict[str, object], provider: str) -> dict[str, object]:
         config = self._config
