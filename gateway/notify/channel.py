@@ -14,6 +14,8 @@ from gateway.errors import NotifyError
 from gateway.notify.notice import Notice
 
 log = logging.getLogger(__name__)
+# httpx logs every request's URL at INFO, and robots carry their key in the URL.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,8 +47,9 @@ def json_response(body: object, status: int = 200) -> Response:
 
 
 async def test_wecom_sends_text_that_mentions_the_receiver(
-    httpserver: HTTPServer, http: httpx.AsyncClient
+    httpserver: HTTPServer, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO")
     httpserver.expect_oneshot_request(
         "/cgi-bin/webhook/send", method="POST", query_string={"key": "robot-key"}
     ).respond_with_json({"errcode": 0, "errmsg": "ok"})
@@ -68,6 +69,10 @@ async def test_wecom_sends_text_that_mentions_the_receiver(
         "【紧急告警】跌倒 Fall\n地点: hgy 东区 湖光小区 3号楼"
     )
     assert "处理: https://gw.example.cn/a/token" in body["text"]["content"]
+    # The robot's key is in its URL, and the gateway's side never logs URLs (the test
+    # server's own access log is not the gateway's).
+    ours = [r.getMessage() for r in caplog.records if r.name != "werkzeug"]
+    assert not [m for m in ours if "robot-key" in m]
 
 
 @pytest.mark.parametrize(
