@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
+from gateway.api.server import ApiServer
 from gateway.clock import Clock, SystemClock
 from gateway.config import ApiConfig, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
@@ -62,6 +63,7 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
+        self.loaded_rules = rules
         periods_s = self.profiles.periods_s()
         self.rules = RuleEngine(
             rules,
@@ -109,6 +111,7 @@ class Gateway:
         )
         self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
         self.stopping = asyncio.Event()
+        self.api = ApiServer(self, config.api) if config.api is not None else None
 
     async def run(self) -> None:
         """Until stop(); then finishes the batch in hand and closes the outbox."""
@@ -133,6 +136,8 @@ class Gateway:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
+            if self.api is not None:
+                tasks.append(asyncio.create_task(self.api.serve(), name="api"))
             if self.subscriber is not None:
                 await self.subscriber.start()
                 tasks.append(
@@ -151,14 +156,19 @@ class Gateway:
             self.stopping.set()
             if self.subscriber is not None:
                 self.subscriber.stop()
+            if self.api is not None:
+                # Ends by itself, after open requests and event streams finish.
+                self.api.stop()
             for task in tasks:
-                if task.get_name() != "ingest":
+                if task.get_name() not in ("ingest", "api"):
                     task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if writer is not None:
                 await writer.__aexit__(None, None, None)
+            if self.api is not None:
+                self.api.close()
             self.outbox.close()
             self.alerts.close()
             self.silences.close()
@@ -200,6 +210,7 @@ class Gateway:
             log.error("rules not reloaded, the running rules stay: %s", exc)
             return False
         self.rules.load(rules)
+        self.loaded_rules = rules
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
         return True
 
