@@ -69,8 +69,10 @@ class Site:
     async def get(self, path: str, token: str | None = ADMIN, **kw: Any) -> httpx.Response:
         return await self.client.get(path, headers=_auth(token), **kw)
 
-    async def post(self, path: str, token: str | None = ADMIN, **kw: Any) -> httpx.Response:
-        return await self.client.post(path, headers=_auth(token), **kw)
+    async def post(
+        self, path: str, token: str | None = ADMIN, headers: dict[str, str] | None = None, **kw: Any
+    ) -> httpx.Response:
+        return await self.client.post(path, headers={**_auth(token), **(headers or {})}, **kw)
 
     async def delete(self, path: str, token: str | None = ADMIN) -> httpx.Response:
         return await self.client.delete(path, headers=_auth(token))
