@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from gateway import __version__
 from gateway.api import alerts, devices, health, metrics, pages, quarantine, rules, silences
 from gateway.api.auth import AuthError, ForbiddenError, TooManyFailuresError
-from gateway.api.context import ApiContext, NotFoundError
+from gateway.api.context import ApiContext, NotFoundError, UnknownParameterError, strict_query
 from gateway.config import ApiConfig
 from gateway.errors import ConfigError, StoreError
 from gateway.notify.link import LinkError
@@ -44,6 +45,7 @@ ERRORS: dict[type[Exception], Callable[[Exception], int]] = {
     ForbiddenError: lambda _: 403,
     TooManyFailuresError: lambda _: 429,
     NotFoundError: lambda _: 404,
+    UnknownParameterError: lambda _: 422,
     AlertError: _alert_status,
     SilenceError: lambda e: 404 if str(e).startswith("no silence") else 422,
     LinkError: lambda _: 403,
@@ -94,6 +96,7 @@ def create_app(gateway: Gateway, config: ApiConfig) -> FastAPI:
         title="community-gateway",
         version=__version__,
         description="Devices, alerts, silences, rules and health of one community gateway.",
+        dependencies=[Depends(strict_query)],
     )
     app.state.context = ApiContext(gateway, config)
     for kind in ERRORS:
@@ -102,4 +105,24 @@ def create_app(gateway: Gateway, config: ApiConfig) -> FastAPI:
     for module in (devices, alerts, silences, rules, quarantine, health, metrics, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The document, with bad requests described as they are answered: one `detail` line."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = document.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = {
+                "title": "HTTPValidationError",
+                "type": "object",
+                "properties": {"detail": {"type": "string", "title": "Detail"}},
+                "required": ["detail"],
+            }
+            schemas.pop("ValidationError", None)
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -20,6 +20,34 @@ if TYPE_CHECKING:
 
 class NotFoundError(GatewayError):
     """What a path names does not exist (404)."""
+
+
+class UnknownParameterError(GatewayError):
+    """A query parameter the route does not take, or one given twice: a misspelt filter
+    must not silently match everything (422)."""
+
+
+def strict_query(request: Request) -> None:
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise UnknownParameterError(f"unknown query parameter(s) {unknown}; this takes: {takes}")
+    # Every parameter takes one value; of several, which one counts would be a guess.
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        raise UnknownParameterError(f"query parameter(s) {repeated} given more than once")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {str(p.alias) for p in getattr(dependant, "query_params", ())}
+    for inner in getattr(dependant, "dependencies", ()):
+        names |= _query_names(inner)
+    return names
 
 
 class ApiContext:

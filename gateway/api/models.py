@@ -225,6 +225,7 @@ class HealthOut(_Out):
 
 Responses = dict[int | str, dict[str, Any]]
 _ERROR_TEXT = {
+    400: "a body that cannot be read: not UTF-8, or not JSON where JSON is expected",
     401: "no token, or one that matches no one",
     403: "the caller's role does not allow it",
     404: "not found",
@@ -244,4 +245,4 @@ def error_responses(*codes: int, **described: str) -> Responses:
     return out
 
 
-AUTH_ERRORS = error_responses(401, 403, 429)
+AUTH_ERRORS = error_responses(400, 401, 403, 429)

@@ -119,7 +119,7 @@ class ReadingHistory:
                 retryable=response.status_code >= 500,
             )
         found = _influx_rows(response.json())
-        found.sort(key=lambda r: r.time_ms, reverse=True)
+        found.sort(key=_newest_first)
         return found[:limit]
 
     def _from_outbox(
@@ -157,7 +157,13 @@ class ReadingHistory:
             )
             if len(found) >= limit:
                 break
+        found.sort(key=_newest_first)
         return found
+
+
+def _newest_first(reading: ReadingOut) -> tuple[int, str, int]:
+    # Points of one message share a time: the same order from either source.
+    return (-reading.time_ms, reading.measurement, reading.port or 0)
 
 
 def _influx_rows(body: Any) -> list[ReadingOut]:

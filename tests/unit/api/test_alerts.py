@@ -103,3 +103,12 @@ async def test_the_alert_stream_says_when_alerts_change(site: Site) -> None:
     await site.fall()
     after = await site.get("/api/v1/alerts-stream?limit=1", OPERATOR)
     assert after.text == "event: alerts\ndata: 1\n\n"
+
+
+async def test_a_misspelt_filter_is_refused_rather_than_ignored(site: Site) -> None:
+    response = await site.get("/api/v1/alerts?comunity=hgy")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("unknown query parameter(s) ['comunity']")
+    twice = await site.get("/api/v1/alerts?community=hgy&community=other")
+    assert twice.status_code == 422
+    assert twice.json()["detail"] == "query parameter(s) ['community'] given more than once"
