@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from gateway.api.auth import Role, require
 from gateway.api.context import Caller, Ctx
@@ -48,7 +50,9 @@ async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> Silenc
     "/{silence_id}", status_code=204, responses=REFUSED, response_class=Response,
     summary="End a silence now",
 )  # fmt: skip
-async def delete_silence(ctx: Ctx, principal: Caller, silence_id: int) -> Response:
+async def delete_silence(
+    ctx: Ctx, principal: Caller, silence_id: Annotated[int, Path(ge=1, le=(1 << 63) - 1)]
+) -> Response:
     require(principal, Role.ADMIN, Role.OPERATOR)
     ctx.gateway.silences.delete(silence_id)
     return Response(status_code=204)

@@ -47,3 +47,8 @@ async def test_grid_workers_do_not_silence(site: Site) -> None:
     })  # fmt: skip
     assert refused.status_code == 403
     assert (await site.get("/api/v1/silences", WORKER)).status_code == 403
+
+
+async def test_a_silence_id_beyond_what_is_stored_is_refused_plainly(site: Site) -> None:
+    response = await site.delete(f"/api/v1/silences/{1 << 70}")
+    assert response.status_code == 422 and response.json()["detail"].startswith("path.silence_id")
