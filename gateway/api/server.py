@@ -12,6 +12,7 @@ import uvicorn
 from gateway.api.app import create_app
 from gateway.api.context import ApiContext
 from gateway.config import ApiConfig
+from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -50,14 +51,26 @@ class ApiServer:
         self.started = asyncio.Event()
 
     async def serve(self) -> None:
-        serving = asyncio.create_task(self._server.serve())
-        while not self._server.started and not serving.done():
+        """Until stop(). Raises ConfigError when the address cannot be listened on."""
+        noting = asyncio.create_task(self._note_port())
+        try:
+            # Awaited here rather than as a task of its own: uvicorn exits the process
+            # (SystemExit) when it cannot bind, and only here can that be caught.
+            await self._server.serve()
+        except SystemExit as exc:
+            config = self._server.config
+            raise ConfigError(
+                "api", "port", f"cannot listen on {config.host}:{config.port}"
+            ) from exc
+        finally:
+            noting.cancel()
+
+    async def _note_port(self) -> None:
+        while not self._server.started:
             await asyncio.sleep(0.01)
-        if self._server.started:
-            sockets = [s for server in self._server.servers for s in server.sockets]
-            self.port = int(sockets[0].getsockname()[1])
-            self.started.set()
-        await serving
+        sockets = [s for server in self._server.servers for s in server.sockets]
+        self.port = int(sockets[0].getsockname()[1])
+        self.started.set()
 
     def stop(self) -> None:
         self._server.should_exit = True
