@@ -75,7 +75,7 @@ def _handler(kind: type[Exception]) -> Callable[[Request, Exception], Awaitable[
                 body = pages.too_many_page(exc)
             else:
                 body = pages.error_page("无法完成", str(exc))
-            return HTMLResponse(body, status_code=status, headers=headers)
+            return HTMLResponse(body, status_code=status, headers={**headers, **pages.PAGE_HEADERS})
         return JSONResponse({"detail": _config_detail(exc)}, status_code=status, headers=headers)
 
     return handle

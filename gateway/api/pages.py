@@ -37,6 +37,9 @@ STATE_LABELS = {
 }  # fmt: skip
 SEVERITY_LABELS = {"critical": "紧急", "major": "重要", "warning": "警告", "info": "提示"}
 ACTIONS = {"acknowledge": "接单", "arrive": "已到场", "close": "关闭告警"}
+# A link page's address is its authority: no other site may learn it from a Referer
+# (the map link), and no shared cache may keep the page with its personal data.
+PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
 @router.get("/", response_class=RedirectResponse)
@@ -46,7 +49,7 @@ async def root() -> RedirectResponse:
 
 @router.get("/board", response_class=HTMLResponse)
 async def board() -> HTMLResponse:
-    return HTMLResponse((STATIC / "board.html").read_text(encoding="utf-8"))
+    return HTMLResponse((STATIC / "board.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
 
 @router.get("/api/v1/alerts-stream", response_class=StreamingResponse)
@@ -97,7 +100,7 @@ async def link_page(
     link = _verify(ctx, request, token)
     entry = ctx.gateway.alerts.get(link.alert_id)
     message = f"已记录：{ACTIONS[done]}" if done in ACTIONS else None
-    return HTMLResponse(_alert_page(ctx, link, token, entry, message))
+    return HTMLResponse(_alert_page(ctx, link, token, entry, message), headers=PAGE_HEADERS)
 
 
 @router.post("/a/{token}/{action}", response_class=HTMLResponse)
@@ -119,13 +122,15 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
                 page = _alert_page(
                     ctx, link, token, entry, "关闭告警需要填写处理说明。", error=True
                 )
-                return HTMLResponse(page, status_code=422)
+                return HTMLResponse(page, status_code=422, headers=PAGE_HEADERS)
             await desk.close(link.alert_id, link.receiver, note)
     except AlertError as exc:
         entry = ctx.gateway.alerts.get(link.alert_id)
         page = _alert_page(ctx, link, token, entry, f"操作未执行：{exc}", error=True)
-        return HTMLResponse(page, status_code=409)
-    return RedirectResponse(f"/a/{quote(token)}?done={action}", status_code=303)
+        return HTMLResponse(page, status_code=409, headers=PAGE_HEADERS)
+    return RedirectResponse(
+        f"/a/{quote(token)}?done={action}", status_code=303, headers=PAGE_HEADERS
+    )
 
 
 def _when(ctx: ApiContext, ms: int | None) -> str:

@@ -10,6 +10,8 @@ async def test_the_link_page_shows_the_alert_whole_and_audits_it(site: Site) -> 
     alert_id = await site.fall()
     page = await site.client.get(link_path(site, alert_id))
     assert page.status_code == 200
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["cache-control"] == "no-store"
     text = page.text
     assert "跌倒" in text and "告警中" in text and "hgy east lakeside 3 2-301" in text
     # The receiver must call the wearer and the emergency contacts.
