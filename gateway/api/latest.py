@@ -54,6 +54,10 @@ class LatestValues:
                 # Telemetry is proof of life, whatever the last status said.
                 latest.online = True
             elif isinstance(record, Event):
+                # Where a fall or an SOS happened is the wearer's last known position.
+                lat, lon = record.fields.get("lat"), record.fields.get("lon")
+                if isinstance(lat, float | int) and isinstance(lon, float | int):
+                    latest.fields.update(lat=lat, lon=lon)
                 latest.last_event = record.kind
                 latest.last_event_ms = record.time_ms
                 latest.online = True

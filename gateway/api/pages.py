@@ -20,6 +20,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
 from gateway.api.devices import audit_reads
+from gateway.api.latest import DeviceLatest
+from gateway.decode.record import DeviceRef
 from gateway.notify.link import AlertLink, LinkError
 from gateway.registry import RegisteredDevice
 from gateway.rules.alert import AlertState
@@ -140,14 +142,27 @@ def _when(ctx: ApiContext, ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _map_link(device: RegisteredDevice | None, label: str) -> str | None:
+def _position(
+    device: RegisteredDevice | None, latest: DeviceLatest | None
+) -> tuple[float, float] | None:
+    """Where to go: a moving device's last known position, else where it is registered,
+    else the wearer's home."""
+    if latest is not None:
+        lat, lon = latest.fields.get("lat"), latest.fields.get("lon")
+        if isinstance(lat, float | int) and isinstance(lon, float | int):
+            return float(lat), float(lon)
     if device is None:
         return None
-    lat, lon = device.lat, device.lon
-    if lat is None or lon is None:
-        lat, lon = device.home_lat, device.home_lon
-    if lat is None or lon is None:
+    for lat_, lon_ in ((device.lat, device.lon), (device.home_lat, device.home_lon)):
+        if lat_ is not None and lon_ is not None:
+            return lat_, lon_
+    return None
+
+
+def _map_link(position: tuple[float, float] | None, label: str) -> str | None:
+    if position is None:
         return None
+    lat, lon = position
     # Amap takes WGS-84, as devices and the registry give it, when told so.
     return (
         f"https://uri.amap.com/marker?position={lon},{lat}"
@@ -200,7 +215,8 @@ def _alert_page(
             items.append(_person("佩戴人", registered.wearer_name, registered.wearer_phone))
         items += [_person("紧急联系人", c.name, c.phone) for c in registered.emergency_contacts]
         people = "<h2>联系人</h2><ul class=people>" + "".join(items) + "</ul>"
-    map_url = _map_link(registered, entry.title)
+    latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
+    map_url = _map_link(_position(registered, latest), entry.title)
     map_html = (
         f'<p><a class=map href="{esc(map_url)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
         if map_url else ""

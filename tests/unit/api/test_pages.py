@@ -77,3 +77,15 @@ async def test_the_board_page_is_served(site: Site) -> None:
     assert board.status_code == 200 and "告警看板" in board.text
     assert (await site.client.get("/static/page.css")).status_code == 200
     assert (await site.client.get("/")).headers["location"] == "/board"
+
+
+async def test_the_map_shows_where_the_wearer_was_last_seen(site: Site) -> None:
+    await site.send("community/hgy/bracelet/br-1/telemetry",
+                    {"ts": site.clock.now_ms(), "lat": 34.8, "lon": 113.7, "worn": True})  # fmt: skip
+    alert_id = await site.fall()
+    page = (await site.client.get(link_path(site, alert_id))).text
+    assert "marker?position=113.7,34.8&amp;" in page
+    await site.send("community/hgy/bracelet/br-1/event",
+                    {"ts": site.clock.now_ms() + 1, "event": "sos", "lat": 34.81, "lon": 113.71})  # fmt: skip
+    page = (await site.client.get(link_path(site, alert_id))).text
+    assert "marker?position=113.71,34.81&amp;" in page
