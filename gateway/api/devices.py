@@ -80,7 +80,9 @@ def open_alerts_by_device(
 ) -> dict[tuple[str, str], DeviceState]:
     states: dict[tuple[str, str], DeviceState] = {}
     for alert in alerts:
-        if alert.state is AlertState.PENDING or alert.fired_ms is None:
+        # A pending alert has not fired; a resolved one's condition has cleared, though
+        # nobody has closed it yet.
+        if alert.state in (AlertState.PENDING, AlertState.RESOLVED) or alert.fired_ms is None:
             continue
         key = (alert.community, alert.device_id)
         if alert.rule in offline_rules:

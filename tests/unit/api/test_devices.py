@@ -97,3 +97,15 @@ async def test_readings_come_from_the_outbox_without_a_database(site: Site) -> N
     assert len(since["readings"]) == 2
     bad = await site.get("/api/v1/devices/hgy/cs-1/readings?limit=0")
     assert bad.status_code == 422 and "limit" in bad.json()["detail"]
+
+
+async def test_a_cleared_condition_is_no_alarm_though_its_alert_is_still_open(site: Site) -> None:
+    topic = "community/hgy/smoke_detector/sd-1/telemetry"
+    reading = {"obscuration_pct_per_m": 9.0, "temperature_c": 30.0, "battery_pct": 90}
+    await site.send(topic, {"ts": T0, **reading, "alarm": True})
+    assert (await site.get("/api/v1/devices/hgy/sd-1")).json()["state"] == "alarm"
+    site.clock.advance(60)
+    await site.send(topic, {"ts": T0 + 60_000, **reading, "alarm": False})
+    (alert,) = (await site.get("/api/v1/alerts")).json()["alerts"]
+    assert alert["state"] == "resolved"
+    assert (await site.get("/api/v1/devices/hgy/sd-1")).json()["state"] == "normal"
