@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from gateway.api.context import Ctx
 from gateway.rules.alert import AlertState
-from gateway.stats import Stats
+from gateway.stats import LatencyHistogram, Stats
 
 router = APIRouter(tags=["health"])
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,6 +36,18 @@ class _Exposition:
         for labels, value in samples:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             self.lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+
+    def histogram(self, name: str, help_text: str, histogram: LatencyHistogram) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} histogram")
+        total = 0
+        for bound, count in zip(histogram.bounds_s, histogram.counts, strict=False):
+            total += count
+            self.lines.append(f'{name}_bucket{{le="{bound:g}"}} {total}')
+        total += histogram.counts[-1]
+        self.lines.append(f'{name}_bucket{{le="+Inf"}} {total}')
+        self.lines.append(f"{name}_sum {histogram.sum_s:g}")
+        self.lines.append(f"{name}_count {total}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -92,10 +104,15 @@ def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> s
         [({}, stats.outbox_depth)],
     )
     out.metric(
-        "gateway_write_latency_seconds",
+        "gateway_write_latency_last_seconds",
         "gauge",
         "Duration of the last successful write to the database",
         [({}, stats.write_latency_s)],
+    )
+    out.histogram(
+        "gateway_write_latency_seconds",
+        "Durations of successful writes to the database",
+        stats.write_latency,
     )
     out.metric(
         "gateway_alerts",

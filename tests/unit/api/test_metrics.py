@@ -27,8 +27,18 @@ def test_notifications_and_escalations_with_escaped_labels() -> None:
     stats.notifications[('sm"s', "failed")] += 1
     stats.escalations = 2
     stats.write_latency_s = 0.25
+    for seconds in (0.003, 0.25, 0.3, 60.0):
+        stats.write_latency.observe(seconds)
     text = render(stats, Counter(), 0)
     assert 'gateway_notifications_total{channel="wecom",result="sent"} 3' in text
     assert 'gateway_notifications_total{channel="sm\\"s",result="failed"} 1' in text
     assert "gateway_escalations_total 2" in text
-    assert "gateway_write_latency_seconds 0.25" in text
+    assert "gateway_write_latency_last_seconds 0.25" in text
+    lines = text.splitlines()
+    assert 'gateway_write_latency_seconds_bucket{le="0.005"} 1' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="0.25"} 2' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="0.5"} 3' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="10"} 3' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="+Inf"} 4' in lines
+    assert "gateway_write_latency_seconds_count 4" in lines
+    assert "gateway_write_latency_seconds_sum 60.553" in lines
