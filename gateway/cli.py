@@ -88,6 +88,9 @@ def _check(path: Path) -> int:
     print(f"  alert rules: {len(rules)}")
     print(f"  outbox: {config.outbox.path}")
     print(f"  time-series database: {config.influx.url if config.influx else 'none (outbox only)'}")
+    api = config.api
+    served = f"{api.host}:{api.port}, {len(api.tokens)} token(s)" if api else "none"
+    print(f"  API and pages: {served}")
     return 0
 
 

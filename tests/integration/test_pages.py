@@ -79,5 +79,18 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
             await expect(link.locator("p[role=status]")).to_have_text("已记录：关闭告警")
             await expect(row).to_have_count(0)
             await expect(board.locator("#summary")).to_have_text("未关闭告警 0 条，其中紧急 0 条")
+
+            # The operator takes an SOS on the board itself, by keyboard.
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "sos", "seq": 2})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 2, what="SOS alert")
+            sos = board.locator("tbody tr")
+            await expect(sos).to_contain_text("一键呼救")
+            await sos.get_by_role("button").focus()
+            await board.keyboard.press("Enter")
+            await expect(sos.locator("td.state")).to_have_text("已接单")
+            await expect(sos).to_contain_text("desk")
+            assert await board.evaluate("window.notReloaded") is True
     finally:
         publisher.close()
