@@ -5,7 +5,8 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.api.auth import PLACE_TYPES, Principal, Role, TokenBook
-from gateway.config import ApiConfig, ApiToken, GridCell
+from gateway.config import ApiConfig, ApiToken, GridCell, load_config
+from gateway.errors import ConfigError
 from gateway.registry import RegisteredDevice, Registry
 from tests.unit.api.conftest import ADMIN, OPERATOR, Site
 
@@ -79,3 +80,24 @@ def test_a_cell_covers_the_places_below_it() -> None:
     community = Principal("w", Role.GRID_WORKER, (GridCell(community="hgy"),))
     assert community.covers_alert(registry, "hgy", "bracelet", "unknown")
     assert "building" in PLACE_TYPES
+
+
+def test_a_token_mistake_in_the_config_file_names_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TOKEN", "from-the-environment-123")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "api:\n  tokens:\n"
+        "    - {name: root, role: admin, token: '${GW_TOKEN}'}\n"
+        "    - {name: w, role: grid_worker, token: 'another-token-12345'}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.field == "api.tokens.1"
+    assert "grid worker 'w' needs at least one cell" in raised.value.problem
+    path.write_text("api:\n  tokens:\n    - {name: root, role: admin, token: '${GW_TOKEN}'}\n")
+    config = load_config(path)
+    assert config.api is not None
+    assert config.api.tokens[0].token.get_secret_value() == "from-the-environment-123"
+    assert "from-the-environment" not in repr(config)
