@@ -128,11 +128,22 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
             await desk.close(link.alert_id, link.receiver, note)
     except AlertError as exc:
         entry = ctx.gateway.alerts.get(link.alert_id)
-        page = _alert_page(ctx, link, token, entry, f"操作未执行：{exc}", error=True)
+        page = _alert_page(ctx, link, token, entry, _refusal(entry, action, exc), error=True)
         return HTMLResponse(page, status_code=409, headers=PAGE_HEADERS)
     return RedirectResponse(
         f"/a/{quote(token)}?done={action}", status_code=303, headers=PAGE_HEADERS
     )
+
+
+def _refusal(entry: AlertEntry, action: str, exc: AlertError) -> str:
+    """Why a step was not taken, as the person on the spot needs to hear it."""
+    if entry.state is AlertState.CLOSED:
+        return f"操作未执行：告警已由 {entry.closed_by} 关闭。"
+    if action == "acknowledge" and entry.acknowledged_by:
+        return f"操作未执行：已由 {entry.acknowledged_by} 接单。"
+    if action == "arrive" and entry.arrived_by:
+        return f"操作未执行：{entry.arrived_by} 已到场。"
+    return f"操作未执行：{exc}"
 
 
 def _when(ctx: ApiContext, ms: int | None) -> str:

@@ -33,7 +33,7 @@ async def test_the_link_acts_as_its_receiver_with_the_token_alone(site: Site) ->
     entry = site.gateway.alerts.get(alert_id)
     assert (entry.acknowledged_by, entry.acknowledged_ms) == ("wang-fang", site.clock.now_ms())
     again = await site.client.post(path + "/acknowledge")
-    assert again.status_code == 409 and "操作未执行" in again.text
+    assert again.status_code == 409 and "操作未执行：已由 wang-fang 接单。" in again.text
     await site.client.post(path + "/arrive")
     no_note = await site.client.post(path + "/close", content=b"note=++")
     assert no_note.status_code == 422 and "处理说明" in no_note.text
