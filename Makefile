@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages of the real services the integration tests start privately.
-SERVICE_PACKAGES := mosquitto influxdb victoria-metrics
-SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/victoria-metrics
+# Debian packages of the real services the integration tests start privately, and the
+# browser that the page tests drive.
+SERVICE_PACKAGES := mosquitto influxdb victoria-metrics chromium
+SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/victoria-metrics /usr/bin/chromium
 
 .PHONY: install services lint test demo bench clean
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from gateway.api.server import ApiServer
 from gateway.clock import Clock, SystemClock
 from gateway.config import ApiConfig, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
@@ -67,6 +68,7 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
+        self.loaded_rules = rules
         periods_s = self.profiles.periods_s()
         self.rules = RuleEngine(
             rules,
@@ -133,6 +135,7 @@ class Gateway:
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)
         self.stopping = asyncio.Event()
+        self.api = ApiServer(self, config.api) if config.api is not None else None
 
     async def run(self) -> None:
         """Until stop(); then finishes the batch in hand and closes the outbox."""
@@ -160,6 +163,8 @@ class Gateway:
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
             if self.notifier is not None:
                 tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
+            if self.api is not None:
+                tasks.append(asyncio.create_task(self.api.serve(), name="api"))
             if self.subscriber is not None:
                 await self.subscriber.start()
                 tasks.append(
@@ -178,8 +183,11 @@ class Gateway:
             self.stopping.set()
             if self.subscriber is not None:
                 self.subscriber.stop()
+            if self.api is not None:
+                # Ends by itself, after open requests and event streams finish.
+                self.api.stop()
             for task in tasks:
-                if task.get_name() != "ingest":
+                if task.get_name() not in ("ingest", "api"):
                     task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -188,6 +196,8 @@ class Gateway:
                 await writer.__aexit__(None, None, None)
             if self._http is not None:
                 await self._http.aclose()
+            if self.api is not None:
+                self.api.close()
             self.outbox.close()
             self.alerts.close()
             self.silences.close()
@@ -245,6 +255,7 @@ class Gateway:
             log.error("rules not reloaded, the running rules stay: %s", exc)
             return False
         self.rules.load(rules)
+        self.loaded_rules = rules
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
         return True
 

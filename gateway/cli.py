@@ -122,6 +122,9 @@ def _check(path: Path) -> int:
         print("  notifications: none (alerts are logged only)")
     print(f"  outbox: {config.outbox.path}")
     print(f"  time-series database: {config.influx.url if config.influx else 'none (outbox only)'}")
+    api = config.api
+    served = f"{api.host}:{api.port}, {len(api.tokens)} token(s)" if api else "none"
+    print(f"  API and pages: {served}")
     return 0
 
 

@@ -95,6 +95,41 @@ class IngestConfig(_Strict):
     max_future_skew_s: float = Field(24 * 3600, gt=0)
 
 
+class GridCell(_Strict):
+    """A cell of the community grid (片区 area / 小区 compound / 楼栋 building); a level
+    left out takes in everything below the levels given."""
+
+    community: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
+    area: str | None = None
+    compound: str | None = None
+    building: str | None = None
+
+
+class ApiToken(_Strict):
+    # Who the token is: recorded as the actor of what it does and in the audit.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["admin", "operator", "grid_worker"]
+    # Long enough that guessing is hopeless even past the failed-login limit.
+    token: SecretStr
+    # A grid worker's own cells: the alerts they see and handle.
+    cells: tuple[GridCell, ...] = ()
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("a token needs at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_worker_has_cells(self) -> ApiToken:
+        if self.role == "grid_worker" and not self.cells:
+            raise ValueError(f"grid worker {self.name!r} needs at least one cell")
+        if self.role != "grid_worker" and self.cells:
+            raise ValueError(f"cells are for grid workers; {self.name!r} is {self.role}")
+        return self
+
+
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -104,6 +139,21 @@ class ApiConfig(_Strict):
     link_secret: SecretStr | None = None
     # How long a link in a notification can be used to act on its alert.
     link_ttl_s: float = Field(72 * 3600, gt=0)
+    tokens: tuple[ApiToken, ...] = ()
+    # Failed authentications a client address may make in a minute before it waits.
+    auth_failures_per_min: int = Field(10, ge=1)
+    # Readiness fails below this much free disk where the outbox lives.
+    min_free_disk_bytes: int = Field(256 << 20, ge=0)
+
+    @model_validator(mode="after")
+    def _tokens_unique(self) -> ApiConfig:
+        names = [t.name for t in self.tokens]
+        secrets = [t.token.get_secret_value() for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("two tokens have the same name")
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two tokens have the same secret")
+        return self
 
 
 class GatewayConfig(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -20,7 +21,14 @@ from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 
 from gateway.app import Gateway
-from gateway.config import GatewayConfig, IngestConfig, MqttConfig, OutboxConfig
+from gateway.config import (
+    ApiConfig,
+    ApiToken,
+    GatewayConfig,
+    IngestConfig,
+    MqttConfig,
+    OutboxConfig,
+)
 from gateway.notify.policy import NotifyPolicy
 from simulators.fleet import Fleet
 
@@ -72,14 +80,23 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
     fleet = Fleet.build(seed=seed, devices=devices, communities=3)
     registry = workdir / "devices.csv"
     registry.write_text(fleet.registry_csv(), encoding="utf-8")
+    api_port = _free_port()
+    base_url = f"http://127.0.0.1:{api_port}"
+    operator_token = secrets.token_urlsafe(18)
     config = GatewayConfig(
         mqtt=MqttConfig(port=port, protocol="3.1.1", client_id="demo-gateway"),
         outbox=OutboxConfig(path=workdir / "outbox.sqlite3", synchronous="normal"),
         registry_file=registry,
         ingest=IngestConfig(require_registered=True),
         notify=DEMO_POLICY,
+        api=ApiConfig(
+            port=api_port,
+            public_url=base_url,
+            tokens=(ApiToken(name="demo-operator", role="operator", token=operator_token),),
+        ),
     )
     gateway = Gateway(config)
+
     running = asyncio.create_task(gateway.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,6 +104,8 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
         loop.add_signal_handler(signum, stop.set)
     print(f"demo: broker on 127.0.0.1:{port}, {len(fleet.devices)} devices, files in {workdir}")
     print("demo: no InfluxDB configured: points wait in the local outbox. Ctrl-C stops.")
+    print(f"demo: alert board: {base_url}/board#token={operator_token}")
+    print(f"demo: API (operator token {operator_token}): {base_url}/docs")
     simulator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulators",
         "--host", "127.0.0.1", "--port", str(port),

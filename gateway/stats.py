@@ -5,6 +5,24 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+# Upper bounds of the write latency histogram, in seconds.
+WRITE_LATENCY_BOUNDS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Durations counted into buckets, as Prometheus histograms expose them."""
+
+    bounds_s: tuple[float, ...] = WRITE_LATENCY_BOUNDS_S
+    # One count per bound, and the last for what exceeds them all; not cumulative.
+    counts: list[int] = field(default_factory=lambda: [0] * (len(WRITE_LATENCY_BOUNDS_S) + 1))
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, b in enumerate(self.bounds_s) if seconds <= b), len(self.bounds_s))
+        self.counts[index] += 1
+        self.sum_s += seconds
+
 
 @dataclass
 class Stats:
@@ -20,6 +38,7 @@ class Stats:
     write_failures: int = 0
     last_write_error: str | None = None
     write_latency_s: float = 0.0
+    write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     outbox_depth: int = 0
     alerts_firing: int = 0
     alerts_resolved: int = 0

@@ -1,4 +1,11 @@
-"""Sending the dashboards to a running Grafana over its HTTP API, with grafana-client."""
+"""Sending the dashboards to a running Grafana over its HTTP API.
+
+One documented call, `POST /api/dashboards/db`, made with httpx, which the gateway
+already uses. grafana-client, the maintained client, was used first; since its 4.0 it
+depends on niquests, whose urllib3-future replaces the urllib3 of every package in the
+environment when Python starts (a .pth hook), which broke requests-based tools beside
+the gateway.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import niquests
-from grafana_client.api import GrafanaApi
-from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaUnauthorizedError
+import httpx
 
 from gateway.errors import GatewayError
 
@@ -26,11 +31,11 @@ class Credential:
     user: str | None = None
     password: str | None = None
 
-    def for_client(self) -> str | tuple[str, str]:
+    def auth(self) -> httpx.Auth:
         if self.token:
-            return self.token
+            return _Bearer(self.token)
         if self.user and self.password is not None:
-            return (self.user, self.password)
+            return httpx.BasicAuth(self.user, self.password)
         raise PushError("give a Grafana token (--token or GRAFANA_TOKEN), or a user and password")
 
     def redact(self, text: str) -> str:
@@ -52,35 +57,53 @@ def push_dashboards(
     timeout_s: float = 10.0,
 ) -> list[str]:
     """Create or replace each dashboard; returns the URL Grafana gives each one."""
-    api = GrafanaApi.from_url(url, credential=credential.for_client(), timeout=timeout_s)
+    auth = credential.auth()
     shown = _without_userinfo(url)
+    endpoint = url.rstrip("/") + "/api/dashboards/db"
     urls = []
-    for name, board in dashboards.items():
-        payload: dict[str, Any] = {
-            # Without the numeric id Grafana matches the dashboard by uid.
-            "dashboard": {key: value for key, value in board.items() if key != "id"},
-            "overwrite": True,
-            "message": "community-gateway push-dashboards",
-        }
-        if folder_uid:
-            payload["folderUid"] = folder_uid
-        try:
-            answer = api.dashboard.update_dashboard(payload)
-        except GrafanaUnauthorizedError as exc:
-            raise PushError(f"Grafana at {shown} refused the credentials (HTTP 401)") from exc
-        except GrafanaClientError as exc:
-            raise PushError(
-                f"Grafana at {shown} refused {name}: HTTP {exc.status_code} {exc.message}"
-            ) from exc
-        except GrafanaException as exc:
-            raise PushError(
-                f"Grafana at {shown} failed on {name}: HTTP {exc.status_code} {exc.message}"
-            ) from exc
-        except (niquests.exceptions.RequestException, OSError) as exc:
-            reason = credential.redact(str(exc))
-            raise PushError(f"cannot reach Grafana at {shown}: {reason}") from exc
-        urls.append(str(answer.get("url", "")) if isinstance(answer, dict) else "")
+    with httpx.Client(auth=auth, timeout=timeout_s) as http:
+        for name, board in dashboards.items():
+            payload: dict[str, Any] = {
+                # Without the numeric id Grafana matches the dashboard by uid.
+                "dashboard": {key: value for key, value in board.items() if key != "id"},
+                "overwrite": True,
+                "message": "community-gateway push-dashboards",
+            }
+            if folder_uid:
+                payload["folderUid"] = folder_uid
+            try:
+                response = http.post(endpoint, json=payload)
+            except httpx.HTTPError as exc:
+                reason = credential.redact(str(exc) or type(exc).__name__)
+                raise PushError(f"cannot reach Grafana at {shown}: {reason}") from exc
+            if response.status_code == 401:
+                raise PushError(f"Grafana at {shown} refused the credentials (HTTP 401)")
+            if response.status_code >= 400:
+                what = "refused" if response.status_code < 500 else "failed on"
+                raise PushError(
+                    f"Grafana at {shown} {what} {name}: HTTP {response.status_code} "
+                    f"{_message(response)}"
+                )
+            answer = response.json() if response.content else {}
+            urls.append(str(answer.get("url", "")) if isinstance(answer, dict) else "")
     return urls
+
+
+class _Bearer(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("message", "")) if isinstance(body, dict) else ""
 
 
 def _without_userinfo(url: str) -> str:

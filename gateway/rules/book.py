@@ -334,6 +334,30 @@ class AlertBook:
         )
         return [_entry(row) for row in rows]
 
+    def search(
+        self,
+        *,
+        state: str | None = None,
+        community: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[AlertEntry]:
+        """Alerts that fired (or are pending), newest first, in any state."""
+        where = ["(fired_ms IS NOT NULL OR state = 'pending')"]
+        params: list[object] = []
+        for clause, value in (
+            ("state = ?", state), ("community = ?", community), ("started_ms >= ?", since_ms),
+        ):  # fmt: skip
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM alerts WHERE {' AND '.join(where)}"
+            " ORDER BY started_ms DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_entry(row) for row in rows]
+
     def history(self, alert_id: str) -> list[AlertStep]:
         rows = self._conn.execute(
             "SELECT state, at_ms, actor, note FROM alert_history WHERE alert_id = ? ORDER BY id",

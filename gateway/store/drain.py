@@ -90,6 +90,7 @@ class OutboxDrain:
             await self._clock.sleep(delay_s)
             return None
         self._stats.write_latency_s = self._clock.monotonic_s() - started_s
+        self._stats.write_latency.observe(self._stats.write_latency_s)
         self._backoff.reset()
         now_ms = self._clock.now_ms()
         refused = [

@@ -147,3 +147,83 @@ def _int(key: str, value: int) -> str:
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise ValueError(f"field {key!r}: {value} is outside the int64 range")
     return f"{value}i"
+
+
+def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, FieldValue], int]:
+    """A line as `encode_point` writes it, read back: measurement, tags, fields, time in
+    milliseconds. Raises ValueError for anything else."""
+    series, rest = _split_unescaped(line, " ", quotes=False)
+    if rest is None:
+        raise ValueError("no fields")
+    field_text, time_text = _split_last_space(rest)
+    parts = _split_all(series, ",")
+    measurement = _unescape(parts[0])
+    tags: dict[str, str] = {}
+    for part in parts[1:]:
+        key, value = _split_unescaped(part, "=", quotes=False)
+        if value is None:
+            raise ValueError(f"tag without a value: {part!r}")
+        tags[_unescape(key)] = _unescape(value)
+    fields: dict[str, FieldValue] = {}
+    for part in _split_all(field_text, ",", quotes=True):
+        key, value = _split_unescaped(part, "=", quotes=False)
+        if value is None:
+            raise ValueError(f"field without a value: {part!r}")
+        fields[_unescape(key)] = _parse_value(value)
+    return measurement, tags, fields, int(time_text)
+
+
+def _split_unescaped(text: str, sep: str, *, quotes: bool) -> tuple[str, str | None]:
+    # As the InfluxDB parser reads it: a separator right after a backslash is escaped;
+    # inside a quoted string value, a backslash escapes the character after it.
+    quoted = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if quoted:
+            if char == "\\":
+                index += 2
+                continue
+            if char == '"':
+                quoted = False
+        elif quotes and char == '"':
+            quoted = True
+        elif char == sep and (index == 0 or text[index - 1] != "\\"):
+            return text[:index], text[index + 1 :]
+        index += 1
+    return text, None
+
+
+def _split_all(text: str, sep: str, *, quotes: bool = False) -> list[str]:
+    parts: list[str] = []
+    rest: str | None = text
+    while rest is not None:
+        part, rest = _split_unescaped(rest, sep, quotes=quotes)
+        parts.append(part)
+    return parts
+
+
+def _split_last_space(text: str) -> tuple[str, str]:
+    # Fields may hold quoted spaces; the time is what follows the last space.
+    fields, _, time_text = text.rpartition(" ")
+    if not fields or not time_text.lstrip("-").isdigit():
+        raise ValueError("no timestamp")
+    return fields, time_text
+
+
+def _unescape(text: str) -> str:
+    for escaped in ("\\,", "\\=", "\\ "):
+        text = text.replace(escaped, escaped[1])
+    return text
+
+
+def _parse_value(text: str) -> FieldValue:
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        return text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if text in ("t", "T", "true", "True", "TRUE"):
+        return True
+    if text in ("f", "F", "false", "False", "FALSE"):
+        return False
+    if text.endswith("i"):
+        return int(text[:-1])
+    return float(text)

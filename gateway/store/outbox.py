@@ -246,6 +246,15 @@ class Outbox:
             for i, r, t, p, why, d in rows
         ]
 
+    def lines_containing(self, text: str, limit: int) -> list[str]:
+        """The newest `limit` lines waiting that contain `text`, newest first: a device's
+        recent points while no database takes them."""
+        rows = self._drain.execute(
+            "SELECT line FROM lines WHERE instr(line, ?) > 0 ORDER BY id DESC LIMIT ?",
+            (text, limit),
+        )
+        return [str(line) for (line,) in rows]
+
     def counters(self) -> dict[str, int]:
         rows = self._drain.execute("SELECT name, value FROM counters")
         return {str(name): int(value) for name, value in rows}

@@ -1,6 +1,6 @@
 """push-dashboards against a local HTTP server that answers as Grafana's API does.
 
-Grafana itself is not installable here; the server checks the requests grafana-client
+Grafana itself is not installable here; the server checks the requests the gateway
 sends (path, authorisation, body) and answers with Grafana's status codes and bodies.
 """
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from gateway.decode.record import FieldValue
-from gateway.store.line_protocol import encode_point, encode_points
+from gateway.store.line_protocol import encode_point, encode_points, parse_line
 from gateway.store.point import Point
 
 T_MS = 1_767_225_600_000
@@ -182,3 +182,24 @@ def test_encode_points_keeps_order() -> None:
 def test_negative_time() -> None:
     p = Point(measurement="m", tags=(), fields=(("v", 1),), time_ms=-5)
     assert encode_point(p) == "m v=1i -5"
+
+
+@pytest.mark.parametrize(
+    "tags, fields",
+    [
+        ((("device_id", "sd-1"), ("community", "hgy")), (("temperature_c", 21.5), ("alarm", True))),
+        ((("device_id", "C:\\dir\\,x y=z"), ("community", "a,b")), (("n", -3), ("s", 'he said "hi" \\'))),
+        ((("port", "2"),), (("note", "two words, one=sign\nand a newline"), ("ok", False))),
+    ],
+)  # fmt: skip
+def test_parse_line_reads_back_what_encode_point_wrote(
+    tags: tuple[tuple[str, str], ...], fields: tuple[tuple[str, FieldValue], ...]
+) -> None:
+    line = encode_point(point(fields=fields, tags=tags, measurement="m x,y"))
+    assert parse_line(line) == ("m x,y", dict(tags), dict(fields), T_MS)
+
+
+@pytest.mark.parametrize("line", ["m", "m v=1", "m,t v=1 x", "m,t v 1"])
+def test_parse_line_refuses_what_is_not_a_line(line: str) -> None:
+    with pytest.raises(ValueError):
+        parse_line(line)

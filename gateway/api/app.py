@@ -1,0 +1,128 @@
+"""The API application: routers, and the one table of errors to responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from gateway import __version__
+from gateway.api import alerts, devices, health, metrics, pages, quarantine, rules, silences
+from gateway.api.auth import AuthError, ForbiddenError, TooManyFailuresError
+from gateway.api.context import ApiContext, NotFoundError, UnknownParameterError, strict_query
+from gateway.config import ApiConfig
+from gateway.errors import ConfigError, StoreError
+from gateway.notify.link import LinkError
+from gateway.rules.book import AlertError
+from gateway.rules.silence import SilenceError
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def _alert_status(exc: Exception) -> int:
+    return 404 if str(exc).startswith("no alert") else 409
+
+
+def _config_detail(exc: Exception) -> str:
+    if isinstance(exc, ConfigError):
+        where = f"{exc.file}: {exc.field}" if exc.field else exc.file
+        return f"{where}: {exc.problem}"
+    return str(exc)
+
+
+# Error type -> status; the body says what is wrong. Pages get a Chinese page instead.
+ERRORS: dict[type[Exception], Callable[[Exception], int]] = {
+    AuthError: lambda _: 401,
+    ForbiddenError: lambda _: 403,
+    TooManyFailuresError: lambda _: 429,
+    NotFoundError: lambda _: 404,
+    UnknownParameterError: lambda _: 422,
+    AlertError: _alert_status,
+    SilenceError: lambda e: 404 if str(e).startswith("no silence") else 422,
+    LinkError: lambda _: 403,
+    ConfigError: lambda _: 422,
+    StoreError: lambda _: 502,
+}
+
+
+def _is_page(request: Request) -> bool:
+    return request.url.path.startswith("/a/")
+
+
+def _handler(kind: type[Exception]) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        status = ERRORS[kind](exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, TooManyFailuresError):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        elif isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        if status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+        if _is_page(request):
+            if isinstance(exc, LinkError):
+                body = pages.link_error_page(exc)
+            elif isinstance(exc, TooManyFailuresError):
+                body = pages.too_many_page(exc)
+            else:
+                body = pages.error_page("无法完成", str(exc))
+            return HTMLResponse(body, status_code=status, headers={**headers, **pages.PAGE_HEADERS})
+        return JSONResponse({"detail": _config_detail(exc)}, status_code=status, headers=headers)
+
+    return handle
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """A bad body or parameter: one line per problem, naming where it is."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+def create_app(gateway: Gateway, config: ApiConfig) -> FastAPI:
+    app = FastAPI(
+        title="community-gateway",
+        version=__version__,
+        description="Devices, alerts, silences, rules and health of one community gateway.",
+        dependencies=[Depends(strict_query)],
+    )
+    app.state.context = ApiContext(gateway, config)
+    for kind in ERRORS:
+        app.add_exception_handler(kind, _handler(kind))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    for module in (devices, alerts, silences, rules, quarantine, health, metrics, pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The document, with bad requests described as they are answered: one `detail` line."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = document.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = {
+                "title": "HTTPValidationError",
+                "type": "object",
+                "properties": {"detail": {"type": "string", "title": "Detail"}},
+                "required": ["detail"],
+            }
+            schemas.pop("ValidationError", None)
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -1,0 +1,90 @@
+"""The audit of personal data read by people, kept beside the outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    community TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    what TEXT NOT NULL,
+    via TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_device ON audit (community, device_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at_ms: int
+    actor: str
+    role: str
+    community: str
+    device_id: str
+    # Which personal data: wearer name, phone, emergency contacts.
+    what: str
+    # The request that showed it.
+    via: str
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the audit in {path}: {exc}", retryable=False) from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def record(
+        self,
+        *,
+        at_ms: int,
+        actor: str,
+        role: str,
+        devices: Sequence[tuple[str, str]],
+        what: str,
+        via: str,
+    ) -> None:
+        """One row per device whose personal data was shown whole."""
+        self._conn.executemany(
+            "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((at_ms, actor, role, community, device_id, what, via)
+             for community, device_id in devices),
+        )  # fmt: skip
+
+    def entries(
+        self,
+        *,
+        limit: int = 100,
+        actor: str | None = None,
+        community: str | None = None,
+        device_id: str | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        where = []
+        params: list[object] = []
+        for column, value in (("actor", actor), ("community", community), ("device_id", device_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        query = "SELECT id, at_ms, actor, role, community, device_id, what, via FROM audit"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        rows = self._conn.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [AuditEntry(*row) for row in rows]

@@ -1,0 +1,164 @@
+"""Who is asking: API tokens with roles, and a limit on failed attempts per client.
+
+admin: everything. operator: reads everything, acknowledges, silences. grid worker:
+only the alerts of their own grid cells, which they acknowledge, reach and close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.clock import Clock
+from gateway.config import ApiToken, GridCell
+from gateway.errors import GatewayError
+from gateway.registry import RegisteredDevice, Registry
+
+log = logging.getLogger(__name__)
+
+FAILURE_WINDOW_S = 60.0
+# Places a correlation alert can be about, named in the alert's device type.
+PLACE_TYPES = ("area", "compound", "building")
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    GRID_WORKER = "grid_worker"
+
+
+class AuthError(GatewayError):
+    """No token, or one that matches no one (401)."""
+
+
+class ForbiddenError(GatewayError):
+    """A known caller asking for what their role does not allow (403)."""
+
+
+class TooManyFailuresError(GatewayError):
+    """A client address over its failed-authentication limit (429)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"too many failed authentications; try again in {retry_after_s} s")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+    cells: tuple[GridCell, ...] = ()
+
+    def covers_device(self, device: RegisteredDevice | None, community: str) -> bool:
+        """Whether a device is in one of this person's cells; every device is for the
+        other roles. An unregistered device has no place but its community."""
+        if self.role is not Role.GRID_WORKER:
+            return True
+        return any(_in_cell(cell, device, community) for cell in self.cells)
+
+    def covers_alert(
+        self, registry: Registry, community: str, device_type: str, device_id: str
+    ) -> bool:
+        if self.role is not Role.GRID_WORKER:
+            return True
+        if device_type in PLACE_TYPES:
+            # An alert about a place (a building on fire): in the cell if any device
+            # registered at that place is.
+            at_place = [
+                d
+                for d in registry.devices()
+                if d.community == community and getattr(d, device_type) == device_id
+            ]
+            return any(self.covers_device(d, community) for d in at_place)
+        return self.covers_device(registry.get(community, device_id), community)
+
+
+def _in_cell(cell: GridCell, device: RegisteredDevice | None, community: str) -> bool:
+    if cell.community != community:
+        return False
+    for level in PLACE_TYPES:
+        wanted = getattr(cell, level)
+        if wanted is not None and (device is None or getattr(device, level) != wanted):
+            return False
+    return True
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class TokenBook:
+    """Configured tokens, kept only as hashes and compared in constant time."""
+
+    def __init__(self, tokens: Iterable[ApiToken]) -> None:
+        self._entries = [
+            (_digest(t.token.get_secret_value()), Principal(t.name, Role(t.role), t.cells))
+            for t in tokens
+        ]
+
+    def find(self, token: str) -> Principal | None:
+        presented = _digest(token)
+        found: Principal | None = None
+        # Every entry is compared, so that the time taken does not tell which one matched.
+        for digest, principal in self._entries:
+            if hmac.compare_digest(digest, presented):
+                found = principal
+        return found
+
+
+class FailureLimiter:
+    """Failed authentications per client address within a minute, on the injected clock."""
+
+    def __init__(self, clock: Clock, per_minute: int) -> None:
+        self._clock = clock
+        self._per_minute = per_minute
+        self._failures: dict[str, deque[float]] = {}
+        self.failures_total = 0
+
+    def check(self, address: str) -> None:
+        """Raises TooManyFailuresError while the address is over its limit."""
+        failures = self._recent(address)
+        if len(failures) >= self._per_minute:
+            wait_s = failures[0] + FAILURE_WINDOW_S - self._clock.monotonic_s()
+            raise TooManyFailuresError(max(1, int(wait_s + 0.999)))
+
+    def fail(self, address: str, why: str) -> None:
+        failures = self._recent(address)
+        failures.append(self._clock.monotonic_s())
+        self.failures_total += 1
+        # Logged with the address and the reason, never with what was presented.
+        log.warning("failed authentication from %s: %s (%d in the last minute)",
+                    address, why, len(failures))  # fmt: skip
+
+    def _recent(self, address: str) -> deque[float]:
+        failures = self._failures.setdefault(address, deque())
+        horizon = self._clock.monotonic_s() - FAILURE_WINDOW_S
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        if not failures and len(self._failures) > 10_000:
+            # Bounded: addresses with nothing recent are forgotten.
+            self._failures = {a: f for a, f in self._failures.items() if f}
+            failures = self._failures.setdefault(address, deque())
+        return failures
+
+    def authenticate(self, book: TokenBook, address: str, token: str | None) -> Principal:
+        self.check(address)
+        if not token:
+            self.fail(address, "no token")
+            raise AuthError("missing token: send 'Authorization: Bearer <token>'")
+        principal = book.find(token)
+        if principal is None:
+            self.fail(address, "unknown token")
+            raise AuthError("unknown token")
+        return principal
+
+
+def require(principal: Principal, *roles: Role) -> None:
+    if principal.role not in roles:
+        allowed = ", ".join(str(r) for r in roles)
+        raise ForbiddenError(f"{principal.name} is {principal.role}; this needs {allowed}")

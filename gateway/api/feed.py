@@ -1,0 +1,47 @@
+"""Tells the board that alerts changed, for live updates without reloading."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.book import AlertEntry
+
+
+class AlertFeed:
+    def __init__(self) -> None:
+        self.version = 0
+        self._changed = asyncio.Event()
+
+    def alert_changes(self, changes: Sequence[AlertChange]) -> None:
+        """A pipeline alert listener."""
+        if changes:
+            self.bump()
+
+    def desk_step(self, entry: AlertEntry, step: AlertState) -> None:
+        """An alert desk listener."""
+        self.bump()
+
+    def bump(self) -> None:
+        self.version += 1
+        # Wake every waiter, then arm again for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, after: int, timeout_s: float, stopping: asyncio.Event) -> int:
+        """The version once it passes `after`, or when `timeout_s` or stopping come first."""
+        if self.version != after:
+            return self.version
+        changed = asyncio.ensure_future(self._changed.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((changed, stop), timeout=timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for task in (changed, stop):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return self.version

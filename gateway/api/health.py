@@ -1,0 +1,75 @@
+"""The gateway's own health: alive, and ready with each dependency named."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import httpx
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from gateway.api.context import ApiContext, Ctx
+from gateway.api.models import CheckOut, HealthOut, Responses
+
+router = APIRouter(prefix="/health", tags=["health"])
+PING_TIMEOUT_S = 2.0
+UNAVAILABLE: Responses = {503: {"model": HealthOut, "description": "a dependency is down"}}
+
+
+@router.get("/live", response_model=HealthOut, summary="The process answers")
+async def live() -> HealthOut:
+    return HealthOut(status="ok", checks=[])
+
+
+@router.get(
+    "/ready", response_model=HealthOut, responses=UNAVAILABLE,
+    summary="Broker, InfluxDB and disk, each with whether it is usable",
+)  # fmt: skip
+async def ready(ctx: Ctx) -> JSONResponse:
+    checks = [_broker(ctx), await _influx(ctx), await asyncio.to_thread(_disk, ctx)]
+    ok = all(c.ok for c in checks)
+    body = HealthOut(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def _broker(ctx: ApiContext) -> CheckOut:
+    subscriber = ctx.gateway.subscriber
+    mqtt = ctx.gateway.config.mqtt
+    if subscriber is None or mqtt is None:
+        return CheckOut(name="broker", ok=True, detail="no broker configured")
+    where = f"{mqtt.host}:{mqtt.port}"
+    if subscriber.connected.is_set():
+        return CheckOut(name="broker", ok=True, detail=f"connected to {where}")
+    return CheckOut(name="broker", ok=False, detail=f"not connected to {where}")
+
+
+async def _influx(ctx: ApiContext) -> CheckOut:
+    influx = ctx.gateway.config.influx
+    if influx is None:
+        return CheckOut(
+            name="influxdb", ok=True, detail="none configured: points wait in the outbox"
+        )
+    try:
+        async with httpx.AsyncClient(timeout=PING_TIMEOUT_S) as client:
+            response = await client.get(influx.url.rstrip("/") + "/ping")
+    except httpx.HTTPError as exc:
+        return CheckOut(name="influxdb", ok=False, detail=f"{influx.url} unreachable: {exc}")
+    if response.status_code >= 300:
+        return CheckOut(
+            name="influxdb", ok=False, detail=f"{influx.url} answered {response.status_code}"
+        )
+    return CheckOut(name="influxdb", ok=True, detail=f"{influx.url} answers")
+
+
+def _disk(ctx: ApiContext) -> CheckOut:
+    outbox = ctx.gateway.outbox
+    free = shutil.disk_usage(outbox.path.parent).free
+    if free < ctx.config.min_free_disk_bytes:
+        return CheckOut(name="disk", ok=False, detail=f"{free} bytes free at {outbox.path.parent}")
+    used = outbox.size_bytes()
+    if used >= outbox.max_bytes:
+        return CheckOut(
+            name="disk", ok=False, detail=f"outbox full ({used} bytes): oldest lines are dropped"
+        )
+    return CheckOut(name="disk", ok=True, detail=f"{free} bytes free; outbox {used} bytes")

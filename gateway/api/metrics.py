@@ -1,0 +1,161 @@
+"""/metrics in the Prometheus text format, from the gateway's counters and the alert book."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from gateway.api.context import Ctx
+from gateway.rules.alert import AlertState
+from gateway.stats import LatencyHistogram, Stats
+
+router = APIRouter(tags=["health"])
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Exposition:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        samples: Iterable[tuple[dict[str, str], float]],
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+
+    def histogram(self, name: str, help_text: str, histogram: LatencyHistogram) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} histogram")
+        total = 0
+        for bound, count in zip(histogram.bounds_s, histogram.counts, strict=False):
+            total += count
+            self.lines.append(f'{name}_bucket{{le="{bound:g}"}} {total}')
+        total += histogram.counts[-1]
+        self.lines.append(f'{name}_bucket{{le="+Inf"}} {total}')
+        self.lines.append(f"{name}_sum {histogram.sum_s:g}")
+        self.lines.append(f"{name}_count {total}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> str:
+    out = _Exposition()
+    out.metric(
+        "gateway_messages_total",
+        "counter",
+        "Messages taken in, by device type",
+        (({"device_type": t}, n) for t, n in sorted(stats.messages_by_type.items())),
+    )
+    out.metric(
+        "gateway_rejected_messages_total",
+        "counter",
+        "Messages rejected, by reason",
+        (({"reason": r}, n) for r, n in sorted(stats.rejected_by_reason.items())),
+    )
+    out.metric(
+        "gateway_redeliveries_total",
+        "counter",
+        "Redelivered messages recognised",
+        [({}, stats.redeliveries)],
+    )
+    out.metric(
+        "gateway_lines_stored_total",
+        "counter",
+        "Lines committed to the outbox",
+        [({}, stats.lines_stored)],
+    )
+    out.metric(
+        "gateway_lines_written_total",
+        "counter",
+        "Lines the database accepted",
+        [({}, stats.lines_written)],
+    )
+    out.metric(
+        "gateway_lines_evicted_total",
+        "counter",
+        "Oldest lines dropped because the outbox reached its bound",
+        [({}, stats.lines_evicted)],
+    )
+    out.metric(
+        "gateway_write_failures_total",
+        "counter",
+        "Failed writes to the database",
+        [({}, stats.write_failures)],
+    )
+    out.metric(
+        "gateway_outbox_depth_lines",
+        "gauge",
+        "Lines waiting in the outbox",
+        [({}, stats.outbox_depth)],
+    )
+    out.metric(
+        "gateway_write_latency_last_seconds",
+        "gauge",
+        "Duration of the last successful write to the database",
+        [({}, stats.write_latency_s)],
+    )
+    out.histogram(
+        "gateway_write_latency_seconds",
+        "Durations of successful writes to the database",
+        stats.write_latency,
+    )
+    out.metric(
+        "gateway_alerts",
+        "gauge",
+        "Open alerts, by state",
+        (
+            ({"state": str(s)}, alerts_by_state.get(str(s), 0))
+            for s in AlertState
+            if s is not AlertState.CLOSED
+        ),
+    )
+    out.metric(
+        "gateway_alerts_fired_total", "counter", "Alerts that fired", [({}, stats.alerts_firing)]
+    )
+    out.metric(
+        "gateway_alerts_resolved_total",
+        "counter",
+        "Alerts whose condition cleared",
+        [({}, stats.alerts_resolved)],
+    )
+    out.metric(
+        "gateway_notifications_total",
+        "counter",
+        "Notification delivery attempts, by channel and result",
+        (({"channel": c, "result": r}, n) for (c, r), n in sorted(stats.notifications.items())),
+    )
+    out.metric(
+        "gateway_escalations_total",
+        "counter",
+        "Alerts escalated to the next receiver",
+        [({}, stats.escalations)],
+    )
+    out.metric(
+        "gateway_api_auth_failures_total",
+        "counter",
+        "Failed API authentications",
+        [({}, auth_failures)],
+    )
+    return out.text()  # fmt: skip
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def metrics(ctx: Ctx) -> PlainTextResponse:
+    states = Counter(str(a.state) for a in ctx.gateway.alerts.open_alerts())
+    text = render(ctx.gateway.stats, states, ctx.limiter.failures_total)
+    return PlainTextResponse(text, media_type=CONTENT_TYPE)

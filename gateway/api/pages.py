@@ -1,0 +1,305 @@
+"""The pages: the operator's alert board, and the grid worker's page from a link.
+
+Plain HTML that loads fast on a phone, in Chinese, usable with the keyboard alone. The
+link page needs no script at all: its actions are forms, authorised by the link alone.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qs, quote
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from gateway.api.auth import TooManyFailuresError
+from gateway.api.context import ApiContext, Caller, Ctx, client_address
+from gateway.api.devices import audit_reads
+from gateway.api.latest import DeviceLatest
+from gateway.decode.record import DeviceRef
+from gateway.notify.link import AlertLink, LinkError
+from gateway.registry import RegisteredDevice
+from gateway.rules.alert import AlertState
+from gateway.rules.book import AlertEntry, AlertError
+
+router = APIRouter(include_in_schema=False)
+STATIC = Path(__file__).parent / "static"
+# A comment line keeps proxies from closing a quiet stream.
+KEEPALIVE_S = 15.0
+MAX_NOTE_CHARS = 2000
+
+STATE_LABELS = {
+    "pending": "待确认条件", "firing": "告警中", "acknowledged": "已接单", "arrived": "已到场",
+    "resolved": "已恢复", "closed": "已关闭",
+}  # fmt: skip
+SEVERITY_LABELS = {"critical": "紧急", "major": "重要", "warning": "警告", "info": "提示"}
+ACTIONS = {"acknowledge": "接单", "arrive": "已到场", "close": "关闭告警"}
+# A link page's address is its authority: no other site may learn it from a Referer
+# (the map link), and no shared cache may keep the page with its personal data.
+PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+@router.get("/", response_class=RedirectResponse)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/board", status_code=307)
+
+
+@router.get("/board", response_class=HTMLResponse)
+async def board() -> HTMLResponse:
+    return HTMLResponse((STATIC / "board.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
+
+
+@router.get("/api/v1/alerts-stream", response_class=StreamingResponse)
+async def alert_stream(
+    ctx: Ctx,
+    principal: Caller,
+    limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+) -> StreamingResponse:
+    """Server-sent events: `alerts` with a version number whenever alerts change, first
+    at once. Ends when the gateway stops, or after `limit` events."""
+
+    async def events() -> AsyncIterator[str]:
+        version = -1
+        sent = 0
+        stopping = ctx.gateway.stopping
+        while not stopping.is_set():
+            now = await ctx.feed.wait(version, KEEPALIVE_S, stopping)
+            if now == version:
+                yield ": keepalive\n\n"
+                continue
+            version = now
+            yield f"event: alerts\ndata: {version}\n\n"
+            sent += 1
+            if limit is not None and sent >= limit:
+                return
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+# --- the grid worker's page from a notification link ---------------------------------
+
+
+def _verify(ctx: ApiContext, request: Request, token: str) -> AlertLink:
+    address = client_address(request)
+    ctx.limiter.check(address)
+    try:
+        return ctx.gateway.links.verify(token, ctx.now_ms())
+    except LinkError as exc:
+        ctx.limiter.fail(address, f"alert link: {exc}")
+        raise
+
+
+@router.get("/a/{token}", response_class=HTMLResponse)
+async def link_page(
+    ctx: Ctx, request: Request, token: str, done: str | None = None
+) -> HTMLResponse:
+    link = _verify(ctx, request, token)
+    entry = ctx.gateway.alerts.get(link.alert_id)
+    message = f"已记录：{ACTIONS[done]}" if done in ACTIONS else None
+    return HTMLResponse(_alert_page(ctx, link, token, entry, message), headers=PAGE_HEADERS)
+
+
+@router.post("/a/{token}/{action}", response_class=HTMLResponse)
+async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Response:
+    link = _verify(ctx, request, token)
+    if action not in ACTIONS:
+        return HTMLResponse(error_page("没有这个操作", f"未知操作：{action}"), status_code=404)
+    desk = ctx.gateway.desk
+    try:
+        if action == "acknowledge":
+            await desk.acknowledge(link.alert_id, link.receiver)
+        elif action == "arrive":
+            await desk.arrive(link.alert_id, link.receiver)
+        else:
+            form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+            note = (form.get("note") or [""])[0].strip()[:MAX_NOTE_CHARS]
+            if not note:
+                entry = ctx.gateway.alerts.get(link.alert_id)
+                page = _alert_page(
+                    ctx, link, token, entry, "关闭告警需要填写处理说明。", error=True
+                )
+                return HTMLResponse(page, status_code=422, headers=PAGE_HEADERS)
+            await desk.close(link.alert_id, link.receiver, note)
+    except AlertError as exc:
+        entry = ctx.gateway.alerts.get(link.alert_id)
+        page = _alert_page(ctx, link, token, entry, _refusal(entry, action, exc), error=True)
+        return HTMLResponse(page, status_code=409, headers=PAGE_HEADERS)
+    return RedirectResponse(
+        f"/a/{quote(token)}?done={action}", status_code=303, headers=PAGE_HEADERS
+    )
+
+
+def _refusal(entry: AlertEntry, action: str, exc: AlertError) -> str:
+    """Why a step was not taken, as the person on the spot needs to hear it."""
+    if entry.state is AlertState.CLOSED:
+        return f"操作未执行：告警已由 {entry.closed_by} 关闭。"
+    if action == "acknowledge" and entry.acknowledged_by:
+        return f"操作未执行：已由 {entry.acknowledged_by} 接单。"
+    if action == "arrive" and entry.arrived_by:
+        return f"操作未执行：{entry.arrived_by} 已到场。"
+    return f"操作未执行：{exc}"
+
+
+def _when(ctx: ApiContext, ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    zone = ZoneInfo(ctx.gateway.config.timezone)
+    return datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _position(
+    device: RegisteredDevice | None, latest: DeviceLatest | None
+) -> tuple[float, float] | None:
+    """Where to go: a moving device's last known position, else where it is registered,
+    else the wearer's home."""
+    if latest is not None:
+        lat, lon = latest.fields.get("lat"), latest.fields.get("lon")
+        if isinstance(lat, float | int) and isinstance(lon, float | int):
+            return float(lat), float(lon)
+    if device is None:
+        return None
+    for lat_, lon_ in ((device.lat, device.lon), (device.home_lat, device.home_lon)):
+        if lat_ is not None and lon_ is not None:
+            return lat_, lon_
+    return None
+
+
+def _map_link(position: tuple[float, float] | None, label: str) -> str | None:
+    if position is None:
+        return None
+    lat, lon = position
+    # Amap takes WGS-84, as devices and the registry give it, when told so.
+    return (
+        f"https://uri.amap.com/marker?position={lon},{lat}"
+        f"&name={quote(label)}&coordinate=wgs84&callnative=1"
+    )
+
+
+def _alert_page(
+    ctx: ApiContext,
+    link: AlertLink,
+    token: str,
+    entry: AlertEntry,
+    message: str | None,
+    *,
+    error: bool = False,
+) -> str:
+    esc = html.escape
+    registered = ctx.gateway.registry.get(entry.community, entry.device_id)
+    levels = ("area", "compound", "building", "unit")
+    parts = [entry.community]
+    if registered is not None:
+        parts += [getattr(registered, k) or "" for k in levels]
+    place = " ".join(p for p in parts if p)
+    rows = [
+        ("级别", SEVERITY_LABELS.get(entry.severity, entry.severity)),
+        ("状态", STATE_LABELS.get(str(entry.state), str(entry.state))),
+        ("位置", place),
+        ("设备", f"{entry.device_type} {entry.device_id}"
+                 + (f" 端口 {entry.port}" if entry.port is not None else "")),
+        ("发生时间", _when(ctx, entry.fired_ms or entry.started_ms)),
+    ]  # fmt: skip
+    if entry.acknowledged_by:
+        rows.append(("接单", f"{entry.acknowledged_by} {_when(ctx, entry.acknowledged_ms)}"))
+    if entry.arrived_by:
+        rows.append(("到场", f"{entry.arrived_by} {_when(ctx, entry.arrived_ms)}"))
+    if entry.closed_by:
+        rows.append(
+            ("关闭", f"{entry.closed_by} {_when(ctx, entry.closed_ms)}：{entry.note or ''}")
+        )
+    table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    people = ""
+    if registered is not None and (registered.wearer_name or registered.wearer_phone
+                                   or registered.emergency_contacts):  # fmt: skip
+        # The receiver of this alert is the one who must call: shown whole, and audited.
+        audit_reads(
+            ctx, link.receiver, "link", [(entry.community, entry.device_id)], "GET /a/{token}"
+        )
+        items = []
+        if registered.wearer_name or registered.wearer_phone:
+            items.append(_person("佩戴人", registered.wearer_name, registered.wearer_phone))
+        items += [_person("紧急联系人", c.name, c.phone) for c in registered.emergency_contacts]
+        people = "<h2>联系人</h2><ul class=people>" + "".join(items) + "</ul>"
+    latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
+    map_url = _map_link(_position(registered, latest), entry.title)
+    map_html = (
+        f'<p><a class=map href="{esc(map_url)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
+        if map_url else ""
+    )  # fmt: skip
+    actions = _actions(token, entry)
+    note = ""
+    if message:
+        note = f'<p class="{"error" if error else "ok"}" role=status>{esc(message)}</p>'
+    body = (
+        f"<h1>{esc(entry.title)}</h1>{note}<table>{table}</table>{map_html}{people}{actions}"
+        f"<p class=small>处理人：{esc(link.receiver)}</p>"
+    )
+    return _page(entry.title, body)
+
+
+def _person(label: str, name: str | None, phone: str | None) -> str:
+    esc = html.escape
+    call = f' <a href="tel:{esc(phone)}">{esc(phone)}</a>' if phone else ""
+    return f"<li>{esc(label)}：{esc(name or '')}{call}</li>"
+
+
+def _actions(token: str, entry: AlertEntry) -> str:
+    if entry.state is AlertState.CLOSED:
+        return "<p>告警已关闭。</p>"
+    base = f"/a/{quote(token)}"
+    forms = []
+    first = True
+
+    def button(action: str, extra: str = "") -> str:
+        nonlocal first
+        focus = " autofocus" if first else ""
+        first = False
+        return (
+            f'<form method=post action="{base}/{action}">{extra}'
+            f"<button type=submit name=go value=1{focus}>{ACTIONS[action]}</button></form>"
+        )
+
+    if entry.acknowledged_by is None:
+        forms.append(button("acknowledge"))
+    if entry.arrived_by is None:
+        forms.append(button("arrive"))
+    note_field = (
+        "<label for=note>处理说明</label>"
+        f"<textarea id=note name=note rows=3 maxlength={MAX_NOTE_CHARS} required></textarea>"
+    )
+    forms.append(button("close", note_field))
+    return "<div class=actions>" + "".join(forms) + "</div>"
+
+
+def error_page(title: str, message: str) -> str:
+    return _page(title, f"<h1>{html.escape(title)}</h1><p class=error>{html.escape(message)}</p>")
+
+
+LINK_ERRORS = {
+    "this link has expired": "链接已过期，请联系值班人员或在系统中查看该告警。",
+    "this link is not valid": "链接无效，可能被改动或不完整。",
+}
+
+
+def link_error_page(exc: LinkError) -> str:
+    return error_page("无法打开告警", LINK_ERRORS.get(str(exc), str(exc)))
+
+
+def too_many_page(exc: TooManyFailuresError) -> str:
+    return error_page("请稍后再试", f"失败次数过多，请 {exc.retry_after_s} 秒后再试。")
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html><html lang=zh-CN><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
+        '<link rel=stylesheet href="/static/page.css"></head>'
+        f"<body><main>{body}</main></body></html>"
+    )

@@ -1,0 +1,58 @@
+"""Silences: maintenance windows that mute alerts (never a life-safety one)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from gateway.api.auth import Role, require
+from gateway.api.context import Caller, Ctx
+from gateway.api.models import AUTH_ERRORS, SilenceIn, SilenceOut, error_responses
+from gateway.rules.silence import Silence
+
+router = APIRouter(prefix="/api/v1/silences", tags=["silences"], responses=AUTH_ERRORS)
+REFUSED = error_responses(
+    404, 422, e404="no such silence", e422="the silence cannot be made as asked"
+)
+
+
+def silence_out(silence: Silence) -> SilenceOut:
+    return SilenceOut(
+        id=silence.id, community=silence.community, building=silence.building,
+        device_id=silence.device_id, rule=silence.rule, starts_ms=silence.starts_ms,
+        ends_ms=silence.ends_ms, author=silence.author, reason=silence.reason,
+    )  # fmt: skip
+
+
+@router.get("", response_model=list[SilenceOut], summary="Silences not yet expired")
+async def list_silences(ctx: Ctx, principal: Caller) -> list[SilenceOut]:
+    require(principal, Role.ADMIN, Role.OPERATOR)
+    return [silence_out(s) for s in ctx.gateway.silences.current(ctx.now_ms())]
+
+
+@router.post(
+    "", response_model=SilenceOut, status_code=201, responses=REFUSED,
+    summary="Mute alerts of a device, place or rule until `ends_ms`, with a reason",
+)  # fmt: skip
+async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> SilenceOut:
+    require(principal, Role.ADMIN, Role.OPERATOR)
+    silence = ctx.gateway.silences.add(
+        author=principal.name, reason=body.reason,
+        starts_ms=body.starts_ms if body.starts_ms is not None else ctx.now_ms(),
+        ends_ms=body.ends_ms, community=body.community, building=body.building,
+        device_id=body.device_id, rule=body.rule,
+    )  # fmt: skip
+    return silence_out(silence)
+
+
+@router.delete(
+    "/{silence_id}", status_code=204, responses=REFUSED, response_class=Response,
+    summary="End a silence now",
+)  # fmt: skip
+async def delete_silence(
+    ctx: Ctx, principal: Caller, silence_id: Annotated[int, Path(ge=1, le=(1 << 63) - 1)]
+) -> Response:
+    require(principal, Role.ADMIN, Role.OPERATOR)
+    ctx.gateway.silences.delete(silence_id)
+    return Response(status_code=204)

@@ -1,0 +1,96 @@
+"""The pages in a real browser, fed by real MQTT traffic."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from playwright.async_api import expect
+
+from gateway.config import ApiConfig, ApiToken
+from tests.integration.browser import chromium
+from tests.integration.harness import Publisher, gateway_config, running, wait_until
+from tests.integration.services import MosquittoService
+
+OPERATOR = "board-operator-token-0123"
+
+
+async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    registry = tmp_path / "devices.csv"
+    registry.write_text(
+        "device_id,device_type,community,area,compound,building,unit,wearer_name,wearer_phone\n"
+        f"br-1,bracelet,{namespace},east,lakeside,3,2-301,张三明,13812345678\n",
+        encoding="utf-8",
+    )
+    config = gateway_config(tmp_path, mosquitto, namespace, registry_file=registry)
+    api = ApiConfig(
+        port=0, link_secret="browser-test-secret",  # type: ignore[arg-type]
+        tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),),  # type: ignore[arg-type]
+    )  # fmt: skip
+    config = config.model_copy(update={"api": api})
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
+            assert gateway.api is not None
+            await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+            base = f"http://127.0.0.1:{gateway.api.port}"
+            board = await browser.new_page()
+            await board.goto(f"{base}/board#token={OPERATOR}")
+            await expect(board.locator("#summary")).to_have_text("未关闭告警 0 条，其中紧急 0 条")
+            # A marker that a reload would wipe: the board must change without one.
+            await board.evaluate("window.notReloaded = true")
+
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 1})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 1, what="fall alert")
+            (alert,) = gateway.alerts.open_alerts()
+            row = board.locator(f'tr[data-alert-id="{alert.alert_id}"]')
+            await expect(row.locator("td.state")).to_have_text("告警中")
+            await expect(row).to_contain_text("跌倒")
+            await expect(row).to_contain_text("east lakeside 3 2-301")
+
+            link = await browser.new_page()
+            token = gateway.links.token(alert.alert_id, "wang-fang", gateway.clock.now_ms())
+            await link.goto(f"{base}/a/{token}")
+            await expect(link.locator("h1")).to_contain_text("跌倒")
+            take = link.get_by_role("button", name="接单")
+            await expect(take).to_be_focused()
+            await link.keyboard.press("Enter")
+            await expect(link.locator("p[role=status]")).to_have_text("已记录：接单")
+
+            await expect(row.locator("td.state")).to_have_text("已接单")
+            await expect(row).to_contain_text("wang-fang")
+            assert await board.evaluate("window.notReloaded") is True
+            await board.screenshot(path=str(tmp_path / "board.png"))
+            await link.screenshot(path=str(tmp_path / "link.png"))
+            assert gateway.alerts.get(alert.alert_id).acknowledged_by == "wang-fang"
+
+            # Reaching the scene and closing, by keyboard alone: the next step has the focus.
+            await expect(link.get_by_role("button", name="已到场")).to_be_focused()
+            await link.keyboard.press("Enter")
+            await expect(link.locator("p[role=status]")).to_have_text("已记录：已到场")
+            await link.locator("#note").focus()
+            await link.keyboard.type("老人已送医")
+            await link.keyboard.press("Tab")
+            await link.keyboard.press("Enter")
+            await expect(link.locator("p[role=status]")).to_have_text("已记录：关闭告警")
+            await expect(row).to_have_count(0)
+            await expect(board.locator("#summary")).to_have_text("未关闭告警 0 条，其中紧急 0 条")
+
+            # The operator takes an SOS on the board itself, by keyboard.
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "sos", "seq": 2})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 2, what="SOS alert")
+            sos = board.locator("tbody tr")
+            await expect(sos).to_contain_text("一键呼救")
+            await sos.get_by_role("button").focus()
+            await board.keyboard.press("Enter")
+            await expect(sos.locator("td.state")).to_have_text("已接单")
+            await expect(sos).to_contain_text("desk")
+            assert await board.evaluate("window.notReloaded") is True
+    finally:
+        publisher.close()

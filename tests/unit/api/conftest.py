@@ -1,0 +1,123 @@
+"""A gateway with the API on a temporary outbox, no broker, and a client for it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import Gateway
+from gateway.clock import ManualClock
+from gateway.config import GatewayConfig
+from gateway.ingest.message import InboundMessage
+
+T0 = 1_767_225_600_000
+ADMIN = "admin-token-0123456789"
+OPERATOR = "operator-token-0123456789"
+WORKER = "worker-token-0123456789"
+OTHER_WORKER = "other-worker-token-0123456789"
+
+REGISTRY = """\
+device_id,device_type,community,area,compound,building,unit,lat,lon,wearer_name,wearer_phone,emergency_contacts,home_lat,home_lon
+br-1,bracelet,hgy,east,lakeside,3,2-301,,,张三明,13812345678,李四:13987654321,34.75,113.62
+br-2,bracelet,hgy,west,hillside,9,1-101,,,王五,13700001111,,34.76,113.63
+sd-1,smoke_detector,hgy,east,lakeside,3,,34.75,113.62,,,,,
+sd-2,smoke_detector,hgy,east,lakeside,3,,34.75,113.62,,,,,
+"""
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.acked = 0
+
+    async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
+        return []
+
+    def ack(self, messages: Sequence[InboundMessage]) -> None:
+        self.acked += len(messages)
+
+
+class Site:
+    """The gateway under test, fed messages as the broker would hand them over."""
+
+    def __init__(self, gateway: Gateway, clock: ManualClock, client: httpx.AsyncClient) -> None:
+        self.gateway = gateway
+        self.clock = clock
+        self.client = client
+        self._seq = 0
+
+    async def send(self, topic: str, payload: dict[str, Any] | bytes) -> None:
+        self._seq += 1
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        message = InboundMessage(topic, body, self.clock.now_ms(), self._seq, 1)
+        await self.gateway.pipeline.handle(FakeSource(), [message])
+
+    async def fall(self, device_id: str = "br-1") -> str:
+        """A fall of a bracelet's wearer; the id of the alert it makes."""
+        before = {a.alert_id for a in self.gateway.alerts.open_alerts()}
+        await self.send(
+            f"community/hgy/bracelet/{device_id}/event",
+            {"ts": self.clock.now_ms(), "event": "fall", "confidence": 0.9},
+        )
+        (alert_id,) = {a.alert_id for a in self.gateway.alerts.open_alerts()} - before
+        return alert_id
+
+    async def get(self, path: str, token: str | None = ADMIN, **kw: Any) -> httpx.Response:
+        return await self.client.get(path, headers=_auth(token), **kw)
+
+    async def post(
+        self, path: str, token: str | None = ADMIN, headers: dict[str, str] | None = None, **kw: Any
+    ) -> httpx.Response:
+        return await self.client.post(path, headers={**_auth(token), **(headers or {})}, **kw)
+
+    async def delete(self, path: str, token: str | None = ADMIN) -> httpx.Response:
+        return await self.client.delete(path, headers=_auth(token))
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def site_config(tmp_path: Path, **api: Any) -> GatewayConfig:
+    registry = tmp_path / "devices.csv"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    return GatewayConfig.model_validate(
+        {
+            "mqtt": None,
+            "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
+            "registry_file": registry,
+            "api": {
+                "port": 0,
+                "public_url": "http://gw.test",
+                "link_secret": "link-secret-for-tests",
+                "tokens": [
+                    {"name": "root", "role": "admin", "token": ADMIN},
+                    {"name": "desk", "role": "operator", "token": OPERATOR},
+                    {"name": "wang-fang", "role": "grid_worker", "token": WORKER,
+                     "cells": [{"community": "hgy", "area": "east", "compound": "lakeside"}]},
+                    {"name": "li-na", "role": "grid_worker", "token": OTHER_WORKER,
+                     "cells": [{"community": "hgy", "area": "west"}]},
+                ],
+                **api,
+            },
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    clock = ManualClock(T0)
+    gateway = Gateway(site_config(tmp_path), clock)
+    assert gateway.api is not None
+    transport = httpx.ASGITransport(app=gateway.api.app, client=("10.0.0.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+        yield Site(gateway, clock, client)
+    gateway.api.close()
+    gateway.outbox.close()
+    gateway.alerts.close()
+    gateway.silences.close()
+    gateway.notifications.close()

@@ -1,0 +1,103 @@
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.api.auth import PLACE_TYPES, Principal, Role, TokenBook
+from gateway.config import ApiConfig, ApiToken, GridCell, load_config
+from gateway.errors import ConfigError
+from gateway.registry import RegisteredDevice, Registry
+from tests.unit.api.conftest import ADMIN, OPERATOR, Site
+
+
+async def test_no_token_or_an_unknown_one_is_401(site: Site) -> None:
+    missing = await site.get("/api/v1/alerts", None)
+    assert missing.status_code == 401
+    assert missing.json()["detail"].startswith("missing token")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    unknown = await site.get("/api/v1/alerts", "not-a-token-at-all")
+    assert (unknown.status_code, unknown.json()["detail"]) == (401, "unknown token")
+
+
+async def test_failures_are_logged_without_the_token_and_limited_per_address(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "gateway.api.auth")
+    for _ in range(10):
+        assert (await site.get("/api/v1/alerts", "guess-0123456789")).status_code == 401
+    assert "10.0.0.7" in caplog.text and "guess-0123456789" not in caplog.text
+    # Over the limit, even the right token waits.
+    limited = await site.get("/api/v1/alerts", ADMIN)
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "60"
+    site.clock.advance(30)
+    assert (await site.get("/api/v1/alerts", ADMIN)).headers["retry-after"] == "30"
+    site.clock.advance(30)
+    assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200
+    metrics = (await site.client.get("/metrics")).text
+    assert "gateway_api_auth_failures_total 10" in metrics
+
+
+async def test_good_requests_do_not_count_against_the_limit(site: Site) -> None:
+    for _ in range(30):
+        assert (await site.get("/api/v1/alerts", OPERATOR)).status_code == 200
+
+
+def test_tokens_are_matched_by_hash() -> None:
+    token = ApiToken(name="desk", role="operator", token="x" * 20)  # type: ignore[arg-type]
+    book = TokenBook([token])
+    assert book.find("x" * 20) == Principal("desk", Role.OPERATOR)
+    assert book.find("x" * 19) is None
+    assert "x" * 20 not in repr(book.__dict__)
+
+
+def test_token_config_is_checked_naming_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs at least one cell"):
+        ApiToken(name="w", role="grid_worker", token="y" * 16)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        ApiToken(name="w", role="admin", token="short")  # type: ignore[arg-type]
+    twice = {"name": "a", "role": "admin", "token": "z" * 16}
+    with pytest.raises(ValidationError, match="same secret"):
+        ApiConfig.model_validate({"tokens": [twice, {**twice, "name": "b"}]})
+
+
+def test_a_cell_covers_the_places_below_it() -> None:
+    device = RegisteredDevice(
+        device_id="sd-1", device_type="smoke_detector", community="hgy", area="east",
+        compound="lakeside", building="3",
+    )  # fmt: skip
+    registry = Registry([device])
+    area = Principal("w", Role.GRID_WORKER, (GridCell(community="hgy", area="east"),))
+    other = Principal("w", Role.GRID_WORKER, (GridCell(community="hgy", building="4"),))
+    assert area.covers_alert(registry, "hgy", "smoke_detector", "sd-1")
+    assert not other.covers_alert(registry, "hgy", "smoke_detector", "sd-1")
+    # A building on fire: in the cell of the devices registered at that building.
+    assert area.covers_alert(registry, "hgy", "building", "3")
+    assert not other.covers_alert(registry, "hgy", "building", "3")
+    # An unregistered device is only in a cell that takes its whole community.
+    assert not area.covers_alert(registry, "hgy", "bracelet", "unknown")
+    community = Principal("w", Role.GRID_WORKER, (GridCell(community="hgy"),))
+    assert community.covers_alert(registry, "hgy", "bracelet", "unknown")
+    assert "building" in PLACE_TYPES
+
+
+def test_a_token_mistake_in_the_config_file_names_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TOKEN", "from-the-environment-123")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "api:\n  tokens:\n"
+        "    - {name: root, role: admin, token: '${GW_TOKEN}'}\n"
+        "    - {name: w, role: grid_worker, token: 'another-token-12345'}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.field == "api.tokens.1"
+    assert "grid worker 'w' needs at least one cell" in raised.value.problem
+    path.write_text("api:\n  tokens:\n    - {name: root, role: admin, token: '${GW_TOKEN}'}\n")
+    config = load_config(path)
+    assert config.api is not None
+    assert config.api.tokens[0].token.get_secret_value() == "from-the-environment-123"
+    assert "from-the-environment" not in repr(config)

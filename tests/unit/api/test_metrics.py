@@ -1,0 +1,44 @@
+from collections import Counter
+
+from gateway.api.metrics import render
+from gateway.stats import Stats
+from tests.unit.api.conftest import T0, Site
+
+
+async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
+    await site.send("community/hgy/bracelet/br-1/telemetry", {"ts": T0, "heart_rate_bpm": 70})
+    await site.send("community/hgy/bracelet/br-1/telemetry", b"nope")
+    alert_id = await site.fall()
+    await site.post(f"/api/v1/alerts/{alert_id}/acknowledge")
+    response = await site.client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = set(response.text.splitlines())
+    assert 'gateway_messages_total{device_type="bracelet"} 2' in lines
+    assert 'gateway_rejected_messages_total{reason="not_json"} 1' in lines
+    assert 'gateway_alerts{state="acknowledged"} 1' in lines
+    assert 'gateway_alerts{state="firing"} 0' in lines
+    assert "gateway_alerts_fired_total 1" in lines
+    assert "# TYPE gateway_outbox_depth_lines gauge" in lines
+
+
+def test_notifications_and_escalations_with_escaped_labels() -> None:
+    stats = Stats()
+    stats.notifications[("wecom", "sent")] += 3
+    stats.notifications[('sm"s', "failed")] += 1
+    stats.escalations = 2
+    stats.write_latency_s = 0.25
+    for seconds in (0.003, 0.25, 0.3, 60.0):
+        stats.write_latency.observe(seconds)
+    text = render(stats, Counter(), 0)
+    assert 'gateway_notifications_total{channel="wecom",result="sent"} 3' in text
+    assert 'gateway_notifications_total{channel="sm\\"s",result="failed"} 1' in text
+    assert "gateway_escalations_total 2" in text
+    assert "gateway_write_latency_last_seconds 0.25" in text
+    lines = text.splitlines()
+    assert 'gateway_write_latency_seconds_bucket{le="0.005"} 1' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="0.25"} 2' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="0.5"} 3' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="10"} 3' in lines
+    assert 'gateway_write_latency_seconds_bucket{le="+Inf"} 4' in lines
+    assert "gateway_write_latency_seconds_count 4" in lines
+    assert "gateway_write_latency_seconds_sum 60.553" in lines

@@ -1,0 +1,91 @@
+from tests.unit.api.conftest import OPERATOR, Site
+
+
+def link_path(site: Site, alert_id: str, receiver: str = "wang-fang") -> str:
+    url = site.gateway.links.url(alert_id, receiver, site.clock.now_ms())
+    return url.removeprefix("http://gw.test")
+
+
+async def test_the_link_page_shows_the_alert_whole_and_audits_it(site: Site) -> None:
+    alert_id = await site.fall()
+    page = await site.client.get(link_path(site, alert_id))
+    assert page.status_code == 200
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["cache-control"] == "no-store"
+    text = page.text
+    assert "跌倒" in text and "告警中" in text and "hgy east lakeside 3 2-301" in text
+    # The receiver must call the wearer and the emergency contacts.
+    assert 'href="tel:13812345678"' in text and "李四" in text
+    assert "uri.amap.com/marker?position=113.62,34.75" in text
+    assert "autofocus>接单</button>" in text
+    (entry,) = (await site.get("/api/v1/audit")).json()
+    assert (entry["actor"], entry["role"], entry["via"]) == ("wang-fang", "link", "GET /a/{token}")
+
+
+async def test_the_link_acts_as_its_receiver_with_the_token_alone(site: Site) -> None:
+    alert_id = await site.fall()
+    path = link_path(site, alert_id)
+    site.clock.advance(120)
+    done = await site.client.post(path + "/acknowledge")
+    assert done.status_code == 303
+    assert done.headers["location"] == path + "?done=acknowledge"
+    assert "已记录：接单" in (await site.client.get(done.headers["location"])).text
+    entry = site.gateway.alerts.get(alert_id)
+    assert (entry.acknowledged_by, entry.acknowledged_ms) == ("wang-fang", site.clock.now_ms())
+    again = await site.client.post(path + "/acknowledge")
+    assert again.status_code == 409 and "操作未执行：已由 wang-fang 接单。" in again.text
+    await site.client.post(path + "/arrive")
+    no_note = await site.client.post(path + "/close", content=b"note=++")
+    assert no_note.status_code == 422 and "处理说明" in no_note.text
+    closed = await site.client.post(
+        path + "/close", content="note=已送医".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    assert closed.status_code == 303
+    assert site.gateway.alerts.get(alert_id).note == "已送医"
+    listed = (await site.get(f"/api/v1/alerts/{alert_id}", OPERATOR)).json()
+    assert [s["actor"] for s in listed["history"]] == [
+        "rules",
+        "wang-fang",
+        "wang-fang",
+        "wang-fang",
+    ]
+
+
+async def test_an_expired_or_forged_link_gets_a_chinese_page(site: Site) -> None:
+    alert_id = await site.fall()
+    path = link_path(site, alert_id)
+    forged = await site.client.get(path[:-3] + "xyz")
+    assert forged.status_code == 403 and "链接无效" in forged.text
+    site.clock.advance(73 * 3600)
+    expired = await site.client.get(path)
+    assert expired.status_code == 403 and "链接已过期" in expired.text
+    refused = await site.client.post(path + "/acknowledge")
+    assert refused.status_code == 403
+    assert site.gateway.alerts.get(alert_id).acknowledged_by is None
+
+
+async def test_forged_links_count_as_failed_authentication(site: Site) -> None:
+    for _ in range(10):
+        await site.client.get("/a/forged-token")
+    limited = await site.client.get("/a/forged-token")
+    assert limited.status_code == 429 and "秒后再试" in limited.text
+
+
+async def test_the_board_page_is_served(site: Site) -> None:
+    board = await site.client.get("/board")
+    assert board.status_code == 200 and "告警看板" in board.text
+    assert (await site.client.get("/static/page.css")).status_code == 200
+    assert (await site.client.get("/")).headers["location"] == "/board"
+
+
+async def test_the_map_shows_where_the_wearer_was_last_seen(site: Site) -> None:
+    await site.send("community/hgy/bracelet/br-1/telemetry",
+                    {"ts": site.clock.now_ms(), "lat": 34.8, "lon": 113.7, "worn": True})  # fmt: skip
+    alert_id = await site.fall()
+    page = (await site.client.get(link_path(site, alert_id))).text
+    assert "marker?position=113.7,34.8&amp;" in page
+    await site.send("community/hgy/bracelet/br-1/event",
+                    {"ts": site.clock.now_ms() + 1, "event": "sos", "lat": 34.81, "lon": 113.71})  # fmt: skip
+    page = (await site.client.get(link_path(site, alert_id))).text
+    assert "marker?position=113.71,34.81&amp;" in page

@@ -1,0 +1,61 @@
+import shutil
+from pathlib import Path
+
+import httpx
+
+from gateway import PROJECT_ROOT
+from gateway.app import Gateway
+from gateway.clock import ManualClock
+from tests.unit.api.conftest import ADMIN, OPERATOR, T0, Site, site_config
+
+GOOD = "rules:\n  - {name: hot_shed, title: 棚内高温, device_types: [charging_shed], severity: info, when: 'ambient_temp_c > 45'}\n"
+
+
+async def test_the_running_rules_are_listed(site: Site) -> None:
+    rules = (await site.get("/api/v1/rules", OPERATOR)).json()
+    fall = next(r for r in rules if r["name"] == "fall")
+    assert (fall["severity"], fall["life_safety"], fall["kind"]) == ("critical", True, "event")
+
+
+async def test_a_rule_file_is_checked_without_being_loaded(site: Site) -> None:
+    ok = await site.post("/api/v1/rules/check?file=extra.yaml", content=GOOD,
+                         headers={"Content-Type": "application/yaml"})  # fmt: skip
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"file": "extra.yaml", "rules": ["hot_shed"]}
+    assert "hot_shed" not in {r["name"] for r in (await site.get("/api/v1/rules")).json()}
+    broken = await site.post(
+        "/api/v1/rules/check?file=extra.yaml", content="rules:\n  - {name: x, when: 'a >'}\n"
+    )
+    assert broken.status_code == 422
+    assert broken.json()["detail"].startswith("extra.yaml: rule x: ")
+    twice = await site.post("/api/v1/rules/check", content=GOOD.replace("hot_shed", "fall"))
+    assert "also defined in" in twice.json()["detail"]
+    bad_name = await site.post("/api/v1/rules/check?file=../x.yaml", content=GOOD)
+    assert bad_name.status_code == 422 and bad_name.json()["detail"].startswith("query.file")
+    assert (await site.post("/api/v1/rules/check", OPERATOR, content=GOOD)).status_code == 403
+
+
+async def test_reload_takes_the_folder_or_says_what_is_broken(tmp_path: Path) -> None:
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "alert_rules", rules_dir)
+    config = site_config(tmp_path).model_copy(update={"rules_dir": rules_dir})
+    gateway = Gateway(config, ManualClock(T0))
+    assert gateway.api is not None
+    transport = httpx.ASGITransport(app=gateway.api.app)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gw.test", headers=headers
+    ) as client:
+        before = len(gateway.loaded_rules)
+        (rules_dir / "extra.yaml").write_text(GOOD)
+        reloaded = await client.post("/api/v1/rules/reload")
+        assert reloaded.json() == {"rules": before + 1}
+        (rules_dir / "extra.yaml").write_text("rules: 3\n")
+        refused = await client.post("/api/v1/rules/reload")
+        assert refused.status_code == 422
+        assert (
+            refused.json()["detail"]
+            == f"{rules_dir / 'extra.yaml'}: rules: expected a list of rules under 'rules'"
+        )
+        assert len(gateway.loaded_rules) == before + 1
+    gateway.api.close()
