@@ -1,6 +1,6 @@
 """The closed loop: a simulated fall through real Mosquitto reaches a grid worker by
-webhook and by MQTT, and is acknowledged, reached and closed through its link; the
-handling times land in InfluxDB."""
+webhook and by MQTT, and is acknowledged, reached and closed on the page its link opens;
+the handling times land in InfluxDB."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pytest_httpserver import HTTPServer
@@ -66,7 +67,7 @@ async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
     config = GatewayConfig.model_validate(
         {
             **base.model_dump(exclude_none=True),
-            "api": {"public_url": "https://gw.example.cn"},
+            "api": {"port": 0, "public_url": "https://gw.example.cn"},
             "notify": notify_policy(namespace, httpserver.url_for("/notify")),
         }
     )
@@ -104,12 +105,31 @@ async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
                 lambda: any(m["rule"] == "fall" for m in app_messages), what="the app's copy"
             )
 
-            link = gateway.links.verify(ack_url.rsplit("/", 1)[1], gateway.clock.now_ms())
-            assert link.receiver == "wang-fang"
-            await gateway.desk.acknowledge(link.alert_id, link.receiver)
-            await gateway.desk.arrive(link.alert_id, link.receiver)
-            closed = await gateway.desk.close(link.alert_id, link.receiver, "已扶起，无外伤")
-            assert (closed.state, closed.closed_by) == (AlertState.CLOSED, "wang-fang")
+            # The grid worker opens the link on the phone and takes the alert there.
+            assert gateway.api is not None
+            await asyncio.wait_for(gateway.api.started.wait(), 10)
+            token = ack_url.rsplit("/", 1)[1]
+            page = f"http://127.0.0.1:{gateway.api.port}/a/{token}"
+            link = gateway.links.verify(token, gateway.clock.now_ms())
+            async with httpx.AsyncClient() as phone:
+                opened = await phone.get(page)
+                assert opened.status_code == 200
+                assert "跌倒" in opened.text
+                for action, form in (("acknowledge", None), ("arrive", None),
+                                     ("close", {"note": "已扶起，无外伤"})):  # fmt: skip
+                    answer = await phone.post(f"{page}/{action}", data=form)
+                    assert answer.status_code == 303, answer.text
+                again = await phone.post(f"{page}/acknowledge")
+                assert again.status_code == 409
+            closed = gateway.alerts.get(link.alert_id)
+            assert (closed.state, closed.closed_by, closed.note) == (
+                AlertState.CLOSED, "wang-fang", "已扶起，无外伤",
+            )  # fmt: skip
+            assert [(s.state, s.actor) for s in gateway.alerts.history(link.alert_id)][1:] == [
+                (AlertState.ACKNOWLEDGED, "wang-fang"),
+                (AlertState.ARRIVED, "wang-fang"),
+                (AlertState.CLOSED, "wang-fang"),
+            ]
             # Acknowledged: the escalation waiting for its 180 s is stopped.
             assert not gateway.notifications.due_steps(gateway.clock.now_ms() + 200_000)
 
