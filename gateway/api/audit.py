@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import StoreError
+from gateway.store.database import open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -40,12 +39,7 @@ class AuditEntry:
 
 class AuditLog:
     def __init__(self, path: Path) -> None:
-        try:
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the audit in {path}: {exc}", retryable=False) from exc
+        self._conn = open_book(path, _SCHEMA, "the audit")
 
     def close(self) -> None:
         self._conn.close()

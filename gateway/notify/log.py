@@ -8,14 +8,13 @@ notification once sent is never sent again.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.errors import StoreError
+from gateway.store.database import open_book
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notification_attempts (
@@ -109,14 +108,7 @@ class Notification:
 
 class NotificationLog:
     def __init__(self, path: Path) -> None:
-        try:
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(
-                f"cannot open the notification log in {path}: {exc}", retryable=False
-            ) from exc
+        self._conn = open_book(path, SCHEMA, "the notification log")
 
     def close(self) -> None:
         self._conn.close()

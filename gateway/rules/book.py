@@ -15,6 +15,7 @@ from gateway.decode.record import DeviceRef
 from gateway.errors import GatewayError, StoreError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
+from gateway.store.database import open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -126,10 +127,8 @@ class AlertEntry:
 
 class AlertBook:
     def __init__(self, path: Path) -> None:
+        self._conn = open_book(path, _SCHEMA, "the alert book")
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
             present = {row[1] for row in self._conn.execute("PRAGMA table_info(alerts)")}
             for name, kind in _ADDED_COLUMNS:
                 if name not in present:

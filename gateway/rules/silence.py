@@ -7,13 +7,13 @@ overridden.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import GatewayError, StoreError
+from gateway.errors import GatewayError
 from gateway.registry import Registry
 from gateway.rules.alert import AlertChange
+from gateway.store.database import open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS silences (
@@ -60,12 +60,7 @@ class Silence:
 class SilenceBook:
     def __init__(self, path: Path, registry: Registry) -> None:
         self._registry = registry
-        try:
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open silences in {path}: {exc}", retryable=False) from exc
+        self._conn = open_book(path, _SCHEMA, "silences")
         self._active = self._load()
 
     def close(self) -> None:
