@@ -6,6 +6,33 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+# (zone, hour since the epoch) -> the zone's UTC offset throughout that hour, or None
+# when it changes within the hour.
+_OFFSETS: dict[tuple[ZoneInfo, int], int | None] = {}
+
+
+def _offset_ms(time_ms: int, zone: ZoneInfo) -> int | None:
+    """The zone's UTC offset at `time_ms`, from a cache by hour; None for an hour in
+    which it changes. An offset equal at both ends of an hour holds throughout it: no
+    zone changes its offset twice within an hour."""
+    key = (zone, time_ms // _HOUR_MS)
+    offset_ms = _OFFSETS.get(key, 0)
+    if offset_ms == 0 and key not in _OFFSETS:
+        if len(_OFFSETS) > 4096:
+            _OFFSETS.clear()
+        hour_ms = key[1] * _HOUR_MS
+        first = _zone_offset_ms(hour_ms, zone)
+        last = _zone_offset_ms(hour_ms + _HOUR_MS - 1, zone)
+        offset_ms = _OFFSETS[key] = first if first == last else None
+    return offset_ms
+
+
+def _zone_offset_ms(time_ms: int, zone: ZoneInfo) -> int:
+    offset = datetime.fromtimestamp(time_ms / 1000, zone).utcoffset()
+    return 0 if offset is None else offset // timedelta(milliseconds=1)
+
 
 @dataclass(frozen=True, slots=True)
 class DailyWindow:
@@ -23,7 +50,13 @@ class DailyWindow:
             raise ValueError(f"expected 'HH:MM-HH:MM', got {text!r}") from exc
 
     def contains(self, time_ms: int, zone: ZoneInfo) -> bool:
-        moment = datetime.fromtimestamp(time_ms / 1000, zone).time()
+        offset_ms = _offset_ms(time_ms, zone)
+        if offset_ms is None:
+            moment = datetime.fromtimestamp(time_ms / 1000, zone).time()
+        else:
+            # Local time of day from the zone's offset, without building a datetime.
+            ms = (time_ms + offset_ms) % _DAY_MS
+            moment = time(ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60, ms % 1000 * 1000)
         if self.start < self.end:
             return self.start <= moment < self.end
         return moment >= self.start or moment < self.end
