@@ -332,6 +332,7 @@ class RuleEngine:
         for record in records:
             device = record.device
             device_id = device.device_id
+            # LastHeard.hear, inline.
             group = groups.get((device.community, device.device_type))
             if group is None:
                 group = self.heard.group(device.community, device.device_type)

@@ -416,4 +416,4 @@ def check_generates(condition: ast.expr) -> None:
             registered=lambda community, device_id: None,
         )
     except (SyntaxError, RecursionError, MemoryError) as exc:
-        raise ExpressionError(f"too deeply nested to evaluate: {exc}") from exc
+        raise ExpressionError("nested too deeply to be evaluated") from exc

@@ -44,6 +44,14 @@ class LastHeard:
             group = self.groups[key] = HeardGroup(key)
         return group
 
+    def hear(self, device: DeviceRef, at_ms: int) -> None:
+        """A record from `device`. (RuleEngine.evaluate does this inline, once a record.)"""
+        group = self.group(device.community, device.device_type)
+        group.seen_ms[device.device_id] = at_ms
+        if not group.fresh:
+            self.fresh_groups.append(group)
+        group.fresh.add(device.device_id)
+
     def set(self, device: DeviceRef, at_ms: int) -> None:
         """Without marking it fresh: what start-up and a restored state say."""
         self.group(device.community, device.device_type).seen_ms[device.device_id] = at_ms
