@@ -37,7 +37,9 @@ _CALL_WHEN = {
 }
 
 
-def _nothing(record: Reading | Event, tracked: bool, changes: list[Any]) -> None:
+def _nothing(
+    record: Reading | Event, tracked: Mapping[str, int] | None, changes: list[Any]
+) -> None:
     """The handler of records no rule reads."""
 
 
@@ -207,11 +209,13 @@ class RuleEngine:
         if track.firing:
             return None
         window = rule.window
-        elapsed_s = (
-            window.seconds_within(track.since_ms, now_ms, self._zone)
-            if window is not None
-            else (now_ms - track.since_ms) / 1000
-        )
+        if window is None:
+            elapsed_s = (now_ms - track.since_ms) / 1000
+        elif window.wall_seconds(track.since_ms, now_ms, self._zone) < rule.spec.unchanged_for_s:
+            # Active hours add up to no more than the local clock time: most checks end here.
+            return None
+        else:
+            elapsed_s = window.seconds_within(track.since_ms, now_ms, self._zone)
         if elapsed_s < rule.spec.unchanged_for_s:
             return None
         registered = self._registry.get(key[1], key[2])
@@ -297,6 +301,7 @@ class RuleEngine:
             return _nothing
         judged = [
             Judged(
+                rule.name,
                 rule.when_tree,
                 self._action(rule),
                 _CALL_WHEN[rule.spec.kind],
@@ -340,10 +345,11 @@ class RuleEngine:
             if not group.fresh:
                 fresh_groups.append(group)
             group.fresh.add(device_id)
-            tracked = device_id in counts
-            if tracked and self._absence:
+            # The rules with a track for this device, if any.
+            tracked = counts.get(device_id)
+            if tracked is not None and self._absence:
                 changes.extend(self._heard(record))
-                tracked = device_id in counts
+                tracked = counts.get(device_id)
             if isinstance(record, StatusReport):
                 continue
             shape = (device.device_type, type(record), record.port is None, tuple(record.fields))

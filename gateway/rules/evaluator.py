@@ -33,7 +33,8 @@ from gateway.rules.expression import (
 
 # (device_type, record class, has no port, field names in order)
 Shape = tuple[str, type, bool, tuple[str, ...]]
-Handler = Callable[[Reading | Event, bool, list[Any]], None]
+# (record, the rules with a track for its device or None, changes to append to)
+Handler = Callable[[Reading | Event, Mapping[str, int] | None, list[Any]], None]
 # A rule's action: (record, holds, rates) -> an alert change or None.
 Action = Callable[[Reading | Event, bool | None, dict[str, float]], Any]
 
@@ -45,11 +46,12 @@ _UNKNOWN = object()
 class Judged:
     """A rule to judge in a generated evaluator."""
 
+    name: str
     when: ast.expr
     action: Action
-    # When the action is called: "true" (holds); "tracked" (holds, or the device has a
-    # track: what a false or unknown condition can change is a track); "known_tracked"
-    # (as "tracked", and never when unknown).
+    # When the action is called: "true" (holds); "tracked" (holds, or the rule has a
+    # track for the device: what a false or unknown condition can change is a track);
+    # "known_tracked" (as "tracked", and never when unknown).
     call_when: str
     # Active hours: outside them the rule changes nothing.
     in_window: Callable[[int], bool] | None = None
@@ -61,6 +63,10 @@ class _Operand:
     source: str
     # Source that is true when the value is unknown; "" when it is always known.
     unknown: str = ""
+    # The value, when known while generating: (value,).
+    constant: tuple[object, ...] = ()
+    # The value is True or False (or None when unknown): a comparison or logic.
+    boolean: bool = False
 
     @property
     def never_known(self) -> bool:
@@ -88,8 +94,8 @@ class _Source:
         self.depth += 1
         self.emit("pass")
 
-    def close(self, blocks: int = 1) -> None:
-        self.depth -= blocks
+    def close(self, blocks: int | bool = 1) -> None:
+        self.depth -= int(blocks)
 
     def local(self) -> str:
         self._count += 1
@@ -113,32 +119,35 @@ class _Generator:
         # Names loaded at the top of the function: name -> local or namespace name.
         self.loaded = loaded
 
+    def constant(self, value: object) -> _Operand:
+        return _Operand(self.out.value(value), constant=(value,), boolean=type(value) is bool)
+
     def name(self, name: str) -> _Operand:
         if name in CONSTANTS:
-            return _Operand(self.out.value(CONSTANTS[name]))
+            return self.constant(CONSTANTS[name])
+        if name == "event" and not self.is_event:
+            return self.constant("")  # a reading is known not to be an event
         local = self.loaded.get(name)
         if local is None:
             return _NEVER
-        if name == "event" and not self.is_event:
-            return _Operand(local)  # a reading is known not to be an event: ""
         if name == "port":
             return _Operand(local)  # loaded only when the record has one
         return _Operand(local, f"{local} is None")
 
     def expression(self, node: ast.expr) -> _Operand:
-        out = self.out
         if isinstance(node, ast.BoolOp):
             return self._bool(node)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
-            operator = "not " if isinstance(node.op, ast.Not) else "-"
-            return self._all_known([node.operand], lambda a: f"{operator}{a}")
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return self._all_known([node.operand], lambda a: f"not {a}", boolean=True)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return self._all_known([node.operand], lambda a: f"-{a}")
         if isinstance(node, ast.Compare):
             return self._compare(node)
         if isinstance(node, ast.BinOp):
             operator = ARITHMETIC_SOURCE[type(node.op)]
             return self._all_known([node.left, node.right], lambda a, b: f"{a} {operator} {b}")
         if isinstance(node, ast.Constant):
-            return _Operand(out.value(node.value))
+            return self.constant(node.value)
         if isinstance(node, ast.Tuple | ast.List):
             return self._all_known(list(node.elts), lambda *items: f"({', '.join(items)},)")
         if isinstance(node, ast.Name):
@@ -148,18 +157,22 @@ class _Generator:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             if node.func.id == "coalesce":
                 return self._coalesce(node.args)
-            function = out.value(FUNCTIONS[node.func.id])
+            function = self.out.value(FUNCTIONS[node.func.id])
             return self._all_known(list(node.args), lambda *args: f"{function}({', '.join(args)})")
         # parse_condition refused anything else.
         raise ValueError(f"unexpected node {type(node).__name__}")
 
-    def _all_known(self, nodes: list[ast.expr], combine: Callable[..., str]) -> _Operand:
+    def _all_known(
+        self, nodes: list[ast.expr], combine: Callable[..., str], *, boolean: bool = False
+    ) -> _Operand:
         """Operands in order, each only while the ones before are known; the value
-        (never None) when all are, else None."""
+        (never None) when all are, else None. Worked out here when all are constants
+        and it raises nothing."""
         out = self.out
         result = out.local()
         sources: list[str] = []
         unknowns: list[str] = []
+        constant = True
         blocks = 0
         for index, node in enumerate(nodes):
             if index and unknowns and not isinstance(node, _LOADED):
@@ -176,24 +189,32 @@ class _Generator:
                 out.close(blocks)
                 return _NEVER
             sources.append(operand.source)
+            constant = constant and bool(operand.constant)
             if operand.unknown:
                 unknowns.append(operand.unknown)
         value = combine(*sources)
+        if constant:
+            try:
+                folded = eval(value, dict(out.namespace))
+            except Exception:  # it raises at run time, as the reference does
+                pass
+            else:
+                return self.constant(folded)
         if unknowns:
             out.emit(f"{result} = None if {' or '.join(unknowns)} else {value}")
         else:
             out.emit(f"{result} = {value}")
         out.close(blocks)
-        return _Operand(result, f"{result} is None")
+        return _Operand(result, f"{result} is None", boolean=boolean)
 
     def _compare(self, node: ast.Compare) -> _Operand:
         """A chain stops at its first false step: later operands are not evaluated."""
         out = self.out
         if len(node.ops) == 1 and isinstance(node.comparators[0], _LOADED):
             # One step against a name or a constant: nothing to evaluate between the two.
+            operator = COMPARE_SOURCE[type(node.ops[0])]
             return self._all_known(
-                [node.left, node.comparators[0]],
-                lambda a, b: f"{a} {COMPARE_SOURCE[type(node.ops[0])]} {b}",
+                [node.left, node.comparators[0]], lambda a, b: f"{a} {operator} {b}", boolean=True
             )
         result, going = out.local(), out.local()
         out.emit(f"{result} = None")
@@ -202,25 +223,27 @@ class _Generator:
             return _NEVER
         out.emit(f"{going} = True" if not left.unknown else f"{going} = not ({left.unknown})")
         previous = left.source
+        boolean = _Operand(result, f"{result} is None", boolean=True)
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             out.open(f"if {going}:")
             right = self.expression(comparator)
             if right.never_known:
                 out.emit(f"{going} = False")
                 out.close()
-                return _Operand(result, f"{result} is None")
+                return boolean
+            comparison = f"{previous} {COMPARE_SOURCE[type(op)]} {right.source}"
             if right.unknown:
                 out.emit(f"{going} = not ({right.unknown})")
                 out.open(f"if {going}:")
-                self._step(result, going, f"{previous} {COMPARE_SOURCE[type(op)]} {right.source}")
+                self._step(result, going, comparison)
                 out.close()
             else:
-                self._step(result, going, f"{previous} {COMPARE_SOURCE[type(op)]} {right.source}")
+                self._step(result, going, comparison)
             out.close()
             previous = right.source
         out.emit(f"if {going}:")
         out.emit(f"    {result} = True")
-        return _Operand(result, f"{result} is None")
+        return boolean
 
     def _step(self, result: str, going: str, comparison: str) -> None:
         self.out.emit(f"if not ({comparison}):")
@@ -228,20 +251,35 @@ class _Generator:
         self.out.emit(f"    {going} = False")
 
     def _bool(self, node: ast.BoolOp) -> _Operand:
-        """Three-valued: the first deciding operand decides; otherwise unknown if any
-        operand was, else the neutral value."""
+        """Three-valued: the first deciding operand decides, and those after it are not
+        evaluated; otherwise unknown if any operand was, else the neutral value."""
         out = self.out
         deciding = isinstance(node.op, ast.Or)  # the value that decides
         result, unknown = out.local(), out.local()
-        out.emit(f"{result} = None")
-        out.emit(f"{unknown} = False")
-        for index, value in enumerate(node.values):
-            if index:
+        at_run_time = False  # some operand so far is judged only at run time
+        never = False  # some operand so far is unknown whatever the record
+        for value in node.values:
+            guarded = at_run_time
+            if guarded:
                 out.open(f"if {result} is None:")
             operand = self.expression(value)
+            decided = False
             if operand.never_known:
-                out.emit(f"{unknown} = True")
+                if at_run_time:
+                    out.emit(f"{unknown} = True")
+                never = True
+            elif operand.constant:
+                if bool(operand.constant[0]) is deciding:
+                    if not at_run_time:
+                        out.close(guarded)
+                        return self.constant(deciding)
+                    out.emit(f"{result} = {deciding}")
+                    decided = True
             else:
+                if not at_run_time:
+                    out.emit(f"{result} = None")
+                    out.emit(f"{unknown} = {never}")
+                    at_run_time = True
                 test = operand.source if deciding else f"not {operand.source}"
                 if operand.unknown:
                     out.emit(f"if {operand.unknown}:")
@@ -250,31 +288,42 @@ class _Generator:
                 else:
                     out.emit(f"if {test}:")
                 out.emit(f"    {result} = {deciding}")
-            if index:
-                out.close()
+            out.close(guarded)
+            if decided:
+                break
+        if not at_run_time:
+            return _NEVER if never else self.constant(not deciding)
         out.emit(f"if {result} is None and not {unknown}:")
         out.emit(f"    {result} = {not deciding}")
-        return _Operand(result, f"{result} is None")
+        return _Operand(result, f"{result} is None", boolean=True)
 
     def _coalesce(self, options: list[ast.expr]) -> _Operand:
         """The first known option; None may be a known value here, hence _UNKNOWN."""
         out = self.out
         result = out.local()
-        out.emit(f"{result} = _UNKNOWN")
-        for index, option in enumerate(options):
-            if index:
+        at_run_time = False
+        for option in options:
+            guarded = at_run_time
+            if guarded:
                 out.open(f"if {result} is _UNKNOWN:")
             operand = self.expression(option)
+            if not operand.never_known and not at_run_time and not operand.unknown:
+                out.close(guarded)
+                return operand  # known whatever the record: the options after it never run
             if not operand.never_known:
+                if not at_run_time:
+                    out.emit(f"{result} = _UNKNOWN")
+                    at_run_time = True
                 if operand.unknown:
                     out.emit(f"if not ({operand.unknown}):")
                     out.emit(f"    {result} = {operand.source}")
                 else:
                     out.emit(f"{result} = {operand.source}")
-            if index:
-                out.close()
+            out.close(guarded)
             if not operand.never_known and not operand.unknown:
                 break
+        if not at_run_time:
+            return _NEVER
         return _Operand(result, f"{result} is _UNKNOWN")
 
 
@@ -304,7 +353,7 @@ def build_handler(
 ) -> Handler:
     """The function judging `judged` for records of `shape`, in order, appending what
     their actions return to the list it is given: handler(record, tracked, changes),
-    `tracked` telling that the record's device has a track. `registered` gives a
+    `tracked` holding the names of the rules with a track for the record's device. `registered` gives a
     device's registry entry, whose attributes and thresholds are `device.<name>`;
     `device_has` says whether getattr() can find a name on an entry at all (where it
     cannot, only the thresholds are looked up).
@@ -377,16 +426,19 @@ def build_handler(
         holds = out.local()
         if operand.never_known:
             out.emit(f"{holds} = None")
+        elif operand.boolean:
+            out.emit(f"{holds} = {operand.source}")
         elif operand.unknown:
             out.emit(
                 f"{holds} = None if {operand.unknown} else (True if {operand.source} else False)"
             )
         else:
             out.emit(f"{holds} = True if {operand.source} else False")
+        tracked = f"(tracked is not None and {out.value(rule.name)} in tracked)"
         gate = {
             "true": holds,
-            "tracked": f"({holds} or tracked)",
-            "known_tracked": f"({holds} or tracked) and {holds} is not None",
+            "tracked": f"({holds} or {tracked})",
+            "known_tracked": f"({holds} or {tracked}) and {holds} is not None",
         }[rule.call_when]
         if rule.in_window is not None:
             gate += f" and {out.value(rule.in_window)}(time_ms)"
@@ -410,7 +462,7 @@ def check_generates(condition: ast.expr) -> None:
     try:
         build_handler(
             ("", Reading, False, names),
-            [Judged(condition, lambda record, holds, rates: None, "true")],
+            [Judged("check", condition, lambda record, holds, rates: None, "true")],
             {},
             add_rate=lambda *args: None,
             registered=lambda community, device_id: None,

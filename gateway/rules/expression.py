@@ -14,9 +14,9 @@ so a telemetry rule ignores events and the other way round.
 from __future__ import annotations
 
 import ast
-import math
 import operator
 from collections.abc import Callable, Mapping
+from math import asin, cos, radians, sin, sqrt
 from typing import Any
 
 # Evaluated against a scope; returns the value, or raises Unknown. This is the reference
@@ -70,10 +70,10 @@ CONSTANTS = {"true": True, "false": False, "none": None}
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in metres (haversine)."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi, dlambda = phi2 - phi1, math.radians(lon2 - lon1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
-    return 2 * 6_371_000.0 * math.asin(math.sqrt(a))
+    phi1, phi2 = radians(lat1), radians(lat2)
+    dphi, dlambda = phi2 - phi1, radians(lon2 - lon1)
+    a = sin(dphi / 2) ** 2 + cos(phi1) * cos(phi2) * sin(dlambda / 2) ** 2
+    return 2 * 6_371_000.0 * asin(sqrt(a))
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {"distance_m": distance_m, "abs": abs}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -29,6 +29,12 @@ def _offset_ms(time_ms: int, zone: ZoneInfo) -> int | None:
     return offset_ms
 
 
+def _microseconds(moment: time) -> int:
+    return ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000 + (
+        moment.microsecond
+    )
+
+
 def _zone_offset_ms(time_ms: int, zone: ZoneInfo) -> int:
     offset = datetime.fromtimestamp(time_ms / 1000, zone).utcoffset()
     return 0 if offset is None else offset // timedelta(milliseconds=1)
@@ -40,6 +46,13 @@ class DailyWindow:
 
     start: time
     end: time
+    # The same, in microseconds since local midnight.
+    start_us: int = field(init=False, repr=False, compare=False)
+    end_us: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_us", _microseconds(self.start))
+        object.__setattr__(self, "end_us", _microseconds(self.end))
 
     @classmethod
     def parse(cls, text: str) -> DailyWindow:
@@ -52,14 +65,23 @@ class DailyWindow:
     def contains(self, time_ms: int, zone: ZoneInfo) -> bool:
         offset_ms = _offset_ms(time_ms, zone)
         if offset_ms is None:
-            moment = datetime.fromtimestamp(time_ms / 1000, zone).time()
+            moment = _microseconds(datetime.fromtimestamp(time_ms / 1000, zone).time())
         else:
             # Local time of day from the zone's offset, without building a datetime.
-            ms = (time_ms + offset_ms) % _DAY_MS
-            moment = time(ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60, ms % 1000 * 1000)
-        if self.start < self.end:
-            return self.start <= moment < self.end
-        return moment >= self.start or moment < self.end
+            moment = (time_ms + offset_ms) % _DAY_MS * 1000
+        if self.start_us < self.end_us:
+            return self.start_us <= moment < self.end_us
+        return moment >= self.start_us or moment < self.end_us
+
+    def wall_seconds(self, start_ms: int, end_ms: int, zone: ZoneInfo) -> float:
+        """Local clock time from `start_ms` to `end_ms` (as `seconds_within` counts it:
+        wall clock), which `seconds_within` never exceeds, and cheaper to work out."""
+        start_offset_ms, end_offset_ms = _offset_ms(start_ms, zone), _offset_ms(end_ms, zone)
+        if start_offset_ms is None or end_offset_ms is None:
+            begin = datetime.fromtimestamp(start_ms / 1000, zone)
+            finish = datetime.fromtimestamp(end_ms / 1000, zone)
+            return (finish - begin).total_seconds()
+        return (end_ms + end_offset_ms - start_ms - start_offset_ms) / 1000
 
     def seconds_within(self, start_ms: int, end_ms: int, zone: ZoneInfo) -> float:
         """How much of [start_ms, end_ms) falls inside the window."""

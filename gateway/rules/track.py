@@ -1,8 +1,8 @@
 """Rule tracks: the state of each (rule, device, port) whose condition has been seen.
 
-Few devices have a track at any time. The table counts tracks by device id, so that
-the engine can tell in one lookup that a record's device has none and skip the rules
-whose conditions do not hold for it.
+Few devices have a track at any time. The table counts tracks by device id and rule,
+so that the engine can tell in one lookup that a record's device has none, and skip
+the rules whose conditions do not hold for it and that have no track for it.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ class Track:
 
 
 class TrackTable:
-    """Tracks by key, with a count of tracks by device id (key[2])."""
+    """Tracks by key, counted by device id (key[2]) and rule (key[0])."""
 
     __slots__ = ("_tracks", "counts")
 
     def __init__(self, tracks: Iterable[tuple[TrackKey, Track]] = ()) -> None:
         self._tracks: dict[TrackKey, Track] = {}
-        # Device id -> how many tracks carry it; absent when none do.
-        self.counts: dict[str, int] = {}
+        # Device id -> rule -> how many tracks; a device or rule without one is absent.
+        self.counts: dict[str, dict[str, int]] = {}
         self.update(tracks)
 
     def __len__(self) -> int:
@@ -59,26 +59,32 @@ class TrackTable:
 
     def __setitem__(self, key: TrackKey, track: Track) -> None:
         if key not in self._tracks:
-            self.counts[key[2]] = self.counts.get(key[2], 0) + 1
+            rules = self.counts.get(key[2])
+            if rules is None:
+                rules = self.counts[key[2]] = {}
+            rules[key[0]] = rules.get(key[0], 0) + 1
         self._tracks[key] = track
 
     def __delitem__(self, key: TrackKey) -> None:
         del self._tracks[key]
-        self._forget(key[2])
+        self._forget(key)
 
     def pop(self, key: TrackKey) -> Track | None:
         track = self._tracks.pop(key, None)
         if track is not None:
-            self._forget(key[2])
+            self._forget(key)
         return track
 
     def update(self, tracks: Iterable[tuple[TrackKey, Track]]) -> None:
         for key, track in tracks:
             self[key] = track
 
-    def _forget(self, device_id: str) -> None:
-        left = self.counts[device_id] - 1
+    def _forget(self, key: TrackKey) -> None:
+        rules = self.counts[key[2]]
+        left = rules[key[0]] - 1
         if left:
-            self.counts[device_id] = left
+            rules[key[0]] = left
+        elif len(rules) > 1:
+            del rules[key[0]]
         else:
-            del self.counts[device_id]
+            del self.counts[key[2]]

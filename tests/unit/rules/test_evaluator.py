@@ -86,13 +86,13 @@ def generated(text: str, record: Reading | Event, rates: Mapping[str, float] = {
     windows = {name.removesuffix("_per_min"): 60.0 for name in rates}
     handler = build_handler(
         shape,
-        [Judged(parse_condition(text), action, "tracked")],
+        [Judged("rule", parse_condition(text), action, "tracked")],
         windows,
         add_rate=lambda community, device_id, port, field, *_: rates.get(f"{field}_per_min"),
         registered=REGISTRY.get,
     )
     try:
-        handler(record, True, [])
+        handler(record, {"rule": 1}, [])
     except Exception as exc:
         return type(exc)
     (holds,) = judged
@@ -222,7 +222,7 @@ def test_the_source_holds_nothing_from_the_rule_file() -> None:
     holds: list[bool | None] = []
     handler = build_handler(
         ("bracelet", Reading, True, ("payload",)),
-        [Judged(parse_condition(text), lambda r, h, _: holds.append(h), "true")],
+        [Judged("rule", parse_condition(text), lambda r, h, _: holds.append(h), "true")],
         {},
         add_rate=lambda *args: None,
         registered=REGISTRY.get,
@@ -235,7 +235,7 @@ def test_the_source_holds_nothing_from_the_rule_file() -> None:
     for name in (*code.co_names, *code.co_varnames):
         assert made_here.match(name) or name in fixed, name
     assert all(not isinstance(c, str) or c in ("",) for c in code.co_consts if c is not None)
-    handler(reading({"payload": '__import__("os").system("true")'}), False, [])
+    handler(reading({"payload": '__import__("os").system("true")'}), None, [])
     assert holds == [True]
 
 
