@@ -334,22 +334,28 @@ class RuleEngine:
         fresh_groups = self.heard.fresh_groups
         counts = self.tracks.counts
         handlers = self._handlers
+        last_device: DeviceRef | None = None
+        device_id = ""
+        seen_ms: dict[str, int] = {}
         for record in records:
             device = record.device
-            device_id = device.device_id
-            # LastHeard.hear, inline.
-            group = groups.get((device.community, device.device_type))
-            if group is None:
-                group = self.heard.group(device.community, device.device_type)
-            group.seen_ms[device_id] = record.time_ms
-            if not group.fresh:
-                fresh_groups.append(group)
-            group.fresh.add(device_id)
+            if device is not last_device:
+                # The records of one message share their device: heard once.
+                last_device = device
+                device_id = device.device_id
+                # LastHeard.hear, inline.
+                group = groups.get((device.community, device.device_type))
+                if group is None:
+                    group = self.heard.group(device.community, device.device_type)
+                seen_ms = group.seen_ms
+                if not group.fresh:
+                    fresh_groups.append(group)
+                group.fresh[device_id] = device
+                if self._absence and device_id in counts:
+                    changes.extend(self._heard(record))
+            seen_ms[device_id] = record.time_ms
             # The rules with a track for this device, if any.
             tracked = counts.get(device_id)
-            if tracked is not None and self._absence:
-                changes.extend(self._heard(record))
-                tracked = counts.get(device_id)
             if isinstance(record, StatusReport):
                 continue
             shape = (device.device_type, type(record), record.port is None, tuple(record.fields))

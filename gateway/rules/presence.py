@@ -24,9 +24,10 @@ class HeardGroup:
         self.key = key
         # Device id -> when last heard.
         self.seen_ms: dict[str, int] = {}
-        # Device ids heard since the last `take_fresh`, to persist; when it becomes
-        # non-empty, the group goes on `LastHeard.fresh_groups`.
-        self.fresh: set[str] = set()
+        # Devices heard since the last `take_fresh`, to persist, by id; when it becomes
+        # non-empty, the group goes on `LastHeard.fresh_groups`. Keeping the records'
+        # DeviceRef spares making one for each when they are taken.
+        self.fresh: dict[str, DeviceRef] = {}
 
 
 class LastHeard:
@@ -50,7 +51,7 @@ class LastHeard:
         group.seen_ms[device.device_id] = at_ms
         if not group.fresh:
             self.fresh_groups.append(group)
-        group.fresh.add(device.device_id)
+        group.fresh[device.device_id] = device
 
     def set(self, device: DeviceRef, at_ms: int) -> None:
         """Without marking it fresh: what start-up and a restored state say."""
@@ -79,12 +80,8 @@ class LastHeard:
         """Devices heard since the last call, with when."""
         taken = []
         for group in self.fresh_groups:
-            community, device_type = group.key
             seen_ms = group.seen_ms
-            taken += [
-                (DeviceRef(community, device_type, device_id), seen_ms[device_id])
-                for device_id in group.fresh
-            ]
+            taken += [(device, seen_ms[device_id]) for device_id, device in group.fresh.items()]
             group.fresh.clear()
         self.fresh_groups.clear()
         return taken

@@ -36,25 +36,18 @@ class RateWindows:
         """Take a sample; the change per minute since the window's start, or None while
         the samples span less than half the window (too short to say anything)."""
         key = (community, device_id, field)
-        ports = self._series.get(key)
-        if ports is None:
-            ports = self._series[key] = {}
-        samples = ports.get(port)
-        if samples is None:
-            samples = ports[port] = array("d")
+        try:
+            samples = self._series[key][port]
+        except KeyError:
+            samples = self._series.setdefault(key, {}).setdefault(port, array("d"))
         samples.append(at_ms)
         samples.append(value)
         # Keep one sample at or before the window's start, so that readings sparser
         # than the window still give a rate.
         cut_ms = at_ms - window_ms
-        drop = 0
-        end = len(samples) - 2
-        while drop < end and samples[drop + 2] <= cut_ms:
-            drop += 2
-        if drop:
-            del samples[:drop]
-        first_ms = samples[0]
-        span_ms = at_ms - first_ms
+        while len(samples) > 2 and samples[2] <= cut_ms:
+            del samples[:2]
+        span_ms = at_ms - samples[0]
         if span_ms >= window_ms / 2:
             return (value - samples[1]) / span_ms * 60_000
         return None
