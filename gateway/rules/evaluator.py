@@ -256,14 +256,15 @@ class _Generator:
         out = self.out
         deciding = isinstance(node.op, ast.Or)  # the value that decides
         result, unknown = out.local(), out.local()
-        at_run_time = False  # some operand so far is judged only at run time
+        at_run_time: list[_Operand] = []  # operands judged only at run time
         never = False  # some operand so far is unknown whatever the record
+        decided = False  # a constant operand decides, once those before it did not
+        mark = 0
         for value in node.values:
-            guarded = at_run_time
+            guarded = bool(at_run_time)
             if guarded:
                 out.open(f"if {result} is None:")
             operand = self.expression(value)
-            decided = False
             if operand.never_known:
                 if at_run_time:
                     out.emit(f"{unknown} = True")
@@ -277,9 +278,10 @@ class _Generator:
                     decided = True
             else:
                 if not at_run_time:
+                    mark = len(out.lines)
                     out.emit(f"{result} = None")
                     out.emit(f"{unknown} = {never}")
-                    at_run_time = True
+                at_run_time.append(operand)
                 test = operand.source if deciding else f"not {operand.source}"
                 if operand.unknown:
                     out.emit(f"if {operand.unknown}:")
@@ -293,6 +295,10 @@ class _Generator:
                 break
         if not at_run_time:
             return _NEVER if never else self.constant(not deciding)
+        if len(at_run_time) == 1 and at_run_time[0].boolean and not never and not decided:
+            # The others are constants that decide nothing: the one operand is the value.
+            del out.lines[mark:]
+            return at_run_time[0]
         out.emit(f"if {result} is None and not {unknown}:")
         out.emit(f"    {result} = {not deciding}")
         return _Operand(result, f"{result} is None", boolean=True)
@@ -369,7 +375,8 @@ def build_handler(
     loaded: dict[str, str] = {}
     generator = _Generator(out, shape, loaded)
     out.emit("fields = record.fields")
-    out.emit("time_ms = record.time_ms")
+    if any(rule.in_window for rule in judged) or fields & set(rate_fields):
+        out.emit("time_ms = record.time_ms")
     if generator.is_event:
         loaded["event"] = "event"
         out.emit("event = record.kind")
