@@ -28,6 +28,8 @@ from gateway.rules.track import Track, TrackKey, TrackTable
 __all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
 
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
+# Shapes remembered per device type and kind of record (see RuleEngine._recent).
+_RECENT_SHAPES = 4
 # When a rule's action is called, by the rule's kind (see evaluator.Judged).
 _CALL_WHEN = {
     "condition": "tracked",
@@ -82,8 +84,11 @@ class RuleEngine:
         self._windows: dict[str, dict[str, float]] = {}
         self._attributes: dict[str, frozenset[str]] = {}
         self._rates = RateWindows()
-        # One generated evaluator per record shape.
+        # One generated evaluator per record shape; and by device type, by kind of record
+        # (reading or event, with or without a port), the last few shapes seen with
+        # their field names, which tell a record's shape without making a key for it.
         self._handlers: dict[Shape, Handler] = {}
+        self._recent: dict[str, list[list[tuple[frozenset[str], Handler]]]] = {}
 
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""
@@ -331,12 +336,11 @@ class RuleEngine:
     def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
         changes: list[AlertChange] = []
         groups = self.heard.groups
-        fresh_groups = self.heard.fresh_groups
         counts = self.tracks.counts
-        handlers = self._handlers
         last_device: DeviceRef | None = None
         device_id = ""
         seen_ms: dict[str, int] = {}
+        recent: list[list[tuple[frozenset[str], Handler]]] = []
         for record in records:
             device = record.device
             if device is not last_device:
@@ -349,21 +353,42 @@ class RuleEngine:
                     group = self.heard.group(device.community, device.device_type)
                 seen_ms = group.seen_ms
                 if not group.fresh:
-                    fresh_groups.append(group)
+                    self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
                 if self._absence and device_id in counts:
                     changes.extend(self._heard(record))
+                recent = self._recent.get(device.device_type) or self._recent_for(device)
             seen_ms[device_id] = record.time_ms
-            # The rules with a track for this device, if any.
-            tracked = counts.get(device_id)
             if isinstance(record, StatusReport):
                 continue
-            shape = (device.device_type, type(record), record.port is None, tuple(record.fields))
-            handler = handlers.get(shape)
-            if handler is None:
-                handler = handlers[shape] = self._handler(shape)
+            # The rules with a track for this device, if any.
+            tracked = counts.get(device_id)
+            fields = record.fields
+            shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
+            for names, known in shapes:
+                if fields.keys() == names:
+                    handler = known
+                    break
+            else:
+                handler = self._handler_for(record, shapes)
             handler(record, tracked, changes)
         return changes
+
+    def _recent_for(self, device: DeviceRef) -> list[list[tuple[frozenset[str], Handler]]]:
+        recent = self._recent[device.device_type] = [[], [], [], []]
+        return recent
+
+    def _handler_for(
+        self, record: Reading | Event, shapes: list[tuple[frozenset[str], Handler]]
+    ) -> Handler:
+        shape = (record.device.device_type, type(record), record.port is None, tuple(record.fields))
+        handler = self._handlers.get(shape)
+        if handler is None:
+            handler = self._handlers[shape] = self._handler(shape)
+        if type(record) in (Reading, Event):  # what the kind of record in `evaluate` tells
+            shapes.insert(0, (frozenset(shape[3]), handler))
+            del shapes[_RECENT_SHAPES:]
+        return handler
 
     def _scope(self, record: Reading | Event, rates: Mapping[str, float | None]) -> dict[str, Any]:
         """What the reference evaluators read: registry attributes, the record's fields,
