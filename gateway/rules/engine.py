@@ -73,6 +73,7 @@ class RuleEngine:
         """Take a new set of rules; the state of rules that remain is kept."""
         self._rules = [r for r in rules if r.spec.kind != "absence"]
         self._absence = [r for r in rules if r.spec.kind == "absence"]
+        self._absent = frozenset(r.name for r in self._absence)
         self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
         self._correlation = {r.name: r for r in rules if r.spec.kind == "correlation"}
         self._correlations: dict[TrackKey, dict[str, int]] = {}
@@ -355,7 +356,8 @@ class RuleEngine:
                 if not group.fresh:
                     self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
-                if self._absence and device_id in counts:
+                tracked = counts.get(device_id)
+                if tracked is not None and not self._absent.isdisjoint(tracked):
                     changes.extend(self._heard(record))
                 recent = self._recent.get(device.device_type) or self._recent_for(device)
             seen_ms[device_id] = record.time_ms

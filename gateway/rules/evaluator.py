@@ -419,14 +419,22 @@ def build_handler(
             out.emit(f"{loaded[name]} = None")
         out.open("if device is not None:")
         out.emit("thresholds = device.thresholds")
+        # A registry threshold of the same name overrides the attribute; most devices
+        # have no thresholds.
+        out.open("if thresholds:")
         for name in attributes:
             attribute = out.value(name.removeprefix("device."))
-            # A registry threshold of the same name overrides the attribute.
             out.emit(f"{loaded[name]} = thresholds.get({attribute})")
             if device_has(name.removeprefix("device.")):
                 out.emit(f"if {loaded[name]} is None:")
                 out.emit(f"    {loaded[name]} = getattr(device, {attribute}, None)")
         out.close()
+        out.open("else:")
+        for name in attributes:
+            if device_has(name.removeprefix("device.")):
+                attribute = out.value(name.removeprefix("device."))
+                out.emit(f"{loaded[name]} = getattr(device, {attribute}, None)")
+        out.close(2)
     rates_mapping = "{" + ", ".join(f"{out.value(n)}: {v}" for n, v in rates.items()) + "}"
     for rule in judged:
         operand = generator.expression(rule.when)

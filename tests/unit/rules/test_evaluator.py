@@ -32,8 +32,12 @@ HOME = RegisteredDevice(
     lives_alone=True,
     thresholds={"max_heart_rate_bpm": 170.0, "safe_radius_m": 900.0},
 )
-REGISTRY = Registry([HOME])
+PLAIN = RegisteredDevice(
+    device_id="br-2", device_type="bracelet", community="hgy", home_lat=34.7, safe_radius_m=50
+)
+REGISTRY = Registry([HOME, PLAIN])
 KNOWN = DeviceRef("hgy", "bracelet", "br-1")
+WITHOUT_THRESHOLDS = DeviceRef("hgy", "bracelet", "br-2")
 STRANGER = DeviceRef("hgy", "bracelet", "br-9")
 ATTRIBUTES = ("home_lat", "home_lon", "safe_radius_m", "well_depth_cm", "lives_alone")
 ATTRIBUTES += ("max_heart_rate_bpm", "min_heart_rate_bpm", "unit")
@@ -152,6 +156,7 @@ RECORDS = [
     reading({"h": 170, "worn": True, "lat": 34.76, "lon": 113.62}),
     reading({"h": 30, "worn": False, "lat": 34.7501, "lon": 113.6201}, device=STRANGER),
     reading({"water": 170.0, "t": 12.5, "x": 1}),
+    reading({"h": 170, "worn": True, "lat": 34.7, "lon": 113.62}, device=WITHOUT_THRESHOLDS),
     reading({}),
     event("alarm", {}),
     event("fall", {"t": 70.0, "lat": 34.75, "lon": 113.62}, port=1),
@@ -209,7 +214,7 @@ def test_random_conditions_judge_as_the_reference() -> None:
         text = _random_condition(rnd, 4)
         fields = {name: rnd.choice(values) for name in ("a", "b", "s") if rnd.random() < 0.7}
         port = rnd.choice([None, 1, 0])
-        device = rnd.choice([KNOWN, STRANGER])
+        device = rnd.choice([KNOWN, STRANGER, WITHOUT_THRESHOLDS])
         if rnd.random() < 0.5:
             record: Reading | Event = reading(fields, port, device)
         else:
