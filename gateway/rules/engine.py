@@ -8,34 +8,41 @@ event rule makes an alert of every matching event.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, StatusReport
-from gateway.registry import Registry
+from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
+from gateway.rules.presence import LastHeard
+from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Rule
+from gateway.rules.track import Track, TrackKey, TrackTable
 
-TrackKey = tuple[str, str, str, int | None]
-_NO_ATTRIBUTES: dict[str, Any] = {}
+# The alert book stores tracks by these.
+__all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
+
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
+# Shapes remembered per device type and kind of record (see RuleEngine._recent).
+_RECENT_SHAPES = 4
+# When a rule's action is called, by the rule's kind (see evaluator.Judged).
+_CALL_WHEN = {
+    "condition": "tracked",
+    "event": "true",
+    "correlation": "true",
+    "inactivity": "known_tracked",
+}
 
 
-@dataclass(slots=True)
-class Track:
-    """The state of one (rule, device, port) whose condition has been seen true."""
-
-    firing: bool
-    since_ms: int
-    readings: int
-    clearing_since_ms: int | None = None
-    alert_id: str = ""
-    # Inactivity rules: the watched field's value, unchanged since `since_ms`.
-    last_value: float | None = None
+def _nothing(
+    record: Reading | Event, tracked: Mapping[str, int] | None, changes: list[Any]
+) -> None:
+    """The handler of records no rule reads."""
 
 
 class RuleEngine:
@@ -51,13 +58,13 @@ class RuleEngine:
         self._registry = registry
         self._zone = zone
         self._periods_s = dict(periods_s or {})
-        self._seen: set[DeviceRef] = set()
         # When each device was last heard from; registered devices count from start-up,
         # so that one which never reports is found too.
-        self.last_seen_ms: dict[DeviceRef, int] = {
-            DeviceRef(d.community, d.device_type, d.device_id): now_ms for d in registry.devices()
-        }
-        self.tracks: dict[TrackKey, Track] = {}
+        self.heard = LastHeard()
+        for device in registry.devices():
+            group = self.heard.group(device.community, device.device_type)
+            group.seen_ms[device.device_id] = now_ms
+        self.tracks = TrackTable()
         # Keys whose state changed since the last save, so that a restart forgets nothing.
         self._dirty: set[TrackKey] = set()
         self.load(rules)
@@ -71,17 +78,27 @@ class RuleEngine:
         """Take a new set of rules; the state of rules that remain is kept."""
         self._rules = [r for r in rules if r.spec.kind != "absence"]
         self._absence = [r for r in rules if r.spec.kind == "absence"]
+        self._absent = frozenset(r.name for r in self._absence)
         self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
         self._correlation = {r.name: r for r in rules if r.spec.kind == "correlation"}
         self._correlations: dict[TrackKey, dict[str, int]] = {}
-        self._by_type: dict[str, list[Rule]] = {}
         names = {rule.name for rule in rules}
-        self.tracks = {k: t for k, t in self.tracks.items() if k[0] in names}
-        self._device_scopes: dict[tuple[str, str], dict[str, Any]] = {}
-        self._rates: dict[str, dict[str, float]] = {}
+        self.tracks = TrackTable((k, t) for k, t in self.tracks.items() if k[0] in names)
+        self._by_type: dict[str, list[Rule]] = {}
+        # Per device type: the rate windows (field -> seconds), the registry attributes
+        # its rules read.
+        self._windows: dict[str, dict[str, float]] = {}
         self._attributes: dict[str, frozenset[str]] = {}
-        self._relevant_cache: dict[tuple[str, bool, bool, tuple[str, ...]], list[Rule]] = {}
-        self._history: dict[tuple[str, str, int | None, str], deque[tuple[int, float]]] = {}
+        self._rates = RateWindows()
+        # One generated evaluator per record shape; and by device type, by kind of record
+        # (reading or event, with or without a port), the last few shapes seen with
+        # their field names, which tell a record's shape without making a key for it.
+        self._handlers: dict[Shape, Handler] = {}
+        self._recent: dict[str, list[list[tuple[frozenset[str], Handler]]]] = {}
+
+    def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
+        """When devices were last heard, as saved before a restart."""
+        self.heard.update(saved)
 
     def tick(self, now_ms: int) -> list[AlertChange]:
         """Fire absence and inactivity alerts; resolve correlations whose window passed."""
@@ -104,28 +121,32 @@ class RuleEngine:
                 if change is not None:
                     changes.append(change)
         for rule in self._absence:
-            for device, seen_ms in self.last_seen_ms.items():
-                period_s = self._periods_s.get(device.device_type)
-                if period_s is None or not rule.applies_to(device.device_type):
+            for (community, device_type), group in self.heard.groups.items():
+                period_s = self._periods_s.get(device_type)
+                if period_s is None or not rule.applies_to(device_type):
                     continue
-                if now_ms - seen_ms < rule.spec.after_periods * period_s * 1000:
-                    continue
-                key = (rule.name, device.community, device.device_id, None)
-                if key in self.tracks:
-                    continue
-                alert_id = _alert_id(rule.name, device, None, seen_ms)
-                self.tracks[key] = Track(True, seen_ms, 0, None, alert_id)
-                self._dirty.add(key)
-                values: dict[str, FieldValue] = {"silent_s": (now_ms - seen_ms) // 1000}
-                changes.append(
-                    _change(
-                        rule, device, None, AlertState.FIRING, alert_id, seen_ms, now_ms, values
-                    )
-                )
+                silent_ms = rule.spec.after_periods * period_s * 1000
+                for device_id, seen_ms in group.seen_ms.items():
+                    if now_ms - seen_ms < silent_ms:
+                        continue
+                    key = (rule.name, community, device_id, None)
+                    if key in self.tracks:
+                        continue
+                    device = DeviceRef(community, device_type, device_id)
+                    alert_id = _alert_id(rule.name, device, None, seen_ms)
+                    self.tracks[key] = Track(True, seen_ms, 0, None, alert_id)
+                    self._dirty.add(key)
+                    values: dict[str, FieldValue] = {"silent_s": (now_ms - seen_ms) // 1000}
+                    changes.append(
+                        _change(
+                            rule, device, None, AlertState.FIRING, alert_id, seen_ms, now_ms,
+                            values,
+                        )
+                    )  # fmt: skip
         return changes
 
     def _apply_inactivity(
-        self, rule: Rule, record: Reading | Event, holds: bool | None
+        self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
     ) -> AlertChange | None:
         value = record.fields.get(rule.spec.field or "")
         if holds is None or type(value) not in (int, float):
@@ -155,7 +176,7 @@ class RuleEngine:
         return self._inactive_too_long(rule, key, track, record.time_ms)
 
     def _apply_correlation(
-        self, rule: Rule, record: Reading | Event, holds: bool | None
+        self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
     ) -> AlertChange | None:
         if not holds:
             return None
@@ -199,11 +220,13 @@ class RuleEngine:
         if track.firing:
             return None
         window = rule.window
-        elapsed_s = (
-            window.seconds_within(track.since_ms, now_ms, self._zone)
-            if window is not None
-            else (now_ms - track.since_ms) / 1000
-        )
+        if window is None:
+            elapsed_s = (now_ms - track.since_ms) / 1000
+        elif window.wall_seconds(track.since_ms, now_ms, self._zone) < rule.spec.unchanged_for_s:
+            # Active hours add up to no more than the local clock time: most checks end here.
+            return None
+        else:
+            elapsed_s = window.seconds_within(track.since_ms, now_ms, self._zone)
         if elapsed_s < rule.spec.unchanged_for_s:
             return None
         registered = self._registry.get(key[1], key[2])
@@ -211,10 +234,7 @@ class RuleEngine:
             device = DeviceRef(key[1], registered.device_type, key[2])
         else:
             # Rare: an unregistered device; its type is known from when it was heard.
-            device = next(
-                (d for d in self.last_seen_ms if (d.community, d.device_id) == key[1:3]),
-                DeviceRef(key[1], "", key[2]),
-            )
+            device = DeviceRef(key[1], self.heard.type_of(key[1], key[2]) or "", key[2])
         track.firing = True
         track.alert_id = _alert_id(rule.name, device, None, track.since_ms)
         self._dirty.add(key)
@@ -229,7 +249,7 @@ class RuleEngine:
         changes = []
         for rule in self._absence:
             key = (rule.name, record.device.community, record.device.device_id, None)
-            track = self.tracks.pop(key, None)
+            track = self.tracks.pop(key)
             if track is not None:
                 self._dirty.add(key)
                 changes.append(
@@ -255,9 +275,7 @@ class RuleEngine:
 
     def take_seen(self) -> list[tuple[DeviceRef, int]]:
         """Devices heard from since the last call, with when, to persist."""
-        seen = [(device, self.last_seen_ms[device]) for device in self._seen]
-        self._seen.clear()
-        return seen
+        return self.heard.take_fresh()
 
     def restore(self, saved: Iterable[tuple[TrackKey, Track]]) -> None:
         names = {rule.name for rule in self._rules}
@@ -274,117 +292,152 @@ class RuleEngine:
             for rule in rules:
                 for field, window_s in rule.spec.rates.items():
                     windows[field] = max(window_s, windows.get(field, 0.0))
-            self._rates[device_type] = windows
+            self._windows[device_type] = windows
         return rules
 
-    def _relevant(self, record: Reading | Event) -> list[Rule]:
-        """The rules whose conditions read something this record carries."""
-        is_event = isinstance(record, Event)
-        key = (record.device.device_type, is_event, record.port is None, tuple(record.fields))
-        rules = self._relevant_cache.get(key)
-        if rules is None:
-            present = set(record.fields)
-            if is_event:
-                present.add("event")
-            if record.port is not None:
-                present.add("port")
-            candidates = self._rules_for(record.device.device_type)
-            windows = self._rates[record.device.device_type]
-            present |= {f"{field}_per_min" for field in windows if field in present}
-            rules = [rule for rule in candidates if rule.names & present]
-            self._relevant_cache[key] = rules
-        return rules
+    def _handler(self, shape: Shape) -> Handler:
+        """The evaluator of the rules whose conditions read something records of this
+        shape carry: a record carrying none of their names cannot change their state."""
+        device_type, record_class, no_port, fields = shape
+        candidates = self._rules_for(device_type)
+        windows = self._windows[device_type]
+        present = set(fields)
+        if issubclass(record_class, Event):
+            present.add("event")
+        if not no_port:
+            present.add("port")
+        present |= {f"{field}_per_min" for field in windows if field in present}
+        rules = [rule for rule in candidates if rule.names & present]
+        if not rules:
+            return _nothing
+        judged = [
+            Judged(
+                rule.name,
+                rule.when_tree,
+                self._action(rule),
+                _CALL_WHEN[rule.spec.kind],
+                partial(rule.window.contains, zone=self._zone) if rule.window else None,
+            )
+            for rule in rules
+        ]
+        return build_handler(
+            shape,
+            judged,
+            windows,
+            add_rate=self._rates.add,
+            registered=self._registry.get,
+            device_has=_registry_attribute,
+        )
 
-    def _add_rates(self, record: Reading | Event, scope: dict[str, Any]) -> None:
-        device = record.device
-        for field, window_s in self._rates[device.device_type].items():
-            value = record.fields.get(field)
-            if type(value) not in (int, float):
-                continue
-            key = (device.community, device.device_id, record.port, field)
-            history = self._history.get(key)
-            if history is None:
-                history = self._history[key] = deque()
-            history.append((record.time_ms, float(value)))  # type: ignore[arg-type]
-            window_ms = window_s * 1000
-            # Keep one sample at or before the window's start, so that readings sparser
-            # than the window still give a rate.
-            while len(history) > 1 and history[1][0] <= record.time_ms - window_ms:
-                history.popleft()
-            first_ms, first = history[0]
-            # Too short a span says nothing about the trend: the rate stays unknown.
-            if record.time_ms - first_ms >= window_ms / 2:
-                scope[f"{field}_per_min"] = (
-                    (float(value) - first) / (record.time_ms - first_ms) * 60_000  # type: ignore[arg-type]
-                )
+    def _action(self, rule: Rule) -> Action:
+        kind = rule.spec.kind
+        if kind == "inactivity":
+            return partial(self._apply_inactivity, rule)
+        if kind == "correlation":
+            return partial(self._apply_correlation, rule)
+        if kind == "event":
+            return partial(self._apply_event, rule)
+        return partial(self._apply_condition, rule)
 
     def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
         changes: list[AlertChange] = []
+        groups = self.heard.groups
+        counts = self.tracks.counts
+        last_device: DeviceRef | None = None
+        device_id = ""
+        seen_ms: dict[str, int] = {}
+        recent: list[list[tuple[frozenset[str], Handler]]] = []
         for record in records:
-            self.last_seen_ms[record.device] = record.time_ms
-            self._seen.add(record.device)
-            if self._absence:
-                changes.extend(self._heard(record))
+            device = record.device
+            if device is not last_device:
+                # The records of one message share their device: heard once.
+                last_device = device
+                device_id = device.device_id
+                # LastHeard.hear, inline.
+                group = groups.get((device.community, device.device_type))
+                if group is None:
+                    group = self.heard.group(device.community, device.device_type)
+                seen_ms = group.seen_ms
+                if not group.fresh:
+                    self.heard.fresh_groups.append(group)
+                group.fresh[device_id] = device
+                tracked = counts.get(device_id)
+                if tracked is not None and not self._absent.isdisjoint(tracked):
+                    changes.extend(self._heard(record))
+                recent = self._recent.get(device.device_type) or self._recent_for(device)
+            seen_ms[device_id] = record.time_ms
             if isinstance(record, StatusReport):
                 continue
-            rules = self._relevant(record)
-            if not rules:
-                continue
-            scope = self._scope(record)
-            for rule in rules:
-                change = self._apply(rule, record, scope)
-                if change is not None:
-                    changes.append(change)
+            # The rules with a track for this device, if any.
+            tracked = counts.get(device_id)
+            fields = record.fields
+            shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
+            for names, known in shapes:
+                if fields.keys() == names:
+                    handler = known
+                    break
+            else:
+                handler = self._handler_for(record, shapes)
+            handler(record, tracked, changes)
         return changes
 
-    def _scope(self, record: Reading | Event) -> dict[str, Any]:
+    def _recent_for(self, device: DeviceRef) -> list[list[tuple[frozenset[str], Handler]]]:
+        recent = self._recent[device.device_type] = [[], [], [], []]
+        return recent
+
+    def _handler_for(
+        self, record: Reading | Event, shapes: list[tuple[frozenset[str], Handler]]
+    ) -> Handler:
+        shape = (record.device.device_type, type(record), record.port is None, tuple(record.fields))
+        handler = self._handlers.get(shape)
+        if handler is None:
+            handler = self._handlers[shape] = self._handler(shape)
+        if type(record) in (Reading, Event):  # what the kind of record in `evaluate` tells
+            shapes.insert(0, (frozenset(shape[3]), handler))
+            del shapes[_RECENT_SHAPES:]
+        return handler
+
+    def _scope(self, record: Reading | Event, rates: Mapping[str, float | None]) -> dict[str, Any]:
+        """What the reference evaluators read: registry attributes, the record's fields,
+        `event`, `port`, the known rates."""
         device = record.device
-        ident = (device.community, device.device_id)
-        device_scope = self._device_scopes.get(ident)
-        if device_scope is None:
-            device_scope = _NO_ATTRIBUTES
-            registered = self._registry.get(*ident)
-            if registered is not None:
-                wanted = self._attributes[device.device_type]
-                known = {name: getattr(registered, name, None) for name in wanted}
-                known.update(registered.thresholds)
-                attributes: dict[str, Any] = {
-                    f"device.{name}": value
-                    for name, value in known.items()
-                    if value is not None and name in wanted
-                }
-                # Most devices have none the rules read: they share one empty mapping.
-                device_scope = attributes or _NO_ATTRIBUTES
-            self._device_scopes[ident] = device_scope
-        scope = {**device_scope, **record.fields}
+        scope: dict[str, Any] = {}
+        registered = self._registry.get(device.community, device.device_id)
+        if registered is not None:
+            wanted = self._attributes[device.device_type]
+            known = {name: getattr(registered, name, None) for name in wanted}
+            known.update(registered.thresholds)
+            scope = {
+                f"device.{name}": value
+                for name, value in known.items()
+                if value is not None and name in wanted
+            }
+        scope.update(record.fields)
         # A reading is known not to be an event: `event == 'x'` is false for it, not unknown.
         scope["event"] = record.kind if isinstance(record, Event) else ""
         scope["port"] = record.port
-        if self._rates[device.device_type]:
-            self._add_rates(record, scope)
+        scope.update((name, rate) for name, rate in rates.items() if rate is not None)
         return scope
 
-    def _apply(
-        self, rule: Rule, record: Reading | Event, scope: Mapping[str, Any]
+    def _apply_event(
+        self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
     ) -> AlertChange | None:
-        try:
-            holds: bool | None = bool(rule.when(scope))
-        except Unknown:
-            holds = None
-        spec = rule.spec
-        if rule.window is not None and not rule.window.contains(record.time_ms, self._zone):
+        if not holds:
             return None
-        if spec.kind == "inactivity":
-            return self._apply_inactivity(rule, record, holds)
-        if spec.kind == "correlation":
-            return self._apply_correlation(rule, record, holds)
+        port = record.port if rule.spec.per_port else None
+        alert_id = _alert_id(rule.name, record.device, port, record.time_ms)
+        return _record_change(rule, port, AlertState.FIRING, alert_id, record, record.time_ms)
+
+    def _apply_condition(
+        self,
+        rule: Rule,
+        record: Reading | Event,
+        holds: bool | None,
+        rates: Mapping[str, float | None],
+    ) -> AlertChange | None:
+        spec = rule.spec
         device = record.device
         port = record.port if spec.per_port else None
-        if spec.kind == "event":
-            if not holds:
-                return None
-            alert_id = _alert_id(rule.name, device, port, record.time_ms)
-            return _record_change(rule, port, AlertState.FIRING, alert_id, record, record.time_ms)
         key = (rule.name, device.community, device.device_id, port)
         track = self.tracks.get(key)
         now_ms = record.time_ms
@@ -429,7 +482,7 @@ class RuleEngine:
         cleared = holds is False
         if rule.clear_when is not None:
             try:
-                cleared = bool(rule.clear_when(scope))
+                cleared = bool(rule.clear_when(self._scope(record, rates)))
             except Unknown:
                 cleared = False
         if not cleared:
@@ -444,6 +497,16 @@ class RuleEngine:
         return _record_change(
             rule, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
         )
+
+
+def _registry_attribute(name: str) -> bool:
+    """Whether getattr() may find `name` on a registry entry; a name it cannot find costs
+    pydantic a slow miss, and reads as unknown anyway."""
+    return (
+        name.startswith("_")
+        or name in RegisteredDevice.model_fields
+        or hasattr(RegisteredDevice, name)
+    )
 
 
 def _alert_id(rule: str, device: DeviceRef, port: int | None, started_ms: int) -> str:

@@ -14,12 +14,13 @@ so a telemetry rule ignores events and the other way round.
 from __future__ import annotations
 
 import ast
-import math
 import operator
 from collections.abc import Callable, Mapping
+from math import asin, cos, radians, sin, sqrt
 from typing import Any
 
-# Evaluated against a scope; returns the value, or raises _Unknown.
+# Evaluated against a scope; returns the value, or raises Unknown. This is the reference
+# semantics; the engine's generated evaluators (evaluator.py) must agree with it.
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
 
@@ -31,6 +32,23 @@ class ExpressionError(ValueError):
     pass
 
 
+# Operators as Python source, for the generated evaluators.
+COMPARE_SOURCE: dict[type[ast.cmpop], str] = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
+ARITHMETIC_SOURCE: dict[type[ast.operator], str] = {
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+}
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
@@ -47,27 +65,36 @@ _ARITHMETIC: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
-_CONSTANTS = {"true": True, "false": False, "none": None}
+CONSTANTS = {"true": True, "false": False, "none": None}
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in metres (haversine)."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi, dlambda = phi2 - phi1, math.radians(lon2 - lon1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
-    return 2 * 6_371_000.0 * math.asin(math.sqrt(a))
+    phi1, phi2 = radians(lat1), radians(lat2)
+    dphi, dlambda = phi2 - phi1, radians(lon2 - lon1)
+    a = sin(dphi / 2) ** 2 + cos(phi1) * cos(phi2) * sin(dlambda / 2) ** 2
+    return 2 * 6_371_000.0 * asin(sqrt(a))
 
 
-_FUNCTIONS: dict[str, Callable[..., Any]] = {"distance_m": distance_m, "abs": abs}
+FUNCTIONS: dict[str, Callable[..., Any]] = {"distance_m": distance_m, "abs": abs}
 
 
 def compile_condition(text: str) -> Evaluator:
     """Compile `text`; raises ExpressionError saying what is wrong."""
+    return _compile(parse_condition(text))
+
+
+def parse_condition(text: str) -> ast.expr:
+    """The syntax tree of `text`, checked to hold only what a condition may use; raises
+    ExpressionError saying what is wrong. Generated evaluators are built from this tree,
+    never from the text."""
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"not a valid expression: {exc.msg} in {text!r}") from exc
-    return _compile(tree.body)
+    # Compiling walks every node and refuses anything it does not know.
+    _compile(tree.body)
+    return tree.body
 
 
 def names_in(text: str) -> set[str]:
@@ -77,8 +104,8 @@ def names_in(text: str) -> set[str]:
         node.id
         for node in ast.walk(tree)
         if isinstance(node, ast.Name)
-        and node.id not in _CONSTANTS
-        and node.id not in _FUNCTIONS
+        and node.id not in CONSTANTS
+        and node.id not in FUNCTIONS
         and node.id not in ("device", "coalesce")
     }
 
@@ -135,10 +162,10 @@ def _compile(node: ast.expr) -> Evaluator:
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
-        and node.func.id in _FUNCTIONS
+        and node.func.id in FUNCTIONS
         and not node.keywords
     ):
-        function = _FUNCTIONS[node.func.id]
+        function = FUNCTIONS[node.func.id]
         args = [_compile(a) for a in node.args]
         return lambda scope: function(*(a(scope) for a in args))
     raise ExpressionError(f"{ast.unparse(node)!r} is not allowed in a condition")
@@ -159,8 +186,8 @@ def _coalesce(options: list[Evaluator]) -> Evaluator:
 
 
 def _name(name: str) -> Evaluator:
-    if name in _CONSTANTS:
-        constant = _CONSTANTS[name]
+    if name in CONSTANTS:
+        constant = CONSTANTS[name]
         return lambda scope: constant
 
     def lookup(scope: Mapping[str, Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -11,12 +12,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import ConfigError
+from gateway.rules.evaluator import check_generates
 from gateway.rules.expression import (
     Evaluator,
     ExpressionError,
     compile_condition,
     device_attributes_in,
     names_in,
+    parse_condition,
 )
 from gateway.rules.schedule import DailyWindow
 
@@ -66,9 +69,12 @@ class RuleSpec(BaseModel):
 @dataclass(frozen=True, slots=True)
 class Rule:
     spec: RuleSpec
+    # The reference evaluators (closures), and the checked tree the engine generates its
+    # evaluators from.
     when: Evaluator
     clear_when: Evaluator | None
     source: str
+    when_tree: ast.expr
     window: DailyWindow | None = None
     # The record names its conditions read: a record carrying none of them cannot
     # change the rule's state, so the engine skips the rule for it.
@@ -121,8 +127,10 @@ def _load_file(path: Path) -> list[Rule]:
             field = ".".join(str(p) for p in error["loc"])
             raise ConfigError(str(path), f"{label}: {field}", error["msg"]) from exc
         try:
+            when_tree = parse_condition(spec.when)
             when = compile_condition(spec.when)
             clear = compile_condition(spec.clear_when) if spec.clear_when else None
+            check_generates(when_tree)
         except ExpressionError as exc:
             raise ConfigError(str(path), f"{label}: condition", str(exc)) from exc
         if spec.kind != "condition" and (spec.clear_when or spec.for_s or spec.repeat > 1):
@@ -145,6 +153,15 @@ def _load_file(path: Path) -> list[Rule]:
         if spec.clear_when:
             attributes |= device_attributes_in(spec.clear_when)
         rules.append(
-            Rule(spec, when, clear, path.name, window, frozenset(names), frozenset(attributes))
+            Rule(
+                spec,
+                when,
+                clear,
+                path.name,
+                when_tree,
+                window,
+                frozenset(names),
+                frozenset(attributes),
+            )
         )
     return rules

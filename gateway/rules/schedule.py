@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+# (zone, hour since the epoch) -> the zone's UTC offset throughout that hour, or None
+# when it changes within the hour.
+_OFFSETS: dict[tuple[ZoneInfo, int], int | None] = {}
+
+
+def _offset_ms(time_ms: int, zone: ZoneInfo) -> int | None:
+    """The zone's UTC offset at `time_ms`, from a cache by hour; None for an hour in
+    which it changes. An offset equal at both ends of an hour holds throughout it: no
+    zone changes its offset twice within an hour."""
+    key = (zone, time_ms // _HOUR_MS)
+    offset_ms = _OFFSETS.get(key, 0)
+    if offset_ms == 0 and key not in _OFFSETS:
+        if len(_OFFSETS) > 4096:
+            _OFFSETS.clear()
+        hour_ms = key[1] * _HOUR_MS
+        first = _zone_offset_ms(hour_ms, zone)
+        last = _zone_offset_ms(hour_ms + _HOUR_MS - 1, zone)
+        offset_ms = _OFFSETS[key] = first if first == last else None
+    return offset_ms
+
+
+def _microseconds(moment: time) -> int:
+    return ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000 + (
+        moment.microsecond
+    )
+
+
+def _zone_offset_ms(time_ms: int, zone: ZoneInfo) -> int:
+    offset = datetime.fromtimestamp(time_ms / 1000, zone).utcoffset()
+    return 0 if offset is None else offset // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +46,13 @@ class DailyWindow:
 
     start: time
     end: time
+    # The same, in microseconds since local midnight.
+    start_us: int = field(init=False, repr=False, compare=False)
+    end_us: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_us", _microseconds(self.start))
+        object.__setattr__(self, "end_us", _microseconds(self.end))
 
     @classmethod
     def parse(cls, text: str) -> DailyWindow:
@@ -23,10 +63,25 @@ class DailyWindow:
             raise ValueError(f"expected 'HH:MM-HH:MM', got {text!r}") from exc
 
     def contains(self, time_ms: int, zone: ZoneInfo) -> bool:
-        moment = datetime.fromtimestamp(time_ms / 1000, zone).time()
-        if self.start < self.end:
-            return self.start <= moment < self.end
-        return moment >= self.start or moment < self.end
+        offset_ms = _offset_ms(time_ms, zone)
+        if offset_ms is None:
+            moment = _microseconds(datetime.fromtimestamp(time_ms / 1000, zone).time())
+        else:
+            # Local time of day from the zone's offset, without building a datetime.
+            moment = (time_ms + offset_ms) % _DAY_MS * 1000
+        if self.start_us < self.end_us:
+            return self.start_us <= moment < self.end_us
+        return moment >= self.start_us or moment < self.end_us
+
+    def wall_seconds(self, start_ms: int, end_ms: int, zone: ZoneInfo) -> float:
+        """Local clock time from `start_ms` to `end_ms` (as `seconds_within` counts it:
+        wall clock), which `seconds_within` never exceeds, and cheaper to work out."""
+        start_offset_ms, end_offset_ms = _offset_ms(start_ms, zone), _offset_ms(end_ms, zone)
+        if start_offset_ms is None or end_offset_ms is None:
+            begin = datetime.fromtimestamp(start_ms / 1000, zone)
+            finish = datetime.fromtimestamp(end_ms / 1000, zone)
+            return (finish - begin).total_seconds()
+        return (end_ms + end_offset_ms - start_ms - start_offset_ms) / 1000
 
     def end_after(self, time_ms: int, zone: ZoneInfo) -> int:
         """When the window that holds `time_ms` closes, in epoch ms."""

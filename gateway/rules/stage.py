@@ -36,7 +36,7 @@ class AlertStage:
         self._clock = clock
         engine.restore(book.load_tracks())
         # Offline timers carry on from when each device was last heard, not from start-up.
-        engine.last_seen_ms.update(book.load_last_seen())
+        engine.restore_seen(book.load_last_seen())
 
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
         return self._decide(self.engine.evaluate(records))

@@ -1,0 +1,91 @@
+"""When each device was last heard from, for absence rules.
+
+One entry a device, for every registered device and every device heard: kept by
+(community, device type), each a map from device id to epoch milliseconds, so that an
+entry costs a map slot and no object of its own, and the offline sweep judges a whole
+group against one deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from gateway.decode.record import DeviceRef
+
+GroupKey = tuple[str, str]  # (community, device_type)
+
+
+class HeardGroup:
+    """The devices of one type in one community."""
+
+    __slots__ = ("fresh", "key", "seen_ms")
+
+    def __init__(self, key: GroupKey) -> None:
+        self.key = key
+        # Device id -> when last heard.
+        self.seen_ms: dict[str, int] = {}
+        # Devices heard since the last `take_fresh`, to persist, by id; when it becomes
+        # non-empty, the group goes on `LastHeard.fresh_groups`. Keeping the records'
+        # DeviceRef spares making one for each when they are taken.
+        self.fresh: dict[str, DeviceRef] = {}
+
+
+class LastHeard:
+    __slots__ = ("fresh_groups", "groups")
+
+    def __init__(self) -> None:
+        self.groups: dict[GroupKey, HeardGroup] = {}
+        # The groups whose `fresh` was empty when a device of theirs was heard.
+        self.fresh_groups: list[HeardGroup] = []
+
+    def group(self, community: str, device_type: str) -> HeardGroup:
+        key = (community, device_type)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = HeardGroup(key)
+        return group
+
+    def hear(self, device: DeviceRef, at_ms: int) -> None:
+        """A record from `device`. (RuleEngine.evaluate does this inline, once a record.)"""
+        group = self.group(device.community, device.device_type)
+        group.seen_ms[device.device_id] = at_ms
+        if not group.fresh:
+            self.fresh_groups.append(group)
+        group.fresh[device.device_id] = device
+
+    def set(self, device: DeviceRef, at_ms: int) -> None:
+        """Without marking it fresh: what start-up and a restored state say."""
+        self.group(device.community, device.device_type).seen_ms[device.device_id] = at_ms
+
+    def get(self, device: DeviceRef) -> int | None:
+        group = self.groups.get((device.community, device.device_type))
+        return None if group is None else group.seen_ms.get(device.device_id)
+
+    def __len__(self) -> int:
+        return sum(len(group.seen_ms) for group in self.groups.values())
+
+    def __iter__(self) -> Iterator[tuple[DeviceRef, int]]:
+        for (community, device_type), group in self.groups.items():
+            for device_id, seen_ms in group.seen_ms.items():
+                yield DeviceRef(community, device_type, device_id), seen_ms
+
+    def type_of(self, community: str, device_id: str) -> str | None:
+        """The type a device was heard as (rare: for devices the registry lacks)."""
+        for (group_community, device_type), group in self.groups.items():
+            if group_community == community and device_id in group.seen_ms:
+                return device_type
+        return None
+
+    def take_fresh(self) -> list[tuple[DeviceRef, int]]:
+        """Devices heard since the last call, with when."""
+        taken = []
+        for group in self.fresh_groups:
+            seen_ms = group.seen_ms
+            taken += [(device, seen_ms[device_id]) for device_id, device in group.fresh.items()]
+            group.fresh.clear()
+        self.fresh_groups.clear()
+        return taken
+
+    def update(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
+        for device, at_ms in saved:
+            self.set(device, at_ms)

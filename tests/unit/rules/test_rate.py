@@ -1,0 +1,49 @@
+"""Rate windows as flat sample arrays give the rates a deque of (time, value) gives."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from gateway.rules.rate import RateWindows
+
+
+def deque_rate(
+    history: deque[tuple[int, float]], at_ms: int, value: float, window_ms: float
+) -> float | None:
+    history.append((at_ms, value))
+    while len(history) > 1 and history[1][0] <= at_ms - window_ms:
+        history.popleft()
+    first_ms, first = history[0]
+    if at_ms - first_ms >= window_ms / 2:
+        return (value - first) / (at_ms - first_ms) * 60_000
+    return None
+
+
+def test_rates_equal_those_of_a_deque_of_samples() -> None:
+    rnd = random.Random(7)
+    windows = RateWindows()
+    histories: dict[tuple[str, int | None], deque[tuple[int, float]]] = {}
+    at_ms = 1_767_225_600_000
+    for _ in range(20_000):
+        device, port = rnd.choice(["cs-1", "cs-2"]), rnd.choice([None, 1, 2, 3])
+        # Mostly forward, sometimes a late reading from before the last one.
+        at_ms += rnd.choice([0, 1, 999, 15_000, 15_000, 61_000, -20_000])
+        value = rnd.uniform(20, 90)
+        window_ms = 60_000.0
+        expected = deque_rate(
+            histories.setdefault((device, port), deque()), at_ms, value, window_ms
+        )
+        assert (
+            windows.add("hgy", device, port, "temperature_c", window_ms, at_ms, value) == expected
+        )
+    assert len(windows) == len(histories)
+
+
+def test_a_rate_is_unknown_until_half_the_window_is_covered() -> None:
+    windows = RateWindows()
+    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 0, 40.0) is None
+    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 15_000, 42.0) is None
+    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 30_000, 44.0) == 8.0
+    # Sparse readings: the sample before the window's start still gives a rate.
+    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 200_000, 44.0) == 0.0
