@@ -194,7 +194,7 @@ async def test_the_gateway_logs_in_over_tls_and_takes_only_genuine_device_messag
         }
     )
     async with running(config) as gateway:
-        assert not gateway.rules.last_seen_ms  # no registry: no device known yet
+        assert not len(gateway.rules.heard)  # no registry: no device known yet
         device = await asyncio.to_thread(Client, broker, "sd-hgy-0001", PASSWORDS["sd-hgy-0001"])
         try:
             for topic in (
@@ -207,7 +207,7 @@ async def test_the_gateway_logs_in_over_tls_and_takes_only_genuine_device_messag
             # gateway would have heard of sd-hgy-0002 by the time it hears sd-hgy-0001.
             # Counted once its batch committed; the rules see it a moment before.
             await wait_until(lambda: gateway.stats.messages_in >= 1, what="the genuine reading")
-            assert {r.device_id for r in gateway.rules.last_seen_ms} == {"sd-hgy-0001"}
+            assert {ref.device_id for ref, _ in gateway.rules.heard} == {"sd-hgy-0001"}
             assert gateway.stats.messages_in == 1
         finally:
             device.close()
