@@ -394,8 +394,7 @@ def build_handler(
         out.emit(f"{value} = fields[{out.value(field)}]")
         out.emit(f"if type({value}) is int or type({value}) is float:")
         out.emit(
-            f"    {rate} = add_rate(record.device.community, record.device.device_id,"
-            f" record.port, {out.value(field)}, {out.value(window_s * 1000)}, time_ms,"
+            f"    {rate} = add_rate(record, {out.value(field)}, {out.value(window_s * 1000)},"
             f" float({value}))"
         )
         out.emit("else:")
