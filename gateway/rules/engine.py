@@ -30,6 +30,8 @@ __all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 # Shapes remembered per device type and kind of record (see RuleEngine._recent).
 _RECENT_SHAPES = 4
+_NOTHING_SEEN: dict[str, int] = {}
+_NO_SHAPES: list[list[tuple[frozenset[str], Handler]]] = []
 # When a rule's action is called, by the rule's kind (see evaluator.Judged).
 _CALL_WHEN = {
     "condition": "tracked",
@@ -339,9 +341,10 @@ class RuleEngine:
         groups = self.heard.groups
         counts = self.tracks.counts
         last_device: DeviceRef | None = None
+        # Set from the first record on.
         device_id = ""
-        seen_ms: dict[str, int] = {}
-        recent: list[list[tuple[frozenset[str], Handler]]] = []
+        seen_ms = _NOTHING_SEEN
+        recent = _NO_SHAPES
         for record in records:
             device = record.device
             if device is not last_device:

@@ -210,8 +210,9 @@ class _Generator:
     def _compare(self, node: ast.Compare) -> _Operand:
         """A chain stops at its first false step: later operands are not evaluated."""
         out = self.out
-        if len(node.ops) == 1 and isinstance(node.comparators[0], _LOADED):
-            # One step against a name or a constant: nothing to evaluate between the two.
+        if len(node.ops) == 1:
+            # One step: the right operand only while the left one is known, as for
+            # arithmetic.
             operator = COMPARE_SOURCE[type(node.ops[0])]
             return self._all_known(
                 [node.left, node.comparators[0]], lambda a, b: f"{a} {operator} {b}", boolean=True
