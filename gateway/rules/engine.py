@@ -359,24 +359,22 @@ class RuleEngine:
                 if not group.fresh:
                     self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
-                tracked = counts.get(device_id)
-                if tracked is not None and not self._absent.isdisjoint(tracked):
+                if device_id in counts and not self._absent.isdisjoint(counts[device_id]):
                     changes.extend(self._heard(record))
                 recent = self._recent.get(device.device_type) or self._recent_for(device)
             seen_ms[device_id] = record.time_ms
             if isinstance(record, StatusReport):
                 continue
-            # The rules with a track for this device, if any.
-            tracked = counts.get(device_id)
-            fields = record.fields
             shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
+            keys = record.fields.keys()
             for names, known in shapes:
-                if fields.keys() == names:
+                if keys == names:
                     handler = known
                     break
             else:
                 handler = self._handler_for(record, shapes)
-            handler(record, tracked, changes)
+            # With the rules that have a track for this device, if any.
+            handler(record, counts.get(device_id), changes)
         return changes
 
     def _recent_for(self, device: DeviceRef) -> list[list[tuple[frozenset[str], Handler]]]:
