@@ -30,6 +30,8 @@ __all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 # Shapes remembered per device type and kind of record (see RuleEngine._recent).
 _RECENT_SHAPES = 4
+_NOTHING_SEEN: dict[str, int] = {}
+_NO_SHAPES: list[list[tuple[frozenset[str], Handler]]] = []
 # When a rule's action is called, by the rule's kind (see evaluator.Judged).
 _CALL_WHEN = {
     "condition": "tracked",
@@ -344,9 +346,10 @@ class RuleEngine:
         groups = self.heard.groups
         counts = self.tracks.counts
         last_device: DeviceRef | None = None
+        # Set from the first record on.
         device_id = ""
-        seen_ms: dict[str, int] = {}
-        recent: list[list[tuple[frozenset[str], Handler]]] = []
+        seen_ms = _NOTHING_SEEN
+        recent = _NO_SHAPES
         for record in records:
             device = record.device
             if device is not last_device:
@@ -361,24 +364,22 @@ class RuleEngine:
                 if not group.fresh:
                     self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
-                tracked = counts.get(device_id)
-                if tracked is not None and not self._absent.isdisjoint(tracked):
+                if device_id in counts and not self._absent.isdisjoint(counts[device_id]):
                     changes.extend(self._heard(record))
                 recent = self._recent.get(device.device_type) or self._recent_for(device)
             seen_ms[device_id] = record.time_ms
             if isinstance(record, StatusReport):
                 continue
-            # The rules with a track for this device, if any.
-            tracked = counts.get(device_id)
-            fields = record.fields
             shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
+            keys = record.fields.keys()
             for names, known in shapes:
-                if fields.keys() == names:
+                if keys == names:
                     handler = known
                     break
             else:
                 handler = self._handler_for(record, shapes)
-            handler(record, tracked, changes)
+            # With the rules that have a track for this device, if any.
+            handler(record, counts.get(device_id), changes)
         return changes
 
     def _recent_for(self, device: DeviceRef) -> list[list[tuple[frozenset[str], Handler]]]:

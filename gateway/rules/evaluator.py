@@ -210,8 +210,9 @@ class _Generator:
     def _compare(self, node: ast.Compare) -> _Operand:
         """A chain stops at its first false step: later operands are not evaluated."""
         out = self.out
-        if len(node.ops) == 1 and isinstance(node.comparators[0], _LOADED):
-            # One step against a name or a constant: nothing to evaluate between the two.
+        if len(node.ops) == 1:
+            # One step: the right operand only while the left one is known, as for
+            # arithmetic.
             operator = COMPARE_SOURCE[type(node.ops[0])]
             return self._all_known(
                 [node.left, node.comparators[0]], lambda a, b: f"{a} {operator} {b}", boolean=True
@@ -394,8 +395,7 @@ def build_handler(
         out.emit(f"{value} = fields[{out.value(field)}]")
         out.emit(f"if type({value}) is int or type({value}) is float:")
         out.emit(
-            f"    {rate} = add_rate(record.device.community, record.device.device_id,"
-            f" record.port, {out.value(field)}, {out.value(window_s * 1000)}, time_ms,"
+            f"    {rate} = add_rate(record, {out.value(field)}, {out.value(window_s * 1000)},"
             f" float({value}))"
         )
         out.emit("else:")

@@ -10,36 +10,42 @@ from __future__ import annotations
 
 from array import array
 
+from gateway.decode.record import Event, Reading
+
 SeriesKey = tuple[str, str, str]  # (community, device_id, field)
 
 
 class RateWindows:
-    __slots__ = ("_series",)
+    __slots__ = ("_last", "_series")
 
     def __init__(self) -> None:
         # Per device and field, per port (None for the device itself): the samples.
         self._series: dict[SeriesKey, dict[int | None, array[float]]] = {}
+        # The record, field and ports of the last call: a charging shed's ports come one
+        # after another, as records sharing their device.
+        self._last: tuple[object, str, dict[int | None, array[float]]] = (None, "", {})
 
     def __len__(self) -> int:
         return sum(len(ports) for ports in self._series.values())
 
     def add(
-        self,
-        community: str,
-        device_id: str,
-        port: int | None,
-        field: str,
-        window_ms: float,
-        at_ms: int,
-        value: float,
+        self, record: Reading | Event, field: str, window_ms: float, value: float
     ) -> float | None:
-        """Take a sample; the change per minute since the window's start, or None while
-        the samples span less than half the window (too short to say anything)."""
-        key = (community, device_id, field)
-        try:
-            samples = self._series[key][port]
-        except KeyError:
-            samples = self._series.setdefault(key, {}).setdefault(port, array("d"))
+        """Take the record's sample of `field`; the change per minute since the window's
+        start, or None while the samples span less than half the window (too short to
+        say anything)."""
+        device = record.device
+        last_device, last_field, ports = self._last
+        if device is not last_device or field != last_field:
+            key = (device.community, device.device_id, field)
+            ports = self._series.get(key)  # type: ignore[assignment]
+            if ports is None:
+                ports = self._series[key] = {}
+            self._last = (device, field, ports)
+        samples = ports.get(record.port)
+        if samples is None:
+            samples = ports[record.port] = array("d")
+        at_ms = record.time_ms
         samples.append(at_ms)
         samples.append(value)
         # Keep one sample at or before the window's start, so that readings sparser

@@ -92,7 +92,7 @@ def generated(text: str, record: Reading | Event, rates: Mapping[str, float] = {
         shape,
         [Judged("rule", parse_condition(text), action, "tracked")],
         windows,
-        add_rate=lambda community, device_id, port, field, *_: rates.get(f"{field}_per_min"),
+        add_rate=lambda record, field, *_: rates.get(f"{field}_per_min"),
         registered=REGISTRY.get,
     )
     try:

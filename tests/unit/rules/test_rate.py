@@ -5,7 +5,21 @@ from __future__ import annotations
 import random
 from collections import deque
 
+from gateway.decode.record import DeviceRef, Reading, TimeSource
 from gateway.rules.rate import RateWindows
+
+# Shared, as by the records of one message, which the windows take advantage of.
+DEVICES = {
+    device_id: DeviceRef("hgy", "charging_shed", device_id) for device_id in ("cs-1", "cs-2")
+}
+
+
+def add(
+    windows: RateWindows, device_id: str, port: int | None, at_ms: int, value: float
+) -> float | None:
+    device = DEVICES[device_id] if at_ms % 2 else DeviceRef("hgy", "charging_shed", device_id)
+    record = Reading(device, at_ms, TimeSource.DEVICE, {"t": value}, port=port)
+    return windows.add(record, "t", 60_000.0, value)
 
 
 def deque_rate(
@@ -34,16 +48,14 @@ def test_rates_equal_those_of_a_deque_of_samples() -> None:
         expected = deque_rate(
             histories.setdefault((device, port), deque()), at_ms, value, window_ms
         )
-        assert (
-            windows.add("hgy", device, port, "temperature_c", window_ms, at_ms, value) == expected
-        )
+        assert add(windows, device, port, at_ms, value) == expected
     assert len(windows) == len(histories)
 
 
 def test_a_rate_is_unknown_until_half_the_window_is_covered() -> None:
     windows = RateWindows()
-    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 0, 40.0) is None
-    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 15_000, 42.0) is None
-    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 30_000, 44.0) == 8.0
+    assert add(windows, "cs-1", 1, 0, 40.0) is None
+    assert add(windows, "cs-1", 1, 15_000, 42.0) is None
+    assert add(windows, "cs-1", 1, 30_000, 44.0) == 8.0
     # Sparse readings: the sample before the window's start still gives a rate.
-    assert windows.add("hgy", "cs-1", 1, "t", 60_000.0, 200_000, 44.0) == 0.0
+    assert add(windows, "cs-1", 1, 200_000, 44.0) == 0.0
