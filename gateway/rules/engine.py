@@ -4,11 +4,16 @@ A condition rule has at most one open alert per (rule, device[, port]): it fires
 its condition has held for `for_s` and `repeat` readings, and resolves when the clear
 condition (by default, the condition being false) has held for `clear_after_s`. An
 event rule makes an alert of every matching event.
+
+Records are judged by code generated for each shape of record (evaluator.py); the
+per-device state is kept small: when each device was last heard (presence.py), tracks
+only for the few devices whose conditions were seen (track.py), rate samples as arrays
+(rate.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -22,6 +27,7 @@ from gateway.rules.expression import Unknown
 from gateway.rules.presence import LastHeard
 from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Rule
+from gateway.rules.schedule import DailyWindow
 from gateway.rules.track import Track, TrackKey, TrackTable
 
 # The alert book stores tracks by these.
@@ -163,7 +169,7 @@ class RuleEngine:
             self._dirty.add(key)
             return self._inactive_too_long(rule, key, track, record.time_ms)
         if track is None or track.last_value != value:
-            self.tracks[key] = Track(False, record.time_ms, 0, last_value=float(value))  # type: ignore[arg-type]
+            self.tracks[key] = Track(False, record.time_ms, 0, None, "", float(value))  # type: ignore[arg-type]
             self._dirty.add(key)
             if track is not None and track.firing:
                 return _record_change(
@@ -265,8 +271,7 @@ class RuleEngine:
 
     def take_changes(self) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
         """Tracks changed and tracks gone since the last call, to persist."""
-        changed = [(k, self.tracks[k]) for k in self._dirty if k in self.tracks]
-        gone = [k for k in self._dirty if k not in self.tracks]
+        changed, gone = self.tracks.split(self._dirty)
         self._dirty.clear()
         return changed, gone
 
@@ -313,7 +318,7 @@ class RuleEngine:
                 rule.when_tree,
                 self._action(rule),
                 _CALL_WHEN[rule.spec.kind],
-                partial(rule.window.contains, zone=self._zone) if rule.window else None,
+                _in_window(rule.window, self._zone) if rule.window else None,
             )
             for rule in rules
         ]
@@ -493,6 +498,15 @@ class RuleEngine:
         return _record_change(
             rule, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
         )
+
+
+def _in_window(window: DailyWindow, zone: ZoneInfo) -> Callable[[int], bool]:
+    contains = window.contains
+
+    def in_window(time_ms: int) -> bool:
+        return contains(time_ms, zone)
+
+    return in_window
 
 
 def _registry_attribute(name: str) -> bool:
