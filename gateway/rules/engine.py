@@ -24,7 +24,7 @@ from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
-from gateway.rules.presence import LastHeard
+from gateway.rules.presence import HeardGroup, LastHeard
 from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Rule
 from gateway.rules.schedule import DailyWindow
@@ -36,8 +36,8 @@ __all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 # Shapes remembered per device type and kind of record (see RuleEngine._recent).
 _RECENT_SHAPES = 4
-_NOTHING_SEEN: dict[str, int] = {}
-_NO_SHAPES: list[list[tuple[frozenset[str], Handler]]] = []
+# A shape's field names, and its evaluator.
+KnownShape = tuple[frozenset[str], Handler]
 # When a rule's action is called, by the rule's kind (see evaluator.Judged).
 _CALL_WHEN = {
     "condition": "tracked",
@@ -97,7 +97,9 @@ class RuleEngine:
         # (reading or event, with or without a port), the last few shapes seen with
         # their field names, which tell a record's shape without making a key for it.
         self._handlers: dict[Shape, Handler] = {}
-        self._recent: dict[str, list[list[tuple[frozenset[str], Handler]]]] = {}
+        self._recent: dict[str, list[list[KnownShape]]] = {}
+        # By (community, device type): see _route.
+        self._routes: dict[tuple[str, str], tuple[HeardGroup, list[list[KnownShape]]]] = {}
 
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""
@@ -343,30 +345,26 @@ class RuleEngine:
 
     def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
         changes: list[AlertChange] = []
-        groups = self.heard.groups
+        routes = self._routes
         counts = self.tracks.counts
-        last_device: DeviceRef | None = None
-        # Set from the first record on.
-        device_id = ""
-        seen_ms = _NOTHING_SEEN
-        recent = _NO_SHAPES
+        last_device = None
         for record in records:
             device = record.device
             if device is not last_device:
                 # The records of one message share their device: heard once.
                 last_device = device
                 device_id = device.device_id
+                route = routes.get((device.community, device.device_type))
+                if route is None:
+                    route = self._route(device)
+                group, recent = route
                 # LastHeard.hear, inline.
-                group = groups.get((device.community, device.device_type))
-                if group is None:
-                    group = self.heard.group(device.community, device.device_type)
                 seen_ms = group.seen_ms
                 if not group.fresh:
                     self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
                 if device_id in counts and not self._absent.isdisjoint(counts[device_id]):
                     changes.extend(self._heard(record))
-                recent = self._recent.get(device.device_type) or self._recent_for(device)
             seen_ms[device_id] = record.time_ms
             if isinstance(record, StatusReport):
                 continue
@@ -382,13 +380,19 @@ class RuleEngine:
             handler(record, counts.get(device_id), changes)
         return changes
 
-    def _recent_for(self, device: DeviceRef) -> list[list[tuple[frozenset[str], Handler]]]:
-        recent = self._recent[device.device_type] = [[], [], [], []]
-        return recent
+    def _route(self, device: DeviceRef) -> tuple[HeardGroup, list[list[KnownShape]]]:
+        """Where a device's records go: its last-heard group, and the recent shapes of
+        its type by kind of record."""
+        recent = self._recent.get(device.device_type)
+        if recent is None:
+            recent = self._recent[device.device_type] = [[], [], [], []]
+        route = self._routes[(device.community, device.device_type)] = (
+            self.heard.group(device.community, device.device_type),
+            recent,
+        )
+        return route
 
-    def _handler_for(
-        self, record: Reading | Event, shapes: list[tuple[frozenset[str], Handler]]
-    ) -> Handler:
+    def _handler_for(self, record: Reading | Event, shapes: list[KnownShape]) -> Handler:
         shape = (record.device.device_type, type(record), record.port is None, tuple(record.fields))
         handler = self._handlers.get(shape)
         if handler is None:
