@@ -4,11 +4,16 @@ A condition rule has at most one open alert per (rule, device[, port]): it fires
 its condition has held for `for_s` and `repeat` readings, and resolves when the clear
 condition (by default, the condition being false) has held for `clear_after_s`. An
 event rule makes an alert of every matching event.
+
+Records are judged by code generated for each shape of record (evaluator.py); the
+per-device state is kept small: when each device was last heard (presence.py), tracks
+only for the few devices whose conditions were seen (track.py), rate samples as arrays
+(rate.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -19,9 +24,10 @@ from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
-from gateway.rules.presence import LastHeard
+from gateway.rules.presence import HeardGroup, LastHeard
 from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Rule
+from gateway.rules.schedule import DailyWindow
 from gateway.rules.track import Track, TrackKey, TrackTable
 
 # The alert book stores tracks by these.
@@ -30,8 +36,8 @@ __all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
 CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 # Shapes remembered per device type and kind of record (see RuleEngine._recent).
 _RECENT_SHAPES = 4
-_NOTHING_SEEN: dict[str, int] = {}
-_NO_SHAPES: list[list[tuple[frozenset[str], Handler]]] = []
+# A shape's field names, and its evaluator.
+KnownShape = tuple[frozenset[str], Handler]
 # When a rule's action is called, by the rule's kind (see evaluator.Judged).
 _CALL_WHEN = {
     "condition": "tracked",
@@ -96,7 +102,9 @@ class RuleEngine:
         # (reading or event, with or without a port), the last few shapes seen with
         # their field names, which tell a record's shape without making a key for it.
         self._handlers: dict[Shape, Handler] = {}
-        self._recent: dict[str, list[list[tuple[frozenset[str], Handler]]]] = {}
+        self._recent: dict[str, list[list[KnownShape]]] = {}
+        # By (community, device type): see _route.
+        self._routes: dict[tuple[str, str], tuple[HeardGroup, list[list[KnownShape]]]] = {}
 
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""
@@ -168,7 +176,7 @@ class RuleEngine:
             self._dirty.add(key)
             return self._inactive_too_long(rule, key, track, record.time_ms)
         if track is None or track.last_value != value:
-            self.tracks[key] = Track(False, record.time_ms, 0, last_value=float(value))  # type: ignore[arg-type]
+            self.tracks[key] = Track(False, record.time_ms, 0, None, "", float(value))  # type: ignore[arg-type]
             self._dirty.add(key)
             if track is not None and track.firing:
                 return _record_change(
@@ -270,8 +278,7 @@ class RuleEngine:
 
     def take_changes(self) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
         """Tracks changed and tracks gone since the last call, to persist."""
-        changed = [(k, self.tracks[k]) for k in self._dirty if k in self.tracks]
-        gone = [k for k in self._dirty if k not in self.tracks]
+        changed, gone = self.tracks.split(self._dirty)
         self._dirty.clear()
         return changed, gone
 
@@ -318,7 +325,7 @@ class RuleEngine:
                 rule.when_tree,
                 self._action(rule),
                 _CALL_WHEN[rule.spec.kind],
-                partial(rule.window.contains, zone=self._zone) if rule.window else None,
+                _in_window(rule.window, self._zone) if rule.window else None,
             )
             for rule in rules
         ]
@@ -343,30 +350,26 @@ class RuleEngine:
 
     def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
         changes: list[AlertChange] = []
-        groups = self.heard.groups
+        routes = self._routes
         counts = self.tracks.counts
-        last_device: DeviceRef | None = None
-        # Set from the first record on.
-        device_id = ""
-        seen_ms = _NOTHING_SEEN
-        recent = _NO_SHAPES
+        last_device = None
         for record in records:
             device = record.device
             if device is not last_device:
                 # The records of one message share their device: heard once.
                 last_device = device
                 device_id = device.device_id
+                route = routes.get((device.community, device.device_type))
+                if route is None:
+                    route = self._route(device)
+                group, recent = route
                 # LastHeard.hear, inline.
-                group = groups.get((device.community, device.device_type))
-                if group is None:
-                    group = self.heard.group(device.community, device.device_type)
                 seen_ms = group.seen_ms
                 if not group.fresh:
                     self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
                 if device_id in counts and not self._absent.isdisjoint(counts[device_id]):
                     changes.extend(self._heard(record))
-                recent = self._recent.get(device.device_type) or self._recent_for(device)
             seen_ms[device_id] = record.time_ms
             if isinstance(record, StatusReport):
                 continue
@@ -382,13 +385,19 @@ class RuleEngine:
             handler(record, counts.get(device_id), changes)
         return changes
 
-    def _recent_for(self, device: DeviceRef) -> list[list[tuple[frozenset[str], Handler]]]:
-        recent = self._recent[device.device_type] = [[], [], [], []]
-        return recent
+    def _route(self, device: DeviceRef) -> tuple[HeardGroup, list[list[KnownShape]]]:
+        """Where a device's records go: its last-heard group, and the recent shapes of
+        its type by kind of record."""
+        recent = self._recent.get(device.device_type)
+        if recent is None:
+            recent = self._recent[device.device_type] = [[], [], [], []]
+        route = self._routes[(device.community, device.device_type)] = (
+            self.heard.group(device.community, device.device_type),
+            recent,
+        )
+        return route
 
-    def _handler_for(
-        self, record: Reading | Event, shapes: list[tuple[frozenset[str], Handler]]
-    ) -> Handler:
+    def _handler_for(self, record: Reading | Event, shapes: list[KnownShape]) -> Handler:
         shape = (record.device.device_type, type(record), record.port is None, tuple(record.fields))
         handler = self._handlers.get(shape)
         if handler is None:
@@ -498,6 +507,15 @@ class RuleEngine:
         return _record_change(
             rule, port, AlertState.RESOLVED, track.alert_id, record, track.since_ms
         )
+
+
+def _in_window(window: DailyWindow, zone: ZoneInfo) -> Callable[[int], bool]:
+    contains = window.contains
+
+    def in_window(time_ms: int) -> bool:
+        return contains(time_ms, zone)
+
+    return in_window
 
 
 def _registry_attribute(name: str) -> bool:

@@ -376,14 +376,14 @@ def build_handler(
     loaded: dict[str, str] = {}
     generator = _Generator(out, shape, loaded)
     out.emit("fields = record.fields")
-    if any(rule.in_window for rule in judged) or fields & set(rate_fields):
+    if any(rule.in_window for rule in judged):
         out.emit("time_ms = record.time_ms")
     if generator.is_event:
         loaded["event"] = "event"
         out.emit("event = record.kind")
     else:
         loaded["event"] = out.value("")
-    if not shape[2]:
+    if not shape[2] and "port" in wanted:
         loaded["port"] = "port"
         out.emit("port = record.port")
     rates: dict[str, str] = {}

@@ -75,6 +75,15 @@ class TrackTable:
             self._forget(key)
         return track
 
+    def split(
+        self, keys: Iterable[TrackKey]
+    ) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
+        """Of `keys`, the tracks there are, and the keys of tracks there are not."""
+        tracks = self._tracks
+        there = [(key, tracks[key]) for key in keys if key in tracks]
+        gone = [key for key in keys if key not in tracks]
+        return there, gone
+
     def update(self, tracks: Iterable[tuple[TrackKey, Track]]) -> None:
         for key, track in tracks:
             self[key] = track

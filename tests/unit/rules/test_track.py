@@ -19,3 +19,8 @@ def test_tracks_are_counted_by_device_id() -> None:
     assert table.counts == {"sd-1": {"fire_alarm": 1}}
     assert len(table) == 1 and ("fire_alarm", "hgy", "sd-1", None) in table
     assert [key for key, _ in table.items()] == [("fire_alarm", "hgy", "sd-1", None)]
+    gone = ("over_current", "hgy", "cs-1", 4)
+    assert table.split([("fire_alarm", "hgy", "sd-1", None), gone]) == (
+        [(("fire_alarm", "hgy", "sd-1", None), Track(True, 0, 1))],
+        [gone],
+    )
