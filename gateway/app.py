@@ -53,6 +53,9 @@ def _log_alerts(changes: Sequence[AlertChange]) -> None:
 SUMMARY_INTERVAL_S = 60.0
 # How often silent devices are looked for.
 RULE_TICK_S = 5.0
+# Rate windows are saved every this many ticks and at a stop: a crash loses at most
+# that much of a window, a stop or an upgrade nothing.
+RATES_SAVE_TICKS = 6
 
 
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
@@ -198,6 +201,8 @@ class Gateway:
                 await self._http.aclose()
             if self.api is not None:
                 self.api.close()
+            if self.pipeline.alerts is not None:
+                self.pipeline.alerts.save_rates()
             self.outbox.close()
             self.alerts.close()
             self.silences.close()
@@ -226,11 +231,15 @@ class Gateway:
             await self.pipeline.commit(report.lines(self.stats, self.clock.now_ms()), None)
 
     async def _tick_rules(self) -> None:
+        ticks = 0
         while True:
             await self.clock.sleep(RULE_TICK_S)
             stage = self.pipeline.alerts
             if stage is not None:
                 await self.pipeline.commit_alerts(stage.tick(self.clock.now_ms()))
+                ticks += 1
+                if ticks % RATES_SAVE_TICKS == 0:
+                    stage.save_rates()
 
     def _count_alerts(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:

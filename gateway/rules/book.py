@@ -66,6 +66,15 @@ CREATE TABLE IF NOT EXISTS rule_tracks (
     last_value REAL,
     PRIMARY KEY (rule, community, device_id, port)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate_windows (
+    community TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    -- time (epoch ms) and value in turn, as doubles
+    samples BLOB NOT NULL,
+    PRIMARY KEY (community, device_id, field, port)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS last_seen (
     community TEXT NOT NULL,
     device_type TEXT NOT NULL,
@@ -159,6 +168,21 @@ class AlertBook:
             "SELECT community, device_type, device_id, seen_ms FROM last_seen"
         )
         return [(DeviceRef(c, t, d), int(ms)) for c, t, d, ms in rows]
+
+    def save_rates(self, windows: list[tuple[str, str, str, int | None, bytes]]) -> None:
+        """Replace the saved rate windows with these, in one transaction."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM rate_windows")
+            conn.executemany(
+                "INSERT INTO rate_windows VALUES (?, ?, ?, ?, ?)",
+                ((c, d, f, _NO_PORT if p is None else p, b) for c, d, f, p, b in windows),
+            )
+
+    def load_rates(self) -> list[tuple[str, str, str, int | None, bytes]]:
+        rows = self._conn.execute(
+            "SELECT community, device_id, field, port, samples FROM rate_windows"
+        )
+        return [(c, d, f, None if p == _NO_PORT else p, bytes(b)) for c, d, f, p, b in rows]
 
     @staticmethod
     def write(

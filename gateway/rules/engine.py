@@ -75,6 +75,8 @@ class RuleEngine:
         self.tracks = TrackTable()
         # Keys whose state changed since the last save, so that a restart forgets nothing.
         self._dirty: set[TrackKey] = set()
+        # Samples do not depend on the rules: a reload keeps them.
+        self._rates = RateWindows()
         self.load(rules)
 
     @property
@@ -97,7 +99,6 @@ class RuleEngine:
         # its rules read.
         self._windows: dict[str, dict[str, float]] = {}
         self._attributes: dict[str, frozenset[str]] = {}
-        self._rates = RateWindows()
         # One generated evaluator per record shape; and by device type, by kind of record
         # (reading or event, with or without a port), the last few shapes seen with
         # their field names, which tell a record's shape without making a key for it.
@@ -105,6 +106,11 @@ class RuleEngine:
         self._recent: dict[str, list[list[KnownShape]]] = {}
         # By (community, device type): see _route.
         self._routes: dict[tuple[str, str], tuple[HeardGroup, list[list[KnownShape]]]] = {}
+
+    @property
+    def rates(self) -> RateWindows:
+        """The samples behind `<field>_per_min`, saved and restored across a restart."""
+        return self._rates
 
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""

@@ -57,3 +57,20 @@ class RateWindows:
         if span_ms >= window_ms / 2:
             return (value - samples[1]) / span_ms * 60_000
         return None
+
+    def saved(self) -> list[tuple[str, str, str, int | None, bytes]]:
+        """Every window as (community, device_id, field, port, samples), to keep across a
+        restart: a rate is unknown until its window is half covered again otherwise."""
+        return [
+            (community, device_id, field, port, samples.tobytes())
+            for (community, device_id, field), ports in self._series.items()
+            for port, samples in ports.items()
+            if samples
+        ]
+
+    def restore(self, saved: list[tuple[str, str, str, int | None, bytes]]) -> None:
+        for community, device_id, field, port, blob in saved:
+            samples = array("d")
+            samples.frombytes(blob)
+            self._series.setdefault((community, device_id, field), {})[port] = samples
+        self._last = (None, "", {})

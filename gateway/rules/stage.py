@@ -37,12 +37,17 @@ class AlertStage:
         engine.restore(book.load_tracks())
         # Offline timers carry on from when each device was last heard, not from start-up.
         engine.restore_seen(book.load_last_seen())
+        engine.rates.restore(book.load_rates())
 
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
         return self._decide(self.engine.evaluate(records))
 
     def tick(self, now_ms: int) -> AlertDecision:
         return self._decide(self.engine.tick(now_ms))
+
+    def save_rates(self) -> None:
+        """Keep the rate windows for a restart (they are too many to commit per batch)."""
+        self.book.save_rates(self.engine.rates.saved())
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()

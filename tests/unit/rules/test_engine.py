@@ -501,3 +501,34 @@ def test_offline_timers_carry_on_across_a_restart(tmp_path: Path) -> None:
     # Restarted 100 s later: the bracelet was last heard at T0, not at the restart.
     second = stage(T0 + 100_000)
     assert states(second.tick(T0 + 151_000).changes) == [("device_offline", AlertState.FIRING)]
+
+
+def test_rate_windows_survive_a_restart_and_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+
+    def stage() -> AlertStage:
+        return AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
+
+    first = stage()
+    outbox = Outbox(path)
+    for t, temperature in ((0, 40.0), (20, 43.0)):
+        decision = first.evaluate([reading(SHED, t, port=3, temperature_c=temperature)])
+        outbox.commit(decision.lines, [], [], decision.write)
+    first.save_rates()
+    # After a restart the window still starts at 0 s: 40 s of it are known, enough for a
+    # rate, and 7 °C in 40 s is a runaway.
+    after = stage()
+    decision = after.evaluate([reading(SHED, 40, port=3, temperature_c=47.0)])
+    assert states(decision.changes) == [("thermal_runaway_risk", AlertState.FIRING)]
+    # A reload of the rules keeps the samples too.
+    again = stage()
+    again.engine.load(RULES)
+    decision = again.evaluate([reading(SHED, 40, port=3, temperature_c=47.0)])
+    assert states(decision.changes) == [("thermal_runaway_risk", AlertState.FIRING)]
+
+
+def test_without_its_saved_window_a_rate_is_unknown_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    fresh = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
+    decision = fresh.evaluate([reading(SHED, 40, port=3, temperature_c=47.0)])
+    assert states(decision.changes) == []
