@@ -220,7 +220,7 @@ class NotificationLog:
             (state, channel_index, tries, due_ms, key),
         )
 
-    def sent_receivers(self, alert_id: str) -> list[Notification]:
+    def sent(self, alert_id: str) -> list[Notification]:
         return self._select("alert_id = ? AND state = 'sent'", (alert_id,))
 
     def _select(self, where: str, args: tuple[object, ...]) -> list[Notification]:

@@ -205,8 +205,10 @@ class Notifier:
             if not due:
                 break
             # Critical first: they never wait behind the others.
-            due.sort(key=lambda n: not Notice.from_json(n.notice).critical)
-            await asyncio.gather(*(self._deliver(n) for n in due))
+            pairs = sorted(
+                ((n, Notice.from_json(n.notice)) for n in due), key=lambda p: not p[1].critical
+            )
+            await asyncio.gather(*(self._deliver(n, notice) for n, notice in pairs))
         await self._send_digests()
         if self._lines:
             lines, self._lines = self._lines, []
@@ -281,9 +283,7 @@ class Notifier:
         return entry.resolved_ms is not None and not entry.life_safety
 
     def _announce_resolved(self, entry: AlertEntry, now_ms: int) -> None:
-        told = {
-            Notice.from_json(n.notice).receiver: n for n in self.log.sent_receivers(entry.alert_id)
-        }
+        told = {Notice.from_json(n.notice).receiver for n in self.log.sent(entry.alert_id)}
         for route_index, route in self.router.routes(entry):
             if not route.send_resolved:
                 continue
@@ -314,21 +314,19 @@ class Notifier:
 
     # --- delivery --------------------------------------------------------------------------
 
-    async def _deliver(self, notification: Notification) -> None:
+    async def _deliver(self, notification: Notification, notice: Notice) -> None:
         async with self._sends:
             with self.log.transaction():
-                ready = self._ready(notification)
-            if ready is None:
+                channel = self._ready(notification, notice)
+            if channel is None:
                 return
-            channel, notice = ready
             started_s = time.perf_counter()
             try:
                 await channel.send(notice)
             except NotifyError as exc:
                 latency_ms = (time.perf_counter() - started_s) * 1000
                 with self.log.transaction():
-                    self._failed(notification, notice, channel, exc, latency_ms,
-                                 notification.tries)  # fmt: skip
+                    self._failed(notification, notice, channel, exc, latency_ms)
                 return
             latency_ms = (time.perf_counter() - started_s) * 1000
             with self.log.transaction():
@@ -337,9 +335,8 @@ class Notifier:
                                 tries=notification.tries + 1, due_ms=self._clock.now_ms())  # fmt: skip
                 self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
 
-    def _ready(self, notification: Notification) -> tuple[Channel, Notice] | None:
+    def _ready(self, notification: Notification, notice: Notice) -> Channel | None:
         """The channel to try now, or None when the notification goes another way."""
-        notice = Notice.from_json(notification.notice)
         index = notification.channel_index
         now_ms = self._clock.now_ms()
         if index >= len(notification.channels):
@@ -356,7 +353,7 @@ class Notifier:
             self._over_limit(notification, notice, channel, wait_s, "over the channel's limit")
             return None
         channel.limiter.note(notice.phone, now_ms / 1000)
-        return channel, notice
+        return channel
 
     def _failed(
         self,
@@ -365,9 +362,9 @@ class Notifier:
         channel: Channel,
         exc: NotifyError,
         latency_ms: float,
-        tries: int,
     ) -> None:
         now_ms = self._clock.now_ms()
+        tries = notification.tries
         if exc.rate_limited:
             if channel.blocked_s:
                 channel.limiter.block(now_ms / 1000 + channel.blocked_s)

@@ -44,8 +44,10 @@ class Router:
         self.policy = policy
         self._registry = registry
         self._zone = zone
-        self._windows = {s.hours: DailyWindow.parse(s.hours) for r in policy.rosters
-                         for s in r.shifts}  # fmt: skip
+        # Shift and quiet hours, parsed once: they are checked for every notification.
+        hours = [s.hours for r in policy.rosters for s in r.shifts]
+        hours += [r.quiet_hours for r in policy.receivers if r.quiet_hours]
+        self._windows = {text: DailyWindow.parse(text) for text in hours}
 
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
         return self._registry.get(entry.community, entry.device_id)
@@ -118,7 +120,7 @@ class Router:
         return WEEKDAYS[started.weekday()] in shift.days
 
     def _target(self, receiver: Receiver, step: Step) -> Target:
-        quiet = DailyWindow.parse(receiver.quiet_hours) if receiver.quiet_hours else None
+        quiet = self._windows[receiver.quiet_hours] if receiver.quiet_hours else None
         return Target(
             receiver.name,
             receiver.display_name or receiver.name,
