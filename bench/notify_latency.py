@@ -1,7 +1,8 @@
 """Time from a device's MQTT publish to a webhook receiving its notification, p50 and
 p99, under background load: an SOS from a bracelet every `--every-s` seconds through a
 local Mosquitto and the gateway (writing into a local InfluxDB) to a local webhook, while
-simulator processes publish telemetry at each `--rates` msg/s.
+simulator processes publish telemetry at each `--rates` msg/s. The bracelet and the
+webhook run in a process of their own, as a device and a phone would.
 
     .venv/bin/python -m bench.notify_latency [--rates 0,2000,5000,10000] [--seconds 20]
 """
@@ -12,12 +13,14 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import statistics
 import tempfile
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -33,28 +36,94 @@ from simulators.publisher import SimulationOptions, run_simulation
 from tests.integration.services import InfluxService, MosquittoService
 
 
-class Receiver:
-    """The webhook: when each notification arrived, by the SOS's device and time."""
+class Probe:
+    """The device and the phone, in a process of their own so that they share neither
+    the gateway's interpreter nor its lock: a bracelet that presses SOS every `every_s`
+    seconds, and the webhook the notifications reach. Both read CLOCK_MONOTONIC, which
+    the processes share."""
 
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        arrived = self.arrived
+    def __init__(self, broker: MosquittoService) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_probe_main, args=(child, broker.host, broker.port), daemon=True
+        )
+        self._process.start()
+        self.url: str = self._conn.recv()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                # An event alert's id ends with its device and the event's time.
-                key = ":".join(body["alert_id"].split(":")[-2:])
-                arrived.setdefault(key, time.monotonic())
-                self.send_response(204)
-                self.end_headers()
+    async def press(
+        self, targets: list[tuple[str, str, float, float]], seconds: float, every_s: float
+    ) -> dict[str, float]:
+        """SOS from each target in turn for `seconds`; when each was published, by key."""
+        self._conn.send(("press", targets, seconds, every_s))
+        sent: dict[str, float] = await asyncio.to_thread(self._conn.recv)
+        return sent
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+    async def arrivals(self, keys: list[str], timeout_s: float) -> dict[str, float]:
+        """When the notification of each key reached the webhook, waiting for all."""
+        self._conn.send(("collect", keys, timeout_s))
+        arrived: dict[str, float] = await asyncio.to_thread(self._conn.recv)
+        return arrived
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/notify"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def close(self) -> None:
+        self._conn.send(("stop",))
+        self._process.join(timeout=10)
+
+
+def _probe_main(conn: Connection, host: str, port: int) -> None:
+    arrived: dict[str, float] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            # An event alert's id ends with its device and the event's time.
+            key = ":".join(body["alert_id"].split(":")[-2:])
+            arrived.setdefault(key, time.monotonic())
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=f"probe-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    client.connect(host, port)
+    client.loop_start()
+    conn.send(f"http://127.0.0.1:{server.server_port}/notify")
+    while True:
+        command = conn.recv()
+        if command[0] == "press":
+            _, targets, seconds, every_s = command
+            sent: dict[str, float] = {}
+            began = time.monotonic()
+            index = 0
+            while time.monotonic() - began < seconds:
+                community, device_id, lat, lon = targets[index % len(targets)]
+                index += 1
+                ts_ms = time.time_ns() // 1_000_000
+                payload = {"ts": ts_ms, "event": "sos", "lat": lat, "lon": lon}
+                sent[f"{device_id}:{ts_ms}"] = time.monotonic()
+                client.publish(
+                    f"community/{community}/bracelet/{device_id}/event",
+                    json.dumps(payload),
+                    qos=1,
+                )
+                time.sleep(every_s)
+            conn.send(sent)
+        elif command[0] == "collect":
+            _, keys, timeout_s = command
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and not all(k in arrived for k in keys):
+                time.sleep(0.05)
+            conn.send({k: arrived[k] for k in keys if k in arrived})
+        else:
+            break
+    client.disconnect()
+    client.loop_stop()
+    close_sockets(client)
+    server.shutdown()
 
 
 def with_notify(config: GatewayConfig, url: str) -> GatewayConfig:
@@ -74,19 +143,16 @@ def with_notify(config: GatewayConfig, url: str) -> GatewayConfig:
 async def measure(
     gateway: Gateway,
     broker: MosquittoService,
-    receiver: Receiver,
+    probe: Probe,
     rate: float,
     seconds: float,
     every_s: float,
 ) -> dict[str, float]:
-    bracelets = [
-        d for d in Fleet.build(seed=FLEET_SEED, devices=DEVICES).devices
+    targets = [
+        (d.community, d.device_id, d.lat, d.lon)
+        for d in Fleet.build(seed=FLEET_SEED, devices=DEVICES).devices
         if d.device_type is DeviceType.BRACELET
-    ]  # fmt: skip
-    probe = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                        client_id=f"probe-{uuid.uuid4().hex[:8]}")  # fmt: skip
-    probe.connect(broker.host, broker.port)
-    probe.loop_start()
+    ]
     background = None
     if rate > 0:
         options = SimulationOptions(
@@ -96,33 +162,15 @@ async def measure(
         background = asyncio.create_task(asyncio.to_thread(run_simulation, options))
         await asyncio.sleep(1.0)
     in_before = gateway.stats.messages_in
-    sent: dict[str, float] = {}
-    began = time.monotonic()
-    index = 0
-    while time.monotonic() - began < seconds:
-        device = bracelets[index % len(bracelets)]
-        index += 1
-        ts_ms = time.time_ns() // 1_000_000
-        topic = f"community/{device.community}/bracelet/{device.device_id}/event"
-        payload = {"ts": ts_ms, "event": "sos", "lat": device.lat, "lon": device.lon}
-        sent[f"{device.device_id}:{ts_ms}"] = time.monotonic()
-        probe.publish(topic, json.dumps(payload), qos=1)
-        await asyncio.sleep(every_s)
+    sent = await probe.press(targets, seconds, every_s)
     offered_in = gateway.stats.messages_in - in_before
     if background is not None:
         report = await background
         offered = report.total_acknowledged / report.elapsed_s
     else:
         offered = 0.0
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all(k in receiver.arrived for k in sent):
-        await asyncio.sleep(0.05)
-    probe.disconnect()
-    probe.loop_stop()
-    close_sockets(probe)
-    latencies_ms = sorted(
-        (receiver.arrived[k] - t) * 1000 for k, t in sent.items() if k in receiver.arrived
-    )
+    arrived = await probe.arrivals(list(sent), timeout_s=120)
+    latencies_ms = sorted((arrived[k] - t) * 1000 for k, t in sent.items() if k in arrived)
     quantiles = (
         statistics.quantiles(latencies_ms, n=100, method="inclusive")
         if len(latencies_ms) > 1
@@ -144,17 +192,17 @@ async def run(workdir: Path, rates: list[float], seconds: float, every_s: float)
     influx = InfluxService(workdir / "influxdb")
     broker.start()
     influx.start()
-    receiver = Receiver()
+    probe = Probe(broker)
     try:
         influx.create_database("bench")
-        config = with_notify(gateway_config(workdir, broker, influx), receiver.url)
+        config = with_notify(gateway_config(workdir, broker, influx), probe.url)
         gateway = Gateway(config)
         task = asyncio.create_task(gateway.run())
         await asyncio.sleep(1.0)
         print(f"{'background':>12} {'offered':>10} {'taken in':>10} {'probes':>7} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")  # fmt: skip
         for rate in rates:
-            r = await measure(gateway, broker, receiver, rate, seconds, every_s)
+            r = await measure(gateway, broker, probe, rate, seconds, every_s)
             print(f"{rate:12,.0f} {r['background_offered_msg_s']:10,.0f} "
                   f"{r['gateway_in_msg_s']:10,.0f} {r['delivered']:3.0f}/{r['probes']:<3.0f} "
                   f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f}", flush=True)  # fmt: skip
@@ -164,7 +212,7 @@ async def run(workdir: Path, rates: list[float], seconds: float, every_s: float)
         gateway.stop()
         await task
     finally:
-        receiver.server.shutdown()
+        probe.close()
         influx.stop()
         broker.stop()
 

@@ -90,6 +90,11 @@ class Gateway:
         self.silences = SilenceBook(config.outbox.path, self.registry)
         redelivery = RedeliveryFilter()
         redelivery.restore(self.outbox.redelivery_keys())
+        alarm_redelivery = RedeliveryFilter()
+        # Before the alarm lane existed its keys were kept with the rest.
+        alarm_redelivery.restore(
+            self.outbox.redelivery_keys("alarm") or self.outbox.redelivery_keys()
+        )
         ingest = config.ingest
         decoder = Decoder(
             self.profiles,
@@ -108,6 +113,7 @@ class Gateway:
             commit_max_messages=ingest.commit_max_messages,
             commit_interval_s=ingest.commit_interval_s,
             alerts=AlertStage(self.rules, self.alerts, self.silences, self.clock),
+            alarm_redelivery=alarm_redelivery,
         )
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
         self.desk = AlertDesk(self.alerts, self.registry, self.pipeline.commit, self.clock)
@@ -117,12 +123,22 @@ class Gateway:
         self.links = LinkSigner(
             link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
         )
-        self.subscriber = MqttSubscriber(config.mqtt, self.clock) if config.mqtt else None
+        mqtt = config.mqtt
+        self.subscriber = MqttSubscriber(mqtt, self.clock) if mqtt else None
+        self.alarm_subscriber = (
+            MqttSubscriber(
+                mqtt, self.clock, topics=mqtt.alarm_topics, client_id=mqtt.alarm_client_id
+            )
+            if mqtt and mqtt.alarm_topics
+            else None
+        )
         self.notifier: Notifier | None = None
         self._http: httpx.AsyncClient | None = None
         if config.notify is not None:
             self._http = httpx.AsyncClient()
-            publish = self.subscriber.publish if self.subscriber else None
+            # Notifications go out on the alarm connection, where no backlog is queued.
+            publisher = self.alarm_subscriber or self.subscriber
+            publish = publisher.publish if publisher else None
             self.notifier = Notifier(
                 config.notify,
                 make_channels(config.notify, self._http, publish, self.clock),
@@ -169,10 +185,13 @@ class Gateway:
             if self.api is not None:
                 tasks.append(asyncio.create_task(self.api.serve(), name="api"))
             if self.subscriber is not None:
+                if self.alarm_subscriber is not None:
+                    await self.alarm_subscriber.start()
                 await self.subscriber.start()
                 tasks.append(
                     asyncio.create_task(
-                        self.pipeline.run(self.subscriber, self.stopping), name="ingest"
+                        self.pipeline.run(self.subscriber, self.stopping, self.alarm_subscriber),
+                        name="ingest",
                     )
                 )
             stop = asyncio.create_task(self.stopping.wait())
@@ -184,8 +203,9 @@ class Gateway:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self.stopping.set()
-            if self.subscriber is not None:
-                self.subscriber.stop()
+            for subscriber in (self.subscriber, self.alarm_subscriber):
+                if subscriber is not None:
+                    subscriber.stop()
             if self.api is not None:
                 # Ends by itself, after open requests and event streams finish.
                 self.api.stop()

@@ -47,9 +47,57 @@ class MqttConfig(_Strict):
     # How many unacknowledged QoS 1 messages the broker may have in flight to us (MQTT 5).
     receive_maximum: int = Field(10_000, ge=1, le=65_535)
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
-    topics: tuple[str, ...] = ("community/+/+/+/+", "vendor/acme-smoke/+/up")
+    topics: tuple[str, ...] = (
+        "community/+/+/+/telemetry",
+        "community/+/+/+/status",
+        "vendor/acme-smoke/+/up",
+    )
+    # Subscribed on a second connection with a session of its own (client id + "-alarms")
+    # and committed on their own, so that an SOS or a fall never queues behind the
+    # telemetry before it. Empty: everything comes through `topics`.
+    alarm_topics: tuple[str, ...] = ("community/+/+/+/event",)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+
+    @property
+    def alarm_client_id(self) -> str:
+        return f"{self.client_id}-alarms"
+
+    @model_validator(mode="after")
+    def _lanes_apart(self) -> MqttConfig:
+        # A message matching both would arrive twice, once on each connection.
+        for alarm_topic in self.alarm_topics:
+            for topic in self.topics:
+                if filters_overlap(alarm_topic, topic):
+                    raise ValueError(
+                        f"alarm_topics {alarm_topic!r} and topics {topic!r} both match some "
+                        "topics; each message must reach one connection only (subscribe "
+                        "topics to the other kinds, e.g. community/+/+/+/telemetry and "
+                        "community/+/+/+/status, or set alarm_topics to [])"
+                    )
+        return self
+
+
+def filters_overlap(first: str, second: str) -> bool:
+    """Whether some topic matches both MQTT topic filters."""
+    a, b = _levels(first), _levels(second)
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == "#" or y == "#":
+            # "#" also matches its parent level: "a/#" matches "a".
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and "+" not in (x, y):
+            return False
+    return True
+
+
+def _levels(topic_filter: str) -> list[str]:
+    levels = topic_filter.split("/")
+    # A shared subscription, $share/{group}/{filter}, matches what its filter matches.
+    return levels[2:] if levels[0] == "$share" and len(levels) > 2 else levels
 
 
 class InfluxConfig(_Strict):
@@ -90,7 +138,8 @@ class IngestConfig(_Strict):
     # Reject messages from devices missing from the registry.
     require_registered: bool = False
     commit_interval_s: float = Field(0.05, gt=0)
-    commit_max_messages: int = Field(5000, ge=1)
+    # Also bounds how long an alarm's commit may wait behind a telemetry batch's.
+    commit_max_messages: int = Field(1000, ge=1)
     # Reject device timestamps this far ahead of the gateway's clock.
     max_future_skew_s: float = Field(24 * 3600, gt=0)
 

@@ -5,6 +5,10 @@
 
 A batch is acknowledged to the broker only after its commit; the records go to the
 listeners only after it too, so that nothing downstream sees what a crash could undo.
+
+Alarms (event topics) may come through a lane of their own: a second subscription
+whose batches are decoded and committed while a telemetry batch is still being
+decoded, so that an SOS never waits for thousands of readings queued before it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 from gateway.decode.decoder import Decoder
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # A batch at least this large means traffic is heavy enough to linger for the next.
 LINGER_MIN_MESSAGES = 20
+# Messages decoded between two turns of the event loop (about 10 ms of work), so that an
+# alarm's batch, notifications and API requests are not held up by a large batch.
+DECODE_SLICE_MESSAGES = 200
 
 RecordListener = Callable[[Sequence[Record]], None]
 AlertListener = Callable[[Sequence[AlertChange]], None]
@@ -53,6 +61,13 @@ class Batch:
     redeliveries: int
     types: list[str]
 
+    def extended(self, more: Batch) -> Batch:
+        self.lines.extend(more.lines)
+        self.records.extend(more.records)
+        self.quarantined.extend(more.quarantined)
+        self.types.extend(more.types)
+        return replace(self, redeliveries=self.redeliveries + more.redeliveries)
+
 
 class IngestPipeline:
     def __init__(
@@ -63,9 +78,10 @@ class IngestPipeline:
         outbox: Outbox,
         stats: Stats,
         *,
-        commit_max_messages: int = 5000,
+        commit_max_messages: int = 1000,
         commit_interval_s: float = 0.05,
         alerts: AlertStage | None = None,
+        alarm_redelivery: RedeliveryFilter | None = None,
     ) -> None:
         self._decoder = decoder
         self._redelivery = redelivery
@@ -75,13 +91,16 @@ class IngestPipeline:
         self._commit_max_messages = commit_max_messages
         self._commit_interval_s = commit_interval_s
         self.alerts = alerts
+        self._alarm_redelivery = alarm_redelivery or RedeliveryFilter()
         self.listeners: list[RecordListener] = []
         self.alert_listeners: list[AlertListener] = []
         self.committed = asyncio.Event()
         # One transaction at a time on the ingest connection: batches and rule timers.
         self._commit_lock = asyncio.Lock()
 
-    def prepare(self, messages: Sequence[InboundMessage]) -> Batch:
+    def prepare(
+        self, messages: Sequence[InboundMessage], redelivery: RedeliveryFilter | None = None
+    ) -> Batch:
         """Decode a batch: pure but for the redelivery filter's memory."""
         lines: list[str] = []
         records: list[Record] = []
@@ -89,7 +108,7 @@ class IngestPipeline:
         types: list[str] = []
         redeliveries = 0
         decode = self._decoder.decode
-        is_redelivery = self._redelivery.is_redelivery
+        is_redelivery = (redelivery or self._redelivery).is_redelivery
         line = self._mapper.line
         for message in messages:
             try:
@@ -122,25 +141,46 @@ class IngestPipeline:
             lines.extend(new_lines)
         return Batch(lines, records, quarantined, redeliveries, types)
 
-    async def run(self, source: MessageSource, stopping: asyncio.Event) -> None:
+    async def run(
+        self,
+        source: MessageSource,
+        stopping: asyncio.Event,
+        alarms: MessageSource | None = None,
+    ) -> None:
         """Until `stopping` is set. A failed commit raises: the batch stays unacknowledged."""
+        async with asyncio.TaskGroup() as lanes:
+            lanes.create_task(self._run_lane(source, stopping, alarm=False))
+            if alarms is not None:
+                lanes.create_task(self._run_lane(alarms, stopping, alarm=True))
+
+    async def _run_lane(self, source: MessageSource, stopping: asyncio.Event, alarm: bool) -> None:
         linger_s = 0.0
         while not stopping.is_set():
             messages = await source.next_batch(self._commit_max_messages, linger_s)
             if messages:
-                await self.handle(source, messages)
+                await self.handle(source, messages, alarm=alarm)
             # Lingering gathers a busy stream into fewer commits; a quiet one would only
             # wait, and a lone alarm should not wait for company.
-            busy = len(messages) >= LINGER_MIN_MESSAGES
+            busy = len(messages) >= LINGER_MIN_MESSAGES and not alarm
             linger_s = self._commit_interval_s if busy else 0.0
 
-    async def handle(self, source: MessageSource, messages: Sequence[InboundMessage]) -> None:
-        batch = self.prepare(messages)
-        keys = self._redelivery.take_changes()
+    async def handle(
+        self, source: MessageSource, messages: Sequence[InboundMessage], *, alarm: bool = False
+    ) -> None:
+        redelivery = self._alarm_redelivery if alarm else self._redelivery
+        batch = self.prepare(messages[:DECODE_SLICE_MESSAGES], redelivery)
+        for start in range(DECODE_SLICE_MESSAGES, len(messages), DECODE_SLICE_MESSAGES):
+            await asyncio.sleep(0)
+            batch = batch.extended(
+                self.prepare(messages[start : start + DECODE_SLICE_MESSAGES], redelivery)
+            )
+        # Whatever ran between the slices, this batch's keys are still only its own: the
+        # other lane keeps its keys in a filter of its own.
+        keys = redelivery.take_changes()
         decision = self.alerts.evaluate(batch.records) if self.alerts else AlertDecision()
         async with self._commit_lock:
             result = await asyncio.to_thread(
-                self._outbox.commit,
+                partial(self._outbox.commit, lane="alarm" if alarm else "main"),
                 batch.lines + decision.lines,
                 batch.quarantined,
                 keys,

@@ -39,6 +39,9 @@ def _broker(ctx: ApiContext) -> CheckOut:
     if subscriber is None or mqtt is None:
         return CheckOut(name="broker", ok=True, detail="no broker configured")
     where = f"{mqtt.host}:{mqtt.port}"
+    alarms = ctx.gateway.alarm_subscriber
+    if alarms is not None and not alarms.connected.is_set():
+        return CheckOut(name="broker", ok=False, detail=f"alarm connection not up to {where}")
     if subscriber.connected.is_set():
         return CheckOut(name="broker", ok=True, detail=f"connected to {where}")
     return CheckOut(name="broker", ok=False, detail=f"not connected to {where}")

@@ -34,9 +34,18 @@ log = logging.getLogger(__name__)
 class MqttSubscriber:
     """Subscribes to the device topics and yields what arrives in batches."""
 
-    def __init__(self, config: MqttConfig, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        clock: Clock,
+        *,
+        topics: Sequence[str] | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self._config = config
         self._clock = clock
+        self._topics = tuple(config.topics if topics is None else topics)
+        self._client_id = client_id or config.client_id
         self._pending: deque[InboundMessage] = deque()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -55,7 +64,7 @@ class MqttSubscriber:
         v5 = config.protocol == "5"
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
+            client_id=self._client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
@@ -175,7 +184,8 @@ class MqttSubscriber:
         # Messages held from the lost connection cannot be acknowledged any more.
         self._pending.clear()
         log.info(
-            "connected to %s:%d (session %s)",
+            "%s connected to %s:%d (session %s)",
+            self._client_id,
             self._config.host,
             self._config.port,
             "resumed" if flags.session_present else "new",
@@ -185,9 +195,9 @@ class MqttSubscriber:
             options = SubscribeOptions(
                 qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
             )
-            client.subscribe([(topic, options) for topic in self._config.topics])
+            client.subscribe([(topic, options) for topic in self._topics])
         elif not flags.session_present:
-            client.subscribe([(topic, 1) for topic in self._config.topics])
+            client.subscribe([(topic, 1) for topic in self._topics])
         self.connected.set()
 
     def _on_disconnect(

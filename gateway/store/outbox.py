@@ -39,9 +39,19 @@ CREATE TABLE IF NOT EXISTS redelivery_keys (
     keys TEXT NOT NULL,
     PRIMARY KEY (community, device_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarm_redelivery_keys (
+    community TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    PRIMARY KEY (community, device_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 """
+
+# The redelivery keys of each ingest lane: a message always arrives on the same lane,
+# and the lanes commit independently, so each keeps its own.
+KEYS_TABLES = {"main": "redelivery_keys", "alarm": "alarm_redelivery_keys"}
 
 # Share of the size bound freed beyond the excess when the outbox is full, so that
 # the eviction does not run again for every batch.
@@ -113,6 +123,8 @@ class Outbox:
         quarantined: Sequence[QuarantineEntry],
         redelivery_keys: Sequence[tuple[str, str, str]],
         also: Callable[[sqlite3.Connection], None] | None = None,
+        *,
+        lane: str = "main",
     ) -> CommitResult:
         """Store a batch in one transaction. Raises StoreError if it could not be made durable.
 
@@ -127,7 +139,7 @@ class Outbox:
                 self._insert_quarantine(conn, quarantined)
             if redelivery_keys:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO redelivery_keys (community, device_id, keys) "
+                    f"INSERT OR REPLACE INTO {KEYS_TABLES[lane]} (community, device_id, keys) "
                     "VALUES (?, ?, ?)",
                     redelivery_keys,
                 )
@@ -200,8 +212,8 @@ class Outbox:
             counts.items(),
         )
 
-    def redelivery_keys(self) -> list[tuple[str, str, str]]:
-        rows = self._ingest.execute("SELECT community, device_id, keys FROM redelivery_keys")
+    def redelivery_keys(self, lane: str = "main") -> list[tuple[str, str, str]]:
+        rows = self._ingest.execute(f"SELECT community, device_id, keys FROM {KEYS_TABLES[lane]}")
         return [(str(c), str(d), str(k)) for c, d, k in rows]
 
     # --- writer side -------------------------------------------------------

@@ -37,7 +37,12 @@ def gateway_config(
                 "host": broker.host,
                 "port": broker.port,
                 "client_id": f"gw-{namespace}"[:64],
-                "topics": [f"community/{namespace}/+/+/+", "vendor/acme-smoke/+/up"],
+                "topics": [
+                    f"community/{namespace}/+/+/telemetry",
+                    f"community/{namespace}/+/+/status",
+                    "vendor/acme-smoke/+/up",
+                ],
+                "alarm_topics": [f"community/{namespace}/+/+/event"],
                 # A test's session should not outlive the test by long in the shared broker.
                 "session_expiry_s": 60,
                 "reconnect_min_s": 0.5,
@@ -60,6 +65,8 @@ async def running(config: GatewayConfig) -> AsyncIterator[Gateway]:
     try:
         assert gateway.subscriber is not None
         await wait_until(gateway.subscriber.connected.is_set, what="gateway connected")
+        if gateway.alarm_subscriber is not None:
+            await wait_until(gateway.alarm_subscriber.connected.is_set, what="alarms connected")
         # The subscription is in place once the broker has answered it; a publish
         # before that would only reach a persistent session that does not exist yet.
         await asyncio.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from gateway import PROJECT_ROOT
+from gateway.app import Gateway
+from gateway.rules.alert import AlertChange
 from gateway.rules.rule import load_rules
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
@@ -40,6 +43,52 @@ async def test_a_fire_alarm_firing_before_a_restart_is_not_new_after_it(
             await wait_until(lambda: gateway.stats.alerts_resolved == 1, what="all clear")
     finally:
         publisher.close()
+
+
+async def test_an_sos_queued_behind_a_telemetry_backlog_fires_before_the_backlog_is_in(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    backlog = 10_000
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    async with running(config):
+        pass  # both persistent sessions now exist, and queue while the gateway is down
+    publisher = Publisher(mosquitto)
+    try:
+        publisher.publish_all(
+            [
+                (
+                    f"community/{namespace}/bracelet/br-{i % 100}/telemetry",
+                    {"ts": T0 + i, "seq": i, "heart_rate_bpm": 72, "worn": True},
+                )
+                for i in range(backlog)
+            ]
+        )
+        publisher.publish_all(
+            [(f"community/{namespace}/bracelet/br-7/event", {"ts": T0, "seq": 1, "event": "sos"})]
+        )
+    finally:
+        publisher.close()
+
+    gateway = Gateway(config)
+    taken_in_when_fired: list[int] = []
+
+    def on_alerts(changes: list[AlertChange]) -> None:
+        if any(change.rule == "sos" for change in changes):
+            taken_in_when_fired.append(gateway.stats.messages_in)
+
+    gateway.pipeline.alert_listeners.append(on_alerts)
+    task = asyncio.create_task(gateway.run())
+    try:
+        await wait_until(
+            lambda: gateway.stats.messages_in == backlog + 1, timeout_s=60, what="backlog in"
+        )
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, timeout=15)
+    assert len(taken_in_when_fired) == 1
+    # The alarm connection delivers the SOS at once; the readings queued before it
+    # are still coming in when it fires.
+    assert taken_in_when_fired[0] < backlog / 2
 
 
 async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones(

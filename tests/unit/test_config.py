@@ -4,7 +4,7 @@ import pytest
 
 from gateway import PROJECT_ROOT
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import MqttConfig, filters_overlap, load_config
 from gateway.errors import ConfigError
 from gateway.registry import load_registry
 
@@ -40,6 +40,7 @@ def test_relative_paths_and_environment_secrets(
         ("ingest: {commit_interval_s: fast}", "ingest.commit_interval_s", "valid number"),
         ("- a list", "", "mapping"),
         ("mqtt: [unclosed", "", "not valid YAML"),
+        ("mqtt: {topics: ['community/+/+/+/+']}", "mqtt", "alarm_topics"),
     ],
 )
 def test_a_bad_config_names_the_file_the_field_and_the_problem(
@@ -134,3 +135,36 @@ def test_registry_in_yaml_with_contacts(tmp_path: Path) -> None:
         "037112345678",
     ]
     assert csv.by_imei("860425041234563") is not None
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "overlap"),
+    [
+        ("community/+/+/+/event", "community/+/+/+/+", True),
+        ("community/+/+/+/event", "community/+/+/+/telemetry", False),
+        ("community/+/+/+/event", "community/#", True),
+        ("community/hgy/+/+/event", "community/+/bracelet/+/+", True),
+        ("community/hgy/+/+/event", "community/yxg/+/+/+", False),
+        ("community/+/+/+/event", "vendor/acme-smoke/+/up", False),
+        ("a/#", "a", True),
+        ("a/+", "a", False),
+        ("$share/gw/community/+/+/+/event", "community/+/+/+/+", True),
+    ],
+)
+def test_topic_filters_overlap_when_some_topic_matches_both(
+    first: str, second: str, overlap: bool
+) -> None:
+    assert filters_overlap(first, second) is overlap
+    assert filters_overlap(second, first) is overlap
+
+
+def test_the_default_lanes_take_every_kind_of_the_contract_once() -> None:
+    config = MqttConfig()
+    for kind in ("telemetry", "event", "status"):
+        topic = f"community/hgy/bracelet/br-1/{kind}"
+        lanes = [
+            any(filters_overlap(f, topic) for f in config.topics),
+            any(filters_overlap(f, topic) for f in config.alarm_topics),
+        ]
+        assert lanes.count(True) == 1, kind
+    assert any(filters_overlap(f, "vendor/acme-smoke/860000000000001/up") for f in config.topics)

@@ -1,3 +1,4 @@
+import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +36,15 @@ def pipeline(path: Path, redelivery: RedeliveryFilter | None = None) -> IngestPi
     outbox = Outbox(path)
     redelivery = redelivery or RedeliveryFilter()
     redelivery.restore(outbox.redelivery_keys())
+    alarm_redelivery = RedeliveryFilter()
+    alarm_redelivery.restore(outbox.redelivery_keys("alarm"))
     return IngestPipeline(
         Decoder(profiles, registry, ManualClock(NOW_MS)),
         redelivery,
         SeriesMapper(profiles, registry),
         outbox,
         Stats(),
+        alarm_redelivery=alarm_redelivery,
     )
 
 
@@ -125,3 +129,46 @@ async def test_a_value_line_protocol_cannot_carry_is_quarantined(tmp_path: Path)
     assert batch.lines == [
         f"counter,community=hgy,device_id=c-1 total=5i,gateway_time=true {NOW_MS}"
     ]
+
+
+async def test_an_alarm_is_committed_while_a_large_telemetry_batch_is_still_decoding(
+    tmp_path: Path,
+) -> None:
+    p = pipeline(tmp_path / "o.sqlite3")
+    telemetry, alarms = FakeSource(), FakeSource()
+    order: list[str] = []
+    p.listeners.append(lambda records: order.append(type(records[0]).__name__))
+    backlog = [
+        msg(mid, {"ts": NOW_MS + mid, "seq": mid, "heart_rate_bpm": 70}) for mid in range(1, 2001)
+    ]
+    sos = msg(1, {"ts": NOW_MS, "seq": 9000, "event": "sos"}, "event")
+
+    main_lane = asyncio.create_task(p.handle(telemetry, backlog))
+    await asyncio.sleep(0)  # the telemetry batch has begun decoding
+    await p.handle(alarms, [sos], alarm=True)
+    assert alarms.acked == [1]
+    assert telemetry.acked == []
+    await main_lane
+    assert order == ["Event", "Reading"]
+    assert len(telemetry.acked) == 2000
+
+
+async def test_each_lane_remembers_its_own_redeliveries_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    first = pipeline(path)
+    source = FakeSource()
+    await first.handle(
+        source, [msg(1, {"ts": NOW_MS, "seq": 5, "event": "fall"}, "event")], alarm=True
+    )
+    await first.handle(source, [msg(2, {"ts": NOW_MS, "seq": 6, "heart_rate_bpm": 70})])
+    first._outbox.close()
+
+    second = pipeline(path)
+    seen: list[Record] = []
+    second.listeners.append(seen.extend)
+    await second.handle(
+        source, [msg(1, {"ts": NOW_MS, "seq": 5, "event": "fall"}, "event")], alarm=True
+    )
+    await second.handle(source, [msg(2, {"ts": NOW_MS, "seq": 6, "heart_rate_bpm": 70})])
+    assert seen == []
+    assert second._stats.redeliveries == 2
