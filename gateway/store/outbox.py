@@ -36,13 +36,13 @@ CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
 CREATE TABLE IF NOT EXISTS redelivery_keys (
     community TEXT NOT NULL,
     device_id TEXT NOT NULL,
-    keys TEXT NOT NULL,
+    keys BLOB NOT NULL,
     PRIMARY KEY (community, device_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alarm_redelivery_keys (
     community TEXT NOT NULL,
     device_id TEXT NOT NULL,
-    keys TEXT NOT NULL,
+    keys BLOB NOT NULL,
     PRIMARY KEY (community, device_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
@@ -121,7 +121,7 @@ class Outbox:
         self,
         lines: Sequence[str],
         quarantined: Sequence[QuarantineEntry],
-        redelivery_keys: Sequence[tuple[str, str, str]],
+        redelivery_keys: Sequence[tuple[str, str, bytes]],
         also: Callable[[sqlite3.Connection], None] | None = None,
         *,
         lane: str = "main",
@@ -212,9 +212,10 @@ class Outbox:
             counts.items(),
         )
 
-    def redelivery_keys(self, lane: str = "main") -> list[tuple[str, str, str]]:
+    def redelivery_keys(self, lane: str = "main") -> list[tuple[str, str, bytes | str]]:
+        """Each device's keys: bytes of 64-bit ints, or text from before they were."""
         rows = self._ingest.execute(f"SELECT community, device_id, keys FROM {KEYS_TABLES[lane]}")
-        return [(str(c), str(d), str(k)) for c, d, k in rows]
+        return [(str(c), str(d), k) for c, d, k in rows]
 
     # --- writer side -------------------------------------------------------
 
