@@ -84,6 +84,9 @@ class AlertDesk:
             tags.extend(registered.place_tags)
         tags += [
             ("device_type", entry.device_type),
+            # Two alerts of one rule in one building handled in the same millisecond
+            # would otherwise be one point, the second overwriting the first.
+            ("device_id", entry.device_id),
             ("rule", entry.rule),
             ("severity", entry.severity),
         ]

@@ -23,7 +23,11 @@ REGISTRY = Registry(
         RegisteredDevice(
             device_id="br-1", device_type="bracelet", community="hgy", area="east",
             compound="lakeside", building="3",
-        )
+        ),
+        RegisteredDevice(
+            device_id="br-2", device_type="bracelet", community="hgy", area="east",
+            compound="lakeside", building="3",
+        ),
     ]
 )  # fmt: skip
 
@@ -44,10 +48,10 @@ class Desk:
     async def commit(self, lines, write) -> None:  # type: ignore[no-untyped-def]
         self.outbox.commit(lines, [], [], write)
 
-    def fall(self) -> AlertEntry:
-        decision = self.stage.evaluate([Event(WRIST, T0, TimeSource.DEVICE, "fall", {})])
+    def fall(self, device: DeviceRef = WRIST) -> AlertEntry:
+        decision = self.stage.evaluate([Event(device, T0, TimeSource.DEVICE, "fall", {})])
         self.outbox.commit(decision.lines, [], [], decision.write)
-        (alert,) = self.book.open_alerts()
+        (alert,) = [a for a in self.book.open_alerts() if a.device_id == device.device_id]
         return alert
 
     def handling_lines(self) -> list[str]:
@@ -68,7 +72,10 @@ async def test_each_step_is_recorded_with_its_handling_time_by_grid_cell(tmp_pat
     d.clock.advance(600)
     entry = await d.desk.close(alert.alert_id, "wang-fang", "老人已送医")
     assert (entry.state, entry.note) == (AlertState.CLOSED, "老人已送医")
-    tags = "community=hgy,compound=lakeside,device_type=bracelet,rule=fall,severity=critical"
+    tags = (
+        "community=hgy,compound=lakeside,device_id=br-1,device_type=bracelet,rule=fall,"
+        "severity=critical"
+    )
     assert d.handling_lines() == [
         f'alert_handling,area=east,building=3,{tags} alert_id="{alert.alert_id}",acknowledge_s=90.0 {T0 + 90_000}',
         f'alert_handling,area=east,building=3,{tags} alert_id="{alert.alert_id}",arrive_s=600.0 {T0 + 600_000}',
@@ -139,3 +146,14 @@ def test_an_alert_book_of_the_first_release_gains_the_new_columns(tmp_path: Path
     assert (entry.state, entry.arrived_by, entry.acknowledged_by) == (
         AlertState.ARRIVED, "wang-fang", "wang-fang",
     )  # fmt: skip
+
+
+async def test_alerts_handled_in_the_same_millisecond_are_separate_points(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    first, second = d.fall(), d.fall(DeviceRef("hgy", "bracelet", "br-2"))
+    d.clock.advance(30)
+    await d.desk.acknowledge(first.alert_id, "wang-fang")
+    await d.desk.acknowledge(second.alert_id, "wang-fang")
+    series = {line.split(" ")[0] for line in d.handling_lines()}
+    assert len(series) == 2
+    assert {line.rsplit(" ", 1)[1] for line in d.handling_lines()} == {str(T0 + 30_000)}
