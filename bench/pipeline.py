@@ -4,7 +4,9 @@ a local InfluxDB, with nothing lost, in one run:
 1. the gateway draining a QoS 1 backlog queued in its persistent session while it was
    down: the broker offers as fast as the gateway takes;
 2. the gateway under live load from several publisher processes;
-3. the gateway's peak memory.
+3. the gateway's peak memory;
+4. the gateway's own stages (decode, rules, commit) alone on one thread, over the same
+   simulator messages with no broker: what a message costs without the threads around it.
 
 The raw receive rates of the MQTT clients are measured by bench/mqtt_clients.py.
 
@@ -15,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from gateway.ingest.message import InboundMessage
 from simulators.fleet import Fleet
 from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
 from tests.integration.services import InfluxService, MosquittoService
@@ -161,6 +166,53 @@ async def gateway_phases(
     return results
 
 
+class _NoBroker:
+    async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
+        return []
+
+    def ack(self, messages: Sequence[InboundMessage]) -> None:
+        pass
+
+
+async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
+    """CPU time a message costs in decode, rules and commit, then in the drain's reading
+    and removing, with nothing else running."""
+    fleet = Fleet.build(seed=FLEET_SEED, devices=DEVICES)
+    registry = workdir / "alone-devices.csv"
+    registry.write_text(fleet.registry_csv(), encoding="utf-8")
+    config = GatewayConfig.model_validate(
+        {
+            "mqtt": None,
+            "outbox": {"path": workdir / "alone.sqlite3"},
+            "registry_file": registry,
+            "health_interval_s": None,
+        }
+    )
+    gateway = Gateway(config)
+    start_ms = time.time_ns() // 1_000_000
+    stream = itertools.islice(fleet.stream(rate_msg_s=5000, start_ms=start_ms), messages)
+    inbound = [
+        InboundMessage(m.topic, m.payload, start_ms, index % 65_535 + 1, 1)
+        for index, m in enumerate(stream)
+    ]
+    batch = config.ingest.commit_max_messages
+    began = cpu_seconds()
+    for first in range(0, len(inbound), batch):
+        await gateway.pipeline.handle(_NoBroker(), inbound[first : first + batch])
+    handled = cpu_seconds()
+    outbox = gateway.outbox
+    while rows := outbox.peek(5000):
+        "\n".join(line for _, line in rows).encode()
+        outbox.remove_through(rows[-1][0])
+    drained = cpu_seconds()
+    gateway.outbox.close()
+    gateway.alerts.close()
+    return {
+        "alone_stages_cpu_us_per_msg": (handled - began) / len(inbound) * 1e6,
+        "alone_drain_cpu_us_per_msg": (drained - handled) / len(inbound) * 1e6,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -187,6 +239,8 @@ def main() -> None:
             broker.stop()
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["rss_before_gateway_mib"] = rss_before_kib / 1024
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        results.update(asyncio.run(stages_alone(Path(tmp), min(args.messages, 100_000))))
     for name, value in results.items():
         print(f"{name:28} {value:12,.1f}")
     if args.json:
