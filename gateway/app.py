@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from functools import partial
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -40,6 +41,9 @@ from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper, device_info_lines
 
 log = logging.getLogger(__name__)
+
+# The main connection's filters before alarms had a connection of their own.
+LEGACY_TOPICS = ("community/+/+/+/+", "vendor/acme-smoke/+/up")
 
 
 def _log_alerts(changes: Sequence[AlertChange]) -> None:
@@ -124,10 +128,22 @@ class Gateway:
             link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
         )
         mqtt = config.mqtt
-        self.subscriber = MqttSubscriber(mqtt, self.clock) if mqtt else None
+        self.subscriber = (
+            MqttSubscriber(
+                mqtt,
+                self.clock,
+                retired=self._retired_topics(mqtt.client_id, mqtt.topics, LEGACY_TOPICS),
+            )
+            if mqtt
+            else None
+        )
         self.alarm_subscriber = (
             MqttSubscriber(
-                mqtt, self.clock, topics=mqtt.alarm_topics, client_id=mqtt.alarm_client_id
+                mqtt,
+                self.clock,
+                topics=mqtt.alarm_topics,
+                client_id=mqtt.alarm_client_id,
+                retired=self._retired_topics(mqtt.alarm_client_id, mqtt.alarm_topics, ()),
             )
             if mqtt and mqtt.alarm_topics
             else None
@@ -153,6 +169,11 @@ class Gateway:
             )
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)
+        for subscriber in (self.subscriber, self.alarm_subscriber):
+            if subscriber is not None:
+                subscriber.on_retired = partial(
+                    self.outbox.forget_subscriptions, subscriber.client_id
+                )
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
 
@@ -275,6 +296,19 @@ class Gateway:
         while True:
             await self.clock.sleep(SUMMARY_INTERVAL_S)
             log.info("%s", self.stats.summary())
+
+    def _retired_topics(
+        self, client_id: str, topics: tuple[str, ...], before_record: tuple[str, ...]
+    ) -> list[str]:
+        """Filters this client id was configured with before but is not now, which its
+        persistent session may hold still; forgotten once the broker dropped them. An
+        outbox that took in messages before the record was kept assumes the defaults
+        of that time."""
+        known = self.outbox.subscriptions(client_id)
+        self.outbox.record_subscriptions(client_id, topics)
+        if known is None:
+            known = list(before_record) if self.outbox.redelivery_keys() else []
+        return [topic for topic in known if topic not in topics]
 
     def reload_rules(self) -> bool:
         """Load the rule files again; a broken one leaves the running rules untouched."""

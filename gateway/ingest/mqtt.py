@@ -14,7 +14,7 @@ import logging
 import ssl
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -41,11 +41,18 @@ class MqttSubscriber:
         *,
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
+        retired: Sequence[str] = (),
     ) -> None:
         self._config = config
         self._clock = clock
         self._topics = tuple(config.topics if topics is None else topics)
         self._client_id = client_id or config.client_id
+        # Filters the session may still hold from an earlier configuration: dropped at
+        # every connect, after the current ones are in place, so that nothing falls
+        # between the two and nothing arrives on both connections for long.
+        self._retired = tuple(t for t in retired if t not in self._topics)
+        # Told, on the event loop, once the broker has dropped the retired filters.
+        self.on_retired: Callable[[Sequence[str]], None] | None = None
         self._pending: deque[InboundMessage] = deque()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -58,6 +65,10 @@ class MqttSubscriber:
         self._published: dict[int, asyncio.Future[None]] = {}
         self._published_lock = threading.Lock()
         self._client = self._make_client()
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
 
     def _make_client(self) -> paho.Client:
         config = self._config
@@ -88,6 +99,7 @@ class MqttSubscriber:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     async def publish(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
@@ -196,9 +208,24 @@ class MqttSubscriber:
                 qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
             )
             client.subscribe([(topic, options) for topic in self._topics])
-        elif not flags.session_present:
+        elif not flags.session_present or self._retired:
             client.subscribe([(topic, 1) for topic in self._topics])
+        if self._retired:
+            client.unsubscribe(list(self._retired))
         self.connected.set()
+
+    def _on_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        retired, self._retired = self._retired, ()
+        if retired and self.on_retired is not None and self._loop is not None:
+            log.info("%s no longer subscribed to %s", self._client_id, ", ".join(retired))
+            self._loop.call_soon_threadsafe(self.on_retired, retired)
 
     def _on_disconnect(
         self,

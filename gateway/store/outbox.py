@@ -11,6 +11,7 @@ write never waits behind a commit or the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sqlite3
@@ -44,6 +45,11 @@ CREATE TABLE IF NOT EXISTS alarm_redelivery_keys (
     device_id TEXT NOT NULL,
     keys BLOB NOT NULL,
     PRIMARY KEY (community, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    client_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    PRIMARY KEY (client_id, topic)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -216,6 +222,34 @@ class Outbox:
         """Each device's keys: bytes of 64-bit ints, or text from before they were."""
         rows = self._ingest.execute(f"SELECT community, device_id, keys FROM {KEYS_TABLES[lane]}")
         return [(str(c), str(d), k) for c, d, k in rows]
+
+    # The subscription record is read and written outside the ingest's commits, from
+    # the event loop, on a connection of its own: it changes at start-up and on the
+    # rare connect that drops a retired filter.
+
+    def subscriptions(self, client_id: str) -> list[str] | None:
+        """The topic filters a client id was configured with and that its session may
+        still hold; None if never recorded."""
+        with contextlib.closing(self._connect("normal")) as conn:
+            rows = conn.execute(
+                "SELECT topic FROM subscriptions WHERE client_id = ? ORDER BY topic",
+                (client_id,),
+            ).fetchall()
+        return [str(topic) for (topic,) in rows] if rows else None
+
+    def record_subscriptions(self, client_id: str, topics: Iterable[str]) -> None:
+        with contextlib.closing(self._connect("normal")) as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO subscriptions (client_id, topic) VALUES (?, ?)",
+                ((client_id, topic) for topic in topics),
+            )
+
+    def forget_subscriptions(self, client_id: str, topics: Iterable[str]) -> None:
+        with contextlib.closing(self._connect("normal")) as conn:
+            conn.executemany(
+                "DELETE FROM subscriptions WHERE client_id = ? AND topic = ?",
+                ((client_id, topic) for topic in topics),
+            )
 
     # --- writer side -------------------------------------------------------
 

@@ -91,6 +91,46 @@ async def test_an_sos_queued_behind_a_telemetry_backlog_fires_before_the_backlog
     assert taken_in_when_fired[0] < backlog / 2
 
 
+async def test_a_session_from_before_the_alarm_connection_no_longer_takes_events(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    lanes = gateway_config(tmp_path, mosquitto, namespace)
+    assert lanes.mqtt is not None
+    single = lanes.model_copy(
+        update={
+            "mqtt": lanes.mqtt.model_copy(
+                update={"topics": (f"community/{namespace}/+/+/+",), "alarm_topics": ()}
+            )
+        }
+    )
+    async with running(single):
+        pass  # the main session now holds a filter that takes events too
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(lanes) as gateway:
+            await wait_until(
+                lambda: (
+                    gateway.outbox.subscriptions(lanes.mqtt.client_id)  # type: ignore[union-attr]
+                    == sorted(lanes.mqtt.topics)
+                ),  # type: ignore[union-attr]
+                what="the old filter dropped",
+            )
+            publisher.publish_all(
+                [
+                    (
+                        f"community/{namespace}/bracelet/br-3/event",
+                        {"ts": T0, "seq": 1, "event": "fall"},
+                    )
+                ]
+            )
+            await wait_until(lambda: gateway.stats.messages_in >= 1, what="the fall")
+            await asyncio.sleep(0.5)
+            assert gateway.stats.messages_in == 1
+            assert gateway.stats.alerts_firing == 1
+    finally:
+        publisher.close()
+
+
 async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str
 ) -> None:
