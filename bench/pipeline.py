@@ -78,11 +78,17 @@ def cpu_use(broker: MosquittoService, influx: InfluxService) -> dict[str, float]
     }
 
 
-def gateway_config(workdir: Path, broker: MosquittoService, influx: InfluxService) -> GatewayConfig:
+def write_registry(workdir: Path) -> Path:
+    """The bench fleet's registry, in a file of `workdir`."""
     registry = workdir / "devices.csv"
     registry.write_text(
         Fleet.build(seed=FLEET_SEED, devices=DEVICES).registry_csv(), encoding="utf-8"
     )
+    return registry
+
+
+def gateway_config(workdir: Path, broker: MosquittoService, influx: InfluxService) -> GatewayConfig:
+    registry = write_registry(workdir)
     return GatewayConfig.model_validate(
         {
             "mqtt": {
@@ -178,13 +184,11 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
     """CPU time a message costs in decode, rules and commit, then in the drain's reading
     and removing, with nothing else running."""
     fleet = Fleet.build(seed=FLEET_SEED, devices=DEVICES)
-    registry = workdir / "alone-devices.csv"
-    registry.write_text(fleet.registry_csv(), encoding="utf-8")
     config = GatewayConfig.model_validate(
         {
             "mqtt": None,
             "outbox": {"path": workdir / "alone.sqlite3"},
-            "registry_file": registry,
+            "registry_file": write_registry(workdir),
             "health_interval_s": None,
         }
     )

@@ -92,13 +92,12 @@ class Gateway:
         )
         self.alerts = AlertBook(config.outbox.path)
         self.silences = SilenceBook(config.outbox.path, self.registry)
+        main_keys = self.outbox.redelivery_keys()
         redelivery = RedeliveryFilter()
-        redelivery.restore(self.outbox.redelivery_keys())
+        redelivery.restore(main_keys)
         alarm_redelivery = RedeliveryFilter()
         # Before the alarm lane existed its keys were kept with the rest.
-        alarm_redelivery.restore(
-            self.outbox.redelivery_keys("alarm") or self.outbox.redelivery_keys()
-        )
+        alarm_redelivery.restore(self.outbox.redelivery_keys("alarm") or main_keys)
         ingest = config.ingest
         decoder = Decoder(
             self.profiles,
@@ -132,7 +131,9 @@ class Gateway:
             MqttSubscriber(
                 mqtt,
                 self.clock,
-                retired=self._retired_topics(mqtt.client_id, mqtt.topics, LEGACY_TOPICS),
+                retired=self._retired_topics(
+                    mqtt.client_id, mqtt.topics, LEGACY_TOPICS if main_keys else ()
+                ),
             )
             if mqtt
             else None
@@ -301,14 +302,13 @@ class Gateway:
         self, client_id: str, topics: tuple[str, ...], before_record: tuple[str, ...]
     ) -> list[str]:
         """Filters this client id was configured with before but is not now, which its
-        persistent session may hold still; forgotten once the broker dropped them. An
-        outbox that took in messages before the record was kept assumes the defaults
-        of that time."""
+        persistent session may hold still; forgotten once the broker dropped them.
+        `before_record` stands for an outbox that took in messages before the record
+        was kept: the defaults of that time."""
         known = self.outbox.subscriptions(client_id)
         self.outbox.record_subscriptions(client_id, topics)
-        if known is None:
-            known = list(before_record) if self.outbox.redelivery_keys() else []
-        return [topic for topic in known if topic not in topics]
+        previous = before_record if known is None else known
+        return [topic for topic in previous if topic not in topics]
 
     def reload_rules(self) -> bool:
         """Load the rule files again; a broken one leaves the running rules untouched."""

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -61,12 +61,17 @@ class Batch:
     redeliveries: int
     types: list[str]
 
-    def extended(self, more: Batch) -> Batch:
-        self.lines.extend(more.lines)
-        self.records.extend(more.records)
-        self.quarantined.extend(more.quarantined)
-        self.types.extend(more.types)
-        return replace(self, redeliveries=self.redeliveries + more.redeliveries)
+    @staticmethod
+    def joined(parts: Sequence[Batch]) -> Batch:
+        if len(parts) == 1:
+            return parts[0]
+        return Batch(
+            [line for part in parts for line in part.lines],
+            [record for part in parts for record in part.records],
+            [entry for part in parts for entry in part.quarantined],
+            sum(part.redeliveries for part in parts),
+            [kind for part in parts for kind in part.types],
+        )
 
 
 class IngestPipeline:
@@ -168,12 +173,12 @@ class IngestPipeline:
         self, source: MessageSource, messages: Sequence[InboundMessage], *, alarm: bool = False
     ) -> None:
         redelivery = self._alarm_redelivery if alarm else self._redelivery
-        batch = self.prepare(messages[:DECODE_SLICE_MESSAGES], redelivery)
-        for start in range(DECODE_SLICE_MESSAGES, len(messages), DECODE_SLICE_MESSAGES):
-            await asyncio.sleep(0)
-            batch = batch.extended(
-                self.prepare(messages[start : start + DECODE_SLICE_MESSAGES], redelivery)
-            )
+        parts: list[Batch] = []
+        for start in range(0, len(messages), DECODE_SLICE_MESSAGES):
+            if parts:
+                await asyncio.sleep(0)
+            parts.append(self.prepare(messages[start : start + DECODE_SLICE_MESSAGES], redelivery))
+        batch = Batch.joined(parts)
         # Whatever ran between the slices, this batch's keys are still only its own: the
         # other lane keeps its keys in a filter of its own.
         keys = redelivery.take_changes()

@@ -34,18 +34,6 @@ CREATE TABLE IF NOT EXISTS quarantine (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
-CREATE TABLE IF NOT EXISTS redelivery_keys (
-    community TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    keys BLOB NOT NULL,
-    PRIMARY KEY (community, device_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS alarm_redelivery_keys (
-    community TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    keys BLOB NOT NULL,
-    PRIMARY KEY (community, device_id)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscriptions (
     client_id TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -58,6 +46,17 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 # The redelivery keys of each ingest lane: a message always arrives on the same lane,
 # and the lanes commit independently, so each keeps its own.
 KEYS_TABLES = {"main": "redelivery_keys", "alarm": "alarm_redelivery_keys"}
+_SCHEMA += "".join(
+    f"""
+CREATE TABLE IF NOT EXISTS {table} (
+    community TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    keys BLOB NOT NULL,
+    PRIMARY KEY (community, device_id)
+) WITHOUT ROWID;
+"""
+    for table in KEYS_TABLES.values()
+)
 
 # Share of the size bound freed beyond the excess when the outbox is full, so that
 # the eviction does not run again for every batch.
