@@ -29,6 +29,7 @@ from pathlib import Path
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.ingest.message import InboundMessage
+from gateway.ingest.process import TelemetryProcess
 from simulators.fleet import Fleet
 from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
 from tests.integration.services import InfluxService, MosquittoService
@@ -70,9 +71,16 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_use(broker: MosquittoService, influx: InfluxService) -> dict[str, float]:
+def cpu_use(
+    broker: MosquittoService, influx: InfluxService, gateway: Gateway | None = None
+) -> dict[str, float]:
+    """CPU seconds so far of each process; the telemetry process's (0 before it starts)
+    only while it runs."""
+    telemetry = gateway.subscriber if gateway is not None else None
+    pid = telemetry.pid if isinstance(telemetry, TelemetryProcess) else None
     return {
         "gateway": cpu_seconds(),
+        "telemetry": cpu_seconds(pid) if pid is not None else 0.0,
         "broker": cpu_seconds(broker.pid),
         "influxdb": cpu_seconds(influx.pid),
     }
@@ -138,7 +146,9 @@ async def gateway_phases(
     # A first start creates the persistent session the backlog is queued for.
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
-    await asyncio.sleep(1.0)
+    while gateway.subscriber is None or not gateway.subscriber.connected.is_set():
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
     gateway.stop()
     await task
 
@@ -148,7 +158,7 @@ async def gateway_phases(
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
     elapsed = await wait_until_drained(gateway, backlog)
-    cpu_after = cpu_use(broker, influx)
+    cpu_after = cpu_use(broker, influx, gateway)
     results = {"backlog_messages": backlog, "backlog_msg_s": backlog / elapsed}
     # Where the machine's two cores went while the backlog drained, per message.
     for name, seconds in cpu_after.items():

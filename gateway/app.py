@@ -20,12 +20,13 @@ from gateway.decode.profile import ProfileSet, load_profiles
 from gateway.errors import ConfigError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import MqttSubscriber
+from gateway.ingest.process import TelemetryProcess
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
 from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.router import Router
-from gateway.pipeline import IngestPipeline
+from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook
@@ -127,17 +128,20 @@ class Gateway:
             link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
         )
         mqtt = config.mqtt
-        self.subscriber = (
-            MqttSubscriber(
-                mqtt,
-                self.clock,
-                retired=self._retired_topics(
-                    mqtt.client_id, mqtt.topics, LEGACY_TOPICS if main_keys else ()
-                ),
+        self.subscriber: MqttSubscriber | TelemetryProcess | None = None
+        # Set when the telemetry process has handed over records for the rules.
+        self.handed_over: asyncio.Event | None = None
+        if mqtt is not None:
+            retired = self._retired_topics(
+                mqtt.client_id, mqtt.topics, LEGACY_TOPICS if main_keys else ()
             )
-            if mqtt
-            else None
-        )
+            if ingest.telemetry_process and mqtt.alarm_topics:
+                self.handed_over = asyncio.Event()
+                self.subscriber = TelemetryProcess(
+                    config, self.clock, self.stats, retired=retired, on_counts=self._on_counts
+                )
+            else:
+                self.subscriber = MqttSubscriber(mqtt, self.clock, retired=retired)
         self.alarm_subscriber = (
             MqttSubscriber(
                 mqtt,
@@ -155,7 +159,7 @@ class Gateway:
             self._http = httpx.AsyncClient()
             # Notifications go out on the alarm connection, where no backlog is queued.
             publisher = self.alarm_subscriber or self.subscriber
-            publish = publisher.publish if publisher else None
+            publish = publisher.publish if isinstance(publisher, MqttSubscriber) else None
             self.notifier = Notifier(
                 config.notify,
                 make_channels(config.notify, self._http, publish, self.clock),
@@ -171,10 +175,11 @@ class Gateway:
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)
         for subscriber in (self.subscriber, self.alarm_subscriber):
-            if subscriber is not None:
+            if isinstance(subscriber, MqttSubscriber):
                 subscriber.on_retired = partial(
                     self.outbox.forget_subscriptions, subscriber.client_id
                 )
+        self._drain_wakeup: asyncio.Event | None = None
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
 
@@ -196,6 +201,7 @@ class Gateway:
                     batch_lines=influx.batch_lines,
                 )
                 self.pipeline.listeners.append(lambda _: drain.wakeup.set())
+                self._drain_wakeup = drain.wakeup
                 tasks.append(asyncio.create_task(drain.run(), name="drain"))
             else:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
@@ -209,10 +215,19 @@ class Gateway:
             if self.subscriber is not None:
                 if self.alarm_subscriber is not None:
                     await self.alarm_subscriber.start()
-                await self.subscriber.start()
+                source: MqttSubscriber | None = None
+                if isinstance(self.subscriber, TelemetryProcess):
+                    tasks.append(
+                        asyncio.create_task(self.subscriber.run(self.stopping), name="ingest")
+                    )
+                else:
+                    await self.subscriber.start()
+                    source = self.subscriber
                 tasks.append(
                     asyncio.create_task(
-                        self.pipeline.run(self.subscriber, self.stopping, self.alarm_subscriber),
+                        self.pipeline.run(
+                            source, self.stopping, self.alarm_subscriber, self.handed_over
+                        ),
                         name="ingest",
                     )
                 )
@@ -282,6 +297,13 @@ class Gateway:
                 ticks += 1
                 if ticks % RATES_SAVE_TICKS == 0:
                     stage.save_rates()
+
+    def _on_counts(self, counts: BatchCounts) -> None:
+        # The telemetry process stored lines and handed over records.
+        if self._drain_wakeup is not None and counts.lines:
+            self._drain_wakeup.set()
+        if self.handed_over is not None and counts.records:
+            self.handed_over.set()
 
     def _count_alerts(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:

@@ -142,6 +142,10 @@ class IngestConfig(_Strict):
     commit_max_messages: int = Field(1000, ge=1)
     # Reject device timestamps this far ahead of the gateway's clock.
     max_future_skew_s: float = Field(24 * 3600, gt=0)
+    # Receive, decode and store the telemetry (mqtt.topics) in a process of its own, on
+    # a core of its own; the rules still judge it in the main process. Only with
+    # mqtt.alarm_topics, whose connection the main process keeps.
+    telemetry_process: bool = True
 
 
 class GridCell(_Strict):

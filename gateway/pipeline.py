@@ -9,13 +9,20 @@ listeners only after it too, so that nothing downstream sees what a crash could 
 Alarms (event topics) may come through a lane of their own: a second subscription
 whose batches are decoded and committed while a telemetry batch is still being
 decoded, so that an SOS never waits for thousands of readings queued before it.
+
+The telemetry may also be taken in by another process (gateway.ingest.process), which
+commits each batch's records as a handoff instead of judging them; this one's rules
+judge the handoffs in order and remove them in the transaction that commits what they
+decided.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +30,7 @@ from typing import Protocol
 
 from gateway.decode.decoder import Decoder
 from gateway.decode.dedup import RedeliveryFilter
-from gateway.decode.record import Record
+from gateway.decode.record import Record, dump_records, load_records
 from gateway.decode.rejection import RejectReason
 from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
@@ -40,9 +47,12 @@ LINGER_MIN_MESSAGES = 20
 # Messages decoded between two turns of the event loop (about 10 ms of work), so that an
 # alarm's batch, notifications and API requests are not held up by a large batch.
 DECODE_SLICE_MESSAGES = 200
+# Handed-over batches judged in one commit: about as many records as one ingest batch.
+JUDGE_MAX_BATCHES = 1
 
 RecordListener = Callable[[Sequence[Record]], None]
 AlertListener = Callable[[Sequence[AlertChange]], None]
+CountsListener = Callable[["BatchCounts"], None]
 
 
 class MessageSource(Protocol):
@@ -74,6 +84,40 @@ class Batch:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    """What a committed batch adds to the counters; sent on by a telemetry process."""
+
+    messages: int
+    types: Counter[str]
+    rejected: Counter[str]
+    redeliveries: int
+    records: int
+    lines: int
+    evicted: int
+
+    @staticmethod
+    def of(messages: int, batch: Batch, evicted: int) -> BatchCounts:
+        return BatchCounts(
+            messages,
+            Counter(batch.types),
+            Counter(q.reason for q in batch.quarantined),
+            batch.redeliveries,
+            len(batch.records),
+            len(batch.lines),
+            evicted,
+        )
+
+    def add_to(self, stats: Stats) -> None:
+        stats.messages_in += self.messages
+        stats.messages_by_type.update(self.types)
+        stats.rejected_by_reason.update(self.rejected)
+        stats.redeliveries += self.redeliveries
+        stats.records += self.records
+        stats.lines_stored += self.lines
+        stats.lines_evicted += self.evicted
+
+
 class IngestPipeline:
     def __init__(
         self,
@@ -87,6 +131,7 @@ class IngestPipeline:
         commit_interval_s: float = 0.05,
         alerts: AlertStage | None = None,
         alarm_redelivery: RedeliveryFilter | None = None,
+        handoff: bool = False,
     ) -> None:
         self._decoder = decoder
         self._redelivery = redelivery
@@ -97,8 +142,11 @@ class IngestPipeline:
         self._commit_interval_s = commit_interval_s
         self.alerts = alerts
         self._alarm_redelivery = alarm_redelivery or RedeliveryFilter()
+        # Commit the records for the rules of another process instead of judging them.
+        self._handoff = handoff
         self.listeners: list[RecordListener] = []
         self.alert_listeners: list[AlertListener] = []
+        self.counts_listeners: list[CountsListener] = []
         self.committed = asyncio.Event()
         # One transaction at a time on the ingest connection: batches and rule timers.
         self._commit_lock = asyncio.Lock()
@@ -148,15 +196,54 @@ class IngestPipeline:
 
     async def run(
         self,
-        source: MessageSource,
+        source: MessageSource | None,
         stopping: asyncio.Event,
         alarms: MessageSource | None = None,
+        handoffs: asyncio.Event | None = None,
     ) -> None:
-        """Until `stopping` is set. A failed commit raises: the batch stays unacknowledged."""
+        """Until `stopping` is set. A failed commit raises: the batch stays unacknowledged.
+
+        `handoffs` is set when another process has handed over records to judge."""
         async with asyncio.TaskGroup() as lanes:
-            lanes.create_task(self._run_lane(source, stopping, alarm=False))
+            if source is not None:
+                lanes.create_task(self._run_lane(source, stopping, alarm=False))
             if alarms is not None:
                 lanes.create_task(self._run_lane(alarms, stopping, alarm=True))
+            if handoffs is not None:
+                lanes.create_task(self._judge_handoffs(handoffs, stopping))
+
+    async def _judge_handoffs(self, handed_over: asyncio.Event, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            handed_over.clear()
+            # Those left by a crash first, then each as it comes.
+            while await self.judge_handoffs() and not stopping.is_set():
+                pass
+            # The timeout only bounds how long a stop waits.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handed_over.wait(), timeout=0.25)
+
+    async def judge_handoffs(self) -> int:
+        """Judge the oldest records handed over by another process and commit what the
+        rules made of them, with their removal, in one transaction. Returns how many
+        handed-over batches were judged."""
+        async with self._commit_lock:
+            rows = await asyncio.to_thread(self._outbox.handoffs, JUDGE_MAX_BATCHES)
+        if not rows:
+            return 0
+        records: list[Record] = []
+        for handoff_id, blob in rows:
+            try:
+                records.extend(load_records(blob))
+            except Exception as exc:
+                # Left by a version whose records this one cannot read: their lines are
+                # stored, only the rules do not see them.
+                log.error("records handed over in batch %d not judged: %s", handoff_id, exc)
+        decision = self.alerts.evaluate(records) if self.alerts else AlertDecision()
+        await self.commit(decision.lines, partial(_judged, decision.write, rows[-1][0]))
+        for listener in self.listeners:
+            listener(records)
+        self._announce(decision)
+        return len(rows)
 
     async def _run_lane(self, source: MessageSource, stopping: asyncio.Event, alarm: bool) -> None:
         linger_s = 0.0
@@ -182,17 +269,28 @@ class IngestPipeline:
         # Whatever ran between the slices, this batch's keys are still only its own: the
         # other lane keeps its keys in a filter of its own.
         keys = redelivery.take_changes()
-        decision = self.alerts.evaluate(batch.records) if self.alerts else AlertDecision()
+        handoff: bytes | None = None
+        if self._handoff:
+            decision = AlertDecision()
+            if batch.records:
+                handoff = dump_records(batch.records)
+        else:
+            decision = self.alerts.evaluate(batch.records) if self.alerts else AlertDecision()
         async with self._commit_lock:
             result = await asyncio.to_thread(
-                partial(self._outbox.commit, lane="alarm" if alarm else "main"),
+                partial(self._outbox.commit, lane="alarm" if alarm else "main", handoff=handoff),
                 batch.lines + decision.lines,
                 batch.quarantined,
                 keys,
                 decision.write,
             )
         source.ack(messages)
-        self._count(messages, batch, result.evicted_lines)
+        counts = BatchCounts.of(len(messages), batch, result.evicted_lines)
+        counts.add_to(self._stats)
+        for counts_listener in self.counts_listeners:
+            counts_listener(counts)
+        for entry in batch.quarantined[:5]:
+            log.info("quarantined %s: %s (%s)", entry.topic, entry.reason, entry.detail)
         self._stats.lines_stored += len(decision.lines)
         self.committed.set()
         for listener in self.listeners:
@@ -221,14 +319,10 @@ class IngestPipeline:
             for alert_listener in self.alert_listeners:
                 alert_listener(decision.changes)
 
-    def _count(self, messages: Sequence[InboundMessage], batch: Batch, evicted: int) -> None:
-        stats = self._stats
-        stats.messages_in += len(messages)
-        stats.messages_by_type.update(batch.types)
-        stats.rejected_by_reason.update(q.reason for q in batch.quarantined)
-        stats.redeliveries += batch.redeliveries
-        stats.records += len(batch.records)
-        stats.lines_stored += len(batch.lines)
-        stats.lines_evicted += evicted
-        for entry in batch.quarantined[:5]:
-            log.info("quarantined %s: %s (%s)", entry.topic, entry.reason, entry.detail)
+
+def _judged(
+    write: Callable[[sqlite3.Connection], None] | None, last_id: int, conn: sqlite3.Connection
+) -> None:
+    if write is not None:
+        write(conn)
+    Outbox.drop_handoffs(conn, last_id)

@@ -5,7 +5,8 @@ Everything after decoding (store, rules, notify) works on these, never on raw pa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import marshal
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -62,3 +63,53 @@ class StatusReport:
 
 
 Record = Reading | Event | StatusReport
+
+
+# --- handed between processes ---------------------------------------------------
+# A batch's records cross from the telemetry process to the main one through the
+# outbox, as plain tuples in marshal's format: several times cheaper to make and to
+# read than pickled dataclasses. Both ends are the same installation; a format from
+# another version fails to load, and the caller says so.
+
+_READING, _EVENT, _STATUS = 0, 1, 2
+_TIME_SOURCES = {source.value: source for source in TimeSource}
+
+
+def dump_records(records: Sequence[Record]) -> bytes:
+    rows: list[tuple[object, ...]] = []
+    for r in records:
+        d = r.device
+        head = (d.community, d.device_type, d.device_id, r.time_ms, r.time_source.value)
+        if type(r) is Reading:
+            rows.append((_READING, *head, _plain(r.fields), r.seq, r.port))
+        elif type(r) is Event:
+            rows.append((_EVENT, *head, _plain(r.fields), r.seq, r.port, r.kind))
+        else:
+            assert isinstance(r, StatusReport)
+            rows.append((_STATUS, *head, r.online, r.seq))
+    return marshal.dumps(rows, 4)
+
+
+def load_records(data: bytes) -> list[Record]:
+    records: list[Record] = []
+    devices: dict[tuple[str, str, str], DeviceRef] = {}
+    for row in marshal.loads(data):
+        kind, community, device_type, device_id, time_ms, source = row[:6]
+        key = (community, device_type, device_id)
+        device = devices.get(key)
+        if device is None:
+            device = devices[key] = DeviceRef(community, device_type, device_id)
+        time_source = _TIME_SOURCES[source]
+        if kind == _READING:
+            records.append(Reading(device, time_ms, time_source, row[6], row[7], row[8]))
+        elif kind == _EVENT:
+            records.append(Event(device, time_ms, time_source, row[9], row[6], row[7], row[8]))
+        elif kind == _STATUS:
+            records.append(StatusReport(device, time_ms, time_source, row[6], row[7]))
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+    return records
+
+
+def _plain(fields: Mapping[str, FieldValue]) -> dict[str, FieldValue]:
+    return fields if type(fields) is dict else dict(fields)

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS handoffs (id INTEGER PRIMARY KEY, records BLOB NOT NULL);
 """
 
 # The redelivery keys of each ingest lane: a message always arrives on the same lane,
@@ -130,16 +131,21 @@ class Outbox:
         also: Callable[[sqlite3.Connection], None] | None = None,
         *,
         lane: str = "main",
+        handoff: bytes | None = None,
     ) -> CommitResult:
         """Store a batch in one transaction. Raises StoreError if it could not be made durable.
 
         `also` writes more in the same transaction: what the rules made of the batch.
+        `handoff` is the batch's records for the rules of another process, which judges
+        them later (see `handoffs`).
         """
         conn = self._ingest
         try:
             conn.execute("BEGIN IMMEDIATE")
             if lines:
                 conn.executemany("INSERT INTO lines (line) VALUES (?)", ((line,) for line in lines))
+            if handoff is not None:
+                conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
             if quarantined:
                 self._insert_quarantine(conn, quarantined)
             if redelivery_keys:
@@ -249,6 +255,19 @@ class Outbox:
                 "DELETE FROM subscriptions WHERE client_id = ? AND topic = ?",
                 ((client_id, topic) for topic in topics),
             )
+
+    def handoffs(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest batches of records handed over and not yet judged, with their ids;
+        on the ingest connection, between its commits."""
+        rows = self._ingest.execute(
+            "SELECT id, records FROM handoffs ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(i), bytes(records)) for i, records in rows]
+
+    @staticmethod
+    def drop_handoffs(conn: sqlite3.Connection, last_id: int) -> None:
+        """Inside the transaction that commits what the rules made of them."""
+        conn.execute("DELETE FROM handoffs WHERE id <= ?", (last_id,))
 
     # --- writer side -------------------------------------------------------
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from gateway.ingest.process import TelemetryProcess
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService
 
@@ -138,8 +141,10 @@ async def test_gateway_killed_mid_stream_loses_no_message(
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        # Both connections: the alarms' and the telemetry's.
         await wait_until(
-            lambda: log_file.read_text().count("connected to") > connections, what="gateway up"
+            lambda: log_file.read_text().count("connected to") >= connections + 2,
+            what="gateway up",
         )
         # Its first subscription must be in place before devices publish.
         await asyncio.sleep(0.3)
@@ -166,3 +171,36 @@ async def test_gateway_killed_mid_stream_loses_no_message(
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+async def test_the_telemetry_process_killed_mid_stream_is_restarted_and_loses_nothing(
+    tmp_path: Path,
+    mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+) -> None:
+    config = gateway_config(
+        tmp_path, mosquitto, namespace, influx={"url": influxdb.url, "database": influx_db}
+    )
+    total = 4000
+    async with running(config) as gateway:
+        telemetry = gateway.subscriber
+        assert isinstance(telemetry, TelemetryProcess) and telemetry.pid is not None
+        sending = asyncio.create_task(publish(mosquitto, readings(namespace, 0, total)))
+        await wait_until(lambda: gateway.stats.messages_in >= 500, what="stream flowing")
+        os.kill(telemetry.pid, signal.SIGKILL)
+        await wait_until(
+            lambda: telemetry.started == 2 and telemetry.connected.is_set(), what="restarted"
+        )
+        await sending
+        await wait_until(
+            lambda: stored(influxdb, influx_db) == total, timeout_s=60, what="every message"
+        )
+
+        def handoffs_waiting() -> int:
+            with contextlib.closing(sqlite3.connect(config.outbox.path)) as conn:
+                return int(conn.execute("SELECT count(*) FROM handoffs").fetchone()[0])
+
+        # Every record handed over was judged, none left behind.
+        await wait_until(lambda: handoffs_waiting() == 0, what="records judged")

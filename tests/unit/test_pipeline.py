@@ -3,15 +3,32 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import load_profiles
-from gateway.decode.record import Record
+from gateway.decode.record import (
+    DeviceRef,
+    Event,
+    Reading,
+    Record,
+    StatusReport,
+    TimeSource,
+    dump_records,
+    load_records,
+)
 from gateway.ingest.message import InboundMessage
-from gateway.pipeline import IngestPipeline
+from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.book import AlertBook
+from gateway.rules.engine import RuleEngine
+from gateway.rules.rule import load_rules
+from gateway.rules.silence import SilenceBook
+from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
@@ -30,7 +47,9 @@ class FakeSource:
         self.acked.extend(m.mid for m in messages)
 
 
-def pipeline(path: Path, redelivery: RedeliveryFilter | None = None) -> IngestPipeline:
+def pipeline(
+    path: Path, redelivery: RedeliveryFilter | None = None, *, handoff: bool = False
+) -> IngestPipeline:
     profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
     registry = Registry()
     outbox = Outbox(path)
@@ -45,6 +64,7 @@ def pipeline(path: Path, redelivery: RedeliveryFilter | None = None) -> IngestPi
         outbox,
         Stats(),
         alarm_redelivery=alarm_redelivery,
+        handoff=handoff,
     )
 
 
@@ -172,3 +192,101 @@ async def test_each_lane_remembers_its_own_redeliveries_across_a_restart(tmp_pat
     await second.handle(source, [msg(2, {"ts": NOW_MS, "seq": 6, "heart_rate_bpm": 70})])
     assert seen == []
     assert second._stats.redeliveries == 2
+
+
+def judging(path: Path) -> IngestPipeline:
+    """The main process's side: rules, no telemetry of its own."""
+    profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+    registry = Registry()
+    clock = ManualClock(NOW_MS)
+    engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, profiles.periods_s())
+    return IngestPipeline(
+        Decoder(profiles, registry, clock),
+        RedeliveryFilter(),
+        SeriesMapper(profiles, registry),
+        Outbox(path),
+        Stats(),
+        alerts=AlertStage(engine, AlertBook(path), SilenceBook(path, registry), clock),
+    )
+
+
+def shed(mid: int, seq: int, temperature_c: float) -> InboundMessage:
+    body = {
+        "ts": NOW_MS + seq * 1000,
+        "seq": seq,
+        "ambient_temp_c": 18.0,
+        "smoke": False,
+        "ports": [{"port": 2, "charging": True, "current_a": 2.0, "temperature_c": temperature_c}],
+    }
+    topic = "community/hgy/charging_shed/cs-1/telemetry"
+    return InboundMessage(topic, json.dumps(body).encode(), NOW_MS, mid, 1)
+
+
+async def test_records_handed_over_are_judged_once_even_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    telemetry = pipeline(path, handoff=True)
+    source = FakeSource()
+    counts: list[BatchCounts] = []
+    telemetry.counts_listeners.append(counts.append)
+    await telemetry.handle(source, [shed(1, 1, 30.0), shed(2, 2, 70.0), msg(3, b"garbage")])
+    # Stored and acknowledged with the records handed over, nothing judged yet.
+    assert source.acked == [1, 2, 3]
+    assert telemetry._outbox.depth() == 4
+    assert len(telemetry._outbox.handoffs(10)) == 1
+    # Each shed message is a reading of the shed and one of its port.
+    assert [(c.messages, c.records, c.rejected) for c in counts] == [(3, 4, {"not_json": 1})]
+
+    # The main process stops before it could judge them: they wait for the next start.
+    judge = judging(path)
+    fired: list[AlertChange] = []
+    judge.alert_listeners.append(fired.extend)
+    seen: list[Record] = []
+    judge.listeners.append(seen.extend)
+    assert await judge.judge_handoffs() == 1
+    assert [(c.rule, c.state) for c in fired] == [("port_overheating", AlertState.PENDING)]
+    assert [r.time_ms for r in seen] == [NOW_MS + 1000] * 2 + [NOW_MS + 2000] * 2
+    assert judge._outbox.handoffs(10) == []
+    assert await judge.judge_handoffs() == 0
+    assert judge.alerts is not None
+    judge.alerts.book.close()
+
+    # After a restart nothing is judged twice, and the pending alert carries on: still
+    # hot 30 s later, it fires.
+    again = judging(path)
+    fired.clear()
+    again.alert_listeners.append(fired.extend)
+    assert await again.judge_handoffs() == 0
+    await telemetry.handle(source, [shed(4, 32, 71.0)])
+    assert await again.judge_handoffs() == 1
+    assert [(c.rule, c.state) for c in fired] == [("port_overheating", AlertState.FIRING)]
+
+
+async def test_a_handoff_this_version_cannot_read_is_reported_and_passed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path)
+    outbox.commit(["m f=1i 1"], [], [], handoff=b"not the records format")
+    outbox.close()
+    judge = judging(path)
+    telemetry = pipeline(path, handoff=True)
+    await telemetry.handle(FakeSource(), [shed(1, 1, 70.0)])
+    fired: list[AlertChange] = []
+    judge.alert_listeners.append(fired.extend)
+    # The unreadable batch is logged and removed; the next one is judged as usual.
+    assert await judge.judge_handoffs() == 1
+    assert "not judged" in caplog.text
+    assert await judge.judge_handoffs() == 1
+    assert [c.rule for c in fired] == ["port_overheating"]
+    assert judge._outbox.handoffs(10) == []
+
+
+def test_records_survive_the_handoff_format_unchanged() -> None:
+    device = DeviceRef("hgy", "charging_shed", "cs-1")
+    records: list[Record] = [
+        Reading(device, NOW_MS, TimeSource.DEVICE, {"temperature_c": 70.5, "charging": True}, 7, 2),
+        Reading(device, NOW_MS, TimeSource.GATEWAY, {"note": "雨 \n"}),
+        Event(device, NOW_MS, TimeSource.DEVICE, "overcurrent", {"current_a": 12}, 8, 1),
+        StatusReport(device, NOW_MS, TimeSource.GATEWAY, False),
+    ]
+    assert load_records(dump_records(records)) == records

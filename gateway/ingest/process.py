@@ -1,0 +1,249 @@
+"""Telemetry taken in by a process of its own.
+
+Receiving, decoding and storing telemetry is most of what the gateway does, and one
+interpreter runs one thread at a time: in a process of its own the telemetry has a
+core to itself, and the alarms, rules, notifications and API of the main process no
+longer wait behind it. The process commits each batch's lines to the outbox, as the
+in-process lane does, with its records as a handoff; the main process's rules judge
+the handoffs in order and remove them in the transaction that commits what they
+decided. A crash of either process between the two loses nothing and judges nothing
+twice.
+
+The two talk over a pipe: the main process says when to stop; the telemetry process
+sends its connection state and what each batch added to the counters. A telemetry
+process whose main process is gone sees the pipe close and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from multiprocessing.connection import Connection
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.dedup import RedeliveryFilter
+from gateway.decode.profile import load_profiles
+from gateway.ingest.mqtt import MqttSubscriber
+from gateway.pipeline import BatchCounts, IngestPipeline
+from gateway.registry import Registry, load_registry
+from gateway.stats import Stats
+from gateway.store.outbox import Outbox
+from gateway.store.series import SeriesMapper
+
+log = logging.getLogger(__name__)
+
+# How often the telemetry process looks at its broker connection to report a change.
+CONNECTION_POLL_S = 0.05
+# How long a stopping telemetry process may take to finish its batch.
+STOP_TIMEOUT_S = 15.0
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
+
+
+class TelemetryProcess:
+    """The main process's side: starts the telemetry process, starts it again if it
+    ends, and mirrors its connection state and counters."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        clock: Clock,
+        stats: Stats,
+        *,
+        retired: Sequence[str] = (),
+        on_counts: Callable[[BatchCounts], None] | None = None,
+    ) -> None:
+        assert config.mqtt is not None
+        self._config = config
+        self._clock = clock
+        self._stats = stats
+        self._retired = tuple(retired)
+        self._on_counts = on_counts
+        # As MqttSubscriber has them, for readiness and for tests.
+        self.connected = threading.Event()
+        self.connections = 0
+        self.started = 0
+        self.pid: int | None = None
+
+    @property
+    def client_id(self) -> str:
+        assert self._config.mqtt is not None
+        return self._config.mqtt.client_id
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until `stopping` is set; then asks the process to stop and waits for it."""
+        delay_s = RESTART_MIN_S
+        while not stopping.is_set():
+            began_ms = self._clock.now_ms()
+            exitcode = await self._run_once(stopping)
+            if stopping.is_set():
+                return
+            log.error(
+                "the telemetry process ended (exit code %s); starting it again in %.0f s",
+                exitcode,
+                delay_s,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay_s)
+            # A process that ran a while before it ended is restarted soon again.
+            ran_s = (self._clock.now_ms() - began_ms) / 1000
+            delay_s = RESTART_MIN_S if ran_s > RESTART_MAX_S else min(delay_s * 2, RESTART_MAX_S)
+
+    def stop(self) -> None:
+        """Nothing to do: `run` stops the process when `stopping` is set."""
+
+    async def _run_once(self, stopping: asyncio.Event) -> int | None:
+        # Spawned, not forked: this process has threads (paho's, the commits'), and a
+        # fork copies their locks in whatever state they are.
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=serve,
+            args=(self._config, self._retired, logging.getLogger().level, theirs),
+            name="telemetry",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        self.started += 1
+        self.pid = process.pid
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+        loop.add_reader(ours.fileno(), self._receive, ours, ended)
+        try:
+            waits = [asyncio.create_task(stopping.wait()), asyncio.create_task(ended.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+            if not ended.is_set():
+                with contextlib.suppress(OSError):
+                    ours.send("stop")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), STOP_TIMEOUT_S)
+        finally:
+            loop.remove_reader(ours.fileno())
+            ours.close()
+            self.connected.clear()
+            await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
+            if process.exitcode is None:
+                log.error("the telemetry process did not stop; killing it")
+                process.kill()
+                await asyncio.to_thread(process.join)
+        return process.exitcode
+
+    def _receive(self, pipe: Connection, ended: asyncio.Event) -> None:
+        try:
+            while pipe.poll():
+                kind, *values = pipe.recv()
+                if kind == "counts":
+                    counts: BatchCounts = values[0]
+                    counts.add_to(self._stats)
+                    if self._on_counts is not None:
+                        self._on_counts(counts)
+                elif kind == "connection":
+                    connected, self.connections = values
+                    if connected:
+                        self.connected.set()
+                    else:
+                        self.connected.clear()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(pipe.fileno())
+            ended.set()
+
+
+def serve(config: GatewayConfig, retired: Sequence[str], log_level: int, pipe: Connection) -> None:
+    """The telemetry process."""
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry]: %(message)s"
+    )
+    # Ctrl-C in a terminal reaches every process of the group; the main process says
+    # when this one stops, after its own last batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve(config, retired, pipe))
+
+
+async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection) -> None:
+    assert config.mqtt is not None
+    clock = SystemClock()
+    profiles = load_profiles(config.profiles_dir, CODECS)
+    registry = load_registry(config.registry_file) if config.registry_file else Registry()
+    outbox = Outbox(
+        config.outbox.path,
+        max_bytes=config.outbox.max_bytes,
+        synchronous=config.outbox.synchronous,
+        quarantine_max_rows=config.outbox.quarantine_max_rows,
+    )
+    redelivery = RedeliveryFilter()
+    redelivery.restore(outbox.redelivery_keys())
+    ingest = config.ingest
+    pipeline = IngestPipeline(
+        Decoder(
+            profiles,
+            registry,
+            clock,
+            max_payload_bytes=ingest.max_payload_bytes,
+            require_registered=ingest.require_registered,
+            max_future_skew_s=ingest.max_future_skew_s,
+        ),
+        redelivery,
+        SeriesMapper(profiles, registry),
+        outbox,
+        Stats(),
+        commit_max_messages=ingest.commit_max_messages,
+        commit_interval_s=ingest.commit_interval_s,
+        handoff=True,
+    )
+    pipeline.counts_listeners.append(lambda counts: _send(pipe, ("counts", counts)))
+    subscriber = MqttSubscriber(config.mqtt, clock, retired=retired)
+    subscriber.on_retired = partial(outbox.forget_subscriptions, subscriber.client_id)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping)
+    reporter = asyncio.create_task(_report_connection(subscriber, pipe, stopping))
+    try:
+        await subscriber.start()
+        await pipeline.run(subscriber, stopping)
+    finally:
+        stopping.set()
+        subscriber.stop()
+        await reporter
+        loop.remove_reader(pipe.fileno())
+        outbox.close()
+
+
+def _on_parent(pipe: Connection, stopping: asyncio.Event) -> None:
+    try:
+        while pipe.poll():
+            if pipe.recv() == "stop":
+                stopping.set()
+    except (EOFError, OSError):
+        # The main process is gone: finish the batch in hand and stop.
+        asyncio.get_running_loop().remove_reader(pipe.fileno())
+        stopping.set()
+
+
+async def _report_connection(
+    subscriber: MqttSubscriber, pipe: Connection, stopping: asyncio.Event
+) -> None:
+    reported: tuple[bool, int] | None = None
+    while not stopping.is_set():
+        state = (subscriber.connected.is_set(), subscriber.connections)
+        if state != reported:
+            _send(pipe, ("connection", *state))
+            reported = state
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), CONNECTION_POLL_S)
+
+
+def _send(pipe: Connection, message: tuple[object, ...]) -> None:
+    # A main process gone is seen by the reader, which stops this one.
+    with contextlib.suppress(OSError):
+        pipe.send(message)
