@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -63,6 +64,11 @@ RULE_TICK_S = 5.0
 RATES_SAVE_TICKS = 6
 
 
+def notification_log_path(outbox_path: Path) -> Path:
+    """Beside the outbox: var/outbox.sqlite3 keeps its log in var/outbox.notifications.sqlite3."""
+    return outbox_path.with_name(f"{outbox_path.stem}.notifications{outbox_path.suffix}")
+
+
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
     """Profiles, registry and rules, checked; raises ConfigError naming the file and field."""
     profiles = load_profiles(config.profiles_dir, CODECS)
@@ -90,6 +96,7 @@ class Gateway:
             max_bytes=config.outbox.max_bytes,
             synchronous=config.outbox.synchronous,
             quarantine_max_rows=config.outbox.quarantine_max_rows,
+            ingest_checkpoints=not self._telemetry_apart(config),
         )
         self.alerts = AlertBook(config.outbox.path)
         self.silences = SilenceBook(config.outbox.path, self.registry)
@@ -121,7 +128,9 @@ class Gateway:
         )
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
         self.desk = AlertDesk(self.alerts, self.registry, self.pipeline.commit, self.clock)
-        self.notifications = NotificationLog(config.outbox.path)
+        self.notifications = NotificationLog(
+            notification_log_path(config.outbox.path), moved_from=config.outbox.path
+        )
         api = config.api or ApiConfig()
         secret = api.link_secret.get_secret_value() if api.link_secret else None
         self.links = LinkSigner(
@@ -135,7 +144,7 @@ class Gateway:
             retired = self._retired_topics(
                 mqtt.client_id, mqtt.topics, LEGACY_TOPICS if main_keys else ()
             )
-            if ingest.telemetry_process and mqtt.alarm_topics:
+            if self._telemetry_apart(config):
                 self.handed_over = asyncio.Event()
                 self.subscriber = TelemetryProcess(
                     config, self.clock, self.stats, retired=retired, on_counts=self._on_counts
@@ -182,6 +191,12 @@ class Gateway:
         self._drain_wakeup: asyncio.Event | None = None
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
+
+    @staticmethod
+    def _telemetry_apart(config: GatewayConfig) -> bool:
+        """Whether the telemetry is taken in by a process of its own."""
+        mqtt = config.mqtt
+        return mqtt is not None and bool(mqtt.alarm_topics) and config.ingest.telemetry_process
 
     async def run(self) -> None:
         """Until stop(); then finishes the batch in hand and closes the outbox."""

@@ -53,6 +53,9 @@ class SimulationOptions:
     # Unacknowledged messages allowed in flight per connection.
     inflight_window: int = 64
     client_id_prefix: str = "simulator"
+    # Added to the publisher processes' niceness (with processes > 1): a load generator
+    # on the machine under test then takes the cores only when they would idle.
+    niceness: int = 0
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -118,7 +121,12 @@ def run_simulation(options: SimulationOptions) -> SimulationReport:
         return _publish_shard(options, 0, start_ms)
     # spawn, not fork: each worker starts clean, without the parent's threads and sockets.
     context = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=options.processes, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=options.processes,
+        mp_context=context,
+        initializer=os.nice,
+        initargs=(options.niceness,),
+    ) as pool:
         futures = [
             pool.submit(_publish_shard, options, index, start_ms)
             for index in range(options.processes)

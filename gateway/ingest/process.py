@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from multiprocessing.connection import Connection
 
@@ -45,6 +47,8 @@ CONNECTION_POLL_S = 0.05
 # How long a stopping telemetry process may take to finish its batch.
 STOP_TIMEOUT_S = 15.0
 RESTART_MIN_S = 1.0
+# Added to the niceness of the telemetry process's receiving and decoding threads.
+TELEMETRY_NICENESS = 5
 RESTART_MAX_S = 30.0
 
 
@@ -118,6 +122,8 @@ class TelemetryProcess:
         loop = asyncio.get_running_loop()
         ended = asyncio.Event()
         loop.add_reader(ours.fileno(), self._receive, ours, ended)
+        # Its end is seen on the pipe; the sentinel covers a pipe something else holds.
+        loop.add_reader(process.sentinel, ended.set)
         try:
             waits = [asyncio.create_task(stopping.wait()), asyncio.create_task(ended.wait())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -129,6 +135,9 @@ class TelemetryProcess:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), STOP_TIMEOUT_S)
         finally:
+            loop.remove_reader(process.sentinel)
+            # What it sent last, its counts, before the pipe closes.
+            self._receive(ours, ended)
             loop.remove_reader(ours.fileno())
             ours.close()
             self.connected.clear()
@@ -155,7 +164,6 @@ class TelemetryProcess:
                     else:
                         self.connected.clear()
         except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(pipe.fileno())
             ended.set()
 
 
@@ -172,6 +180,15 @@ def serve(config: GatewayConfig, retired: Sequence[str], log_level: int, pipe: C
 
 async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection) -> None:
     assert config.mqtt is not None
+    # When the cores are busy, the main process (alarms, notifications) goes first: the
+    # receiving and decoding run at a lower priority. The commits do not: they hold the
+    # outbox's write lock, which an alarm's commit may be waiting for. Linux sets
+    # priorities per thread, and a thread starts with its creator's, so the one commit
+    # thread is made before the others are lowered.
+    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+    await asyncio.get_running_loop().run_in_executor(commits, int)
+    asyncio.get_running_loop().set_default_executor(commits)
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TELEMETRY_NICENESS)
     clock = SystemClock()
     profiles = load_profiles(config.profiles_dir, CODECS)
     registry = load_registry(config.registry_file) if config.registry_file else Registry()

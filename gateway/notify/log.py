@@ -1,5 +1,7 @@
 """The notification log: every notification the gateway owes, and every attempt to
-deliver it with its result, kept beside the outbox.
+deliver it with its result, kept in a file of its own beside the outbox: its
+transactions run on the event loop, where a wait for the telemetry process's commits
+to the outbox would hold up every alarm behind them.
 
 A notification is keyed by what it is about (alert, escalation step, receiver, kind),
 so that a redelivered alert, a retry or a restart never makes a second one; a
@@ -8,8 +10,9 @@ notification once sent is never sent again.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -106,9 +109,40 @@ class Notification:
     notice: str
 
 
+_TABLES = ("notification_attempts", "escalation_steps", "notifications")
+
+
 class NotificationLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, moved_from: Path | None = None) -> None:
+        """`moved_from`: the file an earlier version kept the log in, the outbox;
+        what it holds is moved here once."""
         self._conn = open_book(path, SCHEMA, "the notification log")
+        if moved_from is not None and moved_from.exists():
+            self._move_from(moved_from)
+
+    def _move_from(self, old: Path) -> None:
+        # Copied, then dropped there: a crash between the two copies it again, which
+        # the keys make harmless.
+        with closing(sqlite3.connect(old, isolation_level=None, timeout=30.0)) as source:
+            found = {
+                name
+                for (name,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            tables = [table for table in _TABLES if table in found]
+            if not tables:
+                return
+            self._conn.execute("ATTACH DATABASE ? AS earlier", (str(old),))
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for table in tables:
+                    self._conn.execute(
+                        f"INSERT OR IGNORE INTO main.{table} SELECT * FROM earlier.{table}"
+                    )
+                self._conn.execute("COMMIT")
+            finally:
+                self._conn.execute("DETACH DATABASE earlier")
+            for table in tables:
+                source.execute(f"DROP TABLE {table}")
 
     def close(self) -> None:
         self._conn.close()

@@ -95,7 +95,12 @@ class Outbox:
         max_bytes: int = 1 << 30,
         synchronous: str = "full",
         quarantine_max_rows: int = 100_000,
+        ingest_checkpoints: bool = True,
     ) -> None:
+        """`ingest_checkpoints=False`: the ingest connection's commits never copy the
+        write-ahead log back into the database (a checkpoint, which can take a hundred
+        milliseconds); the drain's and another process's connections do it. For an
+        ingest that commits alarms while another process commits the bulk."""
         self.path = path
         self.max_bytes = max_bytes
         self.quarantine_max_rows = quarantine_max_rows
@@ -103,6 +108,8 @@ class Outbox:
         try:
             self._ingest = self._connect(synchronous)
             self._ingest.executescript(_SCHEMA)
+            if not ingest_checkpoints:
+                self._ingest.execute("PRAGMA wal_autocheckpoint=0")
             self._drain = self._connect(synchronous)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open outbox {path}: {exc}", retryable=False) from exc
