@@ -38,6 +38,8 @@ DEVICES = 2000
 # The gateway's phases use one fleet, the one its registry describes.
 FLEET_SEED = 2
 PROTOCOL = os.environ.get("BENCH_MQTT_PROTOCOL", "5")
+# BENCH_TELEMETRY_PROCESS=0 keeps the telemetry in the main process, for comparison.
+TELEMETRY_PROCESS = os.environ.get("BENCH_TELEMETRY_PROCESS", "1") != "0"
 
 
 def flood(
@@ -108,6 +110,7 @@ def gateway_config(workdir: Path, broker: MosquittoService, influx: InfluxServic
             "influx": {"url": influx.url, "database": "bench"},
             "outbox": {"path": workdir / "outbox.sqlite3"},
             "registry_file": registry,
+            "ingest": {"telemetry_process": TELEMETRY_PROCESS},
         }
     )
 
