@@ -28,7 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.pipeline import DEVICES, FLEET_SEED, gateway_config
+from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, wait_connected
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.ingest.mqtt import close_sockets
@@ -203,10 +203,7 @@ async def run(workdir: Path, rates: list[float], seconds: float, every_s: float)
         config = with_notify(gateway_config(workdir, broker, influx), probe.url)
         gateway = Gateway(config)
         task = asyncio.create_task(gateway.run())
-        for connection in (gateway.subscriber, gateway.alarm_subscriber):
-            while connection is not None and not connection.connected.is_set():
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
+        await wait_connected(gateway)
         print(f"{'background':>12} {'offered':>10} {'taken in':>10} {'probes':>7} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")  # fmt: skip
         for rate in rates:

@@ -115,6 +115,15 @@ def gateway_config(workdir: Path, broker: MosquittoService, influx: InfluxServic
     )
 
 
+async def wait_connected(gateway: Gateway) -> None:
+    """Until both broker connections are up and their subscriptions have had time to be
+    answered: a publish before that reaches no session."""
+    for connection in (gateway.subscriber, gateway.alarm_subscriber):
+        while connection is not None and not connection.connected.is_set():
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+
+
 async def wait_until_drained(gateway: Gateway, expected_in: int, timeout_s: float = 900) -> float:
     """Seconds until `expected_in` messages were taken in and every line written."""
     began = time.perf_counter()
@@ -149,9 +158,7 @@ async def gateway_phases(
     # A first start creates the persistent session the backlog is queued for.
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
-    while gateway.subscriber is None or not gateway.subscriber.connected.is_set():
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    await wait_connected(gateway)
     gateway.stop()
     await task
 

@@ -91,12 +91,8 @@ class Gateway:
             now_ms=self.clock.now_ms(),
             zone=ZoneInfo(config.timezone),
         )
-        self.outbox = Outbox(
-            config.outbox.path,
-            max_bytes=config.outbox.max_bytes,
-            synchronous=config.outbox.synchronous,
-            quarantine_max_rows=config.outbox.quarantine_max_rows,
-            ingest_checkpoints=not self._telemetry_apart(config),
+        self.outbox = Outbox.configured(
+            config.outbox, ingest_checkpoints=not self._telemetry_apart(config)
         )
         self.alerts = AlertBook(config.outbox.path)
         self.silences = SilenceBook(config.outbox.path, self.registry)
@@ -107,14 +103,7 @@ class Gateway:
         # Before the alarm lane existed its keys were kept with the rest.
         alarm_redelivery.restore(self.outbox.redelivery_keys("alarm") or main_keys)
         ingest = config.ingest
-        decoder = Decoder(
-            self.profiles,
-            self.registry,
-            self.clock,
-            max_payload_bytes=ingest.max_payload_bytes,
-            require_registered=ingest.require_registered,
-            max_future_skew_s=ingest.max_future_skew_s,
-        )
+        decoder = Decoder.configured(self.profiles, self.registry, self.clock, ingest)
         self.pipeline = IngestPipeline(
             decoder,
             redelivery,
@@ -188,7 +177,6 @@ class Gateway:
                 subscriber.on_retired = partial(
                     self.outbox.forget_subscriptions, subscriber.client_id
                 )
-        self._drain_wakeup: asyncio.Event | None = None
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
 
@@ -216,7 +204,6 @@ class Gateway:
                     batch_lines=influx.batch_lines,
                 )
                 self.pipeline.listeners.append(lambda _: drain.wakeup.set())
-                self._drain_wakeup = drain.wakeup
                 tasks.append(asyncio.create_task(drain.run(), name="drain"))
             else:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
@@ -314,9 +301,8 @@ class Gateway:
                     stage.save_rates()
 
     def _on_counts(self, counts: BatchCounts) -> None:
-        # The telemetry process stored lines and handed over records.
-        if self._drain_wakeup is not None and counts.lines:
-            self._drain_wakeup.set()
+        # The telemetry process handed over records; once judged, the record listeners
+        # wake the drain for their lines.
         if self.handed_over is not None and counts.records:
             self.handed_over.set()
 

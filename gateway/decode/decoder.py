@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -27,6 +27,9 @@ from gateway.decode.rejection import RejectReason
 from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
 from gateway.registry import Registry
+
+if TYPE_CHECKING:
+    from gateway.config import IngestConfig
 
 CODECS = frozenset({"json", "acme_smoke"})
 
@@ -131,6 +134,19 @@ class Decoder:
         self._max_payload_bytes = max_payload_bytes
         self._require_registered = require_registered
         self._max_future_skew_ms = int(max_future_skew_s * 1000)
+
+    @classmethod
+    def configured(
+        cls, profiles: ProfileSet, registry: Registry, clock: Clock, ingest: IngestConfig
+    ) -> Decoder:
+        return cls(
+            profiles,
+            registry,
+            clock,
+            max_payload_bytes=ingest.max_payload_bytes,
+            require_registered=ingest.require_registered,
+            max_future_skew_s=ingest.max_future_skew_s,
+        )
 
     def decode(self, message: InboundMessage) -> DecodedMessage:
         """Raises DecodeError with the reason the message is rejected."""

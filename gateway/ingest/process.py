@@ -47,9 +47,9 @@ CONNECTION_POLL_S = 0.05
 # How long a stopping telemetry process may take to finish its batch.
 STOP_TIMEOUT_S = 15.0
 RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
 # Added to the niceness of the telemetry process's receiving and decoding threads.
 TELEMETRY_NICENESS = 5
-RESTART_MAX_S = 30.0
 
 
 class TelemetryProcess:
@@ -192,24 +192,12 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     clock = SystemClock()
     profiles = load_profiles(config.profiles_dir, CODECS)
     registry = load_registry(config.registry_file) if config.registry_file else Registry()
-    outbox = Outbox(
-        config.outbox.path,
-        max_bytes=config.outbox.max_bytes,
-        synchronous=config.outbox.synchronous,
-        quarantine_max_rows=config.outbox.quarantine_max_rows,
-    )
+    outbox = Outbox.configured(config.outbox)
     redelivery = RedeliveryFilter()
     redelivery.restore(outbox.redelivery_keys())
     ingest = config.ingest
     pipeline = IngestPipeline(
-        Decoder(
-            profiles,
-            registry,
-            clock,
-            max_payload_bytes=ingest.max_payload_bytes,
-            require_registered=ingest.require_registered,
-            max_future_skew_s=ingest.max_future_skew_s,
-        ),
+        Decoder.configured(profiles, registry, clock, ingest),
         redelivery,
         SeriesMapper(profiles, registry),
         outbox,

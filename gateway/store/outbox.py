@@ -18,8 +18,12 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import StoreError
+
+if TYPE_CHECKING:
+    from gateway.config import OutboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,16 @@ class Outbox:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open outbox {path}: {exc}", retryable=False) from exc
         self._page_size: int = self._ingest.execute("PRAGMA page_size").fetchone()[0]
+
+    @classmethod
+    def configured(cls, config: OutboxConfig, *, ingest_checkpoints: bool = True) -> Outbox:
+        return cls(
+            config.path,
+            max_bytes=config.max_bytes,
+            synchronous=config.synchronous,
+            quarantine_max_rows=config.quarantine_max_rows,
+            ingest_checkpoints=ingest_checkpoints,
+        )
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # Autocommit mode: transactions are opened explicitly with BEGIN.
