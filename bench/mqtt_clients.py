@@ -1,5 +1,6 @@
 """Receive rate of candidate MQTT clients draining a QoS 1 backlog, acknowledging each
-message only after a simulated batch commit, as the gateway must.
+message only after a simulated batch commit, as the gateway must; and of the gateway's
+own subscriber (paho served by the asyncio loop), with the CPU time it takes a message.
 
     .venv/bin/python -m bench.mqtt_clients [--messages 100000]
 """
@@ -18,11 +19,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.clock import SystemClock
+from gateway.config import MqttConfig
+from gateway.ingest.mqtt import MqttSubscriber
 from simulators.publisher import SimulationOptions, run_simulation
 from tests.integration.services import MosquittoService
 
 TOPICS = ("community/#", "vendor/#")
 BATCH = 2000
+# How long the gateway's subscriber lingers for a fuller batch: its commit interval.
+LINGER_S = 0.05
 
 
 def preload(broker: MosquittoService, messages: int) -> int:
@@ -149,6 +155,34 @@ async def gmqtt_rate(broker: MosquittoService, messages: int) -> float:
     return state["received"] / elapsed
 
 
+async def subscriber_rate(broker: MosquittoService, messages: int) -> tuple[float, float]:
+    """Messages/s and CPU µs per message of the gateway's subscriber, which acknowledges
+    each batch as the pipeline does after its commit."""
+    config = MqttConfig(
+        host=broker.host, port=broker.port, client_id="gateway-v5", topics=TOPICS, alarm_topics=()
+    )
+    subscriber = MqttSubscriber(config, SystemClock())
+    await subscriber.start()
+    while not subscriber.connected.is_set():
+        await asyncio.sleep(0.05)
+    subscriber.stop()
+    expected = await asyncio.to_thread(preload, broker, messages)
+    subscriber = MqttSubscriber(config, SystemClock())
+    await subscriber.start()
+    received = 0
+    began = cpu_began = 0.0
+    while received < expected:
+        batch = await subscriber.next_batch(BATCH, LINGER_S if received else 0.0)
+        if batch and not began:
+            began, cpu_began = time.perf_counter(), time.process_time()
+        subscriber.ack(batch)
+        received += len(batch)
+    elapsed = time.perf_counter() - began
+    cpu_us = (time.process_time() - cpu_began) / received * 1e6
+    subscriber.stop()
+    return received / elapsed, cpu_us
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -162,10 +196,13 @@ def main() -> None:
                 "paho 2 MQTT 5, manual ack": paho_rate(broker, args.messages, v5=True),
                 "gmqtt MQTT 5, ack after handler": asyncio.run(gmqtt_rate(broker, args.messages)),
             }
+            rate, cpu_us = asyncio.run(subscriber_rate(broker, args.messages))
+            results["gateway subscriber (paho 2, MQTT 5)"] = rate
         finally:
             broker.stop()
     for name, rate in results.items():
         print(f"{name:36} {rate:10,.0f} msg/s")
+    print(f"{'gateway subscriber CPU per message':36} {cpu_us:10,.1f} µs")
 
 
 if __name__ == "__main__":

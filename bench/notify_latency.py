@@ -31,7 +31,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, wait_connected
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
-from gateway.ingest.mqtt import close_sockets
 from simulators.device import DeviceType
 from simulators.fleet import Fleet
 from simulators.publisher import SimulationOptions, run_simulation
@@ -126,7 +125,6 @@ def _probe_main(conn: Connection, host: str, port: int) -> None:
             break
     client.disconnect()
     client.loop_stop()
-    close_sockets(client)
     server.shutdown()
 
 

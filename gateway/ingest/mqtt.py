@@ -1,9 +1,12 @@
 """The MQTT subscription: QoS 1, a persistent session, acknowledgements held until commit.
 
-paho-mqtt runs the connection on its own network thread (it receives more than twice
-as fast as the asyncio clients measured in bench/), with manual acknowledgement: a
-message is acknowledged to the broker only when the pipeline says it is committed.
-Messages cross to the asyncio side through a deque, in batches.
+paho-mqtt with manual acknowledgement: a message is acknowledged to the broker only
+when the pipeline says it is committed. paho's socket is served by the asyncio event
+loop, not by a network thread of its own: one interpreter runs one thread at a time,
+and a thread that only receives would take turns with the one that decodes, at a cost
+per message larger than receiving itself (bench/mqtt_clients.py measures both ways).
+Only the blocking connect runs in a worker thread, so that a broker slow to answer
+does not hold up the loop.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -29,6 +33,12 @@ from gateway.errors import NotifyError
 from gateway.ingest.message import InboundMessage
 
 log = logging.getLogger(__name__)
+
+# paho reads one packet per call: packets read at most in one wake of the loop, so that
+# a busy connection does not keep the loop from the batches it fills.
+READS_PER_WAKE = 200
+# How often paho's keepalive is looked after (PINGREQ sent, a silent broker noticed).
+MISC_INTERVAL_S = 1.0
 
 
 class MqttSubscriber:
@@ -54,16 +64,21 @@ class MqttSubscriber:
         # Told, on the event loop, once the broker has dropped the retired filters.
         self.on_retired: Callable[[Sequence[str]], None] | None = None
         self._pending: deque[InboundMessage] = deque()
+        self._received = 0
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        # The socket the loop watches, while connected.
+        self._fd: int | None = None
+        self._lost = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
         # Packet ids are only meaningful on the connection that delivered them.
         self._connection = 0
-        self._connection_lock = threading.Lock()
+        # Read by other threads (readiness, the telemetry process's reports).
         self.connected = threading.Event()
         self.connections = 0
         # Our own publishes (notifications) waiting for the broker's PUBACK, by mid.
         self._published: dict[int, asyncio.Future[None]] = {}
-        self._published_lock = threading.Lock()
         self._client = self._make_client()
 
     @property
@@ -92,9 +107,9 @@ class MqttSubscriber:
                 cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
             )
             client.tls_insecure_set(tls.insecure_skip_verify)
-        client.reconnect_delay_set(
-            max(1, round(config.reconnect_min_s)), max(1, round(config.reconnect_max_s))
-        )
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -106,21 +121,20 @@ class MqttSubscriber:
         """Publish at QoS 1 and wait until the broker acknowledged it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        with self._published_lock:
-            # Under the lock, so that the PUBACK cannot be handled before we wait for it.
-            info = self._client.publish(topic, payload, qos=1)
-            self._published[info.mid] = future
+        # Sent by the loop later, so the PUBACK cannot come before the future is kept.
+        info = self._client.publish(topic, payload, qos=1)
+        self._published[info.mid] = future
         try:
             await asyncio.wait_for(future, timeout_s)
         except TimeoutError as exc:
             raise NotifyError(f"the broker did not acknowledge {topic}", retryable=True) from exc
         finally:
-            with self._published_lock:
-                self._published.pop(info.mid, None)
+            self._published.pop(info.mid, None)
 
     async def start(self) -> None:
-        """Begin connecting; paho keeps reconnecting with backoff until stop()."""
+        """Begin connecting; reconnects with backoff until stop()."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         config = self._config
         properties = None
         if config.protocol == "5":
@@ -134,23 +148,87 @@ class MqttSubscriber:
             clean_start=False if config.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
-        self._client.loop_start()
+        self._runner = asyncio.create_task(self._keep_connected(), name=self._client_id)
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-        close_sockets(self._client)
+        if self._runner is not None:
+            self._runner.cancel()
+        client = self._client
+        if client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # The DISCONNECT is small: it goes out at once, and paho then closes.
+            client.loop_write()
+        self._forget_socket()
+        client._sock_close()  # a connection made while stopping, or a DISCONNECT unsent
+
+    async def _keep_connected(self) -> None:
+        config = self._config
+        client = self._client
+        delay_s = config.reconnect_min_s
+        while True:
+            self._lost.clear()
+            try:
+                # Blocking: DNS, TCP and the TLS handshake.
+                await asyncio.to_thread(client.reconnect)
+            except OSError as exc:
+                log.warning(
+                    "cannot reach the broker at %s:%d (%s); trying again in %.0f s",
+                    config.host,
+                    config.port,
+                    exc,
+                    delay_s,
+                )
+            else:
+                self._watch_socket()
+                began_ms = self._clock.now_ms()
+                while not self._lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._lost.wait(), MISC_INTERVAL_S)
+                    client.loop_misc()
+                # A connection that lasted is followed by a quick reconnect.
+                if self._clock.now_ms() - began_ms > config.reconnect_max_s * 1000:
+                    delay_s = config.reconnect_min_s
+            await self._clock.sleep(delay_s)
+            delay_s = min(delay_s * 2, config.reconnect_max_s)
+
+    def _watch_socket(self) -> None:
+        client = self._client
+        sock = client.socket()
+        if sock is None:
+            self._lost.set()
+            return
+        self._fd = sock.fileno()
+        assert self._loop is not None
+        self._loop.add_reader(self._fd, self._on_readable)
+        # paho asked for the CONNECT to be written from the worker thread.
+        if client.want_write():
+            self._loop.add_writer(self._fd, client.loop_write)
+
+    def _forget_socket(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = None
+
+    def _on_readable(self) -> None:
+        client = self._client
+        for _ in range(READS_PER_WAKE):
+            received = self._received
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            # A read that brought no message found the socket empty (or read another
+            # kind of packet; the loop calls again if more is waiting). Decrypted bytes
+            # held by TLS are not seen by the loop, so they are read now.
+            if self._received == received and not _tls_pending(client.socket()):
+                return
 
     async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
         """Wait briefly for messages, then up to `linger_s` more so that commits come in batches."""
         pending = self._pending
         if not pending:
             self._wakeup.clear()
-            if not pending:
-                # The timeout bounds how long a stop waits, and covers the narrow race
-                # between the network thread's check of an empty queue and the clear.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=0.25)
+            # The timeout bounds how long a stop waits.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.25)
             if not pending:
                 return []
         if len(pending) < max_messages:
@@ -172,7 +250,23 @@ class MqttSubscriber:
             if message.qos and message.connection == connection:
                 client.ack(message.mid, message.qos)
 
-    # --- paho's network thread --------------------------------------------
+    # --- paho's callbacks: on the loop, except those from a connect in progress ---
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _on_socket_close(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        if self._on_loop():
+            self._forget_socket()
+
+    def _on_register_write(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        # From a connect in progress, `_watch_socket` registers it once connected.
+        if self._on_loop() and self._fd is not None and self._loop is not None:
+            self._loop.add_writer(self._fd, client.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        if self._on_loop() and self._fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._fd)
 
     def _on_connect(
         self,
@@ -190,9 +284,8 @@ class MqttSubscriber:
                 reason,
             )
             return
-        with self._connection_lock:
-            self._connection += 1
-            self.connections += 1
+        self._connection += 1
+        self.connections += 1
         # Messages held from the lost connection cannot be acknowledged any more.
         self._pending.clear()
         log.info(
@@ -223,9 +316,9 @@ class MqttSubscriber:
         properties: Properties | None,
     ) -> None:
         retired, self._retired = self._retired, ()
-        if retired and self.on_retired is not None and self._loop is not None:
+        if retired and self.on_retired is not None:
             log.info("%s no longer subscribed to %s", self._client_id, ", ".join(retired))
-            self._loop.call_soon_threadsafe(self.on_retired, retired)
+            self.on_retired(retired)
 
     def _on_disconnect(
         self,
@@ -236,6 +329,8 @@ class MqttSubscriber:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        if self._on_loop():
+            self._lost.set()
         if reason.is_failure:
             log.warning("lost the broker connection (%s); reconnecting", reason)
 
@@ -247,15 +342,13 @@ class MqttSubscriber:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        with self._published_lock:
-            future = self._published.get(mid)
-        if future is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(_resolve, future)
+        future = self._published.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        pending = self._pending
-        was_empty = not pending
-        pending.append(
+        self._received += 1
+        self._pending.append(
             InboundMessage(
                 msg.topic,
                 bytes(msg.payload),
@@ -266,17 +359,8 @@ class MqttSubscriber:
                 self._connection,
             )
         )
-        if was_empty and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+        self._wakeup.set()
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def close_sockets(client: paho.Client) -> None:
-    """Close the socket pair paho keeps for waking its loop, which it leaves to the
-    garbage collector; collected in a cycle, its sockets may be finalised before paho
-    closes them, an unclosed-socket warning."""
-    client._reset_sockets()
+def _tls_pending(sock: Any) -> bool:
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0

@@ -16,7 +16,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
-from gateway.ingest.mqtt import close_sockets
 from tests.integration.services import MosquittoService
 
 
@@ -114,3 +113,10 @@ class Publisher:
         self._client.disconnect()
         self._client.loop_stop()
         close_sockets(self._client)
+
+
+def close_sockets(client: mqtt.Client) -> None:
+    """Close the socket pair paho's network thread keeps for waking its loop, which it
+    leaves to the garbage collector; collected in a cycle, its sockets may be finalised
+    before paho closes them, an unclosed-socket warning."""
+    client._reset_sockets()

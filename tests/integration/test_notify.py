@@ -15,11 +15,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pytest_httpserver import HTTPServer
 
 from gateway.config import GatewayConfig
-from gateway.ingest.mqtt import close_sockets
 from gateway.rules.alert import AlertState
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
-from tests.integration.harness import Publisher, gateway_config, running, wait_until
+from tests.integration.harness import (
+    Publisher,
+    close_sockets,
+    gateway_config,
+    running,
+    wait_until,
+)
 from tests.integration.services import InfluxService, MosquittoService
 
 
