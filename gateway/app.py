@@ -91,9 +91,7 @@ class Gateway:
             now_ms=self.clock.now_ms(),
             zone=ZoneInfo(config.timezone),
         )
-        self.outbox = Outbox.configured(
-            config.outbox, ingest_checkpoints=not self._telemetry_apart(config)
-        )
+        self.outbox = Outbox.configured(config.outbox, bulk_elsewhere=self._telemetry_apart(config))
         self.alerts = AlertBook(config.outbox.path)
         self.silences = SilenceBook(config.outbox.path, self.registry)
         main_keys = self.outbox.redelivery_keys()

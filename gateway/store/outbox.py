@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,12 @@ CREATE TABLE IF NOT EXISTS {table} (
 # Share of the size bound freed beyond the excess when the outbox is full, so that
 # the eviction does not run again for every batch.
 _EVICT_HEADROOM = 0.05
+# How long a connection waits for another's write lock before the commit fails.
+LOCK_TIMEOUT_S = 30.0
+# SQLite's own wait for another connection's write lock sleeps in growing steps of up
+# to 100 ms, so it may wake tens of milliseconds after the lock is free. A connection
+# that commits alarms tries again this often instead.
+LOCK_POLL_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +106,13 @@ class Outbox:
         max_bytes: int = 1 << 30,
         synchronous: str = "full",
         quarantine_max_rows: int = 100_000,
-        ingest_checkpoints: bool = True,
+        bulk_elsewhere: bool = False,
     ) -> None:
-        """`ingest_checkpoints=False`: the ingest connection's commits never copy the
-        write-ahead log back into the database (a checkpoint, which can take a hundred
-        milliseconds); the drain's and another process's connections do it. For an
-        ingest that commits alarms while another process commits the bulk."""
+        """`bulk_elsewhere`: another process commits the bulk of the traffic, and this
+        one's ingest commits alarms. Its commits then never copy the write-ahead log back
+        into the database (a checkpoint, which can take a hundred milliseconds; the
+        drain's and the other process's connections do it), and they take the write
+        lock as soon as it is free."""
         self.path = path
         self.max_bytes = max_bytes
         self.quarantine_max_rows = quarantine_max_rows
@@ -112,27 +120,28 @@ class Outbox:
         try:
             self._ingest = self._connect(synchronous)
             self._ingest.executescript(_SCHEMA)
-            if not ingest_checkpoints:
+            if bulk_elsewhere:
                 self._ingest.execute("PRAGMA wal_autocheckpoint=0")
+            self._prompt = bulk_elsewhere
             self._drain = self._connect(synchronous)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open outbox {path}: {exc}", retryable=False) from exc
         self._page_size: int = self._ingest.execute("PRAGMA page_size").fetchone()[0]
 
     @classmethod
-    def configured(cls, config: OutboxConfig, *, ingest_checkpoints: bool = True) -> Outbox:
+    def configured(cls, config: OutboxConfig, *, bulk_elsewhere: bool = False) -> Outbox:
         return cls(
             config.path,
             max_bytes=config.max_bytes,
             synchronous=config.synchronous,
             quarantine_max_rows=config.quarantine_max_rows,
-            ingest_checkpoints=ingest_checkpoints,
+            bulk_elsewhere=bulk_elsewhere,
         )
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # Autocommit mode: transactions are opened explicitly with BEGIN.
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_S
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -162,7 +171,10 @@ class Outbox:
         """
         conn = self._ingest
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if self._prompt:
+                begin_promptly(conn)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
             if lines:
                 conn.executemany("INSERT INTO lines (line) VALUES (?)", ((line,) for line in lines))
             if handoff is not None:
@@ -347,3 +359,27 @@ class Outbox:
 
     def size_bytes(self) -> int:
         return self._used_bytes(self._drain)
+
+
+def begin_promptly(
+    conn: sqlite3.Connection,
+    *,
+    timeout_s: float = LOCK_TIMEOUT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """BEGIN IMMEDIATE, trying again every LOCK_POLL_S while another connection holds
+    the write lock, for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            sleep(LOCK_POLL_S)
+    finally:
+        # Other statements on the connection keep SQLite's own wait.
+        conn.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")

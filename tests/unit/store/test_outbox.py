@@ -1,6 +1,9 @@
+import sqlite3
 from pathlib import Path
 
-from gateway.store.outbox import Outbox, QuarantineEntry
+import pytest
+
+from gateway.store.outbox import LOCK_TIMEOUT_S, Outbox, QuarantineEntry, begin_promptly
 
 
 def entry(reason: str = "not_json") -> QuarantineEntry:
@@ -65,3 +68,43 @@ def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Pa
     assert lines[-1].startswith("m,batch=39 ")
     assert not any(line.startswith("m,batch=0 ") for line in lines)
     assert outbox.depth() == 4000 - evicted
+
+
+def holding_the_write_lock(path: Path) -> sqlite3.Connection:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO lines (line) VALUES ('other v=1i 1')")
+    return other
+
+
+def test_an_alarm_commit_takes_the_write_lock_once_another_connection_lets_it_go(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path, bulk_elsewhere=True)
+    other = holding_the_write_lock(path)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=LOCK_TIMEOUT_S)
+    waits: list[float] = []
+
+    def other_commits(seconds: float) -> None:
+        waits.append(seconds)
+        other.execute("COMMIT")
+
+    begin_promptly(conn, sleep=other_commits)
+    conn.execute("INSERT INTO lines (line) VALUES ('alarm v=1i 1')")
+    conn.execute("COMMIT")
+    assert len(waits) == 1
+    assert [line for _, line in outbox.peek(10)] == ["other v=1i 1", "alarm v=1i 1"]
+    # Statements other than the commit's BEGIN keep SQLite's own wait.
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (int(LOCK_TIMEOUT_S * 1000),)
+
+
+def test_an_alarm_commit_gives_up_when_the_lock_is_never_let_go(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    Outbox(path, bulk_elsewhere=True)
+    other = holding_the_write_lock(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        begin_promptly(conn, timeout_s=0, sleep=lambda _: None)
+    assert not conn.in_transaction
+    other.execute("ROLLBACK")
