@@ -143,6 +143,12 @@ class IngestPipeline:
         self.alerts = alerts
         self._alarm_redelivery = alarm_redelivery or RedeliveryFilter()
         # Commit the records for the rules of another process instead of judging them.
+        # Such a process takes in telemetry and nothing else, and commits on its event
+        # loop rather than in a thread: there is nothing else for the loop to do
+        # meanwhile, and a commit thread would take turns with the loop's thread for the
+        # interpreter at every row it writes, holding the outbox's write lock (which an
+        # alarm's commit may be waiting for) ten times as long (measured: p90 160 ms
+        # against 13 ms).
         self._handoff = handoff
         self.listeners: list[RecordListener] = []
         self.alert_listeners: list[AlertListener] = []
@@ -276,14 +282,17 @@ class IngestPipeline:
                 handoff = dump_records(batch.records)
         else:
             decision = self.alerts.evaluate(batch.records) if self.alerts else AlertDecision()
+        commit = partial(
+            self._outbox.commit,
+            batch.lines + decision.lines,
+            batch.quarantined,
+            keys,
+            decision.write,
+            lane="alarm" if alarm else "main",
+            handoff=handoff,
+        )
         async with self._commit_lock:
-            result = await asyncio.to_thread(
-                partial(self._outbox.commit, lane="alarm" if alarm else "main", handoff=handoff),
-                batch.lines + decision.lines,
-                batch.quarantined,
-                keys,
-                decision.write,
-            )
+            result = commit() if self._handoff else await asyncio.to_thread(commit)
         source.ack(messages)
         counts = BatchCounts.of(len(messages), batch, result.evicted_lines)
         counts.add_to(self._stats)

@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from multiprocessing.connection import Connection
 
@@ -48,7 +47,7 @@ CONNECTION_POLL_S = 0.05
 STOP_TIMEOUT_S = 15.0
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 30.0
-# Added to the niceness of the telemetry process's receiving and decoding threads.
+# Added to the telemetry process's niceness.
 TELEMETRY_NICENESS = 5
 
 
@@ -105,7 +104,7 @@ class TelemetryProcess:
         """Nothing to do: `run` stops the process when `stopping` is set."""
 
     async def _run_once(self, stopping: asyncio.Event) -> int | None:
-        # Spawned, not forked: this process has threads (paho's, the commits'), and a
+        # Spawned, not forked: this process has threads (the commits', the drain's), and a
         # fork copies their locks in whatever state they are.
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
@@ -180,15 +179,8 @@ def serve(config: GatewayConfig, retired: Sequence[str], log_level: int, pipe: C
 
 async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection) -> None:
     assert config.mqtt is not None
-    # When the cores are busy, the main process (alarms, notifications) goes first: the
-    # receiving and decoding run at a lower priority. The commits do not: they hold the
-    # outbox's write lock, which an alarm's commit may be waiting for. Linux sets
-    # priorities per thread, and a thread starts with its creator's, so the one commit
-    # thread is made before the others are lowered.
-    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-    await asyncio.get_running_loop().run_in_executor(commits, int)
-    asyncio.get_running_loop().set_default_executor(commits)
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TELEMETRY_NICENESS)
+    # When the cores are busy, the main process (alarms, notifications) goes first.
+    os.nice(TELEMETRY_NICENESS)
     clock = SystemClock()
     profiles = load_profiles(config.profiles_dir, CODECS)
     registry = load_registry(config.registry_file) if config.registry_file else Registry()

@@ -205,8 +205,11 @@ async def test_the_gateway_logs_in_over_tls_and_takes_only_genuine_device_messag
                 await asyncio.to_thread(info.wait_for_publish, 10)
             # The forged message was sent first: had the broker let it through, the
             # gateway would have heard of sd-hgy-0002 by the time it hears sd-hgy-0001.
-            # Counted once its batch committed; the rules see it a moment before.
-            await wait_until(lambda: gateway.stats.messages_in >= 1, what="the genuine reading")
+            # Counted once its batch committed; judged by the rules once handed over.
+            await wait_until(
+                lambda: gateway.stats.messages_in >= 1 and len(gateway.rules.heard) >= 1,
+                what="the genuine reading",
+            )
             assert {ref.device_id for ref, _ in gateway.rules.heard} == {"sd-hgy-0001"}
             assert gateway.stats.messages_in == 1
         finally:
