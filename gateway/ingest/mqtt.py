@@ -171,7 +171,7 @@ class MqttSubscriber:
                 await asyncio.to_thread(client.reconnect)
             except OSError as exc:
                 log.warning(
-                    "cannot reach the broker at %s:%d (%s); trying again in %.0f s",
+                    "cannot reach the broker at %s:%d (%s); trying again in %.1f s",
                     config.host,
                     config.port,
                     exc,
@@ -220,6 +220,9 @@ class MqttSubscriber:
             # held by TLS are not seen by the loop, so they are read now.
             if self._received == received and not _tls_pending(client.socket()):
                 return
+        # Bytes TLS already holds would wake nobody: read on at the loop's next turn.
+        if _tls_pending(client.socket()) and self._loop is not None:
+            self._loop.call_soon(self._on_readable)
 
     async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
         """Wait briefly for messages, then up to `linger_s` more so that commits come in batches."""
