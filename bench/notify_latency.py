@@ -1,10 +1,10 @@
 """Time from a device's MQTT publish to a webhook receiving its notification, p50 and
 p99, under background load: an SOS from a bracelet every `--every-s` seconds through a
 local Mosquitto and the gateway (writing into a local InfluxDB) to a local webhook, while
-simulator processes publish telemetry at each `--rates` msg/s. The bracelet and the
-webhook run in a process of their own, as a device and a phone would. The background
-publishers stand for devices elsewhere on the network: they run at a lower priority
-(niceness +10), so that they take the cores only when the gateway's machine would not.
+simulator traffic is offered at each `--rates` msg/s (bench/load.py). The bracelet and
+the webhook run in a process of their own, as a device and a phone would. The background
+load stands for devices elsewhere on the network: it runs at a lower priority (niceness
++10), so that it takes the cores only when the gateway's machine would not.
 
     .venv/bin/python -m bench.notify_latency [--rates 0,2000,5000,10000] [--seconds 20]
 """
@@ -28,12 +28,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.load import Load
 from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, wait_connected
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from simulators.device import DeviceType
 from simulators.fleet import Fleet
-from simulators.publisher import SimulationOptions, run_simulation
 from tests.integration.services import InfluxService, MosquittoService
 
 BACKGROUND_NICENESS = 10
@@ -157,21 +157,17 @@ async def measure(
     ]
     background = None
     if rate > 0:
-        options = SimulationOptions(
-            port=broker.port, devices=DEVICES, seed=FLEET_SEED, seconds=seconds + 2,
-            rate_msg_s=rate, processes=2, client_id_prefix=f"bg-{time.monotonic_ns()}",
+        load = Load(
+            broker.port, seed=FLEET_SEED, devices=DEVICES, rate_msg_s=rate, seconds=seconds + 2,
             niceness=BACKGROUND_NICENESS,
         )  # fmt: skip
-        background = asyncio.create_task(asyncio.to_thread(run_simulation, options))
+        await asyncio.to_thread(load.start)
+        background = asyncio.create_task(asyncio.to_thread(load.wait))
         await asyncio.sleep(1.0)
     in_before = gateway.stats.messages_in
     sent = await probe.press(targets, seconds, every_s)
     offered_in = gateway.stats.messages_in - in_before
-    if background is not None:
-        report = await background
-        offered = report.total_acknowledged / report.elapsed_s
-    else:
-        offered = 0.0
+    offered = (await background).rate_msg_s if background is not None else 0.0
     arrived = await probe.arrivals(list(sent), timeout_s=120)
     latencies_ms = sorted((arrived[k] - t) * 1000 for k, t in sent.items() if k in arrived)
     quantiles = (

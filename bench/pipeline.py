@@ -3,14 +3,14 @@ a local InfluxDB, with nothing lost, in one run:
 
 1. the gateway draining a QoS 1 backlog queued in its persistent session while it was
    down: the broker offers as fast as the gateway takes;
-2. the gateway under live load from several publisher processes;
+2. the gateway under live load offered at a set rate (the target by default);
 3. the gateway's peak memory;
 4. the gateway's own stages (decode, rules, commit) alone on one thread, over the same
    simulator messages with no broker: what a message costs without the threads around it.
 
 The raw receive rates of the MQTT clients are measured by bench/mqtt_clients.py.
 
-    .venv/bin/python -m bench.pipeline [--messages 200000] [--publishers 2]
+    .venv/bin/python -m bench.pipeline [--messages 200000] [--live-rate 20000]
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.load import Load, LoadReport
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.ingest.message import InboundMessage
 from gateway.ingest.process import TelemetryProcess
 from simulators.fleet import Fleet
-from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
 from tests.integration.services import InfluxService, MosquittoService
 
 DEVICES = 2000
@@ -42,25 +42,23 @@ PROTOCOL = os.environ.get("BENCH_MQTT_PROTOCOL", "5")
 TELEMETRY_PROCESS = os.environ.get("BENCH_TELEMETRY_PROCESS", "1") != "0"
 
 
-def flood(
+def load(
     broker: MosquittoService,
     publishers: int,
     *,
+    rate_msg_s: float | None,
     messages: int | None = None,
     seconds: float | None = None,
-) -> SimulationReport:
-    """Publish from `publishers` processes as fast as the broker acknowledges."""
-    return run_simulation(
-        SimulationOptions(
-            port=broker.port,
-            devices=DEVICES,
-            seed=FLEET_SEED,
-            seconds=seconds,
-            max_messages=messages,
-            rate_msg_s=None,
-            processes=publishers,
-            client_id_prefix=f"bench-{time.monotonic_ns()}",
-        )
+) -> Load:
+    """The bench fleet's traffic from `publishers` processes, made and connected."""
+    return Load(
+        broker.port,
+        seed=FLEET_SEED,
+        devices=DEVICES,
+        rate_msg_s=rate_msg_s,
+        messages=messages,
+        seconds=seconds,
+        processes=publishers,
     )
 
 
@@ -152,6 +150,7 @@ async def gateway_phases(
     influx: InfluxService,
     messages: int,
     publishers: int,
+    live_rate_msg_s: float,
     live_s: float,
 ) -> dict[str, float]:
     config = gateway_config(workdir, broker, influx)
@@ -162,8 +161,9 @@ async def gateway_phases(
     gateway.stop()
     await task
 
-    report = await asyncio.to_thread(flood, broker, publishers, messages=messages)
-    backlog = report.total_acknowledged
+    backlog_load = load(broker, publishers, rate_msg_s=None, messages=messages)
+    report: LoadReport = await asyncio.to_thread(backlog_load.run)
+    backlog = report.acknowledged
     cpu_before = cpu_use(broker, influx)
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
@@ -175,15 +175,19 @@ async def gateway_phases(
         results[f"backlog_cpu_us_per_msg_{name}"] = (seconds - cpu_before[name]) / backlog * 1e6
     results["backlog_lines_per_msg"] = gateway.stats.lines_stored / backlog
 
-    # Live: publishers offer as fast as they can while the gateway takes what it can.
+    # Live: traffic offered at a set rate while the gateway takes what it can; stored is
+    # what it took over the whole time until the last line was written.
+    live_load = load(broker, publishers, rate_msg_s=live_rate_msg_s, seconds=live_s)
+    await asyncio.to_thread(live_load.start)
     before = gateway.stats.messages_in
     began = time.perf_counter()
-    live_report = await asyncio.to_thread(flood, broker, publishers, seconds=live_s)
+    live_report = await asyncio.to_thread(live_load.wait)
     offered_s = time.perf_counter() - began
-    elapsed = await wait_until_drained(gateway, before + live_report.total_acknowledged)
-    results["live_offered_msg_s"] = live_report.total_acknowledged / offered_s
-    results["live_stored_msg_s"] = live_report.total_acknowledged / (offered_s + elapsed)
-    results["lost"] = float(backlog + live_report.total_acknowledged - gateway.stats.messages_in)
+    elapsed = await wait_until_drained(gateway, before + live_report.acknowledged)
+    results["live_offered_msg_s"] = live_report.rate_msg_s
+    results["live_stored_msg_s"] = live_report.acknowledged / (offered_s + elapsed)
+    results["live_lag_s"] = elapsed
+    results["lost"] = float(backlog + live_report.acknowledged - gateway.stats.messages_in)
     results["rejected"] = float(gateway.stats.rejected)
     if gateway.stats.rejected:
         print("rejected:", dict(gateway.stats.rejected_by_reason))
@@ -240,7 +244,8 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--publishers", type=int, default=2, help="load processes")
+    parser.add_argument("--live-rate", type=float, default=20_000.0, help="msg/s offered live")
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -255,7 +260,13 @@ def main() -> None:
             rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             results = asyncio.run(
                 gateway_phases(
-                    workdir, broker, influx, args.messages, args.publishers, args.live_seconds
+                    workdir,
+                    broker,
+                    influx,
+                    args.messages,
+                    args.publishers,
+                    args.live_rate,
+                    args.live_seconds,
                 )
             )
         finally:
