@@ -32,6 +32,7 @@ from bench.load import Load
 from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, wait_connected
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from gateway.heap import set_aside_startup_objects
 from simulators.device import DeviceType
 from simulators.fleet import Fleet
 from tests.integration.services import InfluxService, MosquittoService
@@ -196,6 +197,8 @@ async def run(workdir: Path, rates: list[float], seconds: float, every_s: float)
         influx.create_database("bench")
         config = with_notify(gateway_config(workdir, broker, influx), probe.url)
         gateway = Gateway(config)
+        # As `community-gateway run` does.
+        set_aside_startup_objects()
         task = asyncio.create_task(gateway.run())
         await wait_connected(gateway)
         print(f"{'background':>12} {'offered':>10} {'taken in':>10} {'probes':>7} "

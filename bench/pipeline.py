@@ -29,6 +29,7 @@ from pathlib import Path
 from bench.load import Load, LoadReport
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from gateway.heap import set_aside_startup_objects
 from gateway.ingest.message import InboundMessage
 from gateway.ingest.process import TelemetryProcess
 from simulators.fleet import Fleet
@@ -166,6 +167,8 @@ async def gateway_phases(
     backlog = report.acknowledged
     cpu_before = cpu_use(broker, influx)
     gateway = Gateway(config)
+    # As `community-gateway run` does.
+    set_aside_startup_objects()
     task = asyncio.create_task(gateway.run())
     elapsed = await wait_until_drained(gateway, backlog)
     cpu_after = cpu_use(broker, influx, gateway)

@@ -164,8 +164,10 @@ def _configure_logging(config: GatewayConfig) -> None:
 
 async def _run(config: GatewayConfig) -> int:
     from gateway.app import Gateway
+    from gateway.heap import set_aside_startup_objects
 
     gateway = Gateway(config)
+    set_aside_startup_objects()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):

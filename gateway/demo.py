@@ -29,6 +29,7 @@ from gateway.config import (
     MqttConfig,
     OutboxConfig,
 )
+from gateway.heap import set_aside_startup_objects
 from gateway.notify.policy import NotifyPolicy
 from simulators.fleet import Fleet
 
@@ -96,6 +97,7 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
         ),
     )
     gateway = Gateway(config)
+    set_aside_startup_objects()
 
     running = asyncio.create_task(gateway.run())
     stop = asyncio.Event()

@@ -244,6 +244,9 @@ class IngestPipeline:
                 # Left by a version whose records this one cannot read: their lines are
                 # stored, only the rules do not see them.
                 log.error("records handed over in batch %d not judged: %s", handoff_id, exc)
+        # Loading and judging a batch each take several ms: an alarm waiting meanwhile
+        # goes between them.
+        await asyncio.sleep(0)
         decision = self.alerts.evaluate(records) if self.alerts else AlertDecision()
         await self.commit(decision.lines, partial(_judged, decision.write, rows[-1][0]))
         for listener in self.listeners:

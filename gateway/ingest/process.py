@@ -32,6 +32,7 @@ from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import load_profiles
+from gateway.heap import set_aside_startup_objects
 from gateway.ingest.mqtt import MqttSubscriber
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
@@ -199,6 +200,9 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
         handoff=True,
     )
     pipeline.counts_listeners.append(lambda counts: _send(pipe, ("counts", counts)))
+    # A full pass of the collector in the middle of a commit holds the outbox's write
+    # lock, which an alarm's commit in the main process may be waiting for.
+    set_aside_startup_objects()
     subscriber = MqttSubscriber(config.mqtt, clock, retired=retired)
     subscriber.on_retired = partial(outbox.forget_subscriptions, subscriber.client_id)
     stopping = asyncio.Event()
