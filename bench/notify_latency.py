@@ -78,6 +78,10 @@ def _probe_main(conn: Connection, host: str, port: int) -> None:
     arrived: dict[str, float] = {}
 
     class Handler(BaseHTTPRequestHandler):
+        # Keeps the connection open between requests, as the providers' servers do: a
+        # new connection for each notification would be measured as well otherwise.
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             # An event alert's id ends with its device and the event's time.

@@ -259,7 +259,7 @@ class Gateway:
             if self.api is not None:
                 self.api.close()
             if self.pipeline.alerts is not None:
-                self.pipeline.alerts.save_rates()
+                self.outbox.commit([], [], [], self.pipeline.alerts.rates_write())
             self.outbox.close()
             self.alerts.close()
             self.silences.close()
@@ -296,7 +296,9 @@ class Gateway:
                 await self.pipeline.commit_alerts(stage.tick(self.clock.now_ms()))
                 ticks += 1
                 if ticks % RATES_SAVE_TICKS == 0:
-                    stage.save_rates()
+                    # Through the ingest connection, off the event loop: the rules' own
+                    # connection would wait there for the telemetry's commits to end.
+                    await self.pipeline.commit([], stage.rates_write())
 
     def _on_counts(self, counts: BatchCounts) -> None:
         # The telemetry process handed over records; once judged, the record listeners

@@ -169,14 +169,16 @@ class AlertBook:
         )
         return [(DeviceRef(c, t, d), int(ms)) for c, t, d, ms in rows]
 
-    def save_rates(self, windows: list[tuple[str, str, str, int | None, bytes]]) -> None:
-        """Replace the saved rate windows with these, in one transaction."""
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM rate_windows")
-            conn.executemany(
-                "INSERT INTO rate_windows VALUES (?, ?, ?, ?, ?)",
-                ((c, d, f, _NO_PORT if p is None else p, b) for c, d, f, p, b in windows),
-            )
+    @staticmethod
+    def write_rates(
+        conn: sqlite3.Connection, windows: list[tuple[str, str, str, int | None, bytes]]
+    ) -> None:
+        """Replace the saved rate windows with these, inside the caller's transaction."""
+        conn.execute("DELETE FROM rate_windows")
+        conn.executemany(
+            "INSERT INTO rate_windows VALUES (?, ?, ?, ?, ?)",
+            ((c, d, f, _NO_PORT if p is None else p, b) for c, d, f, p, b in windows),
+        )
 
     def load_rates(self) -> list[tuple[str, str, str, int | None, bytes]]:
         rows = self._conn.execute(

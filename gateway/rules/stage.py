@@ -45,9 +45,10 @@ class AlertStage:
     def tick(self, now_ms: int) -> AlertDecision:
         return self._decide(self.engine.tick(now_ms))
 
-    def save_rates(self) -> None:
-        """Keep the rate windows for a restart (they are too many to commit per batch)."""
-        self.book.save_rates(self.engine.rates.saved())
+    def rates_write(self) -> partial[None]:
+        """Writes the rate windows as they are now, inside the caller's transaction: kept
+        for a restart, but too many to write with every batch."""
+        return partial(AlertBook.write_rates, windows=self.engine.rates.saved())
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()

@@ -514,7 +514,7 @@ def test_rate_windows_survive_a_restart_and_a_reload(tmp_path: Path) -> None:
     for t, temperature in ((0, 40.0), (20, 43.0)):
         decision = first.evaluate([reading(SHED, t, port=3, temperature_c=temperature)])
         outbox.commit(decision.lines, [], [], decision.write)
-    first.save_rates()
+    outbox.commit([], [], [], first.rates_write())
     # After a restart the window still starts at 0 s: 40 s of it are known, enough for a
     # rate, and 7 °C in 40 s is a runaway.
     after = stage()
