@@ -19,7 +19,15 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, StatusReport
+from gateway.decode.record import (
+    DeviceRef,
+    Event,
+    FieldValue,
+    Reading,
+    Record,
+    StatusReport,
+    TimeSource,
+)
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
@@ -69,6 +77,13 @@ class RuleEngine:
         # When each device was last heard from; registered devices count from start-up,
         # so that one which never reports is found too.
         self.heard = LastHeard()
+        # The newest device time among the records judged since the last tick (None:
+        # none were). While records keep coming, silence is judged up to that time, not
+        # up to the clock: when the gateway is behind the devices (a backlog queued at
+        # the broker after a restart, or more traffic than it takes in), a device whose
+        # next message waits in that queue is not silent. Start-up counts as records
+        # judged up to then, so the first tick after a restart waits for the backlog.
+        self._newest_heard_ms: int | None = now_ms
         for device in registry.devices():
             group = self.heard.group(device.community, device.device_type)
             group.seen_ms[device.device_id] = now_ms
@@ -114,11 +129,22 @@ class RuleEngine:
 
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""
+        saved = list(saved)
         self.heard.update(saved)
+        if saved:
+            self._newest_heard_ms = max(seen_ms for _, seen_ms in saved)
+
+    def _heard_through_ms(self, now_ms: int) -> int:
+        """Up to when silence is judged at this tick (see `_newest_heard_ms`). A device
+        clock ahead of the gateway's counts as the gateway's; with nothing judged since
+        the last tick, the devices are silent, not queued, and the clock counts."""
+        newest, self._newest_heard_ms = self._newest_heard_ms, None
+        return now_ms if newest is None else min(now_ms, newest)
 
     def tick(self, now_ms: int) -> list[AlertChange]:
         """Fire absence and inactivity alerts; resolve correlations whose window passed."""
         changes: list[AlertChange] = []
+        heard_through_ms = self._heard_through_ms(now_ms)
         for key, track in list(self.tracks.items()):
             rule = self._correlation.get(key[0])
             if rule is not None and now_ms - track.since_ms >= rule.spec.window_s * 1000:
@@ -133,7 +159,7 @@ class RuleEngine:
         for key, track in list(self.tracks.items()):
             rule = self._inactivity.get(key[0])
             if rule is not None:
-                change = self._inactive_too_long(rule, key, track, now_ms)
+                change = self._inactive_too_long(rule, key, track, heard_through_ms)
                 if change is not None:
                     changes.append(change)
         for rule in self._absence:
@@ -143,7 +169,7 @@ class RuleEngine:
                     continue
                 silent_ms = rule.spec.after_periods * period_s * 1000
                 for device_id, seen_ms in group.seen_ms.items():
-                    if now_ms - seen_ms < silent_ms:
+                    if heard_through_ms - seen_ms < silent_ms:
                         continue
                     key = (rule.name, community, device_id, None)
                     if key in self.tracks:
@@ -152,7 +178,9 @@ class RuleEngine:
                     alert_id = _alert_id(rule.name, device, None, seen_ms)
                     self.tracks[key] = Track(True, seen_ms, 0, None, alert_id)
                     self._dirty.add(key)
-                    values: dict[str, FieldValue] = {"silent_s": (now_ms - seen_ms) // 1000}
+                    values: dict[str, FieldValue] = {
+                        "silent_s": (heard_through_ms - seen_ms) // 1000
+                    }
                     changes.append(
                         _change(
                             rule, device, None, AlertState.FIRING, alert_id, seen_ms, now_ms,
@@ -359,11 +387,17 @@ class RuleEngine:
         routes = self._routes
         counts = self.tracks.counts
         last_device = None
+        newest_ms = self._newest_heard_ms
+        device_time = TimeSource.DEVICE
         for record in records:
             device = record.device
             if device is not last_device:
                 # The records of one message share their device: heard once.
                 last_device = device
+                if record.time_source is device_time and (
+                    newest_ms is None or record.time_ms > newest_ms
+                ):
+                    newest_ms = self._newest_heard_ms = record.time_ms
                 device_id = device.device_id
                 route = routes.get((device.community, device.device_type))
                 if route is None:

@@ -20,6 +20,7 @@ RULES = load_rules(PROJECT_ROOT / "alert_rules")
 SMOKE = DeviceRef("hgy", "smoke_detector", "sd-1")
 COVER = DeviceRef("hgy", "manhole_cover", "mh-1")
 WRIST = DeviceRef("hgy", "bracelet", "br-1")
+OTHER_WRIST = DeviceRef("hgy", "bracelet", "br-2")
 SHED = DeviceRef("hgy", "charging_shed", "cs-1")
 
 
@@ -500,7 +501,51 @@ def test_offline_timers_carry_on_across_a_restart(tmp_path: Path) -> None:
     outbox.commit(decision.lines, [], [], decision.write)
     # Restarted 100 s later: the bracelet was last heard at T0, not at the restart.
     second = stage(T0 + 100_000)
-    assert states(second.tick(T0 + 151_000).changes) == [("device_offline", AlertState.FIRING)]
+    # The first tick waits for what the broker may have queued meanwhile; nothing came.
+    assert states(second.tick(T0 + 151_000).changes) == []
+    assert states(second.tick(T0 + 156_000).changes) == [("device_offline", AlertState.FIRING)]
+
+
+def silent_pair() -> RuleEngine:
+    """Two bracelets, heard at T0; a bracelet is offline after 150 s of silence."""
+    e = RuleEngine(RULES, Registry(), {"bracelet": 60.0}, now_ms=T0)
+    e.evaluate([reading(WRIST, 0, heart_rate_bpm=70), reading(OTHER_WRIST, 0, heart_rate_bpm=70)])
+    e.tick(T0)
+    return e
+
+
+def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
+    e = silent_pair()
+    # The gateway is ten minutes behind: it judges what one bracelet sent at 100 s and
+    # 140 s while the other's next message still waits at the broker.
+    e.evaluate([reading(WRIST, 100, heart_rate_bpm=71)])
+    assert e.tick(T0 + 600_000) == []
+    e.evaluate([reading(WRIST, 140, heart_rate_bpm=72)])
+    assert e.tick(T0 + 605_000) == []
+    # The backlog has reached 160 s, and the other bracelet sent nothing since 0 s.
+    e.evaluate([reading(WRIST, 160, heart_rate_bpm=72)])
+    offline = e.tick(T0 + 610_000)
+    assert [(c.device.device_id, c.state, c.values["silent_s"]) for c in offline] == [
+        ("br-2", AlertState.FIRING, 160)
+    ]
+
+
+def test_with_nothing_coming_in_the_clock_judges_silence() -> None:
+    e = silent_pair()
+    offline = e.tick(T0 + 151_000)
+    assert sorted((c.device.device_id, c.state) for c in offline) == [
+        ("br-1", AlertState.FIRING),
+        ("br-2", AlertState.FIRING),
+    ]
+
+
+def test_a_device_clock_ahead_does_not_hold_silence_back() -> None:
+    e = silent_pair()
+    e.evaluate([reading(WRIST, 3600, heart_rate_bpm=71)])
+    offline = e.tick(T0 + 151_000)
+    assert [(c.device.device_id, c.state, c.values["silent_s"]) for c in offline] == [
+        ("br-2", AlertState.FIRING, 151)
+    ]
 
 
 def test_rate_windows_survive_a_restart_and_a_reload(tmp_path: Path) -> None:
