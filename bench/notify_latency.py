@@ -28,8 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.load import Load
-from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, wait_connected
+from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, load, wait_connected
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.heap import set_aside_startup_objects
@@ -162,12 +161,11 @@ async def measure(
     ]
     background = None
     if rate > 0:
-        load = Load(
-            broker.port, seed=FLEET_SEED, devices=DEVICES, rate_msg_s=rate, seconds=seconds + 2,
-            niceness=BACKGROUND_NICENESS,
-        )  # fmt: skip
-        await asyncio.to_thread(load.start)
-        background = asyncio.create_task(asyncio.to_thread(load.wait))
+        traffic = load(
+            broker, 2, rate_msg_s=rate, seconds=seconds + 2, niceness=BACKGROUND_NICENESS
+        )
+        await asyncio.to_thread(traffic.start)
+        background = asyncio.create_task(asyncio.to_thread(traffic.wait))
         await asyncio.sleep(1.0)
     in_before = gateway.stats.messages_in
     sent = await probe.press(targets, seconds, every_s)

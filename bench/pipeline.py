@@ -50,6 +50,7 @@ def load(
     rate_msg_s: float | None,
     messages: int | None = None,
     seconds: float | None = None,
+    niceness: int = 0,
 ) -> Load:
     """The bench fleet's traffic from `publishers` processes, made and connected."""
     return Load(
@@ -60,6 +61,7 @@ def load(
         messages=messages,
         seconds=seconds,
         processes=publishers,
+        niceness=niceness,
     )
 
 
