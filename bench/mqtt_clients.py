@@ -1,6 +1,7 @@
 """Receive rate of candidate MQTT clients draining a QoS 1 backlog, acknowledging each
 message only after a simulated batch commit, as the gateway must; and of the gateway's
-own subscriber (paho served by the asyncio loop), with the CPU time it takes a message.
+own subscribers (MQTT 5 on the mqtt5 codec; MQTT 3.1.1 on paho, served by the asyncio
+loop), with the CPU time each takes a message.
 
     .venv/bin/python -m bench.mqtt_clients [--messages 100000]
 """
@@ -13,6 +14,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -21,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.clock import SystemClock
 from gateway.config import MqttConfig
-from gateway.ingest.mqtt import MqttSubscriber
+from gateway.ingest.mqtt import subscriber_for
 from simulators.publisher import SimulationOptions, run_simulation
 from tests.integration.services import MosquittoService
 
@@ -155,19 +157,26 @@ async def gmqtt_rate(broker: MosquittoService, messages: int) -> float:
     return state["received"] / elapsed
 
 
-async def subscriber_rate(broker: MosquittoService, messages: int) -> tuple[float, float]:
+async def subscriber_rate(
+    broker: MosquittoService, messages: int, protocol: Literal["3.1.1", "5"]
+) -> tuple[float, float]:
     """Messages/s and CPU µs per message of the gateway's subscriber, which acknowledges
     each batch as the pipeline does after its commit."""
     config = MqttConfig(
-        host=broker.host, port=broker.port, client_id="gateway-v5", topics=TOPICS, alarm_topics=()
+        host=broker.host,
+        port=broker.port,
+        client_id=f"gateway-{protocol}",
+        topics=TOPICS,
+        alarm_topics=(),
+        protocol=protocol,
     )
-    subscriber = MqttSubscriber(config, SystemClock())
+    subscriber = subscriber_for(config, SystemClock())
     await subscriber.start()
     while not subscriber.connected.is_set():
         await asyncio.sleep(0.05)
     subscriber.stop()
     expected = await asyncio.to_thread(preload, broker, messages)
-    subscriber = MqttSubscriber(config, SystemClock())
+    subscriber = subscriber_for(config, SystemClock())
     await subscriber.start()
     received = 0
     began = cpu_began = 0.0
@@ -196,13 +205,20 @@ def main() -> None:
                 "paho 2 MQTT 5, manual ack": paho_rate(broker, args.messages, v5=True),
                 "gmqtt MQTT 5, ack after handler": asyncio.run(gmqtt_rate(broker, args.messages)),
             }
-            rate, cpu_us = asyncio.run(subscriber_rate(broker, args.messages))
-            results["gateway subscriber (paho 2, MQTT 5)"] = rate
+            cpu_us = {}
+            subscribers: tuple[tuple[Literal["3.1.1", "5"], str], ...] = (
+                ("5", "mqtt5 codec, MQTT 5"),
+                ("3.1.1", "paho 2, MQTT 3.1.1"),
+            )
+            for protocol, name in subscribers:
+                rate, cpu_us[name] = asyncio.run(subscriber_rate(broker, args.messages, protocol))
+                results[f"gateway subscriber ({name})"] = rate
         finally:
             broker.stop()
     for name, rate in results.items():
-        print(f"{name:36} {rate:10,.0f} msg/s")
-    print(f"{'gateway subscriber CPU per message':36} {cpu_us:10,.1f} µs")
+        print(f"{name:42} {rate:10,.0f} msg/s")
+    for name, us in cpu_us.items():
+        print(f"{'CPU per message, ' + name:42} {us:10,.1f} µs")
 
 
 if __name__ == "__main__":

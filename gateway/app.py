@@ -20,7 +20,7 @@ from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
 from gateway.errors import ConfigError
 from gateway.health import HealthReport
-from gateway.ingest.mqtt import MqttSubscriber
+from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import TelemetryProcess
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner, link_secret
@@ -124,7 +124,7 @@ class Gateway:
             link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
         )
         mqtt = config.mqtt
-        self.subscriber: MqttSubscriber | TelemetryProcess | None = None
+        self.subscriber: Subscriber | TelemetryProcess | None = None
         # Set when the telemetry process has handed over records for the rules.
         self.handed_over: asyncio.Event | None = None
         if mqtt is not None:
@@ -137,9 +137,9 @@ class Gateway:
                     config, self.clock, self.stats, retired=retired, on_counts=self._on_counts
                 )
             else:
-                self.subscriber = MqttSubscriber(mqtt, self.clock, retired=retired)
+                self.subscriber = subscriber_for(mqtt, self.clock, retired=retired)
         self.alarm_subscriber = (
-            MqttSubscriber(
+            subscriber_for(
                 mqtt,
                 self.clock,
                 topics=mqtt.alarm_topics,
@@ -155,7 +155,7 @@ class Gateway:
             self._http = httpx.AsyncClient()
             # Notifications go out on the alarm connection, where no backlog is queued.
             publisher = self.alarm_subscriber or self.subscriber
-            publish = publisher.publish if isinstance(publisher, MqttSubscriber) else None
+            publish = None if isinstance(publisher, TelemetryProcess | None) else publisher.publish
             self.notifier = Notifier(
                 config.notify,
                 make_channels(config.notify, self._http, publish, self.clock),
@@ -170,10 +170,10 @@ class Gateway:
             )
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)
-        for subscriber in (self.subscriber, self.alarm_subscriber):
-            if isinstance(subscriber, MqttSubscriber):
-                subscriber.on_retired = partial(
-                    self.outbox.forget_subscriptions, subscriber.client_id
+        for connection in (self.subscriber, self.alarm_subscriber):
+            if connection is not None and not isinstance(connection, TelemetryProcess):
+                connection.on_retired = partial(
+                    self.outbox.forget_subscriptions, connection.client_id
                 )
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
@@ -215,7 +215,7 @@ class Gateway:
             if self.subscriber is not None:
                 if self.alarm_subscriber is not None:
                     await self.alarm_subscriber.start()
-                source: MqttSubscriber | None = None
+                source: Subscriber | None = None
                 if isinstance(self.subscriber, TelemetryProcess):
                     tasks.append(
                         asyncio.create_task(self.subscriber.run(self.stopping), name="ingest")

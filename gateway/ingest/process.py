@@ -33,7 +33,7 @@ from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import load_profiles
 from gateway.heap import set_aside_startup_objects
-from gateway.ingest.mqtt import MqttSubscriber
+from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.stats import Stats
@@ -71,7 +71,7 @@ class TelemetryProcess:
         self._stats = stats
         self._retired = tuple(retired)
         self._on_counts = on_counts
-        # As MqttSubscriber has them, for readiness and for tests.
+        # As the subscribers have them, for readiness and for tests.
         self.connected = threading.Event()
         self.connections = 0
         self.started = 0
@@ -203,18 +203,18 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     # A full pass of the collector in the middle of a commit holds the outbox's write
     # lock, which an alarm's commit in the main process may be waiting for.
     set_aside_startup_objects()
-    subscriber = MqttSubscriber(config.mqtt, clock, retired=retired)
-    subscriber.on_retired = partial(outbox.forget_subscriptions, subscriber.client_id)
+    connection = subscriber_for(config.mqtt, clock, retired=retired)
+    connection.on_retired = partial(outbox.forget_subscriptions, connection.client_id)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping)
-    reporter = asyncio.create_task(_report_connection(subscriber, pipe, stopping))
+    reporter = asyncio.create_task(_report_connection(connection, pipe, stopping))
     try:
-        await subscriber.start()
-        await pipeline.run(subscriber, stopping)
+        await connection.start()
+        await pipeline.run(connection, stopping)
     finally:
         stopping.set()
-        subscriber.stop()
+        connection.stop()
         await reporter
         loop.remove_reader(pipe.fileno())
         outbox.close()
@@ -232,7 +232,7 @@ def _on_parent(pipe: Connection, stopping: asyncio.Event) -> None:
 
 
 async def _report_connection(
-    subscriber: MqttSubscriber, pipe: Connection, stopping: asyncio.Event
+    subscriber: Subscriber, pipe: Connection, stopping: asyncio.Event
 ) -> None:
     reported: tuple[bool, int] | None = None
     while not stopping.is_set():

@@ -1,0 +1,90 @@
+"""What the gateway's broker connections share, whichever protocol they speak: the
+session's topic filters, and the messages waiting for the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from gateway.clock import Clock
+from gateway.config import MqttConfig
+from gateway.ingest.message import InboundMessage
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """A persistent session's subscriptions, and what arrives on them, in batches."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        clock: Clock,
+        *,
+        topics: Sequence[str] | None = None,
+        client_id: str | None = None,
+        retired: Sequence[str] = (),
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._topics = tuple(config.topics if topics is None else topics)
+        self._client_id = client_id or config.client_id
+        # Filters the session may still hold from an earlier configuration: dropped at
+        # every connect, after the current ones are in place, so that nothing falls
+        # between the two and nothing arrives on both connections for long.
+        self._retired = tuple(t for t in retired if t not in self._topics)
+        # Told, on the event loop, once the broker has dropped the retired filters.
+        self.on_retired: Callable[[Sequence[str]], None] | None = None
+        self._pending: deque[InboundMessage] = deque()
+        self._wakeup = asyncio.Event()
+        # Counts connections: a message carries the number of the one that delivered
+        # it, since packet ids mean nothing on another one.
+        self._connection = 0
+        # Read by other threads (readiness, the telemetry process's reports).
+        self.connected = threading.Event()
+        self.connections = 0
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
+        """Wait briefly for messages, then up to `linger_s` more so that commits come in batches."""
+        pending = self._pending
+        if not pending:
+            self._wakeup.clear()
+            # The timeout bounds how long a stop waits.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.25)
+            if not pending:
+                return []
+        if len(pending) < max_messages:
+            await self._clock.sleep(linger_s)
+        batch: list[InboundMessage] = []
+        while pending and len(batch) < max_messages:
+            batch.append(pending.popleft())
+        return batch
+
+    def _connected_anew(self, session_present: bool) -> None:
+        self._connection += 1
+        self.connections += 1
+        # Messages held from the lost connection cannot be acknowledged any more.
+        self._pending.clear()
+        log.info(
+            "%s connected to %s:%d (session %s)",
+            self._client_id,
+            self._config.host,
+            self._config.port,
+            "resumed" if session_present else "new",
+        )
+
+    def _retirement_done(self) -> None:
+        """The broker has dropped the retired filters."""
+        retired, self._retired = self._retired, ()
+        if retired and self.on_retired is not None:
+            log.info("%s no longer subscribed to %s", self._client_id, ", ".join(retired))
+            self.on_retired(retired)

@@ -1,0 +1,180 @@
+"""The MQTT 5 subscription's handling of the bytes a broker sends, on a recorded
+transport: what reaches the pipeline and what is acknowledged. Its talk with a real
+Mosquitto is tested by the integration tests."""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import mqtt5
+import pytest
+
+from gateway.clock import ManualClock
+from gateway.config import MqttConfig
+from gateway.ingest.mqtt import MqttSubscriber, _Link, subscriber_for
+from gateway.ingest.mqtt3 import Mqtt3Subscriber
+
+TOPIC = "community/c1/b2/bracelet-0001/telemetry"
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def packets(self) -> list[mqtt5.Packet]:
+        """What was written since the last call, as packets."""
+        found: list[mqtt5.Packet] = []
+        view = memoryview(bytes(self.written))
+        used = 0
+        while used < len(view):
+            packet, size = mqtt5.read(view[used:])
+            found.append(packet)
+            used += size
+        self.written.clear()
+        return found
+
+
+def connect(
+    subscriber: MqttSubscriber, *, session_present: bool = False
+) -> tuple[_Link, RecordingTransport]:
+    link = _Link(subscriber)
+    transport = RecordingTransport()
+    link.connection_made(transport)
+    link.data_received(mqtt5.ConnAckPacket(session_present=session_present).write())
+    return link, transport
+
+
+def publish(packet_id: int, body: bytes, *, retain: bool = False) -> bytes:
+    return mqtt5.PublishPacket(
+        TOPIC, body, qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=packet_id, retain=retain
+    ).write()
+
+
+def subscriber(retired: Sequence[str] = (), **config: object) -> MqttSubscriber:
+    made = subscriber_for(MqttConfig.model_validate(config), ManualClock(), retired=retired)
+    assert isinstance(made, MqttSubscriber)
+    return made
+
+
+async def test_the_connack_subscribes_at_qos_1_and_retires_old_filters() -> None:
+    sub = subscriber(["devices/#"], topics=["community/+/+/+/telemetry"], alarm_topics=[])
+    retired: list[list[str]] = []
+    sub.on_retired = lambda topics: retired.append(list(topics))
+    link, transport = connect(sub)
+    subscribe, unsubscribe = transport.packets()
+    assert isinstance(subscribe, mqtt5.SubscribePacket)
+    assert [(f.pattern, f.max_qos.value) for f in subscribe.topic_filters] == [
+        ("community/+/+/+/telemetry", 1)
+    ]
+    # Retained status once for a new subscription, not again after every reconnect.
+    assert subscribe.topic_filters[0].retain_handling.value == 1
+    assert isinstance(unsubscribe, mqtt5.UnsubscribePacket)
+    assert unsubscribe.patterns == ["devices/#"]
+    assert not sub.connected.is_set()
+    link.data_received(
+        mqtt5.SubAckPacket(
+            subscribe.packet_id, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE]
+        ).write()
+        + mqtt5.UnsubAckPacket(unsubscribe.packet_id, [mqtt5.UnsubAckReasonCode.SUCCESS]).write()
+    )
+    await asyncio.sleep(0)
+    assert sub.connected.is_set()
+    assert retired == [["devices/#"]]
+
+
+async def test_packets_split_anywhere_across_reads_arrive_whole_and_in_order() -> None:
+    sub = subscriber()
+    link, transport = connect(sub)
+    transport.packets()
+    bodies = [b'{"heart_rate_bpm": %d}' % n for n in range(60, 90)]
+    stream = b"".join(publish(n + 1, body) for n, body in enumerate(bodies))
+    stream += mqtt5.PingRespPacket().write() + publish(99, b"{}", retain=True)
+    # Every cut a socket could make: one byte at a time, then in uneven pieces.
+    for size in (1, 7, 64, len(stream)):
+        for start in range(0, len(stream), size):
+            link.data_received(stream[start : start + size])
+        batch = await sub.next_batch(1000, 0.0)
+        assert [m.payload for m in batch] == [*bodies, b"{}"]
+        assert [m.mid for m in batch] == [*range(1, 31), 99]
+        assert {m.topic for m in batch} == {TOPIC}
+        assert [m.qos for m in batch] == [1] * 31
+        assert [m.retain for m in batch] == [False] * 30 + [True]
+        assert not link._buffer
+
+
+async def test_a_batch_is_acknowledged_in_one_write_on_its_own_connection_only() -> None:
+    sub = subscriber()
+    link, transport = connect(sub)
+    transport.packets()
+    link.data_received(publish(7, b"{}") + publish(8, b"{}"))
+    first = await sub.next_batch(1000, 0.0)
+    # The connection is lost before the commit: a new one delivers them again.
+    link.connection_lost(ConnectionResetError())
+    sub._lost(link)
+    link2, transport2 = connect(sub, session_present=True)
+    transport2.packets()
+    sub.ack(first)
+    assert transport.written == b"" and transport2.packets() == []
+    link2.data_received(publish(7, b"{}") + publish(8, b"{}"))
+    again = await sub.next_batch(1000, 0.0)
+    sub.ack(again)
+    acks = transport2.packets()
+    assert [p.packet_id for p in acks if isinstance(p, mqtt5.PubAckPacket)] == [7, 8]
+    assert len(acks) == 2
+
+
+async def test_messages_held_from_a_lost_connection_are_dropped_at_the_next() -> None:
+    sub = subscriber()
+    link, _ = connect(sub)
+    link.data_received(publish(1, b"{}"))
+    link.connection_lost(None)
+    sub._lost(link)
+    connect(sub, session_present=True)
+    assert await sub.next_batch(1000, 0.0) == []
+
+
+async def test_a_malformed_packet_drops_the_connection_not_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sub = subscriber()
+    link, transport = connect(sub)
+    caplog.set_level(logging.ERROR)
+    link.data_received(publish(1, b"{}") + b"\x30\xff\xff\xff\xff\x7f")
+    assert transport.aborted
+    assert "malformed packet" in caplog.text
+    # What came before it is still taken in, and redelivered if not acknowledged.
+    assert [m.mid for m in await sub.next_batch(1000, 0.0)] == [1]
+
+
+async def test_a_refused_connection_says_why() -> None:
+    sub = subscriber()
+    link = _Link(sub)
+    transport = RecordingTransport()
+    link.connection_made(transport)
+    link.data_received(
+        mqtt5.ConnAckPacket(reason_code=mqtt5.ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD).write()
+    )
+    with pytest.raises(Exception, match="BAD_USER_NAME_OR_PASSWORD"):
+        await link.ready
+    assert transport.closing
+    assert sub.connections == 0
+
+
+def test_mqtt_3_1_1_brokers_get_the_paho_subscription() -> None:
+    made = subscriber_for(MqttConfig(protocol="3.1.1"), ManualClock())
+    assert isinstance(made, Mqtt3Subscriber)
