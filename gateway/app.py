@@ -200,6 +200,7 @@ class Gateway:
                     self.clock,
                     self.stats,
                     batch_lines=influx.batch_lines,
+                    linger_s=influx.linger_s,
                 )
                 self.pipeline.listeners.append(lambda _: drain.wakeup.set())
                 tasks.append(asyncio.create_task(drain.run(), name="drain"))
