@@ -290,16 +290,35 @@ class Gateway:
 
     async def _tick_rules(self) -> None:
         ticks = 0
+        connection: tuple[bool, int] | None = None
         while True:
             await self.clock.sleep(RULE_TICK_S)
             stage = self.pipeline.alerts
             if stage is not None:
-                await self.pipeline.commit_alerts(stage.tick(self.clock.now_ms()))
+                listening, connection = await self._listening(connection)
+                await self.pipeline.commit_alerts(
+                    stage.tick(self.clock.now_ms(), listening=listening)
+                )
                 ticks += 1
                 if ticks % RATES_SAVE_TICKS == 0:
                     # Through the ingest connection, off the event loop: the rules' own
                     # connection would wait there for the telemetry's commits to end.
                     await self.pipeline.commit([], stage.rates_write())
+
+    async def _listening(
+        self, before: tuple[bool, int] | None
+    ) -> tuple[bool, tuple[bool, int] | None]:
+        """Whether the gateway has heard all the devices sent until now: connected since
+        the last check (so that what the broker queued meanwhile has begun to arrive),
+        with nothing taken in still to judge. Also the connection's state now."""
+        subscriber = self.subscriber
+        if subscriber is None:
+            return True, None
+        now = (subscriber.connected.is_set(), subscriber.connections)
+        steady = now[0] and now == before
+        if steady and self.handed_over is not None:
+            steady = not await self.pipeline.handoffs_waiting()
+        return steady, now
 
     def _on_counts(self, counts: BatchCounts) -> None:
         # The telemetry process handed over records; once judged, the record listeners

@@ -254,6 +254,11 @@ class IngestPipeline:
         self._announce(decision)
         return len(rows)
 
+    async def handoffs_waiting(self) -> bool:
+        """Whether records handed over by another process still wait to be judged."""
+        async with self._commit_lock:
+            return await asyncio.to_thread(self._outbox.handoffs_waiting)
+
     async def _run_lane(self, source: MessageSource, stopping: asyncio.Event, alarm: bool) -> None:
         linger_s = 0.0
         while not stopping.is_set():

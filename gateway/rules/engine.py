@@ -61,6 +61,10 @@ def _nothing(
     """The handler of records no rule reads."""
 
 
+# Spans of not listening remembered: a device silent across more is offline anyway.
+DEAF_SPANS_KEPT = 16
+
+
 class RuleEngine:
     def __init__(
         self,
@@ -84,6 +88,14 @@ class RuleEngine:
         # next message waits in that queue is not silent. Start-up counts as records
         # judged up to then, so the first tick after a restart waits for the backlog.
         self._newest_heard_ms: int | None = now_ms
+        # Spans of time in which the gateway may not have heard what devices sent (its
+        # broker connection down, or what it took in not yet judged): closed ones, and
+        # the start of an open one. A device is silent only for as long as the gateway
+        # was listening: a broker down for an hour, that no device could reach either,
+        # does not make every device offline at the first check after it returns.
+        self._deaf: list[tuple[int, int]] = []
+        self._deaf_since_ms: int | None = None
+        self._last_tick_ms = now_ms
         for device in registry.devices():
             group = self.heard.group(device.community, device.device_type)
             group.seen_ms[device.device_id] = now_ms
@@ -134,17 +146,37 @@ class RuleEngine:
         if saved:
             self._newest_heard_ms = max(seen_ms for _, seen_ms in saved)
 
-    def _heard_through_ms(self, now_ms: int) -> int:
-        """Up to when silence is judged at this tick (see `_newest_heard_ms`). A device
-        clock ahead of the gateway's counts as the gateway's; with nothing judged since
-        the last tick, the devices are silent, not queued, and the clock counts."""
+    def _heard_through_ms(self, now_ms: int, listening: bool) -> int | None:
+        """Up to when silence is judged at this tick (see `_newest_heard_ms`); None: not
+        at all. A device clock ahead of the gateway's counts as the gateway's. With
+        nothing judged since the last tick, the clock counts if the gateway is listening:
+        the devices are silent, not queued."""
+        if listening:
+            if self._deaf_since_ms is not None:
+                self._deaf = [*self._deaf[-(DEAF_SPANS_KEPT - 1) :], (self._deaf_since_ms, now_ms)]
+                self._deaf_since_ms = None
+        elif self._deaf_since_ms is None:
+            self._deaf_since_ms = self._last_tick_ms
+        self._last_tick_ms = now_ms
         newest, self._newest_heard_ms = self._newest_heard_ms, None
-        return now_ms if newest is None else min(now_ms, newest)
+        if newest is not None:
+            return min(now_ms, newest)
+        return now_ms if listening else None
 
-    def tick(self, now_ms: int) -> list[AlertChange]:
-        """Fire absence and inactivity alerts; resolve correlations whose window passed."""
+    def _deaf_ms(self, from_ms: int, to_ms: int) -> int:
+        """How much of the time between the two the gateway was not listening."""
+        spans = self._deaf
+        if self._deaf_since_ms is not None:
+            spans = [*spans, (self._deaf_since_ms, to_ms)]
+        return sum(max(0, min(end, to_ms) - max(start, from_ms)) for start, end in spans)
+
+    def tick(self, now_ms: int, *, listening: bool = True) -> list[AlertChange]:
+        """Fire absence and inactivity alerts; resolve correlations whose window passed.
+
+        `listening`: the gateway is connected to the broker, and has judged all it took
+        in; when not, silence is judged only as far as the records judged show."""
         changes: list[AlertChange] = []
-        heard_through_ms = self._heard_through_ms(now_ms)
+        heard_through_ms = self._heard_through_ms(now_ms, listening)
         for key, track in list(self.tracks.items()):
             rule = self._correlation.get(key[0])
             if rule is not None and now_ms - track.since_ms >= rule.spec.window_s * 1000:
@@ -156,6 +188,8 @@ class RuleEngine:
                     _change(rule, place, None, AlertState.RESOLVED, track.alert_id,
                             track.since_ms, now_ms, {})
                 )  # fmt: skip
+        if heard_through_ms is None:
+            return changes
         for key, track in list(self.tracks.items()):
             rule = self._inactivity.get(key[0])
             if rule is not None:
@@ -170,6 +204,10 @@ class RuleEngine:
                 silent_ms = rule.spec.after_periods * period_s * 1000
                 for device_id, seen_ms in group.seen_ms.items():
                     if heard_through_ms - seen_ms < silent_ms:
+                        continue
+                    if heard_through_ms - seen_ms - self._deaf_ms(seen_ms, heard_through_ms) < (
+                        silent_ms
+                    ):
                         continue
                     key = (rule.name, community, device_id, None)
                     if key in self.tracks:

@@ -42,8 +42,8 @@ class AlertStage:
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
         return self._decide(self.engine.evaluate(records))
 
-    def tick(self, now_ms: int) -> AlertDecision:
-        return self._decide(self.engine.tick(now_ms))
+    def tick(self, now_ms: int, *, listening: bool = True) -> AlertDecision:
+        return self._decide(self.engine.tick(now_ms, listening=listening))
 
     def rates_write(self) -> partial[None]:
         """Writes the rate windows as they are now, inside the caller's transaction: kept

@@ -297,6 +297,11 @@ class Outbox:
         ).fetchall()
         return [(int(i), bytes(records)) for i, records in rows]
 
+    def handoffs_waiting(self) -> bool:
+        """Whether records handed over wait to be judged; on the ingest connection."""
+        row = self._ingest.execute("SELECT EXISTS (SELECT 1 FROM handoffs)").fetchone()
+        return bool(row[0])
+
     @staticmethod
     def drop_handoffs(conn: sqlite3.Connection, last_id: int) -> None:
         """Inside the transaction that commits what the rules made of them."""

@@ -7,14 +7,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from gateway import PROJECT_ROOT
-from gateway.app import Gateway
+from gateway.app import RULE_TICK_S, Gateway
+from gateway.clock import SystemClock
 from gateway.rules.alert import AlertChange
 from gateway.rules.rule import load_rules
+from gateway.rules.stage import AlertDecision
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
 
@@ -89,6 +92,77 @@ async def test_an_sos_queued_behind_a_telemetry_backlog_fires_before_the_backlog
     # The alarm connection delivers the SOS at once; the readings queued before it
     # are still coming in when it fires.
     assert taken_in_when_fired[0] < backlog / 2
+
+
+class QuickTicks(SystemClock):
+    """The system clock, but the rule timers' wait is short: the checks for silent
+    devices run many times while a backlog drains."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(min(seconds, RULE_TICK_S / 100))
+
+
+async def test_devices_reporting_into_a_backlog_while_the_gateway_was_down_are_not_offline(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    """Two hours down: the broker kept what the devices sent. Their readings come in
+    over several checks after the restart, and none of them is called offline on the
+    clock while its newer readings are still queued."""
+    devices, minutes = 80, 120
+    now_ms = time.time_ns() // 1_000_000
+    down_ms = now_ms - minutes * 60_000
+
+    def reading(device: int, ts_ms: int) -> tuple[str, dict[str, object]]:
+        topic = f"community/{namespace}/bracelet/br-{device}/telemetry"
+        return topic, {"ts": ts_ms, "seq": ts_ms // 1000, "heart_rate_bpm": 72, "worn": True}
+
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway:
+            publisher.publish_all([reading(d, down_ms) for d in range(devices)])
+            await wait_until(lambda: gateway.stats.messages_in == devices, what="last readings")
+        # Every minute from every bracelet (period 60 s, offline after 150 s of silence).
+        publisher.publish_all(
+            [
+                reading(d, down_ms + m * 60_000)
+                for m in range(1, minutes + 1)
+                for d in range(devices)
+            ]
+        )
+    finally:
+        publisher.close()
+
+    gateway = Gateway(config, QuickTicks())
+    backlog = devices * minutes
+    offline: list[AlertChange] = []
+    gateway.pipeline.alert_listeners.append(
+        lambda changes: offline.extend(c for c in changes if c.rule == "device_offline")
+    )
+    stage = gateway.pipeline.alerts
+    assert stage is not None
+    tick = stage.tick
+    # How far the backlog had come at each check of the rule timers.
+    taken_in_at_ticks: list[int] = []
+
+    def counted_tick(now_ms: int, *, listening: bool) -> AlertDecision:
+        taken_in_at_ticks.append(gateway.stats.messages_in)
+        return tick(now_ms, listening=listening)
+
+    stage.tick = counted_tick  # type: ignore[method-assign]
+    task = asyncio.create_task(gateway.run())
+    try:
+        await wait_until(
+            lambda: gateway.stats.messages_in == backlog, timeout_s=60, what="backlog in"
+        )
+        # And a few checks more once it is all in.
+        ticks = len(taken_in_at_ticks)
+        await wait_until(lambda: len(taken_in_at_ticks) > ticks + 3, what="more checks")
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, timeout=15)
+    assert len([n for n in taken_in_at_ticks if 0 < n < backlog]) >= 2
+    assert offline == []
 
 
 async def test_a_session_from_before_the_alarm_connection_no_longer_takes_events(

@@ -548,6 +548,31 @@ def test_a_device_clock_ahead_does_not_hold_silence_back() -> None:
     ]
 
 
+def test_while_the_gateway_does_not_listen_no_device_is_found_silent() -> None:
+    e = silent_pair()
+    # The broker connection is down, or what came in is not yet judged: an hour passes.
+    for minute in range(1, 61):
+        assert e.tick(T0 + minute * 60_000, listening=False) == []
+
+
+def test_time_the_gateway_did_not_listen_is_not_counted_as_silence() -> None:
+    e = silent_pair()
+    # The broker was down from 10 s to an hour: no device could send, nor the gateway
+    # hear. Back at 3,610 s, one bracelet reports 100 s later, the other never again.
+    assert e.tick(T0 + 10_000) == []
+    assert e.tick(T0 + 3_600_000, listening=False) == []
+    assert e.tick(T0 + 3_610_000) == []
+    e.evaluate([reading(WRIST, 3_710, heart_rate_bpm=70)])
+    assert e.tick(T0 + 3_710_000) == []
+    # 150 s of listening since the broker came back, without a word from the other: it
+    # is offline, silent since 0 s.
+    assert e.tick(T0 + 3_749_000) == []
+    offline = e.tick(T0 + 3_751_000)
+    assert [(c.device.device_id, c.state, c.values["silent_s"]) for c in offline] == [
+        ("br-2", AlertState.FIRING, 3_751)
+    ]
+
+
 def test_rate_windows_survive_a_restart_and_a_reload(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
 
