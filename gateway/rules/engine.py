@@ -96,6 +96,13 @@ class RuleEngine:
         self._deaf: list[tuple[int, int]] = []
         self._deaf_since_ms: int | None = None
         self._last_tick_ms = now_ms
+        self._started_ms = now_ms
+        # The gateway's downtime before this start, from the newest time heard before it
+        # to the start, also counts as not listening unless the broker kept what devices
+        # sent meanwhile (see `_settle_downtime`): after a power cut that took the broker
+        # down too, devices that report hourly are not all offline at the first check.
+        self._downtime: tuple[int, int] | None = None
+        self._downtime_settled = True
         for device in registry.devices():
             group = self.heard.group(device.community, device.device_type)
             group.seen_ms[device.device_id] = now_ms
@@ -144,7 +151,27 @@ class RuleEngine:
         saved = list(saved)
         self.heard.update(saved)
         if saved:
-            self._newest_heard_ms = max(seen_ms for _, seen_ms in saved)
+            self._newest_heard_ms = newest_ms = max(seen_ms for _, seen_ms in saved)
+            if newest_ms < self._started_ms:
+                self._downtime = (newest_ms, self._started_ms)
+                self._downtime_settled = False
+
+    def _settle_downtime(self, records: Sequence[Record]) -> None:
+        """Whether the broker kept what devices sent while the gateway was down, told by
+        the first readings and events judged after the start (status reports are left
+        out: a retained one may be days old). A backlog begins near the start of the
+        downtime, and only what precedes it was not heard; live traffic begins after the
+        start, and all the downtime was not heard."""
+        times = [
+            r.time_ms
+            for r in records
+            if type(r) is not StatusReport and r.time_source is TimeSource.DEVICE
+        ]
+        if not times or self._downtime is None:
+            return
+        down_ms, up_ms = self._downtime
+        self._downtime = (down_ms, max(down_ms, min(up_ms, min(times))))
+        self._downtime_settled = True
 
     def _heard_through_ms(self, now_ms: int, listening: bool) -> int | None:
         """Up to when silence is judged at this tick (see `_newest_heard_ms`); None: not
@@ -168,6 +195,8 @@ class RuleEngine:
         spans = self._deaf
         if self._deaf_since_ms is not None:
             spans = [*spans, (self._deaf_since_ms, to_ms)]
+        if self._downtime is not None:
+            spans = [self._downtime, *spans]
         return sum(max(0, min(end, to_ms) - max(start, from_ms)) for start, end in spans)
 
     def tick(self, now_ms: int, *, listening: bool = True) -> list[AlertChange]:
@@ -420,7 +449,9 @@ class RuleEngine:
             return partial(self._apply_event, rule)
         return partial(self._apply_condition, rule)
 
-    def evaluate(self, records: Iterable[Record]) -> list[AlertChange]:
+    def evaluate(self, records: Sequence[Record]) -> list[AlertChange]:
+        if not self._downtime_settled:
+            self._settle_downtime(records)
         changes: list[AlertChange] = []
         routes = self._routes
         counts = self.tracks.counts

@@ -303,3 +303,58 @@ async def test_default_rules_end_to_end_from_simulator_scenarios(
             assert gateway.stats.rejected == 0, gateway.stats.rejected_by_reason
     finally:
         publisher.close()
+
+
+async def test_after_a_power_cut_devices_not_yet_reporting_again_are_not_offline(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    """Two hours down with the broker, which kept nothing: what comes first after the
+    restart is live. The bracelets not yet heard again are not called offline for the
+    two hours in which nothing could be heard."""
+    devices = 80
+    now_ms = time.time_ns() // 1_000_000
+    down_ms = now_ms - 120 * 60_000
+
+    def reading(device: int, ts_ms: int) -> tuple[str, dict[str, object]]:
+        topic = f"community/{namespace}/bracelet/br-{device}/telemetry"
+        return topic, {"ts": ts_ms, "seq": ts_ms // 1000, "heart_rate_bpm": 72, "worn": True}
+
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway:
+            publisher.publish_all([reading(d, down_ms) for d in range(devices)])
+            await wait_until(lambda: gateway.stats.messages_in == devices, what="last readings")
+
+        gateway = Gateway(config, QuickTicks())
+        offline: list[AlertChange] = []
+        gateway.pipeline.alert_listeners.append(
+            lambda changes: offline.extend(c for c in changes if c.rule == "device_offline")
+        )
+        stage = gateway.pipeline.alerts
+        assert stage is not None
+        tick = stage.tick
+        ticks: list[int] = []
+
+        def counted_tick(now_ms: int, *, listening: bool) -> AlertDecision:
+            ticks.append(now_ms)
+            return tick(now_ms, listening=listening)
+
+        stage.tick = counted_tick  # type: ignore[method-assign]
+        task = asyncio.create_task(gateway.run())
+        try:
+            assert gateway.subscriber is not None
+            await wait_until(gateway.subscriber.connected.is_set, what="gateway connected")
+            back_ms = time.time_ns() // 1_000_000
+            publisher.publish_all([reading(d, back_ms) for d in range(devices // 2)])
+            await wait_until(
+                lambda: gateway.stats.messages_in == devices // 2, what="the first back"
+            )
+            seen = len(ticks)
+            await wait_until(lambda: len(ticks) > seen + 5, what="more checks")
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(task, timeout=15)
+    finally:
+        publisher.close()
+    assert offline == []

@@ -4,7 +4,14 @@ import pytest
 
 from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
-from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
+from gateway.decode.record import (
+    DeviceRef,
+    Event,
+    FieldValue,
+    Reading,
+    StatusReport,
+    TimeSource,
+)
 from gateway.errors import ConfigError
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
@@ -483,27 +490,61 @@ def test_several_detectors_in_one_building_make_one_building_alert() -> None:
     assert building_alerts(e.tick(T0 + 821_000)) == [("3号楼", "building", AlertState.RESOLVED)]
 
 
-def test_offline_timers_carry_on_across_a_restart(tmp_path: Path) -> None:
+def restarted_pair(tmp_path: Path, restart_s: float) -> AlertStage:
+    """Two bracelets, one heard at 0 s and the other at 100 s (a bracelet is offline
+    after 150 s of silence); the gateway stops then, and starts again at `restart_s`."""
     path = tmp_path / "state.sqlite3"
     outbox = Outbox(path)
-    periods = {"bracelet": 60.0}
 
     def stage(now_ms: int) -> AlertStage:
         return AlertStage(
-            RuleEngine(RULES, Registry(), periods, now_ms=now_ms),
+            RuleEngine(RULES, Registry(), {"bracelet": 60.0}, now_ms=now_ms),
             AlertBook(path),
             SilenceBook(path, Registry()),
             ManualClock(now_ms),
         )
 
     first = stage(T0)
-    decision = first.evaluate([reading(WRIST, 0, heart_rate_bpm=70)])
-    outbox.commit(decision.lines, [], [], decision.write)
-    # Restarted 100 s later: the bracelet was last heard at T0, not at the restart.
-    second = stage(T0 + 100_000)
-    # The first tick waits for what the broker may have queued meanwhile; nothing came.
-    assert states(second.tick(T0 + 151_000).changes) == []
-    assert states(second.tick(T0 + 156_000).changes) == [("device_offline", AlertState.FIRING)]
+    for record in (
+        reading(WRIST, 0, heart_rate_bpm=70),
+        reading(OTHER_WRIST, 100, heart_rate_bpm=70),
+    ):
+        decision = first.evaluate([record])
+        outbox.commit(decision.lines, [], [], decision.write)
+    return stage(T0 + int(restart_s * 1000))
+
+
+def offline(changes: list[AlertChange]) -> list[tuple[str, int]]:
+    return [(c.device.device_id, int(c.values["silent_s"])) for c in changes if c.fired]
+
+
+def test_offline_timers_carry_on_across_a_restart(tmp_path: Path) -> None:
+    # Down from 100 s to 200 s, and nothing queued meanwhile: the broker may have been
+    # down too, so that time is not counted. The 100 s br-1 was silent before it is.
+    stage = restarted_pair(tmp_path, 200)
+    assert stage.tick(T0 + 205_000).changes == []
+    assert stage.tick(T0 + 249_000).changes == []
+    assert offline(stage.tick(T0 + 251_000).changes) == [("br-1", 251)]
+
+
+def test_a_backlog_kept_by_the_broker_counts_the_downtime_as_silence(tmp_path: Path) -> None:
+    # Down for an hour; the broker kept br-2's readings from 110 s on, none from br-1.
+    stage = restarted_pair(tmp_path, 3_600)
+    for t in range(110, 3_600, 60):
+        stage.evaluate([reading(OTHER_WRIST, t, heart_rate_bpm=70)])
+    assert offline(stage.tick(T0 + 3_601_000).changes) == [("br-1", 3_590)]
+
+
+def test_after_a_power_cut_devices_are_not_all_offline_at_once(tmp_path: Path) -> None:
+    # The broker was down too for three hours: what comes first is live, beside a
+    # retained status from the day before.
+    stage = restarted_pair(tmp_path, 10_800)
+    retained = StatusReport(OTHER_WRIST, T0 - 86_400_000, TimeSource.DEVICE, True)
+    stage.evaluate([retained, reading(OTHER_WRIST, 10_830, heart_rate_bpm=70)])
+    assert stage.tick(T0 + 10_840_000).changes == []
+    # br-1: 100 s of silence before the cut and 50 s after it.
+    assert stage.tick(T0 + 10_849_000).changes == []
+    assert offline(stage.tick(T0 + 10_851_000).changes) == [("br-1", 10_851)]
 
 
 def silent_pair() -> RuleEngine:
