@@ -59,8 +59,8 @@ class OutboxDrain:
                 self.wakeup.clear()
                 await self._wait_for_work()
             elif wrote < self._batch_lines and self._linger_s:
-                # InfluxDB spends a third less per line on 5,000-line writes than on
-                # 200-line ones (measured): heavy traffic goes in fuller batches.
+                # InfluxDB spends about a quarter less per line on 5,000-line writes
+                # than on 200-line ones (measured): heavy traffic goes in fuller batches.
                 await self._clock.sleep(self._linger_s)
 
     async def _wait_for_work(self) -> None:

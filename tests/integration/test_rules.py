@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from gateway import PROJECT_ROOT
 from gateway.app import RULE_TICK_S, Gateway
 from gateway.clock import SystemClock
+from gateway.config import GatewayConfig
 from gateway.rules.alert import AlertChange
 from gateway.rules.rule import load_rules
 from gateway.rules.stage import AlertDecision
@@ -102,6 +104,49 @@ class QuickTicks(SystemClock):
         await super().sleep(min(seconds, RULE_TICK_S / 100))
 
 
+# A message as Publisher.publish_all takes it: topic and payload.
+Message = tuple[str, dict[str, Any] | bytes]
+
+
+def bracelet_reading(namespace: str, device: int, ts_ms: int) -> Message:
+    topic = f"community/{namespace}/bracelet/br-{device}/telemetry"
+    return topic, {"ts": ts_ms, "seq": ts_ms // 1000, "heart_rate_bpm": 72, "worn": True}
+
+
+async def hear_last(config: GatewayConfig, publisher: Publisher, readings: list[Message]) -> None:
+    """A run of the gateway that takes in these readings, the last it hears before it
+    stops."""
+    async with running(config) as gateway:
+        publisher.publish_all(readings)
+        await wait_until(lambda: gateway.stats.messages_in == len(readings), what="last readings")
+
+
+class OfflineWatch:
+    """A gateway whose rule timers check often (QuickTicks), with the `device_offline`
+    alerts it makes and how much it had taken in at each check."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.gateway = gateway = Gateway(config, QuickTicks())
+        self.offline: list[AlertChange] = []
+        self.taken_in_at_ticks: list[int] = []
+        gateway.pipeline.alert_listeners.append(
+            lambda changes: self.offline.extend(c for c in changes if c.rule == "device_offline")
+        )
+        stage = gateway.pipeline.alerts
+        assert stage is not None
+        tick = stage.tick
+
+        def counted_tick(now_ms: int, *, listening: bool) -> AlertDecision:
+            self.taken_in_at_ticks.append(gateway.stats.messages_in)
+            return tick(now_ms, listening=listening)
+
+        stage.tick = counted_tick  # type: ignore[method-assign]
+
+    async def more_checks(self, checks: int) -> None:
+        seen = len(self.taken_in_at_ticks)
+        await wait_until(lambda: len(self.taken_in_at_ticks) > seen + checks, what="more checks")
+
+
 async def test_devices_reporting_into_a_backlog_while_the_gateway_was_down_are_not_offline(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str
 ) -> None:
@@ -111,21 +156,16 @@ async def test_devices_reporting_into_a_backlog_while_the_gateway_was_down_are_n
     devices, minutes = 80, 120
     now_ms = time.time_ns() // 1_000_000
     down_ms = now_ms - minutes * 60_000
-
-    def reading(device: int, ts_ms: int) -> tuple[str, dict[str, object]]:
-        topic = f"community/{namespace}/bracelet/br-{device}/telemetry"
-        return topic, {"ts": ts_ms, "seq": ts_ms // 1000, "heart_rate_bpm": 72, "worn": True}
-
     config = gateway_config(tmp_path, mosquitto, namespace)
     publisher = Publisher(mosquitto)
     try:
-        async with running(config) as gateway:
-            publisher.publish_all([reading(d, down_ms) for d in range(devices)])
-            await wait_until(lambda: gateway.stats.messages_in == devices, what="last readings")
+        await hear_last(
+            config, publisher, [bracelet_reading(namespace, d, down_ms) for d in range(devices)]
+        )
         # Every minute from every bracelet (period 60 s, offline after 150 s of silence).
         publisher.publish_all(
             [
-                reading(d, down_ms + m * 60_000)
+                bracelet_reading(namespace, d, down_ms + m * 60_000)
                 for m in range(1, minutes + 1)
                 for d in range(devices)
             ]
@@ -133,36 +173,21 @@ async def test_devices_reporting_into_a_backlog_while_the_gateway_was_down_are_n
     finally:
         publisher.close()
 
-    gateway = Gateway(config, QuickTicks())
+    watch = OfflineWatch(config)
+    gateway = watch.gateway
     backlog = devices * minutes
-    offline: list[AlertChange] = []
-    gateway.pipeline.alert_listeners.append(
-        lambda changes: offline.extend(c for c in changes if c.rule == "device_offline")
-    )
-    stage = gateway.pipeline.alerts
-    assert stage is not None
-    tick = stage.tick
-    # How far the backlog had come at each check of the rule timers.
-    taken_in_at_ticks: list[int] = []
-
-    def counted_tick(now_ms: int, *, listening: bool) -> AlertDecision:
-        taken_in_at_ticks.append(gateway.stats.messages_in)
-        return tick(now_ms, listening=listening)
-
-    stage.tick = counted_tick  # type: ignore[method-assign]
     task = asyncio.create_task(gateway.run())
     try:
         await wait_until(
             lambda: gateway.stats.messages_in == backlog, timeout_s=60, what="backlog in"
         )
         # And a few checks more once it is all in.
-        ticks = len(taken_in_at_ticks)
-        await wait_until(lambda: len(taken_in_at_ticks) > ticks + 3, what="more checks")
+        await watch.more_checks(3)
     finally:
         gateway.stop()
         await asyncio.wait_for(task, timeout=15)
-    assert len([n for n in taken_in_at_ticks if 0 < n < backlog]) >= 2
-    assert offline == []
+    assert len([n for n in watch.taken_in_at_ticks if 0 < n < backlog]) >= 2
+    assert watch.offline == []
 
 
 async def test_a_session_from_before_the_alarm_connection_no_longer_takes_events(
@@ -314,47 +339,29 @@ async def test_after_a_power_cut_devices_not_yet_reporting_again_are_not_offline
     devices = 80
     now_ms = time.time_ns() // 1_000_000
     down_ms = now_ms - 120 * 60_000
-
-    def reading(device: int, ts_ms: int) -> tuple[str, dict[str, object]]:
-        topic = f"community/{namespace}/bracelet/br-{device}/telemetry"
-        return topic, {"ts": ts_ms, "seq": ts_ms // 1000, "heart_rate_bpm": 72, "worn": True}
-
     config = gateway_config(tmp_path, mosquitto, namespace)
     publisher = Publisher(mosquitto)
     try:
-        async with running(config) as gateway:
-            publisher.publish_all([reading(d, down_ms) for d in range(devices)])
-            await wait_until(lambda: gateway.stats.messages_in == devices, what="last readings")
-
-        gateway = Gateway(config, QuickTicks())
-        offline: list[AlertChange] = []
-        gateway.pipeline.alert_listeners.append(
-            lambda changes: offline.extend(c for c in changes if c.rule == "device_offline")
+        await hear_last(
+            config, publisher, [bracelet_reading(namespace, d, down_ms) for d in range(devices)]
         )
-        stage = gateway.pipeline.alerts
-        assert stage is not None
-        tick = stage.tick
-        ticks: list[int] = []
-
-        def counted_tick(now_ms: int, *, listening: bool) -> AlertDecision:
-            ticks.append(now_ms)
-            return tick(now_ms, listening=listening)
-
-        stage.tick = counted_tick  # type: ignore[method-assign]
+        watch = OfflineWatch(config)
+        gateway = watch.gateway
         task = asyncio.create_task(gateway.run())
         try:
             assert gateway.subscriber is not None
             await wait_until(gateway.subscriber.connected.is_set, what="gateway connected")
             back_ms = time.time_ns() // 1_000_000
-            publisher.publish_all([reading(d, back_ms) for d in range(devices // 2)])
+            publisher.publish_all(
+                [bracelet_reading(namespace, d, back_ms) for d in range(devices // 2)]
+            )
             await wait_until(
                 lambda: gateway.stats.messages_in == devices // 2, what="the first back"
             )
-            seen = len(ticks)
-            await wait_until(lambda: len(ticks) > seen + 5, what="more checks")
+            await watch.more_checks(5)
         finally:
             gateway.stop()
             await asyncio.wait_for(task, timeout=15)
     finally:
         publisher.close()
-    assert offline == []
+    assert watch.offline == []
