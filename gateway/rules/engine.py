@@ -63,6 +63,11 @@ def _nothing(
 
 # Spans of not listening remembered: a device silent across more is offline anyway.
 DEAF_SPANS_KEPT = 16
+# After a tick that found records judged, the clock counts for silence only once this
+# long has passed with none judged since: until then the telemetry may be between two
+# batches of a backlog (a slow commit on an SD card, a long pause of the collector),
+# and a device whose next reading is in the next batch is not silent.
+QUIET_S = 15.0
 
 
 class RuleEngine:
@@ -74,8 +79,10 @@ class RuleEngine:
         *,
         now_ms: int = 0,
         zone: ZoneInfo = CHINA_STANDARD_TIME,
+        quiet_s: float = QUIET_S,
     ) -> None:
         self._registry = registry
+        self._quiet_ms = int(quiet_s * 1000)
         self._zone = zone
         self._periods_s = dict(periods_s or {})
         # When each device was last heard from; registered devices count from start-up,
@@ -96,6 +103,8 @@ class RuleEngine:
         self._deaf: list[tuple[int, int]] = []
         self._deaf_since_ms: int | None = None
         self._last_tick_ms = now_ms
+        # When a tick last found records judged since the one before it.
+        self._judged_by_tick_ms = now_ms
         self._started_ms = now_ms
         # The gateway's downtime before this start, from the newest time heard before it
         # to the start, also counts as not listening unless the broker kept what devices
@@ -176,8 +185,8 @@ class RuleEngine:
     def _heard_through_ms(self, now_ms: int, listening: bool) -> int | None:
         """Up to when silence is judged at this tick (see `_newest_heard_ms`); None: not
         at all. A device clock ahead of the gateway's counts as the gateway's. With
-        nothing judged since the last tick, the clock counts if the gateway is listening:
-        the devices are silent, not queued."""
+        nothing judged since the last tick, the clock counts if the gateway is listening
+        and has been quiet for QUIET_S: the devices are silent, not queued."""
         if listening:
             if self._deaf_since_ms is not None:
                 self._deaf = [*self._deaf[-(DEAF_SPANS_KEPT - 1) :], (self._deaf_since_ms, now_ms)]
@@ -187,8 +196,11 @@ class RuleEngine:
         self._last_tick_ms = now_ms
         newest, self._newest_heard_ms = self._newest_heard_ms, None
         if newest is not None:
+            self._judged_by_tick_ms = now_ms
             return min(now_ms, newest)
-        return now_ms if listening else None
+        if listening and now_ms - self._judged_by_tick_ms >= self._quiet_ms:
+            return now_ms
+        return None
 
     def _deaf_ms(self, from_ms: int, to_ms: int) -> int:
         """How much of the time between the two the gateway was not listening."""

@@ -101,7 +101,7 @@ class QuickTicks(SystemClock):
     devices run many times while a backlog drains."""
 
     async def sleep(self, seconds: float) -> None:
-        await super().sleep(min(seconds, RULE_TICK_S / 100))
+        await super().sleep(min(seconds, RULE_TICK_S / 1000))
 
 
 # A message as Publisher.publish_all takes it: topic and payload.

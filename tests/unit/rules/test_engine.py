@@ -300,6 +300,7 @@ def test_a_silent_device_goes_offline_and_comes_back() -> None:
         now_ms=T0,
     )
     e.evaluate([reading(WRIST, 0, heart_rate_bpm=70)])
+    assert e.tick(T0 + 10_000) == []
     assert e.tick(T0 + 149_000) == []
     offline = e.tick(T0 + 151_000)
     assert [(c.rule, c.device.device_id, c.state) for c in offline] == [
@@ -541,7 +542,7 @@ def test_after_a_power_cut_devices_are_not_all_offline_at_once(tmp_path: Path) -
     stage = restarted_pair(tmp_path, 10_800)
     retained = StatusReport(OTHER_WRIST, T0 - 86_400_000, TimeSource.DEVICE, True)
     stage.evaluate([retained, reading(OTHER_WRIST, 10_830, heart_rate_bpm=70)])
-    assert stage.tick(T0 + 10_840_000).changes == []
+    assert stage.tick(T0 + 10_831_000).changes == []
     # br-1: 100 s of silence before the cut and 50 s after it.
     assert stage.tick(T0 + 10_849_000).changes == []
     assert offline(stage.tick(T0 + 10_851_000).changes) == [("br-1", 10_851)]
@@ -568,6 +569,24 @@ def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
     offline = e.tick(T0 + 610_000)
     assert [(c.device.device_id, c.state, c.values["silent_s"]) for c in offline] == [
         ("br-2", AlertState.FIRING, 160)
+    ]
+
+
+def test_a_pause_between_two_batches_of_a_backlog_is_not_silence() -> None:
+    e = silent_pair()
+    # An hour behind: the first batch of the backlog reaches 1,000 s, and the next is
+    # late (a slow commit): nothing more is judged at the ticks after it.
+    e.evaluate(
+        [reading(WRIST, 1_000, heart_rate_bpm=71), reading(OTHER_WRIST, 1_000, heart_rate_bpm=71)]
+    )
+    assert e.tick(T0 + 3_600_000) == []
+    assert e.tick(T0 + 3_605_000) == []
+    assert e.tick(T0 + 3_614_000) == []
+    # Nothing judged for longer than that: the devices are silent, not queued.
+    offline = e.tick(T0 + 3_616_000)
+    assert sorted((c.device.device_id, c.values["silent_s"]) for c in offline) == [
+        ("br-1", 2_616),
+        ("br-2", 2_616),
     ]
 
 
