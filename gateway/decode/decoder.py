@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -39,10 +39,12 @@ _KINDS = frozenset({"telemetry", "event", "status"})
 # Epoch milliseconds before 2000-01-01 are taken for a device clock that was never set,
 # or for seconds sent where milliseconds were expected.
 _EARLIEST_TS_MS = 946_684_800_000
+# Topics remembered; forgotten all at once when full, so that a storm of new ids stays
+# bounded.
+_ROUTES_MAX_ENTRIES = 200_000
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedMessage:
+class DecodedMessage(NamedTuple):
     device: DeviceRef
     records: tuple[Record, ...]
     # Identifies a redelivery of the same message: its `seq`, or failing that its `ts`.
@@ -116,6 +118,19 @@ class _CompiledProfile:
         self.event_fields = _Fields(profile.events.fields) if profile.events else _Fields({})
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a topic's messages go: the profile that decodes them and, on a canonical
+    topic, the device and the kind of message it names."""
+
+    compiled: _CompiledProfile
+    # None on a vendor's topic: the device is named in the payload.
+    device: DeviceRef | None
+    kind: str
+    # A vendor's topic, split at its slashes: it must name the device the payload does.
+    topic_parts: tuple[str, ...]
+
+
 class Decoder:
     def __init__(
         self,
@@ -134,6 +149,9 @@ class Decoder:
         self._max_payload_bytes = max_payload_bytes
         self._require_registered = require_registered
         self._max_future_skew_ms = int(max_future_skew_s * 1000)
+        # Each topic is checked once, and its device named by one DeviceRef, which
+        # later stages then find by identity.
+        self._routes: dict[str, _Route] = {}
 
     @classmethod
     def configured(
@@ -155,32 +173,44 @@ class Decoder:
                 RejectReason.TOO_LARGE,
                 f"{len(message.payload)} bytes, at most {self._max_payload_bytes}",
             )
-        parts = message.topic.split("/")
+        route = self._routes.get(message.topic)
+        if route is None:
+            route = self._route(message.topic)
+            if len(self._routes) >= _ROUTES_MAX_ENTRIES:
+                self._routes.clear()
+            self._routes[message.topic] = route
+        if route.device is None:
+            return self._decode_vendor(message, route)
+        return self._decode_canonical(message, route.compiled, route.device, route.kind)
+
+    def _route(self, topic: str) -> _Route:
+        """What a topic says about its messages, checked once: the registry does not
+        change while the gateway runs."""
+        parts = topic.split("/")
         if len(parts) == 5 and parts[0] == "community":
-            return self._decode_canonical(message, parts)
+            _, community, device_type, device_id, kind = parts
+            if not _COMMUNITY.fullmatch(community):
+                raise DecodeError(RejectReason.BAD_TOPIC, f"community {community!r} is not valid")
+            if not _DEVICE_ID.fullmatch(device_id):
+                raise DecodeError(RejectReason.BAD_TOPIC, f"device id {device_id!r} is not valid")
+            if kind not in _KINDS:
+                raise DecodeError(RejectReason.BAD_TOPIC, f"kind {kind!r} is not {sorted(_KINDS)}")
+            compiled = self._by_type.get(device_type)
+            if compiled is None:
+                raise DecodeError(
+                    RejectReason.UNKNOWN_DEVICE_TYPE, f"no device profile for {device_type!r}"
+                )
+            self._check_registered(community, device_type, device_id)
+            return _Route(compiled, DeviceRef(community, device_type, device_id), kind, ())
         for compiled in self._vendor:
             if _topic_matches(compiled.profile.topics, parts):
-                return self._decode_vendor(message, compiled, parts)
-        raise DecodeError(
-            RejectReason.BAD_TOPIC, f"no device profile takes topic {message.topic!r}"
-        )
+                return _Route(compiled, None, "up", tuple(parts))
+        raise DecodeError(RejectReason.BAD_TOPIC, f"no device profile takes topic {topic!r}")
 
-    def _decode_canonical(self, message: InboundMessage, parts: list[str]) -> DecodedMessage:
-        _, community, device_type, device_id, kind = parts
-        if not _COMMUNITY.fullmatch(community):
-            raise DecodeError(RejectReason.BAD_TOPIC, f"community {community!r} is not valid")
-        if not _DEVICE_ID.fullmatch(device_id):
-            raise DecodeError(RejectReason.BAD_TOPIC, f"device id {device_id!r} is not valid")
-        if kind not in _KINDS:
-            raise DecodeError(RejectReason.BAD_TOPIC, f"kind {kind!r} is not {sorted(_KINDS)}")
-        compiled = self._by_type.get(device_type)
-        if compiled is None:
-            raise DecodeError(
-                RejectReason.UNKNOWN_DEVICE_TYPE, f"no device profile for {device_type!r}"
-            )
-        self._check_registered(community, device_type, device_id)
+    def _decode_canonical(
+        self, message: InboundMessage, compiled: _CompiledProfile, device: DeviceRef, kind: str
+    ) -> DecodedMessage:
         body = _parse_object(message.payload)
-        device = DeviceRef(community, device_type, device_id)
         time_ms, source = self._timestamp(body, message.received_ms)
         seq = _seq(body)
         records: tuple[Record, ...]
@@ -197,14 +227,13 @@ class Decoder:
             records = (StatusReport(device, time_ms, source, online, seq),)
         return DecodedMessage(device, records, _dedup_key(kind, seq, source, time_ms))
 
-    def _decode_vendor(
-        self, message: InboundMessage, compiled: _CompiledProfile, parts: list[str]
-    ) -> DecodedMessage:
+    def _decode_vendor(self, message: InboundMessage, route: _Route) -> DecodedMessage:
+        compiled = route.compiled
         body = _parse_object(message.payload)
         imei = body.get("imei")
         if not isinstance(imei, str) or not re.fullmatch(r"[0-9]{15}", imei):
             raise DecodeError(RejectReason.WRONG_TYPE, f"imei must be 15 digits, got {imei!r}")
-        if imei not in parts:
+        if imei not in route.topic_parts:
             raise DecodeError(RejectReason.BAD_TOPIC, f"imei {imei} differs from the topic's")
         registered = self._registry.by_imei(imei)
         if registered is None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import marshal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 FieldValue = bool | int | float | str
 
@@ -19,15 +19,13 @@ class TimeSource(StrEnum):
     GATEWAY = "gateway"
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRef:
+class DeviceRef(NamedTuple):
     community: str
     device_type: str
     device_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """Periodic telemetry of one device, or of one port of it when `port` is set."""
 
     device: DeviceRef
@@ -38,8 +36,7 @@ class Reading:
     port: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """A one-off occurrence: an alarm, a fall, an SOS, a lid opened."""
 
     device: DeviceRef
@@ -51,8 +48,7 @@ class Event:
     port: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReport:
+class StatusReport(NamedTuple):
     """A device's online state, from its retained status topic or its last will."""
 
     device: DeviceRef
