@@ -468,17 +468,15 @@ class RuleEngine:
         routes = self._routes
         counts = self.tracks.counts
         last_device = None
-        newest_ms = self._newest_heard_ms
+        newest_ms = -1 if self._newest_heard_ms is None else self._newest_heard_ms
         device_time = TimeSource.DEVICE
         for record in records:
+            if record.time_ms > newest_ms and record.time_source is device_time:
+                newest_ms = record.time_ms
             device = record.device
             if device is not last_device:
                 # The records of one message share their device: heard once.
                 last_device = device
-                if record.time_source is device_time and (
-                    newest_ms is None or record.time_ms > newest_ms
-                ):
-                    newest_ms = self._newest_heard_ms = record.time_ms
                 device_id = device.device_id
                 route = routes.get((device.community, device.device_type))
                 if route is None:
@@ -504,6 +502,8 @@ class RuleEngine:
                 handler = self._handler_for(record, shapes)
             # With the rules that have a track for this device, if any.
             handler(record, counts.get(device_id), changes)
+        if newest_ms >= 0:
+            self._newest_heard_ms = newest_ms
         return changes
 
     def _route(self, device: DeviceRef) -> tuple[HeardGroup, list[list[KnownShape]]]:

@@ -572,6 +572,15 @@ def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
     ]
 
 
+def test_every_message_of_a_batch_moves_the_backlog_on() -> None:
+    e = silent_pair()
+    # One batch holds two messages of one bracelet in a row: the backlog has reached
+    # 160 s, the later of them, and the other bracelet sent nothing since 0 s.
+    e.evaluate([reading(WRIST, 100, heart_rate_bpm=71), reading(WRIST, 160, heart_rate_bpm=72)])
+    offline = e.tick(T0 + 600_000)
+    assert [(c.device.device_id, c.values["silent_s"]) for c in offline] == [("br-2", 160)]
+
+
 def test_a_pause_between_two_batches_of_a_backlog_is_not_silence() -> None:
     e = silent_pair()
     # An hour behind: the first batch of the backlog reaches 1,000 s, and the next is
