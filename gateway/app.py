@@ -260,7 +260,7 @@ class Gateway:
             if self.api is not None:
                 self.api.close()
             if self.pipeline.alerts is not None:
-                self.outbox.commit([], [], [], self.pipeline.alerts.rates_write())
+                self.outbox.commit([], [], None, self.pipeline.alerts.rates_write())
             self.outbox.close()
             self.alerts.close()
             self.silences.close()

@@ -327,7 +327,7 @@ class IngestPipeline:
         """Commit lines, and whatever `write` adds, in one transaction of the ingest
         connection, between batches. What `write` raises is raised here, nothing kept."""
         async with self._commit_lock:
-            await asyncio.to_thread(self._outbox.commit, lines, [], [], write)
+            await asyncio.to_thread(self._outbox.commit, lines, [], None, write)
         self._stats.lines_stored += len(lines)
         self.committed.set()
 

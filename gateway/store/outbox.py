@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from gateway.decode.dedup import KeysToSave, SavedKeys
 from gateway.errors import StoreError
 
 if TYPE_CHECKING:
@@ -49,9 +50,16 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS handoffs (id INTEGER PRIMARY KEY, records BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS redelivery_log (
+    lane TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    keys BLOB NOT NULL,
+    PRIMARY KEY (lane, batch)
+) WITHOUT ROWID;
 """
 
-# The redelivery keys of each ingest lane: a message always arrives on the same lane,
+# The redelivery keys of each ingest lane, its devices' lists written whole (the log of
+# keys added since is in `redelivery_log`): a message always arrives on the same lane,
 # and the lanes commit independently, so each keeps its own.
 KEYS_TABLES = {"main": "redelivery_keys", "alarm": "alarm_redelivery_keys"}
 _SCHEMA += "".join(
@@ -159,7 +167,7 @@ class Outbox:
         self,
         lines: Sequence[str],
         quarantined: Sequence[QuarantineEntry],
-        redelivery_keys: Sequence[tuple[str, str, bytes]],
+        keys: KeysToSave | None = None,
         also: Callable[[sqlite3.Connection], None] | None = None,
         *,
         lane: str = "main",
@@ -183,12 +191,8 @@ class Outbox:
                 conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
             if quarantined:
                 self._insert_quarantine(conn, quarantined)
-            if redelivery_keys:
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO {KEYS_TABLES[lane]} (community, device_id, keys) "
-                    "VALUES (?, ?, ?)",
-                    redelivery_keys,
-                )
+            if keys is not None:
+                self._save_keys(conn, keys, lane)
             if also is not None:
                 also(conn)
             evicted = self._evict_if_full(conn)
@@ -209,6 +213,25 @@ class Outbox:
                 evicted,
             )
         return CommitResult(len(lines), len(quarantined), evicted)
+
+    @staticmethod
+    def _save_keys(conn: sqlite3.Connection, keys: KeysToSave, lane: str) -> None:
+        if keys.added is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO redelivery_log (lane, batch, keys) VALUES (?, ?, ?)",
+                (lane, keys.batch, keys.added),
+            )
+        if keys.lists:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {KEYS_TABLES[lane]} (community, device_id, keys) "
+                "VALUES (?, ?, ?)",
+                keys.lists,
+            )
+        if keys.log_through is not None:
+            conn.execute(
+                "DELETE FROM redelivery_log WHERE lane = ? AND batch <= ?",
+                (lane, keys.log_through),
+            )
 
     def _insert_quarantine(
         self, conn: sqlite3.Connection, entries: Sequence[QuarantineEntry]
@@ -258,10 +281,14 @@ class Outbox:
             counts.items(),
         )
 
-    def redelivery_keys(self, lane: str = "main") -> list[tuple[str, str, bytes | str]]:
-        """Each device's keys: bytes of 64-bit ints, or text from before they were."""
-        rows = self._ingest.execute(f"SELECT community, device_id, keys FROM {KEYS_TABLES[lane]}")
-        return [(str(c), str(d), k) for c, d, k in rows]
+    def redelivery_keys(self, lane: str = "main") -> SavedKeys:
+        lists = self._ingest.execute(f"SELECT community, device_id, keys FROM {KEYS_TABLES[lane]}")
+        log = self._ingest.execute(
+            "SELECT batch, keys FROM redelivery_log WHERE lane = ? ORDER BY batch", (lane,)
+        )
+        return SavedKeys(
+            [(str(c), str(d), k) for c, d, k in lists], [(int(b), bytes(k)) for b, k in log]
+        )
 
     # The subscription record is read and written outside the ingest's commits, from
     # the event loop, on a connection of its own: it changes at start-up and on the

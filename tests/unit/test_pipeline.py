@@ -266,7 +266,7 @@ async def test_a_handoff_this_version_cannot_read_is_reported_and_passed(
 ) -> None:
     path = tmp_path / "o.sqlite3"
     outbox = Outbox(path)
-    outbox.commit(["m f=1i 1"], [], [], handoff=b"not the records format")
+    outbox.commit(["m f=1i 1"], [], None, handoff=b"not the records format")
     outbox.close()
     judge = judging(path)
     telemetry = pipeline(path, handoff=True)

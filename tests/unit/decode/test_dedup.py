@@ -1,7 +1,11 @@
-from array import array
+from pathlib import Path
 
-from gateway.decode.dedup import RedeliveryFilter
+import pytest
+
+from gateway.decode import dedup
+from gateway.decode.dedup import LOG_KEYS_PER_DEVICE, RedeliveryFilter, SavedKeys
 from gateway.decode.record import DeviceRef
+from gateway.store.outbox import Outbox
 
 BRACELET = DeviceRef("hgy", "bracelet", "br-1")
 OTHER = DeviceRef("hgy", "bracelet", "br-2")
@@ -30,26 +34,81 @@ def test_each_device_remembers_its_last_keys_only() -> None:
     assert not keys.is_redelivery(BRACELET, 1)
 
 
-def test_the_changed_devices_keys_are_saved_and_restored() -> None:
+def saved_and_restored(keys: RedeliveryFilter, outbox: Outbox, **kwargs: int) -> RedeliveryFilter:
+    """Commit what the filter has to save with a batch, then a filter as a restart
+    makes it from the outbox."""
+    outbox.commit([], [], keys.take_changes())
+    restored = RedeliveryFilter(**kwargs)
+    restored.restore(outbox.redelivery_keys())
+    return restored
+
+
+def log_rows(outbox: Outbox) -> int:
+    return len(outbox.redelivery_keys().log)
+
+
+def test_a_batchs_keys_survive_a_restart(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
     keys = RedeliveryFilter(keys_per_device=3)
     for key in (1, 2, 3, 4):
         keys.is_redelivery(BRACELET, key)
     keys.is_redelivery(OTHER, -9)
-    saved = sorted(keys.take_changes())
-    assert [(c, d) for c, d, _ in saved] == [("hgy", "br-1"), ("hgy", "br-2")]
-    assert keys.take_changes() == []
-
-    restored = RedeliveryFilter(keys_per_device=3)
-    restored.restore(saved)
+    restored = saved_and_restored(keys, outbox, keys_per_device=3)
     assert restored.is_redelivery(BRACELET, 2)
     assert restored.is_redelivery(OTHER, -9)
+    # The oldest fell out, as it did before the restart.
     assert not restored.is_redelivery(BRACELET, 1)
-    assert restored.take_changes() == [("hgy", "br-1", array("q", [3, 4, 1]).tobytes())]
+
+
+def test_the_log_of_keys_goes_once_the_lists_are_written_whole(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    keys = RedeliveryFilter()
+    for key in range(LOG_KEYS_PER_DEVICE - 1):
+        keys.is_redelivery(BRACELET, key)
+        outbox.commit([], [], keys.take_changes())
+    assert log_rows(outbox) == LOG_KEYS_PER_DEVICE - 1
+    assert outbox.redelivery_keys().lists == []
+    keys.is_redelivery(BRACELET, 100)
+    restored = saved_and_restored(keys, outbox)
+    assert log_rows(outbox) == 0
+    assert [c for c, _, _ in outbox.redelivery_keys().lists] == ["hgy"]
+    assert all(restored.is_redelivery(BRACELET, k) for k in [*range(LOG_KEYS_PER_DEVICE - 1), 100])
+    # And the log starts again after it.
+    keys.is_redelivery(BRACELET, 101)
+    restored = saved_and_restored(keys, outbox)
+    assert log_rows(outbox) == 1
+    assert restored.is_redelivery(BRACELET, 101)
+    assert restored.is_redelivery(BRACELET, 100)
+
+
+def test_a_large_fleets_lists_are_written_over_several_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dedup, "WHOLE_LISTS_PER_BATCH", 2)
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    keys = RedeliveryFilter()
+    devices = [DeviceRef("hgy", "bracelet", f"br-{n}") for n in range(5)]
+    for key in range(LOG_KEYS_PER_DEVICE):
+        for device in devices:
+            keys.is_redelivery(device, key)
+    written = []
+    for _ in range(3):
+        outbox.commit([], [], keys.take_changes())
+        written.append((len(outbox.redelivery_keys().lists), log_rows(outbox)))
+    # Two lists a batch; the log goes with the last of them.
+    assert written == [(2, 1), (4, 1), (5, 0)]
+    # A restart in the middle of the writing loses nothing either.
+    keys.is_redelivery(devices[0], 500)
+    outbox.commit([], [], keys.take_changes())
+    restored = RedeliveryFilter()
+    restored.restore(outbox.redelivery_keys())
+    assert all(restored.is_redelivery(d, k) for d in devices for k in range(LOG_KEYS_PER_DEVICE))
+    assert restored.is_redelivery(devices[0], 500)
 
 
 def test_keys_saved_as_text_by_an_older_version_are_restored() -> None:
     keys = RedeliveryFilter(keys_per_device=3)
-    keys.restore([("hgy", "br-1", "-5 6 7 8")])
+    keys.restore(SavedKeys([("hgy", "br-1", "-5 6 7 8")], []))
     assert keys.is_redelivery(BRACELET, 6)
     assert keys.is_redelivery(BRACELET, 8)
     assert not keys.is_redelivery(BRACELET, -5)

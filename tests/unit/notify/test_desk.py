@@ -46,11 +46,11 @@ class Desk:
         self.desk.listeners.append(lambda entry, step: self.steps.append((entry.alert_id, step)))
 
     async def commit(self, lines, write) -> None:  # type: ignore[no-untyped-def]
-        self.outbox.commit(lines, [], [], write)
+        self.outbox.commit(lines, [], None, write)
 
     def fall(self, device: DeviceRef = WRIST) -> AlertEntry:
         decision = self.stage.evaluate([Event(device, T0, TimeSource.DEVICE, "fall", {})])
-        self.outbox.commit(decision.lines, [], [], decision.write)
+        self.outbox.commit(decision.lines, [], None, decision.write)
         (alert,) = [a for a in self.book.open_alerts() if a.device_id == device.device_id]
         return alert
 

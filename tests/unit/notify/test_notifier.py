@@ -140,11 +140,11 @@ class Rig:
         self.start()
 
     async def commit(self, lines, write) -> None:  # type: ignore[no-untyped-def]
-        self.outbox.commit(lines, [], [], write)
+        self.outbox.commit(lines, [], None, write)
 
     def feed(self, *records: Reading | Event, announce: bool = True) -> None:
         decision = self.stage.evaluate(list(records))
-        self.outbox.commit(decision.lines, [], [], decision.write)
+        self.outbox.commit(decision.lines, [], None, decision.write)
         if announce:
             self.notifier.on_alerts(decision.changes)
 

@@ -206,7 +206,7 @@ def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
     stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
 
     def commit(decision: AlertDecision) -> None:
-        outbox.commit(decision.lines, [], [], decision.write)
+        outbox.commit(decision.lines, [], None, decision.write)
 
     fired = stage.evaluate([event(SMOKE, 0, "alarm")])
     commit(fired)
@@ -236,7 +236,7 @@ def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     outbox = Outbox(path)
     stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
     decision = stage.evaluate([reading(SHED, 0, port=2, temperature_c=85.0)])
-    outbox.commit(decision.lines, [], [], decision.write)
+    outbox.commit(decision.lines, [], None, decision.write)
     # Over 60 °C too, but not yet for 30 s: the overheating alert is pending.
     pending, alert = sorted(stage.book.open_alerts(), key=lambda a: a.rule)
     assert (pending.rule, pending.state) == ("port_overheating", AlertState.PENDING)
@@ -248,7 +248,7 @@ def test_the_alert_lifecycle_with_who_and_when(tmp_path: Path) -> None:
     decision = stage.evaluate(
         [reading(SHED, t, port=2, temperature_c=40.0) for t in (100, 160, 220, 300)]
     )
-    outbox.commit(decision.lines, [], [], decision.write)
+    outbox.commit(decision.lines, [], None, decision.write)
     assert stage.book.get(alert.alert_id).state is AlertState.RESOLVED
     closed = stage.book.close_alert(
         alert.alert_id, "网格员 王芳", T0 + 400_000, "充电器故障，已断电"
@@ -359,7 +359,7 @@ def test_a_silence_mutes_maintenance_but_never_a_life_safety_alert(tmp_path: Pat
         starts_ms=T0, ends_ms=T0 + 3_600_000,
     )  # fmt: skip
     decision = stage.evaluate([reading(SHED, 0, port=1, current_a=12.0), event(SMOKE, 0, "alarm")])
-    outbox.commit(decision.lines, [], [], decision.write)
+    outbox.commit(decision.lines, [], None, decision.write)
     by_rule = {c.rule: c for c in decision.changes}
     assert by_rule["over_current"].silenced_by == maintenance.id
     assert by_rule["fire_alarm"].silenced_by is None
@@ -511,7 +511,7 @@ def restarted_pair(tmp_path: Path, restart_s: float) -> AlertStage:
         reading(OTHER_WRIST, 100, heart_rate_bpm=70),
     ):
         decision = first.evaluate([record])
-        outbox.commit(decision.lines, [], [], decision.write)
+        outbox.commit(decision.lines, [], None, decision.write)
     return stage(T0 + int(restart_s * 1000))
 
 
@@ -652,8 +652,8 @@ def test_rate_windows_survive_a_restart_and_a_reload(tmp_path: Path) -> None:
     outbox = Outbox(path)
     for t, temperature in ((0, 40.0), (20, 43.0)):
         decision = first.evaluate([reading(SHED, t, port=3, temperature_c=temperature)])
-        outbox.commit(decision.lines, [], [], decision.write)
-    outbox.commit([], [], [], first.rates_write())
+        outbox.commit(decision.lines, [], None, decision.write)
+    outbox.commit([], [], None, first.rates_write())
     # After a restart the window still starts at 0 s: 40 s of it are known, enough for a
     # rate, and 7 °C in 40 s is a runaway.
     after = stage()

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.decode.dedup import RedeliveryFilter
+from gateway.decode.record import DeviceRef
 from gateway.store.outbox import LOCK_TIMEOUT_S, Outbox, QuarantineEntry, begin_promptly
 
 
@@ -12,7 +14,7 @@ def entry(reason: str = "not_json") -> QuarantineEntry:
 
 def test_lines_leave_in_order_and_only_when_removed(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
-    outbox.commit([f"m v={i}i 1" for i in range(10)], [], [])
+    outbox.commit([f"m v={i}i 1" for i in range(10)], [])
     first = outbox.peek(4)
     assert [line for _, line in first] == [f"m v={i}i 1" for i in range(4)]
     assert outbox.peek(4) == first
@@ -24,11 +26,15 @@ def test_lines_leave_in_order_and_only_when_removed(tmp_path: Path) -> None:
 def test_everything_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     outbox = Outbox(path)
-    outbox.commit(["m v=1i 1"], [entry()], [("hgy", "sd-1", "1 2 3")])
+    keys = RedeliveryFilter()
+    keys.is_redelivery(DeviceRef("hgy", "smoke_detector", "sd-1"), 7)
+    outbox.commit(["m v=1i 1"], [entry()], keys.take_changes())
     outbox.close()
     again = Outbox(path)
     assert [line for _, line in again.peek(10)] == ["m v=1i 1"]
-    assert again.redelivery_keys() == [("hgy", "sd-1", "1 2 3")]
+    restored = RedeliveryFilter()
+    restored.restore(again.redelivery_keys())
+    assert restored.is_redelivery(DeviceRef("hgy", "smoke_detector", "sd-1"), 7)
     (stored,) = again.quarantine()
     assert stored.entry == entry()
     assert again.counters() == {"quarantined:not_json": 1}
@@ -36,7 +42,7 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
 
 def test_refused_lines_are_quarantined_when_removed(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
-    outbox.commit(["a v=1i 1", "b v= 1"], [], [])
+    outbox.commit(["a v=1i 1", "b v= 1"], [])
     last_id = outbox.peek(10)[-1][0]
     outbox.remove_through(last_id, [entry("refused_by_database")])
     assert outbox.depth() == 0
@@ -46,7 +52,7 @@ def test_refused_lines_are_quarantined_when_removed(tmp_path: Path) -> None:
 def test_quarantine_keeps_the_newest_rows_and_counts_all(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3", quarantine_max_rows=100)
     for _ in range(3):
-        outbox.commit([], [entry("bad_crc")] * 60, [])
+        outbox.commit([], [entry("bad_crc")] * 60)
     assert len(outbox.quarantine(limit=1000)) == 100
     assert len(outbox.quarantine(reason="bad_crc", limit=5)) == 5
     assert outbox.counters()["quarantined:bad_crc"] == 180
@@ -56,9 +62,7 @@ def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Pa
     outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
     evicted = 0
     for batch in range(40):
-        result = outbox.commit(
-            [f'm,batch={batch} pad="{"x" * 900}" {i}' for i in range(100)], [], []
-        )
+        result = outbox.commit([f'm,batch={batch} pad="{"x" * 900}" {i}' for i in range(100)], [])
         evicted += result.evicted_lines
     assert evicted > 0
     assert outbox.size_bytes() <= (1 << 20) + 200_000
