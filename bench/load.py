@@ -37,6 +37,11 @@ TICK_S = 0.002
 PUBACK_BYTES = 4
 # The timestamps of an unpaced load advance at this rate per process.
 UNPACED_NOMINAL_RATE_MSG_S = 5000.0
+# Load offered while the gateway runs stands for devices elsewhere on the network, which
+# take none of the gateway machine's cores: it runs at the lowest priority, below the
+# gateway's telemetry process (+12) as well, and takes the cores only when the gateway
+# would not.
+DEVICES_NICENESS = 19
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.load import DEVICES_NICENESS
 from bench.pipeline import DEVICES, FLEET_SEED, gateway_config, load, wait_connected
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
@@ -35,10 +36,6 @@ from gateway.heap import set_aside_startup_objects
 from simulators.device import DeviceType
 from simulators.fleet import Fleet
 from tests.integration.services import InfluxService, MosquittoService
-
-# The lowest priority: below the gateway's telemetry process (+12) as well, since devices
-# elsewhere on the network would take none of the gateway machine's cores.
-BACKGROUND_NICENESS = 19
 
 
 class Probe:
@@ -163,9 +160,7 @@ async def measure(
     ]
     background = None
     if rate > 0:
-        traffic = load(
-            broker, 2, rate_msg_s=rate, seconds=seconds + 2, niceness=BACKGROUND_NICENESS
-        )
+        traffic = load(broker, 2, rate_msg_s=rate, seconds=seconds + 2, niceness=DEVICES_NICENESS)
         await asyncio.to_thread(traffic.start)
         background = asyncio.create_task(asyncio.to_thread(traffic.wait))
         await asyncio.sleep(1.0)

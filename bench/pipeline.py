@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.load import Load, LoadReport
+from bench.load import DEVICES_NICENESS, Load, LoadReport
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.heap import set_aside_startup_objects
@@ -182,13 +182,22 @@ async def gateway_phases(
 
     # Live: traffic offered at a set rate while the gateway takes what it can; stored is
     # what it took over the whole time until the last line was written.
-    live_load = load(broker, publishers, rate_msg_s=live_rate_msg_s, seconds=live_s)
+    live_load = load(
+        broker, publishers, rate_msg_s=live_rate_msg_s, seconds=live_s, niceness=DEVICES_NICENESS
+    )
     await asyncio.to_thread(live_load.start)
     before = gateway.stats.messages_in
+    cpu_before = cpu_use(broker, influx, gateway)
     began = time.perf_counter()
     live_report = await asyncio.to_thread(live_load.wait)
     offered_s = time.perf_counter() - began
     elapsed = await wait_until_drained(gateway, before + live_report.acknowledged)
+    cpu_after = cpu_use(broker, influx, gateway)
+    # The broker now takes in each message as well as passing it on.
+    for name, seconds in cpu_after.items():
+        results[f"live_cpu_us_per_msg_{name}"] = (
+            (seconds - cpu_before[name]) / live_report.acknowledged * 1e6
+        )
     results["live_offered_msg_s"] = live_report.rate_msg_s
     results["live_stored_msg_s"] = live_report.acknowledged / (offered_s + elapsed)
     results["live_lag_s"] = elapsed
