@@ -6,6 +6,7 @@ import pytest
 from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.decode import acme
+from gateway.decode import decoder as decoder_module
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.profile import load_profiles
 from gateway.decode.record import Event, Reading, StatusReport, TimeSource
@@ -239,6 +240,27 @@ def test_acme_frame_known_vector() -> None:
 )
 def test_bad_input_is_rejected_with_its_reason(topic: str, payload: object, reason: str) -> None:
     assert reject_reason(topic, payload) == reason
+
+
+def test_topics_are_checked_once_but_every_message_on_them_is_judged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Few topics remembered, so that the memory of them is cleared on the way.
+    monkeypatch.setattr(decoder_module, "_ROUTES_MAX_ENTRIES", 2)
+    d = decoder()
+    for _ in range(2):
+        for device in ("sd-1", "sd-2", "sd-3"):
+            decoded = d.decode(
+                message(f"community/hgy/smoke_detector/{device}/telemetry", {"battery_pct": 90})
+            )
+            assert decoded.device.device_id == device
+        # A bad topic is not remembered as good, nor a good one as bad.
+        with pytest.raises(DecodeError) as info:
+            d.decode(message("community/hgy/bracelet/sd-1/telemetry", {"heart_rate_bpm": 70}))
+        assert info.value.reason == "device_type_mismatch"
+        with pytest.raises(DecodeError) as info:
+            d.decode(message("community/hgy/smoke_detector/sd-1/telemetry", b"{"))
+        assert info.value.reason == "not_json"
 
 
 def test_unregistered_device_rejected_only_when_the_registry_is_enforced() -> None:
