@@ -10,7 +10,7 @@ a local InfluxDB, with nothing lost, in one run:
 
 The raw receive rates of the MQTT clients are measured by bench/mqtt_clients.py.
 
-    .venv/bin/python -m bench.pipeline [--messages 200000] [--live-rate 20000]
+    .venv/bin/python -m bench.pipeline [--messages 300000] [--live-rate 24000] [--live-seconds 30]
 """
 
 from __future__ import annotations
@@ -257,10 +257,12 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--publishers", type=int, default=2, help="load processes")
-    parser.add_argument("--live-rate", type=float, default=20_000.0, help="msg/s offered live")
-    parser.add_argument("--live-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--live-rate", type=float, default=24_000.0, help="msg/s offered live: more than it takes"
+    )
+    parser.add_argument("--live-seconds", type=float, default=30.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
