@@ -1,7 +1,8 @@
 """Recognises a redelivered message so that it never makes a second record downstream.
 
 The broker redelivers what it did not see acknowledged, and a device may resend; both
-arrive with the same `seq` (or the same `ts`). Each device keeps its last few keys.
+arrive with the same `seq` (or the same `ts`). Each device keeps its last few keys, or
+all those of the latest batch it was in, if more.
 
 The keys are saved with every batch, in the batch's transaction, so that a restart
 forgets none. Writing each changed device's whole list every batch cost more than a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import marshal
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 
 from gateway.decode.record import DeviceRef
@@ -82,17 +84,28 @@ class RedeliveryFilter:
         elif key in recent:
             return True
         recent.append(key)
-        if len(recent) > self._keys_per_device:
-            del recent[0]
         self._dirty.add(ident)
         self._added += ident
         self._added.append(key)
         return False
 
+    def _trim(self, flat: list[str | int]) -> None:
+        """Each device in a batch's keys keeps its last few, or all that batch's if it
+        had more: a crash after the batch's commit and before its acknowledgement has
+        the broker send all of them again."""
+        keys_per_device = self._keys_per_device
+        recent = self._recent
+        for ident, count in Counter(zip(flat[0::3], flat[1::3], strict=True)).items():
+            kept = recent[ident]  # type: ignore[index]
+            excess = len(kept) - max(keys_per_device, count)
+            if excess > 0:
+                del kept[:excess]
+
     def take_changes(self) -> KeysToSave:
         """What to save with the batch just decoded."""
         self._batch += 1
         added = marshal.dumps(self._added) if self._added else None
+        self._trim(self._added)
         self._logged += len(self._added) // 3
         self._added = []
         if (
@@ -120,8 +133,6 @@ class RedeliveryFilter:
                 kept = array("q", (int(k) for k in keys.split()))
             else:
                 kept = array("q", keys)
-            if len(kept) > self._keys_per_device:
-                kept = kept[-self._keys_per_device :]
             self._recent[(community, device_id)] = kept
         for batch, blob in saved.log:
             self._batch = max(self._batch, batch)
@@ -129,6 +140,7 @@ class RedeliveryFilter:
             for index in range(0, len(flat), 3):
                 ident = (flat[index], flat[index + 1])
                 self._replay(ident, flat[index + 2])
+            self._trim(flat)
 
     def _replay(self, ident: Ident, key: int) -> None:
         recent = self._recent.get(ident)
@@ -141,8 +153,6 @@ class RedeliveryFilter:
             # of that device is forgotten.)
             return
         recent.append(key)
-        if len(recent) > self._keys_per_device:
-            del recent[0]
         # Its list is written whole before the log goes.
         self._dirty.add(ident)
         self._logged += 1
