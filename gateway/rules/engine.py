@@ -67,7 +67,7 @@ DEAF_SPANS_KEPT = 16
 # long has passed with none judged since: until then the telemetry may be between two
 # batches of a backlog (a slow commit on an SD card, a long pause of the collector),
 # and a device whose next reading is in the next batch is not silent.
-QUIET_S = 15.0
+QUIET_MS = 15_000
 
 
 class RuleEngine:
@@ -79,10 +79,8 @@ class RuleEngine:
         *,
         now_ms: int = 0,
         zone: ZoneInfo = CHINA_STANDARD_TIME,
-        quiet_s: float = QUIET_S,
     ) -> None:
         self._registry = registry
-        self._quiet_ms = int(quiet_s * 1000)
         self._zone = zone
         self._periods_s = dict(periods_s or {})
         # When each device was last heard from; registered devices count from start-up,
@@ -186,7 +184,7 @@ class RuleEngine:
         """Up to when silence is judged at this tick (see `_newest_heard_ms`); None: not
         at all. A device clock ahead of the gateway's counts as the gateway's. With
         nothing judged since the last tick, the clock counts if the gateway is listening
-        and has been quiet for QUIET_S: the devices are silent, not queued."""
+        and has been quiet for QUIET_MS: the devices are silent, not queued."""
         if listening:
             if self._deaf_since_ms is not None:
                 self._deaf = [*self._deaf[-(DEAF_SPANS_KEPT - 1) :], (self._deaf_since_ms, now_ms)]
@@ -198,7 +196,7 @@ class RuleEngine:
         if newest is not None:
             self._judged_by_tick_ms = now_ms
             return min(now_ms, newest)
-        if listening and now_ms - self._judged_by_tick_ms >= self._quiet_ms:
+        if listening and now_ms - self._judged_by_tick_ms >= QUIET_MS:
             return now_ms
         return None
 
