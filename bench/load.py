@@ -50,6 +50,8 @@ class LoadReport:
     acknowledged: int
     # From the first process's first write to the last acknowledgement of any.
     elapsed_s: float
+    # CPU time the processes spent publishing, on the cores the gateway runs on.
+    cpu_s: float = 0.0
 
     @property
     def rate_msg_s(self) -> float:
@@ -119,13 +121,14 @@ class Load:
 
     def wait(self) -> LoadReport:
         """Blocks until every process has published and had its acknowledgements."""
-        results: list[tuple[int, int, float, float]] = [pipe.recv() for pipe in self._pipes]
+        results: list[tuple[int, int, float, float, float]] = [pipe.recv() for pipe in self._pipes]
         for process in self._processes:
             process.join()
         return LoadReport(
             published=sum(r[0] for r in results),
             acknowledged=sum(r[1] for r in results),
             elapsed_s=max(r[3] for r in results) - min(r[2] for r in results),
+            cpu_s=sum(r[4] for r in results),
         )
 
     def run(self) -> LoadReport:
@@ -165,11 +168,13 @@ def _serve(
     pipe.send("ready")
     pipe.recv()
     began = time.monotonic()
+    cpu_began_s = time.process_time()
     acknowledged = _publish(sock, frames, rate_msg_s)
     ended = time.monotonic()
+    cpu_s = time.process_time() - cpu_began_s
     sock.sendall(b"\xe0\x00")  # DISCONNECT
     sock.close()
-    pipe.send((len(frames), acknowledged, began, ended))
+    pipe.send((len(frames), acknowledged, began, ended, cpu_s))
 
 
 def encode_publishes(messages: Iterable[SimMessage]) -> list[bytes]:

@@ -198,6 +198,8 @@ async def gateway_phases(
         results[f"live_cpu_us_per_msg_{name}"] = (
             (seconds - cpu_before[name]) / live_report.acknowledged * 1e6
         )
+    # What the devices' side costs here, where it shares the gateway's cores.
+    results["live_cpu_us_per_msg_load"] = live_report.cpu_s / live_report.acknowledged * 1e6
     results["live_offered_msg_s"] = live_report.rate_msg_s
     results["live_stored_msg_s"] = live_report.acknowledged / (offered_s + elapsed)
     results["live_lag_s"] = elapsed
