@@ -48,7 +48,7 @@ class KeysToSave:
     """What one batch adds to the saved keys."""
 
     batch: int
-    # marshal's bytes of [community, device_id, key, community, ...]; None: no new key.
+    # marshal's bytes of ([(community, device_id), ...], [key, ...]); None: no new key.
     added: bytes | None
     # Devices' lists, written whole.
     lists: list[tuple[str, str, bytes]]
@@ -62,8 +62,9 @@ class RedeliveryFilter:
         # A device's keys as 64-bit ints in an array: a list written whole is its bytes,
         # which cost far less to make and to write than text.
         self._recent: dict[Ident, array[int]] = {}
-        # Keys added since the last batch was taken, flat: community, device id, key.
-        self._added: list[str | int] = []
+        # Keys added since the last batch was taken, and their devices.
+        self._added_idents: list[Ident] = []
+        self._added_keys: list[int] = []
         # Devices changed since the last whole writing began, and keys logged since.
         self._dirty: set[Ident] = set()
         self._logged = 0
@@ -78,36 +79,45 @@ class RedeliveryFilter:
     def is_redelivery(self, device: DeviceRef, key: int) -> bool:
         """True if `key` was seen for this device; otherwise remembers it."""
         ident = (device.community, device.device_id)
+        if not self._remember(ident, key):
+            return True
+        self._added_idents.append(ident)
+        self._added_keys.append(key)
+        return False
+
+    def _remember(self, ident: Ident, key: int) -> bool:
+        """Adds the key to the device's list; False if it was there already."""
         recent = self._recent.get(ident)
         if recent is None:
             recent = self._recent[ident] = array("q")
         elif key in recent:
-            return True
+            return False
         recent.append(key)
-        self._dirty.add(ident)
-        self._added += ident
-        self._added.append(key)
-        return False
+        return True
 
-    def _trim(self, flat: list[str | int]) -> None:
-        """Each device in a batch's keys keeps its last few, or all that batch's if it
-        had more: a crash after the batch's commit and before its acknowledgement has
-        the broker send all of them again."""
+    def _taken_in(self, idents: list[Ident]) -> None:
+        """A batch's keys are in: each of its devices keeps its last few, or all that
+        batch's if it had more (a crash after the batch's commit and before its
+        acknowledgement has the broker send all of them again), and its list is to be
+        written whole before the log of them goes."""
         keys_per_device = self._keys_per_device
         recent = self._recent
-        for ident, count in Counter(zip(flat[0::3], flat[1::3], strict=True)).items():
-            kept = recent[ident]  # type: ignore[index]
+        counts = Counter(idents)
+        for ident, count in counts.items():
+            kept = recent[ident]
             excess = len(kept) - max(keys_per_device, count)
             if excess > 0:
                 del kept[:excess]
+        self._dirty.update(counts)
+        self._logged += len(idents)
 
     def take_changes(self) -> KeysToSave:
         """What to save with the batch just decoded."""
         self._batch += 1
-        added = marshal.dumps(self._added) if self._added else None
-        self._trim(self._added)
-        self._logged += len(self._added) // 3
-        self._added = []
+        idents, keys = self._added_idents, self._added_keys
+        added = marshal.dumps((idents, keys)) if keys else None
+        self._taken_in(idents)
+        self._added_idents, self._added_keys = [], []
         if (
             not self._writing
             and self._dirty
@@ -136,23 +146,11 @@ class RedeliveryFilter:
             self._recent[(community, device_id)] = kept
         for batch, blob in saved.log:
             self._batch = max(self._batch, batch)
-            flat = marshal.loads(blob)
-            for index in range(0, len(flat), 3):
-                ident = (flat[index], flat[index + 1])
-                self._replay(ident, flat[index + 2])
-            self._trim(flat)
-
-    def _replay(self, ident: Ident, key: int) -> None:
-        recent = self._recent.get(ident)
-        if recent is None:
-            recent = self._recent[ident] = array("q")
-        elif key in recent:
-            # Already in its list, written whole after this key was logged. (A crash
-            # while the lists were being written may leave the log behind a list that
-            # has since dropped this key; it comes back as the newest, and one newer key
-            # of that device is forgotten.)
-            return
-        recent.append(key)
-        # Its list is written whole before the log goes.
-        self._dirty.add(ident)
-        self._logged += 1
+            idents, added = marshal.loads(blob)
+            for ident, key in zip(idents, added, strict=True):
+                # A key already in its list was written whole after it was logged. (A
+                # crash while the lists were being written may leave the log behind a
+                # list that has since dropped a key; it comes back as the newest, and
+                # one newer key of that device is forgotten.)
+                self._remember(ident, key)
+            self._taken_in(idents)
