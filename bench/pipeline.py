@@ -245,9 +245,9 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
         await gateway.pipeline.handle(_NoBroker(), inbound[first : first + batch])
     handled = cpu_seconds()
     outbox = gateway.outbox
-    while rows := outbox.peek(5000):
-        "\n".join(line for _, line in rows).encode()
-        outbox.remove_through(rows[-1][0])
+    while (pending := outbox.peek(5000)).lines:
+        "\n".join(pending.lines).encode()
+        outbox.remove_through(pending.through)
     drained = cpu_seconds()
     gateway.outbox.close()
     gateway.alerts.close()

@@ -24,7 +24,7 @@ async def test_acknowledge_arrive_and_close_go_through_the_desk(site: Site) -> N
     assert (closed.json()["state"], closed.json()["note"]) == ("closed", "已送医")
     # The desk wrote each handling time, as dashboards read them.
     handling = [
-        line for _, line in site.gateway.outbox.peek(100) if line.startswith("alert_handling")
+        line for line in site.gateway.outbox.peek(100).lines if line.startswith("alert_handling")
     ]
     assert [line.split(" ")[1].split(",")[1].split("=")[0] for line in handling] == [
         "acknowledge_s", "arrive_s", "close_s",

@@ -55,7 +55,7 @@ class Desk:
         return alert
 
     def handling_lines(self) -> list[str]:
-        return [line for _, line in self.outbox.peek(100) if line.startswith("alert_handling")]
+        return [line for line in self.outbox.peek(100).lines if line.startswith("alert_handling")]
 
 
 async def test_each_step_is_recorded_with_its_handling_time_by_grid_cell(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ class Rig:
         return [(name, n.receiver, n.kind) for name, c in self.channels.items() for n in c.sent]  # type: ignore[attr-defined]
 
     def lines(self, measurement: str) -> list[str]:
-        return [line for _, line in self.outbox.peek(1000) if line.startswith(measurement + ",")]
+        return [line for line in self.outbox.peek(1000).lines if line.startswith(measurement + ",")]
 
 
 def fall(at_s: float = 0) -> Event:

@@ -1,6 +1,7 @@
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.decode.dedup import RedeliveryFilter
@@ -14,13 +15,55 @@ def entry(reason: str = "not_json") -> QuarantineEntry:
 
 def test_lines_leave_in_order_and_only_when_removed(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
-    outbox.commit([f"m v={i}i 1" for i in range(10)], [])
-    first = outbox.peek(4)
-    assert [line for _, line in first] == [f"m v={i}i 1" for i in range(4)]
-    assert outbox.peek(4) == first
-    outbox.remove_through(first[-1][0])
-    assert [line for _, line in outbox.peek(100)] == [f"m v={i}i 1" for i in range(4, 10)]
+    for batch in range(5):
+        outbox.commit([f"m v={i}i {batch}" for i in range(2)], [])
+    assert outbox.depth() == 10
+    first = outbox.peek(5)
+    # Whole batches, as many as fit.
+    assert first.lines == ["m v=0i 0", "m v=1i 0", "m v=0i 1", "m v=1i 1"]
+    assert outbox.peek(5) == first
+    outbox.remove_through(first.through)
+    assert outbox.peek(100).lines == [f"m v={i}i {batch}" for batch in (2, 3, 4) for i in range(2)]
     assert outbox.depth() == 6
+    outbox.remove_through(outbox.peek(100).through)
+    assert outbox.depth() == 0
+    outbox.commit(["m v=1i 9"], [])
+    assert outbox.depth() == 1
+
+
+def test_a_batch_larger_than_the_limit_is_taken_whole(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.commit([f"m v={i}i 1" for i in range(10)], [])
+    outbox.commit(["m v=10i 1"], [])
+    assert outbox.peek(4).lines == [f"m v={i}i 1" for i in range(10)]
+
+
+def test_lines_containing_finds_the_newest_first_across_batches(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.commit(["m,d=a v=1i 1", "m,d=b v=1i 1", 'm,d=a s="x\\"y" 2'], [])
+    outbox.commit(["m,d=a v=3i 3", "m,d=b v=3i 3"], [])
+    assert outbox.lines_containing("d=a", 2) == ["m,d=a v=3i 3", 'm,d=a s="x\\"y" 2']
+    # Quotes and backslashes are found as they are written.
+    assert outbox.lines_containing('"x\\"', 5) == ['m,d=a s="x\\"y" 2']
+    assert outbox.lines_containing("d=c", 5) == []
+
+
+def test_lines_of_an_earlier_version_move_into_batches_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("CREATE TABLE lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL)")
+    old.executemany("INSERT INTO lines (line) VALUES (?)", [(f"m v={i}i 1",) for i in range(7000)])
+    old.close()
+    outbox = Outbox(path)
+    assert outbox.depth() == 7000
+    outbox.commit(["m v=7000i 1"], [])
+    taken: list[str] = []
+    while (pending := outbox.peek(5000)).lines:
+        taken.extend(pending.lines)
+        outbox.remove_through(pending.through)
+    assert taken == [f"m v={i}i 1" for i in range(7001)]
+    tables = {name for (name,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "lines" not in tables
 
 
 def test_everything_survives_reopening(tmp_path: Path) -> None:
@@ -31,7 +74,7 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
     outbox.commit(["m v=1i 1"], [entry()], keys.take_changes())
     outbox.close()
     again = Outbox(path)
-    assert [line for _, line in again.peek(10)] == ["m v=1i 1"]
+    assert again.peek(10).lines == ["m v=1i 1"]
     restored = RedeliveryFilter()
     restored.restore(again.redelivery_keys())
     assert restored.is_redelivery(DeviceRef("hgy", "smoke_detector", "sd-1"), 7)
@@ -43,8 +86,7 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
 def test_refused_lines_are_quarantined_when_removed(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
     outbox.commit(["a v=1i 1", "b v= 1"], [])
-    last_id = outbox.peek(10)[-1][0]
-    outbox.remove_through(last_id, [entry("refused_by_database")])
+    outbox.remove_through(outbox.peek(10).through, [entry("refused_by_database")])
     assert outbox.depth() == 0
     assert [q.entry.reason for q in outbox.quarantine()] == ["refused_by_database"]
 
@@ -68,16 +110,23 @@ def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Pa
     assert outbox.size_bytes() <= (1 << 20) + 200_000
     assert outbox.counters()["outbox_evicted_lines"] == evicted
     # The newest batch is intact; the oldest went first.
-    lines = [line for _, line in outbox.peek(10_000)]
+    lines = outbox.peek(10_000).lines
     assert lines[-1].startswith("m,batch=39 ")
     assert not any(line.startswith("m,batch=0 ") for line in lines)
     assert outbox.depth() == 4000 - evicted
 
 
+def insert_line(conn: sqlite3.Connection, line: str) -> None:
+    conn.execute(
+        "INSERT INTO chunks (first_line, line_count, lines) VALUES (0, 1, ?)",
+        (orjson.dumps([line]),),
+    )
+
+
 def holding_the_write_lock(path: Path) -> sqlite3.Connection:
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO lines (line) VALUES ('other v=1i 1')")
+    insert_line(other, "other v=1i 1")
     return other
 
 
@@ -95,10 +144,10 @@ def test_an_alarm_commit_takes_the_write_lock_once_another_connection_lets_it_go
         other.execute("COMMIT")
 
     begin_promptly(conn, sleep=other_commits)
-    conn.execute("INSERT INTO lines (line) VALUES ('alarm v=1i 1')")
+    insert_line(conn, "alarm v=1i 1")
     conn.execute("COMMIT")
     assert len(waits) == 1
-    assert [line for _, line in outbox.peek(10)] == ["other v=1i 1", "alarm v=1i 1"]
+    assert outbox.peek(10).lines == ["other v=1i 1", "alarm v=1i 1"]
     # Statements other than the commit's BEGIN keep SQLite's own wait.
     assert conn.execute("PRAGMA busy_timeout").fetchone() == (int(LOCK_TIMEOUT_S * 1000),)
 
