@@ -35,12 +35,25 @@ class AcmeFrame:
         return tuple(name for name, _ in STATUS_BITS if getattr(self, name))
 
 
-def crc16_modbus(data: bytes) -> int:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
+def _crc16_modbus_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
         for _ in range(8):
             crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+# A byte at a time from a table: a sixth of the work of a bit at a time.
+_CRC16_MODBUS_TABLE = _crc16_modbus_table()
+
+
+def crc16_modbus(data: bytes) -> int:
+    crc = 0xFFFF
+    table = _CRC16_MODBUS_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
     return crc
 
 
