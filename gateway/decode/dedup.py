@@ -33,10 +33,10 @@ Ident = tuple[str, str]
 @dataclass(frozen=True, slots=True)
 class SavedKeys:
     """A lane's keys as saved: devices' lists written whole (bytes of 64-bit ints, or
-    text from an older version), and the log of keys each batch added since, oldest
-    first, as (batch number, keys)."""
+    text from an older version) with the batch each was written with, and the log of
+    keys each batch added, oldest first, as (batch number, keys)."""
 
-    lists: list[tuple[str, str, bytes | str]]
+    lists: list[tuple[str, str, bytes | str, int]]
     log: list[tuple[int, bytes]]
 
     def __bool__(self) -> bool:
@@ -50,7 +50,7 @@ class KeysToSave:
     batch: int
     # marshal's bytes of ([(community, device_id), ...], [key, ...]); None: no new key.
     added: bytes | None
-    # Devices' lists, written whole.
+    # Devices' lists, written whole with this batch.
     lists: list[tuple[str, str, bytes]]
     # Set when `lists` completes a whole writing: the log through this batch can go.
     log_through: int | None
@@ -137,20 +137,26 @@ class RedeliveryFilter:
         return KeysToSave(self._batch, added, lists, done)
 
     def restore(self, saved: SavedKeys) -> None:
-        for community, device_id, keys in saved.lists:
+        # The batch each device's list was written with: the log's keys up to it are in
+        # the list, or were dropped from it as old, and must not come back as the newest.
+        written: dict[Ident, int] = {}
+        for community, device_id, keys, batch in saved.lists:
             if isinstance(keys, str):
                 # Saved as text before the keys were kept as bytes.
                 kept = array("q", (int(k) for k in keys.split()))
             else:
                 kept = array("q", keys)
-            self._recent[(community, device_id)] = kept
+            ident = (community, device_id)
+            self._recent[ident] = kept
+            written[ident] = batch
+            # Batches go on being numbered after the newest saved.
+            self._batch = max(self._batch, batch)
         for batch, blob in saved.log:
             self._batch = max(self._batch, batch)
             idents, added = marshal.loads(blob)
+            replayed: list[Ident] = []
             for ident, key in zip(idents, added, strict=True):
-                # A key already in its list was written whole after it was logged. (A
-                # crash while the lists were being written may leave the log behind a
-                # list that has since dropped a key; it comes back as the newest, and
-                # one newer key of that device is forgotten.)
-                self._remember(ident, key)
-            self._taken_in(idents)
+                if written.get(ident, 0) < batch:
+                    self._remember(ident, key)
+                    replayed.append(ident)
+            self._taken_in(replayed)

@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS redelivery_log (
 
 # The redelivery keys of each ingest lane, its devices' lists written whole (the log of
 # keys added since is in `redelivery_log`): a message always arrives on the same lane,
-# and the lanes commit independently, so each keeps its own.
+# and the lanes commit independently, so each keeps its own. `batch` is the batch a list
+# was written with: the log's keys up to it are in the list, or were dropped from it.
 KEYS_TABLES = {"main": "redelivery_keys", "alarm": "alarm_redelivery_keys"}
 _SCHEMA += "".join(
     f"""
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     community TEXT NOT NULL,
     device_id TEXT NOT NULL,
     keys BLOB NOT NULL,
+    batch INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (community, device_id)
 ) WITHOUT ROWID;
 """
@@ -152,6 +154,7 @@ class Outbox:
             self._ingest = self._connect(synchronous)
             self._ingest.executescript(_SCHEMA)
             _move_single_lines(self._ingest)
+            _add_list_batches(self._ingest)
             if bulk_elsewhere:
                 self._ingest.execute("PRAGMA wal_autocheckpoint=0")
             self._prompt = bulk_elsewhere
@@ -245,8 +248,8 @@ class Outbox:
             )
         if keys.lists:
             conn.executemany(
-                f"INSERT OR REPLACE INTO {KEYS_TABLES[lane]} (community, device_id, keys) "
-                "VALUES (?, ?, ?)",
+                f"INSERT OR REPLACE INTO {KEYS_TABLES[lane]} (community, device_id, keys, batch) "
+                f"VALUES (?, ?, ?, {int(keys.batch)})",
                 keys.lists,
             )
         if keys.log_through is not None:
@@ -307,12 +310,15 @@ class Outbox:
         )
 
     def redelivery_keys(self, lane: str = "main") -> SavedKeys:
-        lists = self._ingest.execute(f"SELECT community, device_id, keys FROM {KEYS_TABLES[lane]}")
+        lists = self._ingest.execute(
+            f"SELECT community, device_id, keys, batch FROM {KEYS_TABLES[lane]}"
+        )
         log = self._ingest.execute(
             "SELECT batch, keys FROM redelivery_log WHERE lane = ? ORDER BY batch", (lane,)
         )
         return SavedKeys(
-            [(str(c), str(d), k) for c, d, k in lists], [(int(b), bytes(k)) for b, k in log]
+            [(str(c), str(d), k, int(b)) for c, d, k, b in lists],
+            [(int(b), bytes(k)) for b, k in log],
         )
 
     # The subscription record is read and written outside the ingest's commits, from
@@ -452,6 +458,15 @@ def _insert_lines(conn: sqlite3.Connection, lines: Sequence[str]) -> None:
         "?, ?)",
         (len(lines), orjson.dumps(lines)),
     )
+
+
+def _add_list_batches(conn: sqlite3.Connection) -> None:
+    """An earlier version's lists of redelivery keys, which did not say with which batch
+    they were written: as if before the first."""
+    for table in KEYS_TABLES.values():
+        columns = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "batch" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN batch INTEGER NOT NULL DEFAULT 0")
 
 
 def _move_single_lines(conn: sqlite3.Connection) -> None:

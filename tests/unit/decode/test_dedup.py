@@ -1,3 +1,5 @@
+import sqlite3
+from array import array
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,7 @@ def test_the_log_of_keys_goes_once_the_lists_are_written_whole(tmp_path: Path) -
     keys.is_redelivery(BRACELET, 100)
     restored = saved_and_restored(keys, outbox)
     assert log_rows(outbox) == 0
-    assert [c for c, _, _ in outbox.redelivery_keys().lists] == ["hgy"]
+    assert [c for c, _, _, _ in outbox.redelivery_keys().lists] == ["hgy"]
     assert all(restored.is_redelivery(BRACELET, k) for k in [*range(LOG_KEYS_PER_DEVICE - 1), 100])
     # And the log starts again after it.
     keys.is_redelivery(BRACELET, 101)
@@ -135,7 +137,54 @@ def test_a_large_fleets_lists_are_written_over_several_batches(
 
 def test_keys_saved_as_text_by_an_older_version_are_restored() -> None:
     keys = RedeliveryFilter(keys_per_device=3)
-    keys.restore(SavedKeys([("hgy", "br-1", "-5 6 7")], []))
+    keys.restore(SavedKeys([("hgy", "br-1", "-5 6 7", 0)], []))
     assert keys.is_redelivery(BRACELET, -5)
     assert keys.is_redelivery(BRACELET, 7)
     assert not keys.is_redelivery(BRACELET, 5)
+
+
+def test_a_list_written_before_a_crash_keeps_its_newest_keys_over_the_log_behind_it() -> None:
+    keys = RedeliveryFilter(keys_per_device=3)
+    for key in range(1, 6):
+        keys.is_redelivery(BRACELET, key)
+    first = keys.take_changes()
+    keys.is_redelivery(BRACELET, 6)
+    second = keys.take_changes()
+    assert first.added is not None and second.added is not None
+    # The device's list was written with the second batch, [4, 5, 6], and the gateway
+    # stopped before the lists of the other devices changed, and so the log, were done.
+    written = array("q", [4, 5, 6]).tobytes()
+    restored = RedeliveryFilter(keys_per_device=3)
+    restored.restore(
+        SavedKeys([("hgy", "br-1", written, 2)], [(1, first.added), (2, second.added)])
+    )
+    assert [restored.is_redelivery(BRACELET, k) for k in (4, 5, 6)] == [True] * 3
+    # Keys after the list's batch are replayed from the log, and numbering goes on.
+    keys.is_redelivery(BRACELET, 7)
+    third = keys.take_changes()
+    assert third.added is not None
+    again = RedeliveryFilter(keys_per_device=3)
+    again.restore(
+        SavedKeys(
+            [("hgy", "br-1", written, 2)],
+            [(1, first.added), (2, second.added), (3, third.added)],
+        )
+    )
+    assert [again.is_redelivery(BRACELET, k) for k in (5, 6, 7)] == [True] * 3
+    assert again.take_changes().batch == 4
+
+
+def test_lists_saved_before_they_named_their_batch_are_restored(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute(
+        "CREATE TABLE redelivery_keys (community TEXT NOT NULL, device_id TEXT NOT NULL, "
+        "keys BLOB NOT NULL, PRIMARY KEY (community, device_id)) WITHOUT ROWID"
+    )
+    old.execute(
+        "INSERT INTO redelivery_keys VALUES ('hgy', 'br-1', ?)", (array("q", [7]).tobytes(),)
+    )
+    old.close()
+    restored = RedeliveryFilter()
+    restored.restore(Outbox(path).redelivery_keys())
+    assert restored.is_redelivery(BRACELET, 7)
