@@ -1,8 +1,9 @@
 """Recognises a redelivered message so that it never makes a second record downstream.
 
 The broker redelivers what it did not see acknowledged, and a device may resend; both
-arrive with the same `seq` (or the same `ts`). Each device keeps its last few keys, or
-all those of the latest batch it was in, if more.
+arrive with the same `seq` (or the same `ts`). Each device keeps its last few keys, or,
+if more, all those it had in the last few batches: a connection lost while their
+acknowledgements were on their way has the broker send all of them again.
 
 The keys are saved with every batch, in the batch's transaction, so that a restart
 forgets none. Writing each changed device's whole list every batch cost more than a
@@ -26,6 +27,11 @@ LOG_KEYS_PER_DEVICE = 8
 # Lists written whole with one batch, at most: a large fleet's are spread over batches
 # rather than holding the outbox's write lock for long.
 WHOLE_LISTS_PER_BATCH = 1000
+
+# Batches whose acknowledgements may still be on their way to the broker when the
+# connection is lost (a batch is acknowledged as soon as it is committed, every 50 ms or
+# so under load): a device keeps all its keys of these.
+UNACKNOWLEDGED_BATCHES = 8
 
 Ident = tuple[str, str]
 
@@ -68,6 +74,8 @@ class RedeliveryFilter:
         # Devices changed since the last whole writing began, and keys logged since.
         self._dirty: set[Ident] = set()
         self._logged = 0
+        # Devices that had more than one key in a recent batch: (batch, keys) of each.
+        self._bursts: dict[Ident, list[tuple[int, int]]] = {}
         # A whole writing under way: devices still to write, and the batch it covers.
         self._writing: list[Ident] = []
         self._writing_through = 0
@@ -95,28 +103,45 @@ class RedeliveryFilter:
         recent.append(key)
         return True
 
-    def _taken_in(self, idents: list[Ident]) -> None:
-        """A batch's keys are in: each of its devices keeps its last few, or all that
-        batch's if it had more (a crash after the batch's commit and before its
-        acknowledgement has the broker send all of them again), and its list is to be
+    def _taken_in(self, idents: list[Ident], batch: int) -> None:
+        """A batch's keys are in: each of its devices keeps its last few, or all those of
+        its recent batches if more (the broker sends them all again after a crash or a
+        lost connection that came before their acknowledgements), and its list is to be
         written whole before the log of them goes."""
         keys_per_device = self._keys_per_device
         recent = self._recent
+        bursts = self._bursts
         counts = Counter(idents)
         for ident, count in counts.items():
+            keep = keys_per_device
+            if count > 1 or ident in bursts:
+                keep = max(keep, self._burst(ident, count, batch))
             kept = recent[ident]
-            excess = len(kept) - max(keys_per_device, count)
+            excess = len(kept) - keep
             if excess > 0:
                 del kept[:excess]
         self._dirty.update(counts)
         self._logged += len(idents)
+
+    def _burst(self, ident: Ident, count: int, batch: int) -> int:
+        """Adds a device's keys in a batch to its recent bursts: how many keys it had in
+        the batches that may not be acknowledged yet, or 0 if it had one in each."""
+        bursts = self._bursts
+        oldest = batch - UNACKNOWLEDGED_BATCHES + 1
+        burst = [(b, n) for b, n in bursts.get(ident, ()) if b >= oldest]
+        burst.append((batch, count))
+        if any(n > 1 for _, n in burst):
+            bursts[ident] = burst
+            return sum(n for _, n in burst)
+        bursts.pop(ident, None)
+        return 0
 
     def take_changes(self) -> KeysToSave:
         """What to save with the batch just decoded."""
         self._batch += 1
         idents, keys = self._added_idents, self._added_keys
         added = marshal.dumps((idents, keys)) if keys else None
-        self._taken_in(idents)
+        self._taken_in(idents, self._batch)
         self._added_idents, self._added_keys = [], []
         if (
             not self._writing
@@ -155,8 +180,15 @@ class RedeliveryFilter:
             self._batch = max(self._batch, batch)
             idents, added = marshal.loads(blob)
             replayed: list[Ident] = []
+            behind: list[Ident] = []
             for ident, key in zip(idents, added, strict=True):
                 if written.get(ident, 0) < batch:
                     self._remember(ident, key)
                     replayed.append(ident)
-            self._taken_in(replayed)
+                else:
+                    behind.append(ident)
+            self._taken_in(replayed, batch)
+            # The list has these keys, or dropped them; their bursts still count.
+            for ident, count in Counter(behind).items():
+                if count > 1 or ident in self._bursts:
+                    self._burst(ident, count, batch)

@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from gateway.decode import dedup
-from gateway.decode.dedup import LOG_KEYS_PER_DEVICE, RedeliveryFilter, SavedKeys
+from gateway.decode.dedup import (
+    LOG_KEYS_PER_DEVICE,
+    UNACKNOWLEDGED_BATCHES,
+    RedeliveryFilter,
+    SavedKeys,
+)
 from gateway.decode.record import DeviceRef
 from gateway.store.outbox import Outbox
 
@@ -76,17 +81,36 @@ def test_a_batch_keeps_all_its_keys_for_a_redelivery_of_all_of_it(tmp_path: Path
         keys.is_redelivery(BRACELET, key)
     restored = saved_and_restored(keys, outbox, keys_per_device=4)
     assert all(restored.is_redelivery(BRACELET, k) for k in range(100, 110))
-    # In the filter that carries on too, until a later batch of that device.
+    # In the filter that carries on too, while the broker may not have the batch's
+    # acknowledgement: a lost connection has it send the batches after it again too.
+    for key in range(200, 200 + UNACKNOWLEDGED_BATCHES - 1):
+        keys.is_redelivery(BRACELET, key)
+        keys.take_changes()
     assert all(keys.is_redelivery(BRACELET, k) for k in range(100, 110))
-    keys.is_redelivery(BRACELET, 200)
+    # Then the device keeps its last few again.
+    keys.is_redelivery(BRACELET, 300)
     keys.take_changes()
-    assert [keys.is_redelivery(BRACELET, k) for k in (200, 109, 108, 107, 106)] == [
+    assert [keys.is_redelivery(BRACELET, k) for k in (300, 206, 205, 204, 203)] == [
         True,
         True,
         True,
         True,
         False,
     ]
+
+
+def test_a_lost_connection_finds_every_batch_on_its_way_to_the_broker_again() -> None:
+    keys = RedeliveryFilter(keys_per_device=4)
+    # A backlog from one device, in batches whose acknowledgements were on their way
+    # when the connection was lost.
+    for batch in range(3):
+        for key in range(batch * 100, batch * 100 + 10):
+            assert not keys.is_redelivery(BRACELET, key)
+        keys.take_changes()
+    # The broker sends all of them again.
+    assert all(
+        keys.is_redelivery(BRACELET, k) for b in range(3) for k in range(b * 100, b * 100 + 10)
+    )
 
 
 def test_the_log_of_keys_goes_once_the_lists_are_written_whole(tmp_path: Path) -> None:
@@ -188,3 +212,22 @@ def test_lists_saved_before_they_named_their_batch_are_restored(tmp_path: Path) 
     restored = RedeliveryFilter()
     restored.restore(Outbox(path).redelivery_keys())
     assert restored.is_redelivery(BRACELET, 7)
+
+
+def test_a_restart_remembers_the_bursts_of_batches_already_in_a_list() -> None:
+    keys = RedeliveryFilter(keys_per_device=4)
+    log = []
+    for batch in range(2):
+        for key in range(batch * 100, batch * 100 + 10):
+            keys.is_redelivery(BRACELET, key)
+        taken = keys.take_changes()
+        assert taken.added is not None
+        log.append((taken.batch, taken.added))
+    # Stopped in the middle of writing the lists, this device's with the second batch.
+    written = array("q", [*range(10), *range(100, 110)]).tobytes()
+    restored = RedeliveryFilter(keys_per_device=4)
+    restored.restore(SavedKeys([("hgy", "br-1", written, 2)], log))
+    # The broker sends the two batches again, after a new message of the device.
+    restored.is_redelivery(BRACELET, 500)
+    restored.take_changes()
+    assert all(restored.is_redelivery(BRACELET, k) for b in (0, 100) for k in range(b, b + 10))
