@@ -32,6 +32,7 @@ from gateway.config import GatewayConfig
 from gateway.heap import set_aside_startup_objects
 from gateway.ingest.message import InboundMessage
 from gateway.ingest.process import TelemetryProcess
+from gateway.store.outbox import LinePosition
 from simulators.fleet import Fleet
 from tests.integration.services import InfluxService, MosquittoService
 
@@ -245,9 +246,11 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
         await gateway.pipeline.handle(_NoBroker(), inbound[first : first + batch])
     handled = cpu_seconds()
     outbox = gateway.outbox
-    while (pending := outbox.peek(5000)).lines:
+    position = LinePosition()
+    while (pending := outbox.peek(5000, position)).lines:
         "\n".join(pending.lines).encode()
         outbox.remove_through(pending.through)
+        position = pending.next
     drained = cpu_seconds()
     gateway.outbox.close()
     gateway.alerts.close()

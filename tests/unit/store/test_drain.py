@@ -41,19 +41,38 @@ def drain_of(
     )
 
 
-async def test_a_batch_larger_than_a_write_goes_in_several_writes(tmp_path: Path) -> None:
+async def drained(drain: OutboxDrain) -> list[int | None]:
+    wrote: list[int | None] = []
+    while (count := await drain.drain_once()) != 0:
+        wrote.append(count)
+    return wrote
+
+
+async def test_writes_are_full_across_batches_and_a_batch_leaves_once_all_written(
+    tmp_path: Path,
+) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
-    lines = [f"m v={i}i 1" for i in range(12)]
-    outbox.commit(lines, [])
+    batches = [[f"m v={i}i {b}" for i in range(n)] for b, n in enumerate((3, 4, 8))]
+    for lines in batches:
+        outbox.commit(lines, [])
     writer = RecordingWriter()
     stats = Stats()
-    assert await drain_of(outbox, writer, stats).drain_once() == 12
-    assert writer.writes == [lines[:5], lines[5:10], lines[10:]]
+    drain = drain_of(outbox, writer, stats)
+    assert await drain.drain_once() == 5
+    # The first batch is written and gone; the second stays until all its lines are.
+    assert outbox.depth() == 12
+    assert stats.outbox_depth == 15
+    assert await drain.drain_once() == 5
+    assert await drained(drain) == [5]
+    everything = [line for lines in batches for line in lines]
+    assert writer.writes == [everything[:5], everything[5:10], everything[10:]]
     assert outbox.depth() == 0
-    assert stats.lines_written == 12
+    assert stats.lines_written == 15
 
 
-async def test_a_failed_write_leaves_the_whole_batch_to_try_again(tmp_path: Path) -> None:
+async def test_a_failed_write_is_tried_again_from_where_the_last_good_one_ended(
+    tmp_path: Path,
+) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
     lines = [f"m v={i}i 1" for i in range(8)]
     outbox.commit(lines, [])
@@ -61,28 +80,67 @@ async def test_a_failed_write_leaves_the_whole_batch_to_try_again(tmp_path: Path
     stats = Stats()
     clock = ManualClock()
     drain = drain_of(outbox, writer, stats, clock)
+    assert await drain.drain_once() == 5
     attempt = asyncio.ensure_future(drain.drain_once())
     # The failed write backs off on the clock.
     while not attempt.done():
         await asyncio.sleep(0)
         clock.advance(2.0)
     assert attempt.result() is None
-    assert outbox.depth() == 8
     assert stats.write_failures == 1
-    # Written again from its first line: a point written twice overwrites itself.
-    assert await drain.drain_once() == 8
-    assert writer.writes[2:] == [lines[:5], lines[5:]]
+    assert outbox.depth() == 8
+    assert await drain.drain_once() == 3
+    assert writer.writes == [lines[:5], lines[5:], lines[5:]]
     assert outbox.depth() == 0
 
 
-async def test_refused_lines_of_any_write_are_quarantined(tmp_path: Path) -> None:
+async def test_after_a_restart_a_batch_partly_written_is_written_from_its_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path)
+    lines = [f"m v={i}i 1" for i in range(8)]
+    outbox.commit(lines, [])
+    assert await drain_of(outbox, RecordingWriter(), Stats()).drain_once() == 5
+    outbox.close()
+    writer = RecordingWriter()
+    # Writing a point again overwrites it with itself: nothing is doubled.
+    assert await drained(drain_of(Outbox(path), writer, Stats())) == [5, 3]
+    assert writer.writes == [lines[:5], lines[5:]]
+
+
+async def test_a_batch_evicted_while_partly_written_does_not_shorten_the_next(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
+    pad = "x" * 9000
+    outbox.commit([f'm,batch=0 pad="{pad}" {i}' for i in range(8)], [])
+    writer = RecordingWriter()
+    drain = drain_of(outbox, writer, Stats())
+    assert await drain.drain_once() == 5
+    # The database stays away while the outbox fills past its bound.
+    evicted = 0
+    for batch in range(1, 40):
+        lines = [f'm,batch={batch} pad="{pad}" {i}' for i in range(8)]
+        evicted += outbox.commit(lines, []).evicted_lines
+    assert evicted > 0
+    first = outbox.peek(1).lines[0]
+    assert not first.startswith("m,batch=0 ")
+    await drained(drain)
+    written = [line for write in writer.writes[1:] for line in write]
+    assert written[0] == first
+    assert len(written) == 40 * 8 - evicted
+
+
+async def test_refused_lines_are_quarantined(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
-    outbox.commit([f"m v={i}i 1" for i in range(6)] + ["bad line"], [])
+    outbox.commit([f"m v={i}i 1" for i in range(3)] + ["bad line"], [])
     stats = Stats()
-    assert await drain_of(outbox, RecordingWriter(), stats).drain_once() == 7
+    assert await drain_of(outbox, RecordingWriter(), stats).drain_once() == 4
     assert [q.entry.payload for q in outbox.quarantine()] == [b"bad line"]
-    assert stats.lines_written == 6
+    assert stats.lines_written == 3
     assert stats.lines_refused == 1
+    assert outbox.depth() == 0
 
 
 async def test_a_backlog_is_written_without_pause_and_light_traffic_lingers(
@@ -102,10 +160,9 @@ async def test_a_backlog_is_written_without_pause_and_light_traffic_lingers(
 
     try:
         await settle()
-        # Each write took less than a full one, but more waited: no pause between them.
-        assert [len(w) for w in writer.writes] == [4, 4, 4]
-        # The last took less than a full write, all that waited: the drain lingers
-        # for more before the next.
+        # Full writes follow each other without a pause.
+        assert [len(w) for w in writer.writes] == [5, 5, 2]
+        # The last was not full: the drain lingers for more before the next.
         outbox.commit(["m v=1i 9"], [])
         drain.wakeup.set()
         await settle()

@@ -6,7 +6,13 @@ import pytest
 
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import DeviceRef
-from gateway.store.outbox import LOCK_TIMEOUT_S, Outbox, QuarantineEntry, begin_promptly
+from gateway.store.outbox import (
+    LOCK_TIMEOUT_S,
+    LinePosition,
+    Outbox,
+    QuarantineEntry,
+    begin_promptly,
+)
 
 
 def entry(reason: str = "not_json") -> QuarantineEntry:
@@ -19,23 +25,18 @@ def test_lines_leave_in_order_and_only_when_removed(tmp_path: Path) -> None:
         outbox.commit([f"m v={i}i {batch}" for i in range(2)], [])
     assert outbox.depth() == 10
     first = outbox.peek(5)
-    # Whole batches, as many as fit.
-    assert first.lines == ["m v=0i 0", "m v=1i 0", "m v=0i 1", "m v=1i 1"]
+    assert first.lines == ["m v=0i 0", "m v=1i 0", "m v=0i 1", "m v=1i 1", "m v=0i 2"]
     assert outbox.peek(5) == first
+    # Batches leave whole: the third stays until its second line is written too.
     outbox.remove_through(first.through)
-    assert outbox.peek(100).lines == [f"m v={i}i {batch}" for batch in (2, 3, 4) for i in range(2)]
     assert outbox.depth() == 6
-    outbox.remove_through(outbox.peek(100).through)
+    assert outbox.depth(first.next) == 5
+    rest = outbox.peek(100, first.next)
+    assert rest.lines == ["m v=1i 2"] + [f"m v={i}i {b}" for b in (3, 4) for i in range(2)]
+    outbox.remove_through(rest.through)
     assert outbox.depth() == 0
     outbox.commit(["m v=1i 9"], [])
     assert outbox.depth() == 1
-
-
-def test_a_batch_larger_than_the_limit_is_taken_whole(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite3")
-    outbox.commit([f"m v={i}i 1" for i in range(10)], [])
-    outbox.commit(["m v=10i 1"], [])
-    assert outbox.peek(4).lines == [f"m v={i}i 1" for i in range(10)]
 
 
 def test_lines_containing_finds_the_newest_first_across_batches(tmp_path: Path) -> None:
@@ -58,9 +59,11 @@ def test_lines_of_an_earlier_version_move_into_batches_in_order(tmp_path: Path) 
     assert outbox.depth() == 7000
     outbox.commit(["m v=7000i 1"], [])
     taken: list[str] = []
-    while (pending := outbox.peek(5000)).lines:
+    position = LinePosition()
+    while (pending := outbox.peek(3000, position)).lines:
         taken.extend(pending.lines)
         outbox.remove_through(pending.through)
+        position = pending.next
     assert taken == [f"m v={i}i 1" for i in range(7001)]
     tables = {name for (name,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "lines" not in tables
