@@ -110,12 +110,9 @@ class RedeliveryFilter:
         written whole before the log of them goes."""
         keys_per_device = self._keys_per_device
         recent = self._recent
-        bursts = self._bursts
         counts = Counter(idents)
         for ident, count in counts.items():
-            keep = keys_per_device
-            if count > 1 or ident in bursts:
-                keep = max(keep, self._burst(ident, count, batch))
+            keep = max(keys_per_device, self._burst(ident, count, batch))
             kept = recent[ident]
             excess = len(kept) - keep
             if excess > 0:
@@ -127,6 +124,8 @@ class RedeliveryFilter:
         """Adds a device's keys in a batch to its recent bursts: how many keys it had in
         the batches that may not be acknowledged yet, or 0 if it had one in each."""
         bursts = self._bursts
+        if count == 1 and ident not in bursts:
+            return 0
         oldest = batch - UNACKNOWLEDGED_BATCHES + 1
         burst = [(b, n) for b, n in bursts.get(ident, ()) if b >= oldest]
         burst.append((batch, count))
@@ -190,5 +189,4 @@ class RedeliveryFilter:
             self._taken_in(replayed, batch)
             # The list has these keys, or dropped them; their bursts still count.
             for ident, count in Counter(behind).items():
-                if count > 1 or ident in self._bursts:
-                    self._burst(ident, count, batch)
+                self._burst(ident, count, batch)

@@ -266,8 +266,8 @@ class Outbox:
         if keys.lists:
             conn.executemany(
                 f"INSERT OR REPLACE INTO {KEYS_TABLES[lane]} (community, device_id, keys, batch) "
-                f"VALUES (?, ?, ?, {int(keys.batch)})",
-                keys.lists,
+                "VALUES (?, ?, ?, ?)",
+                ((c, d, k, keys.batch) for c, d, k in keys.lists),
             )
         if keys.log_through is not None:
             conn.execute(
