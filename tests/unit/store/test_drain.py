@@ -162,20 +162,14 @@ async def test_a_backlog_is_written_without_pause_and_light_traffic_lingers(
         await settle()
         # Full writes follow each other without a pause.
         assert [len(w) for w in writer.writes] == [5, 5, 2]
-        # The last was not full: the drain lingers for more before the next.
-        outbox.commit(["m v=1i 9"], [])
-        drain.wakeup.set()
-        await settle()
-        assert len(writer.writes) == 3
-        clock.advance(0.25)
-        await settle()
-        assert writer.writes[-1] == ["m v=1i 9"]
-        outbox.commit(["m v=2i 9"], [])
-        drain.wakeup.set()
-        await settle()
-        assert len(writer.writes) == 4
-        clock.advance(0.25)
-        await settle()
-        assert writer.writes[-1] == ["m v=2i 9"]
+        # Each write was not full: the drain lingers for more before the next.
+        for writes_before, line in ((3, "m v=1i 9"), (4, "m v=2i 9")):
+            outbox.commit([line], [])
+            drain.wakeup.set()
+            await settle()
+            assert len(writer.writes) == writes_before
+            clock.advance(0.25)
+            await settle()
+            assert writer.writes[-1] == [line]
     finally:
         task.cancel()
