@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -36,6 +36,7 @@ CODECS = frozenset({"json", "acme_smoke"})
 _COMMUNITY = re.compile(r"[a-z0-9-]{1,32}")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KINDS = frozenset({"telemetry", "event", "status"})
+_IMEI = re.compile(r"[0-9]{15}")
 # Epoch milliseconds before 2000-01-01 are taken for a device clock that was never set,
 # or for seconds sent where milliseconds were expected.
 _EARLIEST_TS_MS = 946_684_800_000
@@ -51,26 +52,60 @@ class DecodedMessage(NamedTuple):
     dedup_key: int | None
 
 
-class _Fields:
-    """A profile's field specs compiled once into a fast checker."""
+FieldChecker = Callable[[Mapping[str, Any]], dict[str, FieldValue]]
 
-    __slots__ = ("_specs",)
 
-    def __init__(self, specs: Mapping[str, FieldSpec]) -> None:
-        self._specs = tuple(
-            (name, spec.type, spec.min, spec.max, spec.required) for name, spec in specs.items()
-        )
+def _field_checker(specs: Mapping[str, FieldSpec]) -> FieldChecker:
+    """A profile's field specs compiled once into a checker.
 
-    def check(self, payload: Mapping[str, Any]) -> dict[str, FieldValue]:
-        values: dict[str, FieldValue] = {}
-        for name, kind, low, high, required in self._specs:
-            value = payload.get(name)
-            if value is None:
-                if required:
-                    raise DecodeError(RejectReason.MISSING_FIELD, f"{name} is required")
-                continue
-            values[name] = _check_value(name, kind, low, high, value)
-        return values
+    The checker is Python source generated from the specs, in which each field's name,
+    type and range are constants rather than looked up in a loop: a value of the exact
+    type and in range passes one test. Anything else goes to `_check_value`, which
+    converts it (an integral float for an int, an int for a float) or rejects it with
+    the reason.
+    """
+    namespace: dict[str, Any] = {
+        "check_value": _check_value,
+        "DecodeError": DecodeError,
+        "MISSING_FIELD": RejectReason.MISSING_FIELD,
+    }
+    source = ["def check(payload):", "    values = {}", "    get = payload.get"]
+    for index, (name, spec) in enumerate(specs.items()):
+        low, high = f"low_{index}", f"high_{index}"
+        namespace[low], namespace[high] = spec.min, spec.max
+        source += [
+            f"    value = get({name!r})",
+            "    if value is not None:",
+            f"        if not ({_fast_test(spec, low, high)}):",
+            f"            value = check_value({name!r}, {spec.type!r}, {low}, {high}, value)",
+            f"        values[{name!r}] = value",
+        ]
+        if spec.required:
+            message = f"{name} is required"
+            source += ["    else:", f"        raise DecodeError(MISSING_FIELD, {message!r})"]
+    source.append("    return values")
+    exec(compile("\n".join(source), "<device profile fields>", "exec"), namespace)
+    check: FieldChecker = namespace["check"]
+    return check
+
+
+def _fast_test(spec: FieldSpec, low: str, high: str) -> str:
+    """An expression true of a value that `_check_value` would return unchanged."""
+    if spec.type == "bool":
+        return "type(value) is bool"
+    if spec.type == "string":
+        return "type(value) is str"
+    tests = ["type(value) is " + spec.type]
+    if spec.min is not None:
+        tests.append(f"{low} <= value")
+    if spec.max is not None:
+        tests.append(f"value <= {high}")
+    bounded = [bound for bound in (spec.min, spec.max) if bound is not None]
+    if spec.type == "float" and not (len(bounded) == 2 and all(map(math.isfinite, bounded))):
+        # Without two finite bounds an infinity passes the range. NaN and the infinities
+        # are the values that, less themselves, are not 0.
+        tests.append("value - value == 0.0")
+    return " and ".join(tests)
 
 
 def _check_value(
@@ -111,11 +146,11 @@ class _CompiledProfile:
 
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
-        self.telemetry_fields = _Fields(profile.telemetry.fields)
+        self.telemetry_fields = _field_checker(profile.telemetry.fields)
         parts = profile.telemetry.parts
-        self.part_fields = _Fields(parts.fields) if parts else None
+        self.part_fields = _field_checker(parts.fields) if parts else None
         self.event_kinds = frozenset(profile.events.kinds) if profile.events else frozenset()
-        self.event_fields = _Fields(profile.events.fields) if profile.events else _Fields({})
+        self.event_fields = _field_checker(profile.events.fields if profile.events else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +266,7 @@ class Decoder:
         compiled = route.compiled
         body = _parse_object(message.payload)
         imei = body.get("imei")
-        if not isinstance(imei, str) or not re.fullmatch(r"[0-9]{15}", imei):
+        if not isinstance(imei, str) or not _IMEI.fullmatch(imei):
             raise DecodeError(RejectReason.WRONG_TYPE, f"imei must be 15 digits, got {imei!r}")
         if imei not in route.topic_parts:
             raise DecodeError(RejectReason.BAD_TOPIC, f"imei {imei} differs from the topic's")
@@ -246,7 +281,7 @@ class Decoder:
         frame = acme.decode_frame(hex_payload)
         device = DeviceRef(registered.community, compiled.profile.device_type, registered.device_id)
         time_ms, source = self._timestamp(body, message.received_ms)
-        fields = compiled.telemetry_fields.check(
+        fields = compiled.telemetry_fields(
             {
                 "obscuration_pct_per_m": frame.obscuration_pct_per_m,
                 "temperature_c": frame.temperature_c,
@@ -310,7 +345,7 @@ class Decoder:
         source: TimeSource,
         seq: int | None,
     ) -> tuple[Record, ...]:
-        fields = compiled.telemetry_fields.check(body)
+        fields = compiled.telemetry_fields(body)
         records: list[Record] = []
         parts = compiled.profile.telemetry.parts
         if parts is not None and compiled.part_fields is not None:
@@ -332,7 +367,7 @@ class Decoder:
                             RejectReason.WRONG_TYPE,
                             f"{parts.field}[].{parts.key} must be a non-negative integer",
                         )
-                    part_values = compiled.part_fields.check(item)
+                    part_values = compiled.part_fields(item)
                     if part_values:
                         records.append(Reading(device, time_ms, source, part_values, seq, key))
         if fields:
@@ -358,7 +393,7 @@ class Decoder:
                 RejectReason.UNKNOWN_EVENT,
                 f"{kind!r} is not an event of {device.device_type}: {sorted(compiled.event_kinds)}",
             )
-        fields = compiled.event_fields.check(body)
+        fields = compiled.event_fields(body)
         port = fields.get("port")
         return Event(
             device, time_ms, source, kind, fields, seq, port if type(port) is int else None

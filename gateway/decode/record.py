@@ -88,7 +88,11 @@ def dump_records(records: Sequence[Record]) -> bytes:
 
 def load_records(data: bytes) -> list[Record]:
     records: list[Record] = []
+    append = records.append
     devices: dict[tuple[str, str, str], DeviceRef] = {}
+    # A named tuple's constructor is a Python function around tuple.__new__: calling
+    # that directly, with the values in their order, spares a frame per record.
+    new = tuple.__new__
     for row in marshal.loads(data):
         kind, community, device_type, device_id, time_ms, source = row[:6]
         key = (community, device_type, device_id)
@@ -97,11 +101,11 @@ def load_records(data: bytes) -> list[Record]:
             device = devices[key] = DeviceRef(community, device_type, device_id)
         time_source = _TIME_SOURCES[source]
         if kind == _READING:
-            records.append(Reading(device, time_ms, time_source, row[6], row[7], row[8]))
+            append(new(Reading, (device, time_ms, time_source, row[6], row[7], row[8])))
         elif kind == _EVENT:
-            records.append(Event(device, time_ms, time_source, row[9], row[6], row[7], row[8]))
+            append(new(Event, (device, time_ms, time_source, row[9], row[6], row[7], row[8])))
         elif kind == _STATUS:
-            records.append(StatusReport(device, time_ms, time_source, row[6], row[7]))
+            append(new(StatusReport, (device, time_ms, time_source, row[6], row[7])))
         else:
             raise ValueError(f"unknown record kind {kind!r}")
     return records

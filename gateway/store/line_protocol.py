@@ -20,7 +20,8 @@ checked against a real InfluxDB 1.6.7:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from gateway.decode.record import FieldValue
 from gateway.store.point import Point
@@ -83,6 +84,80 @@ def encode_fields(fields: Iterable[tuple[str, FieldValue]]) -> str:
     if not encoded:
         raise ValueError("a point has no fields")
     return ",".join(encoded)
+
+
+class FieldSetEncoder:
+    """Encodes field sets whose keys have types known beforehand, as a device profile
+    declares them, in the same text as `encode_fields`.
+
+    For each set of keys met, in its order, code is generated once in which the keys'
+    text and the values' formats are constants: a value of the declared type is
+    formatted without a lookup or a type dispatch. A value of another type, or a key
+    not declared, takes `encode_fields`.
+    """
+
+    def __init__(self, types: Mapping[str, str]) -> None:
+        """`types`: each key's type, one of `int`, `float`, `bool` and `string`."""
+        unknown = {t for t in types.values() if t not in _VALUE_FORMATS}
+        if unknown:
+            raise ValueError(f"unknown field types {sorted(unknown)}")
+        self._types = dict(types)
+        self._by_keys: dict[tuple[str, ...], Callable[[Mapping[str, FieldValue]], str]] = {}
+
+    def encode(self, fields: Mapping[str, FieldValue]) -> str:
+        keys = tuple(fields)
+        encode = self._by_keys.get(keys)
+        if encode is None:
+            encode = self._compile(keys)
+            if len(self._by_keys) >= _SHAPES_MAX_ENTRIES:
+                self._by_keys.clear()
+            self._by_keys[keys] = encode
+        return encode(fields)
+
+    def _compile(self, keys: tuple[str, ...]) -> Callable[[Mapping[str, FieldValue]], str]:
+        if not keys or any(key not in self._types for key in keys):
+            return _encode_items
+        tests: list[str] = []
+        formats: list[str] = []
+        values: list[str] = []
+        for index, key in enumerate(keys):
+            test, value_format, value = _VALUE_FORMATS[self._types[key]]
+            name = f"value_{index}"
+            tests.append(test.format(name))
+            formats.append(_field_prefix(key).replace("%", "%%") + value_format)
+            values.append(value.format(name))
+        source = "\n".join(
+            [
+                "def encode(fields):",
+                f"    {', '.join(f'value_{i}' for i in range(len(keys)))}, = fields.values()",
+                f"    if {' and '.join(tests)}:",
+                f"        return {','.join(formats)!r} % ({', '.join(values)},)",
+                "    return encode_items(fields)",
+            ]
+        )
+        namespace: dict[str, Any] = {
+            "encode_items": _encode_items,
+            "STRING_ESCAPES": _STRING_ESCAPES,
+        }
+        exec(compile(source, "<field set>", "exec"), namespace)
+        encode: Callable[[Mapping[str, FieldValue]], str] = namespace["encode"]
+        return encode
+
+
+# Per declared type: the test that a value has it (and can be stored), its format, and
+# what is formatted.
+_VALUE_FORMATS = {
+    "float": ("type({0}) is float and {0} - {0} == 0.0", "%r", "{0}"),
+    "int": (f"type({{0}}) is int and {_INT64_MIN} <= {{0}} <= {_INT64_MAX}", "%di", "{0}"),
+    "bool": ("type({0}) is bool", "%s", "('true' if {0} else 'false')"),
+    "string": ("type({0}) is str", '"%s"', "{0}.translate(STRING_ESCAPES)"),
+}
+# Sets of keys compiled per encoder, at most: a profile's optional fields make a few.
+_SHAPES_MAX_ENTRIES = 1024
+
+
+def _encode_items(fields: Mapping[str, FieldValue]) -> str:
+    return encode_fields(fields.items())
 
 
 def encode_points(points: Iterable[Point]) -> list[str]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from gateway.decode.profile import ProfileSet
-from gateway.decode.record import Event, FieldValue, Reading, Record, TimeSource
+from collections.abc import Mapping
+
+from gateway.decode.profile import FieldSpec, ProfileSet
+from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, TimeSource
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange
-from gateway.store.line_protocol import encode_fields, encode_series
+from gateway.store.line_protocol import FieldSetEncoder, encode_fields, encode_series
 
 STATUS_MEASUREMENT = "device_status"
 # A point without a device timestamp is marked, so that dashboards can tell.
 _GATEWAY_TIME = (("gateway_time", True),)
+_GATEWAY_TIME_TEXT = encode_fields(_GATEWAY_TIME)
+_GATEWAY = TimeSource.GATEWAY
 _EVENT_COUNT = (("count", 1),)
 # Series prefixes cached; cleared when full so that a storm of new ids stays bounded.
 _CACHE_MAX_ENTRIES = 200_000
@@ -22,23 +26,39 @@ class SeriesMapper:
         self._telemetry: dict[str, str] = {}
         self._parts: dict[str, tuple[str, str]] = {}
         self._events: dict[str, str] = {}
-        # A vendor profile shares its device type's series; the JSON profile names them.
+        # Each device type's field types, of a whole reading and of a part's.
+        types: dict[tuple[str, bool], dict[str, str]] = {}
+        # A vendor profile shares its device type's series; the JSON profile names them,
+        # and a vendor's may add fields.
         for profile in sorted(profiles.by_name.values(), key=lambda p: p.codec != "json"):
             device_type = profile.device_type
             self._telemetry.setdefault(device_type, profile.telemetry.measurement)
+            _add_types(types.setdefault((device_type, False), {}), profile.telemetry.fields)
             if profile.telemetry.parts:
                 parts = profile.telemetry.parts
                 self._parts.setdefault(device_type, (parts.measurement, parts.key))
+                _add_types(types.setdefault((device_type, True), {}), parts.fields)
             if profile.events:
                 self._events.setdefault(device_type, profile.events.measurement)
+        self._encoders = {key: FieldSetEncoder(field_types) for key, field_types in types.items()}
+        # A reading's series, with the encoder of its fields, by device and port.
+        self._readings: dict[tuple[DeviceRef, int | None], tuple[str, FieldSetEncoder]] = {}
         self._series: dict[tuple[object, ...], str] = {}
 
     def line(self, record: Record) -> str:
         """The record as one line of line protocol. Raises ValueError if it cannot be one."""
         if isinstance(record, Reading):
-            key: tuple[object, ...] = (0, record.device, record.port)
-            fields = tuple(record.fields.items())
-        elif isinstance(record, Event):
+            reading = self._readings.get((record.device, record.port))
+            if reading is None:
+                reading = self._reading_series(record)
+            prefix, encoder = reading
+            text = encoder.encode(record.fields)
+            if record.time_source is _GATEWAY:
+                return f"{prefix} {text},{_GATEWAY_TIME_TEXT} {record.time_ms}"
+            return f"{prefix} {text} {record.time_ms}"
+        key: tuple[object, ...]
+        fields: tuple[tuple[str, FieldValue], ...]
+        if isinstance(record, Event):
             key = (1, record.device, record.kind, record.port)
             fields = tuple((k, v) for k, v in record.fields.items() if k != "port") + _EVENT_COUNT
         else:
@@ -50,9 +70,20 @@ class SeriesMapper:
             if len(self._series) >= _CACHE_MAX_ENTRIES:
                 self._series.clear()
             self._series[key] = series
-        if record.time_source is TimeSource.GATEWAY:
+        if record.time_source is _GATEWAY:
             fields += _GATEWAY_TIME
         return f"{series} {encode_fields(fields)} {record.time_ms}"
+
+    def _reading_series(self, record: Reading) -> tuple[str, FieldSetEncoder]:
+        device = record.device
+        encoder = self._encoders.get((device.device_type, record.port is not None))
+        if encoder is None:
+            encoder = FieldSetEncoder({})
+        reading = (self._series_of(record), encoder)
+        if len(self._readings) >= _CACHE_MAX_ENTRIES:
+            self._readings.clear()
+        self._readings[(device, record.port)] = reading
+        return reading
 
     def _series_of(self, record: Record) -> str:
         device = record.device
@@ -78,6 +109,11 @@ class SeriesMapper:
             measurement = STATUS_MEASUREMENT
             tags.append(("device_type", device.device_type))
         return encode_series(measurement, tags)
+
+
+def _add_types(types: dict[str, str], fields: Mapping[str, FieldSpec]) -> None:
+    for name, spec in fields.items():
+        types.setdefault(name, spec.type)
 
 
 ALERT_MEASUREMENT = "alert"

@@ -10,6 +10,7 @@ from gateway.decode import decoder as decoder_module
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.profile import load_profiles
 from gateway.decode.record import Event, Reading, StatusReport, TimeSource
+from gateway.decode.rejection import RejectReason
 from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
 from gateway.registry import RegisteredDevice, Registry
@@ -325,3 +326,73 @@ def test_profiles_folder_is_the_shipped_one() -> None:
         "bracelet",
         "charging_shed",
     }
+
+
+CHECKED_PROFILE = """
+device_type: checked
+topics: ["community/+/checked/+/+"]
+period_s: 60
+telemetry:
+  measurement: checked
+  fields:
+    bounded_c: {type: float, min: -50, max: 1200}
+    above_zero: {type: float, min: 0}
+    unbounded: {type: float}
+    infinite_bounds: {type: float, min: -.inf, max: .inf}
+    pct: {type: int, min: 0, max: 100}
+    count: {type: int}
+    flag: {type: bool}
+    label: {type: string}
+    needed: {type: float, required: true}
+"""
+
+
+@pytest.mark.parametrize(
+    ("field", "sent", "expected"),
+    [
+        ("bounded_c", "20.5", 20.5),
+        ("bounded_c", "20", 20.0),
+        ("bounded_c", "-50", -50.0),
+        ("bounded_c", "1200.0", 1200.0),
+        ("bounded_c", "1200.01", RejectReason.OUT_OF_RANGE),
+        ("bounded_c", "-50.5", RejectReason.OUT_OF_RANGE),
+        ("bounded_c", '"20"', RejectReason.WRONG_TYPE),
+        ("bounded_c", "true", RejectReason.WRONG_TYPE),
+        ("above_zero", "1e308", 1e308),
+        ("above_zero", "-0.1", RejectReason.OUT_OF_RANGE),
+        ("unbounded", "-1e308", -1e308),
+        ("infinite_bounds", "3.5", 3.5),
+        ("pct", "5", 5),
+        ("pct", "5.0", 5),
+        ("pct", "5.5", RejectReason.WRONG_TYPE),
+        ("pct", "101", RejectReason.OUT_OF_RANGE),
+        ("pct", "-1", RejectReason.OUT_OF_RANGE),
+        ("pct", "true", RejectReason.WRONG_TYPE),
+        ("count", "18446744073709551615", 18446744073709551615),
+        ("count", "-3", -3),
+        ("flag", "true", True),
+        ("flag", "1", RejectReason.WRONG_TYPE),
+        ("label", '"东区"', "东区"),
+        ("label", "5", RejectReason.WRONG_TYPE),
+        ("needed", "null", RejectReason.MISSING_FIELD),
+    ],
+)
+def test_each_field_is_taken_converted_or_rejected_as_its_spec_says(
+    tmp_path: Path, field: str, sent: str, expected: object
+) -> None:
+    (tmp_path / "checked.yaml").write_text(CHECKED_PROFILE)
+    profiles = load_profiles(tmp_path, CODECS)
+    checker = Decoder(profiles, Registry(), ManualClock(NOW_MS))
+    values = {"needed": "1.5", field: sent}
+    body = "{" + ",".join(f'"{name}":{text}' for name, text in values.items()) + "}"
+    inbound = InboundMessage("community/hgy/checked/c-1/telemetry", body.encode(), NOW_MS)
+    if isinstance(expected, RejectReason):
+        with pytest.raises(DecodeError) as info:
+            checker.decode(inbound)
+        assert info.value.reason == expected
+        assert field in info.value.detail
+        return
+    (reading,) = checker.decode(inbound).records
+    assert isinstance(reading, Reading)
+    value = reading.fields[field]
+    assert (value, type(value)) == (expected, type(expected))

@@ -6,7 +6,13 @@ import math
 import pytest
 
 from gateway.decode.record import FieldValue
-from gateway.store.line_protocol import encode_point, encode_points, parse_line
+from gateway.store.line_protocol import (
+    FieldSetEncoder,
+    encode_fields,
+    encode_point,
+    encode_points,
+    parse_line,
+)
 from gateway.store.point import Point
 
 T_MS = 1_767_225_600_000
@@ -203,3 +209,65 @@ def test_parse_line_reads_back_what_encode_point_wrote(
 def test_parse_line_refuses_what_is_not_a_line(line: str) -> None:
     with pytest.raises(ValueError):
         parse_line(line)
+
+
+# A profile's fields, with names line protocol must escape, and a % that a format
+# string would take for its own.
+DECLARED = {
+    "temperature_c": "float",
+    "battery_pct": "int",
+    "alarm": "bool",
+    "note": "string",
+    "a b,c=d": "float",
+    "load_%": "int",
+    "名称": "string",
+}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"temperature_c": 21.5, "battery_pct": 80, "alarm": False, "note": "ok"},
+        # Optional fields absent, and present in another order.
+        {"alarm": True},
+        {"battery_pct": 3, "temperature_c": -0.0},
+        {"note": 'say "hi" \\ there\nnow', "名称": "东区 3号楼", "a b,c=d": 1e-7},
+        {"load_%": -(2**63), "temperature_c": 1e300},
+        {"load_%": 2**63 - 1},
+        # Values of another type than declared are written as what they are.
+        {"temperature_c": 20, "battery_pct": 80.0, "alarm": 1, "note": True},
+        {"battery_pct": True, "temperature_c": False},
+        # A key not declared.
+        {"temperature_c": 21.5, "humidity_pct": 40},
+    ],
+)
+def test_a_declared_field_set_encodes_as_encode_fields_does(fields: dict[str, FieldValue]) -> None:
+    encoder = FieldSetEncoder(DECLARED)
+    # Twice: the first time compiles the set of keys, the second uses what it compiled.
+    assert encoder.encode(fields) == encode_fields(fields.items())
+    assert encoder.encode(fields) == encode_fields(fields.items())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"temperature_c": math.nan},
+        {"battery_pct": 80, "temperature_c": -math.inf},
+        {"load_%": 2**63},
+        {"battery_pct": -(2**63) - 1},
+        {},
+    ],
+)
+def test_a_declared_field_set_refuses_what_encode_fields_refuses(
+    fields: dict[str, FieldValue],
+) -> None:
+    with pytest.raises(ValueError) as expected:
+        encode_fields(fields.items())
+    with pytest.raises(ValueError) as refused:
+        FieldSetEncoder(DECLARED).encode(fields)
+    assert str(refused.value) == str(expected.value)
+
+
+def test_a_field_set_of_an_unknown_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown field types \\['decimal'\\]"):
+        FieldSetEncoder({"price": "decimal"})

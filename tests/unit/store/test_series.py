@@ -1,8 +1,18 @@
-from gateway.decode.record import DeviceRef
-from gateway.registry import RegisteredDevice, Registry
+import itertools
+from pathlib import Path
+
+from gateway import PROJECT_ROOT
+from gateway.clock import SystemClock
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.profile import load_profiles
+from gateway.decode.record import DeviceRef, Reading, TimeSource
+from gateway.ingest.message import InboundMessage
+from gateway.registry import RegisteredDevice, Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.rule import Severity
-from gateway.store.series import alert_line, device_info_lines
+from gateway.store.line_protocol import parse_line
+from gateway.store.series import SeriesMapper, alert_line, device_info_lines
+from simulators.fleet import Fleet
 
 COVER = RegisteredDevice(
     device_id="mh-1",
@@ -63,3 +73,47 @@ def test_device_info_has_place_and_position_but_nothing_about_the_wearer() -> No
         "device_type=manhole_cover registered=true,lat=34.75,lon=113.6,well_depth_cm=180.0 5000",
         "device_info,community=hgy,device_id=br-1,device_type=bracelet registered=true 5000",
     ]
+
+
+def test_every_reading_of_the_fleet_is_a_line_that_reads_back_as_its_fields(
+    tmp_path: Path,
+) -> None:
+    profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+    fleet = Fleet.build(seed=7, devices=200)
+    (tmp_path / "devices.csv").write_text(fleet.registry_csv(), encoding="utf-8")
+    registry = load_registry(tmp_path / "devices.csv")
+    decoder = Decoder(profiles, registry, SystemClock())
+    mapper = SeriesMapper(profiles, registry)
+    start_ms = SystemClock().now_ms()
+    messages = itertools.islice(fleet.stream(rate_msg_s=1000, start_ms=start_ms), 3000)
+    records = [
+        record
+        for m in messages
+        for record in decoder.decode(InboundMessage(m.topic, m.payload, start_ms)).records
+    ]
+    device = DeviceRef("hgy", "charging_shed", "cs-1")
+    # Without a device time, and with only some of a port's fields.
+    records.append(Reading(device, start_ms, TimeSource.GATEWAY, {"temperature_c": 31.5}, 4, 2))
+    records.append(
+        Reading(device, start_ms, TimeSource.GATEWAY, {"smoke": False, "ambient_temp_c": 12})
+    )
+    assert {type(r) for r in records} == {Reading}
+    assert {r.device.device_type for r in records} == set(profiles.by_device_type)
+    for record in records:
+        measurement, tags, fields, time_ms = parse_line(mapper.line(record))
+        telemetry = profiles.by_device_type[record.device.device_type].telemetry
+        if record.port is None:
+            assert measurement == telemetry.measurement
+        else:
+            assert telemetry.parts is not None
+            assert measurement == telemetry.parts.measurement
+        expected = dict(record.fields)
+        if record.time_source is TimeSource.GATEWAY:
+            expected["gateway_time"] = True
+        assert (fields, time_ms) == (expected, record.time_ms)
+        assert [type(v) for v in fields.values()] == [type(v) for v in expected.values()]
+        assert (tags["community"], tags["device_id"]) == (
+            record.device.community,
+            record.device.device_id,
+        )
+        assert tags.get("port") == (None if record.port is None else str(record.port))
