@@ -76,10 +76,9 @@ class SeriesMapper:
 
     def _reading_series(self, record: Reading) -> tuple[str, FieldSetEncoder]:
         device = record.device
-        encoder = self._encoders.get((device.device_type, record.port is not None))
-        if encoder is None:
-            encoder = FieldSetEncoder({})
-        reading = (self._series_of(record), encoder)
+        series = self._series_of(record)
+        # A device type with a series for this reading has an encoder for its fields.
+        reading = (series, self._encoders[(device.device_type, record.port is not None)])
         if len(self._readings) >= _CACHE_MAX_ENTRIES:
             self._readings.clear()
         self._readings[(device, record.port)] = reading
