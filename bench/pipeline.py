@@ -5,10 +5,13 @@ a local InfluxDB, with nothing lost, in one run:
    down: the broker offers as fast as the gateway takes;
 2. the gateway under live load offered at a set rate (the target by default);
 3. the gateway's peak memory;
-4. the gateway's own stages (decode, rules, commit) alone on one thread, over the same
+4. the raw receive rate of the gateway's MQTT subscriber with a handler that does
+   nothing, draining a backlog of the same traffic from the same broker (after the
+   gateway's phases, so that its session takes no copies of their traffic);
+5. the gateway's own stages (decode, rules, commit) alone on one thread, over the same
    simulator messages with no broker: what a message costs without the threads around it.
 
-The raw receive rates of the MQTT clients are measured by bench/mqtt_clients.py.
+Other MQTT clients' receive rates are measured by bench/mqtt_clients.py.
 
     .venv/bin/python -m bench.pipeline [--messages 300000] [--live-rate 24000] [--live-seconds 30]
 """
@@ -25,8 +28,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from bench.load import DEVICES_NICENESS, Load, LoadReport
+from bench.mqtt_clients import subscriber_rate
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.heap import set_aside_startup_objects
@@ -39,7 +44,9 @@ from tests.integration.services import InfluxService, MosquittoService
 DEVICES = 2000
 # The gateway's phases use one fleet, the one its registry describes.
 FLEET_SEED = 2
-PROTOCOL = os.environ.get("BENCH_MQTT_PROTOCOL", "5")
+PROTOCOL: Literal["3.1.1", "5"] = (
+    "3.1.1" if os.environ.get("BENCH_MQTT_PROTOCOL") == "3.1.1" else "5"
+)
 # BENCH_TELEMETRY_PROCESS=0 keeps the telemetry in the main process, for comparison.
 TELEMETRY_PROCESS = os.environ.get("BENCH_TELEMETRY_PROCESS", "1") != "0"
 
@@ -290,10 +297,17 @@ def main() -> None:
                     args.live_seconds,
                 )
             )
+            rss_after_gateway_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            backlog = load(broker, args.publishers, rate_msg_s=None, messages=args.messages)
+            receive_msg_s, receive_cpu_us = asyncio.run(
+                subscriber_rate(broker, PROTOCOL, lambda: backlog.run().acknowledged)
+            )
+            results["receive_only_msg_s"] = receive_msg_s
+            results["receive_only_cpu_us_per_msg"] = receive_cpu_us
         finally:
             influx.stop()
             broker.stop()
-    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_rss_mib"] = rss_after_gateway_kib / 1024
     results["rss_before_gateway_mib"] = rss_before_kib / 1024
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         results.update(asyncio.run(stages_alone(Path(tmp), min(args.messages, 100_000))))
