@@ -200,14 +200,19 @@ class RuleEngine:
             return now_ms
         return None
 
-    def _deaf_ms(self, from_ms: int, to_ms: int) -> int:
-        """How much of the time between the two the gateway was not listening."""
+    def _deaf_spans(self, from_ms: int, to_ms: int) -> list[tuple[int, int]]:
+        """The parts of the time between the two in which the gateway was not listening."""
         spans = self._deaf
         if self._deaf_since_ms is not None:
             spans = [*spans, (self._deaf_since_ms, to_ms)]
         if self._downtime is not None:
             spans = [self._downtime, *spans]
-        return sum(max(0, min(end, to_ms) - max(start, from_ms)) for start, end in spans)
+        clipped = ((max(start, from_ms), min(end, to_ms)) for start, end in spans)
+        return [(start, end) for start, end in clipped if end > start]
+
+    def _deaf_ms(self, from_ms: int, to_ms: int) -> int:
+        """How much of the time between the two the gateway was not listening."""
+        return sum(end - start for start, end in self._deaf_spans(from_ms, to_ms))
 
     def tick(self, now_ms: int, *, listening: bool = True) -> list[AlertChange]:
         """Fire absence and inactivity alerts; resolve correlations whose window passed.
@@ -285,7 +290,7 @@ class RuleEngine:
             # A cumulative counter reset (steps at midnight) is not activity.
             track.last_value = float(value)  # type: ignore[arg-type]
             self._dirty.add(key)
-            return self._inactive_too_long(rule, key, track, record.time_ms)
+            return self._inactive_too_long(rule, key, track, record.time_ms, record.time_ms)
         if track is None or track.last_value != value:
             self.tracks[key] = Track(False, record.time_ms, 0, None, "", float(value))  # type: ignore[arg-type]
             self._dirty.add(key)
@@ -294,7 +299,7 @@ class RuleEngine:
                     rule, None, AlertState.RESOLVED, track.alert_id, record, track.since_ms
                 )
             return None
-        return self._inactive_too_long(rule, key, track, record.time_ms)
+        return self._inactive_too_long(rule, key, track, record.time_ms, record.time_ms)
 
     def _apply_correlation(
         self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
@@ -336,8 +341,10 @@ class RuleEngine:
         return DeviceRef(device.community, place, value) if value else None
 
     def _inactive_too_long(
-        self, rule: Rule, key: TrackKey, track: Track, now_ms: int
+        self, rule: Rule, key: TrackKey, track: Track, now_ms: int, heard_ms: int | None = None
     ) -> AlertChange | None:
+        """Fire if the field has not changed for long enough, up to `now_ms`; the device
+        was last heard at `heard_ms` (None: as `heard` says)."""
         if track.firing:
             return None
         window = rule.window
@@ -356,6 +363,18 @@ class RuleEngine:
         else:
             # Rare: an unregistered device; its type is known from when it was heard.
             device = DeviceRef(key[1], self.heard.type_of(key[1], key[2]) or "", key[2])
+        # A value heard unchanged after the gateway was not listening vouches for that
+        # time too (the field is cumulative); time not listened to since the device was
+        # last heard does not count: the device may have moved, and said so, meanwhile.
+        if heard_ms is None:
+            heard_ms = self.heard.get(device) or track.since_ms
+        for start, end in self._deaf_spans(max(heard_ms, track.since_ms), now_ms):
+            if window is None:
+                elapsed_s -= (end - start) / 1000
+            else:
+                elapsed_s -= window.seconds_within(start, end, self._zone)
+        if elapsed_s < rule.spec.unchanged_for_s:
+            return None
         track.firing = True
         track.alert_id = _alert_id(rule.name, device, None, track.since_ms)
         self._dirty.add(key)

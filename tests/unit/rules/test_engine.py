@@ -427,6 +427,36 @@ def test_no_activity_counts_only_daytime_for_someone_living_alone() -> None:
     assert [(c.rule, c.state) for c in back] == [("no_activity", AlertState.RESOLVED)]
 
 
+@pytest.mark.parametrize(("steps_after", "fires"), [(4200, True), (4800, False)])
+def test_no_activity_waits_for_the_bracelet_after_the_gateway_did_not_listen(
+    steps_after: int, fires: bool
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Asia/Shanghai")
+    e = engine()
+
+    def at(hour: int, minute: int = 0) -> float:
+        moment = datetime(2026, 1, 2, hour, minute, tzinfo=zone).timestamp()
+        return moment - T0 / 1000
+
+    # Steps last changed at 08:00; the broker was down from 09:00 to 21:00.
+    assert e.evaluate([reading(WRIST, at(8), steps=4200, worn=True)]) == []
+    assert e.tick(T0 + int(at(9) * 1000)) == []
+    assert e.tick(T0 + int(at(21) * 1000), listening=False) == []
+    # Back at 21:01: 13 h of daytime since the steps changed, but 12 of them unheard,
+    # when the bracelet may have counted steps it could not send.
+    assert e.tick(T0 + int(at(21, 1) * 1000)) == []
+    # Its first report after tells: the same count vouches for the whole day.
+    changes = e.evaluate([reading(WRIST, at(21, 5), steps=steps_after, worn=True)])
+    assert [(c.rule, c.state) for c in changes] == (
+        [("no_activity", AlertState.FIRING)] if fires else []
+    )
+    if fires:
+        assert changes[0].values["unchanged_s"] == 13 * 3600 + 5 * 60
+
+
 def test_no_activity_ignores_a_bracelet_not_worn_and_people_not_alone() -> None:
     e = engine()
     for hour in range(0, 48, 2):
