@@ -121,7 +121,7 @@ async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str
     registered = ctx.gateway.registry.get(entry.community, entry.device_id)
     wearer, whole = person_of(principal, registered)
     if whole:
-        audit_reads(
+        await audit_reads(
             ctx,
             principal.name,
             str(principal.role),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ class AuditEntry:
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self._conn = open_book(path, _SCHEMA, "the audit")
+        # Used from the API's worker threads (see open_book), one at a time.
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._conn.close()
@@ -55,12 +58,13 @@ class AuditLog:
         via: str,
     ) -> None:
         """One row per device whose personal data was shown whole."""
-        self._conn.executemany(
-            "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((at_ms, actor, role, community, device_id, what, via)
-             for community, device_id in devices),
-        )  # fmt: skip
+        with self._lock:
+            self._conn.executemany(
+                "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((at_ms, actor, role, community, device_id, what, via)
+                 for community, device_id in devices),
+            )  # fmt: skip
 
     def entries(
         self,
@@ -80,5 +84,6 @@ class AuditLog:
         query = "SELECT id, at_ms, actor, role, community, device_id, what, via FROM audit"
         if where:
             query += " WHERE " + " AND ".join(where)
-        rows = self._conn.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [AuditEntry(*row) for row in rows]
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
+            return [AuditEntry(*row) for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -64,13 +65,14 @@ def person_of(
     return person, whole
 
 
-def audit_reads(
+async def audit_reads(
     ctx: ApiContext, actor: str, role: str, devices: Iterable[tuple[str, str]], via: str
 ) -> None:
+    """Recorded before the response goes, in a worker thread (see open_book)."""
     shown = list(devices)
     if shown:
-        ctx.audit.record(
-            at_ms=ctx.now_ms(), actor=actor, role=role, devices=shown,
+        await asyncio.to_thread(
+            ctx.audit.record, at_ms=ctx.now_ms(), actor=actor, role=role, devices=shown,
             what="wearer name, phone, emergency contacts", via=via,
         )  # fmt: skip
 
@@ -185,7 +187,7 @@ async def list_devices(
         views.append(view)
         if whole:
             audited.append(key)
-    audit_reads(ctx, principal.name, str(principal.role), audited, f"GET {request.url.path}")
+    await audit_reads(ctx, principal.name, str(principal.role), audited, f"GET {request.url.path}")
     return DeviceListOut(total=matched, devices=views)
 
 
@@ -215,7 +217,7 @@ async def get_device(
     alerts = open_alerts_by_device(ctx.gateway.alerts.open_alerts(), offline_rules(ctx))
     view, whole = _view(ctx, principal, (community, device_id), kind, registered, alerts)
     if whole:
-        audit_reads(
+        await audit_reads(
             ctx,
             principal.name,
             str(principal.role),

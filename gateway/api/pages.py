@@ -102,7 +102,8 @@ async def link_page(
     link = _verify(ctx, request, token)
     entry = ctx.gateway.alerts.get(link.alert_id)
     message = f"已记录：{ACTIONS[done]}" if done in ACTIONS else None
-    return HTMLResponse(_alert_page(ctx, link, token, entry, message), headers=PAGE_HEADERS)
+    page = await _alert_page(ctx, link, token, entry, message)
+    return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 @router.post("/a/{token}/{action}", response_class=HTMLResponse)
@@ -121,14 +122,14 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
             note = (form.get("note") or [""])[0].strip()[:MAX_NOTE_CHARS]
             if not note:
                 entry = ctx.gateway.alerts.get(link.alert_id)
-                page = _alert_page(
+                page = await _alert_page(
                     ctx, link, token, entry, "关闭告警需要填写处理说明。", error=True
                 )
                 return HTMLResponse(page, status_code=422, headers=PAGE_HEADERS)
             await desk.close(link.alert_id, link.receiver, note)
     except AlertError as exc:
         entry = ctx.gateway.alerts.get(link.alert_id)
-        page = _alert_page(ctx, link, token, entry, _refusal(entry, action, exc), error=True)
+        page = await _alert_page(ctx, link, token, entry, _refusal(entry, action, exc), error=True)
         return HTMLResponse(page, status_code=409, headers=PAGE_HEADERS)
     return RedirectResponse(
         f"/a/{quote(token)}?done={action}", status_code=303, headers=PAGE_HEADERS
@@ -181,7 +182,7 @@ def _map_link(position: tuple[float, float] | None, label: str) -> str | None:
     )
 
 
-def _alert_page(
+async def _alert_page(
     ctx: ApiContext,
     link: AlertLink,
     token: str,
@@ -218,7 +219,7 @@ def _alert_page(
     if registered is not None and (registered.wearer_name or registered.wearer_phone
                                    or registered.emergency_contacts):  # fmt: skip
         # The receiver of this alert is the one who must call: shown whole, and audited.
-        audit_reads(
+        await audit_reads(
             ctx, link.receiver, "link", [(entry.community, entry.device_id)], "GET /a/{token}"
         )
         items = []

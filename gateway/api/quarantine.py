@@ -43,9 +43,11 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
 ) -> list[AuditOut]:
     require(principal, Role.ADMIN)
+    entries = await asyncio.to_thread(
+        ctx.audit.entries, limit=limit, actor=actor, community=community, device_id=device_id
+    )
     return [
         AuditOut(id=e.id, at_ms=e.at_ms, actor=e.actor, role=e.role, community=e.community,
                  device_id=e.device_id, what=e.what, via=e.via)
-        for e in ctx.audit.entries(limit=limit, actor=actor, community=community,
-                                   device_id=device_id)
+        for e in entries
     ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
@@ -37,8 +38,9 @@ async def list_silences(ctx: Ctx, principal: Caller) -> list[SilenceOut]:
 )  # fmt: skip
 async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> SilenceOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    silence = ctx.gateway.silences.add(
-        author=principal.name, reason=body.reason,
+    # In a worker thread: the write may wait for the ingest's commits (see open_book).
+    silence = await asyncio.to_thread(
+        ctx.gateway.silences.add, author=principal.name, reason=body.reason,
         starts_ms=body.starts_ms if body.starts_ms is not None else ctx.now_ms(),
         ends_ms=body.ends_ms, community=body.community, building=body.building,
         device_id=body.device_id, rule=body.rule,
@@ -54,5 +56,5 @@ async def delete_silence(
     ctx: Ctx, principal: Caller, silence_id: Annotated[int, Path(ge=1, le=(1 << 63) - 1)]
 ) -> Response:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    ctx.gateway.silences.delete(silence_id)
+    await asyncio.to_thread(ctx.gateway.silences.delete, silence_id)
     return Response(status_code=204)

@@ -7,6 +7,7 @@ overridden.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class SilenceBook:
     def __init__(self, path: Path, registry: Registry) -> None:
         self._registry = registry
         self._conn = open_book(path, _SCHEMA, "silences")
+        # Writes come from the API's worker threads (see open_book), one at a time.
+        self._lock = threading.Lock()
         self._active = self._load()
 
     def close(self) -> None:
@@ -86,22 +89,26 @@ class SilenceBook:
             raise SilenceError("a silence needs a device, a place or a rule to match")
         if building and not community:
             raise SilenceError("a building is named within its community")
-        cursor = self._conn.execute(
-            "INSERT INTO silences (community, building, device_id, rule, starts_ms, ends_ms,"
-            " author, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (community, building, device_id, rule, starts_ms, ends_ms, author, reason),
-        )
-        silence = Silence(
-            int(cursor.lastrowid or 0), community, building, device_id, rule,
-            starts_ms, ends_ms, author, reason,
-        )  # fmt: skip
-        self._active.append(silence)
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT INTO silences (community, building, device_id, rule, starts_ms,"
+                " ends_ms, author, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (community, building, device_id, rule, starts_ms, ends_ms, author, reason),
+            )
+            silence = Silence(
+                int(cursor.lastrowid or 0), community, building, device_id, rule,
+                starts_ms, ends_ms, author, reason,
+            )  # fmt: skip
+            # A new list, not an append: the event loop's thread may be going through it.
+            self._active = [*self._active, silence]
         return silence
 
     def delete(self, silence_id: int) -> None:
-        if not self._conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount:
-            raise SilenceError(f"no silence {silence_id}")
-        self._active = [s for s in self._active if s.id != silence_id]
+        with self._lock:
+            deleted = self._conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
+            if not deleted.rowcount:
+                raise SilenceError(f"no silence {silence_id}")
+            self._active = [s for s in self._active if s.id != silence_id]
 
     def current(self, now_ms: int) -> list[Silence]:
         """Silences not yet expired."""
