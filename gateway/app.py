@@ -14,7 +14,7 @@ import httpx
 
 from gateway.api.server import ApiServer
 from gateway.clock import Clock, SystemClock
-from gateway.config import ApiConfig, GatewayConfig
+from gateway.config import ApiConfig, ApiToken, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
@@ -364,6 +364,13 @@ class Gateway:
         self.loaded_rules = rules
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
         return True
+
+    def reload_tokens(self, tokens: Sequence[ApiToken]) -> None:
+        """Take the API tokens as the config file now has them."""
+        if self.api is None:
+            return
+        if self.api.context.replace_tokens(tokens):
+            log.info("reloaded %d API tokens", len(tokens))
 
     def stop(self) -> None:
         self.stopping.set()

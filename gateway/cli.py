@@ -11,10 +11,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import PROJECT_ROOT, __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             config = load_config(args.config)
             _configure_logging(config)
-            return asyncio.run(_run(config))
+            return asyncio.run(_run(config, args.config))
         if args.command == "simulate":
             return run_from_args(args)
         from gateway.demo import run_demo
@@ -162,7 +168,7 @@ def _configure_logging(config: GatewayConfig) -> None:
     )
 
 
-async def _run(config: GatewayConfig) -> int:
+async def _run(config: GatewayConfig, path: Path) -> int:
     from gateway.app import Gateway
     from gateway.heap import set_aside_startup_objects
 
@@ -172,7 +178,7 @@ async def _run(config: GatewayConfig) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, gateway.stop)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload_rules)
+    loop.add_signal_handler(signal.SIGHUP, reload_in_place, gateway, path)
     pid_file = _pid_file(config)
     pid_file.write_text(f"{os.getpid()}\n")
     try:
@@ -182,16 +188,30 @@ async def _run(config: GatewayConfig) -> int:
     return 0
 
 
+def reload_in_place(gateway: Gateway, path: Path) -> None:
+    """The rules, and the API tokens from the config file: a token taken out of it stops
+    working without a restart. Other settings take effect at the next start."""
+    gateway.reload_rules()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        log.error("API tokens not reloaded, the running ones stay: %s", exc)
+        return
+    gateway.reload_tokens(config.api.tokens if config.api is not None else ())
+
+
 def _pid_file(config: GatewayConfig) -> Path:
     return config.outbox.path.with_suffix(".pid")
 
 
 def _reload(path: Path) -> int:
-    """Check the rules here, where errors can be shown, then tell the running gateway."""
+    """Check the config and the rules here, where errors can be shown, then tell the
+    running gateway."""
     from gateway.rules.rule import load_rules
 
     config = load_config(path)
     rules = load_rules(config.rules_dir)
+    tokens = len(config.api.tokens) if config.api is not None else 0
     pid_file = _pid_file(config)
     try:
         pid = int(pid_file.read_text())
@@ -199,7 +219,7 @@ def _reload(path: Path) -> int:
     except (OSError, ValueError) as exc:
         print(f"no running gateway for {path} ({pid_file}: {exc})", file=sys.stderr)
         return 1
-    print(f"{len(rules)} rules checked; gateway {pid} told to reload them")
+    print(f"{len(rules)} rules and {tokens} API tokens checked; gateway {pid} told to reload them")
     return 0
 
 

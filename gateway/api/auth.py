@@ -101,6 +101,11 @@ class TokenBook:
             for t in tokens
         ]
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TokenBook) and self._entries == other._entries
+
+    __hash__ = None  # type: ignore[assignment]
+
     def find(self, token: str) -> Principal | None:
         presented = _digest(token)
         found: Principal | None = None

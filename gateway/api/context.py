@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, Request
@@ -11,7 +12,7 @@ from gateway.api.audit import AuditLog
 from gateway.api.auth import FailureLimiter, Principal, TokenBook
 from gateway.api.feed import AlertFeed
 from gateway.api.latest import LatestValues
-from gateway.config import ApiConfig
+from gateway.config import ApiConfig, ApiToken
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -65,6 +66,17 @@ class ApiContext:
 
     def now_ms(self) -> int:
         return self.gateway.clock.now_ms()
+
+    def replace_tokens(self, tokens: Iterable[ApiToken]) -> bool:
+        """Whether the tokens changed. If they did, a removed token is refused from the
+        next request on, and open event streams end (their clients reconnect, each
+        authenticating again)."""
+        book = TokenBook(tokens)
+        if book == self.tokens:
+            return False
+        self.tokens = book
+        self.feed.bump()
+        return True
 
     def close(self) -> None:
         self.audit.close()

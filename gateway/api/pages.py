@@ -67,8 +67,13 @@ async def alert_stream(
         version = -1
         sent = 0
         stopping = ctx.gateway.stopping
+        # The tokens this stream was authenticated by: when they are reloaded, it ends,
+        # and the client reconnects with its token, refused if it was taken out.
+        tokens = ctx.tokens
         while not stopping.is_set():
             now = await ctx.feed.wait(version, KEEPALIVE_S, stopping)
+            if ctx.tokens is not tokens:
+                return
             if now == version:
                 yield ": keepalive\n\n"
                 continue

@@ -101,3 +101,44 @@ def test_a_token_mistake_in_the_config_file_names_the_field(
     assert config.api is not None
     assert config.api.tokens[0].token.get_secret_value() == "from-the-environment-123"
     assert "from-the-environment" not in repr(config)
+
+
+async def test_a_token_taken_out_of_the_config_file_stops_working_at_a_reload(
+    site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from gateway.cli import reload_in_place
+
+    config_file = tmp_path / "gateway.yaml"
+
+    def write_tokens(*tokens: tuple[str, str, str]) -> None:
+        lines = ["mqtt: null", "api:", "  tokens:"]
+        lines += [f"    - {{name: {n}, role: {r}, token: {t}}}" for n, r, t in tokens]
+        config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    assert (await site.get("/api/v1/alerts", OPERATOR)).status_code == 200
+    # The board of the desk is open: its stream has had its first event.
+    stream = asyncio.create_task(site.get("/api/v1/alerts-stream?limit=2", OPERATOR))
+    await asyncio.sleep(0.05)
+    # The same tokens again (a reload for the rules): nothing is cut off.
+    api = site.gateway.api
+    assert api is not None and site.gateway.config.api is not None
+    assert not api.context.replace_tokens(site.gateway.config.api.tokens)
+    await asyncio.sleep(0.05)
+    assert not stream.done()
+    # The desk's token is taken out: refused from the next request, and its open
+    # stream ends, to be refused when the board reconnects.
+    write_tokens(("root", "admin", ADMIN))
+    reload_in_place(site.gateway, config_file)
+    assert (await stream).text == "event: alerts\ndata: 0\n\n"
+    refused = await site.get("/api/v1/alerts", OPERATOR)
+    assert (refused.status_code, refused.json()["detail"]) == (401, "unknown token")
+    assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200
+    # A config file broken meanwhile leaves the running tokens as they are.
+    caplog.set_level(logging.ERROR, "gateway.cli")
+    config_file.write_text("api: {tokens: [{name: x, role: king, token: short}]}\n")
+    reload_in_place(site.gateway, config_file)
+    assert "API tokens not reloaded, the running ones stay" in caplog.text
+    assert "gateway.yaml" in caplog.text
+    assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200
