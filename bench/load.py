@@ -161,7 +161,7 @@ def _serve(
     messages = itertools.chain(fleet.status_messages(start_ms), itertools.islice(stream, count))
     frames = encode_publishes(messages)
     try:
-        sock = _connect(host, port, client_id)
+        sock = connect(host, port, client_id)
     except OSError as exc:
         pipe.send(str(exc))
         return
@@ -187,11 +187,11 @@ def encode_publishes(messages: Iterable[SimMessage]) -> list[bytes]:
         )
         header = 0x32 | (0x01 if message.retain else 0x00)
         length = len(body) + len(message.payload)
-        frames.append(bytes((header,)) + _remaining_length(length) + body + message.payload)
+        frames.append(bytes((header,)) + remaining_length(length) + body + message.payload)
     return frames
 
 
-def _remaining_length(length: int) -> bytes:
+def remaining_length(length: int) -> bytes:
     encoded = bytearray()
     while True:
         length, digit = divmod(length, 128)
@@ -200,13 +200,13 @@ def _remaining_length(length: int) -> bytes:
             return bytes(encoded)
 
 
-def _connect(host: str, port: int, client_id: str) -> socket.socket:
+def connect(host: str, port: int, client_id: str) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     name = client_id.encode()
     # Protocol "MQTT" level 4, clean session, keepalive off.
     body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(name).to_bytes(2, "big") + name
-    sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    sock.sendall(b"\x10" + remaining_length(len(body)) + body)
     connack = _read_exactly(sock, 4)
     if connack[0] != 0x20 or connack[3] != 0:
         sock.close()

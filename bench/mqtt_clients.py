@@ -3,6 +3,10 @@ message only after a simulated batch commit, as the gateway must; and of the gat
 own subscribers (MQTT 5 on the mqtt5 codec; MQTT 3.1.1 on paho, served by the asyncio
 loop), with the CPU time each takes a message.
 
+First, a yardstick of the machine's speed, to compare figures taken on different
+machines: the CPU time paho's callbacks take a small QoS 0 message with a handler that
+does nothing, offered at a pace it keeps up with.
+
     .venv/bin/python -m bench.mqtt_clients [--messages 100000]
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import tempfile
 import time
 from collections import deque
@@ -23,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bench.load import connect, remaining_length
 from gateway.clock import SystemClock
 from gateway.config import MqttConfig
 from gateway.ingest.mqtt import subscriber_for
@@ -33,6 +39,63 @@ TOPICS = ("community/#", "vendor/#")
 BATCH = 2000
 # How long the gateway's subscriber lingers for a fuller batch: its commit interval.
 LINGER_S = 0.05
+
+
+YARDSTICK_TOPIC = "yardstick/smoke"
+YARDSTICK_PAYLOAD = b'{"ts":1767225600000,"seq":1,"smoke_obscuration":0.1,"battery_pct":88}'
+YARDSTICK_RATE_MSG_S = 20_000
+YARDSTICK_S = 5.0
+
+
+def _offer_qos0(host: str, port: int, rate_msg_s: float, seconds: float) -> None:
+    """Small QoS 0 publishes, on time (in a process of its own)."""
+    sock = connect(host, port, "yardstick-load")
+    topic = YARDSTICK_TOPIC.encode()
+    body = len(topic).to_bytes(2, "big") + topic + YARDSTICK_PAYLOAD
+    per_write = max(1, int(rate_msg_s / 200))
+    chunk = (b"\x30" + remaining_length(len(body)) + body) * per_write
+    began = time.monotonic()
+    sent = 0
+    while sent < rate_msg_s * seconds:
+        sock.sendall(chunk)
+        sent += per_write
+        ahead_s = began + sent / rate_msg_s - time.monotonic()
+        if ahead_s > 0:
+            time.sleep(ahead_s)
+    sock.sendall(b"\xe0\x00")  # DISCONNECT
+    sock.close()
+
+
+def yardstick(broker: MosquittoService) -> tuple[float, float]:
+    """The share of the offered messages paho's callbacks received, and the CPU µs they
+    took a message: 1,000,000 / that is what one core of the machine could take."""
+    received = 0
+
+    def on_message(_c: object, _u: object, _m: object) -> None:
+        nonlocal received
+        received += 1
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="yardstick")
+    client.on_message = on_message
+    client.connect(broker.host, broker.port)
+    client.subscribe(YARDSTICK_TOPIC, 0)
+    client.loop_start()
+    time.sleep(0.5)  # subscribed
+    cpu_began = time.process_time()
+    load = multiprocessing.Process(
+        target=_offer_qos0, args=(broker.host, broker.port, YARDSTICK_RATE_MSG_S, YARDSTICK_S)
+    )
+    load.start()
+    load.join()
+    while True:
+        before = received
+        time.sleep(0.5)
+        if received == before:
+            break
+    cpu_us = (time.process_time() - cpu_began) / max(received, 1) * 1e6
+    client.loop_stop()
+    client.disconnect()
+    return received / (YARDSTICK_RATE_MSG_S * YARDSTICK_S), cpu_us
 
 
 def preload(broker: MosquittoService, messages: int) -> int:
@@ -203,6 +266,12 @@ def main() -> None:
         broker = MosquittoService(Path(tmp) / "mosquitto")
         broker.start()
         try:
+            share, yardstick_us = yardstick(broker)
+            print(
+                f"yardstick: paho 2 callbacks took {share:.0%} of {YARDSTICK_RATE_MSG_S:,} QoS 0"
+                f" msg/s at {yardstick_us:.1f} µs a message (a core: {1e6 / yardstick_us:,.0f}"
+                " msg/s)"
+            )
             results = {
                 "paho 2 MQTT 3.1.1, manual ack": paho_rate(broker, args.messages, v5=False),
                 "paho 2 MQTT 5, manual ack": paho_rate(broker, args.messages, v5=True),
