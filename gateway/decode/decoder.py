@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
+from gateway.cache import remember
 from gateway.clock import Clock
 from gateway.decode import acme
 from gateway.decode.profile import DeviceProfile, FieldSpec, ProfileSet
@@ -210,10 +211,9 @@ class Decoder:
             )
         route = self._routes.get(message.topic)
         if route is None:
-            route = self._route(message.topic)
-            if len(self._routes) >= _ROUTES_MAX_ENTRIES:
-                self._routes.clear()
-            self._routes[message.topic] = route
+            route = remember(
+                self._routes, message.topic, self._route(message.topic), _ROUTES_MAX_ENTRIES
+            )
         if route.device is None:
             return self._decode_vendor(message, route)
         return self._decode_canonical(message, route.compiled, route.device, route.kind)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from gateway.cache import remember
+
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 # (zone, hour since the epoch) -> the zone's UTC offset throughout that hour, or None
@@ -20,12 +22,10 @@ def _offset_ms(time_ms: int, zone: ZoneInfo) -> int | None:
     key = (zone, time_ms // _HOUR_MS)
     offset_ms = _OFFSETS.get(key, 0)
     if offset_ms == 0 and key not in _OFFSETS:
-        if len(_OFFSETS) > 4096:
-            _OFFSETS.clear()
         hour_ms = key[1] * _HOUR_MS
         first = _zone_offset_ms(hour_ms, zone)
         last = _zone_offset_ms(hour_ms + _HOUR_MS - 1, zone)
-        offset_ms = _OFFSETS[key] = first if first == last else None
+        offset_ms = remember(_OFFSETS, key, first if first == last else None, 4096)
     return offset_ms
 
 

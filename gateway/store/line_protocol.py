@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from gateway.cache import remember
 from gateway.decode.record import FieldValue
 from gateway.store.point import Point
 
@@ -52,10 +53,10 @@ def encode_point(point: Point) -> str:
     series_id = (point.measurement, point.tags)
     series = _series_cache.get(series_id)
     if series is None:
-        series = encode_series(point.measurement, point.tags)
-        if len(_series_cache) >= _CACHE_MAX_ENTRIES:
-            _series_cache.clear()
-        _series_cache[series_id] = series
+        series = remember(
+            _series_cache, series_id, encode_series(point.measurement, point.tags),
+            _CACHE_MAX_ENTRIES,
+        )  # fmt: skip
     return f"{series} {encode_fields(point.fields)} {point.time_ms}"
 
 
@@ -108,10 +109,7 @@ class FieldSetEncoder:
         keys = tuple(fields)
         encode = self._by_keys.get(keys)
         if encode is None:
-            encode = self._compile(keys)
-            if len(self._by_keys) >= _SHAPES_MAX_ENTRIES:
-                self._by_keys.clear()
-            self._by_keys[keys] = encode
+            encode = remember(self._by_keys, keys, self._compile(keys), _SHAPES_MAX_ENTRIES)
         return encode(fields)
 
     def _compile(self, keys: tuple[str, ...]) -> Callable[[Mapping[str, FieldValue]], str]:
@@ -185,10 +183,7 @@ def _field_prefix(key: str) -> str:
     if not key:
         raise ValueError("empty field key")
     prefix = _escape(key, _KEY_ESCAPES) + "="
-    if len(_field_prefix_cache) >= _CACHE_MAX_ENTRIES:
-        _field_prefix_cache.clear()
-    _field_prefix_cache[key] = prefix
-    return prefix
+    return remember(_field_prefix_cache, key, prefix, _CACHE_MAX_ENTRIES)
 
 
 def _escape(text: str, table: dict[int, str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.cache import remember
 from gateway.decode.profile import FieldSpec, ProfileSet
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, TimeSource
 from gateway.registry import RegisteredDevice, Registry
@@ -66,10 +67,7 @@ class SeriesMapper:
             fields = (("online", record.online),)
         series = self._series.get(key)
         if series is None:
-            series = self._series_of(record)
-            if len(self._series) >= _CACHE_MAX_ENTRIES:
-                self._series.clear()
-            self._series[key] = series
+            series = remember(self._series, key, self._series_of(record), _CACHE_MAX_ENTRIES)
         if record.time_source is _GATEWAY:
             fields += _GATEWAY_TIME
         return f"{series} {encode_fields(fields)} {record.time_ms}"
@@ -79,10 +77,7 @@ class SeriesMapper:
         series = self._series_of(record)
         # A device type with a series for this reading has an encoder for its fields.
         reading = (series, self._encoders[(device.device_type, record.port is not None)])
-        if len(self._readings) >= _CACHE_MAX_ENTRIES:
-            self._readings.clear()
-        self._readings[(device, record.port)] = reading
-        return reading
+        return remember(self._readings, (device, record.port), reading, _CACHE_MAX_ENTRIES)
 
     def _series_of(self, record: Record) -> str:
         device = record.device
