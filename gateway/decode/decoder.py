@@ -41,6 +41,7 @@ _IMEI = re.compile(r"[0-9]{15}")
 # Epoch milliseconds before 2000-01-01 are taken for a device clock that was never set,
 # or for seconds sent where milliseconds were expected.
 _EARLIEST_TS_MS = 946_684_800_000
+_SEQ_MAX = (1 << 63) - 1
 # Topics remembered; forgotten all at once when full, so that a storm of new ids stays
 # bounded.
 _ROUTES_MAX_ENTRIES = 200_000
@@ -416,9 +417,13 @@ def _seq(body: Mapping[str, Any]) -> int | None:
     seq = body.get("seq")
     if seq is None:
         return None
-    if type(seq) is not int or seq < 0:
+    # The redelivery filter keeps keys as 64-bit integers, and a message without `ts`
+    # has its `seq` for a key: a larger one would stop the batch it came in, and the
+    # broker would send that batch again and again.
+    if type(seq) is not int or not 0 <= seq <= _SEQ_MAX:
         raise DecodeError(
-            RejectReason.WRONG_TYPE, f"seq must be a non-negative integer, got {seq!r}"
+            RejectReason.WRONG_TYPE,
+            f"seq must be an integer from 0 to {_SEQ_MAX}, got {seq!r}",
         )
     return seq
 

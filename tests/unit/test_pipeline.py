@@ -123,6 +123,27 @@ async def test_redelivery_makes_nothing_twice_even_after_a_restart(tmp_path: Pat
     assert second._outbox.depth() == 2
 
 
+def test_a_seq_too_large_for_a_redelivery_key_is_quarantined_and_the_batch_goes_on(
+    tmp_path: Path,
+) -> None:
+    # Without `ts`, `seq` is the redelivery key, kept as a 64-bit integer. A larger one
+    # used to stop the batch unacknowledged, so that the broker sent it again for ever.
+    p = pipeline(tmp_path / "o.sqlite3")
+    batch = p.prepare(
+        [
+            msg(1, {"seq": 2**64, "heart_rate_bpm": 70}),
+            msg(2, {"seq": 2**63 - 1, "heart_rate_bpm": 71}),
+        ]
+    )
+    assert [(q.reason, q.payload) for q in batch.quarantined] == [
+        ("wrong_type", b'{"seq": 18446744073709551616, "heart_rate_bpm": 70}')
+    ]
+    assert batch.lines == [
+        "bracelet,community=hgy,device_id=br-1 heart_rate_bpm=71i,gateway_time=true "
+        f"{NOW_MS}"
+    ]
+
+
 async def test_a_value_line_protocol_cannot_carry_is_quarantined(tmp_path: Path) -> None:
     profiles_dir = tmp_path / "profiles"
     profiles_dir.mkdir()
