@@ -191,6 +191,21 @@ class IngestPipeline:
                     )
                 )
                 continue
+            except Exception as exc:
+                # A message that trips a fault of the gateway's would otherwise stop its
+                # batch unacknowledged, and the broker would send it again and again,
+                # with every message after it held up behind it.
+                log.exception("decoding a message on %s failed", message.topic)
+                quarantined.append(
+                    QuarantineEntry(
+                        message.received_ms,
+                        message.topic,
+                        message.payload,
+                        RejectReason.INTERNAL_ERROR,
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                )
+                continue
             key = decoded.dedup_key
             if key is not None and is_redelivery(decoded.device, key):
                 redeliveries += 1

@@ -27,3 +27,6 @@ class RejectReason(StrEnum):
     UNENCODABLE = "unencodable"
     # A line the time-series database refused (HTTP 400) after it left the outbox.
     REFUSED_BY_DATABASE = "refused_by_database"
+    # The gateway failed on the message: a fault of the gateway's, logged with its
+    # traceback. The message is kept, and the batch around it goes on.
+    INTERNAL_ERROR = "internal_error"

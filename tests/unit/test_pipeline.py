@@ -139,9 +139,28 @@ def test_a_seq_too_large_for_a_redelivery_key_is_quarantined_and_the_batch_goes_
         ("wrong_type", b'{"seq": 18446744073709551616, "heart_rate_bpm": 70}')
     ]
     assert batch.lines == [
-        "bracelet,community=hgy,device_id=br-1 heart_rate_bpm=71i,gateway_time=true "
-        f"{NOW_MS}"
+        f"bracelet,community=hgy,device_id=br-1 heart_rate_bpm=71i,gateway_time=true {NOW_MS}"
     ]
+
+
+def test_a_message_that_trips_a_fault_of_the_gateway_is_quarantined_and_the_batch_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = pipeline(tmp_path / "o.sqlite3")
+    decode = Decoder.decode
+
+    def faulty(self: Decoder, message: InboundMessage) -> object:
+        if message.mid == 2:
+            raise KeyError("a fault")
+        return decode(self, message)
+
+    monkeypatch.setattr(Decoder, "decode", faulty)
+    batch = p.prepare([msg(mid, {"seq": mid, "heart_rate_bpm": 70}) for mid in (1, 2, 3)])
+    assert [(q.reason, q.detail, q.payload) for q in batch.quarantined] == [
+        ("internal_error", "KeyError: 'a fault'", b'{"seq": 2, "heart_rate_bpm": 70}')
+    ]
+    assert [r.seq for r in batch.records] == [1, 3]
+    assert "decoding a message on community/hgy/bracelet/br-1/telemetry failed" in caplog.text
 
 
 async def test_a_value_line_protocol_cannot_carry_is_quarantined(tmp_path: Path) -> None:

@@ -227,7 +227,11 @@ def test_acme_frame_known_vector() -> None:
             "bad_timestamp",
         ),
         ("community/hgy/smoke_detector/sd-1/telemetry", {"seq": -1, "alarm": True}, "wrong_type"),
-        ("community/hgy/smoke_detector/sd-1/telemetry", {"seq": 2**63, "alarm": True}, "wrong_type"),
+        (
+            "community/hgy/smoke_detector/sd-1/telemetry",
+            {"seq": 2**63, "alarm": True},
+            "wrong_type",
+        ),
         ("community/hgy/smoke_detector/sd-1/status", {"seq": 2**64, "online": True}, "wrong_type"),
         ("community/HGY/smoke_detector/sd-1/telemetry", {"alarm": True}, "bad_topic"),
         ("community/hgy/smoke_detector/sd-1/config", {"alarm": True}, "bad_topic"),
