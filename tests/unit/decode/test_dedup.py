@@ -1,4 +1,5 @@
 import sqlite3
+import sys
 from array import array
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def test_keys_span_the_whole_64_bit_range() -> None:
     for key in (2**63 - 1, -(2**63), 0):
         assert not keys.is_redelivery(BRACELET, key), key
         assert keys.is_redelivery(BRACELET, key), key
+
+
+def test_a_key_whose_bytes_straddle_two_remembered_keys_is_new() -> None:
+    # The keys' bytes are searched: a match across two keys must not count.
+    first, second = 0x1122334455667788, 0x0102030405060708
+    data = array("q", [first, second]).tobytes()
+    keys = RedeliveryFilter()
+    for key in (first, second):
+        keys.is_redelivery(BRACELET, key)
+    for offset in range(1, 8):
+        straddling = int.from_bytes(data[offset : offset + 8], sys.byteorder, signed=True)
+        assert not keys.is_redelivery(BRACELET, straddling), offset
+        assert keys.is_redelivery(BRACELET, straddling), offset
 
 
 def test_each_device_remembers_its_last_keys_only() -> None:
