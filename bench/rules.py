@@ -21,7 +21,6 @@ import tracemalloc
 from pathlib import Path
 
 from gateway import PROJECT_ROOT
-from gateway.clock import SystemClock
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.profile import load_profiles
 from gateway.ingest.message import InboundMessage
@@ -46,7 +45,7 @@ def main() -> None:
         registry_file.write_text(fleet.registry_csv(), encoding="utf-8")
         registry = load_registry(registry_file)
     profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
-    decoder = Decoder(profiles, registry, SystemClock())
+    decoder = Decoder(profiles, registry)
     start_ms = time.time_ns() // 1_000_000
     records = []
     for i, message in enumerate(fleet.stream(rate_msg_s=20_000, start_ms=start_ms)):

@@ -101,7 +101,7 @@ class Gateway:
         # Before the alarm lane existed its keys were kept with the rest.
         alarm_redelivery.restore(self.outbox.redelivery_keys("alarm") or main_keys)
         ingest = config.ingest
-        decoder = Decoder.configured(self.profiles, self.registry, self.clock, ingest)
+        decoder = Decoder.configured(self.profiles, self.registry, ingest)
         self.pipeline = IngestPipeline(
             decoder,
             redelivery,

@@ -192,7 +192,7 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     redelivery.restore(outbox.redelivery_keys())
     ingest = config.ingest
     pipeline = IngestPipeline(
-        Decoder.configured(profiles, registry, clock, ingest),
+        Decoder.configured(profiles, registry, ingest),
         redelivery,
         SeriesMapper(profiles, registry),
         outbox,

@@ -58,7 +58,7 @@ def pipeline(
     alarm_redelivery = RedeliveryFilter()
     alarm_redelivery.restore(outbox.redelivery_keys("alarm"))
     return IngestPipeline(
-        Decoder(profiles, registry, ManualClock(NOW_MS)),
+        Decoder(profiles, registry),
         redelivery,
         SeriesMapper(profiles, registry),
         outbox,
@@ -172,7 +172,7 @@ async def test_a_value_line_protocol_cannot_carry_is_quarantined(tmp_path: Path)
     )
     profiles = load_profiles(profiles_dir, CODECS)
     p = IngestPipeline(
-        Decoder(profiles, Registry(), ManualClock(NOW_MS)),
+        Decoder(profiles, Registry()),
         RedeliveryFilter(),
         SeriesMapper(profiles, Registry()),
         Outbox(tmp_path / "o.sqlite3"),
@@ -241,7 +241,7 @@ def judging(path: Path) -> IngestPipeline:
     clock = ManualClock(NOW_MS)
     engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, profiles.periods_s())
     return IngestPipeline(
-        Decoder(profiles, registry, clock),
+        Decoder(profiles, registry),
         RedeliveryFilter(),
         SeriesMapper(profiles, registry),
         Outbox(path),

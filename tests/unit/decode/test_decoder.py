@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 from gateway import PROJECT_ROOT
-from gateway.clock import ManualClock
 from gateway.decode import acme
 from gateway.decode import decoder as decoder_module
 from gateway.decode.decoder import CODECS, Decoder
@@ -35,7 +34,7 @@ def registry() -> Registry:
 
 
 def decoder(*, require_registered: bool = False) -> Decoder:
-    return Decoder(PROFILES, registry(), ManualClock(NOW_MS), require_registered=require_registered)
+    return Decoder(PROFILES, registry(), require_registered=require_registered)
 
 
 def message(topic: str, payload: object) -> InboundMessage:
@@ -388,7 +387,7 @@ def test_each_field_is_taken_converted_or_rejected_as_its_spec_says(
 ) -> None:
     (tmp_path / "checked.yaml").write_text(CHECKED_PROFILE)
     profiles = load_profiles(tmp_path, CODECS)
-    checker = Decoder(profiles, Registry(), ManualClock(NOW_MS))
+    checker = Decoder(profiles, Registry())
     values = {"needed": "1.5", field: sent}
     body = "{" + ",".join(f'"{name}":{text}' for name, text in values.items()) + "}"
     inbound = InboundMessage("community/hgy/checked/c-1/telemetry", body.encode(), NOW_MS)

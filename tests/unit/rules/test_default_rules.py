@@ -30,7 +30,7 @@ def run(tmp_path: Path, kind: ScenarioKind, hours: float) -> tuple[Counter[str],
     registry_file.write_text(FLEET.registry_csv(), encoding="utf-8")
     registry = load_registry(registry_file)
     clock = ManualClock(NOON_MS)
-    decoder = Decoder(PROFILES, registry, clock, require_registered=True)
+    decoder = Decoder(PROFILES, registry, require_registered=True)
     periods = PROFILES.periods_s()
     engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, periods, now_ms=NOON_MS)
     fired: Counter[str] = Counter()

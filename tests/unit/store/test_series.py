@@ -82,7 +82,7 @@ def test_every_reading_of_the_fleet_is_a_line_that_reads_back_as_its_fields(
     fleet = Fleet.build(seed=7, devices=200)
     (tmp_path / "devices.csv").write_text(fleet.registry_csv(), encoding="utf-8")
     registry = load_registry(tmp_path / "devices.csv")
-    decoder = Decoder(profiles, registry, SystemClock())
+    decoder = Decoder(profiles, registry)
     mapper = SeriesMapper(profiles, registry)
     start_ms = SystemClock().now_ms()
     messages = itertools.islice(fleet.stream(rate_msg_s=1000, start_ms=start_ms), 3000)
