@@ -174,37 +174,18 @@ class IngestPipeline:
                 decoded = decode(message)
                 new_lines = [line(r) for r in decoded.records]
             except DecodeError as exc:
-                quarantined.append(
-                    QuarantineEntry(
-                        message.received_ms, message.topic, message.payload, exc.reason, exc.detail
-                    )
-                )
+                quarantined.append(_quarantined(message, exc.reason, exc.detail))
                 continue
             except ValueError as exc:
-                quarantined.append(
-                    QuarantineEntry(
-                        message.received_ms,
-                        message.topic,
-                        message.payload,
-                        RejectReason.UNENCODABLE,
-                        str(exc),
-                    )
-                )
+                quarantined.append(_quarantined(message, RejectReason.UNENCODABLE, str(exc)))
                 continue
             except Exception as exc:
                 # A message that trips a fault of the gateway's would otherwise stop its
                 # batch unacknowledged, and the broker would send it again and again,
                 # with every message after it held up behind it.
                 log.exception("decoding a message on %s failed", message.topic)
-                quarantined.append(
-                    QuarantineEntry(
-                        message.received_ms,
-                        message.topic,
-                        message.payload,
-                        RejectReason.INTERNAL_ERROR,
-                        f"{type(exc).__name__}: {exc}",
-                    )
-                )
+                detail = f"{type(exc).__name__}: {exc}"
+                quarantined.append(_quarantined(message, RejectReason.INTERNAL_ERROR, detail))
                 continue
             key = decoded.dedup_key
             if key is not None and is_redelivery(decoded.device, key):
@@ -350,6 +331,10 @@ class IngestPipeline:
         if decision.changes:
             for alert_listener in self.alert_listeners:
                 alert_listener(decision.changes)
+
+
+def _quarantined(message: InboundMessage, reason: str, detail: str) -> QuarantineEntry:
+    return QuarantineEntry(message.received_ms, message.topic, message.payload, reason, detail)
 
 
 def _judged(
