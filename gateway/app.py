@@ -32,6 +32,7 @@ from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook
 from gateway.rules.engine import RuleEngine
+from gateway.rules.fault import RuleFaults
 from gateway.rules.rule import Rule, load_rules
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
@@ -90,6 +91,7 @@ class Gateway:
             periods_s,
             now_ms=self.clock.now_ms(),
             zone=ZoneInfo(config.timezone),
+            faults=RuleFaults(self.stats.rule_faults),
         )
         self.outbox = Outbox.configured(config.outbox, bulk_elsewhere=self._telemetry_apart(config))
         self.alerts = AlertBook(config.outbox.path)

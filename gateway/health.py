@@ -35,6 +35,9 @@ class HealthReport:
             value: int = getattr(stats, name)
             fields.append((name, value - self._last.get(name, 0)))
             self._last[name] = value
+        faults = stats.rule_faults.total()
+        fields.append(("rule_faults", faults - self._last.get("rule_faults", 0)))
+        self._last["rule_faults"] = faults
         rejects = stats.rejected_by_reason - self._last_rejects
         self._last_rejects = Counter(stats.rejected_by_reason)
         fields += [

@@ -43,6 +43,8 @@ class Stats:
     alerts_firing: int = 0
     alerts_resolved: int = 0
     alerts_open: int = 0
+    # Rules that failed at run time on a record, by rule (see rules.fault).
+    rule_faults: Counter[str] = field(default_factory=Counter)
     # (channel, result) of every delivery attempt.
     notifications: Counter[tuple[str, str]] = field(default_factory=Counter)
     escalations: int = 0
@@ -61,5 +63,7 @@ class Stats:
             f"in={self.messages_in} stored={self.lines_stored} written={self.lines_written} "
             f"outbox={self.outbox_depth} redelivered={self.redeliveries} "
             f"alerts={self.alerts_firing} open={self.alerts_open} notified={self.notified} "
-            f"rejected={self.rejected}" + (f" ({rejects})" if rejects else "")
+            f"rejected={self.rejected}"
+            + (f" ({rejects})" if rejects else "")
+            + (f" rule_faults={self.rule_faults.total()}" if self.rule_faults else "")
         )

@@ -125,6 +125,12 @@ def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> s
         ),
     )
     out.metric(
+        "gateway_rule_faults_total",
+        "counter",
+        "Records a rule failed on at run time and could not judge, by rule",
+        (({"rule": r}, n) for r, n in sorted(stats.rule_faults.items())),
+    )
+    out.metric(
         "gateway_alerts_fired_total", "counter", "Alerts that fired", [({}, stats.alerts_firing)]
     )
     out.metric(

@@ -22,6 +22,7 @@ def build() -> Board:
             "Lines waiting in the outbox for the database; it grows while InfluxDB is away.",
             Influx('SELECT last("outbox_depth") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (10000, "orange"), (1000000, "red")),
+            width=5,
         )
     )
     board.add(
@@ -31,6 +32,7 @@ def build() -> Board:
             Influx('SELECT last("write_latency_ms") FROM "gateway" WHERE $timeFilter'),
             unit="ms",
             steps=((None, "green"), (1000, "orange"), (5000, "red")),
+            width=5,
         )
     )
     board.add(
@@ -39,6 +41,18 @@ def build() -> Board:
             "Device messages rejected and quarantined in the time range.",
             Influx('SELECT sum("rejected") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "orange")),
+            width=5,
+        )
+    )
+    board.add(
+        single_stat(
+            "规则故障 Rule faults",
+            "Records a rule failed on at run time (a division by 0, a threshold of the "
+            "wrong type) and could not judge; the log and gateway_rule_faults_total name "
+            "the rule.",
+            Influx('SELECT sum("rule_faults") FROM "gateway" WHERE $timeFilter'),
+            steps=((None, "green"), (1, "red")),
+            width=4,
         )
     )
     board.add(
@@ -47,6 +61,7 @@ def build() -> Board:
             "Alerts open, as the gateway last counted them.",
             Influx('SELECT last("alerts_open") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "red")),
+            width=5,
         )
     )
     board.add(

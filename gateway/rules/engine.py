@@ -32,6 +32,7 @@ from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
+from gateway.rules.fault import RuleFaults
 from gateway.rules.presence import HeardGroup, LastHeard
 from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Rule
@@ -79,8 +80,10 @@ class RuleEngine:
         *,
         now_ms: int = 0,
         zone: ZoneInfo = CHINA_STANDARD_TIME,
+        faults: RuleFaults | None = None,
     ) -> None:
         self._registry = registry
+        self.faults = faults or RuleFaults()
         self._zone = zone
         self._periods_s = dict(periods_s or {})
         # When each device was last heard from; registered devices count from start-up,
@@ -465,6 +468,7 @@ class RuleEngine:
             windows,
             add_rate=self._rates.add,
             registered=self._registry.get,
+            fault=self.faults.condition,
             device_has=_registry_attribute,
         )
 
@@ -505,7 +509,10 @@ class RuleEngine:
                     self.heard.fresh_groups.append(group)
                 group.fresh[device_id] = device
                 if device_id in counts and not self._absent.isdisjoint(counts[device_id]):
-                    changes.extend(self._heard(record))
+                    try:
+                        changes.extend(self._heard(record))
+                    except Exception as exc:
+                        self.faults.judging(record, exc)
             seen_ms[device_id] = record.time_ms
             if isinstance(record, StatusReport):
                 continue
@@ -517,8 +524,12 @@ class RuleEngine:
                     break
             else:
                 handler = self._handler_for(record, shapes)
-            # With the rules that have a track for this device, if any.
-            handler(record, counts.get(device_id), changes)
+            # With the rules that have a track for this device, if any. A fault is the
+            # record's alone: the batch, and the alarms in it, are still judged.
+            try:
+                handler(record, counts.get(device_id), changes)
+            except Exception as exc:
+                self.faults.judging(record, exc)
         if newest_ms >= 0:
             self._newest_heard_ms = newest_ms
         return changes
@@ -632,6 +643,9 @@ class RuleEngine:
             try:
                 cleared = bool(rule.clear_when(self._scope(record, rates)))
             except Unknown:
+                cleared = False
+            except Exception as exc:
+                self.faults.condition(rule.name, record, exc)
                 cleared = False
         if not cleared:
             return None

@@ -37,6 +37,8 @@ Shape = tuple[str, type, bool, tuple[str, ...]]
 Handler = Callable[[Reading | Event, Mapping[str, int] | None, list[Any]], None]
 # A rule's action: (record, holds, rates) -> an alert change or None.
 Action = Callable[[Reading | Event, bool | None, dict[str, float]], Any]
+# Told of a condition that raised: (rule name, record, exception).
+Fault = Callable[[str, Reading | Event, Exception], None]
 
 # The value of a coalesce() that no option made known (None can be a known value there).
 _UNKNOWN = object()
@@ -356,6 +358,7 @@ def build_handler(
     *,
     add_rate: Callable[..., float | None],
     registered: Callable[[str, str], Any],
+    fault: Fault,
     device_has: Callable[[str], bool] = lambda attribute: True,
 ) -> Handler:
     """The function judging `judged` for records of `shape`, in order, appending what
@@ -437,8 +440,13 @@ def build_handler(
         out.close(2)
     rates_mapping = "{" + ", ".join(f"{out.value(n)}: {v}" for n, v in rates.items()) + "}"
     for rule in judged:
-        operand = generator.expression(rule.when)
         holds = out.local()
+        # A condition can fail at run time on values no check could foresee (a division
+        # by a registry attribute of 0, a threshold of the wrong type): the rule is then
+        # unknown for this record and the fault reported, and the rules after it are
+        # still judged.
+        out.open("try:")
+        operand = generator.expression(rule.when)
         if operand.never_known:
             out.emit(f"{holds} = None")
         elif operand.boolean:
@@ -449,6 +457,11 @@ def build_handler(
             )
         else:
             out.emit(f"{holds} = True if {operand.source} else False")
+        out.close()
+        out.open("except Exception as exc:")
+        out.emit(f"{holds} = None")
+        out.emit(f"fault({out.value(rule.name)}, record, exc)")
+        out.close()
         tracked = f"(tracked is not None and {out.value(rule.name)} in tracked)"
         gate = {
             "true": holds,
@@ -464,7 +477,7 @@ def build_handler(
         out.emit(f"    changes.append({change})")
         out.close()
     text = "def handle(record, tracked, changes):\n" + "\n".join(out.lines) + "\n"
-    namespace = dict(out.namespace, add_rate=add_rate, registered=registered)
+    namespace = dict(out.namespace, add_rate=add_rate, registered=registered, fault=fault)
     exec(compile(text, f"<rules for {shape[0]}>", "exec"), namespace)
     handler: Handler = namespace["handle"]
     return handler
@@ -481,6 +494,7 @@ def check_generates(condition: ast.expr) -> None:
             {},
             add_rate=lambda *args: None,
             registered=lambda community, device_id: None,
+            fault=lambda rule, record, exc: None,
         )
     except (SyntaxError, RecursionError, MemoryError) as exc:
         raise ExpressionError("nested too deeply to be evaluated") from exc

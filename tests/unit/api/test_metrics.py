@@ -1,6 +1,7 @@
 from collections import Counter
 
 from gateway.api.metrics import render
+from gateway.decode.record import DeviceRef, Reading, TimeSource
 from gateway.stats import Stats
 from tests.unit.api.conftest import T0, Site
 
@@ -19,6 +20,13 @@ async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
     assert 'gateway_alerts{state="firing"} 0' in lines
     assert "gateway_alerts_fired_total 1" in lines
     assert "# TYPE gateway_outbox_depth_lines gauge" in lines
+
+
+async def test_metrics_name_the_rule_that_failed_at_run_time(site: Site) -> None:
+    record = Reading(DeviceRef("hgy", "bracelet", "br-1"), T0, TimeSource.DEVICE, {})
+    site.gateway.rules.faults.condition("left_safe_area", record, ZeroDivisionError())
+    response = await site.client.get("/metrics")
+    assert 'gateway_rule_faults_total{rule="left_safe_area"} 1' in response.text.splitlines()
 
 
 def test_notifications_and_escalations_with_escaped_labels() -> None:

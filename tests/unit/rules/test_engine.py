@@ -701,3 +701,103 @@ def test_without_its_saved_window_a_rate_is_unknown_after_a_restart(tmp_path: Pa
     fresh = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
     decision = fresh.evaluate([reading(SHED, 40, port=3, temperature_c=47.0)])
     assert states(decision.changes) == []
+
+
+def test_a_rule_failing_on_a_record_costs_no_other_alert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rule of the community's own that divides by a registry threshold, and a cover
+    # whose threshold is 0: the rule fails on its readings at run time.
+    (tmp_path / "a_ratio.yaml").write_text(
+        "rules:\n"
+        "  - name: fill_ratio_high\n"
+        "    title: Well nearly full\n"
+        "    device_types: [manhole_cover]\n"
+        "    severity: warning\n"
+        "    when: water_level_cm / device.usable_depth_cm > 0.8\n"
+    )
+    for name in ("manhole_cover.yaml", "smoke_detector.yaml"):
+        (tmp_path / name).write_text((PROJECT_ROOT / "alert_rules" / name).read_text())
+    rules = load_rules(tmp_path)
+    assert rules[0].name == "fill_ratio_high"  # judged before cover_open
+    zero = RegisteredDevice(
+        device_id="mh-0",
+        device_type="manhole_cover",
+        community="hgy",
+        thresholds={"usable_depth_cm": 0},
+    )
+    e = RuleEngine(rules, Registry([zero]))
+    cover = DeviceRef("hgy", "manhole_cover", "mh-0")
+    batch = [
+        reading(cover, 0, water_level_cm=50.0, lid_open=True, tilt_deg=40.0),
+        reading(SMOKE, 1, alarm=True),
+    ]
+    with caplog.at_level("ERROR"):
+        changes = e.evaluate(batch)
+    # The lid judged on the same reading, the fire on the next one.
+    assert states(changes) == [
+        ("cover_open", AlertState.FIRING),
+        ("fire_alarm", AlertState.FIRING),
+    ]
+    assert e.faults.counts == {"fill_ratio_high": 1}
+    (logged,) = caplog.records
+    assert "fill_ratio_high" in logged.getMessage()
+    assert "hgy/mh-0" in logged.getMessage()
+    assert "ZeroDivisionError" in logged.getMessage()
+    # Every fault counts; only the 1st, 10th, 100th... is logged.
+    caplog.clear()
+    for t in range(2, 21):
+        e.evaluate([reading(cover, t, water_level_cm=50.0)])
+    assert e.faults.counts == {"fill_ratio_high": 20}
+    assert [r.getMessage().count("fault 10 ") for r in caplog.records] == [1]
+
+
+def test_a_clear_condition_failing_keeps_the_alert_open(tmp_path: Path) -> None:
+    (tmp_path / "ratio.yaml").write_text(
+        "rules:\n"
+        "  - name: fill_ratio_high\n"
+        "    title: Well nearly full\n"
+        "    device_types: [manhole_cover]\n"
+        "    severity: warning\n"
+        "    when: water_level_cm > 150\n"
+        "    clear_when: water_level_cm / device.usable_depth_cm < 0.7\n"
+    )
+    zero = RegisteredDevice(
+        device_id="mh-0",
+        device_type="manhole_cover",
+        community="hgy",
+        thresholds={"usable_depth_cm": 0},
+    )
+    e = RuleEngine(load_rules(tmp_path), Registry([zero]))
+    cover = DeviceRef("hgy", "manhole_cover", "mh-0")
+    assert states(e.evaluate([reading(cover, 0, water_level_cm=160.0)])) == [
+        ("fill_ratio_high", AlertState.FIRING)
+    ]
+    # Not known to have cleared: the alert stays open rather than resolving unseen.
+    assert e.evaluate([reading(cover, 60, water_level_cm=10.0)]) == []
+    assert e.faults.counts == {"fill_ratio_high": 1}
+
+
+def test_a_fault_in_judging_one_record_leaves_the_rest_of_the_batch_judged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = engine()
+    handler_for = e._handler_for
+
+    def faulty_for_covers(record, shapes):  # type: ignore[no-untyped-def]
+        handler = handler_for(record, shapes)
+        if record.device.device_type != "manhole_cover":
+            return handler
+
+        def fails(*args: object) -> None:
+            raise RuntimeError("a fault of the gateway's")
+
+        return fails
+
+    monkeypatch.setattr(e, "_handler_for", faulty_for_covers)
+    with caplog.at_level("ERROR"):
+        changes = e.evaluate([reading(COVER, 0, lid_open=True), reading(SMOKE, 1, alarm=True)])
+    assert states(changes) == [("fire_alarm", AlertState.FIRING)]
+    assert e.faults.counts == {"(judging)": 1}
+    (logged,) = caplog.records
+    assert logged.exc_info is not None and "a fault of the gateway's" in str(logged.exc_info[1])

@@ -82,6 +82,7 @@ def reference(text: str, record: Reading | Event, rates: Mapping[str, float] = {
 
 def generated(text: str, record: Reading | Event, rates: Mapping[str, float] = {}) -> object:
     judged: list[bool | None] = []
+    faults: list[Exception] = []
 
     def action(record: Reading | Event, holds: bool | None, rates: object) -> None:
         judged.append(holds)
@@ -94,12 +95,15 @@ def generated(text: str, record: Reading | Event, rates: Mapping[str, float] = {
         windows,
         add_rate=lambda record, field, *_: rates.get(f"{field}_per_min"),
         registered=REGISTRY.get,
+        fault=lambda rule, record, exc: faults.append(exc),
     )
-    try:
-        handler(record, {"rule": 1}, [])
-    except Exception as exc:
-        return type(exc)
+    handler(record, {"rule": 1}, [])
     (holds,) = judged
+    if faults:
+        # Where the reference raises, the rule is unknown and the fault reported.
+        assert holds is None
+        (fault,) = faults
+        return type(fault)
     return holds
 
 
@@ -231,12 +235,14 @@ def test_the_source_holds_nothing_from_the_rule_file() -> None:
         {},
         add_rate=lambda *args: None,
         registered=REGISTRY.get,
+        fault=lambda rule, record, exc: None,
     )
     code = handler.__code__
     made_here = re.compile(r"^(t\d+|k\d+|_UNKNOWN)$")
     fixed = {"record", "tracked", "changes", "fields", "time_ms", "event", "port", "device"}
     fixed |= {"thresholds", "registered", "add_rate", "getattr", "append", "get", "type"}
     fixed |= {"kind", "device_id", "community", "float", "int", "time_ms"}
+    fixed |= {"fault", "exc", "Exception"}
     for name in (*code.co_names, *code.co_varnames):
         assert made_here.match(name) or name in fixed, name
     assert all(not isinstance(c, str) or c in ("",) for c in code.co_consts if c is not None)
