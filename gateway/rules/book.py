@@ -11,10 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from gateway.decode.record import DeviceRef
 from gateway.errors import GatewayError, StoreError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
+from gateway.rules.presence import GroupKey
 from gateway.store.database import open_book
 
 _SCHEMA = """
@@ -75,14 +78,23 @@ CREATE TABLE IF NOT EXISTS rate_windows (
     samples BLOB NOT NULL,
     PRIMARY KEY (community, device_id, field, port)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS last_seen (
+-- When each device was last heard, by group: `seen` is a JSON object of device id to
+-- epoch ms. What each judged batch heard is logged in `heard_log` as JSON
+-- [[[community, device_type], {device id: ms}], ...], and folded in here every
+-- HEARD_FOLD_BATCHES batches: a row a device written with every batch cost more than
+-- judging the batch did.
+CREATE TABLE IF NOT EXISTS heard (
     community TEXT NOT NULL,
     device_type TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    seen_ms INTEGER NOT NULL,
-    PRIMARY KEY (community, device_type, device_id)
+    seen BLOB NOT NULL,
+    PRIMARY KEY (community, device_type)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heard_log (id INTEGER PRIMARY KEY, seen BLOB NOT NULL);
 """
+# Batches logged in `heard_log` before they are folded into `heard`: a fold rewrites the
+# groups heard from, so it is done for many batches at once, and often enough that the
+# log a restart reads stays small.
+HEARD_FOLD_BATCHES = 50
 # Columns added since the first release, for alert books made by it.
 _ADDED_COLUMNS = (("arrived_by", "TEXT"), ("arrived_ms", "INTEGER"), ("assigned_to", "TEXT"))
 # SQLite's primary keys take no NULL; no port is stored as -1.
@@ -142,6 +154,7 @@ class AlertBook:
             for name, kind in _ADDED_COLUMNS:
                 if name not in present:
                     self._conn.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
+            _move_last_seen(self._conn)
         except sqlite3.Error as exc:
             raise StoreError(
                 f"cannot open the alert book in {path}: {exc}", retryable=False
@@ -164,10 +177,13 @@ class AlertBook:
         ]
 
     def load_last_seen(self) -> list[tuple[DeviceRef, int]]:
-        rows = self._conn.execute(
-            "SELECT community, device_type, device_id, seen_ms FROM last_seen"
-        )
-        return [(DeviceRef(c, t, d), int(ms)) for c, t, d, ms in rows]
+        groups = _heard_groups(self._conn)
+        _replay_heard_log(self._conn, groups)
+        return [
+            (DeviceRef(community, device_type, device_id), seen_ms)
+            for (community, device_type), times in groups.items()
+            for device_id, seen_ms in times.items()
+        ]
 
     @staticmethod
     def write_rates(
@@ -192,14 +208,15 @@ class AlertBook:
         changes: Sequence[AlertChange],
         tracks_changed: Sequence[tuple[TrackKey, Track]],
         tracks_gone: Sequence[TrackKey],
-        seen: Sequence[tuple[DeviceRef, int]] = (),
+        seen: Sequence[tuple[GroupKey, dict[str, int]]] = (),
     ) -> None:
         """What the rules decided, inside the caller's transaction: when devices were last
         heard from, the rule timers, new alerts and alerts whose condition cleared."""
-        conn.executemany(
-            "INSERT OR REPLACE INTO last_seen VALUES (?, ?, ?, ?)",
-            ((d.community, d.device_type, d.device_id, ms) for d, ms in seen),
-        )
+        if seen:
+            conn.execute("INSERT INTO heard_log (seen) VALUES (?)", (orjson.dumps(seen),))
+            (logged,) = conn.execute("SELECT count(*) FROM heard_log").fetchone()
+            if logged >= HEARD_FOLD_BATCHES:
+                _fold_heard_log(conn)
         conn.executemany(
             "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -476,3 +493,52 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
         closed_ms=_ms(closed_ms),
         note=_text(note),
     )
+
+
+def _heard_groups(conn: sqlite3.Connection) -> dict[GroupKey, dict[str, int]]:
+    rows = conn.execute("SELECT community, device_type, seen FROM heard")
+    return {(community, device_type): orjson.loads(seen) for community, device_type, seen in rows}
+
+
+def _replay_heard_log(conn: sqlite3.Connection, groups: dict[GroupKey, dict[str, int]]) -> None:
+    """The logged batches over `groups`, in the order they were judged."""
+    for (seen,) in conn.execute("SELECT seen FROM heard_log ORDER BY id"):
+        for (community, device_type), times in orjson.loads(seen):
+            groups.setdefault((community, device_type), {}).update(times)
+
+
+def _fold_heard_log(conn: sqlite3.Connection) -> None:
+    """Fold the logged batches into the groups they heard from, inside the caller's
+    transaction."""
+    logged: dict[GroupKey, dict[str, int]] = {}
+    _replay_heard_log(conn, logged)
+    for (community, device_type), times in logged.items():
+        row = conn.execute(
+            "SELECT seen FROM heard WHERE community = ? AND device_type = ?",
+            (community, device_type),
+        ).fetchone()
+        if row is not None:
+            times = {**orjson.loads(row[0]), **times}
+        conn.execute(
+            "INSERT OR REPLACE INTO heard VALUES (?, ?, ?)",
+            (community, device_type, orjson.dumps(times)),
+        )
+    conn.execute("DELETE FROM heard_log")
+
+
+def _move_last_seen(conn: sqlite3.Connection) -> None:
+    """An alert book of an earlier version kept a row a device in `last_seen`: moved into
+    `heard`, the later of two times kept."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'last_seen'").fetchone():
+        return
+    groups = _heard_groups(conn)
+    rows = conn.execute("SELECT community, device_type, device_id, seen_ms FROM last_seen")
+    for community, device_type, device_id, seen_ms in rows:
+        times = groups.setdefault((community, device_type), {})
+        times[device_id] = max(int(seen_ms), times.get(device_id, seen_ms))
+    with _Transaction(conn):
+        conn.executemany(
+            "INSERT OR REPLACE INTO heard VALUES (?, ?, ?)",
+            ((c, t, orjson.dumps(times)) for (c, t), times in groups.items()),
+        )
+        conn.execute("DROP TABLE last_seen")

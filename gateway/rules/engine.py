@@ -33,7 +33,7 @@ from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
 from gateway.rules.fault import RuleFaults
-from gateway.rules.presence import HeardGroup, LastHeard
+from gateway.rules.presence import HeardGroup, HeardTimes, LastHeard
 from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Rule
 from gateway.rules.schedule import DailyWindow
@@ -415,7 +415,7 @@ class RuleEngine:
         self._dirty.clear()
         return changed, gone
 
-    def take_seen(self) -> list[tuple[DeviceRef, int]]:
+    def take_seen(self) -> HeardTimes:
         """Devices heard from since the last call, with when, to persist."""
         return self.heard.take_fresh()
 
@@ -507,7 +507,7 @@ class RuleEngine:
                 seen_ms = group.seen_ms
                 if not group.fresh:
                     self.heard.fresh_groups.append(group)
-                group.fresh[device_id] = device
+                group.fresh.add(device_id)
                 if device_id in counts and not self._absent.isdisjoint(counts[device_id]):
                     try:
                         changes.extend(self._heard(record))

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from gateway.decode.record import DeviceRef
 
 GroupKey = tuple[str, str]  # (community, device_type)
+# When devices were heard, by group: (group, device id -> epoch ms).
+HeardTimes = list[tuple[GroupKey, dict[str, int]]]
 
 
 class HeardGroup:
@@ -24,10 +26,9 @@ class HeardGroup:
         self.key = key
         # Device id -> when last heard.
         self.seen_ms: dict[str, int] = {}
-        # Devices heard since the last `take_fresh`, to persist, by id; when it becomes
-        # non-empty, the group goes on `LastHeard.fresh_groups`. Keeping the records'
-        # DeviceRef spares making one for each when they are taken.
-        self.fresh: dict[str, DeviceRef] = {}
+        # Ids of the devices heard since the last `take_fresh`, to persist; when it
+        # becomes non-empty, the group goes on `LastHeard.fresh_groups`.
+        self.fresh: set[str] = set()
 
 
 class LastHeard:
@@ -51,7 +52,7 @@ class LastHeard:
         group.seen_ms[device.device_id] = at_ms
         if not group.fresh:
             self.fresh_groups.append(group)
-        group.fresh[device.device_id] = device
+        group.fresh.add(device.device_id)
 
     def set(self, device: DeviceRef, at_ms: int) -> None:
         """Without marking it fresh: what start-up and a restored state say."""
@@ -76,12 +77,12 @@ class LastHeard:
                 return device_type
         return None
 
-    def take_fresh(self) -> list[tuple[DeviceRef, int]]:
-        """Devices heard since the last call, with when."""
+    def take_fresh(self) -> HeardTimes:
+        """Devices heard since the last call, with when, by group."""
         taken = []
         for group in self.fresh_groups:
             seen_ms = group.seen_ms
-            taken += [(device, seen_ms[device_id]) for device_id, device in group.fresh.items()]
+            taken.append((group.key, {device_id: seen_ms[device_id] for device_id in group.fresh}))
             group.fresh.clear()
         self.fresh_groups.clear()
         return taken

@@ -15,7 +15,10 @@ def test_heard_devices_are_taken_once_with_their_latest_time() -> None:
     assert heard.take_fresh() == []
     for device, at_ms in ((WRIST, 200), (SMOKE, 300), (WRIST, 400)):
         heard.hear(device, at_ms)
-    assert sorted(heard.take_fresh(), key=lambda item: item[1]) == [(SMOKE, 300), (WRIST, 400)]
+    assert sorted(heard.take_fresh()) == [
+        (("hgy", "bracelet"), {"br-1": 400}),
+        (("hgy", "smoke_detector"), {"sd-1": 300}),
+    ]
     assert heard.take_fresh() == []
     assert heard.get(WRIST) == 400 and heard.get(DeviceRef("hgy", "bracelet", "x")) is None
     assert sorted(heard, key=lambda item: item[1]) == [(SMOKE, 300), (WRIST, 400)]
