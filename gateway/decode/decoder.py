@@ -258,7 +258,7 @@ class Decoder:
                     RejectReason.WRONG_TYPE, f"online must be a boolean, got {online!r}"
                 )
             records = (StatusReport(device, time_ms, source, online, seq),)
-        return DecodedMessage(device, records, _dedup_key(kind, seq, source, time_ms))
+        return _new(DecodedMessage, (device, records, _dedup_key(kind, seq, source, time_ms)))
 
     def _decode_vendor(self, message: InboundMessage, route: _Route) -> DecodedMessage:
         compiled = route.compiled
