@@ -220,7 +220,7 @@ async def gateway_phases(
     return results
 
 
-class _NoBroker:
+class NoBroker:
     async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
         return []
 
@@ -250,7 +250,7 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
     batch = config.ingest.commit_max_messages
     began = cpu_seconds()
     for first in range(0, len(inbound), batch):
-        await gateway.pipeline.handle(_NoBroker(), inbound[first : first + batch])
+        await gateway.pipeline.handle(NoBroker(), inbound[first : first + batch])
     handled = cpu_seconds()
     outbox = gateway.outbox
     position = LinePosition()
