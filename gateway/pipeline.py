@@ -245,9 +245,8 @@ class IngestPipeline:
         await asyncio.sleep(0)
         decision = self.alerts.evaluate(records) if self.alerts else AlertDecision()
         await self.commit(decision.lines, partial(_judged, decision.write, rows[-1][0]))
-        for listener in self.listeners:
-            listener(records)
         self._announce(decision)
+        self._tell_listeners(records)
         return len(rows)
 
     async def handoffs_waiting(self) -> bool:
@@ -306,9 +305,8 @@ class IngestPipeline:
             log.info("quarantined %s: %s (%s)", entry.topic, entry.reason, entry.detail)
         self._stats.lines_stored += len(decision.lines)
         self.committed.set()
-        for listener in self.listeners:
-            listener(batch.records)
         self._announce(decision)
+        self._tell_listeners(batch.records)
 
     async def commit_alerts(self, decision: AlertDecision) -> None:
         """Commit what the rules decided outside a batch (a device gone silent)."""
@@ -331,6 +329,16 @@ class IngestPipeline:
         if decision.changes:
             for alert_listener in self.alert_listeners:
                 alert_listener(decision.changes)
+
+    def _tell_listeners(self, records: Sequence[Record]) -> None:
+        """After the alerts are announced: a listener (the API's latest values) that
+        fails on a record the rules took must neither hold up an alarm nor stop the
+        gateway, its batch already committed and acknowledged."""
+        for listener in self.listeners:
+            try:
+                listener(records)
+            except Exception:
+                log.exception("a record listener failed on a batch of %d records", len(records))
 
 
 def _quarantined(message: InboundMessage, reason: str, detail: str) -> QuarantineEntry:

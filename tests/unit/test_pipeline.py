@@ -330,3 +330,33 @@ def test_records_survive_the_handoff_format_unchanged() -> None:
         StatusReport(device, NOW_MS, TimeSource.GATEWAY, False),
     ]
     assert load_records(dump_records(records)) == records
+
+
+async def test_a_failing_record_listener_holds_up_no_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = judging(tmp_path / "o.sqlite3")
+    fired: list[AlertChange] = []
+    p.alert_listeners.append(fired.extend)
+
+    def fails(records: Sequence[Record]) -> None:
+        raise RuntimeError("a fault of the listener's")
+
+    seen: list[Record] = []
+    p.listeners += [fails, seen.extend]
+    source = FakeSource()
+    sos = InboundMessage(
+        "community/hgy/bracelet/br-1/event",
+        json.dumps({"ts": NOW_MS, "seq": 1, "event": "sos"}).encode(),
+        NOW_MS,
+        1,
+        1,
+    )
+    with caplog.at_level("ERROR"):
+        await p.handle(source, [sos], alarm=True)
+    # Announced, acknowledged, and the other listeners told; the fault logged.
+    assert [(c.rule, c.state) for c in fired] == [("sos", AlertState.FIRING)]
+    assert source.acked == [1]
+    assert len(seen) == 1
+    assert "a record listener failed" in caplog.text
+    assert "a fault of the listener's" in caplog.text
