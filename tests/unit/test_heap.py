@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.heap import set_aside_startup_objects
+from gateway.heap import YOUNG_OBJECTS_PER_PASS, set_aside_startup_objects
 
 
 class _Node:
@@ -14,9 +14,11 @@ class _Node:
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     # Put back in the collector's care what the test set aside, so the suite can free it.
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_garbage_is_collected_and_the_living_set_aside(unfrozen: None) -> None:
@@ -35,3 +37,5 @@ def test_garbage_is_collected_and_the_living_set_aside(unfrozen: None) -> None:
     assert id(kept) not in tracked
     # A cycle left by start-up is freed, not kept for good.
     assert collected() is None
+    # The young objects of a batch are walked every several hundred messages, not 20.
+    assert gc.get_threshold()[0] == YOUNG_OBJECTS_PER_PASS
