@@ -531,12 +531,15 @@ def _move_last_seen(conn: sqlite3.Connection) -> None:
     `heard`, the later of two times kept."""
     if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'last_seen'").fetchone():
         return
-    groups = _heard_groups(conn)
-    rows = conn.execute("SELECT community, device_type, device_id, seen_ms FROM last_seen")
-    for community, device_type, device_id, seen_ms in rows:
-        times = groups.setdefault((community, device_type), {})
-        times[device_id] = max(int(seen_ms), times.get(device_id, seen_ms))
+    # Read and moved in one transaction: another connection may be moving them too.
     with _Transaction(conn):
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'last_seen'").fetchone():
+            return
+        groups = _heard_groups(conn)
+        rows = conn.execute("SELECT community, device_type, device_id, seen_ms FROM last_seen")
+        for community, device_type, device_id, seen_ms in rows.fetchall():
+            times = groups.setdefault((community, device_type), {})
+            times[device_id] = max(int(seen_ms), times.get(device_id, seen_ms))
         conn.executemany(
             "INSERT OR REPLACE INTO heard VALUES (?, ?, ?)",
             ((c, t, orjson.dumps(times)) for (c, t), times in groups.items()),
