@@ -17,25 +17,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import itertools
 import tempfile
 import time
 from pathlib import Path
 
-from bench.pipeline import DEVICES, FLEET_SEED, NoBroker, write_registry
+from bench.pipeline import NoBroker, fleet_messages, offline_config
 from gateway.app import Gateway
-from gateway.config import GatewayConfig
-from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.decoder import Decoder
 from gateway.decode.dedup import RedeliveryFilter
-from gateway.decode.profile import load_profiles
 from gateway.heap import set_aside_startup_objects
 from gateway.ingest.message import InboundMessage
 from gateway.pipeline import IngestPipeline
-from gateway.registry import load_registry
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
-from simulators.fleet import Fleet
 
 # Messages a batch, as the telemetry process commits them under load.
 BATCH_MESSAGES = 1000
@@ -43,17 +38,10 @@ BATCH_MESSAGES = 1000
 
 async def run_once(workdir: Path, inbound: list[InboundMessage], warm: int) -> tuple[float, float]:
     """CPU µs a message of the telemetry side and of the judging side."""
-    registry_file = write_registry(workdir)
-    config = GatewayConfig.model_validate(
-        {
-            "mqtt": None,
-            "outbox": {"path": workdir / "outbox.sqlite3"},
-            "registry_file": registry_file,
-            "health_interval_s": None,
-        }
-    )
-    profiles = load_profiles(config.profiles_dir, CODECS)
-    registry = load_registry(registry_file)
+    config = offline_config(workdir)
+    gateway = Gateway(config)
+    # The telemetry process's pipeline, on the same outbox through a connection of its own.
+    profiles, registry = gateway.profiles, gateway.registry
     outbox = Outbox.configured(config.outbox)
     telemetry = IngestPipeline(
         Decoder.configured(profiles, registry, config.ingest),
@@ -63,7 +51,6 @@ async def run_once(workdir: Path, inbound: list[InboundMessage], warm: int) -> t
         Stats(),
         handoff=True,
     )
-    gateway = Gateway(config)
     # As both processes do after start-up.
     set_aside_startup_objects()
     sides = [0.0, 0.0]
@@ -93,13 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.warm < args.messages:
         parser.error("--warm must be below --messages")
-    fleet = Fleet.build(seed=FLEET_SEED, devices=DEVICES)
-    start_ms = time.time_ns() // 1_000_000
-    stream = itertools.islice(fleet.stream(rate_msg_s=5000, start_ms=start_ms), args.messages)
-    inbound = [
-        InboundMessage(m.topic, m.payload, start_ms, index % 65_535 + 1, 1)
-        for index, m in enumerate(stream)
-    ]
+    inbound = fleet_messages(args.messages)
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:

@@ -228,11 +228,9 @@ class NoBroker:
         pass
 
 
-async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
-    """CPU time a message costs in decode, rules and commit, then in the drain's reading
-    and removing, with nothing else running."""
-    fleet = Fleet.build(seed=FLEET_SEED, devices=DEVICES)
-    config = GatewayConfig.model_validate(
+def offline_config(workdir: Path) -> GatewayConfig:
+    """The gateway on the bench fleet's registry, with no broker and no database."""
+    return GatewayConfig.model_validate(
         {
             "mqtt": None,
             "outbox": {"path": workdir / "alone.sqlite3"},
@@ -240,13 +238,25 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
             "health_interval_s": None,
         }
     )
-    gateway = Gateway(config)
+
+
+def fleet_messages(count: int) -> list[InboundMessage]:
+    """The bench fleet's first `count` messages, as the broker would hand them over."""
+    fleet = Fleet.build(seed=FLEET_SEED, devices=DEVICES)
     start_ms = time.time_ns() // 1_000_000
-    stream = itertools.islice(fleet.stream(rate_msg_s=5000, start_ms=start_ms), messages)
-    inbound = [
+    stream = itertools.islice(fleet.stream(rate_msg_s=5000, start_ms=start_ms), count)
+    return [
         InboundMessage(m.topic, m.payload, start_ms, index % 65_535 + 1, 1)
         for index, m in enumerate(stream)
     ]
+
+
+async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
+    """CPU time a message costs in decode, rules and commit, then in the drain's reading
+    and removing, with nothing else running."""
+    config = offline_config(workdir)
+    gateway = Gateway(config)
+    inbound = fleet_messages(messages)
     batch = config.ingest.commit_max_messages
     began = cpu_seconds()
     for first in range(0, len(inbound), batch):
