@@ -469,6 +469,7 @@ class RuleEngine:
             add_rate=self._rates.add,
             registered=self._registry.get,
             fault=self.faults.condition,
+            action_fault=self.faults.action,
             device_has=_registry_attribute,
         )
 

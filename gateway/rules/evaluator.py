@@ -37,7 +37,7 @@ Shape = tuple[str, type, bool, tuple[str, ...]]
 Handler = Callable[[Reading | Event, Mapping[str, int] | None, list[Any]], None]
 # A rule's action: (record, holds, rates) -> an alert change or None.
 Action = Callable[[Reading | Event, bool | None, dict[str, float]], Any]
-# Told of a condition that raised: (rule name, record, exception).
+# Told of a condition, or an action, that raised: (rule name, record, exception).
 Fault = Callable[[str, Reading | Event, Exception], None]
 
 # The value of a coalesce() that no option made known (None can be a known value there).
@@ -359,6 +359,7 @@ def build_handler(
     add_rate: Callable[..., float | None],
     registered: Callable[[str, str], Any],
     fault: Fault,
+    action_fault: Fault,
     device_has: Callable[[str], bool] = lambda attribute: True,
 ) -> Handler:
     """The function judging `judged` for records of `shape`, in order, appending what
@@ -472,12 +473,26 @@ def build_handler(
             gate += f" and {out.value(rule.in_window)}(time_ms)"
         out.open(f"if {gate}:")
         change = out.local()
+        # An action failing (a fault of the gateway's) costs only its own rule's change:
+        # the rules after it, a fire alarm among them, still judge the record.
+        out.open("try:")
         out.emit(f"{change} = {out.value(rule.action)}(record, {holds}, {rates_mapping})")
+        out.close()
+        out.open("except Exception as exc:")
+        out.emit(f"{change} = None")
+        out.emit(f"action_fault({out.value(rule.name)}, record, exc)")
+        out.close()
         out.emit(f"if {change} is not None:")
         out.emit(f"    changes.append({change})")
         out.close()
     text = "def handle(record, tracked, changes):\n" + "\n".join(out.lines) + "\n"
-    namespace = dict(out.namespace, add_rate=add_rate, registered=registered, fault=fault)
+    namespace = dict(
+        out.namespace,
+        add_rate=add_rate,
+        registered=registered,
+        fault=fault,
+        action_fault=action_fault,
+    )
     exec(compile(text, f"<rules for {shape[0]}>", "exec"), namespace)
     handler: Handler = namespace["handle"]
     return handler
@@ -495,6 +510,7 @@ def check_generates(condition: ast.expr) -> None:
             add_rate=lambda *args: None,
             registered=lambda community, device_id: None,
             fault=lambda rule, record, exc: None,
+            action_fault=lambda rule, record, exc: None,
         )
     except (SyntaxError, RecursionError, MemoryError) as exc:
         raise ExpressionError("nested too deeply to be evaluated") from exc

@@ -16,7 +16,7 @@ from gateway.decode.record import Record
 
 log = logging.getLogger(__name__)
 
-# The count of faults outside any one rule's condition: in an action, or in the engine.
+# The count of faults outside any one rule: in the engine.
 JUDGING = "(judging)"
 
 
@@ -38,6 +38,19 @@ class RuleFaults:
                 count,
                 type(exc).__name__,
                 exc,
+            )
+
+    def action(self, rule: str, record: Record, exc: Exception) -> None:
+        """A rule's action raised `exc` on `record`: a fault of the gateway's, logged with
+        its traceback. The rule changed nothing for the record; the others did."""
+        count = self._count(rule)
+        if _logged(count):
+            log.error(
+                "rule %s failed to act on %s and changed nothing for it (fault %d of this rule)",
+                rule,
+                _describe(record),
+                count,
+                exc_info=exc,
             )
 
     def judging(self, record: Record, exc: Exception) -> None:

@@ -801,3 +801,29 @@ def test_a_fault_in_judging_one_record_leaves_the_rest_of_the_batch_judged(
     assert e.faults.counts == {"(judging)": 1}
     (logged,) = caplog.records
     assert logged.exc_info is not None and "a fault of the gateway's" in str(logged.exc_info[1])
+
+
+def test_a_rule_whose_action_fails_leaves_the_rules_after_it_to_judge_the_record(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = engine()
+    action_of = e._action
+
+    def failing_fire_action(rule):  # type: ignore[no-untyped-def]
+        if rule.name != "fire_alarm":
+            return action_of(rule)
+
+        def fails(*args: object) -> None:
+            raise RuntimeError("a fault of the gateway's")
+
+        return fails
+
+    monkeypatch.setattr(e, "_action", failing_fire_action)
+    with caplog.at_level("ERROR"):
+        changes = e.evaluate([reading(SMOKE, 0, alarm=True, battery_pct=5)])
+    # fire_alarm is judged first; the low battery after it is still seen.
+    assert states(changes) == [("smoke_low_battery", AlertState.FIRING)]
+    assert e.faults.counts == {"fire_alarm": 1}
+    (logged,) = caplog.records
+    assert "fire_alarm" in logged.getMessage() and "hgy/sd-1" in logged.getMessage()
+    assert logged.exc_info is not None and "a fault of the gateway's" in str(logged.exc_info[1])

@@ -96,6 +96,7 @@ def generated(text: str, record: Reading | Event, rates: Mapping[str, float] = {
         add_rate=lambda record, field, *_: rates.get(f"{field}_per_min"),
         registered=REGISTRY.get,
         fault=lambda rule, record, exc: faults.append(exc),
+        action_fault=lambda rule, record, exc: faults.append(exc),
     )
     handler(record, {"rule": 1}, [])
     (holds,) = judged
@@ -236,13 +237,14 @@ def test_the_source_holds_nothing_from_the_rule_file() -> None:
         add_rate=lambda *args: None,
         registered=REGISTRY.get,
         fault=lambda rule, record, exc: None,
+        action_fault=lambda rule, record, exc: None,
     )
     code = handler.__code__
     made_here = re.compile(r"^(t\d+|k\d+|_UNKNOWN)$")
     fixed = {"record", "tracked", "changes", "fields", "time_ms", "event", "port", "device"}
     fixed |= {"thresholds", "registered", "add_rate", "getattr", "append", "get", "type"}
     fixed |= {"kind", "device_id", "community", "float", "int", "time_ms"}
-    fixed |= {"fault", "exc", "Exception"}
+    fixed |= {"fault", "action_fault", "exc", "Exception"}
     for name in (*code.co_names, *code.co_varnames):
         assert made_here.match(name) or name in fixed, name
     assert all(not isinstance(c, str) or c in ("",) for c in code.co_consts if c is not None)
