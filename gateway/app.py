@@ -23,14 +23,14 @@ from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import TelemetryProcess
 from gateway.notify.desk import AlertDesk
-from gateway.notify.link import LinkSigner, link_secret
+from gateway.notify.link import AlertLink, LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
 from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
-from gateway.rules.book import AlertBook
+from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
 from gateway.rules.fault import RuleFaults
 from gateway.rules.rule import Rule, load_rules
@@ -366,6 +366,19 @@ class Gateway:
         self.loaded_rules = rules
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
         return True
+
+    def still_notifies(self, link: AlertLink) -> bool:
+        """Whether the receiver a link was sent to is still one the notification policy
+        tells about its alert: someone taken out of the policy can no longer act through
+        links sent before, from the start with the new policy on, rather than until the
+        links expire."""
+        if self.notifier is None:
+            return False
+        try:
+            entry = self.alerts.get(link.alert_id)
+        except AlertError:
+            return True  # no such alert: the page says so
+        return self.notifier.router.reaches(link.receiver, entry.community, entry.device_id)
 
     def reload_tokens(self, tokens: Sequence[ApiToken]) -> None:
         """Take the API tokens as the config file now has them."""

@@ -22,7 +22,7 @@ from gateway.api.context import ApiContext, Caller, Ctx, client_address
 from gateway.api.devices import audit_reads
 from gateway.api.latest import DeviceLatest
 from gateway.decode.record import DeviceRef
-from gateway.notify.link import AlertLink, LinkError
+from gateway.notify.link import RECEIVER_GONE, AlertLink, LinkError
 from gateway.registry import RegisteredDevice
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry, AlertError
@@ -94,10 +94,13 @@ def _verify(ctx: ApiContext, request: Request, token: str) -> AlertLink:
     address = client_address(request)
     ctx.limiter.check(address)
     try:
-        return ctx.gateway.links.verify(token, ctx.now_ms())
+        link = ctx.gateway.links.verify(token, ctx.now_ms())
+        if not ctx.gateway.still_notifies(link):
+            raise LinkError(RECEIVER_GONE)
     except LinkError as exc:
         ctx.limiter.fail(address, f"alert link: {exc}")
         raise
+    return link
 
 
 @router.get("/a/{token}", response_class=HTMLResponse)
@@ -290,6 +293,7 @@ def error_page(title: str, message: str) -> str:
 LINK_ERRORS = {
     "this link has expired": "链接已过期，请联系值班人员或在系统中查看该告警。",
     "this link is not valid": "链接无效，可能被改动或不完整。",
+    RECEIVER_GONE: "此链接的接收人已不再接收告警，请联系值班人员。",
 }
 
 

@@ -2,7 +2,8 @@
 
 A link carries the alert, the receiver it was sent to and when it expires, signed with
 the gateway's secret: whoever holds it may act on that one alert, as that receiver,
-until it expires, and on nothing else.
+until it expires, and on nothing else; and only while the notification policy still
+tells that receiver (the gateway checks when the link is opened).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from gateway.errors import GatewayError
 
 _SALT = "alert-link"
+# A link sent to someone the notification policy no longer names.
+RECEIVER_GONE = "this link's receiver is no longer told of alerts"
 SECRET_FILE_NAME = "link-secret"
 
 

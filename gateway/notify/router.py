@@ -28,6 +28,10 @@ from gateway.rules.schedule import DailyWindow
 log = logging.getLogger(__name__)
 
 
+# A wearer's emergency contact, told as a receiver of their own.
+CONTACT_PREFIX = "contact:"
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One person or group to tell, and how."""
@@ -48,6 +52,15 @@ class Router:
         hours = [s.hours for r in policy.rosters for s in r.shifts]
         hours += [r.quiet_hours for r in policy.receivers if r.quiet_hours]
         self._windows = {text: DailyWindow.parse(text) for text in hours}
+
+    def reaches(self, receiver: str, community: str, device_id: str) -> bool:
+        """Whether `receiver` is still one this policy tells about the device's alerts: a
+        receiver it names, or an emergency contact of the device."""
+        if receiver.startswith(CONTACT_PREFIX):
+            device = self._registry.get(community, device_id)
+            phone = receiver.removeprefix(CONTACT_PREFIX)
+            return device is not None and any(c.phone == phone for c in device.emergency_contacts)
+        return any(r.name == receiver for r in self.policy.receivers)
 
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
         return self._registry.get(entry.community, entry.device_id)
@@ -82,7 +95,7 @@ class Router:
                 channels = step.channels or self.policy.emergency_contact_channels
                 for contact in device.emergency_contacts if device else ():
                     targets.append(
-                        Target(f"contact:{contact.phone}", contact.name, contact.phone,
+                        Target(f"{CONTACT_PREFIX}{contact.phone}", contact.name, contact.phone,
                                channels, None)
                     )  # fmt: skip
             else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from playwright.async_api import expect
 
 from gateway.config import ApiConfig, ApiToken
+from gateway.notify.policy import NotifyPolicy
 from tests.integration.browser import chromium
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
@@ -29,7 +30,16 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
         port=0, link_secret="browser-test-secret",  # type: ignore[arg-type]
         tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),),  # type: ignore[arg-type]
     )  # fmt: skip
-    config = config.model_copy(update={"api": api})
+    # The link's receiver is one the policy tells.
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"console": {"type": "console"}},
+            "receivers": [{"name": "wang-fang", "channels": ["console"]}],
+            "routes": [{"escalation": "grid"}],
+            "escalations": {"grid": [{"after_s": 0, "to": ["wang-fang"]}]},
+        }
+    )
+    config = config.model_copy(update={"api": api, "notify": policy})
     publisher = Publisher(mosquitto)
     try:
         async with running(config) as gateway, chromium(tmp_path / "profile") as browser:

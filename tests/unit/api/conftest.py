@@ -104,6 +104,14 @@ def site_config(tmp_path: Path, **api: Any) -> GatewayConfig:
                 ],
                 **api,
             },
+            # Alert links are honoured for the receivers the policy tells.
+            "notify": {
+                "channels": {"console": {"type": "console"}},
+                "receivers": [{"name": "wang-fang", "channels": ["console"]},
+                              {"name": "li-na", "channels": ["console"]}],
+                "routes": [{"escalation": "grid"}],
+                "escalations": {"grid": [{"after_s": 0, "to": ["wang-fang"]}]},
+            },
         }
     )  # fmt: skip
 

@@ -65,6 +65,24 @@ async def test_an_expired_or_forged_link_gets_a_chinese_page(site: Site) -> None
     assert site.gateway.alerts.get(alert_id).acknowledged_by is None
 
 
+async def test_a_link_works_only_while_the_policy_tells_its_receiver(site: Site) -> None:
+    alert_id = await site.fall()
+    # Sent before zhao-lei was taken out of the policy, and within its 72 hours.
+    gone = await site.client.get(link_path(site, alert_id, "zhao-lei"))
+    assert gone.status_code == 403 and "已不再接收告警" in gone.text
+    refused = await site.client.post(link_path(site, alert_id, "zhao-lei") + "/acknowledge")
+    assert refused.status_code == 403
+    assert site.gateway.alerts.get(alert_id).acknowledged_by is None
+    # The wearer's emergency contact is told, and may act; a number not theirs may not.
+    contact = await site.client.post(
+        link_path(site, alert_id, "contact:13987654321") + "/acknowledge"
+    )
+    assert contact.status_code == 303
+    assert site.gateway.alerts.get(alert_id).acknowledged_by == "contact:13987654321"
+    stranger = await site.client.get(link_path(site, alert_id, "contact:13700001111"))
+    assert stranger.status_code == 403
+
+
 async def test_forged_links_count_as_failed_authentication(site: Site) -> None:
     for _ in range(10):
         await site.client.get("/a/forged-token")
