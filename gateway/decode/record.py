@@ -69,20 +69,31 @@ Record = Reading | Event | StatusReport
 
 _READING, _EVENT, _STATUS = 0, 1, 2
 _TIME_SOURCES = {source.value: source for source in TimeSource}
+_GATEWAY = TimeSource.GATEWAY
+_GATEWAY_TEXT, _DEVICE_TEXT = TimeSource.GATEWAY.value, TimeSource.DEVICE.value
 
 
 def dump_records(records: Sequence[Record]) -> bytes:
+    # Built by position from the named tuples' fields: attribute access, the enum's
+    # `.value` and a tuple spliced into another cost a third of the time.
     rows: list[tuple[object, ...]] = []
+    append = rows.append
     for r in records:
-        d = r.device
-        head = (d.community, d.device_type, d.device_id, r.time_ms, r.time_source.value)
+        d = r[0]
+        source = _GATEWAY_TEXT if r[2] is _GATEWAY else _DEVICE_TEXT
         if type(r) is Reading:
-            rows.append((_READING, *head, _plain(r.fields), r.seq, r.port))
+            fields = r[3]
+            if type(fields) is not dict:
+                fields = dict(fields)
+            append((_READING, d[0], d[1], d[2], r[1], source, fields, r[4], r[5]))
         elif type(r) is Event:
-            rows.append((_EVENT, *head, _plain(r.fields), r.seq, r.port, r.kind))
+            fields = r[4]
+            if type(fields) is not dict:
+                fields = dict(fields)
+            append((_EVENT, d[0], d[1], d[2], r[1], source, fields, r[5], r[6], r[3]))
         else:
-            assert isinstance(r, StatusReport)
-            rows.append((_STATUS, *head, r.online, r.seq))
+            assert type(r) is StatusReport
+            append((_STATUS, d[0], d[1], d[2], r[1], source, r[3], r[4]))
     return marshal.dumps(rows, 4)
 
 
@@ -90,26 +101,22 @@ def load_records(data: bytes) -> list[Record]:
     records: list[Record] = []
     append = records.append
     devices: dict[tuple[str, str, str], DeviceRef] = {}
+    sources = _TIME_SOURCES
     # A named tuple's constructor is a Python function around tuple.__new__: calling
     # that directly, with the values in their order, spares a frame per record.
     new = tuple.__new__
     for row in marshal.loads(data):
-        kind, community, device_type, device_id, time_ms, source = row[:6]
-        key = (community, device_type, device_id)
+        kind = row[0]
+        key = row[1:4]
         device = devices.get(key)
         if device is None:
-            device = devices[key] = DeviceRef(community, device_type, device_id)
-        time_source = _TIME_SOURCES[source]
+            device = devices[key] = new(DeviceRef, key)
         if kind == _READING:
-            append(new(Reading, (device, time_ms, time_source, row[6], row[7], row[8])))
+            append(new(Reading, (device, row[4], sources[row[5]], row[6], row[7], row[8])))
         elif kind == _EVENT:
-            append(new(Event, (device, time_ms, time_source, row[9], row[6], row[7], row[8])))
+            append(new(Event, (device, row[4], sources[row[5]], row[9], row[6], row[7], row[8])))
         elif kind == _STATUS:
-            append(new(StatusReport, (device, time_ms, time_source, row[6], row[7])))
+            append(new(StatusReport, (device, row[4], sources[row[5]], row[6], row[7])))
         else:
             raise ValueError(f"unknown record kind {kind!r}")
     return records
-
-
-def _plain(fields: Mapping[str, FieldValue]) -> dict[str, FieldValue]:
-    return fields if type(fields) is dict else dict(fields)
