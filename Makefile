@@ -46,6 +46,7 @@ bench: install services
 	$(BIN)/python -m bench.mqtt_clients
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.handoff
+	$(BIN)/python -m bench.influx_write
 	$(BIN)/python -m bench.rules
 	$(BIN)/python -m bench.notify_latency
 

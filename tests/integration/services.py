@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +233,10 @@ class InfluxService(_ServerProcess):
     binary_name = "influxd"
     package = "influxdb"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, data_settings: Mapping[str, str] | None = None) -> None:
+        """`data_settings`: more settings of the [data] section, as TOML values."""
         super().__init__(workdir)
+        self.data_settings = dict(data_settings or {})
         self.rpc_port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.config_path = workdir / "influxdb.conf"
@@ -241,6 +244,7 @@ class InfluxService(_ServerProcess):
 
     def config_text(self) -> str:
         d = self.workdir
+        more_data = "".join(f"  {key} = {value}\n" for key, value in self.data_settings.items())
         return f"""\
 reporting-enabled = false
 bind-address = "{HOST}:{self.rpc_port}"
@@ -253,7 +257,7 @@ bind-address = "{HOST}:{self.rpc_port}"
   dir = "{d / "data"}"
   wal-dir = "{d / "wal"}"
   query-log-enabled = false
-
+{more_data}
 [monitor]
   store-enabled = false
 

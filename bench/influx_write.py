@@ -1,0 +1,129 @@
+"""What InfluxDB spends on each line of the bench fleet, as the gateway writes them: the
+storage's share of the machine on the day of a run, apart from the gateway's.
+
+The bench fleet's messages are decoded and turned into lines by the gateway's own
+stages, then written by the gateway's writer in batches of 5,000 lines, as fast as
+InfluxDB answers, to a new InfluxDB for each variant:
+
+- `shipped`: the settings the tests and `bench.pipeline` run InfluxDB with;
+- `fsync-delay`: the write-ahead log synced at most every 100 ms, not every write;
+- `tsi1`: the series index on disk instead of in memory;
+- `no-gzip`: the shipped settings, the bodies not compressed (`influx.gzip: false`);
+- `sorted`: the shipped settings, each batch's lines sorted by series.
+
+The variants run alternately, `--repeat` times each. CPU time counts InfluxDB's work
+until a second after the last write was answered; the writer's includes compressing.
+
+    .venv/bin/python -m bench.influx_write [--messages 150000] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.pipeline import cpu_seconds, fleet_messages, write_registry
+from gateway import PROJECT_ROOT
+from gateway.config import InfluxConfig
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.profile import load_profiles
+from gateway.errors import DecodeError
+from gateway.registry import load_registry
+from gateway.store.influx import InfluxWriter
+from gateway.store.series import SeriesMapper
+from tests.integration.services import InfluxService
+
+BATCH_LINES = 5000
+# InfluxDB goes on with a write after answering it (the cache, the index): counted too.
+SETTLE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    data_settings: Mapping[str, str]
+    gzip: bool = True
+    sort: bool = False
+
+
+VARIANTS = {
+    "shipped": Variant({}),
+    "fsync-delay": Variant({"wal-fsync-delay": '"100ms"'}),
+    "tsi1": Variant({"index-version": '"tsi1"'}),
+    "no-gzip": Variant({}, gzip=False),
+    "sorted": Variant({}, sort=True),
+}
+
+
+def fleet_lines(workdir: Path, messages: int) -> list[str]:
+    """The lines the gateway stores for the bench fleet's first `messages` messages."""
+    registry = load_registry(write_registry(workdir))
+    profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+    decoder = Decoder(profiles, registry)
+    mapper = SeriesMapper(profiles, registry)
+    lines: list[str] = []
+    for message in fleet_messages(messages):
+        try:
+            decoded = decoder.decode(message)
+        except DecodeError:
+            continue
+        lines.extend(mapper.line(record) for record in decoded.records)
+    return lines
+
+
+async def write_all(influx: InfluxService, batches: list[list[str]], gzip: bool) -> float:
+    """Writes every batch; the writer's CPU seconds."""
+    config = InfluxConfig(url=influx.url, database="bench", gzip=gzip)
+    async with InfluxWriter(config) as writer:
+        began = cpu_seconds()
+        for batch in batches:
+            result = await writer.write(batch)
+            if result.rejected:
+                raise RuntimeError(f"InfluxDB refused {result.rejected[0]}")
+        return cpu_seconds() - began
+
+
+def run_variant(workdir: Path, lines: list[str], variant: Variant) -> tuple[float, float, float]:
+    """InfluxDB's and the writer's CPU µs a line, and lines a second."""
+    if variant.sort:
+        batches = [sorted(lines[i : i + BATCH_LINES]) for i in range(0, len(lines), BATCH_LINES)]
+    else:
+        batches = [lines[i : i + BATCH_LINES] for i in range(0, len(lines), BATCH_LINES)]
+    influx = InfluxService(workdir, variant.data_settings)
+    influx.start()
+    try:
+        influx.create_database("bench")
+        assert influx.pid is not None
+        before = cpu_seconds(influx.pid)
+        began = time.perf_counter()
+        writer_s = asyncio.run(write_all(influx, batches, variant.gzip))
+        elapsed = time.perf_counter() - began
+        time.sleep(SETTLE_S)
+        influx_s = cpu_seconds(influx.pid) - before
+    finally:
+        influx.stop()
+    return influx_s / len(lines) * 1e6, writer_s / len(lines) * 1e6, len(lines) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=150_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        lines = fleet_lines(workdir, args.messages)
+        print(f"{len(lines):,} lines of {args.messages:,} messages")
+        print(f"{'variant':12} {'InfluxDB µs/line':>17} {'writer µs/line':>15} {'lines/s':>10}")
+        for run in range(args.repeat):
+            for name, variant in VARIANTS.items():
+                influx_us, writer_us, rate = run_variant(workdir / f"{name}-{run}", lines, variant)
+                print(f"{name:12} {influx_us:17.2f} {writer_us:15.2f} {rate:10,.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
