@@ -23,9 +23,11 @@ from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import TelemetryProcess
 from gateway.notify.desk import AlertDesk
+from gateway.notify.hooks import Publish
 from gateway.notify.link import AlertLink, LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
 from gateway.notify.notifier import Notifier, make_channels
+from gateway.notify.policy import NotifyPolicy
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
@@ -153,14 +155,16 @@ class Gateway:
         )
         self.notifier: Notifier | None = None
         self._http: httpx.AsyncClient | None = None
+        # Notifications go out on the alarm connection, where no backlog is queued.
+        publisher = self.alarm_subscriber or self.subscriber
+        self._publish: Publish | None = (
+            None if isinstance(publisher, TelemetryProcess | None) else publisher.publish
+        )
         if config.notify is not None:
             self._http = httpx.AsyncClient()
-            # Notifications go out on the alarm connection, where no backlog is queued.
-            publisher = self.alarm_subscriber or self.subscriber
-            publish = None if isinstance(publisher, TelemetryProcess | None) else publisher.publish
             self.notifier = Notifier(
                 config.notify,
-                make_channels(config.notify, self._http, publish, self.clock),
+                make_channels(config.notify, self._http, self._publish, self.clock),
                 Router(config.notify, self.registry, ZoneInfo(config.timezone)),
                 self.alerts,
                 self.notifications,
@@ -367,11 +371,32 @@ class Gateway:
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
         return True
 
+    def reload_policy(self, policy: NotifyPolicy | None) -> bool:
+        """Take the notification policy as the config file now has it: receivers, rosters,
+        routes, escalations and channels. Turning notifications on or off takes a
+        restart."""
+        notifier = self.notifier
+        if notifier is None or policy is None or self._http is None:
+            if (notifier is None) != (policy is None):
+                log.warning("notifications turned %s in the config: takes effect at the "
+                            "next start", "on" if policy is not None else "off")  # fmt: skip
+            return False
+        if policy == notifier.policy:
+            return False
+        channels = make_channels(
+            policy, self._http, self._publish, self.clock, (notifier.policy, notifier.channels)
+        )
+        notifier.use_policy(policy, Router(policy, self.registry, ZoneInfo(self.config.timezone)),
+                            channels)  # fmt: skip
+        log.info("reloaded the notification policy: %d receivers, %d routes, %d channels",
+                 len(policy.receivers), len(policy.routes), len(channels))  # fmt: skip
+        return True
+
     def still_notifies(self, link: AlertLink) -> bool:
         """Whether the receiver a link was sent to is still one the notification policy
         tells about its alert: someone taken out of the policy can no longer act through
-        links sent before, from the start with the new policy on, rather than until the
-        links expire."""
+        links sent before, from the moment the new policy is loaded, rather than until
+        the links expire."""
         if self.notifier is None:
             return False
         try:

@@ -189,15 +189,18 @@ async def _run(config: GatewayConfig, path: Path) -> int:
 
 
 def reload_in_place(gateway: Gateway, path: Path) -> None:
-    """The rules, and the API tokens from the config file: a token taken out of it stops
-    working without a restart. Other settings take effect at the next start."""
+    """The rules; from the config file, the API tokens and the notification policy: a
+    token taken out of it stops working, and a roster's new shifts hold, without a
+    restart. Other settings take effect at the next start."""
     gateway.reload_rules()
     try:
         config = load_config(path)
     except ConfigError as exc:
-        log.error("API tokens not reloaded, the running ones stay: %s", exc)
+        log.error("API tokens and notification policy not reloaded, the running ones "
+                  "stay: %s", exc)  # fmt: skip
         return
     gateway.reload_tokens(config.api.tokens if config.api is not None else ())
+    gateway.reload_policy(config.notify)
 
 
 def _pid_file(config: GatewayConfig) -> Path:
@@ -219,7 +222,9 @@ def _reload(path: Path) -> int:
     except (OSError, ValueError) as exc:
         print(f"no running gateway for {path} ({pid_file}: {exc})", file=sys.stderr)
         return 1
-    print(f"{len(rules)} rules and {tokens} API tokens checked; gateway {pid} told to reload them")
+    policy = "the notification policy, " if config.notify is not None else ""
+    print(f"{len(rules)} rules, {policy}{tokens} API tokens checked; "
+          f"gateway {pid} told to reload them")  # fmt: skip
     return 0
 
 

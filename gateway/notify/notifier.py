@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
@@ -77,10 +77,23 @@ CommitLines = Callable[[Sequence[str], None], Awaitable[None]]
 
 
 def make_channels(
-    policy: NotifyPolicy, http: httpx.AsyncClient, publish: Publish | None, clock: Clock
+    policy: NotifyPolicy,
+    http: httpx.AsyncClient,
+    publish: Publish | None,
+    clock: Clock,
+    running: tuple[NotifyPolicy, Mapping[str, Channel]] | None = None,
 ) -> dict[str, Channel]:
-    return {name: _channel(name, config, http, publish, clock)
-            for name, config in policy.channels.items()}  # fmt: skip
+    """The policy's channels. `running`: the policy and channels in use before a reload;
+    a channel whose settings it did not change is kept, with the counts its limits go by
+    and the provider's token it holds."""
+    before, kept = running if running is not None else (None, {})
+    channels: dict[str, Channel] = {}
+    for name, config in policy.channels.items():
+        if before is not None and before.channels.get(name) == config and name in kept:
+            channels[name] = kept[name]
+        else:
+            channels[name] = _channel(name, config, http, publish, clock)
+    return channels
 
 
 def _channel(
@@ -143,6 +156,17 @@ class Notifier:
         self._random = random.Random()
 
     # --- what the other stages call --------------------------------------------------------
+
+    def use_policy(
+        self, policy: NotifyPolicy, router: Router, channels: dict[str, Channel]
+    ) -> None:
+        """A reloaded policy, from the next round on. Escalation steps already planned
+        go on by their route's and step's place in it, as after a restart; a notification
+        waiting for a channel the policy no longer has goes on to its next channel."""
+        self.policy = policy
+        self.router = router
+        self.channels = channels
+        self._wakeup.set()
 
     def on_alerts(self, changes: Sequence[AlertChange]) -> None:
         """Alert listener of the pipeline: called after the changes committed."""
@@ -342,7 +366,10 @@ class Notifier:
         if index >= len(notification.channels):
             self._undelivered(notification, notice)
             return None
-        channel = self.channels[notification.channels[index]]
+        channel = self.channels.get(notification.channels[index])
+        if channel is None:
+            self._channel_gone(notification, notice, now_ms)
+            return None
         if channel.needs_phone and not notice.phone:
             self._record_notice(notice, channel.name, AttemptResult.FAILED,
                                 "the receiver has no phone number", None)  # fmt: skip
@@ -417,6 +444,12 @@ class Notifier:
                         due_ms=now_ms)  # fmt: skip
         self._wakeup.set()
 
+    def _channel_gone(self, notification: Notification, notice: Notice, now_ms: int) -> None:
+        name = notification.channels[notification.channel_index]
+        self._record_notice(notice, name, AttemptResult.FAILED,
+                            "the notification policy no longer has this channel", None)  # fmt: skip
+        self._next_channel(notification, notice, now_ms)
+
     def _undelivered(self, notification: Notification, notice: Notice) -> None:
         self.log.update(notification.key, state="undelivered",
                         channel_index=notification.channel_index, tries=notification.tries,
@@ -433,10 +466,18 @@ class Notifier:
         for notification in self.log.waiting_for_digest():
             name = notification.channels[notification.channel_index]
             notice = Notice.from_json(notification.notice)
-            group = "" if not self.channels[name].needs_phone else notice.receiver
+            channel = self.channels.get(name)
+            if channel is None:
+                self._channel_gone(notification, notice, self._clock.now_ms())
+                continue
+            group = "" if not channel.needs_phone else notice.receiver
             groups.setdefault((name, group), []).append((notification, notice))
         for (name, _), members in groups.items():
-            channel = self.channels[name]
+            # A reload while an earlier digest was sent may have taken it away: the next
+            # round moves its notifications on.
+            channel = self.channels.get(name)
+            if channel is None:
+                continue
             first = members[0][1]
             now_ms = self._clock.now_ms()
             if channel.limiter.wait_s(first.phone, now_ms / 1000) > 0:

@@ -274,7 +274,7 @@ async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones
         result = cli("reload")
         assert result.returncode == 0, result.stderr
         expected = len(load_rules(PROJECT_ROOT / "alert_rules")) + 1
-        assert f"{expected} rules and 0 API tokens checked" in result.stdout
+        assert f"{expected} rules, 0 API tokens checked" in result.stdout
         await wait_until(
             lambda: f"reloaded {expected} alert rules" in log_file.read_text(), what="reload"
         )

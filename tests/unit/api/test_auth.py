@@ -139,6 +139,6 @@ async def test_a_token_taken_out_of_the_config_file_stops_working_at_a_reload(
     caplog.set_level(logging.ERROR, "gateway.cli")
     config_file.write_text("api: {tokens: [{name: x, role: king, token: short}]}\n")
     reload_in_place(site.gateway, config_file)
-    assert "API tokens not reloaded, the running ones stay" in caplog.text
+    assert "API tokens and notification policy not reloaded, the running ones stay" in caplog.text
     assert "gateway.yaml" in caplog.text
     assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200

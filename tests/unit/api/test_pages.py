@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from gateway.cli import reload_in_place
 from tests.unit.api.conftest import OPERATOR, Site
 
 
@@ -81,6 +84,30 @@ async def test_a_link_works_only_while_the_policy_tells_its_receiver(site: Site)
     assert site.gateway.alerts.get(alert_id).acknowledged_by == "contact:13987654321"
     stranger = await site.client.get(link_path(site, alert_id, "contact:13700001111"))
     assert stranger.status_code == 403
+
+
+async def test_a_reloaded_policy_revokes_the_links_of_those_it_no_longer_tells(
+    site: Site, tmp_path: Path
+) -> None:
+    alert_id = await site.fall()
+    assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
+    # li-na is taken out of the policy in the config file, which is reloaded.
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(
+        "mqtt: null\n"
+        "notify:\n"
+        "  channels: {console: {type: console}}\n"
+        "  receivers: [{name: wang-fang, channels: [console]}]\n"
+        "  routes: [{escalation: grid}]\n"
+        "  escalations: {grid: [{after_s: 0, to: [wang-fang]}]}\n",
+        encoding="utf-8",
+    )
+    reload_in_place(site.gateway, config_file)
+    # At once, not at the next start.
+    gone = await site.client.post(link_path(site, alert_id, "li-na") + "/acknowledge")
+    assert gone.status_code == 403 and "已不再接收告警" in gone.text
+    assert site.gateway.alerts.get(alert_id).acknowledged_by is None
+    assert (await site.client.get(link_path(site, alert_id))).status_code == 200
 
 
 async def test_forged_links_count_as_failed_authentication(site: Site) -> None:

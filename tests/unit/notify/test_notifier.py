@@ -5,6 +5,8 @@ from collections import deque
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import httpx
+
 from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
@@ -14,7 +16,7 @@ from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import AttemptResult, NotificationLog
 from gateway.notify.notice import Notice
-from gateway.notify.notifier import Notifier
+from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy
 from gateway.notify.router import Router
 from gateway.registry import RegisteredDevice, Registry
@@ -363,3 +365,65 @@ async def test_undeliverable_is_recorded_when_every_channel_fails(tmp_path: Path
         AttemptResult.FAILED, AttemptResult.FAILED, AttemptResult.UNDELIVERED,
     ]  # fmt: skip
     assert rig.stats.notifications[("-", "undelivered")] == 1
+
+
+def without_wecom_and_shifts_swapped() -> NotifyPolicy:
+    """POLICY reloaded: the WeCom channel gone, and li-na now on the east area's day
+    shift."""
+    data = POLICY.model_dump(by_alias=True)
+    del data["channels"]["wecom"]
+    for receiver in data["receivers"]:
+        receiver["channels"] = [c for c in receiver["channels"] if c != "wecom"]
+    data["rosters"][0]["shifts"] = [
+        {"receiver": "li-na", "hours": "08:00-20:00"},
+        {"receiver": "wang-fang", "hours": "20:00-08:00"},
+    ]
+    return NotifyPolicy.model_validate(data)
+
+
+async def test_a_reloaded_policy_holds_from_the_next_round(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.channels["wecom"].errors.append(NotifyError("WeCom timed out", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    await rig.after(0)
+    assert ("wecom", "wang-fang", "firing") not in rig.sent()
+    policy = without_wecom_and_shifts_swapped()
+    channels = {name: c for name, c in rig.channels.items() if name != "wecom"}
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), channels)
+    # Her retry was to go by WeCom, which is gone: she is told by her next channel.
+    await rig.after(10)
+    assert ("sms", "wang-fang", "firing") in rig.sent()
+    alert_id = rig.channels["sms"].sent[0].alert_id  # type: ignore[attr-defined]
+    mine = [(a.channel, a.result, a.detail) for a in rig.log.attempts(alert_id)
+            if a.receiver == "wang-fang"]  # fmt: skip
+    assert mine[-2:] == [
+        ("wecom", AttemptResult.FAILED, "the notification policy no longer has this channel"),
+        ("sms", AttemptResult.SENT, ""),
+    ]
+    # A new alert goes to the new day shift.
+    rig.feed(reading(SMOKE, 20, alarm=True))
+    await rig.after(0)
+    assert ("sms", "li-na", "firing") in rig.sent()
+    assert rig.channels["wecom"].sent == []  # type: ignore[attr-defined]
+
+
+async def test_a_reload_keeps_the_channels_it_did_not_change_with_their_limits() -> None:
+    voice = {"type": "aliyun_voice", "access_key_id": "id", "access_key_secret": "secret",
+             "tts_code": "TTS_1"}  # fmt: skip
+    base = {"receivers": [{"name": "a", "phone": "13800000001", "channels": ["voice", "hook"]}],
+            "routes": [{"escalation": "e"}], "escalations": {"e": [{"after_s": 0, "to": ["a"]}]}}  # fmt: skip
+    before = NotifyPolicy.model_validate(
+        {**base, "channels": {"voice": voice, "hook": {"type": "webhook", "url": "http://a/"}}}
+    )
+    after = NotifyPolicy.model_validate(
+        {**base, "channels": {"voice": voice, "hook": {"type": "webhook", "url": "http://b/"}}}
+    )
+    clock = ManualClock(T0)
+    async with httpx.AsyncClient() as http:
+        running = make_channels(before, http, None, clock)
+        reloaded = make_channels(after, http, None, clock, (before, running))
+    # A call made before the reload: Aliyun takes one a minute to a number.
+    running["voice"].limiter.note("13800000001", T0 / 1000)
+    assert reloaded["voice"].limiter.wait_s("13800000001", T0 / 1000 + 1) > 0
+    # The changed one is made again, with its new settings.
+    assert reloaded["hook"] is not running["hook"]
