@@ -30,14 +30,12 @@ class HealthReport:
     _last_rejects: Counter[str] = field(default_factory=Counter)
 
     def lines(self, stats: Stats, at_ms: int) -> list[str]:
-        fields: list[tuple[str, FieldValue]] = []
-        for name in _COUNTERS:
-            value: int = getattr(stats, name)
-            fields.append((name, value - self._last.get(name, 0)))
-            self._last[name] = value
-        faults = stats.rule_faults.total()
-        fields.append(("rule_faults", faults - self._last.get("rule_faults", 0)))
-        self._last["rule_faults"] = faults
+        totals: dict[str, int] = {name: getattr(stats, name) for name in _COUNTERS}
+        totals["rule_faults"] = stats.rule_faults.total()
+        fields: list[tuple[str, FieldValue]] = [
+            (name, value - self._last.get(name, 0)) for name, value in totals.items()
+        ]
+        self._last.update(totals)
         rejects = stats.rejected_by_reason - self._last_rejects
         self._last_rejects = Counter(stats.rejected_by_reason)
         fields += [
