@@ -120,7 +120,9 @@ class Gateway:
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
         self.desk = AlertDesk(self.alerts, self.registry, self.pipeline.commit, self.clock)
         self.notifications = NotificationLog(
-            notification_log_path(config.outbox.path), moved_from=config.outbox.path
+            notification_log_path(config.outbox.path),
+            moved_from=config.outbox.path,
+            route_chains=[r.escalation for r in config.notify.routes] if config.notify else (),
         )
         api = config.api or ApiConfig()
         secret = api.link_secret.get_secret_value() if api.link_secret else None

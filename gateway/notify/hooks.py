@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -57,8 +58,9 @@ class Webhook(Channel):
 
     async def send(self, notice: Notice) -> None:
         headers = {k: v.get_secret_value() for k, v in self._config.headers.items()}
-        # A receiver that saw this key already can drop the copy a retry may bring.
-        headers["Idempotency-Key"] = notice.key
+        # A receiver that saw this key already can drop the copy a retry may bring. A
+        # header is ASCII: names in Chinese go percent-encoded, as in a URL.
+        headers["Idempotency-Key"] = quote(notice.key, safe="/:+.-_~")
         headers["Content-Type"] = "application/json"
         await post(
             self._http,

@@ -5,13 +5,16 @@ to the outbox would hold up every alarm behind them.
 
 A notification is keyed by what it is about (alert, escalation step, receiver, kind),
 so that a redelivered alert, a retry or a restart never makes a second one; a
-notification once sent is never sent again.
+notification once sent is never sent again. An escalation step is named by its chain
+and its number in the chain, not by the place of the route that chose the chain, so
+that a policy reloaded with its routes in another order sends no alert down another
+chain.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,16 +35,16 @@ CREATE TABLE IF NOT EXISTS notification_attempts (
     latency_ms REAL
 );
 CREATE INDEX IF NOT EXISTS notification_attempts_alert ON notification_attempts (alert_id);
-CREATE TABLE IF NOT EXISTS escalation_steps (
+CREATE TABLE IF NOT EXISTS escalation_plan (
     alert_id TEXT NOT NULL,
-    route INTEGER NOT NULL,
+    chain TEXT NOT NULL,
     step INTEGER NOT NULL,
     due_ms INTEGER NOT NULL,
     -- waiting, done, or stopped (a person took the alert first)
     state TEXT NOT NULL,
-    PRIMARY KEY (alert_id, route, step)
+    PRIMARY KEY (alert_id, chain, step)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS escalation_steps_due ON escalation_steps (state, due_ms);
+CREATE INDEX IF NOT EXISTS escalation_plan_due ON escalation_plan (state, due_ms);
 CREATE TABLE IF NOT EXISTS notifications (
     key TEXT PRIMARY KEY,
     alert_id TEXT NOT NULL,
@@ -55,6 +58,18 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, due_ms);
+"""
+# Where earlier versions kept the plan, with the route's place in the policy instead of
+# the chain's name.
+ROUTE_STEPS = """
+CREATE TABLE IF NOT EXISTS escalation_steps (
+    alert_id TEXT NOT NULL,
+    route INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (alert_id, route, step)
+) WITHOUT ROWID;
 """
 
 
@@ -92,7 +107,8 @@ class DeliveryAttempt:
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
     alert_id: str
-    route: int
+    # The escalation chain's name in the policy, and the step's number in it.
+    chain: str
     step: int
     due_ms: int
 
@@ -113,12 +129,17 @@ _TABLES = ("notification_attempts", "escalation_steps", "notifications")
 
 
 class NotificationLog:
-    def __init__(self, path: Path, *, moved_from: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, *, moved_from: Path | None = None, route_chains: Sequence[str] = ()
+    ) -> None:
         """`moved_from`: the file an earlier version kept the log in, the outbox;
-        what it holds is moved here once."""
+        what it holds is moved here once. `route_chains`: the escalation chain of each
+        route of the policy in force, in order, which names the chain of the steps an
+        earlier version planned by the route's place."""
         self._conn = open_book(path, SCHEMA, "the notification log")
         if moved_from is not None and moved_from.exists():
             self._move_from(moved_from)
+        self._name_chains(route_chains)
 
     def _move_from(self, old: Path) -> None:
         # Copied, then dropped there: a crash between the two copies it again, which
@@ -131,6 +152,8 @@ class NotificationLog:
             tables = [table for table in _TABLES if table in found]
             if not tables:
                 return
+            if "escalation_steps" in tables:
+                self._conn.executescript(ROUTE_STEPS)
             self._conn.execute("ATTACH DATABASE ? AS earlier", (str(old),))
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -143,6 +166,28 @@ class NotificationLog:
                 self._conn.execute("DETACH DATABASE earlier")
             for table in tables:
                 source.execute(f"DROP TABLE {table}")
+
+    def _name_chains(self, route_chains: Sequence[str]) -> None:
+        found = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'escalation_steps'"
+        ).fetchone()
+        if found is None:
+            return
+        with self.transaction():
+            rows = self._conn.execute(
+                "SELECT alert_id, route, step, due_ms, state FROM escalation_steps"
+            ).fetchall()
+            # A route the policy no longer has leaves its steps to a chain of no name,
+            # which the notifier treats as a chain taken out of the policy.
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO escalation_plan VALUES (?, ?, ?, ?, ?)",
+                (
+                    (alert, route_chains[route] if route < len(route_chains) else "", step,
+                     due_ms, state)
+                    for alert, route, step, due_ms, state in rows
+                ),
+            )  # fmt: skip
+            self._conn.execute("DROP TABLE escalation_steps")
 
     def close(self) -> None:
         self._conn.close()
@@ -176,19 +221,19 @@ class NotificationLog:
     def plan(self, steps: list[PlannedStep]) -> int:
         """Schedule an alert's steps; those planned already stay as they are."""
         return self._conn.executemany(
-            "INSERT OR IGNORE INTO escalation_steps VALUES (?, ?, ?, ?, 'waiting')",
-            ((s.alert_id, s.route, s.step, s.due_ms) for s in steps),
+            "INSERT OR IGNORE INTO escalation_plan VALUES (?, ?, ?, ?, 'waiting')",
+            ((s.alert_id, s.chain, s.step, s.due_ms) for s in steps),
         ).rowcount
 
     def planned(self, alert_id: str) -> bool:
         row = self._conn.execute(
-            "SELECT 1 FROM escalation_steps WHERE alert_id = ? LIMIT 1", (alert_id,)
+            "SELECT 1 FROM escalation_plan WHERE alert_id = ? LIMIT 1", (alert_id,)
         ).fetchone()
         return row is not None
 
     def due_steps(self, now_ms: int) -> list[PlannedStep]:
         rows = self._conn.execute(
-            "SELECT alert_id, route, step, due_ms FROM escalation_steps"
+            "SELECT alert_id, chain, step, due_ms FROM escalation_plan"
             " WHERE state = 'waiting' AND due_ms <= ? ORDER BY due_ms, step",
             (now_ms,),
         )
@@ -196,21 +241,21 @@ class NotificationLog:
 
     def finish_step(self, step: PlannedStep) -> None:
         self._conn.execute(
-            "UPDATE escalation_steps SET state = 'done' WHERE alert_id = ? AND route = ?"
+            "UPDATE escalation_plan SET state = 'done' WHERE alert_id = ? AND chain = ?"
             " AND step = ?",
-            (step.alert_id, step.route, step.step),
+            (step.alert_id, step.chain, step.step),
         )
 
     def stop_steps(self, alert_id: str) -> int:
         """Cancel what is still waiting for an alert that a person took."""
         return self._conn.execute(
-            "UPDATE escalation_steps SET state = 'stopped' WHERE alert_id = ? AND state = 'waiting'",
+            "UPDATE escalation_plan SET state = 'stopped' WHERE alert_id = ? AND state = 'waiting'",
             (alert_id,),
         ).rowcount
 
     def next_due_ms(self) -> int | None:
         row = self._conn.execute(
-            "SELECT min(due_ms) FROM (SELECT min(due_ms) AS due_ms FROM escalation_steps"
+            "SELECT min(due_ms) FROM (SELECT min(due_ms) AS due_ms FROM escalation_plan"
             " WHERE state = 'waiting' UNION ALL SELECT min(due_ms) FROM notifications"
             " WHERE state = 'pending')"
         ).fetchone()

@@ -50,6 +50,7 @@ from gateway.notify.policy import (
     FeishuChannel,
     MqttChannel,
     NotifyPolicy,
+    Step,
     TencentSmsChannel,
     TencentVoiceChannel,
     WebhookChannel,
@@ -161,8 +162,9 @@ class Notifier:
         self, policy: NotifyPolicy, router: Router, channels: dict[str, Channel]
     ) -> None:
         """A reloaded policy, from the next round on. Escalation steps already planned
-        go on by their route's and step's place in it, as after a restart; a notification
-        waiting for a channel the policy no longer has goes on to its next channel."""
+        keep their times and go on by their chain's name and their number in it, to whom
+        the new policy names there; a notification waiting for a channel the policy no
+        longer has goes on to its next channel."""
         self.policy = policy
         self.router = router
         self.channels = channels
@@ -261,10 +263,11 @@ class Notifier:
         # chain's time to take it before the next step.
         now_ms = self._clock.now_ms()
         steps = [
-            PlannedStep(entry.alert_id, route_index, number, now_ms + round(step.after_s * 1000))
-            for route_index, route in self.router.routes(entry)
+            PlannedStep(entry.alert_id, route.escalation, number,
+                        now_ms + round(step.after_s * 1000))
+            for route in self.router.routes(entry)
             for number, step in enumerate(self.policy.escalations[route.escalation])
-        ]
+        ]  # fmt: skip
         if not steps:
             log.warning("no route for alert %s (%s); nobody is notified", entry.alert_id,
                         entry.rule)  # fmt: skip
@@ -272,30 +275,42 @@ class Notifier:
 
     def _run_step(self, planned: PlannedStep, now_ms: int) -> None:
         entry = self.book.get(planned.alert_id)
-        routes = self.policy.routes
-        if planned.route >= len(routes):
-            self.log.finish_step(planned)
-            return
-        chain = self.policy.escalations[routes[planned.route].escalation]
-        if planned.step >= len(chain) or self._taken(entry):
+        if self._taken(entry):
             self.log.stop_steps(entry.alert_id)
             return
-        step = chain[planned.step]
+        chains = [planned.chain]
+        if planned.chain not in self.policy.escalations:
+            # The chain was taken out of the policy (or renamed) after the alert was
+            # planned: the step goes by the chains the alert follows now, so that an
+            # alert nobody took still reaches someone.
+            chains = list(dict.fromkeys(r.escalation for r in self.router.routes(entry)))
+            log.warning("alert %s: escalation %r is no longer in the policy; step %d goes "
+                        "by %s", entry.alert_id, planned.chain, planned.step,
+                        ", ".join(map(repr, chains)) or "no route")  # fmt: skip
+        for chain in chains:
+            steps = self.policy.escalations[chain]
+            if planned.step < len(steps):
+                self._notify_step(entry, chain, planned.step, steps[planned.step], now_ms)
+            else:
+                log.info("alert %s: escalation %r has no step %d any more", entry.alert_id,
+                         chain, planned.step)  # fmt: skip
+        self.log.finish_step(planned)
+
+    def _notify_step(self, entry: AlertEntry, chain: str, number: int, step: Step,
+                     now_ms: int) -> None:  # fmt: skip
         targets = self.router.targets(step, entry, now_ms)
         for target in targets:
-            self._add(entry, target, f"{entry.alert_id}/{planned.route}.{planned.step}", "firing",
-                      now_ms)  # fmt: skip
+            self._add(entry, target, f"{entry.alert_id}/{chain}.{number}", "firing", now_ms)
         if not targets:
             self._record(entry.alert_id, "-", "-", AttemptResult.UNDELIVERED,
                          "nobody to notify at this step", None, entry)  # fmt: skip
-        self.log.finish_step(planned)
-        if planned.step > 0:
+        if number > 0:
             self._stats.escalations += 1
             log.warning("alert %s not acknowledged: escalation step %d to %s", entry.alert_id,
-                        planned.step, ", ".join(t.receiver for t in targets))  # fmt: skip
+                        number, ", ".join(t.receiver for t in targets))  # fmt: skip
             tags = [("community", entry.community), ("rule", entry.rule),
-                    ("severity", entry.severity), ("step", str(planned.step))]  # fmt: skip
-            fields = (("alert_id", entry.alert_id), ("step_index", planned.step))
+                    ("severity", entry.severity), ("step", str(number))]  # fmt: skip
+            fields = (("alert_id", entry.alert_id), ("step_index", number))
             self._lines.append(
                 f"{encode_series(ESCALATION_MEASUREMENT, tags)} {encode_fields(fields)} {now_ms}"
             )
@@ -308,13 +323,14 @@ class Notifier:
 
     def _announce_resolved(self, entry: AlertEntry, now_ms: int) -> None:
         told = {Notice.from_json(n.notice).receiver for n in self.log.sent(entry.alert_id)}
-        for route_index, route in self.router.routes(entry):
+        for route in self.router.routes(entry):
             if not route.send_resolved:
                 continue
             first = self.policy.escalations[route.escalation][0]
             for target in self.router.targets(first, entry, now_ms):
+                # Keyed by receiver alone: one told by two routes hears it once.
                 if target.receiver in told:
-                    self._add(entry, target, f"{entry.alert_id}/{route_index}", "resolved", now_ms)
+                    self._add(entry, target, entry.alert_id, "resolved", now_ms)
 
     def _add(self, entry: AlertEntry, target: Target, prefix: str, kind: str, now_ms: int) -> None:
         key = f"{prefix}/{target.receiver}/{kind}"

@@ -65,14 +65,14 @@ class Router:
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
         return self._registry.get(entry.community, entry.device_id)
 
-    def routes(self, entry: AlertEntry) -> list[tuple[int, Route]]:
+    def routes(self, entry: AlertEntry) -> list[Route]:
         """The routes an alert follows: the first that matches, and any after it while a
         matching route says `continue`."""
         device = self.device(entry)
-        chosen: list[tuple[int, Route]] = []
-        for index, route in enumerate(self.policy.routes):
+        chosen: list[Route] = []
+        for route in self.policy.routes:
             if _matches(route.match, entry, device):
-                chosen.append((index, route))
+                chosen.append(route)
                 if not route.continue_:
                     break
         return chosen

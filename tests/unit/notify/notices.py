@@ -6,7 +6,7 @@ T0 = 1_767_225_600_000
 
 
 def notice(
-    *, severity: str = "critical", kind: str = "firing", key: str = "a1/0.0/wang-fang/firing",
+    *, severity: str = "critical", kind: str = "firing", key: str = "a1/critical.0/wang-fang/firing",
     phone: str | None = "13800000001", receiver: str = "wang-fang", life_safety: bool = True,
 ) -> Notice:  # fmt: skip
     return Notice(

@@ -271,7 +271,7 @@ async def test_aliyun_sms_sends_the_template_with_a_signed_request(
     assert json.loads(params["TemplateParam"]) == {
         "title": "跌倒 Fall", "place": "hgy 东区 湖光小区 3号楼", "time": "2026-01-01 08:00"
     }  # fmt: skip
-    assert params["OutId"] == "a1/0.0/wang-fang/firing"
+    assert params["OutId"] == "a1/critical.0/wang-fang/firing"
     assert params["Timestamp"] == "2026-01-01T00:00:00Z"
     assert params["SignatureMethod"] == "HMAC-SHA1"
     assert params["AccessKeyId"] == "LTAIid"
@@ -402,7 +402,7 @@ async def test_tencent_sms_signs_tc3_and_reads_the_per_number_status(
         "SignName": "湖光苑",
         "TemplateId": "100",
         "TemplateParamSet": ["跌倒 Fall", "hgy 东区 湖光小区 3号楼"],
-        "SessionContext": "a1/0.0/wang-fang/firing",
+        "SessionContext": "a1/critical.0/wang-fang/firing",
     }
     with pytest.raises(NotifyError, match="PhoneNumberThirtySecondLimit") as error:
         await sms.send(notice())
@@ -448,7 +448,10 @@ async def test_webhook_posts_json_with_an_idempotency_key(
     httpserver.expect_oneshot_request(
         "/hook",
         method="POST",
-        headers={"Authorization": "Bearer t0k", "Idempotency-Key": "a1/0.0/wang-fang/firing"},
+        headers={
+            "Authorization": "Bearer t0k",
+            "Idempotency-Key": "a1/critical.0/wang-fang/firing",
+        },
     ).respond_with_data("", status=204)
     hook = Webhook("hook", WebhookChannel(type="webhook", url=httpserver.url_for("/hook"),
                                           headers={"Authorization": "Bearer t0k"}), http)  # fmt: skip
@@ -479,6 +482,20 @@ async def test_webhook_errors(
     with pytest.raises(NotifyError) as error:
         await hook.send(notice())
     assert error.value.retryable is retryable
+
+
+async def test_a_key_with_names_in_chinese_goes_percent_encoded_in_the_header(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    key = "a1/火警.0/王芳/firing"
+    httpserver.expect_oneshot_request(
+        "/hook", method="POST", headers={"Idempotency-Key": quote(key, safe="/")}
+    ).respond_with_data("", status=204)
+    hook = Webhook("hook", WebhookChannel(type="webhook", url=httpserver.url_for("/hook")), http)
+    await hook.send(notice(key=key, receiver="王芳"))
+    httpserver.check_assertions()
+    # The body carries the key as it is.
+    assert httpserver.log[0][0].get_json()["key"] == key
 
 
 async def test_an_unreachable_provider_is_worth_retrying(http: httpx.AsyncClient) -> None:

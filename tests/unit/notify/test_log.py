@@ -1,7 +1,9 @@
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from gateway.notify.log import (
+    ROUTE_STEPS,
     AttemptResult,
     DeliveryAttempt,
     Notification,
@@ -10,6 +12,14 @@ from gateway.notify.log import (
 )
 
 T0 = 1_767_225_600_000
+
+
+def earlier_route_steps(path: Path, *rows: tuple[str, int, int, int]) -> None:
+    """Steps planned as an earlier version did, by the place of the route."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP TABLE IF EXISTS escalation_plan")
+        conn.executescript(ROUTE_STEPS)
+        conn.executemany("INSERT INTO escalation_steps VALUES (?, ?, ?, ?, 'waiting')", rows)
 
 
 def test_a_log_kept_in_the_outbox_by_an_earlier_version_moves_to_its_own_file(
@@ -21,17 +31,18 @@ def test_a_log_kept_in_the_outbox_by_an_earlier_version_moves_to_its_own_file(
     owed = Notification("a1/0.1/li/firing", "a1", ("sms",), 0, 0, T0 + 60_000, "pending", "{}")
     earlier.add(sent, T0)
     earlier.add(owed, T0)
-    earlier.plan([PlannedStep("a1", 0, 1, T0 + 180_000)])
     earlier.record(
         DeliveryAttempt(sent.key, "a1", "wang", "wecom", T0, AttemptResult.SENT, "", 12.0)
     )
     earlier.close()
+    earlier_route_steps(outbox, ("a1", 0, 1, T0 + 180_000))
 
-    log = NotificationLog(tmp_path / "outbox.notifications.sqlite3", moved_from=outbox)
+    path = tmp_path / "outbox.notifications.sqlite3"
+    log = NotificationLog(path, moved_from=outbox, route_chains=["critical", "normal"])
     # What was sent stays sent (no second message), what was owed is still owed.
     assert log.get(sent.key) == sent
     assert log.due(T0 + 60_000) == [owed]
-    assert log.due_steps(T0 + 180_000) == [PlannedStep("a1", 0, 1, T0 + 180_000)]
+    assert log.due_steps(T0 + 180_000) == [PlannedStep("a1", "critical", 1, T0 + 180_000)]
     assert [a.result for a in log.attempts("a1")] == [AttemptResult.SENT]
     log.close()
     with sqlite3.connect(outbox) as conn:
@@ -39,7 +50,32 @@ def test_a_log_kept_in_the_outbox_by_an_earlier_version_moves_to_its_own_file(
     assert not tables & {"notifications", "notification_attempts", "escalation_steps"}
 
     # Opened again, nothing is moved twice or lost.
-    again = NotificationLog(tmp_path / "outbox.notifications.sqlite3", moved_from=outbox)
+    again = NotificationLog(path, moved_from=outbox, route_chains=["normal"])
     assert again.get(sent.key) == sent
     assert len(again.attempts("a1")) == 1
+    assert again.due_steps(T0 + 180_000) == [PlannedStep("a1", "critical", 1, T0 + 180_000)]
     again.close()
+
+
+def test_steps_an_earlier_version_planned_by_route_take_the_name_of_its_chain(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.notifications.sqlite3"
+    NotificationLog(path).close()
+    earlier_route_steps(
+        path,
+        ("a1", 0, 1, T0 + 180_000),
+        ("a1", 1, 0, T0),
+        # A route the policy in force no longer has.
+        ("a2", 2, 3, T0 + 600_000),
+    )
+    log = NotificationLog(path, route_chains=["critical", "normal"])
+    assert log.due_steps(T0 + 600_000) == [
+        PlannedStep("a1", "normal", 0, T0),
+        PlannedStep("a1", "critical", 1, T0 + 180_000),
+        PlannedStep("a2", "", 3, T0 + 600_000),
+    ]
+    log.close()
+    with closing(sqlite3.connect(path)) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "escalation_steps" not in tables

@@ -6,6 +6,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+import pytest
 
 from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
@@ -427,3 +428,62 @@ async def test_a_reload_keeps_the_channels_it_did_not_change_with_their_limits()
     assert reloaded["voice"].limiter.wait_s("13800000001", T0 / 1000 + 1) > 0
     # The changed one is made again, with its new settings.
     assert reloaded["hook"] is not running["hook"]
+
+
+def reloaded(routes: list[dict[str, object]], escalations: dict[str, object]) -> NotifyPolicy:
+    data = POLICY.model_dump(by_alias=True)
+    data["routes"] = routes
+    data["escalations"] = escalations
+    return NotifyPolicy.model_validate(data)
+
+
+async def test_a_reload_that_reorders_the_routes_keeps_each_alert_on_its_chain(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    # The normal route first now: the fall's steps still go by the critical chain.
+    escalations = POLICY.model_dump(by_alias=True)["escalations"]
+    policy = reloaded(
+        [{"match": {"severities": ["warning", "info"]}, "escalation": "normal"},
+         {"escalation": "critical"}],
+        escalations,
+    )  # fmt: skip
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    await rig.after(180)
+    assert rig.sent()[2:] == [
+        ("voice", "wang-fang", "firing"),
+        ("office-robot", "office", "firing"),
+        ("office-robot", "property", "firing"),
+    ]
+    # Restarted with that policy, the last step is still to come, once.
+    rig.restart()
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), rig.channels)
+    await rig.after(420)
+    assert [s for s in rig.sent() if s[1] == "secretary"] == [("sms", "secretary", "firing")]
+
+
+async def test_the_steps_of_a_chain_taken_out_go_by_the_chain_the_alert_follows_now(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    assert len(rig.sent()) == 2
+    # "critical" renamed to "life", with two steps where it had four.
+    policy = reloaded(
+        [{"match": {"severities": ["warning", "info"]}, "escalation": "normal"},
+         {"escalation": "life"}],
+        {"life": [{"after_s": 0, "to": ["on_duty"]}, {"after_s": 120, "to": ["secretary"]}],
+         "normal": [{"after_s": 0, "to": ["on_duty"]}]},
+    )  # fmt: skip
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    # The step planned for 180 s is the secretary's now; "life" has no third or fourth.
+    await rig.after(179)
+    assert len(rig.sent()) == 2
+    await rig.after(1)
+    assert rig.sent()[2:] == [("sms", "secretary", "firing")]
+    await rig.after(600)
+    assert len(rig.sent()) == 3
+    assert "escalation 'critical' is no longer in the policy; step 1 goes by 'life'" in caplog.text

@@ -41,8 +41,8 @@ def test_the_example_policy_routes_by_severity_and_duty_roster(tmp_path: Path) -
     registry = load_registry(DEPLOY / "devices.example.csv")
     router = Router(config.notify, registry, ZoneInfo("Asia/Shanghai"))
     fall = entry("br-hgy-0001")
-    assert [r.escalation for _, r in router.routes(fall)] == ["critical", "platform"]
-    assert [r.escalation for _, r in router.routes(entry("br-hgy-0001", "info"))] == ["routine"]
+    assert [r.escalation for r in router.routes(fall)] == ["critical", "platform"]
+    assert [r.escalation for r in router.routes(entry("br-hgy-0001", "info"))] == ["routine"]
     first = config.notify.escalations["critical"][0]
     # 东区 by day: its own grid worker; the wearer's family by SMS, then a call.
     targets = router.targets(first, fall, WED_0900)
