@@ -76,6 +76,19 @@ class Channel(ABC):
     async def send(self, notice: Notice) -> None:
         """Deliver, or raise NotifyError."""
 
+    async def deliver(self, notice: Notice) -> None:
+        """`send`, with any other error it raises (a fault of the channel's own, or of a
+        setting or name it cannot carry) made a final NotifyError: the notification
+        goes on to its next channel, and the notify stage, with every alarm behind it,
+        goes on."""
+        try:
+            await self.send(notice)
+        except NotifyError:
+            raise
+        except Exception as exc:
+            log.exception("channel %s failed on notification %s", self.name, notice.key)
+            raise NotifyError(f"the channel failed: {exc!r}", retryable=False) from exc
+
 
 def check_http(response: httpx.Response, provider: str) -> None:
     """Classify an HTTP answer: 429 is a limit, 5xx worth retrying, other 4xx final."""

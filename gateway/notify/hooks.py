@@ -18,6 +18,10 @@ from gateway.notify.policy import MqttChannel, WebhookChannel
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+# A name put in a topic stays one level, and never a wildcard: a broker drops the
+# connection that publishes to a topic with `+` or `#` (a contact's "+86..." number, say),
+# and with it the alarms that come in on it.
+_TOPIC_ESCAPES = str.maketrans({"%": "%25", "+": "%2B", "#": "%23", "/": "%2F", "\0": "%00"})
 
 
 def notice_document(notice: Notice) -> dict[str, object]:
@@ -83,7 +87,10 @@ class MqttPublisher(Channel):
     async def send(self, notice: Notice) -> None:
         if self._publish is None:
             raise NotifyError("no MQTT broker is configured", retryable=False)
-        topic = self._config.topic.format(community=notice.community, receiver=notice.receiver)
+        topic = self._config.topic.format(
+            community=notice.community.translate(_TOPIC_ESCAPES),
+            receiver=notice.receiver.translate(_TOPIC_ESCAPES),
+        )
         await self._publish(topic, orjson.dumps(notice_document(notice)))
 
 

@@ -16,6 +16,7 @@ down before planning them are found in the alert book at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -73,6 +74,8 @@ MAX_CONCURRENT_SENDS = 16
 MAX_CHANNELS_PER_PASS = 8
 # How often the loop looks again when nothing is due sooner.
 IDLE_WAKE_S = 1.0
+# After a round that failed (the log's file locked past its timeout, say): the next.
+FAILED_ROUND_PAUSE_S = 1.0
 
 CommitLines = Callable[[Sequence[str], None], Awaitable[None]]
 
@@ -187,7 +190,15 @@ class Notifier:
     async def run(self) -> None:
         self.recover()
         while True:
-            await self.process()
+            try:
+                await self.process()
+            except Exception:
+                # What is owed is in the log and is taken up again by the next round; the
+                # gateway, and the alarms it takes in, go on meanwhile.
+                log.exception("a round of notifications failed; the next in %.0f s",
+                              FAILED_ROUND_PAUSE_S)  # fmt: skip
+                await self._clock.sleep(FAILED_ROUND_PAUSE_S)
+                continue
             self._wakeup.clear()
             next_due = self.log.next_due_ms()
             wait_s = IDLE_WAKE_S
@@ -221,9 +232,27 @@ class Notifier:
         now_ms = self._clock.now_ms()
         with self.log.transaction():
             while self._incoming:
-                self._take(self._incoming.popleft(), now_ms)
+                change = self._incoming.popleft()
+                try:
+                    self._take(change, now_ms)
+                except Exception as exc:
+                    # One alert's fault stops neither the others nor the stage; one left
+                    # unplanned is planned again at the next start.
+                    log.exception("alert %s: its notifications could not be planned",
+                                  change.alert_id)  # fmt: skip
+                    self._record(change.alert_id, "-", "-", AttemptResult.UNDELIVERED,
+                                 f"planning failed: {exc!r}", None, change)  # fmt: skip
             for step in self.log.due_steps(now_ms):
-                self._run_step(step, now_ms)
+                try:
+                    self._run_step(step, now_ms)
+                except Exception as exc:
+                    log.exception("alert %s: escalation %r step %d failed", step.alert_id,
+                                  step.chain, step.step)  # fmt: skip
+                    self.log.finish_step(step)
+                    with contextlib.suppress(AlertError):
+                        self._record(step.alert_id, "-", "-", AttemptResult.UNDELIVERED,
+                                     f"step {step.chain}.{step.step} failed: {exc!r}", None,
+                                     self.book.get(step.alert_id))  # fmt: skip
         # A notification a channel failed or refused is due again at once on the next
         # channel: deliver until nothing more is due now, each channel once at most.
         for _ in range(MAX_CHANNELS_PER_PASS):
@@ -362,7 +391,7 @@ class Notifier:
                 return
             started_s = time.perf_counter()
             try:
-                await channel.send(notice)
+                await channel.deliver(notice)
             except NotifyError as exc:
                 latency_ms = (time.perf_counter() - started_s) * 1000
                 with self.log.transaction():
@@ -501,7 +530,7 @@ class Notifier:
             digest = _digest(first, [notice for _, notice in members])
             channel.limiter.note(first.phone, now_ms / 1000)
             try:
-                await channel.send(digest)
+                await channel.deliver(digest)
             except NotifyError as exc:
                 if exc.rate_limited and channel.blocked_s:
                     channel.limiter.block(now_ms / 1000 + channel.blocked_s)

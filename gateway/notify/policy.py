@@ -142,6 +142,20 @@ class MqttChannel(_ChannelBase):
     type: Literal["mqtt"]
     topic: str = "notify/{community}/{receiver}"
 
+    @field_validator("topic")
+    @classmethod
+    def _publishable(cls, value: str) -> str:
+        try:
+            filled = value.format(community="c", receiver="r")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"expected a topic with no fields but {{community}} and {{receiver}}, "
+                f"got {value!r} ({exc!r})"
+            ) from exc
+        if not filled or any(c in filled for c in "+#\0"):
+            raise ValueError(f"expected a topic to publish to, with no + or # in it, got {value!r}")
+        return value
+
 
 class ConsoleChannel(_ChannelBase):
     type: Literal["console"]

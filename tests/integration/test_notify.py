@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -43,8 +44,13 @@ def notify_policy(namespace: str, webhook_url: str) -> dict[str, object]:
         "rosters": [{"cell": {"community": namespace},
                      "shifts": [{"receiver": "wang-fang"}]}],
         "routes": [{"match": {"severities": ["critical"]}, "escalation": "critical"}],
-        "escalations": {"critical": [{"after_s": 0, "to": ["on_duty", "duty-phone"]},
+        "escalations": {"critical": [{"after_s": 0,
+                                      "to": ["on_duty", "duty-phone", "emergency_contacts"]},
                                      {"after_s": 180, "to": ["duty-phone"]}]},
+        # A wearer's family, by their number as the registry has it: "+86..." must not
+        # become a wildcard in the topic, which would make the broker drop the
+        # gateway's connection.
+        "emergency_contact_channels": ["app-topic"],
     }  # fmt: skip
 
 
@@ -58,7 +64,9 @@ async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
 ) -> None:
     fleet = Fleet.build(seed=5, devices=8, communities=1, community_names=[namespace])
     registry_file = tmp_path / "devices.csv"
-    registry_file.write_text(fleet.registry_csv(), encoding="utf-8")
+    # The wearers' families by their numbers in the international form.
+    registry = re.sub(r"(?<=:)(1\d{10})\b", r"+86\1", fleet.registry_csv())
+    registry_file.write_text(registry, encoding="utf-8")
     start_ms = time.time_ns() // 1_000_000 - 600_000
     messages = [
         (m.topic, m.payload)
@@ -76,10 +84,11 @@ async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
             "notify": notify_policy(namespace, httpserver.url_for("/notify")),
         }
     )
-    app_messages: list[dict[str, object]] = []
+    # What the app's topics received: (the receiver's level of the topic, the document).
+    app_received: list[tuple[str, dict[str, object]]] = []
     app = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    app.on_message = lambda client, userdata, message: app_messages.append(
-        json.loads(message.payload)
+    app.on_message = lambda client, userdata, message: app_received.append(
+        (message.topic.rsplit("/", 1)[1], json.loads(message.payload))
     )
     app.connect(mosquitto.host, mosquitto.port)
     app.subscribe(f"notify/{namespace}/+", qos=1)
@@ -106,8 +115,18 @@ async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
             assert isinstance(device, dict) and device["device_type"] == "bracelet"
             ack_url = str(document["ack_url"])
             assert ack_url.startswith("https://gw.example.cn/a/")
+
+            def app_falls() -> list[str]:
+                return sorted(receiver for receiver, m in app_received if m["rule"] == "fall")
+
+            wearer = gateway.registry.get(namespace, str(device["device_id"]))
+            assert wearer is not None and wearer.emergency_contacts
+            family = [f"contact:{c.phone}".replace("+", "%2B") for c in wearer.emergency_contacts]
+            assert all(f.startswith("contact:%2B86") for f in family)
+            # The duty phone and the family through the app, the family's numbers whole
+            # in one level of the topic.
             await wait_until(
-                lambda: any(m["rule"] == "fall" for m in app_messages), what="the app's copy"
+                lambda: app_falls() == sorted(["duty-phone", *family]), what="the app's copies"
             )
 
             # The grid worker opens the link on the phone and takes the alert there.

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -519,6 +520,30 @@ async def test_mqtt_publishes_the_document_to_the_receivers_topic() -> None:
     assert json.loads(payload)["ack_url"] == "https://gw.example.cn/a/token"
     with pytest.raises(NotifyError, match="no MQTT broker"):
         await MqttPublisher("app", MqttChannel(type="mqtt"), None).send(notice())
+
+
+async def test_a_name_goes_into_the_topic_as_one_level_and_never_a_wildcard() -> None:
+    published: list[str] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        published.append(topic)
+
+    app = MqttPublisher("app", MqttChannel(type="mqtt"), publish)
+    # Emergency contacts are receivers by their phone numbers, as the registry has them.
+    for phone in ("+8613900000009", "010-65520000#12", "13900000009/13900000010", "100%"):
+        await app.send(notice(receiver=f"contact:{phone}"))
+    assert published == [
+        "notify/hgy/contact:%2B8613900000009",
+        "notify/hgy/contact:010-65520000%2312",
+        "notify/hgy/contact:13900000009%2F13900000010",
+        "notify/hgy/contact:100%25",
+    ]
+
+
+@pytest.mark.parametrize("topic", ["notify/+/{receiver}", "notify/#", "notify/{name}", "a/{", ""])
+def test_a_topic_that_cannot_be_published_to_is_refused_at_start_up(topic: str) -> None:
+    with pytest.raises(ValidationError, match="topic"):
+        MqttChannel(type="mqtt", topic=topic)
 
 
 async def test_console_logs_the_text(caplog: pytest.LogCaptureFixture) -> None:

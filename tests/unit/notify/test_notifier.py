@@ -1,6 +1,8 @@
 """The notification stage with an injected clock: routing, escalation, fallback, limits,
 digests, quiet hours, silences and idempotency across a restart."""
 
+import asyncio
+import sqlite3
 from collections import deque
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,13 +17,13 @@ from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
-from gateway.notify.log import AttemptResult, NotificationLog
+from gateway.notify.log import AttemptResult, Notification, NotificationLog
 from gateway.notify.notice import Notice
-from gateway.notify.notifier import Notifier, make_channels
-from gateway.notify.policy import NotifyPolicy
+from gateway.notify.notifier import FAILED_ROUND_PAUSE_S, Notifier, make_channels
+from gateway.notify.policy import NotifyPolicy, Route
 from gateway.notify.router import Router
 from gateway.registry import RegisteredDevice, Registry
-from gateway.rules.book import AlertBook
+from gateway.rules.book import AlertBook, AlertEntry
 from gateway.rules.engine import RuleEngine
 from gateway.rules.rule import load_rules
 from gateway.rules.silence import SilenceBook
@@ -227,6 +229,30 @@ async def test_a_failing_channel_falls_back_to_the_next(tmp_path: Path) -> None:
     alert_id = rig.channels["sms"].sent[0].alert_id  # type: ignore[attr-defined]
     mine = [(a.channel, a.result) for a in rig.log.attempts(alert_id) if a.receiver == "wang-fang"]
     assert mine == [("wecom", AttemptResult.FAILED), ("sms", AttemptResult.SENT)]
+
+
+async def test_a_channel_that_breaks_fails_over_and_the_stage_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # Not a NotifyError: a fault of the channel's own, or a name it cannot carry.
+    rig.channels["wecom"].errors.append(ValueError("Invalid topic"))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    await rig.after(0)
+    await rig.after(0)
+    assert ("sms", "wang-fang", "firing") in rig.sent()
+    alert_id = rig.channels["sms"].sent[0].alert_id  # type: ignore[attr-defined]
+    mine = [(a.channel, a.result, a.detail) for a in rig.log.attempts(alert_id)
+            if a.receiver == "wang-fang"]  # fmt: skip
+    assert mine == [
+        ("wecom", AttemptResult.FAILED, "the channel failed: ValueError('Invalid topic')"),
+        ("sms", AttemptResult.SENT, ""),
+    ]
+    assert "channel wecom failed on notification" in caplog.text
+    # The next alert goes by WeCom as before.
+    rig.feed(reading(SMOKE, 10, alarm=True))
+    await rig.after(0)
+    assert ("wecom", "wang-fang", "firing") in rig.sent()
 
 
 async def test_a_retryable_error_is_tried_again_after_a_backoff(tmp_path: Path) -> None:
@@ -487,3 +513,56 @@ async def test_the_steps_of_a_chain_taken_out_go_by_the_chain_the_alert_follows_
     await rig.after(600)
     assert len(rig.sent()) == 3
     assert "escalation 'critical' is no longer in the policy; step 1 goes by 'life'" in caplog.text
+
+
+async def test_an_alert_that_cannot_be_planned_stops_neither_the_others_nor_the_stage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    routes = rig.notifier.router.routes
+
+    def broken_for_falls(entry: AlertEntry) -> list[Route]:
+        if entry.rule == "fall":
+            raise KeyError("a registry entry it did not expect")
+        return routes(entry)
+
+    rig.notifier.router.routes = broken_for_falls  # type: ignore[method-assign]
+    rig.feed(fall(), reading(SMOKE, 0, alarm=True))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    fall_alert = next(a for a in rig.book.open_alerts() if a.rule == "fall")
+    (attempt,) = rig.log.attempts(fall_alert.alert_id)
+    assert attempt.result is AttemptResult.UNDELIVERED
+    assert attempt.detail.startswith("planning failed: KeyError")
+    assert "its notifications could not be planned" in caplog.text
+    # Started again (the fault mended), the fall is planned and told.
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert ("wecom", "wang-fang", "firing") in rig.sent()
+    assert ("sms", "contact:13900000009", "firing") in rig.sent()
+
+
+async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    due = rig.log.due
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def locked_once(now_ms: int) -> list[Notification]:
+        if failures:
+            raise failures.pop()
+        return due(now_ms)
+
+    rig.log.due = locked_once  # type: ignore[method-assign]
+    runner = asyncio.create_task(rig.notifier.run())
+    try:
+        rig.feed(fall())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert rig.sent() == [] and not runner.done()
+        rig.clock.advance(FAILED_ROUND_PAUSE_S)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert ("wecom", "wang-fang", "firing") in rig.sent()
+    finally:
+        runner.cancel()
