@@ -231,6 +231,13 @@ class NotificationLog:
         ).fetchone()
         return row is not None
 
+    def chains(self, alert_id: str) -> set[str]:
+        """The escalation chains planned for an alert."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT chain FROM escalation_plan WHERE alert_id = ?", (alert_id,)
+        )
+        return {chain for (chain,) in rows}
+
     def due_steps(self, now_ms: int) -> list[PlannedStep]:
         rows = self._conn.execute(
             "SELECT alert_id, chain, step, due_ms FROM escalation_plan"

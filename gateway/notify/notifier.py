@@ -311,8 +311,16 @@ class Notifier:
         if planned.chain not in self.policy.escalations:
             # The chain was taken out of the policy (or renamed) after the alert was
             # planned: the step goes by the chains the alert follows now, so that an
-            # alert nobody took still reaches someone.
-            chains = list(dict.fromkeys(r.escalation for r in self.router.routes(entry)))
+            # alert nobody took still reaches someone; those planned for it already
+            # take their own steps.
+            planned_chains = self.log.chains(entry.alert_id)
+            chains = list(
+                dict.fromkeys(
+                    r.escalation
+                    for r in self.router.routes(entry)
+                    if r.escalation not in planned_chains
+                )
+            )
             log.warning("alert %s: escalation %r is no longer in the policy; step %d goes "
                         "by %s", entry.alert_id, planned.chain, planned.step,
                         ", ".join(map(repr, chains)) or "no route")  # fmt: skip

@@ -566,3 +566,27 @@ async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path:
         assert ("wecom", "wang-fang", "firing") in rig.sent()
     finally:
         runner.cancel()
+
+
+async def test_a_chain_taken_out_leaves_its_steps_to_no_chain_planned_already(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    escalations = POLICY.model_dump(by_alias=True)["escalations"]
+    escalations["normal"] = [
+        {"after_s": 0, "to": ["on_duty"]},
+        {"after_s": 180, "to": ["secretary"]},
+    ]
+    both = reloaded([{"match": {"severities": ["critical"]}, "escalation": "critical",
+                      "continue": True}, {"escalation": "normal"}], escalations)  # fmt: skip
+    rig.notifier.use_policy(both, Router(both, REGISTRY, ZONE), dict(rig.channels))
+    rig.feed(fall())
+    await rig.after(0)
+    del escalations["critical"]
+    normal_only = reloaded([{"escalation": "normal"}], escalations)
+    rig.notifier.use_policy(normal_only, Router(normal_only, REGISTRY, ZONE), dict(rig.channels))
+    # The fall's own "normal" step 1 tells the secretary; the critical chain's steps add
+    # no second escalation of it.
+    await rig.after(180)
+    assert [s for s in rig.sent() if s[1] == "secretary"] == [("sms", "secretary", "firing")]
+    assert rig.stats.escalations == 1
