@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -188,15 +189,20 @@ class Notifier:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.recover()
+        recover = True
         while True:
             try:
+                if recover:
+                    self.recover()
+                    recover = False
                 await self.process()
             except Exception:
-                # What is owed is in the log and is taken up again by the next round; the
-                # gateway, and the alarms it takes in, go on meanwhile.
+                # What is owed is in the log and is taken up again by the next round, and
+                # alerts whose planning was rolled back are found in the alert book as at
+                # a start; the gateway, and the alarms it takes in, go on meanwhile.
                 log.exception("a round of notifications failed; the next in %.0f s",
                               FAILED_ROUND_PAUSE_S)  # fmt: skip
+                recover = True
                 await self._clock.sleep(FAILED_ROUND_PAUSE_S)
                 continue
             self._wakeup.clear()
@@ -224,7 +230,12 @@ class Notifier:
             if any(step.note and step.note.startswith("muted by") for step in history):
                 continue
             log.info("planning notifications of %s, which fired before a restart", entry.alert_id)
-            self._plan(entry)
+            try:
+                self._plan(entry)
+            except sqlite3.Error:
+                raise
+            except Exception:
+                log.exception("alert %s: its notifications could not be planned", entry.alert_id)
         self._wakeup.set()
 
     async def process(self) -> None:
@@ -235,9 +246,13 @@ class Notifier:
                 change = self._incoming.popleft()
                 try:
                     self._take(change, now_ms)
+                except sqlite3.Error:
+                    # The log's file, not the alert: the round is rolled back and the
+                    # alert planned again from the alert book.
+                    raise
                 except Exception as exc:
                     # One alert's fault stops neither the others nor the stage; one left
-                    # unplanned is planned again at the next start.
+                    # unplanned is tried again at the next start.
                     log.exception("alert %s: its notifications could not be planned",
                                   change.alert_id)  # fmt: skip
                     self._record(change.alert_id, "-", "-", AttemptResult.UNDELIVERED,
@@ -245,6 +260,8 @@ class Notifier:
             for step in self.log.due_steps(now_ms):
                 try:
                     self._run_step(step, now_ms)
+                except sqlite3.Error:
+                    raise
                 except Exception as exc:
                     log.exception("alert %s: escalation %r step %d failed", step.alert_id,
                                   step.chain, step.step)  # fmt: skip

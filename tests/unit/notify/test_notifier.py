@@ -17,7 +17,7 @@ from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
-from gateway.notify.log import AttemptResult, Notification, NotificationLog
+from gateway.notify.log import AttemptResult, NotificationLog, PlannedStep
 from gateway.notify.notice import Notice
 from gateway.notify.notifier import FAILED_ROUND_PAUSE_S, Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, Route
@@ -545,21 +545,25 @@ async def test_an_alert_that_cannot_be_planned_stops_neither_the_others_nor_the_
 
 async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    due = rig.log.due
+    plan = rig.log.plan
     failures = [sqlite3.OperationalError("database is locked")]
 
-    def locked_once(now_ms: int) -> list[Notification]:
+    def locked_once(steps: list[PlannedStep]) -> int:
         if failures:
             raise failures.pop()
-        return due(now_ms)
+        return plan(steps)
 
-    rig.log.due = locked_once  # type: ignore[method-assign]
     runner = asyncio.create_task(rig.notifier.run())
     try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        rig.log.plan = locked_once  # type: ignore[method-assign]
+        # The fall's planning is rolled back with its round.
         rig.feed(fall())
         for _ in range(20):
             await asyncio.sleep(0)
-        assert rig.sent() == [] and not runner.done()
+        assert rig.sent() == [] and not failures and not runner.done()
+        # The next round finds it in the alert book.
         rig.clock.advance(FAILED_ROUND_PAUSE_S)
         for _ in range(20):
             await asyncio.sleep(0)
