@@ -64,7 +64,7 @@ class Webhook(Channel):
         headers = {k: v.get_secret_value() for k, v in self._config.headers.items()}
         # A receiver that saw this key already can drop the copy a retry may bring. A
         # header is ASCII: names in Chinese go percent-encoded, as in a URL.
-        headers["Idempotency-Key"] = quote(notice.key, safe="/:+.-_~")
+        headers["Idempotency-Key"] = quote(notice.key, safe="/:+")
         headers["Content-Type"] = "application/json"
         await post(
             self._http,

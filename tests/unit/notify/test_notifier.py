@@ -553,20 +553,22 @@ async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path:
             raise failures.pop()
         return plan(steps)
 
-    runner = asyncio.create_task(rig.notifier.run())
-    try:
+    async def settle() -> None:
+        """Lets the notifier's loop run what is due, with the clock standing."""
         for _ in range(20):
             await asyncio.sleep(0)
+
+    runner = asyncio.create_task(rig.notifier.run())
+    try:
+        await settle()
         rig.log.plan = locked_once  # type: ignore[method-assign]
         # The fall's planning is rolled back with its round.
         rig.feed(fall())
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await settle()
         assert rig.sent() == [] and not failures and not runner.done()
         # The next round finds it in the alert book.
         rig.clock.advance(FAILED_ROUND_PAUSE_S)
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await settle()
         assert ("wecom", "wang-fang", "firing") in rig.sent()
     finally:
         runner.cancel()
