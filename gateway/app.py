@@ -18,7 +18,7 @@ from gateway.config import ApiConfig, ApiToken, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import TelemetryProcess
@@ -116,8 +116,10 @@ class Gateway:
             commit_interval_s=ingest.commit_interval_s,
             alerts=AlertStage(self.rules, self.alerts, self.silences, self.clock),
             alarm_redelivery=alarm_redelivery,
+            clock=self.clock,
         )
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
+        self.pipeline.commit_listeners.append(partial(self.stats.note_commit, "main"))
         self.desk = AlertDesk(self.alerts, self.registry, self.pipeline.commit, self.clock)
         self.notifications = NotificationLog(
             notification_log_path(config.outbox.path),
@@ -268,7 +270,11 @@ class Gateway:
             if self.api is not None:
                 self.api.close()
             if self.pipeline.alerts is not None:
-                self.outbox.commit([], [], None, self.pipeline.alerts.rates_write())
+                try:
+                    self.outbox.commit([], [], None, self.pipeline.alerts.rates_write())
+                except StoreError as exc:
+                    # Saved now and then while running: the rates of a few minutes are lost.
+                    log.error("the rules' rates of change were not saved: %s", exc)
             self.outbox.close()
             self.alerts.close()
             self.silences.close()
@@ -285,7 +291,7 @@ class Gateway:
         # gateway's own counters, through the outbox like every other point.
         info = device_info_lines(self.registry, self.clock.now_ms())
         if info:
-            await self.pipeline.commit(info, None)
+            await self.pipeline.commit_until_stored(info, None)
         interval_s = self.config.health_interval_s
         if interval_s is None:
             # A stage that ends stops the gateway; this one has nothing more to do.
@@ -294,7 +300,9 @@ class Gateway:
         report = HealthReport(self.config.mqtt.client_id if self.config.mqtt else "gateway")
         while True:
             await self.clock.sleep(interval_s)
-            await self.pipeline.commit(report.lines(self.stats, self.clock.now_ms()), None)
+            await self.pipeline.commit_until_stored(
+                report.lines(self.stats, self.clock.now_ms()), None
+            )
 
     async def _tick_rules(self) -> None:
         ticks = 0
@@ -311,7 +319,7 @@ class Gateway:
                 if ticks % RATES_SAVE_TICKS == 0:
                     # Through the ingest connection, off the event loop: the rules' own
                     # connection would wait there for the telemetry's commits to end.
-                    await self.pipeline.commit([], stage.rates_write())
+                    await self.pipeline.commit_until_stored([], stage.rates_write())
 
     async def _listening(
         self, before: tuple[bool, int] | None

@@ -18,7 +18,14 @@ HEALTH_MEASUREMENT = "gateway"
 REJECTS_MEASUREMENT = "gateway_rejects"
 
 # Counters reported as their increase since the previous report.
-_COUNTERS = ("messages_in", "lines_stored", "lines_written", "redeliveries", "write_failures")
+_COUNTERS = (
+    "messages_in",
+    "lines_stored",
+    "lines_written",
+    "redeliveries",
+    "write_failures",
+    "commit_failures",
+)
 
 
 @dataclass

@@ -28,16 +28,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+from gateway.clock import Clock, SystemClock
 from gateway.decode.decoder import Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import Record, dump_records, load_records
 from gateway.decode.rejection import RejectReason
-from gateway.errors import DecodeError
+from gateway.errors import DecodeError, StoreError
 from gateway.ingest.message import InboundMessage
 from gateway.rules.alert import AlertChange
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
-from gateway.store.outbox import Outbox, QuarantineEntry
+from gateway.store.backoff import Backoff
+from gateway.store.outbox import CommitResult, Outbox, QuarantineEntry
 from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,16 @@ LINGER_MIN_MESSAGES = 20
 DECODE_SLICE_MESSAGES = 200
 # Handed-over batches judged in one commit: about as many records as one ingest batch.
 JUDGE_MAX_BATCHES = 1
+# A commit that failed (a full disk, the write lock held too long) is tried again after
+# a delay growing from the first to the second, its messages unacknowledged meanwhile.
+COMMIT_RETRY_INITIAL_S = 0.1
+COMMIT_RETRY_MAX_S = 5.0
 
 RecordListener = Callable[[Sequence[Record]], None]
 AlertListener = Callable[[Sequence[AlertChange]], None]
 CountsListener = Callable[["BatchCounts"], None]
+# Told the error of each failed commit, and None once commits succeed again.
+CommitListener = Callable[[str | None], None]
 
 
 class MessageSource(Protocol):
@@ -132,6 +140,7 @@ class IngestPipeline:
         alerts: AlertStage | None = None,
         alarm_redelivery: RedeliveryFilter | None = None,
         handoff: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self._decoder = decoder
         self._redelivery = redelivery
@@ -153,9 +162,17 @@ class IngestPipeline:
         self.listeners: list[RecordListener] = []
         self.alert_listeners: list[AlertListener] = []
         self.counts_listeners: list[CountsListener] = []
+        self.commit_listeners: list[CommitListener] = []
         self.committed = asyncio.Event()
         # One transaction at a time on the ingest connection: batches and rule timers.
+        # Held while a failed commit waits to be tried again, so that what the rules
+        # decided is committed in the order they decided it.
         self._commit_lock = asyncio.Lock()
+        self._clock = clock or SystemClock()
+        self._commit_backoff = Backoff(COMMIT_RETRY_INITIAL_S, COMMIT_RETRY_MAX_S)
+        # The error of the last commit while commits fail.
+        self.commit_error: str | None = None
+        self._stopping: asyncio.Event | None = None
 
     def prepare(
         self, messages: Sequence[InboundMessage], redelivery: RedeliveryFilter | None = None
@@ -203,9 +220,11 @@ class IngestPipeline:
         alarms: MessageSource | None = None,
         handoffs: asyncio.Event | None = None,
     ) -> None:
-        """Until `stopping` is set. A failed commit raises: the batch stays unacknowledged.
+        """Until `stopping` is set. A failed commit is tried again, its batch unacknowledged
+        meanwhile; once stopping, it raises, and the broker sends the batch again later.
 
         `handoffs` is set when another process has handed over records to judge."""
+        self._stopping = stopping
         async with asyncio.TaskGroup() as lanes:
             if source is not None:
                 lanes.create_task(self._run_lane(source, stopping, alarm=False))
@@ -244,7 +263,9 @@ class IngestPipeline:
         # goes between them.
         await asyncio.sleep(0)
         decision = self.alerts.evaluate(records) if self.alerts else AlertDecision()
-        await self.commit(decision.lines, partial(_judged, decision.write, rows[-1][0]))
+        await self.commit_until_stored(
+            decision.lines, partial(_judged, decision.write, rows[-1][0])
+        )
         self._announce(decision)
         self._tell_listeners(records)
         return len(rows)
@@ -294,8 +315,7 @@ class IngestPipeline:
             lane="alarm" if alarm else "main",
             handoff=handoff,
         )
-        async with self._commit_lock:
-            result = commit() if self._handoff else await asyncio.to_thread(commit)
+        result = await self._commit_until_stored(commit, on_loop=self._handoff)
         source.ack(messages)
         counts = BatchCounts.of(len(messages), batch, result.evicted_lines)
         counts.add_to(self._stats)
@@ -312,18 +332,75 @@ class IngestPipeline:
         """Commit what the rules decided outside a batch (a device gone silent)."""
         if decision.write is None:
             return
-        await self.commit(decision.lines, decision.write)
+        await self.commit_until_stored(decision.lines, decision.write)
         self._announce(decision)
 
     async def commit(
         self, lines: Sequence[str], write: Callable[[sqlite3.Connection], None] | None
     ) -> None:
         """Commit lines, and whatever `write` adds, in one transaction of the ingest
-        connection, between batches. What `write` raises is raised here, nothing kept."""
+        connection, between batches. What `write` raises is raised here, nothing kept.
+
+        For a request that someone waits on: while commits fail, it raises StoreError at
+        once rather than wait for the outbox with the batches."""
+        if self.commit_error is not None:
+            raise StoreError(f"the outbox cannot commit: {self.commit_error}", retryable=True)
         async with self._commit_lock:
             await asyncio.to_thread(self._outbox.commit, lines, [], None, write)
         self._stats.lines_stored += len(lines)
         self.committed.set()
+
+    async def commit_until_stored(
+        self, lines: Sequence[str], write: Callable[[sqlite3.Connection], None] | None
+    ) -> None:
+        """As `commit`, for the gateway's own work (judging, rule timers, its health),
+        tried again until it is stored, as a batch is."""
+        await self._commit_until_stored(
+            partial(self._outbox.commit, lines, [], None, write), on_loop=False
+        )
+        self._stats.lines_stored += len(lines)
+        self.committed.set()
+
+    async def _commit_until_stored(
+        self, commit: Callable[[], CommitResult], *, on_loop: bool
+    ) -> CommitResult:
+        """Commit, and while that fails try again with backoff; raises the last failure
+        only if the gateway is stopping, the batch then left to the broker to send again."""
+        async with self._commit_lock:
+            while True:
+                try:
+                    result = commit() if on_loop else await asyncio.to_thread(commit)
+                except StoreError as exc:
+                    if self._stopping is not None and self._stopping.is_set():
+                        raise
+                    delay_s = self._commit_backoff.next_delay_s()
+                    log.error(
+                        "%s; nothing is acknowledged meanwhile, next try in %.1f s", exc, delay_s
+                    )
+                    self._tell_commit_listeners(str(exc))
+                    await self._pause(delay_s)
+                    continue
+                if self.commit_error is not None:
+                    log.warning("the outbox commits again")
+                    self._tell_commit_listeners(None)
+                self._commit_backoff.reset()
+                return result
+
+    def _tell_commit_listeners(self, error: str | None) -> None:
+        self.commit_error = error
+        for listener in self.commit_listeners:
+            listener(error)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait `delay_s`, or less if the gateway is told to stop."""
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._clock.sleep(delay_s))]
+        if self._stopping is not None:
+            waiters.append(asyncio.ensure_future(self._stopping.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def _announce(self, decision: AlertDecision) -> None:
         if decision.changes:

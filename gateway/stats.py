@@ -37,6 +37,10 @@ class Stats:
     lines_evicted: int = 0
     write_failures: int = 0
     last_write_error: str | None = None
+    # Commits of the outbox that failed (a full disk, say), and while they fail the last
+    # error of each process that commits ("main", "telemetry").
+    commit_failures: int = 0
+    commit_errors: dict[str, str] = field(default_factory=dict)
     write_latency_s: float = 0.0
     write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     outbox_depth: int = 0
@@ -57,6 +61,14 @@ class Stats:
     def notified(self) -> int:
         return sum(n for (_, result), n in self.notifications.items() if result == "sent")
 
+    def note_commit(self, process: str, error: str | None) -> None:
+        """A commit of `process` failed with `error`, or with None, commits succeed again."""
+        if error is None:
+            self.commit_errors.pop(process, None)
+        else:
+            self.commit_failures += 1
+            self.commit_errors[process] = error
+
     def summary(self) -> str:
         rejects = ", ".join(f"{r}={n}" for r, n in sorted(self.rejected_by_reason.items()))
         return (
@@ -66,4 +78,5 @@ class Stats:
             f"rejected={self.rejected}"
             + (f" ({rejects})" if rejects else "")
             + (f" rule_faults={self.rule_faults.total()}" if self.rule_faults else "")
+            + "".join(f" COMMITS FAILING ({p}): {e}" for p, e in self.commit_errors.items())
         )

@@ -67,6 +67,12 @@ async def _influx(ctx: ApiContext) -> CheckOut:
 
 def _disk(ctx: ApiContext) -> CheckOut:
     outbox = ctx.gateway.outbox
+    failing = ctx.gateway.stats.commit_errors
+    if failing:
+        errors = "; ".join(f"{process}: {error}" for process, error in sorted(failing.items()))
+        return CheckOut(
+            name="disk", ok=False, detail=f"outbox commits failing, tried again: {errors}"
+        )
     free = shutil.disk_usage(outbox.path.parent).free
     if free < ctx.config.min_free_disk_bytes:
         return CheckOut(name="disk", ok=False, detail=f"{free} bytes free at {outbox.path.parent}")

@@ -88,7 +88,7 @@ def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> s
     out.metric(
         "gateway_lines_evicted_total",
         "counter",
-        "Oldest lines dropped because the outbox reached its bound",
+        "Oldest lines dropped because the outbox reached its bound or the disk was full",
         [({}, stats.lines_evicted)],
     )
     out.metric(
@@ -96,6 +96,12 @@ def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> s
         "counter",
         "Failed writes to the database",
         [({}, stats.write_failures)],
+    )
+    out.metric(
+        "gateway_outbox_commit_failures_total",
+        "counter",
+        "Commits of the outbox that failed and were tried again (a full disk, say)",
+        [({}, stats.commit_failures)],
     )
     out.metric(
         "gateway_outbox_depth_lines",

@@ -101,7 +101,8 @@ def build() -> Board:
     board.add(
         time_series(
             "写入延迟趋势 Write latency and failures",
-            "Latency of writes to the database, and failed writes per minute.",
+            "Latency of writes to the database, and per minute the writes that failed and "
+            "the commits of the outbox that failed (a full disk: see readiness).",
             Influx(
                 'SELECT max("write_latency_ms") AS "latency" FROM "gateway" WHERE $timeFilter '
                 'GROUP BY time($__interval), "instance" fill(none)'
@@ -111,6 +112,11 @@ def build() -> Board:
                 'GROUP BY time(1m), "instance" fill(none)',
                 ref_id="B",
             ).alias("failed writes ($tag_instance)"),
+            Influx(
+                'SELECT sum("commit_failures") AS "failures" FROM "gateway" WHERE $timeFilter '
+                'GROUP BY time(1m), "instance" fill(none)',
+                ref_id="C",
+            ).alias("failed outbox commits ($tag_instance)"),
             unit="ms",
         )
     )

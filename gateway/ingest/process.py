@@ -143,6 +143,9 @@ class TelemetryProcess:
             loop.remove_reader(ours.fileno())
             ours.close()
             self.connected.clear()
+            # A process that ended while its commits failed no longer fails; the next
+            # says if it does.
+            self._stats.note_commit("telemetry", None)
             await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
             if process.exitcode is None:
                 log.error("the telemetry process did not stop; killing it")
@@ -159,6 +162,8 @@ class TelemetryProcess:
                     counts.add_to(self._stats)
                     if self._on_counts is not None:
                         self._on_counts(counts)
+                elif kind == "commit":
+                    self._stats.note_commit("telemetry", values[0])
                 elif kind == "connection":
                     connected, self.connections = values
                     if connected:
@@ -200,8 +205,10 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
         commit_max_messages=ingest.commit_max_messages,
         commit_interval_s=ingest.commit_interval_s,
         handoff=True,
+        clock=clock,
     )
     pipeline.counts_listeners.append(lambda counts: _send(pipe, ("counts", counts)))
+    pipeline.commit_listeners.append(lambda error: _send(pipe, ("commit", error)))
     # A full pass of the collector in the middle of a commit holds the outbox's write
     # lock, which an alarm's commit in the main process may be waiting for.
     set_aside_startup_objects()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -92,10 +93,19 @@ class OutboxDrain:
             sleeper.cancel()
             waiter.cancel()
 
+    async def _outbox_failed(self, error: str) -> None:
+        delay_s = self._backoff.next_delay_s()
+        log.error("%s; next try in %.1f s", error, delay_s)
+        await self._clock.sleep(delay_s)
+
     async def drain_once(self) -> int | None:
         """Write one batch. The number of lines written, or None after a failed write."""
-        pending = await self._on_thread(self._outbox.peek, self._batch_lines, self._written)
-        self._stats.outbox_depth = await self._on_thread(self._outbox.depth, self._written)
+        try:
+            pending = await self._on_thread(self._outbox.peek, self._batch_lines, self._written)
+            self._stats.outbox_depth = await self._on_thread(self._outbox.depth, self._written)
+        except sqlite3.Error as exc:
+            await self._outbox_failed(f"reading the outbox failed: {exc}")
+            return None
         lines = pending.lines
         if not lines:
             return 0
@@ -126,7 +136,12 @@ class OutboxDrain:
         for entry in refused:
             log.warning("the database refused a line: %s", entry.detail)
         if pending.through or refused:
-            await self._on_thread(self._outbox.remove_through, pending.through, refused)
+            try:
+                await self._on_thread(self._outbox.remove_through, pending.through, refused)
+            except StoreError as exc:
+                # The lines are written again with the next try, and overwrite themselves.
+                await self._outbox_failed(str(exc))
+                return None
         # Kept in memory only: after a restart the first chunk is written from its
         # start again, which is harmless, as a point with the same series and time
         # overwrites itself.

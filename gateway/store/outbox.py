@@ -144,7 +144,7 @@ class PendingLines:
 class CommitResult:
     lines: int
     quarantined: int
-    # Oldest lines dropped because the outbox reached its size bound.
+    # Oldest lines dropped because the outbox reached its size bound, or the disk was full.
     evicted_lines: int
 
 
@@ -222,39 +222,89 @@ class Outbox:
         them later (see `handoffs`).
         """
         conn = self._ingest
-        try:
-            if self._prompt:
-                begin_promptly(conn)
-            else:
-                conn.execute("BEGIN IMMEDIATE")
-            if lines:
-                _insert_lines(conn, lines)
-            if handoff is not None:
-                conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
-            if quarantined:
-                self._insert_quarantine(conn, quarantined)
-            if keys is not None:
-                self._save_keys(conn, keys, lane)
-            if also is not None:
-                also(conn)
-            evicted = self._evict_if_full(conn)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"outbox commit failed: {exc}", retryable=False) from exc
-        except BaseException:
-            # `also` refused (a lifecycle step that does not apply): nothing of it stays.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        made_room = 0
+        while True:
+            try:
+                if self._prompt:
+                    begin_promptly(conn)
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                if lines:
+                    _insert_lines(conn, lines)
+                if handoff is not None:
+                    conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
+                if quarantined:
+                    self._insert_quarantine(conn, quarantined)
+                if keys is not None:
+                    self._save_keys(conn, keys, lane)
+                if also is not None:
+                    also(conn)
+                evicted = self._evict_if_full(conn)
+                conn.execute("COMMIT")
+                break
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and not made_room:
+                    made_room = self._make_room(conn, _batch_bytes(lines, handoff, quarantined))
+                    if made_room:
+                        continue
+                raise StoreError(
+                    f"outbox commit failed: {exc}",
+                    retryable=isinstance(exc, sqlite3.OperationalError),
+                ) from exc
+            except BaseException:
+                # `also` refused (a lifecycle step that does not apply): nothing of it stays.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         if evicted:
             log.warning(
                 "outbox reached its bound of %d bytes: dropped the %d oldest lines",
                 self.max_bytes,
                 evicted,
             )
-        return CommitResult(len(lines), len(quarantined), evicted)
+        return CommitResult(len(lines), len(quarantined), evicted + made_room)
+
+    def _make_room(self, conn: sqlite3.Connection, needed_bytes: int) -> int:
+        """The disk is full before the outbox reached its bound: drop the oldest lines, as
+        at the bound, so that newer readings and alarms can still be committed rather
+        than wait in the broker, whose queue for a session is bounded too. Returns the
+        lines dropped: none if there were none, or if even that could not be written."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            used = self._used_bytes(conn)
+            # Twice the batch, and the headroom of the bound, so that the next batches
+            # fit in the pages freed without another cut.
+            wanted = 2 * needed_bytes + used * _EVICT_HEADROOM
+            rows = conn.execute(
+                "SELECT id, line_count, length(lines) FROM chunks ORDER BY id"
+            ).fetchall()
+            freed = lines = 0
+            through = None
+            for chunk_id, line_count, size in rows:
+                if freed >= wanted:
+                    break
+                through, freed, lines = chunk_id, freed + size, lines + line_count
+            if through is None:
+                conn.execute("ROLLBACK")
+                return 0
+            conn.execute("DELETE FROM chunks WHERE id <= ?", (through,))
+            _count_evicted(conn, lines)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("the disk is full and no room could be made in the outbox: %s", exc)
+            return 0
+        log.warning(
+            "the disk is full at %d bytes of outbox, below its bound of %d: dropped the %d "
+            "oldest lines to make room",
+            used,
+            self.max_bytes,
+            lines,
+        )
+        return int(lines)
 
     @staticmethod
     def _save_keys(conn: sqlite3.Connection, keys: KeysToSave, lane: str) -> None:
@@ -303,11 +353,7 @@ class Outbox:
             "SELECT coalesce(sum(line_count), 0) FROM chunks WHERE id < ?", (first + count,)
         ).fetchone()
         conn.execute("DELETE FROM chunks WHERE id < ?", (first + count,))
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES ('outbox_evicted_lines', ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            (evicted,),
-        )
+        _count_evicted(conn, evicted)
         return int(evicted)
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
@@ -468,6 +514,25 @@ class Outbox:
 
     def size_bytes(self) -> int:
         return self._used_bytes(self._drain)
+
+
+def _count_evicted(conn: sqlite3.Connection, lines: int) -> None:
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES ('outbox_evicted_lines', ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (lines,),
+    )
+
+
+def _batch_bytes(
+    lines: Sequence[str], handoff: bytes | None, quarantined: Sequence[QuarantineEntry]
+) -> int:
+    """About what a batch adds to the outbox."""
+    return (
+        sum(map(len, lines))
+        + (len(handoff) if handoff is not None else 0)
+        + sum(len(q.payload) + len(q.detail) for q in quarantined)
+    )
 
 
 def _insert_lines(conn: sqlite3.Connection, lines: Sequence[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -204,3 +205,38 @@ async def test_the_telemetry_process_killed_mid_stream_is_restarted_and_loses_no
 
         # Every record handed over was judged, none left behind.
         await wait_until(lambda: handoffs_waiting() == 0, what="records judged")
+
+
+async def test_a_disk_that_takes_no_more_stops_nothing_and_loses_nothing(
+    tmp_path: Path,
+    mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+) -> None:
+    config = gateway_config(
+        tmp_path, mosquitto, namespace, influx={"url": influxdb.url, "database": influx_db}
+    )
+    async with running(config) as gateway:
+        telemetry = gateway.subscriber
+        assert isinstance(telemetry, TelemetryProcess) and telemetry.pid is not None
+        await publish(mosquitto, readings(namespace, 0, 500))
+        await wait_until(lambda: stored(influxdb, influx_db) == 500, what="first points")
+        # The telemetry process may write no byte more to any file: its disk is full.
+        _, hard = resource.prlimit(telemetry.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(telemetry.pid, resource.RLIMIT_FSIZE, (0, hard))
+        await publish(mosquitto, readings(namespace, 500, 1500))
+        await wait_until(lambda: "telemetry" in gateway.stats.commit_errors, what="a failure")
+        failures = gateway.stats.commit_failures
+        await wait_until(lambda: gateway.stats.commit_failures > failures, what="tried again")
+        # The same process goes on trying; nothing was taken in meanwhile.
+        assert telemetry.started == 1
+        assert stored(influxdb, influx_db) == 500
+        assert "COMMITS FAILING (telemetry)" in gateway.stats.summary()
+
+        resource.prlimit(telemetry.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        await wait_until(
+            lambda: stored(influxdb, influx_db) == 2000, timeout_s=60, what="every message"
+        )
+        assert gateway.stats.commit_errors == {}
+        assert telemetry.started == 1

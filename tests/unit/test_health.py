@@ -9,7 +9,8 @@ def test_each_report_carries_the_counts_since_the_previous_one() -> None:
     first = report.lines(stats, 1_000)
     assert first[0] == (
         "gateway,instance=gw-1 messages_in=100i,lines_stored=180i,lines_written=150i,"
-        "redeliveries=0i,write_failures=0i,rule_faults=0i,rejected=3i,outbox_depth=30i,"
+        "redeliveries=0i,write_failures=0i,commit_failures=0i,rule_faults=0i,rejected=3i,"
+        "outbox_depth=30i,"
         "write_latency_ms=0.0,alerts_open=0i 1000"
     )
     assert first[1:] == [
@@ -20,7 +21,11 @@ def test_each_report_carries_the_counts_since_the_previous_one() -> None:
     stats.rejected_by_reason["not_json"] += 1
     stats.write_latency_s = 0.0125
     stats.rule_faults["overflow_ratio"] += 2
+    stats.note_commit("main", "database or disk is full")
+    stats.note_commit("main", "database or disk is full")
+    stats.note_commit("main", None)
     second = report.lines(stats, 2_000)
+    assert "commit_failures=2i," in second[0]
     assert "rule_faults=2i," in second[0]
     assert "messages_in=10i," in second[0]
     assert "lines_stored=0i," in second[0]

@@ -1,6 +1,6 @@
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,9 @@ from gateway.decode.record import (
     dump_records,
     load_records,
 )
+from gateway.errors import StoreError
 from gateway.ingest.message import InboundMessage
-from gateway.pipeline import BatchCounts, IngestPipeline
+from gateway.pipeline import COMMIT_RETRY_MAX_S, BatchCounts, IngestPipeline
 from gateway.registry import Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook
@@ -32,6 +33,7 @@ from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
+from tests.unit.disk import fill_the_disk, make_room
 
 NOW_MS = 1_767_225_600_000
 
@@ -48,7 +50,11 @@ class FakeSource:
 
 
 def pipeline(
-    path: Path, redelivery: RedeliveryFilter | None = None, *, handoff: bool = False
+    path: Path,
+    redelivery: RedeliveryFilter | None = None,
+    *,
+    handoff: bool = False,
+    clock: ManualClock | None = None,
 ) -> IngestPipeline:
     profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
     registry = Registry()
@@ -65,6 +71,7 @@ def pipeline(
         Stats(),
         alarm_redelivery=alarm_redelivery,
         handoff=handoff,
+        clock=clock,
     )
 
 
@@ -234,11 +241,11 @@ async def test_each_lane_remembers_its_own_redeliveries_across_a_restart(tmp_pat
     assert second._stats.redeliveries == 2
 
 
-def judging(path: Path) -> IngestPipeline:
+def judging(path: Path, clock: ManualClock | None = None) -> IngestPipeline:
     """The main process's side: rules, no telemetry of its own."""
     profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
     registry = Registry()
-    clock = ManualClock(NOW_MS)
+    clock = clock or ManualClock(NOW_MS)
     engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, profiles.periods_s())
     return IngestPipeline(
         Decoder(profiles, registry),
@@ -247,6 +254,7 @@ def judging(path: Path) -> IngestPipeline:
         Outbox(path),
         Stats(),
         alerts=AlertStage(engine, AlertBook(path), SilenceBook(path, registry), clock),
+        clock=clock,
     )
 
 
@@ -360,3 +368,82 @@ async def test_a_failing_record_listener_holds_up_no_alarm(
     assert len(seen) == 1
     assert "a record listener failed" in caplog.text
     assert "a fault of the listener's" in caplog.text
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """While a commit runs on its thread."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {what}")
+
+
+def sos_from(devices: int) -> list[InboundMessage]:
+    return [
+        InboundMessage(
+            f"community/hgy/bracelet/br-{i}/event",
+            json.dumps({"ts": NOW_MS, "seq": 1, "event": "sos"}).encode(),
+            NOW_MS,
+            i + 1,
+            1,
+        )
+        for i in range(devices)
+    ]
+
+
+async def test_alarms_whose_commit_fails_are_tried_again_and_announced_once_stored(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(NOW_MS)
+    p = judging(tmp_path / "o.sqlite3", clock)
+    told: list[str | None] = []
+    p.commit_listeners.append(told.append)
+    fired: list[AlertChange] = []
+    p.alert_listeners.append(fired.extend)
+    fill_the_disk(p._outbox)
+    source = FakeSource()
+    handling = asyncio.create_task(p.handle(source, sos_from(50), alarm=True))
+    await until(lambda: len(told) == 1, "failed commit")
+    assert told[0] is not None and "database or disk is full" in told[0]
+    # Nothing acknowledged, nothing announced: the broker still has them.
+    assert source.acked == [] and fired == []
+    # A request that waits on a commit (an acknowledgement from a phone) is told at once.
+    with pytest.raises(StoreError, match="the outbox cannot commit"):
+        await p.commit([], None)
+    clock.advance(COMMIT_RETRY_MAX_S)
+    await until(lambda: len(told) == 2, "second try")
+    assert not handling.done() and source.acked == []
+
+    make_room(p._outbox)
+    clock.advance(COMMIT_RETRY_MAX_S)
+    await asyncio.wait_for(handling, timeout=5)
+    assert source.acked == list(range(1, 51))
+    assert len(fired) == 50 and {c.state for c in fired} == {AlertState.FIRING}
+    assert told[2:] == [None] and p.commit_error is None
+    assert p._outbox.depth() >= 50
+
+
+async def test_a_stop_while_commits_fail_leaves_the_batch_to_the_broker(tmp_path: Path) -> None:
+    p = pipeline(tmp_path / "o.sqlite3", clock=ManualClock(NOW_MS))
+    fill_the_disk(p._outbox)
+    batch = [msg(i, {"ts": NOW_MS + i, "seq": i, "heart_rate_bpm": 70}) for i in range(1, 301)]
+
+    class OneBatch(FakeSource):
+        async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
+            if batch:
+                taken = batch[:]
+                batch.clear()
+                return taken
+            await asyncio.sleep(0.01)
+            return []
+
+    source = OneBatch()
+    stopping = asyncio.Event()
+    running = asyncio.create_task(p.run(source, stopping))
+    await until(lambda: p.commit_error is not None, "failed commit")
+    stopping.set()
+    with pytest.raises(ExceptionGroup) as ended:
+        await asyncio.wait_for(running, timeout=5)
+    assert ended.value.subgroup(StoreError) is not None
+    assert source.acked == [] and p._outbox.depth() == 0

@@ -1,3 +1,5 @@
+import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -5,8 +7,11 @@ import httpx
 from gateway.app import Gateway
 from gateway.clock import ManualClock
 from gateway.config import InfluxConfig, MqttConfig
+from gateway.ingest.message import InboundMessage
+from gateway.pipeline import COMMIT_RETRY_MAX_S
 from tests.integration.services import free_port
-from tests.unit.api.conftest import T0, Site, site_config
+from tests.unit.api.conftest import T0, FakeSource, Site, site_config
+from tests.unit.disk import fill_the_disk, make_room
 
 
 async def test_liveness_and_readiness_need_no_token(site: Site) -> None:
@@ -39,3 +44,42 @@ async def test_readiness_names_what_is_down(tmp_path: Path) -> None:
     assert not checks["broker"]["ok"] and f"127.0.0.1:{closed}" in checks["broker"]["detail"]
     assert not checks["influxdb"]["ok"] and "unreachable" in checks["influxdb"]["detail"]
     assert not checks["disk"]["ok"] and "bytes free" in checks["disk"]["detail"]
+
+
+async def test_readiness_says_while_the_outbox_cannot_commit(site: Site) -> None:
+    gateway = site.gateway
+    fill_the_disk(gateway.outbox)
+    readings = [
+        InboundMessage(
+            f"community/hgy/bracelet/br-{i}/telemetry",
+            json.dumps({"ts": T0 + i, "seq": i, "heart_rate_bpm": 70}).encode(),
+            T0,
+            i + 1,
+            1,
+        )
+        for i in range(300)
+    ]
+    source = FakeSource()
+    handling = asyncio.create_task(gateway.pipeline.handle(source, readings))
+    for _ in range(500):
+        if gateway.stats.commit_errors:
+            break
+        await asyncio.sleep(0.01)
+
+    assert source.acked == 0
+    ready = await site.get("/health/ready", None)
+    assert ready.status_code == 503
+    disk = {c["name"]: c for c in ready.json()["checks"]}["disk"]
+    assert not disk["ok"]
+    assert "outbox commits failing" in disk["detail"]
+    assert "main: outbox commit failed: database or disk is full" in disk["detail"]
+    metrics = (await site.client.get("/metrics")).text
+    assert "gateway_outbox_commit_failures_total 1" in metrics
+    assert "COMMITS FAILING (main)" in gateway.stats.summary()
+
+    make_room(gateway.outbox)
+    site.clock.advance(COMMIT_RETRY_MAX_S)
+    await asyncio.wait_for(handling, timeout=5)
+    assert source.acked == 300
+    assert (await site.get("/health/ready", None)).status_code == 200
+    assert gateway.stats.commit_errors == {}

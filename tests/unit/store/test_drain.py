@@ -2,13 +2,15 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from gateway.clock import ManualClock
 from gateway.errors import StoreError
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
 from gateway.store.drain import OutboxDrain
 from gateway.store.influx import RejectedLine, WriteResult
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import Outbox, QuarantineEntry
 
 
 class RecordingWriter:
@@ -173,3 +175,39 @@ async def test_a_backlog_is_written_without_pause_and_light_traffic_lingers(
             assert writer.writes[-1] == [line]
     finally:
         task.cancel()
+
+
+class OutboxThatCannotRemoveOnce(Outbox):
+    """An outbox on a full disk for one removal."""
+
+    failed = False
+
+    def remove_through(self, through: int, refused: Sequence[QuarantineEntry] = ()) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("outbox update failed: database or disk is full", retryable=True)
+        super().remove_through(through, refused)
+
+
+async def test_an_outbox_that_cannot_remove_what_was_written_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = OutboxThatCannotRemoveOnce(tmp_path / "o.sqlite3")
+    lines = [f"m v={i}i 1" for i in range(3)]
+    outbox.commit(lines, [])
+    writer = RecordingWriter()
+    stats = Stats()
+    clock = ManualClock()
+    drain = drain_of(outbox, writer, stats, clock)
+    attempt = asyncio.ensure_future(drain.drain_once())
+    # The drain backs off on the clock rather than stop the gateway.
+    while not attempt.done():
+        await asyncio.sleep(0)
+        clock.advance(2.0)
+    assert attempt.result() is None
+    assert "database or disk is full" in caplog.text
+    assert outbox.depth() == 3
+    # Written again, which overwrites each point with itself, and then removed.
+    assert await drain.drain_once() == 3
+    assert writer.writes == [lines, lines]
+    assert outbox.depth() == 0

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import DeviceRef
+from gateway.errors import StoreError
 from gateway.store.outbox import (
     LOCK_TIMEOUT_S,
     LinePosition,
@@ -13,6 +14,7 @@ from gateway.store.outbox import (
     QuarantineEntry,
     begin_promptly,
 )
+from tests.unit.disk import fill_the_disk, make_room
 
 
 def entry(reason: str = "not_json") -> QuarantineEntry:
@@ -117,6 +119,42 @@ def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Pa
     assert lines[-1].startswith("m,batch=39 ")
     assert not any(line.startswith("m,batch=0 ") for line in lines)
     assert outbox.depth() == 4000 - evicted
+
+
+def test_a_full_disk_drops_the_oldest_lines_to_commit_the_batch(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 30)
+    for batch in range(30):
+        outbox.commit([f'm,batch={batch} pad="{"x" * 900}" {i}' for i in range(100)], [])
+    outbox.commit([], [entry()], handoff=b"records")
+    fill_the_disk(outbox)
+    result = outbox.commit([f'm,batch=new pad="{"y" * 900}" {i}' for i in range(100)], [])
+    # Far below its bound: the lines dropped are the disk's doing, counted the same way.
+    assert result.lines == 100 and 0 < result.evicted_lines < 3000
+    assert outbox.counters()["outbox_evicted_lines"] == result.evicted_lines
+    lines = outbox.peek(10_000).lines
+    assert len(lines) == 3100 - result.evicted_lines == outbox.depth()
+    assert lines[0].startswith(f"m,batch={result.evicted_lines // 100} ")
+    assert lines[-100:] == [f'm,batch=new pad="{"y" * 900}" {i}' for i in range(100)]
+    # Only lines waiting for the database make room: the rules' records and the
+    # quarantine stay.
+    assert [blob for _, blob in outbox.handoffs(10)] == [b"records"]
+    assert len(outbox.quarantine()) == 1
+
+
+def test_a_full_disk_with_no_lines_to_drop_fails_the_commit_whole_and_retryable(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    fill_the_disk(outbox)
+    batch = [f'm pad="{"x" * 900}" {i}' for i in range(100)]
+    with pytest.raises(StoreError, match="database or disk is full") as failed:
+        outbox.commit(batch, [entry()], handoff=b"records")
+    assert failed.value.retryable
+    assert outbox.depth() == 0 and outbox.quarantine() == [] and outbox.handoffs(10) == []
+    # Room again: the same batch commits.
+    make_room(outbox)
+    assert outbox.commit(batch, [entry()], handoff=b"records").evicted_lines == 0
+    assert outbox.depth() == 100
 
 
 def insert_line(conn: sqlite3.Connection, line: str) -> None:
