@@ -277,15 +277,16 @@ class Outbox:
             # Twice the batch, and the headroom of the bound, so that the next batches
             # fit in the pages freed without another cut.
             wanted = 2 * needed_bytes + used * _EVICT_HEADROOM
-            rows = conn.execute(
-                "SELECT id, line_count, length(lines) FROM chunks ORDER BY id"
-            ).fetchall()
             freed = lines = 0
             through = None
-            for chunk_id, line_count, size in rows:
-                if freed >= wanted:
-                    break
-                through, freed, lines = chunk_id, freed + size, lines + line_count
+            # The oldest chunks only, as many as it takes: length() reads no blob.
+            with contextlib.closing(
+                conn.execute("SELECT id, line_count, length(lines) FROM chunks ORDER BY id")
+            ) as chunks:
+                for chunk_id, line_count, size in chunks:
+                    if freed >= wanted:
+                        break
+                    through, freed, lines = chunk_id, freed + size, lines + line_count
             if through is None:
                 conn.execute("ROLLBACK")
                 return 0
