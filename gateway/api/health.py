@@ -67,7 +67,8 @@ async def _influx(ctx: ApiContext) -> CheckOut:
 
 def _disk(ctx: ApiContext) -> CheckOut:
     outbox = ctx.gateway.outbox
-    failing = ctx.gateway.stats.commit_errors
+    # Copied at once: this runs on a thread, and the event loop's thread changes it.
+    failing = dict(ctx.gateway.stats.commit_errors)
     if failing:
         errors = "; ".join(f"{process}: {error}" for process, error in sorted(failing.items()))
         return CheckOut(
