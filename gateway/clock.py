@@ -58,3 +58,14 @@ class ManualClock:
         for _, future in due:
             if not future.done():
                 future.set_result(None)
+
+
+async def sleep_unless_set(clock: Clock, seconds: float, event: asyncio.Event) -> None:
+    """Wait `seconds` on `clock`, or less if `event` is set meanwhile."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waiter.cancel()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SystemClock, sleep_unless_set
 from gateway.decode.decoder import Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import Record, dump_records, load_records
@@ -172,7 +172,8 @@ class IngestPipeline:
         self._commit_backoff = Backoff(COMMIT_RETRY_INITIAL_S, COMMIT_RETRY_MAX_S)
         # The error of the last commit while commits fail.
         self.commit_error: str | None = None
-        self._stopping: asyncio.Event | None = None
+        # Set by `run`'s caller; a batch handled outside `run` is tried until stored.
+        self._stopping = asyncio.Event()
 
     def prepare(
         self, messages: Sequence[InboundMessage], redelivery: RedeliveryFilter | None = None
@@ -371,14 +372,14 @@ class IngestPipeline:
                 try:
                     result = commit() if on_loop else await asyncio.to_thread(commit)
                 except StoreError as exc:
-                    if self._stopping is not None and self._stopping.is_set():
+                    if self._stopping.is_set():
                         raise
                     delay_s = self._commit_backoff.next_delay_s()
                     log.error(
                         "%s; nothing is acknowledged meanwhile, next try in %.1f s", exc, delay_s
                     )
                     self._tell_commit_listeners(str(exc))
-                    await self._pause(delay_s)
+                    await sleep_unless_set(self._clock, delay_s, self._stopping)
                     continue
                 if self.commit_error is not None:
                     log.warning("the outbox commits again")
@@ -390,17 +391,6 @@ class IngestPipeline:
         self.commit_error = error
         for listener in self.commit_listeners:
             listener(error)
-
-    async def _pause(self, delay_s: float) -> None:
-        """Wait `delay_s`, or less if the gateway is told to stop."""
-        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._clock.sleep(delay_s))]
-        if self._stopping is not None:
-            waiters.append(asyncio.ensure_future(self._stopping.wait()))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
     def _announce(self, decision: AlertDecision) -> None:
         if decision.changes:

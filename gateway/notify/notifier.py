@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from gateway.clock import Clock
+from gateway.clock import Clock, sleep_unless_set
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel
 from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
@@ -212,11 +212,7 @@ class Notifier:
                 wait_s = min(wait_s, max(0.0, (next_due - self._clock.now_ms()) / 1000))
             if self._incoming:
                 continue
-            sleeper = asyncio.ensure_future(self._clock.sleep(wait_s))
-            woken = asyncio.ensure_future(self._wakeup.wait())
-            await asyncio.wait([sleeper, woken], return_when=asyncio.FIRST_COMPLETED)
-            sleeper.cancel()
-            woken.cancel()
+            await sleep_unless_set(self._clock, wait_s, self._wakeup)
 
     def recover(self) -> None:
         """Plan alerts that fired but were never planned: the gateway stopped between

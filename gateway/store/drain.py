@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
-from gateway.clock import Clock
+from gateway.clock import Clock, sleep_unless_set
 from gateway.decode.rejection import RejectReason
 from gateway.errors import StoreError
 from gateway.stats import Stats
@@ -75,7 +75,7 @@ class OutboxDrain:
                 continue
             if wrote == 0:
                 self.wakeup.clear()
-                await self._wait_for_work()
+                await sleep_unless_set(self._clock, self._idle_poll_s, self.wakeup)
             elif wrote < self._batch_lines and self._linger_s:
                 # InfluxDB spends about a quarter less per line on 5,000-line writes
                 # than on 200-line ones (measured): heavy traffic goes in fuller batches.
@@ -83,15 +83,6 @@ class OutboxDrain:
 
     async def _on_thread(self, call: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
-
-    async def _wait_for_work(self) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(self._idle_poll_s))
-        waiter = asyncio.ensure_future(self.wakeup.wait())
-        try:
-            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waiter.cancel()
 
     async def _outbox_failed(self, error: str) -> None:
         delay_s = self._backoff.next_delay_s()
