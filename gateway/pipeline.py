@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.clock import Clock, SystemClock, sleep_unless_set
 from gateway.decode.decoder import Decoder
@@ -39,7 +39,7 @@ from gateway.rules.alert import AlertChange
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
-from gateway.store.outbox import CommitResult, Outbox, QuarantineEntry
+from gateway.store.outbox import Outbox, QuarantineEntry
 from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ JUDGE_MAX_BATCHES = 1
 COMMIT_RETRY_INITIAL_S = 0.1
 COMMIT_RETRY_MAX_S = 5.0
 
+T = TypeVar("T")
 RecordListener = Callable[[Sequence[Record]], None]
 AlertListener = Callable[[Sequence[AlertChange]], None]
 CountsListener = Callable[["BatchCounts"], None]
@@ -222,7 +223,7 @@ class IngestPipeline:
         handoffs: asyncio.Event | None = None,
     ) -> None:
         """Until `stopping` is set. A failed commit is tried again, its batch unacknowledged
-        meanwhile; once stopping, it raises, and the broker sends the batch again later.
+        meanwhile; a stop ends the trying, and the broker sends the batch again later.
 
         `handoffs` is set when another process has handed over records to judge."""
         self._stopping = stopping
@@ -238,8 +239,16 @@ class IngestPipeline:
         while not stopping.is_set():
             handed_over.clear()
             # Those left by a crash first, then each as it comes.
-            while await self.judge_handoffs() and not stopping.is_set():
-                pass
+            try:
+                while await self.judge_handoffs() and not stopping.is_set():
+                    pass
+            except StoreError as exc:
+                if not stopping.is_set():
+                    raise
+                log.warning(
+                    "stopped with records handed over not judged, judged at the next start: %s", exc
+                )
+                return
             # The timeout only bounds how long a stop waits.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(handed_over.wait(), timeout=0.25)
@@ -248,8 +257,9 @@ class IngestPipeline:
         """Judge the oldest records handed over by another process and commit what the
         rules made of them, with their removal, in one transaction. Returns how many
         handed-over batches were judged."""
-        async with self._commit_lock:
-            rows = await asyncio.to_thread(self._outbox.handoffs, JUDGE_MAX_BATCHES)
+        rows = await self._until_done(
+            partial(self._outbox.handoffs, JUDGE_MAX_BATCHES), on_loop=False
+        )
         if not rows:
             return 0
         records: list[Record] = []
@@ -281,7 +291,18 @@ class IngestPipeline:
         while not stopping.is_set():
             messages = await source.next_batch(self._commit_max_messages, linger_s)
             if messages:
-                await self.handle(source, messages, alarm=alarm)
+                try:
+                    await self.handle(source, messages, alarm=alarm)
+                except StoreError as exc:
+                    if not stopping.is_set():
+                        raise
+                    log.warning(
+                        "stopped with a batch of %d messages not committed, which the broker "
+                        "sends again: %s",
+                        len(messages),
+                        exc,
+                    )
+                    return
             # Lingering gathers a busy stream into fewer commits; a quiet one would only
             # wait, and a lone alarm should not wait for company.
             busy = len(messages) >= LINGER_MIN_MESSAGES and not alarm
@@ -316,7 +337,7 @@ class IngestPipeline:
             lane="alarm" if alarm else "main",
             handoff=handoff,
         )
-        result = await self._commit_until_stored(commit, on_loop=self._handoff)
+        result = await self._until_done(commit, on_loop=self._handoff)
         source.ack(messages)
         counts = BatchCounts.of(len(messages), batch, result.evicted_lines)
         counts.add_to(self._stats)
@@ -356,21 +377,19 @@ class IngestPipeline:
     ) -> None:
         """As `commit`, for the gateway's own work (judging, rule timers, its health),
         tried again until it is stored, as a batch is."""
-        await self._commit_until_stored(
-            partial(self._outbox.commit, lines, [], None, write), on_loop=False
-        )
+        await self._until_done(partial(self._outbox.commit, lines, [], None, write), on_loop=False)
         self._stats.lines_stored += len(lines)
         self.committed.set()
 
-    async def _commit_until_stored(
-        self, commit: Callable[[], CommitResult], *, on_loop: bool
-    ) -> CommitResult:
-        """Commit, and while that fails try again with backoff; raises the last failure
-        only if the gateway is stopping, the batch then left to the broker to send again."""
+    async def _until_done(self, step: Callable[[], T], *, on_loop: bool) -> T:
+        """A step of the outbox's commits (a commit, or reading what is handed over),
+        under the commit lock; while it fails, tried again with backoff. Raises the last
+        failure only if the gateway is stopping, the batch then left to the broker to send
+        again, or the handoff to the next start to judge."""
         async with self._commit_lock:
             while True:
                 try:
-                    result = commit() if on_loop else await asyncio.to_thread(commit)
+                    result = step() if on_loop else await asyncio.to_thread(step)
                 except StoreError as exc:
                     if self._stopping.is_set():
                         raise

@@ -416,9 +416,15 @@ class Outbox:
     def handoffs(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest batches of records handed over and not yet judged, with their ids;
         on the ingest connection, between its commits."""
-        rows = self._ingest.execute(
-            "SELECT id, records FROM handoffs ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
+        try:
+            rows = self._ingest.execute(
+                "SELECT id, records FROM handoffs ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"the records handed over could not be read: {exc}",
+                retryable=isinstance(exc, sqlite3.OperationalError),
+            ) from exc
         return [(int(i), bytes(records)) for i, records in rows]
 
     def handoffs_waiting(self) -> bool:
