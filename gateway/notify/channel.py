@@ -26,6 +26,12 @@ class Limit:
     per_number: bool = False
 
 
+def e164(phone: str) -> str:
+    """A phone number in its international form; one without a country code is taken for
+    a Chinese one. The providers' limits count a number however it was written."""
+    return phone if phone.startswith("+") else f"+86{phone}"
+
+
 class Limiter:
     """Counts sends in a sliding window per key, and keeps keys the provider blocked."""
 
@@ -38,7 +44,7 @@ class Limiter:
         """0 when a send is allowed now; otherwise how long until it is."""
         wait = max(0.0, self._blocked_until.get("", 0.0) - now_s)
         for index, limit in enumerate(self._limits):
-            key = (index, (number or "") if limit.per_number else "")
+            key = (index, e164(number) if limit.per_number and number else "")
             sent = self._sent.get(key)
             if sent is None:
                 continue
@@ -50,7 +56,7 @@ class Limiter:
 
     def note(self, number: str | None, now_s: float) -> None:
         for index, limit in enumerate(self._limits):
-            key = (index, (number or "") if limit.per_number else "")
+            key = (index, e164(number) if limit.per_number and number else "")
             self._sent.setdefault(key, deque()).append(now_s)
 
     def block(self, until_s: float) -> None:

@@ -20,7 +20,7 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.errors import NotifyError
-from gateway.notify.channel import Channel, Limit, json_body, post
+from gateway.notify.channel import Channel, Limit, e164, json_body, post
 from gateway.notify.notice import Notice
 from gateway.notify.policy import (
     AliyunSmsChannel,
@@ -338,4 +338,4 @@ def _national(phone: str | None) -> str:
 def _e164(phone: str | None) -> str:
     if not phone:
         raise NotifyError("the receiver has no phone number", retryable=False)
-    return phone if phone.startswith("+") else f"+86{phone}"
+    return e164(phone)

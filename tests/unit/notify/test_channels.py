@@ -317,6 +317,8 @@ async def test_aliyun_voice_calls_and_its_errors(
     voice.limiter.note("13800000001", T0 / 1000)
     assert voice.limiter.wait_s("13800000001", T0 / 1000 + 30) == 30
     assert voice.limiter.wait_s("13900000002", T0 / 1000 + 30) == 0
+    # The same number written with its country code is the same number to the provider.
+    assert voice.limiter.wait_s("+8613800000001", T0 / 1000 + 30) == 30
 
 
 # --- Tencent Cloud -------------------------------------------------------------------------
