@@ -65,6 +65,8 @@ RULE_TICK_S = 5.0
 # Rate windows are saved every this many ticks and at a stop: a crash loses at most
 # that much of a window, a stop or an upgrade nothing.
 RATES_SAVE_TICKS = 6
+# How often the disk set aside for the outbox, if given back, is set aside again.
+RESERVE_CHECK_S = 60.0
 
 
 def notification_log_path(outbox_path: Path) -> Path:
@@ -216,6 +218,7 @@ class Gateway:
                 tasks.append(asyncio.create_task(drain.run(), name="drain"))
             else:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
+            tasks.append(asyncio.create_task(self._keep_disk_reserve(), name="reserve"))
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
             tasks.append(asyncio.create_task(self._report_health(), name="health"))
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
@@ -279,6 +282,11 @@ class Gateway:
             self.alerts.close()
             self.silences.close()
             self.notifications.close()
+
+    async def _keep_disk_reserve(self) -> None:
+        while True:
+            await asyncio.to_thread(self.outbox.reserve.restore)
+            await self.clock.sleep(RESERVE_CHECK_S)
 
     async def _watch_depth(self) -> None:
         # With no database configured the outbox only grows; keep its depth in view.

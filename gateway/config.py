@@ -135,6 +135,9 @@ class OutboxConfig(_Strict):
     # "full" survives power loss; "normal" survives a crashed process only.
     synchronous: Literal["full", "normal"] = "full"
     quarantine_max_rows: int = Field(100_000, ge=100)
+    # Disk set aside beside the outbox and given back when the disk is full, so that the
+    # oldest lines can still be dropped to commit alarms; 0 sets none aside.
+    reserve_bytes: int = Field(32 << 20, ge=0)
 
 
 class IngestConfig(_Strict):

@@ -86,7 +86,8 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
     operator_token = secrets.token_urlsafe(18)
     config = GatewayConfig(
         mqtt=MqttConfig(port=port, protocol="3.1.1", client_id="demo-gateway"),
-        outbox=OutboxConfig(path=workdir / "outbox.sqlite3", synchronous="normal"),
+        # The files stay for a look afterwards; no disk is set aside among them.
+        outbox=OutboxConfig(path=workdir / "outbox.sqlite3", synchronous="normal", reserve_bytes=0),
         registry_file=registry,
         ingest=IngestConfig(require_registered=True),
         notify=DEMO_POLICY,

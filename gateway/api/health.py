@@ -77,6 +77,14 @@ def _disk(ctx: ApiContext) -> CheckOut:
     free = shutil.disk_usage(outbox.path.parent).free
     if free < ctx.config.min_free_disk_bytes:
         return CheckOut(name="disk", ok=False, detail=f"{free} bytes free at {outbox.path.parent}")
+    reserve = outbox.reserve
+    if reserve.given_back:
+        return CheckOut(
+            name="disk",
+            ok=False,
+            detail=f"the disk filled up: the {reserve.size_bytes} bytes set aside at "
+            f"{reserve.path} were given back, until it has room for them twice over",
+        )
     used = outbox.size_bytes()
     if used >= outbox.max_bytes:
         return CheckOut(

@@ -29,6 +29,7 @@ import orjson
 
 from gateway.decode.dedup import KeysToSave, SavedKeys
 from gateway.errors import StoreError
+from gateway.store.reserve import DiskReserve
 
 if TYPE_CHECKING:
     from gateway.config import OutboxConfig
@@ -156,14 +157,20 @@ class Outbox:
         max_bytes: int = 1 << 30,
         synchronous: str = "full",
         quarantine_max_rows: int = 100_000,
+        reserve_bytes: int = 0,
         bulk_elsewhere: bool = False,
     ) -> None:
         """`bulk_elsewhere`: another process commits the bulk of the traffic, and this
         one's ingest commits alarms. Its commits then never copy the write-ahead log back
         into the database (a checkpoint, which can take a hundred milliseconds; the
         drain's and the other process's connections do it), and they take the write
-        lock as soon as it is free."""
+        lock as soon as it is free.
+
+        `reserve_bytes`: disk space set aside beside the database, given back when a
+        commit finds the disk full (gateway.store.reserve); the main process sets it
+        aside."""
         self.path = path
+        self.reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self.max_bytes = max_bytes
         self.quarantine_max_rows = quarantine_max_rows
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +194,7 @@ class Outbox:
             max_bytes=config.max_bytes,
             synchronous=config.synchronous,
             quarantine_max_rows=config.quarantine_max_rows,
+            reserve_bytes=config.reserve_bytes,
             bulk_elsewhere=bulk_elsewhere,
         )
 
@@ -223,6 +231,7 @@ class Outbox:
         """
         conn = self._ingest
         made_room = 0
+        gave_back = False
         while True:
             try:
                 if self._prompt:
@@ -245,9 +254,18 @@ class Outbox:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and not made_room:
-                    made_room = self._make_room(conn, _batch_bytes(lines, handoff, quarantined))
-                    if made_room:
+                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and not gave_back:
+                    needed = _batch_bytes(lines, handoff, quarantined)
+                    if not made_room:
+                        made_room = self._make_room(conn, needed)
+                        if made_room:
+                            continue
+                    # Still full: on a disk full to its last byte even dropping lines
+                    # fails, as it writes to the log. The space set aside makes room for
+                    # that, and with no lines to drop, for this batch: it may hold an alarm.
+                    gave_back = True
+                    if self.reserve.release():
+                        made_room += self._make_room(conn, needed)
                         continue
                 raise StoreError(
                     f"outbox commit failed: {exc}",

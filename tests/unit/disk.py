@@ -1,4 +1,12 @@
-"""A full disk as SQLite sees it, on an outbox's own connection."""
+"""A full disk: as SQLite sees it, on an outbox's own connection, or a real small one."""
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from gateway.store.outbox import Outbox
 
@@ -15,3 +23,30 @@ def fill_the_disk(outbox: Outbox) -> None:
 
 def make_room(outbox: Outbox) -> None:
     outbox._ingest.execute(f"PRAGMA max_page_count={_UNBOUNDED_PAGES}")
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size_bytes: int) -> Iterator[Path]:
+    """A real disk of `size_bytes`, a tmpfs mounted at `where` while in use."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small disk needs root")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", where], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Another program's file, written until the disk takes not one byte more."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for step in (1 << 16, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, bytes(step))
+    finally:
+        os.close(fd)
+    return filler

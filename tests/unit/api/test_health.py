@@ -83,3 +83,17 @@ async def test_readiness_says_while_the_outbox_cannot_commit(site: Site) -> None
     assert source.acked == 300
     assert (await site.get("/health/ready", None)).status_code == 200
     assert gateway.stats.commit_errors == {}
+
+
+async def test_readiness_says_while_the_disk_set_aside_is_given_back(site: Site) -> None:
+    reserve = site.gateway.outbox.reserve
+    assert reserve.size_bytes > 0 and reserve.restore()
+    assert (await site.get("/health/ready", None)).status_code == 200
+    # As a commit does that finds the disk full.
+    assert reserve.release()
+    ready = await site.get("/health/ready", None)
+    assert ready.status_code == 503
+    disk = {c["name"]: c for c in ready.json()["checks"]}["disk"]
+    assert "the disk filled up" in disk["detail"] and str(reserve.path) in disk["detail"]
+    assert reserve.restore()
+    assert (await site.get("/health/ready", None)).status_code == 200
