@@ -394,9 +394,8 @@ class IngestPipeline:
                     if self._stopping.is_set():
                         raise
                     delay_s = self._commit_backoff.next_delay_s()
-                    log.error(
-                        "%s; nothing is acknowledged meanwhile, next try in %.1f s", exc, delay_s
-                    )
+                    # A batch's messages stay unacknowledged meanwhile.
+                    log.error("%s; next try in %.1f s", exc, delay_s)
                     self._tell_commit_listeners(str(exc))
                     await sleep_unless_set(self._clock, delay_s, self._stopping)
                     continue
