@@ -9,6 +9,7 @@ committed, and it is set aside again once the disk has room for it twice over.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -44,7 +45,10 @@ class DiskReserve:
             return False
         try:
             os.truncate(self.path, 0)
-        except FileNotFoundError:
+        except OSError as exc:
+            # Gone already, given back by the other process; or out of reach.
+            if not isinstance(exc, FileNotFoundError):
+                log.error("could not give back the disk set aside at %s: %s", self.path, exc)
             return False
         log.error(
             "the disk is full: gave back the %d bytes set aside at %s, to make room in "
@@ -59,19 +63,20 @@ class DiskReserve:
         whether it is held now."""
         if self.size_bytes == 0 or self.held:
             return self.held
-        free = shutil.disk_usage(self.path.parent).free + _size_of(self.path)
-        if free < 2 * self.size_bytes:
-            return False
         # Written whole under another name first: a crash never leaves a reserve that
         # holds less than it says.
         partial = self.path.with_name(self.path.name + ".part")
         try:
+            free = shutil.disk_usage(self.path.parent).free + _size_of(self.path)
+            if free < 2 * self.size_bytes:
+                return False
             with partial.open("wb") as file:
                 _allocate(file.fileno(), self.size_bytes)
                 os.fsync(file.fileno())
             partial.replace(self.path)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             log.warning("could not set aside %d bytes at %s: %s", self.size_bytes, self.path, exc)
             return False
         log.info("set aside %d bytes of disk for the outbox at %s", self.size_bytes, self.path)
