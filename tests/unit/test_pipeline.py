@@ -1,6 +1,6 @@
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
+from tests.integration.harness import wait_until
 from tests.unit.disk import fill_the_disk, make_room
 
 NOW_MS = 1_767_225_600_000
@@ -345,18 +346,18 @@ async def test_records_handed_over_that_cannot_be_read_are_read_again_and_judged
     # The table out of reach, as a failing disk would leave it: every read fails.
     telemetry._outbox._ingest.execute("ALTER TABLE handoffs RENAME TO handoffs_away")
     running = asyncio.create_task(judge.run(None, stopping, handoffs=handed_over))
-    await until(lambda: len(told) == 1, "failed read")
+    await wait_until(lambda: len(told) == 1, timeout_s=5, what="failed read")
     assert told[0] is not None and "could not be read" in told[0]
     clock.advance(COMMIT_RETRY_MAX_S)
-    await until(lambda: len(told) == 2, "second try")
+    await wait_until(lambda: len(told) == 2, timeout_s=5, what="second try")
     # Still judging, nothing judged, nothing lost.
     assert not running.done() and fired == []
 
     telemetry._outbox._ingest.execute("ALTER TABLE handoffs_away RENAME TO handoffs")
     clock.advance(COMMIT_RETRY_MAX_S)
-    await until(lambda: bool(fired), "records judged")
+    await wait_until(lambda: bool(fired), timeout_s=5, what="records judged")
     assert [c.rule for c in fired] == ["port_overheating"] and told[2:] == [None]
-    await until(lambda: judge._outbox.handoffs(10) == [], "handoff removed")
+    await wait_until(lambda: judge._outbox.handoffs(10) == [], timeout_s=5, what="handoff removed")
     stopping.set()
     await asyncio.wait_for(running, timeout=5)
     assert [c.rule for c in fired] == ["port_overheating"]
@@ -403,15 +404,6 @@ async def test_a_failing_record_listener_holds_up_no_alarm(
     assert "a fault of the listener's" in caplog.text
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """While a commit runs on its thread."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {what}")
-
-
 def sos_from(devices: int) -> list[InboundMessage]:
     return [
         InboundMessage(
@@ -437,7 +429,7 @@ async def test_alarms_whose_commit_fails_are_tried_again_and_announced_once_stor
     fill_the_disk(p._outbox)
     source = FakeSource()
     handling = asyncio.create_task(p.handle(source, sos_from(50), alarm=True))
-    await until(lambda: len(told) == 1, "failed commit")
+    await wait_until(lambda: len(told) == 1, timeout_s=5, what="failed commit")
     assert told[0] is not None and "database or disk is full" in told[0]
     # Nothing acknowledged, nothing announced: the broker still has them.
     assert source.acked == [] and fired == []
@@ -445,7 +437,7 @@ async def test_alarms_whose_commit_fails_are_tried_again_and_announced_once_stor
     with pytest.raises(StoreError, match="the outbox cannot commit"):
         await p.commit([], None)
     clock.advance(COMMIT_RETRY_MAX_S)
-    await until(lambda: len(told) == 2, "second try")
+    await wait_until(lambda: len(told) == 2, timeout_s=5, what="second try")
     assert not handling.done() and source.acked == []
 
     make_room(p._outbox)
@@ -476,7 +468,7 @@ async def test_a_stop_while_commits_fail_leaves_the_batch_to_the_broker(
     source = OneBatch()
     stopping = asyncio.Event()
     running = asyncio.create_task(p.run(source, stopping))
-    await until(lambda: p.commit_error is not None, "failed commit")
+    await wait_until(lambda: p.commit_error is not None, timeout_s=5, what="failed commit")
     stopping.set()
     with caplog.at_level("WARNING"):
         # A stop, not a failure of the gateway's: it ends as any stop does.

@@ -1,6 +1,5 @@
 import asyncio
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import StoreError
 from gateway.store.outbox import Outbox
 from gateway.store.reserve import DiskReserve
+from tests.integration.harness import wait_until
 from tests.unit.disk import fill, small_disk
 
 MIB = 1 << 20
@@ -94,22 +94,13 @@ async def test_a_running_gateway_sets_the_space_aside_and_again_once_given_back(
     reserve = gateway.outbox.reserve
     running = asyncio.create_task(gateway.run())
     try:
-        await until(lambda: reserve.held)
+        await wait_until(lambda: reserve.held, timeout_s=5, what="the disk set aside")
         assert reserve.release()
         clock.advance(RESERVE_CHECK_S / 2)
         await asyncio.sleep(0.05)
         assert reserve.given_back
         clock.advance(RESERVE_CHECK_S / 2)
-        await until(lambda: reserve.held)
+        await wait_until(lambda: reserve.held, timeout_s=5, what="the disk set aside")
     finally:
         gateway.stop()
         await asyncio.wait_for(running, timeout=10)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """While the gateway's tasks run their threads."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never came true")
