@@ -243,11 +243,7 @@ class IngestPipeline:
                 while await self.judge_handoffs() and not stopping.is_set():
                     pass
             except StoreError as exc:
-                if not stopping.is_set():
-                    raise
-                log.warning(
-                    "stopped with records handed over not judged, judged at the next start: %s", exc
-                )
+                self._end_at_stop(exc, "records handed over not judged, judged at the next start")
                 return
             # The timeout only bounds how long a stop waits.
             with contextlib.suppress(TimeoutError):
@@ -294,14 +290,8 @@ class IngestPipeline:
                 try:
                     await self.handle(source, messages, alarm=alarm)
                 except StoreError as exc:
-                    if not stopping.is_set():
-                        raise
-                    log.warning(
-                        "stopped with a batch of %d messages not committed, which the broker "
-                        "sends again: %s",
-                        len(messages),
-                        exc,
-                    )
+                    left = f"a batch of {len(messages)} messages not committed"
+                    self._end_at_stop(exc, left + ", which the broker sends again")
                     return
             # Lingering gathers a busy stream into fewer commits; a quiet one would only
             # wait, and a lone alarm should not wait for company.
@@ -404,6 +394,13 @@ class IngestPipeline:
                     self._tell_commit_listeners(None)
                 self._commit_backoff.reset()
                 return result
+
+    def _end_at_stop(self, error: StoreError, left: str) -> None:
+        """A step that failed because the gateway is stopping (`_until_done` raises only
+        then) ends its task as a stop does, saying what it left; any other failure goes on."""
+        if not self._stopping.is_set():
+            raise error
+        log.warning("stopped with %s: %s", left, error)
 
     def _tell_commit_listeners(self, error: str | None) -> None:
         self.commit_error = error
