@@ -43,8 +43,7 @@ class Limiter:
     def wait_s(self, number: str | None, now_s: float) -> float:
         """0 when a send is allowed now; otherwise how long until it is."""
         wait = max(0.0, self._blocked_until.get("", 0.0) - now_s)
-        for index, limit in enumerate(self._limits):
-            key = (index, e164(number) if limit.per_number and number else "")
+        for key, limit in self._keys(number):
             sent = self._sent.get(key)
             if sent is None:
                 continue
@@ -55,9 +54,16 @@ class Limiter:
         return wait
 
     def note(self, number: str | None, now_s: float) -> None:
-        for index, limit in enumerate(self._limits):
-            key = (index, e164(number) if limit.per_number and number else "")
+        for key, _ in self._keys(number):
             self._sent.setdefault(key, deque()).append(now_s)
+
+    def _keys(self, number: str | None) -> list[tuple[tuple[int, str], Limit]]:
+        """Each limit with the key its sends are counted under: the number's, for a limit
+        per number."""
+        return [
+            ((index, e164(number) if limit.per_number and number else ""), limit)
+            for index, limit in enumerate(self._limits)
+        ]
 
     def block(self, until_s: float) -> None:
         self._blocked_until[""] = max(self._blocked_until.get("", 0.0), until_s)
