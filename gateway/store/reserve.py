@@ -37,7 +37,7 @@ class DiskReserve:
     def given_back(self) -> bool:
         """Whether it was given back and is not set aside again yet: emptied, not removed,
         so that this outlives the process that gave it back."""
-        return self.size_bytes > 0 and _size_of(self.path) == 0 and self.path.exists()
+        return self.size_bytes > 0 and _size_of(self.path) == 0
 
     def release(self) -> bool:
         """Give the space back to the disk; whether there was any to give."""
@@ -61,13 +61,15 @@ class DiskReserve:
     def restore(self) -> bool:
         """Set the space aside, unless it is or the disk has less than twice that free;
         whether it is held now."""
-        if self.size_bytes == 0 or self.held:
-            return self.held
+        if self.size_bytes == 0:
+            return False
+        if self.held:
+            return True
         # Written whole under another name first: a crash never leaves a reserve that
         # holds less than it says.
         partial = self.path.with_name(self.path.name + ".part")
         try:
-            free = shutil.disk_usage(self.path.parent).free + _size_of(self.path)
+            free = shutil.disk_usage(self.path.parent).free + (_size_of(self.path) or 0)
             if free < 2 * self.size_bytes:
                 return False
             with partial.open("wb") as file:
@@ -96,8 +98,9 @@ def _allocate(fd: int, size_bytes: int) -> None:
         written += os.write(fd, _ZEROS[: size_bytes - written])
 
 
-def _size_of(path: Path) -> int:
+def _size_of(path: Path) -> int | None:
+    """None: no such file."""
     try:
         return path.stat().st_size
     except FileNotFoundError:
-        return 0
+        return None
