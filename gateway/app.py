@@ -308,9 +308,9 @@ class Gateway:
         report = HealthReport(self.config.mqtt.client_id if self.config.mqtt else "gateway")
         while True:
             await self.clock.sleep(interval_s)
-            await self.pipeline.commit_until_stored(
-                report.lines(self.stats, self.clock.now_ms()), None
-            )
+            given_back = self.outbox.reserve.given_back
+            lines = report.lines(self.stats, self.clock.now_ms(), reserve_given_back=given_back)
+            await self.pipeline.commit_until_stored(lines, None)
 
     async def _tick_rules(self) -> None:
         ticks = 0

@@ -53,7 +53,13 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> str:
+def render(
+    stats: Stats,
+    alerts_by_state: Counter[str],
+    auth_failures: int,
+    *,
+    reserve_given_back: bool = False,
+) -> str:
     out = _Exposition()
     out.metric(
         "gateway_messages_total",
@@ -102,6 +108,13 @@ def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> s
         "counter",
         "Commits of the outbox that failed and were tried again (a full disk, say)",
         [({}, stats.commit_failures)],
+    )
+    out.metric(
+        "gateway_disk_reserve_given_back",
+        "gauge",
+        "1 while the disk set aside for the outbox is given back: the disk filled up and "
+        "has not had room since to set it aside again",
+        [({}, int(reserve_given_back))],
     )
     out.metric(
         "gateway_outbox_depth_lines",
@@ -169,5 +182,8 @@ def render(stats: Stats, alerts_by_state: Counter[str], auth_failures: int) -> s
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(ctx: Ctx) -> PlainTextResponse:
     states = Counter(str(a.state) for a in ctx.gateway.alerts.open_alerts())
-    text = render(ctx.gateway.stats, states, ctx.limiter.failures_total)
+    given_back = ctx.gateway.outbox.reserve.given_back
+    text = render(
+        ctx.gateway.stats, states, ctx.limiter.failures_total, reserve_given_back=given_back
+    )
     return PlainTextResponse(text, media_type=CONTENT_TYPE)

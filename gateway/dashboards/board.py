@@ -158,10 +158,11 @@ def single_stat(
     *queries: Influx,
     unit: str = "short",
     steps: Steps = GREEN,
+    mappings: Sequence[model.ValueMapping] = (),
     width: int = 6,
     height: int = 5,
 ) -> stat.Panel:
-    return (
+    panel = (
         stat.Panel()
         .title(title)
         .description(description)
@@ -174,6 +175,9 @@ def single_stat(
         .span(width)
         .height(height)
     )
+    if mappings:
+        panel.mappings(list(mappings))
+    return panel
 
 
 def bar_gauge(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.dashboards.board import Board, single_stat, time_series
+from gateway.dashboards.board import Board, flag_mapping, single_stat, time_series
 from gateway.dashboards.query import Influx
 
 UID = "community-gateway-health"
@@ -22,7 +22,7 @@ def build() -> Board:
             "Lines waiting in the outbox for the database; it grows while InfluxDB is away.",
             Influx('SELECT last("outbox_depth") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (10000, "orange"), (1000000, "red")),
-            width=5,
+            width=4,
         )
     )
     board.add(
@@ -32,7 +32,7 @@ def build() -> Board:
             Influx('SELECT last("write_latency_ms") FROM "gateway" WHERE $timeFilter'),
             unit="ms",
             steps=((None, "green"), (1000, "orange"), (5000, "red")),
-            width=5,
+            width=4,
         )
     )
     board.add(
@@ -41,7 +41,7 @@ def build() -> Board:
             "Device messages rejected and quarantined in the time range.",
             Influx('SELECT sum("rejected") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "orange")),
-            width=5,
+            width=4,
         )
     )
     board.add(
@@ -61,7 +61,18 @@ def build() -> Board:
             "Alerts open, as the gateway last counted them.",
             Influx('SELECT last("alerts_open") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "red")),
-            width=5,
+            width=4,
+        )
+    )
+    board.add(
+        single_stat(
+            "磁盘已满 Disk filled up",
+            "Whether the disk filled up and the space set aside for the outbox "
+            "(outbox.reserve_bytes) was given back to keep alarms coming in; it is set "
+            "aside again once the disk has room for it twice over. Free disk space.",
+            Influx('SELECT last("disk_reserve_given_back") FROM "gateway" WHERE $timeFilter'),
+            mappings=[flag_mapping("filled up", "red", "no", "green")],
+            width=4,
         )
     )
     board.add(

@@ -28,6 +28,9 @@ class DiskReserve:
         """`size_bytes` 0: nothing is set aside."""
         self.path = path
         self.size_bytes = size_bytes
+        # Why it could not be set aside the last time: the same failure is logged once,
+        # not at every check.
+        self._failure: str | None = None
 
     @property
     def held(self) -> bool:
@@ -79,8 +82,17 @@ class DiskReserve:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-            log.warning("could not set aside %d bytes at %s: %s", self.size_bytes, self.path, exc)
+            if str(exc) != self._failure:
+                self._failure = str(exc)
+                log.warning(
+                    "could not set aside %d bytes at %s (tried again every check, logged "
+                    "again if the reason changes): %s",
+                    self.size_bytes,
+                    self.path,
+                    exc,
+                )
             return False
+        self._failure = None
         log.info("set aside %d bytes of disk for the outbox at %s", self.size_bytes, self.path)
         return True
 

@@ -22,6 +22,19 @@ async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
     assert "# TYPE gateway_outbox_depth_lines gauge" in lines
 
 
+async def test_metrics_tell_while_the_disk_set_aside_is_given_back(site: Site) -> None:
+    reserve = site.gateway.outbox.reserve
+    assert reserve.restore()
+    response = await site.client.get("/metrics")
+    assert "gateway_disk_reserve_given_back 0" in response.text.splitlines()
+    assert reserve.release()
+    response = await site.client.get("/metrics")
+    assert "gateway_disk_reserve_given_back 1" in response.text.splitlines()
+    assert reserve.restore()
+    response = await site.client.get("/metrics")
+    assert "gateway_disk_reserve_given_back 0" in response.text.splitlines()
+
+
 async def test_metrics_name_the_rule_that_failed_at_run_time(site: Site) -> None:
     record = Reading(DeviceRef("hgy", "bracelet", "br-1"), T0, TimeSource.DEVICE, {})
     site.gateway.rules.faults.condition("left_safe_area", record, ZeroDivisionError())

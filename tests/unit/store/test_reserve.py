@@ -46,6 +46,29 @@ def test_none_is_set_aside_when_none_is_asked_for(tmp_path: Path) -> None:
     assert not reserve.path.exists() and not reserve.given_back
 
 
+def test_a_failure_to_set_it_aside_is_logged_once_until_its_reason_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    reserve = DiskReserve(tmp_path / "gone" / "o.sqlite3.reserve", MIB)
+    for _ in range(3):
+        assert not reserve.restore()
+    assert len(warnings()) == 1 and "No such file or directory" in warnings()[0]
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "o.sqlite3.reserve.part").mkdir()
+    for _ in range(3):
+        assert not reserve.restore()
+    assert len(warnings()) == 2 and "Is a directory" in warnings()[1]
+    (tmp_path / "gone" / "o.sqlite3.reserve.part").rmdir()
+    assert reserve.restore() and reserve.release()
+    # After it was set aside, the same failure again is news.
+    (tmp_path / "gone" / "o.sqlite3.reserve.part").mkdir()
+    assert not reserve.restore()
+    assert len(warnings()) == 3
+
+
 def stored_lines(outbox: Outbox, batches: int) -> None:
     for batch in range(batches):
         lines = [f'm,device_id=d{batch} v={i}i,note="{"x" * 100}" {batch}' for i in range(200)]
