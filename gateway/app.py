@@ -97,7 +97,11 @@ class Gateway:
             zone=ZoneInfo(config.timezone),
             faults=RuleFaults(self.stats.rule_faults),
         )
-        self.outbox = Outbox.configured(config.outbox, bulk_elsewhere=self._telemetry_apart(config))
+        # Opened here first, before the telemetry process: a damaged file is moved aside
+        # only while no other process has it open.
+        self.outbox = Outbox.configured(
+            config.outbox, bulk_elsewhere=self._telemetry_apart(config), recover_damaged=True
+        )
         self.alerts = AlertBook(config.outbox.path)
         self.silences = SilenceBook(config.outbox.path, self.registry)
         main_keys = self.outbox.redelivery_keys()
@@ -127,6 +131,7 @@ class Gateway:
             notification_log_path(config.outbox.path),
             moved_from=config.outbox.path,
             route_chains=[r.escalation for r in config.notify.routes] if config.notify else (),
+            recover_damaged=True,
         )
         api = config.api or ApiConfig()
         secret = api.link_secret.get_secret_value() if api.link_secret else None

@@ -130,13 +130,21 @@ _TABLES = ("notification_attempts", "escalation_steps", "notifications")
 
 class NotificationLog:
     def __init__(
-        self, path: Path, *, moved_from: Path | None = None, route_chains: Sequence[str] = ()
+        self,
+        path: Path,
+        *,
+        moved_from: Path | None = None,
+        route_chains: Sequence[str] = (),
+        recover_damaged: bool = False,
     ) -> None:
         """`moved_from`: the file an earlier version kept the log in, the outbox;
         what it holds is moved here once. `route_chains`: the escalation chain of each
         route of the policy in force, in order, which names the chain of the steps an
-        earlier version planned by the route's place."""
-        self._conn = open_book(path, SCHEMA, "the notification log")
+        earlier version planned by the route's place. `recover_damaged`: see
+        gateway.store.database.open_recovering."""
+        self._conn = open_book(
+            path, SCHEMA, "the notification log", recover_damaged=recover_damaged
+        )
         if moved_from is not None and moved_from.exists():
             self._move_from(moved_from)
         self._name_chains(route_chains)

@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -29,6 +30,7 @@ import orjson
 
 from gateway.decode.dedup import KeysToSave, SavedKeys
 from gateway.errors import StoreError
+from gateway.store.database import open_recovering
 from gateway.store.reserve import DiskReserve
 
 if TYPE_CHECKING:
@@ -159,6 +161,7 @@ class Outbox:
         quarantine_max_rows: int = 100_000,
         reserve_bytes: int = 0,
         bulk_elsewhere: bool = False,
+        recover_damaged: bool = False,
     ) -> None:
         """`bulk_elsewhere`: another process commits the bulk of the traffic, and this
         one's ingest commits alarms. Its commits then never copy the write-ahead log back
@@ -168,27 +171,28 @@ class Outbox:
 
         `reserve_bytes`: disk space set aside beside the database, given back when a
         commit finds the disk full (gateway.store.reserve); the main process sets it
-        aside."""
+        aside.
+
+        `recover_damaged`: a file SQLite finds damaged is moved aside and a new one made
+        (gateway.store.database.open_recovering); for the process that opens it first."""
         self.path = path
         self.reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self.max_bytes = max_bytes
         self.quarantine_max_rows = quarantine_max_rows
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._ingest = self._connect(synchronous)
-            self._ingest.executescript(_SCHEMA)
-            _move_single_lines(self._ingest)
-            _add_list_batches(self._ingest)
-            if bulk_elsewhere:
-                self._ingest.execute("PRAGMA wal_autocheckpoint=0")
-            self._prompt = bulk_elsewhere
-            self._drain = self._connect(synchronous)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open outbox {path}: {exc}", retryable=False) from exc
+        self._ingest, self._drain = open_recovering(
+            path,
+            partial(self._open, synchronous, bulk_elsewhere),
+            "the outbox",
+            recover_damaged=recover_damaged,
+        )
+        self._prompt = bulk_elsewhere
         self._page_size: int = self._ingest.execute("PRAGMA page_size").fetchone()[0]
 
     @classmethod
-    def configured(cls, config: OutboxConfig, *, bulk_elsewhere: bool = False) -> Outbox:
+    def configured(
+        cls, config: OutboxConfig, *, bulk_elsewhere: bool = False, recover_damaged: bool = False
+    ) -> Outbox:
         return cls(
             config.path,
             max_bytes=config.max_bytes,
@@ -196,15 +200,37 @@ class Outbox:
             quarantine_max_rows=config.quarantine_max_rows,
             reserve_bytes=config.reserve_bytes,
             bulk_elsewhere=bulk_elsewhere,
+            recover_damaged=recover_damaged,
         )
+
+    def _open(
+        self, synchronous: str, bulk_elsewhere: bool
+    ) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The ingest's connection, with the schema made and moved to this version's, and
+        the drain's."""
+        ingest = self._connect(synchronous)
+        try:
+            ingest.executescript(_SCHEMA)
+            _move_single_lines(ingest)
+            _add_list_batches(ingest)
+            if bulk_elsewhere:
+                ingest.execute("PRAGMA wal_autocheckpoint=0")
+            return ingest, self._connect(synchronous)
+        except sqlite3.Error:
+            ingest.close()
+            raise
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # Autocommit mode: transactions are opened explicitly with BEGIN.
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_S
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:
