@@ -18,7 +18,7 @@ from gateway.config import ApiConfig, ApiToken, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
-from gateway.errors import ConfigError, StoreError
+from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import TelemetryProcess
@@ -67,6 +67,16 @@ RULE_TICK_S = 5.0
 RATES_SAVE_TICKS = 6
 # How often the disk set aside for the outbox, if given back, is set aside again.
 RESERVE_CHECK_S = 60.0
+
+
+def _told(error: BaseException) -> BaseException:
+    """What a stage failed with, as the command that ran the gateway tells it: the
+    gateway's own error from among the failures of a stage's tasks, if there is one."""
+    if isinstance(error, BaseExceptionGroup):
+        ours = error.subgroup(GatewayError)
+        if ours is not None:
+            return _told(ours.exceptions[0])
+    return error
 
 
 def notification_log_path(outbox_path: Path) -> Path:
@@ -254,9 +264,10 @@ class Gateway:
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             for task in done:
-                if task is not stop and task.exception() is not None:
-                    log.error("the %s stage failed: %s", task.get_name(), task.exception())
-                    raise task.exception()  # type: ignore[misc]
+                error = None if task is stop else task.exception()
+                if error is not None:
+                    log.error("the %s stage failed: %s", task.get_name(), error)
+                    raise _told(error)
         finally:
             self.stopping.set()
             for subscriber in (self.subscriber, self.alarm_subscriber):

@@ -43,6 +43,14 @@ class StoreError(GatewayError):
         super().__init__(message)
 
 
+class DamagedStoreError(StoreError):
+    """A SQLite file the gateway keeps is damaged: trying again cannot help. The gateway
+    stops, and its next start moves the file aside and begins a new one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class NotifyError(GatewayError):
     """A notification could not be delivered.
 

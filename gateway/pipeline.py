@@ -33,7 +33,7 @@ from gateway.decode.decoder import Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import Record, dump_records, load_records
 from gateway.decode.rejection import RejectReason
-from gateway.errors import DecodeError, StoreError
+from gateway.errors import DamagedStoreError, DecodeError, StoreError
 from gateway.ingest.message import InboundMessage
 from gateway.rules.alert import AlertChange
 from gateway.rules.stage import AlertDecision, AlertStage
@@ -381,7 +381,9 @@ class IngestPipeline:
                 try:
                     result = step() if on_loop else await asyncio.to_thread(step)
                 except StoreError as exc:
-                    if self._stopping.is_set():
+                    # A damaged outbox never heals: the gateway stops, and its next start
+                    # moves the file aside, the batch still the broker's to send again.
+                    if self._stopping.is_set() or isinstance(exc, DamagedStoreError):
                         raise
                     delay_s = self._commit_backoff.next_delay_s()
                     # A batch's messages stay unacknowledged meanwhile.
@@ -397,8 +399,9 @@ class IngestPipeline:
 
     def _end_at_stop(self, error: StoreError, left: str) -> None:
         """A step that failed because the gateway is stopping (`_until_done` raises only
-        then) ends its task as a stop does, saying what it left; any other failure goes on."""
-        if not self._stopping.is_set():
+        then, or for a damaged outbox) ends its task as a stop does, saying what it left;
+        any other failure goes on."""
+        if not self._stopping.is_set() or isinstance(error, DamagedStoreError):
             raise error
         log.warning("stopped with %s: %s", left, error)
 

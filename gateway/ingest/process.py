@@ -32,11 +32,13 @@ from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import load_profiles
+from gateway.errors import DamagedStoreError
 from gateway.heap import set_aside_startup_objects
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.stats import Stats
+from gateway.store.database import damage_noted
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
 
@@ -92,6 +94,11 @@ class TelemetryProcess:
             exitcode = await self._run_once(stopping)
             if stopping.is_set():
                 return
+            damage = damage_noted(self._config.outbox.path)
+            if damage is not None:
+                # Started again, it would find the same damage: the gateway stops, and its
+                # next start moves the outbox aside.
+                raise DamagedStoreError(f"the telemetry process ended: {damage}")
             log.error(
                 "the telemetry process ended (exit code %s); starting it again in %.0f s",
                 exitcode,

@@ -18,7 +18,7 @@ from gateway.errors import GatewayError, StoreError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
-from gateway.store.database import open_book
+from gateway.store.database import damaged_error, is_damaged, open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -156,6 +156,8 @@ class AlertBook:
                     self._conn.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
             _move_last_seen(self._conn)
         except sqlite3.Error as exc:
+            if is_damaged(exc):
+                raise damaged_error(path, "cannot open the alert book", exc) from exc
             raise StoreError(
                 f"cannot open the alert book in {path}: {exc}", retryable=False
             ) from exc

@@ -3,6 +3,7 @@ notifications and the audit each open their own connection to it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.errors import StoreError
+from gateway.errors import DamagedStoreError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ T = TypeVar("T")
 _DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 # What SQLite keeps beside a database in WAL mode, which belongs with it.
 _COMPANIONS = ("-wal", "-shm")
+# Left beside a file found damaged while the gateway ran, for its next start.
+_DAMAGE_NOTE = ".damage-found"
 
 
 def open_book(
@@ -39,8 +42,10 @@ def open_book(
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            if recover_damaged:
+                check_whole(conn)
             conn.executescript(schema)
-        except sqlite3.Error:
+        except BaseException:
             conn.close()
             raise
         return conn
@@ -48,20 +53,42 @@ def open_book(
     return open_recovering(path, connect, what, recover_damaged=recover_damaged)
 
 
-def open_recovering(path: Path, connect: Callable[[], T], what: str, *, recover_damaged: bool) -> T:
-    """`connect()`, its SQLite errors raised as StoreError naming `what` and `path`.
+class FoundDamaged(Exception):
+    """SQLite's own check of a file found it damaged."""
 
-    With `recover_damaged`, a file that SQLite finds damaged is moved aside, with what
-    SQLite keeps beside it, and a new one made: the gateway starts and takes alarms in,
-    where it would otherwise stop at every start. Only the process that opens the file
-    first may do it, before any other has it open."""
-    try:
-        return connect()
-    except sqlite3.Error as exc:
-        if not (recover_damaged and is_damaged(exc)):
-            raise StoreError(f"cannot open {what} in {path}: {exc}", retryable=False) from exc
-        damage = exc
+
+def check_whole(conn: sqlite3.Connection) -> None:
+    """SQLite's check of every page of the file's tables, which reads them all (0.3 s
+    for 260 MB, measured): damage anywhere is found at a start rather than by a commit
+    later, when an alarm may be in it. Raises FoundDamaged."""
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise FoundDamaged("; ".join(problems))
+
+
+def open_recovering(path: Path, connect: Callable[[], T], what: str, *, recover_damaged: bool) -> T:
+    """`connect()`, its SQLite errors raised as StoreError naming `what` and `path`; for a
+    damaged file, DamagedStoreError, the damage noted beside it (`damaged_error`).
+
+    With `recover_damaged`, a file that SQLite finds damaged, now (`connect` may raise
+    FoundDamaged, from `check_whole`) or while the gateway last ran, is moved aside, with what SQLite keeps beside it, and a new
+    one made: the gateway starts and takes alarms in, where it would otherwise stop at
+    every start. Only the process that opens the file first may do it, before any other
+    has it open."""
+    damage: object = damage_noted(path) if recover_damaged else None
+    if damage is None:
+        try:
+            return connect()
+        except FoundDamaged as exc:
+            damage = exc
+        except sqlite3.Error as exc:
+            if not is_damaged(exc):
+                raise StoreError(f"cannot open {what} in {path}: {exc}", retryable=False) from exc
+            if not recover_damaged:
+                raise damaged_error(path, f"cannot open {what}", exc) from exc
+            damage = exc
     aside = move_aside(path)
+    _companion(path, _DAMAGE_NOTE).unlink(missing_ok=True)
     log.error(
         "%s in %s is damaged (%s): moved aside to %s, with all it held, and begun anew",
         what,
@@ -73,6 +100,29 @@ def open_recovering(path: Path, connect: Callable[[], T], what: str, *, recover_
         return connect()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {what} in {path}: {exc}", retryable=False) from exc
+
+
+def damaged_error(path: Path, what: str, exc: sqlite3.Error) -> DamagedStoreError:
+    """For `exc` when it `is_damaged`: notes the damage beside the file, for the next start
+    to move it aside, and says so."""
+    with contextlib.suppress(OSError):
+        _companion(path, _DAMAGE_NOTE).write_text(f"{what}: {exc}\n", encoding="utf-8")
+    log.critical(
+        "%s: %s: %s is damaged; the gateway stops, and its next start moves it aside",
+        what,
+        exc,
+        path,
+    )
+    return DamagedStoreError(f"{what}: {exc}: {path} is damaged")
+
+
+def damage_noted(path: Path) -> str | None:
+    """What `damaged_error` noted beside the file, if anything: the damage it found."""
+    try:
+        text = _companion(path, _DAMAGE_NOTE).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    return text.strip() or "damage found earlier"
 
 
 def is_damaged(exc: sqlite3.Error) -> bool:

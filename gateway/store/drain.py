@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from gateway.clock import Clock, sleep_unless_set
 from gateway.decode.rejection import RejectReason
-from gateway.errors import StoreError
+from gateway.errors import DamagedStoreError, StoreError
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
 from gateway.store.influx import WriteResult
@@ -94,8 +93,10 @@ class OutboxDrain:
         try:
             pending = await self._on_thread(self._outbox.peek, self._batch_lines, self._written)
             self._stats.outbox_depth = await self._on_thread(self._outbox.depth, self._written)
-        except sqlite3.Error as exc:
-            await self._outbox_failed(f"reading the outbox failed: {exc}")
+        except DamagedStoreError:
+            raise
+        except StoreError as exc:
+            await self._outbox_failed(str(exc))
             return None
         lines = pending.lines
         if not lines:
@@ -129,6 +130,8 @@ class OutboxDrain:
         if pending.through or refused:
             try:
                 await self._on_thread(self._outbox.remove_through, pending.through, refused)
+            except DamagedStoreError:
+                raise
             except StoreError as exc:
                 # The lines are written again with the next try, and overwrite themselves.
                 await self._outbox_failed(str(exc))

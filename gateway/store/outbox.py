@@ -30,7 +30,7 @@ import orjson
 
 from gateway.decode.dedup import KeysToSave, SavedKeys
 from gateway.errors import StoreError
-from gateway.store.database import open_recovering
+from gateway.store.database import check_whole, damaged_error, is_damaged, open_recovering
 from gateway.store.reserve import DiskReserve
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._ingest, self._drain = open_recovering(
             path,
-            partial(self._open, synchronous, bulk_elsewhere),
+            partial(self._open, synchronous, bulk_elsewhere, check=recover_damaged),
             "the outbox",
             recover_damaged=recover_damaged,
         )
@@ -204,19 +204,21 @@ class Outbox:
         )
 
     def _open(
-        self, synchronous: str, bulk_elsewhere: bool
+        self, synchronous: str, bulk_elsewhere: bool, *, check: bool
     ) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-        """The ingest's connection, with the schema made and moved to this version's, and
-        the drain's."""
+        """The ingest's connection, with the file checked whole if `check`, the schema
+        made and moved to this version's; and the drain's."""
         ingest = self._connect(synchronous)
         try:
+            if check:
+                check_whole(ingest)
             ingest.executescript(_SCHEMA)
             _move_single_lines(ingest)
             _add_list_batches(ingest)
             if bulk_elsewhere:
                 ingest.execute("PRAGMA wal_autocheckpoint=0")
             return ingest, self._connect(synchronous)
-        except sqlite3.Error:
+        except BaseException:
             ingest.close()
             raise
 
@@ -236,6 +238,13 @@ class Outbox:
     def close(self) -> None:
         self._drain.close()
         self._ingest.close()
+
+    def _failure(self, what: str, exc: sqlite3.Error) -> StoreError:
+        """The error to raise for `exc`. Trying again helps where SQLite could not go on
+        for now (a lock held, no room, an I/O error); a damaged file never heals."""
+        if is_damaged(exc):
+            return damaged_error(self.path, what, exc)
+        return StoreError(f"{what}: {exc}", retryable=isinstance(exc, sqlite3.OperationalError))
 
     # --- ingest side -------------------------------------------------------
 
@@ -293,10 +302,7 @@ class Outbox:
                     if self.reserve.release():
                         made_room += self._make_room(conn, needed)
                         continue
-                raise StoreError(
-                    f"outbox commit failed: {exc}",
-                    retryable=isinstance(exc, sqlite3.OperationalError),
-                ) from exc
+                raise self._failure("outbox commit failed", exc) from exc
             except BaseException:
                 # `also` refused (a lifecycle step that does not apply): nothing of it stays.
                 if conn.in_transaction:
@@ -418,12 +424,15 @@ class Outbox:
         )
 
     def redelivery_keys(self, lane: str = "main") -> SavedKeys:
-        lists = self._ingest.execute(
-            f"SELECT community, device_id, keys, batch FROM {KEYS_TABLES[lane]}"
-        )
-        log = self._ingest.execute(
-            "SELECT batch, keys FROM redelivery_log WHERE lane = ? ORDER BY batch", (lane,)
-        )
+        try:
+            lists = self._ingest.execute(
+                f"SELECT community, device_id, keys, batch FROM {KEYS_TABLES[lane]}"
+            ).fetchall()
+            log = self._ingest.execute(
+                "SELECT batch, keys FROM redelivery_log WHERE lane = ? ORDER BY batch", (lane,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failure("reading the redelivery keys failed", exc) from exc
         return SavedKeys(
             [(str(c), str(d), k, int(b)) for c, d, k, b in lists],
             [(int(b), bytes(k)) for b, k in log],
@@ -465,15 +474,15 @@ class Outbox:
                 "SELECT id, records FROM handoffs ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(
-                f"the records handed over could not be read: {exc}",
-                retryable=isinstance(exc, sqlite3.OperationalError),
-            ) from exc
+            raise self._failure("the records handed over could not be read", exc) from exc
         return [(int(i), bytes(records)) for i, records in rows]
 
     def handoffs_waiting(self) -> bool:
         """Whether records handed over wait to be judged; on the ingest connection."""
-        row = self._ingest.execute("SELECT EXISTS (SELECT 1 FROM handoffs)").fetchone()
+        try:
+            row = self._ingest.execute("SELECT EXISTS (SELECT 1 FROM handoffs)").fetchone()
+        except sqlite3.Error as exc:
+            raise self._failure("the records handed over could not be read", exc) from exc
         return bool(row[0])
 
     @staticmethod
@@ -488,16 +497,19 @@ class Outbox:
         `start` (the `next` of lines written before) if its chunk is still the first."""
         taken: list[str] = []
         through = 0
-        chunks = self._drain.execute("SELECT id, line_count, lines FROM chunks ORDER BY id")
-        for chunk_id, count, blob in chunks:
-            skip = start.line if chunk_id == start.chunk else 0
-            room = limit - len(taken)
-            taken.extend(orjson.loads(blob)[skip : skip + room])
-            if skip + room < count:
-                return PendingLines(taken, through, LinePosition(chunk_id, skip + room))
-            through = chunk_id
-            if len(taken) == limit:
-                break
+        try:
+            chunks = self._drain.execute("SELECT id, line_count, lines FROM chunks ORDER BY id")
+            for chunk_id, count, blob in chunks:
+                skip = start.line if chunk_id == start.chunk else 0
+                room = limit - len(taken)
+                taken.extend(orjson.loads(blob)[skip : skip + room])
+                if skip + room < count:
+                    return PendingLines(taken, through, LinePosition(chunk_id, skip + room))
+                through = chunk_id
+                if len(taken) == limit:
+                    break
+        except sqlite3.Error as exc:
+            raise self._failure("reading the outbox failed", exc) from exc
         return PendingLines(taken, through, FIRST_LINE)
 
     def remove_through(self, through: int, refused: Sequence[QuarantineEntry] = ()) -> None:
@@ -513,15 +525,18 @@ class Outbox:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"outbox update failed: {exc}", retryable=True) from exc
+            raise self._failure("outbox update failed", exc) from exc
 
     def depth(self, start: LinePosition = FIRST_LINE) -> int:
         """Lines waiting, from `start` if its chunk is still the first: chunks leave only
         from the front, and number their lines on."""
-        row = self._drain.execute(
-            "SELECT (SELECT first_line + line_count FROM chunks ORDER BY id DESC LIMIT 1), "
-            "id, first_line FROM chunks ORDER BY id LIMIT 1"
-        ).fetchone()
+        try:
+            row = self._drain.execute(
+                "SELECT (SELECT first_line + line_count FROM chunks ORDER BY id DESC LIMIT 1), "
+                "id, first_line FROM chunks ORDER BY id LIMIT 1"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._failure("reading the outbox failed", exc) from exc
         if row is None:
             return 0
         end, first_chunk, first_line = row

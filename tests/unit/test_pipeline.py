@@ -20,7 +20,7 @@ from gateway.decode.record import (
     dump_records,
     load_records,
 )
-from gateway.errors import StoreError
+from gateway.errors import DamagedStoreError, StoreError
 from gateway.ingest.message import InboundMessage
 from gateway.pipeline import COMMIT_RETRY_MAX_S, BatchCounts, IngestPipeline
 from gateway.registry import Registry
@@ -475,3 +475,24 @@ async def test_a_stop_while_commits_fail_leaves_the_batch_to_the_broker(
         await asyncio.wait_for(running, timeout=5)
     assert source.acked == [] and p._outbox.depth() == 0
     assert "stopped with a batch of 300 messages not committed" in caplog.text
+
+
+async def test_a_damaged_outbox_stops_the_lane_at_once_and_leaves_the_batch_to_the_broker(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    p = pipeline(path, clock=ManualClock(NOW_MS))
+    first = [msg(i, {"ts": NOW_MS + i, "heart_rate_bpm": 70}) for i in range(1, 3000)]
+    await p.handle(FakeSource(), first)
+    p._outbox.close()
+    p = pipeline(path, clock=ManualClock(NOW_MS))
+    # Every page after the schema's overwritten while it runs, as a failing card might.
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
+    path.write_bytes(bytes(data))
+    source = FakeSource()
+    batch = [msg(i, {"ts": NOW_MS + 5000 + i, "heart_rate_bpm": 70}) for i in range(1, 11)]
+    # Not tried again with backoff: on a clock that never moves that would never end.
+    with pytest.raises(DamagedStoreError, match="database disk image is malformed"):
+        await asyncio.wait_for(p.handle(source, batch), timeout=5)
+    assert source.acked == [] and p.commit_error is None

@@ -5,21 +5,28 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway, notification_log_path
-from gateway.clock import ManualClock
+from gateway.app import _told as told
+from gateway.clock import ManualClock, SystemClock
 from gateway.config import GatewayConfig
-from gateway.errors import StoreError
+from gateway.errors import DamagedStoreError, StoreError
+from gateway.ingest.process import TelemetryProcess
 from gateway.notify.log import NotificationLog
-from gateway.store.database import move_aside
+from gateway.stats import Stats
+from gateway.store.database import damage_noted, move_aside
 from gateway.store.outbox import Outbox
+from tests.integration.services import free_port
 
 PAGE_BYTES = 4096
+T0 = 1_767_225_600_000
 
 
 def damage(path: Path, where: str) -> bytes:
-    """Overwrites the file's header, or the page after it that holds the schema, as a
-    failing card might; returns the bytes it left."""
+    """Overwrites the file's header, the rest of its first page (the schema), or every
+    page after it (the tables), as a failing card might; returns the bytes it left."""
     data = bytearray(path.read_bytes())
-    start, end = (0, 100) if where == "header" else (100, PAGE_BYTES)
+    start, end = {"header": (0, 100), "schema": (100, PAGE_BYTES)}.get(
+        where, (PAGE_BYTES, len(data))
+    )
     data[start:end] = b"\xde\xad" * ((end - start) // 2)
     path.write_bytes(bytes(data))
     return bytes(data)
@@ -27,11 +34,12 @@ def damage(path: Path, where: str) -> bytes:
 
 def outbox_with_lines(path: Path) -> None:
     outbox = Outbox(path)
-    outbox.commit([f"m v={i}i {i}" for i in range(100)], [])
+    for batch in range(5):
+        outbox.commit([f"m,batch={batch} v={i}i {i}" for i in range(2000)], [])
     outbox.close()
 
 
-@pytest.mark.parametrize("where", ["header", "schema"])
+@pytest.mark.parametrize("where", ["header", "schema", "tables"])
 def test_a_damaged_outbox_is_moved_aside_and_a_new_one_made(
     tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -52,16 +60,45 @@ def test_a_damaged_outbox_is_moved_aside_and_a_new_one_made(
     assert str(path) in message and str(aside) in message and "damaged" in message
 
 
-def test_without_recovery_a_damaged_outbox_is_an_error_naming_it_and_left_as_it_is(
+def test_without_recovery_a_damaged_outbox_is_an_error_naming_it_and_noted_beside_it(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "o.sqlite3"
     outbox_with_lines(path)
     damaged = damage(path, "header")
-    with pytest.raises(StoreError, match=r"cannot open the outbox in .*o\.sqlite3: file is not"):
+    with pytest.raises(
+        DamagedStoreError, match=r"cannot open the outbox: file is not a database: .*o\.sqlite3"
+    ):
         Outbox(path)
     assert path.read_bytes() == damaged
     assert not list(tmp_path.glob("*.damaged*"))
+    assert "file is not a database" in (damage_noted(path) or "")
+
+
+def test_damage_found_while_running_stops_commits_and_reads_and_the_next_start_moves_it_aside(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox_with_lines(path)
+    # Not checked whole, as the telemetry process opens it: the damage shows in use.
+    outbox = Outbox(path)
+    damaged = damage(path, "tables")
+    try:
+        with pytest.raises(DamagedStoreError, match="outbox commit failed: database disk image"):
+            outbox.commit(["m v=1i 1"], [])
+        with pytest.raises(DamagedStoreError, match="reading the outbox failed"):
+            outbox.peek(10)
+    finally:
+        outbox.close()
+    assert "database disk image is malformed" in (damage_noted(path) or "")
+    Outbox(path, recover_damaged=True).close()
+    assert (tmp_path / "o.sqlite3.damaged").read_bytes() == damaged
+    assert damage_noted(path) is None
+    outbox = Outbox(path, recover_damaged=True)
+    try:
+        assert outbox.depth() == 0 and not (tmp_path / "o.sqlite3.damaged-1").exists()
+    finally:
+        outbox.close()
 
 
 def test_an_outbox_that_cannot_be_opened_for_another_reason_is_not_moved(tmp_path: Path) -> None:
@@ -99,15 +136,59 @@ async def run_briefly(gateway: Gateway) -> None:
 async def test_a_gateway_starts_on_a_damaged_outbox_and_notification_log(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     config = GatewayConfig.model_validate({"mqtt": None, "outbox": {"path": path}})
-    await run_briefly(Gateway(config, ManualClock(1_767_225_600_000)))
+    await run_briefly(Gateway(config, ManualClock(T0)))
+    outbox_with_lines(path)
     log_path = notification_log_path(path)
-    damage(path, "header")
+    # Damage in the tables only shows where they are read: SQLite's check finds it.
+    damage(path, "tables")
     damage(log_path, "header")
-    gateway = Gateway(config, ManualClock(1_767_225_600_000))
+    gateway = Gateway(config, ManualClock(T0))
     assert gateway.outbox.depth() == 0 and gateway.alerts.open_alerts() == []
     await run_briefly(gateway)
     assert (tmp_path / "o.sqlite3.damaged").exists()
     assert log_path.with_name(log_path.name + ".damaged").exists()
+
+
+async def test_damage_found_while_running_stops_the_gateway_and_the_next_start_mends_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    config = GatewayConfig.model_validate({"mqtt": None, "outbox": {"path": path}})
+    outbox_with_lines(path)
+    clock = ManualClock(T0)
+    gateway = Gateway(config, clock)
+    damage(path, "tables")
+    running = asyncio.create_task(gateway.run())
+    await asyncio.sleep(0.05)
+    # The outbox's depth is looked at every second.
+    clock.advance(1.0)
+    with pytest.raises(DamagedStoreError, match="database disk image is malformed"):
+        await asyncio.wait_for(running, timeout=5)
+    gateway = Gateway(config, ManualClock(T0))
+    assert gateway.outbox.depth() == 0
+    await run_briefly(gateway)
+    assert (tmp_path / "o.sqlite3.damaged").exists() and damage_noted(path) is None
+
+
+async def test_damage_the_telemetry_process_finds_ends_its_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    # No broker listens there: the process's first work is its outbox.
+    mqtt = {"host": "127.0.0.1", "port": free_port()}
+    config = GatewayConfig.model_validate({"mqtt": mqtt, "outbox": {"path": path}})
+    outbox_with_lines(path)
+    damage(path, "tables")
+    telemetry = TelemetryProcess(config, SystemClock(), Stats())
+    with pytest.raises(DamagedStoreError, match=r"telemetry process ended: .*malformed"):
+        await asyncio.wait_for(telemetry.run(asyncio.Event()), timeout=30)
+    assert telemetry.started == 1
+
+
+def test_a_stage_failing_with_a_group_of_errors_is_told_by_the_gateway_error_in_it() -> None:
+    damaged = DamagedStoreError("outbox commit failed: database disk image is malformed")
+    group = ExceptionGroup("lanes", [ExceptionGroup("inner", [damaged]), ValueError("x")])
+    assert told(group) is damaged
+    other = ExceptionGroup("lanes", [ValueError("x")])
+    assert told(other) is other
 
 
 def test_a_damaged_notification_log_is_moved_aside_only_when_asked(tmp_path: Path) -> None:
