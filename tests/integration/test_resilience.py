@@ -240,3 +240,29 @@ async def test_a_disk_that_takes_no_more_stops_nothing_and_loses_nothing(
         )
         assert gateway.stats.commit_errors == {}
         assert telemetry.started == 1
+
+
+async def test_an_outbox_damaged_while_the_gateway_was_down_is_set_aside_and_nothing_sent_is_lost(
+    tmp_path: Path,
+    mosquitto: MosquittoService,
+    influxdb: InfluxService,
+    influx_db: str,
+    namespace: str,
+) -> None:
+    config = gateway_config(
+        tmp_path, mosquitto, namespace, influx={"url": influxdb.url, "database": influx_db}
+    )
+    async with running(config):
+        await publish(mosquitto, readings(namespace, 0, 200))
+        await wait_until(lambda: stored(influxdb, influx_db) == 200, what="first points")
+    # Every page after the schema's overwritten, as a failing card might.
+    path = config.outbox.path
+    data = bytearray(path.read_bytes())
+    page_bytes = 4096
+    data[page_bytes:] = b"\xde\xad" * ((len(data) - page_bytes) // 2)
+    path.write_bytes(bytes(data))
+    # Sent while it is down: the broker keeps them for its session.
+    await publish(mosquitto, readings(namespace, 200, 300))
+    async with running(config):
+        await wait_until(lambda: stored(influxdb, influx_db) == 500, what="every message")
+    assert path.with_name(path.name + ".damaged").read_bytes() == bytes(data)
