@@ -1,5 +1,8 @@
-"""The SQLite file beside the outbox that the gateway's books share: alerts, silences,
-notifications and the audit each open their own connection to it."""
+"""The SQLite files the gateway keeps: the outbox, which its books (alerts, silences,
+the audit) share, each with a connection of its own, and the notification log beside it.
+
+A file SQLite finds damaged is never tried again: the gateway stops, and the main
+process's next start moves it aside and begins a new one (`open_recovering`)."""
 
 from __future__ import annotations
 
