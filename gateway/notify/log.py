@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.store.database import open_book
+from gateway.store.database import FoundDamaged, check_whole, is_damaged, open_book
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notification_attempts (
@@ -142,6 +142,7 @@ class NotificationLog:
         route of the policy in force, in order, which names the chain of the steps an
         earlier version planned by the route's place. `recover_damaged`: see
         gateway.store.database.open_recovering."""
+        self.path = path
         self._conn = open_book(
             path, SCHEMA, "the notification log", recover_damaged=recover_damaged
         )
@@ -199,6 +200,16 @@ class NotificationLog:
 
     def close(self) -> None:
         self._conn.close()
+
+    def damaged(self) -> bool:
+        """Whether SQLite's check of the whole file finds it damaged."""
+        try:
+            check_whole(self._conn)
+        except FoundDamaged:
+            return True
+        except sqlite3.Error as exc:
+            return is_damaged(exc)
+        return False
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from gateway.clock import Clock, sleep_unless_set
-from gateway.errors import NotifyError
+from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Channel
 from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
 from gateway.notify.hooks import Console, MqttPublisher, Publish, Webhook
@@ -63,6 +63,7 @@ from gateway.notify.router import Router, Target
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertEntry, AlertError
 from gateway.stats import Stats
+from gateway.store.database import damaged_error, is_damaged
 from gateway.store.line_protocol import encode_fields, encode_series
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,11 @@ class Notifier:
                     self.recover()
                     recover = False
                 await self.process()
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, sqlite3.Error) and is_damaged(exc):
+                    # Never mends: the gateway stops, and its next start moves the file
+                    # aside, so that notifications go out again.
+                    raise self._damaged(exc) from exc
                 # What is owed is in the log and is taken up again by the next round, and
                 # alerts whose planning was rolled back are found in the alert book as at
                 # a start; the gateway, and the alarms it takes in, go on meanwhile.
@@ -213,6 +218,12 @@ class Notifier:
             if self._incoming:
                 continue
             await sleep_unless_set(self._clock, wait_s, self._wakeup)
+
+    def _damaged(self, exc: sqlite3.Error) -> DamagedStoreError:
+        """Which of the two files a round reads is damaged: the notification log, or else
+        the alert book's, the outbox."""
+        path = self.log.path if self.log.damaged() else self.book.path
+        return damaged_error(path, "a round of notifications failed", exc)
 
     def recover(self) -> None:
         """Plan alerts that fired but were never planned: the gateway stopped between

@@ -148,6 +148,7 @@ class AlertEntry:
 
 class AlertBook:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._conn = open_book(path, _SCHEMA, "the alert book")
         try:
             present = {row[1] for row in self._conn.execute("PRAGMA table_info(alerts)")}

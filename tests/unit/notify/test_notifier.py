@@ -13,7 +13,7 @@ import pytest
 from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
-from gateway.errors import NotifyError
+from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Channel, Limit
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
@@ -29,6 +29,7 @@ from gateway.rules.rule import load_rules
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
+from gateway.store.database import damage_noted
 from gateway.store.outbox import Outbox
 
 # 2026-01-01 08:00 in Shanghai.
@@ -109,8 +110,9 @@ class Rig:
     wires them; `restart()` makes them again from the same files."""
 
     def __init__(self, path: Path, clock: ManualClock | None = None,
-                 limits: tuple[Limit, ...] = ()) -> None:  # fmt: skip
+                 limits: tuple[Limit, ...] = (), log_path: Path | None = None) -> None:  # fmt: skip
         self.path = path
+        self.log_path = log_path or path
         self.clock = clock or ManualClock(T0)
         self.limits = limits
         self.start()
@@ -129,7 +131,7 @@ class Rig:
             "voice": FakeChannel("voice", needs_phone=True, digests=False),
             "office-robot": FakeChannel("office-robot"),
         }
-        self.log = NotificationLog(self.path)
+        self.log = NotificationLog(self.log_path)
         self.notifier = Notifier(
             POLICY, dict(self.channels), Router(POLICY, REGISTRY, ZONE), self.book, self.log,
             LinkSigner("secret", "https://gw.example.cn", 3600), self.commit, self.clock,
@@ -596,3 +598,26 @@ async def test_a_chain_taken_out_leaves_its_steps_to_no_chain_planned_already(
     await rig.after(180)
     assert [s for s in rig.sent() if s[1] == "secretary"] == [("sms", "secretary", "firing")]
     assert rig.stats.escalations == 1
+
+
+async def test_a_notification_log_damaged_while_running_stops_the_gateway_for_its_next_start(
+    tmp_path: Path,
+) -> None:
+    log_path = tmp_path / "outbox.notifications.sqlite3"
+    rig = Rig(tmp_path / "outbox.sqlite3", log_path=log_path)
+    rig.feed(fall())
+    await rig.after(0)
+    assert rig.sent()
+    rig.restart()
+    # Every page after the schema's overwritten, as a failing card might.
+    data = bytearray(log_path.read_bytes())
+    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
+    log_path.write_bytes(bytes(data))
+    # Not a round failed and tried again: that would never send anything again.
+    with pytest.raises(DamagedStoreError, match="a round of notifications failed"):
+        await asyncio.wait_for(rig.notifier.run(), timeout=5)
+    # The log is the damaged file, not the outbox the alert book is in.
+    assert damage_noted(log_path) is not None and damage_noted(rig.path) is None
+    rig.log.close()
+    NotificationLog(log_path, recover_damaged=True).close()
+    assert log_path.with_name(log_path.name + ".damaged").read_bytes() == bytes(data)
