@@ -40,6 +40,7 @@ from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
+from gateway.store.database import damaged_files
 from gateway.store.drain import OutboxDrain
 from gateway.store.influx import InfluxWriter
 from gateway.store.outbox import Outbox
@@ -299,6 +300,11 @@ class Gateway:
             self.silences.close()
             self.notifications.close()
 
+    def damaged_files(self) -> int:
+        """Damaged files moved aside and still beside the outbox."""
+        path = self.config.outbox.path
+        return damaged_files(path, notification_log_path(path))
+
     async def _keep_disk_reserve(self) -> None:
         while True:
             await asyncio.to_thread(self.outbox.reserve.restore)
@@ -324,8 +330,12 @@ class Gateway:
         report = HealthReport(self.config.mqtt.client_id if self.config.mqtt else "gateway")
         while True:
             await self.clock.sleep(interval_s)
-            given_back = self.outbox.reserve.given_back
-            lines = report.lines(self.stats, self.clock.now_ms(), reserve_given_back=given_back)
+            lines = report.lines(
+                self.stats,
+                self.clock.now_ms(),
+                reserve_given_back=self.outbox.reserve.given_back,
+                damaged_files=self.damaged_files(),
+            )
             await self.pipeline.commit_until_stored(lines, None)
 
     async def _tick_rules(self) -> None:

@@ -36,9 +36,17 @@ class HealthReport:
     _last: dict[str, int] = field(default_factory=dict)
     _last_rejects: Counter[str] = field(default_factory=Counter)
 
-    def lines(self, stats: Stats, at_ms: int, *, reserve_given_back: bool = False) -> list[str]:
+    def lines(
+        self,
+        stats: Stats,
+        at_ms: int,
+        *,
+        reserve_given_back: bool = False,
+        damaged_files: int = 0,
+    ) -> list[str]:
         """`reserve_given_back`: the disk set aside for the outbox was given back (the disk
-        filled up) and is not set aside again yet."""
+        filled up) and is not set aside again yet. `damaged_files`: damaged files moved
+        aside beside the outbox."""
         totals: dict[str, int] = {name: getattr(stats, name) for name in _COUNTERS}
         totals["rule_faults"] = stats.rule_faults.total()
         fields: list[tuple[str, FieldValue]] = [
@@ -53,6 +61,7 @@ class HealthReport:
             ("write_latency_ms", round(stats.write_latency_s * 1000.0, 3)),
             ("alerts_open", stats.alerts_open),
             ("disk_reserve_given_back", reserve_given_back),
+            ("damaged_files", damaged_files),
         ]
         tags = [("instance", self.instance)]
         lines = [f"{encode_series(HEALTH_MEASUREMENT, tags)} {encode_fields(fields)} {at_ms}"]

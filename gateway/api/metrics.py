@@ -59,6 +59,7 @@ def render(
     auth_failures: int,
     *,
     reserve_given_back: bool = False,
+    damaged_files: int = 0,
 ) -> str:
     out = _Exposition()
     out.metric(
@@ -115,6 +116,13 @@ def render(
         "1 while the disk set aside for the outbox is given back: the disk filled up and "
         "has not had room since to set it aside again",
         [({}, int(reserve_given_back))],
+    )
+    out.metric(
+        "gateway_damaged_files",
+        "gauge",
+        "Damaged files of the gateway's moved aside and still beside the outbox: the disk "
+        "may be failing",
+        [({}, damaged_files)],
     )
     out.metric(
         "gateway_outbox_depth_lines",
@@ -182,8 +190,11 @@ def render(
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(ctx: Ctx) -> PlainTextResponse:
     states = Counter(str(a.state) for a in ctx.gateway.alerts.open_alerts())
-    given_back = ctx.gateway.outbox.reserve.given_back
     text = render(
-        ctx.gateway.stats, states, ctx.limiter.failures_total, reserve_given_back=given_back
+        ctx.gateway.stats,
+        states,
+        ctx.limiter.failures_total,
+        reserve_given_back=ctx.gateway.outbox.reserve.given_back,
+        damaged_files=ctx.gateway.damaged_files(),
     )
     return PlainTextResponse(text, media_type=CONTENT_TYPE)

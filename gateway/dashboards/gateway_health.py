@@ -52,7 +52,7 @@ def build() -> Board:
             "the rule.",
             Influx('SELECT sum("rule_faults") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "red")),
-            width=4,
+            width=3,
         )
     )
     board.add(
@@ -61,7 +61,7 @@ def build() -> Board:
             "Alerts open, as the gateway last counted them.",
             Influx('SELECT last("alerts_open") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "red")),
-            width=4,
+            width=3,
         )
     )
     board.add(
@@ -72,7 +72,18 @@ def build() -> Board:
             "aside again once the disk has room for it twice over. Free disk space.",
             Influx('SELECT last("disk_reserve_given_back") FROM "gateway" WHERE $timeFilter'),
             mappings=[flag_mapping("filled up", "red", "no", "green")],
-            width=4,
+            width=3,
+        )
+    )
+    board.add(
+        single_stat(
+            "损坏文件 Damaged files",
+            "Files of the gateway's that SQLite found damaged, moved aside beside the "
+            "outbox (<name>.damaged) and a new one begun: the disk may be failing. Delete "
+            "them once looked into (deploy/INSTALL.md, Backup).",
+            Influx('SELECT last("damaged_files") FROM "gateway" WHERE $timeFilter'),
+            steps=((None, "green"), (1, "red")),
+            width=3,
         )
     )
     board.add(

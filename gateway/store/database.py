@@ -152,5 +152,22 @@ def move_aside(path: Path) -> Path:
     return target
 
 
+def damaged_files(*paths: Path) -> int:
+    """How many damaged files of these were moved aside and are still there: a disk that
+    damages files is failing."""
+    count = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(path.parent):
+                if _moved_aside(path.name, name):
+                    count += 1
+    return count
+
+
+def _moved_aside(name: str, candidate: str) -> bool:
+    rest = candidate.removeprefix(f"{name}.damaged")
+    return rest != candidate and (rest == "" or (rest[0] == "-" and rest[1:].isdigit()))
+
+
 def _companion(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)

@@ -11,7 +11,7 @@ def test_each_report_carries_the_counts_since_the_previous_one() -> None:
         "gateway,instance=gw-1 messages_in=100i,lines_stored=180i,lines_written=150i,"
         "redeliveries=0i,write_failures=0i,commit_failures=0i,rule_faults=0i,rejected=3i,"
         "outbox_depth=30i,"
-        "write_latency_ms=0.0,alerts_open=0i,disk_reserve_given_back=false 1000"
+        "write_latency_ms=0.0,alerts_open=0i,disk_reserve_given_back=false,damaged_files=0i 1000"
     )
     assert first[1:] == [
         "gateway_rejects,instance=gw-1,reason=bad_crc rejected=1i 1000",
@@ -24,13 +24,13 @@ def test_each_report_carries_the_counts_since_the_previous_one() -> None:
     stats.note_commit("main", "database or disk is full")
     stats.note_commit("main", "database or disk is full")
     stats.note_commit("main", None)
-    second = report.lines(stats, 2_000, reserve_given_back=True)
+    second = report.lines(stats, 2_000, reserve_given_back=True, damaged_files=2)
     assert "commit_failures=2i," in second[0]
     assert "rule_faults=2i," in second[0]
     assert "messages_in=10i," in second[0]
     assert "lines_stored=0i," in second[0]
     assert "rejected=1i," in second[0]
     assert "write_latency_ms=12.5," in second[0]
-    assert "disk_reserve_given_back=true " in second[0]
+    assert "disk_reserve_given_back=true,damaged_files=2i " in second[0]
     # A reason with nothing new since the last report makes no line.
     assert second[1:] == ["gateway_rejects,instance=gw-1,reason=not_json rejected=1i 2000"]

@@ -35,6 +35,16 @@ async def test_metrics_tell_while_the_disk_set_aside_is_given_back(site: Site) -
     assert "gateway_disk_reserve_given_back 0" in response.text.splitlines()
 
 
+async def test_metrics_count_the_damaged_files_moved_aside(site: Site) -> None:
+    response = await site.client.get("/metrics")
+    assert "gateway_damaged_files 0" in response.text.splitlines()
+    outbox = site.gateway.outbox.path
+    outbox.with_name(outbox.name + ".damaged").write_bytes(b"")
+    outbox.with_name(outbox.name + ".damaged-wal").write_bytes(b"")
+    response = await site.client.get("/metrics")
+    assert "gateway_damaged_files 1" in response.text.splitlines()
+
+
 async def test_metrics_name_the_rule_that_failed_at_run_time(site: Site) -> None:
     record = Reading(DeviceRef("hgy", "bracelet", "br-1"), T0, TimeSource.DEVICE, {})
     site.gateway.rules.faults.condition("left_safe_area", record, ZeroDivisionError())

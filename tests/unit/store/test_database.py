@@ -12,7 +12,7 @@ from gateway.errors import DamagedStoreError, StoreError
 from gateway.ingest.process import TelemetryProcess
 from gateway.notify.log import NotificationLog
 from gateway.stats import Stats
-from gateway.store.database import damage_noted, move_aside
+from gateway.store.database import damage_noted, damaged_files, move_aside
 from gateway.store.outbox import Outbox
 from tests.integration.services import free_port
 
@@ -124,6 +124,11 @@ def test_moving_aside_takes_the_first_free_name_and_the_files_beside_it(tmp_path
     assert not [
         p for p in tmp_path.iterdir() if p.name.startswith("o.sqlite3") and "damaged" not in p.name
     ]
+    # Each file moved aside counts once (.damaged, .damaged-2), its companions not (nor
+    # the log left of -1), nor other names.
+    (tmp_path / "o.sqlite3.damaged-x").write_bytes(b"")
+    (tmp_path / "n.sqlite3.damaged").write_bytes(b"")
+    assert damaged_files(path, tmp_path / "n.sqlite3") == 3
 
 
 async def run_briefly(gateway: Gateway) -> None:
@@ -144,6 +149,7 @@ async def test_a_gateway_starts_on_a_damaged_outbox_and_notification_log(tmp_pat
     damage(log_path, "header")
     gateway = Gateway(config, ManualClock(T0))
     assert gateway.outbox.depth() == 0 and gateway.alerts.open_alerts() == []
+    assert gateway.damaged_files() == 2
     await run_briefly(gateway)
     assert (tmp_path / "o.sqlite3.damaged").exists()
     assert log_path.with_name(log_path.name + ".damaged").exists()
