@@ -74,10 +74,10 @@ def open_recovering(path: Path, connect: Callable[[], T], what: str, *, recover_
     damaged file, DamagedStoreError, the damage noted beside it (`damaged_error`).
 
     With `recover_damaged`, a file that SQLite finds damaged, now (`connect` may raise
-    FoundDamaged, from `check_whole`) or while the gateway last ran, is moved aside, with what SQLite keeps beside it, and a new
-    one made: the gateway starts and takes alarms in, where it would otherwise stop at
-    every start. Only the process that opens the file first may do it, before any other
-    has it open."""
+    FoundDamaged, from `check_whole`) or while the gateway last ran, is moved aside with
+    what SQLite keeps beside it, and a new one made: the gateway starts and takes alarms
+    in, where it would otherwise stop at every start. Only the process that opens the
+    file first may do it, before any other has it open."""
     damage: object = damage_noted(path) if recover_damaged else None
     if damage is None:
         try:
