@@ -2,6 +2,7 @@
 digests, quiet hours, silences and idempotency across a restart."""
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import deque
 from pathlib import Path
@@ -621,3 +622,23 @@ async def test_a_notification_log_damaged_while_running_stops_the_gateway_for_it
     rig.log.close()
     NotificationLog(log_path, recover_damaged=True).close()
     assert log_path.with_name(log_path.name + ".damaged").read_bytes() == bytes(data)
+
+
+async def test_an_alert_book_damaged_while_running_is_told_from_the_notification_log(
+    tmp_path: Path,
+) -> None:
+    log_path = tmp_path / "outbox.notifications.sqlite3"
+    rig = Rig(tmp_path / "outbox.sqlite3", log_path=log_path)
+    rig.feed(fall())
+    await rig.after(0)
+    rig.restart()
+    # Its pages all in the file, none in the write-ahead log, where they would hide the damage.
+    with contextlib.closing(sqlite3.connect(rig.path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(rig.path.read_bytes())
+    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
+    rig.path.write_bytes(bytes(data))
+    with pytest.raises(DamagedStoreError, match="a round of notifications failed"):
+        await asyncio.wait_for(rig.notifier.run(), timeout=5)
+    # The outbox, which the alert book is in, is the file its next start moves aside.
+    assert damage_noted(rig.path) is not None and damage_noted(log_path) is None
