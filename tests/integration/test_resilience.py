@@ -18,6 +18,7 @@ import yaml
 from gateway.ingest.process import TelemetryProcess
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService
+from tests.unit.disk import damage
 
 T0 = 1_767_225_600_000
 
@@ -255,14 +256,10 @@ async def test_an_outbox_damaged_while_the_gateway_was_down_is_set_aside_and_not
     async with running(config):
         await publish(mosquitto, readings(namespace, 0, 200))
         await wait_until(lambda: stored(influxdb, influx_db) == 200, what="first points")
-    # Every page after the schema's overwritten, as a failing card might.
     path = config.outbox.path
-    data = bytearray(path.read_bytes())
-    page_bytes = 4096
-    data[page_bytes:] = b"\xde\xad" * ((len(data) - page_bytes) // 2)
-    path.write_bytes(bytes(data))
+    damaged = damage(path)
     # Sent while it is down: the broker keeps them for its session.
     await publish(mosquitto, readings(namespace, 200, 300))
     async with running(config):
         await wait_until(lambda: stored(influxdb, influx_db) == 500, what="every message")
-    assert path.with_name(path.name + ".damaged").read_bytes() == bytes(data)
+    assert path.with_name(path.name + ".damaged").read_bytes() == damaged

@@ -1,4 +1,5 @@
-"""A full disk: as SQLite sees it, on an outbox's own connection, or a real small one."""
+"""A full disk: as SQLite sees it, on an outbox's own connection, or a real small one;
+and a damaged database file."""
 
 import contextlib
 import os
@@ -12,6 +13,8 @@ from gateway.store.outbox import Outbox
 
 # SQLite's largest page count: no bound but the disk's.
 _UNBOUNDED_PAGES = 1_073_741_823
+# The page size of the gateway's SQLite files, SQLite's default.
+PAGE_BYTES = 4096
 
 
 def fill_the_disk(outbox: Outbox) -> None:
@@ -50,3 +53,15 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def damage(path: Path, where: str = "tables") -> bytes:
+    """Overwrites a database file's header, the rest of its first page (the schema), or
+    every page after it (the tables), as a failing card might; returns the bytes it left."""
+    data = bytearray(path.read_bytes())
+    start, end = {"header": (0, 100), "schema": (100, PAGE_BYTES)}.get(
+        where, (PAGE_BYTES, len(data))
+    )
+    data[start:end] = b"\xde\xad" * ((end - start) // 2)
+    path.write_bytes(bytes(data))
+    return bytes(data)

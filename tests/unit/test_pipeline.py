@@ -34,7 +34,7 @@ from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
 from tests.integration.harness import wait_until
-from tests.unit.disk import fill_the_disk, make_room
+from tests.unit.disk import damage, fill_the_disk, make_room
 
 NOW_MS = 1_767_225_600_000
 
@@ -486,10 +486,8 @@ async def test_a_damaged_outbox_stops_the_lane_at_once_and_leaves_the_batch_to_t
     await p.handle(FakeSource(), first)
     p._outbox.close()
     p = pipeline(path, clock=ManualClock(NOW_MS))
-    # Every page after the schema's overwritten while it runs, as a failing card might.
-    data = bytearray(path.read_bytes())
-    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
-    path.write_bytes(bytes(data))
+    # While it runs.
+    damage(path)
     source = FakeSource()
     batch = [msg(i, {"ts": NOW_MS + 5000 + i, "heart_rate_bpm": 70}) for i in range(1, 11)]
     # Not tried again with backoff: on a clock that never moves that would never end.

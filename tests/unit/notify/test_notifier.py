@@ -32,6 +32,7 @@ from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.database import damage_noted
 from gateway.store.outbox import Outbox
+from tests.unit.disk import damage
 
 # 2026-01-01 08:00 in Shanghai.
 T0 = 1_767_225_600_000
@@ -610,10 +611,7 @@ async def test_a_notification_log_damaged_while_running_stops_the_gateway_for_it
     await rig.after(0)
     assert rig.sent()
     rig.restart()
-    # Every page after the schema's overwritten, as a failing card might.
-    data = bytearray(log_path.read_bytes())
-    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
-    log_path.write_bytes(bytes(data))
+    damaged = damage(log_path)
     # Not a round failed and tried again: that would never send anything again.
     with pytest.raises(DamagedStoreError, match="a round of notifications failed"):
         await asyncio.wait_for(rig.notifier.run(), timeout=5)
@@ -621,7 +619,7 @@ async def test_a_notification_log_damaged_while_running_stops_the_gateway_for_it
     assert damage_noted(log_path) is not None and damage_noted(rig.path) is None
     rig.log.close()
     NotificationLog(log_path, recover_damaged=True).close()
-    assert log_path.with_name(log_path.name + ".damaged").read_bytes() == bytes(data)
+    assert log_path.with_name(log_path.name + ".damaged").read_bytes() == damaged
 
 
 async def test_an_alert_book_damaged_while_running_is_told_from_the_notification_log(
@@ -635,9 +633,7 @@ async def test_an_alert_book_damaged_while_running_is_told_from_the_notification
     # Its pages all in the file, none in the write-ahead log, where they would hide the damage.
     with contextlib.closing(sqlite3.connect(rig.path)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    data = bytearray(rig.path.read_bytes())
-    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
-    rig.path.write_bytes(bytes(data))
+    damage(rig.path)
     with pytest.raises(DamagedStoreError, match="a round of notifications failed"):
         await asyncio.wait_for(rig.notifier.run(), timeout=5)
     # The outbox, which the alert book is in, is the file its next start moves aside.

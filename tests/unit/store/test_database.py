@@ -15,21 +15,9 @@ from gateway.stats import Stats
 from gateway.store.database import damage_noted, damaged_files, move_aside
 from gateway.store.outbox import Outbox
 from tests.integration.services import free_port
+from tests.unit.disk import damage
 
-PAGE_BYTES = 4096
 T0 = 1_767_225_600_000
-
-
-def damage(path: Path, where: str) -> bytes:
-    """Overwrites the file's header, the rest of its first page (the schema), or every
-    page after it (the tables), as a failing card might; returns the bytes it left."""
-    data = bytearray(path.read_bytes())
-    start, end = {"header": (0, 100), "schema": (100, PAGE_BYTES)}.get(
-        where, (PAGE_BYTES, len(data))
-    )
-    data[start:end] = b"\xde\xad" * ((end - start) // 2)
-    path.write_bytes(bytes(data))
-    return bytes(data)
 
 
 def outbox_with_lines(path: Path) -> None:
