@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 
 from gateway.decode.record import DeviceRef
-from gateway.errors import GatewayError, StoreError
+from gateway.errors import GatewayError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
-from gateway.store.database import damaged_error, is_damaged, open_book
+from gateway.store.database import open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -146,22 +146,19 @@ class AlertEntry:
     note: str | None
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """An earlier version's alert book, brought to this version's."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
+    _move_last_seen(conn)
+
+
 class AlertBook:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = open_book(path, _SCHEMA, "the alert book")
-        try:
-            present = {row[1] for row in self._conn.execute("PRAGMA table_info(alerts)")}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in present:
-                    self._conn.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
-            _move_last_seen(self._conn)
-        except sqlite3.Error as exc:
-            if is_damaged(exc):
-                raise damaged_error(path, "cannot open the alert book", exc) from exc
-            raise StoreError(
-                f"cannot open the alert book in {path}: {exc}", retryable=False
-            ) from exc
+        self._conn = open_book(path, _SCHEMA, "the alert book", migrate=_migrate)
 
     def close(self) -> None:
         self._conn.close()

@@ -30,7 +30,12 @@ _DAMAGE_NOTE = ".damage-found"
 
 
 def open_book(
-    path: Path, schema: str, what: str, *, recover_damaged: bool = False
+    path: Path,
+    schema: str,
+    what: str,
+    *,
+    recover_damaged: bool = False,
+    migrate: Callable[[sqlite3.Connection], None] | None = None,
 ) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are begun explicitly), in WAL mode
     so that readers never wait for the ingest's writes, with `schema` made if missing.
@@ -39,7 +44,8 @@ def open_book(
     file's write lock (held by the ingest's commits) for up to the busy timeout, and on
     the event loop that wait would hold up every alarm.
 
-    `recover_damaged`: see `open_recovering`."""
+    `migrate` brings an earlier version's tables to this version's, its errors told as
+    the opening's. `recover_damaged`: see `open_recovering`."""
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
@@ -48,6 +54,8 @@ def open_book(
             if recover_damaged:
                 check_whole(conn)
             conn.executescript(schema)
+            if migrate is not None:
+                migrate(conn)
         except BaseException:
             conn.close()
             raise
