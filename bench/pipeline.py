@@ -3,7 +3,9 @@ a local InfluxDB, with nothing lost, in one run:
 
 1. the gateway draining a QoS 1 backlog queued in its persistent session while it was
    down: the broker offers as fast as the gateway takes;
-2. the gateway under live load offered at a set rate (the target by default);
+2. the gateway under live load offered at a set rate (the target by default), and where
+   its lag is when the devices stop: messages still at the broker (the telemetry
+   process behind) or lines still in the outbox (the writes to InfluxDB behind);
 3. the gateway's peak memory;
 4. the raw receive rate of the gateway's MQTT subscriber with a handler that does
    nothing, draining a backlog of the same traffic from the same broker (after the
@@ -199,6 +201,12 @@ async def gateway_phases(
     began = time.perf_counter()
     live_report = await asyncio.to_thread(live_load.wait)
     offered_s = time.perf_counter() - began
+    # Where the lag is when the devices stop: messages still at the broker, or lines
+    # still in the outbox.
+    results["live_end_at_broker_msgs"] = float(
+        before + live_report.acknowledged - gateway.stats.messages_in
+    )
+    results["live_end_in_outbox_lines"] = float(gateway.stats.outbox_depth)
     elapsed = await wait_until_drained(gateway, before + live_report.acknowledged)
     cpu_after = cpu_use(broker, influx, gateway)
     # The broker now takes in each message as well as passing it on.
