@@ -63,6 +63,8 @@ class HealthReport:
             ("disk_reserve_given_back", reserve_given_back),
             ("damaged_files", damaged_files),
         ]
+        if stats.ingest_lag_s is not None:
+            fields.append(("ingest_lag_s", round(stats.ingest_lag_s, 1)))
         tags = [("instance", self.instance)]
         lines = [f"{encode_series(HEALTH_MEASUREMENT, tags)} {encode_fields(fields)} {at_ms}"]
         for reason, count in sorted(rejects.items()):

@@ -34,6 +34,7 @@ from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.record import Record, dump_records, load_records
 from gateway.decode.rejection import RejectReason
 from gateway.errors import DamagedStoreError, DecodeError, StoreError
+from gateway.ingest.lag import IngestLag
 from gateway.ingest.message import InboundMessage
 from gateway.rules.alert import AlertChange
 from gateway.rules.stage import AlertDecision, AlertStage
@@ -104,9 +105,12 @@ class BatchCounts:
     records: int
     lines: int
     evicted: int
+    # The telemetry lane's lag after the batch (gateway.ingest.lag); None from the alarm
+    # lane, and before any message carried the device's time.
+    lag_s: float | None = None
 
     @staticmethod
-    def of(messages: int, batch: Batch, evicted: int) -> BatchCounts:
+    def of(messages: int, batch: Batch, evicted: int, lag_s: float | None) -> BatchCounts:
         return BatchCounts(
             messages,
             Counter(batch.types),
@@ -115,6 +119,7 @@ class BatchCounts:
             len(batch.records),
             len(batch.lines),
             evicted,
+            lag_s,
         )
 
     def add_to(self, stats: Stats) -> None:
@@ -125,6 +130,8 @@ class BatchCounts:
         stats.records += self.records
         stats.lines_stored += self.lines
         stats.lines_evicted += self.evicted
+        if self.lag_s is not None:
+            stats.ingest_lag_s = self.lag_s
 
 
 class IngestPipeline:
@@ -165,6 +172,7 @@ class IngestPipeline:
         self.counts_listeners: list[CountsListener] = []
         self.commit_listeners: list[CommitListener] = []
         self.committed = asyncio.Event()
+        self.lag = IngestLag()
         # One transaction at a time on the ingest connection: batches and rule timers.
         # Held while a failed commit waits to be tried again, so that what the rules
         # decided is committed in the order they decided it.
@@ -329,7 +337,11 @@ class IngestPipeline:
         )
         result = await self._until_done(commit, on_loop=self._handoff)
         source.ack(messages)
-        counts = BatchCounts.of(len(messages), batch, result.evicted_lines)
+        lag_s = None
+        if not alarm:
+            self.lag.observe(batch.records, messages[-1].received_ms)
+            lag_s = self.lag.lag_s
+        counts = BatchCounts.of(len(messages), batch, result.evicted_lines, lag_s)
         counts.add_to(self._stats)
         for counts_listener in self.counts_listeners:
             counts_listener(counts)

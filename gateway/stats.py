@@ -44,6 +44,8 @@ class Stats:
     write_latency_s: float = 0.0
     write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     outbox_depth: int = 0
+    # How far behind the devices messages are taken in (gateway.ingest.lag).
+    ingest_lag_s: float | None = None
     alerts_firing: int = 0
     alerts_resolved: int = 0
     alerts_open: int = 0
@@ -74,7 +76,8 @@ class Stats:
         return (
             f"in={self.messages_in} stored={self.lines_stored} written={self.lines_written} "
             f"outbox={self.outbox_depth} redelivered={self.redeliveries} "
-            f"alerts={self.alerts_firing} open={self.alerts_open} notified={self.notified} "
+            + (f"lag={self.ingest_lag_s:.1f}s " if self.ingest_lag_s is not None else "")
+            + f"alerts={self.alerts_firing} open={self.alerts_open} notified={self.notified} "
             f"rejected={self.rejected}"
             + (f" ({rejects})" if rejects else "")
             + (f" rule_faults={self.rule_faults.total()}" if self.rule_faults else "")

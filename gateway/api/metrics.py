@@ -131,6 +131,13 @@ def render(
         [({}, stats.outbox_depth)],
     )
     out.metric(
+        "gateway_ingest_lag_seconds",
+        "gauge",
+        "How far behind the devices messages are taken in: the median age, when taken in, "
+        "of the last messages that carry the device's time",
+        [({}, stats.ingest_lag_s)] if stats.ingest_lag_s is not None else [],
+    )
+    out.metric(
         "gateway_write_latency_last_seconds",
         "gauge",
         "Duration of the last successful write to the database",

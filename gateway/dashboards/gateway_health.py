@@ -12,8 +12,8 @@ def build() -> Board:
     board = Board(
         UID,
         "网关运行 Gateway health",
-        "Ingest rate, rejected messages by reason, outbox depth and write latency, from "
-        "the gateway's own reports (every health_interval_s).",
+        "Ingest rate and lag, rejected messages by reason, outbox depth and write latency, "
+        "from the gateway's own reports (every health_interval_s).",
         ["gateway"],
     )
     board.add(
@@ -22,7 +22,20 @@ def build() -> Board:
             "Lines waiting in the outbox for the database; it grows while InfluxDB is away.",
             Influx('SELECT last("outbox_depth") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (10000, "orange"), (1000000, "red")),
-            width=4,
+            width=3,
+        )
+    )
+    board.add(
+        single_stat(
+            "接收滞后 Ingest lag",
+            "How long after the devices sent them the gateway takes messages in (the median "
+            "over its last messages that carry the device's time). It grows while the "
+            "gateway cannot keep up, and what it has not taken in waits at the broker; "
+            "readings judged late make alerts late.",
+            Influx('SELECT last("ingest_lag_s") FROM "gateway" WHERE $timeFilter'),
+            unit="s",
+            steps=((None, "green"), (10, "orange"), (60, "red")),
+            width=3,
         )
     )
     board.add(
@@ -32,7 +45,7 @@ def build() -> Board:
             Influx('SELECT last("write_latency_ms") FROM "gateway" WHERE $timeFilter'),
             unit="ms",
             steps=((None, "green"), (1000, "orange"), (5000, "red")),
-            width=4,
+            width=3,
         )
     )
     board.add(
@@ -41,7 +54,7 @@ def build() -> Board:
             "Device messages rejected and quarantined in the time range.",
             Influx('SELECT sum("rejected") FROM "gateway" WHERE $timeFilter'),
             steps=((None, "green"), (1, "orange")),
-            width=4,
+            width=3,
         )
     )
     board.add(

@@ -32,5 +32,8 @@ def test_each_report_carries_the_counts_since_the_previous_one() -> None:
     assert "rejected=1i," in second[0]
     assert "write_latency_ms=12.5," in second[0]
     assert "disk_reserve_given_back=true,damaged_files=2i " in second[0]
+    assert "ingest_lag_s" not in second[0]
+    stats.ingest_lag_s = 7.25
+    assert "damaged_files=0i,ingest_lag_s=7.2 3000" in report.lines(stats, 3_000)[0]
     # A reason with nothing new since the last report makes no line.
     assert second[1:] == ["gateway_rejects,instance=gw-1,reason=not_json rejected=1i 2000"]

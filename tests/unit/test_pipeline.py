@@ -106,6 +106,35 @@ async def test_a_batch_is_committed_then_acknowledged_then_handed_on(tmp_path: P
     assert [q.entry.reason for q in p._outbox.quarantine()] == ["not_json"]
 
 
+async def test_the_telemetry_lane_tells_how_far_behind_the_devices_it_takes_messages_in(
+    tmp_path: Path,
+) -> None:
+    telemetry = pipeline(tmp_path / "o.sqlite3", handoff=True)
+    counts: list[BatchCounts] = []
+    telemetry.counts_listeners.append(counts.append)
+    # Queued at the broker for 90 s; one without the device's time tells nothing.
+    await telemetry.handle(
+        FakeSource(),
+        [
+            msg(1, {"ts": NOW_MS - 90_000, "seq": 1, "heart_rate_bpm": 70}),
+            msg(2, {"ts": NOW_MS - 90_000, "seq": 2, "heart_rate_bpm": 71}),
+            msg(3, {"seq": 3, "heart_rate_bpm": 72}),
+        ],
+    )
+    assert [c.lag_s for c in counts] == [90.0]
+    # An alarm is not telemetry, and its lane's batches leave the figure as it is.
+    await telemetry.handle(
+        FakeSource(), [msg(4, {"ts": NOW_MS, "seq": 9, "event": "sos"}, "event")], alarm=True
+    )
+    assert counts[-1].lag_s is None
+    # The main process's counters take it from the telemetry process's counts.
+    stats = Stats()
+    for batch in counts:
+        batch.add_to(stats)
+    assert stats.ingest_lag_s == 90.0
+    assert "lag=90.0s" in stats.summary()
+
+
 async def test_redelivery_makes_nothing_twice_even_after_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     first = pipeline(path)

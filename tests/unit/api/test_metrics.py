@@ -45,6 +45,20 @@ async def test_metrics_count_the_damaged_files_moved_aside(site: Site) -> None:
     assert "gateway_damaged_files 1" in response.text.splitlines()
 
 
+async def test_metrics_tell_how_far_behind_the_devices_messages_are_taken_in(site: Site) -> None:
+    response = await site.client.get("/metrics")
+    # Before any message with the device's time, there is nothing to tell.
+    assert "# TYPE gateway_ingest_lag_seconds gauge" in response.text.splitlines()
+    assert not any(
+        line.startswith("gateway_ingest_lag_seconds ") for line in response.text.splitlines()
+    )
+    await site.send(
+        "community/hgy/bracelet/br-1/telemetry", {"ts": T0 - 42_500, "heart_rate_bpm": 70}
+    )
+    response = await site.client.get("/metrics")
+    assert "gateway_ingest_lag_seconds 42.5" in response.text.splitlines()
+
+
 async def test_metrics_name_the_rule_that_failed_at_run_time(site: Site) -> None:
     record = Reading(DeviceRef("hgy", "bracelet", "br-1"), T0, TimeSource.DEVICE, {})
     site.gateway.rules.faults.condition("left_safe_area", record, ZeroDivisionError())
