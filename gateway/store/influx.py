@@ -25,11 +25,29 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import InfluxConfig
 from gateway.errors import StoreError
 
-# Level 1 compresses a typical 5,000-line batch (1 MB) about 10x in ~3 ms; level 6
-# gains a third more at three times the CPU, which the gateway's 2 cores need more.
+# Level 1: a typical 5,000-line write (1 MB) compressed about 10x. zlib's level 6 gains a
+# third more at three times the CPU, which the gateway's 2 cores need more.
 GZIP_LEVEL = 1
-# zlib releases the GIL: larger bodies are compressed on another core, off the loop.
+# Both release the GIL: larger bodies are compressed on another core, off the loop.
 _THREAD_COMPRESS_MIN_BYTES = 256 * 1024
+
+
+def gzip_with_zlib(body: bytes) -> bytes:
+    return gzip.compress(body, GZIP_LEVEL, mtime=0)
+
+
+try:
+    from isal import igzip
+except ImportError:  # no build of ISA-L for this machine (32-bit ARM, say)
+    compress = gzip_with_zlib
+else:
+
+    def gzip_with_isal(body: bytes) -> bytes:
+        # ISA-L's level 1 took a quarter of zlib's CPU on the bench fleet's writes (0.17
+        # against 0.67 µs a line) and compressed them a little better (10.7x against 9.9).
+        return igzip.compress(body, GZIP_LEVEL, mtime=0)
+
+    compress = gzip_with_isal
 _SERVER_TEXT_MAX_CHARS = 500
 
 
@@ -155,9 +173,9 @@ class InfluxWriter:
         body = "\n".join(lines).encode()
         if self._config.gzip:
             if len(body) >= _THREAD_COMPRESS_MIN_BYTES:
-                body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
+                body = await asyncio.to_thread(compress, body)
             else:
-                body = gzip.compress(body, GZIP_LEVEL, mtime=0)
+                body = compress(body)
         try:
             return await self._client.post(
                 self._endpoint, params=self._params, headers=self._headers, content=body

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import gzip
 import math
+import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -13,6 +14,7 @@ import pytest
 from gateway.clock import ManualClock
 from gateway.config import InfluxConfig
 from gateway.errors import StoreError
+from gateway.store import influx
 from gateway.store.influx import InfluxWriter, RejectedLine, WriteResult, parse_retry_after_s
 
 PASSWORD = "pa55-w0rd-very-secret"
@@ -425,3 +427,23 @@ async def test_own_client_is_closed() -> None:
     async with w:
         pass
     assert w._client.is_closed
+
+
+def test_either_compressor_writes_gzip_that_reads_back_the_same() -> None:
+    body = "\n".join(f'm,device_id=th-{i} v={i}i,s="湖光苑 {i}" {i}' for i in range(3000)).encode()
+    compressors = [influx.gzip_with_zlib]
+    if hasattr(influx, "gzip_with_isal"):
+        compressors.append(influx.gzip_with_isal)
+    for compress in compressors:
+        packed = compress(body)
+        assert packed[:2] == b"\x1f\x8b"
+        assert gzip.decompress(packed) == body
+        assert len(packed) < len(body) / 3
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "aarch64", "AMD64", "arm64"),
+    reason="ISA-L is installed only where it has a build",
+)
+def test_writes_are_compressed_with_isa_l_where_it_is_installed() -> None:
+    assert influx.compress is getattr(influx, "gzip_with_isal", None)
