@@ -30,6 +30,7 @@ from gateway.errors import StoreError
 GZIP_LEVEL = 1
 # Both release the GIL: larger bodies are compressed on another core, off the loop.
 _THREAD_COMPRESS_MIN_BYTES = 256 * 1024
+_SERVER_TEXT_MAX_CHARS = 500
 
 
 def gzip_with_zlib(body: bytes) -> bytes:
@@ -48,7 +49,6 @@ else:
         return igzip.compress(body, GZIP_LEVEL, mtime=0)
 
     compress = gzip_with_isal
-_SERVER_TEXT_MAX_CHARS = 500
 
 
 @dataclass(frozen=True, slots=True)
