@@ -337,10 +337,7 @@ class IngestPipeline:
         )
         result = await self._until_done(commit, on_loop=self._handoff)
         source.ack(messages)
-        lag_s = None
-        if not alarm:
-            self.lag.observe(batch.records, messages[-1].received_ms)
-            lag_s = self.lag.lag_s
+        lag_s = None if alarm else self.lag.observe(batch.records, messages[-1].received_ms)
         counts = BatchCounts.of(len(messages), batch, result.evicted_lines, lag_s)
         counts.add_to(self._stats)
         for counts_listener in self.counts_listeners:

@@ -36,16 +36,16 @@ class IngestLag:
         self._ages_ms: deque[int] = deque(maxlen=AGES_KEPT)
         self._behind = False
 
-    def observe(self, records: Sequence[Record], taken_in_ms: int) -> None:
+    def observe(self, records: Sequence[Record], taken_in_ms: int) -> float | None:
         """A batch's records, taken in at `taken_in_ms`; those without the device's time
-        tell nothing."""
+        tell nothing. The lag after them, as `lag_s`."""
         step = max(1, len(records) // AGES_PER_BATCH)
         self._ages_ms.extend(
             taken_in_ms - r.time_ms for r in records[::step] if r.time_source is _DEVICE
         )
         lag_s = self.lag_s
         if lag_s is None:
-            return
+            return None
         if not self._behind and lag_s >= BEHIND_WARN_S:
             self._behind = True
             log.warning(
@@ -56,6 +56,7 @@ class IngestLag:
         elif self._behind and lag_s < BEHIND_WARN_S / 2:
             self._behind = False
             log.info("taking messages in %.0f s after the devices sent them again", lag_s)
+        return lag_s
 
     @property
     def lag_s(self) -> float | None:

@@ -16,7 +16,7 @@ def reading(device: int, age_s: float, source: TimeSource = TimeSource.DEVICE) -
 def test_the_lag_is_the_age_of_the_messages_taken_in() -> None:
     lag = IngestLag()
     assert lag.lag_s is None
-    lag.observe([reading(i, 12.5) for i in range(10)], NOW_MS)
+    assert lag.observe([reading(i, 12.5) for i in range(10)], NOW_MS) == 12.5
     assert lag.lag_s == 12.5
 
 
