@@ -21,7 +21,7 @@ from gateway.decode.profile import ProfileSet, load_profiles
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
-from gateway.ingest.process import TelemetryProcess
+from gateway.ingest.process import STOP_TIMEOUT_S, TelemetryProcess
 from gateway.notify.desk import AlertDesk
 from gateway.notify.hooks import Publish
 from gateway.notify.link import AlertLink, LinkSigner, link_secret
@@ -43,6 +43,7 @@ from gateway.store.backoff import Backoff
 from gateway.store.database import damaged_files
 from gateway.store.drain import OutboxDrain
 from gateway.store.influx import InfluxWriter
+from gateway.store.lock import PidLock, pid_path, telemetry_pid_path, wait_until_free
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper, device_info_lines
 
@@ -99,6 +100,22 @@ class Gateway:
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
         self.loaded_rules = rules
+        # Two gateways on one outbox would each notify every alarm; and a damaged outbox
+        # is moved aside only while no other process has it open.
+        config.outbox.path.parent.mkdir(parents=True, exist_ok=True)
+        self.instance = PidLock.take(pid_path(config.outbox.path), "another gateway")
+        try:
+            wait_until_free(
+                telemetry_pid_path(config.outbox.path),
+                STOP_TIMEOUT_S,
+                "the telemetry process of a gateway that ended",
+            )
+            self._open(config, rules)
+        except BaseException:
+            self.instance.release()
+            raise
+
+    def _open(self, config: GatewayConfig, rules: list[Rule]) -> None:
         periods_s = self.profiles.periods_s()
         self.rules = RuleEngine(
             rules,
@@ -270,35 +287,45 @@ class Gateway:
                     log.error("the %s stage failed: %s", task.get_name(), error)
                     raise _told(error)
         finally:
-            self.stopping.set()
-            for subscriber in (self.subscriber, self.alarm_subscriber):
-                if subscriber is not None:
-                    subscriber.stop()
-            if self.api is not None:
-                # Ends by itself, after open requests and event streams finish.
-                self.api.stop()
-            for task in tasks:
-                if task.get_name() not in ("ingest", "api"):
-                    task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if writer is not None:
-                await writer.__aexit__(None, None, None)
-            if self._http is not None:
-                await self._http.aclose()
-            if self.api is not None:
-                self.api.close()
-            if self.pipeline.alerts is not None:
-                try:
-                    self.outbox.commit([], [], None, self.pipeline.alerts.rates_write())
-                except StoreError as exc:
-                    # Saved now and then while running: the rates of a few minutes are lost.
-                    log.error("the rules' rates of change were not saved: %s", exc)
-            self.outbox.close()
-            self.alerts.close()
-            self.silences.close()
-            self.notifications.close()
+            try:
+                await self._wind_down(tasks, writer)
+            finally:
+                self.instance.release()
+
+    async def _wind_down(
+        self, tasks: Sequence[asyncio.Task[None]], writer: InfluxWriter | None
+    ) -> None:
+        """Stops the stages, finishing the batch in hand, and closes the stores. A stage
+        that failed raises its error here again."""
+        self.stopping.set()
+        for subscriber in (self.subscriber, self.alarm_subscriber):
+            if subscriber is not None:
+                subscriber.stop()
+        if self.api is not None:
+            # Ends by itself, after open requests and event streams finish.
+            self.api.stop()
+        for task in tasks:
+            if task.get_name() not in ("ingest", "api"):
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if writer is not None:
+            await writer.__aexit__(None, None, None)
+        if self._http is not None:
+            await self._http.aclose()
+        if self.api is not None:
+            self.api.close()
+        if self.pipeline.alerts is not None:
+            try:
+                self.outbox.commit([], [], None, self.pipeline.alerts.rates_write())
+            except StoreError as exc:
+                # Saved now and then while running: the rates of a few minutes are lost.
+                log.error("the rules' rates of change were not saved: %s", exc)
+        self.outbox.close()
+        self.alerts.close()
+        self.silences.close()
+        self.notifications.close()
 
     def damaged_files(self) -> int:
         """Damaged files moved aside and still beside the outbox."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from gateway import PROJECT_ROOT, __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
+from gateway.store.lock import holder_pid, pid_path
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -179,12 +180,8 @@ async def _run(config: GatewayConfig, path: Path) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, gateway.stop)
     loop.add_signal_handler(signal.SIGHUP, reload_in_place, gateway, path)
-    pid_file = _pid_file(config)
-    pid_file.write_text(f"{os.getpid()}\n")
-    try:
-        await gateway.run()
-    finally:
-        pid_file.unlink(missing_ok=True)
+    # The gateway's pid is in its pid file for as long as it runs (gateway.store.lock).
+    await gateway.run()
     return 0
 
 
@@ -203,10 +200,6 @@ def reload_in_place(gateway: Gateway, path: Path) -> None:
     gateway.reload_policy(config.notify)
 
 
-def _pid_file(config: GatewayConfig) -> Path:
-    return config.outbox.path.with_suffix(".pid")
-
-
 def _reload(path: Path) -> int:
     """Check the config and the rules here, where errors can be shown, then tell the
     running gateway."""
@@ -215,12 +208,17 @@ def _reload(path: Path) -> int:
     config = load_config(path)
     rules = load_rules(config.rules_dir)
     tokens = len(config.api.tokens) if config.api is not None else 0
-    pid_file = _pid_file(config)
+    pid_file = pid_path(config.outbox.path)
+    # Only a running gateway holds its pid file: one left by a gateway that was killed
+    # may name a process that is not a gateway at all.
+    pid = holder_pid(pid_file)
+    if pid is None:
+        print(f"no running gateway for {path} (none holds {pid_file})", file=sys.stderr)
+        return 1
     try:
-        pid = int(pid_file.read_text())
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        print(f"no running gateway for {path} ({pid_file}: {exc})", file=sys.stderr)
+    except OSError as exc:
+        print(f"no running gateway for {path} (pid {pid}: {exc})", file=sys.stderr)
         return 1
     policy = "the notification policy, " if config.notify is not None else ""
     print(f"{len(rules)} rules, {policy}{tokens} API tokens checked; "

@@ -39,6 +39,7 @@ from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
 from gateway.stats import Stats
 from gateway.store.database import damage_noted
+from gateway.store.lock import PidLock, telemetry_pid_path
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
 
@@ -199,6 +200,10 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     clock = SystemClock()
     profiles = load_profiles(config.profiles_dir, CODECS)
     registry = load_registry(config.registry_file) if config.registry_file else Registry()
+    # Held until this process ends, which lets go of it however it ends: a gateway
+    # started after its main process was killed waits for this one to finish its batch
+    # before it opens the outbox.
+    instance = PidLock.take(telemetry_pid_path(config.outbox.path), "another telemetry process")
     outbox = Outbox.configured(config.outbox)
     redelivery = RedeliveryFilter()
     redelivery.restore(outbox.redelivery_keys())
@@ -234,6 +239,7 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
         await reporter
         loop.remove_reader(pipe.fileno())
         outbox.close()
+        instance.release()
 
 
 def _on_parent(pipe: Connection, stopping: asyncio.Event) -> None:

@@ -22,6 +22,7 @@ from gateway.decode.record import Record
 from gateway.rules.alert import AlertChange
 from gateway.rules.rule import load_rules
 from gateway.rules.stage import AlertDecision
+from gateway.store.lock import pid_path
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
 
@@ -240,7 +241,7 @@ async def test_a_session_from_before_the_alarm_connection_no_longer_takes_events
         publisher.close()
 
 
-async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones(
+async def test_reload_checks_the_rules_a_broken_file_leaves_the_running_ones_and_one_gateway_runs(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str
 ) -> None:
     rules_dir = tmp_path / "rules"
@@ -278,6 +279,11 @@ async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones
         await wait_until(
             lambda: f"reloaded {expected} alert rules" in log_file.read_text(), what="reload"
         )
+        # A second gateway on the same outbox stops at once, naming the running one.
+        second = cli("run")
+        assert second.returncode == 1
+        assert f"another gateway (pid {process.pid}) runs on this outbox" in second.stderr
+        assert process.poll() is None
 
         (rules_dir / "extra.yaml").write_text("rules:\n  - {name: broken, when: 'x >'}\n")
         refused = cli("reload")
@@ -293,6 +299,18 @@ async def test_reload_checks_the_rules_and_a_broken_file_leaves_the_running_ones
     finally:
         process.terminate()
         process.wait(timeout=15)
+    # A pid file left behind by a gateway that was killed may name any process by now;
+    # reload signals only a gateway that holds it.
+    (rules_dir / "extra.yaml").unlink()
+    bystander = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    try:
+        pid_path(config.outbox.path).write_text(f"{bystander.pid}\n")
+        stale = cli("reload")
+        assert stale.returncode == 1 and "no running gateway" in stale.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.communicate(timeout=10)
 
 
 async def test_default_rules_end_to_end_from_simulator_scenarios(
