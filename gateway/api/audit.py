@@ -45,7 +45,9 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._conn.close()
+        # Once a call still running on a worker thread has ended.
+        with self._lock:
+            self._conn.close()
 
     def record(
         self,

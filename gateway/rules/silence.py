@@ -67,7 +67,9 @@ class SilenceBook:
         self._active = self._load()
 
     def close(self) -> None:
-        self._conn.close()
+        # Once a call still running on a worker thread has ended.
+        with self._lock:
+            self._conn.close()
 
     def add(
         self,

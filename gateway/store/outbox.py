@@ -19,8 +19,9 @@ import contextlib
 import logging
 import math
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -186,6 +187,12 @@ class Outbox:
             "the outbox",
             recover_damaged=recover_damaged,
         )
+        # Each connection is used by one thread at a time: the stages call the outbox
+        # from threads of their own, and a call that outlives its cancelled caller must
+        # end before `close` frees the connection under it.
+        self._ingest_turn = threading.Lock()
+        self._drain_turn = threading.Lock()
+        self._closed = False
         self._prompt = bulk_elsewhere
         self._page_size: int = self._ingest.execute("PRAGMA page_size").fetchone()[0]
 
@@ -236,8 +243,20 @@ class Outbox:
         return conn
 
     def close(self) -> None:
-        self._drain.close()
-        self._ingest.close()
+        """Once the calls running on other threads have ended; later calls are refused."""
+        # Refused from now, rather than when the locks are free: a thread calling in a
+        # loop would otherwise take them again first, and again.
+        self._closed = True
+        with self._drain_turn, self._ingest_turn:
+            self._drain.close()
+            self._ingest.close()
+
+    @contextlib.contextmanager
+    def _turn(self, turn: threading.Lock) -> Iterator[None]:
+        with turn:
+            if self._closed:
+                raise StoreError(f"{self.path}: the outbox is closed", retryable=False)
+            yield
 
     def _failure(self, what: str, exc: sqlite3.Error) -> StoreError:
         """The error to raise for `exc`. Trying again helps where SQLite could not go on
@@ -264,50 +283,51 @@ class Outbox:
         `handoff` is the batch's records for the rules of another process, which judges
         them later (see `handoffs`).
         """
-        conn = self._ingest
-        made_room = 0
-        gave_back = False
-        while True:
-            try:
-                if self._prompt:
-                    begin_promptly(conn)
-                else:
-                    conn.execute("BEGIN IMMEDIATE")
-                if lines:
-                    _insert_lines(conn, lines)
-                if handoff is not None:
-                    conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
-                if quarantined:
-                    self._insert_quarantine(conn, quarantined)
-                if keys is not None:
-                    self._save_keys(conn, keys, lane)
-                if also is not None:
-                    also(conn)
-                evicted = self._evict_if_full(conn)
-                conn.execute("COMMIT")
-                break
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and not gave_back:
-                    needed = _batch_bytes(lines, handoff, quarantined)
-                    if not made_room:
-                        made_room = self._make_room(conn, needed)
-                        if made_room:
+        with self._turn(self._ingest_turn):
+            conn = self._ingest
+            made_room = 0
+            gave_back = False
+            while True:
+                try:
+                    if self._prompt:
+                        begin_promptly(conn)
+                    else:
+                        conn.execute("BEGIN IMMEDIATE")
+                    if lines:
+                        _insert_lines(conn, lines)
+                    if handoff is not None:
+                        conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
+                    if quarantined:
+                        self._insert_quarantine(conn, quarantined)
+                    if keys is not None:
+                        self._save_keys(conn, keys, lane)
+                    if also is not None:
+                        also(conn)
+                    evicted = self._evict_if_full(conn)
+                    conn.execute("COMMIT")
+                    break
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and not gave_back:
+                        needed = _batch_bytes(lines, handoff, quarantined)
+                        if not made_room:
+                            made_room = self._make_room(conn, needed)
+                            if made_room:
+                                continue
+                        # Still full: on a disk full to its last byte even dropping lines
+                        # fails, as it writes to the log. The space set aside makes room for
+                        # that, and with no lines to drop, for this batch: it may hold an alarm.
+                        gave_back = True
+                        if self.reserve.release():
+                            made_room += self._make_room(conn, needed)
                             continue
-                    # Still full: on a disk full to its last byte even dropping lines
-                    # fails, as it writes to the log. The space set aside makes room for
-                    # that, and with no lines to drop, for this batch: it may hold an alarm.
-                    gave_back = True
-                    if self.reserve.release():
-                        made_room += self._make_room(conn, needed)
-                        continue
-                raise self._failure("outbox commit failed", exc) from exc
-            except BaseException:
-                # `also` refused (a lifecycle step that does not apply): nothing of it stays.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                    raise self._failure("outbox commit failed", exc) from exc
+                except BaseException:
+                    # `also` refused (a lifecycle step that does not apply): nothing of it stays.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         if evicted:
             log.warning(
                 "outbox reached its bound of %d bytes: dropped the %d oldest lines",
@@ -424,15 +444,16 @@ class Outbox:
         )
 
     def redelivery_keys(self, lane: str = "main") -> SavedKeys:
-        try:
-            lists = self._ingest.execute(
-                f"SELECT community, device_id, keys, batch FROM {KEYS_TABLES[lane]}"
-            ).fetchall()
-            log = self._ingest.execute(
-                "SELECT batch, keys FROM redelivery_log WHERE lane = ? ORDER BY batch", (lane,)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise self._failure("reading the redelivery keys failed", exc) from exc
+        with self._turn(self._ingest_turn):
+            try:
+                lists = self._ingest.execute(
+                    f"SELECT community, device_id, keys, batch FROM {KEYS_TABLES[lane]}"
+                ).fetchall()
+                log = self._ingest.execute(
+                    "SELECT batch, keys FROM redelivery_log WHERE lane = ? ORDER BY batch", (lane,)
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failure("reading the redelivery keys failed", exc) from exc
         return SavedKeys(
             [(str(c), str(d), k, int(b)) for c, d, k, b in lists],
             [(int(b), bytes(k)) for b, k in log],
@@ -469,20 +490,22 @@ class Outbox:
     def handoffs(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest batches of records handed over and not yet judged, with their ids;
         on the ingest connection, between its commits."""
-        try:
-            rows = self._ingest.execute(
-                "SELECT id, records FROM handoffs ORDER BY id LIMIT ?", (limit,)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise self._failure("the records handed over could not be read", exc) from exc
+        with self._turn(self._ingest_turn):
+            try:
+                rows = self._ingest.execute(
+                    "SELECT id, records FROM handoffs ORDER BY id LIMIT ?", (limit,)
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failure("the records handed over could not be read", exc) from exc
         return [(int(i), bytes(records)) for i, records in rows]
 
     def handoffs_waiting(self) -> bool:
         """Whether records handed over wait to be judged; on the ingest connection."""
-        try:
-            row = self._ingest.execute("SELECT EXISTS (SELECT 1 FROM handoffs)").fetchone()
-        except sqlite3.Error as exc:
-            raise self._failure("the records handed over could not be read", exc) from exc
+        with self._turn(self._ingest_turn):
+            try:
+                row = self._ingest.execute("SELECT EXISTS (SELECT 1 FROM handoffs)").fetchone()
+            except sqlite3.Error as exc:
+                raise self._failure("the records handed over could not be read", exc) from exc
         return bool(row[0])
 
     @staticmethod
@@ -497,46 +520,49 @@ class Outbox:
         `start` (the `next` of lines written before) if its chunk is still the first."""
         taken: list[str] = []
         through = 0
-        try:
-            chunks = self._drain.execute("SELECT id, line_count, lines FROM chunks ORDER BY id")
-            for chunk_id, count, blob in chunks:
-                skip = start.line if chunk_id == start.chunk else 0
-                room = limit - len(taken)
-                taken.extend(orjson.loads(blob)[skip : skip + room])
-                if skip + room < count:
-                    return PendingLines(taken, through, LinePosition(chunk_id, skip + room))
-                through = chunk_id
-                if len(taken) == limit:
-                    break
-        except sqlite3.Error as exc:
-            raise self._failure("reading the outbox failed", exc) from exc
+        with self._turn(self._drain_turn):
+            try:
+                chunks = self._drain.execute("SELECT id, line_count, lines FROM chunks ORDER BY id")
+                for chunk_id, count, blob in chunks:
+                    skip = start.line if chunk_id == start.chunk else 0
+                    room = limit - len(taken)
+                    taken.extend(orjson.loads(blob)[skip : skip + room])
+                    if skip + room < count:
+                        return PendingLines(taken, through, LinePosition(chunk_id, skip + room))
+                    through = chunk_id
+                    if len(taken) == limit:
+                        break
+            except sqlite3.Error as exc:
+                raise self._failure("reading the outbox failed", exc) from exc
         return PendingLines(taken, through, FIRST_LINE)
 
     def remove_through(self, through: int, refused: Sequence[QuarantineEntry] = ()) -> None:
         """Drop the chunks the database accepted all lines of, up to `through`
         (`PendingLines.through`); quarantine the lines it refused, in one transaction."""
-        conn = self._drain
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM chunks WHERE id <= ?", (through,))
-            if refused:
-                self._insert_quarantine(conn, refused)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise self._failure("outbox update failed", exc) from exc
+        with self._turn(self._drain_turn):
+            conn = self._drain
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("DELETE FROM chunks WHERE id <= ?", (through,))
+                if refused:
+                    self._insert_quarantine(conn, refused)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._failure("outbox update failed", exc) from exc
 
     def depth(self, start: LinePosition = FIRST_LINE) -> int:
         """Lines waiting, from `start` if its chunk is still the first: chunks leave only
         from the front, and number their lines on."""
-        try:
-            row = self._drain.execute(
-                "SELECT (SELECT first_line + line_count FROM chunks ORDER BY id DESC LIMIT 1), "
-                "id, first_line FROM chunks ORDER BY id LIMIT 1"
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise self._failure("reading the outbox failed", exc) from exc
+        with self._turn(self._drain_turn):
+            try:
+                row = self._drain.execute(
+                    "SELECT (SELECT first_line + line_count FROM chunks ORDER BY id DESC LIMIT 1), "
+                    "id, first_line FROM chunks ORDER BY id LIMIT 1"
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self._failure("reading the outbox failed", exc) from exc
         if row is None:
             return 0
         end, first_chunk, first_line = row
@@ -552,11 +578,14 @@ class Outbox:
         if reason is not None:
             query += " WHERE reason = ?"
             params = (reason,)
-        rows = self._drain.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [
-            StoredQuarantine(int(i), QuarantineEntry(int(r), str(t), bytes(p), str(why), str(d)))
-            for i, r, t, p, why, d in rows
-        ]
+        with self._turn(self._drain_turn):
+            rows = self._drain.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
+            return [
+                StoredQuarantine(
+                    int(i), QuarantineEntry(int(r), str(t), bytes(p), str(why), str(d))
+                )
+                for i, r, t, p, why, d in rows
+            ]
 
     def lines_containing(self, text: str, limit: int) -> list[str]:
         """The newest `limit` lines waiting that contain `text`, newest first: a device's
@@ -565,21 +594,24 @@ class Outbox:
         # escaped lines exactly where the text is in the lines.
         needle = orjson.dumps(text)[1:-1]
         found: list[str] = []
-        chunks = self._drain.execute(
-            "SELECT lines FROM chunks WHERE instr(lines, ?) > 0 ORDER BY id DESC", (needle,)
-        )
-        for (lines,) in chunks:
-            found.extend(line for line in reversed(orjson.loads(lines)) if text in line)
-            if len(found) >= limit:
-                break
+        with self._turn(self._drain_turn):
+            chunks = self._drain.execute(
+                "SELECT lines FROM chunks WHERE instr(lines, ?) > 0 ORDER BY id DESC", (needle,)
+            )
+            for (lines,) in chunks:
+                found.extend(line for line in reversed(orjson.loads(lines)) if text in line)
+                if len(found) >= limit:
+                    break
         return found[:limit]
 
     def counters(self) -> dict[str, int]:
-        rows = self._drain.execute("SELECT name, value FROM counters")
-        return {str(name): int(value) for name, value in rows}
+        with self._turn(self._drain_turn):
+            rows = self._drain.execute("SELECT name, value FROM counters")
+            return {str(name): int(value) for name, value in rows}
 
     def size_bytes(self) -> int:
-        return self._used_bytes(self._drain)
+        with self._turn(self._drain_turn):
+            return self._used_bytes(self._drain)
 
 
 def _count_evicted(conn: sqlite3.Connection, lines: int) -> None:

@@ -1,4 +1,5 @@
 import sqlite3
+import threading
 from pathlib import Path
 
 import orjson
@@ -155,6 +156,50 @@ def test_a_full_disk_with_no_lines_to_drop_fails_the_commit_whole_and_retryable(
     make_room(outbox)
     assert outbox.commit(batch, [entry()], handoff=b"records").evicted_lines == 0
     assert outbox.depth() == 100
+
+
+def drain_until_refused(outbox: Outbox, errors: list[StoreError]) -> None:
+    try:
+        while True:
+            pending = outbox.peek(50)
+            outbox.depth(pending.next)
+            outbox.remove_through(0)
+    except StoreError as exc:
+        errors.append(exc)
+
+
+def commit_until_refused(outbox: Outbox, errors: list[StoreError], committed: list[int]) -> None:
+    try:
+        while True:
+            outbox.commit(["m v=2i 2"], [])
+            committed.append(1)
+    except StoreError as exc:
+        errors.append(exc)
+
+
+def test_closing_while_other_threads_use_it_waits_for_their_calls_to_end(tmp_path: Path) -> None:
+    # The stages call the outbox from threads; one whose caller was cancelled at a stop
+    # may still run when the gateway closes it, which once freed its connection mid-call.
+    for attempt in range(20):
+        path = tmp_path / f"o{attempt}.sqlite3"
+        outbox = Outbox(path)
+        outbox.commit([f"m v={i}i 1" for i in range(100)], [])
+        errors: list[StoreError] = []
+        committed: list[int] = []
+        threads = [
+            threading.Thread(target=drain_until_refused, args=(outbox, errors)),
+            threading.Thread(target=commit_until_refused, args=(outbox, errors, committed)),
+        ]
+        for thread in threads:
+            thread.start()
+        outbox.close()
+        for thread in threads:
+            thread.join(10)
+        # Each call ran whole before the close, or was refused.
+        assert [str(e) for e in errors] == [f"{path}: the outbox is closed"] * 2
+        reopened = Outbox(path)
+        assert reopened.depth() == 100 + len(committed)
+        reopened.close()
 
 
 def insert_line(conn: sqlite3.Connection, line: str) -> None:
