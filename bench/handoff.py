@@ -65,8 +65,7 @@ async def run_once(workdir: Path, inbound: list[InboundMessage], warm: int) -> t
             sides[0] += handed - began
             sides[1] += judged - handed
     outbox.close()
-    gateway.outbox.close()
-    gateway.alerts.close()
+    gateway.close()
     counted = len(inbound) - warm
     gc.unfreeze()
     return sides[0] / counted * 1e6, sides[1] / counted * 1e6

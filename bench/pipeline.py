@@ -277,8 +277,7 @@ async def stages_alone(workdir: Path, messages: int) -> dict[str, float]:
         outbox.remove_through(pending.through)
         position = pending.next
     drained = cpu_seconds()
-    gateway.outbox.close()
-    gateway.alerts.close()
+    gateway.close()
     return {
         "alone_stages_cpu_us_per_msg": (handled - began) / len(inbound) * 1e6,
         "alone_drain_cpu_us_per_msg": (drained - handled) / len(inbound) * 1e6,

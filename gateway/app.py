@@ -290,13 +290,13 @@ class Gateway:
             try:
                 await self._wind_down(tasks, writer)
             finally:
-                self.instance.release()
+                self.close()
 
     async def _wind_down(
         self, tasks: Sequence[asyncio.Task[None]], writer: InfluxWriter | None
     ) -> None:
-        """Stops the stages, finishing the batch in hand, and closes the stores. A stage
-        that failed raises its error here again."""
+        """Stops the stages, finishing the batch in hand. A stage that failed raises its
+        error here again."""
         self.stopping.set()
         for subscriber in (self.subscriber, self.alarm_subscriber):
             if subscriber is not None:
@@ -314,18 +314,25 @@ class Gateway:
             await writer.__aexit__(None, None, None)
         if self._http is not None:
             await self._http.aclose()
-        if self.api is not None:
-            self.api.close()
         if self.pipeline.alerts is not None:
             try:
                 self.outbox.commit([], [], None, self.pipeline.alerts.rates_write())
             except StoreError as exc:
                 # Saved now and then while running: the rates of a few minutes are lost.
                 log.error("the rules' rates of change were not saved: %s", exc)
-        self.outbox.close()
-        self.alerts.close()
-        self.silences.close()
-        self.notifications.close()
+
+    def close(self) -> None:
+        """Closes the stores and lets another gateway have the outbox: at the end of
+        `run`, or for a gateway that never ran."""
+        try:
+            if self.api is not None:
+                self.api.close()
+            self.outbox.close()
+            self.alerts.close()
+            self.silences.close()
+            self.notifications.close()
+        finally:
+            self.instance.release()
 
     def damaged_files(self) -> int:
         """Damaged files moved aside and still beside the outbox."""

@@ -124,8 +124,4 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     transport = httpx.ASGITransport(app=gateway.api.app, client=("10.0.0.7", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
         yield Site(gateway, clock, client)
-    gateway.api.close()
-    gateway.outbox.close()
-    gateway.alerts.close()
-    gateway.silences.close()
-    gateway.notifications.close()
+    gateway.close()

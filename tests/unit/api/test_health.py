@@ -36,7 +36,7 @@ async def test_readiness_names_what_is_down(tmp_path: Path) -> None:
     transport = httpx.ASGITransport(app=gateway.api.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
         ready = await client.get("/health/ready")
-    gateway.api.close()
+    gateway.close()
     assert ready.status_code == 503
     body = ready.json()
     assert body["status"] == "unavailable"

@@ -58,4 +58,4 @@ async def test_reload_takes_the_folder_or_says_what_is_broken(tmp_path: Path) ->
             == f"{rules_dir / 'extra.yaml'}: rules: expected a list of rules under 'rules'"
         )
         assert len(gateway.loaded_rules) == before + 1
-    gateway.api.close()
+    gateway.close()

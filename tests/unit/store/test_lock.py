@@ -152,6 +152,9 @@ async def test_a_second_gateway_on_the_same_outbox_is_refused_until_the_first_st
     first.stop()
     await first.run()
     assert holder_pid(pid_path(config.outbox.path)) is None
+    # One that never runs lets go of it when closed.
+    Gateway(config).close()
+    assert holder_pid(pid_path(config.outbox.path)) is None
     second = Gateway(config)
     second.stop()
     await second.run()
