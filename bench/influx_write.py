@@ -11,12 +11,16 @@ InfluxDB answers, to a new InfluxDB for each variant:
 - `no-gzip`: the shipped settings, the bodies not compressed (`influx.gzip: false`);
 - `zlib`: the shipped settings, the bodies compressed by zlib, as where ISA-L has no
   build, instead of ISA-L;
-- `sorted`: the shipped settings, each batch's lines sorted by series.
+- `sorted`: the shipped settings, each batch's lines sorted by series;
+- `gogc-200`: the shipped settings, InfluxDB's Go runtime collecting its garbage when
+  the heap has grown by 200% since the last collection rather than by 100% (`GOGC=200`
+  in its environment): less CPU for collecting, more memory.
 
 The variants run alternately, `--repeat` times each. CPU time counts InfluxDB's work
 until a second after the last write was answered; the writer's includes compressing.
+InfluxDB's peak memory is its peak resident set by then.
 
-    .venv/bin/python -m bench.influx_write [--messages 150000] [--repeat 2]
+    .venv/bin/python -m bench.influx_write [--messages 150000] [--repeat 2] [--variants a,b]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.pipeline import cpu_seconds, fleet_messages, write_registry
@@ -49,6 +53,7 @@ SETTLE_S = 1.0
 @dataclass(frozen=True, slots=True)
 class Variant:
     data_settings: Mapping[str, str]
+    environment: Mapping[str, str] = field(default_factory=dict)
     gzip: bool = True
     sort: bool = False
     zlib: bool = False
@@ -61,6 +66,7 @@ VARIANTS = {
     "no-gzip": Variant({}, gzip=False),
     "zlib": Variant({}, zlib=True),
     "sorted": Variant({}, sort=True),
+    "gogc-200": Variant({}, environment={"GOGC": "200"}),
 }
 
 
@@ -92,13 +98,20 @@ async def write_all(influx: InfluxService, batches: list[list[str]], gzip: bool)
         return cpu_seconds() - began
 
 
-def run_variant(workdir: Path, lines: list[str], variant: Variant) -> tuple[float, float, float]:
-    """InfluxDB's and the writer's CPU µs a line, and lines a second."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    influx_us_per_line: float
+    writer_us_per_line: float
+    lines_per_s: float
+    influx_peak_mib: float
+
+
+def run_variant(workdir: Path, lines: list[str], variant: Variant) -> Outcome:
     if variant.sort:
         batches = [sorted(lines[i : i + BATCH_LINES]) for i in range(0, len(lines), BATCH_LINES)]
     else:
         batches = [lines[i : i + BATCH_LINES] for i in range(0, len(lines), BATCH_LINES)]
-    influx = InfluxService(workdir, variant.data_settings)
+    influx = InfluxService(workdir, variant.data_settings, variant.environment)
     influx.start()
     try:
         influx.create_database("bench")
@@ -115,25 +128,46 @@ def run_variant(workdir: Path, lines: list[str], variant: Variant) -> tuple[floa
         elapsed = time.perf_counter() - began
         time.sleep(SETTLE_S)
         influx_s = cpu_seconds(influx.pid) - before
+        peak_mib = influx.peak_memory_mib()
     finally:
         influx.stop()
-    return influx_s / len(lines) * 1e6, writer_s / len(lines) * 1e6, len(lines) / elapsed
+    return Outcome(
+        influx_s / len(lines) * 1e6, writer_s / len(lines) * 1e6, len(lines) / elapsed, peak_mib
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=150_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--variants",
+        type=lambda names: names.split(","),
+        default=list(VARIANTS),
+        help=f"which, separated by commas, in the order to run them (all: {','.join(VARIANTS)})",
+    )
     args = parser.parse_args()
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        parser.error(
+            f"--variants: no variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
+        )
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         lines = fleet_lines(workdir, args.messages)
         print(f"{len(lines):,} lines of {args.messages:,} messages")
-        print(f"{'variant':12} {'InfluxDB µs/line':>17} {'writer µs/line':>15} {'lines/s':>10}")
+        print(
+            f"{'variant':12} {'InfluxDB µs/line':>17} {'writer µs/line':>15} {'lines/s':>10}"
+            f" {'InfluxDB peak MiB':>18}"
+        )
         for run in range(args.repeat):
-            for name, variant in VARIANTS.items():
-                influx_us, writer_us, rate = run_variant(workdir / f"{name}-{run}", lines, variant)
-                print(f"{name:12} {influx_us:17.2f} {writer_us:15.2f} {rate:10,.0f}", flush=True)
+            for name in args.variants:
+                o = run_variant(workdir / f"{name}-{run}", lines, VARIANTS[name])
+                print(
+                    f"{name:12} {o.influx_us_per_line:17.2f} {o.writer_us_per_line:15.2f}"
+                    f" {o.lines_per_s:10,.0f} {o.influx_peak_mib:18.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

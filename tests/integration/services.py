@@ -95,9 +95,11 @@ class _ServerProcess:
     binary_name = ""
     package = ""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, environment: Mapping[str, str] | None = None) -> None:
+        """`environment`: variables set for the server beyond this process's own."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.environment = dict(environment or {})
         self.log_path = workdir / f"{self.binary_name}.log"
         self.host = HOST
         self.port = free_port()
@@ -115,6 +117,15 @@ class _ServerProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def peak_memory_mib(self) -> float:
+        """The most memory the running server has held so far (its peak resident set)."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.binary_name} is not running")
+        for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no peak memory in /proc/{self._proc.pid}/status")
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -131,6 +142,7 @@ class _ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.environment},
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -233,9 +245,14 @@ class InfluxService(_ServerProcess):
     binary_name = "influxd"
     package = "influxdb"
 
-    def __init__(self, workdir: Path, data_settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        data_settings: Mapping[str, str] | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         """`data_settings`: more settings of the [data] section, as TOML values."""
-        super().__init__(workdir)
+        super().__init__(workdir, environment)
         self.data_settings = dict(data_settings or {})
         self.rpc_port = free_port()
         self.url = f"http://{HOST}:{self.port}"

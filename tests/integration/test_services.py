@@ -7,9 +7,11 @@ import queue
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.services import InfluxService, MosquittoService, VictoriaMetricsService
@@ -181,3 +183,22 @@ def test_fresh_influx_and_victoria_metrics_restart(
     assert vm.export("m_v")
     vm.restart()
     assert [s["timestamps"] for s in vm.export("m_v")] == [[now_ms]]
+
+
+def test_influx_runs_with_the_environment_it_is_given_and_tells_its_peak_memory(
+    tmp_path: Path,
+) -> None:
+    # The benchmarks compare InfluxDB's runtime settings this way, and its memory with them.
+    influx = InfluxService(tmp_path / "influxdb", environment={"GOGC": "200"})
+    influx.start()
+    try:
+        assert influx.pid is not None
+        environ = Path(f"/proc/{influx.pid}/environ").read_bytes().split(b"\0")
+        assert b"GOGC=200" in environ
+        status = Path(f"/proc/{influx.pid}/status").read_text().splitlines()
+        resident_kib = next(int(s.split()[1]) for s in status if s.startswith("VmRSS:"))
+        assert influx.peak_memory_mib() >= resident_kib / 1024 > 1
+    finally:
+        influx.stop()
+    with pytest.raises(RuntimeError, match="not running"):
+        influx.peak_memory_mib()
