@@ -107,6 +107,7 @@ class Outcome:
 
 
 def run_variant(workdir: Path, lines: list[str], variant: Variant) -> Outcome:
+    """`lines` written to a new InfluxDB run as `variant` says."""
     if variant.sort:
         batches = [sorted(lines[i : i + BATCH_LINES]) for i in range(0, len(lines), BATCH_LINES)]
     else:
