@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from gateway import PROJECT_ROOT
+from gateway.address import HttpAddress
 from gateway.errors import ConfigError
 from gateway.notify.policy import NotifyPolicy
 
@@ -101,7 +102,7 @@ def _levels(topic_filter: str) -> list[str]:
 
 
 class InfluxConfig(_Strict):
-    url: str
+    url: HttpAddress
     api: Literal["v1", "v2"] = "v1"
     # InfluxDB 1.x API
     database: str = "community"
@@ -194,7 +195,7 @@ class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     # Where phones reach the gateway: the base of the links in notifications.
-    public_url: str = "http://127.0.0.1:8080"
+    public_url: HttpAddress = "http://127.0.0.1:8080"
     # Signs those links; when unset, one is made and kept beside the outbox.
     link_secret: SecretStr | None = None
     # How long a link in a notification can be used to act on its alert.

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from gateway.address import HttpAddress
 from gateway.rules.rule import Severity
 from gateway.rules.schedule import DailyWindow
 
@@ -56,7 +57,7 @@ class WecomChannel(_ChannelBase):
 
     type: Literal["wecom"]
     key: SecretStr
-    url: str = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
+    url: HttpAddress = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
     per_minute: int = Field(20, ge=1)
 
 
@@ -66,7 +67,7 @@ class DingtalkChannel(_ChannelBase):
     type: Literal["dingtalk"]
     access_token: SecretStr
     secret: SecretStr | None = None
-    url: str = "https://oapi.dingtalk.com/robot/send"
+    url: HttpAddress = "https://oapi.dingtalk.com/robot/send"
     per_minute: int = Field(20, ge=1)
     # DingTalk blocks a robot that exceeds its limit for this long.
     blocked_s: float = Field(600, ge=0)
@@ -78,7 +79,7 @@ class FeishuChannel(_ChannelBase):
     type: Literal["feishu"]
     hook: SecretStr
     secret: SecretStr | None = None
-    url: str = "https://open.feishu.cn/open-apis/bot/v2/hook"
+    url: HttpAddress = "https://open.feishu.cn/open-apis/bot/v2/hook"
     per_second: int = Field(5, ge=1)
 
 
@@ -88,7 +89,7 @@ class AliyunSmsChannel(_TemplateChannel):
     access_key_secret: SecretStr
     sign_name: str
     template_code: str
-    url: str = "https://dysmsapi.aliyuncs.com/"
+    url: HttpAddress = "https://dysmsapi.aliyuncs.com/"
     region: str = "cn-hangzhou"
 
 
@@ -98,7 +99,7 @@ class AliyunVoiceChannel(_TemplateChannel):
     access_key_secret: SecretStr
     tts_code: str
     called_show_number: str | None = None
-    url: str = "https://dyvmsapi.aliyuncs.com/"
+    url: HttpAddress = "https://dyvmsapi.aliyuncs.com/"
     region: str = "cn-hangzhou"
     play_times: int = Field(2, ge=1, le=3)
     # Aliyun takes one call a minute to a number.
@@ -112,7 +113,7 @@ class TencentSmsChannel(_TemplateChannel):
     sdk_app_id: str
     sign_name: str
     template_id: str
-    url: str = "https://sms.tencentcloudapi.com/"
+    url: HttpAddress = "https://sms.tencentcloudapi.com/"
     region: str = "ap-guangzhou"
 
 
@@ -122,7 +123,7 @@ class TencentVoiceChannel(_TemplateChannel):
     secret_key: SecretStr
     voice_sdk_app_id: str
     template_id: str
-    url: str = "https://vms.tencentcloudapi.com/"
+    url: HttpAddress = "https://vms.tencentcloudapi.com/"
     region: str = "ap-guangzhou"
     play_times: int = Field(2, ge=1, le=3)
     per_number_per_minute: int = Field(1, ge=1)
@@ -132,7 +133,7 @@ class WebhookChannel(_ChannelBase):
     """JSON to any HTTP endpoint, with an Idempotency-Key header."""
 
     type: Literal["webhook"]
-    url: str
+    url: HttpAddress
     headers: dict[str, SecretStr] = {}
 
 

@@ -41,6 +41,13 @@ def test_relative_paths_and_environment_secrets(
         ("- a list", "", "mapping"),
         ("mqtt: [unclosed", "", "not valid YAML"),
         ("mqtt: {topics: ['community/+/+/+/+']}", "mqtt", "alarm_topics"),
+        # A database or page address the gateway could not use is found here, not by
+        # the first write or notification link.
+        ("influx: {url: '127.0.0.1:8086'}", "influx.url", "http:// or https:// address"),
+        ("influx: {url: 'ftp://db:8086'}", "influx.url", "scheme should be 'http' or 'https'"),
+        ("influx: {url: 'http://db:80860'}", "influx.url", "invalid port number"),
+        ("influx: {url: ' http://db:8086'}", "influx.url", "(spaces)"),
+        ("api: {public_url: 'gw.example'}", "api.public_url", "http:// or https:// address"),
     ],
 )
 def test_a_bad_config_names_the_file_the_field_and_the_problem(
@@ -168,3 +175,14 @@ def test_the_default_lanes_take_every_kind_of_the_contract_once() -> None:
         ]
         assert lanes.count(True) == 1, kind
     assert any(filters_overlap(f, "vendor/acme-smoke/860000000000001/up") for f in config.topics)
+
+
+def test_addresses_are_kept_as_written(tmp_path: Path) -> None:
+    # Parsed, a bare host would gain a slash, and the paths appended to it would double it.
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "influx: {url: 'http://127.0.0.1:8086'}\napi: {public_url: 'https://gw.example/centre'}\n"
+    )
+    config = load_config(path)
+    assert config.influx is not None and config.influx.url == "http://127.0.0.1:8086"
+    assert config.api is not None and config.api.public_url == "https://gw.example/centre"

@@ -80,6 +80,19 @@ def test_a_wrong_name_is_found_with_its_file_and_field(
     )
 
 
+def test_a_channel_address_that_cannot_be_sent_to_is_found_with_its_file_and_field(
+    tmp_path: Path,
+) -> None:
+    text = (DEPLOY / "notify.example.yaml").read_text(encoding="utf-8")
+    address = "https://platform.example.gov.cn/api/community-alerts"
+    assert address in text
+    path = config_with(tmp_path, text.replace(address, "platform.example.gov.cn/api", 1))
+    with pytest.raises(ConfigError, match="http:// or https:// address") as error:
+        load_config(path)
+    assert error.value.file == str(tmp_path / "notify.yaml")
+    assert error.value.field == "channels.city-platform.webhook.url"
+
+
 def test_inline_policy_errors_name_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(
