@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -285,15 +286,20 @@ def _read_mapping(path: Path) -> dict[str, object]:
     return raw
 
 
+_FIELD_PATH = re.compile(r"[\w\-]+(\[\d+\])?(\.[\w\-]+(\[\d+\])?)*")
+
+
 def config_error(file: str, exc: ValidationError) -> ConfigError:
     """The first problem of a pydantic error, as a ConfigError naming the field."""
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "value_error" and ": " in str(first["ctx"].get("error", "")):
-        # A check across fields names the field itself: "routes[0].escalation: ...".
-        inner, _, problem = str(first["ctx"]["error"]).partition(": ")
-        field = ".".join(part for part in (field, inner) if part)
-        first = {**first, "msg": problem}
+    if first["type"] == "value_error":
+        # A check across fields names the field itself: "routes[0].escalation: ...";
+        # any other ": " is in the problem, or in the value it quotes.
+        inner, colon, problem = str(first["ctx"].get("error", "")).partition(": ")
+        if colon and _FIELD_PATH.fullmatch(inner):
+            field = ".".join(part for part in (field, inner) if part)
+            first = {**first, "msg": problem}
     problems = "; ".join(
         f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[1:]
     )
