@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,9 +37,70 @@ class TlsConfig(_Strict):
     key_file: Path | None = None
     insecure_skip_verify: bool = False
 
+    @model_validator(mode="after")
+    def _key_with_its_certificate(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file: a client key needs its certificate, cert_file")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The context the broker connections use. Raises ConfigError naming the
+        setting (`ca_file`, ...) whose file cannot be read or used, the file being the
+        certificate's."""
+        for name in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(self, name)
+            if path is not None:
+                try:
+                    path.read_bytes()
+                except OSError as exc:
+                    raise ConfigError(str(path), name, f"cannot read: {exc.strerror}") from exc
+        try:
+            context = ssl.create_default_context(cafile=_text(self.ca_file))
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                str(self.ca_file), "ca_file", f"not a PEM certificate authority: {exc}"
+            ) from exc
+        if self.cert_file is not None:
+            key_field = "key_file" if self.key_file is not None else "cert_file"
+            try:
+                # Without a password, OpenSSL would ask for one on the terminal, or fail
+                # with a bare "PEM lib" where there is none (a service).
+                context.load_cert_chain(
+                    str(self.cert_file), _text(self.key_file), password=_no_passphrase
+                )
+            except _EncryptedKey as exc:
+                raise ConfigError(
+                    str(self.key_file or self.cert_file),
+                    key_field,
+                    "the private key is encrypted; the gateway needs it without a passphrase",
+                ) from exc
+            except ssl.SSLError as exc:
+                raise ConfigError(
+                    str(self.cert_file),
+                    "cert_file",
+                    f"no PEM certificate with its private key (key_file, or in the same "
+                    f"file), or the key is not the certificate's: {exc}",
+                ) from exc
+        if self.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
 
 class MqttConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(1883, ge=1, le=65535)
     client_id: str = Field("community-gateway", min_length=1, max_length=64)
     username: str | None = None
@@ -64,6 +126,15 @@ class MqttConfig(_Strict):
     @property
     def alarm_client_id(self) -> str:
         return f"{self.client_id}-alarms"
+
+    @field_validator("topics", "alarm_topics")
+    @classmethod
+    def _valid_filters(cls, filters: tuple[str, ...]) -> tuple[str, ...]:
+        for topic_filter in filters:
+            problem = _filter_problem(topic_filter)
+            if problem:
+                raise ValueError(f"{topic_filter!r} is not an MQTT topic filter: {problem}")
+        return filters
 
     @model_validator(mode="after")
     def _lanes_apart(self) -> MqttConfig:
@@ -94,6 +165,25 @@ def filters_overlap(first: str, second: str) -> bool:
         if x != y and "+" not in (x, y):
             return False
     return True
+
+
+def _filter_problem(topic_filter: str) -> str | None:
+    """What makes a topic filter one the broker would refuse (MQTT 5, 4.7), or None."""
+    if not topic_filter:
+        return "it is empty"
+    if "\0" in topic_filter or len(topic_filter.encode()) > 65_535:
+        return "it holds a NUL character or is longer than 65,535 bytes"
+    levels = topic_filter.split("/")
+    if levels[0] == "$share":
+        if len(levels) < 3 or not levels[1] or "+" in levels[1] or "#" in levels[1]:
+            return "a shared subscription is $share/{group}/{filter}, with a group name"
+        levels = levels[2:]
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "# must be a whole level, and the last"
+        if "+" in level and level != "+":
+            return "+ must be a whole level"
+    return None
 
 
 def _levels(topic_filter: str) -> list[str]:
@@ -269,7 +359,17 @@ def load_config(path: Path) -> GatewayConfig:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise config_error(str(path), exc) from exc
-    return _resolve_paths(config, path.parent)
+    config = _resolve_paths(config, path.parent)
+    if config.mqtt is not None and config.mqtt.tls is not None:
+        # Read as the connections will, so that a certificate that cannot be used is
+        # named here, with its setting, rather than by a failed start.
+        try:
+            config.mqtt.tls.ssl_context()
+        except ConfigError as exc:
+            raise ConfigError(
+                str(path), f"mqtt.tls.{exc.field}", f"{exc.file}: {exc.problem}"
+            ) from exc
+    return config
 
 
 def _read_mapping(path: Path) -> dict[str, object]:
@@ -319,4 +419,12 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
     }
     if config.registry_file is not None:
         update["registry_file"] = resolve(config.registry_file)
+    if config.mqtt is not None and config.mqtt.tls is not None:
+        tls = config.mqtt.tls
+        files = {
+            name: resolve(path)
+            for name in ("ca_file", "cert_file", "key_file")
+            if (path := getattr(tls, name)) is not None
+        }
+        update["mqtt"] = config.mqtt.model_copy(update={"tls": tls.model_copy(update=files)})
     return config.model_copy(update=update)

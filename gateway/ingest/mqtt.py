@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Sequence
 
 import mqtt5
@@ -61,7 +60,7 @@ class MqttSubscriber(Subscription):
     ) -> None:
         super().__init__(config, clock, topics=topics, client_id=client_id, retired=retired)
         # Read now: a certificate that cannot be loaded is a start-up error.
-        self._ssl = _ssl_context(config)
+        self._ssl = config.tls.ssl_context() if config.tls is not None else None
         self._link: _Link | None = None
         self._runner: asyncio.Task[None] | None = None
         # Our own packets (publishes, subscriptions) waiting for the broker's answer.
@@ -368,19 +367,6 @@ class _Link(asyncio.Protocol):
             self.fail(MqttRefused(packet.reason_code.name))
         elif not isinstance(packet, mqtt5.PingRespPacket):
             log.warning("unexpected %s from the broker ignored", type(packet).__name__)
-
-
-def _ssl_context(config: MqttConfig) -> ssl.SSLContext | None:
-    tls = config.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 Subscriber = MqttSubscriber | Mqtt3Subscriber

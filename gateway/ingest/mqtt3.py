@@ -80,14 +80,8 @@ class Mqtt3Subscriber(Subscription):
             password = config.password.get_secret_value() if config.password else None
             client.username_pw_set(config.username, password)
         if config.tls is not None:
-            tls = config.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(tls.insecure_skip_verify)
+            client.tls_set_context(config.tls.ssl_context())
+            client.tls_insecure_set(config.tls.insecure_skip_verify)
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.errors import ConfigError
 from tests.integration.harness import gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
 
@@ -97,8 +101,9 @@ def publish_tls(broker: SecureMosquitto, topic: str, payload: bytes) -> None:
     client.loop_stop()
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_login_and_client_certificate(
-    tmp_path: Path, secure_mosquitto: SecureMosquitto, namespace: str
+    tmp_path: Path, secure_mosquitto: SecureMosquitto, namespace: str, protocol: str
 ) -> None:
     base = gateway_config(tmp_path, secure_mosquitto, namespace)
     assert base.mqtt is not None
@@ -110,6 +115,7 @@ async def test_login_and_client_certificate(
                     "username": "gateway",
                     "password": "s3cret-pw",
                     "tls": tls_settings(secure_mosquitto),
+                    "protocol": protocol,
                 }
             )
         }
@@ -143,3 +149,70 @@ async def test_a_wrong_password_is_refused_and_never_logged(
     assert "wrong-pw" not in caplog.text
     gateway.stop()
     await asyncio.wait_for(task, timeout=15)
+
+
+# -- the certificates in a config file, checked when it is read ---------------------------
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tls") / "certs"
+    make_certificates(folder)
+    openssl("pkey", "-in", str(folder / "client.key"), "-aes256", "-passout", "pass:secret",
+            "-out", str(folder / "locked.key"))  # fmt: skip
+    return folder
+
+
+def config_file(folder: Path, tls: str) -> Path:
+    path = folder / "gateway.yaml"
+    path.write_text(f"mqtt:\n  tls: {tls}\n", encoding="utf-8")
+    return path
+
+
+def test_certificates_are_found_beside_the_config_and_check_passes(
+    tmp_path: Path, certificates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(certificates, tmp_path / "certs")
+    path = config_file(
+        tmp_path,
+        "{ca_file: certs/ca.crt, cert_file: certs/client.crt, key_file: certs/client.key}",
+    )
+    config = load_config(path)
+    assert config.mqtt is not None and config.mqtt.tls is not None
+    assert config.mqtt.tls.ca_file == tmp_path / "certs" / "ca.crt"
+    assert config.mqtt.tls.key_file == tmp_path / "certs" / "client.key"
+    assert main(["check", "--config", str(path)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("tls", "field", "problem"),
+    [
+        ("{ca_file: certs/nothing.crt}", "mqtt.tls.ca_file", "nothing.crt: cannot read: No such"),
+        ("{ca_file: certs/client.csr}", "mqtt.tls.ca_file", "not a PEM certificate authority"),
+        ("{ca_file: certs/ca.crt, cert_file: certs/client.crt, key_file: certs/server.key}",
+         "mqtt.tls.cert_file", "the key is not the certificate's"),
+        ("{ca_file: certs/ca.crt, cert_file: certs/client.crt}",
+         "mqtt.tls.cert_file", "no PEM certificate with its private key"),
+        ("{ca_file: certs/ca.crt, key_file: certs/client.key}",
+         "mqtt.tls.key_file", "needs its certificate"),
+        ("{ca_file: certs/ca.crt, cert_file: certs/client.crt, key_file: certs/locked.key}",
+         "mqtt.tls.key_file", "encrypted; the gateway needs it without a passphrase"),
+    ],
+)  # fmt: skip
+def test_a_certificate_that_cannot_be_used_is_named_with_its_setting(
+    tmp_path: Path,
+    certificates: Path,
+    capsys: pytest.CaptureFixture[str],
+    tls: str,
+    field: str,
+    problem: str,
+) -> None:
+    shutil.copytree(certificates, tmp_path / "certs")
+    path = config_file(tmp_path, tls)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert (error.value.file, error.value.field) == (str(path), field)
+    assert problem in error.value.problem
+    # So says check, and so would the gateway's start, before any connection is tried.
+    assert main(["check", "--config", str(path)]) == 2
+    assert f"{path}: {field}: " in capsys.readouterr().err

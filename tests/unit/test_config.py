@@ -50,6 +50,12 @@ def test_relative_paths_and_environment_secrets(
         # A value quoted in the problem is not taken for a field's name.
         ("influx: {url: 'http: //db:8086'}", "influx.url", "got 'http: //db:8086'"),
         ("api: {public_url: 'gw.example'}", "api.public_url", "http:// or https:// address"),
+        ("mqtt: {host: ''}", "mqtt.host", "at least 1 character"),
+        # Filters the broker would refuse, so that no subscription could be made.
+        ("mqtt: {topics: ['community/#/x']}", "mqtt.topics", "# must be a whole level"),
+        ("mqtt: {topics: ['community/b+/x']}", "mqtt.topics", "+ must be a whole level"),
+        ("mqtt: {alarm_topics: ['']}", "mqtt.alarm_topics", "it is empty"),
+        ("mqtt: {topics: ['$share//community/+']}", "mqtt.topics", "with a group name"),
     ],
 )
 def test_a_bad_config_names_the_file_the_field_and_the_problem(
@@ -188,3 +194,11 @@ def test_addresses_are_kept_as_written(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.influx is not None and config.influx.url == "http://127.0.0.1:8086"
     assert config.api is not None and config.api.public_url == "https://gw.example/centre"
+
+
+def test_shared_and_wildcard_filters_are_taken() -> None:
+    config = MqttConfig(
+        topics=("$share/gateways/community/+/+/+/telemetry", "vendor/acme-smoke/#", "#"),
+        alarm_topics=(),
+    )
+    assert config.topics[0].startswith("$share/gateways/")
