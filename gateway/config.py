@@ -6,7 +6,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -377,13 +377,52 @@ def _read_mapping(path: Path) -> dict[str, object]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from exc
+    # Each ${NAME} is marked in the text and replaced in the values read: a value with
+    # `#`, `: ` or a quote in it stays whole, and one in a comment is never looked up.
+    marked = _VARIABLE.sub(lambda match: f"{_MARK}{match.group(1)}{_MARK}", text)
     try:
-        raw = yaml.safe_load(os.path.expandvars(text)) or {}
+        raw = yaml.safe_load(marked) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "", "expected a mapping at the top level")
-    return raw
+    substituted: dict[str, object] = _substituted(raw, "", path)
+    return substituted
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Letters, digits and hyphens only, so that YAML reads a marked ${NAME} as it would
+# read a word, in any kind of scalar; no variable's name holds a hyphen.
+_MARK = "env-var-6a1f-"
+_MARKED = re.compile(f"{_MARK}([A-Za-z_][A-Za-z0-9_]*){_MARK}")
+
+
+def _substituted(value: Any, field: str, path: Path) -> Any:
+    """`value` read from `path`, with each marked ${NAME} replaced by the environment
+    variable NAME. One that is not set is an error, found when the file is read rather
+    than by the first alarm sent with an unset key."""
+    if isinstance(value, str):
+
+        def variable(match: re.Match[str]) -> str:
+            name = match.group(1)
+            found = os.environ.get(name)
+            if found is None:
+                raise ConfigError(
+                    str(path), field, f"${{{name}}}: no environment variable {name} is set"
+                )
+            return found
+
+        return _MARKED.sub(variable, value)
+    if isinstance(value, dict):
+        return {
+            _substituted(key, field, path): _substituted(
+                item, f"{field}.{key}" if field else str(key), path
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_substituted(item, f"{field}.{i}", path) for i, item in enumerate(value)]
+    return value
 
 
 _FIELD_PATH = re.compile(r"[\w\-]+(\[\d+\])?(\.[\w\-]+(\[\d+\])?)*")

@@ -11,6 +11,7 @@ from gateway.registry import load_registry
 EXAMPLE = PROJECT_ROOT / "deploy" / "gateway.example.yaml"
 
 
+@pytest.mark.usefixtures("example_secrets")
 def test_the_shipped_example_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
@@ -202,3 +203,40 @@ def test_shared_and_wildcard_filters_are_taken() -> None:
         alarm_topics=(),
     )
     assert config.topics[0].startswith("$share/gateways/")
+
+
+def test_a_variable_is_replaced_in_the_values_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Characters that mean something to YAML stay in the secret, whatever the style.
+    monkeypatch.setenv("MQTT_SECRET", "a#b: c'd\"e")
+    monkeypatch.setenv("MQTT_USER", "gw")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "# ${NOT_SET} in a comment is not looked up\n"
+        "mqtt: {username: ${MQTT_USER}, password: ${MQTT_SECRET}}\n"
+        'influx:\n  url: http://db:8086\n  password: "${MQTT_SECRET}"\n'
+    )
+    config = load_config(path)
+    assert config.mqtt is not None and config.mqtt.password is not None
+    assert config.mqtt.username == "gw"
+    assert config.mqtt.password.get_secret_value() == "a#b: c'd\"e"
+    assert config.influx is not None and config.influx.password is not None
+    assert config.influx.password.get_secret_value() == "a#b: c'd\"e"
+
+
+def test_a_variable_that_is_not_set_is_named_with_its_file_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WECOM_KEY_NOT_SET", raising=False)
+    (tmp_path / "notify.yaml").write_text(
+        "channels:\n  grid: {type: wecom, key: '${WECOM_KEY_NOT_SET}'}\n"
+        "routes: [{escalation: e}]\nescalations: {e: [{after_s: 0, to: [on_duty]}]}\n"
+    )
+    path = tmp_path / "gw.yaml"
+    path.write_text("mqtt: null\nnotify: notify.yaml\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert error.value.file == str(tmp_path / "notify.yaml")
+    assert error.value.field == "channels.grid.key"
+    assert "no environment variable WECOM_KEY_NOT_SET is set" in error.value.problem

@@ -54,17 +54,21 @@ def test_bind_mounts_point_at_files_that_exist() -> None:
                 assert (DEPLOY / source).exists(), f"{name}: {source}"
 
 
+@pytest.mark.usefixtures("example_secrets")
 def test_the_debian_config_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config", str(DEPLOY / "gateway.example.yaml")]) == 0
     assert "registered devices: 5" in capsys.readouterr().out
 
 
 def test_the_compose_config_passes_check_with_the_files_its_container_is_given(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The container's /etc/community-gateway holds what the Compose file mounts there,
-    # and nothing else: a file the config names but the Compose file does not mount
-    # fails here as it would fail the gateway's start.
+    # and its environment what the Compose file gives it, and nothing else: a file or a
+    # secret the configs need but the Compose file does not give fails here as it
+    # would fail the gateway's start.
+    for name in compose()["services"]["gateway"]["environment"]:
+        monkeypatch.setenv(name, f"example-{name.lower()}")
     etc = tmp_path / "etc-community-gateway"
     etc.mkdir()
     for target, source in mounts("gateway").items():

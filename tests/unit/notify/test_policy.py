@@ -12,6 +12,8 @@ from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry
 
 DEPLOY = PROJECT_ROOT / "deploy"
+# The example policy takes its channels' keys and secrets from the environment.
+pytestmark = pytest.mark.usefixtures("example_secrets")
 # Wednesday 2026-01-07, 09:00 and 21:00 in Shanghai.
 WED_0900 = 1_767_747_600_000
 WED_2100 = WED_0900 + 12 * 3600 * 1000
