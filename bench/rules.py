@@ -54,7 +54,7 @@ def main() -> None:
         records.append(
             decoder.decode(InboundMessage(message.topic, message.payload, start_ms)).records
         )
-    rules = load_rules(PROJECT_ROOT / "alert_rules")
+    rules = load_rules(PROJECT_ROOT / "alert_rules", profiles)
     periods = profiles.periods_s()
 
     def run_once() -> tuple[RuleEngine, float, float]:

@@ -90,7 +90,7 @@ def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Ru
     """Profiles, registry and rules, checked; raises ConfigError naming the file and field."""
     profiles = load_profiles(config.profiles_dir, CODECS)
     registry = load_registry(config.registry_file) if config.registry_file else Registry()
-    return profiles, registry, load_rules(config.rules_dir)
+    return profiles, registry, load_rules(config.rules_dir, profiles)
 
 
 class Gateway:
@@ -440,7 +440,7 @@ class Gateway:
     def reload_rules(self) -> bool:
         """Load the rule files again; a broken one leaves the running rules untouched."""
         try:
-            rules = load_rules(self.config.rules_dir)
+            rules = load_rules(self.config.rules_dir, self.profiles)
         except ConfigError as exc:
             log.error("rules not reloaded, the running rules stay: %s", exc)
             return False

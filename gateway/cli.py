@@ -203,10 +203,11 @@ def reload_in_place(gateway: Gateway, path: Path) -> None:
 def _reload(path: Path) -> int:
     """Check the config and the rules here, where errors can be shown, then tell the
     running gateway."""
-    from gateway.rules.rule import load_rules
+    from gateway.app import load_catalogue
 
     config = load_config(path)
-    rules = load_rules(config.rules_dir)
+    # The rules are checked against the profiles, as the gateway's reload does.
+    _, _, rules = load_catalogue(config)
     tokens = len(config.api.tokens) if config.api is not None else 0
     pid_file = pid_path(config.outbox.path)
     # Only a running gateway holds its pid file: one left by a gateway that was killed

@@ -52,7 +52,7 @@ async def check_rules(
                 shutil.copy(path, trial / path.name)
         (trial / file).write_text(text, encoding="utf-8")
         try:
-            rules = load_rules(trial)
+            rules = load_rules(trial, ctx.gateway.profiles)
         except ConfigError as exc:
             # The error names the trial copy; say the file's name as the caller knows it.
             raise ConfigError(
@@ -70,6 +70,6 @@ async def check_rules(
 async def reload_rules(ctx: Ctx, principal: Caller) -> ReloadOut:
     require(principal, Role.ADMIN)
     # Checked here first, so that the caller gets the file and field of the problem.
-    load_rules(ctx.gateway.config.rules_dir)
+    load_rules(ctx.gateway.config.rules_dir, ctx.gateway.profiles)
     ctx.gateway.reload_rules()
     return ReloadOut(rules=len(ctx.gateway.loaded_rules))

@@ -6,7 +6,7 @@ import ast
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,6 +22,11 @@ from gateway.rules.expression import (
     parse_condition,
 )
 from gateway.rules.schedule import DailyWindow
+
+if TYPE_CHECKING:
+    # Imported for its type only: the profiles' module imports the config's, which
+    # imports this one.
+    from gateway.decode.profile import ProfileSet
 
 
 class Severity(StrEnum):
@@ -90,14 +95,17 @@ class Rule:
         return "*" in self.spec.device_types or device_type in self.spec.device_types
 
 
-def load_rules(folder: Path) -> list[Rule]:
-    """Every rule of every `*.yaml` in `folder`; an error names the file, rule and field."""
+def load_rules(folder: Path, profiles: ProfileSet) -> list[Rule]:
+    """Every rule of every `*.yaml` in `folder`, checked against the device profiles; an
+    error names the file, rule and field."""
     if not folder.is_dir():
         raise ConfigError(str(folder), "", "alert rule folder not found")
     rules: list[Rule] = []
     seen: dict[str, str] = {}
+    sent = _SentByType.of(profiles)
     for path in sorted(folder.glob("*.yaml")):
         for rule in _load_file(path):
+            sent.check(rule, path)
             if rule.name in seen:
                 raise ConfigError(
                     str(path), f"rule {rule.name}", f"also defined in {seen[rule.name]}"
@@ -165,3 +173,96 @@ def _load_file(path: Path) -> list[Rule]:
             )
         )
     return rules
+
+
+@dataclass(frozen=True, slots=True)
+class _SentByType:
+    """What the devices of each type send, by their profiles: the names a rule's
+    conditions can read, and the kinds of event. A rule reading a name that none of its
+    device types sends, or waiting for an event none of them sends, would never fire:
+    an SOS rule waiting for 'sso' would leave every SOS unheard, so it is refused."""
+
+    names: dict[str, frozenset[str]]
+    events: dict[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, profiles: ProfileSet) -> _SentByType:
+        names: dict[str, set[str]] = {}
+        events: dict[str, set[str]] = {}
+        for profile in profiles.by_name.values():
+            # Every record has `event` ("" for a reading) and `port` (None but for a part).
+            known = names.setdefault(profile.device_type, {"event", "port"})
+            known.update(profile.telemetry.fields)
+            if profile.telemetry.parts is not None:
+                known.update(profile.telemetry.parts.fields)
+            kinds = events.setdefault(profile.device_type, set())
+            if profile.events is not None:
+                known.update(profile.events.fields)
+                kinds.update(profile.events.kinds)
+        return cls(
+            {t: frozenset(n) for t, n in names.items()},
+            {t: frozenset(k) for t, k in events.items()},
+        )
+
+    def check(self, rule: Rule, path: Path) -> None:
+        spec = rule.spec
+        label = f"rule {rule.name}"
+        unknown = [t for t in spec.device_types if t != "*" and t not in self.names]
+        if unknown:
+            raise ConfigError(
+                str(path),
+                f"{label}: device_types",
+                f"no device profile is of type {unknown[0]!r}; known: {sorted(self.names)}",
+            )
+        types = sorted(self.names) if "*" in spec.device_types else list(spec.device_types)
+        fields = frozenset().union(*(self.names[t] for t in types)) - {"event", "port"}
+        for field in spec.rates:
+            if field not in fields:
+                raise ConfigError(
+                    str(path),
+                    f"{label}: rates",
+                    f"{field!r} is not a field that {_either(types)} sends; "
+                    f"known: {sorted(fields)}",
+                )
+        readable = fields | {"event", "port"} | {f"{f}_per_min" for f in spec.rates}
+        for name in sorted(rule.names - readable):
+            where = "field" if name == spec.field else "condition"
+            raise ConfigError(
+                str(path),
+                f"{label}: {where}",
+                f"{name!r} is not a field that {_either(types)} sends; known: {sorted(fields)}",
+            )
+        kinds = frozenset().union(*(self.events[t] for t in types))
+        trees = [rule.when_tree]
+        if spec.clear_when:
+            trees.append(parse_condition(spec.clear_when))
+        for kind in sorted(set().union(*(_event_kinds_in(tree) for tree in trees))):
+            if kind not in kinds:
+                raise ConfigError(
+                    str(path),
+                    f"{label}: condition",
+                    f"no event {kind!r} is sent by {_either(types)}; their events: {sorted(kinds)}",
+                )
+
+
+def _either(types: list[str]) -> str:
+    return types[0] if len(types) == 1 else f"any of {', '.join(types)}"
+
+
+def _event_kinds_in(tree: ast.expr) -> set[str]:
+    """The kinds of event a condition compares `event` with."""
+    kinds: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        if not any(isinstance(o, ast.Name) and o.id == "event" for o in operands):
+            continue
+        for operand in operands:
+            items = operand.elts if isinstance(operand, ast.Tuple | ast.List) else [operand]
+            kinds.update(
+                item.value
+                for item in items
+                if isinstance(item, ast.Constant) and isinstance(item.value, str) and item.value
+            )
+    return kinds

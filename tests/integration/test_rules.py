@@ -20,9 +20,9 @@ from gateway.clock import SystemClock
 from gateway.config import GatewayConfig
 from gateway.decode.record import Record
 from gateway.rules.alert import AlertChange
-from gateway.rules.rule import load_rules
 from gateway.rules.stage import AlertDecision
 from gateway.store.lock import pid_path
+from tests.catalogue import shipped_rules
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
 
@@ -274,7 +274,7 @@ async def test_reload_checks_the_rules_a_broken_file_leaves_the_running_ones_and
         )
         result = cli("reload")
         assert result.returncode == 0, result.stderr
-        expected = len(load_rules(PROJECT_ROOT / "alert_rules")) + 1
+        expected = len(shipped_rules()) + 1
         assert f"{expected} rules, 0 API tokens checked" in result.stdout
         await wait_until(
             lambda: f"reloaded {expected} alert rules" in log_file.read_text(), what="reload"

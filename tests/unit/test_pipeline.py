@@ -27,12 +27,12 @@ from gateway.registry import Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook
 from gateway.rules.engine import RuleEngine
-from gateway.rules.rule import load_rules
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
+from tests.catalogue import shipped_rules
 from tests.integration.harness import wait_until
 from tests.unit.disk import damage, fill_the_disk, make_room
 
@@ -276,7 +276,7 @@ def judging(path: Path, clock: ManualClock | None = None) -> IngestPipeline:
     profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
     registry = Registry()
     clock = clock or ManualClock(NOW_MS)
-    engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, profiles.periods_s())
+    engine = RuleEngine(shipped_rules(), registry, profiles.periods_s())
     return IngestPipeline(
         Decoder(profiles, registry),
         RedeliveryFilter(),

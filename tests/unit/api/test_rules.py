@@ -28,6 +28,14 @@ async def test_a_rule_file_is_checked_without_being_loaded(site: Site) -> None:
     )
     assert broken.status_code == 422
     assert broken.json()["detail"].startswith("extra.yaml: rule x: ")
+    # Checked against the device profiles too: a misspelt field would never fire.
+    silent = await site.post(
+        "/api/v1/rules/check?file=extra.yaml", content=GOOD.replace("ambient_temp_c", "ambient_c")
+    )
+    assert silent.status_code == 422
+    assert silent.json()["detail"].startswith(
+        "extra.yaml: rule hot_shed: condition: 'ambient_c' is not a field that charging_shed sends"
+    )
     twice = await site.post("/api/v1/rules/check", content=GOOD.replace("hot_shed", "fall"))
     assert "also defined in" in twice.json()["detail"]
     bad_name = await site.post("/api/v1/rules/check?file=../x.yaml", content=GOOD)

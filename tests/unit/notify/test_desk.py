@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Event, TimeSource
 from gateway.notify.desk import AlertDesk
@@ -11,10 +10,10 @@ from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertBook, AlertEntry, AlertError
 from gateway.rules.engine import RuleEngine
-from gateway.rules.rule import load_rules
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.store.outbox import Outbox
+from tests.catalogue import shipped_rules
 
 T0 = 1_767_225_600_000
 WRIST = DeviceRef("hgy", "bracelet", "br-1")
@@ -38,7 +37,7 @@ class Desk:
         self.outbox = Outbox(path)
         self.book = AlertBook(path)
         self.stage = AlertStage(
-            RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), REGISTRY),
+            RuleEngine(shipped_rules(), REGISTRY),
             self.book, SilenceBook(path, REGISTRY), self.clock,
         )  # fmt: skip
         self.desk = AlertDesk(self.book, REGISTRY, self.commit, self.clock)

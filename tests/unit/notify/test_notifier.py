@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
 from gateway.errors import DamagedStoreError, NotifyError
@@ -26,12 +25,12 @@ from gateway.notify.router import Router
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.book import AlertBook, AlertEntry
 from gateway.rules.engine import RuleEngine
-from gateway.rules.rule import load_rules
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.stats import Stats
 from gateway.store.database import damage_noted
 from gateway.store.outbox import Outbox
+from tests.catalogue import shipped_rules
 from tests.unit.disk import damage
 
 # 2026-01-01 08:00 in Shanghai.
@@ -124,7 +123,7 @@ class Rig:
         self.book = AlertBook(self.path)
         self.stats = Stats()
         self.stage = AlertStage(
-            RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), REGISTRY),
+            RuleEngine(shipped_rules(), REGISTRY),
             self.book, SilenceBook(self.path, REGISTRY), self.clock,
         )  # fmt: skip
         self.channels = {

@@ -16,9 +16,9 @@ from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
 from gateway.registry import load_registry
 from gateway.rules.engine import RuleEngine
-from gateway.rules.rule import load_rules
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
+from tests.catalogue import shipped_rules
 
 NOON_MS = 1_767_240_000_000  # 2026-01-01 12:00 in Shanghai
 PROFILES = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
@@ -32,7 +32,7 @@ def run(tmp_path: Path, kind: ScenarioKind, hours: float) -> tuple[Counter[str],
     clock = ManualClock(NOON_MS)
     decoder = Decoder(PROFILES, registry, require_registered=True)
     periods = PROFILES.periods_s()
-    engine = RuleEngine(load_rules(PROJECT_ROOT / "alert_rules"), registry, periods, now_ms=NOON_MS)
+    engine = RuleEngine(shipped_rules(), registry, periods, now_ms=NOON_MS)
     fired: Counter[str] = Counter()
     resolved: Counter[str] = Counter()
     next_tick_ms = NOON_MS

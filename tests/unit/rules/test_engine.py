@@ -21,9 +21,10 @@ from gateway.rules.rule import load_rules
 from gateway.rules.silence import SilenceBook, SilenceError
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.store.outbox import Outbox
+from tests.catalogue import SHIPPED_PROFILES, shipped_rules
 
 T0 = 1_767_225_600_000
-RULES = load_rules(PROJECT_ROOT / "alert_rules")
+RULES = shipped_rules()
 SMOKE = DeviceRef("hgy", "smoke_detector", "sd-1")
 COVER = DeviceRef("hgy", "manhole_cover", "mh-1")
 WRIST = DeviceRef("hgy", "bracelet", "br-1")
@@ -183,7 +184,7 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
         "rules:\n  - {name: hot, title: Hot, device_types: [x], severity: major, when: 'temp >> 3'}\n"
     )
     with pytest.raises(ConfigError) as info:
-        load_rules(tmp_path)
+        load_rules(tmp_path, SHIPPED_PROFILES)
     assert info.value.file == str(tmp_path / "bad.yaml")
     assert info.value.field == "rule hot: condition"
     assert "not allowed" in info.value.problem
@@ -191,13 +192,56 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
         "rules:\n  - {name: hot, title: Hot, device_types: [x], severity: urgent, when: 'a > 1'}\n"
     )
     with pytest.raises(ConfigError) as info:
-        load_rules(tmp_path)
+        load_rules(tmp_path, SHIPPED_PROFILES)
     assert info.value.field == "rule hot: severity"
     (tmp_path / "bad.yaml").write_text(
         "rules:\n  - {name: hot, title: Hot, device_types: [x], severity: info, when: '__import__(1)'}\n"
     )
     with pytest.raises(ConfigError, match="not allowed"):
-        load_rules(tmp_path)
+        load_rules(tmp_path, SHIPPED_PROFILES)
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "problem"),
+    [
+        ("device_types: [bracelet], when: 'heart_rat_bpm > 150'",
+         "condition", "'heart_rat_bpm' is not a field that bracelet sends"),
+        ("device_types: [bracelet], when: 'heart_rate_bpm > 150', clear_when: 'hr < 140'",
+         "condition", "'hr' is not a field that bracelet sends"),
+        ("device_types: [bracelet], kind: event, when: \"event in ('sos', 'sso')\"",
+         "condition", "no event 'sso' is sent by bracelet"),
+        ("device_types: [braclet], kind: event, when: \"event == 'sos'\"",
+         "device_types", "no device profile is of type 'braclet'"),
+        ("device_types: [charging_shed], when: 'x_per_min > 5', rates: {x: 60}",
+         "rates", "'x' is not a field that charging_shed sends"),
+        ("device_types: [bracelet], kind: inactivity, field: step, unchanged_for_s: 60",
+         "field", "'step' is not a field that bracelet sends"),
+        ("device_types: ['*'], when: 'battery < 10'",
+         "condition", "'battery' is not a field that any of bracelet, charging_shed"),
+    ],
+)  # fmt: skip
+def test_a_rule_that_could_never_fire_is_refused(
+    tmp_path: Path, rule: str, field: str, problem: str
+) -> None:
+    # A misspelt field or event kind would leave the rule silent for good: an SOS rule
+    # waiting for 'sso' would never tell anyone of an SOS.
+    (tmp_path / "own.yaml").write_text(
+        f"rules:\n  - {{name: own, title: Own, severity: critical, {rule}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_rules(tmp_path, SHIPPED_PROFILES)
+    assert info.value.file == str(tmp_path / "own.yaml")
+    assert info.value.field == f"rule own: {field}"
+    assert problem in info.value.problem
+
+
+def test_a_rule_reads_what_any_profile_of_its_device_type_sends(tmp_path: Path) -> None:
+    # Only the ACME frame's smoke detectors report tampering; the JSON ones do not.
+    (tmp_path / "own.yaml").write_text(
+        "rules:\n  - {name: tampered, title: Tampered, severity: warning,"
+        " device_types: [smoke_detector], when: 'tamper == true'}\n"
+    )
+    assert [rule.name for rule in load_rules(tmp_path, SHIPPED_PROFILES)] == ["tampered"]
 
 
 def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
@@ -718,7 +762,7 @@ def test_a_rule_failing_on_a_record_costs_no_other_alert(
     )
     for name in ("manhole_cover.yaml", "smoke_detector.yaml"):
         (tmp_path / name).write_text((PROJECT_ROOT / "alert_rules" / name).read_text())
-    rules = load_rules(tmp_path)
+    rules = load_rules(tmp_path, SHIPPED_PROFILES)
     assert rules[0].name == "fill_ratio_high"  # judged before cover_open
     zero = RegisteredDevice(
         device_id="mh-0",
@@ -768,7 +812,7 @@ def test_a_clear_condition_failing_keeps_the_alert_open(tmp_path: Path) -> None:
         community="hgy",
         thresholds={"usable_depth_cm": 0},
     )
-    e = RuleEngine(load_rules(tmp_path), Registry([zero]))
+    e = RuleEngine(load_rules(tmp_path, SHIPPED_PROFILES), Registry([zero]))
     cover = DeviceRef("hgy", "manhole_cover", "mh-0")
     assert states(e.evaluate([reading(cover, 0, water_level_cm=160.0)])) == [
         ("fill_ratio_high", AlertState.FIRING)

@@ -19,6 +19,7 @@ from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.evaluator import Judged, build_handler
 from gateway.rules.expression import Unknown, compile_condition, parse_condition
 from gateway.rules.rule import load_rules
+from tests.catalogue import SHIPPED_PROFILES
 
 T0 = 1_767_225_600_000
 HOME = RegisteredDevice(
@@ -260,7 +261,7 @@ def test_a_condition_nested_too_deeply_names_file_rule_and_field(tmp_path: Path)
         + "'}\n"
     )
     with pytest.raises(ConfigError) as info:
-        load_rules(tmp_path)
+        load_rules(tmp_path, SHIPPED_PROFILES)
     assert info.value.file == str(tmp_path / "deep.yaml")
     assert info.value.field == "rule deep: condition"
     assert "nested too deeply" in info.value.problem
