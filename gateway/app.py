@@ -89,7 +89,11 @@ def notification_log_path(outbox_path: Path) -> Path:
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
     """Profiles, registry and rules, checked; raises ConfigError naming the file and field."""
     profiles = load_profiles(config.profiles_dir, CODECS)
-    registry = load_registry(config.registry_file) if config.registry_file else Registry()
+    registry = (
+        load_registry(config.registry_file, profiles.device_types())
+        if config.registry_file
+        else Registry()
+    )
     return profiles, registry, load_rules(config.rules_dir, profiles)
 
 

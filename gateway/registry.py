@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,8 +140,12 @@ class Registry:
         return self._by_id.values()
 
 
-def load_registry(path: Path) -> Registry:
-    """Read a registry file (.csv, .yaml or .yml); every error names the row and the field."""
+def load_registry(path: Path, device_types: Collection[str] | None = None) -> Registry:
+    """Read a registry file (.csv, .yaml or .yml); every error names the row and the field.
+
+    With `device_types` (those the device profiles declare), a device of another type is
+    an error: every message it sends would be refused as not of its registered type, a
+    fire alarm among them."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -152,7 +156,7 @@ def load_registry(path: Path) -> Registry:
         rows = _yaml_rows(path, text)
     else:
         raise ConfigError(str(path), "", "expected a .csv, .yaml or .yml file")
-    return Registry(_validate_rows(path, rows))
+    return Registry(_validate_rows(path, rows, device_types))
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -188,7 +192,9 @@ def _yaml_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def _validate_rows(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> list[RegisteredDevice]:
+def _validate_rows(
+    path: Path, rows: list[tuple[str, dict[str, Any]]], device_types: Collection[str] | None
+) -> list[RegisteredDevice]:
     devices: list[RegisteredDevice] = []
     seen_ids: dict[tuple[str, str], str] = {}
     seen_imeis: dict[str, str] = {}
@@ -200,6 +206,13 @@ def _validate_rows(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> list[R
             field = ".".join(str(part) for part in error["loc"])
             name = row.get("device_id", "?")
             raise ConfigError(str(path), f"{where} ({name}): {field}", error["msg"]) from exc
+        if device_types is not None and device.device_type not in device_types:
+            raise ConfigError(
+                str(path),
+                f"{where} ({device.device_id}): device_type",
+                f"no device profile is of type {device.device_type!r}; "
+                f"known: {sorted(device_types)}",
+            )
         key = (device.community, device.device_id)
         if key in seen_ids:
             raise ConfigError(

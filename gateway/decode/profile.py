@@ -96,6 +96,9 @@ class ProfileSet:
     def __len__(self) -> int:
         return len(self.by_name)
 
+    def device_types(self) -> frozenset[str]:
+        return frozenset(p.device_type for p in self.by_name.values())
+
     def periods_s(self) -> dict[str, float]:
         """Each device type's typical reporting period, for the offline rules."""
         return {t: p.period_s for t, p in self.by_device_type.items()}

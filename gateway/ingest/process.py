@@ -199,7 +199,11 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     os.nice(TELEMETRY_NICENESS)
     clock = SystemClock()
     profiles = load_profiles(config.profiles_dir, CODECS)
-    registry = load_registry(config.registry_file) if config.registry_file else Registry()
+    registry = (
+        load_registry(config.registry_file, profiles.device_types())
+        if config.registry_file
+        else Registry()
+    )
     # Held until this process ends, which lets go of it however it ends: a gateway
     # started after its main process was killed waits for this one to finish its batch
     # before it opens the outbox.

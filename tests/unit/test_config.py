@@ -124,6 +124,24 @@ def test_a_bad_registry_row_names_the_line_and_field(
     assert problem in info.value.problem
 
 
+def test_a_registered_device_of_a_type_no_profile_has_is_named_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each of its messages, a fire alarm among them, would be refused as not of its type.
+    registry = tmp_path / "devices.csv"
+    registry.write_text(
+        "device_id,device_type,community\nsd-1,smoke_detector,hgy\nsd-2,smoke_detecter,hgy\n"
+    )
+    config = tmp_path / "gw.yaml"
+    config.write_text("mqtt: null\nregistry_file: devices.csv\n")
+    assert main(["check", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"config error: {registry}: line 3 (sd-2): device_type: no device profile is of type "
+        "'smoke_detecter'; known: ['bracelet', 'charging_shed', 'manhole_cover', "
+        "'smoke_detector']\n"
+    )
+
+
 def test_registry_rejects_duplicates_and_unknown_columns(tmp_path: Path) -> None:
     path = tmp_path / "devices.csv"
     path.write_text("device_id,device_type,community\nsd-1,smoke_detector,hgy\nsd-1,bracelet,hgy\n")
