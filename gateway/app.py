@@ -27,7 +27,7 @@ from gateway.notify.hooks import Publish
 from gateway.notify.link import AlertLink, LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
 from gateway.notify.notifier import Notifier, make_channels
-from gateway.notify.policy import NotifyPolicy
+from gateway.notify.policy import NotifyPolicy, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, load_registry
@@ -94,7 +94,26 @@ def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Ru
         if config.registry_file
         else Registry()
     )
-    return profiles, registry, load_rules(config.rules_dir, profiles)
+    rules = load_rules(config.rules_dir, profiles)
+    if config.notify is not None:
+        check_policy(config, config.notify, registry, rules, profiles)
+    return profiles, registry, rules
+
+
+def check_policy(
+    config: GatewayConfig,
+    policy: NotifyPolicy,
+    registry: Registry,
+    rules: Sequence[Rule],
+    profiles: ProfileSet,
+) -> None:
+    """Raises ConfigError if the policy names a place, rule or device type the gateway
+    does not have (notify.policy.unreachable)."""
+    problem = unreachable(
+        policy, registry.places(), {r.name for r in rules}, profiles.device_types()
+    )
+    if problem is not None:
+        raise config.notify_error(*problem)
 
 
 class Gateway:

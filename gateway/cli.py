@@ -189,9 +189,15 @@ def reload_in_place(gateway: Gateway, path: Path) -> None:
     """The rules; from the config file, the API tokens and the notification policy: a
     token taken out of it stops working, and a roster's new shifts hold, without a
     restart. Other settings take effect at the next start."""
+    from gateway.app import check_policy
+
     gateway.reload_rules()
     try:
         config = load_config(path)
+        if config.notify is not None:
+            check_policy(
+                config, config.notify, gateway.registry, gateway.loaded_rules, gateway.profiles
+            )
     except ConfigError as exc:
         log.error("API tokens and notification policy not reloaded, the running ones "
                   "stay: %s", exc)  # fmt: skip

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -326,6 +327,15 @@ class GatewayConfig(_Strict):
     timezone: str = "Asia/Shanghai"
     # How often the gateway writes its own health to the time series; null: never.
     health_interval_s: float | None = Field(10.0, gt=0)
+    # The file the notification policy was read from, for its errors: its own, or the
+    # config file when written inline under `notify`. Set by load_config.
+    _notify_file: Path | None = PrivateAttr(None)
+    _notify_inline: bool = PrivateAttr(True)
+
+    def notify_error(self, field: str, problem: str) -> ConfigError:
+        """An error of the notification policy's `field`, naming its file."""
+        where = "notify" if self._notify_file is None else str(self._notify_file)
+        return ConfigError(where, f"notify.{field}" if self._notify_inline else field, problem)
 
     @field_validator("timezone")
     @classmethod
@@ -347,6 +357,7 @@ def load_config(path: Path) -> GatewayConfig:
     """
     raw = _read_mapping(path)
     policy_file = raw.get("notify")
+    policy_path = path
     if isinstance(policy_file, str):
         # The notification policy may live in a file of its own (rosters change often).
         policy_path = path.parent / policy_file
@@ -360,6 +371,8 @@ def load_config(path: Path) -> GatewayConfig:
     except ValidationError as exc:
         raise config_error(str(path), exc) from exc
     config = _resolve_paths(config, path.parent)
+    config._notify_file = policy_path
+    config._notify_inline = policy_path == path
     if config.mqtt is not None and config.mqtt.tls is not None:
         # Read as the connections will, so that a certificate that cannot be used is
         # named here, with its setting, rather than by a failed start.

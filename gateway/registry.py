@@ -139,6 +139,10 @@ class Registry:
     def devices(self) -> Iterable[RegisteredDevice]:
         return self._by_id.values()
 
+    def places(self) -> set[tuple[str, str | None, str | None, str | None]]:
+        """Where the devices are: (community, area, compound, building) of each."""
+        return {(d.community, d.area, d.compound, d.building) for d in self._by_id.values()}
+
 
 def load_registry(path: Path, device_types: Collection[str] | None = None) -> Registry:
     """Read a registry file (.csv, .yaml or .yml); every error names the row and the field.

@@ -7,6 +7,7 @@ alarm needs it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -317,3 +318,54 @@ class NotifyPolicy(_Strict):
 
     def receiver(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)
+
+
+def unreachable(
+    policy: NotifyPolicy,
+    places: Collection[Place],
+    rule_names: Collection[str],
+    device_types: Collection[str],
+) -> tuple[str, str] | None:
+    """The first part of the policy that names what the gateway does not have, as
+    (field, problem), or None. A roster for a cell with no device in it never has anyone
+    on duty, and a route matching a rule, a device type or a place that does not exist
+    never sends an alert down its chain: a typo there sends a fire to the fallback
+    receivers, or to nobody. `places`: where the registered devices are; with none
+    registered, places are not checked."""
+    for index, roster in enumerate(policy.rosters):
+        cell = roster.cell
+        wanted = (cell.community, cell.area, cell.compound, cell.building)
+        if places and not any(_within(wanted, place) for place in places):
+            shown = "/".join(part for part in wanted if part is not None)
+            return f"rosters[{index}].cell", f"no registered device is in {shown}"
+    for index, route in enumerate(policy.routes):
+        match = route.match
+        for name in match.rules:
+            if name not in rule_names:
+                return f"routes[{index}].match.rules", f"no rule is named {name!r}"
+        for name in match.device_types:
+            if name not in device_types:
+                return (
+                    f"routes[{index}].match.device_types",
+                    f"no device profile is of type {name!r}; known: {sorted(device_types)}",
+                )
+        if not places:
+            continue
+        for key, level in (("communities", 0), ("areas", 1), ("compounds", 2), ("buildings", 3)):
+            there = {place[level] for place in places}
+            for name in getattr(match, key):
+                if name not in there:
+                    return (
+                        f"routes[{index}].match.{key}",
+                        f"no registered device is in {name!r}; known: "
+                        f"{sorted(n for n in there if n is not None)}",
+                    )
+    return None
+
+
+# A registered device's community, area, compound and building.
+Place = tuple[str, str | None, str | None, str | None]
+
+
+def _within(cell: Place, place: Place) -> bool:
+    return all(want is None or want == have for want, have in zip(cell, place, strict=True))

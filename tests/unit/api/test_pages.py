@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from gateway.cli import reload_in_place
 from tests.unit.api.conftest import OPERATOR, Site
 
@@ -86,28 +88,51 @@ async def test_a_link_works_only_while_the_policy_tells_its_receiver(site: Site)
     assert stranger.status_code == 403
 
 
-async def test_a_reloaded_policy_revokes_the_links_of_those_it_no_longer_tells(
-    site: Site, tmp_path: Path
-) -> None:
-    alert_id = await site.fall()
-    assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
-    # li-na is taken out of the policy in the config file, which is reloaded.
+def wang_fang_alone(tmp_path: Path, *, to: str, rosters: str = "[]") -> Path:
+    """A config file whose policy tells wang-fang alone (or whoever is on duty)."""
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(
         "mqtt: null\n"
         "notify:\n"
         "  channels: {console: {type: console}}\n"
         "  receivers: [{name: wang-fang, channels: [console]}]\n"
+        f"  rosters: {rosters}\n"
         "  routes: [{escalation: grid}]\n"
-        "  escalations: {grid: [{after_s: 0, to: [wang-fang]}]}\n",
+        f"  escalations: {{grid: [{{after_s: 0, to: [{to}]}}]}}\n",
         encoding="utf-8",
     )
+    return config_file
+
+
+async def test_a_reloaded_policy_revokes_the_links_of_those_it_no_longer_tells(
+    site: Site, tmp_path: Path
+) -> None:
+    alert_id = await site.fall()
+    assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
+    # li-na is taken out of the policy in the config file, which is reloaded.
+    config_file = wang_fang_alone(tmp_path, to="wang-fang")
     reload_in_place(site.gateway, config_file)
     # At once, not at the next start.
     gone = await site.client.post(link_path(site, alert_id, "li-na") + "/acknowledge")
     assert gone.status_code == 403 and "已不再接收告警" in gone.text
     assert site.gateway.alerts.get(alert_id).acknowledged_by is None
     assert (await site.client.get(link_path(site, alert_id))).status_code == 200
+
+
+async def test_a_reloaded_policy_naming_a_cell_with_no_device_leaves_the_running_one(
+    site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alert_id = await site.fall()
+    config_file = wang_fang_alone(
+        tmp_path,
+        to="on_duty",
+        rosters="[{cell: {community: hgy-typo}, shifts: [{receiver: wang-fang}]}]",
+    )
+    with caplog.at_level("ERROR"):
+        reload_in_place(site.gateway, config_file)
+    assert "notify.rosters[0].cell: no registered device is in hgy-typo" in caplog.text
+    # li-na, whom only the running policy tells, can still act on the alert.
+    assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
 
 
 async def test_forged_links_count_as_failed_authentication(site: Site) -> None:

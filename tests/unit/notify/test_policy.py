@@ -4,6 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway import PROJECT_ROOT
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.notify.router import Router
@@ -93,6 +94,47 @@ def test_a_channel_address_that_cannot_be_sent_to_is_found_with_its_file_and_fie
         load_config(path)
     assert error.value.file == str(tmp_path / "notify.yaml")
     assert error.value.field == "channels.city-platform.webhook.url"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ("cell: {community: huguangyuan, area: 东区}", "rosters[0].cell",
+         "no registered device is in huguangyuan/西区"),
+        ("cell: {community: huguangyuan}", "rosters[1].cell",
+         "no registered device is in huguangyun"),
+        ("match: {severities: [major]}", "routes[2].match.rules", "no rule is named 'fire_alrm'"),
+        ("match: {severities: [major]}", "routes[2].match.device_types",
+         "no device profile is of type 'bracelets'"),
+        ("match: {severities: [major]}", "routes[2].match.areas",
+         "no registered device is in '西区'"),
+    ],
+)  # fmt: skip
+def test_a_policy_naming_what_the_gateway_does_not_have_is_refused_by_check(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: str,
+    field: str,
+    problem: str,
+) -> None:
+    # A typo there would leave a cell with nobody on duty, or send a route's alerts
+    # down another chain: to the fallback receivers, or to nobody.
+    broken = {
+        "rosters[0].cell": change.replace("东区", "西区"),
+        "rosters[1].cell": change.replace("huguangyuan", "huguangyun"),
+        "routes[2].match.rules": "match: {rules: [fire_alrm]}",
+        "routes[2].match.device_types": "match: {device_types: [bracelets]}",
+        "routes[2].match.areas": "match: {areas: [西区]}",
+    }[field]
+    text = (DEPLOY / "notify.example.yaml").read_text(encoding="utf-8")
+    assert change in text
+    path = config_with(tmp_path, text.replace(change, broken, 1))
+    with path.open("a", encoding="utf-8") as config:
+        config.write(f"registry_file: {DEPLOY / 'devices.example.csv'}\n")
+    assert main(["check", "--config", str(path)]) == 2
+    assert f"config error: {tmp_path / 'notify.yaml'}: {field}: {problem}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_inline_policy_errors_name_the_config_file(tmp_path: Path) -> None:
