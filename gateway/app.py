@@ -110,7 +110,11 @@ def check_policy(
     """Raises ConfigError if the policy names a place, rule or device type the gateway
     does not have (notify.policy.unreachable)."""
     problem = unreachable(
-        policy, registry.places(), {r.name for r in rules}, profiles.device_types()
+        policy,
+        registry.places(),
+        {r.name for r in rules},
+        profiles.device_types(),
+        all_registered=config.ingest.require_registered,
     )
     if problem is not None:
         raise config.notify_error(*problem)

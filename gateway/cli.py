@@ -212,7 +212,8 @@ def _reload(path: Path) -> int:
     from gateway.app import load_catalogue
 
     config = load_config(path)
-    # The rules are checked against the profiles, as the gateway's reload does.
+    # Checked as the gateway checks them: the rules against the profiles, the policy
+    # against the registry and the rules.
     _, _, rules = load_catalogue(config)
     tokens = len(config.api.tokens) if config.api is not None else 0
     pid_file = pid_path(config.outbox.path)

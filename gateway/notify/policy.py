@@ -325,16 +325,22 @@ def unreachable(
     places: Collection[Place],
     rule_names: Collection[str],
     device_types: Collection[str],
+    *,
+    all_registered: bool,
 ) -> tuple[str, str] | None:
     """The first part of the policy that names what the gateway does not have, as
     (field, problem), or None. A roster for a cell with no device in it never has anyone
     on duty, and a route matching a rule, a device type or a place that does not exist
     never sends an alert down its chain: a typo there sends a fire to the fallback
     receivers, or to nobody. `places`: where the registered devices are; with none
-    registered, places are not checked."""
+    registered, places are not checked. Unless `all_registered` (devices missing from
+    the registry are refused), a community may have devices the registry does not list,
+    so that only its areas, compounds and buildings, which come from the registry, are."""
     for index, roster in enumerate(policy.rosters):
         cell = roster.cell
         wanted = (cell.community, cell.area, cell.compound, cell.building)
+        if wanted[1:] == (None, None, None) and not all_registered:
+            continue
         if places and not any(_within(wanted, place) for place in places):
             shown = "/".join(part for part in wanted if part is not None)
             return f"rosters[{index}].cell", f"no registered device is in {shown}"
@@ -352,6 +358,8 @@ def unreachable(
         if not places:
             continue
         for key, level in (("communities", 0), ("areas", 1), ("compounds", 2), ("buildings", 3)):
+            if level == 0 and not all_registered:
+                continue
             there = {place[level] for place in places}
             for name in getattr(match, key):
                 if name not in there:

@@ -126,11 +126,11 @@ async def test_a_reloaded_policy_naming_a_cell_with_no_device_leaves_the_running
     config_file = wang_fang_alone(
         tmp_path,
         to="on_duty",
-        rosters="[{cell: {community: hgy-typo}, shifts: [{receiver: wang-fang}]}]",
+        rosters="[{cell: {community: hgy, area: 西区}, shifts: [{receiver: wang-fang}]}]",
     )
     with caplog.at_level("ERROR"):
         reload_in_place(site.gateway, config_file)
-    assert "notify.rosters[0].cell: no registered device is in hgy-typo" in caplog.text
+    assert "notify.rosters[0].cell: no registered device is in hgy/西区" in caplog.text
     # li-na, whom only the running policy tells, can still act on the alert.
     assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
 

@@ -131,10 +131,21 @@ def test_a_policy_naming_what_the_gateway_does_not_have_is_refused_by_check(
     path = config_with(tmp_path, text.replace(change, broken, 1))
     with path.open("a", encoding="utf-8") as config:
         config.write(f"registry_file: {DEPLOY / 'devices.example.csv'}\n")
+        config.write("ingest: {require_registered: true}\n")
     assert main(["check", "--config", str(path)]) == 2
     assert f"config error: {tmp_path / 'notify.yaml'}: {field}: {problem}" in (
         capsys.readouterr().err
     )
+
+
+def test_a_community_may_have_devices_the_registry_does_not_list(tmp_path: Path) -> None:
+    # Devices missing from the registry are taken, with only their community known.
+    text = (DEPLOY / "notify.example.yaml").read_text(encoding="utf-8")
+    change = "cell: {community: huguangyuan}"
+    path = config_with(tmp_path, text.replace(change, "cell: {community: unlisted}", 1))
+    with path.open("a", encoding="utf-8") as config:
+        config.write(f"registry_file: {DEPLOY / 'devices.example.csv'}\n")
+    assert main(["check", "--config", str(path)]) == 0
 
 
 def test_inline_policy_errors_name_the_config_file(tmp_path: Path) -> None:
