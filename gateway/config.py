@@ -327,15 +327,17 @@ class GatewayConfig(_Strict):
     timezone: str = "Asia/Shanghai"
     # How often the gateway writes its own health to the time series; null: never.
     health_interval_s: float | None = Field(10.0, gt=0)
-    # The file the notification policy was read from, for its errors: its own, or the
-    # config file when written inline under `notify`. Set by load_config.
+    # The files read, for the errors found once the rest is loaded: this config's, and
+    # the notification policy's own (None when it is written inline under `notify`).
+    # Set by load_config.
+    _file: Path | None = PrivateAttr(None)
     _notify_file: Path | None = PrivateAttr(None)
-    _notify_inline: bool = PrivateAttr(True)
 
     def notify_error(self, field: str, problem: str) -> ConfigError:
         """An error of the notification policy's `field`, naming its file."""
-        where = "notify" if self._notify_file is None else str(self._notify_file)
-        return ConfigError(where, f"notify.{field}" if self._notify_inline else field, problem)
+        if self._notify_file is None:
+            return ConfigError(str(self._file or "config"), f"notify.{field}", problem)
+        return ConfigError(str(self._notify_file), field, problem)
 
     @field_validator("timezone")
     @classmethod
@@ -357,7 +359,7 @@ def load_config(path: Path) -> GatewayConfig:
     """
     raw = _read_mapping(path)
     policy_file = raw.get("notify")
-    policy_path = path
+    policy_path = None
     if isinstance(policy_file, str):
         # The notification policy may live in a file of its own (rosters change often).
         policy_path = path.parent / policy_file
@@ -371,8 +373,8 @@ def load_config(path: Path) -> GatewayConfig:
     except ValidationError as exc:
         raise config_error(str(path), exc) from exc
     config = _resolve_paths(config, path.parent)
+    config._file = path
     config._notify_file = policy_path
-    config._notify_inline = policy_path == path
     if config.mqtt is not None and config.mqtt.tls is not None:
         # Read as the connections will, so that a certificate that cannot be used is
         # named here, with its setting, rather than by a failed start.
