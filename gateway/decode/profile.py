@@ -81,6 +81,35 @@ class DeviceProfile(_Strict):
                 raise ValueError(f"topic {topic!r} is not a valid MQTT topic filter")
         return self
 
+    @model_validator(mode="after")
+    def _fields_are_not_tags(self) -> DeviceProfile:
+        # InfluxDB 1.x drops a field named time without a word (the write succeeds), and
+        # shows a field named as a tag of its series beside it, as `community_1`.
+        parts = self.telemetry.parts
+        kept = {
+            "telemetry.fields": (self.telemetry.fields, _SERIES_TAGS | {"port"}),
+            "telemetry.parts.fields": (
+                parts.fields if parts else {},
+                _SERIES_TAGS | {parts.key if parts else "port"},
+            ),
+            # An event's port is its series' tag, not a field; every event counts 1.
+            "events.fields": (self.events.fields if self.events else {}, _SERIES_TAGS | {"count"}),
+        }
+        for where, (fields, taken) in kept.items():
+            for name in fields:
+                if name in taken:
+                    raise ValueError(
+                        f"{where}.{name}: {name!r} is InfluxDB's time or a tag of the "
+                        f"series, {sorted(taken)}; name the field otherwise"
+                    )
+        return self
+
+
+# Tags of every series (and the place tags of the registry), and InfluxDB's own time.
+_SERIES_TAGS = frozenset(
+    {"time", "community", "device_id", "area", "compound", "building", "event", "device_type"}
+)
+
 
 class ProfileSet:
     """All loaded profiles, found by device type (canonical JSON) or by codec."""

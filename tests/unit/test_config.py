@@ -5,6 +5,8 @@ import pytest
 from gateway import PROJECT_ROOT
 from gateway.cli import main
 from gateway.config import MqttConfig, filters_overlap, load_config
+from gateway.decode.decoder import CODECS
+from gateway.decode.profile import load_profiles
 from gateway.errors import ConfigError
 from gateway.registry import load_registry
 
@@ -89,10 +91,30 @@ def test_check_exits_non_zero_naming_the_profile_file(
     assert "min 100.0 is greater than max 0.0" in err
 
 
-def test_unknown_codec_and_missing_profile_folder(tmp_path: Path) -> None:
-    from gateway.decode.decoder import CODECS
-    from gateway.decode.profile import load_profiles
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ("telemetry: {measurement: x, fields: {time: {type: int}}}", "telemetry.fields.time"),
+        ("telemetry: {measurement: x, fields: {building: {type: string}}}",
+         "telemetry.fields.building"),
+        ("telemetry: {measurement: x, fields: {v: {type: int}}, parts: {field: ports, key: port,"
+         " measurement: y, fields: {port: {type: int}}}}", "telemetry.parts.fields.port"),
+        ("telemetry: {measurement: x, fields: {v: {type: int}}}\n"
+         "events: {measurement: e, kinds: [k], fields: {count: {type: int}}}", "events.fields.count"),
+    ],
+)  # fmt: skip
+def test_a_profile_field_named_as_a_tag_or_influxdb_time_is_refused(
+    tmp_path: Path, fields: str, field: str
+) -> None:
+    # InfluxDB 1.x drops a field named time without an error: its values would be lost.
+    (tmp_path / "x.yaml").write_text(f"device_type: x\ntopics: [a/b]\nperiod_s: 1\n{fields}\n")
+    with pytest.raises(ConfigError) as info:
+        load_profiles(tmp_path, CODECS)
+    assert (info.value.file, info.value.field) == (str(tmp_path / "x.yaml"), field)
+    assert "is InfluxDB's time or a tag of the series" in info.value.problem
 
+
+def test_unknown_codec_and_missing_profile_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="device profile folder not found"):
         load_profiles(tmp_path / "nowhere", CODECS)
     (tmp_path / "x.yaml").write_text(
