@@ -225,11 +225,12 @@ class _SentByType:
                     f"known: {sorted(fields)}",
                 )
         readable = fields | {"event", "port"} | {f"{f}_per_min" for f in spec.rates}
-        for name in sorted(rule.names - readable):
-            where = "field" if name == spec.field else "condition"
+        unread = sorted(rule.names - readable)
+        if unread:
+            name = unread[0]
             raise ConfigError(
                 str(path),
-                f"{label}: {where}",
+                f"{label}: {'field' if name == spec.field else 'condition'}",
                 f"{name!r} is not a field that {_either(types)} sends; known: {sorted(fields)}",
             )
         kinds = frozenset().union(*(self.events[t] for t in types))
