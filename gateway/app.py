@@ -30,7 +30,7 @@ from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
-from gateway.registry import Registry, load_registry
+from gateway.registry import Registry, registry_for
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
@@ -89,28 +89,21 @@ def notification_log_path(outbox_path: Path) -> Path:
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
     """Profiles, registry and rules, checked; raises ConfigError naming the file and field."""
     profiles = load_profiles(config.profiles_dir, CODECS)
-    registry = (
-        load_registry(config.registry_file, profiles.device_types())
-        if config.registry_file
-        else Registry()
-    )
+    registry = registry_for(config.registry_file, profiles.device_types())
     rules = load_rules(config.rules_dir, profiles)
-    if config.notify is not None:
-        check_policy(config, config.notify, registry, rules, profiles)
+    check_policy(config, registry, rules, profiles)
     return profiles, registry, rules
 
 
 def check_policy(
-    config: GatewayConfig,
-    policy: NotifyPolicy,
-    registry: Registry,
-    rules: Sequence[Rule],
-    profiles: ProfileSet,
+    config: GatewayConfig, registry: Registry, rules: Sequence[Rule], profiles: ProfileSet
 ) -> None:
-    """Raises ConfigError if the policy names a place, rule or device type the gateway
-    does not have (notify.policy.unreachable)."""
+    """Raises ConfigError if the config's notification policy names a place, rule or
+    device type the gateway does not have (notify.policy.unreachable)."""
+    if config.notify is None:
+        return
     problem = unreachable(
-        policy,
+        config.notify,
         registry.places(),
         {r.name for r in rules},
         profiles.device_types(),

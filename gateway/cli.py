@@ -194,10 +194,7 @@ def reload_in_place(gateway: Gateway, path: Path) -> None:
     gateway.reload_rules()
     try:
         config = load_config(path)
-        if config.notify is not None:
-            check_policy(
-                config, config.notify, gateway.registry, gateway.loaded_rules, gateway.profiles
-            )
+        check_policy(config, gateway.registry, gateway.loaded_rules, gateway.profiles)
     except ConfigError as exc:
         log.error("API tokens and notification policy not reloaded, the running ones "
                   "stay: %s", exc)  # fmt: skip

@@ -139,9 +139,18 @@ class Registry:
     def devices(self) -> Iterable[RegisteredDevice]:
         return self._by_id.values()
 
-    def places(self) -> set[tuple[str, str | None, str | None, str | None]]:
+    def places(self) -> set[Place]:
         """Where the devices are: (community, area, compound, building) of each."""
         return {(d.community, d.area, d.compound, d.building) for d in self._by_id.values()}
+
+
+# A device's community, area, compound and building.
+Place = tuple[str, str | None, str | None, str | None]
+
+
+def registry_for(path: Path | None, device_types: Collection[str]) -> Registry:
+    """The registry a config names, its device types checked; none named, an empty one."""
+    return load_registry(path, device_types) if path is not None else Registry()
 
 
 def load_registry(path: Path, device_types: Collection[str] | None = None) -> Registry:

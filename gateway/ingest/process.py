@@ -36,7 +36,7 @@ from gateway.errors import DamagedStoreError
 from gateway.heap import set_aside_startup_objects
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.pipeline import BatchCounts, IngestPipeline
-from gateway.registry import Registry, load_registry
+from gateway.registry import registry_for
 from gateway.stats import Stats
 from gateway.store.database import damage_noted
 from gateway.store.lock import PidLock, telemetry_pid_path
@@ -199,11 +199,7 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     os.nice(TELEMETRY_NICENESS)
     clock = SystemClock()
     profiles = load_profiles(config.profiles_dir, CODECS)
-    registry = (
-        load_registry(config.registry_file, profiles.device_types())
-        if config.registry_file
-        else Registry()
-    )
+    registry = registry_for(config.registry_file, profiles.device_types())
     # Held until this process ends, which lets go of it however it ends: a gateway
     # started after its main process was killed waits for this one to finish its batch
     # before it opens the outbox.

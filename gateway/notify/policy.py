@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.address import HttpAddress
+from gateway.registry import Place
 from gateway.rules.rule import Severity
 from gateway.rules.schedule import DailyWindow
 
@@ -369,10 +370,6 @@ def unreachable(
                         f"{sorted(n for n in there if n is not None)}",
                     )
     return None
-
-
-# A registered device's community, area, compound and building.
-Place = tuple[str, str | None, str | None, str | None]
 
 
 def _within(cell: Place, place: Place) -> bool:
