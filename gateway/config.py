@@ -132,7 +132,7 @@ class MqttConfig(_Strict):
     @classmethod
     def _valid_filters(cls, filters: tuple[str, ...]) -> tuple[str, ...]:
         for topic_filter in filters:
-            problem = _filter_problem(topic_filter)
+            problem = filter_problem(topic_filter)
             if problem:
                 raise ValueError(f"{topic_filter!r} is not an MQTT topic filter: {problem}")
         return filters
@@ -168,17 +168,16 @@ def filters_overlap(first: str, second: str) -> bool:
     return True
 
 
-def _filter_problem(topic_filter: str) -> str | None:
+def filter_problem(topic_filter: str) -> str | None:
     """What makes a topic filter one the broker would refuse (MQTT 5, 4.7), or None."""
     if not topic_filter:
         return "it is empty"
     if "\0" in topic_filter or len(topic_filter.encode()) > 65_535:
         return "it holds a NUL character or is longer than 65,535 bytes"
-    levels = topic_filter.split("/")
-    if levels[0] == "$share":
-        if len(levels) < 3 or not levels[1] or "+" in levels[1] or "#" in levels[1]:
-            return "a shared subscription is $share/{group}/{filter}, with a group name"
-        levels = levels[2:]
+    group = topic_filter.split("/", 2)
+    if group[0] == "$share" and (len(group) < 3 or not group[1] or set(group[1]) & {"+", "#"}):
+        return "a shared subscription is $share/{group}/{filter}, with a group name"
+    levels = _levels(topic_filter)
     for index, level in enumerate(levels):
         if "#" in level and (level != "#" or index != len(levels) - 1):
             return "# must be a whole level, and the last"

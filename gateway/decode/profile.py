@@ -7,7 +7,6 @@ time series.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -15,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import config_error
+from gateway.config import config_error, filter_problem
 from gateway.errors import ConfigError
 
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
@@ -77,8 +76,9 @@ class DeviceProfile(_Strict):
     @model_validator(mode="after")
     def _topics_are_filters(self) -> DeviceProfile:
         for topic in self.topics:
-            if not re.fullmatch(r"[^#+]*(\+[^#+]*)*(#)?", topic) or topic.startswith("/"):
-                raise ValueError(f"topic {topic!r} is not a valid MQTT topic filter")
+            problem = filter_problem(topic) or ("it begins with /" if topic[0] == "/" else None)
+            if problem:
+                raise ValueError(f"topic {topic!r} is not a valid MQTT topic filter: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -114,6 +114,27 @@ def test_a_profile_field_named_as_a_tag_or_influxdb_time_is_refused(
     assert "is InfluxDB's time or a tag of the series" in info.value.problem
 
 
+@pytest.mark.parametrize(
+    ("topic", "problem"),
+    [
+        ("community/+/x+/+/+", "+ must be a whole level"),
+        ("community/#/x", "# must be a whole level, and the last"),
+        ("/community/+", "it begins with /"),
+    ],
+)
+def test_a_profile_topic_the_broker_would_refuse_is_named(
+    tmp_path: Path, topic: str, problem: str
+) -> None:
+    (tmp_path / "x.yaml").write_text(
+        f"device_type: x\ntopics: ['{topic}']\nperiod_s: 1\n"
+        "telemetry: {measurement: x, fields: {v: {type: int}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_profiles(tmp_path, CODECS)
+    assert info.value.file == str(tmp_path / "x.yaml")
+    assert f"topic {topic!r} is not a valid MQTT topic filter: {problem}" in info.value.problem
+
+
 def test_unknown_codec_and_missing_profile_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="device profile folder not found"):
         load_profiles(tmp_path / "nowhere", CODECS)
