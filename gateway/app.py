@@ -23,6 +23,7 @@ from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import STOP_TIMEOUT_S, TelemetryProcess
 from gateway.notify.desk import AlertDesk
+from gateway.notify.fault import FaultWatch
 from gateway.notify.hooks import Publish
 from gateway.notify.link import AlertLink, LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
@@ -213,6 +214,7 @@ class Gateway:
             else None
         )
         self.notifier: Notifier | None = None
+        self.faults: FaultWatch | None = None
         self._http: httpx.AsyncClient | None = None
         # Notifications go out on the alarm connection, where no backlog is queued.
         publisher = self.alarm_subscriber or self.subscriber
@@ -235,6 +237,19 @@ class Gateway:
             )
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)
+            communities = sorted({place[0] for place in self.registry.places()})
+            self.faults = FaultWatch(
+                self._faults,
+                self.notifier,
+                instance=self.instance_name,
+                place=" ".join([*communities, self.instance_name]),
+                clock=self.clock,
+                stats=self.stats,
+                zone=ZoneInfo(config.timezone),
+            )
+            if not config.notify.fault_receivers():
+                log.warning("nobody hears of the gateway's own faults: notify.gateway_faults.to "
+                            "and notify.fallback_receivers are empty")  # fmt: skip
         for connection in (self.subscriber, self.alarm_subscriber):
             if connection is not None and not isinstance(connection, TelemetryProcess):
                 connection.on_retired = partial(
@@ -277,6 +292,8 @@ class Gateway:
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
             if self.notifier is not None:
                 tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
+            if self.faults is not None:
+                tasks.append(asyncio.create_task(self.faults.run(), name="faults"))
             if self.api is not None:
                 tasks.append(asyncio.create_task(self.api.serve(), name="api"))
             if self.subscriber is not None:
@@ -354,6 +371,26 @@ class Gateway:
         finally:
             self.instance.release()
 
+    @property
+    def instance_name(self) -> str:
+        return self.config.mqtt.client_id if self.config.mqtt else "gateway"
+
+    def _faults(self) -> dict[str, str]:
+        """What keeps alarms from people now (gateway.notify.fault)."""
+        problems: dict[str, str] = {}
+        mqtt = self.config.mqtt
+        # The connection the alarms come in on.
+        connection = self.alarm_subscriber or self.subscriber
+        if mqtt is not None and connection is not None and not connection.connected.is_set():
+            problems["broker"] = f"not connected to {mqtt.host}:{mqtt.port}"
+        if self.stats.commit_errors:
+            problems["outbox"] = "; ".join(
+                f"{process}: {error}" for process, error in sorted(self.stats.commit_errors.items())
+            )
+        if self.notifier is not None and self.notifier.round_error is not None:
+            problems["notifications"] = self.notifier.round_error
+        return problems
+
     def damaged_files(self) -> int:
         """Damaged files moved aside and still beside the outbox."""
         path = self.config.outbox.path
@@ -381,7 +418,7 @@ class Gateway:
             # A stage that ends stops the gateway; this one has nothing more to do.
             await self.stopping.wait()
             return
-        report = HealthReport(self.config.mqtt.client_id if self.config.mqtt else "gateway")
+        report = HealthReport(self.instance_name)
         while True:
             await self.clock.sleep(interval_s)
             lines = report.lines(

@@ -34,7 +34,7 @@ def notice_document(notice: Notice) -> dict[str, object]:
         "title": notice.title,
         "severity": notice.severity,
         "life_safety": notice.life_safety,
-        "state": "resolved" if notice.kind == "resolved" else "firing",
+        "state": "resolved" if notice.kind in ("resolved", "fault_cleared") else "firing",
         "device": {
             "community": notice.community,
             "device_type": notice.device_type,

@@ -25,7 +25,15 @@ _SEVERITY_ZH = {
     Severity.WARNING: "警告",
     Severity.INFO: "提示",
 }
-_KIND_ZH = {"firing": "告警", "resolved": "已恢复", "digest": "告警汇总"}
+_KIND_ZH = {
+    "firing": "告警",
+    "resolved": "已恢复",
+    "digest": "告警汇总",
+    "fault": "网关故障",
+    "fault_cleared": "网关恢复",
+}
+# Of the gateway itself rather than of an alert (gateway.notify.fault).
+FAULT_KINDS = ("fault", "fault_cleared")
 # SMS and voice templates take short variables; longer ones are refused by providers.
 TEMPLATE_VALUE_MAX_CHARS = 35
 
@@ -33,7 +41,7 @@ TEMPLATE_VALUE_MAX_CHARS = 35
 @dataclass(frozen=True, slots=True)
 class Notice:
     key: str
-    # firing, resolved, or digest (several alerts in one message).
+    # firing, resolved, digest (several alerts in one message), or one of FAULT_KINDS.
     kind: str
     alert_id: str
     rule: str
@@ -52,7 +60,7 @@ class Notice:
     phone: str | None
     link: str | None = None
     map_url: str | None = None
-    # A digest's alerts, one line each.
+    # A digest's alerts, or a fault's problems, one line each.
     lines: tuple[str, ...] = ()
 
     @property
@@ -64,12 +72,17 @@ class Notice:
         return self.severity == Severity.CRITICAL or self.life_safety
 
     def headline(self) -> str:
+        if self.kind in FAULT_KINDS:
+            return f"【{_KIND_ZH[self.kind]}】{self.title}"
         severity = _SEVERITY_ZH.get(Severity(self.severity), self.severity)
         return f"【{severity}{_KIND_ZH[self.kind]}】{self.title}"
 
     def text(self) -> str:
         if self.kind == "digest":
             return "\n".join([self.headline(), *self.lines])
+        if self.kind in FAULT_KINDS:
+            return "\n".join([self.headline(), f"网关: {self.place}", f"自: {self.time_text}",
+                              *self.lines])  # fmt: skip
         device = self.device_id if self.port is None else f"{self.device_id} 端口 {self.port}"
         parts = [
             self.headline(),

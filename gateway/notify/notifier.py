@@ -160,6 +160,8 @@ class Notifier:
         self._wakeup = asyncio.Event()
         self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
         self._random = random.Random()
+        # The error of the last round while rounds fail (gateway.notify.fault).
+        self.round_error: str | None = None
 
     # --- what the other stages call --------------------------------------------------------
 
@@ -197,6 +199,7 @@ class Notifier:
                     self.recover()
                     recover = False
                 await self.process()
+                self.round_error = None
             except Exception as exc:
                 if isinstance(exc, sqlite3.Error) and is_damaged(exc):
                     # Never mends: the gateway stops, and its next start moves the file
@@ -207,6 +210,7 @@ class Notifier:
                 # a start; the gateway, and the alarms it takes in, go on meanwhile.
                 log.exception("a round of notifications failed; the next in %.0f s",
                               FAILED_ROUND_PAUSE_S)  # fmt: skip
+                self.round_error = f"{type(exc).__name__}: {exc}"
                 recover = True
                 await self._clock.sleep(FAILED_ROUND_PAUSE_S)
                 continue

@@ -249,6 +249,21 @@ class Delivery(_Strict):
     backoff_max_s: float = Field(60.0, gt=0)
 
 
+class GatewayFaults(_Strict):
+    """Who hears, straight from the gateway's memory, that alarms may not get through:
+    its broker connection down, its outbox unable to commit (a dead or read-only disk),
+    or its rounds of notifications failing. Each receiver by their own channels, the
+    first that takes it."""
+
+    # How long a fault lasts before anyone is told, and how long it is gone before they
+    # hear that it is over: a broker restart or one failed commit is no news.
+    after_s: float = Field(60.0, ge=0)
+    # Told again while it lasts; null: once.
+    repeat_s: float | None = Field(3600.0, gt=0)
+    # Receivers' names; unset: the fallback receivers.
+    to: tuple[str, ...] | None = None
+
+
 class NotifyPolicy(_Strict):
     channels: dict[str, ChannelConfig]
     receivers: tuple[Receiver, ...] = ()
@@ -260,6 +275,7 @@ class NotifyPolicy(_Strict):
     # Who is told when a roster has nobody on duty.
     fallback_receivers: tuple[str, ...] = ()
     delivery: Delivery = Delivery()
+    gateway_faults: GatewayFaults = GatewayFaults()
 
     @model_validator(mode="after")
     def _names_exist(self) -> NotifyPolicy:
@@ -284,6 +300,9 @@ class NotifyPolicy(_Strict):
         for name in self.fallback_receivers:
             if name not in known:
                 raise ValueError(f"fallback_receivers: no receiver {name!r}")
+        for name in self.gateway_faults.to or ():
+            if name not in known:
+                raise ValueError(f"gateway_faults.to: no receiver {name!r}; known: {sorted(known)}")
         for index, route in enumerate(self.routes):
             if route.escalation not in self.escalations:
                 raise ValueError(
@@ -319,6 +338,12 @@ class NotifyPolicy(_Strict):
 
     def receiver(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)
+
+    def fault_receivers(self) -> tuple[Receiver, ...]:
+        names = self.gateway_faults.to
+        return tuple(
+            self.receiver(n) for n in (self.fallback_receivers if names is None else names)
+        )
 
 
 def unreachable(

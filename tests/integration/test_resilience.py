@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pytest_httpserver import HTTPServer
 
+from gateway.config import GatewayConfig
 from gateway.ingest.process import TelemetryProcess
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService
@@ -263,3 +268,116 @@ async def test_an_outbox_damaged_while_the_gateway_was_down_is_set_aside_and_not
     async with running(config):
         await wait_until(lambda: stored(influxdb, influx_db) == 500, what="every message")
     assert path.with_name(path.name + ".damaged").read_bytes() == damaged
+
+
+def fault_policy(namespace: str, httpserver: HTTPServer) -> dict[str, Any]:
+    """The grid worker on duty hears of alarms at /worker, the office of the gateway's
+    faults at /office, a second after they begin and end."""
+    httpserver.expect_request("/worker", method="POST").respond_with_data("", status=204)
+    httpserver.expect_request("/office", method="POST").respond_with_data("", status=204)
+    return {
+        "channels": {
+            "worker-app": {"type": "webhook", "url": httpserver.url_for("/worker")},
+            "office-robot": {"type": "webhook", "url": httpserver.url_for("/office")},
+        },
+        "receivers": [
+            {"name": "wang-fang", "channels": ["worker-app"]},
+            {"name": "office", "channels": ["office-robot"]},
+        ],
+        "rosters": [{"cell": {"community": namespace}, "shifts": [{"receiver": "wang-fang"}]}],
+        "routes": [{"match": {"severities": ["critical"]}, "escalation": "critical"}],
+        "escalations": {"critical": [{"after_s": 0, "to": ["on_duty"]}]},
+        "gateway_faults": {"after_s": 1, "to": ["office"]},
+    }
+
+
+def requests_to(httpserver: HTTPServer, path: str) -> list[dict[str, Any]]:
+    """The documents posted to `path`, in order."""
+    return [json.loads(r.get_data()) for r, _ in httpserver.log if r.path == path]
+
+
+async def test_a_broker_gone_is_told_to_people_and_its_return_too(
+    tmp_path: Path, fresh_mosquitto: MosquittoService, namespace: str, httpserver: HTTPServer
+) -> None:
+    broker = fresh_mosquitto
+    base = gateway_config(tmp_path, broker, namespace)
+    config = GatewayConfig.model_validate(
+        {**base.model_dump(exclude_none=True), "notify": fault_policy(namespace, httpserver)}
+    )
+    received = partial(requests_to, httpserver)
+    async with running(config):
+        await asyncio.sleep(1.5)
+        assert received("/office") == []
+        broker.stop()
+        await wait_until(lambda: bool(received("/office")), what="the fault told")
+        (fault,) = received("/office")
+        assert fault["kind"] == "fault"
+        assert (
+            f"与消息服务器的连接中断，收不到设备告警: not connected to {broker.host}:{broker.port}"
+            in fault["text"]
+        )
+        broker.start()
+        await wait_until(lambda: len(received("/office")) == 2, what="the fault's end told")
+        assert received("/office")[1]["kind"] == "fault_cleared"
+
+
+async def test_a_gateway_that_cannot_write_tells_people_and_the_sos_gets_through_once_it_can(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, httpserver: HTTPServer
+) -> None:
+    base = gateway_config(tmp_path, mosquitto, namespace)
+    document = base.model_dump(mode="json", exclude_none=True)
+    document["notify"] = fault_policy(namespace, httpserver)
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(document, allow_unicode=True))
+    received = partial(requests_to, httpserver)
+
+    # Its log goes to a pipe: a file would be refused it as well.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", "--config", str(config_file),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    logged: list[str] = []
+
+    async def read_log() -> None:
+        assert process.stderr is not None
+        async for line in process.stderr:
+            logged.append(line.decode(errors="replace"))
+
+    reading = asyncio.create_task(read_log())
+    try:
+        # Both connections: the alarms' and the telemetry's.
+        await wait_until(lambda: "".join(logged).count("connected to") >= 2, what="gateway up")
+        await asyncio.sleep(0.3)
+        # The main process, which commits alarms, may write no byte more to any file:
+        # its disk went read-only, or died.
+        _, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (0, hard))
+        sos = f"community/{namespace}/bracelet/br-7/event"
+        await publish(
+            mosquitto, [(sos, {"ts": time.time_ns() // 1_000_000, "seq": 1, "event": "sos"})]
+        )
+
+        # Nobody hears of the SOS, which waits unacknowledged in the broker; the
+        # office hears that alarms may not get through, and why.
+        await wait_until(lambda: bool(received("/office")), what="the fault told")
+        (fault,) = received("/office")
+        assert (fault["kind"], fault["state"], fault["receiver"]) == ("fault", "firing", "office")
+        assert fault["device"]["device_id"] == base.mqtt.client_id  # type: ignore[union-attr]
+        assert any(line.startswith("数据无法保存") and "main: " in line
+                   for line in fault["text"].split("\n"))  # fmt: skip
+        assert received("/worker") == []
+        assert process.returncode is None
+
+        # The disk takes writes again: the SOS comes in from the broker, and the
+        # office hears that the fault is over.
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        await wait_until(lambda: bool(received("/worker")), what="the SOS notified")
+        await wait_until(lambda: len(received("/office")) == 2, what="the fault's end told")
+        await asyncio.sleep(1.5)
+        assert [(n["rule"], n["receiver"]) for n in received("/worker")] == [("sos", "wang-fang")]
+        assert [n["kind"] for n in received("/office")] == ["fault", "fault_cleared"]
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=15)
+        await reading

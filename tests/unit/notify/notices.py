@@ -1,5 +1,9 @@
-"""Notices and receivers shared by the notification tests."""
+"""Notices, receivers and a channel shared by the notification tests."""
 
+from collections import deque
+
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel, Limit
 from gateway.notify.notice import Notice
 
 T0 = 1_767_225_600_000
@@ -30,3 +34,20 @@ def notice(
         link="https://gw.example.cn/a/token",
         map_url=None,
     )
+
+
+class FakeChannel(Channel):
+    kind = "fake"
+
+    def __init__(self, name: str, *, needs_phone: bool = False, digests: bool = True,
+                 limits: tuple[Limit, ...] = ()) -> None:  # fmt: skip
+        super().__init__(name, limits)
+        self.needs_phone = needs_phone
+        self.digests = digests
+        self.sent: list[Notice] = []
+        self.errors: deque[NotifyError] = deque()
+
+    async def send(self, notice: Notice) -> None:
+        if self.errors:
+            raise self.errors.popleft()
+        self.sent.append(notice)

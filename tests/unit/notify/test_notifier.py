@@ -4,7 +4,6 @@ digests, quiet hours, silences and idempotency across a restart."""
 import asyncio
 import contextlib
 import sqlite3
-from collections import deque
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -14,11 +13,10 @@ import pytest
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
 from gateway.errors import DamagedStoreError, NotifyError
-from gateway.notify.channel import Channel, Limit
+from gateway.notify.channel import Limit
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import AttemptResult, NotificationLog, PlannedStep
-from gateway.notify.notice import Notice
 from gateway.notify.notifier import FAILED_ROUND_PAUSE_S, Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, Route
 from gateway.notify.router import Router
@@ -32,6 +30,7 @@ from gateway.store.database import damage_noted
 from gateway.store.outbox import Outbox
 from tests.catalogue import shipped_rules
 from tests.unit.disk import damage
+from tests.unit.notify.notices import FakeChannel
 
 # 2026-01-01 08:00 in Shanghai.
 T0 = 1_767_225_600_000
@@ -87,23 +86,6 @@ POLICY = NotifyPolicy.model_validate(
         "delivery": {"max_tries": 3, "backoff_initial_s": 2, "backoff_max_s": 10},
     }
 )  # fmt: skip
-
-
-class FakeChannel(Channel):
-    kind = "fake"
-
-    def __init__(self, name: str, *, needs_phone: bool = False, digests: bool = True,
-                 limits: tuple[Limit, ...] = ()) -> None:  # fmt: skip
-        super().__init__(name, limits)
-        self.needs_phone = needs_phone
-        self.digests = digests
-        self.sent: list[Notice] = []
-        self.errors: deque[NotifyError] = deque()
-
-    async def send(self, notice: Notice) -> None:
-        if self.errors:
-            raise self.errors.popleft()
-        self.sent.append(notice)
 
 
 class Rig:
@@ -569,10 +551,13 @@ async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path:
         rig.feed(fall())
         await settle()
         assert rig.sent() == [] and not failures and not runner.done()
+        # Said while rounds fail, for the gateway's fault notices.
+        assert rig.notifier.round_error == "OperationalError: database is locked"
         # The next round finds it in the alert book.
         rig.clock.advance(FAILED_ROUND_PAUSE_S)
         await settle()
         assert ("wecom", "wang-fang", "firing") in rig.sent()
+        assert rig.notifier.round_error is None
     finally:
         runner.cancel()
 

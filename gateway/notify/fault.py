@@ -1,0 +1,217 @@
+"""Faults of the gateway's own that keep alarms from people, told to people directly.
+
+An alarm reaches a person through the broker connection, a commit of the outbox and a
+round of notifications, whose log lies on the outbox's disk. When one of them has
+failed for `gateway_faults.after_s`, its receivers are told from memory, by their own
+channels, with nothing written: a dead or read-only disk, which holds every alarm back
+unacknowledged in the broker, is heard of as well as a broker that went away. They are
+told again every `repeat_s` while it lasts, and once more when it has been over for
+`after_s`. A restart forgets a fault under way: if it goes on, the next start tells of
+it again after `after_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from gateway.clock import Clock
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel
+from gateway.notify.notice import Notice, local_time_text
+from gateway.notify.policy import NotifyPolicy, Receiver
+from gateway.stats import Stats
+
+log = logging.getLogger(__name__)
+
+# What keeps alarms from people, by name, each with what went wrong.
+Problems = Callable[[], Mapping[str, str]]
+
+PROBLEMS_ZH = {
+    "broker": "与消息服务器的连接中断，收不到设备告警",
+    "outbox": "数据无法保存，告警积压在消息服务器",
+    "notifications": "告警通知无法处理",
+}
+FAULT_TITLE = "告警可能无法送达"
+CLEARED_TITLE = "故障已排除，积压的告警正在处理"
+# How often the problems are looked at.
+TICK_S = 1.0
+# A receiver none of whose channels took the news is tried again after this.
+RETRY_S = 30.0
+# An error's text in a message: SMS and robots are no place for a traceback.
+DETAIL_MAX_CHARS = 120
+
+
+class Reach(Protocol):
+    """The policy and channels in use (the notifier's, as reloaded)."""
+
+    @property
+    def policy(self) -> NotifyPolicy: ...
+
+    @property
+    def channels(self) -> Mapping[str, Channel]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    receiver: Receiver
+    notice: Notice
+    due_ms: int
+
+
+class FaultWatch:
+    def __init__(
+        self,
+        problems: Problems,
+        reach: Reach,
+        *,
+        instance: str,
+        place: str,
+        clock: Clock,
+        stats: Stats,
+        zone: ZoneInfo,
+    ) -> None:
+        self._problems = problems
+        self._reach = reach
+        self._instance = instance
+        self._place = place
+        self._clock = clock
+        self._stats = stats
+        self._zone = zone
+        self._first_seen_ms: dict[str, int] = {}
+        # The fault told of: when its first problem was seen, and when it was last told.
+        self.since_ms: int | None = None
+        self._told_ms = 0
+        self._repeat = 0
+        self._clear_since_ms: int | None = None
+        # Receivers who heard of the fault, and so hear that it is over.
+        self._told: set[str] = set()
+        self._pending: dict[str, _Pending] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                # Never the reason an alarm is not heard of: the next tick looks again.
+                log.exception("looking at the gateway's faults failed")
+            await self._clock.sleep(TICK_S)
+
+    async def check(self) -> None:
+        """Note the problems there are now; tell of a fault that began, goes on or ended;
+        deliver what is due."""
+        now_ms = self._clock.now_ms()
+        problems = dict(self._problems())
+        self._first_seen_ms = {name: self._first_seen_ms.get(name, now_ms) for name in problems}
+        settings = self._reach.policy.gateway_faults
+        after_ms = round(settings.after_s * 1000)
+        since_ms = self.since_ms
+        if since_ms is None:
+            if any(now_ms - seen >= after_ms for seen in self._first_seen_ms.values()):
+                self.since_ms = min(self._first_seen_ms.values())
+                self._repeat = 0
+                self._tell("fault", problems, self.since_ms, now_ms)
+        elif problems:
+            self._clear_since_ms = None
+            repeat_s = settings.repeat_s
+            if repeat_s is not None and now_ms - self._told_ms >= round(repeat_s * 1000):
+                self._repeat += 1
+                self._tell("fault", problems, since_ms, now_ms)
+        else:
+            if self._clear_since_ms is None:
+                self._clear_since_ms = now_ms
+            if now_ms - self._clear_since_ms >= after_ms:
+                self._tell("fault_cleared", problems, since_ms, now_ms)
+                self.since_ms = None
+                self._clear_since_ms = None
+        due = [p for p in self._pending.values() if p.due_ms <= now_ms]
+        if due:
+            await asyncio.gather(*(self._deliver(p) for p in due))
+
+    def _tell(self, kind: str, problems: Mapping[str, str], since_ms: int, now_ms: int) -> None:
+        self._told_ms = now_ms
+        if kind == "fault":
+            receivers = self._reach.policy.fault_receivers()
+            log.error("the gateway's alarms may not get through since %s: %s; telling %s",
+                      local_time_text(since_ms, self._zone), _details(problems),
+                      ", ".join(r.name for r in receivers) or "nobody")  # fmt: skip
+        else:
+            # Only those who heard of it; one still waiting for the news hears neither.
+            receivers = tuple(
+                r for r in self._reach.policy.fault_receivers() if r.name in self._told
+            )
+            for name in [n for n, p in self._pending.items() if p.notice.kind == "fault"]:
+                del self._pending[name]
+            log.warning("the gateway's fault since %s is over",
+                        local_time_text(since_ms, self._zone))  # fmt: skip
+            self._told.clear()
+        for receiver in receivers:
+            notice = self._notice(kind, problems, receiver, since_ms)
+            self._pending[receiver.name] = _Pending(receiver, notice, now_ms)
+
+    def _notice(
+        self, kind: str, problems: Mapping[str, str], receiver: Receiver, since_ms: int
+    ) -> Notice:
+        alert_id = f"gateway-fault/{self._instance}/{since_ms}"
+        return Notice(
+            key=f"{alert_id}/{self._repeat}/{receiver.name}/{kind}",
+            kind=kind,
+            alert_id=alert_id,
+            rule="gateway_fault",
+            title=FAULT_TITLE if kind == "fault" else CLEARED_TITLE,
+            severity="critical",
+            life_safety=False,
+            community="",
+            device_type="gateway",
+            device_id=self._instance,
+            port=None,
+            place=self._place,
+            started_ms=since_ms,
+            time_text=local_time_text(since_ms, self._zone),
+            receiver=receiver.name,
+            receiver_name=receiver.display_name or receiver.name,
+            phone=receiver.phone,
+            lines=tuple(
+                f"{PROBLEMS_ZH.get(name, name)}: {detail[:DETAIL_MAX_CHARS]}"
+                for name, detail in sorted(problems.items())
+            ),
+        )
+
+    async def _deliver(self, pending: _Pending) -> None:
+        """By the receiver's channels in order, until one takes it."""
+        notice = pending.notice
+        for name in pending.receiver.channels:
+            channel = self._reach.channels.get(name)
+            if channel is None or (channel.needs_phone and not notice.phone):
+                continue
+            now_s = self._clock.now_ms() / 1000
+            if channel.limiter.wait_s(notice.phone, now_s) > 0:
+                continue
+            channel.limiter.note(notice.phone, now_s)
+            try:
+                await channel.deliver(notice)
+            except NotifyError as exc:
+                self._stats.notifications[(name, "failed")] += 1
+                log.warning("telling %s of the gateway's fault by %s failed: %s",
+                            notice.receiver, name, exc)  # fmt: skip
+                continue
+            self._stats.notifications[(name, "sent")] += 1
+            if self._pending.get(notice.receiver) is pending:
+                del self._pending[notice.receiver]
+            if notice.kind == "fault":
+                self._told.add(notice.receiver)
+            log.info("told %s by %s: %s", notice.receiver, name, notice.headline())
+            return
+        log.error("could not tell %s of the gateway's fault by any channel; again in %.0f s",
+                  notice.receiver, RETRY_S)  # fmt: skip
+        if self._pending.get(notice.receiver) is pending:
+            retry_ms = self._clock.now_ms() + round(RETRY_S * 1000)
+            self._pending[notice.receiver] = _Pending(pending.receiver, notice, retry_ms)
+
+
+def _details(problems: Mapping[str, str]) -> str:
+    return "; ".join(f"{name}: {detail}" for name, detail in sorted(problems.items()))

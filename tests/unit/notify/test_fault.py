@@ -1,0 +1,222 @@
+"""The gateway's own faults told to people from memory: when, to whom, by which channel,
+again while they last, and once more when they are over."""
+
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.clock import ManualClock
+from gateway.errors import NotifyError
+from gateway.notify.channel import Channel, Limit
+from gateway.notify.fault import RETRY_S, FaultWatch
+from gateway.notify.hooks import notice_document
+from gateway.notify.notice import Notice
+from gateway.notify.policy import NotifyPolicy
+from gateway.stats import Stats
+from tests.unit.notify.notices import FakeChannel
+
+T0 = 1_767_225_600_000
+ZONE = ZoneInfo("Asia/Shanghai")
+
+
+def policy(**faults: Any) -> NotifyPolicy:
+    document: dict[str, Any] = {
+        "channels": {"robot": {"type": "console"}, "sms": {"type": "console"}},
+        "receivers": [
+            {"name": "office", "display_name": "社区办公室", "phone": "03711234567",
+             "channels": ["robot", "sms"]},
+            {"name": "secretary", "phone": "13800000006", "channels": ["sms"]},
+            {"name": "wang-fang", "channels": ["robot"]},
+        ],
+        "routes": [{"escalation": "all"}],
+        "escalations": {"all": [{"after_s": 0, "to": ["on_duty"]}]},
+        "fallback_receivers": ["office"],
+    }  # fmt: skip
+    if faults:
+        document["gateway_faults"] = faults
+    return NotifyPolicy.model_validate(document)
+
+
+@dataclass
+class Reach:
+    policy: NotifyPolicy
+    channels: dict[str, Channel] = field(
+        default_factory=lambda: {
+            "robot": FakeChannel("robot"),
+            "sms": FakeChannel("sms", needs_phone=True),
+        }
+    )
+
+    def sent(self, name: str) -> list[Notice]:
+        channel = self.channels[name]
+        assert isinstance(channel, FakeChannel)
+        return channel.sent
+
+    def fail(self, name: str, times: int = 1) -> None:
+        channel = self.channels[name]
+        assert isinstance(channel, FakeChannel)
+        channel.errors.extend(NotifyError("provider down", retryable=True) for _ in range(times))
+
+
+class Rig:
+    def __init__(self, notify: NotifyPolicy) -> None:
+        self.clock = ManualClock(T0)
+        self.reach = Reach(notify)
+        self.problems: dict[str, str] = {}
+        self.stats = Stats()
+        self.watch = FaultWatch(
+            lambda: self.problems, self.reach, instance="gw-hgy", place="hgy gw-hgy",
+            clock=self.clock, stats=self.stats, zone=ZONE,
+        )  # fmt: skip
+
+    async def at(self, seconds: float) -> None:
+        """Moves the clock to `seconds` after T0 and looks once."""
+        self.clock.advance(seconds - (self.clock.now_ms() - T0) / 1000)
+        await self.watch.check()
+
+    def told(self) -> list[tuple[str, str, str]]:
+        """(channel, receiver, kind) of every notice sent."""
+        return [(name, n.receiver, n.kind) for name in ("robot", "sms")
+                for n in self.reach.sent(name)]  # fmt: skip
+
+
+async def test_a_fault_that_lasts_is_told_to_the_fallback_receivers_with_what_is_wrong() -> None:
+    rig = Rig(policy())
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    await rig.at(59)
+    assert rig.told() == []
+    await rig.at(60)
+    assert rig.told() == [("robot", "office", "fault")]
+    (notice,) = rig.reach.sent("robot")
+    assert notice.headline() == "【网关故障】告警可能无法送达"
+    assert notice.text().split("\n") == [
+        "【网关故障】告警可能无法送达",
+        "网关: hgy gw-hgy",
+        "自: 2026-01-01 08:00",
+        "数据无法保存，告警积压在消息服务器: main: disk I/O error",
+    ]
+    assert notice.key == f"gateway-fault/gw-hgy/{T0}/0/office/fault"
+    assert notice.template_values()["title"] == "告警可能无法送达"
+    document = notice_document(notice)
+    assert (document["kind"], document["state"], document["receiver"]) == (
+        "fault", "firing", "office",
+    )  # fmt: skip
+    assert rig.stats.notifications[("robot", "sent")] == 1
+    # Not again while it lasts, before the repeat is due.
+    await rig.at(600)
+    assert len(rig.told()) == 1
+
+
+async def test_a_fault_over_before_its_time_is_told_to_nobody() -> None:
+    rig = Rig(policy())
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    await rig.at(30)
+    rig.problems = {}
+    await rig.at(31)
+    # Back again: its time counts from now.
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(40)
+    await rig.at(99)
+    assert rig.told() == []
+    await rig.at(100)
+    assert rig.told() == [("robot", "office", "fault")]
+
+
+async def test_the_receivers_named_are_told_each_by_the_first_channel_that_takes_it() -> None:
+    rig = Rig(policy(after_s=0, to=["secretary", "office"]))
+    rig.reach.fail("robot")
+    rig.problems = {"notifications": "OperationalError: disk I/O error"}
+    await rig.at(0)
+    # The office's robot failed: its SMS took it, to the office's number.
+    assert sorted(rig.told()) == [("sms", "office", "fault"), ("sms", "secretary", "fault")]
+    assert {n.phone for n in rig.reach.sent("sms")} == {"03711234567", "13800000006"}
+    assert rig.stats.notifications[("robot", "failed")] == 1
+
+
+async def test_a_receiver_no_channel_reached_is_tried_again() -> None:
+    rig = Rig(policy(after_s=0, to=["secretary"]))
+    rig.reach.fail("sms", times=2)
+    rig.problems = {"outbox": "main: database or disk is full"}
+    await rig.at(0)
+    await rig.at(RETRY_S - 1)
+    assert rig.told() == []
+    await rig.at(RETRY_S)
+    assert rig.told() == []
+    await rig.at(2 * RETRY_S)
+    assert rig.told() == [("sms", "secretary", "fault")]
+    await rig.at(3 * RETRY_S)
+    assert len(rig.told()) == 1
+
+
+async def test_a_channel_over_its_limit_is_passed_over() -> None:
+    rig = Rig(policy(after_s=0))
+    rig.reach.channels["robot"] = FakeChannel("robot", limits=(Limit(1, 60.0),))
+    rig.reach.channels["robot"].limiter.note(None, T0 / 1000)
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    assert rig.told() == [("sms", "office", "fault")]
+
+
+async def test_a_fault_that_goes_on_is_told_again_and_its_end_to_those_who_heard() -> None:
+    rig = Rig(policy(after_s=10, repeat_s=3600, to=["office", "secretary"]))
+    rig.reach.fail("sms", times=100)
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    await rig.at(10)
+    # Only the office heard of it: the secretary's only channel fails.
+    assert rig.told() == [("robot", "office", "fault")]
+    rig.problems["broker"] = "not connected to 127.0.0.1:1883"
+    await rig.at(3610)
+    assert rig.told() == [("robot", "office", "fault")] * 2
+    again = rig.reach.sent("robot")[1]
+    assert again.key == f"gateway-fault/gw-hgy/{T0}/1/office/fault"
+    assert len(again.lines) == 2 and again.lines[0].startswith("与消息服务器的连接中断")
+    rig.problems = {}
+    await rig.at(3615)
+    await rig.at(3624)
+    assert len(rig.told()) == 2
+    await rig.at(3625)
+    over = rig.reach.sent("robot")[2]
+    assert (over.receiver, over.kind, over.title) == (
+        "office", "fault_cleared", "故障已排除，积压的告警正在处理",
+    )  # fmt: skip
+    assert over.headline() == "【网关恢复】故障已排除，积压的告警正在处理"
+    assert notice_document(over)["state"] == "resolved"
+    # The secretary, never told of the fault, is not told of its end, nor tried again.
+    rig.reach.channels["sms"] = FakeChannel("sms", needs_phone=True)
+    await rig.at(3625 + 2 * RETRY_S)
+    assert rig.told() == [("robot", "office", "fault")] * 2 + [("robot", "office", "fault_cleared")]
+    # A fault after that is a new one, with a key of its own.
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(4000)
+    await rig.at(4010)
+    newest = rig.reach.sent("robot")[-1]
+    assert newest.key == f"gateway-fault/gw-hgy/{T0 + 4_000_000}/0/office/fault"
+
+
+async def test_with_no_repeat_a_fault_is_told_once() -> None:
+    rig = Rig(policy(after_s=0, repeat_s=None))
+    rig.problems = {"outbox": "main: disk I/O error"}
+    for second in (0, 3600, 7200, 86400):
+        await rig.at(second)
+    assert rig.told() == [("robot", "office", "fault")]
+
+
+async def test_a_reloaded_policy_is_followed() -> None:
+    rig = Rig(policy(after_s=0))
+    rig.reach.policy = policy(after_s=0, to=["wang-fang"])
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    assert rig.told() == [("robot", "wang-fang", "fault")]
+
+
+def test_a_fault_receiver_the_policy_does_not_have_is_named() -> None:
+    with pytest.raises(ValidationError, match=r"gateway_faults.to: no receiver 'ofice'"):
+        policy(to=["ofice"])
+    with pytest.raises(ValidationError, match=r"gateway_faults.after_s"):
+        policy(after_s=-1)
