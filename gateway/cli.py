@@ -173,13 +173,27 @@ async def _run(config: GatewayConfig, path: Path) -> int:
     from gateway.app import Gateway
     from gateway.heap import set_aside_startup_objects
 
-    gateway = Gateway(config)
-    set_aside_startup_objects()
+    # Handled before the gateway is made: making it takes the pid file by which `reload`
+    # finds it, and SIGHUP's default would end it while it opens its files. The loop
+    # runs a handler only at an await, so not before the gateway is there.
+    made: list[Gateway] = []
+
+    def stop() -> None:
+        for gateway in made:
+            gateway.stop()
+
+    def reload() -> None:
+        for gateway in made:
+            reload_in_place(gateway, path)
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, gateway.stop)
-    loop.add_signal_handler(signal.SIGHUP, reload_in_place, gateway, path)
+            loop.add_signal_handler(signum, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    gateway = Gateway(config)
+    made.append(gateway)
+    set_aside_startup_objects()
     # The gateway's pid is in its pid file for as long as it runs (gateway.store.lock).
     await gateway.run()
     return 0

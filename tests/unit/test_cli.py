@@ -1,0 +1,47 @@
+"""The `run` command's signals, in a process of its own."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway import PROJECT_ROOT
+
+# The gateway sends itself SIGHUP once it has taken its pid file, as `reload` may
+# whenever it finds the file held: while the gateway is still being made.
+HUPPED_AT_START = """
+import os, signal, sys
+import gateway.app
+
+class Hupped(gateway.app.Gateway):
+    def __init__(self, config):
+        super().__init__(config)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+gateway.app.Gateway = Hupped
+from gateway.cli import main
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_reload_while_the_gateway_starts_is_carried_out_once_it_runs(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"outbox: {{path: {tmp_path / 'outbox.sqlite3'}}}\nmqtt: null\n")
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", HUPPED_AT_START, str(config)], cwd=PROJECT_ROOT, stderr=stderr
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "reloaded" not in log.read_text() and process.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert process.poll() is None, f"ended with {process.returncode}: {log.read_text()}"
+        assert "reloaded" in log.read_text() and "alert rules" in log.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.wait()
