@@ -18,7 +18,7 @@ from gateway.config import ApiConfig, ApiToken, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import ProfileSet, load_profiles
-from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.errors import GatewayError, StoreError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import STOP_TIMEOUT_S, TelemetryProcess
@@ -494,17 +494,13 @@ class Gateway:
         previous = before_record if known is None else known
         return [topic for topic in previous if topic not in topics]
 
-    def reload_rules(self) -> bool:
-        """Load the rule files again; a broken one leaves the running rules untouched."""
-        try:
-            rules = load_rules(self.config.rules_dir, self.profiles)
-        except ConfigError as exc:
-            log.error("rules not reloaded, the running rules stay: %s", exc)
-            return False
+    def reload_rules(self) -> None:
+        """Load the rule files again; a broken one raises ConfigError, naming its file and
+        field, and leaves the running rules untouched."""
+        rules = load_rules(self.config.rules_dir, self.profiles)
         self.rules.load(rules)
         self.loaded_rules = rules
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)
-        return True
 
     def reload_policy(self, policy: NotifyPolicy | None) -> bool:
         """Take the notification policy as the config file now has it: receivers, rosters,

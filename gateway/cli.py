@@ -205,7 +205,10 @@ def reload_in_place(gateway: Gateway, path: Path) -> None:
     restart. Other settings take effect at the next start."""
     from gateway.app import check_policy
 
-    gateway.reload_rules()
+    try:
+        gateway.reload_rules()
+    except ConfigError as exc:
+        log.error("rules not reloaded, the running rules stay: %s", exc)
     try:
         config = load_config(path)
         check_policy(config, gateway.registry, gateway.loaded_rules, gateway.profiles)
