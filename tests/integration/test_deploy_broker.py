@@ -25,7 +25,13 @@ from tests.integration.services import HOST, MosquittoService, free_port
 from tests.integration.test_broker_security import make_certificates
 
 SHIPPED = PROJECT_ROOT / "deploy" / "mosquitto"
-PASSWORDS = {"gateway": "gw-pw", "sd-hgy-0001": "pw-1", "sd-hgy-0002": "pw-2"}
+PASSWORDS = {
+    "gateway": "gw-pw",
+    "sd-hgy-0001": "pw-1",
+    "sd-hgy-0002": "pw-2",
+    # A grid worker's app, by the receiver's name in the notification policy.
+    "wang-fang": "pw-app",
+}
 
 
 class ShippedMosquitto(MosquittoService):
@@ -159,6 +165,40 @@ def test_a_device_publishes_only_on_its_own_topics(broker: ShippedMosquitto) -> 
         assert gateway.received == [own]
     finally:
         gateway.close()
+        device.close()
+
+
+def test_the_gateways_notifications_reach_each_workers_app_and_no_one_elses(
+    broker: ShippedMosquitto,
+) -> None:
+    gateway = Client(broker, "gateway", PASSWORDS["gateway"])
+    app = Client(broker, "wang-fang", PASSWORDS["wang-fang"])
+    device = Client(broker, "sd-hgy-0001", PASSWORDS["sd-hgy-0001"])
+    try:
+        assert gateway.connected and app.connected and device.connected
+        subscribed = threading.Event()
+        app.client.on_subscribe = lambda *args: subscribed.set()
+        # Everything it may read: its own notifications only.
+        app.client.subscribe("notify/#", qos=1)
+        assert subscribed.wait(10)
+        others = "notify/hgy/li-qiang"
+        forged = "notify/hgy/wang-fang"
+        # A device cannot pass for the gateway, nor the app read another's notifications.
+        device.client.publish(forged, b'{"title": "forged"}', qos=1).wait_for_publish(10)
+        gateway.client.publish(others, b'{"title": "for li-qiang"}', qos=1).wait_for_publish(10)
+        # The gateway's own, acknowledged as accepted (MQTT 5: a refusal would say so).
+        acknowledged: list[mqtt.ReasonCode] = []
+        gateway.client.on_publish = lambda c, u, mid, reason, props: acknowledged.append(reason)
+        mine = gateway.client.publish(forged, b'{"title": "SOS"}', qos=1)
+        mine.wait_for_publish(10)
+        with app.got:
+            assert app.got.wait_for(lambda: len(app.received) >= 1, timeout=10)
+        assert [reason.is_failure for reason in acknowledged] == [False]
+        # Published in order: anything the ACL let through would have come first.
+        assert app.received == [forged]
+    finally:
+        gateway.close()
+        app.close()
         device.close()
 
 
