@@ -201,7 +201,10 @@ class Gateway:
                     config, self.clock, self.stats, retired=retired, on_counts=self._on_counts
                 )
             else:
-                self.subscriber = subscriber_for(mqtt, self.clock, retired=retired)
+                # The gateway's status goes with the alarms: on their connection if any.
+                self.subscriber = subscriber_for(
+                    mqtt, self.clock, retired=retired, status=not mqtt.alarm_topics
+                )
         self.alarm_subscriber = (
             subscriber_for(
                 mqtt,
@@ -209,6 +212,7 @@ class Gateway:
                 topics=mqtt.alarm_topics,
                 client_id=mqtt.alarm_client_id,
                 retired=self._retired_topics(mqtt.alarm_client_id, mqtt.alarm_topics, ()),
+                status=True,
             )
             if mqtt and mqtt.alarm_topics
             else None

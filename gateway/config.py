@@ -123,6 +123,10 @@ class MqttConfig(_Strict):
     alarm_topics: tuple[str, ...] = ("community/+/+/+/event",)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    # The gateway's own availability, retained, on the connection that carries alarms:
+    # online at each connect, offline at a stop, and offline as that connection's last
+    # will when the broker loses it otherwise (a crash, a dead box). null: none.
+    status_topic: str | None = "gateway/{client_id}/status"
 
     @property
     def alarm_client_id(self) -> str:
@@ -136,6 +140,31 @@ class MqttConfig(_Strict):
             if problem:
                 raise ValueError(f"{topic_filter!r} is not an MQTT topic filter: {problem}")
         return filters
+
+    @property
+    def status(self) -> str | None:
+        """The status topic, with the client id in it."""
+        if self.status_topic is None:
+            return None
+        return self.status_topic.replace("{client_id}", self.client_id)
+
+    @model_validator(mode="after")
+    def _status_topic(self) -> MqttConfig:
+        topic = self.status
+        if topic is None:
+            return self
+        problem = filter_problem(topic)
+        if problem is None and (set(topic) & {"+", "#"} or topic.startswith("$")):
+            problem = "a topic to publish on has no wildcards and does not begin with $"
+        if problem is not None:
+            raise ValueError(f"status_topic: {topic!r} is not an MQTT topic: {problem}")
+        for topic_filter in (*self.topics, *self.alarm_topics):
+            if filters_overlap(topic_filter, topic):
+                raise ValueError(
+                    f"status_topic: {topic!r} is matched by {topic_filter!r}: the gateway "
+                    "would take its own status in as a device's message"
+                )
+        return self
 
     @model_validator(mode="after")
     def _lanes_apart(self) -> MqttConfig:

@@ -57,8 +57,11 @@ class MqttSubscriber(Subscription):
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
         retired: Sequence[str] = (),
+        status: bool = False,
     ) -> None:
-        super().__init__(config, clock, topics=topics, client_id=client_id, retired=retired)
+        super().__init__(
+            config, clock, topics=topics, client_id=client_id, retired=retired, status=status
+        )
         # Read now: a certificate that cannot be loaded is a start-up error.
         self._ssl = config.tls.ssl_context() if config.tls is not None else None
         self._link: _Link | None = None
@@ -78,7 +81,13 @@ class MqttSubscriber(Subscription):
         self.connected.clear()
         if link is not None and not link.transport.is_closing():
             # The session stays at the broker: a normal disconnect, then the socket is
-            # closed once what is written has gone out.
+            # closed once what is written has gone out. A normal disconnect drops the
+            # will: the status says the stop itself.
+            if self._status is not None:
+                stopped = self._status.stopped()
+                link.transport.write(
+                    mqtt5.PublishPacket(self._status.topic, stopped, retain=True).write()
+                )
             link.transport.write(mqtt5.DisconnectPacket().write())
             link.transport.close()
 
@@ -165,12 +174,17 @@ class MqttSubscriber(Subscription):
             server_hostname=config.host if self._ssl is not None else None,
         )
         password = config.password.get_secret_value().encode() if config.password else None
+        status = self._status
+        will = None
+        if status is not None:
+            will = mqtt5.Will(status.topic, payload=status.will(), qos=_AT_LEAST_ONCE, retain=True)
         transport.write(
             mqtt5.ConnectPacket(
                 self._client_id,
                 username=config.username,
                 password=password,
                 clean_start=False,
+                will=will,
                 keep_alive=config.keepalive_s,
                 session_expiry_interval=config.session_expiry_s,
                 receive_max=config.receive_maximum,
@@ -251,6 +265,12 @@ class MqttSubscriber(Subscription):
             for topic in self._topics
         ]
         writes = [mqtt5.SubscribePacket(packet_id, filters).write()]
+        if self._status is not None:
+            # At most once: should this connection be lost, the will says so, and the
+            # next connect says online again.
+            writes.append(
+                mqtt5.PublishPacket(self._status.topic, self._status.online(), retain=True).write()
+            )
         if self._retired:
             packet_id, unsubscribed = self._expect_answer()
             unsubscribed.add_done_callback(self._on_unsuback)
@@ -379,7 +399,8 @@ def subscriber_for(
     topics: Sequence[str] | None = None,
     client_id: str | None = None,
     retired: Sequence[str] = (),
+    status: bool = False,
 ) -> Subscriber:
-    """The subscription for the broker's protocol."""
+    """The subscription for the broker's protocol; `status`: it says the gateway's."""
     kind = Mqtt3Subscriber if config.protocol == "3.1.1" else MqttSubscriber
-    return kind(config, clock, topics=topics, client_id=client_id, retired=retired)
+    return kind(config, clock, topics=topics, client_id=client_id, retired=retired, status=status)

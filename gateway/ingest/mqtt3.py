@@ -54,8 +54,11 @@ class Mqtt3Subscriber(Subscription):
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
         retired: Sequence[str] = (),
+        status: bool = False,
     ) -> None:
-        super().__init__(config, clock, topics=topics, client_id=client_id, retired=retired)
+        super().__init__(
+            config, clock, topics=topics, client_id=client_id, retired=retired, status=status
+        )
         self._received = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -118,6 +121,9 @@ class Mqtt3Subscriber(Subscription):
         if self._runner is not None:
             self._runner.cancel()
         client = self._client
+        if self._status is not None and self.connected.is_set():
+            # A normal disconnect drops the will: the status says the stop itself.
+            client.publish(self._status.topic, self._status.stopped(), qos=0, retain=True)
         if client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
             # The DISCONNECT is small: it goes out at once, and paho then closes.
             client.loop_write()
@@ -130,6 +136,8 @@ class Mqtt3Subscriber(Subscription):
         delay_s = config.reconnect_min_s
         while True:
             self._lost.clear()
+            if self._status is not None:
+                client.will_set(self._status.topic, self._status.will(), qos=1, retain=True)
             try:
                 # Blocking: DNS, TCP and the TLS handshake.
                 await asyncio.to_thread(client.reconnect)
@@ -239,6 +247,10 @@ class Mqtt3Subscriber(Subscription):
             client.subscribe([(topic, 1) for topic in self._topics])
         if self._retired:
             client.unsubscribe(list(self._retired))
+        if self._status is not None:
+            # At most once: should this connection be lost, the will says so, and the
+            # next connect says online again.
+            client.publish(self._status.topic, self._status.online(), qos=0, retain=True)
         self.connected.set()
 
     def _on_unsubscribe(

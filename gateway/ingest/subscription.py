@@ -10,11 +10,46 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
+import orjson
+
+from gateway import __version__
 from gateway.clock import Clock
 from gateway.config import MqttConfig
 from gateway.ingest.message import InboundMessage
 
 log = logging.getLogger(__name__)
+
+
+class Status:
+    """The gateway's availability on its status topic (`mqtt.status_topic`), retained:
+    what is published at a connect and at a stop, and the connection's last will."""
+
+    def __init__(self, topic: str, client_id: str, clock: Clock) -> None:
+        self.topic = topic
+        self._client_id = client_id
+        self._clock = clock
+
+    def online(self) -> bytes:
+        return self._document(True, "connected")
+
+    def stopped(self) -> bytes:
+        return self._document(False, "stopped")
+
+    def will(self) -> bytes:
+        """Published by the broker when it loses the connection without a DISCONNECT."""
+        return self._document(False, "connection lost")
+
+    def _document(self, online: bool, reason: str) -> bytes:
+        return orjson.dumps(
+            {
+                "online": online,
+                "reason": reason,
+                "client_id": self._client_id,
+                "version": __version__,
+                # When the gateway said it; the will's, when it connected.
+                "at_ms": self._clock.now_ms(),
+            }
+        )
 
 
 class Subscription:
@@ -28,11 +63,15 @@ class Subscription:
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
         retired: Sequence[str] = (),
+        status: bool = False,
     ) -> None:
         self._config = config
         self._clock = clock
         self._topics = tuple(config.topics if topics is None else topics)
         self._client_id = client_id or config.client_id
+        # Said on this connection, if `status` and the config names a topic.
+        topic = config.status if status else None
+        self._status = Status(topic, config.client_id, clock) if topic is not None else None
         # Filters the session may still hold from an earlier configuration: dropped at
         # every connect, after the current ones are in place, so that nothing falls
         # between the two and nothing arrives on both connections for long.

@@ -168,7 +168,7 @@ def test_a_device_publishes_only_on_its_own_topics(broker: ShippedMosquitto) -> 
         device.close()
 
 
-def test_the_gateways_notifications_reach_each_workers_app_and_no_one_elses(
+def test_the_gateway_publishes_notifications_and_its_status_and_an_app_reads_only_its_own(
     broker: ShippedMosquitto,
 ) -> None:
     gateway = Client(broker, "gateway", PASSWORDS["gateway"])
@@ -191,9 +191,16 @@ def test_the_gateways_notifications_reach_each_workers_app_and_no_one_elses(
         gateway.client.on_publish = lambda c, u, mid, reason, props: acknowledged.append(reason)
         mine = gateway.client.publish(forged, b'{"title": "SOS"}', qos=1)
         mine.wait_for_publish(10)
+        # And its own status (mqtt.status_topic), which a device may not say for it.
+        status = "gateway/community-gateway/status"
+        gateway.client.publish(status, b'{"online": true}', qos=1, retain=True).wait_for_publish(10)
+        refused: list[mqtt.ReasonCode] = []
+        device.client.on_publish = lambda c, u, mid, reason, props: refused.append(reason)
+        device.client.publish(status, b'{"online": false}', qos=1).wait_for_publish(10)
         with app.got:
             assert app.got.wait_for(lambda: len(app.received) >= 1, timeout=10)
-        assert [reason.is_failure for reason in acknowledged] == [False]
+        assert [reason.is_failure for reason in acknowledged] == [False, False]
+        assert [reason.getName() for reason in refused] == ["Not authorized"]
         # Published in order: anything the ACL let through would have come first.
         assert app.received == [forged]
     finally:

@@ -16,12 +16,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 from pytest_httpserver import HTTPServer
 
 from gateway.config import GatewayConfig
 from gateway.ingest.process import TelemetryProcess
-from tests.integration.harness import Publisher, gateway_config, running, wait_until
+from tests.integration.harness import (
+    Publisher,
+    close_sockets,
+    gateway_config,
+    running,
+    wait_until,
+)
 from tests.integration.services import InfluxService, MosquittoService
 from tests.unit.disk import damage
 
@@ -381,3 +390,80 @@ async def test_a_gateway_that_cannot_write_tells_people_and_the_sos_gets_through
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=15)
         await reading
+
+
+class StatusWatch:
+    """What the broker delivers on the gateway's status topic, as the district
+    platform or an app would subscribe to it."""
+
+    def __init__(self, broker: MosquittoService, topic: str) -> None:
+        self.documents: list[dict[str, Any]] = []
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self._client.on_message = lambda c, u, message: self.documents.append(
+            json.loads(message.payload)
+        )
+        self._client.connect(broker.host, broker.port)
+        self._client.subscribe(topic, qos=1)
+        self._client.loop_start()
+
+    def reasons(self) -> list[tuple[bool, str]]:
+        return [(d["online"], d["reason"]) for d in self.documents]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        close_sockets(self._client)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_the_gateway_says_on_its_status_topic_when_it_is_online_and_when_it_stops(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, protocol: str
+) -> None:
+    base = gateway_config(tmp_path, mosquitto, namespace)
+    document = base.model_dump(exclude_none=True)
+    document["mqtt"]["protocol"] = protocol
+    config = GatewayConfig.model_validate(document)
+    assert config.mqtt is not None
+    topic = f"gateway/{config.mqtt.client_id}/status"
+    watch = StatusWatch(mosquitto, topic)
+    try:
+        async with running(config):
+            await wait_until(lambda: watch.reasons() == [(True, "connected")], what="online")
+            online = watch.documents[0]
+            assert online["client_id"] == config.mqtt.client_id and online["version"]
+        await wait_until(lambda: len(watch.documents) == 2, what="the stop said")
+        assert watch.reasons()[1] == (False, "stopped")
+    finally:
+        watch.close()
+    # Retained: one who looks later learns it too.
+    later = StatusWatch(mosquitto, topic)
+    try:
+        await wait_until(lambda: later.reasons() == [(False, "stopped")], what="retained")
+    finally:
+        later.close()
+
+
+async def test_a_gateway_that_dies_is_said_offline_by_the_broker(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    assert config.mqtt is not None
+    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_until(lambda: watch.reasons() == [(True, "connected")], what="online")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        # Its last will, published by the broker when the connection dropped.
+        await wait_until(lambda: len(watch.documents) == 2, what="the will")
+        assert watch.reasons()[1] == (False, "connection lost")
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        watch.close()

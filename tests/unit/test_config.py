@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gateway import PROJECT_ROOT
 from gateway.cli import main
@@ -262,8 +263,23 @@ def test_shared_and_wildcard_filters_are_taken() -> None:
     config = MqttConfig(
         topics=("$share/gateways/community/+/+/+/telemetry", "vendor/acme-smoke/#", "#"),
         alarm_topics=(),
+        status_topic=None,
     )
     assert config.topics[0].startswith("$share/gateways/")
+
+
+def test_the_status_topic_has_the_client_id_and_is_no_filter_and_none_of_the_subscribed() -> None:
+    assert MqttConfig(client_id="gw-hgy").status == "gateway/gw-hgy/status"
+    assert MqttConfig(status_topic="site/{client_id}").status == "site/community-gateway"
+    assert MqttConfig(status_topic=None).status is None
+    for topic, problem in (
+        ("gateway/+/status", "has no wildcards"),
+        ("$SYS/gateway", "does not begin with \\$"),
+        ("", "it is empty"),
+        ("community/hgy/gateway/gw/status", "is matched by 'community/\\+/\\+/\\+/status'"),
+    ):
+        with pytest.raises(ValidationError, match=f"status_topic: .*{problem}"):
+            MqttConfig(status_topic=topic)
 
 
 def test_a_variable_is_replaced_in_the_values_read(
