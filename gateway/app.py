@@ -387,10 +387,9 @@ class Gateway:
         connection = self.alarm_subscriber or self.subscriber
         if mqtt is not None and connection is not None and not connection.connected.is_set():
             problems["broker"] = f"not connected to {mqtt.host}:{mqtt.port}"
-        if self.stats.commit_errors:
-            problems["outbox"] = "; ".join(
-                f"{process}: {error}" for process, error in sorted(self.stats.commit_errors.items())
-            )
+        failing = self.stats.failing_commits()
+        if failing is not None:
+            problems["outbox"] = failing
         if self.notifier is not None and self.notifier.round_error is not None:
             problems["notifications"] = self.notifier.round_error
         return problems

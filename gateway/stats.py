@@ -71,6 +71,14 @@ class Stats:
             self.commit_failures += 1
             self.commit_errors[process] = error
 
+    def failing_commits(self) -> str | None:
+        """Each process whose commits fail now, with its last error; None if none does."""
+        # Copied at once: readiness reads it on a thread while the event loop changes it.
+        failing = dict(self.commit_errors)
+        if not failing:
+            return None
+        return "; ".join(f"{process}: {error}" for process, error in sorted(failing.items()))
+
     def summary(self) -> str:
         rejects = ", ".join(f"{r}={n}" for r, n in sorted(self.rejected_by_reason.items()))
         return (

@@ -67,10 +67,8 @@ async def _influx(ctx: ApiContext) -> CheckOut:
 
 def _disk(ctx: ApiContext) -> CheckOut:
     outbox = ctx.gateway.outbox
-    # Copied at once: this runs on a thread, and the event loop's thread changes it.
-    failing = dict(ctx.gateway.stats.commit_errors)
-    if failing:
-        errors = "; ".join(f"{process}: {error}" for process, error in sorted(failing.items()))
+    errors = ctx.gateway.stats.failing_commits()
+    if errors is not None:
         return CheckOut(
             name="disk", ok=False, detail=f"outbox commits failing, tried again: {errors}"
         )
