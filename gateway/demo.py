@@ -38,7 +38,8 @@ SCENARIOS = ("malformed@4", "fire@6", "fall@9", "thermal_runaway@12", "lid_opene
 
 
 # The grid worker on duty and the community office, on the console: every notification
-# shows as a line with its link, and an alert nobody takes escalates after 30 s.
+# shows as a line with its link, and an alert nobody takes escalates after 30 s. The
+# office stands in when nobody is on duty, and hears of the gateway's own faults.
 DEMO_POLICY = NotifyPolicy.model_validate(
     {
         "channels": {"console": {"type": "console"}},
@@ -46,6 +47,7 @@ DEMO_POLICY = NotifyPolicy.model_validate(
             {"name": "grid-worker", "display_name": "网格员", "channels": ["console"]},
             {"name": "community-office", "display_name": "社区办公室", "channels": ["console"]},
         ],
+        "fallback_receivers": ["community-office"],
         "routes": [
             {"match": {"severities": ["critical", "major"]}, "escalation": "urgent"},
             {"escalation": "routine"},
