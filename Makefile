@@ -51,4 +51,4 @@ bench: install services
 	$(BIN)/python -m bench.notify_latency
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

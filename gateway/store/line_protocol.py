@@ -3,13 +3,31 @@
 Escaping follows what the InfluxDB parser (1.x, and the same parser in 2.x) does,
 checked against a real InfluxDB 1.6.7:
 
-- A comma, space or equals sign is escaped by a backslash before it. The parser
-  looks back exactly one character, so any other backslash is a literal one and is
-  written as it is: `C:\\dir` stays `C:\\dir`, and `a\\,b` is written `a\\\\,b`.
-- A backslash at the very end of a name or tag value would escape the separator
-  after it, and no escape makes the parser keep it; it becomes a space.
+- A comma, space or equals sign is escaped by a backslash before it. In the tags the
+  parser looks back exactly one character, so any other backslash is a literal one
+  and is written as it is: `C:\\dir` stays `C:\\dir`, and `a\\,b` is written
+  `a\\\\,b`.
+- InfluxDB reads the escapes of a measurement twice over, so that `a\\\\,b` is stored
+  as `a,b`: a measurement cannot hold a backslash.
 - A raw newline ends the line everywhere except inside a quoted string, and no
-  escape brings it back in a name or tag, so there it becomes a space as well.
+  escape brings it back in a name or key, so there it becomes a space.
+- A backslash at the very end of a tag key or value would escape the separator
+  after it, and no escape makes the parser keep it; it becomes a space.
+- Before the parser reads the parts of a line it finds where the line ends, and to
+  do so takes a backslash and the character after it as a pair throughout, and the
+  fields as beginning at the first space not so paired. An odd run of backslashes
+  before a space in a tag would have it find the fields too early, and a newline in
+  a string field then end the line: the last backslash of such a run becomes a space.
+- Field keys are read by both rules: the search above pairs a backslash with the
+  character after it, the key ends at the first `=` with no backslash just before it,
+  and `\\,`, `\\=`, `\\ ` and `\\"` are then read as the character alone, any other
+  backslash kept. So a key, too, cannot end with a backslash (it becomes a space),
+  and of an odd run of backslashes before one of those characters the last becomes a
+  space. A double quote is escaped as well, as a backslash before it would otherwise
+  be lost.
+- A line that begins with `#` is a comment, so a measurement cannot begin with one.
+  The parser skips tabs and NULs at the start of a line and of its fields: at the
+  start of a measurement or field key such a character becomes a space.
 - Inside a string field value only `"` and `\\` are escaped. The parser has no
   escape for a newline (`\\n` would be stored as a backslash and an `n`), so a
   newline is written raw: InfluxDB keeps the quoted string together and stores the
@@ -20,6 +38,7 @@ checked against a real InfluxDB 1.6.7:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -31,8 +50,15 @@ _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\ ", "\r": "\\ "})
-# Tag keys, tag values and field keys.
+# Tag keys and tag values.
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\ ", "\r": "\\ "})
+_FIELD_KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", '"': '\\"'})
+# The last backslash of an odd run before a space, in a tag; and before a character a
+# field key escapes.
+_ODD_BACKSLASHES_IN_NAME = re.compile(r"(?<!\\)((?:\\\\)*)\\(?= )")
+_ODD_BACKSLASHES_IN_FIELD_KEY = re.compile(r'(?<!\\)((?:\\\\)*)\\(?=[,= "])')
+# What the parser skips before a line's measurement and before its first field.
+_SKIPPED_AT_START = "\t\0"
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 # Series keys and field keys repeat for every point of a device; caching their escaped
@@ -167,6 +193,12 @@ def encode_series(measurement: str, tags: Iterable[tuple[str, str]]) -> str:
     """The measurement and tag set of a line, tags sorted."""
     if not measurement:
         raise ValueError("measurement is empty")
+    if measurement[0] == "#":
+        raise ValueError(f"measurement {measurement!r} begins with #, which makes a comment")
+    if "\\" in measurement:
+        raise ValueError(f"measurement {measurement!r} holds a backslash")
+    if measurement[0] in _SKIPPED_AT_START:
+        measurement = " " + measurement[1:]
     parts = [_escape(measurement, _MEASUREMENT_ESCAPES)]
     # InfluxDB sorts tags itself; sending them sorted spares it that work.
     for key, value in sorted(tags):
@@ -182,13 +214,24 @@ def encode_series(measurement: str, tags: Iterable[tuple[str, str]]) -> str:
 def _field_prefix(key: str) -> str:
     if not key:
         raise ValueError("empty field key")
-    prefix = _escape(key, _KEY_ESCAPES) + "="
+    text = key.replace("\n", " ").replace("\r", " ")
+    if text[0] in _SKIPPED_AT_START:
+        text = " " + text[1:]
+    if "\\" in text:
+        if text[-1] == "\\":
+            text = text[:-1] + " "
+        text = _ODD_BACKSLASHES_IN_FIELD_KEY.sub(r"\1 ", text)
+    prefix = text.translate(_FIELD_KEY_ESCAPES) + "="
     return remember(_field_prefix_cache, key, prefix, _CACHE_MAX_ENTRIES)
 
 
 def _escape(text: str, table: dict[int, str]) -> str:
-    if text[-1] == "\\":
-        text = text[:-1] + " "
+    """A measurement (which holds no backslash), tag key or tag value."""
+    if "\\" in text:
+        text = text.replace("\n", " ").replace("\r", " ")
+        if text[-1] == "\\":
+            text = text[:-1] + " "
+        text = _ODD_BACKSLASHES_IN_NAME.sub(r"\1 ", text)
     return text.translate(table)
 
 
@@ -239,21 +282,22 @@ def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, FieldValue], i
         key, value = _split_unescaped(part, "=", quotes=False)
         if value is None:
             raise ValueError(f"field without a value: {part!r}")
-        fields[_unescape(key)] = _parse_value(value)
+        fields[_unescape(key).replace('\\"', '"')] = _parse_value(value)
     return measurement, tags, fields, int(time_text)
 
 
 def _split_unescaped(text: str, sep: str, *, quotes: bool) -> tuple[str, str | None]:
     # As the InfluxDB parser reads it: a separator right after a backslash is escaped;
-    # inside a quoted string value, a backslash escapes the character after it.
+    # among the fields (`quotes`), a backslash and the character after it are a pair,
+    # and a double quote not so paired begins or ends a string value.
     quoted = False
     index = 0
     while index < len(text):
         char = text[index]
+        if char == "\\" and (quoted or quotes):
+            index += 2
+            continue
         if quoted:
-            if char == "\\":
-                index += 2
-                continue
             if char == '"':
                 quoted = False
         elif quotes and char == '"':

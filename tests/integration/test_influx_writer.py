@@ -5,13 +5,23 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import InfluxConfig
 from gateway.errors import StoreError
 from gateway.store.influx import InfluxWriter, RejectedLine
 from gateway.store.line_protocol import encode_point, encode_points
 from gateway.store.point import Point
+from tests.stored_text import (
+    HOSTILE_TEXT,
+    MEASUREMENTS,
+    as_stored_field_key,
+    as_stored_measurement,
+    as_stored_name,
+)
 
 T_MS = 1_767_225_600_000
 
@@ -27,10 +37,11 @@ def rows_by_time(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 async def test_hostile_names_and_values_round_trip(influxdb: Any, influx_db: str) -> None:
     string_value = 'say "hi", a=b \\ C:\\dir\\ \\"q\\" \n second line\r\n 湖光苑 3号楼 \\'
     point = Point(
-        measurement='env, "湖光苑 3号楼"=x C:\\m\nend',
+        measurement='env, "湖光苑 3号楼"=x C:m\nend',
         tags=(
             ("楼 栋,key=", 'val, "q"=\\x\n湖光苑 3号楼'),
             ("plain", "a\\,b c\\=d"),
+            ("path", "C:\\m\\ x"),
             ("trailing", "ends\\"),
             ("empty", ""),
         ),
@@ -55,8 +66,9 @@ async def test_hostile_names_and_values_round_trip(influxdb: Any, influx_db: str
     assert result.accepted_lines == 1
 
     # Names cannot carry a newline, and a trailing backslash would escape the separator:
-    # both become a space. Everything else comes back exactly.
-    measurement = 'env, "湖光苑 3号楼"=x C:\\m end'
+    # both become a space, as does a backslash that would pair with a space when the
+    # parser looks for the end of the line. Everything else comes back exactly.
+    measurement = 'env, "湖光苑 3号楼"=x C:m end'
     measurements = influxdb.query(influx_db, "SHOW MEASUREMENTS")
     assert measurements == [{"name": measurement}]
 
@@ -81,6 +93,7 @@ async def test_hostile_names_and_values_round_trip(influxdb: Any, influx_db: str
         "time": T_MS,
         "楼 栋,key=": 'val, "q"=\\x 湖光苑 3号楼',
         "plain": "a\\,b c\\=d",
+        "path": "C:\\m  x",
         "trailing": "ends ",
         "f key,=": 42,
         'quote"d': 1.0,
@@ -212,3 +225,54 @@ async def test_v2_gzip_write_to_victoria_metrics(victoria_metrics: Any) -> None:
     assert got == expected
     assert {s["metric"]["community"] for s in series} == {"湖光苑 3号楼"}
     assert not any("port" in s["metric"] for s in series)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    measurement=MEASUREMENTS,
+    tags=st.lists(
+        st.tuples(HOSTILE_TEXT, HOSTILE_TEXT),
+        max_size=3,
+        unique_by=lambda tag: as_stored_name(tag[0]),
+    ),
+    texts=st.lists(
+        st.tuples(HOSTILE_TEXT, st.text(max_size=12)),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda field: as_stored_field_key(field[0]),
+    ),
+)
+def test_any_name_and_string_is_stored_as_the_encoding_says(
+    influxdb: Any,
+    influx_db: str,
+    measurement: str,
+    tags: list[tuple[str, str]],
+    texts: list[tuple[str, str]],
+) -> None:
+    case = uuid.uuid4().hex
+    point = Point(
+        measurement,
+        (("case", case), *((f"t_{key}", value) for key, value in tags)),
+        tuple((f"f_{key}", text) for key, text in texts),
+        T_MS,
+    )
+    response = httpx.post(
+        f"{influxdb.url}/write",
+        params={"db": influx_db, "precision": "ms"},
+        content=encode_point(point).encode(),
+        timeout=10,
+    )
+    assert response.status_code == 204, (encode_point(point), response.text)
+
+    where = f"WHERE \"case\" = '{case}'"
+    (stored_as,) = influxdb.query(influx_db, f"SHOW MEASUREMENTS {where}")
+    assert stored_as == {"name": as_stored_measurement(measurement)}
+    (row,) = influxdb.query(influx_db, f"SELECT * FROM /.*/ {where}")
+    expected_tags = {as_stored_name(f"t_{key}"): as_stored_name(value) for key, value in tags}
+    expected_fields = {as_stored_field_key(f"f_{key}"): text for key, text in texts}
+    stored = {k: v for k, v in row.items() if v is not None and k not in ("time", "case")}
+    assert stored == expected_tags | expected_fields, encode_point(point)

@@ -4,6 +4,8 @@ import enum
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.decode.record import FieldValue
 from gateway.store.line_protocol import (
@@ -14,6 +16,13 @@ from gateway.store.line_protocol import (
     parse_line,
 )
 from gateway.store.point import Point
+from tests.stored_text import (
+    HOSTILE_TEXT,
+    MEASUREMENTS,
+    as_stored_field_key,
+    as_stored_measurement,
+    as_stored_name,
+)
 
 T_MS = 1_767_225_600_000
 
@@ -144,21 +153,48 @@ def test_tag_and_field_keys_escape_comma_equals_space() -> None:
     assert encode_point(p) == f"m,k\\,1\\ \\==v\\,1\\ \\= f\\,1\\ \\==1i {T_MS}"
 
 
-def test_double_quotes_in_names_are_literal() -> None:
+def test_double_quotes_are_literal_in_names_and_tags_and_escaped_in_field_keys() -> None:
+    # InfluxDB reads `\"` in a field key as a double quote, and would lose a backslash
+    # before a raw one.
     p = point(measurement='m"', tags=(('t"', 'v"'),), fields=(('f"', 1),))
-    assert encode_point(p) == f'm",t"=v" f"=1i {T_MS}'
+    assert encode_point(p) == f'm",t"=v" f\\"=1i {T_MS}'
 
 
-def test_backslashes_in_names_are_literal() -> None:
+def test_backslashes_in_tags_are_literal() -> None:
     # The parser only looks one character back: a backslash not before a special
     # character is a literal one, and one before an escaped special stays as it is.
-    p = point(measurement="C:\\m", tags=(("k", "a\\b"), ("x", "a\\,b")), fields=(("f\\g", 1),))
-    assert encode_point(p) == f"C:\\m,k=a\\b,x=a\\\\,b f\\g=1i {T_MS}"
+    p = point(tags=(("k", "a\\b"), ("x", "a\\,b")), fields=(("f\\g", 1),))
+    assert encode_point(p) == f"m,k=a\\b,x=a\\\\,b f\\g=1i {T_MS}"
+
+
+def test_a_measurement_cannot_hold_a_backslash_as_influxdb_reads_its_escapes_twice() -> None:
+    with pytest.raises(ValueError, match="backslash"):
+        encode_point(point(measurement="C:\\m"))
 
 
 def test_trailing_backslash_becomes_space() -> None:
-    p = point(measurement="m\\", tags=(("t\\", "v\\"),), fields=(("f\\", 1),))
-    assert encode_point(p) == f"m\\ ,t\\ =v\\  f\\ =1i {T_MS}"
+    p = point(tags=(("t\\", "v\\"),), fields=(("f\\", 1),))
+    assert encode_point(p) == f"m,t\\ =v\\  f\\ =1i {T_MS}"
+
+
+def test_an_odd_run_of_backslashes_before_a_space_ends_in_a_space() -> None:
+    # The line's end is found by pairing each backslash with the character after it:
+    # `\\\\ ` would have the fields begin at that space.
+    p = point(tags=(("k", "a\\ b"), ("x", "a\\\\ b"), ("y\\ z", "1")))
+    assert encode_point(p) == f"m,k=a\\ \\ b,x=a\\\\\\ b,y\\ \\ z=1 v=1.5 {T_MS}"
+
+
+def test_field_keys_keep_only_even_runs_of_backslashes_before_what_they_escape() -> None:
+    fields = (("a\\,b", 1), ("c\\\\=d", 2), ("e\\\\", 3), ('g\\"', 4), ("h\\i", 5))
+    line = encode_point(point(fields=fields))
+    assert line == (f'm a\\ \\,b=1i,c\\\\\\=d=2i,e\\ \\ =3i,g\\ \\"=4i,h\\i=5i {T_MS}')
+    assert parse_line(line)[2] == {"a ,b": 1, "c\\\\=d": 2, "e  ": 3, 'g "': 4, "h\\i": 5}
+
+
+def test_a_measurement_cannot_begin_with_a_hash_which_makes_the_line_a_comment() -> None:
+    with pytest.raises(ValueError, match="comment"):
+        encode_point(point(measurement="#m"))
+    assert encode_point(point(measurement="m#")) == f"m# v=1.5 {T_MS}"
 
 
 def test_newlines_in_names_become_spaces() -> None:
@@ -271,3 +307,30 @@ def test_a_declared_field_set_refuses_what_encode_fields_refuses(
 def test_a_field_set_of_an_unknown_type_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown field types \\['decimal'\\]"):
         FieldSetEncoder({"price": "decimal"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    measurement=MEASUREMENTS,
+    tags=st.lists(
+        st.tuples(HOSTILE_TEXT, HOSTILE_TEXT), max_size=3, unique_by=lambda t: as_stored_name(t[0])
+    ),
+    fields=st.lists(
+        st.tuples(HOSTILE_TEXT, st.text(max_size=12) | st.integers(-5, 5) | st.booleans()),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda f: as_stored_field_key(f[0]),
+    ),
+)
+def test_parse_line_reads_any_line_as_influxdb_stores_it(
+    measurement: str, tags: list[tuple[str, str]], fields: list[tuple[str, FieldValue]]
+) -> None:
+    # What the readings API shows of a line still in the outbox is what InfluxDB will
+    # show once it is written (tests.stored_text, checked against a real InfluxDB).
+    line = encode_point(point(tuple(fields), tuple(tags), measurement))
+    assert parse_line(line) == (
+        as_stored_measurement(measurement),
+        {as_stored_name(key): as_stored_name(value) for key, value in tags},
+        {as_stored_field_key(key): value for key, value in fields},
+        T_MS,
+    )
