@@ -30,18 +30,42 @@ from gateway.errors import DecodeError
 from gateway.ingest.message import InboundMessage
 from gateway.pipeline import IngestPipeline
 from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.engine import RuleEngine
 from gateway.stats import Stats
 from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper
 from simulators.acme import AcmeFrame, FrameType, StatusBits
+from tests.catalogue import shipped_rules
 
 NOW_MS = 1_767_225_600_000
 PROFILES = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
 JSON_PROFILES = [p for p in PROFILES.by_name.values() if p.codec == "json"]
 IMEI = "860000000000001"
+# One registered device of each type, with what the shipped rules read of the registry.
+REGISTERED = {
+    "smoke_detector": RegisteredDevice(
+        device_id="d-1", device_type="smoke_detector", community="hgy", building="3"
+    ),
+    "manhole_cover": RegisteredDevice(
+        device_id="mh-1", device_type="manhole_cover", community="hgy", well_depth_cm=250
+    ),
+    "bracelet": RegisteredDevice(
+        device_id="br-1",
+        device_type="bracelet",
+        community="hgy",
+        home_lat=34.79,
+        home_lon=113.66,
+        safe_radius_m=500,
+        lives_alone=True,
+        thresholds={"min_heart_rate_bpm": 45, "max_heart_rate_bpm": 120},
+    ),
+    "charging_shed": RegisteredDevice(
+        device_id="cs-1", device_type="charging_shed", community="hgy", building="7"
+    ),
+}
 REGISTRY = Registry(
     [
-        RegisteredDevice(device_id="d-1", device_type="smoke_detector", community="hgy"),
+        *REGISTERED.values(),
         RegisteredDevice(
             device_id="acme-1", device_type="smoke_detector", community="hgy", imei=IMEI
         ),
@@ -144,7 +168,9 @@ def messages(draw: st.DrawFn) -> InboundMessage:
         return InboundMessage(topic, json.dumps(body).encode(), received_ms=NOW_MS)
     device_type = draw(st.sampled_from([p.device_type for p in JSON_PROFILES]))
     kind = draw(st.sampled_from(["telemetry"] * 12 + ["event"] * 6 + ["status"] * 2 + ["other"]))
-    community, typed, device_id = "hgy", device_type, draw(st.sampled_from(["d-2", "d-3"]))
+    registered = REGISTERED[device_type].device_id
+    community, typed = "hgy", device_type
+    device_id = draw(st.sampled_from(["d-2", "d-3", registered, registered]))
     # Now and then one part of the topic is wrong.
     wrong = draw(st.integers(0, 30))
     if wrong == 0:
@@ -239,6 +265,11 @@ def test_every_message_is_stored_or_quarantined_once_and_never_trips_the_gateway
         _conforms(record)
         end = _LINE_END.search(line)
         assert end is not None and int(end.group(1)) == record.time_ms, line
+
+    # The shipped rules judge whatever was stored without a fault.
+    engine = RuleEngine(shipped_rules(), REGISTRY, PROFILES.periods_s())
+    engine.evaluate(prepared.records)
+    assert not engine.faults.counts
 
     # The same messages again, as the broker redelivers them: a message with a key (its
     # `seq` or its device's `ts`) is not stored twice; one without is stored again, as
