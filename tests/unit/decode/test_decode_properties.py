@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import PROJECT_ROOT
+from gateway.decode.acme import crc16_modbus
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import FieldSpec, load_profiles
@@ -155,16 +156,28 @@ def payloads(draw: st.DrawFn, kind: str, device_type: str) -> dict[str, Any]:
 
 
 @st.composite
+def acme_frames(draw: st.DrawFn) -> str:
+    """A vendor frame of any content after its header, its CRC right; or any hex."""
+    if draw(st.booleans()):
+        return draw(st.text("0123456789abcdefABCDEF", max_size=24))
+    body = bytes([0xAA]) + draw(st.binary(min_size=7, max_size=7))
+    return (body + crc16_modbus(body).to_bytes(2, "little")).hex()
+
+
+@st.composite
 def messages(draw: st.DrawFn) -> InboundMessage:
     what = draw(st.sampled_from(["canonical"] * 8 + ["vendor", "bytes"]))
     if what == "vendor":
         frame = AcmeFrame(FrameType.ALARM, StatusBits.ALARM, 80, 23.5, 0.02).encode().hex()
+        # Mostly the registered detector, named alike by its topic and its payload.
+        imei = draw(st.sampled_from([IMEI] * 6 + ["860000000000002", "86", 12]))
         body = {
-            "imei": draw(st.sampled_from([IMEI, "860000000000002", "86", 12])),
-            "payload": draw(st.sampled_from([frame, frame[:-2], "zz" * 10, 5])),
-            "ts": draw(st.sampled_from([NOW_MS, None, "now"])),
+            "imei": imei,
+            "payload": draw(st.sampled_from([frame, frame[:-2], "zz" * 10, 5]) | acme_frames()),
+            "ts": draw(st.sampled_from([NOW_MS, NOW_MS, None, "now"])),
         }
-        topic = f"vendor/acme-smoke/{draw(st.sampled_from([IMEI, '860000000000002']))}/up"
+        named = imei if draw(st.integers(0, 9)) else "860000000000002"
+        topic = f"vendor/acme-smoke/{named}/up"
         return InboundMessage(topic, json.dumps(body).encode(), received_ms=NOW_MS)
     device_type = draw(st.sampled_from([p.device_type for p in JSON_PROFILES]))
     kind = draw(st.sampled_from(["telemetry"] * 12 + ["event"] * 6 + ["status"] * 2 + ["other"]))
