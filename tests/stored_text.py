@@ -11,9 +11,12 @@ import re
 from hypothesis import strategies as st
 
 # Text as registry places and devices' string fields may hold it: the characters line
-# protocol escapes or cannot carry, among letters, digits and Chinese.
+# protocol escapes or cannot carry, among letters, digits, Chinese, control characters
+# and a character outside the Basic Multilingual Plane.
 HOSTILE_TEXT = st.text(
-    st.sampled_from(list(',= "\\\n\r\t') + list("ab1_-.#") + list("湖光苑号楼")),
+    st.sampled_from(
+        [*',= "\\\n\r\t', *"ab1_-.#", *"湖光苑号楼", "\x00", "\x01", "\x0b", "\x7f", "😀"]
+    ),
     min_size=1,
     max_size=8,
 )
