@@ -43,17 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reload.add_argument("--config", type=Path, required=True)
 
-    from simulators.cli import add_arguments, run_from_args
+    from simulators.cli import add_arguments, positive_float, positive_int, run_from_args
 
     simulate = commands.add_parser("simulate", help="publish simulated device traffic")
     add_arguments(simulate)
 
     demo = commands.add_parser("demo", help="the whole system on embedded defaults")
-    demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
-    demo.add_argument("--devices", type=int, default=200)
+    demo.add_argument("--seconds", type=positive_float, default=None, help="stop after N seconds")
+    demo.add_argument("--devices", type=positive_int, default=200)
     demo.add_argument(
         "--period-scale",
-        type=float,
+        type=positive_float,
         default=0.05,
         help="devices report this many times their typical period (0.05: 20 times faster)",
     )
@@ -96,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _configure_logging(config)
             return asyncio.run(_run(config, args.config))
         if args.command == "simulate":
-            return run_from_args(args)
+            try:
+                return run_from_args(args)
+            except ValueError as error:
+                # What the simulators refuse of the flags: a scenario's device, say.
+                simulate.error(str(error))
         from gateway.demo import run_demo
 
         return asyncio.run(run_demo(args.seconds, args.devices, args.period_scale, args.seed))

@@ -7,8 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from simulators.fleet import Fleet
-from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
+from simulators.layout import COMMUNITY_NAME
+from simulators.publisher import (
+    SimulationOptions,
+    SimulationReport,
+    fleet_of,
+    run_simulation,
+)
 from simulators.scenario import Scenario, ScenarioKind
 
 # Flags that only matter when publishing: with none of them, --write-registry just writes.
@@ -27,6 +32,32 @@ def _rate(text: str) -> float | None:
     return value
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def _community(text: str) -> str:
+    if not COMMUNITY_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a community name ([a-z0-9-]{{1,32}})")
+    return text
+
+
 def _scenario(text: str) -> Scenario:
     try:
         return Scenario.parse(text)
@@ -42,10 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     broker.add_argument("--username", default=None)
     broker.add_argument("--password", default=None)
     fleet = parser.add_argument_group("fleet")
-    fleet.add_argument("--devices", type=int, default=100, help="number of devices (100)")
-    fleet.add_argument("--communities", type=int, default=3, help="number of communities (3)")
+    fleet.add_argument("--devices", type=positive_int, default=100, help="number of devices (100)")
+    fleet.add_argument(
+        "--communities", type=positive_int, default=3, help="number of communities (3)"
+    )
     fleet.add_argument(
         "--community",
+        type=_community,
         action="append",
         default=[],
         metavar="NAME",
@@ -68,8 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="total msg/s, device after device, or 'max' for as fast as acknowledged; "
         "without it each device reports at its own period in real time",
     )
-    run.add_argument("--seconds", type=float, default=None, help="run this long (60)")
-    run.add_argument("--messages", type=int, default=None, help="stop after this many")
+    run.add_argument("--seconds", type=positive_float, default=None, help="run this long (60)")
+    run.add_argument("--messages", type=positive_int, default=None, help="stop after this many")
     run.add_argument(
         "--scenario",
         type=_scenario,
@@ -78,10 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIND@S[:DEVICE]",
         help=f"inject a scenario at S seconds, repeatable; kinds: {kinds}",
     )
-    run.add_argument("--processes", type=int, default=1, help="publisher processes (1)")
+    run.add_argument("--processes", type=positive_int, default=1, help="publisher processes (1)")
     run.add_argument(
         "--period-scale",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="F",
         help="multiply every reporting period by F (0.01: 100 times faster)",
@@ -122,12 +156,7 @@ def run_from_args(ns: argparse.Namespace) -> int:
     """Write the registry if asked, then publish unless only the registry was asked for."""
     options = options_from_args(ns)
     if ns.write_registry is not None:
-        fleet = Fleet.build(
-            seed=options.seed,
-            devices=options.devices,
-            communities=options.communities,
-            community_names=options.community_names or None,
-        )
+        fleet = fleet_of(options)
         ns.write_registry.write_text(fleet.registry_csv(), encoding="utf-8")
         print(f"wrote {len(fleet.devices)} devices to {ns.write_registry}", file=sys.stderr)
     if not wants_publishing(ns):

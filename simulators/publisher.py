@@ -18,7 +18,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from simulators.fleet import Fleet
 from simulators.message import SimMessage
-from simulators.scenario import Scenario
+from simulators.scenario import Scenario, resolve
 
 CONNECT_TIMEOUT_S = 10.0
 # How long to wait for the broker to acknowledge what is still in flight at the end.
@@ -116,6 +116,10 @@ class SimulationReport:
 
 
 def run_simulation(options: SimulationOptions) -> SimulationReport:
+    """Raises ValueError, before connecting, for a scenario no device of the fleet takes."""
+    fleet = fleet_of(options)
+    for scenario in options.scenarios:
+        resolve(scenario, fleet.devices, options.seed)
     start_ms = time.time_ns() // 1_000_000
     if options.processes == 1:
         return _publish_shard(options, 0, start_ms)
@@ -233,13 +237,17 @@ class _Connection:
         self.client.loop_stop()
 
 
-def _publish_shard(options: SimulationOptions, index: int, start_ms: int) -> SimulationReport:
-    fleet = Fleet.build(
+def fleet_of(options: SimulationOptions) -> Fleet:
+    return Fleet.build(
         seed=options.seed,
         devices=options.devices,
         communities=options.communities,
         community_names=options.community_names or None,
-    ).sharded(index, options.processes)
+    )
+
+
+def _publish_shard(options: SimulationOptions, index: int, start_ms: int) -> SimulationReport:
+    fleet = fleet_of(options).sharded(index, options.processes)
     connection = _Connection(options, index)
     connection.open()
     began_s = time.monotonic()

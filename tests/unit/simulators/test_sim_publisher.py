@@ -10,6 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.cli import main as gateway_main
 from simulators import MessageKind, Scenario
 from simulators.cli import add_arguments, main, options_from_args, wants_publishing
 from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
@@ -134,3 +135,27 @@ def test_cli_publishes(
     assert main(argv) == 0
     assert path.exists()
     assert "total 60/60" in capsys.readouterr().out  # 10 status + 50 messages
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--devices", "0"], "argument --devices: 0 is not at least 1"),
+        (["--communities", "x"], "argument --communities: 'x' is not a whole number"),
+        (["--community", "Bad Name"], "argument --community: 'Bad Name' is not a community name"),
+        (["--processes", "0"], "argument --processes: 0 is not at least 1"),
+        (["--period-scale", "0"], "argument --period-scale: 0 is not above 0"),
+        (["--seconds", "-1"], "argument --seconds: -1 is not above 0"),
+        (["--messages", "0"], "argument --messages: 0 is not at least 1"),
+        (["--scenario", "fire@1:nobody", "--port", "1"], "no device 'nobody' in the fleet"),
+    ],
+)
+def test_bad_flags_are_refused_with_what_is_wrong_not_a_traceback(
+    flags: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = ["--write-registry", str(tmp_path / "registry.csv")]
+    for run in (main, lambda argv: gateway_main(["simulate", *argv])):
+        with pytest.raises(SystemExit) as exited:
+            run([*registry, *flags])
+        assert exited.value.code == 2
+        assert says in capsys.readouterr().err
