@@ -145,7 +145,15 @@ DASHBOARD_FOLDER = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
 def _dashboards(folder: Path) -> int:
     from gateway.dashboards.catalogue import write_dashboards
 
-    for path in write_dashboards(folder):
+    try:
+        written = write_dashboards(folder)
+    except OSError as exc:
+        print(
+            f"error: cannot write the dashboards to {folder}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    for path in written:
         print(path)
     return 0
 

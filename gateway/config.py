@@ -25,6 +25,7 @@ from gateway import PROJECT_ROOT
 from gateway.address import HttpAddress
 from gateway.errors import ConfigError
 from gateway.notify.policy import NotifyPolicy
+from gateway.textfile import read_text
 
 
 class _Strict(BaseModel):
@@ -416,10 +417,7 @@ def load_config(path: Path) -> GatewayConfig:
 
 
 def _read_mapping(path: Path) -> dict[str, object]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from exc
+    text = read_text(path)
     # Each ${NAME} is marked in the text and replaced in the values read: a value with
     # `#`, `: ` or a quote in it stays whole, and one in a comment is never looked up.
     marked = _VARIABLE.sub(lambda match: f"{_MARK}{match.group(1)}{_MARK}", text)

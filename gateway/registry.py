@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import ConfigError
+from gateway.textfile import read_text
 
 COLUMNS = (
     "device_id",
@@ -159,10 +160,7 @@ def load_registry(path: Path, device_types: Collection[str] | None = None) -> Re
     With `device_types` (those the device profiles declare), a device of another type is
     an error: every message it sends would be refused as not of its registered type, a
     fire alarm among them."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from exc
+    text = read_text(path, encoding="utf-8-sig")
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(path, text)
     elif path.suffix.lower() in (".yaml", ".yml"):

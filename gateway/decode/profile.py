@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gateway.config import config_error, filter_problem
 from gateway.errors import ConfigError
+from gateway.textfile import read_text
 
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
 
@@ -165,10 +166,11 @@ def load_profiles(folder: Path, known_codecs: frozenset[str]) -> ProfileSet:
 
 
 def _load_one(path: Path) -> DeviceProfile:
+    text = read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), "", f"cannot read profile: {exc}") from exc
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "", "expected a mapping at the top level")
     raw.setdefault("name", path.stem)

@@ -22,6 +22,7 @@ from gateway.rules.expression import (
     parse_condition,
 )
 from gateway.rules.schedule import DailyWindow
+from gateway.textfile import read_text
 
 if TYPE_CHECKING:
     # Imported for its type only: the profiles' module imports the config's, which
@@ -116,10 +117,11 @@ def load_rules(folder: Path, profiles: ProfileSet) -> list[Rule]:
 
 
 def _load_file(path: Path) -> list[Rule]:
+    text = read_text(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), "", f"cannot read rules: {exc}") from exc
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
     items = data.get("rules") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise ConfigError(str(path), "rules", "expected a list of rules under 'rules'")

@@ -317,3 +317,38 @@ def test_a_variable_that_is_not_set_is_named_with_its_file_and_field(
     assert error.value.file == str(tmp_path / "notify.yaml")
     assert error.value.field == "channels.grid.key"
     assert "no environment variable WECOM_KEY_NOT_SET is set" in error.value.problem
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("gw.yaml", ""),
+        ("devices.csv", "(from a spreadsheet: as 'CSV UTF-8')"),
+        ("profiles/smoke_detector.yaml", ""),
+        ("rules/smoke_detector.yaml", ""),
+    ],
+)
+def test_a_file_not_in_utf8_is_named_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, how: str
+) -> None:
+    # A registry saved by a spreadsheet on a Chinese desktop comes out in GBK.
+    for folder in ("profiles", "rules"):
+        source = PROJECT_ROOT / ("device_profiles" if folder == "profiles" else "alert_rules")
+        (tmp_path / folder).mkdir()
+        for path in source.glob("*.yaml"):
+            (tmp_path / folder / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "devices.csv").write_text(
+        "device_id,device_type,community,building\nsd-1,smoke_detector,hgy,一号楼\n"
+    )
+    (tmp_path / "gw.yaml").write_text(
+        "mqtt: null\nprofiles_dir: profiles\nrules_dir: rules\nregistry_file: devices.csv\n"
+        "# 湖光苑社区\n"
+    )
+    assert main(["check", "--config", str(tmp_path / "gw.yaml")]) == 0
+    capsys.readouterr()
+    changed = tmp_path / name
+    changed.write_bytes(changed.read_text(encoding="utf-8").encode("gbk"))
+    assert main(["check", "--config", str(tmp_path / "gw.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"config error: {changed}: not UTF-8 text (byte 0x"), err
+    assert err.rstrip().endswith(f"save it as UTF-8 {how}".rstrip()), err

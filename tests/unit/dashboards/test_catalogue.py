@@ -20,6 +20,15 @@ def test_generating_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     assert len(one) == 7
 
 
+def test_a_folder_that_cannot_be_written_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "file"
+    taken.write_text("")
+    assert main(["dashboards", "--out", str(taken / "dashboards")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: cannot write the dashboards to {taken}")
+
+
 def test_the_committed_dashboards_are_what_the_code_generates() -> None:
     fresh = {name: render(board) for name, board in dashboards().items()}
     shipped = {p.name: p.read_text(encoding="utf-8") for p in SHIPPED.glob("*.json")}
