@@ -3,8 +3,8 @@
 The shipped example configuration, notification policy, device registry, device
 profiles and alert rules are copied, one of them is changed at one place (a key
 removed, a value replaced by one of another type or size, an unknown key added, a cell
-of the registry rewritten), and the result is checked as `community-gateway check`
-checks it. Whether the change is accepted is not the point: a traceback is never the
+of the registry rewritten) or as a whole (bytes of any kind, or its text saved as GBK),
+and the result is checked as `community-gateway check` checks it. Whether the change is accepted is not the point: a traceback is never the
 answer.
 """
 
@@ -139,7 +139,13 @@ def test_a_file_changed_anywhere_is_accepted_or_refused_by_name(
         folder = Path(scratch)
         config_path = _lay_out(folder)
         changed = folder / target
-        if target == "devices.csv":
+        garble = data.draw(st.integers(0, 9))
+        if garble == 0:
+            changed.write_bytes(data.draw(st.binary(max_size=64)))
+        elif garble == 1:
+            # As a spreadsheet or editor on a Chinese desktop may save it.
+            changed.write_bytes(changed.read_text(encoding="utf-8").encode("gbk", "replace"))
+        elif target == "devices.csv":
             changed.write_text(data.draw(csv_changes(changed.read_text())))
         else:
             document = yaml.safe_load(changed.read_text())
