@@ -28,6 +28,10 @@ checked against a real InfluxDB 1.6.7:
 - A line that begins with `#` is a comment, so a measurement cannot begin with one.
   The parser skips tabs and NULs at the start of a line and of its fields: at the
   start of a measurement or field key such a character becomes a space.
+- VictoriaMetrics reads a doubled backslash in a tag as one, which InfluxDB does not:
+  of a tag that holds a backslash right before a comma, space or equals sign, the two
+  keep different values, and no text gives both the same. The gateway's tags (ids,
+  communities, the registry's place names) hold none in practice.
 - Inside a string field value only `"` and `\\` are escaped. The parser has no
   escape for a newline (`\\n` would be stored as a backslash and an `n`), so a
   newline is written raw: InfluxDB keeps the quoted string together and stores the
