@@ -20,18 +20,6 @@ from simulators.scenario import Scenario, ScenarioKind
 PUBLISH_FLAGS = ("host", "port", "rate", "seconds", "messages", "scenario")
 
 
-def _rate(text: str) -> float | None:
-    if text == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (msg/s) or 'max'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("rate must be > 0")
-    return value
-
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -48,8 +36,18 @@ def positive_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
     return value
+
+
+def _rate(text: str) -> float | None:
+    """msg/s, or None for 'max'."""
+    if text == "max":
+        return None
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error}: give msg/s, or 'max'") from None
 
 
 def _community(text: str) -> str:
