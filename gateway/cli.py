@@ -203,12 +203,52 @@ async def _run(config: GatewayConfig, path: Path) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except ConfigError as exc:
+        # In a restart loop on a broken rule or registry file, it would otherwise say
+        # nothing: whoever watches its status learns why it does not run.
+        await asyncio.to_thread(_say_cannot_start, config, str(exc))
+        raise
     made.append(gateway)
     set_aside_startup_objects()
     # The gateway's pid is in its pid file for as long as it runs (gateway.store.lock).
     await gateway.run()
     return 0
+
+
+# How long a start that failed waits on the broker to say so.
+CANNOT_START_TIMEOUT_S = 5.0
+
+
+def _say_cannot_start(config: GatewayConfig, problem: str) -> None:
+    """Publish the problem on the status topic, unless another gateway runs on this
+    outbox: its status is its own."""
+    from gateway.clock import SystemClock
+    from gateway.ingest.mqtt3 import publish_retained
+    from gateway.ingest.subscription import Status
+    from gateway.store.lock import PidLock
+
+    mqtt = config.mqtt
+    if mqtt is None or mqtt.status is None:
+        return
+    try:
+        lock = PidLock.take(pid_path(config.outbox.path), "another gateway")
+    except (GatewayError, OSError):
+        return
+    try:
+        status = Status(mqtt.status, mqtt.client_id, SystemClock())
+        publish_retained(
+            mqtt,
+            status.topic,
+            status.cannot_start(problem),
+            client_id=f"{mqtt.client_id}-status",
+            timeout_s=CANNOT_START_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError) as exc:
+        log.warning("could not say on %s that the gateway cannot start: %s", mqtt.status, exc)
+    finally:
+        lock.release()
 
 
 def reload_in_place(gateway: Gateway, path: Path) -> None:

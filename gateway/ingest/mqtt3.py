@@ -79,12 +79,7 @@ class Mqtt3Subscriber(Subscription):
             clean_session=False,
             manual_ack=True,
         )
-        if config.username is not None:
-            password = config.password.get_secret_value() if config.password else None
-            client.username_pw_set(config.username, password)
-        if config.tls is not None:
-            client.tls_set_context(config.tls.ssl_context())
-            client.tls_insecure_set(config.tls.insecure_skip_verify)
+        _sign_in(client, config)
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
@@ -303,6 +298,57 @@ class Mqtt3Subscriber(Subscription):
             )
         )
         self._wakeup.set()
+
+
+def _sign_in(client: paho.Client, config: MqttConfig) -> None:
+    """The config's credentials and TLS, set on `client`."""
+    if config.username is not None:
+        password = config.password.get_secret_value() if config.password else None
+        client.username_pw_set(config.username, password)
+    if config.tls is not None:
+        client.tls_set_context(config.tls.ssl_context())
+        client.tls_insecure_set(config.tls.insecure_skip_verify)
+
+
+def publish_retained(
+    config: MqttConfig, topic: str, payload: bytes, *, client_id: str, timeout_s: float
+) -> None:
+    """Connect on a clean session of `client_id`'s, publish `payload` retained at QoS 1,
+    wait for the broker to acknowledge it, and disconnect: for what the gateway says
+    while it has no connection of its own. Raises OSError, ConnectionError if the broker
+    refuses the connection, or TimeoutError."""
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv311,
+        clean_session=True,
+    )
+    _sign_in(client, config)
+    answered = threading.Event()
+    refused: list[ReasonCode] = []
+
+    def on_connect(
+        client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            refused.append(reason)
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect(config.host, config.port, keepalive=config.keepalive_s)
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            raise TimeoutError(f"the broker at {config.host}:{config.port} did not answer")
+        if refused:
+            raise ConnectionError(f"the broker refused the connection: {refused[0]}")
+        published = client.publish(topic, payload, qos=1, retain=True)
+        published.wait_for_publish(timeout_s)
+        if not published.is_published():
+            raise TimeoutError(f"the broker did not acknowledge {topic}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _tls_pending(sock: Any) -> bool:

@@ -35,6 +35,10 @@ class Status:
     def stopped(self) -> bytes:
         return self._document(False, "stopped")
 
+    def cannot_start(self, problem: str) -> bytes:
+        """Said by a start that ends before the gateway runs: a broken rule file, say."""
+        return self._document(False, f"cannot start: {problem}")
+
     def will(self) -> bytes:
         """Published by the broker when it loses the connection without a DISCONNECT."""
         return self._document(False, "connection lost")

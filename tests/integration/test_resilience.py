@@ -443,6 +443,68 @@ async def test_the_gateway_says_on_its_status_topic_when_it_is_online_and_when_i
         later.close()
 
 
+def _broken_rules(tmp_path: Path, config: GatewayConfig) -> tuple[Path, Path]:
+    """A config file whose rule folder holds a rule without a condition: the config and
+    the rule file's paths."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "broken.yaml").write_text("rules:\n  - name: no_condition\n    severity: info\n")
+    document = config.model_dump(mode="json", exclude_none=True)
+    document["rules_dir"] = str(rules)
+    config_file = tmp_path / "broken.yaml"
+    config_file.write_text(yaml.safe_dump(document))
+    return config_file, rules / "broken.yaml"
+
+
+async def test_a_gateway_that_cannot_start_says_why_on_its_status_topic(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    # As in a restart loop on a broken rule file: the status says why, not "stopped".
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    assert config.mqtt is not None
+    config_file, rule_file = _broken_rules(tmp_path, config)
+    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ended.returncode == 2, ended.stderr
+        assert f"config error: {rule_file}" in ended.stderr
+        await wait_until(lambda: bool(watch.documents), what="the status said")
+        (said,) = watch.documents
+        assert said["online"] is False
+        assert said["reason"].startswith(f"cannot start: {rule_file}: "), said
+        assert said["client_id"] == config.mqtt.client_id
+    finally:
+        watch.close()
+
+
+async def test_a_second_gateway_that_cannot_start_leaves_the_running_ones_status_alone(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    assert config.mqtt is not None
+    config_file, _ = _broken_rules(tmp_path, config)
+    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
+    try:
+        async with running(config):
+            await wait_until(lambda: watch.reasons() == [(True, "connected")], what="online")
+            ended = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+                capture_output=True,
+                timeout=60,
+            )
+            assert ended.returncode == 2
+            await asyncio.sleep(0.5)
+            assert watch.reasons() == [(True, "connected")]
+    finally:
+        watch.close()
+
+
 async def test_a_gateway_that_dies_is_said_offline_by_the_broker(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str
 ) -> None:
