@@ -443,6 +443,17 @@ async def test_the_gateway_says_on_its_status_topic_when_it_is_online_and_when_i
         later.close()
 
 
+async def _run_to_its_end(config_file: Path) -> subprocess.CompletedProcess[str]:
+    """`community-gateway run` on `config_file`, off the event loop, until it exits."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _broken_rules(tmp_path: Path, config: GatewayConfig) -> tuple[Path, Path]:
     """A config file whose rule folder holds a rule without a condition: the config and
     the rule file's paths."""
@@ -465,12 +476,7 @@ async def test_a_gateway_that_cannot_start_says_why_on_its_status_topic(
     config_file, rule_file = _broken_rules(tmp_path, config)
     watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
     try:
-        ended = subprocess.run(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        ended = await _run_to_its_end(config_file)
         assert ended.returncode == 2, ended.stderr
         assert f"config error: {rule_file}" in ended.stderr
         await wait_until(lambda: bool(watch.documents), what="the status said")
@@ -492,13 +498,8 @@ async def test_a_second_gateway_that_cannot_start_leaves_the_running_ones_status
     try:
         async with running(config):
             await wait_until(lambda: watch.reasons() == [(True, "connected")], what="online")
-            ended = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
-                capture_output=True,
-                timeout=60,
-            )
-            assert ended.returncode == 2
+            ended = await _run_to_its_end(config_file)
+            assert ended.returncode == 2, ended.stderr
             await asyncio.sleep(0.5)
             assert watch.reasons() == [(True, "connected")]
     finally:

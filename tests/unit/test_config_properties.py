@@ -41,17 +41,6 @@ YAML_FILES = [
 Path_ = tuple[str | int, ...]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def example_secrets_for_module() -> Iterator[None]:
-    """Every variable deploy/env.example names, set, as the example configs take them."""
-    with pytest.MonkeyPatch.context() as patch:
-        for line in (DEPLOY / "env.example").read_text().splitlines():
-            name, equals, _ = line.partition("=")
-            if equals and not line.startswith("#"):
-                patch.setenv(name, f"example-{name.lower()}")
-        yield
-
-
 def _lay_out(folder: Path) -> Path:
     """The shipped examples, copied into `folder` as one installation; its config."""
     shutil.copytree(PROJECT_ROOT / "alert_rules", folder / "rules")
@@ -126,10 +115,16 @@ def csv_changes(draw: st.DrawFn, text: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.usefixtures("example_secrets")
 @settings(
     max_examples=200,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # The secrets the examples take from the environment are the same for every example.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 @given(data=st.data(), target=st.sampled_from([*YAML_FILES, "devices.csv"]))
 def test_a_file_changed_anywhere_is_accepted_or_refused_by_name(
