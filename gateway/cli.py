@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import PROJECT_ROOT, __version__
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, load_config, load_status_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.store.lock import holder_pid, pid_path
 
@@ -92,7 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reload":
             return _reload(args.config)
         if args.command == "run":
-            config = load_config(args.config)
+            try:
+                config = load_config(args.config)
+            except ConfigError as exc:
+                # A config file an upgrade no longer takes: said as a broken rule file is.
+                if (sections := load_status_config(args.config)) is not None:
+                    _say_cannot_start(sections, str(exc))
+                raise
             _configure_logging(config)
             return asyncio.run(_run(config, args.config))
         if args.command == "simulate":

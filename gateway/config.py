@@ -416,7 +416,29 @@ def load_config(path: Path) -> GatewayConfig:
     return config
 
 
+def load_status_config(path: Path) -> GatewayConfig | None:
+    """Of a config file that `load_config` refused, its `mqtt` and `outbox` sections
+    alone, when they pass its checks: enough to say on the status topic why the
+    gateway does not start. None when even they do not."""
+    try:
+        marked = _read_marked(path)
+        sections = {name: marked[name] for name in ("mqtt", "outbox") if name in marked}
+        config = GatewayConfig.model_validate(_substituted(sections, "", path))
+        config = _resolve_paths(config, path.parent)
+        if config.mqtt is not None and config.mqtt.tls is not None:
+            config.mqtt.tls.ssl_context()
+    except (ConfigError, ValidationError):
+        return None
+    return config
+
+
 def _read_mapping(path: Path) -> dict[str, object]:
+    substituted: dict[str, object] = _substituted(_read_marked(path), "", path)
+    return substituted
+
+
+def _read_marked(path: Path) -> dict[str, object]:
+    """The file's top-level mapping, each ${NAME} in it still marked."""
     text = read_text(path)
     # Each ${NAME} is marked in the text and replaced in the values read: a value with
     # `#`, `: ` or a quote in it stays whole, and one in a comment is never looked up.
@@ -427,8 +449,7 @@ def _read_mapping(path: Path) -> dict[str, object]:
         raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "", "expected a mapping at the top level")
-    substituted: dict[str, object] = _substituted(raw, "", path)
-    return substituted
+    return raw
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -488,6 +488,30 @@ async def test_a_gateway_that_cannot_start_says_why_on_its_status_topic(
         watch.close()
 
 
+async def test_a_config_file_that_cannot_be_taken_is_said_on_the_status_topic(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    # As after an upgrade that no longer takes a setting: its mqtt section still names
+    # the broker to say it on.
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    assert config.mqtt is not None
+    document = config.model_dump(mode="json", exclude_none=True)
+    document["timezone"] = "Asia/Beijing"
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(document))
+    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
+    try:
+        ended = await _run_to_its_end(config_file)
+        assert ended.returncode == 2, ended.stderr
+        await wait_until(lambda: bool(watch.documents), what="the status said")
+        (said,) = watch.documents
+        assert said["online"] is False
+        assert said["reason"].startswith(f"cannot start: {config_file}: timezone: "), said
+        assert "Asia/Beijing" in said["reason"]
+    finally:
+        watch.close()
+
+
 async def test_a_second_gateway_that_cannot_start_leaves_the_running_ones_status_alone(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str
 ) -> None:

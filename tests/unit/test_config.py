@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from gateway import PROJECT_ROOT
 from gateway.cli import main
-from gateway.config import MqttConfig, filters_overlap, load_config
+from gateway.config import MqttConfig, filters_overlap, load_config, load_status_config
 from gateway.decode.decoder import CODECS
 from gateway.decode.profile import load_profiles
 from gateway.errors import ConfigError
@@ -352,3 +352,53 @@ def test_a_file_not_in_utf8_is_named_by_check(
     err = capsys.readouterr().err
     assert err.startswith(f"config error: {changed}: not UTF-8 text (byte 0x"), err
     assert err.rstrip().endswith(f"save it as UTF-8 {how}".rstrip()), err
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "timezone: Asia/Beijing\n",
+        "api: {tokens: [{name: a, role: admin, token: short}]}\n",
+        "influx: {url: 'http://db:8086', password: '${INFLUX_PASSWORD_NOT_SET}'}\n",
+        "notify: missing-policy.yaml\n",
+    ],
+)
+def test_a_refused_config_still_gives_the_broker_and_outbox_to_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    monkeypatch.setenv("MQTT_SECRET", "s3cret")
+    monkeypatch.delenv("INFLUX_PASSWORD_NOT_SET", raising=False)
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "mqtt: {host: broker.local, username: gw, password: '${MQTT_SECRET}'}\n"
+        "outbox: {path: data/o.db}\n" + broken
+    )
+    with pytest.raises(ConfigError):
+        load_config(path)
+    sections = load_status_config(path)
+    assert sections is not None and sections.mqtt is not None
+    assert sections.mqtt.host == "broker.local"
+    assert sections.mqtt.password is not None
+    assert sections.mqtt.password.get_secret_value() == "s3cret"
+    assert sections.outbox.path == tmp_path / "data" / "o.db"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mqtt: {port: 99999}\n",
+        "mqtt: {host: b, password: '${MQTT_SECRET_NOT_SET}'}\n",
+        "mqtt: {host: b, tls: {ca_file: no-such-ca.pem}}\n",
+        "outbox: {max_bytes: lots}\n",
+        "mqtt: [unclosed\n",
+    ],
+)
+def test_a_config_whose_broker_or_outbox_is_wrong_gives_nothing_to_say_it_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.delenv("MQTT_SECRET_NOT_SET", raising=False)
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(path)
+    assert load_status_config(path) is None
