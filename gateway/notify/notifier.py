@@ -387,15 +387,17 @@ class Notifier:
         return entry.resolved_ms is not None and not entry.life_safety
 
     def _announce_resolved(self, entry: AlertEntry, now_ms: int) -> None:
-        told = {Notice.from_json(n.notice).receiver for n in self.log.sent(entry.alert_id)}
-        for route in self.router.routes(entry):
-            if not route.send_resolved:
-                continue
-            first = self.policy.escalations[route.escalation][0]
-            for target in self.router.targets(first, entry, now_ms):
-                # Keyed by receiver alone: one told by two routes hears it once.
-                if target.receiver in told:
-                    self._add(entry, target, entry.alert_id, "resolved", now_ms)
+        """Each one told of the alert by a chain whose route sends the all-clear hears
+        it: at any step, and whoever is on duty now."""
+        chains = {r.escalation for r in self.router.routes(entry) if r.send_resolved}
+        targets: dict[str, Target] = {}
+        for sent in self.log.sent(entry.alert_id):
+            notice = Notice.from_json(sent.notice)
+            if notice.kind == "firing" and _chain_of(sent.key, notice) in chains:
+                # Keyed by receiver alone: one told by two steps or routes hears it once.
+                targets.setdefault(notice.receiver, self.router.told(notice, sent.channels))
+        for target in targets.values():
+            self._add(entry, target, entry.alert_id, "resolved", now_ms)
 
     def _add(self, entry: AlertEntry, target: Target, prefix: str, kind: str, now_ms: int) -> None:
         key = f"{prefix}/{target.receiver}/{kind}"
@@ -637,3 +639,10 @@ def _digest(first: Notice, notices: list[Notice]) -> Notice:
         map_url=None,
         lines=lines,
     )
+
+
+def _chain_of(key: str, notice: Notice) -> str:
+    """The escalation chain of a firing notification's key,
+    `{alert_id}/{chain}.{step}/{receiver}/firing`."""
+    step = key.removeprefix(f"{notice.alert_id}/").removesuffix(f"/{notice.receiver}/firing")
+    return step.rpartition(".")[0]

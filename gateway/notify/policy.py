@@ -232,7 +232,7 @@ class Route(_Strict):
     escalation: str
     # Go on to the next routes after this one matched.
     continue_: bool = Field(False, alias="continue")
-    # Tell the receivers of the first step when the condition clears.
+    # Tell those this route's chain told, at any step, when the condition clears.
     send_resolved: bool = True
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from gateway.notify.notice import Notice
 from gateway.notify.policy import (
     EMERGENCY_CONTACTS,
     ON_DUTY,
@@ -90,7 +91,7 @@ class Router:
                         ", ".join(self.policy.fallback_receivers) or "nobody",
                     )
                     on_duty = [self.policy.receiver(n) for n in self.policy.fallback_receivers]
-                targets.extend(self._target(r, step) for r in on_duty)
+                targets.extend(self._target(r, step.channels) for r in on_duty)
             elif name == EMERGENCY_CONTACTS:
                 channels = step.channels or self.policy.emergency_contact_channels
                 for contact in device.emergency_contacts if device else ():
@@ -99,11 +100,23 @@ class Router:
                                channels, None)
                     )  # fmt: skip
             else:
-                targets.append(self._target(self.policy.receiver(name), step))
+                targets.append(self._target(self.policy.receiver(name), step.channels))
         unique: dict[str, Target] = {}
         for target in targets:
             unique.setdefault(target.receiver, target)
         return list(unique.values())
+
+    def told(self, notice: Notice, channels: tuple[str, ...]) -> Target:
+        """Whom `notice` reached, to be told more, by their own channels rather than a
+        step's (an all-clear needs no voice call); `channels`, those it went by, for one
+        no longer in the policy."""
+        if notice.receiver.startswith(CONTACT_PREFIX):
+            channels = self.policy.emergency_contact_channels or channels
+            return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
+        receiver = next((r for r in self.policy.receivers if r.name == notice.receiver), None)
+        if receiver is None:
+            return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
+        return self._target(receiver)
 
     def on_duty(
         self, device: RegisteredDevice | None, community: str, at_ms: int
@@ -132,13 +145,14 @@ class Router:
             started = moment - timedelta(days=1)
         return WEEKDAYS[started.weekday()] in shift.days
 
-    def _target(self, receiver: Receiver, step: Step) -> Target:
+    def _target(self, receiver: Receiver, channels: tuple[str, ...] = ()) -> Target:
+        """`receiver`, by `channels` if any (a step's), else by their own."""
         quiet = self._windows[receiver.quiet_hours] if receiver.quiet_hours else None
         return Target(
             receiver.name,
             receiver.display_name or receiver.name,
             receiver.phone,
-            step.channels or receiver.channels,
+            channels or receiver.channels,
             quiet,
         )
 

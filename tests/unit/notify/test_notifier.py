@@ -365,6 +365,53 @@ async def test_those_told_hear_when_the_condition_clears(tmp_path: Path) -> None
     assert resolved.link is None
 
 
+async def test_all_told_at_any_step_hear_the_all_clear_by_their_own_channels(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    for step_s in (0, 180, 420):
+        await rig.after(step_s)
+    told = rig.sent()
+    assert ("voice", "wang-fang", "firing") in told and ("sms", "secretary", "firing") in told
+    rig.feed(reading(SMOKE, 700, alarm=False))
+    await rig.after(100)
+    resolved = [s for s in rig.sent() if s[2] == "resolved"]
+    # Each once, and by their own channels: no voice call for an all-clear.
+    assert sorted(resolved) == [
+        ("office-robot", "office", "resolved"),
+        ("office-robot", "property", "resolved"),
+        ("sms", "secretary", "resolved"),
+        ("wecom", "wang-fang", "resolved"),
+    ]
+
+
+async def test_the_all_clear_reaches_the_one_told_after_their_shift_ended(
+    tmp_path: Path,
+) -> None:
+    # 19:50: the day shift is told; at 20:10 the night shift has come, who heard nothing.
+    rig = Rig(tmp_path / "outbox.sqlite3", ManualClock(T0 + 11 * 3600_000 + 50 * 60_000))
+    rig.feed(reading(SMOKE, 11 * 3600 + 50 * 60, battery_pct=10))
+    await rig.after(0)
+    rig.feed(reading(SMOKE, 12 * 3600 + 10 * 60, battery_pct=100))
+    await rig.after(20 * 60)
+    assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
+
+
+async def test_no_all_clear_to_those_a_route_without_it_told(tmp_path: Path) -> None:
+    policy = POLICY.model_copy(
+        update={"routes": tuple(r.model_copy(update={"send_resolved": False})
+                                for r in POLICY.routes)}
+    )  # fmt: skip
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    rig.feed(reading(SMOKE, 3600, battery_pct=100))
+    await rig.after(3600)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
 async def test_undeliverable_is_recorded_when_every_channel_fails(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
     for name in ("wecom", "sms"):
