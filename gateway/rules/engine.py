@@ -56,6 +56,12 @@ _CALL_WHEN = {
 }
 
 
+def _hit_key(key: TrackKey, device_id: str) -> TrackKey:
+    """A correlation's hit, saved as a track that never fires: the place and the device
+    in the device's slot (a device id holds no "/")."""
+    return (key[0], key[1], f"{key[2]}/{device_id}", None)
+
+
 def _nothing(
     record: Reading | Event, tracked: Mapping[str, int] | None, changes: list[Any]
 ) -> None:
@@ -119,6 +125,11 @@ class RuleEngine:
         self.tracks = TrackTable()
         # Keys whose state changed since the last save, so that a restart forgets nothing.
         self._dirty: set[TrackKey] = set()
+        # Correlations: by (rule, community, place, None), the devices whose condition
+        # held within the window, with when; saved as tracks of their own (`_hit_key`),
+        # so that a detector that alarmed before a restart still counts after it.
+        self._correlations: dict[TrackKey, dict[str, int]] = {}
+        self._hits_dirty: set[tuple[TrackKey, str]] = set()
         # Samples do not depend on the rules: a reload keeps them.
         self._rates = RateWindows()
         self.load(rules)
@@ -135,7 +146,9 @@ class RuleEngine:
         self._absent = frozenset(r.name for r in self._absence)
         self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
         self._correlation = {r.name: r for r in rules if r.spec.kind == "correlation"}
-        self._correlations: dict[TrackKey, dict[str, int]] = {}
+        for key in list(self._correlations):
+            if key[0] not in self._correlation:
+                self._forget_hits(key)
         names = {rule.name for rule in rules}
         self.tracks = TrackTable((k, t) for k, t in self.tracks.items() if k[0] in names)
         self._by_type: dict[str, list[Rule]] = {}
@@ -160,6 +173,14 @@ class RuleEngine:
         """When devices were last heard, as saved before a restart."""
         saved = list(saved)
         self.heard.update(saved)
+        # A registered device never heard is watched from the first start that knew it,
+        # saved as if heard then: a gateway that restarts more often than the device's
+        # silence takes would otherwise never find it offline.
+        known = {device for device, _ in saved}
+        for registered in self._registry.devices():
+            device = DeviceRef(registered.community, registered.device_type, registered.device_id)
+            if device not in known:
+                self.heard.hear(device, self._started_ms)
         if saved:
             self._newest_heard_ms = newest_ms = max(seen_ms for _, seen_ms in saved)
             if newest_ms < self._started_ms:
@@ -228,7 +249,7 @@ class RuleEngine:
             rule = self._correlation.get(key[0])
             if rule is not None and now_ms - track.since_ms >= rule.spec.window_s * 1000:
                 del self.tracks[key]
-                self._correlations.pop(key, None)
+                self._forget_hits(key)
                 self._dirty.add(key)
                 place = DeviceRef(key[1], rule.spec.place, key[2])
                 changes.append(
@@ -317,9 +338,11 @@ class RuleEngine:
         window_ms = int(rule.spec.window_s * 1000)
         hits = self._correlations.setdefault(key, {})
         hits[device.device_id] = record.time_ms
+        self._hits_dirty.add((key, device.device_id))
         for device_id, at_ms in list(hits.items()):
             if at_ms < record.time_ms - window_ms:
                 del hits[device_id]
+                self._hits_dirty.add((key, device_id))
         if len(hits) < rule.spec.min_devices or key in self.tracks:
             if key in self.tracks:
                 self.tracks[key].since_ms = max(self.tracks[key].since_ms, record.time_ms)
@@ -409,10 +432,21 @@ class RuleEngine:
                 )
         return changes
 
+    def _forget_hits(self, key: TrackKey) -> None:
+        for device_id in self._correlations.pop(key, {}):
+            self._hits_dirty.add((key, device_id))
+
     def take_changes(self) -> tuple[list[tuple[TrackKey, Track]], list[TrackKey]]:
         """Tracks changed and tracks gone since the last call, to persist."""
         changed, gone = self.tracks.split(self._dirty)
         self._dirty.clear()
+        for key, device_id in self._hits_dirty:
+            at_ms = self._correlations.get(key, {}).get(device_id)
+            if at_ms is None:
+                gone.append(_hit_key(key, device_id))
+            else:
+                changed.append((_hit_key(key, device_id), Track(False, at_ms, 0)))
+        self._hits_dirty.clear()
         return changed, gone
 
     def take_seen(self) -> HeardTimes:
@@ -420,8 +454,19 @@ class RuleEngine:
         return self.heard.take_fresh()
 
     def restore(self, saved: Iterable[tuple[TrackKey, Track]]) -> None:
-        names = {rule.name for rule in self._rules}
-        self.tracks.update((k, t) for k, t in saved if k[0] in names)
+        names = {rule.name for rule in self._rules} | self._absent
+        for key, track in saved:
+            rule = self._correlation.get(key[0])
+            if rule is not None and not track.firing:
+                # A hit; one whose window ended before the start is let go.
+                place, _, device_id = key[2].rpartition("/")
+                place_key = (key[0], key[1], place, None)
+                if track.since_ms >= self._started_ms - rule.spec.window_s * 1000:
+                    self._correlations.setdefault(place_key, {})[device_id] = track.since_ms
+                else:
+                    self._hits_dirty.add((place_key, device_id))
+            elif key[0] in names:
+                self.tracks[key] = track
 
     def _rules_for(self, device_type: str) -> list[Rule]:
         rules = self._by_type.get(device_type)

@@ -1,3 +1,4 @@
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -620,6 +621,139 @@ def test_after_a_power_cut_devices_are_not_all_offline_at_once(tmp_path: Path) -
     # br-1: 100 s of silence before the cut and 50 s after it.
     assert stage.tick(T0 + 10_849_000).changes == []
     assert offline(stage.tick(T0 + 10_851_000).changes) == [("br-1", 10_851)]
+
+
+class Restarts:
+    """Alert stages on one state file, as a gateway that stops and starts again makes
+    them; each decision is committed as the pipeline commits it."""
+
+    def __init__(self, path: Path, registry: Registry) -> None:
+        self.path = path
+        self.registry = registry
+        self.outbox = Outbox(path)
+
+    def start(self, now_ms: int) -> AlertStage:
+        return AlertStage(
+            RuleEngine(RULES, self.registry, {"bracelet": 60.0}, now_ms=now_ms),
+            AlertBook(self.path),
+            SilenceBook(self.path, self.registry),
+            ManualClock(now_ms),
+        )
+
+    def commit(self, decision: AlertDecision) -> list[AlertChange]:
+        self.outbox.commit(decision.lines, [], None, decision.write)
+        return decision.changes
+
+
+def test_an_offline_alert_from_before_a_restart_resolves_when_the_device_returns(
+    tmp_path: Path,
+) -> None:
+    gateway = Restarts(tmp_path / "state.sqlite3", Registry())
+    first = gateway.start(T0)
+    gateway.commit(first.evaluate([reading(WRIST, 0, heart_rate_bpm=70)]))
+    gateway.commit(first.tick(T0 + 1_000))
+    (fired,) = gateway.commit(first.tick(T0 + 151_000))
+    assert (fired.rule, fired.state) == ("device_offline", AlertState.FIRING)
+    gateway.commit(first.evaluate([reading(OTHER_WRIST, 155, heart_rate_bpm=70)]))
+
+    second = gateway.start(T0 + 160_000)
+    # Still the one alert: not fired again...
+    for at_s in (161, 180, 200):
+        assert gateway.commit(second.tick(T0 + at_s * 1000)) == []
+    # ...and the bracelet's return resolves it.
+    back = gateway.commit(second.evaluate([reading(WRIST, 205, heart_rate_bpm=70)]))
+    assert [(c.rule, c.state, c.alert_id) for c in back] == [
+        ("device_offline", AlertState.RESOLVED, fired.alert_id)
+    ]
+
+
+def test_a_registered_device_never_heard_is_watched_from_the_first_start(
+    tmp_path: Path,
+) -> None:
+    never = RegisteredDevice(device_id="br-9", device_type="bracelet", community="hgy")
+    gateway = Restarts(tmp_path / "state.sqlite3", Registry([never]))
+    first = gateway.start(T0)
+    gateway.commit(first.evaluate([reading(WRIST, 95, heart_rate_bpm=70)]))
+    # Down for 5 s at 100 s: of br-9's silence since the first start, only those 5 s
+    # are not counted.
+    second = gateway.start(T0 + 100_000)
+    gateway.commit(second.tick(T0 + 101_000))
+    assert gateway.commit(second.tick(T0 + 154_000)) == []
+    silent = gateway.commit(second.tick(T0 + 156_000))
+    assert [(c.device.device_id, c.values["silent_s"]) for c in silent if c.fired] == [
+        ("br-9", 156)
+    ]
+
+
+def test_a_detector_that_alarmed_before_a_restart_still_counts_for_its_building(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(
+        [
+            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector",
+                             community="hgy", building="3号楼")
+            for i in (1, 2, 3)
+        ]
+    )  # fmt: skip
+    detector = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(4)]
+    gateway = Restarts(tmp_path / "state.sqlite3", registry)
+    first = gateway.start(T0)
+    gateway.commit(first.evaluate([event(detector[1], 0, "alarm")]))
+
+    second = gateway.start(T0 + 30_000)
+    fired = gateway.commit(second.evaluate([event(detector[2], 60, "alarm")]))
+    building = [c for c in fired if c.rule == "building_fire"]
+    assert [(c.state, c.values["devices"]) for c in building] == [(AlertState.FIRING, "sd-1,sd-2")]
+    # The building's alert, and its window, carry on across the next restart too.
+    third = gateway.start(T0 + 90_000)
+    assert gateway.commit(third.tick(T0 + 300_000)) == []
+    over = [c for c in gateway.commit(third.tick(T0 + 361_000)) if c.rule == "building_fire"]
+    assert [(c.state, c.alert_id) for c in over] == [(AlertState.RESOLVED, building[0].alert_id)]
+    # Its hits went with it: a lone alarm later is one detector, not a fire spreading.
+    fourth = gateway.start(T0 + 400_000)
+    later = gateway.commit(fourth.evaluate([event(detector[3], 410, "alarm")]))
+    assert [c.rule for c in later if c.fired] == ["fire_alarm"]
+
+
+def test_a_detectors_alarm_older_than_the_window_is_let_go_at_a_restart(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(
+        [
+            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector",
+                             community="hgy", building="3号楼")
+            for i in (1, 2)
+        ]
+    )  # fmt: skip
+    gateway = Restarts(tmp_path / "state.sqlite3", registry)
+    first = gateway.start(T0)
+    gateway.commit(first.evaluate([event(DeviceRef("hgy", "smoke_detector", "sd-1"), 0, "alarm")]))
+    second = gateway.start(T0 + 400_000)
+    late = gateway.commit(
+        second.evaluate([event(DeviceRef("hgy", "smoke_detector", "sd-2"), 410, "alarm")])
+    )
+    assert [c.rule for c in late if c.fired] == ["fire_alarm"]
+    (count,) = (
+        sqlite3.connect(gateway.path)
+        .execute("SELECT count(*) FROM rule_tracks WHERE rule = 'building_fire'")
+        .fetchone()
+    )
+    assert count == 1  # sd-2's alarm alone: sd-1's was let go
+
+
+def test_a_rules_reload_keeps_the_detectors_that_alarmed() -> None:
+    registry = Registry(
+        [
+            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector",
+                             community="hgy", building="3号楼")
+            for i in (1, 2)
+        ]
+    )  # fmt: skip
+    e = RuleEngine(RULES, registry)
+    e.evaluate([event(DeviceRef("hgy", "smoke_detector", "sd-1"), 0, "alarm")])
+    e.load(RULES)
+    fired = e.evaluate([event(DeviceRef("hgy", "smoke_detector", "sd-2"), 60, "alarm")])
+    assert "building_fire" in [c.rule for c in fired if c.fired]
 
 
 def silent_pair() -> RuleEngine:
