@@ -424,6 +424,7 @@ class Gateway:
         report = HealthReport(self.instance_name)
         while True:
             await self.clock.sleep(interval_s)
+            self._count_open_alerts()
             lines = report.lines(
                 self.stats,
                 self.clock.now_ms(),
@@ -478,11 +479,17 @@ class Gateway:
                 self.stats.alerts_firing += 1
             else:
                 self.stats.alerts_resolved += 1
+        self._count_open_alerts()
+
+    def _count_open_alerts(self) -> None:
+        # From the alert book, not counted along: alerts open before a restart, and
+        # alerts a person closed, count as they are.
         self.stats.alerts_open = self.alerts.count_fired_open()
 
     async def _log_summary(self) -> None:
         while True:
             await self.clock.sleep(SUMMARY_INTERVAL_S)
+            self._count_open_alerts()
             log.info("%s", self.stats.summary())
 
     def _retired_topics(

@@ -1,5 +1,15 @@
-from gateway.health import HealthReport
+import asyncio
+import json
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.clock import ManualClock
+from gateway.config import GatewayConfig
+from gateway.health import HEALTH_MEASUREMENT, HealthReport
+from gateway.ingest.message import InboundMessage
 from gateway.stats import Stats
+from tests.integration.harness import wait_until
+from tests.unit.api.conftest import T0, FakeSource
 
 
 def test_each_report_carries_the_counts_since_the_previous_one() -> None:
@@ -37,3 +47,51 @@ def test_each_report_carries_the_counts_since_the_previous_one() -> None:
     assert "damaged_files=0i,ingest_lag_s=7.2 3000" in report.lines(stats, 3_000)[0]
     # A reason with nothing new since the last report makes no line.
     assert second[1:] == ["gateway_rejects,instance=gw-1,reason=not_json rejected=1i 2000"]
+
+
+async def test_open_alerts_are_counted_from_the_book_after_a_restart_and_a_close(
+    tmp_path: Path,
+) -> None:
+    config = GatewayConfig.model_validate(
+        {"mqtt": None, "outbox": {"path": tmp_path / "o.sqlite3"}, "health_interval_s": 10}
+    )
+    clock = ManualClock(T0)
+    first = Gateway(config, clock)
+    fall = InboundMessage(
+        "community/hgy/bracelet/br-1/event",
+        json.dumps({"ts": T0, "event": "fall", "confidence": 0.9}).encode(),
+        T0,
+        1,
+        1,
+    )
+    await first.pipeline.handle(FakeSource(), [fall])
+    (alert,) = first.alerts.open_alerts()
+    first.close()
+
+    # The report of the gateway started again says the fall is still open...
+    second = Gateway(config, clock)
+    running = asyncio.create_task(second.run())
+    try:
+        await wait_until(lambda: ticked(clock, second, 1), timeout_s=5, what="a report")
+        assert "alerts_open=1i" in reports(second)[0]
+        # ...and once a person closed it, that none is.
+        await second.desk.close(alert.alert_id, "wang-fang", "a neighbour helped her up")
+        await wait_until(lambda: ticked(clock, second, 2), timeout_s=5, what="a report")
+        assert "alerts_open=0i" in reports(second)[1]
+    finally:
+        second.stop()
+        await asyncio.wait_for(running, timeout=10)
+
+
+def reports(gateway: Gateway) -> list[str]:
+    """The health reports in the outbox."""
+    lines = gateway.outbox.peek(10_000).lines
+    return [line for line in lines if line.startswith(f"{HEALTH_MEASUREMENT},")]
+
+
+def ticked(clock: ManualClock, gateway: Gateway, count: int) -> bool:
+    """Whether `count` reports are in; if not, the clock moves on a second."""
+    if len(reports(gateway)) >= count:
+        return True
+    clock.advance(1)
+    return False
