@@ -325,6 +325,14 @@ class NotificationLog:
             (state, channel_index, tries, due_ms, key),
         )
 
+    def told_resolved(self, alert_id: str) -> bool:
+        """Whether the all-clear of an alert was planned for anyone."""
+        row = self._conn.execute(
+            "SELECT 1 FROM notifications WHERE alert_id = ? AND key LIKE '%/resolved' LIMIT 1",
+            (alert_id,),
+        ).fetchone()
+        return row is not None
+
     def sent(self, alert_id: str) -> list[Notification]:
         return self._select("alert_id = ? AND state = 'sent'", (alert_id,))
 

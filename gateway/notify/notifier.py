@@ -230,19 +230,26 @@ class Notifier:
         return damaged_error(path, "a round of notifications failed", exc)
 
     def recover(self) -> None:
-        """Plan alerts that fired but were never planned: the gateway stopped between
-        committing them and planning their notifications."""
+        """Plan alerts that fired, and all-clears of alerts that resolved, but were never
+        planned: the gateway stopped between committing them and planning them."""
+        now_ms = self._clock.now_ms()
         for entry in self.book.open_alerts():
-            if entry.fired_ms is None or entry.acknowledged_by is not None:
+            if entry.fired_ms is None:
                 continue
-            if self.log.planned(entry.alert_id):
+            unplanned = entry.acknowledged_by is None and not self.log.planned(entry.alert_id)
+            untold = entry.resolved_ms is not None and not self.log.told_resolved(entry.alert_id)
+            if not unplanned and not untold:
                 continue
             history = self.book.history(entry.alert_id)
             if any(step.note and step.note.startswith("muted by") for step in history):
                 continue
-            log.info("planning notifications of %s, which fired before a restart", entry.alert_id)
             try:
-                self._plan(entry)
+                if unplanned:
+                    log.info("planning notifications of %s, which fired before a restart",
+                             entry.alert_id)  # fmt: skip
+                    self._plan(entry)
+                if untold:
+                    self._announce_resolved(entry, now_ms)
             except sqlite3.Error:
                 raise
             except Exception:

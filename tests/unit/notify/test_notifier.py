@@ -398,6 +398,24 @@ async def test_the_all_clear_reaches_the_one_told_after_their_shift_ended(
     assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
 
 
+async def test_an_all_clear_committed_before_a_crash_is_told_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    # Committed; the process died before telling anyone.
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), announce=False)
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(3600)
+    assert rig.sent() == [("wecom", "wang-fang", "resolved")]
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == []
+
+
 async def test_no_all_clear_to_those_a_route_without_it_told(tmp_path: Path) -> None:
     policy = POLICY.model_copy(
         update={"routes": tuple(r.model_copy(update={"send_resolved": False})
