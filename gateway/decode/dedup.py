@@ -174,6 +174,11 @@ class RedeliveryFilter:
             ident = (community, device_id)
             self._recent[ident] = kept
             written[ident] = batch
+            if len(kept) > self._keys_per_device:
+                # More than its last few: a burst of the batches up to this one, whose
+                # acknowledgements may not have reached the broker. Counted as of this
+                # batch, it is kept as long as it would have been, or a little longer.
+                self._bursts[ident] = [(batch, len(kept))]
             # Batches go on being numbered after the newest saved.
             self._batch = max(self._batch, batch)
         for batch, blob in saved.log:

@@ -245,3 +245,19 @@ def test_a_restart_remembers_the_bursts_of_batches_already_in_a_list() -> None:
     restored.is_redelivery(BRACELET, 500)
     restored.take_changes()
     assert all(restored.is_redelivery(BRACELET, k) for b in (0, 100) for k in range(b, b + 10))
+
+
+def test_a_burst_already_in_a_list_written_whole_survives_a_restart(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    keys = RedeliveryFilter(keys_per_device=4)
+    # A backlog: one batch of many messages of one device, its list written whole with
+    # it (and the log of it gone), then a batch with one more.
+    for key in range(100, 110):
+        keys.is_redelivery(BRACELET, key)
+    first = keys.take_changes()
+    assert first.lists and first.log_through == first.batch
+    outbox.commit([], [], first)
+    keys.is_redelivery(BRACELET, 200)
+    restored = saved_and_restored(keys, outbox, keys_per_device=4)
+    # The gateway stopped before the broker had the acknowledgements: it sends both again.
+    assert all(restored.is_redelivery(BRACELET, k) for k in (*range(100, 110), 200))
