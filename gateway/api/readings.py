@@ -113,6 +113,14 @@ class ReadingHistory:
                 )
         except httpx.HTTPError as exc:
             raise StoreError(f"InfluxDB query failed: {exc}", retryable=True) from exc
+        if response.status_code in (401, 403):
+            where = influx.database if influx.api == "v1" else influx.bucket
+            raise StoreError(
+                f"InfluxDB refused the query ({response.status_code}): readings history needs "
+                f"READ on {where} for the gateway's user, as well as WRITE "
+                f"({response.text[:200]})",
+                retryable=False,
+            )
         if response.status_code != 200:
             raise StoreError(
                 f"InfluxDB answered {response.status_code}: {response.text[:200]}",

@@ -250,10 +250,14 @@ class InfluxService(_ServerProcess):
         workdir: Path,
         data_settings: Mapping[str, str] | None = None,
         environment: Mapping[str, str] | None = None,
+        *,
+        auth: bool = False,
     ) -> None:
-        """`data_settings`: more settings of the [data] section, as TOML values."""
+        """`data_settings`: more settings of the [data] section, as TOML values. `auth`:
+        users and their grants are checked, as a deployment has them."""
         super().__init__(workdir, environment)
         self.data_settings = dict(data_settings or {})
+        self.auth = auth
         self.rpc_port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.config_path = workdir / "influxdb.conf"
@@ -281,7 +285,7 @@ bind-address = "{HOST}:{self.rpc_port}"
 [http]
   enabled = true
   bind-address = "{HOST}:{self.port}"
-  auth-enabled = false
+  auth-enabled = {"true" if self.auth else "false"}
   log-enabled = false
   pprof-enabled = false
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import httpx
 
-from gateway.config import ApiConfig, ApiToken
+from gateway.app import Gateway
+from gateway.clock import ManualClock
+from gateway.config import ApiConfig, ApiToken, InfluxConfig
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService
+from tests.unit.api.conftest import ADMIN, site_config
 
 T0 = 1_767_225_600_000
 TOKEN = "integration-admin-token-01"
@@ -80,3 +83,61 @@ async def test_readiness_says_the_database_is_down(
         assert down.status_code == 503
         checks = {c["name"]: c["ok"] for c in down.json()["checks"]}
         assert checks == {"broker": True, "influxdb": False, "disk": True}
+
+
+async def test_readings_need_the_read_grant_that_the_install_gives_and_say_so(
+    tmp_path: Path,
+) -> None:
+    influxdb = InfluxService(tmp_path / "influxdb", auth=True)
+    influxdb.start()
+    try:
+
+        def influxql(q: str, user: str = "admin", password: str = "admin-password") -> None:
+            answer = httpx.post(
+                f"{influxdb.url}/query", params={"q": q, "u": user, "p": password}, timeout=10
+            )
+            assert answer.status_code == 200 and "error" not in answer.text, answer.text
+
+        # The first user needs no login; then as deploy/INSTALL.md does it, but with the
+        # write grant alone.
+        influxql("CREATE USER admin WITH PASSWORD 'admin-password' WITH ALL PRIVILEGES")
+        influxql("CREATE DATABASE community")
+        influxql("CREATE USER gateway WITH PASSWORD 'gateway-password'")
+        influxql("GRANT WRITE ON community TO gateway")
+        httpx.post(
+            f"{influxdb.url}/write",
+            params={"db": "community", "u": "gateway", "p": "gateway-password", "precision": "ms"},
+            content=f"bracelet,community=hgy,device_id=br-1 heart_rate_bpm=70i {T0}",
+            timeout=10,
+        ).raise_for_status()
+        config = site_config(tmp_path).model_copy(
+            update={
+                "influx": InfluxConfig(
+                    url=influxdb.url,
+                    username="gateway",
+                    password="gateway-password",  # type: ignore[arg-type]
+                )
+            }
+        )
+        gateway = Gateway(config, ManualClock(T0))
+        assert gateway.api is not None
+        transport = httpx.ASGITransport(app=gateway.api.app)
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        try:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://gw.test", headers=headers
+            ) as client:
+                path = "/api/v1/devices/hgy/br-1/readings"
+                refused = await client.get(path)
+                assert refused.status_code == 502
+                assert "READ on community for the gateway's user" in refused.text, refused.text
+                # The grant deploy/INSTALL.md gives.
+                influxql("GRANT ALL ON community TO gateway")
+                found = await client.get(path)
+                assert found.status_code == 200, found.text
+                assert found.json()["source"] == "influxdb"
+                assert [r["fields"] for r in found.json()["readings"]] == [{"heart_rate_bpm": 70}]
+        finally:
+            gateway.close()
+    finally:
+        influxdb.stop()
