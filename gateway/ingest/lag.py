@@ -39,7 +39,7 @@ class IngestLag:
     def observe(self, records: Sequence[Record], taken_in_ms: int) -> float | None:
         """A batch's records, taken in at `taken_in_ms`; those without the device's time
         tell nothing. The lag after them, as `lag_s`."""
-        step = max(1, len(records) // AGES_PER_BATCH)
+        step = max(1, -(-len(records) // AGES_PER_BATCH))
         self._ages_ms.extend(
             taken_in_ms - r.time_ms for r in records[::step] if r.time_source is _DEVICE
         )

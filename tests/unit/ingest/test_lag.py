@@ -59,6 +59,16 @@ def test_the_lag_follows_the_latest_messages() -> None:
     assert lag.lag_s == 0.5
 
 
+def test_a_batch_adds_at_most_its_share_of_ages() -> None:
+    lag = IngestLag()
+    # 31 old messages in one batch count as 16 at most: 20 fresh ones after them are
+    # the greater part.
+    lag.observe([reading(i, 90.0) for i in range(31)], NOW_MS)
+    for i in range(20):
+        lag.observe([reading(i, 0.5)], NOW_MS)
+    assert lag.lag_s == 0.5
+
+
 def settle(lag: IngestLag, age_s: float) -> None:
     """As many small batches of messages that old as the lag is taken over."""
     for i in range(AGES_KEPT):
