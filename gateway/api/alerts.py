@@ -17,6 +17,7 @@ from gateway.api.models import (
     AssignIn,
     AttemptOut,
     CloseIn,
+    PositionOut,
     StepOut,
     error_responses,
 )
@@ -43,6 +44,10 @@ def alert_out(ctx: ApiContext, entry: AlertEntry) -> AlertOut:
         arrived_ms=entry.arrived_ms, assigned_to=entry.assigned_to,
         resolved_ms=entry.resolved_ms, closed_by=entry.closed_by, closed_ms=entry.closed_ms,
         note=entry.note, place=place_of(registered) if registered is not None else None,
+        position=(
+            None if entry.position is None
+            else PositionOut(lat=entry.position.lat, lon=entry.position.lon)
+        ),
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record
+from gateway.decode.record import DeviceRef, Event, FieldValue, Position, Reading, Record
 
 # Bounded, so that a storm of unregistered device ids cannot grow memory without end.
 MAX_DEVICES = 200_000
@@ -20,6 +20,8 @@ class DeviceLatest:
     online: bool | None = None
     last_event: str | None = None
     last_event_ms: int | None = None
+    # When the device last said where it is (`lat`, `lon` in `fields`).
+    position_ms: int | None = None
 
 
 class LatestValues:
@@ -51,13 +53,16 @@ class LatestValues:
                     else latest.ports.setdefault(record.port, {})
                 )
                 target.update(record.fields)
+                if record.port is None and Position.in_fields(record.fields) is not None:
+                    latest.position_ms = record.time_ms
                 # Telemetry is proof of life, whatever the last status said.
                 latest.online = True
             elif isinstance(record, Event):
                 # Where a fall or an SOS happened is the wearer's last known position.
-                lat, lon = record.fields.get("lat"), record.fields.get("lon")
-                if isinstance(lat, float | int) and isinstance(lon, float | int):
-                    latest.fields.update(lat=lat, lon=lon)
+                position = Position.in_fields(record.fields)
+                if position is not None:
+                    latest.fields.update(lat=position.lat, lon=position.lon)
+                    latest.position_ms = record.time_ms
                 latest.last_event = record.kind
                 latest.last_event_ms = record.time_ms
                 latest.online = True

@@ -45,6 +45,13 @@ class PlaceOut(_Out):
     lon: float | None
 
 
+class PositionOut(_Out):
+    """WGS-84 degrees."""
+
+    lat: float
+    lon: float
+
+
 class LatestOut(_Out):
     time_ms: int
     fields: dict[str, FieldValue]
@@ -127,6 +134,10 @@ class AlertOut(_Out):
     closed_ms: int | None
     note: str | None
     place: PlaceOut | None
+    position: PositionOut | None = Field(
+        description="where the alert fired, as the record that fired it said (a fall's lat"
+        " and lon); null when it said nothing. `place` is where the device is registered"
+    )
 
 
 class AlertListOut(_Out):

@@ -21,8 +21,9 @@ from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
 from gateway.api.devices import audit_reads
 from gateway.api.latest import DeviceLatest
-from gateway.decode.record import DeviceRef
+from gateway.decode.record import DeviceRef, Position
 from gateway.notify.link import RECEIVER_GONE, AlertLink, LinkError
+from gateway.notify.notice import scene_position
 from gateway.registry import RegisteredDevice
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry, AlertError
@@ -163,23 +164,22 @@ def _when(ctx: ApiContext, ms: int | None) -> str:
 
 
 def _position(
-    device: RegisteredDevice | None, latest: DeviceLatest | None
-) -> tuple[float, float] | None:
-    """Where to go: a moving device's last known position, else where it is registered,
-    else the wearer's home."""
-    if latest is not None:
-        lat, lon = latest.fields.get("lat"), latest.fields.get("lon")
-        if isinstance(lat, float | int) and isinstance(lon, float | int):
-            return float(lat), float(lon)
-    if device is None:
-        return None
-    for lat_, lon_ in ((device.lat, device.lon), (device.home_lat, device.home_lon)):
-        if lat_ is not None and lon_ is not None:
-            return lat_, lon_
-    return None
+    entry: AlertEntry, device: RegisteredDevice | None, latest: DeviceLatest | None
+) -> Position | None:
+    """Where to go: the device's last known position, where a wandering resident is now
+    rather than where they fell; else as a notice has it (`scene_position`).
+
+    A last known position older than the alert gives way to where it fired: after a
+    restart the latest values begin empty, and the first message to fill them can be
+    one the device held back from before the alert."""
+    if latest is not None and (last := Position.in_fields(latest.fields)) is not None:
+        fired_ms = entry.fired_ms or entry.started_ms
+        if entry.position is None or (latest.position_ms or 0) >= fired_ms:
+            return last
+    return scene_position(entry, device)
 
 
-def _map_link(position: tuple[float, float] | None, label: str) -> str | None:
+def _map_link(position: Position | None, label: str) -> str | None:
     if position is None:
         return None
     lat, lon = position
@@ -236,7 +236,7 @@ async def _alert_page(
         items += [_person("紧急联系人", c.name, c.phone) for c in registered.emergency_contacts]
         people = "<h2>联系人</h2><ul class=people>" + "".join(items) + "</ul>"
     latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
-    map_url = _map_link(_position(registered, latest), entry.title)
+    map_url = _map_link(_position(entry, registered, latest), entry.title)
     map_html = (
         f'<p><a class=map href="{esc(map_url)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
         if map_url else ""

@@ -25,6 +25,24 @@ class DeviceRef(NamedTuple):
     device_id: str
 
 
+class Position(NamedTuple):
+    """A point in WGS-84 degrees, as devices and the registry give it."""
+
+    lat: float
+    lon: float
+
+    @classmethod
+    def in_fields(cls, fields: Mapping[str, FieldValue]) -> Position | None:
+        """Where a record's fields say the device is; None unless both `lat` and `lon`
+        are numbers (a bool is an int to Python, and no coordinate)."""
+        lat, lon = fields.get("lat"), fields.get("lon")
+        if isinstance(lat, bool) or isinstance(lon, bool):
+            return None
+        if isinstance(lat, float | int) and isinstance(lon, float | int):
+            return cls(float(lat), float(lon))
+        return None
+
+
 class Reading(NamedTuple):
     """Periodic telemetry of one device, or of one port of it when `port` is set."""
 

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from gateway.decode.record import Position
 from gateway.registry import RegisteredDevice
 from gateway.rules.book import AlertEntry
 from gateway.rules.rule import Severity
@@ -130,12 +131,26 @@ def describe_place(community: str, device: RegisteredDevice | None) -> str:
     return " ".join(part for part in parts if part)
 
 
-def map_url(device: RegisteredDevice | None, title: str) -> str | None:
-    """An AMap (高德) marker at the device, from WGS-84 coordinates."""
-    if device is None or device.lat is None or device.lon is None:
+def scene_position(entry: AlertEntry, device: RegisteredDevice | None) -> Position | None:
+    """Where to send a person: where the alert fired, as the record that fired it said
+    (kept in the alert book, so a link opened after a restart still finds it); else
+    where the device is registered; else the wearer's home."""
+    if entry.position is not None:
+        return entry.position
+    if device is None:
+        return None
+    for lat, lon in ((device.lat, device.lon), (device.home_lat, device.home_lon)):
+        if lat is not None and lon is not None:
+            return Position(lat, lon)
+    return None
+
+
+def map_url(position: Position | None, title: str) -> str | None:
+    """An AMap (高德) marker at a WGS-84 position."""
+    if position is None:
         return None
     return (
-        f"https://uri.amap.com/marker?position={device.lon},{device.lat}"
+        f"https://uri.amap.com/marker?position={position.lon},{position.lat}"
         f"&name={quote(title)}&coordinate=wgs84"
     )
 
@@ -175,5 +190,5 @@ def make_notice(
         receiver_name=receiver_name,
         phone=phone,
         link=link,
-        map_url=map_url(device, entry.title),
+        map_url=map_url(scene_position(entry, device), entry.title),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.decode.record import DeviceRef
+from gateway.decode.record import DeviceRef, Position
 from gateway.errors import GatewayError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
@@ -44,7 +44,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     resolved_ms INTEGER,
     closed_by TEXT,
     closed_ms INTEGER,
-    note TEXT
+    note TEXT,
+    -- Where the alert fired, in WGS-84 degrees, as the record that fired it said; null
+    -- when it said nothing. The latest values in memory are gone after a restart.
+    lat REAL,
+    lon REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state);
 CREATE TABLE IF NOT EXISTS alert_history (
@@ -95,15 +99,18 @@ CREATE TABLE IF NOT EXISTS heard_log (id INTEGER PRIMARY KEY, seen BLOB NOT NULL
 # groups heard from, so it is done for many batches at once, and often enough that the
 # log a restart reads stays small.
 HEARD_FOLD_BATCHES = 50
-# Columns added since the first release, for alert books made by it.
-_ADDED_COLUMNS = (("arrived_by", "TEXT"), ("arrived_ms", "INTEGER"), ("assigned_to", "TEXT"))
+# Columns added since the first release, for alert books made by earlier versions.
+_ADDED_COLUMNS = (
+    ("arrived_by", "TEXT"), ("arrived_ms", "INTEGER"), ("assigned_to", "TEXT"),
+    ("lat", "REAL"), ("lon", "REAL"),
+)  # fmt: skip
 # SQLite's primary keys take no NULL; no port is stored as -1.
 _NO_PORT = -1
 RULES_ACTOR = "rules"
 _ENTRY_COLUMNS = (
     "alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,"
     " state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,"
-    " arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note"
+    " arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon"
 )
 
 
@@ -144,6 +151,8 @@ class AlertEntry:
     closed_by: str | None
     closed_ms: int | None
     note: str | None
+    # Where the alert fired, as the record that fired it said; None when it said nothing.
+    position: Position | None = None
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -231,23 +240,26 @@ class AlertBook:
         )
         for change in changes:
             if change.state in (AlertState.PENDING, AlertState.FIRING):
+                lat, lon = Position.in_fields(change.values) or (None, None)
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO alerts (alert_id, rule, title, severity, life_safety,"
                     " community, device_type, device_id, port, state, started_ms, updated_ms,"
-                    " fired_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " fired_ms, lat, lon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         change.alert_id, change.rule, change.title, str(change.severity),
                         int(change.life_safety), change.device.community,
                         change.device.device_type, change.device.device_id, change.port,
                         str(change.state), change.started_ms, change.at_ms,
-                        change.at_ms if change.state is AlertState.FIRING else None,
+                        change.at_ms if change.state is AlertState.FIRING else None, lat, lon,
                     ),
                 ).rowcount  # fmt: skip
                 if not inserted and change.state is AlertState.FIRING:
+                    # Where it fired, if the record that fired it said; else where it began.
                     inserted = conn.execute(
-                        "UPDATE alerts SET state = 'firing', updated_ms = ?, fired_ms = ?"
+                        "UPDATE alerts SET state = 'firing', updated_ms = ?, fired_ms = ?,"
+                        " lat = coalesce(?, lat), lon = coalesce(?, lon)"
                         " WHERE alert_id = ? AND state = 'pending'",
-                        (change.at_ms, change.at_ms, change.alert_id),
+                        (change.at_ms, change.at_ms, lat, lon, change.alert_id),
                     ).rowcount
                 if inserted:
                     AlertBook._step(
@@ -468,7 +480,7 @@ def _ms(value: object) -> int | None:
 def _entry(row: tuple[object, ...]) -> AlertEntry:
     (alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,
      state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,
-     arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note) = row  # fmt: skip
+     arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon) = row  # fmt: skip
     return AlertEntry(
         alert_id=str(alert_id),
         rule=str(rule),
@@ -492,6 +504,9 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
         closed_by=_text(closed_by),
         closed_ms=_ms(closed_ms),
         note=_text(note),
+        position=(
+            Position(lat, lon) if isinstance(lat, float) and isinstance(lon, float) else None
+        ),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,13 @@ class Site:
         message = InboundMessage(topic, body, self.clock.now_ms(), self._seq, 1)
         await self.gateway.pipeline.handle(FakeSource(), [message])
 
-    async def fall(self, device_id: str = "br-1") -> str:
-        """A fall of a bracelet's wearer; the id of the alert it makes."""
+    async def fall(self, device_id: str = "br-1", **fields: float) -> str:
+        """A fall of a bracelet's wearer, with `fields` (lat, lon); the id of the alert
+        it makes."""
         before = {a.alert_id for a in self.gateway.alerts.open_alerts()}
         await self.send(
             f"community/hgy/bracelet/{device_id}/event",
-            {"ts": self.clock.now_ms(), "event": "fall", "confidence": 0.9},
+            {"ts": self.clock.now_ms(), "event": "fall", "confidence": 0.9, **fields},
         )
         (alert_id,) = {a.alert_id for a in self.gateway.alerts.open_alerts()} - before
         return alert_id
@@ -116,12 +118,21 @@ def site_config(tmp_path: Path, **api: Any) -> GatewayConfig:
     )  # fmt: skip
 
 
+@asynccontextmanager
+async def open_site(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Site]:
+    """The gateway on the outbox in `tmp_path`, closed at the end: opened again on the
+    same directory, it is the gateway after a restart."""
+    gateway = Gateway(site_config(tmp_path), clock)
+    try:
+        assert gateway.api is not None
+        transport = httpx.ASGITransport(app=gateway.api.app, client=("10.0.0.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            yield Site(gateway, clock, client)
+    finally:
+        gateway.close()
+
+
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    clock = ManualClock(T0)
-    gateway = Gateway(site_config(tmp_path), clock)
-    assert gateway.api is not None
-    transport = httpx.ASGITransport(app=gateway.api.app, client=("10.0.0.7", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
-        yield Site(gateway, clock, client)
-    gateway.close()
+    async with open_site(tmp_path, ManualClock(T0)) as opened:
+        yield opened

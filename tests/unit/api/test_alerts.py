@@ -12,6 +12,19 @@ async def test_an_alert_from_traffic_is_listed_and_shown_with_its_history(site: 
     assert detail["notifications"] == []
 
 
+async def test_an_alert_gives_where_it_fired_as_its_record_said(site: Site) -> None:
+    fallen = await site.fall(lat=34.8, lon=113.7)
+    site.clock.advance(1)
+    unplaced = await site.fall()
+    listed = (await site.get("/api/v1/alerts")).json()["alerts"]
+    assert {a["alert_id"]: a["position"] for a in listed} == {
+        fallen: {"lat": 34.8, "lon": 113.7},
+        unplaced: None,
+    }
+    # The registered place stays the registry's: br-1 has none of its own.
+    assert listed[0]["place"]["lat"] is None
+
+
 async def test_acknowledge_arrive_and_close_go_through_the_desk(site: Site) -> None:
     alert_id = await site.fall()
     site.clock.advance(60)

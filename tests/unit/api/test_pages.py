@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import reload_in_place
-from tests.unit.api.conftest import OPERATOR, Site
+from gateway.clock import ManualClock
+from gateway.decode.record import DeviceRef
+from tests.unit.api.conftest import OPERATOR, T0, Site, open_site
 
 
 def link_path(site: Site, alert_id: str, receiver: str = "wang-fang") -> str:
@@ -159,3 +161,28 @@ async def test_the_map_shows_where_the_wearer_was_last_seen(site: Site) -> None:
                     {"ts": site.clock.now_ms() + 1, "event": "sos", "lat": 34.81, "lon": 113.71})  # fmt: skip
     page = (await site.client.get(link_path(site, alert_id))).text
     assert "marker?position=113.71,34.81&amp;" in page
+
+
+async def test_after_a_restart_the_map_shows_where_the_wearer_fell(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    async with open_site(tmp_path, clock) as site:
+        alert_id = await site.fall(lat=34.8, lon=113.7)
+        path = link_path(site, alert_id)
+    # The latest values begin empty: br-1 has no registered place, and its wearer's home
+    # (113.62,34.75) is not where they fell.
+    async with open_site(tmp_path, clock) as site:
+        assert site.gateway.api is not None
+        assert site.gateway.api.context.latest.get(DeviceRef("hgy", "bracelet", "br-1")) is None
+        page = (await site.client.get(path)).text
+        assert "marker?position=113.7,34.8&amp;" in page
+        alert = (await site.get(f"/api/v1/alerts/{alert_id}", OPERATOR)).json()["alert"]
+        assert alert["position"] == {"lat": 34.8, "lon": 113.7}
+        # A reading the bracelet held back from before the fall does not move the scene.
+        await site.send("community/hgy/bracelet/br-1/telemetry",
+                        {"ts": T0 - 60_000, "lat": 34.79, "lon": 113.69, "worn": True})  # fmt: skip
+        assert "marker?position=113.7,34.8&amp;" in (await site.client.get(path)).text
+        # Where the wearer is now, once the bracelet says so.
+        clock.advance(60)
+        await site.send("community/hgy/bracelet/br-1/telemetry",
+                        {"ts": clock.now_ms(), "lat": 34.81, "lon": 113.71, "worn": True})  # fmt: skip
+        assert "marker?position=113.71,34.81&amp;" in (await site.client.get(path)).text

@@ -5,14 +5,32 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode.record import DeviceRef
+from gateway.decode.record import DeviceRef, FieldValue, Position
 from gateway.errors import StoreError
+from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook
+from gateway.rules.rule import Severity
 from gateway.store.outbox import Outbox
 
 SMOKE = DeviceRef("hgy", "smoke_detector", "sd-1")
 WRIST = DeviceRef("hgy", "bracelet", "br-1")
 OTHER = DeviceRef("qhy", "bracelet", "br-1")
+
+
+def change(alert_id: str, state: AlertState, at_ms: int, **values: FieldValue) -> AlertChange:
+    return AlertChange(
+        alert_id=alert_id, rule=alert_id, title=alert_id, severity=Severity.CRITICAL,
+        life_safety=True, device=WRIST, port=None, state=state, started_ms=100, at_ms=at_ms,
+        values=values,
+    )  # fmt: skip
+
+
+def write(path: Path, *changes: AlertChange) -> None:
+    outbox = Outbox(path)
+    try:
+        outbox.commit([], [], None, lambda conn: AlertBook.write(conn, changes, [], []))
+    finally:
+        outbox.close()
 
 
 def heard(path: Path) -> dict[DeviceRef, int]:
@@ -74,3 +92,70 @@ def test_an_earlier_books_rows_of_last_heard_are_moved(tmp_path: Path) -> None:
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "last_seen" not in tables
     assert heard(path) == {SMOKE: 100, OTHER: 300}
+
+
+def test_an_alert_keeps_where_the_record_that_fired_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    AlertBook(path).close()
+    write(
+        path,
+        change("fall", AlertState.FIRING, 100, event="fall", lat=34.8, lon=113.7),
+        # A reading's condition: pending where it began, firing where it held long enough.
+        change("away", AlertState.PENDING, 100, lat=34.76, lon=113.63),
+        change("heart", AlertState.PENDING, 100, heart_rate_bpm=30, lat=34.75, lon=113.62),
+        # Half a position is none; a bool is no coordinate.
+        change("sos", AlertState.FIRING, 100, event="sos", lat=34.8),
+        change("removed", AlertState.FIRING, 100, event="removed", lat=True, lon=113.7),
+    )
+    write(
+        path,
+        change("away", AlertState.FIRING, 200, lat=34.77, lon=113.64),
+        # The record that fired it said nowhere: where it began stands.
+        change("heart", AlertState.FIRING, 200, heart_rate_bpm=30),
+        # Where a condition cleared is not where the alert fired.
+        change("fall", AlertState.RESOLVED, 300, lat=34.9, lon=113.9),
+    )
+    # A new book on the file, as after a restart.
+    book = AlertBook(path)
+    positions = {a: book.get(a).position for a in ("fall", "away", "heart", "sos", "removed")}
+    book.close()
+    assert positions == {
+        "fall": Position(34.8, 113.7),
+        "away": Position(34.77, 113.64),
+        "heart": Position(34.75, 113.62),
+        "sos": None,
+        "removed": None,
+    }
+
+
+def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, rule TEXT NOT NULL, title TEXT NOT NULL,"
+        " severity TEXT NOT NULL, life_safety INTEGER NOT NULL, community TEXT NOT NULL,"
+        " device_type TEXT NOT NULL, device_id TEXT NOT NULL, port INTEGER, state TEXT NOT NULL,"
+        " started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, fired_ms INTEGER,"
+        " acknowledged_by TEXT, acknowledged_ms INTEGER, arrived_by TEXT, arrived_ms INTEGER,"
+        " assigned_to TEXT, resolved_ms INTEGER, closed_by TEXT, closed_ms INTEGER, note TEXT)"
+        " WITHOUT ROWID"
+    )
+    old.execute(
+        "INSERT INTO alerts (alert_id, rule, title, severity, life_safety, community,"
+        " device_type, device_id, state, started_ms, updated_ms, fired_ms, acknowledged_by,"
+        " acknowledged_ms) VALUES ('before', 'fall', 'Fall', 'critical', 1, 'hgy', 'bracelet',"
+        " 'br-1', 'acknowledged', 1, 2, 1, 'wang-fang', 2)"
+    )
+    old.commit()
+    old.close()
+    book = AlertBook(path)
+    book.close()
+    write(path, change("after", AlertState.FIRING, 100, event="fall", lat=34.8, lon=113.7))
+    # Opened again: the columns are there once, and what they hold is kept.
+    book = AlertBook(path)
+    before, after = book.get("before"), book.get("after")
+    book.close()
+    assert (before.state, before.acknowledged_by, before.position) == (
+        AlertState.ACKNOWLEDGED, "wang-fang", None,
+    )  # fmt: skip
+    assert after.position == Position(34.8, 113.7)
