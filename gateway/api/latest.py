@@ -47,14 +47,13 @@ class LatestValues:
                 continue
             latest.time_ms = record.time_ms
             if isinstance(record, Reading):
-                target = (
-                    latest.fields
-                    if record.port is None
-                    else latest.ports.setdefault(record.port, {})
-                )
-                target.update(record.fields)
-                if record.port is None and Position.in_fields(record.fields) is not None:
-                    latest.position_ms = record.time_ms
+                if record.port is not None:
+                    latest.ports.setdefault(record.port, {}).update(record.fields)
+                else:
+                    latest.fields.update(record.fields)
+                    # Most readings carry no position: the cheap test first.
+                    if "lat" in record.fields and Position.in_fields(record.fields) is not None:
+                        latest.position_ms = record.time_ms
                 # Telemetry is proof of life, whatever the last status said.
                 latest.online = True
             elif isinstance(record, Event):
