@@ -467,6 +467,24 @@ def _broken_rules(tmp_path: Path, config: GatewayConfig) -> tuple[Path, Path]:
     return config_file, rules / "broken.yaml"
 
 
+async def _what_a_failed_start_says(
+    mosquitto: MosquittoService, config: GatewayConfig, config_file: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`run` on `config_file`, which must end with exit 2 and say it is offline on the
+    status topic of `config`'s client id, once: how it ended, and what it said."""
+    assert config.mqtt is not None
+    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
+    try:
+        ended = await _run_to_its_end(config_file)
+        assert ended.returncode == 2, ended.stderr
+        await wait_until(lambda: bool(watch.documents), what="the status said")
+        (said,) = watch.documents
+        assert said["online"] is False
+        return ended, said
+    finally:
+        watch.close()
+
+
 async def test_a_gateway_that_cannot_start_says_why_on_its_status_topic(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str
 ) -> None:
@@ -474,18 +492,10 @@ async def test_a_gateway_that_cannot_start_says_why_on_its_status_topic(
     config = gateway_config(tmp_path, mosquitto, namespace)
     assert config.mqtt is not None
     config_file, rule_file = _broken_rules(tmp_path, config)
-    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
-    try:
-        ended = await _run_to_its_end(config_file)
-        assert ended.returncode == 2, ended.stderr
-        assert f"config error: {rule_file}" in ended.stderr
-        await wait_until(lambda: bool(watch.documents), what="the status said")
-        (said,) = watch.documents
-        assert said["online"] is False
-        assert said["reason"].startswith(f"cannot start: {rule_file}: "), said
-        assert said["client_id"] == config.mqtt.client_id
-    finally:
-        watch.close()
+    ended, said = await _what_a_failed_start_says(mosquitto, config, config_file)
+    assert f"config error: {rule_file}" in ended.stderr
+    assert said["reason"].startswith(f"cannot start: {rule_file}: "), said
+    assert said["client_id"] == config.mqtt.client_id
 
 
 async def test_a_config_file_that_cannot_be_taken_is_said_on_the_status_topic(
@@ -499,17 +509,9 @@ async def test_a_config_file_that_cannot_be_taken_is_said_on_the_status_topic(
     document["timezone"] = "Asia/Beijing"
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(yaml.safe_dump(document))
-    watch = StatusWatch(mosquitto, f"gateway/{config.mqtt.client_id}/status")
-    try:
-        ended = await _run_to_its_end(config_file)
-        assert ended.returncode == 2, ended.stderr
-        await wait_until(lambda: bool(watch.documents), what="the status said")
-        (said,) = watch.documents
-        assert said["online"] is False
-        assert said["reason"].startswith(f"cannot start: {config_file}: timezone: "), said
-        assert "Asia/Beijing" in said["reason"]
-    finally:
-        watch.close()
+    _, said = await _what_a_failed_start_says(mosquitto, config, config_file)
+    assert said["reason"].startswith(f"cannot start: {config_file}: timezone: "), said
+    assert "Asia/Beijing" in said["reason"]
 
 
 async def test_a_second_gateway_that_cannot_start_leaves_the_running_ones_status_alone(

@@ -685,16 +685,19 @@ def test_a_registered_device_never_heard_is_watched_from_the_first_start(
     ]
 
 
+def one_building(detectors: int) -> Registry:
+    """Smoke detectors sd-1, sd-2, ... in one building."""
+    return Registry(
+        RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector", community="hgy",
+                         building="3号楼")
+        for i in range(1, detectors + 1)
+    )  # fmt: skip
+
+
 def test_a_detector_that_alarmed_before_a_restart_still_counts_for_its_building(
     tmp_path: Path,
 ) -> None:
-    registry = Registry(
-        [
-            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector",
-                             community="hgy", building="3号楼")
-            for i in (1, 2, 3)
-        ]
-    )  # fmt: skip
+    registry = one_building(3)
     detector = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(4)]
     gateway = Restarts(tmp_path / "state.sqlite3", registry)
     first = gateway.start(T0)
@@ -718,13 +721,7 @@ def test_a_detector_that_alarmed_before_a_restart_still_counts_for_its_building(
 def test_a_detectors_alarm_older_than_the_window_is_let_go_at_a_restart(
     tmp_path: Path,
 ) -> None:
-    registry = Registry(
-        [
-            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector",
-                             community="hgy", building="3号楼")
-            for i in (1, 2)
-        ]
-    )  # fmt: skip
+    registry = one_building(2)
     gateway = Restarts(tmp_path / "state.sqlite3", registry)
     first = gateway.start(T0)
     gateway.commit(first.evaluate([event(DeviceRef("hgy", "smoke_detector", "sd-1"), 0, "alarm")]))
@@ -742,13 +739,7 @@ def test_a_detectors_alarm_older_than_the_window_is_let_go_at_a_restart(
 
 
 def test_a_rules_reload_keeps_the_detectors_that_alarmed() -> None:
-    registry = Registry(
-        [
-            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector",
-                             community="hgy", building="3号楼")
-            for i in (1, 2)
-        ]
-    )  # fmt: skip
+    registry = one_building(2)
     e = RuleEngine(RULES, registry)
     e.evaluate([event(DeviceRef("hgy", "smoke_detector", "sd-1"), 0, "alarm")])
     e.load(RULES)
