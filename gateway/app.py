@@ -23,7 +23,7 @@ from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import STOP_TIMEOUT_S, TelemetryProcess
 from gateway.notify.desk import AlertDesk
-from gateway.notify.fault import FaultWatch
+from gateway.notify.fault import FaultWatch, fault_state_path
 from gateway.notify.hooks import Publish
 from gateway.notify.link import AlertLink, LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
@@ -250,6 +250,7 @@ class Gateway:
                 clock=self.clock,
                 stats=self.stats,
                 zone=ZoneInfo(config.timezone),
+                path=fault_state_path(config.outbox.path),
             )
             if not config.notify.fault_receivers():
                 log.warning("nobody hears of the gateway's own faults: notify.gateway_faults.to "

@@ -6,18 +6,26 @@ failed for `gateway_faults.after_s`, its receivers are told from memory, by thei
 channels, with nothing written: a dead or read-only disk, which holds every alarm back
 unacknowledged in the broker, is heard of as well as a broker that went away. They are
 told again every `repeat_s` while it lasts, and once more when it has been over for
-`after_s`. A restart forgets a fault under way: if it goes on, the next start tells of
-it again after `after_s`.
+`after_s`.
+
+What was told, and what is owed, is kept in a small file of its own, written off the
+event loop whenever it changes: a restart during a fault goes on with the same fault,
+its end is told to those who heard of it, and a notice owed is still sent. On a disk that
+takes no writes it is kept in memory, and the telling goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ValidationError
 
 from gateway.clock import Clock
 from gateway.errors import NotifyError
@@ -63,6 +71,26 @@ class _Pending:
     due_ms: int
 
 
+class _Owed(BaseModel):
+    notice: Notice
+    due_ms: int
+
+
+class _Kept(BaseModel):
+    """What the file keeps: the fault told of, and the notices owed."""
+
+    since_ms: int | None = None
+    told: tuple[str, ...] = ()
+    told_ms: int = 0
+    repeat: int = 0
+    owed: tuple[_Owed, ...] = ()
+
+
+def fault_state_path(outbox_path: Path) -> Path:
+    """Beside the outbox: var/outbox.sqlite3 keeps it in var/outbox.faults.json."""
+    return outbox_path.with_name(f"{outbox_path.stem}.faults.json")
+
+
 class FaultWatch:
     def __init__(
         self,
@@ -74,6 +102,7 @@ class FaultWatch:
         clock: Clock,
         stats: Stats,
         zone: ZoneInfo,
+        path: Path | None = None,
     ) -> None:
         self._problems = problems
         self._reach = reach
@@ -91,6 +120,12 @@ class FaultWatch:
         # Receivers who heard of the fault, and so hear that it is over.
         self._told: set[str] = set()
         self._pending: dict[str, _Pending] = {}
+        self._path = path
+        self._kept: bytes | None = None
+        self._keeping: asyncio.Task[None] | None = None
+        self._keeping_fails = False
+        if path is not None:
+            self._restore(path)
 
     async def run(self) -> None:
         while True:
@@ -131,6 +166,75 @@ class FaultWatch:
         due = [p for p in self._pending.values() if p.due_ms <= now_ms]
         if due:
             await asyncio.gather(*(self._deliver(p) for p in due))
+        self._keep()
+
+    async def settle(self) -> None:
+        """Until what is being written to the file is written."""
+        if self._keeping is not None:
+            await self._keeping
+
+    def _state(self) -> bytes:
+        owed = tuple(_Owed(notice=p.notice, due_ms=p.due_ms) for p in self._pending.values())
+        kept = _Kept(
+            since_ms=self.since_ms,
+            told=tuple(sorted(self._told)),
+            told_ms=self._told_ms,
+            repeat=self._repeat,
+            owed=owed,
+        )
+        return kept.model_dump_json().encode()
+
+    def _keep(self) -> None:
+        """Writes the state if it changed, unless a write is under way: a disk that hangs
+        holds one thread, never the watch."""
+        if self._path is None or (self._keeping is not None and not self._keeping.done()):
+            return
+        state = self._state()
+        if state != self._kept:
+            self._keeping = asyncio.create_task(self._write(self._path, state))
+
+    async def _write(self, path: Path, state: bytes) -> None:
+        try:
+            await asyncio.to_thread(_replace, path, state)
+        except OSError as exc:
+            # Tried again at the next look; said once.
+            if not self._keeping_fails:
+                log.warning("cannot keep what was told of the gateway's faults in %s (%s); "
+                            "kept in memory until it can", path, exc)  # fmt: skip
+            self._keeping_fails = True
+            return
+        self._kept = state
+        self._keeping_fails = False
+
+    def _restore(self, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read what was told of the gateway's faults from %s (%s); "
+                        "a fault under way is told as new", path, exc)  # fmt: skip
+            return
+        try:
+            kept = _Kept.model_validate_json(data)
+        except ValidationError as exc:
+            log.warning("%s is damaged, and is begun anew; a fault under way is told as new: "
+                        "%s", path, exc)  # fmt: skip
+            return
+        self._kept = data
+        self.since_ms = kept.since_ms
+        self._told = set(kept.told)
+        self._told_ms = kept.told_ms
+        self._repeat = kept.repeat
+        receivers = {r.name: r for r in self._reach.policy.fault_receivers()}
+        for owed in kept.owed:
+            receiver = receivers.get(owed.notice.receiver)
+            # One the policy no longer names is owed nothing.
+            if receiver is not None:
+                self._pending[receiver.name] = _Pending(receiver, owed.notice, owed.due_ms)
+        if self.since_ms is not None:
+            log.warning("the gateway's fault since %s was under way at the last stop",
+                        local_time_text(self.since_ms, self._zone))  # fmt: skip
 
     def _tell(self, kind: str, problems: Mapping[str, str], since_ms: int, now_ms: int) -> None:
         self._told_ms = now_ms
@@ -211,6 +315,16 @@ class FaultWatch:
         if self._pending.get(notice.receiver) is pending:
             retry_ms = self._clock.now_ms() + round(RETRY_S * 1000)
             self._pending[notice.receiver] = _Pending(pending.receiver, notice, retry_ms)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Whole or not at all, and on the disk before it counts."""
+    spare = path.with_name(path.name + ".new")
+    with spare.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(spare, path)
 
 
 def _details(problems: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from pytest_httpserver import HTTPServer
 
+from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.ingest.process import TelemetryProcess
 from tests.integration.harness import (
@@ -305,7 +306,7 @@ def requests_to(httpserver: HTTPServer, path: str) -> list[dict[str, Any]]:
     return [json.loads(r.get_data()) for r, _ in httpserver.log if r.path == path]
 
 
-async def test_a_broker_gone_is_told_to_people_and_its_return_too(
+async def test_a_broker_gone_is_told_to_people_once_across_a_restart_and_its_return_too(
     tmp_path: Path, fresh_mosquitto: MosquittoService, namespace: str, httpserver: HTTPServer
 ) -> None:
     broker = fresh_mosquitto
@@ -325,9 +326,20 @@ async def test_a_broker_gone_is_told_to_people_and_its_return_too(
             f"与消息服务器的连接中断，收不到设备告警: not connected to {broker.host}:{broker.port}"
             in fault["text"]
         )
+    # Started again with the broker still gone: the same fault, not a new one.
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    try:
+        # Past twice `after_s` into the new start.
+        await asyncio.sleep(2.5)
+        assert [n["kind"] for n in received("/office")] == ["fault"]
         broker.start()
         await wait_until(lambda: len(received("/office")) == 2, what="the fault's end told")
-        assert received("/office")[1]["kind"] == "fault_cleared"
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, timeout=15)
+    cleared = received("/office")[1]
+    assert (cleared["kind"], cleared["alert_id"]) == ("fault_cleared", fault["alert_id"])
 
 
 async def test_a_gateway_that_cannot_write_tells_people_and_the_sos_gets_through_once_it_can(

@@ -1,7 +1,9 @@
 """The gateway's own faults told to people from memory: when, to whom, by which channel,
 again while they last, and once more when they are over."""
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,7 +13,7 @@ from pydantic import ValidationError
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit
-from gateway.notify.fault import RETRY_S, FaultWatch
+from gateway.notify.fault import RETRY_S, FaultWatch, fault_state_path
 from gateway.notify.hooks import notice_document
 from gateway.notify.notice import Notice
 from gateway.notify.policy import NotifyPolicy
@@ -62,20 +64,30 @@ class Reach:
 
 
 class Rig:
-    def __init__(self, notify: NotifyPolicy) -> None:
+    def __init__(self, notify: NotifyPolicy, path: Path | None = None) -> None:
         self.clock = ManualClock(T0)
         self.reach = Reach(notify)
         self.problems: dict[str, str] = {}
         self.stats = Stats()
-        self.watch = FaultWatch(
+        self.path = path
+        self.watch = self._watch()
+
+    def _watch(self) -> FaultWatch:
+        return FaultWatch(
             lambda: self.problems, self.reach, instance="gw-hgy", place="hgy gw-hgy",
-            clock=self.clock, stats=self.stats, zone=ZONE,
+            clock=self.clock, stats=self.stats, zone=ZONE, path=self.path,
         )  # fmt: skip
 
+    def restart(self) -> None:
+        """A new watch on the same file, as a gateway started again makes."""
+        self.watch = self._watch()
+
     async def at(self, seconds: float) -> None:
-        """Moves the clock to `seconds` after T0 and looks once."""
+        """Moves the clock to `seconds` after T0, looks once, and lets what it keeps be
+        written."""
         self.clock.advance(seconds - (self.clock.now_ms() - T0) / 1000)
         await self.watch.check()
+        await self.watch.settle()
 
     def told(self) -> list[tuple[str, str, str]]:
         """(channel, receiver, kind) of every notice sent."""
@@ -220,3 +232,108 @@ def test_a_fault_receiver_the_policy_does_not_have_is_named() -> None:
         policy(to=["ofice"])
     with pytest.raises(ValidationError, match=r"gateway_faults.after_s"):
         policy(after_s=-1)
+
+
+async def test_after_a_restart_those_told_of_a_fault_hear_of_its_end(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=10, to=["office", "secretary"]), tmp_path / "outbox.faults.json")
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    await rig.at(10)
+    assert sorted(rig.told()) == [("robot", "office", "fault"), ("sms", "secretary", "fault")]
+    rig.restart()
+    rig.problems = {}
+    await rig.at(300)
+    await rig.at(309)
+    assert len(rig.told()) == 2
+    await rig.at(310)
+    assert sorted(rig.told()) == [
+        ("robot", "office", "fault"), ("robot", "office", "fault_cleared"),
+        ("sms", "secretary", "fault"), ("sms", "secretary", "fault_cleared"),
+    ]  # fmt: skip
+    assert rig.reach.sent("robot")[-1].key == f"gateway-fault/gw-hgy/{T0}/0/office/fault_cleared"
+    # And once only, across a restart too.
+    rig.restart()
+    await rig.at(400)
+    await rig.at(4000)
+    assert len(rig.told()) == 4
+
+
+async def test_a_fault_that_goes_on_across_a_restart_is_the_same_fault(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=10, repeat_s=3600), tmp_path / "outbox.faults.json")
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    await rig.at(10)
+    rig.restart()
+    # Not told as new, at the new start's `after_s` nor later, until the repeat is due.
+    for second in (60, 70, 3609):
+        await rig.at(second)
+    assert rig.told() == [("robot", "office", "fault")]
+    await rig.at(3610)
+    assert rig.told() == [("robot", "office", "fault")] * 2
+    assert rig.reach.sent("robot")[-1].key == f"gateway-fault/gw-hgy/{T0}/1/office/fault"
+    assert rig.watch.since_ms == T0
+
+
+async def test_a_notice_owed_at_a_restart_is_still_sent(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=0, to=["secretary"]), tmp_path / "outbox.faults.json")
+    rig.reach.fail("sms")
+    rig.problems = {"outbox": "main: database or disk is full"}
+    await rig.at(0)
+    assert rig.told() == []
+    rig.restart()
+    await rig.at(RETRY_S - 1)
+    assert rig.told() == []
+    await rig.at(RETRY_S)
+    assert rig.told() == [("sms", "secretary", "fault")]
+    (notice,) = rig.reach.sent("sms")
+    assert notice.lines == ("数据无法保存，告警积压在消息服务器: main: database or disk is full",)
+    assert notice.key == f"gateway-fault/gw-hgy/{T0}/0/secretary/fault"
+
+
+async def test_a_receiver_the_policy_no_longer_names_is_owed_nothing(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=0, to=["secretary"]), tmp_path / "outbox.faults.json")
+    rig.reach.fail("sms")
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    rig.reach.policy = policy(after_s=0, to=["wang-fang"])
+    rig.restart()
+    await rig.at(RETRY_S)
+    await rig.at(3 * RETRY_S)
+    assert [told for told in rig.told() if told[1] == "secretary"] == []
+
+
+async def test_a_disk_that_takes_no_writes_keeps_nothing_but_stops_no_news(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "var"
+    rig = Rig(policy(after_s=0), fault_state_path(folder / "outbox.sqlite3"))
+    rig.problems = {"outbox": "main: disk I/O error"}
+    with caplog.at_level(logging.WARNING, logger="gateway.notify.fault"):
+        await rig.at(0)
+        await rig.at(1)
+    assert rig.told() == [("robot", "office", "fault")]
+    assert [r.message for r in caplog.records if "cannot keep" in r.message] == [
+        f"cannot keep what was told of the gateway's faults in {folder / 'outbox.faults.json'} "
+        f"([Errno 2] No such file or directory: '{folder / 'outbox.faults.json.new'}'); "
+        "kept in memory until it can"
+    ]
+    # Once the disk takes writes again, it is kept.
+    folder.mkdir()
+    await rig.at(2)
+    rig.restart()
+    assert rig.watch.since_ms == T0
+
+
+async def test_a_damaged_file_is_named_and_begun_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.faults.json"
+    path.write_bytes(b'{"since_ms": "yesterday"')
+    with caplog.at_level(logging.WARNING, logger="gateway.notify.fault"):
+        rig = Rig(policy(after_s=0), path)
+    assert f"{path} is damaged, and is begun anew" in caplog.text
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    assert rig.told() == [("robot", "office", "fault")]
+    rig.restart()
+    assert rig.watch.since_ms == T0
