@@ -273,6 +273,8 @@ class Gateway:
         """Until stop(); then finishes the batch in hand and closes the outbox."""
         tasks: list[asyncio.Task[None]] = []
         writer: InfluxWriter | None = None
+        # Only a stop that was asked for: a failed stage is a crash, and so counted.
+        asked_to_stop = False
         try:
             if self.config.influx is not None:
                 influx = self.config.influx
@@ -328,14 +330,19 @@ class Gateway:
                 if error is not None:
                     log.error("the %s stage failed: %s", task.get_name(), error)
                     raise _told(error)
+            asked_to_stop = True
         finally:
             try:
-                await self._wind_down(tasks, writer)
+                await self._wind_down(tasks, writer, asked_to_stop=asked_to_stop)
             finally:
                 self.close()
 
     async def _wind_down(
-        self, tasks: Sequence[asyncio.Task[None]], writer: InfluxWriter | None
+        self,
+        tasks: Sequence[asyncio.Task[None]],
+        writer: InfluxWriter | None,
+        *,
+        asked_to_stop: bool,
     ) -> None:
         """Stops the stages, finishing the batch in hand. A stage that failed raises its
         error here again."""
@@ -352,6 +359,8 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.faults is not None and asked_to_stop:
+            await self.faults.stopped()
         if writer is not None:
             await writer.__aexit__(None, None, None)
         if self._http is not None:

@@ -12,6 +12,12 @@ What was told, and what is owed, is kept in a small file of its own, written off
 event loop whenever it changes: a restart during a fault goes on with the same fault,
 its end is told to those who heard of it, and a notice owed is still sent. On a disk that
 takes no writes it is kept in memory, and the telling goes on.
+
+The file also says whether the gateway is running, and a stop that was asked for says it
+is not: a start that finds it running follows a crash. A gateway that keeps crashing
+(out of memory on a backlog, say) is never down for `after_s` in any one run, and its
+alarms come late or not at all; RESTARTS_TO_TELL such starts within RESTART_WINDOW_S are a
+fault of their own, which began at the first of them.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ PROBLEMS_ZH = {
     "broker": "与消息服务器的连接中断，收不到设备告警",
     "outbox": "数据无法保存，告警积压在消息服务器",
     "notifications": "告警通知无法处理",
+    "restarts": "网关反复意外退出并重启，告警处理可能中断",
 }
 FAULT_TITLE = "告警可能无法送达"
 CLEARED_TITLE = "故障已排除，积压的告警正在处理"
@@ -52,6 +59,11 @@ TICK_S = 1.0
 RETRY_S = 30.0
 # An error's text in a message: SMS and robots are no place for a traceback.
 DETAIL_MAX_CHARS = 120
+# Starts after a crash, within a window, that make a fault.
+RESTARTS_TO_TELL = 2
+RESTART_WINDOW_S = 600.0
+# How long a stop waits to say in the file that it was asked for.
+STOP_WRITE_S = 2.0
 
 
 class Reach(Protocol):
@@ -84,6 +96,9 @@ class _Kept(BaseModel):
     told_ms: int = 0
     repeat: int = 0
     owed: tuple[_Owed, ...] = ()
+    running: bool = False
+    # Starts that followed a crash, within RESTART_WINDOW_S.
+    crash_restarts_ms: tuple[int, ...] = ()
 
 
 def fault_state_path(outbox_path: Path) -> Path:
@@ -124,6 +139,8 @@ class FaultWatch:
         self._kept: bytes | None = None
         self._keeping: asyncio.Task[None] | None = None
         self._keeping_fails = False
+        self._running = True
+        self._crash_restarts_ms: list[int] = []
         if path is not None:
             self._restore(path)
 
@@ -141,6 +158,13 @@ class FaultWatch:
         deliver what is due."""
         now_ms = self._clock.now_ms()
         problems = dict(self._problems())
+        restarts = self._recent_crash_restarts(now_ms)
+        if len(restarts) >= RESTARTS_TO_TELL:
+            problems["restarts"] = (
+                f"started after a crash {len(restarts)} times since "
+                f"{local_time_text(restarts[0], self._zone)}, the last at "
+                f"{local_time_text(restarts[-1], self._zone)}"
+            )
         self._first_seen_ms = {name: self._first_seen_ms.get(name, now_ms) for name in problems}
         settings = self._reach.policy.gateway_faults
         after_ms = round(settings.after_s * 1000)
@@ -173,6 +197,29 @@ class FaultWatch:
         if self._keeping is not None:
             await self._keeping
 
+    async def stopped(self) -> None:
+        """Says in the file that the gateway stopped as asked: the next start follows no
+        crash. A disk that hangs holds the stop STOP_WRITE_S at most."""
+        self._running = False
+        path = self._path
+        if path is None:
+            return
+
+        async def write() -> None:
+            await self.settle()
+            await self._write(path, self._state())
+
+        try:
+            await asyncio.wait_for(write(), STOP_WRITE_S)
+        except TimeoutError:
+            log.warning("%s did not take the stop in time: the next start takes it for a "
+                        "crash", path)  # fmt: skip
+
+    def _recent_crash_restarts(self, now_ms: int) -> list[int]:
+        window_ms = round(RESTART_WINDOW_S * 1000)
+        self._crash_restarts_ms = [t for t in self._crash_restarts_ms if now_ms - t < window_ms]
+        return self._crash_restarts_ms
+
     def _state(self) -> bytes:
         owed = tuple(_Owed(notice=p.notice, due_ms=p.due_ms) for p in self._pending.values())
         kept = _Kept(
@@ -181,6 +228,8 @@ class FaultWatch:
             told_ms=self._told_ms,
             repeat=self._repeat,
             owed=owed,
+            running=self._running,
+            crash_restarts_ms=tuple(self._crash_restarts_ms),
         )
         return kept.model_dump_json().encode()
 
@@ -222,6 +271,16 @@ class FaultWatch:
                         "%s", path, exc)  # fmt: skip
             return
         self._kept = data
+        now_ms = self._clock.now_ms()
+        self._crash_restarts_ms = list(kept.crash_restarts_ms)
+        if kept.running:
+            log.warning("the gateway did not stop as asked at its last run: it crashed, was "
+                        "killed or lost power")  # fmt: skip
+            self._crash_restarts_ms.append(now_ms)
+        restarts = self._recent_crash_restarts(now_ms)
+        if len(restarts) >= RESTARTS_TO_TELL:
+            # The fault began with the first crash, however short each run is.
+            self._first_seen_ms["restarts"] = restarts[0]
         self.since_ms = kept.since_ms
         self._told = set(kept.told)
         self._told_ms = kept.told_ms

@@ -134,6 +134,26 @@ async def test_broker_restart_and_gateway_downtime_lose_nothing(
         await wait_until(lambda: stored(influxdb, influx_db) == 1000, what="queued while away")
 
 
+async def start_gateway(config_file: Path, log_file: Path) -> subprocess.Popen[bytes]:
+    """`community-gateway run` in a process of its own, its log added to `log_file`;
+    once both its connections, the alarms' and the telemetry's, are up."""
+    connections = log_file.read_text().count("connected to") if log_file.exists() else 0
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    await wait_until(
+        lambda: log_file.read_text().count("connected to") >= connections + 2,
+        what="gateway up",
+    )
+    # Its first subscription must be in place before devices publish.
+    await asyncio.sleep(0.3)
+    return process
+
+
 async def test_gateway_killed_mid_stream_loses_no_message(
     tmp_path: Path,
     mosquitto: MosquittoService,
@@ -147,26 +167,7 @@ async def test_gateway_killed_mid_stream_loses_no_message(
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
 
-    log_file = tmp_path / "gateway.log"
-
-    async def start() -> subprocess.Popen[bytes]:
-        connections = log_file.read_text().count("connected to") if log_file.exists() else 0
-        with log_file.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(config_file)],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        # Both connections: the alarms' and the telemetry's.
-        await wait_until(
-            lambda: log_file.read_text().count("connected to") >= connections + 2,
-            what="gateway up",
-        )
-        # Its first subscription must be in place before devices publish.
-        await asyncio.sleep(0.3)
-        return process
-
+    start = partial(start_gateway, config_file, tmp_path / "gateway.log")
     total = 6000
     process = await start()
     try:
@@ -340,6 +341,41 @@ async def test_a_broker_gone_is_told_to_people_once_across_a_restart_and_its_ret
         await asyncio.wait_for(task, timeout=15)
     cleared = received("/office")[1]
     assert (cleared["kind"], cleared["alert_id"]) == ("fault_cleared", fault["alert_id"])
+
+
+async def test_a_gateway_that_keeps_crashing_is_told_to_people(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, httpserver: HTTPServer
+) -> None:
+    document = gateway_config(tmp_path, mosquitto, namespace).model_dump(
+        mode="json", exclude_none=True
+    )
+    document["notify"] = fault_policy(namespace, httpserver)
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(document, allow_unicode=True))
+    start = partial(start_gateway, config_file, tmp_path / "gateway.log")
+    received = partial(requests_to, httpserver)
+
+    process = await start()
+    try:
+        # Stopped as asked: no crash.
+        process.terminate()
+        assert process.wait(timeout=15) == 0
+        # Then killed twice, each time soon after its start.
+        for _ in range(2):
+            process = await start()
+            process.kill()
+            process.wait(timeout=10)
+        assert received("/office") == []
+        process = await start()
+        await wait_until(lambda: bool(received("/office")), what="the crashes told")
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    (fault,) = received("/office")
+    assert (fault["kind"], fault["receiver"]) == ("fault", "office")
+    assert (
+        "网关反复意外退出并重启，告警处理可能中断: started after a crash 2 times" in fault["text"]
+    )
 
 
 async def test_a_gateway_that_cannot_write_tells_people_and_the_sos_gets_through_once_it_can(

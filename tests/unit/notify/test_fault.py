@@ -82,10 +82,18 @@ class Rig:
         """A new watch on the same file, as a gateway started again makes."""
         self.watch = self._watch()
 
+    async def stop_and_restart(self) -> None:
+        """A stop that was asked for, and a start."""
+        await self.watch.stopped()
+        self.restart()
+
+    def move_to(self, seconds: float) -> None:
+        self.clock.advance(seconds - (self.clock.now_ms() - T0) / 1000)
+
     async def at(self, seconds: float) -> None:
         """Moves the clock to `seconds` after T0, looks once, and lets what it keeps be
         written."""
-        self.clock.advance(seconds - (self.clock.now_ms() - T0) / 1000)
+        self.move_to(seconds)
         await self.watch.check()
         await self.watch.settle()
 
@@ -240,7 +248,7 @@ async def test_after_a_restart_those_told_of_a_fault_hear_of_its_end(tmp_path: P
     await rig.at(0)
     await rig.at(10)
     assert sorted(rig.told()) == [("robot", "office", "fault"), ("sms", "secretary", "fault")]
-    rig.restart()
+    await rig.stop_and_restart()
     rig.problems = {}
     await rig.at(300)
     await rig.at(309)
@@ -252,7 +260,7 @@ async def test_after_a_restart_those_told_of_a_fault_hear_of_its_end(tmp_path: P
     ]  # fmt: skip
     assert rig.reach.sent("robot")[-1].key == f"gateway-fault/gw-hgy/{T0}/0/office/fault_cleared"
     # And once only, across a restart too.
-    rig.restart()
+    await rig.stop_and_restart()
     await rig.at(400)
     await rig.at(4000)
     assert len(rig.told()) == 4
@@ -337,3 +345,55 @@ async def test_a_damaged_file_is_named_and_begun_anew(
     assert rig.told() == [("robot", "office", "fault")]
     rig.restart()
     assert rig.watch.since_ms == T0
+
+
+async def test_a_gateway_that_keeps_crashing_is_told_of_from_its_first_crash(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(policy(after_s=60), tmp_path / "outbox.faults.json")
+    await rig.at(0)
+    # Each run lasts less than `after_s`.
+    for second in (20, 40, 79):
+        rig.move_to(second)
+        rig.restart()
+        await rig.at(second)
+    assert rig.told() == []
+    rig.move_to(80)
+    rig.restart()
+    await rig.at(80)
+    assert rig.told() == [("robot", "office", "fault")]
+    (notice,) = rig.reach.sent("robot")
+    assert notice.lines == (
+        "网关反复意外退出并重启，告警处理可能中断: started after a crash 4 times since "
+        "2026-01-01 08:00, the last at 2026-01-01 08:01",
+    )
+    assert notice.started_ms == T0 + 20_000
+    # It runs on: once the window holds fewer than two crashes, the fault is over, and
+    # `after_s` later its end is told.
+    await rig.at(678)
+    await rig.at(679)
+    await rig.at(679 + 59)
+    assert len(rig.told()) == 1
+    await rig.at(679 + 60)
+    assert rig.told() == [("robot", "office", "fault"), ("robot", "office", "fault_cleared")]
+
+
+async def test_stops_that_were_asked_for_are_no_fault(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=0), tmp_path / "outbox.faults.json")
+    for second in range(0, 50, 10):
+        await rig.at(second)
+        await rig.stop_and_restart()
+    # One crash among them is not a loop.
+    rig.move_to(50)
+    rig.restart()
+    await rig.at(60)
+    await rig.at(600)
+    assert rig.told() == []
+
+
+async def test_a_stop_on_a_disk_that_takes_no_writes_ends_all_the_same(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=0), fault_state_path(tmp_path / "gone" / "outbox.sqlite3"))
+    await rig.at(0)
+    await rig.watch.stopped()
+    rig.restart()
+    assert rig.watch.since_ms is None
