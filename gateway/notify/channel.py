@@ -40,6 +40,11 @@ class Limiter:
         self._sent: dict[tuple[int, str], deque[float]] = {}
         self._blocked_until: dict[str, float] = {}
 
+    @property
+    def window_s(self) -> float:
+        """How far back the sends it counts go."""
+        return max((limit.window_s for limit in self._limits), default=0.0)
+
     def wait_s(self, number: str | None, now_s: float) -> float:
         """0 when a send is allowed now; otherwise how long until it is."""
         wait = max(0.0, self._blocked_until.get("", 0.0) - now_s)

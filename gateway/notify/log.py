@@ -104,6 +104,20 @@ class DeliveryAttempt:
     latency_ms: float | None
 
 
+# How a notification sent in a digest names the digest, in its attempt's detail.
+IN_DIGEST = "in digest "
+
+
+@dataclass(frozen=True, slots=True)
+class RecentSend:
+    """A message a channel sent."""
+
+    channel: str
+    at_ms: int
+    # The notification it took, or one of a digest's: all to the same number, if any.
+    notification_key: str
+
+
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
     alert_id: str
@@ -317,6 +331,29 @@ class NotificationLog:
     def get(self, key: str) -> Notification | None:
         found = self._select("key = ?", (key,))
         return found[0] if found else None
+
+    def sends_since(self, since_ms: int) -> list[RecentSend]:
+        """The messages the channels sent from `since_ms` on, oldest first: a digest once.
+        Read back from the newest attempt, which the attempts' ids keep in order."""
+        sends: list[RecentSend] = []
+        digests: set[tuple[str, str]] = set()
+        rows = self._conn.execute(
+            "SELECT channel, at_ms, result, detail, notification_key FROM notification_attempts"
+            " ORDER BY id DESC"
+        )
+        for channel, at_ms, result, detail, key in rows:
+            if at_ms < since_ms:
+                break
+            if result != AttemptResult.SENT:
+                continue
+            if detail.startswith(IN_DIGEST):
+                if (channel, detail) in digests:
+                    continue
+                digests.add((channel, detail))
+            sends.append(RecentSend(channel, at_ms, key))
+        rows.close()
+        sends.reverse()
+        return sends
 
     def update(self, key: str, *, state: str, channel_index: int, tries: int, due_ms: int) -> None:
         self._conn.execute(

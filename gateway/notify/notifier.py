@@ -36,6 +36,7 @@ from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoic
 from gateway.notify.hooks import Console, MqttPublisher, Publish, Webhook
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import (
+    IN_DIGEST,
     AttemptResult,
     DeliveryAttempt,
     Notification,
@@ -193,8 +194,12 @@ class Notifier:
 
     async def run(self) -> None:
         recover = True
+        recalled = False
         while True:
             try:
+                if not recalled:
+                    self.recall_sends()
+                    recalled = True
                 if recover:
                     self.recover()
                     recover = False
@@ -228,6 +233,22 @@ class Notifier:
         the alert book's, the outbox."""
         path = self.log.path if self.log.damaged() else self.book.path
         return damaged_error(path, "a round of notifications failed", exc)
+
+    def recall_sends(self) -> None:
+        """Counts against the channels' limits what they sent in their windows before the
+        start: a burst of alarms just after a restart would otherwise go over a robot's
+        or a number's limit, and the provider refuse it."""
+        now_ms = self._clock.now_ms()
+        window_s = max((c.limiter.window_s for c in self.channels.values()), default=0.0)
+        if window_s <= 0:
+            return
+        for send in self.log.sends_since(now_ms - round(window_s * 1000)):
+            channel = self.channels.get(send.channel)
+            if channel is None:
+                continue
+            notification = self.log.get(send.notification_key)
+            phone = Notice.from_json(notification.notice).phone if notification else None
+            channel.limiter.note(phone, send.at_ms / 1000)
 
     def recover(self) -> None:
         """Plan alerts that fired, and all-clears of alerts that resolved, but were never
@@ -588,7 +609,7 @@ class Notifier:
                 self.log.update(notification.key, state="sent",
                                 channel_index=notification.channel_index,
                                 tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
-                self._record_notice(notice, name, AttemptResult.SENT, f"in digest {digest.key}",
+                self._record_notice(notice, name, AttemptResult.SENT, f"{IN_DIGEST}{digest.key}",
                                     None)  # fmt: skip
 
     # --- records ---------------------------------------------------------------------------

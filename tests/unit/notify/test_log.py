@@ -79,3 +79,30 @@ def test_steps_an_earlier_version_planned_by_route_take_the_name_of_its_chain(
     with closing(sqlite3.connect(path)) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     assert "escalation_steps" not in tables
+
+
+def test_the_sends_read_back_are_the_messages_that_went_out_in_the_window(
+    tmp_path: Path,
+) -> None:
+    log = NotificationLog(tmp_path / "outbox.notifications.sqlite3")
+
+    def attempt(key: str, channel: str, at_s: int, result: AttemptResult, detail: str = "") -> None:
+        log.record(DeliveryAttempt(key, "a1", "wang", channel, T0 + at_s * 1000, result, detail,
+                                   None))  # fmt: skip
+
+    attempt("old", "wecom", 0, AttemptResult.SENT)
+    attempt("one", "wecom", 10, AttemptResult.SENT)
+    attempt("two", "sms", 11, AttemptResult.RETRY, "provider down")
+    # Three notifications in one digest: one message.
+    for key in ("d1", "d2", "d3"):
+        attempt(key, "wecom", 12, AttemptResult.SENT, "in digest wecom/wang/digest/1")
+    attempt("d4", "wecom", 13, AttemptResult.SENT, "in digest wecom/wang/digest/2")
+    attempt("three", "sms", 14, AttemptResult.SENT)
+    sends = log.sends_since(T0 + 10_000)
+    assert [(s.channel, s.at_ms - T0, s.notification_key) for s in sends] == [
+        ("wecom", 10_000, "one"),
+        ("wecom", 12_000, "d3"),
+        ("wecom", 13_000, "d4"),
+        ("sms", 14_000, "three"),
+    ]
+    log.close()

@@ -281,6 +281,24 @@ async def test_over_the_limit_critical_moves_on_and_the_rest_wait_for_one_digest
     assert len([n for n in rig.channels["wecom"].sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
 
 
+async def test_the_limits_count_what_went_out_before_a_restart(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3", limits=(Limit(1, 60.0),))
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    rig.restart()
+    # As a start does, before its first round.
+    rig.notifier.recall_sends()
+    rig.feed(Event(SMOKE, T0 + 10_000, TimeSource.DEVICE, "tamper", {}))
+    await rig.after(10)
+    # The robot took one message in the minute before the restart: held for a digest.
+    assert rig.sent() == []
+    await rig.after(49)
+    assert rig.sent() == []
+    await rig.after(1)
+    assert rig.sent() == [("wecom", "wang-fang", "digest")]
+
+
 async def test_quiet_hours_hold_non_critical_notices_but_never_critical_ones(
     tmp_path: Path,
 ) -> None:
