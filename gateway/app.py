@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from gateway.errors import GatewayError, StoreError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import STOP_TIMEOUT_S, TelemetryProcess
+from gateway.notify.channel import Channel
 from gateway.notify.desk import AlertDesk
 from gateway.notify.fault import FaultWatch, fault_state_path
 from gateway.notify.hooks import Publish
@@ -85,6 +87,35 @@ def _told(error: BaseException) -> BaseException:
 def notification_log_path(outbox_path: Path) -> Path:
     """Beside the outbox: var/outbox.sqlite3 keeps its log in var/outbox.notifications.sqlite3."""
     return outbox_path.with_name(f"{outbox_path.stem}.notifications{outbox_path.suffix}")
+
+
+def instance_name(config: GatewayConfig) -> str:
+    """The gateway's name among others: its MQTT client id."""
+    return config.mqtt.client_id if config.mqtt else "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reach:
+    policy: NotifyPolicy
+    channels: Mapping[str, Channel]
+
+
+async def tell_refused_start(config: GatewayConfig, problem: str, clock: Clock) -> None:
+    """A start refused by its config, rules or registry: the people who hear of the
+    gateway's faults are told, if the refusal lasts (gateway.notify.fault). Nothing else
+    would tell them that no alarm reaches anyone."""
+    policy = config.notify
+    if policy is None:
+        return
+    name = instance_name(config)
+    async with httpx.AsyncClient() as http:
+        # With no broker connection: an MQTT channel fails, and the next one is tried.
+        reach = _Reach(policy, make_channels(policy, http, None, clock))
+        # Its only problem is the refusal.
+        watch = FaultWatch(lambda: {}, reach, instance=name, place=name, clock=clock, stats=Stats(),
+                           zone=ZoneInfo(config.timezone),
+                           path=fault_state_path(config.outbox.path))  # fmt: skip
+        await watch.refused(problem)
 
 
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
@@ -387,7 +418,7 @@ class Gateway:
 
     @property
     def instance_name(self) -> str:
-        return self.config.mqtt.client_id if self.config.mqtt else "gateway"
+        return instance_name(self.config)
 
     def _faults(self) -> dict[str, str]:
         """What keeps alarms from people now (gateway.notify.fault)."""

@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 # A config file an upgrade no longer takes: said as a broken rule file is.
                 if (sections := load_status_config(args.config)) is not None:
-                    _say_cannot_start(sections, str(exc))
+                    asyncio.run(_cannot_start(sections, str(exc)))
                 raise
             _configure_logging(config)
             return asyncio.run(_run(config, args.config))
@@ -214,7 +214,7 @@ async def _run(config: GatewayConfig, path: Path) -> int:
     except ConfigError as exc:
         # In a restart loop on a broken rule or registry file, it would otherwise say
         # nothing: whoever watches its status learns why it does not run.
-        await asyncio.to_thread(_say_cannot_start, config, str(exc))
+        await _cannot_start(config, str(exc))
         raise
     made.append(gateway)
     set_aside_startup_objects()
@@ -225,22 +225,43 @@ async def _run(config: GatewayConfig, path: Path) -> int:
 
 # How long a start that failed waits on the broker to say so.
 CANNOT_START_TIMEOUT_S = 5.0
+# And on the people who hear of the gateway's faults, each by their channels in turn.
+CANNOT_START_TELL_TIMEOUT_S = 20.0
 
 
-def _say_cannot_start(config: GatewayConfig, problem: str) -> None:
-    """Publish the problem on the status topic, unless another gateway runs on this
-    outbox: its status is its own."""
+async def _cannot_start(config: GatewayConfig, problem: str) -> None:
+    """Publish the problem on the status topic, and tell the people who hear of the
+    gateway's faults; unless another gateway runs on this outbox: its status and faults
+    are its own."""
+    from gateway.app import tell_refused_start
     from gateway.clock import SystemClock
-    from gateway.ingest.mqtt3 import publish_retained
-    from gateway.ingest.subscription import Status
     from gateway.store.lock import PidLock
 
-    mqtt = config.mqtt
-    if mqtt is None or mqtt.status is None:
-        return
     try:
         lock = PidLock.take(pid_path(config.outbox.path), "another gateway")
     except (GatewayError, OSError):
+        return
+    try:
+        await asyncio.to_thread(_say_cannot_start, config, problem)
+        try:
+            await asyncio.wait_for(
+                tell_refused_start(config, problem, SystemClock()), CANNOT_START_TELL_TIMEOUT_S
+            )
+        except TimeoutError:
+            log.warning("telling that the gateway cannot start took over %.0f s; left off",
+                        CANNOT_START_TELL_TIMEOUT_S)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _say_cannot_start(config: GatewayConfig, problem: str) -> None:
+    """Publish the problem on the status topic."""
+    from gateway.clock import SystemClock
+    from gateway.ingest.mqtt3 import publish_retained
+    from gateway.ingest.subscription import Status
+
+    mqtt = config.mqtt
+    if mqtt is None or mqtt.status is None:
         return
     try:
         status = Status(mqtt.status, mqtt.client_id, SystemClock())
@@ -253,8 +274,6 @@ def _say_cannot_start(config: GatewayConfig, problem: str) -> None:
         )
     except (OSError, TimeoutError) as exc:
         log.warning("could not say on %s that the gateway cannot start: %s", mqtt.status, exc)
-    finally:
-        lock.release()
 
 
 def reload_in_place(gateway: Gateway, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import ssl
@@ -419,7 +420,9 @@ def load_config(path: Path) -> GatewayConfig:
 def load_status_config(path: Path) -> GatewayConfig | None:
     """Of a config file that `load_config` refused, its `mqtt` and `outbox` sections
     alone, when they pass its checks: enough to say on the status topic why the
-    gateway does not start. None when even they do not."""
+    gateway does not start. None when even they do not. With them, the notification
+    policy and time zone, when they pass too: enough to tell the people who hear of
+    the gateway's faults."""
     try:
         marked = _read_marked(path)
         sections = {name: marked[name] for name in ("mqtt", "outbox") if name in marked}
@@ -429,7 +432,18 @@ def load_status_config(path: Path) -> GatewayConfig | None:
             config.mqtt.tls.ssl_context()
     except (ConfigError, ValidationError):
         return None
-    return config
+    update: dict[str, Any] = {}
+    with contextlib.suppress(ConfigError, ValidationError):
+        policy = marked.get("notify")
+        if isinstance(policy, str):
+            policy = _read_mapping(path.parent / policy)
+        else:
+            policy = _substituted(policy, "notify", path)
+        update["notify"] = GatewayConfig.model_validate({"notify": policy}).notify
+    with contextlib.suppress(ConfigError, ValidationError):
+        zone = _substituted(marked.get("timezone", config.timezone), "timezone", path)
+        update["timezone"] = GatewayConfig.model_validate({"timezone": zone}).timezone
+    return config.model_copy(update=update)
 
 
 def _read_mapping(path: Path) -> dict[str, object]:

@@ -17,7 +17,8 @@ The file also says whether the gateway is running, and a stop that was asked for
 is not: a start that finds it running follows a crash. A gateway that keeps crashing
 (out of memory on a backlog, say) is never down for `after_s` in any one run, and its
 alarms come late or not at all; RESTARTS_TO_TELL such starts within RESTART_WINDOW_S are a
-fault of their own, which began at the first of them.
+fault of their own, which began at the first of them. So are starts refused in a row by
+a broken file (`refused`), from the first of them: no alarm reaches anyone meanwhile.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ PROBLEMS_ZH = {
     "outbox": "数据无法保存，告警积压在消息服务器",
     "notifications": "告警通知无法处理",
     "restarts": "网关反复意外退出并重启，告警处理可能中断",
+    "start": "网关无法启动，收不到设备告警，也发不出通知",
 }
 FAULT_TITLE = "告警可能无法送达"
 CLEARED_TITLE = "故障已排除，积压的告警正在处理"
@@ -99,6 +101,8 @@ class _Kept(BaseModel):
     running: bool = False
     # Starts that followed a crash, within RESTART_WINDOW_S.
     crash_restarts_ms: tuple[int, ...] = ()
+    # The first of the starts refused in a row, up to the last start.
+    refused_since_ms: int | None = None
 
 
 def fault_state_path(outbox_path: Path) -> Path:
@@ -141,6 +145,9 @@ class FaultWatch:
         self._keeping_fails = False
         self._running = True
         self._crash_restarts_ms: list[int] = []
+        # Why this start was refused (see `refused`).
+        self._refused: str | None = None
+        self._refused_since_ms: int | None = None
         if path is not None:
             self._restore(path)
 
@@ -158,6 +165,11 @@ class FaultWatch:
         deliver what is due."""
         now_ms = self._clock.now_ms()
         problems = dict(self._problems())
+        if self._refused is not None:
+            problems["start"] = self._refused
+        else:
+            # This start runs: a refusal before it is over.
+            self._refused_since_ms = None
         restarts = self._recent_crash_restarts(now_ms)
         if len(restarts) >= RESTARTS_TO_TELL:
             problems["restarts"] = (
@@ -215,6 +227,20 @@ class FaultWatch:
             log.warning("%s did not take the stop in time: the next start takes it for a "
                         "crash", path)  # fmt: skip
 
+    async def refused(self, problem: str) -> None:
+        """At a start refused (by its config, rules or registry), which never runs: a
+        fault since the first start refused in a row, told as any other once it has
+        lasted `after_s` (a service manager starts the gateway again meanwhile), and its
+        end by the first start that runs."""
+        now_ms = self._clock.now_ms()
+        self._running = False
+        self._refused = problem
+        if self._refused_since_ms is None:
+            self._refused_since_ms = now_ms
+        self._first_seen_ms["start"] = self._refused_since_ms
+        await self.check()
+        await self.settle()
+
     def _recent_crash_restarts(self, now_ms: int) -> list[int]:
         window_ms = round(RESTART_WINDOW_S * 1000)
         self._crash_restarts_ms = [t for t in self._crash_restarts_ms if now_ms - t < window_ms]
@@ -230,6 +256,7 @@ class FaultWatch:
             owed=owed,
             running=self._running,
             crash_restarts_ms=tuple(self._crash_restarts_ms),
+            refused_since_ms=self._refused_since_ms,
         )
         return kept.model_dump_json().encode()
 
@@ -273,6 +300,7 @@ class FaultWatch:
         self._kept = data
         now_ms = self._clock.now_ms()
         self._crash_restarts_ms = list(kept.crash_restarts_ms)
+        self._refused_since_ms = kept.refused_since_ms
         if kept.running:
             log.warning("the gateway did not stop as asked at its last run: it crashed, was "
                         "killed or lost power")  # fmt: skip

@@ -508,7 +508,7 @@ def _broken_rules(tmp_path: Path, config: GatewayConfig) -> tuple[Path, Path]:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "broken.yaml").write_text("rules:\n  - name: no_condition\n    severity: info\n")
-    document = config.model_dump(mode="json", exclude_none=True)
+    document = config.model_dump(mode="json", exclude_none=True, by_alias=True)
     document["rules_dir"] = str(rules)
     config_file = tmp_path / "broken.yaml"
     config_file.write_text(yaml.safe_dump(document))
@@ -560,6 +560,39 @@ async def test_a_config_file_that_cannot_be_taken_is_said_on_the_status_topic(
     _, said = await _what_a_failed_start_says(mosquitto, config, config_file)
     assert said["reason"].startswith(f"cannot start: {config_file}: timezone: "), said
     assert "Asia/Beijing" in said["reason"]
+
+
+async def test_starts_refused_in_a_row_are_told_to_people_once_and_their_end_too(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, httpserver: HTTPServer
+) -> None:
+    base = gateway_config(tmp_path, mosquitto, namespace)
+    config = GatewayConfig.model_validate(
+        {**base.model_dump(exclude_none=True), "notify": fault_policy(namespace, httpserver)}
+    )
+    received = partial(requests_to, httpserver)
+    broken_rules, _ = _broken_rules(tmp_path, config)
+    ended = await _run_to_its_end(broken_rules)
+    assert ended.returncode == 2, ended.stderr
+    assert received("/office") == []
+    # Past `after_s`, started again on a config file it does not take at all.
+    await asyncio.sleep(1.0)
+    document = config.model_dump(mode="json", exclude_none=True, by_alias=True)
+    document["timezone"] = "Asia/Beijing"
+    bad_zone = tmp_path / "zone.yaml"
+    bad_zone.write_text(yaml.safe_dump(document))
+    ended = await _run_to_its_end(bad_zone)
+    assert ended.returncode == 2, ended.stderr
+    (fault,) = received("/office")
+    assert (fault["kind"], fault["receiver"]) == ("fault", "office")
+    assert f"网关无法启动，收不到设备告警，也发不出通知: {bad_zone}: timezone" in fault["text"]
+    # Told once, however often it is started again.
+    ended = await _run_to_its_end(broken_rules)
+    assert ended.returncode == 2, ended.stderr
+    assert len(received("/office")) == 1
+    async with running(config):
+        await wait_until(lambda: len(received("/office")) == 2, what="its end told")
+    cleared = received("/office")[1]
+    assert (cleared["kind"], cleared["alert_id"]) == ("fault_cleared", fault["alert_id"])
 
 
 async def test_a_second_gateway_that_cannot_start_leaves_the_running_ones_status_alone(

@@ -383,6 +383,36 @@ def test_a_refused_config_still_gives_the_broker_and_outbox_to_say_so(
     assert sections.outbox.path == tmp_path / "data" / "o.db"
 
 
+def test_a_refused_config_gives_the_policy_that_is_sound_alone_to_tell_people_with(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gw.yaml"
+    policy = (
+        "channels: {robot: {type: webhook, url: 'http://127.0.0.1:9/hook'}}\n"
+        "receivers: [{name: office, channels: [robot]}]\n"
+        "routes: [{escalation: all}]\n"
+        "escalations: {all: [{after_s: 0, to: [office]}]}\n"
+        "fallback_receivers: [office]\n"
+    )
+    (tmp_path / "notify.yaml").write_text(policy)
+    base = "mqtt: {host: broker.local}\nnotify: notify.yaml\nrules_dir: 7\n"
+    path.write_text(base + "timezone: Asia/Urumqi\n")
+    sections = load_status_config(path)
+    assert sections is not None and sections.notify is not None
+    assert [r.name for r in sections.notify.fault_receivers()] == ["office"]
+    assert sections.timezone == "Asia/Urumqi"
+    # A time zone refused: the default one.
+    path.write_text(base + "timezone: Asia/Beijing\n")
+    sections = load_status_config(path)
+    assert sections is not None and sections.notify is not None
+    assert sections.timezone == "Asia/Shanghai"
+    # A policy refused: the broker and outbox all the same, and nobody to tell.
+    (tmp_path / "notify.yaml").write_text(policy.replace("[office]}]", "[ofice]}]"))
+    sections = load_status_config(path)
+    assert sections is not None and sections.mqtt is not None
+    assert sections.notify is None
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -397,3 +397,41 @@ async def test_a_stop_on_a_disk_that_takes_no_writes_ends_all_the_same(tmp_path:
     await rig.watch.stopped()
     rig.restart()
     assert rig.watch.since_ms is None
+
+
+async def test_starts_refused_in_a_row_are_a_fault_and_the_start_that_runs_ends_it(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(policy(after_s=60), tmp_path / "outbox.faults.json")
+    problem = "alert_rules/fire.yaml: rules[0].when: expected a condition"
+    # Refused, and started again by the service manager every 20 s.
+    for second in (0, 20, 40):
+        rig.move_to(second)
+        rig.restart()
+        await rig.watch.refused(problem)
+    assert rig.told() == []
+    rig.move_to(60)
+    rig.restart()
+    await rig.watch.refused(problem)
+    assert rig.told() == [("robot", "office", "fault")]
+    (notice,) = rig.reach.sent("robot")
+    assert notice.lines == (f"网关无法启动，收不到设备告警，也发不出通知: {problem}",)
+    assert notice.started_ms == T0
+    rig.move_to(80)
+    rig.restart()
+    await rig.watch.refused(problem)
+    assert len(rig.told()) == 1
+    # Mended: the start that runs ends it, and no refused start counts as a crash.
+    rig.move_to(100)
+    rig.restart()
+    await rig.at(100)
+    await rig.at(159)
+    assert len(rig.told()) == 1
+    await rig.at(160)
+    assert rig.told() == [("robot", "office", "fault"), ("robot", "office", "fault_cleared")]
+    # A refusal after that is a new one, from its own first start.
+    await rig.watch.stopped()
+    rig.move_to(1000)
+    rig.restart()
+    await rig.watch.refused(problem)
+    assert len(rig.told()) == 2
