@@ -2,8 +2,8 @@
 
 An alarm reaches a person through the broker connection, a commit of the outbox and a
 round of notifications, whose log lies on the outbox's disk. When one of them has
-failed for `gateway_faults.after_s`, its receivers are told from memory, by their own
-channels, with nothing written: a dead or read-only disk, which holds every alarm back
+failed for `gateway_faults.after_s`, its receivers are told by their own channels, whether
+the disk takes writes or not: a dead or read-only disk, which holds every alarm back
 unacknowledged in the broker, is heard of as well as a broker that went away. They are
 told again every `repeat_s` while it lasts, and once more when it has been over for
 `after_s`.
