@@ -26,6 +26,8 @@ class AcmeFrame:
     battery_pct: int
     temperature_c: float
     obscuration_pct_per_m: float
+    # Its CRC, which tells two frames sent at one time apart.
+    crc: int
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -58,6 +60,11 @@ def crc16_modbus(data: bytes) -> int:
 
 
 def decode_frame(hex_payload: str) -> AcmeFrame:
+    if len(hex_payload) % 2:
+        raise DecodeError(
+            RejectReason.BAD_FRAME_LENGTH,
+            f"frame is {len(hex_payload) / 2} bytes, expected {FRAME_LENGTH}",
+        )
     try:
         frame = bytes.fromhex(hex_payload)
     except ValueError as exc:
@@ -84,4 +91,5 @@ def decode_frame(hex_payload: str) -> AcmeFrame:
         battery_pct=frame[3],
         temperature_c=int.from_bytes(frame[4:6], "big", signed=True) / 10,
         obscuration_pct_per_m=int.from_bytes(frame[6:8], "big") / 100,
+        crc=received,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -250,7 +251,12 @@ class Decoder:
         if kind == "telemetry":
             records = self._readings(compiled, device, body, time_ms, source, seq)
         elif kind == "event":
-            records = (self._event(compiled, device, body, time_ms, source, seq),)
+            event = self._event(compiled, device, body, time_ms, source, seq)
+            records = (event,)
+            # Two events at one time (a fall and an SOS in the same second) are two.
+            detail = zlib.crc32(f"{event.kind}/{event.port}".encode())
+            key = _dedup_key(kind, seq, source, time_ms, detail)
+            return _new(DecodedMessage, (device, records, key))
         else:
             online = body.get("online")
             if type(online) is not bool:
@@ -292,7 +298,8 @@ class Decoder:
         )
         records: list[Record] = [Reading(device, time_ms, source, fields)]
         records.extend(Event(device, time_ms, source, name, {}) for name in frame.events)
-        return DecodedMessage(device, tuple(records), _dedup_key("up", _seq(body), source, time_ms))
+        key = _dedup_key("up", _seq(body), source, time_ms, frame.crc)
+        return DecodedMessage(device, tuple(records), key)
 
     def _check_registered(self, community: str, device_type: str, device_id: str) -> None:
         registered = self._registry.get(community, device_id)
@@ -432,14 +439,21 @@ def _seq(body: Mapping[str, Any]) -> int | None:
 _KIND_CODES = {"telemetry": 0, "event": 1, "status": 2, "up": 3}
 
 
-def _dedup_key(kind: str, seq: int | None, source: TimeSource, time_ms: int) -> int | None:
-    """A small int per message, the same for every delivery of it.
+def _dedup_key(
+    kind: str, seq: int | None, source: TimeSource, time_ms: int, detail: int = 0
+) -> int | None:
+    """A small int per message, the same for every delivery of it, in every process:
+    made of ints alone, whose hashes Python does not salt.
 
     `seq` and the device's `ts` together where both are sent: a device that restarts
-    counts from 0 again, and its new messages must not pass for old ones.
+    counts from 0 again, and its new messages must not pass for old ones. Without `seq`,
+    the time and `detail`, which tells apart messages a device may send at one time.
     """
     if source is TimeSource.DEVICE:
-        return hash((seq, time_ms)) if seq is not None else hash((_KIND_CODES[kind], time_ms))
+        if seq is not None:
+            return hash((seq, time_ms))
+        code = _KIND_CODES[kind]
+        return hash((code, time_ms, detail)) if detail else hash((code, time_ms))
     return seq
 
 

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,6 +298,9 @@ def test_bad_acme_frames(frame: bytes, reason: str) -> None:
 def test_acme_bad_hex_and_unknown_imei() -> None:
     topic = f"vendor/acme-smoke/{IMEI}/up"
     assert reject_reason(topic, {"imei": IMEI, "payload": "zz"}) == "bad_frame"
+    # Half a byte short is a length, not a character, that is wrong.
+    odd = {"imei": IMEI, "payload": good_frame().hex()[:-1]}
+    assert reject_reason(topic, odd) == "bad_frame_length"
     other = "860000000000999"
     assert (
         reject_reason(f"vendor/acme-smoke/{other}/up", acme_body(good_frame(), other))
@@ -321,6 +327,47 @@ def test_redelivery_keys() -> None:
     assert key("telemetry", {"seq": 5, "worn": True}) == 5
     # Neither seq nor ts: nothing tells a redelivery from a new message.
     assert key("telemetry", {"worn": True}) is None
+
+
+def test_events_and_frames_sent_at_one_time_are_told_apart() -> None:
+    d = decoder()
+
+    def key(topic: str, body: dict[str, object]) -> int | None:
+        return d.decode(message(topic, body)).dedup_key
+
+    wrist = "community/hgy/bracelet/br-1/event"
+    fall = {"ts": "2026-01-01T08:00:00+08:00", "event": "fall", "confidence": 0.9}
+    sos = {"ts": "2026-01-01T08:00:00+08:00", "event": "sos"}
+    # A fall and an SOS in the same second, without seq: two events.
+    assert key(wrist, fall) != key(wrist, sos)
+    assert key(wrist, fall) == key(wrist, {**fall, "confidence": 0.9})
+    shed = "community/hgy/charging_shed/cs-1/event"
+    cut = {"ts": NOW_MS, "event": "power_cut", "port": 1}
+    assert key(shed, cut) != key(shed, {**cut, "port": 2})
+    assert key(shed, cut) != key(shed, {**cut, "event": "overcurrent"})
+    # Two frames of one detector with one platform time: a report and an alarm.
+    up = f"vendor/acme-smoke/{IMEI}/up"
+    report = AcmeFrame(FrameType.PERIODIC, StatusBits(0), 76, 21.5, 0.1).encode()
+    alarm = AcmeFrame(FrameType.ALARM, StatusBits.ALARM, 76, 21.5, 0.1).encode()
+    assert key(up, acme_body(report)) != key(up, acme_body(alarm))
+    assert key(up, acme_body(alarm)) == key(up, acme_body(alarm))
+
+
+def test_a_redelivery_key_is_the_same_in_another_process() -> None:
+    # Keys are kept across restarts: no salted hash of a string may go into one.
+    script = (
+        "from tests.unit.decode.test_decoder import decoder, message\n"
+        "body = {'ts': 1767225600000, 'event': 'sos'}\n"
+        "print(decoder().decode(message('community/hgy/bracelet/br-1/event', body)).dedup_key)"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script], cwd=PROJECT_ROOT, check=True, capture_output=True,
+            text=True, env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert len(keys) == 1 and keys != {"None"}
 
 
 def test_profiles_folder_is_the_shipped_one() -> None:
