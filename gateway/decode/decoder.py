@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import zlib
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 CODECS = frozenset({"json", "acme_smoke"})
 
+log = logging.getLogger(__name__)
+
 _COMMUNITY = re.compile(r"[a-z0-9-]{1,32}")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KINDS = frozenset({"telemetry", "event", "status"})
@@ -41,6 +44,10 @@ _IMEI = re.compile(r"[0-9]{15}")
 # Epoch milliseconds before 2000-01-01 are taken for a device clock that was never set,
 # or for seconds sent where milliseconds were expected.
 _EARLIEST_TS_MS = 946_684_800_000
+# Devices whose clock was found off, each said once; forgotten all at once when full.
+_CLOCKS_OFF_MAX_ENTRIES = 10_000
+# RFC 3339's leap second, which Python's datetime does not take.
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d:)60", re.IGNORECASE)
 _SEQ_MAX = (1 << 63) - 1
 # A named tuple's constructor is a Python function around tuple.__new__: calling that
 # directly, with every value in its order, spares a frame per reading.
@@ -190,6 +197,7 @@ class Decoder:
         # Each topic is checked once, and its device named by one DeviceRef, which
         # later stages then find by identity.
         self._routes: dict[str, _Route] = {}
+        self._clocks_off: set[DeviceRef] = set()
 
     @classmethod
     def configured(cls, profiles: ProfileSet, registry: Registry, ingest: IngestConfig) -> Decoder:
@@ -245,7 +253,7 @@ class Decoder:
         self, message: InboundMessage, compiled: _CompiledProfile, device: DeviceRef, kind: str
     ) -> DecodedMessage:
         body = _parse_object(message.payload)
-        time_ms, source = self._timestamp(body, message.received_ms)
+        time_ms, source, stamp_ms = self._timestamp(device, body, message.received_ms)
         seq = _seq(body)
         records: tuple[Record, ...]
         if kind == "telemetry":
@@ -255,7 +263,7 @@ class Decoder:
             records = (event,)
             # Two events at one time (a fall and an SOS in the same second) are two.
             detail = zlib.crc32(f"{event.kind}/{event.port}".encode())
-            key = _dedup_key(kind, seq, source, time_ms, detail)
+            key = _dedup_key(kind, seq, stamp_ms, detail)
             return _new(DecodedMessage, (device, records, key))
         else:
             online = body.get("online")
@@ -264,7 +272,7 @@ class Decoder:
                     RejectReason.WRONG_TYPE, f"online must be a boolean, got {online!r}"
                 )
             records = (StatusReport(device, time_ms, source, online, seq),)
-        return _new(DecodedMessage, (device, records, _dedup_key(kind, seq, source, time_ms)))
+        return _new(DecodedMessage, (device, records, _dedup_key(kind, seq, stamp_ms)))
 
     def _decode_vendor(self, message: InboundMessage, route: _Route) -> DecodedMessage:
         compiled = route.compiled
@@ -284,7 +292,7 @@ class Decoder:
             raise DecodeError(RejectReason.WRONG_TYPE, "payload must be a hex string")
         frame = acme.decode_frame(hex_payload)
         device = DeviceRef(registered.community, compiled.profile.device_type, registered.device_id)
-        time_ms, source = self._timestamp(body, message.received_ms)
+        time_ms, source, stamp_ms = self._timestamp(device, body, message.received_ms)
         fields = compiled.telemetry_fields(
             {
                 "obscuration_pct_per_m": frame.obscuration_pct_per_m,
@@ -298,7 +306,7 @@ class Decoder:
         )
         records: list[Record] = [Reading(device, time_ms, source, fields)]
         records.extend(Event(device, time_ms, source, name, {}) for name in frame.events)
-        key = _dedup_key("up", _seq(body), source, time_ms, frame.crc)
+        key = _dedup_key("up", _seq(body), stamp_ms, frame.crc)
         return DecodedMessage(device, tuple(records), key)
 
     def _check_registered(self, community: str, device_type: str, device_id: str) -> None:
@@ -315,33 +323,37 @@ class Decoder:
                 f"{device_id} is registered as {registered.device_type}, sent as {device_type}",
             )
 
-    def _timestamp(self, body: Mapping[str, Any], received_ms: int) -> tuple[int, TimeSource]:
+    def _timestamp(
+        self, device: DeviceRef, body: Mapping[str, Any], received_ms: int
+    ) -> tuple[int, TimeSource, int | None]:
+        """The record's time and where it comes from, and the device's own, if it sent
+        one, which tells every delivery of a message apart from other messages."""
         ts = body.get("ts")
         if ts is None:
-            return received_ms, TimeSource.GATEWAY
+            return received_ms, TimeSource.GATEWAY, None
         if type(ts) is int:
             time_ms = ts
         elif isinstance(ts, str):
-            try:
-                parsed = datetime.fromisoformat(ts)
-            except ValueError as exc:
-                raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} is not RFC 3339") from exc
-            if parsed.tzinfo is None:
-                raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} has no UTC offset")
-            time_ms = round(parsed.timestamp() * 1000)
+            time_ms = _rfc3339_ms(ts)
         else:
             raise DecodeError(
                 RejectReason.BAD_TIMESTAMP, f"ts must be epoch ms or RFC 3339, got {ts!r}"
             )
-        if time_ms < _EARLIEST_TS_MS:
-            raise DecodeError(
-                RejectReason.BAD_TIMESTAMP, f"ts {ts} is before 2000 (seconds sent for ms?)"
-            )
         # When the message was read stands for now: the clock is read once a read of the
         # socket, not once a message.
-        if time_ms > received_ms + self._max_future_skew_ms:
-            raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts} is in the future")
-        return time_ms, TimeSource.DEVICE
+        if _EARLIEST_TS_MS <= time_ms <= received_ms + self._max_future_skew_ms:
+            return time_ms, TimeSource.DEVICE, time_ms
+        # A clock never set, reset by a flat battery, or seconds sent for milliseconds:
+        # what the device says is kept all the same (a fire alarm is a fire alarm), at
+        # the time it came, marked as such.
+        if device not in self._clocks_off:
+            if len(self._clocks_off) >= _CLOCKS_OFF_MAX_ENTRIES:
+                self._clocks_off.clear()
+            self._clocks_off.add(device)
+            log.warning("%s/%s/%s sends times its clock cannot have (ts %s): what it sends is "
+                        "kept at the time it comes", device.community, device.device_type,
+                        device.device_id, ts)  # fmt: skip
+        return received_ms, TimeSource.GATEWAY, time_ms
 
     def _readings(
         self,
@@ -439,9 +451,24 @@ def _seq(body: Mapping[str, Any]) -> int | None:
 _KIND_CODES = {"telemetry": 0, "event": 1, "status": 2, "up": 3}
 
 
-def _dedup_key(
-    kind: str, seq: int | None, source: TimeSource, time_ms: int, detail: int = 0
-) -> int | None:
+def _rfc3339_ms(ts: str) -> int:
+    """Epoch milliseconds of an RFC 3339 time, which must have its offset; a leap second
+    is taken for the second after it."""
+    leap = _LEAP_SECOND.search(ts)
+    text = _LEAP_SECOND.sub(r"\g<1>59", ts, count=1) if leap else ts
+    # RFC 3339 lets the zone's Z be written small.
+    if text[-1:] == "z":
+        text = text[:-1] + "Z"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} is not RFC 3339") from exc
+    if parsed.tzinfo is None:
+        raise DecodeError(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} has no UTC offset")
+    return round(parsed.timestamp() * 1000) + (1000 if leap else 0)
+
+
+def _dedup_key(kind: str, seq: int | None, stamp_ms: int | None, detail: int = 0) -> int | None:
     """A small int per message, the same for every delivery of it, in every process:
     made of ints alone, whose hashes Python does not salt.
 
@@ -449,12 +476,12 @@ def _dedup_key(
     counts from 0 again, and its new messages must not pass for old ones. Without `seq`,
     the time and `detail`, which tells apart messages a device may send at one time.
     """
-    if source is TimeSource.DEVICE:
-        if seq is not None:
-            return hash((seq, time_ms))
-        code = _KIND_CODES[kind]
-        return hash((code, time_ms, detail)) if detail else hash((code, time_ms))
-    return seq
+    if stamp_ms is None:
+        return seq
+    if seq is not None:
+        return hash((seq, stamp_ms))
+    code = _KIND_CODES[kind]
+    return hash((code, stamp_ms, detail)) if detail else hash((code, stamp_ms))
 
 
 def _topic_matches(filters: tuple[str, ...], parts: list[str]) -> bool:
