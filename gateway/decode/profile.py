@@ -49,7 +49,9 @@ class PartsSpec(_Strict):
     key: str = Field(pattern=_NAME)
     measurement: str = Field(pattern=_NAME)
     fields: dict[str, FieldSpec]
-    max_items: int = Field(64, ge=1)
+    # More than any shed has ports: a bound on the records one message makes, should
+    # `ingest.max_payload_bytes` allow far more than the contract's 16 KiB.
+    max_items: int = Field(1024, ge=1)
 
 
 class TelemetrySpec(_Strict):

@@ -276,14 +276,37 @@ def test_acme_frame_known_vector() -> None:
         ("community/hgy/bracelet/sd-1/telemetry", {"worn": True}, "device_type_mismatch"),
         ("community/hgy/charging_shed/cs-1/telemetry", {"ports": [{"port": "a"}]}, "wrong_type"),
         (
-            "community/hgy/charging_shed/cs-1/telemetry",
-            {"ports": [{"port": 1, "temperature_c": 1500}]},
+            "community/hgy/bracelet/br-1/event",
+            {"event": "fall", "confidence": 1.5},
             "out_of_range",
         ),
     ],
 )
 def test_bad_input_is_rejected_with_its_reason(topic: str, payload: object, reason: str) -> None:
     assert reject_reason(topic, payload) == reason
+
+
+def test_a_shed_on_fire_is_heard_whatever_its_ports_read() -> None:
+    # The contract states no range for a shed's values: none of them rejects the message
+    # that says there is smoke.
+    ports = [
+        {"port": 1, "charging": False, "current_a": -0.02, "voltage_v": 0.0, "power_w": -0.5,
+         "temperature_c": 24.0},
+        {"port": 2, "charging": True, "current_a": 150.0, "voltage_v": 480.0,
+         "power_w": 72000.0, "temperature_c": 900.0},
+        *({"port": n, "charging": False} for n in range(3, 81)),
+    ]  # fmt: skip
+    body = {"ts": NOW_MS, "ambient_temp_c": -55.0, "smoke": True, "ports": ports}
+    decoded = decoder().decode(message("community/hgy/charging_shed/cs-1/telemetry", body))
+    shed, *by_port = decoded.records
+    assert isinstance(shed, Reading) and shed.fields["smoke"] is True
+    assert len(by_port) == 80
+    assert by_port[1].fields["current_a"] == 150.0
+    event = {"ts": NOW_MS, "event": "overcurrent", "port": 1001}
+    (overcurrent,) = (
+        decoder().decode(message("community/hgy/charging_shed/cs-1/event", event)).records
+    )
+    assert isinstance(overcurrent, Event) and overcurrent.port == 1001
 
 
 def test_topics_are_checked_once_but_every_message_on_them_is_judged(
