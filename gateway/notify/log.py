@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     channel_index INTEGER NOT NULL,
     tries INTEGER NOT NULL,
     due_ms INTEGER NOT NULL,
-    -- pending, digest (waits to go out in a digest), sent, or undelivered
+    -- pending, digest (waits to go out in a digest), sent, undelivered, or withdrawn
+    -- (held, its alert was handled or over before it could go out)
     state TEXT NOT NULL,
     notice TEXT NOT NULL,
     created_ms INTEGER NOT NULL
@@ -90,6 +91,9 @@ class AttemptResult(StrEnum):
     SILENCED = "silenced"
     # Every channel of the receiver failed.
     UNDELIVERED = "undelivered"
+    # Held (quiet hours, a limit), and not sent: its alert was taken by a person or had
+    # resolved by the time it could go out.
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True, slots=True)

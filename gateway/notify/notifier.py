@@ -472,6 +472,8 @@ class Notifier:
 
     def _ready(self, notification: Notification, notice: Notice) -> Channel | None:
         """The channel to try now, or None when the notification goes another way."""
+        if self._withdrawn(notification, notice):
+            return None
         index = notification.channel_index
         now_ms = self._clock.now_ms()
         if index >= len(notification.channels):
@@ -532,19 +534,42 @@ class Notifier:
     ) -> None:
         now_ms = self._clock.now_ms()
         self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED, detail, None)
-        if notice.critical:
+        last = notification.channel_index + 1 >= len(notification.channels)
+        if notice.critical and not last:
             # A critical alert is never held behind a limit: the next channel takes it.
             self._next_channel(notification, notice, now_ms)
-        elif channel.digests:
+        elif channel.digests and not notice.critical:
             self.log.update(notification.key, state="digest",
                             channel_index=notification.channel_index, tries=notification.tries,
                             due_ms=now_ms)  # fmt: skip
             self._record_notice(notice, channel.name, AttemptResult.DIGESTED,
                                 "waits to go out in a digest", None)  # fmt: skip
         else:
+            # Its own message as soon as the limit allows: for a critical alert, its last
+            # channel (an escalation's voice call, say) rather than none.
             self.log.update(notification.key, state="pending",
                             channel_index=notification.channel_index, tries=notification.tries,
                             due_ms=now_ms + round(wait_s * 1000))  # fmt: skip
+
+    def _withdrawn(self, notification: Notification, notice: Notice) -> bool:
+        """A notice of an alert that is no longer firing is not sent, unless it is critical:
+        held for quiet hours or a limit, it would wake a worker at 07:00 for a lid closed
+        at 23:10, and no all-clear would follow. Critical ones go out whatever happened
+        since: a fire alarm that cleared was still a fire alarm."""
+        if notice.kind != "firing" or notice.critical:
+            return False
+        try:
+            state = self.book.get(notice.alert_id).state
+        except AlertError:
+            return False
+        if state is AlertState.FIRING:
+            return False
+        self.log.update(notification.key, state="withdrawn",
+                        channel_index=notification.channel_index, tries=notification.tries,
+                        due_ms=notification.due_ms)  # fmt: skip
+        self._record_notice(notice, "-", AttemptResult.WITHDRAWN,
+                            f"the alert was {state} before this could go out", None)  # fmt: skip
+        return True
 
     def _next_channel(self, notification: Notification, notice: Notice, now_ms: int) -> None:
         index = notification.channel_index + 1
@@ -580,6 +605,8 @@ class Notifier:
             channel = self.channels.get(name)
             if channel is None:
                 self._channel_gone(notification, notice, self._clock.now_ms())
+                continue
+            if self._withdrawn(notification, notice):
                 continue
             group = "" if not channel.needs_phone else notice.receiver
             groups.setdefault((name, group), []).append((notification, notice))

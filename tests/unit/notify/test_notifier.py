@@ -281,6 +281,34 @@ async def test_over_the_limit_critical_moves_on_and_the_rest_wait_for_one_digest
     assert len([n for n in rig.channels["wecom"].sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
 
 
+async def test_a_critical_alert_over_its_last_channels_limit_goes_out_once_it_allows(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # A voice call a minute per number, as the providers allow.
+    voice = FakeChannel("voice", needs_phone=True, digests=False,
+                        limits=(Limit(1, 60.0, per_number=True),))  # fmt: skip
+    rig.channels["voice"] = rig.notifier.channels["voice"] = voice
+    # A fall, and the wearer presses SOS 5 s later: the third step calls the worker on
+    # duty for each, by voice alone.
+    rig.feed(fall(0))
+    rig.feed(Event(WRIST, T0 + 5000, TimeSource.DEVICE, "sos", {}))
+    await rig.after(0)
+    await rig.after(180)
+    await rig.after(5)
+    assert [n.alert_id.split(":")[0] for n in voice.sent] == ["fall"]
+    await rig.after(54)
+    assert len(voice.sent) == 1
+    await rig.after(1)
+    assert [(n.alert_id.split(":")[0], n.receiver) for n in voice.sent] == [
+        ("fall", "wang-fang"), ("sos", "wang-fang"),
+    ]  # fmt: skip
+    sos = voice.sent[1].alert_id
+    assert [str(a.result) for a in rig.log.attempts(sos) if a.channel == "voice"] == [
+        "rate_limited", "sent",
+    ]  # fmt: skip
+
+
 async def test_the_limits_count_what_went_out_before_a_restart(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3", limits=(Limit(1, 60.0),))
     rig.feed(reading(SMOKE, 0, battery_pct=10))
@@ -326,6 +354,32 @@ async def test_quiet_hours_hold_non_critical_notices_but_never_critical_ones(
     assert [n.rule for n in rig.channels["wecom"].sent] == ["sos"]  # type: ignore[attr-defined]
     await rig.after(1)
     assert [n.rule for n in rig.channels["wecom"].sent] == ["sos", "smoke_low_battery"]  # type: ignore[attr-defined]
+
+
+async def test_a_held_notice_of_an_alert_handled_meanwhile_is_not_sent(tmp_path: Path) -> None:
+    # 23:00, wang-fang on duty around the clock and in her quiet hours.
+    late = ManualClock(T0 + 15 * 3600 * 1000)
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=late)
+    policy = POLICY.model_copy(
+        update={"rosters": (POLICY.rosters[0].model_copy(update={"shifts": (
+            POLICY.rosters[0].shifts[0].model_copy(update={"hours": "00:00-00:00"}),)}),)}
+    )  # fmt: skip
+    rig.notifier.policy = policy
+    rig.notifier.router = Router(policy, REGISTRY, ZONE)
+    rig.feed(Reading(SMOKE, late.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    (entry,) = rig.book.search()
+    # The night's property staff change the battery and close the alert at 23:30.
+    rig.clock.advance(1800)
+    await rig.desk.close(entry.alert_id, "property", "battery replaced")
+    # At 07:00 wang-fang is not woken for it, and the log says why.
+    await rig.after(8 * 3600)
+    assert rig.sent() == []
+    assert [(a.receiver, str(a.result)) for a in rig.log.attempts(entry.alert_id)] == [
+        ("wang-fang", "quiet_hours"), ("wang-fang", "withdrawn"),
+    ]  # fmt: skip
+    (withdrawn,) = [a for a in rig.log.attempts(entry.alert_id) if a.result == "withdrawn"]
+    assert withdrawn.detail == "the alert was closed before this could go out"
 
 
 async def test_neither_a_redelivery_nor_a_restart_sends_twice(tmp_path: Path) -> None:
