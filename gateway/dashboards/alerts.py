@@ -1,7 +1,8 @@
 """Alerts and their handling: the timeline, how fast grid workers respond, escalations.
 
-`alert` is written by the rules stage; `alert_handling`, `escalation` and
-`notification` by the notification stage.
+`alert` is written by the rules stage (fired, resolved) and by the alert desk
+(acknowledged, arrived, closed); `alert_handling`, `escalation` and `notification` by
+the notification stage.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def build() -> Board:
     board.add(
         single_stat(
             "未处理告警 Open alerts",
-            "Alerts firing or acknowledged and not yet resolved.",
+            "Alerts firing, acknowledged or reached and neither resolved nor closed.",
             Influx(
                 'SELECT count("state") AS "open" FROM ('
                 f'SELECT last("state") AS "state" FROM "alert" WHERE {PLACE} '
@@ -74,7 +75,7 @@ def build() -> Board:
         data_table(
             "告警记录 Alert changes",
             "Every change of every alert in the time range, newest first: fired, "
-            "acknowledged, resolved, closed.",
+            "acknowledged, reached, resolved, closed.",
             Influx(
                 'SELECT "state", "title", "alert_id", "life_safety" FROM "alert" '
                 f'WHERE {PLACE} AND $timeFilter GROUP BY "device_id", "rule", "severity", '

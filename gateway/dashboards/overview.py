@@ -49,7 +49,7 @@ def build() -> Board:
     board.add(
         single_stat(
             "未处理告警 Open alerts by severity",
-            "Alerts firing or acknowledged and not yet resolved, by severity.",
+            "Alerts firing, acknowledged or reached and neither resolved nor closed, by severity.",
             Influx(
                 'SELECT count("state") AS "open" FROM ('
                 + 'SELECT last("state") AS "state" FROM "alert" '

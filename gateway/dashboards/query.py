@@ -29,8 +29,10 @@ PLACE = (
     'AND "compound" =~ /^$compound$/ AND "building" =~ /^$building$/'
 )
 COMMUNITY = '"community" =~ /^$community$/'
-# Alerts still open: firing, or taken by a grid worker and not yet handled.
-OPEN = "(\"state\" = 'firing' OR \"state\" = 'acknowledged')"
+# Alerts still open: firing, or taken by a grid worker (and perhaps reached) and neither
+# resolved nor closed. The rules stage writes `firing` and `resolved` to `alert`, the
+# alert desk what people make of it: `acknowledged`, `arrived`, `closed`.
+OPEN = "(\"state\" = 'firing' OR \"state\" = 'acknowledged' OR \"state\" = 'arrived')"
 
 ResultFormat = Literal["time_series", "table"]
 

@@ -3,7 +3,9 @@
 Acknowledging, arriving at the scene, assigning and closing are each checked and
 recorded in the alert book in the same transaction as the handling time they make
 (`alert_handling`, seconds since the alert fired, by grid cell), so that dashboards
-never miss a step nor count one twice.
+never miss a step nor count one twice. A step that changes the alert's state writes
+the new state to `alert` too, as the rules stage writes its own changes there, so that
+an alert a person closed is no longer shown open.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from gateway.clock import Clock
+from gateway.decode.record import DeviceRef
 from gateway.registry import Registry
-from gateway.rules.alert import AlertState
+from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertEntry
+from gateway.rules.rule import Severity
 from gateway.store.line_protocol import encode_fields, encode_series
+from gateway.store.series import alert_line
 
 HANDLING_MEASUREMENT = "alert_handling"
 
@@ -69,7 +74,11 @@ class AlertDesk:
         steps = [step]
         if step is AlertState.ARRIVED and entry.acknowledged_by is None:
             steps.insert(0, AlertState.ACKNOWLEDGED)
-        await self._commit([self.handling_line(entry, s, now_ms) for s in steps], write)
+        lines = [self.handling_line(entry, s, now_ms) for s in steps]
+        shown = self.state_line(entry, step, now_ms)
+        if shown is not None:
+            lines.append(shown)
+        await self._commit(lines, write)
         after = self.book.get(entry.alert_id)
         for listener in self.listeners:
             for s in steps:
@@ -94,6 +103,59 @@ class AlertDesk:
         field = _STEP_FIELDS[step]
         fields = (("alert_id", entry.alert_id), (field, max(0, at_ms - since_ms) / 1000.0))
         return f"{encode_series(HANDLING_MEASUREMENT, tags)} {encode_fields(fields)} {at_ms}"
+
+    def state_line(self, entry: AlertEntry, step: AlertState, at_ms: int) -> str | None:
+        """The alert's state after the step, as an `alert` point of the series the rules
+        stage writes the alert's changes to; None when the point would show wrong.
+
+        Dashboards take the last state of each series (rule, device, port), not of each
+        alert, so a step writes nothing that would hide another alert of its series still
+        open: closing an earlier SOS of a wearer whose next SOS is still firing.
+        """
+        if entry.state not in _MOVES_FROM[step]:
+            # The book keeps the state: an alert acknowledged after it resolved.
+            return None
+        if step not in _SHOWN_OPEN and any(
+            other.alert_id != entry.alert_id
+            and other.state in _SHOWN_OPEN
+            and _series(other) == _series(entry)
+            for other in self.book.open_alerts()
+        ):
+            return None
+        change = AlertChange(
+            alert_id=entry.alert_id,
+            rule=entry.rule,
+            title=entry.title,
+            severity=Severity(entry.severity),
+            life_safety=entry.life_safety,
+            device=DeviceRef(entry.community, entry.device_type, entry.device_id),
+            port=entry.port,
+            state=step,
+            started_ms=entry.started_ms,
+            # A device whose clock runs ahead stamps the alert's points after now: the
+            # step comes after them, or the series would still end with `firing`.
+            at_ms=max(at_ms, entry.updated_ms + 1),
+            values={},
+        )
+        return alert_line(change, self._registry.get(entry.community, entry.device_id))
+
+
+# The states dashboards count as an open alert: fired, and neither resolved nor closed.
+_SHOWN_OPEN = frozenset({AlertState.FIRING, AlertState.ACKNOWLEDGED, AlertState.ARRIVED})
+# The states each step moves an alert out of, as the alert book moves it; from any other
+# the book keeps the state it has.
+_MOVES_FROM = {
+    AlertState.ACKNOWLEDGED: frozenset({AlertState.FIRING}),
+    AlertState.ARRIVED: frozenset({AlertState.FIRING, AlertState.ACKNOWLEDGED}),
+    AlertState.CLOSED: frozenset(AlertState) - {AlertState.CLOSED},
+}
+
+
+def _series(entry: AlertEntry) -> tuple[object, ...]:
+    """What names an alert's series in `alert`, but for the grid cell, which is the
+    device's."""
+    return (entry.community, entry.device_type, entry.device_id, entry.rule, entry.severity,
+            entry.port)  # fmt: skip
 
 
 _STEP_FIELDS = {

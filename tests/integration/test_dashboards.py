@@ -17,10 +17,20 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.clock import ManualClock
 from gateway.dashboards.catalogue import dashboards
 from gateway.dashboards.query import variable_queries
+from gateway.decode.record import DeviceRef, Event, TimeSource
+from gateway.notify.desk import AlertDesk
+from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.book import AlertBook
+from gateway.rules.engine import RuleEngine
+from gateway.rules.silence import SilenceBook
+from gateway.rules.stage import AlertStage
+from gateway.store.outbox import Outbox
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
+from tests.catalogue import shipped_rules
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService
 
@@ -183,3 +193,62 @@ async def test_choosing_one_place_narrows_the_panels_to_it(
     assert buildings == {
         d.building for d in community_data.devices if d.area == area and d.building
     }
+
+
+async def test_an_sos_acknowledged_and_closed_is_no_longer_open(
+    tmp_path: Path, fresh_influxdb: InfluxService, namespace: str
+) -> None:
+    """The overview's open alerts and red markers, from the points the rules stage and
+    the alert desk commit, as an SOS is fired, taken, reached and closed."""
+    fresh_influxdb.create_database("gateway")
+    wrist = DeviceRef(namespace, "bracelet", "br-1")
+    registry = Registry(
+        [
+            RegisteredDevice(
+                device_id="br-1", device_type="bracelet", community=namespace, area="east",
+                compound="lakeside", building="3", lat=30.27, lon=120.15,
+            )
+        ]
+    )  # fmt: skip
+    clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path)
+    book = AlertBook(path)
+    stage = AlertStage(
+        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
+    )
+
+    async def commit(lines: Any, write: Any) -> None:
+        outbox.commit(lines, [], None, write)
+
+    desk = AlertDesk(book, registry, commit, clock)
+    decision = stage.evaluate([Event(wrist, clock.now_ms(), TimeSource.DEVICE, "sos", {})])
+    outbox.commit(decision.lines, [], None, decision.write)
+    (sos,) = decision.changes
+
+    board = dashboards()["community-overview.json"]
+    by_severity = next(q for w, q in queries(board) if "Open alerts by severity" in w)
+    markers = next(q for w, q in queries(board) if "Devices by state" in w and w.endswith(" C"))
+    values = {"community": re.escape(namespace), "area": ".*", "compound": ".*", "building": ".*"}
+
+    def shown() -> tuple[list[Any], list[str]]:
+        """What InfluxDB says once it has every line committed so far (again: the same
+        points)."""
+        httpx.post(
+            f"{fresh_influxdb.url}/write",
+            params={"db": "gateway", "precision": "ms"},
+            content="\n".join(outbox.peek(1000).lines).encode(),
+            timeout=10,
+        ).raise_for_status()
+        open_alerts = fresh_influxdb.query("gateway", fill(by_severity, values))
+        red = fresh_influxdb.query("gateway", fill(markers, values))
+        return [(r["severity"], r["open"]) for r in open_alerts], [r["device_id"] for r in red]
+
+    assert shown() == ([("critical", 1)], ["br-1"])
+    for step in (desk.acknowledge, desk.arrive):
+        clock.advance(60)
+        await step(sos.alert_id, "wang-fang")
+        assert shown() == ([("critical", 1)], ["br-1"]), step.__name__
+    clock.advance(60)
+    await desk.close(sos.alert_id, "wang-fang", "老人已安全")
+    assert shown() == ([], [])

@@ -6,7 +6,8 @@ import pytest
 from gateway import PROJECT_ROOT
 from gateway.cli import main
 from gateway.dashboards.catalogue import dashboards, render
-from gateway.dashboards.query import PROVISIONED_DATASOURCE_UID
+from gateway.dashboards.query import OPEN, PROVISIONED_DATASOURCE_UID
+from gateway.rules.alert import AlertState
 
 SHIPPED = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
 
@@ -95,3 +96,12 @@ def test_panels_fit_the_grid_without_overlapping(name: str) -> None:
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
                 taken[(x, y)] = panel["title"]
+
+
+def test_open_alerts_are_those_fired_and_neither_resolved_nor_closed() -> None:
+    # The alert desk writes `acknowledged`, `arrived` and `closed` to `alert`.
+    shown = {state for state in AlertState if f"\"state\" = '{state}'" in OPEN}
+    assert shown == {AlertState.FIRING, AlertState.ACKNOWLEDGED, AlertState.ARRIVED}
+    board = dashboards()["community-overview.json"]
+    queries = [t["query"] for p in board["panels"] for t in p.get("targets", [])]
+    assert sum(OPEN in query for query in queries) == 4

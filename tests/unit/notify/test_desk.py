@@ -1,10 +1,11 @@
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.decode.record import DeviceRef, Event, TimeSource
+from gateway.decode.record import DeviceRef, Event, Reading, Record, TimeSource
 from gateway.notify.desk import AlertDesk
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertState
@@ -53,8 +54,35 @@ class Desk:
         (alert,) = [a for a in self.book.open_alerts() if a.device_id == device.device_id]
         return alert
 
+    def judge(self, record: Record) -> list[AlertEntry]:
+        """What the rules make of a record, committed; the alerts it changed."""
+        decision = self.stage.evaluate([record])
+        self.outbox.commit(decision.lines, [], None, decision.write)
+        return [self.book.get(change.alert_id) for change in decision.changes]
+
+    def charged(self, at_ms: int) -> None:
+        """The wearer's battery back to full, and still full at the next report an hour
+        later: long enough for any all-clear the shipped rules wait for."""
+        for time_ms in (at_ms, at_ms + 3_600_000):
+            self.judge(Reading(WRIST, time_ms, TimeSource.DEVICE, {"battery_pct": 80}))
+
     def handling_lines(self) -> list[str]:
         return [line for line in self.outbox.peek(100).lines if line.startswith("alert_handling")]
+
+    def alert_lines(self) -> list[str]:
+        return [line for line in self.outbox.peek(100).lines if line.startswith("alert,")]
+
+    def states(self) -> list[str]:
+        """The state of each `alert` point, in the order they were committed."""
+        return [_point(line)[1]["state"] for line in self.alert_lines()]
+
+
+def _point(line: str) -> tuple[str, dict[str, str], int]:
+    """A line's series, fields (as written) and time."""
+    series, rest = re.split(r"(?<!\\) ", line, maxsplit=1)
+    fields, time_ms = rest.rsplit(" ", 1)
+    pairs = re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|[^,]*)', fields)
+    return series, {k: v.strip('"') for k, v in pairs}, int(time_ms)
 
 
 async def test_each_step_is_recorded_with_its_handling_time_by_grid_cell(tmp_path: Path) -> None:
@@ -156,3 +184,82 @@ async def test_alerts_handled_in_the_same_millisecond_are_separate_points(tmp_pa
     series = {line.split(" ")[0] for line in d.handling_lines()}
     assert len(series) == 2
     assert {line.rsplit(" ", 1)[1] for line in d.handling_lines()} == {str(T0 + 30_000)}
+
+
+async def test_acknowledging_and_closing_an_event_alert_write_its_state_to_its_series(
+    tmp_path: Path,
+) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    alert = d.fall()
+    d.clock.advance(90)
+    await d.desk.acknowledge(alert.alert_id, "wang-fang")
+    d.clock.advance(600)
+    await d.desk.close(alert.alert_id, "wang-fang", "老人已送医")
+    fired, acknowledged, closed = (_point(line) for line in d.alert_lines())
+    # The series the rules stage wrote the alert to, with the same fields but the state.
+    for point, state, at_ms in ((acknowledged, "acknowledged", T0 + 90_000),
+                                (closed, "closed", T0 + 690_000)):  # fmt: skip
+        assert point == (fired[0], {**fired[1], "state": state}, at_ms)
+    assert fired[0].startswith("alert,area=east,building=3,community=hgy,compound=lakeside,")
+    assert fired[1]["alert_id"] == alert.alert_id
+    assert d.book.get(alert.alert_id).state is AlertState.CLOSED
+
+
+async def test_arriving_writes_the_state_it_leaves_the_alert_in(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    alert = d.fall()
+    d.clock.advance(300)
+    entry = await d.desk.arrive(alert.alert_id, "li-na")
+    assert d.states() == ["firing", str(entry.state)] == ["firing", "arrived"]
+    assert _point(d.alert_lines()[-1])[2] == T0 + 300_000
+
+
+async def test_an_alert_closed_while_its_condition_holds_ends_resolved_not_open(
+    tmp_path: Path,
+) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    (alert,) = d.judge(Reading(WRIST, T0, TimeSource.DEVICE, {"battery_pct": 10}))
+    assert alert.state is AlertState.FIRING
+    d.clock.advance(60)
+    await d.desk.close(alert.alert_id, "wang-fang", "已通知家属充电")
+    d.charged(T0 + 120_000)
+    assert d.states() == ["firing", "closed", "resolved"]
+    assert d.book.get(alert.alert_id).state is AlertState.CLOSED
+
+
+async def test_a_step_that_leaves_the_state_as_it_is_writes_no_state(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    (alert,) = d.judge(Reading(WRIST, T0, TimeSource.DEVICE, {"battery_pct": 10}))
+    d.charged(T0 + 60_000)
+    d.clock.advance(7200)
+    # Acknowledged after it resolved: still resolved in the book, so not shown open again.
+    entry = await d.desk.acknowledge(alert.alert_id, "wang-fang")
+    assert entry.state is AlertState.RESOLVED
+    assert d.states() == ["firing", "resolved"]
+    await d.desk.close(alert.alert_id, "wang-fang", "已充电")
+    assert d.states() == ["firing", "resolved", "closed"]
+
+
+async def test_closing_one_sos_does_not_hide_another_of_the_same_wearer(tmp_path: Path) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    (first,) = d.judge(Event(WRIST, T0, TimeSource.DEVICE, "sos", {}))
+    (second,) = d.judge(Event(WRIST, T0 + 5_000, TimeSource.DEVICE, "sos", {}))
+    d.clock.advance(60)
+    await d.desk.close(first.alert_id, "wang-fang", "误按")
+    await d.desk.acknowledge(second.alert_id, "wang-fang")
+    # The wearer's series shows the second SOS, still open.
+    assert d.states() == ["firing", "firing", "acknowledged"]
+    await d.desk.close(second.alert_id, "wang-fang", "老人已安全")
+    assert d.states()[-1] == "closed"
+    assert _point(d.alert_lines()[-1])[1]["alert_id"] == second.alert_id
+
+
+async def test_a_step_comes_after_an_alert_stamped_by_a_clock_running_ahead(
+    tmp_path: Path,
+) -> None:
+    d = Desk(tmp_path / "outbox.sqlite3")
+    ahead_ms = T0 + 600_000
+    (alert,) = d.judge(Event(WRIST, ahead_ms, TimeSource.DEVICE, "fall", {}))
+    d.clock.advance(30)
+    await d.desk.close(alert.alert_id, "wang-fang", "老人已送医")
+    assert [_point(line)[2] for line in d.alert_lines()] == [ahead_ms, ahead_ms + 1]
