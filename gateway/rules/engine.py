@@ -559,9 +559,20 @@ class RuleEngine:
                         changes.extend(self._heard(record))
                     except Exception as exc:
                         self.faults.judging(record, exc)
-            seen_ms[device_id] = record.time_ms
-            if isinstance(record, StatusReport):
+            time_ms = record.time_ms
+            if type(record) is StatusReport:
+                # A retained status comes with every new subscription, however old: it
+                # says the device was heard then, not that it was silent since, and a
+                # device first known by it is watched from the start.
+                if time_ms > seen_ms.get(device_id, self._started_ms):
+                    seen_ms[device_id] = time_ms
+                elif device_id not in seen_ms:
+                    seen_ms[device_id] = self._started_ms
                 continue
+            # A message held back (a backlog, a device's queue) never makes a device
+            # heard earlier than it was.
+            if time_ms > seen_ms.get(device_id, 0):
+                seen_ms[device_id] = time_ms
             shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
             keys = record.fields.keys()
             for names, known in shapes:

@@ -755,6 +755,39 @@ def silent_pair() -> RuleEngine:
     return e
 
 
+def test_an_old_retained_status_makes_no_device_offline() -> None:
+    # A first start: the broker hands over each detector's retained status, published
+    # when it connected three days ago; they report hourly and are fine.
+    e = RuleEngine(
+        RULES,
+        Registry(
+            [RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community="hgy")]
+        ),
+        {"smoke_detector": 3600.0},
+        now_ms=T0,
+    )
+    three_days_ago = T0 - 3 * 86_400_000
+    other = DeviceRef("hgy", "smoke_detector", "sd-9")
+    for device in (SMOKE, other):
+        e.evaluate([StatusReport(device, three_days_ago, TimeSource.DEVICE, True)])
+    assert e.tick(T0 + 1_000) == []
+    assert e.tick(T0 + 8_999_000) == []
+    # Silent for 2.5 hours from the start: offline, each.
+    offline = e.tick(T0 + 9_001_000)
+    assert sorted(c.device.device_id for c in offline) == ["sd-1", "sd-9"]
+
+
+def test_a_message_held_back_never_makes_a_device_heard_earlier() -> None:
+    e = silent_pair()
+    e.evaluate([reading(WRIST, 140, heart_rate_bpm=72)])
+    # The bracelet's queue brings one from before, late.
+    e.evaluate([reading(WRIST, 5, heart_rate_bpm=70)])
+    e.evaluate([reading(OTHER_WRIST, 160, heart_rate_bpm=72)])
+    assert [c.device.device_id for c in e.tick(T0 + 171_000)] == []
+    e.evaluate([reading(OTHER_WRIST, 300, heart_rate_bpm=72)])
+    assert [c.device.device_id for c in e.tick(T0 + 301_000)] == ["br-1"]
+
+
 def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
     e = silent_pair()
     # The gateway is ten minutes behind: it judges what one bracelet sent at 100 s and
