@@ -560,7 +560,7 @@ class RuleEngine:
                     except Exception as exc:
                         self.faults.judging(record, exc)
             time_ms = record.time_ms
-            if type(record) is StatusReport:
+            if isinstance(record, StatusReport):
                 # A retained status comes with every new subscription, however old: it
                 # says the device was heard then, not that it was silent since, and a
                 # device first known by it is watched from the start.
