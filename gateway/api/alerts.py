@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from gateway.api.auth import Principal, Role, require
+from gateway.api.auth import PLACE_TYPES, Principal, Role, require
 from gateway.api.context import ApiContext, Caller, Ctx
 from gateway.api.devices import audit_reads, person_of, place_of
 from gateway.api.models import (
@@ -17,11 +18,14 @@ from gateway.api.models import (
     AssignIn,
     AttemptOut,
     CloseIn,
+    PlaceOut,
     PositionOut,
     StepOut,
     error_responses,
 )
+from gateway.api.privacy import mask_receiver, names_a_contact, sees_whole
 from gateway.notify.log import DeliveryAttempt
+from gateway.registry import Place, Registry
 from gateway.rules.book import AlertEntry, AlertError
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=AUTH_ERRORS)
@@ -32,23 +36,106 @@ StateFilter = Literal[
 ]
 
 
-def alert_out(ctx: ApiContext, entry: AlertEntry) -> AlertOut:
-    registered = ctx.gateway.registry.get(entry.community, entry.device_id)
+def places_of(registry: Registry, entry: AlertEntry) -> list[Place]:
+    """Where an alert is: its device's registered place; for an alert about a place (a
+    building on fire, named by the building alone), every registered place within it,
+    which may be in several compounds when their building numbers repeat."""
+    if entry.device_type in PLACE_TYPES:
+        level = 1 + PLACE_TYPES.index(entry.device_type)
+        return [
+            p for p in registry.places() if p[0] == entry.community and p[level] == entry.device_id
+        ]
+    registered = registry.get(entry.community, entry.device_id)
+    if registered is None:
+        return []
+    return [(registered.community, registered.area, registered.compound, registered.building)]
+
+
+def in_place(
+    places: Iterable[Place], area: str | None, compound: str | None, building: str | None
+) -> bool:
+    """Whether any of `places` is within the area, compound and building asked for."""
+    wanted = (area, compound, building)
+    return any(
+        all(w is None or w == have for w, have in zip(wanted, place[1:], strict=True))
+        for place in places
+    )
+
+
+def alert_place(registry: Registry, entry: AlertEntry) -> PlaceOut | None:
+    """The registered place of an alert's device; for an alert about a place, that place,
+    with the levels above it that all of it shares."""
+    if entry.device_type not in PLACE_TYPES:
+        registered = registry.get(entry.community, entry.device_id)
+        return place_of(registered) if registered is not None else None
+    level = PLACE_TYPES.index(entry.device_type)
+    places = places_of(registry, entry)
+    levels: list[str | None] = [None] * len(PLACE_TYPES)
+    levels[level] = entry.device_id
+    for above in range(level):
+        shared = {p[1 + above] for p in places}
+        if len(shared) == 1:
+            levels[above] = shared.pop()
+    area, compound, building = levels
+    return PlaceOut(area=area, compound=compound, building=building, unit=None, lat=None, lon=None)
+
+
+def shown_name(name: str, whole: bool) -> str:
+    """Who was told or acted, as the caller may see them: an emergency contact's phone
+    masked unless the caller sees the device's personal data whole (see privacy)."""
+    return name if whole else mask_receiver(name)
+
+
+def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
+    """`whole`: as `sees_contacts` says for the caller."""
+
+    def named(name: str | None) -> str | None:
+        return None if name is None else shown_name(name, whole)
+
     return AlertOut(
         alert_id=entry.alert_id, rule=entry.rule, title=entry.title, severity=entry.severity,
         life_safety=entry.life_safety, community=entry.community,
         device_type=entry.device_type, device_id=entry.device_id, port=entry.port,
         state=str(entry.state), started_ms=entry.started_ms, updated_ms=entry.updated_ms,
-        fired_ms=entry.fired_ms, acknowledged_by=entry.acknowledged_by,
-        acknowledged_ms=entry.acknowledged_ms, arrived_by=entry.arrived_by,
-        arrived_ms=entry.arrived_ms, assigned_to=entry.assigned_to,
-        resolved_ms=entry.resolved_ms, closed_by=entry.closed_by, closed_ms=entry.closed_ms,
-        note=entry.note, place=place_of(registered) if registered is not None else None,
+        fired_ms=entry.fired_ms, acknowledged_by=named(entry.acknowledged_by),
+        acknowledged_ms=entry.acknowledged_ms, arrived_by=named(entry.arrived_by),
+        arrived_ms=entry.arrived_ms, assigned_to=named(entry.assigned_to),
+        resolved_ms=entry.resolved_ms, closed_by=named(entry.closed_by),
+        closed_ms=entry.closed_ms, note=entry.note,
+        place=alert_place(ctx.gateway.registry, entry),
         position=(
             None if entry.position is None
             else PositionOut(lat=entry.position.lat, lon=entry.position.lon)
         ),
     )  # fmt: skip
+
+
+def sees_contacts(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
+    """Whether the caller sees the emergency contacts of the alert's device whole, as
+    they see its wearer."""
+    registered = ctx.gateway.registry.get(entry.community, entry.device_id)
+    return sees_whole(principal, registered, entry.community)
+
+
+def _names(entry: AlertEntry) -> tuple[str | None, ...]:
+    return (entry.acknowledged_by, entry.arrived_by, entry.assigned_to, entry.closed_by)
+
+
+async def alerts_out(
+    ctx: ApiContext, principal: Principal, request: Request, entries: Iterable[AlertEntry]
+) -> list[AlertOut]:
+    """The alerts as the caller may see them; an emergency contact shown whole is audited."""
+    shown: list[AlertOut] = []
+    audited: dict[tuple[str, str], None] = {}
+    for entry in entries:
+        whole = sees_contacts(ctx, principal, entry)
+        if whole and any(names_a_contact(n) for n in _names(entry)):
+            audited[(entry.community, entry.device_id)] = None
+        shown.append(alert_out(ctx, entry, whole))
+    await audit_reads(
+        ctx, principal.name, str(principal.role), audited, f"{request.method} {request.url.path}"
+    )
+    return shown
 
 
 def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
@@ -69,6 +156,7 @@ def find(ctx: ApiContext, principal: Principal, alert_id: str) -> AlertEntry:
 async def list_alerts(
     ctx: Ctx,
     principal: Caller,
+    request: Request,
     state: StateFilter = "open",
     community: str | None = None,
     area: str | None = None,
@@ -99,22 +187,14 @@ async def list_alerts(
             or not visible(ctx, principal, entry)
         ):
             continue
-        if area or compound or building:
-            registered = ctx.gateway.registry.get(entry.community, entry.device_id)
-            if any(
-                wanted is not None and getattr(registered, level, None) != wanted
-                for level, wanted in (
-                    ("area", area),
-                    ("compound", compound),
-                    ("building", building),
-                )
-            ):
-                continue
+        if (area or compound or building) and not in_place(
+            places_of(ctx.gateway.registry, entry), area, compound, building
+        ):
+            continue
         chosen.append(entry)
     chosen.sort(key=lambda e: (SEVERITY_ORDER.get(e.severity, 9), e.started_ms))
-    return AlertListOut(
-        version=ctx.feed.version, alerts=[alert_out(ctx, e) for e in chosen[:limit]]
-    )
+    shown = await alerts_out(ctx, principal, request, chosen[:limit])
+    return AlertListOut(version=ctx.feed.version, alerts=shown)
 
 
 @router.get(
@@ -124,8 +204,12 @@ async def list_alerts(
 async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str) -> AlertDetailOut:
     entry = find(ctx, principal, alert_id)
     registered = ctx.gateway.registry.get(entry.community, entry.device_id)
-    wearer, whole = person_of(principal, registered)
-    if whole:
+    wearer, wearer_whole = person_of(principal, registered)
+    whole = sees_whole(principal, registered, entry.community)
+    history = ctx.gateway.alerts.history(alert_id)
+    attempts = ctx.gateway.notifications.attempts(alert_id)
+    names = [*_names(entry), *(s.actor for s in history), *(a.receiver for a in attempts)]
+    if wearer_whole or (whole and any(names_a_contact(n) for n in names)):
         await audit_reads(
             ctx,
             principal.name,
@@ -134,58 +218,111 @@ async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str
             f"GET {request.url.path}",
         )
     return AlertDetailOut(
-        alert=alert_out(ctx, entry),
+        alert=alert_out(ctx, entry, whole),
         history=[
-            StepOut(state=str(s.state), at_ms=s.at_ms, actor=s.actor, note=s.note)
-            for s in ctx.gateway.alerts.history(alert_id)
+            StepOut(state=str(s.state), at_ms=s.at_ms, actor=shown_name(s.actor, whole),
+                    note=s.note)
+            for s in history
         ],
-        notifications=[_attempt_out(a) for a in ctx.gateway.notifications.attempts(alert_id)],
+        notifications=[_attempt_out(a, whole) for a in attempts],
         wearer=wearer,
-    )
-
-
-def _attempt_out(a: DeliveryAttempt) -> AttemptOut:
-    return AttemptOut(
-        receiver=a.receiver, channel=a.channel, at_ms=a.at_ms, result=str(a.result),
-        detail=a.detail, latency_ms=a.latency_ms,
     )  # fmt: skip
+
+
+def _attempt_out(a: DeliveryAttempt, whole: bool) -> AttemptOut:
+    return AttemptOut(
+        receiver=shown_name(a.receiver, whole), channel=a.channel, at_ms=a.at_ms,
+        result=str(a.result), detail=a.detail, latency_ms=a.latency_ms,
+    )  # fmt: skip
+
+
+async def _take_step(
+    ctx: ApiContext,
+    principal: Principal,
+    request: Request,
+    alert_id: str,
+    step: Callable[[], Awaitable[AlertEntry]],
+) -> AlertOut:
+    """`step` taken through the desk, the alert given back as the caller may see it; a
+    refusal names whoever took the step first, shown by the same rule."""
+    find(ctx, principal, alert_id)
+    try:
+        entry = await step()
+    except AlertError as exc:
+        raise await _refusal(ctx, principal, request, alert_id, exc) from None
+    (shown,) = await alerts_out(ctx, principal, request, [entry])
+    return shown
+
+
+async def _refusal(
+    ctx: ApiContext, principal: Principal, request: Request, alert_id: str, exc: AlertError
+) -> AlertError:
+    entry = ctx.gateway.alerts.get(alert_id)
+    named = [n for n in _names(entry) if names_a_contact(n) and n in str(exc)]
+    if not named:
+        return exc
+    if sees_contacts(ctx, principal, entry):
+        await audit_reads(
+            ctx,
+            principal.name,
+            str(principal.role),
+            [(entry.community, entry.device_id)],
+            f"{request.method} {request.url.path}",
+        )
+        return exc
+    message = str(exc)
+    for name in named:
+        message = message.replace(name, mask_receiver(name))
+    return AlertError(message)
 
 
 @router.post(
     "/{alert_id}/acknowledge", response_model=AlertOut, responses=STEP_ERRORS,
     summary="Take the alert: whoever acknowledges it handles it",
 )  # fmt: skip
-async def acknowledge(ctx: Ctx, principal: Caller, alert_id: str) -> AlertOut:
+async def acknowledge(ctx: Ctx, principal: Caller, request: Request, alert_id: str) -> AlertOut:
     require(principal, Role.ADMIN, Role.OPERATOR, Role.GRID_WORKER)
-    find(ctx, principal, alert_id)
-    return alert_out(ctx, await ctx.gateway.desk.acknowledge(alert_id, principal.name))
+    desk = ctx.gateway.desk
+    return await _take_step(
+        ctx, principal, request, alert_id, lambda: desk.acknowledge(alert_id, principal.name)
+    )
 
 
 @router.post(
     "/{alert_id}/arrive", response_model=AlertOut, responses=STEP_ERRORS,
     summary="Reached the scene (acknowledges too)",
 )  # fmt: skip
-async def arrive(ctx: Ctx, principal: Caller, alert_id: str) -> AlertOut:
+async def arrive(ctx: Ctx, principal: Caller, request: Request, alert_id: str) -> AlertOut:
     require(principal, Role.ADMIN, Role.GRID_WORKER)
-    find(ctx, principal, alert_id)
-    return alert_out(ctx, await ctx.gateway.desk.arrive(alert_id, principal.name))
+    desk = ctx.gateway.desk
+    return await _take_step(
+        ctx, principal, request, alert_id, lambda: desk.arrive(alert_id, principal.name)
+    )
 
 
 @router.post(
     "/{alert_id}/close", response_model=AlertOut, responses=STEP_ERRORS,
     summary="Close with a note of what was found and done",
 )  # fmt: skip
-async def close(ctx: Ctx, principal: Caller, alert_id: str, body: CloseIn) -> AlertOut:
+async def close(
+    ctx: Ctx, principal: Caller, request: Request, alert_id: str, body: CloseIn
+) -> AlertOut:
     require(principal, Role.ADMIN, Role.GRID_WORKER)
-    find(ctx, principal, alert_id)
-    return alert_out(ctx, await ctx.gateway.desk.close(alert_id, principal.name, body.note))
+    desk = ctx.gateway.desk
+    return await _take_step(
+        ctx, principal, request, alert_id, lambda: desk.close(alert_id, principal.name, body.note)
+    )
 
 
 @router.post(
     "/{alert_id}/assign", response_model=AlertOut, responses=STEP_ERRORS,
     summary="Give the alert to a person",
 )  # fmt: skip
-async def assign(ctx: Ctx, principal: Caller, alert_id: str, body: AssignIn) -> AlertOut:
+async def assign(
+    ctx: Ctx, principal: Caller, request: Request, alert_id: str, body: AssignIn
+) -> AlertOut:
     require(principal, Role.ADMIN)
-    find(ctx, principal, alert_id)
-    return alert_out(ctx, await ctx.gateway.desk.assign(alert_id, principal.name, body.to))
+    desk = ctx.gateway.desk
+    return await _take_step(
+        ctx, principal, request, alert_id, lambda: desk.assign(alert_id, principal.name, body.to)
+    )

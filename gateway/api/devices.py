@@ -49,7 +49,7 @@ def person_of(
     """The wearer as this caller may see them, and whether it was shown whole."""
     if device is None or not has_personal_data(device):
         return None, False
-    whole = sees_whole(principal, device)
+    whole = sees_whole(principal, device, device.community)
     name, phone = device.wearer_name, device.wearer_phone
     contacts = [
         ContactOut(name=c.name if whole else mask_name(c.name),

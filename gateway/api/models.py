@@ -162,6 +162,9 @@ class AssignIn(_In):
 
 class SilenceIn(_In):
     community: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$")
+    # A place, within the community: the levels given must all match the device's.
+    area: str | None = Field(None, min_length=1, max_length=64)
+    compound: str | None = Field(None, min_length=1, max_length=64)
     building: str | None = Field(None, min_length=1, max_length=64)
     device_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     rule: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
@@ -174,6 +177,8 @@ class SilenceIn(_In):
 class SilenceOut(_Out):
     id: int
     community: str | None
+    area: str | None
+    compound: str | None
     building: str | None
     device_id: str | None
     rule: str | None

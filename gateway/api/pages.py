@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from gateway.api.alerts import alert_place
 from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
 from gateway.api.devices import audit_reads
@@ -201,10 +202,10 @@ async def _alert_page(
 ) -> str:
     esc = html.escape
     registered = ctx.gateway.registry.get(entry.community, entry.device_id)
-    levels = ("area", "compound", "building", "unit")
-    parts = [entry.community]
-    if registered is not None:
-        parts += [getattr(registered, k) or "" for k in levels]
+    where = alert_place(ctx.gateway.registry, entry)
+    parts: list[str | None] = [entry.community]
+    if where is not None:
+        parts += [where.area, where.compound, where.building, where.unit]
     place = " ".join(p for p in parts if p)
     rows = [
         ("级别", SEVERITY_LABELS.get(entry.severity, entry.severity)),

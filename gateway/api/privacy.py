@@ -3,11 +3,18 @@
 admin sees it whole; an operator sees it masked; a grid worker sees it whole for
 devices in their own cells (they call the wearer and the emergency contacts) and
 masked elsewhere. Every whole read by a person goes to the audit.
+
+An emergency contact told of an alert is named by their phone (`contact:13987654321`)
+wherever the alert says who was told or who acted: that name is the same personal
+data, shown and audited by the same rule.
 """
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from gateway.api.auth import Principal, Role
+from gateway.notify.router import CONTACT_PREFIX
 from gateway.registry import RegisteredDevice
 
 
@@ -29,13 +36,29 @@ def mask_phone(phone: str) -> str:
     return "*" * (len(phone) - 4) + phone[-4:]
 
 
+def names_a_contact(name: str | None) -> TypeGuard[str]:
+    """Whether a receiver's or an actor's name is an emergency contact's phone."""
+    return name is not None and name.startswith(CONTACT_PREFIX)
+
+
+def mask_receiver(name: str) -> str:
+    """contact:139****4321 for an emergency contact; any other name (a receiver in the
+    notification policy, a token's name) is not personal data and stays as it is."""
+    if not names_a_contact(name):
+        return name
+    return CONTACT_PREFIX + mask_phone(name.removeprefix(CONTACT_PREFIX))
+
+
 def has_personal_data(device: RegisteredDevice) -> bool:
     return bool(device.wearer_name or device.wearer_phone or device.emergency_contacts)
 
 
-def sees_whole(principal: Principal, device: RegisteredDevice) -> bool:
+def sees_whole(principal: Principal, device: RegisteredDevice | None, community: str) -> bool:
+    """Whether the caller sees the personal data of a device in `community` whole; an
+    unregistered device (one taken out of the registry since its alert) has no place but
+    its community."""
     if principal.role is Role.ADMIN:
         return True
     if principal.role is Role.GRID_WORKER:
-        return principal.covers_device(device, device.community)
+        return principal.covers_device(device, community)
     return False

@@ -20,9 +20,10 @@ REFUSED = error_responses(
 
 def silence_out(silence: Silence) -> SilenceOut:
     return SilenceOut(
-        id=silence.id, community=silence.community, building=silence.building,
-        device_id=silence.device_id, rule=silence.rule, starts_ms=silence.starts_ms,
-        ends_ms=silence.ends_ms, author=silence.author, reason=silence.reason,
+        id=silence.id, community=silence.community, area=silence.area,
+        compound=silence.compound, building=silence.building, device_id=silence.device_id,
+        rule=silence.rule, starts_ms=silence.starts_ms, ends_ms=silence.ends_ms,
+        author=silence.author, reason=silence.reason,
     )  # fmt: skip
 
 
@@ -42,8 +43,9 @@ async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> Silenc
     silence = await asyncio.to_thread(
         ctx.gateway.silences.add, author=principal.name, reason=body.reason,
         starts_ms=body.starts_ms if body.starts_ms is not None else ctx.now_ms(),
-        ends_ms=body.ends_ms, community=body.community, building=body.building,
-        device_id=body.device_id, rule=body.rule,
+        ends_ms=body.ends_ms, community=body.community, area=body.area,
+        compound=body.compound, building=body.building, device_id=body.device_id,
+        rule=body.rule,
     )  # fmt: skip
     return silence_out(silence)
 

@@ -1,5 +1,9 @@
 """Silences: maintenance windows that mute alerts by device, place or rule.
 
+A place is named as the registry names it, within its community: an area, a compound,
+a building, or any of them together (building numbers repeat across the compounds of a
+community: building 3 of one compound is not building 3 of the next).
+
 A silence never mutes a life-safety alert (fire, SOS, fall, sewer gas, thermal
 runaway): that alert goes out anyway, and the alert book records that a silence was
 overridden.
@@ -7,12 +11,13 @@ overridden.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.registry import Registry
+from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange
 from gateway.store.database import open_book
 
@@ -26,9 +31,15 @@ CREATE TABLE IF NOT EXISTS silences (
     starts_ms INTEGER NOT NULL,
     ends_ms INTEGER NOT NULL,
     author TEXT NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    area TEXT,
+    compound TEXT
 );
 """
+# Columns added since the table was first made, with their types: silences made before
+# them name no area or compound (NULL), and match as they did.
+_ADDED_COLUMNS = (("area", "TEXT"), ("compound", "TEXT"))
+_STORED = "community, area, compound, building, device_id, rule, starts_ms, ends_ms, author, reason"
 
 
 class SilenceError(GatewayError):
@@ -39,6 +50,8 @@ class SilenceError(GatewayError):
 class Silence:
     id: int
     community: str | None
+    area: str | None
+    compound: str | None
     building: str | None
     device_id: str | None
     rule: str | None
@@ -47,21 +60,39 @@ class Silence:
     author: str
     reason: str
 
-    def matches(self, change: AlertChange, building: str | None, now_ms: int) -> bool:
+    def matches(
+        self, change: AlertChange, registered: RegisteredDevice | None, now_ms: int
+    ) -> bool:
+        """`registered`: the change's device in the registry, for its place."""
         device = change.device
         return (
             self.starts_ms <= now_ms < self.ends_ms
             and self.community in (None, device.community)
             and self.device_id in (None, device.device_id)
             and self.rule in (None, change.rule)
-            and self.building in (None, building)
+            and all(
+                wanted is None or wanted == getattr(registered, level, None)
+                for level, wanted in (
+                    ("area", self.area),
+                    ("compound", self.compound),
+                    ("building", self.building),
+                )
+            )
         )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """An earlier version's silences, brought to this version's."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(silences)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE silences ADD COLUMN {name} {kind}")
 
 
 class SilenceBook:
     def __init__(self, path: Path, registry: Registry) -> None:
         self._registry = registry
-        self._conn = open_book(path, _SCHEMA, "silences")
+        self._conn = open_book(path, _SCHEMA, "silences", migrate=_migrate)
         # Writes come from the API's worker threads (see open_book), one at a time.
         self._lock = threading.Lock()
         self._active = self._load()
@@ -79,6 +110,8 @@ class SilenceBook:
         starts_ms: int,
         ends_ms: int,
         community: str | None = None,
+        area: str | None = None,
+        compound: str | None = None,
         building: str | None = None,
         device_id: str | None = None,
         rule: str | None = None,
@@ -87,19 +120,21 @@ class SilenceBook:
             raise SilenceError("a silence needs an author and a reason")
         if ends_ms <= starts_ms:
             raise SilenceError("a silence must end after it starts")
-        if not any((community, building, device_id, rule)):
+        if not any((community, area, compound, building, device_id, rule)):
             raise SilenceError("a silence needs a device, a place or a rule to match")
-        if building and not community:
-            raise SilenceError("a building is named within its community")
+        for level, named in (("an area", area), ("a compound", compound), ("a building", building)):
+            if named and not community:
+                raise SilenceError(f"{level} is named within its community")
         with self._lock:
             cursor = self._conn.execute(
-                "INSERT INTO silences (community, building, device_id, rule, starts_ms,"
-                " ends_ms, author, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (community, building, device_id, rule, starts_ms, ends_ms, author, reason),
-            )
+                f"INSERT INTO silences ({_STORED})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (community, area, compound, building, device_id, rule, starts_ms, ends_ms,
+                 author, reason),
+            )  # fmt: skip
             silence = Silence(
-                int(cursor.lastrowid or 0), community, building, device_id, rule,
-                starts_ms, ends_ms, author, reason,
+                int(cursor.lastrowid or 0), community, area, compound, building, device_id,
+                rule, starts_ms, ends_ms, author, reason,
             )  # fmt: skip
             # A new list, not an append: the event loop's thread may be going through it.
             self._active = [*self._active, silence]
@@ -120,15 +155,11 @@ class SilenceBook:
         if not self._active:
             return None
         registered = self._registry.get(change.device.community, change.device.device_id)
-        building = registered.building if registered else None
         for silence in self._active:
-            if silence.matches(change, building, now_ms):
+            if silence.matches(change, registered, now_ms):
                 return silence
         return None
 
     def _load(self) -> list[Silence]:
-        rows = self._conn.execute(
-            "SELECT id, community, building, device_id, rule, starts_ms, ends_ms, author, reason"
-            " FROM silences"
-        )
+        rows = self._conn.execute(f"SELECT id, {_STORED} FROM silences")
         return [Silence(*row) for row in rows]

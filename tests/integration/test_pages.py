@@ -104,3 +104,42 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
             assert await board.evaluate("window.notReloaded") is True
     finally:
         publisher.close()
+
+
+async def test_the_board_asks_for_a_new_token_once_its_own_is_taken_out(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    replacement = "board-replacement-token-0123"
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    api = ApiConfig(
+        port=0, link_secret="browser-test-secret",  # type: ignore[arg-type]
+        tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),  # type: ignore[arg-type]
+                ApiToken(name="desk-2", role="operator", token=replacement)),  # type: ignore[arg-type]
+    )  # fmt: skip
+    config = config.model_copy(update={"api": api})
+    async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
+        assert gateway.api is not None
+        await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+        board = await browser.new_page()
+        await board.goto(f"http://127.0.0.1:{gateway.api.port}/board#token={OPERATOR}")
+        await expect(board.locator("#status")).to_have_text("实时")
+        await expect(board.locator("#summary")).to_have_text("未关闭告警 0 条，其中紧急 0 条")
+
+        # The board's token is taken out of the config (a phone lost): its stream ends.
+        gateway.reload_tokens([t for t in api.tokens if t.name != "desk"])
+        login = board.locator("#login")
+        await expect(login).to_be_visible(timeout=10_000)
+        await expect(board.locator("#token")).to_be_focused()
+        await expect(board.locator("#status")).to_have_text("令牌无效")
+        # Alerts it can no longer keep up to date are not left on the screen as if live.
+        await expect(board.locator("#alerts")).to_be_hidden()
+
+        # A new token, typed in, brings the board back live.
+        await board.keyboard.type(replacement)
+        await board.keyboard.press("Enter")
+        await expect(board.locator("#status")).to_have_text("实时")
+        await expect(board.locator("#alerts")).to_be_visible()
+        await expect(login).to_be_hidden()
+        # The refused token was tried once, not again every few seconds: this address is
+        # not locked out, for this board or for anyone else on it.
+        assert gateway.api.context.limiter.failures_total == 1

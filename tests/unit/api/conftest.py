@@ -84,9 +84,17 @@ def _auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def site_config(tmp_path: Path, **api: Any) -> GatewayConfig:
+def site_config(
+    tmp_path: Path,
+    *,
+    tell: Sequence[str] = ("wang-fang",),
+    registry_text: str = REGISTRY,
+    **api: Any,
+) -> GatewayConfig:
+    """`tell`: whom the escalation's one step tells (`emergency_contacts` among them,
+    by console)."""
     registry = tmp_path / "devices.csv"
-    registry.write_text(REGISTRY, encoding="utf-8")
+    registry.write_text(registry_text, encoding="utf-8")
     return GatewayConfig.model_validate(
         {
             "mqtt": None,
@@ -112,17 +120,18 @@ def site_config(tmp_path: Path, **api: Any) -> GatewayConfig:
                 "receivers": [{"name": "wang-fang", "channels": ["console"]},
                               {"name": "li-na", "channels": ["console"]}],
                 "routes": [{"escalation": "grid"}],
-                "escalations": {"grid": [{"after_s": 0, "to": ["wang-fang"]}]},
+                "escalations": {"grid": [{"after_s": 0, "to": list(tell)}]},
+                "emergency_contact_channels": ["console"],
             },
         }
     )  # fmt: skip
 
 
 @asynccontextmanager
-async def open_site(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Site]:
+async def open_site(tmp_path: Path, clock: ManualClock, **config: Any) -> AsyncIterator[Site]:
     """The gateway on the outbox in `tmp_path`, closed at the end: opened again on the
-    same directory, it is the gateway after a restart."""
-    gateway = Gateway(site_config(tmp_path), clock)
+    same directory, it is the gateway after a restart. `config`: see `site_config`."""
+    gateway = Gateway(site_config(tmp_path, **config), clock)
     try:
         assert gateway.api is not None
         transport = httpx.ASGITransport(app=gateway.api.app, client=("10.0.0.7", 50000))

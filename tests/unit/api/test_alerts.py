@@ -1,4 +1,16 @@
-from tests.unit.api.conftest import ADMIN, OPERATOR, OTHER_WORKER, WORKER, Site
+from pathlib import Path
+
+from gateway.clock import ManualClock
+from tests.unit.api.conftest import (
+    ADMIN,
+    OPERATOR,
+    OTHER_WORKER,
+    REGISTRY,
+    T0,
+    WORKER,
+    Site,
+    open_site,
+)
 
 
 async def test_an_alert_from_traffic_is_listed_and_shown_with_its_history(site: Site) -> None:
@@ -125,3 +137,106 @@ async def test_a_misspelt_filter_is_refused_rather_than_ignored(site: Site) -> N
     twice = await site.get("/api/v1/alerts?community=hgy&community=other")
     assert twice.status_code == 422
     assert twice.json()["detail"] == "query parameter(s) ['community'] given more than once"
+
+
+async def test_an_emergency_contact_is_shown_by_the_same_rule_as_the_wearer(
+    tmp_path: Path,
+) -> None:
+    tell = ("wang-fang", "emergency_contacts")
+    async with open_site(tmp_path, ManualClock(T0), tell=tell) as site:
+        assert site.gateway.api is not None
+        audit = site.gateway.api.context.audit
+        alert_id = await site.fall("br-1")
+        await site.gateway.notifier.process()
+        # 李四 takes the alert from the link in the text message sent to their phone.
+        link = site.gateway.links.url(alert_id, "contact:13987654321", T0)
+        taken = await site.client.post(link.removeprefix("http://gw.test") + "/acknowledge")
+        assert taken.status_code == 303
+
+        # An operator sees the number masked, as the wearer's, wherever it names them.
+        detail = await site.get(f"/api/v1/alerts/{alert_id}", OPERATOR)
+        listed = await site.get("/api/v1/alerts", OPERATOR)
+        refused = await site.post(f"/api/v1/alerts/{alert_id}/acknowledge", OPERATOR)
+        for response in (detail, listed, refused):
+            assert "13987654321" not in response.text
+        shown = detail.json()
+        assert shown["wearer"]["emergency_contacts"][0]["phone"] == "139****4321"
+        assert shown["alert"]["acknowledged_by"] == "contact:139****4321"
+        assert {n["receiver"] for n in shown["notifications"]} == {
+            "contact:139****4321",
+            "wang-fang",
+        }
+        assert "contact:139****4321" in [s["actor"] for s in shown["history"]]
+        assert listed.json()["alerts"][0]["acknowledged_by"] == "contact:139****4321"
+        assert refused.status_code == 409
+        assert refused.json()["detail"].endswith("acknowledged by contact:139****4321")
+        assert audit.entries(actor="desk") == []
+
+        # An admin, and the grid worker of the cell, who may call them: whole, and audited.
+        for token, name in ((ADMIN, "root"), (WORKER, "wang-fang")):
+            alerts = (await site.get("/api/v1/alerts", token)).json()["alerts"]
+            assert alerts[0]["acknowledged_by"] == "contact:13987654321"
+            (entry,) = audit.entries(actor=name)
+            assert (entry.device_id, entry.via) == ("br-1", "GET /api/v1/alerts")
+        receivers = {
+            n["receiver"]
+            for n in (await site.get(f"/api/v1/alerts/{alert_id}", WORKER)).json()["notifications"]
+        }
+        assert "contact:13987654321" in receivers
+        newest, _ = audit.entries(actor="wang-fang")
+        assert newest.via == f"GET /api/v1/alerts/{alert_id}"
+
+
+async def smoke_alarms(site: Site, *device_ids: str) -> None:
+    for device_id in device_ids:
+        await site.send(
+            f"community/hgy/smoke_detector/{device_id}/event",
+            {"ts": site.clock.now_ms(), "event": "alarm"},
+        )
+
+
+async def found(site: Site, query: str) -> set[str]:
+    alerts = (await site.get(f"/api/v1/alerts?{query}")).json()["alerts"]
+    return {f"{a['rule']}:{a['device_id']}" for a in alerts}
+
+
+async def test_an_alert_about_a_building_is_found_and_placed_by_its_building(
+    site: Site,
+) -> None:
+    # Two detectors of building 3 alarm: the building's own alert fires beside theirs.
+    await smoke_alarms(site, "sd-1", "sd-2")
+    (building,) = [
+        a
+        for a in (await site.get("/api/v1/alerts")).json()["alerts"]
+        if a["device_type"] == "building"
+    ]
+    assert building["device_id"] == "3"
+    assert building["place"] == {
+        "area": "east", "compound": "lakeside", "building": "3", "unit": None,
+        "lat": None, "lon": None,
+    }  # fmt: skip
+    for query in ("building=3", "compound=lakeside", "area=east", "compound=lakeside&building=3"):
+        assert "building_fire:3" in await found(site, query), query
+    for query in ("building=9", "compound=hillside", "area=west", "compound=hillside&building=3"):
+        assert "building_fire:3" not in await found(site, query), query
+    # The link a grid worker is sent says where to go too.
+    link = site.gateway.links.url(building["alert_id"], "wang-fang", site.clock.now_ms())
+    page = await site.client.get(link.removeprefix("http://gw.test"))
+    assert "hgy east lakeside 3" in page.text
+
+
+async def test_a_building_number_in_two_compounds_is_found_in_either(tmp_path: Path) -> None:
+    # Building numbers repeat across the compounds of a community (湖光苑 3号楼, 湖光新苑
+    # 3号楼); an alert named by the building alone may be in either.
+    registry = REGISTRY + "sd-9,smoke_detector,hgy,west,hillside,3,,,,,,,,\n"
+    async with open_site(tmp_path, ManualClock(T0), registry_text=registry) as site:
+        await smoke_alarms(site, "sd-1", "sd-9")
+        (building,) = [
+            a for a in (await site.get("/api/v1/alerts")).json()["alerts"]
+            if a["device_type"] == "building"
+        ]  # fmt: skip
+        place = building["place"]
+        assert (place["area"], place["compound"], place["building"]) == (None, None, "3")
+        assert "building_fire:3" in await found(site, "compound=lakeside&building=3")
+        assert "building_fire:3" in await found(site, "compound=hillside&building=3")
+        assert "building_fire:3" not in await found(site, "compound=hillside&building=9")

@@ -1,4 +1,28 @@
-from tests.unit.api.conftest import ADMIN, OPERATOR, T0, WORKER, Site
+import sqlite3
+from pathlib import Path
+
+from gateway.clock import ManualClock
+from tests.unit.api.conftest import ADMIN, OPERATOR, REGISTRY, T0, WORKER, Site, open_site
+
+# Building 3 of compound hillside too, as building numbers repeat across the compounds
+# of a community (湖光苑 3号楼, 湖光新苑 3号楼).
+TWO_BUILDINGS_3 = REGISTRY.replace(
+    "sd-2,smoke_detector,hgy,east,lakeside,3", "sd-2,smoke_detector,hgy,west,hillside,3"
+)
+
+
+async def tampering(site: Site) -> dict[str, str | None]:
+    """Both detectors of a building 3 tampered with: the note on each one's alert."""
+    for device_id in ("sd-1", "sd-2"):
+        await site.send(
+            f"community/hgy/smoke_detector/{device_id}/event",
+            {"ts": site.clock.now_ms(), "event": "tamper"},
+        )
+    notes: dict[str, str | None] = {}
+    for alert in (await site.get("/api/v1/alerts?rule=smoke_tampering")).json()["alerts"]:
+        history = (await site.get(f"/api/v1/alerts/{alert['alert_id']}")).json()["history"]
+        notes[alert["device_id"]] = history[0]["note"]
+    return notes
 
 
 async def test_silences_are_made_listed_and_ended(site: Site) -> None:
@@ -52,3 +76,68 @@ async def test_grid_workers_do_not_silence(site: Site) -> None:
 async def test_a_silence_id_beyond_what_is_stored_is_refused_plainly(site: Site) -> None:
     response = await site.delete(f"/api/v1/silences/{1 << 70}")
     assert response.status_code == 422 and response.json()["detail"].startswith("path.silence_id")
+
+
+async def test_a_silence_for_a_building_names_its_compound(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    async with open_site(tmp_path, clock, registry_text=TWO_BUILDINGS_3) as site:
+        made = await site.post("/api/v1/silences", OPERATOR, json={
+            "community": "hgy", "compound": "lakeside", "building": "3",
+            "ends_ms": T0 + 3_600_000, "reason": "湖光苑3号楼检修",
+        })  # fmt: skip
+        assert made.status_code == 201, made.text
+        silence = made.json()
+        assert (silence["area"], silence["compound"], silence["building"]) == (
+            None, "lakeside", "3",
+        )  # fmt: skip
+        # Building 3 of lakeside is muted; building 3 of hillside is not.
+        assert await tampering(site) == {"sd-1": f"muted by silence {silence['id']}", "sd-2": None}
+    # Kept with its compound across a restart.
+    async with open_site(tmp_path, clock, registry_text=TWO_BUILDINGS_3) as site:
+        (kept,) = (await site.get("/api/v1/silences")).json()
+        assert kept == silence
+
+
+async def test_a_silence_for_an_area_mutes_that_area_alone(tmp_path: Path) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_BUILDINGS_3) as site:
+        made = await site.post("/api/v1/silences", OPERATOR, json={
+            "community": "hgy", "area": "west", "ends_ms": T0 + 3_600_000, "reason": "西区停电",
+        })  # fmt: skip
+        assert made.status_code == 201, made.text
+        assert await tampering(site) == {
+            "sd-1": None,
+            "sd-2": f"muted by silence {made.json()['id']}",
+        }
+        unplaced = await site.post("/api/v1/silences", OPERATOR, json={
+            "compound": "lakeside", "ends_ms": T0 + 1, "reason": "x",
+        })  # fmt: skip
+        assert unplaced.status_code == 422
+        assert unplaced.json()["detail"] == "a compound is named within its community"
+
+
+async def test_silences_made_before_compounds_and_areas_keep_working(tmp_path: Path) -> None:
+    # A silence as an earlier version stored it, with no area or compound column.
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as conn:
+        conn.execute(
+            "CREATE TABLE silences (id INTEGER PRIMARY KEY, community TEXT, building TEXT,"
+            " device_id TEXT, rule TEXT, starts_ms INTEGER NOT NULL, ends_ms INTEGER NOT NULL,"
+            " author TEXT NOT NULL, reason TEXT NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO silences (community, building, starts_ms, ends_ms, author, reason)"
+            " VALUES ('hgy', '3', ?, ?, 'desk', '检修烟感')",
+            (T0, T0 + 3_600_000),
+        )
+    conn.close()
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_BUILDINGS_3) as site:
+        (old,) = (await site.get("/api/v1/silences")).json()
+        assert (old["community"], old["area"], old["compound"], old["building"]) == (
+            "hgy", None, None, "3",
+        )  # fmt: skip
+        # As before: every building 3 of the community.
+        muted = f"muted by silence {old['id']}"
+        assert await tampering(site) == {"sd-1": muted, "sd-2": muted}
+        made = await site.post("/api/v1/silences", OPERATOR, json={
+            "community": "hgy", "compound": "hillside", "ends_ms": T0 + 1, "reason": "x",
+        })  # fmt: skip
+        assert made.status_code == 201, made.text
