@@ -51,7 +51,8 @@ KnownShape = tuple[frozenset[str], Handler]
 _CALL_WHEN = {
     "condition": "tracked",
     "event": "true",
-    "correlation": "true",
+    # A device of an open correlation alert may say its part is over.
+    "correlation": "always",
     "inactivity": "known_tracked",
 }
 
@@ -239,23 +240,26 @@ class RuleEngine:
         return sum(end - start for start, end in self._deaf_spans(from_ms, to_ms))
 
     def tick(self, now_ms: int, *, listening: bool = True) -> list[AlertChange]:
-        """Fire absence and inactivity alerts; resolve correlations whose window passed.
+        """Fire absence and inactivity alerts; resolve correlations none of whose devices
+        still says so.
 
         `listening`: the gateway is connected to the broker, and has judged all it took
         in; when not, silence is judged only as far as the records judged show."""
         changes: list[AlertChange] = []
         heard_through_ms = self._heard_through_ms(now_ms, listening)
-        for key, track in list(self.tracks.items()):
+        for key in list(self.tracks):
             rule = self._correlation.get(key[0])
-            if rule is not None and now_ms - track.since_ms >= rule.spec.window_s * 1000:
-                del self.tracks[key]
-                self._forget_hits(key)
-                self._dirty.add(key)
-                place = DeviceRef(key[1], rule.spec.place, key[2])
-                changes.append(
-                    _change(rule, place, None, AlertState.RESOLVED, track.alert_id,
-                            track.since_ms, now_ms, {})
-                )  # fmt: skip
+            if rule is None:
+                continue
+            # A device that has not said so again for this long is taken to have stopped
+            # (it reports its alarm state at every report).
+            stale_ms = now_ms - self._correlation_hold_ms(rule)
+            hits = self._correlations.get(key, {})
+            for device_id in [d for d, at_ms in hits.items() if at_ms < stale_ms]:
+                del hits[device_id]
+                self._hits_dirty.add((key, device_id))
+            if not hits:
+                changes.append(self._resolve_correlation(rule, key, now_ms))
         if heard_through_ms is None:
             return changes
         for key, track in list(self.tracks.items()):
@@ -328,25 +332,42 @@ class RuleEngine:
     def _apply_correlation(
         self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
     ) -> AlertChange | None:
-        if not holds:
+        """Fires when `min_devices` of a place say so within `window_s`; the alert lasts
+        while any of them still says so: a building on fire is not over because five
+        minutes passed without a third detector, while two still alarm. A device stops
+        saying so by meeting `clear_when` (by `when` breaking, without one)."""
+        if not holds and not self._correlations:
             return None
         device = record.device
         place = self._place_of(device, rule.spec.place)
         if place is None:
             return None
         key = (rule.name, device.community, place.device_id, None)
+        if not holds:
+            # Before the alert, a device's all-clear takes nothing back: a fire that
+            # silenced one detector is still spreading to the next.
+            hits = self._correlations.get(key)
+            if key not in self.tracks or hits is None or device.device_id not in hits:
+                return None
+            if not self._cleared(rule, record, holds, rates):
+                return None
+            del hits[device.device_id]
+            self._hits_dirty.add((key, device.device_id))
+            return None if hits else self._resolve_correlation(rule, key, record.time_ms)
         window_ms = int(rule.spec.window_s * 1000)
         hits = self._correlations.setdefault(key, {})
-        hits[device.device_id] = record.time_ms
+        hits[device.device_id] = max(record.time_ms, hits.get(device.device_id, 0))
         self._hits_dirty.add((key, device.device_id))
+        if key in self.tracks:
+            # Open: every device that says so is one of its own until it stops.
+            self.tracks[key].since_ms = max(self.tracks[key].since_ms, record.time_ms)
+            self._dirty.add(key)
+            return None
         for device_id, at_ms in list(hits.items()):
             if at_ms < record.time_ms - window_ms:
                 del hits[device_id]
                 self._hits_dirty.add((key, device_id))
-        if len(hits) < rule.spec.min_devices or key in self.tracks:
-            if key in self.tracks:
-                self.tracks[key].since_ms = max(self.tracks[key].since_ms, record.time_ms)
-                self._dirty.add(key)
+        if len(hits) < rule.spec.min_devices:
             return None
         first_ms = min(hits.values())
         alert_id = _alert_id(rule.name, place, None, first_ms)
@@ -357,6 +378,36 @@ class RuleEngine:
         return _change(
             rule, place, None, AlertState.FIRING, alert_id, first_ms, record.time_ms, values
         )
+
+    def _cleared(self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any) -> bool:
+        """Whether the record says the rule's condition is over: its `clear_when`, or
+        its `when` broken."""
+        if rule.clear_when is None:
+            return holds is False
+        try:
+            return bool(rule.clear_when(self._scope(record, rates)))
+        except Unknown:
+            return False
+        except Exception as exc:
+            self.faults.condition(rule.name, record, exc)
+            return False
+
+    def _resolve_correlation(self, rule: Rule, key: TrackKey, at_ms: int) -> AlertChange:
+        track = self.tracks[key]
+        del self.tracks[key]
+        self._forget_hits(key)
+        self._dirty.add(key)
+        place = DeviceRef(key[1], rule.spec.place, key[2])
+        return _change(
+            rule, place, None, AlertState.RESOLVED, track.alert_id, track.since_ms, at_ms, {}
+        )
+
+    def _correlation_hold_ms(self, rule: Rule) -> int:
+        """How long a device of an open correlation counts without saying so again: 2.5
+        reporting periods of its type, as for an offline device, and the window at least."""
+        types = self._periods_s if "*" in rule.spec.device_types else rule.spec.device_types
+        periods = [self._periods_s.get(t, 0.0) for t in types]
+        return round(max([rule.spec.window_s, *(2.5 * p for p in periods)]) * 1000)
 
     def _place_of(self, device: DeviceRef, place: str) -> DeviceRef | None:
         """The place a correlation alert is about, named like a device of type `place`."""
@@ -455,18 +506,21 @@ class RuleEngine:
 
     def restore(self, saved: Iterable[tuple[TrackKey, Track]]) -> None:
         names = {rule.name for rule in self._rules} | self._absent
+        hits: list[tuple[Rule, TrackKey, str, int]] = []
         for key, track in saved:
             rule = self._correlation.get(key[0])
             if rule is not None and not track.firing:
-                # A hit; one whose window ended before the start is let go.
                 place, _, device_id = key[2].rpartition("/")
-                place_key = (key[0], key[1], place, None)
-                if track.since_ms >= self._started_ms - rule.spec.window_s * 1000:
-                    self._correlations.setdefault(place_key, {})[device_id] = track.since_ms
-                else:
-                    self._hits_dirty.add((place_key, device_id))
+                hits.append((rule, (key[0], key[1], place, None), device_id, track.since_ms))
             elif key[0] in names:
                 self.tracks[key] = track
+        # A hit of an open alert is one of its devices; another, once its window ended
+        # before the start, is let go.
+        for rule, place_key, device_id, at_ms in hits:
+            if place_key in self.tracks or at_ms >= self._started_ms - rule.spec.window_s * 1000:
+                self._correlations.setdefault(place_key, {})[device_id] = at_ms
+            else:
+                self._hits_dirty.add((place_key, device_id))
 
     def _rules_for(self, device_type: str) -> list[Rule]:
         rules = self._by_type.get(device_type)
@@ -541,6 +595,11 @@ class RuleEngine:
             if record.time_ms > newest_ms and record.time_source is device_time:
                 newest_ms = record.time_ms
             device = record.device
+            if type(record) is StatusReport and not record.online:
+                # A last will, which the broker publishes when a device's connection
+                # lapses: the device is gone, not heard.
+                last_device = None
+                continue
             if device is not last_device:
                 # The records of one message share their device: heard once.
                 last_device = device
@@ -695,16 +754,7 @@ class RuleEngine:
                     fired=False,
                 )
             return None
-        cleared = holds is False
-        if rule.clear_when is not None:
-            try:
-                cleared = bool(rule.clear_when(self._scope(record, rates)))
-            except Unknown:
-                cleared = False
-            except Exception as exc:
-                self.faults.condition(rule.name, record, exc)
-                cleared = False
-        if not cleared:
+        if not self._cleared(rule, record, holds, rates):
             return None
         if track.clearing_since_ms is None:
             track.clearing_since_ms = now_ms

@@ -53,7 +53,8 @@ class Judged:
     action: Action
     # When the action is called: "true" (holds); "tracked" (holds, or the rule has a
     # track for the device: what a false or unknown condition can change is a track);
-    # "known_tracked" (as "tracked", and never when unknown).
+    # "known_tracked" (as "tracked", and never when unknown); "always" (every record that
+    # has a name the rule reads).
     call_when: str
     # Active hours: outside them the rule changes nothing.
     in_window: Callable[[int], bool] | None = None
@@ -468,6 +469,7 @@ def build_handler(
             "true": holds,
             "tracked": f"({holds} or {tracked})",
             "known_tracked": f"({holds} or {tracked}) and {holds} is not None",
+            "always": "True",
         }[rule.call_when]
         if rule.in_window is not None:
             gate += f" and {out.value(rule.in_window)}(time_ms)"

@@ -143,10 +143,10 @@ def _load_file(path: Path) -> list[Rule]:
             check_generates(when_tree)
         except ExpressionError as exc:
             raise ConfigError(str(path), f"{label}: condition", str(exc)) from exc
-        if spec.kind != "condition" and (spec.clear_when or spec.for_s or spec.repeat > 1):
-            raise ConfigError(
-                str(path), label, f"an {spec.kind} rule takes no clear_when, for_s or repeat"
-            )
+        if spec.kind != "condition" and (spec.for_s or spec.repeat > 1):
+            raise ConfigError(str(path), label, f"an {spec.kind} rule takes no for_s or repeat")
+        if spec.kind not in ("condition", "correlation") and spec.clear_when:
+            raise ConfigError(str(path), label, f"an {spec.kind} rule takes no clear_when")
         if spec.kind == "inactivity" and (not spec.field or not spec.unchanged_for_s):
             raise ConfigError(
                 str(path), label, "an inactivity rule needs field and unchanged_for_s"

@@ -45,8 +45,12 @@ async def test_a_fire_alarm_firing_before_a_restart_is_not_new_after_it(
             )
             await wait_until(lambda: gateway.stats.messages_in == 1, what="next report")
             assert gateway.stats.alerts_firing == 0
+            # Off, and still off at the next hourly report: the all-clear.
             publisher.publish_all(
-                [(topic + "telemetry", {"ts": T0 + 120_000, "seq": 3, "alarm": False})]
+                [
+                    (topic + "telemetry", {"ts": T0 + 120_000, "seq": 3, "alarm": False}),
+                    (topic + "telemetry", {"ts": T0 + 3_720_000, "seq": 4, "alarm": False}),
+                ]
             )
             await wait_until(lambda: gateway.stats.alerts_resolved == 1, what="all clear")
     finally:

@@ -429,8 +429,9 @@ async def test_those_told_hear_when_the_condition_clears(tmp_path: Path) -> None
     rig = Rig(tmp_path / "outbox.sqlite3")
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)
-    rig.feed(reading(SMOKE, 3600, battery_pct=100))
-    await rig.after(3600)
+    # A new battery, and still so at the next hourly report: the all-clear.
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), reading(SMOKE, 7200, battery_pct=100))
+    await rig.after(7200)
     assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
     resolved = rig.channels["wecom"].sent[1]  # type: ignore[attr-defined]
     assert resolved.text().startswith("【提示已恢复】")
@@ -446,7 +447,7 @@ async def test_all_told_at_any_step_hear_the_all_clear_by_their_own_channels(
         await rig.after(step_s)
     told = rig.sent()
     assert ("voice", "wang-fang", "firing") in told and ("sms", "secretary", "firing") in told
-    rig.feed(reading(SMOKE, 700, alarm=False))
+    rig.feed(reading(SMOKE, 700, alarm=False), reading(SMOKE, 700 + 3600, alarm=False))
     await rig.after(100)
     resolved = [s for s in rig.sent() if s[2] == "resolved"]
     # Each once, and by their own channels: no voice call for an all-clear.
@@ -465,7 +466,10 @@ async def test_the_all_clear_reaches_the_one_told_after_their_shift_ended(
     rig = Rig(tmp_path / "outbox.sqlite3", ManualClock(T0 + 11 * 3600_000 + 50 * 60_000))
     rig.feed(reading(SMOKE, 11 * 3600 + 50 * 60, battery_pct=10))
     await rig.after(0)
-    rig.feed(reading(SMOKE, 12 * 3600 + 10 * 60, battery_pct=100))
+    rig.feed(
+        reading(SMOKE, 12 * 3600 + 10 * 60, battery_pct=100),
+        reading(SMOKE, 13 * 3600 + 10 * 60, battery_pct=100),
+    )
     await rig.after(20 * 60)
     assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
 
@@ -477,10 +481,14 @@ async def test_an_all_clear_committed_before_a_crash_is_told_after_the_restart(
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)
     # Committed; the process died before telling anyone.
-    rig.feed(reading(SMOKE, 3600, battery_pct=100), announce=False)
+    rig.feed(
+        reading(SMOKE, 3600, battery_pct=100),
+        reading(SMOKE, 7200, battery_pct=100),
+        announce=False,
+    )
     rig.restart()
     rig.notifier.recover()
-    await rig.after(3600)
+    await rig.after(7200)
     assert rig.sent() == [("wecom", "wang-fang", "resolved")]
     rig.restart()
     rig.notifier.recover()

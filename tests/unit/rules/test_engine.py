@@ -76,7 +76,9 @@ def test_fire_alarm_fires_once_and_clears() -> None:
     assert fired[0].life_safety and fired[0].severity == "critical"
     # Still alarming: the same alert, not a second one.
     assert e.evaluate([reading(SMOKE, 2, alarm=True), event(SMOKE, 3, "alarm")]) == []
-    cleared = e.evaluate([event(SMOKE, 4, "alarm_cleared")])
+    # Its all-clear, confirmed by the next report at least 10 minutes later: resolved.
+    assert e.evaluate([event(SMOKE, 4, "alarm_cleared")]) == []
+    cleared = e.evaluate([reading(SMOKE, 3604, alarm=False, battery_pct=90)])
     assert states(cleared) == [("fire_alarm", AlertState.RESOLVED)]
     assert cleared[0].alert_id == fired[0].alert_id
 
@@ -144,7 +146,8 @@ def test_overflow_uses_each_wells_depth_and_hysteresis() -> None:
         ("overflow_risk", AlertState.FIRING)
     ]
     assert e.evaluate([reading(COVER, 1200, water_level_cm=150.0)]) == []
-    assert states(e.evaluate([reading(COVER, 1800, water_level_cm=130.0)])) == [
+    assert e.evaluate([reading(COVER, 1800, water_level_cm=130.0)]) == []
+    assert states(e.evaluate([reading(COVER, 2400, water_level_cm=120.0)])) == [
         ("overflow_risk", AlertState.RESOLVED)
     ]
     # An unregistered cover has no depth: the rule cannot judge it and stays quiet.
@@ -157,7 +160,8 @@ def test_left_safe_area_by_distance_from_home() -> None:
     assert e.evaluate([reading(WRIST, 0, lat=34.7510, lon=113.6210)]) == []
     fired = e.evaluate([reading(WRIST, 60, lat=34.7600, lon=113.6200)])  # about 1.1 km north
     assert states(fired) == [("left_safe_area", AlertState.FIRING)]
-    assert states(e.evaluate([reading(WRIST, 120, lat=34.7501, lon=113.6201)])) == [
+    assert e.evaluate([reading(WRIST, 120, lat=34.7501, lon=113.6201)]) == []
+    assert states(e.evaluate([reading(WRIST, 420, lat=34.7502, lon=113.6200)])) == [
         ("left_safe_area", AlertState.RESOLVED)
     ]
 
@@ -263,8 +267,10 @@ def test_alert_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
     after = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
     # The fire alarm is still firing: another alarm is not a new alert...
     assert after.evaluate([event(SMOKE, 5, "alarm")]).changes == []
-    # ...and its all-clear resolves the alert fired before the restart.
-    cleared = after.evaluate([event(SMOKE, 10, "alarm_cleared")])
+    # ...and its all-clear, confirmed by the next report, resolves the alert fired
+    # before the restart.
+    assert after.evaluate([event(SMOKE, 10, "alarm_cleared")]).changes == []
+    cleared = after.evaluate([reading(SMOKE, 3610, alarm=False)])
     assert [(c.state, c.alert_id) for c in cleared.changes] == [
         (AlertState.RESOLVED, fired.changes[0].alert_id)
     ]
@@ -541,7 +547,7 @@ def test_several_detectors_in_one_building_make_one_building_alert() -> None:
             for i, b in ((1, "3号楼"), (2, "3号楼"), (3, "3号楼"), (4, "5号楼"))
         ]
     )
-    e = RuleEngine(RULES, registry)
+    e = RuleEngine(RULES, registry, {"smoke_detector": 3600.0})
     detector = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(5)]
 
     def building_alerts(changes: list[AlertChange]) -> list[tuple[str, str, AlertState]]:
@@ -561,9 +567,24 @@ def test_several_detectors_in_one_building_make_one_building_alert() -> None:
     assert [c.values["devices"] for c in fired if c.rule == "building_fire"] == ["sd-2,sd-3"]
     # A third detector joins the same alert.
     assert building_alerts(e.evaluate([event(detector[1], 520, "alarm")])) == []
-    # Five minutes without a new alarm in the building: it resolves.
-    assert e.tick(T0 + 700_000) == []
-    assert building_alerts(e.tick(T0 + 821_000)) == [("3号楼", "building", AlertState.RESOLVED)]
+    # Five minutes with no new detector: the detectors still alarm, the fire goes on.
+    assert building_alerts(e.tick(T0 + 900_000)) == []
+    # It is over when the last of them says its alarm is.
+    quiet = [reading(detector[i], 1_000, alarm=False, battery_pct=90) for i in (2, 3)]
+    assert building_alerts(e.evaluate(quiet)) == []
+    over = e.evaluate([reading(detector[1], 1_100, alarm=False, battery_pct=90)])
+    assert building_alerts(over) == [("3号楼", "building", AlertState.RESOLVED)]
+
+
+def test_a_building_alert_whose_detectors_fell_silent_ends_as_they_would_be_offline() -> None:
+    e = RuleEngine(RULES, one_building(2), {"smoke_detector": 3600.0})
+    detectors = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in (1, 2)]
+    fired = e.evaluate([event(d, t, "alarm") for d, t in zip(detectors, (0, 60), strict=True)])
+    assert [c.state for c in fired if c.rule == "building_fire"] == [AlertState.FIRING]
+    # Burned, or their battery out: neither says anything more.
+    assert [c.rule for c in e.tick(T0 + 9_059_000) if c.rule == "building_fire"] == []
+    over = [c for c in e.tick(T0 + 9_061_000) if c.rule == "building_fire"]
+    assert [c.state for c in over] == [AlertState.RESOLVED]
 
 
 def restarted_pair(tmp_path: Path, restart_s: float) -> AlertStage:
