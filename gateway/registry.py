@@ -144,9 +144,36 @@ class Registry:
         """Where the devices are: (community, area, compound, building) of each."""
         return {(d.community, d.area, d.compound, d.building) for d in self._by_id.values()}
 
+    def places_within(self, community: str, place_type: str, name: str) -> list[Place]:
+        """The registered places inside a place that an alert is about (a building on
+        fire, named by the building alone): in several compounds, where their building
+        numbers repeat."""
+        level = 1 + PLACE_TYPES.index(place_type)
+        return [p for p in self.places() if p[0] == community and p[level] == name]
+
+    def place(self, community: str, place_type: str, name: str) -> Place:
+        """A place an alert is about, with the levels above it that all of it shares."""
+        level = 1 + PLACE_TYPES.index(place_type)
+        within = self.places_within(community, place_type, name)
+        levels: list[str | None] = [None, None, None]
+        levels[level - 1] = name
+        for above in range(1, level):
+            shared = {p[above] for p in within}
+            if len(shared) == 1:
+                levels[above - 1] = shared.pop()
+        return (community, levels[0], levels[1], levels[2])
+
 
 # A device's community, area, compound and building.
 Place = tuple[str, str | None, str | None, str | None]
+
+
+def place_of(device: RegisteredDevice) -> Place:
+    return (device.community, device.area, device.compound, device.building)
+
+
+# The places an alert may be about instead of a device, as they nest.
+PLACE_TYPES = ("area", "compound", "building")
 
 
 def registry_for(path: Path | None, device_types: Collection[str]) -> Registry:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from gateway.api.auth import PLACE_TYPES, Principal, Role, require
+from gateway.api.auth import Principal, Role, require
 from gateway.api.context import ApiContext, Caller, Ctx
 from gateway.api.devices import audit_reads, person_of, place_of
 from gateway.api.models import (
@@ -25,7 +25,8 @@ from gateway.api.models import (
 )
 from gateway.api.privacy import mask_receiver, names_a_contact, sees_whole
 from gateway.notify.log import DeliveryAttempt
-from gateway.registry import Place, Registry
+from gateway.registry import PLACE_TYPES, Place, Registry
+from gateway.registry import place_of as registered_place
 from gateway.rules.book import AlertEntry, AlertError
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=AUTH_ERRORS)
@@ -41,14 +42,9 @@ def places_of(registry: Registry, entry: AlertEntry) -> list[Place]:
     building on fire, named by the building alone), every registered place within it,
     which may be in several compounds when their building numbers repeat."""
     if entry.device_type in PLACE_TYPES:
-        level = 1 + PLACE_TYPES.index(entry.device_type)
-        return [
-            p for p in registry.places() if p[0] == entry.community and p[level] == entry.device_id
-        ]
+        return registry.places_within(entry.community, entry.device_type, entry.device_id)
     registered = registry.get(entry.community, entry.device_id)
-    if registered is None:
-        return []
-    return [(registered.community, registered.area, registered.compound, registered.building)]
+    return [] if registered is None else [registered_place(registered)]
 
 
 def in_place(
@@ -68,15 +64,9 @@ def alert_place(registry: Registry, entry: AlertEntry) -> PlaceOut | None:
     if entry.device_type not in PLACE_TYPES:
         registered = registry.get(entry.community, entry.device_id)
         return place_of(registered) if registered is not None else None
-    level = PLACE_TYPES.index(entry.device_type)
-    places = places_of(registry, entry)
-    levels: list[str | None] = [None] * len(PLACE_TYPES)
-    levels[level] = entry.device_id
-    for above in range(level):
-        shared = {p[1 + above] for p in places}
-        if len(shared) == 1:
-            levels[above] = shared.pop()
-    area, compound, building = levels
+    _, area, compound, building = registry.place(
+        entry.community, entry.device_type, entry.device_id
+    )
     return PlaceOut(area=area, compound=compound, building=building, unit=None, lat=None, lon=None)
 
 

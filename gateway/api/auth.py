@@ -17,13 +17,11 @@ from enum import StrEnum
 from gateway.clock import Clock
 from gateway.config import ApiToken, GridCell
 from gateway.errors import GatewayError
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry
 
 log = logging.getLogger(__name__)
 
 FAILURE_WINDOW_S = 60.0
-# Places a correlation alert can be about, named in the alert's device type.
-PLACE_TYPES = ("area", "compound", "building")
 
 
 class Role(StrEnum):

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from gateway.decode.record import Position
-from gateway.registry import RegisteredDevice
+from gateway.registry import Place, RegisteredDevice
 from gateway.rules.book import AlertEntry
 from gateway.rules.rule import Severity
 
@@ -170,7 +170,10 @@ def make_notice(
     phone: str | None,
     link: str | None,
     zone: ZoneInfo,
+    place: Place | None = None,
 ) -> Notice:
+    """`place`: where an alert about a place rather than a device (a building on fire)
+    is, as the router finds it."""
     return Notice(
         key=key,
         kind=kind,
@@ -183,7 +186,11 @@ def make_notice(
         device_type=entry.device_type,
         device_id=entry.device_id,
         port=entry.port,
-        place=describe_place(entry.community, device),
+        place=(
+            describe_place(entry.community, device)
+            if device is not None or place is None
+            else " ".join(part for part in place if part)
+        ),
         started_ms=entry.started_ms,
         time_text=local_time_text(entry.fired_ms or entry.started_ms, zone),
         receiver=receiver,

@@ -435,7 +435,7 @@ class Notifier:
         notice = make_notice(
             key=key, kind=kind, entry=entry, device=self.router.device(entry),
             receiver=target.receiver, receiver_name=target.display_name, phone=target.phone,
-            link=link, zone=self._zone,
+            link=link, zone=self._zone, place=self.router.place(entry),
         )  # fmt: skip
         due_ms = now_ms
         quiet = target.quiet_hours

@@ -22,7 +22,7 @@ from gateway.notify.policy import (
     Shift,
     Step,
 )
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry, place_of
 from gateway.rules.book import AlertEntry
 from gateway.rules.schedule import DailyWindow
 
@@ -66,13 +66,21 @@ class Router:
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
         return self._registry.get(entry.community, entry.device_id)
 
+    def place(self, entry: AlertEntry) -> Place | None:
+        """Where an alert is, to route it by: its device's registered place, or the place
+        it is about (a building on fire), with the levels above it that all of it shares."""
+        if entry.device_type in PLACE_TYPES:
+            return self._registry.place(entry.community, entry.device_type, entry.device_id)
+        device = self.device(entry)
+        return None if device is None else place_of(device)
+
     def routes(self, entry: AlertEntry) -> list[Route]:
         """The routes an alert follows: the first that matches, and any after it while a
         matching route says `continue`."""
-        device = self.device(entry)
+        place = self.place(entry)
         chosen: list[Route] = []
         for route in self.policy.routes:
-            if _matches(route.match, entry, device):
+            if _matches(route.match, entry, place):
                 chosen.append(route)
                 if not route.continue_:
                     break
@@ -83,7 +91,7 @@ class Router:
         targets: list[Target] = []
         for name in step.to:
             if name == ON_DUTY:
-                on_duty = self.on_duty(device, entry.community, at_ms)
+                on_duty = self.on_duty(self.place(entry), entry.community, at_ms)
                 if not on_duty:
                     log.warning(
                         "nobody on duty for %s; telling %s",
@@ -118,13 +126,11 @@ class Router:
             return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
         return self._target(receiver)
 
-    def on_duty(
-        self, device: RegisteredDevice | None, community: str, at_ms: int
-    ) -> list[Receiver]:
-        """Who is on duty for the most specific cell that holds the device and has
-        someone on duty now."""
+    def on_duty(self, place: Place | None, community: str, at_ms: int) -> list[Receiver]:
+        """Who is on duty for the most specific cell that holds the place (an alert's,
+        see `place`) and has someone on duty now."""
         rosters = sorted(
-            (r for r in self.policy.rosters if _in_cell(r, device, community)),
+            (r for r in self.policy.rosters if _in_cell(r, place, community)),
             key=_specificity,
             reverse=True,
         )
@@ -157,7 +163,7 @@ class Router:
         )
 
 
-def _matches(match: Match, entry: AlertEntry, device: RegisteredDevice | None) -> bool:
+def _matches(match: Match, entry: AlertEntry, place: Place | None) -> bool:
     def fits(allowed: tuple[str, ...], value: str | None) -> bool:
         return not allowed or value in allowed
 
@@ -166,20 +172,20 @@ def _matches(match: Match, entry: AlertEntry, device: RegisteredDevice | None) -
         and fits(match.rules, entry.rule)
         and fits(match.device_types, entry.device_type)
         and fits(match.communities, entry.community)
-        and fits(match.areas, device.area if device else None)
-        and fits(match.compounds, device.compound if device else None)
-        and fits(match.buildings, device.building if device else None)
+        and fits(match.areas, place[1] if place else None)
+        and fits(match.compounds, place[2] if place else None)
+        and fits(match.buildings, place[3] if place else None)
     )
 
 
-def _in_cell(roster: Roster, device: RegisteredDevice | None, community: str) -> bool:
+def _in_cell(roster: Roster, place: Place | None, community: str) -> bool:
     cell = roster.cell
     if cell.community != community:
         return False
-    for wanted, actual in (
-        (cell.area, device.area if device else None),
-        (cell.compound, device.compound if device else None),
-        (cell.building, device.building if device else None),
+    for wanted, actual in zip(
+        (cell.area, cell.compound, cell.building),
+        place[1:] if place else (None, None, None),
+        strict=True,
     ):
         if wanted is not None and wanted != actual:
             return False

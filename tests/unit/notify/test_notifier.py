@@ -334,7 +334,7 @@ async def test_quiet_hours_hold_non_critical_notices_but_never_critical_ones(
     late = ManualClock(T0 + 15 * 3600 * 1000)
     rig = Rig(tmp_path / "outbox.sqlite3", clock=late)
     router = rig.notifier.router
-    assert [r.name for r in router.on_duty(REGISTRY.get("hgy", "br-1"), "hgy", late.now_ms())] == [
+    assert [r.name for r in router.on_duty(("hgy", "east", None, "3"), "hgy", late.now_ms())] == [
         "li-na"
     ]
     # Put wang-fang on duty around the clock, so that her quiet hours apply.
@@ -767,3 +767,71 @@ async def test_an_alert_book_damaged_while_running_is_told_from_the_notification
         await asyncio.wait_for(rig.notifier.run(), timeout=5)
     # The outbox, which the alert book is in, is the file its next start moves aside.
     assert damage_noted(rig.path) is not None and damage_noted(log_path) is None
+
+
+async def test_an_alert_about_a_building_goes_where_its_detectors_are(tmp_path: Path) -> None:
+    registry = Registry(
+        [
+            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector", community="hgy",
+                             area="东区", compound="湖光小区", building="3号楼")
+            for i in (1, 2)
+        ]
+    )  # fmt: skip
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"app": {"type": "console"}, "office-robot": {"type": "console"}},
+            "receivers": [
+                {"name": "wang-fang", "channels": ["app"]},
+                {"name": "zhao-min", "channels": ["app"]},
+                {"name": "office", "channels": ["office-robot"]},
+            ],
+            "rosters": [
+                {"cell": {"community": "hgy", "area": "东区"},
+                 "shifts": [{"receiver": "wang-fang"}]},
+                {"cell": {"community": "hgy", "area": "西区"},
+                 "shifts": [{"receiver": "zhao-min"}]},
+            ],
+            "routes": [{"match": {"buildings": ["3号楼"]}, "escalation": "b3"},
+                       {"escalation": "all"}],
+            "escalations": {"b3": [{"after_s": 0, "to": ["on_duty", "office"]}],
+                            "all": [{"after_s": 0, "to": ["on_duty"]}]},
+            "fallback_receivers": ["office"],
+        }
+    )  # fmt: skip
+    path = tmp_path / "outbox.sqlite3"
+    outbox, book = Outbox(path), AlertBook(path)
+    stage = AlertStage(
+        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), ManualClock(T0)
+    )
+    for i, at_s in ((1, 0), (2, 30)):
+        alarm = Event(DeviceRef("hgy", "smoke_detector", f"sd-{i}"), T0 + at_s * 1000,
+                      TimeSource.DEVICE, "alarm", {})  # fmt: skip
+        decision = stage.evaluate([alarm])
+        outbox.commit(decision.lines, [], None, decision.write)
+    (fire,) = [e for e in book.search() if e.rule == "building_fire"]
+    router = Router(policy, registry, ZONE)
+    # The building's route, and the grid worker of the area the building is in.
+    (route,) = router.routes(fire)
+    assert route.escalation == "b3"
+    (step,) = policy.escalations["b3"]
+    assert [t.receiver for t in router.targets(step, fire, T0)] == ["wang-fang", "office"]
+    assert router.place(fire) == ("hgy", "东区", "湖光小区", "3号楼")
+    # Its notice names the place, as a detector's would.
+    notifier = Notifier(
+        policy, {"app": FakeChannel("app"), "office-robot": FakeChannel("office-robot")},
+        router, book, NotificationLog(tmp_path / "log.sqlite3"),
+        LinkSigner("secret", "https://gw.example.cn", 3600), outbox_commit(outbox),
+        ManualClock(T0), Stats(), ZONE,
+    )  # fmt: skip
+    notifier.recover()
+    await notifier.process()
+    told = notifier.channels["app"]
+    assert isinstance(told, FakeChannel)
+    assert {n.place for n in told.sent if n.rule == "building_fire"} == {"hgy 东区 湖光小区 3号楼"}
+
+
+def outbox_commit(outbox: Outbox):  # type: ignore[no-untyped-def]
+    async def commit(lines, write) -> None:  # type: ignore[no-untyped-def]
+        outbox.commit(lines, [], None, write)
+
+    return commit
