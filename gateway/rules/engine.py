@@ -628,10 +628,7 @@ class RuleEngine:
                 elif device_id not in seen_ms:
                     seen_ms[device_id] = self._started_ms
                 continue
-            # A message held back (a backlog, a device's queue) never makes a device
-            # heard earlier than it was.
-            if time_ms > seen_ms.get(device_id, 0):
-                seen_ms[device_id] = time_ms
+            seen_ms[device_id] = time_ms
             shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
             keys = record.fields.keys()
             for names, known in shapes:

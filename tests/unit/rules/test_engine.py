@@ -798,17 +798,6 @@ def test_an_old_retained_status_makes_no_device_offline() -> None:
     assert sorted(c.device.device_id for c in offline) == ["sd-1", "sd-9"]
 
 
-def test_a_message_held_back_never_makes_a_device_heard_earlier() -> None:
-    e = silent_pair()
-    e.evaluate([reading(WRIST, 140, heart_rate_bpm=72)])
-    # The bracelet's queue brings one from before, late.
-    e.evaluate([reading(WRIST, 5, heart_rate_bpm=70)])
-    e.evaluate([reading(OTHER_WRIST, 160, heart_rate_bpm=72)])
-    assert [c.device.device_id for c in e.tick(T0 + 171_000)] == []
-    e.evaluate([reading(OTHER_WRIST, 300, heart_rate_bpm=72)])
-    assert [c.device.device_id for c in e.tick(T0 + 301_000)] == ["br-1"]
-
-
 def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
     e = silent_pair()
     # The gateway is ten minutes behind: it judges what one bracelet sent at 100 s and
