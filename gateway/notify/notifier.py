@@ -684,7 +684,12 @@ class Notifier:
 def _digest(first: Notice, notices: list[Notice]) -> Notice:
     keys = sorted(n.key for n in notices)
     digest_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-    lines = tuple(f"- {n.title} · {n.place} · {n.device_id} · {n.time_text}" for n in notices)
+    # Each alert with its own link, to take it from the message as from a single notice.
+    lines = tuple(
+        f"- {n.title} · {n.place} · {n.device_id} · {n.time_text}"
+        + (f" {n.link}" if n.link else "")
+        for n in notices
+    )
     return replace(
         first,
         key=f"digest/{digest_id}",

@@ -277,6 +277,10 @@ async def test_over_the_limit_critical_moves_on_and_the_rest_wait_for_one_digest
     assert len(digests) == 1
     assert digests[0].title == "2 条告警"
     assert len(digests[0].lines) == 2
+    # Each alert in it can be taken from the message, by its own link.
+    links = [line.rsplit(" ", 1)[1] for line in digests[0].lines]
+    assert all(link.startswith("https://gw.example.cn/a/") for link in links)
+    assert len(set(links)) == 2
     await rig.after(60)
     assert len([n for n in rig.channels["wecom"].sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
 
