@@ -267,6 +267,8 @@ class Decoder:
             return _new(DecodedMessage, (device, records, key))
         else:
             online = body.get("online")
+            if online is None:
+                raise DecodeError(RejectReason.MISSING_FIELD, "a status needs 'online'")
             if type(online) is not bool:
                 raise DecodeError(
                     RejectReason.WRONG_TYPE, f"online must be a boolean, got {online!r}"
@@ -407,8 +409,10 @@ class Decoder:
         seq: int | None,
     ) -> Event:
         kind = body.get("event")
-        if not isinstance(kind, str):
+        if kind is None:
             raise DecodeError(RejectReason.MISSING_FIELD, "an event needs an 'event' string")
+        if not isinstance(kind, str):
+            raise DecodeError(RejectReason.WRONG_TYPE, f"event must be a string, got {kind!r}")
         if kind not in compiled.event_kinds:
             raise DecodeError(
                 RejectReason.UNKNOWN_EVENT,

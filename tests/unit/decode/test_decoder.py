@@ -253,6 +253,9 @@ def test_acme_frame_known_vector() -> None:
         ("community/hgy/smoke_detector/sd-1/telemetry", {"rssi": 3}, "missing_field"),
         ("community/hgy/smoke_detector/sd-1/event", {"event": "party"}, "unknown_event"),
         ("community/hgy/smoke_detector/sd-1/event", {"ts": NOW_MS}, "missing_field"),
+        ("community/hgy/smoke_detector/sd-1/event", {"event": 5}, "wrong_type"),
+        ("community/hgy/smoke_detector/sd-1/status", {"ts": NOW_MS}, "missing_field"),
+        ("community/hgy/smoke_detector/sd-1/status", {"online": "yes"}, "wrong_type"),
         (
             "community/hgy/smoke_detector/sd-1/telemetry",
             {"ts": "yesterday", "alarm": True},
