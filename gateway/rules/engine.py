@@ -3,7 +3,8 @@
 A condition rule has at most one open alert per (rule, device[, port]): it fires when
 its condition has held for `for_s` and `repeat` readings, and resolves when the clear
 condition (by default, the condition being false) has held for `clear_after_s`. An
-event rule makes an alert of every matching event.
+event rule makes an alert of a matching event; another from the same device (and port)
+within `merge_s` of the last, while nobody has taken that alert, joins it.
 
 Records are judged by code generated for each shape of record (evaluator.py); the
 per-device state is kept small: when each device was last heard (presence.py), tracks
@@ -57,6 +58,10 @@ _CALL_WHEN = {
 }
 
 
+def _never_taken(alert_id: str) -> bool:
+    return False
+
+
 def _hit_key(key: TrackKey, device_id: str) -> TrackKey:
     """A correlation's hit, saved as a track that never fires: the place and the device
     in the device's slot (a device id holds no "/")."""
@@ -91,6 +96,8 @@ class RuleEngine:
     ) -> None:
         self._registry = registry
         self.faults = faults or RuleFaults()
+        # Whether a person has taken (or closed) an alert: the alert stage asks the book.
+        self.taken: Callable[[str], bool] = _never_taken
         self._zone = zone
         self._periods_s = dict(periods_s or {})
         # When each device was last heard from; registered devices count from start-up,
@@ -147,6 +154,7 @@ class RuleEngine:
         self._absent = frozenset(r.name for r in self._absence)
         self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
         self._correlation = {r.name: r for r in rules if r.spec.kind == "correlation"}
+        self._merging = {r.name: r for r in rules if r.spec.kind == "event" and r.spec.merge_s}
         for key in list(self._correlations):
             if key[0] not in self._correlation:
                 self._forget_hits(key)
@@ -248,6 +256,13 @@ class RuleEngine:
         changes: list[AlertChange] = []
         heard_through_ms = self._heard_through_ms(now_ms, listening)
         for key in list(self.tracks):
+            merging = self._merging.get(key[0])
+            if merging is not None:
+                # Nothing more joins it: let the track go.
+                if now_ms - self.tracks[key].since_ms >= merging.spec.merge_s * 1000:
+                    del self.tracks[key]
+                    self._dirty.add(key)
+                continue
             rule = self._correlation.get(key[0])
             if rule is None:
                 continue
@@ -697,7 +712,24 @@ class RuleEngine:
         if not holds:
             return None
         port = record.port if rule.spec.per_port else None
+        merge_ms = rule.spec.merge_s * 1000
+        key = (rule.name, record.device.community, record.device.device_id, port)
+        track = self.tracks.get(key) if merge_ms else None
+        if (
+            track is not None
+            and record.time_ms - track.since_ms < merge_ms
+            and not self.taken(track.alert_id)
+        ):
+            # The same occurrence going on (a resident pressing SOS again while the
+            # first is being told, a lid rattling): the alert is already being told.
+            track.since_ms = max(track.since_ms, record.time_ms)
+            track.readings += 1
+            self._dirty.add(key)
+            return None
         alert_id = _alert_id(rule.name, record.device, port, record.time_ms)
+        if merge_ms:
+            self.tracks[key] = Track(True, record.time_ms, 1, None, alert_id)
+            self._dirty.add(key)
         return _record_change(rule, port, AlertState.FIRING, alert_id, record, record.time_ms)
 
     def _apply_condition(

@@ -47,7 +47,8 @@ class RuleSpec(BaseModel):
     # Fire, SOS, falls, sewer gas, thermal runaway: never muted by a silence.
     life_safety: bool = False
     # condition: one open alert per (rule, device[, port]) while it holds;
-    # event: every matching event is an alert of its own.
+    # event: a matching event is an alert; another within `merge_s` of the last, while
+    # nobody has taken that alert, joins it (a resident pressing SOS again and again).
     # absence: no message from a device for `after_periods` × its profile's period.
     # inactivity: cumulative `field` not risen for `unchanged_for_s` of active hours while
     # `when` holds (a fall, such as steps reset at midnight, is not activity).
@@ -59,6 +60,7 @@ class RuleSpec(BaseModel):
     for_s: float = Field(0.0, ge=0)
     repeat: int = Field(1, ge=1)
     clear_after_s: float = Field(0.0, ge=0)
+    merge_s: float = Field(600.0, ge=0)
     per_port: bool = False
     # Local time of day the rule judges in, e.g. "07:00-22:00"; outside it, nothing changes.
     active_hours: str | None = None
@@ -147,6 +149,8 @@ def _load_file(path: Path) -> list[Rule]:
             raise ConfigError(str(path), label, f"an {spec.kind} rule takes no for_s or repeat")
         if spec.kind not in ("condition", "correlation") and spec.clear_when:
             raise ConfigError(str(path), label, f"an {spec.kind} rule takes no clear_when")
+        if spec.kind != "event" and "merge_s" in spec.model_fields_set:
+            raise ConfigError(str(path), f"{label}: merge_s", "only an event rule takes merge_s")
         if spec.kind == "inactivity" and (not spec.field or not spec.unchanged_for_s):
             raise ConfigError(
                 str(path), label, "an inactivity rule needs field and unchanged_for_s"

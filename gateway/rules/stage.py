@@ -10,8 +10,8 @@ from functools import partial
 
 from gateway.clock import Clock
 from gateway.decode.record import Record
-from gateway.rules.alert import AlertChange
-from gateway.rules.book import AlertBook
+from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.store.series import alert_line
@@ -34,6 +34,7 @@ class AlertStage:
         self.book = book
         self.silences = silences
         self._clock = clock
+        engine.taken = self._taken
         engine.restore(book.load_tracks())
         # Offline timers carry on from when each device was last heard, not from start-up.
         engine.restore_seen(book.load_last_seen())
@@ -49,6 +50,15 @@ class AlertStage:
         """Writes the rate windows as they are now, inside the caller's transaction: kept
         for a restart, but too many to write with every batch."""
         return partial(AlertBook.write_rates, windows=self.engine.rates.saved())
+
+    def _taken(self, alert_id: str) -> bool:
+        """Whether a person took the alert (or closed it): a repeated event then makes
+        one of its own, to be told again."""
+        try:
+            return self.book.get(alert_id).state is not AlertState.FIRING
+        except AlertError:
+            # Made in this batch: not yet in the book, and nobody's.
+            return False
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()

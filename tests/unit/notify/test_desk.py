@@ -243,12 +243,14 @@ async def test_a_step_that_leaves_the_state_as_it_is_writes_no_state(tmp_path: P
 async def test_closing_one_sos_does_not_hide_another_of_the_same_wearer(tmp_path: Path) -> None:
     d = Desk(tmp_path / "outbox.sqlite3")
     (first,) = d.judge(Event(WRIST, T0, TimeSource.DEVICE, "sos", {}))
-    (second,) = d.judge(Event(WRIST, T0 + 5_000, TimeSource.DEVICE, "sos", {}))
+    d.clock.advance(30)
+    await d.desk.acknowledge(first.alert_id, "wang-fang")
+    # Pressed again once the first was taken: an SOS of its own.
+    (second,) = d.judge(Event(WRIST, T0 + 60_000, TimeSource.DEVICE, "sos", {}))
     d.clock.advance(60)
     await d.desk.close(first.alert_id, "wang-fang", "误按")
-    await d.desk.acknowledge(second.alert_id, "wang-fang")
     # The wearer's series shows the second SOS, still open.
-    assert d.states() == ["firing", "firing", "acknowledged"]
+    assert d.states() == ["firing", "acknowledged", "firing"]
     await d.desk.close(second.alert_id, "wang-fang", "老人已安全")
     assert d.states()[-1] == "closed"
     assert _point(d.alert_lines()[-1])[1]["alert_id"] == second.alert_id

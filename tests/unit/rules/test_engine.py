@@ -83,13 +83,49 @@ def test_fire_alarm_fires_once_and_clears() -> None:
     assert cleared[0].alert_id == fired[0].alert_id
 
 
-def test_an_event_rule_makes_an_alert_of_every_event() -> None:
+def test_an_event_repeated_while_its_alert_is_told_joins_it() -> None:
     e = engine()
     first = e.evaluate([event(WRIST, 0, "sos")])
-    second = e.evaluate([event(WRIST, 30, "sos")])
-    assert states(first) == states(second) == [("sos", AlertState.FIRING)]
-    assert first[0].alert_id != second[0].alert_id
-    assert states(e.evaluate([event(WRIST, 40, "fall")])) == [("fall", AlertState.FIRING)]
+    assert states(first) == [("sos", AlertState.FIRING)]
+    # Pressed again and again: the same SOS, already being told.
+    for t_s in (30, 200, 700):
+        assert e.evaluate([event(WRIST, t_s, "sos")]) == []
+    # Another rule's event is an alert of its own.
+    assert states(e.evaluate([event(WRIST, 710, "fall")])) == [("fall", AlertState.FIRING)]
+    # Ten minutes after the last press, a press is a new SOS.
+    assert e.tick(T0 + 1_299_000) == []
+    again = e.evaluate([event(WRIST, 1_300, "sos")])
+    assert states(again) == [("sos", AlertState.FIRING)]
+    assert again[0].alert_id != first[0].alert_id
+
+
+def test_an_event_repeated_once_a_person_took_its_alert_is_a_new_alert() -> None:
+    e = engine()
+    (first,) = e.evaluate([event(WRIST, 0, "sos")])
+    e.taken = lambda alert_id: alert_id == first.alert_id
+    (second,) = e.evaluate([event(WRIST, 60, "sos")])
+    assert (second.rule, second.state) == ("sos", AlertState.FIRING)
+    assert second.alert_id != first.alert_id
+
+
+def test_an_sos_pressed_again_after_a_worker_took_the_first_is_told_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    outbox = Outbox(path)
+    stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
+
+    def pressed(t_s: float) -> list[AlertChange]:
+        decision = stage.evaluate([event(WRIST, t_s, "sos")])
+        outbox.commit(decision.lines, [], None, decision.write)
+        return [c for c in decision.changes if c.fired]
+
+    (first,) = pressed(0)
+    assert pressed(20) == []
+    stage.book.acknowledge(first.alert_id, "网格员 王芳", T0 + 60_000)
+    (second,) = pressed(90)
+    assert second.alert_id != first.alert_id
+    assert [a.alert_id for a in stage.book.open_alerts()] == [first.alert_id, second.alert_id]
 
 
 def test_heart_rate_must_hold_for_60_s_while_worn() -> None:
@@ -223,6 +259,8 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
          "field", "'step' is not a field that bracelet sends"),
         ("device_types: ['*'], when: 'battery < 10'",
          "condition", "'battery' is not a field that any of bracelet, charging_shed"),
+        ("device_types: [bracelet], when: 'heart_rate_bpm > 150', merge_s: 60",
+         "merge_s", "only an event rule takes merge_s"),
     ],
 )  # fmt: skip
 def test_a_rule_that_could_never_fire_is_refused(
