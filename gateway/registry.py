@@ -149,7 +149,9 @@ class Registry:
         fire, named by the building alone): in several compounds, where their building
         numbers repeat."""
         level = 1 + PLACE_TYPES.index(place_type)
-        return [p for p in self.places() if p[0] == community and p[level] == name]
+        within = [p for p in self.places() if p[0] == community and p[level] == name]
+        # In one order every time: whom they lead to is told in it.
+        return sorted(within, key=lambda place: tuple(part or "" for part in place))
 
     def place(self, community: str, place_type: str, name: str) -> Place:
         """A place an alert is about, with the levels above it that all of it shares."""

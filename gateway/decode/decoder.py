@@ -347,7 +347,8 @@ class Decoder:
             return time_ms, TimeSource.DEVICE, time_ms
         # A clock never set, reset by a flat battery, or seconds sent for milliseconds:
         # what the device says is kept all the same (a fire alarm is a fire alarm), at
-        # the time it came, marked as such.
+        # the time it came, marked as such. Its time tells no message from another (a
+        # clock stuck at 0 sends it with every one): only `seq` may then.
         if device not in self._clocks_off:
             if len(self._clocks_off) >= _CLOCKS_OFF_MAX_ENTRIES:
                 self._clocks_off.clear()
@@ -355,7 +356,7 @@ class Decoder:
             log.warning("%s/%s/%s sends times its clock cannot have (ts %s): what it sends is "
                         "kept at the time it comes", device.community, device.device_type,
                         device.device_id, ts)  # fmt: skip
-        return received_ms, TimeSource.GATEWAY, time_ms
+        return received_ms, TimeSource.GATEWAY, None
 
     def _readings(
         self,

@@ -62,7 +62,7 @@ from gateway.notify.policy import (
 from gateway.notify.robots import DingtalkRobot, FeishuBot, WecomRobot
 from gateway.notify.router import Router, Target
 from gateway.rules.alert import AlertChange, AlertState
-from gateway.rules.book import AlertBook, AlertEntry, AlertError
+from gateway.rules.book import AlertBook, AlertEntry, AlertError, was_muted
 from gateway.stats import Stats
 from gateway.store.database import damaged_error, is_damaged
 from gateway.store.line_protocol import encode_fields, encode_series
@@ -262,7 +262,7 @@ class Notifier:
             if not unplanned and not untold:
                 continue
             history = self.book.history(entry.alert_id)
-            if any(step.note and step.note.startswith("muted by") for step in history):
+            if was_muted(history):
                 continue
             try:
                 if unplanned:

@@ -91,7 +91,7 @@ class Router:
         targets: list[Target] = []
         for name in step.to:
             if name == ON_DUTY:
-                on_duty = self.on_duty(self.place(entry), entry.community, at_ms)
+                on_duty = self._on_duty_for(entry, at_ms)
                 if not on_duty:
                     log.warning(
                         "nobody on duty for %s; telling %s",
@@ -140,6 +140,21 @@ class Router:
             if names:
                 return [self.policy.receiver(n) for n in dict.fromkeys(names)]
         return []
+
+    def _on_duty_for(self, entry: AlertEntry, at_ms: int) -> list[Receiver]:
+        """Who is on duty for the alert: for an alert about a place whose name several
+        share (building numbers repeat across compounds), for each of them, so that the
+        one on fire is never missed."""
+        places: list[Place | None] = []
+        if entry.device_type in PLACE_TYPES:
+            places.extend(
+                self._registry.places_within(entry.community, entry.device_type, entry.device_id)
+            )
+        found: dict[str, Receiver] = {}
+        for place in places or [self.place(entry)]:
+            for receiver in self.on_duty(place, entry.community, at_ms):
+                found.setdefault(receiver.name, receiver)
+        return list(found.values())
 
     def _on_shift(self, shift: Shift, moment: datetime, at_ms: int) -> bool:
         window = self._windows[shift.hours]

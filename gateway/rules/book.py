@@ -452,9 +452,18 @@ class _Transaction:
             self._conn.execute("ROLLBACK")
 
 
+# How the history of an alert a silence muted begins its note.
+MUTED = "muted by"
+
+
+def was_muted(history: Sequence[AlertStep]) -> bool:
+    """Whether a silence muted the alert: nobody was told of it."""
+    return any(step.note is not None and step.note.startswith(MUTED) for step in history)
+
+
 def _silence_note(change: AlertChange) -> str | None:
     if change.silenced_by is not None:
-        return f"muted by silence {change.silenced_by}"
+        return f"{MUTED} silence {change.silenced_by}"
     if change.silence_overridden is not None:
         return f"silence {change.silence_overridden} overridden: life-safety alerts are never muted"
     return None

@@ -264,13 +264,19 @@ class RuleEngine:
                     self._dirty.add(key)
                 continue
             rule = self._correlation.get(key[0])
-            if rule is None:
+            if rule is None or heard_through_ms is None:
                 continue
-            # A device that has not said so again for this long is taken to have stopped
-            # (it reports its alarm state at every report).
-            stale_ms = now_ms - self._correlation_hold_ms(rule)
+            # A device that has not said so again for this long, while the gateway
+            # listened, is taken to have stopped (it reports its alarm state at every
+            # report); a broker down, or the gateway, is no such silence.
+            hold_ms = self._correlation_hold_ms(rule)
             hits = self._correlations.get(key, {})
-            for device_id in [d for d, at_ms in hits.items() if at_ms < stale_ms]:
+            stale = [
+                device_id
+                for device_id, at_ms in hits.items()
+                if heard_through_ms - at_ms - self._deaf_ms(at_ms, heard_through_ms) >= hold_ms
+            ]
+            for device_id in stale:
                 del hits[device_id]
                 self._hits_dirty.add((key, device_id))
             if not hits:

@@ -11,7 +11,7 @@ from functools import partial
 from gateway.clock import Clock
 from gateway.decode.record import Record
 from gateway.rules.alert import AlertChange, AlertState
-from gateway.rules.book import AlertBook, AlertError
+from gateway.rules.book import AlertBook, AlertError, was_muted
 from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.store.series import alert_line
@@ -52,13 +52,14 @@ class AlertStage:
         return partial(AlertBook.write_rates, windows=self.engine.rates.saved())
 
     def _taken(self, alert_id: str) -> bool:
-        """Whether a person took the alert (or closed it): a repeated event then makes
-        one of its own, to be told again."""
+        """Whether a person took the alert (or closed it), or a silence muted it: a
+        repeated event then makes one of its own, to be told."""
         try:
-            return self.book.get(alert_id).state is not AlertState.FIRING
+            entry = self.book.get(alert_id)
         except AlertError:
             # Made in this batch: not yet in the book, and nobody's.
             return False
+        return entry.state is not AlertState.FIRING or was_muted(self.book.history(alert_id))
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()

@@ -773,56 +773,64 @@ async def test_an_alert_book_damaged_while_running_is_told_from_the_notification
     assert damage_noted(rig.path) is not None and damage_noted(log_path) is None
 
 
-async def test_an_alert_about_a_building_goes_where_its_detectors_are(tmp_path: Path) -> None:
+BUILDING_POLICY = NotifyPolicy.model_validate(
+    {
+        "channels": {"app": {"type": "console"}, "office-robot": {"type": "console"}},
+        "receivers": [
+            {"name": "wang-fang", "channels": ["app"]},
+            {"name": "zhao-min", "channels": ["app"]},
+            {"name": "office", "channels": ["office-robot"]},
+        ],
+        "rosters": [
+            {"cell": {"community": "hgy", "area": "东区"}, "shifts": [{"receiver": "wang-fang"}]},
+            {"cell": {"community": "hgy", "area": "西区"}, "shifts": [{"receiver": "zhao-min"}]},
+        ],
+        "routes": [{"match": {"buildings": ["3号楼"]}, "escalation": "b3"},
+                   {"escalation": "all"}],
+        "escalations": {"b3": [{"after_s": 0, "to": ["on_duty", "office"]}],
+                        "all": [{"after_s": 0, "to": ["on_duty"]}]},
+        "fallback_receivers": ["office"],
+    }
+)  # fmt: skip
+
+
+def building_on_fire(
+    tmp_path: Path, detectors: dict[str, tuple[str, str]]
+) -> tuple[Registry, AlertBook, Outbox, AlertEntry]:
+    """Detectors of buildings named 3号楼, by id with their area and compound, the first
+    two alarming 30 s apart: the registry, the book, the outbox and the building's alert."""
     registry = Registry(
-        [
-            RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector", community="hgy",
-                             area="东区", compound="湖光小区", building="3号楼")
-            for i in (1, 2)
-        ]
-    )  # fmt: skip
-    policy = NotifyPolicy.model_validate(
-        {
-            "channels": {"app": {"type": "console"}, "office-robot": {"type": "console"}},
-            "receivers": [
-                {"name": "wang-fang", "channels": ["app"]},
-                {"name": "zhao-min", "channels": ["app"]},
-                {"name": "office", "channels": ["office-robot"]},
-            ],
-            "rosters": [
-                {"cell": {"community": "hgy", "area": "东区"},
-                 "shifts": [{"receiver": "wang-fang"}]},
-                {"cell": {"community": "hgy", "area": "西区"},
-                 "shifts": [{"receiver": "zhao-min"}]},
-            ],
-            "routes": [{"match": {"buildings": ["3号楼"]}, "escalation": "b3"},
-                       {"escalation": "all"}],
-            "escalations": {"b3": [{"after_s": 0, "to": ["on_duty", "office"]}],
-                            "all": [{"after_s": 0, "to": ["on_duty"]}]},
-            "fallback_receivers": ["office"],
-        }
+        RegisteredDevice(device_id=device_id, device_type="smoke_detector", community="hgy",
+                         area=area, compound=compound, building="3号楼")
+        for device_id, (area, compound) in detectors.items()
     )  # fmt: skip
     path = tmp_path / "outbox.sqlite3"
     outbox, book = Outbox(path), AlertBook(path)
     stage = AlertStage(
         RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), ManualClock(T0)
     )
-    for i, at_s in ((1, 0), (2, 30)):
-        alarm = Event(DeviceRef("hgy", "smoke_detector", f"sd-{i}"), T0 + at_s * 1000,
+    for device_id, at_s in zip(detectors, (0, 30), strict=False):
+        alarm = Event(DeviceRef("hgy", "smoke_detector", device_id), T0 + at_s * 1000,
                       TimeSource.DEVICE, "alarm", {})  # fmt: skip
         decision = stage.evaluate([alarm])
         outbox.commit(decision.lines, [], None, decision.write)
     (fire,) = [e for e in book.search() if e.rule == "building_fire"]
-    router = Router(policy, registry, ZONE)
+    return registry, book, outbox, fire
+
+
+async def test_an_alert_about_a_building_goes_where_its_detectors_are(tmp_path: Path) -> None:
+    lakeside = ("东区", "湖光小区")
+    registry, book, outbox, fire = building_on_fire(tmp_path, {"sd-1": lakeside, "sd-2": lakeside})
+    router = Router(BUILDING_POLICY, registry, ZONE)
     # The building's route, and the grid worker of the area the building is in.
     (route,) = router.routes(fire)
     assert route.escalation == "b3"
-    (step,) = policy.escalations["b3"]
+    (step,) = BUILDING_POLICY.escalations["b3"]
     assert [t.receiver for t in router.targets(step, fire, T0)] == ["wang-fang", "office"]
     assert router.place(fire) == ("hgy", "东区", "湖光小区", "3号楼")
     # Its notice names the place, as a detector's would.
     notifier = Notifier(
-        policy, {"app": FakeChannel("app"), "office-robot": FakeChannel("office-robot")},
+        BUILDING_POLICY, {"app": FakeChannel("app"), "office-robot": FakeChannel("office-robot")},
         router, book, NotificationLog(tmp_path / "log.sqlite3"),
         LinkSigner("secret", "https://gw.example.cn", 3600), outbox_commit(outbox),
         ManualClock(T0), Stats(), ZONE,
@@ -832,6 +840,22 @@ async def test_an_alert_about_a_building_goes_where_its_detectors_are(tmp_path: 
     told = notifier.channels["app"]
     assert isinstance(told, FakeChannel)
     assert {n.place for n in told.sent if n.rule == "building_fire"} == {"hgy 东区 湖光小区 3号楼"}
+
+
+def test_a_building_whose_name_another_compound_shares_reaches_the_workers_of_both(
+    tmp_path: Path,
+) -> None:
+    lakeside, jade = ("东区", "湖光小区"), ("西区", "翠苑")
+    registry, _, _, fire = building_on_fire(
+        tmp_path, {"sd-1": lakeside, "sd-2": lakeside, "sd-9": jade}
+    )
+    router = Router(BUILDING_POLICY, registry, ZONE)
+    (step,) = BUILDING_POLICY.escalations["b3"]
+    # Which 3号楼 burns, the name does not say: the worker of each hears of it, and the
+    # one on fire is never missed.
+    assert [t.receiver for t in router.targets(step, fire, T0)] == [
+        "wang-fang", "zhao-min", "office",
+    ]  # fmt: skip
 
 
 def outbox_commit(outbox: Outbox):  # type: ignore[no-untyped-def]

@@ -128,6 +128,26 @@ def test_an_sos_pressed_again_after_a_worker_took_the_first_is_told_again(
     assert [a.alert_id for a in stage.book.open_alerts()] == [first.alert_id, second.alert_id]
 
 
+def test_an_event_after_a_silence_ended_is_told_not_merged_into_the_muted_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    registry = Registry([RegisteredDevice(device_id="sd-1", device_type="smoke_detector",
+                                          community="hgy", building="3")])  # fmt: skip
+    outbox, silences, clock = Outbox(path), SilenceBook(path, registry), ManualClock(T0)
+    silences.add(author="物业", reason="烟感检修", starts_ms=T0, ends_ms=T0 + 600_000,
+                 community="hgy", device_id="sd-1")  # fmt: skip
+    stage = AlertStage(RuleEngine(RULES, registry, now_ms=T0), AlertBook(path), silences, clock)
+    told = []
+    for t_s in (540, 900):
+        clock.advance((T0 + t_s * 1000 - clock.now_ms()) / 1000)
+        decision = stage.evaluate([event(SMOKE, t_s, "tamper")])
+        outbox.commit(decision.lines, [], None, decision.write)
+        told.append([(c.rule, c.silenced_by is None) for c in decision.changes])
+    # Muted in the silence; five minutes after it, taken off the ceiling again: told.
+    assert told == [[("smoke_tampering", False)], [("smoke_tampering", True)]]
+
+
 def test_heart_rate_must_hold_for_60_s_while_worn() -> None:
     e = engine()
     pending = e.evaluate([reading(WRIST, 0, heart_rate_bpm=35, worn=True)])
@@ -619,6 +639,7 @@ def test_a_building_alert_whose_detectors_fell_silent_ends_as_they_would_be_offl
     detectors = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in (1, 2)]
     fired = e.evaluate([event(d, t, "alarm") for d, t in zip(detectors, (0, 60), strict=True)])
     assert [c.state for c in fired if c.rule == "building_fire"] == [AlertState.FIRING]
+    e.tick(T0 + 100_000)
     # Burned, or their battery out: neither says anything more.
     assert [c.rule for c in e.tick(T0 + 9_059_000) if c.rule == "building_fire"] == []
     over = [c for c in e.tick(T0 + 9_061_000) if c.rule == "building_fire"]
@@ -753,6 +774,21 @@ def one_building(detectors: int) -> Registry:
     )  # fmt: skip
 
 
+def test_a_building_alert_outlasts_a_broker_gone_for_longer_than_its_hold() -> None:
+    e = RuleEngine(RULES, one_building(2), {"smoke_detector": 3600.0}, now_ms=T0)
+    detectors = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in (1, 2)]
+    fired = e.evaluate([event(d, t, "alarm") for d, t in zip(detectors, (0, 60), strict=True)])
+    assert [c.state for c in fired if c.rule == "building_fire"] == [AlertState.FIRING]
+    e.tick(T0 + 1_800_000)
+    # The broker down for nearly three hours: no detector could say anything.
+    for t_ms in range(1_800_000, 10_000_000, 60_000):
+        assert [c for c in e.tick(T0 + t_ms, listening=False) if c.rule == "building_fire"] == []
+    # Back, and both still alarm: the same fire, still open.
+    back = e.evaluate([reading(d, 10_000, alarm=True, battery_pct=80) for d in detectors])
+    assert [c for c in back if c.rule == "building_fire"] == []
+    assert [c for c in e.tick(T0 + 10_001_000) if c.rule == "building_fire"] == []
+
+
 def test_a_detector_that_alarmed_before_a_restart_still_counts_for_its_building(
     tmp_path: Path,
 ) -> None:
@@ -766,10 +802,16 @@ def test_a_detector_that_alarmed_before_a_restart_still_counts_for_its_building(
     fired = gateway.commit(second.evaluate([event(detector[2], 60, "alarm")]))
     building = [c for c in fired if c.rule == "building_fire"]
     assert [(c.state, c.values["devices"]) for c in building] == [(AlertState.FIRING, "sd-1,sd-2")]
-    # The building's alert, and its window, carry on across the next restart too.
+    # The building's alert carries on across the next restart too, and ends once its
+    # detectors have said nothing for its hold (the window, here).
     third = gateway.start(T0 + 90_000)
     assert gateway.commit(third.tick(T0 + 300_000)) == []
-    over = [c for c in gateway.commit(third.tick(T0 + 361_000)) if c.rule == "building_fire"]
+    over = [
+        c
+        for t_ms in range(301_000, 400_000, 1_000)
+        for c in gateway.commit(third.tick(T0 + t_ms))
+        if c.rule == "building_fire"
+    ]
     assert [(c.state, c.alert_id) for c in over] == [(AlertState.RESOLVED, building[0].alert_id)]
     # Its hits went with it: a lone alarm later is one detector, not a fire spreading.
     fourth = gateway.start(T0 + 400_000)
