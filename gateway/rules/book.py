@@ -18,7 +18,7 @@ from gateway.errors import GatewayError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
-from gateway.store.database import open_book
+from gateway.store.database import add_columns, open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -157,10 +157,7 @@ class AlertEntry:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """An earlier version's alert book, brought to this version's."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
-    for name, kind in _ADDED_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
+    add_columns(conn, "alerts", _ADDED_COLUMNS)
     _move_last_seen(conn)
 
 

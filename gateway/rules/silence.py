@@ -19,7 +19,7 @@ from pathlib import Path
 from gateway.errors import GatewayError
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange
-from gateway.store.database import open_book
+from gateway.store.database import add_columns, open_book
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS silences (
@@ -83,10 +83,7 @@ class Silence:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """An earlier version's silences, brought to this version's."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(silences)")}
-    for name, kind in _ADDED_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE silences ADD COLUMN {name} {kind}")
+    add_columns(conn, "silences", _ADDED_COLUMNS)
 
 
 class SilenceBook:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -66,6 +66,15 @@ def open_book(
 
 class FoundDamaged(Exception):
     """SQLite's own check of a file found it damaged."""
+
+
+def add_columns(conn: sqlite3.Connection, table: str, columns: Sequence[tuple[str, str]]) -> None:
+    """Adds to `table` those of `columns` (name, type) an earlier version's lacks: rows
+    made before them read NULL there."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def check_whole(conn: sqlite3.Connection) -> None:
