@@ -116,16 +116,23 @@ async def alerts_out(
 ) -> list[AlertOut]:
     """The alerts as the caller may see them; an emergency contact shown whole is audited."""
     shown: list[AlertOut] = []
-    audited: dict[tuple[str, str], None] = {}
+    audited: list[AlertEntry] = []
     for entry in entries:
         whole = sees_contacts(ctx, principal, entry)
         if whole and any(names_a_contact(n) for n in _names(entry)):
-            audited[(entry.community, entry.device_id)] = None
+            audited.append(entry)
         shown.append(alert_out(ctx, entry, whole))
-    await audit_reads(
-        ctx, principal.name, str(principal.role), audited, f"{request.method} {request.url.path}"
-    )
+    await _audit_read(ctx, principal, request, audited)
     return shown
+
+
+async def _audit_read(
+    ctx: ApiContext, principal: Principal, request: Request, entries: Iterable[AlertEntry]
+) -> None:
+    """The caller's read of these alerts' devices' personal data, recorded once a device."""
+    devices = dict.fromkeys((entry.community, entry.device_id) for entry in entries)
+    via = f"{request.method} {request.url.path}"
+    await audit_reads(ctx, principal.name, str(principal.role), devices, via)
 
 
 def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
@@ -200,13 +207,7 @@ async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str
     attempts = ctx.gateway.notifications.attempts(alert_id)
     names = [*_names(entry), *(s.actor for s in history), *(a.receiver for a in attempts)]
     if wearer_whole or (whole and any(names_a_contact(n) for n in names)):
-        await audit_reads(
-            ctx,
-            principal.name,
-            str(principal.role),
-            [(entry.community, entry.device_id)],
-            f"GET {request.url.path}",
-        )
+        await _audit_read(ctx, principal, request, [entry])
     return AlertDetailOut(
         alert=alert_out(ctx, entry, whole),
         history=[
@@ -252,13 +253,7 @@ async def _refusal(
     if not named:
         return exc
     if sees_contacts(ctx, principal, entry):
-        await audit_reads(
-            ctx,
-            principal.name,
-            str(principal.role),
-            [(entry.community, entry.device_id)],
-            f"{request.method} {request.url.path}",
-        )
+        await _audit_read(ctx, principal, request, [entry])
         return exc
     message = str(exc)
     for name in named:
