@@ -331,6 +331,16 @@ async def test_the_limits_count_what_went_out_before_a_restart(tmp_path: Path) -
     assert rig.sent() == [("wecom", "wang-fang", "digest")]
 
 
+def wang_fang_on_duty_around_the_clock(rig: Rig) -> None:
+    """The east area's day shift all day: her quiet hours then apply."""
+    policy = POLICY.model_copy(
+        update={"rosters": (POLICY.rosters[0].model_copy(update={"shifts": (
+            POLICY.rosters[0].shifts[0].model_copy(update={"hours": "00:00-00:00"}),)}),)}
+    )  # fmt: skip
+    rig.notifier.policy = policy
+    rig.notifier.router = Router(policy, REGISTRY, ZONE)
+
+
 async def test_quiet_hours_hold_non_critical_notices_but_never_critical_ones(
     tmp_path: Path,
 ) -> None:
@@ -342,12 +352,7 @@ async def test_quiet_hours_hold_non_critical_notices_but_never_critical_ones(
         "li-na"
     ]
     # Put wang-fang on duty around the clock, so that her quiet hours apply.
-    policy = POLICY.model_copy(
-        update={"rosters": (POLICY.rosters[0].model_copy(update={"shifts": (
-            POLICY.rosters[0].shifts[0].model_copy(update={"hours": "00:00-00:00"}),)}),)}
-    )  # fmt: skip
-    rig.notifier.policy = policy
-    rig.notifier.router = Router(policy, REGISTRY, ZONE)
+    wang_fang_on_duty_around_the_clock(rig)
     rig.feed(Reading(SMOKE, late.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
     rig.feed(Event(WRIST, late.now_ms(), TimeSource.DEVICE, "sos", {}))
     await rig.after(0)
@@ -364,12 +369,7 @@ async def test_a_held_notice_of_an_alert_handled_meanwhile_is_not_sent(tmp_path:
     # 23:00, wang-fang on duty around the clock and in her quiet hours.
     late = ManualClock(T0 + 15 * 3600 * 1000)
     rig = Rig(tmp_path / "outbox.sqlite3", clock=late)
-    policy = POLICY.model_copy(
-        update={"rosters": (POLICY.rosters[0].model_copy(update={"shifts": (
-            POLICY.rosters[0].shifts[0].model_copy(update={"hours": "00:00-00:00"}),)}),)}
-    )  # fmt: skip
-    rig.notifier.policy = policy
-    rig.notifier.router = Router(policy, REGISTRY, ZONE)
+    wang_fang_on_duty_around_the_clock(rig)
     rig.feed(Reading(SMOKE, late.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
     await rig.after(0)
     (entry,) = rig.book.search()
