@@ -36,7 +36,7 @@ from gateway.decode.rejection import RejectReason
 from gateway.errors import DamagedStoreError, DecodeError, StoreError
 from gateway.ingest.lag import IngestLag
 from gateway.ingest.message import InboundMessage
-from gateway.rules.alert import AlertChange
+from gateway.rules.alert import AlertChange, Repeat
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
@@ -60,6 +60,7 @@ COMMIT_RETRY_MAX_S = 5.0
 T = TypeVar("T")
 RecordListener = Callable[[Sequence[Record]], None]
 AlertListener = Callable[[Sequence[AlertChange]], None]
+RepeatListener = Callable[[Sequence[Repeat]], None]
 CountsListener = Callable[["BatchCounts"], None]
 # Told the error of each failed commit, and None once commits succeed again.
 CommitListener = Callable[[str | None], None]
@@ -169,6 +170,8 @@ class IngestPipeline:
         self._handoff = handoff
         self.listeners: list[RecordListener] = []
         self.alert_listeners: list[AlertListener] = []
+        # Events that joined an alert already open, once committed.
+        self.repeat_listeners: list[RepeatListener] = []
         self.counts_listeners: list[CountsListener] = []
         self.commit_listeners: list[CommitListener] = []
         self.committed = asyncio.Event()
@@ -423,6 +426,9 @@ class IngestPipeline:
         if decision.changes:
             for alert_listener in self.alert_listeners:
                 alert_listener(decision.changes)
+        if decision.repeats:
+            for repeat_listener in self.repeat_listeners:
+                repeat_listener(decision.repeats)
 
     def _tell_listeners(self, records: Sequence[Record]) -> None:
         """After the alerts are announced: a listener (the API's latest values) that

@@ -91,7 +91,8 @@ def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
         acknowledged_ms=entry.acknowledged_ms, arrived_by=named(entry.arrived_by),
         arrived_ms=entry.arrived_ms, assigned_to=named(entry.assigned_to),
         resolved_ms=entry.resolved_ms, closed_by=named(entry.closed_by),
-        closed_ms=entry.closed_ms, note=entry.note,
+        closed_ms=entry.closed_ms, note=entry.note, repeats=entry.repeats,
+        repeated_ms=entry.repeated_ms,
         place=alert_place(ctx.gateway.registry, entry),
         position=(
             None if entry.position is None

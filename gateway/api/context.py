@@ -62,6 +62,7 @@ class ApiContext:
         self.feed = AlertFeed()
         gateway.pipeline.listeners.append(self.latest.listen)
         gateway.pipeline.alert_listeners.append(self.feed.alert_changes)
+        gateway.pipeline.repeat_listeners.append(self.feed.repeats)
         gateway.desk.listeners.append(self.feed.desk_step)
 
     def now_ms(self) -> int:

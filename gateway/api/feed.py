@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.book import AlertEntry
 
 
@@ -18,6 +18,11 @@ class AlertFeed:
     def alert_changes(self, changes: Sequence[AlertChange]) -> None:
         """A pipeline alert listener."""
         if changes:
+            self.bump()
+
+    def repeats(self, repeats: Sequence[Repeat]) -> None:
+        """A pipeline repeat listener: the board shows how often an alert came again."""
+        if repeats:
             self.bump()
 
     def desk_step(self, entry: AlertEntry, step: AlertState) -> None:

@@ -133,6 +133,11 @@ class AlertOut(_Out):
     closed_by: str | None
     closed_ms: int | None
     note: str | None
+    repeats: int = Field(
+        description="events that joined the alert after the one that made it (an SOS"
+        " pressed again within the rule's merge_s, while nobody had taken the alert)"
+    )
+    repeated_ms: int | None = Field(description="when the last of them came")
     place: PlaceOut | None
     position: PositionOut | None = Field(
         description="where the alert fired, as the record that fired it said (a fall's lat"

@@ -215,6 +215,10 @@ async def _alert_page(
                  + (f" 端口 {entry.port}" if entry.port is not None else "")),
         ("发生时间", _when(ctx, entry.fired_ms or entry.started_ms)),
     ]  # fmt: skip
+    if entry.repeats:
+        # A resident pressing SOS again and again is told in one alert: how often says
+        # how urgent.
+        rows.append(("再次报警", f"{entry.repeats} 次，最近 {_when(ctx, entry.repeated_ms)}"))
     if entry.acknowledged_by:
         rows.append(("接单", f"{entry.acknowledged_by} {_when(ctx, entry.acknowledged_ms)}"))
     if entry.arrived_by:

@@ -18,7 +18,7 @@ from gateway.clock import Clock
 from gateway.decode.record import DeviceRef
 from gateway.registry import Registry
 from gateway.rules.alert import AlertChange, AlertState
-from gateway.rules.book import AlertBook, AlertEntry
+from gateway.rules.book import MOVES_FROM, AlertBook, AlertEntry
 from gateway.rules.rule import Severity
 from gateway.store.line_protocol import encode_fields, encode_series
 from gateway.store.series import alert_line
@@ -112,7 +112,7 @@ class AlertDesk:
         alert, so a step writes nothing that would hide another alert of its series still
         open: closing an earlier SOS of a wearer whose next SOS is still firing.
         """
-        if entry.state not in _MOVES_FROM[step]:
+        if entry.state not in MOVES_FROM[step]:
             # The book keeps the state: an alert acknowledged after it resolved.
             return None
         if step not in _SHOWN_OPEN and any(
@@ -142,13 +142,6 @@ class AlertDesk:
 
 # The states dashboards count as an open alert: fired, and neither resolved nor closed.
 _SHOWN_OPEN = frozenset({AlertState.FIRING, AlertState.ACKNOWLEDGED, AlertState.ARRIVED})
-# The states each step moves an alert out of, as the alert book moves it; from any other
-# the book keeps the state it has.
-_MOVES_FROM = {
-    AlertState.ACKNOWLEDGED: frozenset({AlertState.FIRING}),
-    AlertState.ARRIVED: frozenset({AlertState.FIRING, AlertState.ACKNOWLEDGED}),
-    AlertState.CLOSED: frozenset(AlertState) - {AlertState.CLOSED},
-}
 
 
 def _series(entry: AlertEntry) -> tuple[object, ...]:

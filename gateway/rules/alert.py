@@ -57,3 +57,11 @@ class AlertChange:
         if self.silence_overridden is not None:
             text += f" (life-safety: silence {self.silence_overridden} overridden)"
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """An event that joined an open alert instead of making one (see `merge_s`)."""
+
+    alert_id: str
+    at_ms: int

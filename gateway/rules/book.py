@@ -7,7 +7,7 @@ close it. Each step is recorded with who and when.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import orjson
 
 from gateway.decode.record import DeviceRef, Position
 from gateway.errors import GatewayError
-from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
 from gateway.store.database import add_columns, open_book
@@ -48,7 +48,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     -- Where the alert fired, in WGS-84 degrees, as the record that fired it said; null
     -- when it said nothing. The latest values in memory are gone after a restart.
     lat REAL,
-    lon REAL
+    lon REAL,
+    -- Events that joined the alert after the one that made it (see merge_s), and when
+    -- the last of them came.
+    repeats INTEGER NOT NULL DEFAULT 0,
+    repeated_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state);
 CREATE TABLE IF NOT EXISTS alert_history (
@@ -102,15 +106,33 @@ HEARD_FOLD_BATCHES = 50
 # Columns added since the first release, for alert books made by earlier versions.
 _ADDED_COLUMNS = (
     ("arrived_by", "TEXT"), ("arrived_ms", "INTEGER"), ("assigned_to", "TEXT"),
-    ("lat", "REAL"), ("lon", "REAL"),
+    ("lat", "REAL"), ("lon", "REAL"), ("repeats", "INTEGER NOT NULL DEFAULT 0"),
+    ("repeated_ms", "INTEGER"),
 )  # fmt: skip
 # SQLite's primary keys take no NULL; no port is stored as -1.
 _NO_PORT = -1
 RULES_ACTOR = "rules"
+# The note of the history step an event that joined an alert leaves.
+REPEATED = "repeated"
+# The states each step of a person moves an alert out of. From any other state the alert
+# keeps its own: one acknowledged after it resolved stays resolved.
+MOVES_FROM: Mapping[AlertState, frozenset[AlertState]] = {
+    AlertState.ACKNOWLEDGED: frozenset({AlertState.FIRING}),
+    AlertState.ARRIVED: frozenset({AlertState.FIRING, AlertState.ACKNOWLEDGED}),
+    AlertState.CLOSED: frozenset(AlertState) - {AlertState.CLOSED},
+}
+# The same, as the SQL value of the `state` column after each step.
+_STATE_AFTER = {
+    step: "CASE WHEN state IN ({}) THEN '{}' ELSE state END".format(
+        ", ".join(f"'{state}'" for state in sorted(sources)), step
+    )
+    for step, sources in MOVES_FROM.items()
+}
 _ENTRY_COLUMNS = (
     "alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,"
     " state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,"
-    " arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon"
+    " arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon, repeats,"
+    " repeated_ms"
 )
 
 
@@ -153,6 +175,10 @@ class AlertEntry:
     note: str | None
     # Where the alert fired, as the record that fired it said; None when it said nothing.
     position: Position | None = None
+    # Events that joined it after the first (a resident pressing SOS again), and when
+    # the last came.
+    repeats: int = 0
+    repeated_ms: int | None = None
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -215,9 +241,11 @@ class AlertBook:
         tracks_changed: Sequence[tuple[TrackKey, Track]],
         tracks_gone: Sequence[TrackKey],
         seen: Sequence[tuple[GroupKey, dict[str, int]]] = (),
+        repeats: Sequence[Repeat] = (),
     ) -> None:
         """What the rules decided, inside the caller's transaction: when devices were last
-        heard from, the rule timers, new alerts and alerts whose condition cleared."""
+        heard from, the rule timers, new alerts, events that joined alerts, and alerts
+        whose condition cleared."""
         if seen:
             conn.execute("INSERT INTO heard_log (seen) VALUES (?)", (orjson.dumps(seen),))
             (logged,) = conn.execute("SELECT count(*) FROM heard_log").fetchone()
@@ -278,6 +306,16 @@ class AlertBook:
                     AlertBook._step(
                         conn, change.alert_id, AlertState.RESOLVED, change.at_ms, RULES_ACTOR
                     )
+        # After the changes: an event may join an alert made in the same batch.
+        for repeat in repeats:
+            joined = conn.execute(
+                "UPDATE alerts SET repeats = repeats + 1, updated_ms = max(updated_ms, ?),"
+                " repeated_ms = max(coalesce(repeated_ms, 0), ?) WHERE alert_id = ?",
+                (repeat.at_ms, repeat.at_ms, repeat.alert_id),
+            ).rowcount
+            if joined:
+                state = _read(conn, repeat.alert_id).state
+                AlertBook._step(conn, repeat.alert_id, state, repeat.at_ms, RULES_ACTOR, REPEATED)
 
     # --- what people do; each step checked and made in one transaction ------------------
 
@@ -313,8 +351,7 @@ class AlertBook:
             )
         conn.execute(
             "UPDATE alerts SET acknowledged_by = ?, acknowledged_ms = ?, updated_ms = ?,"
-            " state = CASE WHEN state = 'firing' THEN 'acknowledged' ELSE state END"
-            " WHERE alert_id = ?",
+            f" state = {_STATE_AFTER[AlertState.ACKNOWLEDGED]} WHERE alert_id = ?",
             (who, at_ms, at_ms, alert_id),
         )
         AlertBook._step(conn, alert_id, AlertState.ACKNOWLEDGED, at_ms, who)
@@ -329,8 +366,7 @@ class AlertBook:
             AlertBook.record_acknowledge(conn, alert_id, who, at_ms)
         conn.execute(
             "UPDATE alerts SET arrived_by = ?, arrived_ms = ?, updated_ms = ?,"
-            " state = CASE WHEN state IN ('firing', 'acknowledged') THEN 'arrived' ELSE state END"
-            " WHERE alert_id = ?",
+            f" state = {_STATE_AFTER[AlertState.ARRIVED]} WHERE alert_id = ?",
             (who, at_ms, at_ms, alert_id),
         )
         AlertBook._step(conn, alert_id, AlertState.ARRIVED, at_ms, who)
@@ -360,8 +396,8 @@ class AlertBook:
         if not note.strip():
             raise AlertError("closing an alert needs a note of what was found and done")
         conn.execute(
-            "UPDATE alerts SET state = 'closed', closed_by = ?, closed_ms = ?, note = ?,"
-            " updated_ms = ? WHERE alert_id = ?",
+            f"UPDATE alerts SET state = {_STATE_AFTER[AlertState.CLOSED]}, closed_by = ?,"
+            " closed_ms = ?, note = ?, updated_ms = ? WHERE alert_id = ?",
             (who, at_ms, note, at_ms, alert_id),
         )
         AlertBook._step(conn, alert_id, AlertState.CLOSED, at_ms, who, note)
@@ -486,7 +522,8 @@ def _ms(value: object) -> int | None:
 def _entry(row: tuple[object, ...]) -> AlertEntry:
     (alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,
      state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,
-     arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon) = row  # fmt: skip
+     arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon, repeats,
+     repeated_ms) = row  # fmt: skip
     return AlertEntry(
         alert_id=str(alert_id),
         rule=str(rule),
@@ -513,6 +550,8 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
         position=(
             Position(lat, lon) if isinstance(lat, float) and isinstance(lon, float) else None
         ),
+        repeats=int(repeats or 0),  # type: ignore[call-overload]
+        repeated_ms=_ms(repeated_ms),
     )
 
 

@@ -30,7 +30,7 @@ from gateway.decode.record import (
     TimeSource,
 )
 from gateway.registry import RegisteredDevice, Registry
-from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
 from gateway.rules.fault import RuleFaults
@@ -138,6 +138,7 @@ class RuleEngine:
         # so that a detector that alarmed before a restart still counts after it.
         self._correlations: dict[TrackKey, dict[str, int]] = {}
         self._hits_dirty: set[tuple[TrackKey, str]] = set()
+        self._repeats: list[Repeat] = []
         # Samples do not depend on the rules: a reload keeps them.
         self._rates = RateWindows()
         self.load(rules)
@@ -521,6 +522,11 @@ class RuleEngine:
         self._hits_dirty.clear()
         return changed, gone
 
+    def take_repeats(self) -> list[Repeat]:
+        """Events that joined an alert since the last call, for its history."""
+        repeats, self._repeats = self._repeats, []
+        return repeats
+
     def take_seen(self) -> HeardTimes:
         """Devices heard from since the last call, with when, to persist."""
         return self.heard.take_fresh()
@@ -731,6 +737,7 @@ class RuleEngine:
             track.since_ms = max(track.since_ms, record.time_ms)
             track.readings += 1
             self._dirty.add(key)
+            self._repeats.append(Repeat(track.alert_id, record.time_ms))
             return None
         alert_id = _alert_id(rule.name, record.device, port, record.time_ms)
         if merge_ms:

@@ -10,7 +10,7 @@ from functools import partial
 
 from gateway.clock import Clock
 from gateway.decode.record import Record
-from gateway.rules.alert import AlertChange, AlertState
+from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.book import AlertBook, AlertError, was_muted
 from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
@@ -24,6 +24,8 @@ class AlertDecision:
     lines: list[str] = field(default_factory=list)
     # Writes the rule timers and the alert book inside the caller's transaction.
     write: partial[None] | None = None
+    # Events that joined an alert already open.
+    repeats: list[Repeat] = field(default_factory=list)
 
 
 class AlertStage:
@@ -66,6 +68,7 @@ class AlertStage:
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()
+        repeats = self.engine.take_repeats()
         if not changes and not tracks_changed and not tracks_gone and not seen:
             return AlertDecision()
         write = partial(
@@ -74,12 +77,13 @@ class AlertStage:
             tracks_changed=tracks_changed,
             tracks_gone=tracks_gone,
             seen=seen,
+            repeats=repeats,
         )
         registry = self.engine.registry
         lines = [
             alert_line(c, registry.get(c.device.community, c.device.device_id)) for c in changes
         ]
-        return AlertDecision(changes, lines, write)
+        return AlertDecision(changes, lines, write, repeats)
 
     def _silence(self, change: AlertChange, now_ms: int) -> AlertChange:
         silence = self.silences.matching(change, now_ms)

@@ -61,6 +61,11 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
             await expect(row.locator("td.state")).to_have_text("告警中")
             await expect(row).to_contain_text("跌倒")
             await expect(row).to_contain_text("east lakeside 3 2-301")
+            # Detected again before anyone took it: the same alert, which says so.
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 3})]
+            )
+            await expect(row).to_contain_text("跌倒 Fall（再次报警 1 次）")
 
             link = await browser.new_page()
             token = gateway.links.token(alert.alert_id, "wang-fang", gateway.clock.now_ms())

@@ -29,6 +29,29 @@ async def test_the_link_page_shows_the_alert_whole_and_audits_it(site: Site) -> 
     assert (entry["actor"], entry["role"], entry["via"]) == ("wang-fang", "link", "GET /a/{token}")
 
 
+async def test_a_fall_detected_again_shows_how_often_on_the_page_the_api_and_the_board(
+    site: Site,
+) -> None:
+    alert_id = await site.fall()
+    assert site.gateway.api is not None
+    feed = site.gateway.api.app.state.context.feed
+    version = feed.version
+    for _ in range(2):
+        site.clock.advance(40)
+        await site.send(
+            "community/hgy/bracelet/br-1/event",
+            {"ts": site.clock.now_ms(), "event": "fall", "confidence": 0.9},
+        )
+    assert [a.alert_id for a in site.gateway.alerts.open_alerts()] == [alert_id]
+    # The board is told, to show it live.
+    assert feed.version == version + 2
+    alert = (await site.get(f"/api/v1/alerts/{alert_id}")).json()
+    assert (alert["alert"]["repeats"], alert["alert"]["repeated_ms"]) == (2, T0 + 80_000)
+    assert [s["note"] for s in alert["history"]] == [None, "repeated", "repeated"]
+    page = (await site.client.get(link_path(site, alert_id))).text
+    assert "<th>再次报警</th><td>2 次，最近 " in page
+
+
 async def test_the_link_acts_as_its_receiver_with_the_token_alone(site: Site) -> None:
     alert_id = await site.fall()
     path = link_path(site, alert_id)

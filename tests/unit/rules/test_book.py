@@ -155,7 +155,7 @@ def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path
     book = AlertBook(path)
     before, after = book.get("before"), book.get("after")
     book.close()
-    assert (before.state, before.acknowledged_by, before.position) == (
-        AlertState.ACKNOWLEDGED, "wang-fang", None,
+    assert (before.state, before.acknowledged_by, before.position, before.repeats) == (
+        AlertState.ACKNOWLEDGED, "wang-fang", None, 0,
     )  # fmt: skip
     assert after.position == Position(34.8, 113.7)

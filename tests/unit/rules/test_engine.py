@@ -128,6 +128,38 @@ def test_an_sos_pressed_again_after_a_worker_took_the_first_is_told_again(
     assert [a.alert_id for a in stage.book.open_alerts()] == [first.alert_id, second.alert_id]
 
 
+def test_an_event_that_joins_an_alert_is_counted_in_it_and_in_its_history(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    outbox = Outbox(path)
+    stage = AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
+    joined = []
+
+    def pressed(*times_s: float) -> AlertDecision:
+        decision = stage.evaluate([event(WRIST, t_s, "sos") for t_s in times_s])
+        outbox.commit(decision.lines, [], None, decision.write)
+        joined.extend(r.alert_id for r in decision.repeats)
+        return decision
+
+    # The first press and a second in one batch, then two more.
+    (first,) = pressed(0, 5).changes
+    assert pressed(40).changes == [] and pressed(95).changes == []
+    entry = stage.book.get(first.alert_id)
+    assert (entry.repeats, entry.repeated_ms) == (3, T0 + 95_000)
+    assert joined == [first.alert_id] * 3
+    steps = [(s.state, s.at_ms - T0, s.note) for s in stage.book.history(first.alert_id)]
+    assert steps == [
+        (AlertState.FIRING, 0, None),
+        (AlertState.FIRING, 5_000, "repeated"),
+        (AlertState.FIRING, 40_000, "repeated"),
+        (AlertState.FIRING, 95_000, "repeated"),
+    ]
+    # Kept across a restart, as the rest of the alert.
+    stage.book.close()
+    assert AlertBook(path).get(first.alert_id).repeats == 3
+
+
 def test_an_event_after_a_silence_ended_is_told_not_merged_into_the_muted_one(
     tmp_path: Path,
 ) -> None:
