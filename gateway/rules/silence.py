@@ -119,7 +119,10 @@ class SilenceBook:
             raise SilenceError("a silence must end after it starts")
         if not any((community, area, compound, building, device_id, rule)):
             raise SilenceError("a silence needs a device, a place or a rule to match")
-        for level, named in (("an area", area), ("a compound", compound), ("a building", building)):
+        # Ids and place names repeat across the communities of one installation: a
+        # silence for one community's br-1 must not mute another's.
+        for level, named in (("an area", area), ("a compound", compound),
+                             ("a building", building), ("a device", device_id)):  # fmt: skip
             if named and not community:
                 raise SilenceError(f"{level} is named within its community")
         with self._lock:

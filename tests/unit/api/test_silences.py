@@ -115,6 +115,36 @@ async def test_a_silence_for_an_area_mutes_that_area_alone(tmp_path: Path) -> No
         assert unplaced.json()["detail"] == "a compound is named within its community"
 
 
+async def test_a_silence_for_a_device_mutes_it_in_its_own_community_alone(
+    tmp_path: Path,
+) -> None:
+    # The same bracelet id in a second community of the installation.
+    registry = REGISTRY + "br-1,bracelet,lgy,north,pine,7,1-101,,,赵六,13600002222,,30.10,120.10\n"
+    async with open_site(tmp_path, ManualClock(T0), registry_text=registry) as site:
+        # Made for community hgy's br-1 (a battery change), an id that repeats elsewhere.
+        bare = await site.post("/api/v1/silences", OPERATOR, json={
+            "device_id": "br-1", "ends_ms": T0 + 3_600_000, "reason": "更换手环电池",
+        })  # fmt: skip
+        assert bare.status_code == 422
+        assert bare.json()["detail"] == "a device is named within its community"
+        made = await site.post("/api/v1/silences", OPERATOR, json={
+            "community": "hgy", "device_id": "br-1", "ends_ms": T0 + 3_600_000,
+            "reason": "更换手环电池",
+        })  # fmt: skip
+        assert made.status_code == 201, made.text
+        # Community lgy's wearer of br-1: heart rate dangerously low, worn.
+        for community in ("hgy", "lgy"):
+            for offset_s in (0, 30, 61):
+                await site.send(f"community/{community}/bracelet/br-1/telemetry",
+                                {"ts": T0 + offset_s * 1000, "heart_rate_bpm": 30, "worn": True})  # fmt: skip
+        notes = {}
+        for community in ("hgy", "lgy"):
+            (alert,) = (await site.get(f"/api/v1/alerts?community={community}")).json()["alerts"]
+            detail = (await site.get(f"/api/v1/alerts/{alert['alert_id']}")).json()
+            notes[community] = detail["history"][0]["note"]
+        assert notes == {"hgy": f"muted by silence {made.json()['id']}", "lgy": None}
+
+
 async def test_silences_made_before_compounds_and_areas_keep_working(tmp_path: Path) -> None:
     # A silence as an earlier version stored it, with no area or compound column.
     with sqlite3.connect(tmp_path / "outbox.sqlite3") as conn:

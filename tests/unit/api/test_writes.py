@@ -12,7 +12,7 @@ Request = Callable[[Site, str], Awaitable[httpx.Response]]
 
 
 async def _silence(site: Site, alert_id: str) -> httpx.Response:
-    body = {"device_id": "sd-1", "ends_ms": T0 + 3_600_000, "reason": "检修"}
+    body = {"community": "hgy", "device_id": "sd-1", "ends_ms": T0 + 3_600_000, "reason": "检修"}
     return await site.post("/api/v1/silences", OPERATOR, json=body)
 
 
