@@ -63,6 +63,13 @@ class Notice:
     map_url: str | None = None
     # A digest's alerts, or a fault's problems, one line each.
     lines: tuple[str, ...] = ()
+    # The phones of the other receivers a group robot's digest is for, @-mentioned
+    # with `phone`: one district group may carry several communities' workers.
+    mentions: tuple[str, ...] = ()
+
+    def phones(self) -> list[str]:
+        """Whom a group message @-mentions, each once."""
+        return list(dict.fromkeys(p for p in (self.phone, *self.mentions) if p))
 
     @property
     def critical(self) -> bool:
@@ -121,6 +128,7 @@ class Notice:
     def from_json(cls, data: bytes | str) -> Notice:
         raw: dict[str, Any] = orjson.loads(data)
         raw["lines"] = tuple(raw.get("lines", ()))
+        raw["mentions"] = tuple(raw.get("mentions", ()))
         return cls(**raw)
 
 

@@ -684,9 +684,14 @@ class Notifier:
 def _digest(first: Notice, notices: list[Notice]) -> Notice:
     keys = sorted(n.key for n in notices)
     digest_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    # A group robot's digest may be for several receivers (the grid workers of several
+    # communities in one district group): each line says whose it is, and each is
+    # @-mentioned.
+    several = len({n.receiver for n in notices}) > 1
     # Each alert with its own link, to take it from the message as from a single notice.
     lines = tuple(
         f"- {n.title} · {n.place} · {n.device_id} · {n.time_text}"
+        + (f" · {n.receiver_name}" if several else "")
         + (f" {n.link}" if n.link else "")
         for n in notices
     )
@@ -698,6 +703,7 @@ def _digest(first: Notice, notices: list[Notice]) -> Notice:
         link=None,
         map_url=None,
         lines=lines,
+        mentions=tuple(n.phone for n in notices[1:] if n.phone),
     )
 
 

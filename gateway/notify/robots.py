@@ -60,8 +60,9 @@ class WecomRobot(Channel):
     async def send(self, notice: Notice) -> None:
         # Text, not markdown: only text messages can @ the receiver by phone number.
         text: dict[str, object] = {"content": notice.text()}
-        if notice.phone:
-            text["mentioned_mobile_list"] = [notice.phone]
+        phones = notice.phones()
+        if phones:
+            text["mentioned_mobile_list"] = phones
         response = await post(
             self._http,
             "WeCom",
@@ -98,10 +99,11 @@ class DingtalkRobot(Channel):
     async def send(self, notice: Notice) -> None:
         text = notice.markdown()
         at: dict[str, object] = {"isAtAll": False}
-        if notice.phone:
+        phones = notice.phones()
+        if phones:
             # DingTalk shows the mention only when the text names the number too.
-            text += f"\n\n@{notice.phone}"
-            at["atMobiles"] = [notice.phone]
+            text += "\n\n" + " ".join(f"@{phone}" for phone in phones)
+            at["atMobiles"] = phones
         params = {"access_token": self._config.access_token.get_secret_value()}
         if self._config.secret is not None:
             timestamp_ms = self._clock.now_ms()

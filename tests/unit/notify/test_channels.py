@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote
 
@@ -139,6 +140,33 @@ async def test_dingtalk_signs_with_hmac_sha256_and_mentions_the_receiver(
     assert body["markdown"]["title"] == "【紧急告警】跌倒 Fall"
     assert body["markdown"]["text"].endswith("@13800000001")
     assert body["at"] == {"isAtAll": False, "atMobiles": ["13800000001"]}
+
+
+async def test_group_robots_mention_every_receiver_of_a_digest_once(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_request("/wecom", method="POST").respond_with_json(
+        {"errcode": 0, "errmsg": "ok"}
+    )
+    httpserver.expect_request("/ding", method="POST").respond_with_json(
+        {"errcode": 0, "errmsg": "ok"}
+    )
+    wecom = WecomRobot("wecom", WecomChannel(type="wecom", key="k", url=httpserver.url_for("/wecom")),
+                       http)  # fmt: skip
+    ding = DingtalkRobot("ding", DingtalkChannel(type="dingtalk", access_token="t",
+                                                 url=httpserver.url_for("/ding")),
+                         http, ManualClock(T0))  # fmt: skip
+    # A digest for two grid workers of a district group, one of them with two alerts.
+    digest = replace(notice(kind="digest"), mentions=("13800000003", "13800000001"))
+    await wecom.send(digest)
+    await ding.send(digest)
+    (wecom_request, _), (ding_request, _) = httpserver.log
+    assert wecom_request.get_json()["text"]["mentioned_mobile_list"] == [
+        "13800000001", "13800000003",
+    ]  # fmt: skip
+    body = ding_request.get_json()
+    assert body["at"]["atMobiles"] == ["13800000001", "13800000003"]
+    assert body["markdown"]["text"].endswith("@13800000001 @13800000003")
 
 
 async def test_dingtalk_wrong_secret_is_final_and_its_limit_blocks_for_ten_minutes(

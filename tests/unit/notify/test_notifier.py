@@ -93,11 +93,16 @@ class Rig:
     wires them; `restart()` makes them again from the same files."""
 
     def __init__(self, path: Path, clock: ManualClock | None = None,
-                 limits: tuple[Limit, ...] = (), log_path: Path | None = None) -> None:  # fmt: skip
+                 limits: tuple[Limit, ...] = (), log_path: Path | None = None,
+                 policy: NotifyPolicy = POLICY, registry: Registry = REGISTRY,
+                 channels: dict[str, FakeChannel] | None = None) -> None:  # fmt: skip
         self.path = path
         self.log_path = log_path or path
         self.clock = clock or ManualClock(T0)
         self.limits = limits
+        self.policy = policy
+        self.registry = registry
+        self.given_channels = channels
         self.start()
 
     def start(self) -> None:
@@ -105,10 +110,10 @@ class Rig:
         self.book = AlertBook(self.path)
         self.stats = Stats()
         self.stage = AlertStage(
-            RuleEngine(shipped_rules(), REGISTRY),
-            self.book, SilenceBook(self.path, REGISTRY), self.clock,
+            RuleEngine(shipped_rules(), self.registry),
+            self.book, SilenceBook(self.path, self.registry), self.clock,
         )  # fmt: skip
-        self.channels = {
+        self.channels = self.given_channels or {
             "wecom": FakeChannel("wecom", limits=self.limits),
             "sms": FakeChannel("sms", needs_phone=True),
             "voice": FakeChannel("voice", needs_phone=True, digests=False),
@@ -116,11 +121,11 @@ class Rig:
         }
         self.log = NotificationLog(self.log_path)
         self.notifier = Notifier(
-            POLICY, dict(self.channels), Router(POLICY, REGISTRY, ZONE), self.book, self.log,
-            LinkSigner("secret", "https://gw.example.cn", 3600), self.commit, self.clock,
-            self.stats, ZONE,
+            self.policy, dict(self.channels), Router(self.policy, self.registry, ZONE),
+            self.book, self.log, LinkSigner("secret", "https://gw.example.cn", 3600),
+            self.commit, self.clock, self.stats, ZONE,
         )  # fmt: skip
-        self.desk = AlertDesk(self.book, REGISTRY, self.commit, self.clock)
+        self.desk = AlertDesk(self.book, self.registry, self.commit, self.clock)
         self.desk.listeners.append(self.notifier.on_desk_step)
 
     def restart(self) -> None:
@@ -283,6 +288,50 @@ async def test_over_the_limit_critical_moves_on_and_the_rest_wait_for_one_digest
     assert len(set(links)) == 2
     await rig.after(60)
     assert len([n for n in rig.channels["wecom"].sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
+
+
+async def test_a_district_groups_digest_names_and_mentions_each_community_s_worker(
+    tmp_path: Path,
+) -> None:
+    registry = Registry([
+        RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community="hgy",
+                         area="east", building="3"),
+        RegisteredDevice(device_id="br-1", device_type="bracelet", community="lgy",
+                         area="north", building="7"),
+    ])  # fmt: skip
+    # One district WeCom group robot for the grid workers of two communities.
+    policy = NotifyPolicy.model_validate({
+        "channels": {"district-wecom": {"type": "console"}},
+        "receivers": [
+            {"name": "wang-fang", "display_name": "王芳", "phone": "13800000001",
+             "channels": ["district-wecom"]},
+            {"name": "zhao-min", "display_name": "赵敏", "phone": "13800000003",
+             "channels": ["district-wecom"]},
+        ],
+        "rosters": [
+            {"cell": {"community": "hgy"}, "shifts": [{"receiver": "wang-fang"}]},
+            {"cell": {"community": "lgy"}, "shifts": [{"receiver": "zhao-min"}]},
+        ],
+        "routes": [{"escalation": "grid"}],
+        "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
+    })  # fmt: skip
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy, registry=registry,
+              channels={"district-wecom": FakeChannel("district-wecom",
+                                                      limits=(Limit(1, 60.0),))})  # fmt: skip
+    lgy_wrist = DeviceRef("lgy", "bracelet", "br-1")
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    # Within the minute: hgy's tamper for wang-fang, lgy's low bracelet battery for
+    # zhao-min, both held for one digest.
+    rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
+    rig.feed(Reading(lgy_wrist, T0 + 2000, TimeSource.DEVICE, {"battery_pct": 5}))
+    await rig.after(2)
+    await rig.after(60)
+    (digest,) = [n for n in rig.channels["district-wecom"].sent if n.kind == "digest"]  # type: ignore[attr-defined]
+    assert sorted(digest.phones()) == ["13800000001", "13800000003"]
+    # Each line says whose it is: the tamper in hgy for 王芳, the battery in lgy for 赵敏.
+    owners = {line.split(" · ")[1]: line.split(" · ")[4].split(" ")[0] for line in digest.lines}
+    assert owners == {"hgy east 3": "王芳", "lgy north 7": "赵敏"}
 
 
 async def test_a_critical_alert_over_its_last_channels_limit_goes_out_once_it_allows(
