@@ -8,11 +8,12 @@ the notification stage.
 from __future__ import annotations
 
 from gateway.dashboards.board import Board, data_table, single_stat, time_series
-from gateway.dashboards.query import COMMUNITY, OPEN, PLACE, Influx
+from gateway.dashboards.query import COMMUNITY, DEVICE, OPEN, PLACE, Influx
 
 UID = "community-alerts"
 
-_CELL = '"area", "compound", "building"'
+# A grid cell is inside its community: building 3 of one is not building 3 of another.
+_CELL = '"community", "area", "compound", "building"'
 
 
 def _handling(field: str) -> str:
@@ -33,19 +34,19 @@ def build() -> Board:
     )
     board.annotate(
         "告警 Alerts fired",
-        f'SELECT "title", "device_id" FROM "alert" WHERE {PLACE} AND "state" = \'firing\' '
-        "AND $timeFilter",
+        f'SELECT "title", "community", "device_id" FROM "alert" WHERE {PLACE} '
+        "AND \"state\" = 'firing' AND $timeFilter",
         "red",
         text="title",
-        tags="device_id,rule,severity",
+        tags="community,device_id,rule,severity",
     )
     board.annotate(
         "恢复 Alerts resolved",
-        f'SELECT "title", "device_id" FROM "alert" WHERE {PLACE} '
+        f'SELECT "title", "community", "device_id" FROM "alert" WHERE {PLACE} '
         "AND \"state\" = 'resolved' AND $timeFilter",
         "green",
         text="title",
-        tags="device_id,rule,severity",
+        tags="community,device_id,rule,severity",
     )
     board.add(
         single_stat(
@@ -54,7 +55,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("state") AS "open" FROM ('
                 f'SELECT last("state") AS "state" FROM "alert" WHERE {PLACE} '
-                f'GROUP BY "device_id", "rule", "port") WHERE {OPEN}'
+                f'GROUP BY {DEVICE}, "rule", "port") WHERE {OPEN}'
             ),
             steps=((None, "green"), (1, "red")),
         )

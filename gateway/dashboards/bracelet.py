@@ -15,7 +15,7 @@ from gateway.dashboards.board import (
     state_timeline,
     time_series,
 )
-from gateway.dashboards.query import OPEN, PLACE, Influx
+from gateway.dashboards.query import DEVICE, DEVICE_LABEL, OPEN, PLACE, Influx
 
 UID = "community-bracelet"
 
@@ -36,9 +36,9 @@ def build() -> Board:
             "150 bpm held for 60 s." + _PRIVACY,
             Influx(
                 f'SELECT mean("heart_rate_bpm") FROM "bracelet" WHERE {PLACE} '
-                'AND "worn" = true AND $timeFilter GROUP BY time($__interval), "device_id" '
+                f'AND "worn" = true AND $timeFilter GROUP BY time($__interval), {DEVICE} '
                 "fill(none)"
-            ).alias("$tag_device_id"),
+            ).alias(DEVICE_LABEL),
             unit="suffix: bpm",
             steps=((None, "red"), (40, "green"), (150, "red")),
             draw_steps=True,
@@ -51,15 +51,15 @@ def build() -> Board:
             "someone living alone is the no-activity alert." + _PRIVACY,
             Influx(
                 f'SELECT max("steps") FROM "bracelet" WHERE {PLACE} AND $timeFilter '
-                'GROUP BY time($__interval), "device_id" fill(none)'
-            ).alias("$tag_device_id"),
+                f"GROUP BY time($__interval), {DEVICE} fill(none)"
+            ).alias(DEVICE_LABEL),
         )
     )
     outside = Influx(
         'SELECT "lat", "lon", "state" FROM ('
         'SELECT last("state") AS "state", last("lat") AS "lat", last("lon") AS "lon" '
         f'FROM "alert" WHERE {PLACE} AND "rule" = \'left_safe_area\' '
-        f'GROUP BY "device_id", "building") WHERE {OPEN} GROUP BY "device_id", "building"'
+        f'GROUP BY {DEVICE}, "building") WHERE {OPEN} GROUP BY {DEVICE}, "building"'
     ).table()
     board.add(
         device_map(
@@ -78,8 +78,8 @@ def build() -> Board:
                 'SELECT "state", "started_ms" FROM ('
                 'SELECT last("state") AS "state", last("started_ms") AS "started_ms" '
                 f'FROM "alert" WHERE {PLACE} AND "rule" = \'left_safe_area\' '
-                'GROUP BY "device_id", "compound", "building") '
-                f'WHERE {OPEN} GROUP BY "device_id", "compound", "building"'
+                f'GROUP BY {DEVICE}, "compound", "building") '
+                f'WHERE {OPEN} GROUP BY {DEVICE}, "compound", "building"'
             ).table(),
             height=10,
         )
@@ -101,8 +101,8 @@ def build() -> Board:
             "Whether each bracelet is being worn." + _PRIVACY,
             Influx(
                 f'SELECT last("worn") FROM "bracelet" WHERE {PLACE} AND $timeFilter '
-                'GROUP BY time($__interval), "device_id" fill(previous)'
-            ).alias("$tag_device_id"),
+                f"GROUP BY time($__interval), {DEVICE} fill(previous)"
+            ).alias(DEVICE_LABEL),
             mappings=[flag_mapping("worn", "green", "not worn", "orange")],
         )
     )
@@ -114,7 +114,7 @@ def build() -> Board:
             Influx(
                 'SELECT last("battery_pct") AS "battery_pct", last("spo2_pct") AS "spo2_pct" '
                 f'FROM "bracelet" WHERE {PLACE} AND $timeFilter '
-                'GROUP BY "device_id", "compound", "building"'
+                f'GROUP BY {DEVICE}, "compound", "building"'
             ).table(),
             steps=((None, "red"), (15, "orange"), (30, "green")),
             sort_by="battery_pct",

@@ -9,13 +9,15 @@ from gateway.dashboards.board import (
     state_timeline,
     time_series,
 )
-from gateway.dashboards.query import PLACE, Influx
+from gateway.dashboards.query import DEVICE, DEVICE_LABEL, PLACE, Influx
 
 UID = "community-charging"
 
 # The rules' limits: port overheating past 60 °C, thermal runaway risk past 80 °C.
 PORT_TEMPERATURE_STEPS = ((None, "green"), (60, "orange"), (80, "red"))
 OVER_CURRENT_A = 10
+# A port as people read it in a legend: its shed (community and id), then its number.
+_PORT_LABEL = f"{DEVICE_LABEL} port $tag_port"
 
 
 def build() -> Board:
@@ -32,7 +34,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("charging") AS "charging" FROM ('
                 f'SELECT last("charging") AS "charging" FROM "charging_port" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY "device_id", "port") WHERE "charging" = true'
+                f'AND $timeFilter GROUP BY {DEVICE}, "port") WHERE "charging" = true'
             ),
         )
     )
@@ -54,7 +56,7 @@ def build() -> Board:
             Influx(
                 'SELECT sum("energy_wh") FROM ('
                 'SELECT integral("power_w", 1h) AS "energy_wh" FROM "charging_port" '
-                f'WHERE {PLACE} AND $timeFilter GROUP BY "device_id", "port")'
+                f'WHERE {PLACE} AND $timeFilter GROUP BY {DEVICE}, "port")'
             ),
             unit="watth",
             width=12,
@@ -67,8 +69,8 @@ def build() -> Board:
             "overheating), red past 80 °C (thermal runaway risk).",
             Influx(
                 f'SELECT max("temperature_c") FROM "charging_port" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id", "port" fill(none)'
-            ).alias("$tag_device_id port $tag_port"),
+                f'AND $timeFilter GROUP BY time($__interval), {DEVICE}, "port" fill(none)'
+            ).alias(_PORT_LABEL),
             unit="celsius",
             steps=PORT_TEMPERATURE_STEPS,
             draw_steps=True,
@@ -82,8 +84,8 @@ def build() -> Board:
             f"Highest current of each port per interval; over-current past {OVER_CURRENT_A} A.",
             Influx(
                 f'SELECT max("current_a") FROM "charging_port" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id", "port" fill(none)'
-            ).alias("$tag_device_id port $tag_port"),
+                f'AND $timeFilter GROUP BY time($__interval), {DEVICE}, "port" fill(none)'
+            ).alias(_PORT_LABEL),
             unit="amp",
             steps=((None, "green"), (OVER_CURRENT_A, "red")),
             draw_steps=True,
@@ -95,8 +97,8 @@ def build() -> Board:
             "Air temperature inside each shed.",
             Influx(
                 f'SELECT mean("ambient_temp_c") FROM "charging_shed" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id" fill(none)'
-            ).alias("$tag_device_id"),
+                f"AND $timeFilter GROUP BY time($__interval), {DEVICE} fill(none)"
+            ).alias(DEVICE_LABEL),
             unit="celsius",
         )
     )
@@ -106,8 +108,8 @@ def build() -> Board:
             "When each port was charging: one bar a session.",
             Influx(
                 f'SELECT last("charging") FROM "charging_port" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id", "port" fill(previous)'
-            ).alias("$tag_device_id port $tag_port"),
+                f'AND $timeFilter GROUP BY time($__interval), {DEVICE}, "port" fill(previous)'
+            ).alias(_PORT_LABEL),
             mappings=[flag_mapping("charging", "blue", "idle", "transparent")],
             width=24,
             height=12,

@@ -11,7 +11,7 @@ from gateway.dashboards.board import (
     time_series,
     transform,
 )
-from gateway.dashboards.query import PLACE, Influx
+from gateway.dashboards.query import DEVICE, DEVICE_LABEL, PLACE, Influx
 
 UID = "community-manhole"
 
@@ -30,18 +30,34 @@ def build() -> Board:
             "The overflow-risk rule fires past 80%.",
             Influx(
                 'SELECT last("water_level_cm") AS "water_level_cm" FROM "manhole_cover" '
-                f'WHERE {PLACE} AND $timeFilter GROUP BY "device_id"'
+                f"WHERE {PLACE} AND $timeFilter GROUP BY {DEVICE}"
             ).table(),
             Influx(
                 'SELECT last("well_depth_cm") AS "well_depth_cm" FROM "device_info" '
-                f'WHERE {PLACE} AND "device_type" = \'manhole_cover\' GROUP BY "device_id"',
+                f"WHERE {PLACE} AND \"device_type\" = 'manhole_cover' GROUP BY {DEVICE}",
                 ref_id="B",
             ).table(),
             unit="percentunit",
             maximum=1,
             steps=((None, "green"), (0.6, "orange"), (0.8, "red")),
             transformations=[
-                transform("joinByField", {"byField": "device_id", "mode": "inner"}),
+                # A well is its community and id together (one id may be a well in each
+                # of two communities), and a join takes one field: the two tables are
+                # merged on the fields they share, their times (which differ) left out.
+                transform("organize", {"excludeByName": {"Time": True}, "renameByName": {}}),
+                transform("merge", {}),
+                # Only wells with both a level and a depth, as an inner join would keep.
+                transform(
+                    "filterByValue",
+                    {
+                        "filters": [
+                            {"fieldName": name, "config": {"id": "isNull", "options": {}}}
+                            for name in ("water_level_cm", "well_depth_cm")
+                        ],
+                        "match": "any",
+                        "type": "exclude",
+                    },
+                ),
                 transform(
                     "calculateField",
                     {
@@ -52,7 +68,15 @@ def build() -> Board:
                             "operator": "/",
                             "right": "well_depth_cm",
                         },
-                        "replaceFields": True,
+                        "replaceFields": False,
+                    },
+                ),
+                # Each bar is named by the text left in its row: community and well id.
+                transform(
+                    "organize",
+                    {
+                        "excludeByName": {"water_level_cm": True, "well_depth_cm": True},
+                        "renameByName": {},
                     },
                 ),
             ],
@@ -65,8 +89,8 @@ def build() -> Board:
             "Water depth from the bottom of each well.",
             Influx(
                 f'SELECT max("water_level_cm") FROM "manhole_cover" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id" fill(none)'
-            ).alias("$tag_device_id"),
+                f"AND $timeFilter GROUP BY time($__interval), {DEVICE} fill(none)"
+            ).alias(DEVICE_LABEL),
             unit="suffix: cm",
             height=10,
         )
@@ -77,8 +101,8 @@ def build() -> Board:
             "Open or closed, as each cover last reported in the interval.",
             Influx(
                 f'SELECT last("lid_open") FROM "manhole_cover" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id" fill(previous)'
-            ).alias("$tag_device_id"),
+                f"AND $timeFilter GROUP BY time($__interval), {DEVICE} fill(previous)"
+            ).alias(DEVICE_LABEL),
             mappings=[flag_mapping("open", "red", "closed", "green")],
         )
     )
@@ -88,8 +112,8 @@ def build() -> Board:
             "Lid tilt; the cover-open rule fires past 15°.",
             Influx(
                 f'SELECT max("tilt_deg") FROM "manhole_cover" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id" fill(none)'
-            ).alias("$tag_device_id"),
+                f"AND $timeFilter GROUP BY time($__interval), {DEVICE} fill(none)"
+            ).alias(DEVICE_LABEL),
             unit="degree",
             steps=((None, "green"), (15, "red")),
             draw_steps=True,
@@ -101,8 +125,8 @@ def build() -> Board:
             "Methane in the well; the sewer-gas rule fires past 5000 ppm.",
             Influx(
                 f'SELECT max("ch4_ppm") FROM "manhole_cover" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id" fill(none)'
-            ).alias("$tag_device_id"),
+                f"AND $timeFilter GROUP BY time($__interval), {DEVICE} fill(none)"
+            ).alias(DEVICE_LABEL),
             unit="ppm",
             steps=((None, "green"), (5000, "red")),
             draw_steps=True,
@@ -114,7 +138,7 @@ def build() -> Board:
             "Lids opened, closed, displaced or tampered with, newest first.",
             Influx(
                 f'SELECT "count" FROM "manhole_cover_event" WHERE {PLACE} AND $timeFilter '
-                'GROUP BY "device_id", "event", "compound"'
+                f'GROUP BY {DEVICE}, "event", "compound"'
             ).table(),
             sort_by="Time",
             descending=True,

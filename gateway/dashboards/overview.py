@@ -11,14 +11,14 @@ from gateway.dashboards.board import (
     time_series,
     transform,
 )
-from gateway.dashboards.query import OPEN, PLACE, Influx
+from gateway.dashboards.query import DEVICE, OPEN, PLACE, Influx
 
 UID = "community-overview"
 
 # The last state of each alert series (one open alert per rule, device and port).
 _LAST_ALERT = (
     'SELECT last("state") AS "state", last("lat") AS "lat", last("lon") AS "lon" '
-    f'FROM "alert" WHERE {PLACE} AND {{rule}} GROUP BY "device_id", "device_type", '
+    f'FROM "alert" WHERE {PLACE} AND {{rule}} GROUP BY {DEVICE}, "device_type", '
     '"rule", "port", "severity"'
 )
 
@@ -32,18 +32,18 @@ def build() -> Board:
     )
     devices = Influx(
         'SELECT last("lat") AS "lat", last("lon") AS "lon" FROM "device_info" '
-        f'WHERE {PLACE} GROUP BY "device_id", "device_type"'
+        f'WHERE {PLACE} GROUP BY {DEVICE}, "device_type"'
     ).table()
     offline = Influx(
         'SELECT "lat", "lon", "state" FROM ('
         + _LAST_ALERT.format(rule="\"rule\" = 'device_offline'")
-        + f') WHERE {OPEN} GROUP BY "device_id", "device_type"',
+        + f') WHERE {OPEN} GROUP BY {DEVICE}, "device_type"',
         ref_id="B",
     ).table()
     alarm = Influx(
         'SELECT "lat", "lon", "state" FROM ('
         + _LAST_ALERT.format(rule="\"rule\" != 'device_offline'")
-        + f') WHERE {OPEN} GROUP BY "device_id", "device_type", "rule", "severity"',
+        + f') WHERE {OPEN} GROUP BY {DEVICE}, "device_type", "rule", "severity"',
         ref_id="C",
     ).table()
     board.add(
@@ -53,7 +53,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("state") AS "open" FROM ('
                 + 'SELECT last("state") AS "state" FROM "alert" '
-                + f'WHERE {PLACE} GROUP BY "device_id", "rule", "port", "severity"'
+                + f'WHERE {PLACE} GROUP BY {DEVICE}, "rule", "port", "severity"'
                 + f') WHERE {OPEN} GROUP BY "severity"'
             ).alias("$tag_severity"),
             steps=((None, "green"), (1, "red")),
@@ -64,13 +64,13 @@ def build() -> Board:
     registered = Influx(
         'SELECT count("registered") AS "registered" FROM ('
         'SELECT last("registered") AS "registered" FROM "device_info" '
-        f'WHERE {PLACE} GROUP BY "device_id", "device_type"'
+        f'WHERE {PLACE} GROUP BY {DEVICE}, "device_type"'
         ') GROUP BY "device_type"'
     ).table()
     offline_count = Influx(
         'SELECT count("state") AS "offline" FROM ('
         'SELECT last("state") AS "state" FROM "alert" '
-        f'WHERE {PLACE} AND "rule" = \'device_offline\' GROUP BY "device_id", "device_type"'
+        f'WHERE {PLACE} AND "rule" = \'device_offline\' GROUP BY {DEVICE}, "device_type"'
         f') WHERE {OPEN} GROUP BY "device_type"',
         ref_id="B",
     ).table()

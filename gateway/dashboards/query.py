@@ -29,6 +29,13 @@ PLACE = (
     'AND "compound" =~ /^$compound$/ AND "building" =~ /^$building$/'
 )
 COMMUNITY = '"community" =~ /^$community$/'
+# A device id is unique only within its community (a building_fire alert's id is the
+# building's number), so every series of a device, and every alert series, is told
+# apart by both: with every community chosen, one community's device would otherwise
+# merge with another's of the same id, its fire hidden by the other's all-clear.
+DEVICE = '"community", "device_id"'
+# A device as people read it in a legend; a bare id names several in the district view.
+DEVICE_LABEL = "$tag_community $tag_device_id"
 # Alerts still open: firing, or taken by a grid worker (and perhaps reached) and neither
 # resolved nor closed. The rules stage writes `firing` and `resolved` to `alert`, the
 # alert desk what people make of it: `acknowledged`, `arrived`, `closed`.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.dashboards.board import Board, data_table, single_stat, time_series
-from gateway.dashboards.query import PLACE, Influx
+from gateway.dashboards.query import DEVICE, DEVICE_LABEL, PLACE, Influx
 
 UID = "community-smoke"
 
@@ -22,7 +22,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("alarm") AS "alarming" FROM ('
                 f'SELECT last("alarm") AS "alarm" FROM "smoke_detector" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY "device_id") WHERE "alarm" = true'
+                f'AND $timeFilter GROUP BY {DEVICE}) WHERE "alarm" = true'
             ),
             steps=((None, "green"), (1, "red")),
         )
@@ -34,7 +34,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("battery_pct") AS "low" FROM ('
                 f'SELECT last("battery_pct") AS "battery_pct" FROM "smoke_detector" '
-                f'WHERE {PLACE} AND $timeFilter GROUP BY "device_id") WHERE "battery_pct" < 20'
+                f'WHERE {PLACE} AND $timeFilter GROUP BY {DEVICE}) WHERE "battery_pct" < 20'
             ),
             steps=((None, "green"), (1, "orange")),
         )
@@ -56,8 +56,8 @@ def build() -> Board:
             "Highest obscuration per interval, by detector.",
             Influx(
                 f'SELECT max("obscuration_pct_per_m") FROM "smoke_detector" WHERE {PLACE} '
-                'AND $timeFilter GROUP BY time($__interval), "device_id" fill(none)'
-            ).alias("$tag_device_id"),
+                f"AND $timeFilter GROUP BY time($__interval), {DEVICE} fill(none)"
+            ).alias(DEVICE_LABEL),
             unit="suffix:%/m",
             width=12,
         )
@@ -69,7 +69,7 @@ def build() -> Board:
             Influx(
                 'SELECT last("battery_pct") AS "battery_pct", last("rssi_dbm") AS "rssi_dbm" '
                 f'FROM "smoke_detector" WHERE {PLACE} AND $timeFilter '
-                'GROUP BY "device_id", "compound", "building"'
+                f'GROUP BY {DEVICE}, "compound", "building"'
             ).table(),
             steps=((None, "red"), (20, "orange"), (40, "green")),
             sort_by="battery_pct",
@@ -83,7 +83,7 @@ def build() -> Board:
             "Every event in the time range, newest first.",
             Influx(
                 f'SELECT "count" FROM "smoke_detector_event" WHERE {PLACE} AND $timeFilter '
-                'GROUP BY "device_id", "event", "building"'
+                f'GROUP BY {DEVICE}, "event", "building"'
             ).table(),
             sort_by="Time",
             descending=True,

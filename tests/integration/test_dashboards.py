@@ -20,7 +20,7 @@ import pytest
 from gateway.clock import ManualClock
 from gateway.dashboards.catalogue import dashboards
 from gateway.dashboards.query import variable_queries
-from gateway.decode.record import DeviceRef, Event, TimeSource
+from gateway.decode.record import DeviceRef, Event, Reading, TimeSource
 from gateway.notify.desk import AlertDesk
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.book import AlertBook
@@ -28,6 +28,7 @@ from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.store.outbox import Outbox
+from gateway.store.series import device_info_lines
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
 from tests.catalogue import shipped_rules
@@ -47,6 +48,16 @@ SCENARIOS = [
     Scenario(ScenarioKind.WANDER, 3300.0),
 ]
 
+# The district view: every community chosen ("All").
+DISTRICT = {
+    "community": ".*",
+    "area": ".*",
+    "compound": ".*",
+    "building": ".*",
+    "timeFilter": "time >= now() - 3h",
+    "__interval": "1m",
+}
+
 
 def queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(where, InfluxQL) for every panel target and annotation of a dashboard."""
@@ -61,6 +72,17 @@ def queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
 def fill(query: str, values: dict[str, str]) -> str:
     # An unknown variable raises KeyError: a query may use only what the test fills in.
     return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], query)
+
+
+def store(influx: InfluxService, outbox: Outbox) -> None:
+    """Write every line committed to the outbox so far to the `gateway` database (again:
+    the same points)."""
+    httpx.post(
+        f"{influx.url}/write",
+        params={"db": "gateway", "precision": "ms"},
+        content="\n".join(outbox.peek(1000).lines).encode(),
+        timeout=10,
+    ).raise_for_status()
 
 
 def handling_lines(community: str, device: Any, now_ms: int) -> str:
@@ -232,14 +254,8 @@ async def test_an_sos_acknowledged_and_closed_is_no_longer_open(
     values = {"community": re.escape(namespace), "area": ".*", "compound": ".*", "building": ".*"}
 
     def shown() -> tuple[list[Any], list[str]]:
-        """What InfluxDB says once it has every line committed so far (again: the same
-        points)."""
-        httpx.post(
-            f"{fresh_influxdb.url}/write",
-            params={"db": "gateway", "precision": "ms"},
-            content="\n".join(outbox.peek(1000).lines).encode(),
-            timeout=10,
-        ).raise_for_status()
+        """What InfluxDB says once it has every line committed so far."""
+        store(fresh_influxdb, outbox)
         open_alerts = fresh_influxdb.query("gateway", fill(by_severity, values))
         red = fresh_influxdb.query("gateway", fill(markers, values))
         return [(r["severity"], r["open"]) for r in open_alerts], [r["device_id"] for r in red]
@@ -252,3 +268,133 @@ async def test_an_sos_acknowledged_and_closed_is_no_longer_open(
     clock.advance(60)
     await desk.close(sos.alert_id, "wang-fang", "老人已安全")
     assert shown() == ([], [])
+
+
+# -- the district view: communities whose device ids and building numbers repeat --------
+
+
+@pytest.fixture
+def district(tmp_path: Path, fresh_influxdb: InfluxService) -> InfluxService:
+    """Two communities whose registries both have a smoke detector `sd-0001`: hgy's alarms
+    and keeps alarming; lgy's alarmed a minute later, then said its alarm was off until
+    its alert resolved."""
+    fresh_influxdb.create_database("gateway")
+    registry = Registry(
+        [
+            RegisteredDevice(
+                device_id="sd-0001", device_type="smoke_detector", community=community,
+                area="east", compound="lakeside", building="3", lat=lat, lon=120.1,
+            )
+            for community, lat in (("hgy", 30.1), ("lgy", 30.5))
+        ]
+    )  # fmt: skip
+    clock = ManualClock(time.time_ns() // 1_000_000 - 1_200_000)
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path)
+    book = AlertBook(path)
+    stage = AlertStage(
+        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
+    )
+    outbox.commit(device_info_lines(registry, clock.now_ms()), [], None, None)
+
+    def alarm(community: str, on: bool, at_s: int) -> None:
+        fields = {"alarm": on, "obscuration_pct_per_m": 9.0 if on else 0.0}
+        device = DeviceRef(community, "smoke_detector", "sd-0001")
+        reading = Reading(device, clock.now_ms() + at_s * 1000, TimeSource.DEVICE, fields)
+        decision = stage.evaluate([reading])
+        outbox.commit(decision.lines, [], None, decision.write)
+
+    alarm("hgy", True, 0)
+    alarm("lgy", True, 60)
+    alarm("lgy", False, 120)
+    alarm("lgy", False, 780)  # off for 10 minutes: resolved
+    store(fresh_influxdb, outbox)
+    fires = {(a.community, a.state.value) for a in book.open_alerts() if a.rule == "fire_alarm"}
+    assert fires == {("hgy", "firing"), ("lgy", "resolved")}  # as the gateway itself has it
+    return fresh_influxdb
+
+
+def overview_rows(influx: InfluxService, panel: str, ref_id: str) -> list[dict[str, Any]]:
+    """What one query of the overview shows in the district view."""
+    board = dashboards()["community-overview.json"]
+    query = next(q for w, q in queries(board) if panel in w and w.endswith(f" {ref_id}"))
+    return influx.query("gateway", fill(query, DISTRICT))
+
+
+async def test_the_district_view_keeps_a_fire_open_when_the_same_id_elsewhere_resolved(
+    district: InfluxService,
+) -> None:
+    open_alerts = overview_rows(district, "Open alerts by severity", "A")
+    assert [(r["severity"], r["open"]) for r in open_alerts] == [("critical", 1)]
+    red = overview_rows(district, "Devices by state", "C")
+    assert [(r["community"], r["device_id"], r["lat"]) for r in red] == [("hgy", "sd-0001", 30.1)]
+
+
+async def test_the_district_map_shows_each_communitys_device_of_the_same_id(
+    district: InfluxService,
+) -> None:
+    markers = overview_rows(district, "Devices by state", "A")
+    assert sorted((r["community"], r["device_id"], r["lat"]) for r in markers) == [
+        ("hgy", "sd-0001", 30.1),
+        ("lgy", "sd-0001", 30.5),
+    ]
+
+
+async def test_the_district_online_rate_counts_each_communitys_device_of_the_same_id(
+    district: InfluxService,
+) -> None:
+    registered = overview_rows(district, "Online rate", "A")
+    assert [(r["device_type"], r["registered"]) for r in registered] == [("smoke_detector", 2)]
+
+
+async def test_a_building_on_fire_stays_open_when_another_communitys_building_3_is_over(
+    tmp_path: Path, fresh_influxdb: InfluxService
+) -> None:
+    """A building_fire alert's device id is its building's number, which every community
+    has: lgy's building 3, over, must not hide hgy's, burning."""
+    fresh_influxdb.create_database("gateway")
+    registry = Registry(
+        [
+            RegisteredDevice(
+                device_id=f"sd-{community}-{n}", device_type="smoke_detector",
+                community=community, area="east", compound="lakeside", building="3",
+                lat=30.1, lon=120.1,
+            )
+            for community in ("hgy", "lgy")
+            for n in (1, 2)
+        ]
+    )  # fmt: skip
+    clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path)
+    book = AlertBook(path)
+    stage = AlertStage(
+        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
+    )
+
+    def alarm(community: str, n: int, on: bool, at_s: int) -> None:
+        device = DeviceRef(community, "smoke_detector", f"sd-{community}-{n}")
+        reading = Reading(device, clock.now_ms() + at_s * 1000, TimeSource.DEVICE, {"alarm": on})
+        decision = stage.evaluate([reading])
+        outbox.commit(decision.lines, [], None, decision.write)
+
+    # Two detectors of each building 3 alarm, lgy's a minute later; lgy's then report
+    # their alarm off and its building_fire resolves.
+    for community, at_s in (("hgy", 0), ("lgy", 60)):
+        alarm(community, 1, True, at_s)
+        alarm(community, 2, True, at_s + 10)
+    alarm("lgy", 1, False, 120)
+    alarm("lgy", 2, False, 130)
+    store(fresh_influxdb, outbox)
+    fires = {(a.community, a.state.value) for a in book.open_alerts() if a.rule == "building_fire"}
+    assert fires == {("hgy", "firing"), ("lgy", "resolved")}  # as the gateway itself has it
+
+    board = dashboards()["community-alerts.json"]
+    query = next(q for w, q in queries(board) if "Open alerts" in w)
+    building_fires = query.replace(
+        'FROM "alert" WHERE', 'FROM "alert" WHERE "rule" = \'building_fire\' AND'
+    )
+    for community in ("hgy", ".*"):
+        values = {**DISTRICT, "community": community}
+        shown = fresh_influxdb.query("gateway", fill(building_fires, values))
+        assert [r["open"] for r in shown] == [1], community

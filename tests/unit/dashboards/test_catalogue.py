@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,41 @@ def test_open_alerts_are_those_fired_and_neither_resolved_nor_closed() -> None:
     board = dashboards()["community-overview.json"]
     queries = [t["query"] for p in board["panels"] for t in p.get("targets", [])]
     assert sum(OPEN in query for query in queries) == 4
+
+
+# Tags unique only within a community: a device id (a building_fire alert's is its
+# building's number), a port of it, and the places below the community.
+_WITHIN_COMMUNITY = {"device_id", "port", "area", "compound", "building"}
+
+
+def _grouped_tags(query: str) -> list[set[str]]:
+    """The tags of each GROUP BY of a query and its subqueries."""
+    plain = re.sub(r"(time|fill)\([^)]*\)", "", query)
+    return [
+        set(re.findall(r'"(\w+)"', clause.split(")")[0])) for clause in plain.split("GROUP BY ")[1:]
+    ]
+
+
+def test_whatever_tells_devices_or_places_apart_tells_communities_apart() -> None:
+    # In the district view (every community chosen) the same id in two communities must
+    # stay two devices, two alert series, two map markers, two legend entries.
+    checked = 0
+    for name, board in dashboards().items():
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                where = f"{name} {panel['title']} {target['refId']}"
+                for tags in _grouped_tags(target["query"]):
+                    if tags & _WITHIN_COMMUNITY:
+                        checked += 1
+                        assert "community" in tags, where
+                if "$tag_device_id" in target.get("alias", ""):
+                    assert "$tag_community" in target["alias"], where
+            for step in panel.get("transformations", []):
+                # A join takes one field: a device id alone pairs one community's device
+                # with another's.
+                assert step["id"] != "joinByField", f"{name} {panel['title']}"
+        for annotation in board["annotations"].get("list", []):
+            if '"device_id"' in annotation["target"]["query"]:
+                assert '"community"' in annotation["target"]["query"], annotation["name"]
+                assert "community" in annotation["tagsColumn"].split(","), annotation["name"]
+    assert checked > 30
