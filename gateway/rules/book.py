@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS rule_tracks (
     clearing_since_ms INTEGER,
     alert_id TEXT NOT NULL,
     last_value REAL,
+    held_ms INTEGER,
     PRIMARY KEY (rule, community, device_id, port)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rate_windows (
@@ -184,6 +185,7 @@ class AlertEntry:
 def _migrate(conn: sqlite3.Connection) -> None:
     """An earlier version's alert book, brought to this version's."""
     add_columns(conn, "alerts", _ADDED_COLUMNS)
+    add_columns(conn, "rule_tracks", (("held_ms", "INTEGER"),))
     _move_last_seen(conn)
 
 
@@ -198,14 +200,14 @@ class AlertBook:
     def load_tracks(self) -> list[tuple[TrackKey, Track]]:
         rows = self._conn.execute(
             "SELECT rule, community, device_id, port, firing, since_ms, readings, "
-            "clearing_since_ms, alert_id, last_value FROM rule_tracks"
+            "clearing_since_ms, alert_id, last_value, held_ms FROM rule_tracks"
         )
         return [
             (
                 (rule, community, device_id, None if port == _NO_PORT else port),
-                Track(bool(firing), since_ms, readings, clearing, alert_id, last_value),
+                Track(bool(firing), since_ms, readings, clearing, alert_id, last_value, held),
             )
-            for rule, community, device_id, port, firing, since_ms, readings, clearing, alert_id, last_value in rows
+            for rule, community, device_id, port, firing, since_ms, readings, clearing, alert_id, last_value, held in rows
         ]
 
     def load_last_seen(self) -> list[tuple[DeviceRef, int]]:
@@ -252,10 +254,10 @@ class AlertBook:
             if logged >= HEARD_FOLD_BATCHES:
                 _fold_heard_log(conn)
         conn.executemany(
-            "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO rule_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (*key[:3], _NO_PORT if key[3] is None else key[3], int(t.firing), t.since_ms,
-                 t.readings, t.clearing_since_ms, t.alert_id, t.last_value)
+                 t.readings, t.clearing_since_ms, t.alert_id, t.last_value, t.held_ms)
                 for key, t in tracks_changed
             ),
         )  # fmt: skip
@@ -426,21 +428,37 @@ class AlertBook:
         *,
         state: str | None = None,
         community: str | None = None,
+        communities: Sequence[str] | None = None,
+        rule: str | None = None,
+        device_id: str | None = None,
+        severity: str | None = None,
         since_ms: int | None = None,
+        before: tuple[int, str] | None = None,
         limit: int = 500,
     ) -> list[AlertEntry]:
-        """Alerts that fired (or are pending), newest first, in any state."""
+        """Alerts that fired (or are pending), in any state, newest first: by start, then
+        by id. `communities`: only alerts of these. `before`: the (started_ms, alert_id)
+        of the last alert of a page, for the page after it."""
         where = ["(fired_ms IS NOT NULL OR state = 'pending')"]
         params: list[object] = []
         for clause, value in (
-            ("state = ?", state), ("community = ?", community), ("started_ms >= ?", since_ms),
+            ("state = ?", state), ("community = ?", community), ("rule = ?", rule),
+            ("device_id = ?", device_id), ("severity = ?", severity),
+            ("started_ms >= ?", since_ms),
         ):  # fmt: skip
             if value is not None:
                 where.append(clause)
                 params.append(value)
+        if communities is not None:
+            where.append(f"community IN ({', '.join('?' * len(communities))})")
+            params.extend(communities)
+        if before is not None:
+            # Alerts may share a start: the id orders them, so that a page ends exactly.
+            where.append("(started_ms, alert_id) < (?, ?)")
+            params.extend(before)
         rows = self._conn.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM alerts WHERE {' AND '.join(where)}"
-            " ORDER BY started_ms DESC LIMIT ?",
+            " ORDER BY started_ms DESC, alert_id DESC LIMIT ?",
             (*params, limit),
         )
         return [_entry(row) for row in rows]

@@ -766,6 +766,8 @@ class RuleEngine:
             self._dirty.add(key)
             track.readings += 1
             track.clearing_since_ms = None
+            if track.held_ms is None or now_ms > track.held_ms:
+                track.held_ms = now_ms
             if track.firing:
                 return None
             if now_ms - track.since_ms >= spec.for_s * 1000 and track.readings >= spec.repeat:
@@ -783,6 +785,10 @@ class RuleEngine:
                 )
             return None
         if track is None:
+            return None
+        if now_ms < (track.since_ms if track.held_ms is None else track.held_ms):
+            # Older than what the condition last held for: an alarm comes on a lane of its
+            # own, ahead of the reports its detector made before it, which must not end it.
             return None
         if not track.firing:
             if holds is False:

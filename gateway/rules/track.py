@@ -25,6 +25,10 @@ class Track:
     alert_id: str = ""
     # Inactivity rules: the watched field's value, unchanged since `since_ms`.
     last_value: float | None = None
+    # Condition rules: the time of the newest record the condition held for. A record
+    # older than it (a detector's report from before its alarm, judged after the alarm,
+    # which comes on a lane of its own) says nothing of now, and clears nothing.
+    held_ms: int | None = None
 
 
 class TrackTable:

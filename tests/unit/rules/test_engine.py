@@ -83,6 +83,35 @@ def test_fire_alarm_fires_once_and_clears() -> None:
     assert cleared[0].alert_id == fired[0].alert_id
 
 
+def test_reports_from_before_a_fire_alarm_judged_after_it_do_not_end_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    outbox = Outbox(path)
+
+    def stage() -> AlertStage:
+        return AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()),
+                          ManualClock(T0))  # fmt: skip
+
+    def judge(on: AlertStage, *records: Reading | Event) -> list[tuple[str, AlertState]]:
+        decision = on.evaluate(list(records))
+        outbox.commit(decision.lines, [], None, decision.write)
+        return states(decision.changes)
+
+    # After an outage the broker hands over the backlog: the alarm, on the alarm lane,
+    # is judged first; the hourly reports the detector made before it, on the telemetry
+    # lane, after it, and after a restart in between.
+    first = stage()
+    assert judge(first, event(SMOKE, 5_400, "alarm")) == [("fire_alarm", AlertState.FIRING)]
+    first.book.close()
+    again = stage()
+    assert judge(again, reading(SMOKE, 0, alarm=False), reading(SMOKE, 3_600, alarm=False)) == []
+    # Hushed 10 minutes later while the report from just before the alarm came late: the
+    # all-clear still needs 10 minutes off and a report after them.
+    assert judge(again, event(SMOKE, 6_000, "alarm_cleared")) == []
+    assert judge(again, reading(SMOKE, 5_399, alarm=False)) == []
+    assert judge(again, reading(SMOKE, 6_300, alarm=False)) == []
+    assert judge(again, reading(SMOKE, 6_600, alarm=False)) == [("fire_alarm", AlertState.RESOLVED)]
+
+
 def test_an_event_repeated_while_its_alert_is_told_joins_it() -> None:
     e = engine()
     first = e.evaluate([event(WRIST, 0, "sos")])
