@@ -21,6 +21,7 @@ from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import MOVES_FROM, AlertBook, AlertEntry
 from gateway.rules.rule import Severity
 from gateway.store.line_protocol import encode_fields, encode_series
+from gateway.store.outbox import insert_lines
 from gateway.store.series import alert_line
 
 HANDLING_MEASUREMENT = "alert_handling"
@@ -40,15 +41,13 @@ class AlertDesk:
 
     async def acknowledge(self, alert_id: str, who: str) -> AlertEntry:
         now_ms = self._clock.now_ms()
-        entry = self.book.get(alert_id)
         write = partial(AlertBook.record_acknowledge, alert_id=alert_id, who=who, at_ms=now_ms)
-        return await self._do(entry, AlertState.ACKNOWLEDGED, write, now_ms)
+        return await self._do(alert_id, AlertState.ACKNOWLEDGED, write, now_ms)
 
     async def arrive(self, alert_id: str, who: str) -> AlertEntry:
         now_ms = self._clock.now_ms()
-        entry = self.book.get(alert_id)
         write = partial(AlertBook.record_arrival, alert_id=alert_id, who=who, at_ms=now_ms)
-        return await self._do(entry, AlertState.ARRIVED, write, now_ms)
+        return await self._do(alert_id, AlertState.ARRIVED, write, now_ms)
 
     async def assign(self, alert_id: str, who: str, to: str) -> AlertEntry:
         now_ms = self._clock.now_ms()
@@ -59,27 +58,37 @@ class AlertDesk:
 
     async def close(self, alert_id: str, who: str, note: str) -> AlertEntry:
         now_ms = self._clock.now_ms()
-        entry = self.book.get(alert_id)
         write = partial(AlertBook.record_close, alert_id=alert_id, who=who, at_ms=now_ms,
                         note=note)  # fmt: skip
-        return await self._do(entry, AlertState.CLOSED, write, now_ms)
+        return await self._do(alert_id, AlertState.CLOSED, write, now_ms)
 
     async def _do(
         self,
-        entry: AlertEntry,
+        alert_id: str,
         step: AlertState,
-        write: Callable[[sqlite3.Connection], None],
+        record: Callable[[sqlite3.Connection], None],
         now_ms: int,
     ) -> AlertEntry:
-        steps = [step]
-        if step is AlertState.ARRIVED and entry.acknowledged_by is None:
-            steps.insert(0, AlertState.ACKNOWLEDGED)
-        lines = [self.handling_line(entry, s, now_ms) for s in steps]
-        shown = self.state_line(entry, step, now_ms)
-        if shown is not None:
-            lines.append(shown)
-        await self._commit(lines, write)
-        after = self.book.get(entry.alert_id)
+        steps: list[AlertState] = []
+
+        def write(conn: sqlite3.Connection) -> None:
+            # The points are made from the alert as the step finds it, inside the step's
+            # transaction: read before waiting for the commit, two phones at once would
+            # each count the acknowledgement, and a step after the rules' all-clear would
+            # show the resolved alert open again.
+            entry = AlertBook.read(conn, alert_id)
+            record(conn)
+            steps[:] = [step]
+            if step is AlertState.ARRIVED and entry.acknowledged_by is None:
+                steps.insert(0, AlertState.ACKNOWLEDGED)
+            lines = [self.handling_line(entry, s, now_ms) for s in steps]
+            shown = self.state_line(entry, step, now_ms)
+            if shown is not None:
+                lines.append(shown)
+            insert_lines(conn, lines)
+
+        await self._commit([], write)
+        after = self.book.get(alert_id)
         for listener in self.listeners:
             for s in steps:
                 listener(after, s)

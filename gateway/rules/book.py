@@ -407,6 +407,11 @@ class AlertBook:
     def get(self, alert_id: str) -> AlertEntry:
         return _read(self._conn, alert_id)
 
+    @staticmethod
+    def read(conn: sqlite3.Connection, alert_id: str) -> AlertEntry:
+        """The alert as it is in the caller's transaction."""
+        return _read(conn, alert_id)
+
     def count_fired_open(self) -> int:
         """Alerts that fired and no person has closed yet."""
         row = self._conn.execute(

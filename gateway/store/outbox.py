@@ -294,7 +294,7 @@ class Outbox:
                     else:
                         conn.execute("BEGIN IMMEDIATE")
                     if lines:
-                        _insert_lines(conn, lines)
+                        insert_lines(conn, lines)
                     if handoff is not None:
                         conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
                     if quarantined:
@@ -633,7 +633,8 @@ def _batch_bytes(
     )
 
 
-def _insert_lines(conn: sqlite3.Connection, lines: Sequence[str]) -> None:
+def insert_lines(conn: sqlite3.Connection, lines: Sequence[str]) -> None:
+    """Lines for the writer, inside the caller's transaction on the outbox."""
     conn.execute(
         "INSERT INTO chunks (first_line, line_count, lines) VALUES ("
         "coalesce((SELECT first_line + line_count FROM chunks ORDER BY id DESC LIMIT 1), 0), "
@@ -665,7 +666,7 @@ def _move_single_lines(conn: sqlite3.Connection) -> None:
             "SELECT id, line FROM lines WHERE id > ? ORDER BY id LIMIT ?",
             (last, _MOVED_CHUNK_LINES),
         ).fetchall():
-            _insert_lines(conn, [str(line) for _, line in rows])
+            insert_lines(conn, [str(line) for _, line in rows])
             last = rows[-1][0]
         conn.execute("DROP TABLE lines")
         conn.execute("COMMIT")

@@ -1,3 +1,4 @@
+import asyncio
 import re
 import sqlite3
 from pathlib import Path
@@ -15,6 +16,9 @@ from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.store.outbox import Outbox
 from tests.catalogue import shipped_rules
+from tests.unit.notify.test_notifier import REGISTRY as NOTIFIER_REGISTRY
+from tests.unit.notify.test_notifier import SMOKE as NOTIFIER_SMOKE
+from tests.unit.notify.test_notifier import Rig, fall, reading
 
 T0 = 1_767_225_600_000
 WRIST = DeviceRef("hgy", "bracelet", "br-1")
@@ -265,3 +269,66 @@ async def test_a_step_comes_after_an_alert_stamped_by_a_clock_running_ahead(
     d.clock.advance(30)
     await d.desk.close(alert.alert_id, "wang-fang", "老人已送医")
     assert [_point(line)[2] for line in d.alert_lines()] == [ahead_ms, ahead_ms + 1]
+
+
+def threaded_commit(rig: Rig, lock: asyncio.Lock):  # type: ignore[no-untyped-def]
+    """As IngestPipeline.commit: under the commit lock, in a worker thread."""
+
+    async def commit(lines, write) -> None:  # type: ignore[no-untyped-def]
+        async with lock:
+            await asyncio.to_thread(rig.outbox.commit, lines, [], None, write)
+
+    return commit
+
+
+async def test_two_phones_at_once_make_one_acknowledgement_point(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    (alert,) = [e for e in rig.book.open_alerts() if e.rule == "fall"]
+    lock = asyncio.Lock()
+    desk = AlertDesk(rig.book, NOTIFIER_REGISTRY, threaded_commit(rig, lock), rig.clock)
+    # wang-fang taps 接单 while the wearer's son, already there, taps 已到场 0.4 s
+    # later; both requests reach the desk while a batch's commit holds the lock.
+    await lock.acquire()
+    rig.clock.advance(30)
+    tap = asyncio.create_task(desk.acknowledge(alert.alert_id, "wang-fang"))
+    await asyncio.sleep(0)
+    rig.clock.advance(0.4)
+    there = asyncio.create_task(desk.arrive(alert.alert_id, "contact:13900000009"))
+    await asyncio.sleep(0)
+    lock.release()
+    await asyncio.gather(tap, there)
+    history = [s.state for s in rig.book.history(alert.alert_id)]
+    assert history.count("acknowledged") == 1
+    points = [line for line in rig.lines("alert_handling") if "acknowledge_s=" in line]
+    # One acknowledgement, one handling time: the arrival found it taken.
+    assert len(points) == 1, f"{len(points)} acknowledge_s points for one acknowledgement"
+
+
+async def test_an_acknowledgement_racing_the_all_clear_leaves_the_alert_shown_resolved(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(NOTIFIER_SMOKE, 0, alarm=True))
+    await rig.after(0)
+    (alert,) = rig.book.open_alerts()
+    lock = asyncio.Lock()
+    desk = AlertDesk(rig.book, NOTIFIER_REGISTRY, threaded_commit(rig, lock), rig.clock)
+    rig.clock.advance(4310)
+    # The rules' commit of the detector's all-clear holds the lock when the worker taps
+    # 接单 on the link page; the acknowledgement commits right after it.
+    await lock.acquire()
+    tap = asyncio.create_task(desk.acknowledge(alert.alert_id, "wang-fang"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    rig.feed(reading(NOTIFIER_SMOKE, 3600, alarm=False), reading(NOTIFIER_SMOKE, 4300, alarm=False))
+    lock.release()
+    await tap
+    assert str(rig.book.get(alert.alert_id).state) == "resolved"
+    # The dashboards take the last `alert` point of the series as the alert's state.
+    points = sorted(
+        (int(line.rsplit(" ", 1)[1]), line) for line in rig.lines("alert") if "fire_alarm" in line
+    )
+    last = points[-1][1]
+    assert 'state="resolved"' in last, f"the dashboards show the resolved alert as: {last}"
