@@ -256,7 +256,7 @@ class RuleEngine:
         in; when not, silence is judged only as far as the records judged show."""
         changes: list[AlertChange] = []
         heard_through_ms = self._heard_through_ms(now_ms, listening)
-        for key in list(self.tracks):
+        for key, _ in self.tracks.of_rules(self._merging.keys() | self._correlation.keys()):
             merging = self._merging.get(key[0])
             if merging is not None:
                 # Nothing more joins it: let the track go.
@@ -284,12 +284,10 @@ class RuleEngine:
                 changes.append(self._resolve_correlation(rule, key, now_ms))
         if heard_through_ms is None:
             return changes
-        for key, track in list(self.tracks.items()):
-            rule = self._inactivity.get(key[0])
-            if rule is not None:
-                change = self._inactive_too_long(rule, key, track, heard_through_ms)
-                if change is not None:
-                    changes.append(change)
+        for key, track in self.tracks.of_rules(self._inactivity):
+            change = self._inactive_too_long(self._inactivity[key[0]], key, track, heard_through_ms)
+            if change is not None:
+                changes.append(change)
         for rule in self._absence:
             for (community, device_type), group in self.heard.groups.items():
                 period_s = self._periods_s.get(device_type)
@@ -299,12 +297,13 @@ class RuleEngine:
                 for device_id, seen_ms in group.seen_ms.items():
                     if heard_through_ms - seen_ms < silent_ms:
                         continue
+                    # Offline already: looked up before the deaf spans are summed.
+                    key = (rule.name, community, device_id, None)
+                    if key in self.tracks:
+                        continue
                     if heard_through_ms - seen_ms - self._deaf_ms(seen_ms, heard_through_ms) < (
                         silent_ms
                     ):
-                        continue
-                    key = (rule.name, community, device_id, None)
-                    if key in self.tracks:
                         continue
                     device = DeviceRef(community, device_type, device_id)
                     alert_id = _alert_id(rule.name, device, None, seen_ms)

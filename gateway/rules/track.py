@@ -7,7 +7,7 @@ the rules whose conditions do not hold for it and that have no track for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 # (rule, community, device id or place, port)
@@ -60,6 +60,11 @@ class TrackTable:
     def items(self) -> list[tuple[TrackKey, Track]]:
         """A copy, so that the caller may change the table while going through it."""
         return list(self._tracks.items())
+
+    def of_rules(self, rules: Container[str]) -> list[tuple[TrackKey, Track]]:
+        """The tracks of these rules, as a copy: a district's tens of thousands of
+        offline devices each have a track that a tick of other rules need not copy."""
+        return [(key, track) for key, track in self._tracks.items() if key[0] in rules]
 
     def __setitem__(self, key: TrackKey, track: Track) -> None:
         if key not in self._tracks:
