@@ -269,6 +269,7 @@ class Gateway:
                 self.clock,
                 self.stats,
                 ZoneInfo(config.timezone),
+                silences=self.silences,
             )
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)

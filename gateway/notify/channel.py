@@ -3,6 +3,7 @@ NotifyError saying whether trying again can help and whether a limit was hit."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
@@ -47,7 +48,10 @@ class Limiter:
 
     def wait_s(self, number: str | None, now_s: float) -> float:
         """0 when a send is allowed now; otherwise how long until it is."""
-        wait = max(0.0, self._blocked_until.get("", 0.0) - now_s)
+        blocked_until = self._blocked_until.get("", 0.0)
+        if number:
+            blocked_until = max(blocked_until, self._blocked_until.get(e164(number), 0.0))
+        wait = max(0.0, blocked_until - now_s)
         for key, limit in self._keys(number):
             sent = self._sent.get(key)
             if sent is None:
@@ -70,8 +74,11 @@ class Limiter:
             for index, limit in enumerate(self._limits)
         ]
 
-    def block(self, until_s: float) -> None:
-        self._blocked_until[""] = max(self._blocked_until.get("", 0.0), until_s)
+    def block(self, until_s: float, number: str | None = None) -> None:
+        """No send until `until_s`: through the whole channel, or, with `number`, to that
+        number alone (a provider's limit per number leaves the others reachable)."""
+        key = e164(number) if number else ""
+        self._blocked_until[key] = max(self._blocked_until.get(key, 0.0), until_s)
 
 
 class Channel(ABC):
@@ -82,12 +89,20 @@ class Channel(ABC):
     needs_phone = False
     # A message listing several alerts is one send (robots, webhook); not for voice.
     digests = True
+    # Whether a send that succeeds means the receiver has it (a provider took it for the
+    # number or the group). One that cannot tell is not the last channel tried for a
+    # critical notice (see gateway.notify.hooks.MqttPublisher).
+    confirms = True
 
-    def __init__(self, name: str, limits: tuple[Limit, ...] = ()) -> None:
+    def __init__(
+        self, name: str, limits: tuple[Limit, ...] = (), timeout_s: float | None = None
+    ) -> None:
         self.name = name
         self.limiter = Limiter(limits)
         # How long the provider blocks a sender that went over its limit.
         self.blocked_s: float | None = None
+        # The most one whole send may take; None: unbounded (the console).
+        self.timeout_s = timeout_s
 
     @abstractmethod
     async def send(self, notice: Notice) -> None:
@@ -97,11 +112,22 @@ class Channel(ABC):
         """`send`, with any other error it raises (a fault of the channel's own, or of a
         setting or name it cannot carry) made a final NotifyError: the notification
         goes on to its next channel, and the notify stage, with every alarm behind it,
-        goes on."""
+        goes on. The whole send is bounded by `timeout_s`: an HTTP client's timeout
+        counts each read alone, and a server that trickles its answer a byte at a time
+        would hold the send for as long as it pleases."""
+        bound = asyncio.timeout(self.timeout_s)
         try:
-            await self.send(notice)
+            async with bound:
+                await self.send(notice)
         except NotifyError:
             raise
+        except TimeoutError as exc:
+            if not bound.expired():
+                log.exception("channel %s failed on notification %s", self.name, notice.key)
+                raise NotifyError(f"the channel failed: {exc!r}", retryable=False) from exc
+            raise NotifyError(
+                f"{self.name} did not answer within {self.timeout_s:g} s", retryable=True
+            ) from exc
         except Exception as exc:
             log.exception("channel %s failed on notification %s", self.name, notice.key)
             raise NotifyError(f"the channel failed: {exc!r}", retryable=False) from exc

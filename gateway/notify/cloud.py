@@ -43,7 +43,7 @@ class _CloudChannel(Channel):
         clock: Clock,
         limits: tuple[Limit, ...] = (),
     ) -> None:
-        super().__init__(name, limits)
+        super().__init__(name, limits, config.timeout_s)
         self._params = config.params
         self._http = http
         self._clock = clock

@@ -4,7 +4,8 @@ the console."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Protocol
 from urllib.parse import quote
 
 import httpx
@@ -17,7 +18,13 @@ from gateway.notify.policy import MqttChannel, WebhookChannel
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes], Awaitable[None]]
+
+class Publish(Protocol):
+    """Publish at QoS 1 and wait, at most `timeout_s`, until the broker acknowledged it."""
+
+    def __call__(self, topic: str, payload: bytes, timeout_s: float) -> Awaitable[None]: ...
+
+
 # A name put in a topic stays one level, and never a wildcard: a broker drops the
 # connection that publishes to a topic with `+` or `#` (a contact's "+86..." number, say),
 # and with it the alarms that come in on it.
@@ -56,7 +63,7 @@ class Webhook(Channel):
     kind = "webhook"
 
     def __init__(self, name: str, config: WebhookChannel, http: httpx.AsyncClient) -> None:
-        super().__init__(name)
+        super().__init__(name, timeout_s=config.timeout_s)
         self._config = config
         self._http = http
 
@@ -77,10 +84,20 @@ class Webhook(Channel):
 
 
 class MqttPublisher(Channel):
+    """The document at QoS 1 on the receiver's topic, for a grid-worker app.
+
+    The broker's PUBACK says the broker has it, not the app: a broker acknowledges a
+    publish nobody subscribes to (an app offline, a phone switched off) and drops it.
+    So this channel cannot confirm the receiver got a notice, and is not final for a
+    critical one (severity critical, or life-safety): after it, the notice goes by the
+    receiver's next channel as well. Other notices stop here once the broker took them.
+    """
+
     kind = "mqtt"
+    confirms = False
 
     def __init__(self, name: str, config: MqttChannel, publish: Publish | None) -> None:
-        super().__init__(name)
+        super().__init__(name, timeout_s=config.timeout_s)
         self._config = config
         self._publish = publish
 
@@ -91,7 +108,7 @@ class MqttPublisher(Channel):
             community=notice.community.translate(_TOPIC_ESCAPES),
             receiver=notice.receiver.translate(_TOPIC_ESCAPES),
         )
-        await self._publish(topic, orjson.dumps(notice_document(notice)))
+        await self._publish(topic, orjson.dumps(notice_document(notice)), self._config.timeout_s)
 
 
 class Console(Channel):

@@ -14,7 +14,7 @@ chain.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -297,13 +297,22 @@ class NotificationLog:
             (alert_id,),
         ).rowcount
 
-    def next_due_ms(self) -> int | None:
+    def next_due_ms(self, busy: Collection[str] = ()) -> int | None:
+        """When the next step or notification is due; `busy`: keys of notifications
+        being sent, due until their send ends, left out."""
         row = self._conn.execute(
-            "SELECT min(due_ms) FROM (SELECT min(due_ms) AS due_ms FROM escalation_plan"
-            " WHERE state = 'waiting' UNION ALL SELECT min(due_ms) FROM notifications"
-            " WHERE state = 'pending')"
+            "SELECT min(due_ms) FROM escalation_plan WHERE state = 'waiting'"
         ).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+        due = [int(row[0])] if row and row[0] is not None else []
+        rows = self._conn.execute(
+            "SELECT key, due_ms FROM notifications WHERE state = 'pending' ORDER BY due_ms"
+        )
+        for key, due_ms in rows:
+            if key not in busy:
+                due.append(int(due_ms))
+                break
+        rows.close()
+        return min(due, default=None)
 
     # --- notifications -------------------------------------------------------------------
 

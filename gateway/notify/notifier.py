@@ -8,6 +8,10 @@ its receiver failed.
                  -> delivery: channel after channel; retries with backoff; over a
                     limit, critical goes to the next channel, the rest into a digest
 
+Each round plans, runs due steps and starts the sends that are due, each a task of its
+own: a provider that hangs (up to its channel's `timeout_s`) holds up neither the next
+alarm nor the other sends, and a notification is never sent twice at once.
+
 Everything is kept in the notification log beside the outbox, so a restart carries on
 where it stopped and sends nothing twice. Alerts that fired while the gateway was
 down before planning them are found in the alert book at start-up.
@@ -23,13 +27,16 @@ import random
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 
 from gateway.clock import Clock, sleep_unless_set
+from gateway.decode.record import DeviceRef
 from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Channel
 from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
@@ -63,6 +70,8 @@ from gateway.notify.robots import DingtalkRobot, FeishuBot, WecomRobot
 from gateway.notify.router import Router, Target
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertEntry, AlertError, was_muted
+from gateway.rules.rule import Severity
+from gateway.rules.silence import SilenceBook
 from gateway.stats import Stats
 from gateway.store.database import damaged_error, is_damaged
 from gateway.store.line_protocol import encode_fields, encode_series
@@ -73,12 +82,23 @@ NOTIFICATION_MEASUREMENT = "notification"
 ESCALATION_MEASUREMENT = "escalation"
 # Sends under way at once, so that one slow provider does not hold up the others.
 MAX_CONCURRENT_SENDS = 16
-# Bounds the passes of one round of delivery (each pass tries the next channel).
+# Bounds the rounds of `process` (each tries the next channel of those that failed).
 MAX_CHANNELS_PER_PASS = 8
 # How often the loop looks again when nothing is due sooner.
 IDLE_WAKE_S = 1.0
 # After a round that failed (the log's file locked past its timeout, say): the next.
 FAILED_ROUND_PAUSE_S = 1.0
+# A stop waits this long for the sends under way, whose results are then recorded; one
+# still going after it is cut off, and goes again at the next start with the same key.
+STOP_GRACE_S = 5.0
+# How long a channel whose provider said it was over its limit, without saying for how
+# long, is left alone.
+DEFAULT_RETRY_AFTER_S = 60.0
+# How often an alert a silence mutes is looked at again: a silence deleted or cut short
+# lets it be told within this, not at the end the silence had.
+MUTED_RECHECK_MS = 60_000
+# The detail of a send by a channel that cannot confirm that the receiver got it.
+UNCONFIRMED = "unconfirmed: goes on by the next channel too"
 
 CommitLines = Callable[[Sequence[str], None], Awaitable[None]]
 
@@ -145,7 +165,10 @@ class Notifier:
         clock: Clock,
         stats: Stats,
         zone: ZoneInfo,
+        silences: SilenceBook | None = None,
     ) -> None:
+        """`silences`: those the alert stage mutes alerts by; with them, an alert a
+        silence muted is told once the silence is over, if it still holds."""
         self.policy = policy
         self.channels = channels
         self.router = router
@@ -160,6 +183,16 @@ class Notifier:
         self._lines: list[str] = []
         self._wakeup = asyncio.Event()
         self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        # The sends under way, by the key of each notification they carry (a digest
+        # carries several): one under way is not started again.
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        # What a send's bookkeeping raised, for the next round to raise as its own.
+        self._send_error: Exception | None = None
+        self._silences = silences
+        self.stop_grace_s = STOP_GRACE_S
+        # Alerts a silence muted, still to be told if they hold once it is over: by id,
+        # when to look again.
+        self._muted: dict[str, int] = {}
         self._random = random.Random()
         # The error of the last round while rounds fail (gateway.notify.fault).
         self.round_error: str | None = None
@@ -193,6 +226,12 @@ class Notifier:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            await self._stop_sends()
+
+    async def _loop(self) -> None:
         recover = True
         recalled = False
         while True:
@@ -203,7 +242,9 @@ class Notifier:
                 if recover:
                     self.recover()
                     recover = False
-                await self.process()
+                # Cleared before the round: a send that ends during it wakes the next.
+                self._wakeup.clear()
+                await self._round()
                 self.round_error = None
             except Exception as exc:
                 if isinstance(exc, sqlite3.Error) and is_damaged(exc):
@@ -219,14 +260,36 @@ class Notifier:
                 recover = True
                 await self._clock.sleep(FAILED_ROUND_PAUSE_S)
                 continue
-            self._wakeup.clear()
-            next_due = self.log.next_due_ms()
+            # A notification being sent is due until its send ends, which wakes the loop.
+            next_due = self.log.next_due_ms(busy=self._sending.keys())
+            muted_ms = min(self._muted.values(), default=None)
+            if muted_ms is not None:
+                next_due = muted_ms if next_due is None else min(next_due, muted_ms)
             wait_s = IDLE_WAKE_S
             if next_due is not None:
                 wait_s = min(wait_s, max(0.0, (next_due - self._clock.now_ms()) / 1000))
             if self._incoming:
                 continue
             await sleep_unless_set(self._clock, wait_s, self._wakeup)
+
+    async def _stop_sends(self) -> None:
+        """At a stop: the sends under way end (or, after `stop_grace_s`, are cut off), and
+        what was recorded of them goes to the time series."""
+        tasks = set(self._sending.values())
+        if tasks:
+            _, going = await asyncio.wait(tasks, timeout=self.stop_grace_s)
+            for task in going:
+                task.cancel()
+            if going:
+                await asyncio.wait(going)
+                log.warning("stopped with %d notification send(s) under way; they go again "
+                            "at the next start", len(going))  # fmt: skip
+        if self._lines:
+            lines, self._lines = self._lines, []
+            try:
+                await self._commit(lines, None)
+            except Exception:
+                log.exception("the last notification points were not written")
 
     def _damaged(self, exc: sqlite3.Error) -> DamagedStoreError:
         """Which of the two files a round reads is damaged: the notification log, or else
@@ -262,7 +325,11 @@ class Notifier:
             if not unplanned and not untold:
                 continue
             history = self.book.history(entry.alert_id)
-            if was_muted(history):
+            if was_muted(history) and not self.log.planned(entry.alert_id):
+                # Nobody was told of it: nobody hears its all-clear. One still firing is
+                # told once its silence is over (or now, if it is already).
+                if unplanned and entry.state is AlertState.FIRING:
+                    self._watch_muted(entry.alert_id, now_ms)
                 continue
             try:
                 if unplanned:
@@ -278,7 +345,27 @@ class Notifier:
         self._wakeup.set()
 
     async def process(self) -> None:
-        """Everything due now: plan new alerts, run due steps, deliver, send digests."""
+        """A round, then, as long as sends it started end and make more due now (the next
+        channel of one that failed), another, each channel once at most: for a caller
+        that wants what is due now done before it goes on. The loop does not wait so."""
+        for _ in range(MAX_CHANNELS_PER_PASS):
+            await self._round()
+            if self._sending:
+                await asyncio.wait(set(self._sending.values()))
+                continue
+            next_due = self.log.next_due_ms()
+            if next_due is None or next_due > self._clock.now_ms():
+                break
+        if self._lines:
+            lines, self._lines = self._lines, []
+            await self._commit(lines, None)
+
+    async def _round(self) -> None:
+        """Everything due now: plan new alerts, run due steps, start the sends and the
+        digests that are due. Waits for no send."""
+        if self._send_error is not None:
+            error, self._send_error = self._send_error, None
+            raise error
         now_ms = self._clock.now_ms()
         with self.log.transaction():
             while self._incoming:
@@ -296,6 +383,7 @@ class Notifier:
                                   change.alert_id)  # fmt: skip
                     self._record(change.alert_id, "-", "-", AttemptResult.UNDELIVERED,
                                  f"planning failed: {exc!r}", None, change)  # fmt: skip
+            self._unmute(now_ms)
             for step in self.log.due_steps(now_ms):
                 try:
                     self._run_step(step, now_ms)
@@ -309,18 +397,14 @@ class Notifier:
                         self._record(step.alert_id, "-", "-", AttemptResult.UNDELIVERED,
                                      f"step {step.chain}.{step.step} failed: {exc!r}", None,
                                      self.book.get(step.alert_id))  # fmt: skip
-        # A notification a channel failed or refused is due again at once on the next
-        # channel: deliver until nothing more is due now, each channel once at most.
-        for _ in range(MAX_CHANNELS_PER_PASS):
-            due = self.log.due(self._clock.now_ms())
-            if not due:
-                break
-            # Critical first: they never wait behind the others.
-            pairs = sorted(
-                ((n, Notice.from_json(n.notice)) for n in due), key=lambda p: not p[1].critical
-            )
-            await asyncio.gather(*(self._deliver(n, notice) for n, notice in pairs))
-        await self._send_digests()
+            sends = self._due_sends()
+            digests = self._due_digests()
+        # Started once their round committed: a round rolled back starts none.
+        for notification, notice, channel in sends:
+            self._start((notification.key,), self._deliver(notification, notice, channel))
+        for channel, digest, members in digests:
+            keys = tuple(notification.key for notification, _ in members)
+            self._start(keys, self._deliver_digest(channel, digest, members))
         if self._lines:
             lines, self._lines = self._lines, []
             await self._commit(lines, None)
@@ -331,6 +415,9 @@ class Notifier:
         if change.silenced_by is not None:
             self._record(change.alert_id, "-", "-", AttemptResult.SILENCED,
                          f"muted by silence {change.silenced_by}", None, change)  # fmt: skip
+            if change.state is AlertState.FIRING:
+                # Looked at again in this round, and then until its silence ends.
+                self._watch_muted(change.alert_id, now_ms)
             return
         try:
             entry = self.book.get(change.alert_id)
@@ -357,6 +444,45 @@ class Notifier:
             log.warning("no route for alert %s (%s); nobody is notified", entry.alert_id,
                         entry.rule)  # fmt: skip
         self.log.plan(steps)
+
+    def _watch_muted(self, alert_id: str, at_ms: int) -> None:
+        if self._silences is not None:
+            self._muted[alert_id] = at_ms
+
+    def _unmute(self, now_ms: int) -> None:
+        """Plans the alerts a silence muted whose silence is over while they still hold
+        (a battery still low after the maintenance window), once: nobody else would
+        hear of them until they cleared and came back."""
+        if self._silences is None:
+            return
+        for alert_id, check_ms in list(self._muted.items()):
+            if check_ms > now_ms:
+                continue
+            del self._muted[alert_id]
+            try:
+                entry = self.book.get(alert_id)
+                if (
+                    entry.state is not AlertState.FIRING
+                    or entry.acknowledged_by is not None
+                    or self.log.planned(alert_id)
+                ):
+                    continue
+                silence = self._silences.matching(_change_of(entry, now_ms), now_ms)
+                if silence is not None:
+                    self._muted[alert_id] = max(
+                        min(silence.ends_ms, now_ms + MUTED_RECHECK_MS), now_ms + 1
+                    )
+                    continue
+                log.info("alert %s still holds after the silence that muted it: planning "
+                         "its notifications", alert_id)  # fmt: skip
+                self._plan(entry)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:
+                log.exception("alert %s: its notifications could not be planned", alert_id)
+                with contextlib.suppress(AlertError):
+                    self._record(alert_id, "-", "-", AttemptResult.UNDELIVERED,
+                                 f"planning failed: {exc!r}", None, self.book.get(alert_id))  # fmt: skip
 
     def _run_step(self, planned: PlannedStep, now_ms: int) -> None:
         entry = self.book.get(planned.alert_id)
@@ -449,26 +575,92 @@ class Notifier:
 
     # --- delivery --------------------------------------------------------------------------
 
-    async def _deliver(self, notification: Notification, notice: Notice) -> None:
-        async with self._sends:
-            with self.log.transaction():
-                channel = self._ready(notification, notice)
-            if channel is None:
-                return
-            started_s = time.perf_counter()
-            try:
-                await channel.deliver(notice)
-            except NotifyError as exc:
+    def _due_sends(self) -> list[tuple[Notification, Notice, Channel]]:
+        """The notifications due now, not being sent already, with the channel each goes
+        by now; critical first, so that they never wait behind the others for a limit."""
+        due = [n for n in self.log.due(self._clock.now_ms()) if n.key not in self._sending]
+        pairs = sorted(
+            ((n, Notice.from_json(n.notice)) for n in due), key=lambda p: not p[1].critical
+        )
+        sends = []
+        for notification, notice in pairs:
+            channel = self._ready(notification, notice)
+            if channel is not None:
+                sends.append((notification, notice, channel))
+        return sends
+
+    def _start(self, keys: tuple[str, ...], send: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(send, name=f"notify {keys[0]}")
+        for key in keys:
+            self._sending[key] = task
+        task.add_done_callback(partial(self._ended, keys))
+
+    def _ended(self, keys: tuple[str, ...], task: asyncio.Task[None]) -> None:
+        for key in keys:
+            if self._sending.get(key) is task:
+                del self._sending[key]
+        # Its points to commit, or the notification's next channel due now.
+        self._wakeup.set()
+
+    async def _deliver(self, notification: Notification, notice: Notice, channel: Channel) -> None:
+        try:
+            async with self._sends:
+                started_s = time.perf_counter()
+                try:
+                    await channel.deliver(notice)
+                except NotifyError as exc:
+                    latency_ms = (time.perf_counter() - started_s) * 1000
+                    with self.log.transaction():
+                        self._failed(notification, notice, channel, exc, latency_ms)
+                    return
                 latency_ms = (time.perf_counter() - started_s) * 1000
                 with self.log.transaction():
-                    self._failed(notification, notice, channel, exc, latency_ms)
-                return
-            latency_ms = (time.perf_counter() - started_s) * 1000
-            with self.log.transaction():
-                self.log.update(notification.key, state="sent",
-                                channel_index=notification.channel_index,
-                                tries=notification.tries + 1, due_ms=self._clock.now_ms())  # fmt: skip
-                self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
+                    self._delivered(notification, notice, channel, latency_ms)
+        except Exception as exc:
+            self._send_failed(exc, notice.key)
+
+    def _send_failed(self, exc: Exception, key: str) -> None:
+        """A send whose result could not be recorded (the log's file locked, say): the
+        next round fails with it, as if it had been the round's own."""
+        log.error("the result of sending %s was not recorded: %r", key, exc)
+        if self._send_error is None:
+            self._send_error = exc
+        self._wakeup.set()
+
+    def _delivered(
+        self, notification: Notification, notice: Notice, channel: Channel, latency_ms: float
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        more = notification.channel_index + 1 < len(notification.channels)
+        if notice.critical and not channel.confirms and more:
+            # The channel took it, but cannot say the receiver has it (an app offline):
+            # the next channel takes it too, so that a fall is never missed.
+            self._record_notice(notice, channel.name, AttemptResult.SENT, UNCONFIRMED, latency_ms)
+            self._next_channel(notification, notice, now_ms)
+            return
+        self.log.update(notification.key, state="sent",
+                        channel_index=notification.channel_index,
+                        tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
+        self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
+        self._told_after_clear(notification, notice, now_ms)
+
+    def _told_after_clear(self, notification: Notification, notice: Notice, now_ms: int) -> None:
+        """One told of an alert that had cleared before they were (a backlog's alarm
+        and its all-clear in one batch, a life-safety step after the all-clear) hears
+        that it is over too: the all-clear went to those told before it."""
+        if notice.kind != "firing":
+            return
+        try:
+            entry = self.book.get(notice.alert_id)
+        except AlertError:
+            return
+        if entry.resolved_ms is None:
+            return
+        chains = {r.escalation for r in self.router.routes(entry) if r.send_resolved}
+        if _chain_of(notification.key, notice) in chains:
+            target = self.router.told(notice, notification.channels)
+            # Keyed by receiver: made once, whoever told them first.
+            self._add(entry, target, entry.alert_id, "resolved", now_ms)
 
     def _ready(self, notification: Notification, notice: Notice) -> Channel | None:
         """The channel to try now, or None when the notification goes another way."""
@@ -506,9 +698,8 @@ class Notifier:
         now_ms = self._clock.now_ms()
         tries = notification.tries
         if exc.rate_limited:
-            if channel.blocked_s:
-                channel.limiter.block(now_ms / 1000 + channel.blocked_s)
-            self._over_limit(notification, notice, channel, exc.retry_after_s or 60.0, str(exc))
+            wait_s = self._block(channel, notice, exc, now_ms)
+            self._over_limit(notification, notice, channel, wait_s, str(exc))
             return
         delivery = self.policy.delivery
         if exc.retryable and tries + 1 < delivery.max_tries:
@@ -523,6 +714,15 @@ class Notifier:
             return
         self._record_notice(notice, channel.name, AttemptResult.FAILED, str(exc), latency_ms)
         self._next_channel(notification, notice, now_ms)
+
+    def _block(self, channel: Channel, notice: Notice, exc: NotifyError, now_ms: int) -> float:
+        """A provider's limit answer holds the channel's sends (to that number, for SMS
+        and voice, whose limits are per number) for as long as it said: tried again at
+        once, a robot over its limit is blocked the longer. How long, in seconds."""
+        wait_s = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
+        number = notice.phone if channel.needs_phone else None
+        channel.limiter.block(now_ms / 1000 + wait_s, number)
+        return wait_s
 
     def _over_limit(
         self,
@@ -552,23 +752,21 @@ class Notifier:
                             due_ms=now_ms + round(wait_s * 1000))  # fmt: skip
 
     def _withdrawn(self, notification: Notification, notice: Notice) -> bool:
-        """A notice of an alert that is no longer firing is not sent, unless it is critical:
-        held for quiet hours or a limit, it would wake a worker at 07:00 for a lid closed
-        at 23:10, and no all-clear would follow. Critical ones go out whatever happened
-        since: a fire alarm that cleared was still a fire alarm."""
-        if notice.kind != "firing" or notice.critical:
+        """Whether a firing notice is not sent after all (see `_why_withdrawn`); if so,
+        recorded."""
+        if notice.kind != "firing":
             return False
         try:
-            state = self.book.get(notice.alert_id).state
+            entry = self.book.get(notice.alert_id)
         except AlertError:
             return False
-        if state is AlertState.FIRING:
+        reason = _why_withdrawn(entry, notification.key, notice)
+        if reason is None:
             return False
         self.log.update(notification.key, state="withdrawn",
                         channel_index=notification.channel_index, tries=notification.tries,
                         due_ms=notification.due_ms)  # fmt: skip
-        self._record_notice(notice, "-", AttemptResult.WITHDRAWN,
-                            f"the alert was {state} before this could go out", None)  # fmt: skip
+        self._record_notice(notice, "-", AttemptResult.WITHDRAWN, reason, None)
         return True
 
     def _next_channel(self, notification: Notification, notice: Notice, now_ms: int) -> None:
@@ -587,6 +785,19 @@ class Notifier:
         self._next_channel(notification, notice, now_ms)
 
     def _undelivered(self, notification: Notification, notice: Notice) -> None:
+        if any(
+            a.notification_key == notification.key and a.result is AttemptResult.SENT
+            for a in self.log.attempts(notification.alert_id)
+        ):
+            # A channel that cannot confirm took it, and none after it did: it may have
+            # reached them, and it is never sent again.
+            self.log.update(notification.key, state="sent",
+                            channel_index=notification.channel_index, tries=notification.tries,
+                            due_ms=notification.due_ms)  # fmt: skip
+            log.error("%s was told of alert %s only by a channel that cannot confirm it; "
+                      "every channel after it failed", notice.receiver, notice.alert_id)  # fmt: skip
+            self._told_after_clear(notification, notice, self._clock.now_ms())
+            return
         self.log.update(notification.key, state="undelivered",
                         channel_index=notification.channel_index, tries=notification.tries,
                         due_ms=notification.due_ms)  # fmt: skip
@@ -595,11 +806,14 @@ class Notifier:
         log.error("could not notify %s of alert %s by any of its channels", notice.receiver,
                   notice.alert_id)  # fmt: skip
 
-    async def _send_digests(self) -> None:
+    def _due_digests(self) -> list[tuple[Channel, Notice, list[tuple[Notification, Notice]]]]:
         """Notifications held over a channel's limit go out as one message per channel
-        and receiver as soon as the limit allows."""
+        and receiver as soon as the limit allows: each digest due now, with the channel
+        it goes by and its notifications."""
         groups: dict[tuple[str, str], list[tuple[Notification, Notice]]] = {}
         for notification in self.log.waiting_for_digest():
+            if notification.key in self._sending:
+                continue
             name = notification.channels[notification.channel_index]
             notice = Notice.from_json(notification.notice)
             channel = self.channels.get(name)
@@ -610,34 +824,58 @@ class Notifier:
                 continue
             group = "" if not channel.needs_phone else notice.receiver
             groups.setdefault((name, group), []).append((notification, notice))
+        digests = []
         for (name, _), members in groups.items():
-            # A reload while an earlier digest was sent may have taken it away: the next
-            # round moves its notifications on.
-            channel = self.channels.get(name)
-            if channel is None:
-                continue
+            channel = self.channels[name]
             first = members[0][1]
-            now_ms = self._clock.now_ms()
-            if channel.limiter.wait_s(first.phone, now_ms / 1000) > 0:
+            now_s = self._clock.now_ms() / 1000
+            if channel.limiter.wait_s(first.phone, now_s) > 0:
                 continue
-            digest = _digest(first, [notice for _, notice in members])
-            channel.limiter.note(first.phone, now_ms / 1000)
-            try:
-                await channel.deliver(digest)
-            except NotifyError as exc:
-                if exc.rate_limited and channel.blocked_s:
-                    channel.limiter.block(now_ms / 1000 + channel.blocked_s)
-                if not exc.rate_limited:
+            channel.limiter.note(first.phone, now_s)
+            digests.append((channel, _digest(first, [n for _, n in members]), members))
+        return digests
+
+    async def _deliver_digest(
+        self, channel: Channel, digest: Notice, members: list[tuple[Notification, Notice]]
+    ) -> None:
+        try:
+            async with self._sends:
+                try:
+                    await channel.deliver(digest)
+                except NotifyError as exc:
+                    with self.log.transaction():
+                        self._digest_failed(channel, digest, members, exc)
+                    return
+                with self.log.transaction():
+                    now_ms = self._clock.now_ms()
                     for notification, notice in members:
-                        self._record_notice(notice, name, AttemptResult.FAILED, str(exc), None)
-                        self._next_channel(notification, notice, now_ms)
-                continue
-            for notification, notice in members:
-                self.log.update(notification.key, state="sent",
-                                channel_index=notification.channel_index,
-                                tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
-                self._record_notice(notice, name, AttemptResult.SENT, f"{IN_DIGEST}{digest.key}",
-                                    None)  # fmt: skip
+                        self.log.update(notification.key, state="sent",
+                                        channel_index=notification.channel_index,
+                                        tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
+                        self._record_notice(notice, channel.name, AttemptResult.SENT,
+                                            f"{IN_DIGEST}{digest.key}", None)  # fmt: skip
+                        self._told_after_clear(notification, notice, now_ms)
+        except Exception as exc:
+            self._send_failed(exc, digest.key)
+
+    def _digest_failed(
+        self,
+        channel: Channel,
+        digest: Notice,
+        members: list[tuple[Notification, Notice]],
+        exc: NotifyError,
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        if exc.rate_limited:
+            # Waits, as it did, for the limit to allow it: as long as the provider said.
+            wait_s = self._block(channel, digest, exc, now_ms)
+            for _, notice in members:
+                self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED,
+                                    f"{exc}; the digest waits {wait_s:g} s", None)  # fmt: skip
+            return
+        for notification, notice in members:
+            self._record_notice(notice, channel.name, AttemptResult.FAILED, str(exc), None)
+            self._next_channel(notification, notice, now_ms)
 
     # --- records ---------------------------------------------------------------------------
 
@@ -712,3 +950,42 @@ def _chain_of(key: str, notice: Notice) -> str:
     `{alert_id}/{chain}.{step}/{receiver}/firing`."""
     step = key.removeprefix(f"{notice.alert_id}/").removesuffix(f"/{notice.receiver}/firing")
     return step.rpartition(".")[0]
+
+
+def _step_of(key: str, notice: Notice) -> int:
+    """The escalation step's number in a firing notification's key."""
+    step = key.removeprefix(f"{notice.alert_id}/").removesuffix(f"/{notice.receiver}/firing")
+    number = step.rpartition(".")[2]
+    return int(number) if number.isdigit() else 0
+
+
+def _why_withdrawn(entry: AlertEntry, key: str, notice: Notice) -> str | None:
+    """Why a firing notice not yet sent is not sent after all, or None.
+
+    Once a person took the alert (acknowledged or closed it), its escalation stops at
+    once: a later step's notice waiting for a limit or a retry (a voice call, say) is
+    not sent, nor any notice to the one who took it. What the first step owes others
+    goes out if critical (a wearer's family still hears of the fall). A non-critical
+    notice of an alert no longer firing is not sent: held for quiet hours or a limit, it
+    would wake a worker at 07:00 for a lid closed at 23:10, and no all-clear would
+    follow. A critical one of an alert that merely cleared goes out: a fire alarm that
+    cleared was still a fire alarm."""
+    taken = entry.acknowledged_by is not None or entry.state is AlertState.CLOSED
+    if taken and notice.critical:
+        if notice.receiver in (entry.acknowledged_by, entry.closed_by):
+            return f"{notice.receiver} took the alert ({entry.state}) before this could go out"
+        if _step_of(key, notice) > 0:
+            return f"the alert was {entry.state}, which stopped its escalation, before this could go out"
+        return None
+    if entry.state is AlertState.FIRING or notice.critical:
+        return None
+    return f"the alert was {entry.state} before this could go out"
+
+
+def _change_of(entry: AlertEntry, now_ms: int) -> AlertChange:
+    """An alert as a change, for the silences to match as the alert stage does."""
+    return AlertChange(
+        entry.alert_id, entry.rule, entry.title, Severity(entry.severity), entry.life_safety,
+        DeviceRef(entry.community, entry.device_type, entry.device_id), entry.port,
+        entry.state, entry.started_ms, now_ms, {},
+    )  # fmt: skip

@@ -53,7 +53,7 @@ class WecomRobot(Channel):
     kind = "wecom"
 
     def __init__(self, name: str, config: WecomChannel, http: httpx.AsyncClient) -> None:
-        super().__init__(name, (Limit(config.per_minute, 60.0),))
+        super().__init__(name, (Limit(config.per_minute, 60.0),), config.timeout_s)
         self._config = config
         self._http = http
 
@@ -90,7 +90,7 @@ class DingtalkRobot(Channel):
     def __init__(
         self, name: str, config: DingtalkChannel, http: httpx.AsyncClient, clock: Clock
     ) -> None:
-        super().__init__(name, (Limit(config.per_minute, 60.0),))
+        super().__init__(name, (Limit(config.per_minute, 60.0),), config.timeout_s)
         self.blocked_s = config.blocked_s
         self._config = config
         self._http = http
@@ -145,7 +145,7 @@ class FeishuBot(Channel):
     def __init__(
         self, name: str, config: FeishuChannel, http: httpx.AsyncClient, clock: Clock
     ) -> None:
-        super().__init__(name, (Limit(config.per_second, 1.0),))
+        super().__init__(name, (Limit(config.per_second, 1.0),), config.timeout_s)
         self._config = config
         self._http = http
         self._clock = clock

@@ -15,7 +15,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pytest_httpserver import HTTPServer
 
-from gateway.config import GatewayConfig
+from gateway.clock import SystemClock
+from gateway.config import GatewayConfig, MqttConfig
+from gateway.ingest.mqtt import subscriber_for
+from gateway.notify.hooks import MqttPublisher
+from gateway.notify.log import AttemptResult
+from gateway.notify.policy import MqttChannel
 from gateway.rules.alert import AlertState
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
@@ -27,6 +32,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.services import InfluxService, MosquittoService
+from tests.unit.notify.test_notifier import SMOKE, Rig, fall, reading
 
 
 def notify_policy(namespace: str, webhook_url: str) -> dict[str, object]:
@@ -193,3 +199,38 @@ async def test_a_fall_reaches_the_grid_worker_who_closes_it_through_the_link(
         app.disconnect()
         app.loop_stop()
         close_sockets(app)
+
+
+async def test_a_fall_reaches_a_worker_whose_app_is_offline_by_her_next_channel(
+    tmp_path: Path, fresh_mosquitto: MosquittoService, namespace: str
+) -> None:
+    """A broker acknowledges a publish nobody subscribes to, and drops it: the app's
+    channel cannot say she has it, so a fall goes by her next channel too."""
+    config = MqttConfig.model_validate(
+        {"host": fresh_mosquitto.host, "port": fresh_mosquitto.port,
+         "client_id": f"gw-{namespace}"[:64], "topics": [f"{namespace}/#"],
+         "alarm_topics": [], "status_topic": None}
+    )  # fmt: skip
+    connection = subscriber_for(config, SystemClock(), status=False)
+    await connection.start()
+    try:
+        await wait_until(connection.connected.is_set, timeout_s=10)
+        rig = Rig(tmp_path / "outbox.sqlite3")
+        # wang-fang's first channel is the grid-worker app, then SMS, as in the shipped
+        # policy; her app subscribes to nothing.
+        app = MqttPublisher("wecom", MqttChannel(type="mqtt", timeout_s=5), connection.publish)
+        rig.channels["wecom"] = rig.notifier.channels["wecom"] = app  # type: ignore[assignment]
+        rig.feed(fall())
+        await rig.after(0)
+        (alert,) = [e for e in rig.book.open_alerts() if e.rule == "fall"]
+        mine = [(a.channel, a.result) for a in rig.log.attempts(alert.alert_id)
+                if a.receiver == "wang-fang"]  # fmt: skip
+        assert mine == [("wecom", AttemptResult.SENT), ("sms", AttemptResult.SENT)]
+        # A low battery stops at the app once the broker took it.
+        rig.feed(reading(SMOKE, 10, battery_pct=10))
+        await rig.after(10)
+        (low,) = [e for e in rig.book.open_alerts() if e.rule == "smoke_low_battery"]
+        told = [(a.channel, a.result) for a in rig.log.attempts(low.alert_id)]
+        assert told == [("wecom", AttemptResult.SENT)]
+    finally:
+        connection.stop()

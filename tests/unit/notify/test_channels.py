@@ -1,10 +1,13 @@
 """Every channel against a local HTTP server that checks the exact request, signature
 included, and answers as the provider does: success, its rate-limit answer, its errors."""
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,6 +21,7 @@ from werkzeug import Request, Response
 
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
+from gateway.notify.channel import Limiter
 from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
 from gateway.notify.hooks import Console, MqttPublisher, Webhook
 from gateway.notify.policy import (
@@ -539,13 +543,15 @@ async def test_an_unreachable_provider_is_worth_retrying(http: httpx.AsyncClient
 
 
 async def test_mqtt_publishes_the_document_to_the_receivers_topic() -> None:
-    published: list[tuple[str, bytes]] = []
+    published: list[tuple[str, bytes, float]] = []
 
-    async def publish(topic: str, payload: bytes) -> None:
-        published.append((topic, payload))
+    async def publish(topic: str, payload: bytes, timeout_s: float) -> None:
+        published.append((topic, payload, timeout_s))
 
-    await MqttPublisher("app", MqttChannel(type="mqtt"), publish).send(notice())
-    ((topic, payload),) = published
+    await MqttPublisher("app", MqttChannel(type="mqtt", timeout_s=3), publish).send(notice())
+    # Waits for the broker's acknowledgement as long as the channel's timeout says.
+    ((topic, payload, timeout_s),) = published
+    assert timeout_s == 3
     assert topic == "notify/hgy/wang-fang"
     assert json.loads(payload)["ack_url"] == "https://gw.example.cn/a/token"
     with pytest.raises(NotifyError, match="no MQTT broker"):
@@ -555,7 +561,7 @@ async def test_mqtt_publishes_the_document_to_the_receivers_topic() -> None:
 async def test_a_name_goes_into_the_topic_as_one_level_and_never_a_wildcard() -> None:
     published: list[str] = []
 
-    async def publish(topic: str, payload: bytes) -> None:
+    async def publish(topic: str, payload: bytes, timeout_s: float) -> None:
         published.append(topic)
 
     app = MqttPublisher("app", MqttChannel(type="mqtt"), publish)
@@ -579,3 +585,47 @@ def test_a_topic_that_cannot_be_published_to_is_refused_at_start_up(topic: str) 
 async def test_console_logs_the_text(caplog: pytest.LogCaptureFixture) -> None:
     await Console("console").send(notice())
     assert "notify wang-fang: 【紧急告警】跌倒 Fall | 地点" in caplog.text
+
+
+async def test_a_send_is_cut_off_at_its_timeout_however_its_server_trickles() -> None:
+    """An HTTP client's timeout counts each read: a server (or a proxy in front of it)
+    answering a byte at a time would hold the send for as long as it trickled."""
+    stop, finished = asyncio.Event(), asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n")  # fmt: skip
+        with contextlib.suppress(ConnectionError):
+            while not stop.is_set():
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        finished.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient() as http:
+        config = WebhookChannel(type="webhook", url=f"http://127.0.0.1:{port}/", timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(NotifyError, match=r"did not answer within 0\.3 s") as error:
+            await Webhook("hook", config, http).deliver(notice())
+        elapsed = time.monotonic() - started
+        stop.set()
+        await finished.wait()
+    assert error.value.retryable
+    assert elapsed < 1.0
+
+
+def test_a_provider_s_block_holds_the_channel_or_one_number() -> None:
+    limiter = Limiter(())
+    limiter.block(100.0, "13800000001")
+    # The number however written; the others are reachable.
+    assert limiter.wait_s("+8613800000001", 40.0) == 60.0
+    assert limiter.wait_s("13800000002", 40.0) == 0
+    limiter.block(70.0)
+    assert limiter.wait_s("13800000002", 40.0) == 30.0
+    assert limiter.wait_s(None, 71.0) == 0

@@ -17,6 +17,7 @@ from gateway.notify.channel import Limit
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import AttemptResult, NotificationLog, PlannedStep
+from gateway.notify.notice import Notice
 from gateway.notify.notifier import FAILED_ROUND_PAUSE_S, Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, Route
 from gateway.notify.router import Router
@@ -109,9 +110,9 @@ class Rig:
         self.outbox = Outbox(self.path)
         self.book = AlertBook(self.path)
         self.stats = Stats()
+        self.silences = SilenceBook(self.path, self.registry)
         self.stage = AlertStage(
-            RuleEngine(shipped_rules(), self.registry),
-            self.book, SilenceBook(self.path, self.registry), self.clock,
+            RuleEngine(shipped_rules(), self.registry), self.book, self.silences, self.clock,
         )  # fmt: skip
         self.channels = self.given_channels or {
             "wecom": FakeChannel("wecom", limits=self.limits),
@@ -123,7 +124,7 @@ class Rig:
         self.notifier = Notifier(
             self.policy, dict(self.channels), Router(self.policy, self.registry, ZONE),
             self.book, self.log, LinkSigner("secret", "https://gw.example.cn", 3600),
-            self.commit, self.clock, self.stats, ZONE,
+            self.commit, self.clock, self.stats, ZONE, silences=self.silences,
         )  # fmt: skip
         self.desk = AlertDesk(self.book, self.registry, self.commit, self.clock)
         self.desk.listeners.append(self.notifier.on_desk_step)
@@ -131,6 +132,7 @@ class Rig:
     def restart(self) -> None:
         self.outbox.close()
         self.book.close()
+        self.silences.close()
         self.log.close()
         self.start()
 
@@ -912,3 +914,377 @@ def outbox_commit(outbox: Outbox):  # type: ignore[no-untyped-def]
         outbox.commit(lines, [], None, write)
 
     return commit
+
+
+class HangingChannel(FakeChannel):
+    """A provider that takes the request and does not answer until released."""
+
+    def __init__(self, name: str, **kwargs: object) -> None:
+        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def send(self, notice: Notice) -> None:
+        self.started += 1
+        await self.release.wait()
+        await super().send(notice)
+
+
+async def settle() -> None:
+    """Lets the notifier's loop and its sends run what is due, with the clock standing."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_a_provider_that_hangs_holds_up_no_other_alarm(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # The SMS provider hangs on the wearer's family's notice of a fall.
+    sms = HangingChannel("sms", needs_phone=True)
+    rig.channels["sms"] = rig.notifier.channels["sms"] = sms
+    runner = asyncio.create_task(rig.notifier.run())
+    try:
+        await settle()
+        rig.feed(fall())
+        await settle()
+        assert sms.started == 1
+        # A fire alarm meanwhile reaches the grid worker on duty by WeCom, at once.
+        rig.feed(reading(SMOKE, 1, alarm=True))
+        await settle()
+        assert [n.rule for n in rig.channels["wecom"].sent] == ["fall", "fire_alarm"]  # type: ignore[attr-defined]
+        # Rounds go on while it hangs; the notice under way is not sent a second time.
+        for _ in range(3):
+            rig.clock.advance(1)
+            rig.notifier.on_alerts([])
+            await settle()
+        assert sms.started == 1
+        sms.release.set()
+        await settle()
+        contact = [a for a in rig.log.attempts(sms.sent[0].alert_id)
+                   if a.receiver == "contact:13900000009"]  # fmt: skip
+        assert [a.result for a in contact] == [AttemptResult.SENT]
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == []
+
+
+async def test_a_stop_waits_for_a_send_under_way_and_records_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    wecom = HangingChannel("wecom")
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = wecom
+    runner = asyncio.create_task(rig.notifier.run())
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await settle()
+    assert wecom.started == 1
+    runner.cancel()
+    await settle()
+    # It answers while the gateway stops: recorded, and not sent again after the start.
+    wecom.release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    (alert,) = rig.book.open_alerts()
+    assert [a.result for a in rig.log.attempts(alert.alert_id)] == [AttemptResult.SENT]
+    assert rig.lines("notification")
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == []
+
+
+async def test_a_send_a_stop_cuts_off_goes_again_once_after_the_start(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    wecom = HangingChannel("wecom")
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = wecom
+    rig.notifier.stop_grace_s = 0
+    runner = asyncio.create_task(rig.notifier.run())
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await settle()
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    (alert,) = rig.book.open_alerts()
+    # Nothing is recorded of a send whose end nobody saw.
+    assert rig.log.attempts(alert.alert_id) == []
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    await rig.after(60)
+    assert len(rig.sent()) == 1
+
+
+async def test_a_send_that_outlasts_its_channels_timeout_is_tried_again(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    wecom = HangingChannel("wecom")
+    wecom.timeout_s = 0.01
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = wecom
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    (alert,) = rig.book.open_alerts()
+    (attempt,) = rig.log.attempts(alert.alert_id)
+    assert (attempt.result, attempt.detail) == (
+        AttemptResult.RETRY, "wecom did not answer within 0.01 s",
+    )  # fmt: skip
+    wecom.release.set()
+    await rig.after(10)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
+class AppChannel(FakeChannel):
+    """A grid-worker app over MQTT: the broker takes what nobody may receive."""
+
+    confirms = False
+
+
+def with_the_app_first(rig: Rig) -> AppChannel:
+    policy = POLICY.model_copy(update={"channels": {**POLICY.channels, "app": POLICY.channels["wecom"]},
+                                       "receivers": tuple(r.model_copy(update={"channels": ("app", *r.channels)})
+                                                          if r.name == "wang-fang" else r
+                                                          for r in POLICY.receivers)})  # fmt: skip
+    app = AppChannel("app")
+    rig.channels["app"] = app
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    return app
+
+
+async def test_a_critical_notice_goes_on_after_a_channel_that_cannot_confirm(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    app = with_the_app_first(rig)
+    rig.feed(fall())
+    await rig.after(0)
+    # Her app may be offline: WeCom tells her too.
+    assert [n.receiver for n in app.sent] == ["wang-fang"]
+    assert ("wecom", "wang-fang", "firing") in rig.sent()
+    alert_id = app.sent[0].alert_id
+    mine = [(a.channel, a.result, a.detail) for a in rig.log.attempts(alert_id)
+            if a.receiver == "wang-fang"]  # fmt: skip
+    assert mine == [
+        ("app", AttemptResult.SENT, "unconfirmed: goes on by the next channel too"),
+        ("wecom", AttemptResult.SENT, ""),
+    ]
+    # A low battery stops at the app, as the broker took it.
+    rig.feed(reading(SMOKE, 10, battery_pct=10))
+    await rig.after(10)
+    assert [n.rule for n in app.sent] == ["fall", "smoke_low_battery"]
+    assert [n.rule for n in rig.channels["wecom"].sent] == ["fall"]  # type: ignore[attr-defined]
+
+
+async def test_a_critical_notice_only_the_app_took_is_not_sent_again(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    app = with_the_app_first(rig)
+    for name in ("wecom", "sms"):
+        rig.channels[name].errors.append(NotifyError(f"{name} down", retryable=False))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    for _ in range(3):
+        await rig.after(0)
+    alert_id = app.sent[0].alert_id
+    # Every channel after the app failed: it may have reached her, and is never sent
+    # again, after a restart neither.
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    assert [n.receiver for n in app.sent] == ["wang-fang"]
+    (notification,) = [n for n in rig.log.sent(alert_id) if "/wang-fang/" in n.key]
+    assert notification.state == "sent"
+
+
+async def test_taking_an_alert_withdraws_its_escalation_notices_still_held(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    voice = FakeChannel("voice", needs_phone=True, digests=False,
+                        limits=(Limit(1, 60.0, per_number=True),))  # fmt: skip
+    rig.channels["voice"] = rig.notifier.channels["voice"] = voice
+    # A fall, and an SOS 5 s later; at 3 minutes the worker on duty is called for the
+    # fall; the SOS's call waits a minute for the provider's limit.
+    rig.feed(fall(0))
+    rig.feed(Event(WRIST, T0 + 5000, TimeSource.DEVICE, "sos", {}))
+    await rig.after(0)
+    await rig.after(185)
+    assert [n.rule for n in voice.sent] == ["fall"]
+    sos = next(e for e in rig.book.open_alerts() if e.rule == "sos")
+    await rig.desk.acknowledge(sos.alert_id, "wang-fang")
+    await rig.after(60)
+    # The acknowledgement stopped the chain at once: no call for the SOS she took.
+    assert [n.rule for n in voice.sent] == ["fall"]
+    (withdrawn,) = [a for a in rig.log.attempts(sos.alert_id) if a.result == "withdrawn"]
+    assert withdrawn.receiver == "wang-fang"
+    assert withdrawn.detail == "wang-fang took the alert (acknowledged) before this could go out"
+
+
+async def test_a_first_notice_held_in_a_retry_still_reaches_the_family(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.channels["sms"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    await rig.after(0)
+    assert rig.sent() == []
+    (entry,) = rig.book.open_alerts()
+    # The grid worker heard of it another way and takes it; both notices are in backoff.
+    await rig.desk.acknowledge(entry.alert_id, "wang-fang")
+    await rig.after(10)
+    # The wearer's family still hear of the fall; she is not told of what she took.
+    assert rig.sent() == [("sms", "contact:13900000009", "firing")]
+    # Nor is anyone at a later step.
+    await rig.after(600)
+    assert rig.sent() == [("sms", "contact:13900000009", "firing")]
+
+
+async def test_those_told_of_an_alarm_from_a_backlog_hear_its_all_clear(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.clock.advance(5000)
+    # After an outage the broker hands over the detector's queued reports in one batch:
+    # in alarm, then off, and still off ten minutes later.
+    rig.feed(
+        reading(SMOKE, 0, alarm=True),
+        reading(SMOKE, 3600, alarm=False),
+        reading(SMOKE, 4300, alarm=False),
+    )
+    await rig.after(0)
+    # A fire alarm that cleared is still told; and that it is over, once.
+    assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(60)
+    assert rig.sent() == []
+
+
+async def test_those_a_life_safety_step_tells_after_the_all_clear_hear_it_too(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(Event(SMOKE, T0, TimeSource.DEVICE, "alarm", {}))
+    await rig.after(0)
+    rig.feed(reading(SMOKE, 1, alarm=False), reading(SMOKE, 601, alarm=False))
+    await rig.after(5)
+    assert ("wecom", "wang-fang", "resolved") in rig.sent()
+    # Life safety: the chain goes on until a person takes it; those it tells now hear
+    # that it is over as well.
+    await rig.after(180)
+    told = rig.sent()
+    for receiver in ("office", "property"):
+        assert ("office-robot", receiver, "firing") in told
+        assert ("office-robot", receiver, "resolved") in told
+    assert [s for s in told if s[1] == "wang-fang" and s[2] == "resolved"] == [
+        ("wecom", "wang-fang", "resolved")
+    ]
+
+
+class Limited(FakeChannel):
+    """A robot over its limit, which asks for two minutes of quiet."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.tries = 0
+        self.limited = True
+
+    async def send(self, notice: Notice) -> None:
+        self.tries += 1
+        if self.limited:
+            raise NotifyError("WeCom over its limit: 45009", retryable=True, rate_limited=True,
+                              retry_after_s=120.0)  # fmt: skip
+        await super().send(notice)
+
+
+async def test_a_digest_waits_for_the_retry_after_the_provider_gave(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    robot = Limited("wecom")
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = robot
+    rig.feed(reading(SMOKE, 0, battery_pct=10))  # waits for a digest
+    await rig.after(0)
+    assert robot.tries == 1
+    rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
+    for _ in range(119):
+        await rig.after(1)
+    # Not tried again while the robot asked for quiet, neither the digest nor the next.
+    assert robot.tries == 1
+    robot.limited = False
+    await rig.after(1)
+    assert robot.tries == 2
+    (digest,) = robot.sent
+    assert digest.title == "2 条告警"
+
+
+async def test_a_provider_s_limit_on_one_number_leaves_the_others_reachable(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.channels["sms"].errors.append(NotifyError(  # type: ignore[attr-defined]
+        "Aliyun SMS refused: isv.BUSINESS_LIMIT_CONTROL", retryable=True, rate_limited=True,
+        retry_after_s=60.0))  # fmt: skip
+    rig.channels["wecom"].errors.append(NotifyError("down", retryable=False))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    await rig.after(0)
+    # The family's number was over its limit (the SMS tried first), wang-fang's is not.
+    told = rig.sent()
+    assert ("sms", "wang-fang", "firing") in told
+    assert ("sms", "contact:13900000009", "firing") not in told
+    await rig.after(60)
+    assert ("sms", "contact:13900000009", "firing") in rig.sent()
+
+
+async def test_an_alert_muted_by_a_silence_is_told_once_the_silence_ends(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # An hour of maintenance on the community's detectors.
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+                     ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
+    rig.feed(reading(SMOKE, 600, battery_pct=10))
+    await rig.after(600)
+    await rig.after(2999)
+    assert rig.sent() == []
+    # The battery was not changed: the silence ends and it is told, once.
+    await rig.after(1)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(3600)
+    assert rig.sent() == []
+
+
+async def test_a_silence_that_ended_during_a_stop_is_over_at_the_start(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+                     ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
+    rig.feed(reading(SMOKE, 600, battery_pct=10))
+    await rig.after(600)
+    rig.restart()
+    rig.clock.advance(3600)
+    rig.notifier.recover()
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
+async def test_an_alert_muted_that_cleared_or_was_taken_meanwhile_is_not_told(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+                     ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
+    await rig.after(1)
+    tamper = next(e for e in rig.book.open_alerts() if e.rule != "smoke_low_battery")
+    await rig.desk.acknowledge(tamper.alert_id, "property")
+    rig.feed(reading(SMOKE, 1800, battery_pct=100), reading(SMOKE, 1800 + 3600, battery_pct=100))
+    await rig.after(1800)
+    await rig.after(3600)
+    assert rig.sent() == []
+
+
+async def test_an_alert_whose_silence_is_deleted_is_told_within_a_minute(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    silence = rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+                               ends_ms=T0 + 8 * 3_600_000, community="hgy")  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    rig.silences.delete(silence.id)
+    await rig.after(59)
+    assert rig.sent() == []
+    await rig.after(1)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
