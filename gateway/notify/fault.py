@@ -373,8 +373,10 @@ class FaultWatch:
         )
 
     async def _deliver(self, pending: _Pending) -> None:
-        """By the receiver's channels in order, until one takes it."""
+        """By the receiver's channels in order, until one takes it; one that cannot
+        confirm the receiver has it (an app that may be offline) and the next one too."""
         notice = pending.notice
+        taken = False
         for name in pending.receiver.channels:
             channel = self._reach.channels.get(name)
             if channel is None or (channel.needs_phone and not notice.phone):
@@ -391,11 +393,16 @@ class FaultWatch:
                             notice.receiver, name, exc)  # fmt: skip
                 continue
             self._stats.notifications[(name, "sent")] += 1
-            if self._pending.get(notice.receiver) is pending:
-                del self._pending[notice.receiver]
-            if notice.kind == "fault":
-                self._told.add(notice.receiver)
             log.info("told %s by %s: %s", notice.receiver, name, notice.headline())
+            if not taken:
+                taken = True
+                if self._pending.get(notice.receiver) is pending:
+                    del self._pending[notice.receiver]
+                if notice.kind == "fault":
+                    self._told.add(notice.receiver)
+            if channel.confirms:
+                return
+        if taken:
             return
         log.error("could not tell %s of the gateway's fault by any channel; again in %.0f s",
                   notice.receiver, RETRY_S)  # fmt: skip

@@ -158,6 +158,19 @@ async def test_the_receivers_named_are_told_each_by_the_first_channel_that_takes
     assert rig.stats.notifications[("robot", "failed")] == 1
 
 
+async def test_a_channel_that_cannot_confirm_it_was_read_is_followed_by_the_next() -> None:
+    rig = Rig(policy(after_s=0, to=["office"]))
+    # The office's first channel an app over MQTT: the broker takes a notice whether or
+    # not the app is there to read it.
+    rig.reach.channels["robot"].confirms = False
+    rig.problems = {"notifications": "OperationalError: disk I/O error"}
+    await rig.at(0)
+    assert sorted(rig.told()) == [("robot", "office", "fault"), ("sms", "office", "fault")]
+    # Told once: not again as a receiver no channel reached.
+    await rig.at(RETRY_S)
+    assert len(rig.told()) == 2
+
+
 async def test_a_receiver_no_channel_reached_is_tried_again() -> None:
     rig = Rig(policy(after_s=0, to=["secretary"]))
     rig.reach.fail("sms", times=2)
