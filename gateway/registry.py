@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,11 @@ class RegisteredDevice(BaseModel):
 
 
 class Registry:
-    """Registered devices, found by (community, device id) or by a vendor IMEI."""
+    """Registered devices, found by (community, device id) or by a vendor IMEI.
+
+    A registry does not change once made (a reload makes a new one): what the API and
+    the routing of alerts ask of it is indexed here once, rather than looked for among
+    all its devices, on the event loop, at every request or alert."""
 
     def __init__(self, devices: Iterable[RegisteredDevice] = ()) -> None:
         self._by_id: dict[tuple[str, str], RegisteredDevice] = {}
@@ -127,6 +131,31 @@ class Registry:
             self._by_id[(device.community, device.device_id)] = device
             if device.imei:
                 self._by_imei[device.imei] = device
+        grouped: dict[str, list[RegisteredDevice]] = {}
+        for device in self._by_id.values():
+            grouped.setdefault(device.community, []).append(device)
+        # Each community's devices in the order the API lists them: by community, then id.
+        self._by_community: dict[str, tuple[RegisteredDevice, ...]] = {
+            community: tuple(sorted(found, key=_device_id))
+            for community, found in sorted(grouped.items())
+        }
+        self._ordered = tuple(d for found in self._by_community.values() for d in found)
+        at_place: dict[Place, list[RegisteredDevice]] = {}
+        for device in self._ordered:
+            at_place.setdefault(place_of(device), []).append(device)
+        self._at_place = {place: tuple(found) for place, found in at_place.items()}
+        self._places = frozenset(self._at_place)
+        # The places within each area, compound and building, by (community, level, name).
+        within: dict[tuple[str, int, str], list[Place]] = {}
+        for place in self._places:
+            for level in range(1, 4):
+                name = place[level]
+                if name is not None:
+                    within.setdefault((place[0], level, name), []).append(place)
+        # In one order every time: whom they lead to is told in it.
+        self._within = {
+            key: tuple(sorted(found, key=_place_order)) for key, found in within.items()
+        }
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -140,23 +169,32 @@ class Registry:
     def devices(self) -> Iterable[RegisteredDevice]:
         return self._by_id.values()
 
-    def places(self) -> set[Place]:
+    def devices_in(self, community: str | None = None) -> Sequence[RegisteredDevice]:
+        """The devices of a community, or of all, ordered by community and device id."""
+        if community is None:
+            return self._ordered
+        return self._by_community.get(community, ())
+
+    def devices_at(self, community: str, place_type: str, name: str) -> list[RegisteredDevice]:
+        """The devices registered in a place (an area, compound or building by its name
+        alone: in several compounds where their building numbers repeat)."""
+        places = self._within.get((community, 1 + PLACE_TYPES.index(place_type), name), ())
+        return [device for place in places for device in self._at_place[place]]
+
+    def places(self) -> frozenset[Place]:
         """Where the devices are: (community, area, compound, building) of each."""
-        return {(d.community, d.area, d.compound, d.building) for d in self._by_id.values()}
+        return self._places
 
     def places_within(self, community: str, place_type: str, name: str) -> list[Place]:
         """The registered places inside a place that an alert is about (a building on
         fire, named by the building alone): in several compounds, where their building
         numbers repeat."""
-        level = 1 + PLACE_TYPES.index(place_type)
-        within = [p for p in self.places() if p[0] == community and p[level] == name]
-        # In one order every time: whom they lead to is told in it.
-        return sorted(within, key=lambda place: tuple(part or "" for part in place))
+        return list(self._within.get((community, 1 + PLACE_TYPES.index(place_type), name), ()))
 
     def place(self, community: str, place_type: str, name: str) -> Place:
         """A place an alert is about, with the levels above it that all of it shares."""
         level = 1 + PLACE_TYPES.index(place_type)
-        within = self.places_within(community, place_type, name)
+        within = self._within.get((community, level, name), ())
         levels: list[str | None] = [None, None, None]
         levels[level - 1] = name
         for above in range(1, level):
@@ -164,6 +202,14 @@ class Registry:
             if len(shared) == 1:
                 levels[above - 1] = shared.pop()
         return (community, levels[0], levels[1], levels[2])
+
+
+def _device_id(device: RegisteredDevice) -> str:
+    return device.device_id
+
+
+def _place_order(place: Place) -> tuple[str, ...]:
+    return tuple(part or "" for part in place)
 
 
 # A device's community, area, compound and building.

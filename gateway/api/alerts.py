@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -32,6 +34,8 @@ from gateway.rules.book import AlertEntry, AlertError
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=AUTH_ERRORS)
 STEP_ERRORS = error_responses(404, 409, e404="no such alert, or not in the caller's cells")
 SEVERITY_ORDER = {"critical": 0, "major": 1, "warning": 2, "info": 3}
+# Alerts read from the book at once at most, while a list is looked for page by page.
+_MAX_SEARCH_PAGE = 10_000
 StateFilter = Literal[
     "open", "pending", "firing", "acknowledged", "arrived", "resolved", "closed", "all"
 ]
@@ -137,9 +141,14 @@ async def _audit_read(
 
 
 def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
-    return principal.covers_alert(
-        ctx.gateway.registry, entry.community, entry.device_type, entry.device_id
-    )
+    registry = ctx.gateway.registry
+    if principal.role is Role.GRID_WORKER and entry.device_type in PLACE_TYPES:
+        # An alert about a place (a building on fire) is in the caller's cells if a device
+        # registered there is: those found by the registry's index of places, rather than
+        # by looking through all its devices for each alert listed.
+        at_place = registry.devices_at(entry.community, entry.device_type, entry.device_id)
+        return any(principal.covers_device(device, entry.community) for device in at_place)
+    return principal.covers_alert(registry, entry.community, entry.device_type, entry.device_id)
 
 
 def find(ctx: ApiContext, principal: Principal, alert_id: str) -> AlertEntry:
@@ -166,16 +175,9 @@ async def list_alerts(
     since_ms: Annotated[int | None, Query(ge=0, le=1 << 53)] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> AlertListOut:
-    book = ctx.gateway.alerts
-    if state == "open":
-        entries = book.open_alerts()
-    else:
-        entries = book.search(
-            state=None if state == "all" else state, community=community, since_ms=since_ms,
-            limit=limit * 4,
-        )  # fmt: skip
-    chosen: list[AlertEntry] = []
-    for entry in entries:
+    registry = ctx.gateway.registry
+
+    def shown(entry: AlertEntry) -> bool:
         if (
             (community is not None and entry.community != community)
             or (severity is not None and entry.severity != severity)
@@ -184,15 +186,46 @@ async def list_alerts(
             or (since_ms is not None and entry.started_ms < since_ms)
             or not visible(ctx, principal, entry)
         ):
-            continue
-        if (area or compound or building) and not in_place(
-            places_of(ctx.gateway.registry, entry), area, compound, building
-        ):
-            continue
-        chosen.append(entry)
+            return False
+        return not (area or compound or building) or in_place(
+            places_of(registry, entry), area, compound, building
+        )
+
+    book = ctx.gateway.alerts
+    if state == "open":
+        chosen = [entry for entry in book.open_alerts() if shown(entry)]
+    else:
+        chosen = []
+        search = partial(
+            book.search, state=None if state == "all" else state, community=community,
+            communities=_communities_of(principal), rule=rule, device_id=device_id,
+            severity=severity, since_ms=since_ms,
+        )  # fmt: skip
+        # The newest alerts that match, page by page until `limit` are found that the
+        # caller may see and that are in the place asked for (the registry says which):
+        # the book may hold years of alerts, of many communities.
+        page_size = min(limit * 4, _MAX_SEARCH_PAGE)
+        before: tuple[int, str] | None = None
+        while True:
+            page = search(before=before, limit=page_size)
+            chosen.extend(entry for entry in page if shown(entry))
+            if len(chosen) >= limit or len(page) < page_size:
+                break
+            before = (page[-1].started_ms, page[-1].alert_id)
+            page_size = min(page_size * 2, _MAX_SEARCH_PAGE)
+            # Alarms are committed and notified on this loop too.
+            await asyncio.sleep(0)
+        del chosen[limit:]
     chosen.sort(key=lambda e: (SEVERITY_ORDER.get(e.severity, 9), e.started_ms))
-    shown = await alerts_out(ctx, principal, request, chosen[:limit])
-    return AlertListOut(version=ctx.feed.version, alerts=shown)
+    shown_alerts = await alerts_out(ctx, principal, request, chosen[:limit])
+    return AlertListOut(version=ctx.feed.version, alerts=shown_alerts)
+
+
+def _communities_of(principal: Principal) -> list[str] | None:
+    """The communities whose alerts the caller may see, if not all."""
+    if principal.role is not Role.GRID_WORKER:
+        return None
+    return sorted({cell.community for cell in principal.cells})
 
 
 @router.get(

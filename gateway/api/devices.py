@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import heapq
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import attrgetter, itemgetter
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -115,14 +118,70 @@ def _latest_out(latest: DeviceLatest | None) -> LatestOut | None:
     )  # fmt: skip
 
 
-def _device_refs(ctx: ApiContext) -> dict[tuple[str, str], tuple[str, RegisteredDevice | None]]:
-    """Every registered device, and every unregistered one heard from."""
-    found: dict[tuple[str, str], tuple[str, RegisteredDevice | None]] = {
-        (d.community, d.device_id): (d.device_type, d) for d in ctx.gateway.registry.devices()
-    }
+# A device to list: its (community, device id), its type, and its registry entry if any.
+Candidate = tuple[tuple[str, str], str, RegisteredDevice | None]
+
+
+def _heard_unregistered(ctx: ApiContext, community: str | None) -> list[Candidate]:
+    """The devices heard from that the registry does not list, in the order of the list."""
+    registry = ctx.gateway.registry
+    found: dict[tuple[str, str], str] = {}
     for ref in ctx.latest.devices():
-        found.setdefault((ref.community, ref.device_id), (ref.device_type, None))
-    return found
+        if community is not None and ref.community != community:
+            continue
+        if registry.get(ref.community, ref.device_id) is None:
+            found.setdefault((ref.community, ref.device_id), ref.device_type)
+    return [(key, kind, None) for key, kind in sorted(found.items())]
+
+
+def _key(device: RegisteredDevice) -> tuple[str, str]:
+    return (device.community, device.device_id)
+
+
+def _registered(devices: Iterable[RegisteredDevice]) -> Iterator[Candidate]:
+    return (((d.community, d.device_id), d.device_type, d) for d in devices)
+
+
+def _in_order(
+    registered: Iterable[RegisteredDevice], heard: list[Candidate]
+) -> Iterator[Candidate]:
+    """All the devices in order of community and id."""
+    if not heard:
+        return _registered(registered)
+    return heapq.merge(_registered(registered), heard, key=itemgetter(0))
+
+
+def _window(
+    registered: Sequence[RegisteredDevice], heard: list[Candidate], offset: int, limit: int
+) -> list[Candidate]:
+    """The devices from `offset` to `offset + limit` in order of community and id,
+    without going through those before: where each unregistered one (they are few)
+    falls among the registered ones is found by bisection."""
+    before = 0
+    inside: list[Candidate] = []
+    for index, candidate in enumerate(heard):
+        at = index + bisect_left(registered, candidate[0], key=_key)
+        if at < offset:
+            before += 1
+        elif at < offset + limit:
+            inside.append(candidate)
+    start = offset - before
+    mine = _registered(registered[start : start + limit - len(inside)])
+    return list(heapq.merge(mine, inside, key=itemgetter(0)))
+
+
+def _kept_by(device_type: str | None, places: dict[str, str]) -> Callable[[RegisteredDevice], bool]:
+    """Whether a registered device is of the type and in the place asked for: one
+    comparison of its attributes, as the whole registry may be looked at."""
+    names = (["device_type"] if device_type is not None else []) + list(places)
+    wanted = ((device_type,) if device_type is not None else ()) + tuple(places.values())
+    if not names:
+        return lambda _: True
+    if len(names) == 1:
+        getter, single = attrgetter(names[0]), wanted[0]
+        return lambda device: bool(getter(device) == single)
+    getter = attrgetter(*names)
+    return lambda device: bool(getter(device) == wanted)
 
 
 def _view(
@@ -162,33 +221,43 @@ async def list_devices(
 ) -> DeviceListOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
     alerts = open_alerts_by_device(ctx.gateway.alerts.open_alerts(), offline_rules(ctx))
+    places = {"area": area, "compound": compound, "building": building}
+    wanted_places = {level: name for level, name in places.items() if name is not None}
+    kept = _kept_by(device_type, wanted_places)
+
+    # The registry's devices, of one community or of all, were put in order once when
+    # it was loaded: a page without filters costs what it holds, not the whole registry.
+    listed = ctx.gateway.registry.devices_in(community)
+    heard = _heard_unregistered(ctx, community)
+    if device_type is None and not wanted_places and state is None:
+        total = len(listed) + len(heard)
+        page = _window(listed, heard, offset, limit)
+    else:
+        # The total counts every device the filters keep: each is looked at, though
+        # within one community when one is asked for.
+        total, page = 0, []
+        for candidate in _in_order(
+            filter(kept, listed),
+            [c for c in heard if not wanted_places and device_type in (None, c[1])],
+        ):
+            key, kind, _ = candidate
+            if (
+                state is not None
+                and _state(alerts, key, ctx.latest.get(DeviceRef(key[0], kind, key[1]))) != state
+            ):
+                continue
+            total += 1
+            if offset < total <= offset + limit:
+                page.append(candidate)
     views: list[DeviceOut] = []
     audited: list[tuple[str, str]] = []
-    matched = 0
-    for key, (kind, registered) in sorted(_device_refs(ctx).items()):
-        if community is not None and key[0] != community:
-            continue
-        if device_type is not None and kind != device_type:
-            continue
-        if any(
-            wanted is not None and getattr(registered, level, None) != wanted
-            for level, wanted in (("area", area), ("compound", compound), ("building", building))
-        ):
-            continue
-        if (
-            state is not None
-            and _state(alerts, key, ctx.latest.get(DeviceRef(key[0], kind, key[1]))) != state
-        ):
-            continue
-        matched += 1
-        if matched <= offset or len(views) >= limit:
-            continue
+    for key, kind, registered in page:
         view, whole = _view(ctx, principal, key, kind, registered, alerts)
         views.append(view)
         if whole:
             audited.append(key)
     await audit_reads(ctx, principal.name, str(principal.role), audited, f"GET {request.url.path}")
-    return DeviceListOut(total=matched, devices=views)
+    return DeviceListOut(total=total, devices=views)
 
 
 def offline_rules(ctx: ApiContext) -> set[str]:

@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 # Tags of the telemetry series, not readings.
 _TAGS = frozenset({"community", "device_id", "area", "compound", "building", "unit", "port"})
-# Outbox lines looked at for each reading asked for: the device's events and status
-# lines share its id tag and are skipped.
-_OUTBOX_SCAN_FACTOR = 3
 
 
 def _quote_identifier(name: str) -> str:
@@ -138,35 +135,57 @@ class ReadingHistory:
         until_ms: int | None,
         limit: int,
     ) -> list[ReadingOut]:
-        # The id tag as it is written: escaped like any tag value.
-        tag = encode_series("m", [("device_id", device.device_id)])[2:]
-        found: list[ReadingOut] = []
-        for line in self._gateway.outbox.lines_containing(tag, limit * _OUTBOX_SCAN_FACTOR):
-            try:
-                measurement, tags, fields, time_ms = parse_line(line)
-            except ValueError:
-                continue
-            if (
-                measurement not in measurements
-                or tags.get("community") != device.community
-                or tags.get("device_id") != device.device_id
-                or (since_ms is not None and time_ms < since_ms)
-                or (until_ms is not None and time_ms > until_ms)
-            ):
-                continue
-            port = tags.get("port")
-            found.append(
-                ReadingOut(
-                    time_ms=time_ms,
-                    measurement=measurement,
-                    port=int(port) if port is not None and port.isdigit() else None,
-                    fields=fields,
-                )
-            )
-            if len(found) >= limit:
-                break
+        # The device's tags as they are written, escaped like any tag value. Tags are
+        # written sorted, each after a comma; the community's is followed by another
+        # (the device id's, or a compound's, sorts after it). The id's may end the series
+        # or be followed by a port's, and an id may begin another (sd-1, sd-10): which
+        # line is the device's own is told by its tags, read back.
+        community_tag = encode_series("m", [("community", device.community)])[1:]
+        id_tag = encode_series("m", [("device_id", device.device_id)])[1:]
+        readings: dict[str, ReadingOut] = {}
+
+        def own(line: str) -> bool:
+            reading = _own_reading(line, device, measurements, since_ms, until_ms)
+            if reading is not None:
+                readings[line] = reading
+            return reading is not None
+
+        lines = self._gateway.outbox.lines_containing(
+            (community_tag + ",", id_tag), limit, keep=own
+        )
+        found = [readings[line] for line in lines]
         found.sort(key=_newest_first)
         return found
+
+
+def _own_reading(
+    line: str,
+    device: DeviceRef,
+    measurements: tuple[str, ...],
+    since_ms: int | None,
+    until_ms: int | None,
+) -> ReadingOut | None:
+    """The line as a reading, if it is one of the device's telemetry series in the time
+    asked for."""
+    try:
+        measurement, tags, fields, time_ms = parse_line(line)
+    except ValueError:
+        return None
+    if (
+        measurement not in measurements
+        or tags.get("community") != device.community
+        or tags.get("device_id") != device.device_id
+        or (since_ms is not None and time_ms < since_ms)
+        or (until_ms is not None and time_ms > until_ms)
+    ):
+        return None
+    port = tags.get("port")
+    return ReadingOut(
+        time_ms=time_ms,
+        measurement=measurement,
+        port=int(port) if port is not None and port.isdigit() else None,
+        fields=fields,
+    )
 
 
 def _newest_first(reading: ReadingOut) -> tuple[int, str, int]:

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     repeated_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state);
+-- A page of the history, newest first, reads the newest alerts alone.
+CREATE INDEX IF NOT EXISTS alerts_started ON alerts (started_ms);
 CREATE TABLE IF NOT EXISTS alert_history (
     id INTEGER PRIMARY KEY,
     alert_id TEXT NOT NULL,

@@ -587,19 +587,31 @@ class Outbox:
                 for i, r, t, p, why, d in rows
             ]
 
-    def lines_containing(self, text: str, limit: int) -> list[str]:
-        """The newest `limit` lines waiting that contain `text`, newest first: a device's
-        recent points while no database takes them."""
+    def lines_containing(
+        self,
+        texts: str | Sequence[str],
+        limit: int,
+        keep: Callable[[str], bool] | None = None,
+    ) -> list[str]:
+        """The newest `limit` lines waiting that contain each of `texts` (and that `keep`
+        accepts), newest first: a device's recent points while no database takes them.
+        Batches are read newest first until `limit` lines are found or none are left."""
+        wanted = (texts,) if isinstance(texts, str) else tuple(texts)
         # JSON escapes each character on its own, so the escaped text is found in the
         # escaped lines exactly where the text is in the lines.
-        needle = orjson.dumps(text)[1:-1]
+        needles = [orjson.dumps(text)[1:-1] for text in wanted]
+        where = " AND ".join(["instr(lines, ?) > 0"] * len(needles)) or "1"
         found: list[str] = []
         with self._turn(self._drain_turn):
             chunks = self._drain.execute(
-                "SELECT lines FROM chunks WHERE instr(lines, ?) > 0 ORDER BY id DESC", (needle,)
+                f"SELECT lines FROM chunks WHERE {where} ORDER BY id DESC", needles
             )
             for (lines,) in chunks:
-                found.extend(line for line in reversed(orjson.loads(lines)) if text in line)
+                found.extend(
+                    line
+                    for line in reversed(orjson.loads(lines))
+                    if all(text in line for text in wanted) and (keep is None or keep(line))
+                )
                 if len(found) >= limit:
                     break
         return found[:limit]

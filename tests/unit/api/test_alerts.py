@@ -1,6 +1,9 @@
 from pathlib import Path
 
+import pytest
+
 from gateway.clock import ManualClock
+from gateway.registry import RegisteredDevice
 from tests.unit.api.conftest import (
     ADMIN,
     OPERATOR,
@@ -242,3 +245,78 @@ async def test_a_building_number_in_two_compounds_is_found_in_either(tmp_path: P
         assert "building_fire:3" in await found(site, "compound=lakeside&building=3")
         assert "building_fire:3" in await found(site, "compound=hillside&building=3")
         assert "building_fire:3" not in await found(site, "compound=hillside&building=9")
+
+
+# Bracelets of wang-fang's community outside her cells, and of another community.
+ELSEWHERE = REGISTRY + "".join(
+    f"br-5{n},bracelet,hgy,west,hillside,9,1-10{n},,,,,,34.76,113.63\n"
+    f"br-9{n},bracelet,lgy,north,pine,7,1-10{n},,,,,,30.10,120.10\n"
+    for n in range(6)
+)
+
+
+async def falls(site: Site, community: str, *device_ids: str) -> None:
+    for device_id in device_ids:
+        site.clock.advance(60)
+        await site.send(
+            f"community/{community}/bracelet/{device_id}/event",
+            {"ts": site.clock.now_ms(), "event": "fall", "confidence": 0.9},
+        )
+
+
+async def test_a_history_is_not_pushed_out_by_newer_alerts_of_others(tmp_path: Path) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=ELSEWHERE) as site:
+        own = await site.fall("br-1")
+        site.clock.advance(60)
+        await site.post(f"/api/v1/alerts/{own}/close", WORKER, json={"note": "扶起, 无碍"})
+        newer = await site.fall("br-1")
+        # Many newer alerts, in her community but outside her cells, and elsewhere.
+        await falls(site, "hgy", *(f"br-5{n}" for n in range(6)))
+        await falls(site, "lgy", *(f"br-9{n}" for n in range(6)))
+
+        async def listed(query: str, token: str = WORKER) -> list[str]:
+            response = await site.get(f"/api/v1/alerts?{query}", token)
+            assert response.status_code == 200, response.text
+            return [a["alert_id"] for a in response.json()["alerts"]]
+
+        # The newest of those she may see, however many she may not came after them.
+        assert await listed("state=all&limit=1") == [newer]
+        assert await listed("state=all&limit=2") == [own, newer]
+        assert await listed("state=closed&limit=1") == [own]
+        assert await listed("state=firing&community=hgy&area=east&limit=5") == [newer]
+        # Filters narrow the search itself, for everyone.
+        assert await listed("state=all&device_id=br-1&limit=1", ADMIN) == [newer]
+        assert await listed("state=closed&rule=fall&limit=1", OPERATOR) == [own]
+        assert await listed(f"state=all&community=hgy&since_ms={T0}&limit=20", OTHER_WORKER) == [
+            a for a in await listed("state=all&community=hgy&limit=20", ADMIN)
+            if a not in (own, newer)
+        ]  # fmt: skip
+        assert len(await listed("state=all&limit=20", ADMIN)) == 14
+
+
+async def test_a_building_alert_is_placed_in_cells_by_the_registrys_places(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await smoke_alarms(site, "sd-1", "sd-2")
+
+    def every_device() -> list[RegisteredDevice]:
+        raise AssertionError("the whole registry was looked through for one alert")
+
+    monkeypatch.setattr(site.gateway.registry, "devices", every_device)
+    mine = await found_as(site, WORKER, "")
+    assert "building_fire:3" in mine
+    assert "building_fire:3" in await found_as(site, WORKER, "state=all&building=3")
+    assert "building_fire:3" not in await found_as(site, OTHER_WORKER, "state=all")
+    (building,) = [
+        a for a in (await site.get("/api/v1/alerts", WORKER)).json()["alerts"]
+        if a["device_type"] == "building"
+    ]  # fmt: skip
+    assert (await site.get(f"/api/v1/alerts/{building['alert_id']}", WORKER)).status_code == 200
+    hidden = await site.get(f"/api/v1/alerts/{building['alert_id']}", OTHER_WORKER)
+    assert hidden.status_code == 404
+
+
+async def found_as(site: Site, token: str, query: str) -> set[str]:
+    response = await site.get(f"/api/v1/alerts?{query}", token)
+    assert response.status_code == 200, response.text
+    return {f"{a['rule']}:{a['device_id']}" for a in response.json()["alerts"]}

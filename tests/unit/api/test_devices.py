@@ -1,4 +1,24 @@
-from tests.unit.api.conftest import ADMIN, OPERATOR, T0, WORKER, Site
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import ManualClock
+from gateway.registry import RegisteredDevice
+from tests.unit.api.conftest import ADMIN, OPERATOR, REGISTRY, T0, WORKER, Site, open_site
+
+# Device ids repeat across communities: each is one of its community.
+ANOTHER_COMMUNITY = REGISTRY + "".join(
+    f"{device_id},smoke_detector,lgy,north,pine,7,,30.10,120.10,,,,,\n"
+    for device_id in ("sd-2", "sd-1")
+)
+MANHOLE = {"tilt_deg": 1.0, "lid_open": False, "water_level_cm": 10.0, "battery_pct": 80}
+
+
+def ids(body: dict[str, object]) -> list[str]:
+    devices = body["devices"]
+    assert isinstance(devices, list)
+    return [f"{d['community']}/{d['device_id']}" for d in devices]
 
 
 async def test_devices_with_latest_values_state_and_filters(site: Site) -> None:
@@ -111,3 +131,97 @@ async def test_a_cleared_condition_is_no_alarm_though_its_alert_is_still_open(si
     (alert,) = (await site.get("/api/v1/alerts")).json()["alerts"]
     assert alert["state"] == "resolved"
     assert (await site.get("/api/v1/devices/hgy/sd-1")).json()["state"] == "normal"
+
+
+async def test_pages_of_the_list_keep_one_order_of_community_and_id(tmp_path: Path) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=ANOTHER_COMMUNITY) as site:
+        # Unregistered devices heard from take their places among the registered ones.
+        for where in ("lgy/manhole_cover/mc-1", "hgy/manhole_cover/mc-7"):
+            await site.send(f"community/{where}/telemetry", {"ts": T0, **MANHOLE})
+        everything = [
+            "hgy/br-1", "hgy/br-2", "hgy/mc-7", "hgy/sd-1", "hgy/sd-2",
+            "lgy/mc-1", "lgy/sd-1", "lgy/sd-2",
+        ]  # fmt: skip
+        assert ids((await site.get("/api/v1/devices")).json()) == everything
+        paged: list[str] = []
+        for offset in range(0, 9, 3):
+            page = (await site.get(f"/api/v1/devices?limit=3&offset={offset}")).json()
+            assert page["total"] == 8
+            paged += ids(page)
+        assert paged == everything
+        lgy = (await site.get("/api/v1/devices?community=lgy&limit=2&offset=1")).json()
+        assert (lgy["total"], ids(lgy)) == (3, ["lgy/sd-1", "lgy/sd-2"])
+        smoke = (
+            await site.get("/api/v1/devices?device_type=smoke_detector&limit=2&offset=1")
+        ).json()
+        assert (smoke["total"], ids(smoke)) == (4, ["hgy/sd-2", "lgy/sd-1"])
+        manholes = (await site.get("/api/v1/devices?device_type=manhole_cover")).json()
+        assert (manholes["total"], ids(manholes)) == (2, ["hgy/mc-7", "lgy/mc-1"])
+        beyond = (await site.get("/api/v1/devices?offset=8")).json()
+        assert (beyond["total"], beyond["devices"]) == (8, [])
+
+
+async def test_a_page_of_one_community_is_read_from_its_devices_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    district = REGISTRY + "".join(
+        f"dev-{n:03d},smoke_detector,c{c:03d},a1,p1,{n % 5},,30.1,120.1,,,,,\n"
+        for c in range(20)
+        for n in range(50)
+    )
+    async with open_site(tmp_path, ManualClock(T0), registry_text=district) as site:
+        registry = site.gateway.registry
+        asked: list[str | None] = []
+        by_community = registry.devices_in
+
+        def devices_in(community: str | None = None) -> Sequence[RegisteredDevice]:
+            asked.append(community)
+            return by_community(community)
+
+        def every_device() -> list[RegisteredDevice]:
+            raise AssertionError("the whole registry was looked through for one page")
+
+        monkeypatch.setattr(registry, "devices_in", devices_in)
+        monkeypatch.setattr(registry, "devices", every_device)
+        page = (await site.get("/api/v1/devices?community=c005&limit=20&offset=10")).json()
+        assert page["total"] == 50
+        assert ids(page) == [f"c005/dev-{n:03d}" for n in range(10, 30)]
+        built = (await site.get("/api/v1/devices?community=c005&building=3&limit=3")).json()
+        assert (built["total"], ids(built)) == (
+            10,
+            ["c005/dev-003", "c005/dev-008", "c005/dev-013"],
+        )
+        assert asked == ["c005", "c005"]
+
+
+def smoke_reading(ts: int) -> dict[str, object]:
+    return {"ts": ts, "obscuration_pct_per_m": 0.1, "temperature_c": 21.0,
+            "battery_pct": 90, "alarm": False}  # fmt: skip
+
+
+async def test_readings_from_the_outbox_are_the_devices_own_whatever_others_send(
+    tmp_path: Path,
+) -> None:
+    registry = ANOTHER_COMMUNITY + "sd-10,smoke_detector,hgy,east,lakeside,3,,34.75,113.62,,,,,\n"
+    async with open_site(tmp_path, ManualClock(T0), registry_text=registry) as site:
+        await site.send("community/hgy/smoke_detector/sd-1/telemetry", smoke_reading(T0))
+        await site.send("community/hgy/smoke_detector/sd-1/status", {"ts": T0, "online": True})
+        # Newer lines: the same id in another community, an id it begins, and the
+        # device's own status and events, many more than the readings asked for.
+        for n in range(1, 8):
+            for device in ("lgy/smoke_detector/sd-1", "hgy/smoke_detector/sd-10"):
+                await site.send(f"community/{device}/telemetry", smoke_reading(T0 + n * 1000))
+            await site.send(
+                "community/hgy/smoke_detector/sd-1/event",
+                {"ts": T0 + n * 1000, "event": "self_test"},
+            )
+        answer = (await site.get("/api/v1/devices/hgy/sd-1/readings?limit=1", OPERATOR)).json()
+        assert answer["source"] == "outbox"
+        assert [r["time_ms"] for r in answer["readings"]] == [T0]
+        assert answer["readings"][0]["fields"]["temperature_c"] == 21.0
+        others = (await site.get("/api/v1/devices/lgy/sd-1/readings?limit=3", OPERATOR)).json()
+        assert [r["time_ms"] for r in others["readings"]] == [T0 + n * 1000 for n in (7, 6, 5)]
+        until = f"/api/v1/devices/hgy/sd-10/readings?until_ms={T0 + 2000}&limit=5"
+        assert [r["time_ms"] for r in (await site.get(until, OPERATOR)).json()["readings"]] == [
+            T0 + 2000, T0 + 1000,
+        ]  # fmt: skip

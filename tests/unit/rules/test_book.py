@@ -159,3 +159,49 @@ def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path
         AlertState.ACKNOWLEDGED, "wang-fang", None, 0,
     )  # fmt: skip
     assert after.position == Position(34.8, 113.7)
+
+
+def test_a_search_filters_in_the_book_and_pages_by_start_then_id(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    AlertBook(path).close()
+    devices = (WRIST, OTHER, SMOKE)
+    write(
+        path,
+        *(
+            AlertChange(
+                alert_id=f"a{n:02d}",
+                rule="fall" if n % 2 else "sos",
+                title="t",
+                severity=Severity.CRITICAL if n % 3 else Severity.INFO,
+                life_safety=True,
+                device=devices[n % 3],
+                port=None,
+                state=AlertState.FIRING,
+                # Pairs of alerts share a start.
+                started_ms=100 + n // 2,
+                at_ms=100 + n // 2,
+                values={},
+            )
+            for n in range(12)
+        ),
+    )
+    book = AlertBook(path)
+    try:
+        newest_first = [e.alert_id for e in book.search()]
+        assert newest_first == [f"a{n:02d}" for n in reversed(range(12))]
+        paged: list[str] = []
+        before: tuple[int, str] | None = None
+        while page := book.search(before=before, limit=5):
+            paged += [e.alert_id for e in page]
+            before = (page[-1].started_ms, page[-1].alert_id)
+        assert paged == newest_first
+        assert [e.alert_id for e in book.search(before=(103, "a07"))] == [
+            "a06", "a05", "a04", "a03", "a02", "a01", "a00",
+        ]  # fmt: skip
+        found = book.search(communities=["qhy"], rule="fall", since_ms=102)
+        assert [e.alert_id for e in found] == ["a07"]
+        found = book.search(community="hgy", device_id="br-1", severity="info", limit=1)
+        assert [e.alert_id for e in found] == ["a09"]
+        assert book.search(communities=[]) == []
+    finally:
+        book.close()

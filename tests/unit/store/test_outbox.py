@@ -52,6 +52,23 @@ def test_lines_containing_finds_the_newest_first_across_batches(tmp_path: Path) 
     assert outbox.lines_containing("d=c", 5) == []
 
 
+def test_lines_containing_every_text_and_kept_are_looked_for_to_the_oldest(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.commit(["m,c=a,d=1 v=1i 1", "m,c=b,d=1 v=1i 1"], [])
+    # Many newer batches of lines that hold only one of the texts, or are not kept.
+    for t in range(2, 12):
+        outbox.commit([f"m,c=b,d=1 v=1i {t}", f"m,c=a,d=10 v=1i {t}", f"e,c=a,d=1 v=1i {t}"], [])
+    assert outbox.lines_containing((",c=a,", ",d=1"), 3) == [
+        "e,c=a,d=1 v=1i 11", "m,c=a,d=10 v=1i 11", "e,c=a,d=1 v=1i 10",
+    ]  # fmt: skip
+    kept = outbox.lines_containing(
+        (",c=a,", ",d=1"), 3, keep=lambda line: line.startswith("m,") and ",d=1 " in line
+    )
+    assert kept == ["m,c=a,d=1 v=1i 1"]
+
+
 def test_lines_of_an_earlier_version_move_into_batches_in_order(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
