@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import ssl
@@ -25,6 +26,7 @@ from pydantic import (
 from gateway import PROJECT_ROOT
 from gateway.address import HttpAddress
 from gateway.errors import ConfigError
+from gateway.notify.link import MIN_SECRET_CHARS
 from gateway.notify.policy import NotifyPolicy
 from gateway.textfile import read_text
 
@@ -318,15 +320,45 @@ class ApiConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     # Where phones reach the gateway: the base of the links in notifications.
     public_url: HttpAddress = "http://127.0.0.1:8080"
-    # Signs those links; when unset, one is made and kept beside the outbox.
+    # Signs those links; when unset, one is made and kept beside the outbox. At least
+    # 32 characters (`openssl rand -hex 24`): any link is a sample to guess it from.
     link_secret: SecretStr | None = None
     # How long a link in a notification can be used to act on its alert.
     link_ttl_s: float = Field(72 * 3600, gt=0)
     tokens: tuple[ApiToken, ...] = ()
-    # Failed authentications a client address may make in a minute before it waits.
+    # Failed authentications a client address may make in a minute; then its further
+    # failures are refused until the minute passes (a good token or link still works).
     auth_failures_per_min: int = Field(10, ge=1)
+    # The reverse proxies whose X-Forwarded-For names the client: each an address
+    # (10.0.0.5) or a network (10.0.0.0/24). Behind a proxy on another host, its
+    # address goes here, or every phone is taken for the proxy by the failed-login
+    # limit and the logs. Requests from anyone else are taken as they come.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
     # Readiness fails below this much free disk where the outbox lives.
     min_free_disk_bytes: int = Field(256 << 20, ge=0)
+
+    @field_validator("link_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"a link secret needs at least {MIN_SECRET_CHARS} characters "
+                "(`openssl rand -hex 24`), or leave it unset to have one made"
+            )
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                # Strict, as uvicorn takes a network: 10.0.0.1/24 would match nothing.
+                ipaddress.ip_network(entry, strict=True)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (10.0.0.5, 10.0.0.0/24)"
+                ) from exc
+        return value
 
     @model_validator(mode="after")
     def _tokens_unique(self) -> ApiConfig:

@@ -142,12 +142,6 @@ async def _audit_read(
 
 def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
     registry = ctx.gateway.registry
-    if principal.role is Role.GRID_WORKER and entry.device_type in PLACE_TYPES:
-        # An alert about a place (a building on fire) is in the caller's cells if a device
-        # registered there is: those found by the registry's index of places, rather than
-        # by looking through all its devices for each alert listed.
-        at_place = registry.devices_at(entry.community, entry.device_type, entry.device_id)
-        return any(principal.covers_device(device, entry.community) for device in at_place)
     return principal.covers_alert(registry, entry.community, entry.device_type, entry.device_id)
 
 

@@ -6,11 +6,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api import alerts, devices, health, metrics, pages, quarantine, rules, silences
@@ -26,6 +28,12 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger(__name__)
+
+# The largest request body a route reads; none needs more than a note or a silence.
+MAX_BODY_BYTES = 64 * 1024
+# A rule file to check, sent whole.
+MAX_RULE_CHECK_BODY_BYTES = rules.MAX_RULE_FILE_BYTES
+MAX_BODY_BYTES_BY_PATH = {"/api/v1/rules/check": MAX_RULE_CHECK_BODY_BYTES}
 
 
 def _alert_status(exc: Exception) -> int:
@@ -58,6 +66,11 @@ def _is_page(request: Request) -> bool:
     return request.url.path.startswith("/a/")
 
 
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "(no route)"
+
+
 def _handler(kind: type[Exception]) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handle(request: Request, exc: Exception) -> Response:
         status = ERRORS[kind](exc)
@@ -67,7 +80,9 @@ def _handler(kind: type[Exception]) -> Callable[[Request, Exception], Awaitable[
         elif isinstance(exc, AuthError):
             headers["WWW-Authenticate"] = "Bearer"
         if status >= 500:
-            log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+            # The route's template, never the path: a link's path is its token, which
+            # alone acts on the alert and shows the wearer's phone.
+            log.warning("%s %s failed: %s", request.method, _route_template(request), exc)
         if _is_page(request):
             if isinstance(exc, LinkError):
                 body = pages.link_error_page(exc)
@@ -79,6 +94,64 @@ def _handler(kind: type[Exception]) -> Callable[[Request, Exception], Awaitable[
         return JSONResponse({"detail": _config_detail(exc)}, status_code=status, headers=headers)
 
     return handle
+
+
+class BodyTooLargeError(HTTPException):
+    """A request body over its route's limit (413). An HTTP exception, so that FastAPI
+    passes it on when it is raised while the body is read for a route's parameters."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(413, f"request body over {limit_bytes} bytes ({limit_bytes // 1024} KiB)")
+
+
+def body_limit_bytes(path: str) -> int:
+    return MAX_BODY_BYTES_BY_PATH.get(path, MAX_BODY_BYTES)
+
+
+class BodyLimit:
+    """Refuses a request body over its route's limit before the app reads it: FastAPI
+    reads a body whole before a route's dependencies ask who is calling, and the API
+    shares its process and event loop with the alarms."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit_bytes = body_limit_bytes(scope["path"])
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit_bytes:
+            too_large = BodyTooLargeError(limit_bytes)
+            answer = JSONResponse({"detail": too_large.detail}, status_code=413)
+            await answer(scope, receive, send)
+            return
+        read_bytes = 0
+        answering = False
+
+        async def receive_within_limit() -> Message:
+            nonlocal read_bytes
+            # A body sent in chunks, without a length, or longer than it said: no more
+            # of it is read once past the limit.
+            if read_bytes <= limit_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message
+                read_bytes += len(message.get("body", b""))
+                if read_bytes <= limit_bytes:
+                    return message
+            if answering:
+                # Too late for a 413 (an event stream): the request ends instead.
+                return {"type": "http.disconnect"}
+            raise BodyTooLargeError(limit_bytes)
+
+        async def noting_send(message: Message) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, receive_within_limit, noting_send)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:
@@ -102,6 +175,7 @@ def create_app(gateway: Gateway, config: ApiConfig) -> FastAPI:
     for kind in ERRORS:
         app.add_exception_handler(kind, _handler(kind))
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(BodyLimit)
     for module in (devices, alerts, silences, rules, quarantine, health, metrics, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

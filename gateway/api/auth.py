@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +22,8 @@ from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry
 log = logging.getLogger(__name__)
 
 FAILURE_WINDOW_S = 60.0
+# Client addresses remembered with recent failures; past it, the oldest is forgotten.
+MAX_ADDRESSES = 10_000
 
 
 class Role(StrEnum):
@@ -66,12 +68,8 @@ class Principal:
             return True
         if device_type in PLACE_TYPES:
             # An alert about a place (a building on fire): in the cell if any device
-            # registered at that place is.
-            at_place = [
-                d
-                for d in registry.devices()
-                if d.community == community and getattr(d, device_type) == device_id
-            ]
+            # registered at that place is, found by the registry's index of places.
+            at_place = registry.devices_at(community, device_type, device_id)
             return any(self.covers_device(d, community) for d in at_place)
         return self.covers_device(registry.get(community, device_id), community)
 
@@ -115,50 +113,84 @@ class TokenBook:
 
 
 class FailureLimiter:
-    """Failed authentications per client address within a minute, on the injected clock."""
+    """Failed authentications per client address within a minute, on the injected clock.
+
+    Only failures are limited: a good token or link passes whatever its address has
+    failed, since many phones share one address (the centre's proxy, a carrier's NAT,
+    the centre's Wi-Fi) and a stranger's bad requests must not lock them out.
+    """
 
     def __init__(self, clock: Clock, per_minute: int) -> None:
         self._clock = clock
         self._per_minute = per_minute
-        self._failures: dict[str, deque[float]] = {}
+        # Ordered by each address's newest failure, oldest first: the stale and the
+        # oldest are dropped from the front without walking the table.
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._swept_s = clock.monotonic_s()
         self.failures_total = 0
 
     def check(self, address: str) -> None:
         """Raises TooManyFailuresError while the address is over its limit."""
-        failures = self._recent(address)
-        if len(failures) >= self._per_minute:
-            wait_s = failures[0] + FAILURE_WINDOW_S - self._clock.monotonic_s()
+        now_s = self._clock.monotonic_s()
+        self._sweep(now_s)
+        failures = self._failures.get(address)
+        if failures is None:
+            return
+        _drop_stale(failures, now_s)
+        if not failures:
+            del self._failures[address]
+        elif len(failures) >= self._per_minute:
+            wait_s = failures[0] + FAILURE_WINDOW_S - now_s
             raise TooManyFailuresError(max(1, int(wait_s + 0.999)))
 
     def fail(self, address: str, why: str) -> None:
-        failures = self._recent(address)
-        failures.append(self._clock.monotonic_s())
+        now_s = self._clock.monotonic_s()
+        self._sweep(now_s)
+        failures = self._failures.get(address)
+        if failures is None:
+            if len(self._failures) >= MAX_ADDRESSES:
+                # Full (a client with many source addresses): the oldest is forgotten.
+                self._failures.popitem(last=False)
+            failures = self._failures[address] = deque(maxlen=self._per_minute)
+        else:
+            self._failures.move_to_end(address)
+        _drop_stale(failures, now_s)
+        failures.append(now_s)
         self.failures_total += 1
         # Logged with the address and the reason, never with what was presented.
         log.warning("failed authentication from %s: %s (%d in the last minute)",
                     address, why, len(failures))  # fmt: skip
 
-    def _recent(self, address: str) -> deque[float]:
-        failures = self._failures.setdefault(address, deque())
-        horizon = self._clock.monotonic_s() - FAILURE_WINDOW_S
-        while failures and failures[0] <= horizon:
-            failures.popleft()
-        if not failures and len(self._failures) > 10_000:
-            # Bounded: addresses with nothing recent are forgotten.
-            self._failures = {a: f for a, f in self._failures.items() if f}
-            failures = self._failures.setdefault(address, deque())
-        return failures
+    def _sweep(self, now_s: float) -> None:
+        """Forgets the addresses with no failure in the last window, once a window."""
+        if now_s - self._swept_s < FAILURE_WINDOW_S:
+            return
+        self._swept_s = now_s
+        horizon = now_s - FAILURE_WINDOW_S
+        while self._failures:
+            newest = next(iter(self._failures.values()))
+            if newest and newest[-1] > horizon:
+                break
+            self._failures.popitem(last=False)
 
     def authenticate(self, book: TokenBook, address: str, token: str | None) -> Principal:
+        principal = book.find(token) if token else None
+        if principal is not None:
+            return principal
+        # A failure from an address over its limit is refused unrecorded: waiting out
+        # the minute is what ends the lockout.
         self.check(address)
         if not token:
             self.fail(address, "no token")
             raise AuthError("missing token: send 'Authorization: Bearer <token>'")
-        principal = book.find(token)
-        if principal is None:
-            self.fail(address, "unknown token")
-            raise AuthError("unknown token")
-        return principal
+        self.fail(address, "unknown token")
+        raise AuthError("unknown token")
+
+
+def _drop_stale(failures: deque[float], now_s: float) -> None:
+    horizon = now_s - FAILURE_WINDOW_S
+    while failures and failures[0] <= horizon:
+        failures.popleft()
 
 
 def require(principal: Principal, *roles: Role) -> None:

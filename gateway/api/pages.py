@@ -22,8 +22,9 @@ from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
 from gateway.api.devices import audit_reads
 from gateway.api.latest import DeviceLatest
+from gateway.api.privacy import mask_receiver
 from gateway.decode.record import DeviceRef, Position
-from gateway.notify.link import RECEIVER_GONE, AlertLink, LinkError
+from gateway.notify.link import RECEIVER_GONE, AlertLink, LinkError, UnsignedLinkError
 from gateway.notify.notice import scene_position
 from gateway.registry import RegisteredDevice
 from gateway.rules.alert import AlertState
@@ -93,15 +94,18 @@ async def alert_stream(
 
 
 def _verify(ctx: ApiContext, request: Request, token: str) -> AlertLink:
-    address = client_address(request)
-    ctx.limiter.check(address)
     try:
         link = ctx.gateway.links.verify(token, ctx.now_ms())
-        if not ctx.gateway.still_notifies(link):
-            raise LinkError(RECEIVER_GONE)
-    except LinkError as exc:
+    except UnsignedLinkError as exc:
+        # Only a link the gateway did not sign can be a guess: it alone is limited, so
+        # that a stranger behind the same address (a proxy, a NAT) locks nobody's
+        # signed link out. An address over its limit is refused without counting.
+        address = client_address(request)
+        ctx.limiter.check(address)
         ctx.limiter.fail(address, f"alert link: {exc}")
         raise
+    if not ctx.gateway.still_notifies(link):
+        raise LinkError(RECEIVER_GONE)
     return link
 
 
@@ -149,12 +153,20 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
 def _refusal(entry: AlertEntry, action: str, exc: AlertError) -> str:
     """Why a step was not taken, as the person on the spot needs to hear it."""
     if entry.state is AlertState.CLOSED:
-        return f"操作未执行：告警已由 {entry.closed_by} 关闭。"
+        return f"操作未执行：告警已由 {_actor(entry, entry.closed_by)} 关闭。"
     if action == "acknowledge" and entry.acknowledged_by:
         return f"操作未执行：已由 {entry.acknowledged_by} 接单。"
     if action == "arrive" and entry.arrived_by:
         return f"操作未执行：{entry.arrived_by} 已到场。"
     return f"操作未执行：{exc}"
+
+
+def _actor(entry: AlertEntry, name: str | None) -> str:
+    """Who acted; an emergency contact (named by their phone) masked once the alert is
+    closed, when the page no longer shows whom to call."""
+    if name is None:
+        return ""
+    return name if entry.state is not AlertState.CLOSED else mask_receiver(name)
 
 
 def _when(ctx: ApiContext, ms: int | None) -> str:
@@ -201,6 +213,9 @@ async def _alert_page(
     error: bool = False,
 ) -> str:
     esc = html.escape
+    # A closed alert's link, still valid and posted in group chats, shows what was done
+    # and no more: not whom to call, nor where the wearer is now.
+    live = entry.state is not AlertState.CLOSED
     registered = ctx.gateway.registry.get(entry.community, entry.device_id)
     where = alert_place(ctx.gateway.registry, entry)
     parts: list[str | None] = [entry.community]
@@ -220,17 +235,22 @@ async def _alert_page(
         # how urgent.
         rows.append(("再次报警", f"{entry.repeats} 次，最近 {_when(ctx, entry.repeated_ms)}"))
     if entry.acknowledged_by:
-        rows.append(("接单", f"{entry.acknowledged_by} {_when(ctx, entry.acknowledged_ms)}"))
+        rows.append(
+            ("接单", f"{_actor(entry, entry.acknowledged_by)} {_when(ctx, entry.acknowledged_ms)}")
+        )
     if entry.arrived_by:
-        rows.append(("到场", f"{entry.arrived_by} {_when(ctx, entry.arrived_ms)}"))
+        rows.append(("到场", f"{_actor(entry, entry.arrived_by)} {_when(ctx, entry.arrived_ms)}"))
     if entry.closed_by:
         rows.append(
-            ("关闭", f"{entry.closed_by} {_when(ctx, entry.closed_ms)}：{entry.note or ''}")
+            (
+                "关闭",
+                f"{_actor(entry, entry.closed_by)} {_when(ctx, entry.closed_ms)}：{entry.note or ''}",
+            )
         )
     table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     people = ""
-    if registered is not None and (registered.wearer_name or registered.wearer_phone
-                                   or registered.emergency_contacts):  # fmt: skip
+    if live and registered is not None and (registered.wearer_name or registered.wearer_phone
+                                            or registered.emergency_contacts):  # fmt: skip
         # The receiver of this alert is the one who must call: shown whole, and audited.
         await audit_reads(
             ctx, link.receiver, "link", [(entry.community, entry.device_id)], "GET /a/{token}"
@@ -240,8 +260,10 @@ async def _alert_page(
             items.append(_person("佩戴人", registered.wearer_name, registered.wearer_phone))
         items += [_person("紧急联系人", c.name, c.phone) for c in registered.emergency_contacts]
         people = "<h2>联系人</h2><ul class=people>" + "".join(items) + "</ul>"
-    latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
-    map_url = _map_link(_position(entry, registered, latest), entry.title)
+    map_url = None
+    if live:
+        latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
+        map_url = _map_link(_position(entry, registered, latest), entry.title)
     map_html = (
         f'<p><a class=map href="{esc(map_url)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
         if map_url else ""
@@ -252,7 +274,7 @@ async def _alert_page(
         note = f'<p class="{"error" if error else "ok"}" role=status>{esc(message)}</p>'
     body = (
         f"<h1>{esc(entry.title)}</h1>{note}<table>{table}</table>{map_html}{people}{actions}"
-        f"<p class=small>处理人：{esc(link.receiver)}</p>"
+        f"<p class=small>处理人：{esc(_actor(entry, link.receiver))}</p>"
     )
     return _page(entry.title, body)
 

@@ -43,6 +43,10 @@ class ApiServer:
                 # Link tokens travel in paths: no access log, and the gateway's own logging.
                 access_log=False,
                 log_config=None,
+                # The client a proxy forwards for, so that the failed-login limit and
+                # the logs name the phone rather than the proxy; from these alone.
+                proxy_headers=True,
+                forwarded_allow_ips=list(config.trusted_proxies),
                 lifespan="off",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             )

@@ -8,6 +8,7 @@ tells that receiver (the gateway checks when the link is opened).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -17,14 +18,23 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from gateway.errors import GatewayError
 
+log = logging.getLogger(__name__)
+
 _SALT = "alert-link"
 # A link sent to someone the notification policy no longer names.
 RECEIVER_GONE = "this link's receiver is no longer told of alerts"
 SECRET_FILE_NAME = "link-secret"
+# A shorter secret could be found offline from any link posted to a group chat, and
+# would then sign links to any alert as anyone.
+MIN_SECRET_CHARS = 32
 
 
 class LinkError(GatewayError):
     """A link that is forged, damaged or expired."""
+
+
+class UnsignedLinkError(LinkError):
+    """A link whose signature does not hold: forged, damaged or cut short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +61,9 @@ class LinkSigner:
         try:
             payload = self._serializer.loads(token)
         except BadSignature as exc:
-            raise LinkError("this link is not valid") from exc
+            raise UnsignedLinkError("this link is not valid") from exc
         if not isinstance(payload, dict):
-            raise LinkError("this link is not valid")
+            raise UnsignedLinkError("this link is not valid")
         link = AlertLink(str(payload.get("a")), str(payload.get("r")), int(payload.get("e", 0)))
         if link.expires_ms <= now_ms:
             raise LinkError("this link has expired")
@@ -62,17 +72,49 @@ class LinkSigner:
 
 def link_secret(configured: str | None, folder: Path) -> str:
     """The configured secret, or one made once and kept beside the outbox, so that links
-    sent before a restart still open after it."""
+    sent before a restart still open after it.
+
+    A kept secret that is empty, short or garbled (a crash or a full disk while it was
+    first written) is replaced: signing with it would let anyone forge links."""
     if configured:
         return configured
     path = folder / SECRET_FILE_NAME
     try:
-        return path.read_text(encoding="ascii").strip()
+        kept = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        pass
+        kept = None
+    except UnicodeDecodeError:
+        kept = ""
+    if kept is not None:
+        if len(kept) >= MIN_SECRET_CHARS and kept.isprintable():
+            return kept
+        log.warning(
+            "%s holds no usable link secret (empty, garbled or under %d characters): "
+            "a new one replaces it, and links sent before no longer open",
+            path, MIN_SECRET_CHARS,
+        )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as file:
-        file.write(secret + "\n")
+    _write_durably(path, secret + "\n")
     return secret
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Whole or not at all, even across a power cut: a temporary file, synced, renamed
+    into place, and the folder synced so that the rename is kept too."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -27,7 +27,7 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
     )
     config = gateway_config(tmp_path, mosquitto, namespace, registry_file=registry)
     api = ApiConfig(
-        port=0, link_secret="browser-test-secret",  # type: ignore[arg-type]
+        port=0, link_secret="browser-test-secret-0123456789abcdef",  # type: ignore[arg-type]
         tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),),  # type: ignore[arg-type]
     )  # fmt: skip
     # The link's receiver is one the policy tells.
@@ -117,7 +117,7 @@ async def test_the_board_asks_for_a_new_token_once_its_own_is_taken_out(
     replacement = "board-replacement-token-0123"
     config = gateway_config(tmp_path, mosquitto, namespace)
     api = ApiConfig(
-        port=0, link_secret="browser-test-secret",  # type: ignore[arg-type]
+        port=0, link_secret="browser-test-secret-0123456789abcdef",  # type: ignore[arg-type]
         tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),  # type: ignore[arg-type]
                 ApiToken(name="desk-2", role="operator", token=replacement)),  # type: ignore[arg-type]
     )  # fmt: skip

@@ -60,6 +60,13 @@ def test_relative_paths_and_environment_secrets(
         ("mqtt: {topics: ['community/b+/x']}", "mqtt.topics", "+ must be a whole level"),
         ("mqtt: {alarm_topics: ['']}", "mqtt.alarm_topics", "it is empty"),
         ("mqtt: {topics: ['$share//community/+']}", "mqtt.topics", "with a group name"),
+        # Any link posted to a group chat is a sample to guess a short secret from.
+        ("api: {link_secret: x}", "api.link_secret", "at least 32 characters"),
+        ("api: {link_secret: change-me}", "api.link_secret", "at least 32 characters"),
+        ("api: {link_secret: '12345678'}", "api.link_secret", "at least 32 characters"),
+        # uvicorn would take a misspelt proxy for a name that matches no client.
+        ("api: {trusted_proxies: [gw-proxy]}", "api.trusted_proxies", "not an IP address"),
+        ("api: {trusted_proxies: [10.0.0.1/24]}", "api.trusted_proxies", "not an IP address"),
     ],
 )
 def test_a_bad_config_names_the_file_the_field_and_the_problem(
@@ -432,3 +439,18 @@ def test_a_config_whose_broker_or_outbox_is_wrong_gives_nothing_to_say_it_with(
     with pytest.raises(ConfigError):
         load_config(path)
     assert load_status_config(path) is None
+
+
+def test_a_long_link_secret_and_proxy_addresses_and_networks_are_taken(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "api:\n  link_secret: 0123456789abcdef0123456789abcdef\n"
+        "  trusted_proxies: [10.0.0.5, 10.0.1.0/24, 'fd00::/8']\n"
+    )
+    api = load_config(path).api
+    assert api is not None and api.link_secret is not None
+    assert api.trusted_proxies == ("10.0.0.5", "10.0.1.0/24", "fd00::/8")
+    path.write_text("api: {}\n")
+    api = load_config(path).api
+    # By default the proxy on the box itself, and no other.
+    assert api is not None and api.trusted_proxies == ("127.0.0.1",)

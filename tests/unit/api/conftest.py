@@ -103,7 +103,7 @@ def site_config(
             "api": {
                 "port": 0,
                 "public_url": "http://gw.test",
-                "link_secret": "link-secret-for-tests",
+                "link_secret": "link-secret-for-tests-0123456789abcdef",
                 "tokens": [
                     {"name": "root", "role": "admin", "token": ADMIN},
                     {"name": "desk", "role": "operator", "token": OPERATOR},

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from itsdangerous import URLSafeSerializer
 
 from gateway.cli import reload_in_place
 from gateway.clock import ManualClock
@@ -161,10 +162,87 @@ async def test_a_reloaded_policy_naming_a_cell_with_no_device_leaves_the_running
 
 
 async def test_forged_links_count_as_failed_authentication(site: Site) -> None:
+    alert_id = await site.fall()
+    path = link_path(site, alert_id)
     for _ in range(10):
         await site.client.get("/a/forged-token")
     limited = await site.client.get("/a/forged-token")
     assert limited.status_code == 429 and "秒后再试" in limited.text
+    # A link the gateway signed is no guess: it is answered as it is.
+    assert (await site.client.get(path)).status_code == 200
+    site.clock.advance(73 * 3600)
+    expired = await site.client.get(path)
+    assert expired.status_code == 403 and "链接已过期" in expired.text
+
+
+async def test_strangers_failures_lock_no_grid_worker_out_of_a_fall(site: Site) -> None:
+    # Every phone on mobile data comes through the centre's proxy, one address: a
+    # scanner there, with no token and nothing guessed, must not keep them out.
+    alert_id = await site.fall()
+    path = link_path(site, alert_id)
+    for _ in range(10):
+        await site.client.get("/a/x")
+    page = await site.client.get(path)
+    assert page.status_code == 200, f"the grid worker's valid link got {page.status_code}"
+    assert (await site.client.post(path + "/acknowledge")).status_code == 303
+    assert (await site.get("/api/v1/alerts", OPERATOR)).status_code == 200
+    assert (await site.client.get("/a/x")).status_code == 429
+
+
+async def test_a_closed_alerts_link_shows_what_was_done_and_no_longer_where_the_wearer_is(
+    site: Site,
+) -> None:
+    # The link stays valid for 72 h, and the robots post it into group chats.
+    alert_id = await site.fall(lat=34.75, lon=113.62)
+    path = link_path(site, alert_id, "contact:13987654321")
+    closed = await site.client.post(path + "/close", content="note=已送医，家属陪同".encode())
+    assert closed.status_code == 303
+    audited = len((await site.get("/api/v1/audit")).json())
+    # A day later the wearer is somewhere else; the bracelet says where.
+    site.clock.advance(24 * 3600)
+    await site.send("community/hgy/bracelet/br-1/telemetry",
+                    {"ts": site.clock.now_ms(), "lat": 34.9012, "lon": 113.8034, "worn": True})  # fmt: skip
+    page = await site.client.get(path)
+    assert page.status_code == 200
+    assert "已关闭" in page.text and "已送医，家属陪同" in page.text
+    assert "uri.amap.com" not in page.text and "113.8034" not in page.text
+    for personal in ("13812345678", "张三明", "李四", "13987654321", "tel:"):
+        assert personal not in page.text, personal
+    assert "contact:139****4321" in page.text
+    assert len((await site.get("/api/v1/audit")).json()) == audited
+    # A step tried on it is refused, with no more shown.
+    again = await site.client.post(path + "/acknowledge")
+    assert again.status_code == 409 and "13987654321" not in again.text
+
+
+async def test_a_failing_step_on_a_link_page_logs_the_route_not_the_link(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The link's token alone acts on the alert and shows the wearer's phone and contacts.
+    alert_id = await site.fall()
+    token = site.gateway.links.token(alert_id, "wang-fang", site.clock.now_ms())
+    # As the pipeline records it when a commit fails (a full disk, a failing SD card).
+    site.gateway.pipeline.commit_error = "database or disk is full"
+    with caplog.at_level("DEBUG"):
+        answer = await site.client.post(f"/a/{token}/acknowledge")
+    assert answer.status_code == 502
+    leaked = [r.getMessage() for r in caplog.records if token in r.getMessage()]
+    assert not leaked, f"the link token reached the log: {leaked[0]!r}"
+    assert "POST /a/{token}/{action} failed: the outbox cannot commit" in caplog.text
+
+
+async def test_a_link_signed_with_an_empty_kept_secret_is_refused(tmp_path: Path) -> None:
+    # The first start made the file and died before its bytes reached the disk.
+    (tmp_path / "link-secret").write_text("", encoding="ascii")
+    async with open_site(tmp_path, ManualClock(T0), link_secret=None) as site:
+        alert_id = await site.fall()
+        # A stranger who knows only the alert id (it is in every notice) signs with "".
+        forged = URLSafeSerializer("", salt="alert-link").dumps(
+            {"a": alert_id, "r": "wang-fang", "e": T0 + 10**9}
+        )
+        page = await site.client.get(f"/a/{forged}")
+        assert page.status_code == 403 and "13812345678" not in page.text
+        assert (await site.client.get(link_path(site, alert_id))).status_code == 200
 
 
 async def test_the_board_page_is_served(site: Site) -> None:
