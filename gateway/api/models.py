@@ -251,6 +251,7 @@ _ERROR_TEXT = {
     403: "the caller's role does not allow it",
     404: "not found",
     409: "the step does not apply to the alert as it is",
+    413: "a request body over its limit (64 KiB; 256 KiB for a rule file), refused unread",
     422: "a bad body or parameter; the detail names it",
     429: "too many failed authentications from this address; see Retry-After",
     502: "the time-series database failed",
@@ -266,4 +267,5 @@ def error_responses(*codes: int, **described: str) -> Responses:
     return out
 
 
-AUTH_ERRORS = error_responses(400, 401, 403, 429)
+# Any request may be refused for its body's size before it is read.
+AUTH_ERRORS = error_responses(400, 401, 403, 413, 429)
