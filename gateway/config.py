@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -246,6 +247,18 @@ class InfluxConfig(_Strict):
     gzip: bool = True
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        # An address is shown in logs, by `check` and on the unauthenticated readiness
+        # page: what lets the gateway in goes in the fields kept secret.
+        if httpx.URL(url).userinfo:
+            raise ValueError(
+                "put the user and password in influx.username and influx.password (or "
+                "influx.token), not in the address, which logs and /health/ready show"
+            )
+        return url
 
     @model_validator(mode="after")
     def _v2_needs_bucket(self) -> InfluxConfig:

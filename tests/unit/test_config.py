@@ -51,6 +51,7 @@ def test_relative_paths_and_environment_secrets(
         ("influx: {url: 'ftp://db:8086'}", "influx.url", "scheme should be 'http' or 'https'"),
         ("influx: {url: 'http://db:80860'}", "influx.url", "invalid port number"),
         ("influx: {url: ' http://db:8086'}", "influx.url", "(spaces)"),
+        ("influx: {url: 'http://gw:s3cret@db:8086'}", "influx.url", "influx.password"),
         # A value quoted in the problem is not taken for a field's name.
         ("influx: {url: 'http: //db:8086'}", "influx.url", "got 'http: //db:8086'"),
         ("api: {public_url: 'gw.example'}", "api.public_url", "http:// or https:// address"),
