@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from gateway import PROJECT_ROOT, __version__
 from gateway.config import GatewayConfig, load_config, load_status_config
 from gateway.errors import ConfigError, GatewayError
+from gateway.logs import configure_logging
 from gateway.store.lock import holder_pid, pid_path
 
 if TYPE_CHECKING:
@@ -182,9 +183,7 @@ def _push_dashboards(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(config: GatewayConfig) -> None:
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 async def _run(config: GatewayConfig, path: Path) -> int:

@@ -30,6 +30,7 @@ from gateway.config import (
     OutboxConfig,
 )
 from gateway.heap import set_aside_startup_objects
+from gateway.logs import configure_logging
 from gateway.notify.policy import NotifyPolicy
 from simulators.fleet import Fleet
 
@@ -70,7 +71,7 @@ def _free_port() -> int:
 
 
 async def run_demo(seconds: float | None, devices: int, period_scale: float, seed: int) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="community-gateway-demo-"))
     port = _free_port()
     broker = Broker(

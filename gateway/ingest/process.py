@@ -35,6 +35,7 @@ from gateway.decode.profile import load_profiles
 from gateway.errors import DamagedStoreError
 from gateway.heap import set_aside_startup_objects
 from gateway.ingest.mqtt import Subscriber, subscriber_for
+from gateway.logs import configure_logging
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import registry_for
 from gateway.stats import Stats
@@ -184,9 +185,7 @@ class TelemetryProcess:
 
 def serve(config: GatewayConfig, retired: Sequence[str], log_level: int, pipe: Connection) -> None:
     """The telemetry process."""
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry]: %(message)s"
-    )
+    configure_logging(log_level, "%(asctime)s %(levelname)s %(name)s[telemetry]: %(message)s")
     # Ctrl-C in a terminal reaches every process of the group; the main process says
     # when this one stops, after its own last batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
