@@ -129,6 +129,13 @@ class Rig:
         self.desk = AlertDesk(self.book, self.registry, self.commit, self.clock)
         self.desk.listeners.append(self.notifier.on_desk_step)
 
+    def voice_limited_per_number(self) -> FakeChannel:
+        """The voice channel, taking a call a minute per number as the providers do."""
+        voice = FakeChannel("voice", needs_phone=True, digests=False,
+                            limits=(Limit(1, 60.0, per_number=True),))  # fmt: skip
+        self.channels["voice"] = self.notifier.channels["voice"] = voice
+        return voice
+
     def restart(self) -> None:
         self.outbox.close()
         self.book.close()
@@ -340,10 +347,7 @@ async def test_a_critical_alert_over_its_last_channels_limit_goes_out_once_it_al
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    # A voice call a minute per number, as the providers allow.
-    voice = FakeChannel("voice", needs_phone=True, digests=False,
-                        limits=(Limit(1, 60.0, per_number=True),))  # fmt: skip
-    rig.channels["voice"] = rig.notifier.channels["voice"] = voice
+    voice = rig.voice_limited_per_number()
     # A fall, and the wearer presses SOS 5 s later: the third step calls the worker on
     # duty for each, by voice alone.
     rig.feed(fall(0))
@@ -1098,9 +1102,7 @@ async def test_taking_an_alert_withdraws_its_escalation_notices_still_held(
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    voice = FakeChannel("voice", needs_phone=True, digests=False,
-                        limits=(Limit(1, 60.0, per_number=True),))  # fmt: skip
-    rig.channels["voice"] = rig.notifier.channels["voice"] = voice
+    voice = rig.voice_limited_per_number()
     # A fall, and an SOS 5 s later; at 3 minutes the worker on duty is called for the
     # fall; the SOS's call waits a minute for the provider's limit.
     rig.feed(fall(0))
