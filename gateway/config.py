@@ -8,7 +8,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -311,6 +311,9 @@ class ApiToken(_Strict):
     token: SecretStr
     # A grid worker's own cells: the alerts they see and handle.
     cells: tuple[GridCell, ...] = ()
+    # The communities an operator's token sees and acts on, when one installation
+    # serves several (a district's); unset: all of them.
+    communities: tuple[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")], ...] | None = None
 
     @field_validator("token")
     @classmethod
@@ -325,6 +328,31 @@ class ApiToken(_Strict):
             raise ValueError(f"grid worker {self.name!r} needs at least one cell")
         if self.role != "grid_worker" and self.cells:
             raise ValueError(f"cells are for grid workers; {self.name!r} is {self.role}")
+        return self
+
+    @model_validator(mode="after")
+    def _communities_for_operators(self) -> ApiToken:
+        if self.communities is None:
+            return self
+        if self.role == "grid_worker":
+            raise ValueError(
+                f"communities: grid worker {self.name!r} is limited by their cells, "
+                "which name their communities"
+            )
+        if self.role == "admin":
+            # What only an admin does (reload the rules, read the audit of every
+            # community's personal data) is for the whole installation: an admin limited
+            # to some communities would be an operator.
+            raise ValueError(
+                f"communities: admin {self.name!r} sees every community; give a desk "
+                "limited to some communities the operator role"
+            )
+        if not self.communities:
+            # An empty list would let the token see nothing: a slip, never a wish.
+            raise ValueError(
+                f"communities: operator {self.name!r} needs at least one, "
+                "or leave it out for all of them"
+            )
         return self
 
 

@@ -32,7 +32,9 @@ from gateway.registry import place_of as registered_place
 from gateway.rules.book import AlertEntry, AlertError
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=AUTH_ERRORS)
-STEP_ERRORS = error_responses(404, 409, e404="no such alert, or not in the caller's cells")
+STEP_ERRORS = error_responses(
+    404, 409, e404="no such alert, or not in the caller's cells or communities"
+)
 SEVERITY_ORDER = {"critical": 0, "major": 1, "warning": 2, "info": 3}
 # Alerts read from the book at once at most, while a list is looked for page by page.
 _MAX_SEARCH_PAGE = 10_000
@@ -148,7 +150,8 @@ def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
 def find(ctx: ApiContext, principal: Principal, alert_id: str) -> AlertEntry:
     entry = ctx.gateway.alerts.get(alert_id)
     if not visible(ctx, principal, entry):
-        # The same answer as for an alert that does not exist: cells are not probed.
+        # The same answer as for an alert that does not exist: cells and communities
+        # are not probed.
         raise AlertError(f"no alert {alert_id}")
     return entry
 
@@ -216,10 +219,10 @@ async def list_alerts(
 
 
 def _communities_of(principal: Principal) -> list[str] | None:
-    """The communities whose alerts the caller may see, if not all."""
-    if principal.role is not Role.GRID_WORKER:
-        return None
-    return sorted({cell.community for cell in principal.cells})
+    """The communities whose alerts the caller may see, if not all: the book is asked
+    for theirs alone, so that others' never push theirs out of a page."""
+    scope = principal.scope
+    return None if scope is None else sorted(scope)
 
 
 @router.get(

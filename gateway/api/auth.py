@@ -1,7 +1,9 @@
 """Who is asking: API tokens with roles, and a limit on failed attempts per client.
 
-admin: everything. operator: reads everything, acknowledges, silences. grid worker:
-only the alerts of their own grid cells, which they acknowledge, reach and close.
+admin: everything. operator: reads everything, acknowledges, silences; an operator's
+token may be limited to some communities (a community's desk on a district's
+installation), and then sees and acts on nothing of the others. grid worker: only the
+alerts of their own grid cells, which they acknowledge, reach and close.
 """
 
 from __future__ import annotations
@@ -53,19 +55,33 @@ class Principal:
     name: str
     role: Role
     cells: tuple[GridCell, ...] = ()
+    # The communities an operator's token is limited to; None: all of them.
+    communities: frozenset[str] | None = None
+
+    @property
+    def scope(self) -> frozenset[str] | None:
+        """The communities whose devices, alerts, silences and rejected messages the
+        caller may see at all, or None for every community."""
+        if self.role is Role.GRID_WORKER:
+            return frozenset(cell.community for cell in self.cells)
+        return self.communities
+
+    def covers_community(self, community: str) -> bool:
+        scope = self.scope
+        return scope is None or community in scope
 
     def covers_device(self, device: RegisteredDevice | None, community: str) -> bool:
-        """Whether a device is in one of this person's cells; every device is for the
-        other roles. An unregistered device has no place but its community."""
+        """Whether a device is in one of this person's cells, or for the other roles in
+        one of their communities. An unregistered device has no place but its community."""
         if self.role is not Role.GRID_WORKER:
-            return True
+            return self.covers_community(community)
         return any(_in_cell(cell, device, community) for cell in self.cells)
 
     def covers_alert(
         self, registry: Registry, community: str, device_type: str, device_id: str
     ) -> bool:
         if self.role is not Role.GRID_WORKER:
-            return True
+            return self.covers_community(community)
         if device_type in PLACE_TYPES:
             # An alert about a place (a building on fire): in the cell if any device
             # registered at that place is, found by the registry's index of places.
@@ -88,14 +104,16 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+def _principal(token: ApiToken) -> Principal:
+    communities = None if token.communities is None else frozenset(token.communities)
+    return Principal(token.name, Role(token.role), token.cells, communities)
+
+
 class TokenBook:
     """Configured tokens, kept only as hashes and compared in constant time."""
 
     def __init__(self, tokens: Iterable[ApiToken]) -> None:
-        self._entries = [
-            (_digest(t.token.get_secret_value()), Principal(t.name, Role(t.role), t.cells))
-            for t in tokens
-        ]
+        self._entries = [(_digest(t.token.get_secret_value()), _principal(t)) for t in tokens]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TokenBook) and self._entries == other._entries

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from operator import attrgetter, itemgetter
 from typing import Annotated
 
@@ -122,12 +122,13 @@ def _latest_out(latest: DeviceLatest | None) -> LatestOut | None:
 Candidate = tuple[tuple[str, str], str, RegisteredDevice | None]
 
 
-def _heard_unregistered(ctx: ApiContext, community: str | None) -> list[Candidate]:
-    """The devices heard from that the registry does not list, in the order of the list."""
+def _heard_unregistered(ctx: ApiContext, communities: Collection[str] | None) -> list[Candidate]:
+    """The devices heard from that the registry does not list, of these communities or
+    of all, in the order of the list."""
     registry = ctx.gateway.registry
     found: dict[tuple[str, str], str] = {}
     for ref in ctx.latest.devices():
-        if community is not None and ref.community != community:
+        if communities is not None and ref.community not in communities:
             continue
         if registry.get(ref.community, ref.device_id) is None:
             found.setdefault((ref.community, ref.device_id), ref.device_type)
@@ -227,8 +228,11 @@ async def list_devices(
 
     # The registry's devices, of one community or of all, were put in order once when
     # it was loaded: a page without filters costs what it holds, not the whole registry.
-    listed = ctx.gateway.registry.devices_in(community)
-    heard = _heard_unregistered(ctx, community)
+    # A caller limited to some communities lists theirs alone, and another named is
+    # one they have none in.
+    communities = _listed_communities(principal, community)
+    listed = _registered_in(ctx, communities)
+    heard = _heard_unregistered(ctx, communities)
     if device_type is None and not wanted_places and state is None:
         total = len(listed) + len(heard)
         page = _window(listed, heard, offset, limit)
@@ -260,11 +264,34 @@ async def list_devices(
     return DeviceListOut(total=total, devices=views)
 
 
+def _listed_communities(principal: Principal, community: str | None) -> list[str] | None:
+    """The communities to list the devices of, in order; None: every one."""
+    scope = principal.scope
+    if community is not None:
+        return [community] if scope is None or community in scope else []
+    return None if scope is None else sorted(scope)
+
+
+def _registered_in(ctx: ApiContext, communities: list[str] | None) -> Sequence[RegisteredDevice]:
+    """The registered devices of these communities (in order), by community and id."""
+    registry = ctx.gateway.registry
+    if communities is None:
+        return registry.devices_in()
+    if len(communities) == 1:
+        return registry.devices_in(communities[0])
+    return tuple(d for c in communities for d in registry.devices_in(c))
+
+
 def offline_rules(ctx: ApiContext) -> set[str]:
     return {r.name for r in ctx.gateway.loaded_rules if r.spec.kind == "absence"}
 
 
-def _find(ctx: ApiContext, community: str, device_id: str) -> tuple[str, RegisteredDevice | None]:
+def _find(
+    ctx: ApiContext, principal: Principal, community: str, device_id: str
+) -> tuple[str, RegisteredDevice | None]:
+    if not principal.covers_community(community):
+        # The same answer as for a device that does not exist: communities are not probed.
+        raise NotFoundError(f"no device {community}/{device_id}")
     registered = ctx.gateway.registry.get(community, device_id)
     if registered is not None:
         return registered.device_type, registered
@@ -282,7 +309,7 @@ async def get_device(
     ctx: Ctx, principal: Caller, request: Request, community: str, device_id: str
 ) -> DeviceOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    kind, registered = _find(ctx, community, device_id)
+    kind, registered = _find(ctx, principal, community, device_id)
     alerts = open_alerts_by_device(ctx.gateway.alerts.open_alerts(), offline_rules(ctx))
     view, whole = _view(ctx, principal, (community, device_id), kind, registered, alerts)
     if whole:
@@ -313,6 +340,6 @@ async def get_readings(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> ReadingsOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    kind, _ = _find(ctx, community, device_id)
+    kind, _ = _find(ctx, principal, community, device_id)
     history = ReadingHistory(ctx.gateway)
     return await history.readings(DeviceRef(community, kind, device_id), since_ms, until_ms, limit)

@@ -7,11 +7,54 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from gateway.api.auth import Role, require
-from gateway.api.context import Caller, Ctx
+from gateway.api.auth import Principal, Role, require
+from gateway.api.context import ApiContext, Caller, Ctx
 from gateway.api.models import AUTH_ERRORS, AuditOut, QuarantineOut
+from gateway.registry import Registry
+from gateway.store.outbox import StoredQuarantine
 
 router = APIRouter(prefix="/api/v1", tags=["inspection"], responses=AUTH_ERRORS)
+
+
+# Rejected messages looked through at most for a caller limited to some communities:
+# the quarantine is shared by every community of the installation, and a flood of one
+# community's bad messages must not make another's desk read the whole table.
+MAX_SCOPED_SCAN_ROWS = 10_000
+
+
+def topic_community(registry: Registry, topic: str) -> str | None:
+    """The community a rejected message belongs to: the one its topic names
+    (community/<c>/...); for a vendor's topic (vendor/acme-smoke/<imei>/up), the one the
+    registry puts the IMEI it names in; else none."""
+    parts = topic.split("/")
+    if parts[0] == "community":
+        return parts[1] if len(parts) > 1 else None
+    owners = {d.community for part in parts if (d := registry.by_imei(part)) is not None}
+    return owners.pop() if len(owners) == 1 else None
+
+
+async def _rejected(
+    ctx: ApiContext, principal: Principal, reason: str | None, limit: int
+) -> list[StoredQuarantine]:
+    """The newest `limit` rejected messages the caller may see."""
+    outbox = ctx.gateway.outbox
+    scope = principal.scope
+    if scope is None:
+        return await asyncio.to_thread(outbox.quarantine, limit=limit, reason=reason)
+    registry = ctx.gateway.registry
+
+    def theirs(stored: StoredQuarantine) -> bool:
+        return topic_community(registry, stored.entry.topic) in scope
+
+    # Newest first, more at each turn, until `limit` of theirs are found or the bound
+    # is reached: the outbox answers with the newest, never from an id on.
+    rows = min(limit * 4, MAX_SCOPED_SCAN_ROWS)
+    while True:
+        page = await asyncio.to_thread(outbox.quarantine, limit=rows, reason=reason)
+        found = [stored for stored in page if theirs(stored)]
+        if len(found) >= limit or len(page) < rows or rows >= MAX_SCOPED_SCAN_ROWS:
+            return found[:limit]
+        rows = min(rows * 2, MAX_SCOPED_SCAN_ROWS)
 
 
 @router.get("/quarantine", response_model=list[QuarantineOut], summary="Rejected messages")
@@ -22,7 +65,7 @@ async def list_quarantine(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[QuarantineOut]:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    stored = await asyncio.to_thread(ctx.gateway.outbox.quarantine, limit=limit, reason=reason)
+    stored = await _rejected(ctx, principal, reason, limit)
     return [
         QuarantineOut(id=q.id, received_ms=q.entry.received_ms, topic=q.entry.topic,
                       payload=q.entry.payload.decode("utf-8", errors="replace"),

@@ -7,15 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from gateway.api.auth import Role, require
+from gateway.api.auth import ForbiddenError, Principal, Role, require
 from gateway.api.context import Caller, Ctx
 from gateway.api.models import AUTH_ERRORS, SilenceIn, SilenceOut, error_responses
 from gateway.rules.silence import Silence
 
 router = APIRouter(prefix="/api/v1/silences", tags=["silences"], responses=AUTH_ERRORS)
 REFUSED = error_responses(
-    404, 422, e404="no such silence", e422="the silence cannot be made as asked"
-)
+    404, 422, e404="no such silence, or not of the caller's communities",
+    e422="the silence cannot be made as asked",
+)  # fmt: skip
 
 
 def silence_out(silence: Silence) -> SilenceOut:
@@ -27,10 +28,17 @@ def silence_out(silence: Silence) -> SilenceOut:
     )  # fmt: skip
 
 
+def _shown(principal: Principal, silence: Silence) -> bool:
+    """Whether the caller sees a silence: every one, or for a caller limited to some
+    communities, those of their communities and those of none (which mute theirs too)."""
+    return silence.community is None or principal.covers_community(silence.community)
+
+
 @router.get("", response_model=list[SilenceOut], summary="Silences not yet expired")
 async def list_silences(ctx: Ctx, principal: Caller) -> list[SilenceOut]:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    return [silence_out(s) for s in ctx.gateway.silences.current(ctx.now_ms())]
+    current = ctx.gateway.silences.current(ctx.now_ms())
+    return [silence_out(s) for s in current if _shown(principal, s)]
 
 
 @router.post(
@@ -39,6 +47,15 @@ async def list_silences(ctx: Ctx, principal: Caller) -> list[SilenceOut]:
 )  # fmt: skip
 async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> SilenceOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
+    scope = principal.scope
+    if scope is not None and (body.community is None or body.community not in scope):
+        # A silence of no community mutes every community's alerts, of another only
+        # theirs: neither is for a desk limited to its own. Refused alike whatever the
+        # community is named, so that none is probed.
+        raise ForbiddenError(
+            f"{principal.name} silences only within its communities "
+            f"({', '.join(sorted(scope))}): name one as `community`"
+        )
     # In a worker thread: the write may wait for the ingest's commits (see open_book).
     silence = await asyncio.to_thread(
         ctx.gateway.silences.add, author=principal.name, reason=body.reason,
@@ -58,5 +75,15 @@ async def delete_silence(
     ctx: Ctx, principal: Caller, silence_id: Annotated[int, Path(ge=1, le=(1 << 63) - 1)]
 ) -> Response:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    await asyncio.to_thread(ctx.gateway.silences.delete, silence_id)
+    scope = principal.scope
+    if scope is not None:
+        current = ctx.gateway.silences.current(ctx.now_ms())
+        if any(s.id == silence_id and s.community is None for s in current):
+            # Shown to the desk, as it mutes its alerts too, but it mutes the others'.
+            raise ForbiddenError(
+                f"silence {silence_id} is of every community: {principal.name} ends only "
+                "those of its own"
+            )
+    # Another community's silence is not found, as if it did not exist.
+    await asyncio.to_thread(ctx.gateway.silences.delete, silence_id, within=scope)
     return Response(status_code=204)

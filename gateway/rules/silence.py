@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +141,14 @@ class SilenceBook:
             self._active = [*self._active, silence]
         return silence
 
-    def delete(self, silence_id: int) -> None:
+    def delete(self, silence_id: int, *, within: Collection[str] | None = None) -> None:
+        """`within`: the communities the silence must be of, or it is not found; checked
+        under the lock, as the id of a silence deleted meanwhile may be given again."""
         with self._lock:
+            if within is not None and not any(
+                s.id == silence_id and s.community in within for s in self._active
+            ):
+                raise SilenceError(f"no silence {silence_id}")
             deleted = self._conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
             if not deleted.rowcount:
                 raise SilenceError(f"no silence {silence_id}")

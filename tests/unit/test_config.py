@@ -14,6 +14,11 @@ from gateway.registry import load_registry
 EXAMPLE = PROJECT_ROOT / "deploy" / "gateway.example.yaml"
 
 
+def token(role: str, more: str) -> str:
+    """A config of one API token of `role`, with `more` of its fields."""
+    return f"api: {{tokens: [{{name: d, role: {role}, token: token-0123456789abcdef, {more}}}]}}"
+
+
 @pytest.mark.usefixtures("example_secrets")
 def test_the_shipped_example_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config", str(EXAMPLE)]) == 0
@@ -68,6 +73,28 @@ def test_relative_paths_and_environment_secrets(
         # uvicorn would take a misspelt proxy for a name that matches no client.
         ("api: {trusted_proxies: [gw-proxy]}", "api.trusted_proxies", "not an IP address"),
         ("api: {trusted_proxies: [10.0.0.1/24]}", "api.trusted_proxies", "not an IP address"),
+        # A desk's communities, named as the topics and the registry name them.
+        (
+            token("operator", "communities: [HGY]"),
+            "api.tokens.0.communities.0",
+            "should match pattern '^[a-z0-9-]{1,32}$'",
+        ),
+        (token("operator", "communities: hgy"), "api.tokens.0.communities", "valid tuple"),
+        (
+            token("operator", "communities: []"),
+            "api.tokens.0.communities",
+            "operator 'd' needs at least one, or leave it out for all of them",
+        ),
+        (
+            token("admin", "communities: [hgy]"),
+            "api.tokens.0.communities",
+            "admin 'd' sees every community",
+        ),
+        (
+            token("grid_worker", "cells: [{community: hgy}], communities: [hgy]"),
+            "api.tokens.0.communities",
+            "grid worker 'd' is limited by their cells",
+        ),
     ],
 )
 def test_a_bad_config_names_the_file_the_field_and_the_problem(
@@ -455,3 +482,16 @@ def test_a_long_link_secret_and_proxy_addresses_and_networks_are_taken(tmp_path:
     api = load_config(path).api
     # By default the proxy on the box itself, and no other.
     assert api is not None and api.trusted_proxies == ("127.0.0.1",)
+
+
+def test_a_desk_limited_to_some_communities_is_taken_and_unset_means_all(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "api: {tokens: [{name: desk, role: operator, token: desk-token-0123456789,"
+        " communities: [hgy, lgy-2]},"
+        " {name: all, role: operator, token: all-desks-token-0123456789}]}\n"
+    )
+    config = load_config(path)
+    assert config.api is not None
+    desk, everywhere = config.api.tokens
+    assert (desk.communities, everywhere.communities) == (("hgy", "lgy-2"), None)

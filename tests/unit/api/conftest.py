@@ -21,6 +21,8 @@ ADMIN = "admin-token-0123456789"
 OPERATOR = "operator-token-0123456789"
 WORKER = "worker-token-0123456789"
 OTHER_WORKER = "other-worker-token-0123456789"
+# The desk of community hgy alone, on an installation serving several.
+DESK_HGY = "desk-hgy-token-0123456789"
 
 REGISTRY = """\
 device_id,device_type,community,area,compound,building,unit,lat,lon,wearer_name,wearer_phone,emergency_contacts,home_lat,home_lon
@@ -29,6 +31,19 @@ br-2,bracelet,hgy,west,hillside,9,1-101,,,王五,13700001111,,34.76,113.63
 sd-1,smoke_detector,hgy,east,lakeside,3,,34.75,113.62,,,,,
 sd-2,smoke_detector,hgy,east,lakeside,3,,34.75,113.62,,,,,
 """
+# Vendor smoke detectors, known by their IMEI, one in each community below.
+IMEI_HGY = "860000000000001"
+IMEI_LGY = "860000000000002"
+# A second community, lgy, with the same device ids as hgy's, and a vendor smoke
+# detector of the same id in each.
+TWO_COMMUNITIES = (
+    REGISTRY.replace("home_lon\n", "home_lon,imei\n", 1)
+    + "br-1,bracelet,lgy,north,pine,7,1-101,,,赵六,13600002222,孙七:13500003333,30.10,120.10\n"
+    + "sd-1,smoke_detector,lgy,north,pine,7,,30.10,120.10,,,,,\n"
+    + "sd-2,smoke_detector,lgy,north,pine,7,,30.10,120.10,,,,,\n"
+    + f"acme-1,smoke_detector,hgy,east,lakeside,3,,,,,,,,,{IMEI_HGY}\n"
+    + f"acme-1,smoke_detector,lgy,north,pine,7,,,,,,,,,{IMEI_LGY}\n"
+)
 
 
 class FakeSource:
@@ -107,6 +122,8 @@ def site_config(
                 "tokens": [
                     {"name": "root", "role": "admin", "token": ADMIN},
                     {"name": "desk", "role": "operator", "token": OPERATOR},
+                    {"name": "desk-hgy", "role": "operator", "token": DESK_HGY,
+                     "communities": ["hgy"]},
                     {"name": "wang-fang", "role": "grid_worker", "token": WORKER,
                      "cells": [{"community": "hgy", "area": "east", "compound": "lakeside"}]},
                     {"name": "li-na", "role": "grid_worker", "token": OTHER_WORKER,

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -6,10 +7,12 @@ from gateway.clock import ManualClock
 from gateway.registry import RegisteredDevice
 from tests.unit.api.conftest import (
     ADMIN,
+    DESK_HGY,
     OPERATOR,
     OTHER_WORKER,
     REGISTRY,
     T0,
+    TWO_COMMUNITIES,
     WORKER,
     Site,
     open_site,
@@ -320,3 +323,58 @@ async def found_as(site: Site, token: str, query: str) -> set[str]:
     response = await site.get(f"/api/v1/alerts?{query}", token)
     assert response.status_code == 200, response.text
     return {f"{a['rule']}:{a['device_id']}" for a in response.json()["alerts"]}
+
+
+async def test_a_desk_limited_to_its_community_sees_and_takes_its_alerts_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_COMMUNITIES) as site:
+        own = await site.fall("br-1")
+        # Community lgy's br-1, the same id, falls after.
+        await falls(site, "lgy", "br-1")
+        everyone = (await site.get("/api/v1/alerts", OPERATOR)).json()["alerts"]
+        (other,) = [a["alert_id"] for a in everyone if a["community"] == "lgy"]
+
+        async def listed(query: str) -> list[str]:
+            response = await site.get(f"/api/v1/alerts?{query}", DESK_HGY)
+            assert response.status_code == 200, response.text
+            return [a["alert_id"] for a in response.json()["alerts"]]
+
+        assert await listed("") == [own]
+        assert await listed("device_id=br-1&rule=fall") == [own]
+        assert await listed("community=lgy") == []
+        # The book is asked for the desk's community alone: lgy's newer alert never
+        # takes the place of hgy's in a page.
+        asked: list[object] = []
+        search = site.gateway.alerts.search
+
+        def searched(**query: Any) -> Any:
+            asked.append(query["communities"])
+            return search(**query)
+
+        monkeypatch.setattr(site.gateway.alerts, "search", searched)
+        assert await listed("state=all&limit=1") == [own]
+        assert await listed("state=firing&community=lgy") == []
+        assert asked == [["hgy"], ["hgy"]]
+        # Another community's alert is answered as one that does not exist.
+        for alert_id in (other, "no-such-alert"):
+            hidden = await site.get(f"/api/v1/alerts/{alert_id}", DESK_HGY)
+            assert (hidden.status_code, hidden.json()["detail"]) == (404, f"no alert {alert_id}")
+        taken = await site.post(f"/api/v1/alerts/{other}/acknowledge", DESK_HGY)
+        assert (taken.status_code, taken.json()["detail"]) == (404, f"no alert {other}")
+        # What no operator does is refused alike whichever community's alert it is.
+        for step, body in (("arrive", None), ("close", {"note": "x"}), ("assign", {"to": "x"})):
+            for alert_id in (own, other):
+                refused = await site.post(f"/api/v1/alerts/{alert_id}/{step}", DESK_HGY, json=body)
+                assert refused.status_code == 403, (step, alert_id)
+        mine = await site.post(f"/api/v1/alerts/{own}/acknowledge", DESK_HGY)
+        assert (mine.status_code, mine.json()["acknowledged_by"]) == (200, "desk-hgy")
+        detail = (await site.get(f"/api/v1/alerts/{own}", DESK_HGY)).json()
+        assert detail["alert"]["community"] == "hgy"
+        assert detail["wearer"] == {
+            "name": "张*明", "phone": "138****5678", "masked": True,
+            "emergency_contacts": [{"name": "李*", "phone": "139****4321"}],
+        }  # fmt: skip
+        # Community lgy's alert is as it was, for those who see it.
+        shown = (await site.get(f"/api/v1/alerts/{other}", OPERATOR)).json()["alert"]
+        assert (shown["state"], shown["acknowledged_by"]) == ("firing", None)

@@ -75,6 +75,21 @@ def test_tokens_are_matched_by_hash() -> None:
     assert "x" * 20 not in repr(book.__dict__)
 
 
+def test_a_desk_token_covers_its_communities_alone() -> None:
+    desk = ApiToken(name="desk-hgy", role="operator", token="x" * 20, communities=["hgy"])  # type: ignore[arg-type]
+    principal = TokenBook([desk]).find("x" * 20)
+    assert principal == Principal("desk-hgy", Role.OPERATOR, communities=frozenset({"hgy"}))
+    assert principal.scope == {"hgy"}
+    assert principal.covers_community("hgy") and not principal.covers_community("lgy")
+    registry = Registry()
+    assert principal.covers_alert(registry, "hgy", "building", "3")
+    assert not principal.covers_alert(registry, "lgy", "bracelet", "br-1")
+    assert Principal("desk", Role.OPERATOR).scope is None
+    # A token whose communities change at a reload is another token: its streams end.
+    wider = desk.model_copy(update={"communities": ("hgy", "lgy")})
+    assert TokenBook([desk]) != TokenBook([wider])
+
+
 def test_token_config_is_checked_naming_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="needs at least one cell"):
         ApiToken(name="w", role="grid_worker", token="y" * 16)  # type: ignore[arg-type]

@@ -5,7 +5,17 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.registry import RegisteredDevice
-from tests.unit.api.conftest import ADMIN, OPERATOR, REGISTRY, T0, WORKER, Site, open_site
+from tests.unit.api.conftest import (
+    ADMIN,
+    DESK_HGY,
+    OPERATOR,
+    REGISTRY,
+    T0,
+    TWO_COMMUNITIES,
+    WORKER,
+    Site,
+    open_site,
+)
 
 # Device ids repeat across communities: each is one of its community.
 ANOTHER_COMMUNITY = REGISTRY + "".join(
@@ -225,3 +235,65 @@ async def test_readings_from_the_outbox_are_the_devices_own_whatever_others_send
         assert [r["time_ms"] for r in (await site.get(until, OPERATOR)).json()["readings"]] == [
             T0 + 2000, T0 + 1000,
         ]  # fmt: skip
+
+
+async def test_a_desk_limited_to_its_community_sees_its_devices_alone(tmp_path: Path) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_COMMUNITIES) as site:
+        # The same ids in both communities, each with its own values; and a device of
+        # each that the registry does not list.
+        for community, temperature_c in (("hgy", 21.0), ("lgy", 35.0)):
+            reading = {**smoke_reading(T0), "temperature_c": temperature_c}
+            await site.send(f"community/{community}/smoke_detector/sd-1/telemetry", reading)
+        for where in ("lgy/manhole_cover/mc-1", "hgy/manhole_cover/mc-7"):
+            await site.send(f"community/{where}/telemetry", {"ts": T0, **MANHOLE})
+        own = ["hgy/acme-1", "hgy/br-1", "hgy/br-2", "hgy/mc-7", "hgy/sd-1", "hgy/sd-2"]
+
+        async def listed(query: str) -> tuple[int, list[str]]:
+            response = await site.get(f"/api/v1/devices?{query}", DESK_HGY)
+            assert response.status_code == 200, response.text
+            return response.json()["total"], ids(response.json())
+
+        assert await listed("") == (6, own)
+        assert await listed("limit=2&offset=3") == (6, own[3:5])
+        assert await listed("community=hgy&device_type=smoke_detector") == (
+            3, ["hgy/acme-1", "hgy/sd-1", "hgy/sd-2"],
+        )  # fmt: skip
+        assert await listed("device_type=manhole_cover") == (1, ["hgy/mc-7"])
+        assert await listed("area=north") == (0, [])
+        # Another community named is one the desk has no device in.
+        assert await listed("community=lgy") == (0, [])
+        assert await listed("community=lgy&device_type=smoke_detector") == (0, [])
+        assert (await site.get("/api/v1/devices", OPERATOR)).json()["total"] == 11
+        device = (await site.get("/api/v1/devices/hgy/sd-1", DESK_HGY)).json()
+        assert device["latest"]["fields"]["temperature_c"] == 21.0
+        readings = (await site.get("/api/v1/devices/hgy/sd-1/readings", DESK_HGY)).json()
+        assert [r["fields"]["temperature_c"] for r in readings["readings"]] == [21.0]
+        # Another community's device is answered as one that does not exist.
+        for path in ("lgy/sd-1", "lgy/mc-1", "lgy/no-such-device"):
+            for suffix in ("", "/readings"):
+                hidden = await site.get(f"/api/v1/devices/{path}{suffix}", DESK_HGY)
+                assert (hidden.status_code, hidden.json()["detail"]) == (404, f"no device {path}")
+        other = (await site.get("/api/v1/devices/lgy/sd-1", OPERATOR)).json()
+        assert other["latest"]["fields"]["temperature_c"] == 35.0
+
+
+async def test_a_desk_of_several_communities_lists_theirs_in_one_order(tmp_path: Path) -> None:
+    district = REGISTRY + "".join(
+        f"dev-{n},smoke_detector,{c},a1,p1,1,,30.1,120.1,,,,,\n"
+        for c in ("c1", "c2", "c3")
+        for n in range(3)
+    )
+    tokens = [{"name": "desk-c", "role": "operator", "token": "desk-c-token-0123456789",
+               "communities": ["c3", "c1"]}]  # fmt: skip
+    async with open_site(tmp_path, ManualClock(T0), registry_text=district, tokens=tokens) as site:
+        await site.send("community/c3/manhole_cover/dev-10/telemetry", {"ts": T0, **MANHOLE})
+        # Community c1's, then c3's with the device heard from in its place.
+        theirs = ["c1/dev-0", "c1/dev-1", "c1/dev-2", "c3/dev-0", "c3/dev-1", "c3/dev-10",
+                  "c3/dev-2"]  # fmt: skip
+        paged: list[str] = []
+        for offset in range(0, 8, 3):
+            page = await site.get(f"/api/v1/devices?limit=3&offset={offset}",
+                                  "desk-c-token-0123456789")  # fmt: skip
+            assert page.json()["total"] == 7
+            paged += ids(page.json())
+        assert paged == theirs

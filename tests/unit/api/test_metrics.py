@@ -1,9 +1,11 @@
 from collections import Counter
+from pathlib import Path
 
 from gateway.api.metrics import render
+from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Reading, TimeSource
 from gateway.stats import Stats
-from tests.unit.api.conftest import T0, Site
+from tests.unit.api.conftest import DESK_HGY, T0, TWO_COMMUNITIES, Site, open_site
 
 
 async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
@@ -20,6 +22,26 @@ async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
     assert 'gateway_alerts{state="firing"} 0' in lines
     assert "gateway_alerts_fired_total 1" in lines
     assert "# TYPE gateway_outbox_depth_lines gauge" in lines
+
+
+async def test_metrics_and_health_are_of_the_installation_and_name_no_community(
+    tmp_path: Path,
+) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_COMMUNITIES) as site:
+        for community in ("hgy", "lgy"):
+            await site.send(f"community/{community}/bracelet/br-1/telemetry", b"nope")
+            await site.send(
+                f"community/{community}/bracelet/br-1/event",
+                {"ts": T0, "event": "fall", "confidence": 0.9},
+            )
+        # Anyone reads them, a desk of one community too: totals, by no community.
+        for path in ("/metrics", "/health/live", "/health/ready"):
+            response = await site.get(path, DESK_HGY)
+            assert response.status_code == 200, path
+            assert "hgy" not in response.text and "lgy" not in response.text
+        lines = set((await site.client.get("/metrics")).text.splitlines())
+        assert 'gateway_rejected_messages_total{reason="not_json"} 2' in lines
+        assert "gateway_alerts_fired_total 2" in lines
 
 
 async def test_metrics_tell_while_the_disk_set_aside_is_given_back(site: Site) -> None:

@@ -6,7 +6,7 @@ from itsdangerous import URLSafeSerializer
 from gateway.cli import reload_in_place
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef
-from tests.unit.api.conftest import OPERATOR, T0, Site, open_site
+from tests.unit.api.conftest import DESK_HGY, OPERATOR, T0, TWO_COMMUNITIES, Site, open_site
 
 
 def link_path(site: Site, alert_id: str, receiver: str = "wang-fang") -> str:
@@ -250,6 +250,27 @@ async def test_the_board_page_is_served(site: Site) -> None:
     assert board.status_code == 200 and "告警看板" in board.text
     assert (await site.client.get("/static/page.css")).status_code == 200
     assert (await site.client.get("/")).headers["location"] == "/board"
+
+
+async def test_the_board_of_a_desk_limited_to_its_community_shows_and_takes_its_alerts(
+    tmp_path: Path,
+) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_COMMUNITIES) as site:
+        assert (await site.client.get("/board")).status_code == 200
+        own = await site.fall("br-1")
+        await site.send(
+            "community/lgy/bracelet/br-1/event",
+            {"ts": T0, "event": "fall", "confidence": 0.9},
+        )
+        # The stream says only that alerts changed, by a number: what changed, and
+        # where, the board reads from the list, which holds the desk's own alone.
+        stream = await site.get("/api/v1/alerts-stream?limit=1", DESK_HGY)
+        assert stream.text == "event: alerts\ndata: 2\n\n"
+        board = (await site.get("/api/v1/alerts?state=open", DESK_HGY)).json()
+        assert [a["alert_id"] for a in board["alerts"]] == [own]
+        assert board["version"] == 2
+        taken = await site.post(f"/api/v1/alerts/{own}/acknowledge", DESK_HGY)
+        assert taken.status_code == 200
 
 
 async def test_the_map_shows_where_the_wearer_was_last_seen(site: Site) -> None:

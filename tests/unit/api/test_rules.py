@@ -6,7 +6,7 @@ import httpx
 from gateway import PROJECT_ROOT
 from gateway.app import Gateway
 from gateway.clock import ManualClock
-from tests.unit.api.conftest import ADMIN, OPERATOR, T0, Site, site_config
+from tests.unit.api.conftest import ADMIN, DESK_HGY, OPERATOR, T0, Site, site_config
 
 GOOD = "rules:\n  - {name: hot_shed, title: 棚内高温, device_types: [charging_shed], severity: info, when: 'ambient_temp_c > 45'}\n"
 
@@ -15,6 +15,22 @@ async def test_the_running_rules_are_listed(site: Site) -> None:
     rules = (await site.get("/api/v1/rules", OPERATOR)).json()
     fall = next(r for r in rules if r["name"] == "fall")
     assert (fall["severity"], fall["life_safety"], fall["kind"]) == ("critical", True, "event")
+
+
+async def test_a_desk_limited_to_its_community_reads_the_rules_of_the_installation(
+    site: Site,
+) -> None:
+    # The rules judge every community alike: the desk sees them as any operator does,
+    # and changes them no more than any operator does.
+    listed = await site.get("/api/v1/rules", DESK_HGY)
+    assert listed.status_code == 200
+    assert listed.json() == (await site.get("/api/v1/rules", OPERATOR)).json()
+    check = await site.post("/api/v1/rules/check", DESK_HGY, content=GOOD)
+    assert (check.status_code, check.json()["detail"]) == (
+        403, "desk-hgy is operator; this needs admin",
+    )  # fmt: skip
+    assert (await site.post("/api/v1/rules/reload", DESK_HGY)).status_code == 403
+    assert (await site.get("/api/v1/audit", DESK_HGY)).status_code == 403
 
 
 async def test_a_rule_file_is_checked_without_being_loaded(site: Site) -> None:

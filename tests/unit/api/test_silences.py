@@ -2,7 +2,17 @@ import sqlite3
 from pathlib import Path
 
 from gateway.clock import ManualClock
-from tests.unit.api.conftest import ADMIN, OPERATOR, REGISTRY, T0, WORKER, Site, open_site
+from tests.unit.api.conftest import (
+    ADMIN,
+    DESK_HGY,
+    OPERATOR,
+    REGISTRY,
+    T0,
+    TWO_COMMUNITIES,
+    WORKER,
+    Site,
+    open_site,
+)
 
 # Building 3 of compound hillside too, as building numbers repeat across the compounds
 # of a community (湖光苑 3号楼, 湖光新苑 3号楼).
@@ -171,3 +181,40 @@ async def test_silences_made_before_compounds_and_areas_keep_working(tmp_path: P
             "community": "hgy", "compound": "hillside", "ends_ms": T0 + 1, "reason": "x",
         })  # fmt: skip
         assert made.status_code == 201, made.text
+
+
+async def test_a_desk_limited_to_its_community_silences_within_it_alone(tmp_path: Path) -> None:
+    async with open_site(tmp_path, ManualClock(T0), registry_text=TWO_COMMUNITIES) as site:
+
+        async def make(token: str, **where: str) -> tuple[int, dict[str, object]]:
+            made = await site.post("/api/v1/silences", token, json={
+                **where, "ends_ms": T0 + 3_600_000, "reason": "检修",
+            })  # fmt: skip
+            return made.status_code, made.json()
+
+        status, theirs = await make(ADMIN, community="lgy", device_id="sd-1")
+        assert status == 201
+        status, everywhere = await make(ADMIN, rule="smoke_tampering")
+        assert status == 201
+        status, mine = await make(DESK_HGY, community="hgy", device_id="sd-1")
+        assert (status, mine["author"]) == (201, "desk-hgy")
+        # Neither another community's devices nor every community's may be muted.
+        for where in ({"community": "lgy", "device_id": "sd-1"}, {"rule": "smoke_tampering"},
+                      {"community": "nowhere"}):  # fmt: skip
+            status, refused = await make(DESK_HGY, **where)
+            assert status == 403, where
+            assert refused["detail"] == (
+                "desk-hgy silences only within its communities (hgy): name one as `community`"
+            )
+        # Its own, and the one of every community that mutes its alerts too.
+        listed = (await site.get("/api/v1/silences", DESK_HGY)).json()
+        assert [s["id"] for s in listed] == [everywhere["id"], mine["id"]]
+        # Another community's silence is answered as one that does not exist.
+        for silence_id in (theirs["id"], 999):
+            gone = await site.delete(f"/api/v1/silences/{silence_id}", DESK_HGY)
+            assert (gone.status_code, gone.json()["detail"]) == (404, f"no silence {silence_id}")
+        shared = await site.delete(f"/api/v1/silences/{everywhere['id']}", DESK_HGY)
+        assert shared.status_code == 403
+        assert (await site.delete(f"/api/v1/silences/{mine['id']}", DESK_HGY)).status_code == 204
+        kept = (await site.get("/api/v1/silences", OPERATOR)).json()
+        assert [s["id"] for s in kept] == [theirs["id"], everywhere["id"]]
