@@ -40,7 +40,7 @@ from gateway.rules.alert import AlertChange, Repeat
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
-from gateway.store.outbox import Outbox, QuarantineEntry
+from gateway.store.outbox import Outbox, QuarantineEntry, Write
 from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
@@ -359,9 +359,7 @@ class IngestPipeline:
         await self.commit_until_stored(decision.lines, decision.write)
         self._announce(decision)
 
-    async def commit(
-        self, lines: Sequence[str], write: Callable[[sqlite3.Connection], None] | None
-    ) -> None:
+    async def commit(self, lines: Sequence[str], write: Write | None) -> None:
         """Commit lines, and whatever `write` adds, in one transaction of the ingest
         connection, between batches. What `write` raises is raised here, nothing kept.
 
@@ -370,17 +368,17 @@ class IngestPipeline:
         if self.commit_error is not None:
             raise StoreError(f"the outbox cannot commit: {self.commit_error}", retryable=True)
         async with self._commit_lock:
-            await asyncio.to_thread(self._outbox.commit, lines, [], None, write)
-        self._stats.lines_stored += len(lines)
+            result = await asyncio.to_thread(self._outbox.commit, lines, [], None, write)
+        self._stats.lines_stored += result.lines
         self.committed.set()
 
-    async def commit_until_stored(
-        self, lines: Sequence[str], write: Callable[[sqlite3.Connection], None] | None
-    ) -> None:
+    async def commit_until_stored(self, lines: Sequence[str], write: Write | None) -> None:
         """As `commit`, for the gateway's own work (judging, rule timers, its health),
         tried again until it is stored, as a batch is."""
-        await self._until_done(partial(self._outbox.commit, lines, [], None, write), on_loop=False)
-        self._stats.lines_stored += len(lines)
+        result = await self._until_done(
+            partial(self._outbox.commit, lines, [], None, write), on_loop=False
+        )
+        self._stats.lines_stored += result.lines
         self.committed.set()
 
     async def _until_done(self, step: Callable[[], T], *, on_loop: bool) -> T:

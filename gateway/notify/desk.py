@@ -21,12 +21,12 @@ from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import MOVES_FROM, AlertBook, AlertEntry
 from gateway.rules.rule import Severity
 from gateway.store.line_protocol import encode_fields, encode_series
-from gateway.store.outbox import insert_lines
+from gateway.store.outbox import Write
 from gateway.store.series import alert_line
 
 HANDLING_MEASUREMENT = "alert_handling"
 
-Commit = Callable[[Sequence[str], Callable[[sqlite3.Connection], None] | None], Awaitable[None]]
+Commit = Callable[[Sequence[str], Write | None], Awaitable[None]]
 DeskListener = Callable[[AlertEntry, AlertState], None]
 
 
@@ -71,7 +71,7 @@ class AlertDesk:
     ) -> AlertEntry:
         steps: list[AlertState] = []
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> list[str]:
             # The points are made from the alert as the step finds it, inside the step's
             # transaction: read before waiting for the commit, two phones at once would
             # each count the acknowledgement, and a step after the rules' all-clear would
@@ -85,7 +85,7 @@ class AlertDesk:
             shown = self.state_line(entry, step, now_ms)
             if shown is not None:
                 lines.append(shown)
-            insert_lines(conn, lines)
+            return lines
 
         await self._commit([], write)
         after = self.book.get(alert_id)

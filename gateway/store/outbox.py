@@ -144,6 +144,10 @@ class PendingLines:
     next: LinePosition
 
 
+# Writes more in a commit's transaction, and returns the lines it makes there, if any.
+Write = Callable[[sqlite3.Connection], Sequence[str] | None]
+
+
 @dataclass(frozen=True, slots=True)
 class CommitResult:
     lines: int
@@ -272,14 +276,15 @@ class Outbox:
         lines: Sequence[str],
         quarantined: Sequence[QuarantineEntry],
         keys: KeysToSave | None = None,
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        also: Write | None = None,
         *,
         lane: str = "main",
         handoff: bytes | None = None,
     ) -> CommitResult:
         """Store a batch in one transaction. Raises StoreError if it could not be made durable.
 
-        `also` writes more in the same transaction: what the rules made of the batch.
+        `also` writes more in the same transaction: what the rules made of the batch, or
+        a person's step on an alert, and returns the lines it makes there, if any.
         `handoff` is the batch's records for the rules of another process, which judges
         them later (see `handoffs`).
         """
@@ -294,15 +299,18 @@ class Outbox:
                     else:
                         conn.execute("BEGIN IMMEDIATE")
                     if lines:
-                        insert_lines(conn, lines)
+                        _insert_lines(conn, lines)
                     if handoff is not None:
                         conn.execute("INSERT INTO handoffs (records) VALUES (?)", (handoff,))
                     if quarantined:
                         self._insert_quarantine(conn, quarantined)
                     if keys is not None:
                         self._save_keys(conn, keys, lane)
+                    added: Sequence[str] | None = None
                     if also is not None:
-                        also(conn)
+                        added = also(conn)
+                        if added:
+                            _insert_lines(conn, added)
                     evicted = self._evict_if_full(conn)
                     conn.execute("COMMIT")
                     break
@@ -334,7 +342,7 @@ class Outbox:
                 self.max_bytes,
                 evicted,
             )
-        return CommitResult(len(lines), len(quarantined), evicted + made_room)
+        return CommitResult(len(lines) + len(added or ()), len(quarantined), evicted + made_room)
 
     def _make_room(self, conn: sqlite3.Connection, needed_bytes: int) -> int:
         """The disk is full before the outbox reached its bound: drop the oldest lines, as
@@ -645,8 +653,7 @@ def _batch_bytes(
     )
 
 
-def insert_lines(conn: sqlite3.Connection, lines: Sequence[str]) -> None:
-    """Lines for the writer, inside the caller's transaction on the outbox."""
+def _insert_lines(conn: sqlite3.Connection, lines: Sequence[str]) -> None:
     conn.execute(
         "INSERT INTO chunks (first_line, line_count, lines) VALUES ("
         "coalesce((SELECT first_line + line_count FROM chunks ORDER BY id DESC LIMIT 1), 0), "
@@ -678,7 +685,7 @@ def _move_single_lines(conn: sqlite3.Connection) -> None:
             "SELECT id, line FROM lines WHERE id > ? ORDER BY id LIMIT ?",
             (last, _MOVED_CHUNK_LINES),
         ).fetchall():
-            insert_lines(conn, [str(line) for _, line in rows])
+            _insert_lines(conn, [str(line) for _, line in rows])
             last = rows[-1][0]
         conn.execute("DROP TABLE lines")
         conn.execute("COMMIT")

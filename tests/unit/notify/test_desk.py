@@ -19,6 +19,7 @@ from tests.catalogue import shipped_rules
 from tests.unit.notify.test_notifier import REGISTRY as NOTIFIER_REGISTRY
 from tests.unit.notify.test_notifier import SMOKE as NOTIFIER_SMOKE
 from tests.unit.notify.test_notifier import Rig, fall, reading
+from tests.unit.test_pipeline import pipeline
 
 T0 = 1_767_225_600_000
 WRIST = DeviceRef("hgy", "bracelet", "br-1")
@@ -332,3 +333,23 @@ async def test_an_acknowledgement_racing_the_all_clear_leaves_the_alert_shown_re
     )
     last = points[-1][1]
     assert 'state="resolved"' in last, f"the dashboards show the resolved alert as: {last}"
+
+
+async def test_a_steps_points_count_as_stored_as_any_other_lines(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    clock = ManualClock(T0)
+    p = pipeline(path, clock=clock)
+    book = AlertBook(path)
+    stage = AlertStage(RuleEngine(shipped_rules(), REGISTRY), book, SilenceBook(path, REGISTRY),
+                       clock)  # fmt: skip
+    decision = stage.evaluate([Event(WRIST, T0, TimeSource.DEVICE, "fall", {})])
+    await p.commit(decision.lines, decision.write)
+    (alert,) = book.open_alerts()
+    desk = AlertDesk(book, REGISTRY, p.commit, clock)
+    stored_before = p._stats.lines_stored
+    depth_before = p._outbox.depth()
+    await desk.acknowledge(alert.alert_id, "wang-fang")
+    added = p._outbox.depth() - depth_before
+    # Its handling time and the alert's new state, both counted in the health figures.
+    assert added == 2
+    assert p._stats.lines_stored - stored_before == added
