@@ -270,6 +270,7 @@ class Gateway:
                 self.stats,
                 ZoneInfo(config.timezone),
                 silences=self.silences,
+                lasts=self.rules.lasts,
             )
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)

@@ -166,9 +166,12 @@ class Notifier:
         stats: Stats,
         zone: ZoneInfo,
         silences: SilenceBook | None = None,
+        lasts: Callable[[str], bool] = lambda rule: True,
     ) -> None:
         """`silences`: those the alert stage mutes alerts by; with them, an alert a
-        silence muted is told once the silence is over, if it still holds."""
+        silence muted is told once the silence is over, if it still holds. `lasts`:
+        whether a rule's alerts last while their condition holds; an event's (a detector
+        opened by the maintenance crew) is over once it came, and stays untold."""
         self.policy = policy
         self.channels = channels
         self.router = router
@@ -189,6 +192,7 @@ class Notifier:
         # What a send's bookkeeping raised, for the next round to raise as its own.
         self._send_error: Exception | None = None
         self._silences = silences
+        self._lasts = lasts
         self.stop_grace_s = STOP_GRACE_S
         # Alerts a silence muted, still to be told if they hold once it is over: by id,
         # when to look again.
@@ -329,7 +333,7 @@ class Notifier:
                 # Nobody was told of it: nobody hears its all-clear. One still firing is
                 # told once its silence is over (or now, if it is already).
                 if unplanned and entry.state is AlertState.FIRING:
-                    self._watch_muted(entry.alert_id, now_ms)
+                    self._watch_muted(entry.alert_id, entry.rule, now_ms)
                 continue
             try:
                 if unplanned:
@@ -417,7 +421,7 @@ class Notifier:
                          f"muted by silence {change.silenced_by}", None, change)  # fmt: skip
             if change.state is AlertState.FIRING:
                 # Looked at again in this round, and then until its silence ends.
-                self._watch_muted(change.alert_id, now_ms)
+                self._watch_muted(change.alert_id, change.rule, now_ms)
             return
         try:
             entry = self.book.get(change.alert_id)
@@ -445,8 +449,8 @@ class Notifier:
                         entry.rule)  # fmt: skip
         self.log.plan(steps)
 
-    def _watch_muted(self, alert_id: str, at_ms: int) -> None:
-        if self._silences is not None:
+    def _watch_muted(self, alert_id: str, rule: str, at_ms: int) -> None:
+        if self._silences is not None and self._lasts(rule):
             self._muted[alert_id] = at_ms
 
     def _unmute(self, now_ms: int) -> None:

@@ -521,6 +521,11 @@ class RuleEngine:
         self._hits_dirty.clear()
         return changed, gone
 
+    def lasts(self, rule: str) -> bool:
+        """Whether an alert of the rule lasts while its condition holds: not an event's,
+        which is over once it came. A rule no longer loaded counts as lasting."""
+        return all(r.spec.kind != "event" for r in self._rules if r.name == rule)
+
     def take_repeats(self) -> list[Repeat]:
         """Events that joined an alert since the last call, for its history."""
         repeats, self._repeats = self._repeats, []

@@ -111,9 +111,8 @@ class Rig:
         self.book = AlertBook(self.path)
         self.stats = Stats()
         self.silences = SilenceBook(self.path, self.registry)
-        self.stage = AlertStage(
-            RuleEngine(shipped_rules(), self.registry), self.book, self.silences, self.clock,
-        )  # fmt: skip
+        rules = RuleEngine(shipped_rules(), self.registry)
+        self.stage = AlertStage(rules, self.book, self.silences, self.clock)
         self.channels = self.given_channels or {
             "wecom": FakeChannel("wecom", limits=self.limits),
             "sms": FakeChannel("sms", needs_phone=True),
@@ -125,6 +124,7 @@ class Rig:
             self.policy, dict(self.channels), Router(self.policy, self.registry, ZONE),
             self.book, self.log, LinkSigner("secret", "https://gw.example.cn", 3600),
             self.commit, self.clock, self.stats, ZONE, silences=self.silences,
+            lasts=rules.lasts,
         )  # fmt: skip
         self.desk = AlertDesk(self.book, self.registry, self.commit, self.clock)
         self.desk.listeners.append(self.notifier.on_desk_step)
@@ -1245,6 +1245,19 @@ async def test_an_alert_muted_by_a_silence_is_told_once_the_silence_ends(tmp_pat
     assert rig.sent() == [("wecom", "wang-fang", "firing")]
     rig.restart()
     rig.notifier.recover()
+    await rig.after(3600)
+    assert rig.sent() == []
+
+
+async def test_an_event_muted_during_maintenance_is_not_told_after_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # An hour of maintenance on the community's detectors: the crew opens them.
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+                     ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
+    rig.feed(Event(SMOKE, T0 + 60_000, TimeSource.DEVICE, "tamper", {}))
+    await rig.after(60)
+    assert rig.sent() == []
+    # The window ends: a detector the crew opened is not news, unlike a battery still low.
     await rig.after(3600)
     assert rig.sent() == []
 
