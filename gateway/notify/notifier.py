@@ -767,11 +767,22 @@ class Notifier:
         reason = _why_withdrawn(entry, notification.key, notice)
         if reason is None:
             return False
-        self.log.update(notification.key, state="withdrawn",
+        # Told already by a channel that cannot confirm (the app): told, and so told when
+        # it clears, whatever becomes of the copy by the next channel.
+        told = self._sent_unconfirmed(notification)
+        self.log.update(notification.key, state="sent" if told else "withdrawn",
                         channel_index=notification.channel_index, tries=notification.tries,
                         due_ms=notification.due_ms)  # fmt: skip
         self._record_notice(notice, "-", AttemptResult.WITHDRAWN, reason, None)
         return True
+
+    def _sent_unconfirmed(self, notification: Notification) -> bool:
+        """Whether a channel that cannot confirm took the notification before the one it
+        waits for now."""
+        return any(
+            a.notification_key == notification.key and a.result is AttemptResult.SENT
+            for a in self.log.attempts(notification.alert_id)
+        )
 
     def _next_channel(self, notification: Notification, notice: Notice, now_ms: int) -> None:
         index = notification.channel_index + 1
@@ -789,10 +800,7 @@ class Notifier:
         self._next_channel(notification, notice, now_ms)
 
     def _undelivered(self, notification: Notification, notice: Notice) -> None:
-        if any(
-            a.notification_key == notification.key and a.result is AttemptResult.SENT
-            for a in self.log.attempts(notification.alert_id)
-        ):
+        if self._sent_unconfirmed(notification):
             # A channel that cannot confirm took it, and none after it did: it may have
             # reached them, and it is never sent again.
             self.log.update(notification.key, state="sent",

@@ -1098,6 +1098,26 @@ async def test_a_critical_notice_only_the_app_took_is_not_sent_again(tmp_path: P
     assert notification.state == "sent"
 
 
+async def test_one_told_by_the_app_alone_hears_the_all_clear(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    app = with_the_app_first(rig)
+    # WeCom is busy: the copy after the app waits for a retry.
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    await rig.after(0)
+    assert [(n.receiver, n.kind) for n in app.sent] == [("wang-fang", "firing")]
+    (alert,) = rig.book.open_alerts()
+    # She has it in the app and takes it; the WeCom copy is withdrawn.
+    await rig.desk.acknowledge(alert.alert_id, "wang-fang")
+    await rig.after(10)
+    # The detector goes quiet: the fire is over.
+    rig.feed(reading(SMOKE, 20, alarm=False), reading(SMOKE, 700, alarm=False))
+    await rig.after(1)
+    await rig.after(1)
+    told = [(n.receiver, n.kind) for c in rig.channels.values() for n in c.sent]  # type: ignore[attr-defined]
+    assert ("wang-fang", "resolved") in told
+
+
 async def test_taking_an_alert_withdraws_its_escalation_notices_still_held(
     tmp_path: Path,
 ) -> None:
