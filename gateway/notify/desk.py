@@ -82,7 +82,9 @@ class AlertDesk:
             if step is AlertState.ARRIVED and entry.acknowledged_by is None:
                 steps.insert(0, AlertState.ACKNOWLEDGED)
             lines = [self.handling_line(entry, s, now_ms) for s in steps]
-            shown = self.state_line(entry, step, now_ms)
+            # Read on the transaction's own connection, in the commit's thread: the
+            # book's is the event loop's.
+            shown = self.state_line(entry, step, now_ms, AlertBook.open_in(conn))
             if shown is not None:
                 lines.append(shown)
             return lines
@@ -113,7 +115,9 @@ class AlertDesk:
         fields = (("alert_id", entry.alert_id), (field, max(0, at_ms - since_ms) / 1000.0))
         return f"{encode_series(HANDLING_MEASUREMENT, tags)} {encode_fields(fields)} {at_ms}"
 
-    def state_line(self, entry: AlertEntry, step: AlertState, at_ms: int) -> str | None:
+    def state_line(
+        self, entry: AlertEntry, step: AlertState, at_ms: int, open_alerts: list[AlertEntry]
+    ) -> str | None:
         """The alert's state after the step, as an `alert` point of the series the rules
         stage writes the alert's changes to; None when the point would show wrong.
 
@@ -128,7 +132,7 @@ class AlertDesk:
             other.alert_id != entry.alert_id
             and other.state in _SHOWN_OPEN
             and _series(other) == _series(entry)
-            for other in self.book.open_alerts()
+            for other in open_alerts
         ):
             return None
         change = AlertChange(

@@ -423,7 +423,12 @@ class AlertBook:
 
     def open_alerts(self) -> list[AlertEntry]:
         """Pending, and fired but not yet closed by a person."""
-        rows = self._conn.execute(
+        return AlertBook.open_in(self._conn)
+
+    @staticmethod
+    def open_in(conn: sqlite3.Connection) -> list[AlertEntry]:
+        """The open alerts as they are in the caller's transaction."""
+        rows = conn.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM alerts"
             " WHERE state != 'closed' AND (fired_ms IS NOT NULL OR state = 'pending')"
             " ORDER BY started_ms"
