@@ -139,6 +139,7 @@ class RuleEngine:
         self._correlations: dict[TrackKey, dict[str, int]] = {}
         self._hits_dirty: set[tuple[TrackKey, str]] = set()
         self._repeats: list[Repeat] = []
+        self._judged_at_ms: int | None = None
         # Samples do not depend on the rules: a reload keeps them.
         self._rates = RateWindows()
         self.load(rules)
@@ -613,7 +614,10 @@ class RuleEngine:
             return partial(self._apply_event, rule)
         return partial(self._apply_condition, rule)
 
-    def evaluate(self, records: Sequence[Record]) -> list[AlertChange]:
+    def evaluate(self, records: Sequence[Record], now_ms: int | None = None) -> list[AlertChange]:
+        """`now_ms`: the gateway's time as it judges them, which bounds what a device's
+        clock ahead of it may claim (see `Track.held_ms`)."""
+        self._judged_at_ms = now_ms
         if not self._downtime_settled:
             self._settle_downtime(records)
         changes: list[AlertChange] = []
@@ -770,8 +774,11 @@ class RuleEngine:
             self._dirty.add(key)
             track.readings += 1
             track.clearing_since_ms = None
-            if track.held_ms is None or now_ms > track.held_ms:
-                track.held_ms = now_ms
+            # Never past the gateway's own time: a clock glitch a day ahead must not leave
+            # every report after it too old to clear the alert.
+            held_ms = now_ms if self._judged_at_ms is None else min(now_ms, self._judged_at_ms)
+            if track.held_ms is None or held_ms > track.held_ms:
+                track.held_ms = held_ms
             if track.firing:
                 return None
             if now_ms - track.since_ms >= spec.for_s * 1000 and track.readings >= spec.repeat:

@@ -43,7 +43,7 @@ class AlertStage:
         engine.rates.restore(book.load_rates())
 
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
-        return self._decide(self.engine.evaluate(records))
+        return self._decide(self.engine.evaluate(records, self._clock.now_ms()))
 
     def tick(self, now_ms: int, *, listening: bool = True) -> AlertDecision:
         return self._decide(self.engine.tick(now_ms, listening=listening))

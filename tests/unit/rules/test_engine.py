@@ -88,8 +88,9 @@ def test_reports_from_before_a_fire_alarm_judged_after_it_do_not_end_it(tmp_path
     outbox = Outbox(path)
 
     def stage() -> AlertStage:
+        # The gateway judges them two hours in, after all of them were made.
         return AlertStage(engine(), AlertBook(path), SilenceBook(path, Registry()),
-                          ManualClock(T0))  # fmt: skip
+                          ManualClock(T0 + 7_200_000))  # fmt: skip
 
     def judge(on: AlertStage, *records: Reading | Event) -> list[tuple[str, AlertState]]:
         decision = on.evaluate(list(records))
@@ -110,6 +111,17 @@ def test_reports_from_before_a_fire_alarm_judged_after_it_do_not_end_it(tmp_path
     assert judge(again, reading(SMOKE, 5_399, alarm=False)) == []
     assert judge(again, reading(SMOKE, 6_300, alarm=False)) == []
     assert judge(again, reading(SMOKE, 6_600, alarm=False)) == [("fire_alarm", AlertState.RESOLVED)]
+
+
+def test_a_report_from_a_clock_far_ahead_does_not_hold_off_the_all_clear() -> None:
+    e = engine()
+    # A detector's clock jumps 12 hours ahead for one report, in alarm, judged at T0.
+    fired = e.evaluate([reading(SMOKE, 43_200, alarm=True)], now_ms=T0)
+    assert states(fired) == [("fire_alarm", AlertState.FIRING)]
+    # Its clock right again: off for 10 minutes clears it, as after any alarm.
+    assert e.evaluate([reading(SMOKE, 60, alarm=False)], now_ms=T0 + 60_000) == []
+    cleared = e.evaluate([reading(SMOKE, 700, alarm=False)], now_ms=T0 + 700_000)
+    assert states(cleared) == [("fire_alarm", AlertState.RESOLVED)]
 
 
 def test_an_event_repeated_while_its_alert_is_told_joins_it() -> None:
