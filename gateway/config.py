@@ -253,7 +253,8 @@ class InfluxConfig(_Strict):
     def _no_credentials_in_url(cls, url: str) -> str:
         # An address is shown in logs, by `check` and on the unauthenticated readiness
         # page: what lets the gateway in goes in the fields kept secret.
-        if httpx.URL(url).userinfo:
+        address = httpx.URL(url)
+        if address.userinfo or {"u", "p", "token"} & set(address.params):
             raise ValueError(
                 "put the user and password in influx.username and influx.password (or "
                 "influx.token), not in the address, which logs and /health/ready show"

@@ -57,6 +57,7 @@ def test_relative_paths_and_environment_secrets(
         ("influx: {url: 'http://db:80860'}", "influx.url", "invalid port number"),
         ("influx: {url: ' http://db:8086'}", "influx.url", "(spaces)"),
         ("influx: {url: 'http://gw:s3cret@db:8086'}", "influx.url", "influx.password"),
+        ("influx: {url: 'http://db:8086?u=gw&p=s3cret'}", "influx.url", "influx.password"),
         # A value quoted in the problem is not taken for a field's name.
         ("influx: {url: 'http: //db:8086'}", "influx.url", "got 'http: //db:8086'"),
         ("api: {public_url: 'gw.example'}", "api.public_url", "http:// or https:// address"),
