@@ -149,15 +149,11 @@ async def measure(
     gateway: Gateway,
     broker: MosquittoService,
     probe: Probe,
+    targets: list[tuple[str, str, float, float]],
     rate: float,
     seconds: float,
     every_s: float,
 ) -> dict[str, float]:
-    targets = [
-        (d.community, d.device_id, d.lat, d.lon)
-        for d in Fleet.build(seed=FLEET_SEED, devices=DEVICES).devices
-        if d.device_type is DeviceType.BRACELET
-    ]
     background = None
     if rate > 0:
         traffic = load(broker, 2, rate_msg_s=rate, seconds=seconds + 2, niceness=DEVICES_NICENESS)
@@ -202,8 +198,23 @@ async def run(workdir: Path, rates: list[float], seconds: float, every_s: float)
         await wait_connected(gateway)
         print(f"{'background':>12} {'offered':>10} {'taken in':>10} {'probes':>7} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")  # fmt: skip
-        for rate in rates:
-            r = await measure(gateway, broker, probe, rate, seconds, every_s)
+        # Each probe on a wearer not pressed before in the run: an SOS again within the
+        # rule's merge_s joins the first one's alert, already being told, and is not
+        # told again.
+        targets = [
+            (d.community, d.device_id, d.lat, d.lon)
+            for d in Fleet.build(seed=FLEET_SEED, devices=DEVICES).devices
+            if d.device_type is DeviceType.BRACELET
+        ]
+        per_rate = int(seconds / every_s) + 1
+        if per_rate * len(rates) > len(targets):
+            raise SystemExit(
+                f"{per_rate * len(rates)} probes for {len(targets)} wearers: fewer rates, "
+                "fewer --seconds or a larger --every-s"
+            )
+        for index, rate in enumerate(rates):
+            ours = targets[index * per_rate : (index + 1) * per_rate]
+            r = await measure(gateway, broker, probe, ours, rate, seconds, every_s)
             print(f"{rate:12,.0f} {r['background_offered_msg_s']:10,.0f} "
                   f"{r['gateway_in_msg_s']:10,.0f} {r['delivered']:3.0f}/{r['probes']:<3.0f} "
                   f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f}", flush=True)  # fmt: skip
