@@ -394,6 +394,17 @@ def unreachable(
                         f"no registered device is in {name!r}; known: "
                         f"{sorted(n for n in there if n is not None)}",
                     )
+                # An installation of several communities (a district's) repeats names
+                # (east, building 3): unless the route names its communities, it would
+                # send the other communities' alerts there down its chain too.
+                if level and not match.communities:
+                    communities = sorted({p[0] for p in places if p[level] == name})
+                    if len(communities) > 1:
+                        return (
+                            f"routes[{index}].match.{key}",
+                            f"{name!r} is in several communities ({', '.join(communities)}): "
+                            f"name the one meant in routes[{index}].match.communities",
+                        )
     return None
 
 

@@ -7,6 +7,7 @@ from gateway import PROJECT_ROOT
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.notify.policy import NotifyPolicy, unreachable
 from gateway.notify.router import Router
 from gateway.registry import load_registry
 from gateway.rules.alert import AlertState
@@ -179,3 +180,24 @@ def test_unknown_channel_type_and_missing_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Field required") as error:
         load_config(path)
     assert error.value.field == "channels.x.dingtalk.access_token"
+
+
+def test_a_route_naming_an_area_of_several_communities_must_name_its_community() -> None:
+    # A district's installation: both communities have an area called east.
+    places = [("hgy", "east", "lakeside", "3"), ("lgy", "east", "pine", "7")]
+    document = {
+        "channels": {"console": {"type": "console"}},
+        "receivers": [{"name": "hgy-east", "channels": ["console"]}],
+        "routes": [{"match": {"areas": ["east"]}, "escalation": "east"}, {"escalation": "east"}],
+        "escalations": {"east": [{"after_s": 0, "to": ["hgy-east"]}]},
+    }
+    policy = NotifyPolicy.model_validate(document)
+    # hgy's east-area worker would be told of lgy's east area too.
+    assert unreachable(policy, places, (), (), all_registered=True) == (
+        "routes[0].match.areas",
+        "'east' is in several communities (hgy, lgy): name the one meant in "
+        "routes[0].match.communities",
+    )
+    document["routes"][0]["match"]["communities"] = ["hgy"]  # type: ignore[index]
+    named = NotifyPolicy.model_validate(document)
+    assert unreachable(named, places, (), (), all_registered=True) is None
