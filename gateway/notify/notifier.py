@@ -642,10 +642,16 @@ class Notifier:
             self._record_notice(notice, channel.name, AttemptResult.SENT, UNCONFIRMED, latency_ms)
             self._next_channel(notification, notice, now_ms)
             return
+        self._sent(notification, notice, channel.name, "", latency_ms, now_ms)
+
+    def _sent(self, notification: Notification, notice: Notice, channel: str, detail: str,
+              latency_ms: float | None, now_ms: int) -> None:  # fmt: skip
+        """A notification a channel took: never sent again, and its receiver counted as
+        told, of the all-clear too."""
         self.log.update(notification.key, state="sent",
                         channel_index=notification.channel_index,
                         tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
-        self._record_notice(notice, channel.name, AttemptResult.SENT, "", latency_ms)
+        self._record_notice(notice, channel, AttemptResult.SENT, detail, latency_ms)
         self._told_after_clear(notification, notice, now_ms)
 
     def _told_after_clear(self, notification: Notification, notice: Notice, now_ms: int) -> None:
@@ -861,12 +867,8 @@ class Notifier:
                 with self.log.transaction():
                     now_ms = self._clock.now_ms()
                     for notification, notice in members:
-                        self.log.update(notification.key, state="sent",
-                                        channel_index=notification.channel_index,
-                                        tries=notification.tries + 1, due_ms=now_ms)  # fmt: skip
-                        self._record_notice(notice, channel.name, AttemptResult.SENT,
-                                            f"{IN_DIGEST}{digest.key}", None)  # fmt: skip
-                        self._told_after_clear(notification, notice, now_ms)
+                        self._sent(notification, notice, channel.name,
+                                   f"{IN_DIGEST}{digest.key}", None, now_ms)  # fmt: skip
         except Exception as exc:
             self._send_failed(exc, digest.key)
 
