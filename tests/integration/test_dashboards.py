@@ -85,6 +85,17 @@ def store(influx: InfluxService, outbox: Outbox) -> None:
     ).raise_for_status()
 
 
+def judging(
+    path: Path, registry: Registry, clock: ManualClock
+) -> tuple[Outbox, AlertBook, AlertStage]:
+    """The outbox, and the rules stage with its alert book on it, as the gateway has them."""
+    outbox, book = Outbox(path), AlertBook(path)
+    stage = AlertStage(
+        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
+    )
+    return outbox, book, stage
+
+
 def handling_lines(community: str, device: Any, now_ms: int) -> str:
     """What the notification stage writes for an alert handled by a grid worker."""
     place = f"community={community},area={device.area},compound={device.compound}"
@@ -233,12 +244,7 @@ async def test_an_sos_acknowledged_and_closed_is_no_longer_open(
         ]
     )  # fmt: skip
     clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
-    path = tmp_path / "outbox.sqlite3"
-    outbox = Outbox(path)
-    book = AlertBook(path)
-    stage = AlertStage(
-        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
-    )
+    outbox, book, stage = judging(tmp_path / "outbox.sqlite3", registry, clock)
 
     async def commit(lines: Any, write: Any) -> None:
         outbox.commit(lines, [], None, write)
@@ -289,12 +295,7 @@ def district(tmp_path: Path, fresh_influxdb: InfluxService) -> InfluxService:
         ]
     )  # fmt: skip
     clock = ManualClock(time.time_ns() // 1_000_000 - 1_200_000)
-    path = tmp_path / "outbox.sqlite3"
-    outbox = Outbox(path)
-    book = AlertBook(path)
-    stage = AlertStage(
-        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
-    )
+    outbox, book, stage = judging(tmp_path / "outbox.sqlite3", registry, clock)
     outbox.commit(device_info_lines(registry, clock.now_ms()), [], None, None)
 
     def alarm(community: str, on: bool, at_s: int) -> None:
@@ -365,12 +366,7 @@ async def test_a_building_on_fire_stays_open_when_another_communitys_building_3_
         ]
     )  # fmt: skip
     clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
-    path = tmp_path / "outbox.sqlite3"
-    outbox = Outbox(path)
-    book = AlertBook(path)
-    stage = AlertStage(
-        RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
-    )
+    outbox, book, stage = judging(tmp_path / "outbox.sqlite3", registry, clock)
 
     def alarm(community: str, n: int, on: bool, at_s: int) -> None:
         device = DeviceRef(community, "smoke_detector", f"sd-{community}-{n}")
