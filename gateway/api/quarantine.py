@@ -46,15 +46,22 @@ async def _rejected(
     def theirs(stored: StoredQuarantine) -> bool:
         return topic_community(registry, stored.entry.topic) in scope
 
-    # Newest first, more at each turn, until `limit` of theirs are found or the bound
-    # is reached: the outbox answers with the newest, never from an id on.
+    # Newest first, page after page, each larger, until `limit` of theirs are found or
+    # the newest MAX_SCOPED_SCAN_ROWS have been looked at.
+    found: list[StoredQuarantine] = []
+    scanned = 0
     rows = min(limit * 4, MAX_SCOPED_SCAN_ROWS)
+    before_id: int | None = None
     while True:
-        page = await asyncio.to_thread(outbox.quarantine, limit=rows, reason=reason)
-        found = [stored for stored in page if theirs(stored)]
-        if len(found) >= limit or len(page) < rows or rows >= MAX_SCOPED_SCAN_ROWS:
+        page = await asyncio.to_thread(
+            outbox.quarantine, limit=rows, reason=reason, before_id=before_id
+        )
+        scanned += len(page)
+        found.extend(stored for stored in page if theirs(stored))
+        if len(found) >= limit or len(page) < rows or scanned >= MAX_SCOPED_SCAN_ROWS:
             return found[:limit]
-        rows = min(rows * 2, MAX_SCOPED_SCAN_ROWS)
+        before_id = page[-1].id
+        rows = min(rows * 2, MAX_SCOPED_SCAN_ROWS - scanned)
 
 
 @router.get("/quarantine", response_model=list[QuarantineOut], summary="Rejected messages")

@@ -579,13 +579,22 @@ class Outbox:
 
     # --- inspection --------------------------------------------------------
 
-    def quarantine(self, *, limit: int = 100, reason: str | None = None) -> list[StoredQuarantine]:
-        """Newest quarantined messages first."""
+    def quarantine(
+        self, *, limit: int = 100, reason: str | None = None, before_id: int | None = None
+    ) -> list[StoredQuarantine]:
+        """Newest quarantined messages first; `before_id`: those older than that one, for
+        the page after it."""
         query = "SELECT id, received_ms, topic, payload, reason, detail FROM quarantine"
-        params: tuple[object, ...] = ()
+        where: list[str] = []
+        params: list[object] = []
         if reason is not None:
-            query += " WHERE reason = ?"
-            params = (reason,)
+            where.append("reason = ?")
+            params.append(reason)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        if where:
+            query += " WHERE " + " AND ".join(where)
         with self._turn(self._drain_turn):
             rows = self._drain.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
             return [

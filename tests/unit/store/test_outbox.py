@@ -121,6 +121,10 @@ def test_quarantine_keeps_the_newest_rows_and_counts_all(tmp_path: Path) -> None
     assert len(outbox.quarantine(limit=1000)) == 100
     assert len(outbox.quarantine(reason="bad_crc", limit=5)) == 5
     assert outbox.counters()["quarantined:bad_crc"] == 180
+    # Page after page, from the newest, each from the last one's oldest on.
+    first = outbox.quarantine(limit=40)
+    after = outbox.quarantine(limit=40, before_id=first[-1].id)
+    assert [q.id for q in first + after] == [q.id for q in outbox.quarantine(limit=80)]
 
 
 def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Path) -> None:
