@@ -157,6 +157,8 @@ class RuleEngine:
         self._inactivity = {r.name: r for r in rules if r.spec.kind == "inactivity"}
         self._correlation = {r.name: r for r in rules if r.spec.kind == "correlation"}
         self._merging = {r.name: r for r in rules if r.spec.kind == "event" and r.spec.merge_s}
+        # The rules whose tracks a tick walks first: merging events, correlations.
+        self._ticked = frozenset(self._merging) | frozenset(self._correlation)
         for key in list(self._correlations):
             if key[0] not in self._correlation:
                 self._forget_hits(key)
@@ -257,7 +259,7 @@ class RuleEngine:
         in; when not, silence is judged only as far as the records judged show."""
         changes: list[AlertChange] = []
         heard_through_ms = self._heard_through_ms(now_ms, listening)
-        for key, _ in self.tracks.of_rules(self._merging.keys() | self._correlation.keys()):
+        for key, _ in self.tracks.of_rules(self._ticked):
             merging = self._merging.get(key[0])
             if merging is not None:
                 # Nothing more joins it: let the track go.
