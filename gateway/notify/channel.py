@@ -93,6 +93,9 @@ class Channel(ABC):
     # number or the group). One that cannot tell is not the last channel tried for a
     # critical notice (see gateway.notify.hooks.MqttPublisher).
     confirms = True
+    # Whether what it sends carries the notice's link, by which the receiver takes the
+    # alert (a voice call reads no address; an SMS template may leave it out).
+    links = True
 
     def __init__(
         self, name: str, limits: tuple[Limit, ...] = (), timeout_s: float | None = None

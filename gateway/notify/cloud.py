@@ -34,6 +34,9 @@ class _CloudChannel(Channel):
     """A provider API called with a template and its variables, for a phone number."""
 
     needs_phone = True
+    # The providers take no address in a template's variables, and cut them at 35
+    # characters; a call reads it out besides.
+    links = False
 
     def __init__(
         self,

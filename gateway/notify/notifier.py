@@ -99,6 +99,7 @@ DEFAULT_RETRY_AFTER_S = 60.0
 MUTED_RECHECK_MS = 60_000
 # The detail of a send by a channel that cannot confirm that the receiver got it.
 UNCONFIRMED = "unconfirmed: goes on by the next channel too"
+NO_LINK = "without the link to take the alert: goes on by a channel that carries it"
 
 CommitLines = Callable[[Sequence[str], None], Awaitable[None]]
 
@@ -523,6 +524,12 @@ class Notifier:
                      now_ms: int) -> None:  # fmt: skip
         targets = self.router.targets(step, entry, now_ms)
         for target in targets:
+            linked = self._link_in(target.channels)
+            if not linked and not self._has_link(entry.alert_id, target.receiver):
+                # Reached for the first time by channels that carry no link (a voice call
+                # to the grid worker whose shift began after the alert fired): their own
+                # channels follow, so that they can take the alert and see where it is.
+                target = target.with_own_channels()
             self._add(entry, target, f"{entry.alert_id}/{chain}.{number}", "firing", now_ms)
         if not targets:
             self._record(entry.alert_id, "-", "-", AttemptResult.UNDELIVERED,
@@ -642,6 +649,15 @@ class Notifier:
             self._record_notice(notice, channel.name, AttemptResult.SENT, UNCONFIRMED, latency_ms)
             self._next_channel(notification, notice, now_ms)
             return
+        if not channel.links and notice.kind == "firing":
+            later = self._link_channel_after(notification)
+            if later is not None and not self._has_link(notice.alert_id, notice.receiver):
+                # They heard of it, but have no link to take it by: the first of their
+                # channels that carries one brings it.
+                self._record_notice(notice, channel.name, AttemptResult.SENT, NO_LINK,
+                                    latency_ms)  # fmt: skip
+                self._next_channel(notification, notice, now_ms, later)
+                return
         self._sent(notification, notice, channel.name, "", latency_ms, now_ms)
 
     def _sent(self, notification: Notification, notice: Notice, channel: str, detail: str,
@@ -782,16 +798,40 @@ class Notifier:
         self._record_notice(notice, "-", AttemptResult.WITHDRAWN, reason, None)
         return True
 
+    def _link_in(self, channels: tuple[str, ...]) -> bool:
+        """Whether any of `channels` carries a notice's link."""
+        return any((c := self.channels.get(name)) is not None and c.links for name in channels)
+
+    def _link_channel_after(self, notification: Notification) -> int | None:
+        """The index of the notification's first channel after the current one that
+        carries the link, if any."""
+        for index in range(notification.channel_index + 1, len(notification.channels)):
+            if self._link_in(notification.channels[index : index + 1]):
+                return index
+        return None
+
+    def _has_link(self, alert_id: str, receiver: str) -> bool:
+        """Whether a channel that carries the link took a notice of the alert firing for
+        `receiver`."""
+        return any(
+            a.receiver == receiver and a.result is AttemptResult.SENT
+            and a.notification_key.endswith("/firing") and self._link_in((a.channel,))
+            for a in self.log.attempts(alert_id)
+        )  # fmt: skip
+
     def _sent_unconfirmed(self, notification: Notification) -> bool:
-        """Whether a channel that cannot confirm took the notification before the one it
-        waits for now."""
+        """Whether a channel that cannot confirm, or carries no link, took the notification
+        before the one it waits for now."""
         return any(
             a.notification_key == notification.key and a.result is AttemptResult.SENT
             for a in self.log.attempts(notification.alert_id)
         )
 
-    def _next_channel(self, notification: Notification, notice: Notice, now_ms: int) -> None:
-        index = notification.channel_index + 1
+    def _next_channel(self, notification: Notification, notice: Notice, now_ms: int,
+                      index: int | None = None) -> None:  # fmt: skip
+        """On to the channel at `index`, by default the next."""
+        if index is None:
+            index = notification.channel_index + 1
         if index >= len(notification.channels):
             self._undelivered(notification, notice)
             return
@@ -807,13 +847,14 @@ class Notifier:
 
     def _undelivered(self, notification: Notification, notice: Notice) -> None:
         if self._sent_unconfirmed(notification):
-            # A channel that cannot confirm took it, and none after it did: it may have
-            # reached them, and it is never sent again.
+            # A channel that cannot confirm, or carries no link, took it, and none after
+            # it did: it may have reached them, and it is never sent again.
             self.log.update(notification.key, state="sent",
                             channel_index=notification.channel_index, tries=notification.tries,
                             due_ms=notification.due_ms)  # fmt: skip
-            log.error("%s was told of alert %s only by a channel that cannot confirm it; "
-                      "every channel after it failed", notice.receiver, notice.alert_id)  # fmt: skip
+            log.error("%s was told of alert %s only by a channel that cannot confirm it or "
+                      "carries no link; every channel after it failed", notice.receiver,
+                      notice.alert_id)  # fmt: skip
             self._told_after_clear(notification, notice, self._clock.now_ms())
             return
         self.log.update(notification.key, state="undelivered",

@@ -5,7 +5,7 @@ contacts."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -42,6 +42,12 @@ class Target:
     phone: str | None
     channels: tuple[str, ...]
     quiet_hours: DailyWindow | None
+    # Their own channels, where a step's replace them.
+    own_channels: tuple[str, ...] = ()
+
+    def with_own_channels(self) -> Target:
+        """By the step's channels, then by their own."""
+        return replace(self, channels=tuple(dict.fromkeys(self.channels + self.own_channels)))
 
 
 class Router:
@@ -105,7 +111,7 @@ class Router:
                 for contact in device.emergency_contacts if device else ():
                     targets.append(
                         Target(f"{CONTACT_PREFIX}{contact.phone}", contact.name, contact.phone,
-                               channels, None)
+                               channels, None, self.policy.emergency_contact_channels)
                     )  # fmt: skip
             else:
                 targets.append(self._target(self.policy.receiver(name), step.channels))
@@ -175,6 +181,7 @@ class Router:
             receiver.phone,
             channels or receiver.channels,
             quiet,
+            receiver.channels,
         )
 
 

@@ -629,3 +629,23 @@ def test_a_provider_s_block_holds_the_channel_or_one_number() -> None:
     limiter.block(70.0)
     assert limiter.wait_s("13800000002", 40.0) == 30.0
     assert limiter.wait_s(None, 71.0) == 0
+
+
+async def test_neither_an_sms_nor_a_call_brings_the_link(http: httpx.AsyncClient) -> None:
+    # A template's variables are cut to 35 characters, which no link fits in.
+    params = ("title", "link")
+    channels = [
+        AliyunSms("sms", AliyunSmsChannel(type="aliyun_sms", access_key_id="id",
+                  access_key_secret="s", sign_name="湖光苑社区", template_code="SMS_1",
+                  params=params), http, ManualClock(T0)),
+        TencentSms("tsms", TencentSmsChannel(type="tencent_sms", secret_id="AKIDx",
+                   secret_key="k", sdk_app_id="1400000000", sign_name="湖光苑社区",
+                   template_id="1", params=params), http, ManualClock(T0)),
+        AliyunVoice("voice", AliyunVoiceChannel(type="aliyun_voice", access_key_id="id",
+                    access_key_secret="s", tts_code="TTS_1", params=params), http,
+                    ManualClock(T0)),
+        TencentVoice("tvoice", TencentVoiceChannel(type="tencent_voice", secret_id="AKIDx",
+                     secret_key="k", voice_sdk_app_id="1400000001", template_id="200",
+                     params=params), http, ManualClock(T0)),
+    ]  # fmt: skip
+    assert [c.links for c in channels] == [False] * 4

@@ -115,8 +115,8 @@ class Rig:
         self.stage = AlertStage(rules, self.book, self.silences, self.clock)
         self.channels = self.given_channels or {
             "wecom": FakeChannel("wecom", limits=self.limits),
-            "sms": FakeChannel("sms", needs_phone=True),
-            "voice": FakeChannel("voice", needs_phone=True, digests=False),
+            "sms": FakeChannel("sms", needs_phone=True, links=False),
+            "voice": FakeChannel("voice", needs_phone=True, digests=False, links=False),
             "office-robot": FakeChannel("office-robot"),
         }
         self.log = NotificationLog(self.log_path)
@@ -131,7 +131,7 @@ class Rig:
 
     def voice_limited_per_number(self) -> FakeChannel:
         """The voice channel, taking a call a minute per number as the providers do."""
-        voice = FakeChannel("voice", needs_phone=True, digests=False,
+        voice = FakeChannel("voice", needs_phone=True, digests=False, links=False,
                             limits=(Limit(1, 60.0, per_number=True),))  # fmt: skip
         self.channels["voice"] = self.notifier.channels["voice"] = voice
         return voice
@@ -531,6 +531,77 @@ async def test_the_all_clear_reaches_the_one_told_after_their_shift_ended(
     )
     await rig.after(20 * 60)
     assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
+
+
+async def test_a_call_to_the_one_whose_shift_began_after_the_alert_brings_the_link(
+    tmp_path: Path,
+) -> None:
+    # 19:58: the day shift is told; at 20:01 the voice step calls the night shift, who
+    # heard nothing and needs the link to take the alert and see where it is.
+    rig = Rig(tmp_path / "outbox.sqlite3", ManualClock(T0 + 11 * 3600_000 + 58 * 60_000))
+    rig.feed(reading(SMOKE, 11 * 3600 + 58 * 60, alarm=True))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    await rig.after(180)
+    assert ("voice", "li-na", "firing") in rig.sent()
+    (brought,) = [n for n in rig.channels["wecom"].sent if n.receiver == "li-na"]  # type: ignore[attr-defined]
+    assert brought.link and brought.link.startswith("https://gw.example.cn/a/")
+    alert_id = brought.alert_id
+    hers = [(a.channel, a.result, a.detail) for a in rig.log.attempts(alert_id)
+            if a.receiver == "li-na"]  # fmt: skip
+    assert hers == [
+        ("voice", AttemptResult.SENT,
+         "without the link to take the alert: goes on by a channel that carries it"),
+        ("wecom", AttemptResult.SENT, ""),
+    ]  # fmt: skip
+    # She takes it by that link: the escalation stops before the secretary.
+    await rig.desk.acknowledge(alert_id, "li-na")
+    await rig.after(600)
+    assert ("sms", "secretary", "firing") not in rig.sent()
+
+
+async def test_a_call_to_one_who_has_the_link_is_a_call_alone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    await rig.after(0)
+    await rig.after(180)
+    assert [s for s in rig.sent() if s[1] == "wang-fang"] == [
+        ("wecom", "wang-fang", "firing"),
+        ("voice", "wang-fang", "firing"),
+    ]
+
+
+def sms_first_for_the_secretary(rig: Rig, channels: tuple[str, ...]) -> None:
+    policy = POLICY.model_copy(update={"receivers": tuple(
+        r.model_copy(update={"channels": channels}) if r.name == "secretary" else r
+        for r in POLICY.receivers)})  # fmt: skip
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+
+
+async def test_one_told_by_sms_gets_the_link_by_their_first_channel_that_carries_it(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    sms_first_for_the_secretary(rig, ("sms", "voice", "wecom"))
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    for step_s in (0, 180, 420):
+        await rig.after(step_s)
+    # No call in between: the call brings no link either.
+    assert [s for s in rig.sent() if s[1] == "secretary"] == [
+        ("wecom", "secretary", "firing"),
+        ("sms", "secretary", "firing"),
+    ]
+
+
+async def test_one_whose_channels_carry_no_link_is_told_by_the_first_alone(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    sms_first_for_the_secretary(rig, ("sms", "voice"))
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    for step_s in (0, 180, 420):
+        await rig.after(step_s)
+    assert [s for s in rig.sent() if s[1] == "secretary"] == [("sms", "secretary", "firing")]
 
 
 async def test_an_all_clear_committed_before_a_crash_is_told_after_the_restart(
