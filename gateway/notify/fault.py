@@ -381,7 +381,7 @@ class FaultWatch:
             channel = self._reach.channels.get(name)
             if channel is None or (channel.needs_phone and not notice.phone):
                 continue
-            now_s = self._clock.now_ms() / 1000
+            now_s = self._clock.monotonic_s()
             if channel.limiter.wait_s(notice.phone, now_s) > 0:
                 continue
             channel.limiter.note(notice.phone, now_s)

@@ -297,6 +297,17 @@ class NotificationLog:
             (alert_id,),
         ).rowcount
 
+    def shift_due(self, step_ms: int) -> int:
+        """Move what waits (steps, notifications) by a step of the wall clock, so that
+        each keeps the delay it was given; how many moved."""
+        steps = self._conn.execute(
+            "UPDATE escalation_plan SET due_ms = due_ms + ? WHERE state = 'waiting'", (step_ms,)
+        )
+        notifications = self._conn.execute(
+            "UPDATE notifications SET due_ms = due_ms + ? WHERE state = 'pending'", (step_ms,)
+        )
+        return steps.rowcount + notifications.rowcount
+
     def next_due_ms(self, busy: Collection[str] = ()) -> int | None:
         """When the next step or notification is due; `busy`: keys of notifications
         being sent, due until their send ends, left out."""

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from gateway.clock import Clock, sleep_unless_set
+from gateway.clock import Clock, WallSteps, sleep_unless_set
 from gateway.decode.record import DeviceRef
 from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Channel
@@ -181,6 +181,7 @@ class Notifier:
         self._links = links
         self._commit = commit
         self._clock = clock
+        self._steps = WallSteps(clock)
         self._stats = stats
         self._zone = zone
         self._incoming: deque[AlertChange] = deque()
@@ -306,7 +307,7 @@ class Notifier:
         """Counts against the channels' limits what they sent in their windows before the
         start: a burst of alarms just after a restart would otherwise go over a robot's
         or a number's limit, and the provider refuse it."""
-        now_ms = self._clock.now_ms()
+        now_ms, now_s = self._clock.now_ms(), self._clock.monotonic_s()
         window_s = max((c.limiter.window_s for c in self.channels.values()), default=0.0)
         if window_s <= 0:
             return
@@ -316,7 +317,10 @@ class Notifier:
                 continue
             notification = self.log.get(send.notification_key)
             phone = Notice.from_json(notification.notice).phone if notification else None
-            channel.limiter.note(phone, send.at_ms / 1000)
+            # The limits count in monotonic time, which a clock set back since (a send
+            # logged "in the future") cannot put ahead of now.
+            ago_s = max(0.0, (now_ms - send.at_ms) / 1000)
+            channel.limiter.note(phone, now_s - ago_s)
 
     def recover(self) -> None:
         """Plan alerts that fired, and all-clears of alerts that resolved, but were never
@@ -373,6 +377,7 @@ class Notifier:
             raise error
         now_ms = self._clock.now_ms()
         with self.log.transaction():
+            self._keep_delays()
             while self._incoming:
                 change = self._incoming.popleft()
                 try:
@@ -413,6 +418,17 @@ class Notifier:
         if self._lines:
             lines, self._lines = self._lines, []
             await self._commit(lines, None)
+
+    def _keep_delays(self) -> None:
+        """After the wall clock was set (NTP, on a box that booted with a wrong clock),
+        what waits keeps its delay: set back two hours, the clock would otherwise hold
+        a fall's voice call for two hours; set forward, run every step at once."""
+        step_ms = self._steps.taken_ms()
+        if step_ms:
+            moved = self.log.shift_due(step_ms)
+            log.warning("the clock was set %s by %.0f s; %d waiting step(s) and "
+                        "notification(s) keep their delays",
+                        "forward" if step_ms > 0 else "back", abs(step_ms) / 1000, moved)  # fmt: skip
 
     # --- planning --------------------------------------------------------------------------
 
@@ -706,11 +722,12 @@ class Notifier:
                                 "the receiver has no phone number", None)  # fmt: skip
             self._next_channel(notification, notice, now_ms)
             return None
-        wait_s = channel.limiter.wait_s(notice.phone, now_ms / 1000)
+        now_s = self._clock.monotonic_s()
+        wait_s = channel.limiter.wait_s(notice.phone, now_s)
         if wait_s > 0:
             self._over_limit(notification, notice, channel, wait_s, "over the channel's limit")
             return None
-        channel.limiter.note(notice.phone, now_ms / 1000)
+        channel.limiter.note(notice.phone, now_s)
         return channel
 
     def _failed(
@@ -747,7 +764,7 @@ class Notifier:
         once, a robot over its limit is blocked the longer. How long, in seconds."""
         wait_s = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
         number = notice.phone if channel.needs_phone else None
-        channel.limiter.block(now_ms / 1000 + wait_s, number)
+        channel.limiter.block(self._clock.monotonic_s() + wait_s, number)
         return wait_s
 
     def _over_limit(
@@ -887,7 +904,7 @@ class Notifier:
         for (name, _), members in groups.items():
             channel = self.channels[name]
             first = members[0][1]
-            now_s = self._clock.now_ms() / 1000
+            now_s = self._clock.monotonic_s()
             if channel.limiter.wait_s(first.phone, now_s) > 0:
                 continue
             channel.limiter.note(first.phone, now_s)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import random
 
+# The longest a server's Retry-After holds the next try.
+RETRY_AFTER_MAX_S = 600.0
+
 
 class Backoff:
     """Exponential backoff with full jitter.
@@ -29,13 +32,15 @@ class Backoff:
         self._ceiling_attempt = math.ceil(math.log2(max_s / initial_s))
 
     def next_delay_s(self, retry_after_s: float | None = None) -> float:
-        """The delay before the next try; a server's Retry-After is a floor, not a cap."""
+        """The delay before the next try; a server's Retry-After is a floor, not a cap,
+        up to RETRY_AFTER_MAX_S (or `max_s`, if longer): a proxy that asks for a day, or
+        whose date was read by a clock days off, must not stop the writes for as long."""
         cap_s = min(self.max_s, self.initial_s * 2.0**self._attempt)
         if self._attempt < self._ceiling_attempt:
             self._attempt += 1
         delay_s = self._rng.uniform(0.0, cap_s)
         if retry_after_s is not None and retry_after_s > delay_s:
-            return retry_after_s
+            return min(retry_after_s, max(self.max_s, RETRY_AFTER_MAX_S))
         return delay_s
 
     def reset(self) -> None:

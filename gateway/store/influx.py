@@ -212,7 +212,7 @@ class InfluxWriter:
             return StoreError(
                 f"{where} answered {status}: {text}",
                 retryable=True,
-                retry_after_s=self._retry_after_s(response.headers.get("Retry-After")),
+                retry_after_s=self._retry_after_s(response.headers),
             )
         if status == 401:
             return StoreError(f"{where}: {self._credentials_problem()} ({text})", retryable=False)
@@ -266,8 +266,12 @@ class InfluxWriter:
             text = text.replace(secret, "***")
         return text
 
-    def _retry_after_s(self, value: str | None) -> float | None:
-        return parse_retry_after_s(value, now_s=self._clock.now_ms() / 1000.0)
+    def _retry_after_s(self, headers: httpx.Headers) -> float | None:
+        # A date is the server's: read against its own `Date`, not this box's clock,
+        # which may be days off before NTP has set it.
+        server_s = _http_date_s(headers.get("Date", ""))
+        now_s = self._clock.now_ms() / 1000.0 if server_s is None else server_s
+        return parse_retry_after_s(headers.get("Retry-After"), now_s=now_s)
 
 
 def parse_retry_after_s(value: str | None, *, now_s: float) -> float | None:
@@ -281,13 +285,21 @@ def parse_retry_after_s(value: str | None, *, now_s: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        when_s = _http_date_s(value)
+        if when_s is None:
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now_s
+        seconds = when_s - now_s
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def _http_date_s(value: str) -> float | None:
+    """Epoch seconds of an HTTP date, None if it is none."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

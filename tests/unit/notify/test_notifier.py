@@ -604,6 +604,54 @@ async def test_one_whose_channels_carry_no_link_is_told_by_the_first_alone(
     assert [s for s in rig.sent() if s[1] == "secretary"] == [("sms", "secretary", "firing")]
 
 
+async def test_a_clock_set_back_holds_neither_an_escalation_nor_a_retry(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(fall())
+    await rig.after(0)
+    assert rig.sent() == [("sms", "contact:13900000009", "firing")]
+    # NTP sets the box's clock back two hours (it booted with one ahead).
+    rig.clock.step(-2 * 3600)
+    await rig.after(15)
+    assert ("wecom", "wang-fang", "firing") in rig.sent()
+    await rig.after(164)
+    assert ("office-robot", "office", "firing") not in rig.sent()
+    await rig.after(1)
+    # Three minutes after the fall, as without the step: the office, and a call to the
+    # night shift, on duty at 06:00.
+    assert ("office-robot", "office", "firing") in rig.sent()
+    assert ("voice", "li-na", "firing") in rig.sent()
+
+
+async def test_a_clock_set_forward_runs_no_step_before_its_time(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    rig.clock.step(3 * 3600)
+    await rig.after(60)
+    assert [s for s in rig.sent() if s[0] in ("voice", "office-robot")] == []
+    await rig.after(120)
+    assert ("voice", "wang-fang", "firing") in rig.sent()
+
+
+async def test_a_clock_set_back_does_not_hold_a_number_s_next_call_for_as_long(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    voice = rig.voice_limited_per_number()
+    rig.feed(fall(0))
+    for step_s in (0, 180):
+        await rig.after(step_s)
+    assert [n.rule for n in voice.sent] == ["fall"]
+    # Set back a day; an SOS 20 s later, which nobody takes.
+    rig.clock.step(-86_400)
+    rig.feed(Event(WRIST, rig.clock.now_ms() + 20_000, TimeSource.DEVICE, "sos", {}))
+    for step_s in (20, 180, 60):
+        await rig.after(step_s)
+    # A call a minute per number: minutes after the last, the SOS's call went out.
+    assert [n.rule for n in voice.sent] == ["fall", "sos"]
+
+
 async def test_an_all_clear_committed_before_a_crash_is_told_after_the_restart(
     tmp_path: Path,
 ) -> None:

@@ -51,6 +51,12 @@ def test_retry_after_is_a_floor() -> None:
     assert backoff.next_delay_s(retry_after_s=0.1) == 2.0
 
 
+def test_retry_after_holds_the_writes_ten_minutes_at_most() -> None:
+    backoff = Backoff(0.5, 60.0, rng=_Top())
+    assert backoff.next_delay_s(retry_after_s=2 * 86_400.0) == 600.0
+    assert Backoff(0.5, 900.0, rng=_Top()).next_delay_s(retry_after_s=86_400.0) == 900.0
+
+
 def test_many_attempts_do_not_overflow() -> None:
     backoff = Backoff(0.001, 60.0, rng=_Top())
     for _ in range(10_000):

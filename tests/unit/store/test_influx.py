@@ -271,6 +271,24 @@ async def test_retry_after_as_http_date() -> None:
     assert caught.value.retry_after_s == 90.0
 
 
+async def test_a_retry_after_date_is_read_against_the_server_s_date() -> None:
+    # The box booted two days behind, and NTP has not set it yet.
+    clock = ManualClock(start_ms=1_767_225_600_000)
+    server_s = 1_767_225_600 + 2 * 86_400
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {
+            "Retry-After": format_datetime(datetime.fromtimestamp(server_s + 30, UTC), usegmt=True),
+            "Date": format_datetime(datetime.fromtimestamp(server_s, UTC), usegmt=True),
+        }
+        return httpx.Response(503, headers=headers)
+
+    async with writer(v1_config(), handler, clock) as w:
+        with pytest.raises(StoreError) as caught:
+            await w.write(["m v=1i 1"])
+    assert caught.value.retry_after_s == 30.0
+
+
 async def test_server_error_without_retry_after() -> None:
     async with writer(v1_config(), lambda _: httpx.Response(500, text="oops")) as w:
         with pytest.raises(StoreError) as caught:
