@@ -6,12 +6,17 @@ failed for `gateway_faults.after_s`, its receivers are told by their own channel
 the disk takes writes or not: a dead or read-only disk, which holds every alarm back
 unacknowledged in the broker, is heard of as well as a broker that went away. They are
 told again every `repeat_s` while it lasts, and once more when it has been over for
-`after_s`.
+`after_s`. These intervals go by the monotonic clock: the box often boots with a wrong wall
+clock that NTP later sets forward or back, which must neither hold a notice back nor make
+a fault of a moment. The wall clock is only for what people read, and for keys.
 
 What was told, and what is owed, is kept in a small file of its own, written off the
 event loop whenever it changes: a restart during a fault goes on with the same fault,
 its end is told to those who heard of it, and a notice owed is still sent. On a disk that
-takes no writes it is kept in memory, and the telling goes on.
+takes no writes it is kept in memory, and the telling goes on. A restart has no monotonic
+time to go on from: the file keeps wall times, and a start counts how long ago each was;
+one the clock is now behind (NTP set it back) counts as now, so that nothing is due later
+than its own interval from the start.
 
 The file also says whether the gateway is running, and a stop that was asked for says it
 is not: a start that finds it running follows a crash. A gateway that keeps crashing
@@ -82,6 +87,8 @@ class Reach(Protocol):
 class _Pending:
     receiver: Receiver
     notice: Notice
+    # When it is due, on the monotonic clock; and on the wall clock, for the file.
+    due_s: float
     due_ms: int
 
 
@@ -91,7 +98,8 @@ class _Owed(BaseModel):
 
 
 class _Kept(BaseModel):
-    """What the file keeps: the fault told of, and the notices owed."""
+    """What the file keeps: the fault told of, and the notices owed. Its times are wall
+    times: nothing else outlasts a restart."""
 
     since_ms: int | None = None
     told: tuple[str, ...] = ()
@@ -130,12 +138,15 @@ class FaultWatch:
         self._clock = clock
         self._stats = stats
         self._zone = zone
-        self._first_seen_ms: dict[str, int] = {}
-        # The fault told of: when its first problem was seen, and when it was last told.
+        # When each problem there is was first seen, on the monotonic clock.
+        self._first_seen_s: dict[str, float] = {}
+        # The fault told of: when its first problem was seen (the wall time people read),
+        # and when it was last told (monotonic; and the wall time, for the file).
         self.since_ms: int | None = None
+        self._told_s = 0.0
         self._told_ms = 0
         self._repeat = 0
-        self._clear_since_ms: int | None = None
+        self._clear_since_s: float | None = None
         # Receivers who heard of the fault, and so hear that it is over.
         self._told: set[str] = set()
         self._pending: dict[str, _Pending] = {}
@@ -144,7 +155,9 @@ class FaultWatch:
         self._keeping: asyncio.Task[None] | None = None
         self._keeping_fails = False
         self._running = True
-        self._crash_restarts_ms: list[int] = []
+        # Starts after a crash: the wall time people read, and the monotonic time the
+        # window goes by.
+        self._crash_restarts: list[tuple[int, float]] = []
         # Why this start was refused (see `refused`).
         self._refused: str | None = None
         self._refused_since_ms: int | None = None
@@ -164,42 +177,45 @@ class FaultWatch:
         """Note the problems there are now; tell of a fault that began, goes on or ended;
         deliver what is due."""
         now_ms = self._clock.now_ms()
+        now_s = self._clock.monotonic_s()
         problems = dict(self._problems())
         if self._refused is not None:
             problems["start"] = self._refused
         else:
             # This start runs: a refusal before it is over.
             self._refused_since_ms = None
-        restarts = self._recent_crash_restarts(now_ms)
+        restarts = self._recent_crash_restarts(now_s)
         if len(restarts) >= RESTARTS_TO_TELL:
             problems["restarts"] = (
                 f"started after a crash {len(restarts)} times since "
-                f"{local_time_text(restarts[0], self._zone)}, the last at "
-                f"{local_time_text(restarts[-1], self._zone)}"
+                f"{local_time_text(restarts[0][0], self._zone)}, the last at "
+                f"{local_time_text(restarts[-1][0], self._zone)}"
             )
-        self._first_seen_ms = {name: self._first_seen_ms.get(name, now_ms) for name in problems}
+        self._first_seen_s = {name: self._first_seen_s.get(name, now_s) for name in problems}
         settings = self._reach.policy.gateway_faults
-        after_ms = round(settings.after_s * 1000)
+        after_s = settings.after_s
         since_ms = self.since_ms
         if since_ms is None:
-            if any(now_ms - seen >= after_ms for seen in self._first_seen_ms.values()):
-                self.since_ms = min(self._first_seen_ms.values())
+            if any(now_s - seen >= after_s for seen in self._first_seen_s.values()):
+                # Since when by the wall clock as it is now: one NTP set meanwhile is right.
+                lasted_ms = round((now_s - min(self._first_seen_s.values())) * 1000)
+                self.since_ms = now_ms - lasted_ms
                 self._repeat = 0
-                self._tell("fault", problems, self.since_ms, now_ms)
+                self._tell("fault", problems, self.since_ms, now_ms, now_s)
         elif problems:
-            self._clear_since_ms = None
+            self._clear_since_s = None
             repeat_s = settings.repeat_s
-            if repeat_s is not None and now_ms - self._told_ms >= round(repeat_s * 1000):
+            if repeat_s is not None and now_s - self._told_s >= repeat_s:
                 self._repeat += 1
-                self._tell("fault", problems, since_ms, now_ms)
+                self._tell("fault", problems, since_ms, now_ms, now_s)
         else:
-            if self._clear_since_ms is None:
-                self._clear_since_ms = now_ms
-            if now_ms - self._clear_since_ms >= after_ms:
-                self._tell("fault_cleared", problems, since_ms, now_ms)
+            if self._clear_since_s is None:
+                self._clear_since_s = now_s
+            if now_s - self._clear_since_s >= after_s:
+                self._tell("fault_cleared", problems, since_ms, now_ms, now_s)
                 self.since_ms = None
-                self._clear_since_ms = None
-        due = [p for p in self._pending.values() if p.due_ms <= now_ms]
+                self._clear_since_s = None
+        due = [p for p in self._pending.values() if p.due_s <= now_s]
         if due:
             await asyncio.gather(*(self._deliver(p) for p in due))
         self._keep()
@@ -237,14 +253,19 @@ class FaultWatch:
         self._refused = problem
         if self._refused_since_ms is None:
             self._refused_since_ms = now_ms
-        self._first_seen_ms["start"] = self._refused_since_ms
+        # Each refused start runs for a moment: how long they have been refused can only
+        # be told by the wall time kept in the file.
+        self._first_seen_s["start"] = self._clock.monotonic_s() - _ago_s(
+            self._refused_since_ms, now_ms
+        )
         await self.check()
         await self.settle()
 
-    def _recent_crash_restarts(self, now_ms: int) -> list[int]:
-        window_ms = round(RESTART_WINDOW_S * 1000)
-        self._crash_restarts_ms = [t for t in self._crash_restarts_ms if now_ms - t < window_ms]
-        return self._crash_restarts_ms
+    def _recent_crash_restarts(self, now_s: float) -> list[tuple[int, float]]:
+        self._crash_restarts = [
+            (at_ms, at_s) for at_ms, at_s in self._crash_restarts if now_s - at_s < RESTART_WINDOW_S
+        ]
+        return self._crash_restarts
 
     def _state(self) -> bytes:
         owed = tuple(_Owed(notice=p.notice, due_ms=p.due_ms) for p in self._pending.values())
@@ -255,7 +276,7 @@ class FaultWatch:
             repeat=self._repeat,
             owed=owed,
             running=self._running,
-            crash_restarts_ms=tuple(self._crash_restarts_ms),
+            crash_restarts_ms=tuple(at_ms for at_ms, _ in self._crash_restarts),
             refused_since_ms=self._refused_since_ms,
         )
         return kept.model_dump_json().encode()
@@ -299,32 +320,49 @@ class FaultWatch:
             return
         self._kept = data
         now_ms = self._clock.now_ms()
-        self._crash_restarts_ms = list(kept.crash_restarts_ms)
-        self._refused_since_ms = kept.refused_since_ms
+        now_s = self._clock.monotonic_s()
+        # The wall times kept are counted from now. One the clock is now behind (NTP set
+        # it back) counts as now, and is kept as now: a wall time ahead would otherwise
+        # hold the window, the repeat or a notice owed for as long as the clock was off.
+        self._crash_restarts = []
+        for at_ms in kept.crash_restarts_ms:
+            ago_s = _ago_s(at_ms, now_ms)
+            if ago_s < RESTART_WINDOW_S:
+                self._crash_restarts.append((min(at_ms, now_ms), now_s - ago_s))
+        if kept.refused_since_ms is not None:
+            self._refused_since_ms = min(kept.refused_since_ms, now_ms)
         if kept.running:
             log.warning("the gateway did not stop as asked at its last run: it crashed, was "
                         "killed or lost power")  # fmt: skip
-            self._crash_restarts_ms.append(now_ms)
-        restarts = self._recent_crash_restarts(now_ms)
+            self._crash_restarts.append((now_ms, now_s))
+        restarts = self._recent_crash_restarts(now_s)
         if len(restarts) >= RESTARTS_TO_TELL:
             # The fault began with the first crash, however short each run is.
-            self._first_seen_ms["restarts"] = restarts[0]
+            self._first_seen_s["restarts"] = restarts[0][1]
         self.since_ms = kept.since_ms
         self._told = set(kept.told)
-        self._told_ms = kept.told_ms
+        self._told_ms = min(kept.told_ms, now_ms)
+        self._told_s = now_s - _ago_s(kept.told_ms, now_ms)
         self._repeat = kept.repeat
         receivers = {r.name: r for r in self._reach.policy.fault_receivers()}
         for owed in kept.owed:
             receiver = receivers.get(owed.notice.receiver)
             # One the policy no longer names is owed nothing.
             if receiver is not None:
-                self._pending[receiver.name] = _Pending(receiver, owed.notice, owed.due_ms)
+                # Due no later than a retry from now.
+                wait_s = min(max(0.0, (owed.due_ms - now_ms) / 1000), RETRY_S)
+                self._pending[receiver.name] = _Pending(
+                    receiver, owed.notice, now_s + wait_s, now_ms + round(wait_s * 1000)
+                )
         if self.since_ms is not None:
             log.warning("the gateway's fault since %s was under way at the last stop",
                         local_time_text(self.since_ms, self._zone))  # fmt: skip
 
-    def _tell(self, kind: str, problems: Mapping[str, str], since_ms: int, now_ms: int) -> None:
+    def _tell(
+        self, kind: str, problems: Mapping[str, str], since_ms: int, now_ms: int, now_s: float
+    ) -> None:
         self._told_ms = now_ms
+        self._told_s = now_s
         if kind == "fault":
             receivers = self._reach.policy.fault_receivers()
             log.error("the gateway's alarms may not get through since %s: %s; telling %s",
@@ -342,7 +380,7 @@ class FaultWatch:
             self._told.clear()
         for receiver in receivers:
             notice = self._notice(kind, problems, receiver, since_ms)
-            self._pending[receiver.name] = _Pending(receiver, notice, now_ms)
+            self._pending[receiver.name] = _Pending(receiver, notice, now_s, now_ms)
 
     def _notice(
         self, kind: str, problems: Mapping[str, str], receiver: Receiver, since_ms: int
@@ -407,8 +445,9 @@ class FaultWatch:
         log.error("could not tell %s of the gateway's fault by any channel; again in %.0f s",
                   notice.receiver, RETRY_S)  # fmt: skip
         if self._pending.get(notice.receiver) is pending:
+            retry_s = self._clock.monotonic_s() + RETRY_S
             retry_ms = self._clock.now_ms() + round(RETRY_S * 1000)
-            self._pending[notice.receiver] = _Pending(pending.receiver, notice, retry_ms)
+            self._pending[notice.receiver] = _Pending(pending.receiver, notice, retry_s, retry_ms)
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -419,6 +458,11 @@ def _replace(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(spare, path)
+
+
+def _ago_s(wall_ms: int, now_ms: int) -> float:
+    """How long ago a wall time kept in the file was; none if the clock is now behind it."""
+    return max(0.0, (now_ms - wall_ms) / 1000)
 
 
 def _details(problems: Mapping[str, str]) -> str:

@@ -21,6 +21,8 @@ from gateway.stats import Stats
 from tests.unit.notify.notices import FakeChannel
 
 T0 = 1_767_225_600_000
+HOUR_S = 3600.0
+DAY_S = 86_400.0
 ZONE = ZoneInfo("Asia/Shanghai")
 
 
@@ -88,11 +90,13 @@ class Rig:
         self.restart()
 
     def move_to(self, seconds: float) -> None:
-        self.clock.advance(seconds - (self.clock.now_ms() - T0) / 1000)
+        """To `seconds` of elapsed (monotonic) time after T0, however the wall clock was
+        set meanwhile."""
+        self.clock.advance(seconds - (self.clock.monotonic_s() - T0 / 1000))
 
     async def at(self, seconds: float) -> None:
-        """Moves the clock to `seconds` after T0, looks once, and lets what it keeps be
-        written."""
+        """Moves the clock to `seconds` of elapsed time after T0, looks once, and lets what
+        it keeps be written."""
         self.move_to(seconds)
         await self.watch.check()
         await self.watch.settle()
@@ -448,3 +452,94 @@ async def test_starts_refused_in_a_row_are_a_fault_and_the_start_that_runs_ends_
     rig.restart()
     await rig.watch.refused(problem)
     assert len(rig.told()) == 2
+
+
+async def test_a_clock_set_back_does_not_hold_a_fault_notice() -> None:
+    rig = Rig(policy())
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    # NTP sets the wall clock back two hours: no alarm can arrive meanwhile all the same.
+    rig.clock.step(-2 * HOUR_S)
+    await rig.at(59)
+    assert rig.told() == []
+    await rig.at(60)
+    assert rig.told() == [("robot", "office", "fault")]
+    # Since when, by the clock as NTP set it.
+    (notice,) = rig.reach.sent("robot")
+    assert notice.started_ms == T0 - 2 * 3_600_000
+    # The repeat and the end go by elapsed time too.
+    rig.problems = {}
+    await rig.at(70)
+    await rig.at(129)
+    assert len(rig.told()) == 1
+    await rig.at(130)
+    assert rig.told() == [("robot", "office", "fault"), ("robot", "office", "fault_cleared")]
+
+
+async def test_a_clock_set_forward_does_not_make_a_moment_at_boot_a_fault() -> None:
+    rig = Rig(policy())
+    # At boot the broker connection is still being made when NTP sets the clock forward.
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    rig.clock.step(3 * HOUR_S)
+    await rig.at(1)
+    rig.problems = {}  # connected: the problem lasted a second
+    await rig.at(2)
+    assert rig.told() == []
+    # A fault that does last is still told after `after_s`, not before.
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(10)
+    rig.clock.step(HOUR_S)
+    await rig.at(69)
+    assert rig.told() == []
+    await rig.at(70)
+    assert rig.told() == [("robot", "office", "fault")]
+
+
+async def test_a_clock_set_back_across_a_restart_holds_no_repeat_nor_notice_owed(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(
+        policy(after_s=10, repeat_s=3600, to=["office", "secretary"]),
+        tmp_path / "outbox.faults.json",
+    )
+    rig.reach.fail("sms")
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    await rig.at(10)
+    # The secretary's only channel failed: a notice is owed, RETRY_S on.
+    assert rig.told() == [("robot", "office", "fault")]
+    # Set back two hours while the gateway was down: the file's times are now ahead.
+    await rig.watch.stopped()
+    rig.clock.step(-2 * HOUR_S)
+    rig.restart()
+    await rig.at(10 + RETRY_S - 1)
+    assert len(rig.told()) == 1
+    await rig.at(10 + RETRY_S)
+    assert sorted(rig.told()) == [("robot", "office", "fault"), ("sms", "secretary", "fault")]
+    # The repeat is due `repeat_s` after the last telling at the latest.
+    await rig.at(3609)
+    assert len(rig.told()) == 2
+    await rig.at(3610)
+    assert len(rig.told()) == 4
+    assert rig.watch.since_ms == T0
+
+
+async def test_a_clock_set_back_does_not_hold_a_crash_loop_over(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=60), tmp_path / "outbox.faults.json")
+    await rig.at(0)
+    for second in (20, 40):
+        rig.move_to(second)
+        rig.restart()
+        await rig.at(second)
+    await rig.at(80)
+    assert rig.told() == [("robot", "office", "fault")]
+    # NTP sets the clock back a day; the gateway then runs on: 10 minutes after the
+    # first crash of the two, the window holds one, and `after_s` later its end is told.
+    rig.clock.step(-DAY_S)
+    await rig.at(619)
+    await rig.at(620)
+    await rig.at(679)
+    assert len(rig.told()) == 1
+    await rig.at(680)
+    assert rig.told() == [("robot", "office", "fault"), ("robot", "office", "fault_cleared")]
