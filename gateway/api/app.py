@@ -63,7 +63,7 @@ ERRORS: dict[type[Exception], Callable[[Exception], int]] = {
 
 
 def _is_page(request: Request) -> bool:
-    return request.url.path.startswith("/a/")
+    return request.url.path.startswith(("/a/", "/s/"))
 
 
 def _route_template(request: Request) -> str:

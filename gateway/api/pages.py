@@ -24,7 +24,13 @@ from gateway.api.devices import audit_reads
 from gateway.api.latest import DeviceLatest
 from gateway.api.privacy import mask_receiver
 from gateway.decode.record import DeviceRef, Position
-from gateway.notify.link import RECEIVER_GONE, AlertLink, LinkError, UnsignedLinkError
+from gateway.notify.link import (
+    RECEIVER_GONE,
+    SHORT_CODE,
+    AlertLink,
+    LinkError,
+    UnsignedLinkError,
+)
 from gateway.notify.notice import scene_position
 from gateway.registry import RegisteredDevice
 from gateway.rules.alert import AlertState
@@ -107,6 +113,19 @@ def _verify(ctx: ApiContext, request: Request, token: str) -> AlertLink:
     if not ctx.gateway.still_notifies(link):
         raise LinkError(RECEIVER_GONE)
     return link
+
+
+@router.get("/s/{code}", response_class=RedirectResponse)
+async def short_link(ctx: Ctx, request: Request, code: str) -> RedirectResponse:
+    """An SMS's short link (see LinkSigner.code): on to the link it stands for, which is
+    checked there as any link is."""
+    link = ctx.gateway.notifications.short_link(code) if SHORT_CODE.fullmatch(code) else None
+    if link is None:
+        address = client_address(request)
+        ctx.limiter.check(address)
+        ctx.limiter.fail(address, "short link: no such code")
+        raise UnsignedLinkError("this link is not valid")
+    return RedirectResponse(link, status_code=303, headers=PAGE_HEADERS)
 
 
 @router.get("/a/{token}", response_class=HTMLResponse)

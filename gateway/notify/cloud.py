@@ -34,9 +34,6 @@ class _CloudChannel(Channel):
     """A provider API called with a template and its variables, for a phone number."""
 
     needs_phone = True
-    # The providers take no address in a template's variables, and cut them at 35
-    # characters; a call reads it out besides.
-    links = False
 
     def __init__(
         self,
@@ -48,6 +45,11 @@ class _CloudChannel(Channel):
     ) -> None:
         super().__init__(name, limits, config.timeout_s)
         self._params = config.params
+        # The providers take no address in a template's variables, and cut them at 35
+        # characters: an SMS brings the link only as its short code, written after the
+        # address in the template's text. A call reads out no link.
+        calls = isinstance(config, AliyunVoiceChannel | TencentVoiceChannel)
+        self.links = "link_code" in config.params and not calls
         self._http = http
         self._clock = clock
 

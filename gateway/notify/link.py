@@ -8,8 +8,12 @@ tells that receiver (the gateway checks when the link is opened).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,8 @@ SECRET_FILE_NAME = "link-secret"
 # A shorter secret could be found offline from any link posted to a group chat, and
 # would then sign links to any alert as anyone.
 MIN_SECRET_CHARS = 32
+# What `LinkSigner.code` makes: 16 characters of base32, in small letters.
+SHORT_CODE = re.compile(r"[a-z2-7]{16}")
 
 
 class LinkError(GatewayError):
@@ -47,6 +53,7 @@ class AlertLink:
 class LinkSigner:
     def __init__(self, secret: str, base_url: str, ttl_s: float) -> None:
         self._serializer = URLSafeSerializer(secret, salt=_SALT)
+        self._code_key = hmac.new(secret.encode(), b"short-link", hashlib.sha256).digest()
         self._base_url = base_url.rstrip("/")
         self._ttl_ms = round(ttl_s * 1000)
 
@@ -56,6 +63,13 @@ class LinkSigner:
 
     def url(self, alert_id: str, receiver: str, now_ms: int) -> str:
         return f"{self._base_url}/a/{self.token(alert_id, receiver, now_ms)}"
+
+    def code(self, notification_key: str) -> str:
+        """A notification's short code, which an SMS template can carry (its variables
+        take 35 characters, and no address): `{public_url}/s/{code}` leads to its link.
+        80 bits, so that codes are not guessed; the same for the same notification."""
+        digest = hmac.new(self._code_key, notification_key.encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest[:10]).decode().lower()
 
     def verify(self, token: str, now_ms: int) -> AlertLink:
         try:

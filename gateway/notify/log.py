@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, due_ms);
+CREATE TABLE IF NOT EXISTS short_links (
+    code TEXT PRIMARY KEY,
+    link TEXT NOT NULL
+) WITHOUT ROWID;
 """
 # Where earlier versions kept the plan, with the route's place in the policy instead of
 # the chain's name.
@@ -345,6 +349,14 @@ class NotificationLog:
                 ),
             ).rowcount
         )
+
+    def add_short_link(self, code: str, link: str) -> None:
+        """Where a short code leads; the first link made for it stays."""
+        self._conn.execute("INSERT OR IGNORE INTO short_links VALUES (?, ?)", (code, link))
+
+    def short_link(self, code: str) -> str | None:
+        row = self._conn.execute("SELECT link FROM short_links WHERE code = ?", (code,)).fetchone()
+        return None if row is None else str(row[0])
 
     def due(self, now_ms: int) -> list[Notification]:
         return self._select("state = 'pending' AND due_ms <= ?", (now_ms,))

@@ -60,6 +60,8 @@ class Notice:
     receiver_name: str
     phone: str | None
     link: str | None = None
+    # The link's short code, for an SMS template (see LinkSigner.code).
+    link_code: str | None = None
     map_url: str | None = None
     # A digest's alerts, or a fault's problems, one line each.
     lines: tuple[str, ...] = ()
@@ -117,6 +119,7 @@ class Notice:
             "time": self.time_text,
             "state": _KIND_ZH[self.kind],
             "link": self.link or "",
+            "link_code": self.link_code or "",
             "alert_id": self.alert_id,
         }
         return {k: v[:TEMPLATE_VALUE_MAX_CHARS] for k, v in values.items()}
@@ -179,6 +182,7 @@ def make_notice(
     link: str | None,
     zone: ZoneInfo,
     place: Place | None = None,
+    link_code: str | None = None,
 ) -> Notice:
     """`place`: where an alert about a place rather than a device (a building on fire)
     is, as the router finds it."""
@@ -205,5 +209,6 @@ def make_notice(
         receiver_name=receiver_name,
         phone=phone,
         link=link,
+        link_code=link_code,
         map_url=map_url(scene_position(entry, device), entry.title),
     )

@@ -582,13 +582,15 @@ class Notifier:
 
     def _add(self, entry: AlertEntry, target: Target, prefix: str, kind: str, now_ms: int) -> None:
         key = f"{prefix}/{target.receiver}/{kind}"
-        link = None
+        link = code = None
         if kind == "firing":
             link = self._links.url(entry.alert_id, target.receiver, now_ms)
+            code = self._links.code(key)
+            self.log.add_short_link(code, link)
         notice = make_notice(
             key=key, kind=kind, entry=entry, device=self.router.device(entry),
             receiver=target.receiver, receiver_name=target.display_name, phone=target.phone,
-            link=link, zone=self._zone, place=self.router.place(entry),
+            link=link, zone=self._zone, place=self.router.place(entry), link_code=code,
         )  # fmt: skip
         due_ms = now_ms
         quiet = target.quiet_hours
@@ -1011,6 +1013,7 @@ def _digest(first: Notice, notices: list[Notice]) -> Notice:
         kind="digest",
         title=f"{len(notices)} 条告警",
         link=None,
+        link_code=None,
         map_url=None,
         lines=lines,
         mentions=tuple(n.phone for n in notices[1:] if n.phone),

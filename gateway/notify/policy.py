@@ -24,7 +24,9 @@ SPECIAL_RECEIVERS = (ON_DUTY, EMERGENCY_CONTACTS)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # What a message offers to SMS and voice templates, by name.
-TEMPLATE_FIELDS = ("title", "severity", "place", "device", "time", "state", "link", "alert_id")
+TEMPLATE_FIELDS = (
+    "title", "severity", "place", "device", "time", "state", "link", "link_code", "alert_id",
+)  # fmt: skip
 
 
 class _Strict(BaseModel):

@@ -6,6 +6,7 @@ from itsdangerous import URLSafeSerializer
 from gateway.cli import reload_in_place
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef
+from gateway.notify.notice import Notice
 from tests.unit.api.conftest import DESK_HGY, OPERATOR, T0, TWO_COMMUNITIES, Site, open_site
 
 
@@ -173,6 +174,29 @@ async def test_forged_links_count_as_failed_authentication(site: Site) -> None:
     site.clock.advance(73 * 3600)
     expired = await site.client.get(path)
     assert expired.status_code == 403 and "链接已过期" in expired.text
+
+
+async def test_an_sms_s_short_link_leads_to_the_receiver_s_link(site: Site) -> None:
+    alert_id = await site.fall()
+    assert site.gateway.notifier is not None
+    await site.gateway.notifier.process()
+    notification = site.gateway.notifications.get(f"{alert_id}/grid.0/wang-fang/firing")
+    assert notification is not None
+    notice = Notice.from_json(notification.notice)
+    # Short enough for a template's variable (at most 35 characters).
+    assert notice.link_code and len(notice.link_code) == 16
+    assert notice.template_values()["link_code"] == notice.link_code
+    short = await site.client.get(f"/s/{notice.link_code}")
+    assert short.status_code == 303 and short.headers["location"] == notice.link
+    assert short.headers["referrer-policy"] == "no-referrer"
+    page = await site.client.get(short.headers["location"].removeprefix("http://gw.test"))
+    assert page.status_code == 200 and "跌倒" in page.text
+    # A code guessed is a link forged: refused, and counted against its address.
+    for _ in range(10):
+        refused = await site.client.get("/s/aaaaaaaaaaaaaaaa")
+        assert refused.status_code == 403 and "链接无效" in refused.text
+    assert (await site.client.get("/s/aaaaaaaaaaaaaaaa")).status_code == 429
+    assert (await site.client.get(f"/s/{notice.link_code}")).status_code == 303
 
 
 async def test_strangers_failures_lock_no_grid_worker_out_of_a_fall(site: Site) -> None:

@@ -631,9 +631,14 @@ def test_a_provider_s_block_holds_the_channel_or_one_number() -> None:
     assert limiter.wait_s(None, 71.0) == 0
 
 
-async def test_neither_an_sms_nor_a_call_brings_the_link(http: httpx.AsyncClient) -> None:
-    # A template's variables are cut to 35 characters, which no link fits in.
-    params = ("title", "link")
+@pytest.mark.parametrize(
+    ("params", "sms_links"),
+    [(("title", "link"), False), (("title", "link_code"), True)],
+)
+async def test_an_sms_brings_the_link_as_its_short_code_and_a_call_never(
+    http: httpx.AsyncClient, params: tuple[str, ...], sms_links: bool
+) -> None:
+    # A template's variables are cut to 35 characters, which no whole link fits in.
     channels = [
         AliyunSms("sms", AliyunSmsChannel(type="aliyun_sms", access_key_id="id",
                   access_key_secret="s", sign_name="湖光苑社区", template_code="SMS_1",
@@ -648,4 +653,4 @@ async def test_neither_an_sms_nor_a_call_brings_the_link(http: httpx.AsyncClient
                      secret_key="k", voice_sdk_app_id="1400000001", template_id="200",
                      params=params), http, ManualClock(T0)),
     ]  # fmt: skip
-    assert [c.links for c in channels] == [False] * 4
+    assert [c.links for c in channels] == [sms_links, sms_links, False, False]
