@@ -117,6 +117,9 @@ class RuleEngine:
         # does not make every device offline at the first check after it returns.
         self._deaf: list[tuple[int, int]] = []
         self._deaf_since_ms: int | None = None
+        # Spans the wall clock skipped when it was set forward (see `_clock_set_forward`),
+        # each with the earliest last-heard time it counts for (None: any).
+        self._skipped: list[tuple[int | None, int, int]] = []
         self._last_tick_ms = now_ms
         # When a tick last found records judged since the one before it.
         self._judged_by_tick_ms = now_ms
@@ -214,8 +217,55 @@ class RuleEngine:
         if not times or self._downtime is None:
             return
         down_ms, up_ms = self._downtime
-        self._downtime = (down_ms, max(down_ms, min(up_ms, min(times))))
+        first_ms = min(times)
+        # The start was later than the clock said by as much as it was set forward since
+        # (NTP at boot, on a box that started with the clock it saved at shutdown).
+        skipped_ms = sum(end - start for _, start, end in self._skipped)
+        if first_ms < up_ms + skipped_ms:
+            self._downtime = (down_ms, max(down_ms, first_ms))
+            # What devices sent before the start was kept: a step of the clock counts only
+            # for what the gateway timed by it since.
+            self._skipped = [(up_ms, start, end) for _, start, end in self._skipped]
         self._downtime_settled = True
+
+    def clock_set(self, now_ms: int, step_ms: int) -> None:
+        """The wall clock was set forward (or, negative, back) by `step_ms`, as NTP sets a
+        box that booted with the clock it saved at shutdown (see gateway.clock.WallSteps)."""
+        if step_ms > 0:
+            self._clock_set_forward(now_ms, step_ms)
+        elif step_ms < 0:
+            self._clock_set_back(now_ms, -step_ms)
+
+    def _clock_set_forward(self, now_ms: int, by_ms: int) -> None:
+        """What the gateway timed by its own clock before the step (its start, a device
+        that sends no time of its own) is `by_ms` behind: the span the clock skipped is
+        time it did not listen, for a silence that began by then. A device heard with its
+        own time, later than the clock said (right while the gateway's was behind), is
+        silent only since then: the span does not count for it."""
+        if self._deaf_since_ms is None:
+            # Not listening since before the step, the span that closes later covers it.
+            self._skipped = [
+                *self._skipped[-(DEAF_SPANS_KEPT - 1) :],
+                (None, now_ms - by_ms, now_ms),
+            ]
+        # Not listening from this tick on would begin after the span.
+        self._last_tick_ms = now_ms
+        # Quiet for QUIET_MS is time that passed, not the step.
+        self._judged_by_tick_ms += by_ms
+
+    def _clock_set_back(self, now_ms: int, by_ms: int) -> None:
+        """What the gateway timed before the step is `by_ms` ahead of its clock: a device
+        heard then would not count as silent until the clock caught up. Times ahead of
+        the clock are moved back by the step; the gateway's own too."""
+        self.heard.shift(now_ms, -by_ms)
+        self._started_ms -= by_ms
+        self._last_tick_ms -= by_ms
+        self._judged_by_tick_ms -= by_ms
+        if self._deaf_since_ms is not None:
+            self._deaf_since_ms -= by_ms
+        if not self._downtime_settled and self._downtime is not None:
+            down_ms, up_ms = self._downtime
+            self._downtime = (down_ms, max(down_ms, up_ms - by_ms))
 
     def _heard_through_ms(self, now_ms: int, listening: bool) -> int | None:
         """Up to when silence is judged at this tick (see `_newest_heard_ms`); None: not
@@ -244,6 +294,17 @@ class RuleEngine:
             spans = [*spans, (self._deaf_since_ms, to_ms)]
         if self._downtime is not None:
             spans = [self._downtime, *spans]
+        if self._skipped:
+            # A span the clock skipped counts whole, or not at all: a silence that began
+            # after it began was timed by a clock already right.
+            spans = [
+                *spans,
+                *(
+                    (start, end)
+                    for since_ms, start, end in self._skipped
+                    if from_ms <= start and (since_ms is None or since_ms <= from_ms)
+                ),
+            ]
         clipped = ((max(start, from_ms), min(end, to_ms)) for start, end in spans)
         return [(start, end) for start, end in clipped if end > start]
 

@@ -90,3 +90,12 @@ class LastHeard:
     def update(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         for device, at_ms in saved:
             self.set(device, at_ms)
+
+    def shift(self, after_ms: int, by_ms: int) -> None:
+        """Move the times later than `after_ms` by `by_ms`, without marking them fresh (a
+        restart reads the clock anew: what was saved stays as it was heard)."""
+        for group in self.groups.values():
+            seen_ms = group.seen_ms
+            for device_id, at_ms in seen_ms.items():
+                if at_ms > after_ms:
+                    seen_ms[device_id] = at_ms + by_ms

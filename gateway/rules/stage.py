@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from gateway.clock import Clock
+from gateway.clock import Clock, WallSteps
 from gateway.decode.record import Record
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.book import AlertBook, AlertError, was_muted
@@ -40,12 +40,18 @@ class AlertStage:
         engine.restore(book.load_tracks())
         # Offline timers carry on from when each device was last heard, not from start-up.
         engine.restore_seen(book.load_last_seen())
+        # A step of the wall clock, told apart from time passing at every tick, is nobody's
+        # silence (see RuleEngine.clock_set).
+        self._steps = WallSteps(clock)
         engine.rates.restore(book.load_rates())
 
     def evaluate(self, records: Sequence[Record]) -> AlertDecision:
         return self._decide(self.engine.evaluate(records, self._clock.now_ms()))
 
     def tick(self, now_ms: int, *, listening: bool = True) -> AlertDecision:
+        step_ms = self._steps.taken_ms()
+        if step_ms:
+            self.engine.clock_set(self._clock.now_ms(), step_ms)
         return self._decide(self.engine.tick(now_ms, listening=listening))
 
     def rates_write(self) -> partial[None]:

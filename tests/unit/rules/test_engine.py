@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from gateway import PROJECT_ROOT
-from gateway.clock import ManualClock
+from gateway.clock import ManualClock, WallSteps
 from gateway.decode.record import (
     DeviceRef,
     Event,
@@ -774,6 +774,133 @@ def test_after_a_power_cut_devices_are_not_all_offline_at_once(tmp_path: Path) -
     # br-1: 100 s of silence before the cut and 50 s after it.
     assert stage.tick(T0 + 10_849_000).changes == []
     assert offline(stage.tick(T0 + 10_851_000).changes) == [("br-1", 10_851)]
+
+
+HOUR_MS = 3_600_000
+DETECTORS = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(1, 6)]
+
+
+def booted_behind(path: Path) -> tuple[AlertStage, ManualClock, Outbox]:
+    """Five hourly detectors heard in the gateway's last minute (sd-1 at 0 s ... sd-5 at
+    40 s); then a 3-hour power cut. Without an RTC battery the box boots with the clock
+    it saved at shutdown (60 s), 3 hours behind; NTP sets it right 30 s after."""
+    outbox = Outbox(path)
+
+    def stage(clock: ManualClock) -> AlertStage:
+        engine = RuleEngine(RULES, Registry(), {"smoke_detector": 3600.0}, now_ms=clock.now_ms())
+        return AlertStage(engine, AlertBook(path), SilenceBook(path, Registry()), clock)
+
+    first = stage(ManualClock(T0))
+    for i, detector in enumerate(DETECTORS):
+        decision = first.evaluate([reading(detector, i * 10, alarm=False)])
+        outbox.commit(decision.lines, [], None, decision.write)
+    first.book.close()
+    clock = ManualClock(T0 + 60_000)
+    second = stage(clock)
+    clock.advance(30)
+    clock.step(3 * 3600)
+    return second, clock, outbox
+
+
+def ticked_offline(stage: AlertStage, clock: ManualClock, outbox: Outbox) -> list[str]:
+    decision = stage.tick(clock.now_ms())
+    outbox.commit(decision.lines, [], None, decision.write)
+    return sorted(c.device.device_id for c in decision.changes if c.fired)
+
+
+@pytest.mark.parametrize("live_first", [True, False], ids=["live-first", "tick-first"])
+def test_a_clock_set_right_after_a_power_cut_makes_no_detector_offline(
+    tmp_path: Path, live_first: bool
+) -> None:
+    stage, clock, outbox = booted_behind(tmp_path / "state.sqlite3")
+    # The broker was down too: what comes is live, sd-1 with a right clock of its own;
+    # it may come before the first check after the step, or after it.
+    live = Reading(DETECTORS[0], clock.now_ms(), TimeSource.DEVICE, {"alarm": False})
+    if live_first:
+        stage.evaluate([live])
+    else:
+        clock.advance(5)
+        assert ticked_offline(stage, clock, outbox) == []
+        stage.evaluate([live])
+    # The 3 hours skipped are not silence: none is offline for 2.5 h of listening...
+    booted_ms = T0 + 3 * HOUR_MS + 60_000
+    while clock.now_ms() < booted_ms + 8_900_000:
+        clock.advance(60)
+        assert ticked_offline(stage, clock, outbox) == []
+    # ...then each is, counting what it was silent before the cut: sd-2 30 s, sd-5 none,
+    # sd-1 silent since its live report, 30 s after the boot.
+    clock.advance((booted_ms + 8_960_000 - clock.now_ms()) / 1000)
+    fired = []
+    for _ in range(8):
+        clock.advance(10)
+        since_boot_s = (clock.now_ms() - booted_ms) // 1000
+        fired += [(since_boot_s, d) for d in ticked_offline(stage, clock, outbox)]
+    assert fired == [(8_970, "sd-2"), (8_980, "sd-3"), (8_990, "sd-4"), (9_000, "sd-5"),
+                     (9_030, "sd-1")]  # fmt: skip
+
+
+def test_a_backlog_counts_the_downtime_as_silence_when_the_clock_was_set_right(
+    tmp_path: Path,
+) -> None:
+    stage, clock, outbox = booted_behind(tmp_path / "state.sqlite3")
+    clock.advance(5)
+    assert ticked_offline(stage, clock, outbox) == []
+    # The broker (elsewhere, powered) kept sd-1's reports from 10 minutes after the cut:
+    # the others said nothing in those 3 hours, and are offline.
+    backlog = [reading(DETECTORS[0], t, alarm=False) for t in (600, 4_200, 7_800, 10_800)]
+    stage.evaluate(backlog)
+    clock.advance(5)
+    assert ticked_offline(stage, clock, outbox) == ["sd-2", "sd-3", "sd-4", "sd-5"]
+
+
+def test_a_clock_set_forward_hides_no_device_silent_for_longer_than_its_limit() -> None:
+    # The gateway's clock an hour behind; bracelets heard every 10 s: br-1 and br-2 with
+    # their own (right) clocks, br-3 without one (the gateway's time stands in). br-2 and
+    # br-3 stop at 100 s; NTP sets the clock right at 120 s.
+    clock = ManualClock(T0 - HOUR_MS)
+    e = RuleEngine(RULES, Registry(), {"bracelet": 60.0}, now_ms=clock.now_ms())
+    steps = WallSteps(clock)
+    no_clock = DeviceRef("hgy", "bracelet", "br-3")
+    fired: list[tuple[int, str]] = []
+    for t in range(10, 400, 10):
+        clock.advance(10)
+        if t == 120:
+            clock.step(3600)
+        records = [reading(WRIST, t, heart_rate_bpm=70)]
+        if t <= 100:
+            records += [
+                reading(OTHER_WRIST, t, heart_rate_bpm=70),
+                Reading(no_clock, clock.now_ms(), TimeSource.GATEWAY, {"heart_rate_bpm": 70}),
+            ]
+        e.evaluate(records)
+        e.clock_set(clock.now_ms(), steps.taken_ms())
+        fired += [(t, c.device.device_id) for c in e.tick(clock.now_ms()) if c.fired]
+    # Offline once silent for 150 s, each: the step neither hides nor makes silence.
+    assert fired == [(250, "br-2"), (250, "br-3")]
+
+
+def test_a_clock_set_back_does_not_hold_off_offline_by_the_step() -> None:
+    # The box's clock ran an hour ahead; NTP sets it back at 120 s. Bracelets without a
+    # clock of their own (the gateway's time stands in): br-2 stops at 100 s.
+    clock = ManualClock(T0)
+    e = RuleEngine(RULES, Registry(), {"bracelet": 60.0}, now_ms=clock.now_ms())
+    steps = WallSteps(clock)
+    fired: list[tuple[int, str, FieldValue]] = []
+    for t in range(10, 400, 10):
+        clock.advance(10)
+        if t == 120:
+            clock.step(-3600)
+        devices = [WRIST, OTHER_WRIST] if t <= 100 else [WRIST]
+        e.evaluate(
+            [
+                Reading(d, clock.now_ms(), TimeSource.GATEWAY, {"heart_rate_bpm": 70})
+                for d in devices
+            ]
+        )
+        e.clock_set(clock.now_ms(), steps.taken_ms())
+        changes = e.tick(clock.now_ms())
+        fired += [(t, c.device.device_id, c.values["silent_s"]) for c in changes if c.fired]
+    assert fired == [(250, "br-2", 150)]
 
 
 class Restarts:
