@@ -91,6 +91,13 @@ class WallSteps:
         return round(step_ms) if abs(step_ms) >= self.TOLERANCE_MS else 0
 
 
+def seconds_since(wall_ms: int, now_ms: int) -> float:
+    """How long ago a wall time kept across a restart was; none if the clock is now
+    behind it (set back since), so that it holds nothing for as long as the clock was
+    off."""
+    return max(0.0, (now_ms - wall_ms) / 1000)
+
+
 async def sleep_unless_set(clock: Clock, seconds: float, event: asyncio.Event) -> None:
     """Wait `seconds` on `clock`, or less if `event` is set meanwhile."""
     sleeper = asyncio.ensure_future(clock.sleep(seconds))

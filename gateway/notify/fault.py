@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.clock import Clock
+from gateway.clock import Clock, seconds_since
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel
 from gateway.notify.notice import Notice, local_time_text
@@ -255,7 +255,7 @@ class FaultWatch:
             self._refused_since_ms = now_ms
         # Each refused start runs for a moment: how long they have been refused can only
         # be told by the wall time kept in the file.
-        self._first_seen_s["start"] = self._clock.monotonic_s() - _ago_s(
+        self._first_seen_s["start"] = self._clock.monotonic_s() - seconds_since(
             self._refused_since_ms, now_ms
         )
         await self.check()
@@ -326,7 +326,7 @@ class FaultWatch:
         # hold the window, the repeat or a notice owed for as long as the clock was off.
         self._crash_restarts = []
         for at_ms in kept.crash_restarts_ms:
-            ago_s = _ago_s(at_ms, now_ms)
+            ago_s = seconds_since(at_ms, now_ms)
             if ago_s < RESTART_WINDOW_S:
                 self._crash_restarts.append((min(at_ms, now_ms), now_s - ago_s))
         if kept.refused_since_ms is not None:
@@ -342,7 +342,7 @@ class FaultWatch:
         self.since_ms = kept.since_ms
         self._told = set(kept.told)
         self._told_ms = min(kept.told_ms, now_ms)
-        self._told_s = now_s - _ago_s(kept.told_ms, now_ms)
+        self._told_s = now_s - seconds_since(kept.told_ms, now_ms)
         self._repeat = kept.repeat
         receivers = {r.name: r for r in self._reach.policy.fault_receivers()}
         for owed in kept.owed:
@@ -458,11 +458,6 @@ def _replace(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(spare, path)
-
-
-def _ago_s(wall_ms: int, now_ms: int) -> float:
-    """How long ago a wall time kept in the file was; none if the clock is now behind it."""
-    return max(0.0, (now_ms - wall_ms) / 1000)
 
 
 def _details(problems: Mapping[str, str]) -> str:

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from gateway.clock import Clock, WallSteps, sleep_unless_set
+from gateway.clock import Clock, WallSteps, seconds_since, sleep_unless_set
 from gateway.decode.record import DeviceRef
 from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Channel
@@ -317,10 +317,8 @@ class Notifier:
                 continue
             notification = self.log.get(send.notification_key)
             phone = Notice.from_json(notification.notice).phone if notification else None
-            # The limits count in monotonic time, which a clock set back since (a send
-            # logged "in the future") cannot put ahead of now.
-            ago_s = max(0.0, (now_ms - send.at_ms) / 1000)
-            channel.limiter.note(phone, now_s - ago_s)
+            # The limits count in monotonic time.
+            channel.limiter.note(phone, now_s - seconds_since(send.at_ms, now_ms))
 
     def recover(self) -> None:
         """Plan alerts that fired, and all-clears of alerts that resolved, but were never
@@ -540,7 +538,7 @@ class Notifier:
                      now_ms: int) -> None:  # fmt: skip
         targets = self.router.targets(step, entry, now_ms)
         for target in targets:
-            linked = self._link_in(target.channels)
+            linked = any(map(self._carries_link, target.channels))
             if not linked and not self._has_link(entry.alert_id, target.receiver):
                 # Reached for the first time by channels that carry no link (a voice call
                 # to the grid worker whose shift began after the alert fired): their own
@@ -817,15 +815,16 @@ class Notifier:
         self._record_notice(notice, "-", AttemptResult.WITHDRAWN, reason, None)
         return True
 
-    def _link_in(self, channels: tuple[str, ...]) -> bool:
-        """Whether any of `channels` carries a notice's link."""
-        return any((c := self.channels.get(name)) is not None and c.links for name in channels)
+    def _carries_link(self, name: str) -> bool:
+        """Whether the channel of that name carries a notice's link."""
+        channel = self.channels.get(name)
+        return channel is not None and channel.links
 
     def _link_channel_after(self, notification: Notification) -> int | None:
         """The index of the notification's first channel after the current one that
         carries the link, if any."""
         for index in range(notification.channel_index + 1, len(notification.channels)):
-            if self._link_in(notification.channels[index : index + 1]):
+            if self._carries_link(notification.channels[index]):
                 return index
         return None
 
@@ -834,7 +833,7 @@ class Notifier:
         `receiver`."""
         return any(
             a.receiver == receiver and a.result is AttemptResult.SENT
-            and a.notification_key.endswith("/firing") and self._link_in((a.channel,))
+            and a.notification_key.endswith("/firing") and self._carries_link(a.channel)
             for a in self.log.attempts(alert_id)
         )  # fmt: skip
 
