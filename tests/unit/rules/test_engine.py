@@ -776,43 +776,60 @@ def test_after_a_power_cut_devices_are_not_all_offline_at_once(tmp_path: Path) -
     assert offline(stage.tick(T0 + 10_851_000).changes) == [("br-1", 10_851)]
 
 
+class Restarts:
+    """Alert stages on one state file, as a gateway that stops and starts again makes
+    them; each decision is committed as the pipeline commits it."""
+
+    def __init__(
+        self, path: Path, registry: Registry, periods: dict[str, float] | None = None
+    ) -> None:
+        self.path = path
+        self.registry = registry
+        self.periods = periods or {"bracelet": 60.0}
+        self.outbox = Outbox(path)
+
+    def start(self, now_ms: int, clock: ManualClock | None = None) -> AlertStage:
+        return AlertStage(
+            RuleEngine(RULES, self.registry, self.periods, now_ms=now_ms),
+            AlertBook(self.path),
+            SilenceBook(self.path, self.registry),
+            clock or ManualClock(now_ms),
+        )
+
+    def commit(self, decision: AlertDecision) -> list[AlertChange]:
+        self.outbox.commit(decision.lines, [], None, decision.write)
+        return decision.changes
+
+
 HOUR_MS = 3_600_000
 DETECTORS = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(1, 6)]
 
 
-def booted_behind(path: Path) -> tuple[AlertStage, ManualClock, Outbox]:
+def booted_behind(path: Path) -> tuple[AlertStage, ManualClock, Restarts]:
     """Five hourly detectors heard in the gateway's last minute (sd-1 at 0 s ... sd-5 at
     40 s); then a 3-hour power cut. Without an RTC battery the box boots with the clock
     it saved at shutdown (60 s), 3 hours behind; NTP sets it right 30 s after."""
-    outbox = Outbox(path)
-
-    def stage(clock: ManualClock) -> AlertStage:
-        engine = RuleEngine(RULES, Registry(), {"smoke_detector": 3600.0}, now_ms=clock.now_ms())
-        return AlertStage(engine, AlertBook(path), SilenceBook(path, Registry()), clock)
-
-    first = stage(ManualClock(T0))
+    gateway = Restarts(path, Registry(), {"smoke_detector": 3600.0})
+    first = gateway.start(T0)
     for i, detector in enumerate(DETECTORS):
-        decision = first.evaluate([reading(detector, i * 10, alarm=False)])
-        outbox.commit(decision.lines, [], None, decision.write)
+        gateway.commit(first.evaluate([reading(detector, i * 10, alarm=False)]))
     first.book.close()
     clock = ManualClock(T0 + 60_000)
-    second = stage(clock)
+    second = gateway.start(clock.now_ms(), clock)
     clock.advance(30)
     clock.step(3 * 3600)
-    return second, clock, outbox
+    return second, clock, gateway
 
 
-def ticked_offline(stage: AlertStage, clock: ManualClock, outbox: Outbox) -> list[str]:
-    decision = stage.tick(clock.now_ms())
-    outbox.commit(decision.lines, [], None, decision.write)
-    return sorted(c.device.device_id for c in decision.changes if c.fired)
+def ticked_offline(stage: AlertStage, clock: ManualClock, gateway: Restarts) -> list[str]:
+    return sorted(c.device.device_id for c in gateway.commit(stage.tick(clock.now_ms())) if c.fired)
 
 
 @pytest.mark.parametrize("live_first", [True, False], ids=["live-first", "tick-first"])
 def test_a_clock_set_right_after_a_power_cut_makes_no_detector_offline(
     tmp_path: Path, live_first: bool
 ) -> None:
-    stage, clock, outbox = booted_behind(tmp_path / "state.sqlite3")
+    stage, clock, gateway = booted_behind(tmp_path / "state.sqlite3")
     # The broker was down too: what comes is live, sd-1 with a right clock of its own;
     # it may come before the first check after the step, or after it.
     live = Reading(DETECTORS[0], clock.now_ms(), TimeSource.DEVICE, {"alarm": False})
@@ -820,13 +837,13 @@ def test_a_clock_set_right_after_a_power_cut_makes_no_detector_offline(
         stage.evaluate([live])
     else:
         clock.advance(5)
-        assert ticked_offline(stage, clock, outbox) == []
+        assert ticked_offline(stage, clock, gateway) == []
         stage.evaluate([live])
     # The 3 hours skipped are not silence: none is offline for 2.5 h of listening...
     booted_ms = T0 + 3 * HOUR_MS + 60_000
     while clock.now_ms() < booted_ms + 8_900_000:
         clock.advance(60)
-        assert ticked_offline(stage, clock, outbox) == []
+        assert ticked_offline(stage, clock, gateway) == []
     # ...then each is, counting what it was silent before the cut: sd-2 30 s, sd-5 none,
     # sd-1 silent since its live report, 30 s after the boot.
     clock.advance((booted_ms + 8_960_000 - clock.now_ms()) / 1000)
@@ -834,7 +851,7 @@ def test_a_clock_set_right_after_a_power_cut_makes_no_detector_offline(
     for _ in range(8):
         clock.advance(10)
         since_boot_s = (clock.now_ms() - booted_ms) // 1000
-        fired += [(since_boot_s, d) for d in ticked_offline(stage, clock, outbox)]
+        fired += [(since_boot_s, d) for d in ticked_offline(stage, clock, gateway)]
     assert fired == [(8_970, "sd-2"), (8_980, "sd-3"), (8_990, "sd-4"), (9_000, "sd-5"),
                      (9_030, "sd-1")]  # fmt: skip
 
@@ -842,15 +859,15 @@ def test_a_clock_set_right_after_a_power_cut_makes_no_detector_offline(
 def test_a_backlog_counts_the_downtime_as_silence_when_the_clock_was_set_right(
     tmp_path: Path,
 ) -> None:
-    stage, clock, outbox = booted_behind(tmp_path / "state.sqlite3")
+    stage, clock, gateway = booted_behind(tmp_path / "state.sqlite3")
     clock.advance(5)
-    assert ticked_offline(stage, clock, outbox) == []
+    assert ticked_offline(stage, clock, gateway) == []
     # The broker (elsewhere, powered) kept sd-1's reports from 10 minutes after the cut:
     # the others said nothing in those 3 hours, and are offline.
     backlog = [reading(DETECTORS[0], t, alarm=False) for t in (600, 4_200, 7_800, 10_800)]
     stage.evaluate(backlog)
     clock.advance(5)
-    assert ticked_offline(stage, clock, outbox) == ["sd-2", "sd-3", "sd-4", "sd-5"]
+    assert ticked_offline(stage, clock, gateway) == ["sd-2", "sd-3", "sd-4", "sd-5"]
 
 
 def test_a_clock_set_forward_hides_no_device_silent_for_longer_than_its_limit() -> None:
@@ -901,28 +918,6 @@ def test_a_clock_set_back_does_not_hold_off_offline_by_the_step() -> None:
         changes = e.tick(clock.now_ms())
         fired += [(t, c.device.device_id, c.values["silent_s"]) for c in changes if c.fired]
     assert fired == [(250, "br-2", 150)]
-
-
-class Restarts:
-    """Alert stages on one state file, as a gateway that stops and starts again makes
-    them; each decision is committed as the pipeline commits it."""
-
-    def __init__(self, path: Path, registry: Registry) -> None:
-        self.path = path
-        self.registry = registry
-        self.outbox = Outbox(path)
-
-    def start(self, now_ms: int) -> AlertStage:
-        return AlertStage(
-            RuleEngine(RULES, self.registry, {"bracelet": 60.0}, now_ms=now_ms),
-            AlertBook(self.path),
-            SilenceBook(self.path, self.registry),
-            ManualClock(now_ms),
-        )
-
-    def commit(self, decision: AlertDecision) -> list[AlertChange]:
-        self.outbox.commit(decision.lines, [], None, decision.write)
-        return decision.changes
 
 
 def test_an_offline_alert_from_before_a_restart_resolves_when_the_device_returns(
