@@ -49,6 +49,7 @@ bench: install services
 	$(BIN)/python -m bench.influx_write
 	$(BIN)/python -m bench.rules
 	$(BIN)/python -m bench.notify_latency
+	$(BIN)/python -m bench.retention
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

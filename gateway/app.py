@@ -34,6 +34,7 @@ from gateway.notify.policy import NotifyPolicy, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, registry_for
+from gateway.retention import Retention
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
@@ -218,6 +219,14 @@ class Gateway:
         self.links = LinkSigner(
             link_secret(secret, config.outbox.path.parent), api.public_url, api.link_ttl_s
         )
+        self.retention = Retention(
+            config.retention,
+            config.outbox.path,
+            notification_log_path(config.outbox.path),
+            self.silences,
+            self.links.code,
+            self.clock,
+        )
         mqtt = config.mqtt
         self.subscriber: Subscriber | TelemetryProcess | None = None
         # Set when the telemetry process has handed over records for the rules.
@@ -330,6 +339,7 @@ class Gateway:
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
             tasks.append(asyncio.create_task(self._report_health(), name="health"))
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
+            tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
             if self.notifier is not None:
                 tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
             if self.faults is not None:
@@ -411,6 +421,7 @@ class Gateway:
         try:
             if self.api is not None:
                 self.api.close()
+            self.retention.close()
             self.outbox.close()
             self.alerts.close()
             self.silences.close()

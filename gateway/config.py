@@ -294,6 +294,19 @@ class IngestConfig(_Strict):
     telemetry_process: bool = True
 
 
+class RetentionConfig(_Strict):
+    """How long the gateway's own records are kept. The time series have their own
+    retention, in InfluxDB."""
+
+    # Alerts a person closed (and alerts that ended before they fired), with their
+    # history, notifications and delivery attempts, and silences that ended: this many
+    # days after they closed or ended; null keeps them.
+    alerts_days: int | None = Field(3 * 365, ge=1)
+    # Reads of personal data: this many days; null keeps them. Records of how personal
+    # data was handled are to be kept three years (PIPL, art. 56).
+    audit_days: int | None = Field(3 * 365, ge=1)
+
+
 class GridCell(_Strict):
     """A cell of the community grid (片区 area / 小区 compound / 楼栋 building); a level
     left out takes in everything below the levels given."""
@@ -419,6 +432,7 @@ class GatewayConfig(_Strict):
     influx: InfluxConfig | None = None
     outbox: OutboxConfig = OutboxConfig()
     ingest: IngestConfig = IngestConfig()
+    retention: RetentionConfig = RetentionConfig()
     # None: no HTTP API or pages; notification links still carry `public_url`.
     api: ApiConfig | None = None
     # None: alerts are logged, nobody is notified.

@@ -68,6 +68,16 @@ class AuditLog:
                  for community, device_id in devices),
             )  # fmt: skip
 
+    def forget_before(self, before_ms: int, limit: int) -> int:
+        """Removes at most `limit` of the oldest rows recorded before `before_ms`; the
+        newest stays, so that ids are never given again."""
+        with self._lock:
+            return self._conn.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at_ms < ?"
+                " AND id < (SELECT max(id) FROM audit) ORDER BY id LIMIT ?)",
+                (before_ms, limit),
+            ).rowcount
+
     def entries(
         self,
         *,

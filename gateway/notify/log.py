@@ -14,7 +14,7 @@ chain.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, due_ms);
+CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id);
 CREATE TABLE IF NOT EXISTS short_links (
     code TEXT PRIMARY KEY,
     link TEXT NOT NULL
@@ -353,6 +354,25 @@ class NotificationLog:
     def add_short_link(self, code: str, link: str) -> None:
         """Where a short code leads; the first link made for it stays."""
         self._conn.execute("INSERT OR IGNORE INTO short_links VALUES (?, ?)", (code, link))
+
+    @staticmethod
+    def forget(
+        conn: sqlite3.Connection, alert_ids: Sequence[str], code_of: Callable[[str], str]
+    ) -> int:
+        """Removes all that was kept of the alerts' notifications, short links too (their
+        code made by `code_of` from the notification's key), inside the caller's
+        transaction. How many notifications went."""
+        params = [(alert_id,) for alert_id in alert_ids]
+        keys = [
+            key
+            for param in params
+            for (key,) in conn.execute("SELECT key FROM notifications WHERE alert_id = ?", param)
+        ]
+        conn.executemany("DELETE FROM short_links WHERE code = ?", ((code_of(k),) for k in keys))
+        conn.executemany("DELETE FROM notification_attempts WHERE alert_id = ?", params)
+        conn.executemany("DELETE FROM escalation_plan WHERE alert_id = ?", params)
+        conn.executemany("DELETE FROM notifications WHERE alert_id = ?", params)
+        return len(keys)
 
     def short_link(self, code: str) -> str | None:
         row = self._conn.execute("SELECT link FROM short_links WHERE code = ?", (code,)).fetchone()

@@ -1,4 +1,5 @@
-"""The alert book: every alert with its full history, kept beside the outbox.
+"""The alert book: every alert with its full history, kept beside the outbox until the
+retention lets a closed one go (gateway.retention).
 
 The rules engine decides when an alert fires and resolves; people acknowledge and
 close it. Each step is recorded with who and when.
@@ -18,7 +19,7 @@ from gateway.errors import GatewayError
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
-from gateway.store.database import add_columns, open_book
+from gateway.store.database import add_columns, open_book, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -324,22 +325,22 @@ class AlertBook:
     # --- what people do; each step checked and made in one transaction ------------------
 
     def acknowledge(self, alert_id: str, who: str, at_ms: int) -> AlertEntry:
-        with self._transaction() as conn:
+        with transaction(self._conn) as conn:
             AlertBook.record_acknowledge(conn, alert_id, who, at_ms)
         return self.get(alert_id)
 
     def arrive(self, alert_id: str, who: str, at_ms: int) -> AlertEntry:
-        with self._transaction() as conn:
+        with transaction(self._conn) as conn:
             AlertBook.record_arrival(conn, alert_id, who, at_ms)
         return self.get(alert_id)
 
     def assign(self, alert_id: str, who: str, to: str, at_ms: int) -> AlertEntry:
-        with self._transaction() as conn:
+        with transaction(self._conn) as conn:
             AlertBook.record_assignment(conn, alert_id, who, to, at_ms)
         return self.get(alert_id)
 
     def close_alert(self, alert_id: str, who: str, at_ms: int, note: str) -> AlertEntry:
-        with self._transaction() as conn:
+        with transaction(self._conn) as conn:
             AlertBook.record_close(conn, alert_id, who, at_ms, note)
         return self.get(alert_id)
 
@@ -475,6 +476,37 @@ class AlertBook:
         )
         return [_entry(row) for row in rows]
 
+    @staticmethod
+    def ended(
+        conn: sqlite3.Connection, before_ms: int, after: tuple[int, str], limit: int
+    ) -> tuple[list[str], tuple[int, str] | None]:
+        """Of the `limit` alerts that started before `before_ms`, next after `after` (a
+        start and an id), those nothing more can happen to since before it: closed by a
+        person, or ended before they fired, and held by no rule's timer. With them, where
+        the next call goes on, or None when there are no more."""
+        rows = conn.execute(
+            "SELECT alert_id, started_ms, (state = 'closed' AND closed_ms < ?)"
+            " OR (fired_ms IS NULL AND state != 'pending' AND updated_ms < ?)"
+            " FROM alerts WHERE started_ms < ? AND (started_ms, alert_id) > (?, ?)"
+            " ORDER BY started_ms, alert_id LIMIT ?",
+            (before_ms, before_ms, before_ms, *after, limit),
+        ).fetchall()
+        if not rows:
+            return [], None
+        # A condition still holding after its alert was closed keeps the alert's id, and
+        # its clearing is recorded on the alert.
+        held = {alert_id for (alert_id,) in conn.execute("SELECT alert_id FROM rule_tracks")}
+        ended = [alert_id for alert_id, _, done in rows if done and alert_id not in held]
+        last_id, last_start, _ = rows[-1]
+        return ended, ((last_start, last_id) if len(rows) == limit else None)
+
+    @staticmethod
+    def forget(conn: sqlite3.Connection, alert_ids: Sequence[str]) -> int:
+        """Removes the alerts and their history, inside the caller's transaction."""
+        params = [(alert_id,) for alert_id in alert_ids]
+        conn.executemany("DELETE FROM alert_history WHERE alert_id = ?", params)
+        return conn.executemany("DELETE FROM alerts WHERE alert_id = ?", params).rowcount
+
     def history(self, alert_id: str) -> list[AlertStep]:
         rows = self._conn.execute(
             "SELECT state, at_ms, actor, note FROM alert_history WHERE alert_id = ? ORDER BY id",
@@ -495,24 +527,6 @@ class AlertBook:
             "INSERT INTO alert_history (alert_id, state, at_ms, actor, note) VALUES (?, ?, ?, ?, ?)",
             (alert_id, str(state), at_ms, actor, note),
         )
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._conn.execute("BEGIN IMMEDIATE")
-        return self._conn
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        if error is None:
-            self._conn.execute("COMMIT")
-        else:
-            self._conn.execute("ROLLBACK")
 
 
 # How the history of an alert a silence muted begins its note.
@@ -622,7 +636,7 @@ def _move_last_seen(conn: sqlite3.Connection) -> None:
     if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'last_seen'").fetchone():
         return
     # Read and moved in one transaction: another connection may be moving them too.
-    with _Transaction(conn):
+    with transaction(conn):
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'last_seen'").fetchone():
             return
         groups = _heard_groups(conn)

@@ -154,6 +154,18 @@ class SilenceBook:
                 raise SilenceError(f"no silence {silence_id}")
             self._active = [s for s in self._active if s.id != silence_id]
 
+    def forget_ended(self, before_ms: int) -> int:
+        """Removes silences that ended before `before_ms`; the newest stays whatever its
+        end, so that ids, which alerts' histories name, are never given again."""
+        with self._lock:
+            removed = self._conn.execute(
+                "DELETE FROM silences WHERE ends_ms < ? AND id < (SELECT max(id) FROM silences)",
+                (before_ms,),
+            ).rowcount
+            if removed:
+                self._active = self._load()
+        return removed
+
     def current(self, now_ms: int) -> list[Silence]:
         """Silences not yet expired."""
         return [s for s in self._active if s.ends_ms > now_ms]

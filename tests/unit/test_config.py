@@ -62,6 +62,8 @@ def test_relative_paths_and_environment_secrets(
         ("influx: {url: 'http: //db:8086'}", "influx.url", "got 'http: //db:8086'"),
         ("api: {public_url: 'gw.example'}", "api.public_url", "http:// or https:// address"),
         ("mqtt: {host: ''}", "mqtt.host", "at least 1 character"),
+        ("retention: {alerts_days: 0}", "retention.alerts_days", "greater than or equal to 1"),
+        ("retention: {audit_days: forever}", "retention.audit_days", "valid integer"),
         # Filters the broker would refuse, so that no subscription could be made.
         ("mqtt: {topics: ['community/#/x']}", "mqtt.topics", "# must be a whole level"),
         ("mqtt: {topics: ['community/b+/x']}", "mqtt.topics", "+ must be a whole level"),

@@ -104,10 +104,11 @@ def site_config(
     *,
     tell: Sequence[str] = ("wang-fang",),
     registry_text: str = REGISTRY,
+    retention: dict[str, int | None] | None = None,
     **api: Any,
 ) -> GatewayConfig:
     """`tell`: whom the escalation's one step tells (`emergency_contacts` among them,
-    by console)."""
+    by console). `retention`: the config's, if not the default."""
     registry = tmp_path / "devices.csv"
     registry.write_text(registry_text, encoding="utf-8")
     return GatewayConfig.model_validate(
@@ -115,6 +116,7 @@ def site_config(
             "mqtt": None,
             "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
             "registry_file": registry,
+            **({"retention": retention} if retention is not None else {}),
             "api": {
                 "port": 0,
                 "public_url": "http://gw.test",
