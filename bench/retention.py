@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import statistics
 import tempfile
 import threading
@@ -25,10 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.clock import ManualClock
-from gateway.config import RetentionConfig
+from gateway.config import DAY_MS, RetentionConfig
 from gateway.notify.log import NotificationLog
 from gateway.registry import Registry
-from gateway.retention import DAY_MS, SLICE_PAUSE_S, Pruned, Retention
+from gateway.retention import SLICE_PAUSE_S, Pruned, Retention
 from gateway.rules.book import AlertBook
 from gateway.rules.silence import SilenceBook
 from gateway.store.database import open_book, transaction
@@ -54,8 +55,7 @@ def main() -> None:
         print(f"filled {args.alerts:,} closed alerts in {time.perf_counter() - started:.1f} s;"
               f" {_mib(outbox):.0f} MiB + {_mib(log_path):.0f} MiB")  # fmt: skip
         retention = Retention(
-            RetentionConfig(), outbox, log_path, silences, _code,
-            ManualClock(NOW_MS),
+            RetentionConfig(), outbox, log_path, silences, ManualClock(NOW_MS),
         )  # fmt: skip
         waits_s: dict[Path, list[float]] = {outbox: [], log_path: []}
         stop = threading.Event()
@@ -139,7 +139,7 @@ def _fill(outbox: Path, log_path: Path, count: int) -> None:
                 for alert_id in alert_ids for n in range(3)]  # fmt: skip
         log.executemany(
             "INSERT INTO notifications VALUES (?, ?, '[\"sms\"]', 0, 1, ?, 'sent', ?, ?)",
-            ((key, alert_id, CLOSED_MS, "{}" * 200, CLOSED_MS) for alert_id, key in keys),
+            ((key, alert_id, CLOSED_MS, _notice(key), CLOSED_MS) for alert_id, key in keys),
         )
         log.executemany(
             "INSERT INTO short_links VALUES (?, ?)",
@@ -173,6 +173,11 @@ def _commit_alarms(path: Path, stop: threading.Event, waits_s: list[float]) -> N
 def _code(key: str) -> str:
     """A short code per notification, as LinkSigner.code makes one."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _notice(key: str) -> str:
+    """A notice's JSON about as long as a fall's, with its short link's code."""
+    return json.dumps({"key": key, "link_code": _code(key), "lines": ["地点: hgy east 3"] * 12})
 
 
 def _mib(path: Path) -> float:

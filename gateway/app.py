@@ -201,7 +201,13 @@ class Gateway:
             self.stats,
             commit_max_messages=ingest.commit_max_messages,
             commit_interval_s=ingest.commit_interval_s,
-            alerts=AlertStage(self.rules, self.alerts, self.silences, self.clock),
+            alerts=AlertStage(
+                self.rules,
+                self.alerts,
+                self.silences,
+                self.clock,
+                kept_ms=config.retention.alerts_kept_ms,
+            ),
             alarm_redelivery=alarm_redelivery,
             clock=self.clock,
         )
@@ -224,7 +230,6 @@ class Gateway:
             config.outbox.path,
             notification_log_path(config.outbox.path),
             self.silences,
-            self.links.code,
             self.clock,
         )
         mqtt = config.mqtt

@@ -294,6 +294,9 @@ class IngestConfig(_Strict):
     telemetry_process: bool = True
 
 
+DAY_MS = 24 * 3600 * 1000
+
+
 class RetentionConfig(_Strict):
     """How long the gateway's own records are kept. The time series have their own
     retention, in InfluxDB."""
@@ -301,10 +304,18 @@ class RetentionConfig(_Strict):
     # Alerts a person closed (and alerts that ended before they fired), with their
     # history, notifications and delivery attempts, and silences that ended: this many
     # days after they closed or ended; null keeps them.
-    alerts_days: int | None = Field(3 * 365, ge=1)
+    alerts_days: int | None = Field(3 * 365, ge=1, le=36_500)
     # Reads of personal data: this many days; null keeps them. Records of how personal
     # data was handled are to be kept three years (PIPL, art. 56).
-    audit_days: int | None = Field(3 * 365, ge=1)
+    audit_days: int | None = Field(3 * 365, ge=1, le=36_500)
+
+    @property
+    def alerts_kept_ms(self) -> int | None:
+        return None if self.alerts_days is None else self.alerts_days * DAY_MS
+
+    @property
+    def audit_kept_ms(self) -> int | None:
+        return None if self.audit_days is None else self.audit_days * DAY_MS
 
 
 class GridCell(_Strict):

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,6 @@ from gateway.store.database import open_book, transaction
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 24 * 3600 * 1000
 # The first pass waits until the start's own work is done; then one an hour.
 FIRST_PASS_S = 60.0
 PASS_INTERVAL_S = 3600.0
@@ -73,16 +72,13 @@ class Retention:
         outbox_path: Path,
         notification_log_path: Path,
         silences: SilenceBook,
-        code_of: Callable[[str], str],
         clock: Clock,
     ) -> None:
-        """`code_of`: a notification's short code, by its key (LinkSigner.code)."""
-        self._keep_alerts_ms = None if config.alerts_days is None else config.alerts_days * DAY_MS
-        self._keep_audit_ms = None if config.audit_days is None else config.audit_days * DAY_MS
+        self._keep_alerts_ms = config.alerts_kept_ms
+        self._keep_audit_ms = config.audit_kept_ms
         self._outbox_path = outbox_path
         self._log_path = notification_log_path
         self._silences = silences
-        self._code_of = code_of
         self._clock = clock
         # Opened on first use, in the worker thread; a slice under way holds the lock.
         self._lock = threading.Lock()
@@ -145,9 +141,12 @@ class Retention:
                 if not ended:
                     continue
                 # The notifications first: a crash between the two leaves the alert, and
-                # the next pass takes both.
+                # the next pass takes both. An alert with a notification still to go out
+                # waits for the next pass.
                 with transaction(notifications):
-                    told = NotificationLog.forget(notifications, ended, self._code_of)
+                    unfinished = NotificationLog.unfinished(notifications, ended)
+                    ended = [alert_id for alert_id in ended if alert_id not in unfinished]
+                    told = NotificationLog.forget(notifications, ended)
                 with transaction(book):
                     forgotten = AlertBook.forget(book, ended)
             yield Pruned(alerts=forgotten, notifications=told)

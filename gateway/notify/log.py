@@ -14,7 +14,7 @@ chain.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -356,23 +356,38 @@ class NotificationLog:
         self._conn.execute("INSERT OR IGNORE INTO short_links VALUES (?, ?)", (code, link))
 
     @staticmethod
-    def forget(
-        conn: sqlite3.Connection, alert_ids: Sequence[str], code_of: Callable[[str], str]
-    ) -> int:
-        """Removes all that was kept of the alerts' notifications, short links too (their
-        code made by `code_of` from the notification's key), inside the caller's
-        transaction. How many notifications went."""
+    def unfinished(conn: sqlite3.Connection, alert_ids: Sequence[str]) -> set[str]:
+        """Those of the alerts with a notification still to go out (an all-clear held
+        for quiet hours, a retry, a digest) or an escalation step still waiting."""
+        return {
+            alert_id
+            for alert_id in alert_ids
+            if conn.execute(
+                "SELECT 1 FROM notifications WHERE alert_id = ? AND state IN ('pending', 'digest')"
+                " UNION ALL SELECT 1 FROM escalation_plan WHERE alert_id = ? AND state = 'waiting'"
+                " LIMIT 1",
+                (alert_id, alert_id),
+            ).fetchone()
+        }
+
+    @staticmethod
+    def forget(conn: sqlite3.Connection, alert_ids: Sequence[str]) -> int:
+        """Removes all that was kept of the alerts' notifications, their short links too,
+        inside the caller's transaction. How many notifications went."""
         params = [(alert_id,) for alert_id in alert_ids]
-        keys = [
-            key
+        codes = [
+            code
             for param in params
-            for (key,) in conn.execute("SELECT key FROM notifications WHERE alert_id = ?", param)
+            for (code,) in conn.execute(
+                "SELECT json_extract(notice, '$.link_code') FROM notifications WHERE alert_id = ?",
+                param,
+            )
         ]
-        conn.executemany("DELETE FROM short_links WHERE code = ?", ((code_of(k),) for k in keys))
+        conn.executemany("DELETE FROM short_links WHERE code = ?", ((c,) for c in codes if c))
         conn.executemany("DELETE FROM notification_attempts WHERE alert_id = ?", params)
         conn.executemany("DELETE FROM escalation_plan WHERE alert_id = ?", params)
         conn.executemany("DELETE FROM notifications WHERE alert_id = ?", params)
-        return len(keys)
+        return len(codes)
 
     def short_link(self, code: str) -> str | None:
         row = self._conn.execute("SELECT link FROM short_links WHERE code = ?", (code,)).fetchone()

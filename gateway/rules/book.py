@@ -481,15 +481,16 @@ class AlertBook:
         conn: sqlite3.Connection, before_ms: int, after: tuple[int, str], limit: int
     ) -> tuple[list[str], tuple[int, str] | None]:
         """Of the `limit` alerts that started before `before_ms`, next after `after` (a
-        start and an id), those nothing more can happen to since before it: closed by a
-        person, or ended before they fired, and held by no rule's timer. With them, where
-        the next call goes on, or None when there are no more."""
+        start and an id), those closed by a person, or ended before they fired, that
+        nothing has happened to since before `before_ms` (a clearing after the close
+        is recorded on the alert, and its all-clear told) and that no rule's timer holds.
+        With them, where the next call goes on, or None when there are no more."""
         rows = conn.execute(
-            "SELECT alert_id, started_ms, (state = 'closed' AND closed_ms < ?)"
-            " OR (fired_ms IS NULL AND state != 'pending' AND updated_ms < ?)"
+            "SELECT alert_id, started_ms, updated_ms < ?"
+            " AND (state = 'closed' OR (fired_ms IS NULL AND state != 'pending'))"
             " FROM alerts WHERE started_ms < ? AND (started_ms, alert_id) > (?, ?)"
             " ORDER BY started_ms, alert_id LIMIT ?",
-            (before_ms, before_ms, before_ms, *after, limit),
+            (before_ms, before_ms, *after, limit),
         ).fetchall()
         if not rows:
             return [], None

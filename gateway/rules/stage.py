@@ -4,6 +4,7 @@ neither lose an alert nor announce it twice."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -15,6 +16,8 @@ from gateway.rules.book import AlertBook, AlertError, was_muted
 from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.store.series import alert_line
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +33,21 @@ class AlertDecision:
 
 class AlertStage:
     def __init__(
-        self, engine: RuleEngine, book: AlertBook, silences: SilenceBook, clock: Clock
+        self,
+        engine: RuleEngine,
+        book: AlertBook,
+        silences: SilenceBook,
+        clock: Clock,
+        *,
+        kept_ms: int | None = None,
     ) -> None:
+        """`kept_ms`: how long the book keeps closed alerts (retention.alerts_days), if
+        not for ever."""
         self.engine = engine
         self.book = book
         self.silences = silences
         self._clock = clock
+        self._kept_ms = kept_ms
         engine.taken = self._taken
         engine.restore(book.load_tracks())
         # Offline timers carry on from when each device was last heard, not from start-up.
@@ -71,6 +83,9 @@ class AlertStage:
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()
+        if self._kept_ms is not None:
+            kept_since_ms = now_ms - self._kept_ms
+            changes = [c for c in changes if c.at_ms >= kept_since_ms or self._known(c)]
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()
@@ -90,6 +105,21 @@ class AlertStage:
             alert_line(c, registry.get(c.device.community, c.device.device_id)) for c in changes
         ]
         return AlertDecision(changes, lines, write, repeats)
+
+    def _known(self, change: AlertChange) -> bool:
+        """Whether the alert a record older than the book keeps alerts changes is in the
+        book (open all that time). If not, the record was sent again (a device's stored
+        events uploaded once more, after the redelivery filter forgot them), and what it
+        made was told, closed and let go: it is not made again."""
+        try:
+            self.book.get(change.alert_id)
+        except AlertError:
+            log.warning("%s/%s: a record of %s ms, older than the alerts kept "
+                        "(retention.alerts_days), is not made an alert (%s) again",
+                        change.device.community, change.device.device_id, change.at_ms,
+                        change.rule)  # fmt: skip
+            return False
+        return True
 
     def _silence(self, change: AlertChange, now_ms: int) -> AlertChange:
         silence = self.silences.matching(change, now_ms)

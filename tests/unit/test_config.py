@@ -64,6 +64,11 @@ def test_relative_paths_and_environment_secrets(
         ("mqtt: {host: ''}", "mqtt.host", "at least 1 character"),
         ("retention: {alerts_days: 0}", "retention.alerts_days", "greater than or equal to 1"),
         ("retention: {audit_days: forever}", "retention.audit_days", "valid integer"),
+        (
+            "retention: {alerts_days: 1000000000000}",
+            "retention.alerts_days",
+            "less than or equal to 36500",
+        ),
         # Filters the broker would refuse, so that no subscription could be made.
         ("mqtt: {topics: ['community/#/x']}", "mqtt.topics", "# must be a whole level"),
         ("mqtt: {topics: ['community/b+/x']}", "mqtt.topics", "+ must be a whole level"),

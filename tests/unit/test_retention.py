@@ -5,17 +5,30 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.clock import ManualClock
 from gateway.notify.notice import Notice
+from gateway.notify.policy import Receiver
 from gateway.retention import FIRST_PASS_S, Pruned
-from tests.unit.api.conftest import ADMIN, OPERATOR, T0, WORKER, Site, open_site
+from tests.unit.api.conftest import (
+    ADMIN,
+    OPERATOR,
+    T0,
+    WORKER,
+    Site,
+    open_site,
+    serve_site,
+    site_config,
+)
 
 DAY_S = 24 * 3600
+HOUR_S = 3600
+SD1 = "community/hgy/smoke_detector/sd-1/telemetry"
 KEPT_30_DAYS = {"alerts_days": 30, "audit_days": 30}
 
 
@@ -186,3 +199,122 @@ async def test_a_grid_worker_s_closed_alert_goes_from_their_list_too(site: Site)
     await _later(site, 31 * DAY_S)
     site.gateway.retention.prune()
     assert (await site.get("/api/v1/alerts?state=closed", WORKER)).json()["alerts"] == []
+
+
+@asynccontextmanager
+async def _quiet_site(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Site]:
+    """As open_site, but wang-fang's non-critical notices wait out 22:00-07:00."""
+    config = site_config(tmp_path, retention=KEPT_30_DAYS)
+    assert config.notify is not None
+    receivers = tuple(
+        Receiver(name=r.name, channels=r.channels, quiet_hours="22:00-07:00")
+        if r.name == "wang-fang"
+        else r
+        for r in config.notify.receivers
+    )
+    config = config.model_copy(
+        update={"notify": config.notify.model_copy(update={"receivers": receivers})}
+    )
+    async with serve_site(Gateway(config, clock), clock) as site:
+        yield site
+
+
+async def test_the_all_clear_of_an_alert_closed_long_ago_still_reaches_those_told(
+    tmp_path: Path,
+) -> None:
+    """A low battery told at 08:00 and closed by the desk ('replaced next month'); the
+    cell is changed a month later at 23:00: wang-fang's all-clear waits for 07:00, and
+    the hourly pass must not take it (nor the alert's clearing) away meanwhile."""
+    clock = ManualClock(T0)  # 08:00 in Shanghai
+    async with _quiet_site(tmp_path, clock) as site:
+        await site.send(SD1, {"ts": clock.now_ms(), "alarm": False, "battery_pct": 10})
+        (low,) = [a.alert_id for a in site.gateway.alerts.open_alerts()]
+        assert site.gateway.notifier is not None
+        await site.gateway.notifier.process()
+        await _close(site, low)
+        clock.advance(31 * DAY_S + 15 * HOUR_S)  # 23:00, a month later
+        for _ in range(2):
+            await site.send(SD1, {"ts": clock.now_ms(), "alarm": False, "battery_pct": 95})
+            clock.advance(1801)
+        assert site.gateway.alerts.get(low).resolved_ms is not None
+        await site.gateway.notifier.process()
+        all_clear = f"{low}/wang-fang/resolved"
+        waiting = site.gateway.notifications.get(all_clear)
+        assert waiting is not None and waiting.state == "pending"
+
+        site.gateway.retention.prune()  # the hourly pass, at 23:30
+
+        clock.advance(8 * HOUR_S)  # 07:30
+        await site.gateway.notifier.process()
+        told = site.gateway.notifications.get(all_clear)
+        assert told is not None and told.state == "sent"
+
+
+async def test_short_links_of_let_go_alerts_go_even_after_the_link_secret_changed(
+    tmp_path: Path,
+) -> None:
+    """An emergency contact's short link carries their phone in its link's token: it must
+    not outlive the retention because `api.link_secret` was set (or rotated) since."""
+    clock = ManualClock(T0)
+    tell = ("wang-fang", "emergency_contacts")
+    async with open_site(tmp_path, clock, tell=tell, retention=KEPT_30_DAYS) as site:
+        alert_id = await site.fall("br-1")
+        await _told(site, alert_id)
+        await _close(site, alert_id)
+    with closing(sqlite3.connect(tmp_path / "outbox.notifications.sqlite3")) as conn:
+        links = [link for (link,) in conn.execute("SELECT link FROM short_links")]
+    assert len(links) == 2
+    clock.advance(31 * DAY_S)
+    rotated = "another-link-secret-0123456789abcdef"
+    async with open_site(
+        tmp_path, clock, tell=tell, retention=KEPT_30_DAYS, link_secret=rotated
+    ) as site:
+        await _later(site, 0)  # the rules' timers let go of the fall's id
+        assert site.gateway.retention.prune().alerts == 1
+        assert (await site.get(f"/api/v1/alerts/{alert_id}", ADMIN)).status_code == 404
+    with closing(sqlite3.connect(tmp_path / "outbox.notifications.sqlite3")) as conn:
+        left = [link for (link,) in conn.execute("SELECT link FROM short_links")]
+    assert left == []
+
+
+async def test_a_fall_sent_again_after_its_alert_was_let_go_is_not_told_again(
+    tmp_path: Path,
+) -> None:
+    """A bracelet re-uploads its stored events (its acknowledgement was lost): the fall
+    of a month ago comes again, after more than the redelivery filter keeps. Before the
+    retention, the alert book and the notification keys took it as the same alert; once
+    they let it go, nobody must be called out for a fall a month old."""
+    clock = ManualClock(T0)
+    async with open_site(tmp_path, clock, retention=KEPT_30_DAYS) as site:
+        fall_ms = clock.now_ms()
+        alert_id = await site.fall("br-1")
+        await _told(site, alert_id)
+        await _close(site, alert_id)
+        await _later(site, 31 * DAY_S)
+        for _ in range(40):  # a month of readings later
+            clock.advance(60)
+            await site.send(
+                "community/hgy/bracelet/br-1/telemetry",
+                {"ts": clock.now_ms(), "heart_rate_bpm": 70, "worn": True},
+            )
+        assert site.gateway.retention.prune().alerts == 1
+        await site.send(
+            "community/hgy/bracelet/br-1/event", {"ts": fall_ms, "event": "fall", "confidence": 0.9}
+        )
+        assert site.gateway.notifier is not None
+        await site.gateway.notifier.process()
+        assert site.gateway.notifications.attempts(alert_id) == []
+        assert (await site.get(f"/api/v1/alerts/{alert_id}")).status_code == 404
+        # A fall of today still is one.
+        assert await site.fall("br-1") != alert_id
+
+
+async def test_a_device_silent_for_longer_than_alerts_are_kept_is_still_offline(
+    site: Site,
+) -> None:
+    await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
+    # Nothing heard for a month: the gateway was away, or the broker kept nothing.
+    await _later(site, 31 * DAY_S)
+    await _later(site, 60)
+    offline = {(a.rule, a.device_id, a.started_ms) for a in site.gateway.alerts.open_alerts()}
+    assert offline == {("device_offline", d, T0) for d in ("br-1", "br-2", "sd-1", "sd-2")}

@@ -150,7 +150,13 @@ def site_config(
 async def open_site(tmp_path: Path, clock: ManualClock, **config: Any) -> AsyncIterator[Site]:
     """The gateway on the outbox in `tmp_path`, closed at the end: opened again on the
     same directory, it is the gateway after a restart. `config`: see `site_config`."""
-    gateway = Gateway(site_config(tmp_path, **config), clock)
+    async with serve_site(Gateway(site_config(tmp_path, **config), clock), clock) as site:
+        yield site
+
+
+@asynccontextmanager
+async def serve_site(gateway: Gateway, clock: ManualClock) -> AsyncIterator[Site]:
+    """The gateway as a site, closed at the end."""
     try:
         assert gateway.api is not None
         transport = httpx.ASGITransport(app=gateway.api.app, client=("10.0.0.7", 50000))
