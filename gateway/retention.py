@@ -131,13 +131,19 @@ class Retention:
 
     def _alerts(self, keep_ms: int) -> Iterator[Pruned]:
         before_ms = self._clock.now_ms() - keep_ms
+        # Read once a pass: a timer never takes up an alert already closed, and one let
+        # go meanwhile only keeps its alert until the next pass.
+        with self._lock:
+            if self._closed:
+                return
+            held = AlertBook.held(self._open()[0])
         after: tuple[int, str] | None = _FIRST
         while after is not None:
             with self._lock:
                 if self._closed:
                     return
                 book, notifications = self._open()
-                ended, after = AlertBook.ended(book, before_ms, after, SLICE_ALERTS)
+                ended, after = AlertBook.ended(book, before_ms, after, SLICE_ALERTS, held)
                 if not ended:
                     continue
                 # The notifications first: a crash between the two leaves the alert, and

@@ -8,7 +8,7 @@ close it. Each step is recorded with who and when.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -477,13 +477,23 @@ class AlertBook:
         return [_entry(row) for row in rows]
 
     @staticmethod
+    def held(conn: sqlite3.Connection) -> set[str]:
+        """The alerts rules' timers hold: a condition still holding after its alert was
+        closed keeps the alert's id, and its clearing is recorded on the alert."""
+        return {alert_id for (alert_id,) in conn.execute("SELECT alert_id FROM rule_tracks")}
+
+    @staticmethod
     def ended(
-        conn: sqlite3.Connection, before_ms: int, after: tuple[int, str], limit: int
+        conn: sqlite3.Connection,
+        before_ms: int,
+        after: tuple[int, str],
+        limit: int,
+        held: Collection[str],
     ) -> tuple[list[str], tuple[int, str] | None]:
         """Of the `limit` alerts that started before `before_ms`, next after `after` (a
         start and an id), those closed by a person, or ended before they fired, that
         nothing has happened to since before `before_ms` (a clearing after the close
-        is recorded on the alert, and its all-clear told) and that no rule's timer holds.
+        is recorded on the alert, and its all-clear told) and that are not `held`.
         With them, where the next call goes on, or None when there are no more."""
         rows = conn.execute(
             "SELECT alert_id, started_ms, updated_ms < ?"
@@ -494,9 +504,6 @@ class AlertBook:
         ).fetchall()
         if not rows:
             return [], None
-        # A condition still holding after its alert was closed keeps the alert's id, and
-        # its clearing is recorded on the alert.
-        held = {alert_id for (alert_id,) in conn.execute("SELECT alert_id FROM rule_tracks")}
         ended = [alert_id for alert_id, _, done in rows if done and alert_id not in held]
         last_id, last_start, _ = rows[-1]
         return ended, ((last_start, last_id) if len(rows) == limit else None)
