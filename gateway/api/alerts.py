@@ -9,9 +9,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
+from gateway.api.audit import Shown
 from gateway.api.auth import Principal, Role, require
 from gateway.api.context import ApiContext, Caller, Ctx
-from gateway.api.devices import audit_reads, person_of, place_of
+from gateway.api.devices import audit_reads, person_of, place_of, tracks_person, what_shown
 from gateway.api.models import (
     AUTH_ERRORS,
     AlertDetailOut,
@@ -25,7 +26,7 @@ from gateway.api.models import (
     StepOut,
     error_responses,
 )
-from gateway.api.privacy import mask_receiver, names_a_contact, sees_whole
+from gateway.api.privacy import coarse_position, mask_receiver, names_a_contact, sees_whole
 from gateway.notify.log import DeliveryAttempt
 from gateway.registry import PLACE_TYPES, Place, Registry
 from gateway.registry import place_of as registered_place
@@ -88,6 +89,10 @@ def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
     def named(name: str | None) -> str | None:
         return None if name is None else shown_name(name, whole)
 
+    position = entry.position
+    if position is not None and not whole and tracks_person(ctx, entry.device_type):
+        position = coarse_position(position)
+
     return AlertOut(
         alert_id=entry.alert_id, rule=entry.rule, title=entry.title, severity=entry.severity,
         life_safety=entry.life_safety, community=entry.community,
@@ -100,10 +105,7 @@ def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
         closed_ms=entry.closed_ms, note=entry.note, repeats=entry.repeats,
         repeated_ms=entry.repeated_ms,
         place=alert_place(ctx.gateway.registry, entry),
-        position=(
-            None if entry.position is None
-            else PositionOut(lat=entry.position.lat, lon=entry.position.lon)
-        ),
+        position=None if position is None else PositionOut(lat=position.lat, lon=position.lon),
     )  # fmt: skip
 
 
@@ -118,28 +120,52 @@ def _names(entry: AlertEntry) -> tuple[str | None, ...]:
     return (entry.acknowledged_by, entry.arrived_by, entry.assigned_to, entry.closed_by)
 
 
+# What personal data of an alert's device a caller who sees it whole was shown: its
+# wearer or emergency contacts, and where a person was.
+Read = tuple[AlertEntry, bool, bool]
+
+
+def _read(
+    ctx: ApiContext, entry: AlertEntry, wearer: bool = False, names: Iterable[str | None] = ()
+) -> Read:
+    """The wearer (or an emergency contact among `names` or those who acted on the
+    alert), and where the alert fired if that is where a person was."""
+    contacts = wearer or any(names_a_contact(n) for n in (*_names(entry), *names))
+    return entry, contacts, entry.position is not None and tracks_person(ctx, entry.device_type)
+
+
 async def alerts_out(
     ctx: ApiContext, principal: Principal, request: Request, entries: Iterable[AlertEntry]
 ) -> list[AlertOut]:
-    """The alerts as the caller may see them; an emergency contact shown whole is audited."""
+    """The alerts as the caller may see them; personal data shown whole is audited."""
     shown: list[AlertOut] = []
-    audited: list[AlertEntry] = []
+    reads: list[Read] = []
     for entry in entries:
         whole = sees_contacts(ctx, principal, entry)
-        if whole and any(names_a_contact(n) for n in _names(entry)):
-            audited.append(entry)
+        if whole:
+            reads.append(_read(ctx, entry))
         shown.append(alert_out(ctx, entry, whole))
-    await _audit_read(ctx, principal, request, audited)
+    await _audit_read(ctx, principal, request, reads)
     return shown
 
 
 async def _audit_read(
-    ctx: ApiContext, principal: Principal, request: Request, entries: Iterable[AlertEntry]
+    ctx: ApiContext, principal: Principal, request: Request, reads: Iterable[Read]
 ) -> None:
-    """The caller's read of these alerts' devices' personal data, recorded once a device."""
-    devices = dict.fromkeys((entry.community, entry.device_id) for entry in entries)
+    """The caller's read of these alerts' devices' personal data, recorded once a device
+    with all that the device's alerts showed of it."""
+    shown: dict[tuple[str, str], tuple[bool, bool]] = {}
+    for entry, contacts, position in reads:
+        key = (entry.community, entry.device_id)
+        had_contacts, had_position = shown.get(key, (False, False))
+        shown[key] = (had_contacts or contacts, had_position or position)
+    rows = [
+        Shown(community, device_id, what)
+        for (community, device_id), flags in shown.items()
+        if (what := what_shown(*flags)) is not None
+    ]
     via = f"{request.method} {request.url.path}"
-    await audit_reads(ctx, principal.name, str(principal.role), devices, via)
+    await audit_reads(ctx, principal.name, str(principal.role), rows, via)
 
 
 def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
@@ -236,9 +262,9 @@ async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str
     whole = sees_whole(principal, registered, entry.community)
     history = ctx.gateway.alerts.history(alert_id)
     attempts = ctx.gateway.notifications.attempts(alert_id)
-    names = [*_names(entry), *(s.actor for s in history), *(a.receiver for a in attempts)]
-    if wearer_whole or (whole and any(names_a_contact(n) for n in names)):
-        await _audit_read(ctx, principal, request, [entry])
+    names = [*(s.actor for s in history), *(a.receiver for a in attempts)]
+    if whole:
+        await _audit_read(ctx, principal, request, [_read(ctx, entry, wearer_whole, names)])
     return AlertDetailOut(
         alert=alert_out(ctx, entry, whole),
         history=[
@@ -284,7 +310,7 @@ async def _refusal(
     if not named:
         return exc
     if sees_contacts(ctx, principal, entry):
-        await _audit_read(ctx, principal, request, [entry])
+        await _audit_read(ctx, principal, request, [(entry, True, False)])
         return exc
     message = str(exc)
     for name in named:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gateway.store.database import open_book
 
@@ -24,6 +25,14 @@ CREATE INDEX IF NOT EXISTS audit_device ON audit (community, device_id);
 """
 
 
+class Shown(NamedTuple):
+    """A device whose personal data a person was shown whole, and which of it."""
+
+    community: str
+    device_id: str
+    what: str
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
@@ -32,7 +41,8 @@ class AuditEntry:
     role: str
     community: str
     device_id: str
-    # Which personal data: wearer name, phone, emergency contacts.
+    # Which personal data (gateway.api.privacy): the wearer's name, phone and emergency
+    # contacts, the device's position, or both.
     what: str
     # The request that showed it.
     via: str
@@ -55,8 +65,7 @@ class AuditLog:
         at_ms: int,
         actor: str,
         role: str,
-        devices: Sequence[tuple[str, str]],
-        what: str,
+        shown: Sequence[Shown],
         via: str,
     ) -> None:
         """One row per device whose personal data was shown whole."""
@@ -65,7 +74,7 @@ class AuditLog:
                 "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 ((at_ms, actor, role, community, device_id, what, via)
-                 for community, device_id in devices),
+                 for community, device_id, what in shown),
             )  # fmt: skip
 
     def forget_before(self, before_ms: int, limit: int) -> int:

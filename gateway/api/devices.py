@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from gateway.api.audit import Shown
 from gateway.api.auth import Principal, Role, require
 from gateway.api.context import ApiContext, Caller, Ctx, NotFoundError
 from gateway.api.latest import DeviceLatest
@@ -26,7 +27,16 @@ from gateway.api.models import (
     ReadingsOut,
     error_responses,
 )
-from gateway.api.privacy import has_personal_data, mask_name, mask_phone, sees_whole
+from gateway.api.privacy import (
+    POSITION,
+    WEARER,
+    coarse_fields,
+    has_personal_data,
+    mask_name,
+    mask_phone,
+    sees_whole,
+    shows_position,
+)
 from gateway.api.readings import ReadingHistory
 from gateway.decode.record import DeviceRef
 from gateway.registry import RegisteredDevice
@@ -68,16 +78,27 @@ def person_of(
     return person, whole
 
 
+def tracks_person(ctx: ApiContext, device_type: str) -> bool:
+    """Whether where a device of this type is, is where a person is (see privacy)."""
+    return device_type in ctx.gateway.profiles.personal_position_types
+
+
+def what_shown(wearer: bool, position: bool) -> str | None:
+    """What an audit row says was shown whole; None: nothing personal."""
+    return (
+        ", ".join(what for what, shown in ((WEARER, wearer), (POSITION, position)) if shown) or None
+    )
+
+
 async def audit_reads(
-    ctx: ApiContext, actor: str, role: str, devices: Iterable[tuple[str, str]], via: str
+    ctx: ApiContext, actor: str, role: str, shown: Iterable[Shown], via: str
 ) -> None:
     """Recorded before the response goes, in a worker thread (see open_book)."""
-    shown = list(devices)
-    if shown:
+    rows = list(shown)
+    if rows:
         await asyncio.to_thread(
-            ctx.audit.record, at_ms=ctx.now_ms(), actor=actor, role=role, devices=shown,
-            what="wearer name, phone, emergency contacts", via=via,
-        )  # fmt: skip
+            ctx.audit.record, at_ms=ctx.now_ms(), actor=actor, role=role, shown=rows, via=via
+        )
 
 
 def open_alerts_by_device(
@@ -108,11 +129,13 @@ def _state(
     return "normal"
 
 
-def _latest_out(latest: DeviceLatest | None) -> LatestOut | None:
+def _latest_out(latest: DeviceLatest | None, coarse: bool) -> LatestOut | None:
+    """`coarse`: with the device's position made coarse (see privacy)."""
     if latest is None:
         return None
     return LatestOut(
-        time_ms=latest.time_ms, fields=dict(latest.fields),
+        time_ms=latest.time_ms,
+        fields=coarse_fields(latest.fields) if coarse else dict(latest.fields),
         ports={str(p): dict(v) for p, v in sorted(latest.ports.items())},
         last_event=latest.last_event, last_event_ms=latest.last_event_ms,
     )  # fmt: skip
@@ -192,18 +215,27 @@ def _view(
     device_type: str,
     registered: RegisteredDevice | None,
     alerts: dict[tuple[str, str], DeviceState],
-) -> tuple[DeviceOut, bool]:
+) -> tuple[DeviceOut, Shown | None]:
+    """The device as the caller may see it, and what personal data of it they were shown
+    whole, for the audit."""
     ref = DeviceRef(key[0], device_type, key[1])
     latest = ctx.latest.get(ref)
     seen_ms = latest.time_ms if latest is not None else None
-    wearer, whole = person_of(principal, registered)
-    return DeviceOut(
+    wearer, wearer_whole = person_of(principal, registered)
+    positioned = (
+        latest is not None and tracks_person(ctx, device_type) and shows_position(latest.fields)
+    )
+    position_whole = positioned and sees_whole(principal, registered, key[0])
+    view = DeviceOut(
         community=key[0], device_type=device_type, device_id=key[1],
         registered=registered is not None, place=place_of(registered),
         state=_state(alerts, key, latest),
         online=latest.online if latest is not None else None,
-        last_seen_ms=seen_ms, wearer=wearer, latest=_latest_out(latest),
-    ), whole  # fmt: skip
+        last_seen_ms=seen_ms, wearer=wearer,
+        latest=_latest_out(latest, coarse=positioned and not position_whole),
+    )  # fmt: skip
+    what = what_shown(wearer_whole, position_whole)
+    return view, None if what is None else Shown(key[0], key[1], what)
 
 
 @router.get("/devices", response_model=DeviceListOut, summary="Devices, filtered")
@@ -254,12 +286,12 @@ async def list_devices(
             if offset < total <= offset + limit:
                 page.append(candidate)
     views: list[DeviceOut] = []
-    audited: list[tuple[str, str]] = []
+    audited: list[Shown] = []
     for key, kind, registered in page:
-        view, whole = _view(ctx, principal, key, kind, registered, alerts)
+        view, shown = _view(ctx, principal, key, kind, registered, alerts)
         views.append(view)
-        if whole:
-            audited.append(key)
+        if shown is not None:
+            audited.append(shown)
     await audit_reads(ctx, principal.name, str(principal.role), audited, f"GET {request.url.path}")
     return DeviceListOut(total=total, devices=views)
 
@@ -311,14 +343,10 @@ async def get_device(
     require(principal, Role.ADMIN, Role.OPERATOR)
     kind, registered = _find(ctx, principal, community, device_id)
     alerts = open_alerts_by_device(ctx.gateway.alerts.open_alerts(), offline_rules(ctx))
-    view, whole = _view(ctx, principal, (community, device_id), kind, registered, alerts)
-    if whole:
+    view, shown = _view(ctx, principal, (community, device_id), kind, registered, alerts)
+    if shown is not None:
         await audit_reads(
-            ctx,
-            principal.name,
-            str(principal.role),
-            [(community, device_id)],
-            f"GET {request.url.path}",
+            ctx, principal.name, str(principal.role), [shown], f"GET {request.url.path}"
         )
     return view
 
@@ -333,6 +361,7 @@ async def get_device(
 async def get_readings(
     ctx: Ctx,
     principal: Caller,
+    request: Request,
     community: str,
     device_id: str,
     since_ms: Annotated[int | None, Query(ge=0, le=1 << 53)] = None,
@@ -340,6 +369,17 @@ async def get_readings(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> ReadingsOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    kind, _ = _find(ctx, principal, community, device_id)
+    kind, registered = _find(ctx, principal, community, device_id)
     history = ReadingHistory(ctx.gateway)
-    return await history.readings(DeviceRef(community, kind, device_id), since_ms, until_ms, limit)
+    found = await history.readings(DeviceRef(community, kind, device_id), since_ms, until_ms, limit)
+    if not tracks_person(ctx, kind) or not any(shows_position(r.fields) for r in found.readings):
+        return found
+    if sees_whole(principal, registered, community):
+        shown = Shown(community, device_id, POSITION)
+        await audit_reads(
+            ctx, principal.name, str(principal.role), [shown], f"GET {request.url.path}"
+        )
+        return found
+    # Where the wearer was, reading after reading, is where they live and go.
+    coarse = [r.model_copy(update={"fields": coarse_fields(r.fields)}) for r in found.readings]
+    return found.model_copy(update={"readings": coarse})

@@ -18,11 +18,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from gateway.api.alerts import alert_place
+from gateway.api.audit import Shown
 from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
-from gateway.api.devices import audit_reads
+from gateway.api.devices import audit_reads, tracks_person, what_shown
 from gateway.api.latest import DeviceLatest
-from gateway.api.privacy import mask_receiver
+from gateway.api.privacy import has_personal_data, mask_receiver
 from gateway.decode.record import DeviceRef, Position
 from gateway.notify.link import (
     RECEIVER_GONE,
@@ -268,12 +269,8 @@ async def _alert_page(
         )
     table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     people = ""
-    if live and registered is not None and (registered.wearer_name or registered.wearer_phone
-                                            or registered.emergency_contacts):  # fmt: skip
-        # The receiver of this alert is the one who must call: shown whole, and audited.
-        await audit_reads(
-            ctx, link.receiver, "link", [(entry.community, entry.device_id)], "GET /a/{token}"
-        )
+    wearer = live and registered is not None and has_personal_data(registered)
+    if wearer and registered is not None:
         items = []
         if registered.wearer_name or registered.wearer_phone:
             items.append(_person("佩戴人", registered.wearer_name, registered.wearer_phone))
@@ -283,6 +280,11 @@ async def _alert_page(
     if live:
         latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
         map_url = _map_link(_position(entry, registered, latest), entry.title)
+    # The receiver of this alert is the one who must call and go: shown whole, and audited.
+    what = what_shown(wearer, map_url is not None and tracks_person(ctx, entry.device_type))
+    if what is not None:
+        shown = Shown(entry.community, entry.device_id, what)
+        await audit_reads(ctx, link.receiver, "link", [shown], "GET /a/{token}")
     map_html = (
         f'<p><a class=map href="{esc(map_url)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
         if map_url else ""

@@ -4,6 +4,10 @@ admin sees it whole; an operator sees it masked; a grid worker sees it whole for
 devices in their own cells (they call the wearer and the emergency contacts) and
 masked elsewhere. Every whole read by a person goes to the audit.
 
+Where a device worn by a person is (its profile's `personal_positions`) is where that
+person is, and their home most nights: its `lat` and `lon` are shown by the same rule,
+masked as a position about a kilometre wide.
+
 An emergency contact told of an alert is named by their phone (`contact:13987654321`)
 wherever the alert says who was told or who acted: that name is the same personal
 data, shown and audited by the same rule.
@@ -11,9 +15,12 @@ data, shown and audited by the same rule.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeGuard
 
 from gateway.api.auth import Principal, Role
+from gateway.decode.record import FieldValue, Position
+from gateway.logs import COARSE_DECIMALS
 from gateway.notify.router import CONTACT_PREFIX
 from gateway.registry import RegisteredDevice
 
@@ -34,6 +41,31 @@ def mask_phone(phone: str) -> str:
     if len(phone) <= 4:
         return "*" * len(phone)
     return "*" * (len(phone) - 4) + phone[-4:]
+
+
+# What an audit row says was shown whole.
+WEARER = "wearer name, phone, emergency contacts"
+POSITION = "position"
+_POSITION_FIELDS = ("lat", "lon")
+
+
+def coarse_position(position: Position) -> Position:
+    return Position(round(position.lat, COARSE_DECIMALS), round(position.lon, COARSE_DECIMALS))
+
+
+def coarse_fields(fields: Mapping[str, FieldValue]) -> dict[str, FieldValue]:
+    """The fields with `lat` and `lon` made coarse (each alone too: half a position
+    still halves where to look); the rest as they are."""
+    coarse = dict(fields)
+    for name in _POSITION_FIELDS:
+        value = coarse.get(name)
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            coarse[name] = round(float(value), COARSE_DECIMALS)
+    return coarse
+
+
+def shows_position(fields: Mapping[str, FieldValue]) -> bool:
+    return any(name in fields for name in _POSITION_FIELDS)
 
 
 def names_a_contact(name: str | None) -> TypeGuard[str]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
+from gateway.api.audit import Shown
 from gateway.api.auth import Principal, Role, require
 from gateway.api.context import ApiContext, Caller, Ctx
+from gateway.api.devices import audit_reads, tracks_person
 from gateway.api.models import AUTH_ERRORS, AuditOut, QuarantineOut
+from gateway.api.privacy import POSITION, sees_whole
+from gateway.logs import coarse_positions
 from gateway.registry import Registry
 from gateway.store.outbox import StoredQuarantine
 
@@ -68,17 +72,42 @@ async def _rejected(
 async def list_quarantine(
     ctx: Ctx,
     principal: Caller,
+    request: Request,
     reason: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[QuarantineOut]:
     require(principal, Role.ADMIN, Role.OPERATOR)
     stored = await _rejected(ctx, principal, reason, limit)
-    return [
-        QuarantineOut(id=q.id, received_ms=q.entry.received_ms, topic=q.entry.topic,
-                      payload=q.entry.payload.decode("utf-8", errors="replace"),
-                      reason=q.entry.reason, detail=q.entry.detail)
-        for q in stored
-    ]  # fmt: skip
+    shown: list[QuarantineOut] = []
+    audited: dict[tuple[str, str], Shown] = {}
+    for q in stored:
+        payload = q.entry.payload.decode("utf-8", errors="replace")
+        detail = q.entry.detail
+        worn = _worn_device(ctx, q.entry.topic)
+        if worn is not None:
+            coarse_payload, coarse_detail = coarse_positions(payload), coarse_positions(detail)
+            if (coarse_payload, coarse_detail) != (payload, detail):
+                registered = ctx.gateway.registry.get(*worn)
+                if sees_whole(principal, registered, worn[0]):
+                    audited[worn] = Shown(*worn, POSITION)
+                else:
+                    payload, detail = coarse_payload, coarse_detail
+        shown.append(
+            QuarantineOut(id=q.id, received_ms=q.entry.received_ms, topic=q.entry.topic,
+                          payload=payload, reason=q.entry.reason, detail=detail)
+        )  # fmt: skip
+    via = f"GET {request.url.path}"
+    await audit_reads(ctx, principal.name, str(principal.role), audited.values(), via)
+    return shown
+
+
+def _worn_device(ctx: ApiContext, topic: str) -> tuple[str, str] | None:
+    """The community and id of the device worn by a person (see privacy) whose rejected
+    message this is, as its topic names it."""
+    parts = topic.split("/")
+    if len(parts) >= 4 and parts[0] == "community" and tracks_person(ctx, parts[2]):
+        return parts[1], parts[3]
+    return None
 
 
 @router.get(

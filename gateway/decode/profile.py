@@ -73,6 +73,9 @@ class DeviceProfile(_Strict):
     codec: str = "json"
     topics: tuple[str, ...] = Field(min_length=1)
     period_s: float = Field(gt=0)
+    # Worn or carried by a person: where the device is (`lat`, `lon`) is where they are,
+    # personal data shown by the rules of gateway.api.privacy.
+    personal_positions: bool = False
     telemetry: TelemetrySpec
     events: EventSpec | None = None
 
@@ -124,6 +127,9 @@ class ProfileSet:
             if profile.codec == "json":
                 self.by_device_type[profile.device_type] = profile
         self.vendor = tuple(p for p in profiles.values() if p.codec != "json")
+        self.personal_position_types = frozenset(
+            p.device_type for p in profiles.values() if p.personal_positions
+        )
 
     def __len__(self) -> int:
         return len(self.by_name)

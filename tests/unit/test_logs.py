@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from gateway.logs import MaskingFormatter, configure_logging, mask_phones
+from gateway.logs import MaskingFormatter, coarse_positions, configure_logging, mask_phones
 
 
 def test_mobile_numbers_are_masked_and_other_numbers_kept() -> None:
@@ -16,7 +16,23 @@ def test_mobile_numbers_are_masked_and_other_numbers_kept() -> None:
     )
 
 
-def test_the_gateways_log_writes_no_phone_number(capsys: pytest.CaptureFixture[str]) -> None:
+def test_positions_are_made_about_a_kilometre_wide_and_other_numbers_kept() -> None:
+    raw = '{"ts": 1, "lat": 34.75612, "lon":113.62387, "heart_rate_bpm": 300, "x": "flat 7.125"}'
+    assert coarse_positions(raw) == (
+        '{"ts": 1, "lat": 34.76, "lon":113.62, "heart_rate_bpm": 300, "x": "flat 7.125"}'
+    )
+    # As the reason a message was refused names it, and written otherwise.
+    assert coarse_positions("lat must be a number, got '34.75612'") == (
+        "lat must be a number, got '34.76'"
+    )
+    assert coarse_positions('{"lat": 3.475612e1, "lon": -1.23456}') == (
+        '{"lat": 34.76, "lon": -1.23}'
+    )
+
+
+def test_the_gateways_log_writes_no_phone_number_nor_position(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     root = logging.getLogger()
     kept = root.handlers[:]
     root.handlers.clear()
@@ -26,8 +42,14 @@ def test_the_gateways_log_writes_no_phone_number(capsys: pytest.CaptureFixture[s
         logging.getLogger("gateway.notify").warning(
             "notify %s: %s", "contact:13987654321", "【紧急告警】跌倒"
         )
+        logging.getLogger("gateway.pipeline").info(
+            "quarantined %s: %s", "community/hgy/bracelet/br-1/telemetry", b'{"lat": 34.75612}'
+        )
     finally:
         for handler in root.handlers:
             handler.close()
         root.handlers[:] = kept
-    assert capsys.readouterr().err == "WARNING notify contact:139****4321: 【紧急告警】跌倒\n"
+    assert capsys.readouterr().err == (
+        "WARNING notify contact:139****4321: 【紧急告警】跌倒\n"
+        "INFO quarantined community/hgy/bracelet/br-1/telemetry: b'{\"lat\": 34.76}'\n"
+    )

@@ -29,6 +29,7 @@ async def test_the_link_page_shows_the_alert_whole_and_audits_it(site: Site) -> 
     assert "autofocus>接单</button>" in text
     (entry,) = (await site.get("/api/v1/audit")).json()
     assert (entry["actor"], entry["role"], entry["via"]) == ("wang-fang", "link", "GET /a/{token}")
+    assert entry["what"] == "wearer name, phone, emergency contacts, position"
 
 
 async def test_a_fall_detected_again_shows_how_often_on_the_page_the_api_and_the_board(
