@@ -85,5 +85,5 @@ async def delete_silence(
                 "those of its own"
             )
     # Another community's silence is not found, as if it did not exist.
-    await asyncio.to_thread(ctx.gateway.silences.delete, silence_id, within=scope)
+    await asyncio.to_thread(ctx.gateway.silences.end, silence_id, ctx.now_ms(), within=scope)
     return Response(status_code=204)

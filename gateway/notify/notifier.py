@@ -94,8 +94,8 @@ STOP_GRACE_S = 5.0
 # How long a channel whose provider said it was over its limit, without saying for how
 # long, is left alone.
 DEFAULT_RETRY_AFTER_S = 60.0
-# How often an alert a silence mutes is looked at again: a silence deleted or cut short
-# lets it be told within this, not at the end the silence had.
+# How often an alert a silence mutes is looked at again: a silence ended early lets it
+# be told within this, not at the end the silence had.
 MUTED_RECHECK_MS = 60_000
 # The detail of a send by a channel that cannot confirm that the receiver got it.
 UNCONFIRMED = "unconfirmed: goes on by the next channel too"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import GatewayError
@@ -141,18 +141,21 @@ class SilenceBook:
             self._active = [*self._active, silence]
         return silence
 
-    def delete(self, silence_id: int, *, within: Collection[str] | None = None) -> None:
-        """`within`: the communities the silence must be of, or it is not found; checked
-        under the lock, as the id of a silence deleted meanwhile may be given again."""
+    def end(self, silence_id: int, now_ms: int, *, within: Collection[str] | None = None) -> None:
+        """Ends a silence not yet expired at `now_ms`. It stays in the book, ended, as alerts'
+        histories name it by its id, until retention lets it go with the others ended.
+        `within`: the communities the silence must be of, or it is not found."""
         with self._lock:
-            if within is not None and not any(
-                s.id == silence_id and s.community in within for s in self._active
-            ):
+            found = [
+                s for s in self._active
+                if s.id == silence_id and s.ends_ms > now_ms
+                and (within is None or s.community in within)
+            ]  # fmt: skip
+            if not found:
                 raise SilenceError(f"no silence {silence_id}")
-            deleted = self._conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
-            if not deleted.rowcount:
-                raise SilenceError(f"no silence {silence_id}")
-            self._active = [s for s in self._active if s.id != silence_id]
+            self._conn.execute("UPDATE silences SET ends_ms = ? WHERE id = ?", (now_ms, silence_id))
+            ended = replace(found[0], ends_ms=now_ms)
+            self._active = [ended if s.id == silence_id else s for s in self._active]
 
     def forget_ended(self, before_ms: int) -> int:
         """Removes silences that ended before `before_ms`; the newest stays whatever its

@@ -57,6 +57,12 @@ async def test_silences_are_made_listed_and_ended(site: Site) -> None:
     assert (await site.get("/api/v1/silences")).json() == []
     gone = await site.delete(f"/api/v1/silences/{silence['id']}", ADMIN)
     assert (gone.status_code, gone.json()["detail"]) == (404, f"no silence {silence['id']}")
+    # Ended, it is kept: the low battery's history names it by its id, which no later
+    # silence is given.
+    later = await site.post("/api/v1/silences", OPERATOR, json={
+        "device_id": "sd-1", "community": "hgy", "ends_ms": T0 + 60_000, "reason": "换电池",
+    })  # fmt: skip
+    assert later.json()["id"] == silence["id"] + 1
 
 
 async def test_a_silence_that_cannot_be_made_says_why(site: Site) -> None:

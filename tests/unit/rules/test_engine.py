@@ -558,7 +558,7 @@ def test_a_silence_mutes_maintenance_but_never_a_life_safety_alert(tmp_path: Pat
     # Kept across a restart, and can be lifted early.
     again = SilenceBook(path, registry)
     assert [s.reason for s in again.current(T0)] == ["更换充电桩"]
-    again.delete(maintenance.id)
+    again.end(maintenance.id, T0)
     assert again.current(T0) == []
 
 
