@@ -81,6 +81,12 @@ DEAF_SPANS_KEPT = 16
 # batches of a backlog (a slow commit on an SD card, a long pause of the collector),
 # and a device whose next reading is in the next batch is not silent.
 QUIET_MS = 15_000
+# How far ahead of the gateway's clock a record's time counts for what its condition last
+# held for (`Track.held_ms`). Within it, a gateway clock behind the devices (a box whose
+# clock drifted) still keeps a detector's reports from before its alarm from ending the
+# alarm; past it, a device clock gone far ahead for one report holds off the all-clear
+# by this much at most.
+AHEAD_HELD_MS = 15 * 60_000
 
 
 class RuleEngine:
@@ -837,9 +843,10 @@ class RuleEngine:
             self._dirty.add(key)
             track.readings += 1
             track.clearing_since_ms = None
-            # Never past the gateway's own time: a clock glitch a day ahead must not leave
-            # every report after it too old to clear the alert.
-            held_ms = now_ms if self._judged_at_ms is None else min(now_ms, self._judged_at_ms)
+            # Never far past the gateway's own time: a clock glitch a day ahead must not
+            # leave every report after it too old to clear the alert.
+            judged_at_ms = self._judged_at_ms
+            held_ms = now_ms if judged_at_ms is None else min(now_ms, judged_at_ms + AHEAD_HELD_MS)
             if track.held_ms is None or held_ms > track.held_ms:
                 track.held_ms = held_ms
             if track.firing:
