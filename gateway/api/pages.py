@@ -119,14 +119,16 @@ def _verify(ctx: ApiContext, request: Request, token: str) -> AlertLink:
 @router.get("/s/{code}", response_class=RedirectResponse)
 async def short_link(ctx: Ctx, request: Request, code: str) -> RedirectResponse:
     """An SMS's short link (see LinkSigner.code): on to the link it stands for, which is
-    checked there as any link is."""
+    checked there as any link is, at the gateway's address now: an SMS sent before
+    `api.public_url` changed still leads to the gateway."""
     link = ctx.gateway.notifications.short_link(code) if SHORT_CODE.fullmatch(code) else None
     if link is None:
         address = client_address(request)
         ctx.limiter.check(address)
         ctx.limiter.fail(address, "short link: no such code")
         raise UnsignedLinkError("this link is not valid")
-    return RedirectResponse(link, status_code=303, headers=PAGE_HEADERS)
+    token = link.rpartition("/a/")[2]
+    return RedirectResponse(ctx.gateway.links.url_of(token), status_code=303, headers=PAGE_HEADERS)
 
 
 @router.get("/a/{token}", response_class=HTMLResponse)

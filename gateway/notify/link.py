@@ -62,7 +62,11 @@ class LinkSigner:
         return str(self._serializer.dumps(payload))
 
     def url(self, alert_id: str, receiver: str, now_ms: int) -> str:
-        return f"{self._base_url}/a/{self.token(alert_id, receiver, now_ms)}"
+        return self.url_of(self.token(alert_id, receiver, now_ms))
+
+    def url_of(self, token: str) -> str:
+        """The link of a token, at the gateway's address now (`api.public_url`)."""
+        return f"{self._base_url}/a/{token}"
 
     def code(self, notification_key: str) -> str:
         """A notification's short code, which an SMS template can carry (its variables

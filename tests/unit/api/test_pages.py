@@ -333,3 +333,24 @@ async def test_after_a_restart_the_map_shows_where_the_wearer_fell(tmp_path: Pat
         await site.send("community/hgy/bracelet/br-1/telemetry",
                         {"ts": clock.now_ms(), "lat": 34.81, "lon": 113.71, "worn": True})  # fmt: skip
         assert "marker?position=113.71,34.81&amp;" in (await site.client.get(path)).text
+
+
+async def test_a_short_link_sent_before_the_address_changed_leads_to_the_gateway_now(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    async with open_site(tmp_path, clock) as site:
+        alert_id = await site.fall()
+        assert site.gateway.notifier is not None
+        await site.gateway.notifier.process()
+        sent = site.gateway.notifications.get(f"{alert_id}/grid.0/wang-fang/firing")
+        assert sent is not None
+        notice = Notice.from_json(sent.notice)
+    # The centre moved the gateway behind a new address and restarted it.
+    async with open_site(tmp_path, clock, public_url="https://gw.example.cn/gateway") as site:
+        short = await site.client.get(f"/s/{notice.link_code}")
+        assert notice.link is not None
+        token = notice.link.removeprefix("http://gw.test/a/")
+        assert short.headers["location"] == f"https://gw.example.cn/gateway/a/{token}"
+        page = await site.client.get(f"/a/{token}")
+        assert page.status_code == 200 and "跌倒" in page.text
