@@ -1431,13 +1431,15 @@ async def test_an_alert_muted_that_cleared_or_was_taken_meanwhile_is_not_told(
     assert rig.sent() == []
 
 
-async def test_an_alert_whose_silence_is_deleted_is_told_within_a_minute(tmp_path: Path) -> None:
+async def test_an_alert_whose_silence_is_ended_early_is_told_within_a_minute(
+    tmp_path: Path,
+) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
     silence = rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
                                ends_ms=T0 + 8 * 3_600_000, community="hgy")  # fmt: skip
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)
-    rig.silences.delete(silence.id)
+    rig.silences.end(silence.id, rig.clock.now_ms())
     await rig.after(59)
     assert rig.sent() == []
     await rig.after(1)
