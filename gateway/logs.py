@@ -21,10 +21,14 @@ _MOBILE = re.compile(r"(?<!\d)((?:\+?86)?1[3-9]\d)\d{4}(\d{4})(?!\d)")
 # Two decimals of a degree: 1.1 km of latitude, 0.9 km of longitude at 35°N. Which
 # neighbourhood, not which building.
 COARSE_DECIMALS = 2
-# The number with a fraction (a whole degree is coarse already) after `lat` or `lon`, as
-# a message came (`"lat": 34.75612`) or as the reason it was refused says it (`lat must
-# be a number, got '34.75612'`).
-_COORDINATE = re.compile(r"(\b(?:lat|lon)\b[^0-9\n-]{0,40}?)(-?[0-9]+\.[0-9]+(?:[eE][-+]?[0-9]+)?)")
+_NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+# A coordinate as a message came (`"lat": 34.75612`), as a line or the reason it was
+# refused writes it (`lat=34.75612`, `lat must be a number, got '34.75612'`).
+_COORDINATE = re.compile(
+    rf"""(\b(?:lat|lon)\b(?:["']?\s*[:=]\s*|\s+must\s+be\s+[a-z ]+,\s+got\s+)["']?)({_NUMBER})"""
+)
+# Where a map link leads (Amap's `position=<lon>,<lat>`).
+_MAP_POSITION = re.compile(rf"(\bposition=)({_NUMBER}),({_NUMBER})")
 
 
 def mask_phones(text: str) -> str:
@@ -32,12 +36,21 @@ def mask_phones(text: str) -> str:
 
 
 def coarse_positions(text: str) -> str:
-    """The text with the number after each `lat` and `lon` made coarse."""
-    return _COORDINATE.sub(_coarse_coordinate, text)
+    """The text with each coordinate after `lat` or `lon`, and each map link's position,
+    made coarse."""
+    text = _COORDINATE.sub(lambda m: m[1] + _coarse(m[2]), text)
+    return _MAP_POSITION.sub(lambda m: f"{m[1]}{_coarse(m[2])},{_coarse(m[3])}", text)
 
 
-def _coarse_coordinate(match: re.Match[str]) -> str:
-    return match[1] + repr(round(float(match[2]), COARSE_DECIMALS))
+def _coarse(number: str) -> str:
+    """A coordinate to two decimals of a degree, or as written if it has no more. One
+    that is no degree (millionths of one, as some trackers send) has its digits after
+    the first two masked: they say where, in some other unit."""
+    value = float(number)
+    if abs(value) <= 180:
+        coarse = round(value, COARSE_DECIMALS)
+        return number if coarse == value else repr(coarse)
+    return number[:2] + re.sub("[0-9]", "*", number[2:])
 
 
 class MaskingFormatter(logging.Formatter):

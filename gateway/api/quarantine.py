@@ -15,6 +15,7 @@ from gateway.api.models import AUTH_ERRORS, AuditOut, QuarantineOut
 from gateway.api.privacy import POSITION, sees_whole
 from gateway.logs import coarse_positions
 from gateway.registry import Registry
+from gateway.store.line_protocol import parse_line
 from gateway.store.outbox import StoredQuarantine
 
 router = APIRouter(prefix="/api/v1", tags=["inspection"], responses=AUTH_ERRORS)
@@ -83,7 +84,7 @@ async def list_quarantine(
     for q in stored:
         payload = q.entry.payload.decode("utf-8", errors="replace")
         detail = q.entry.detail
-        worn = _worn_device(ctx, q.entry.topic)
+        worn = _worn_device(ctx, q.entry.topic, payload)
         if worn is not None:
             coarse_payload, coarse_detail = coarse_positions(payload), coarse_positions(detail)
             if (coarse_payload, coarse_detail) != (payload, detail):
@@ -101,13 +102,21 @@ async def list_quarantine(
     return shown
 
 
-def _worn_device(ctx: ApiContext, topic: str) -> tuple[str, str] | None:
+def _worn_device(ctx: ApiContext, topic: str, payload: str) -> tuple[str, str] | None:
     """The community and id of the device worn by a person (see privacy) whose rejected
-    message this is, as its topic names it."""
+    message this is, as its topic names it, or the tags of a line the database refused."""
     parts = topic.split("/")
     if len(parts) >= 4 and parts[0] == "community" and tracks_person(ctx, parts[2]):
         return parts[1], parts[3]
-    return None
+    if topic:
+        return None
+    try:
+        measurement, tags, _, _ = parse_line(payload)
+    except ValueError:
+        return None
+    if measurement not in ctx.gateway.profiles.personal_measurements:
+        return None
+    return tags.get("community", ""), tags.get("device_id", "")
 
 
 @router.get(

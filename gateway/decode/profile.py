@@ -127,8 +127,18 @@ class ProfileSet:
             if profile.codec == "json":
                 self.by_device_type[profile.device_type] = profile
         self.vendor = tuple(p for p in profiles.values() if p.codec != "json")
-        self.personal_position_types = frozenset(
-            p.device_type for p in profiles.values() if p.personal_positions
+        personal = [p for p in profiles.values() if p.personal_positions]
+        self.personal_position_types = frozenset(p.device_type for p in personal)
+        # The series of those device types, which name the device in their tags.
+        self.personal_measurements = frozenset(
+            m
+            for p in personal
+            for m in (
+                p.telemetry.measurement,
+                p.telemetry.parts.measurement if p.telemetry.parts else None,
+                p.events.measurement if p.events else None,
+            )
+            if m is not None
         )
 
     def __len__(self) -> int:

@@ -12,6 +12,10 @@ from gateway.app import Gateway
 from gateway.clock import ManualClock
 from gateway.config import PROJECT_ROOT
 from gateway.decode.record import Position
+from gateway.stats import Stats
+from gateway.store.backoff import Backoff
+from gateway.store.drain import OutboxDrain
+from gateway.store.influx import RejectedLine, WriteResult
 from tests.unit.api.conftest import (
     ADMIN,
     DESK_HGY,
@@ -162,3 +166,54 @@ async def test_a_rejected_message_of_a_bracelet_shows_where_only_coarse(site: Si
     assert (entry["device_id"], entry["what"], entry["via"]) == (
         "br-1", "position", "GET /api/v1/quarantine"
     )  # fmt: skip
+
+
+async def test_a_message_without_a_position_is_shown_as_it_came_and_not_audited(
+    site: Site,
+) -> None:
+    # A fall indoors, without a fix: lat and lon empty, refused as the wrong type.
+    await site.send("community/hgy/bracelet/br-1/event",
+                    {"ts": T0, "event": "fall", "lat": "", "lon": "", "confidence": 0.873})  # fmt: skip
+    for token in (OPERATOR, ADMIN):
+        (refused,) = (await site.get("/api/v1/quarantine", token)).json()
+        assert '"lon": "", "confidence": 0.873}' in refused["payload"]
+    assert (await site.get("/api/v1/audit")).json() == []
+
+
+async def test_a_bracelet_s_position_in_millionths_of_a_degree_is_masked(site: Site) -> None:
+    await site.send("community/hgy/bracelet/br-1/telemetry",
+                    {"ts": T0, "heart_rate_bpm": 72, "lat": 34756121, "lon": 113623874})  # fmt: skip
+    (refused,) = (await site.get("/api/v1/quarantine", OPERATOR)).json()
+    assert refused["reason"] == "out_of_range"
+    assert '"lat": 34******, "lon": 11*******' in refused["payload"]
+    assert refused["detail"].startswith("lat=34******")
+
+
+class TypeConflict:
+    """InfluxDB refusing the bracelet's lines, as a partial write does: `lat` was once
+    written to the database as an integer."""
+
+    async def write(self, lines: list[str]) -> WriteResult:
+        refused = tuple(
+            RejectedLine(line, "400: partial write: field type conflict")
+            for line in lines
+            if line.startswith("bracelet")
+        )
+        return WriteResult(len(lines) - len(refused), refused, 1)
+
+
+async def test_a_bracelet_s_line_the_database_refused_shows_where_only_coarse(site: Site) -> None:
+    await site.send("community/hgy/bracelet/br-1/telemetry",
+                    {"ts": T0, "heart_rate_bpm": 72, **WHERE})  # fmt: skip
+    drain = OutboxDrain(site.gateway.outbox, TypeConflict(), Backoff(1.0, 2.0), site.clock,
+                        Stats(), batch_lines=50)  # fmt: skip
+    while await drain.drain_once():
+        pass
+    (refused,) = (await site.get("/api/v1/quarantine", OPERATOR)).json()
+    assert (refused["topic"], refused["reason"]) == ("", "refused_by_database")
+    assert "lat=34.76,lon=113.62" in refused["payload"]
+    assert (await site.get("/api/v1/audit")).json() == []
+    (whole,) = (await site.get("/api/v1/quarantine", ADMIN)).json()
+    assert "lat=34.75612,lon=113.62387" in whole["payload"]
+    (entry,) = (await site.get("/api/v1/audit")).json()
+    assert (entry["community"], entry["device_id"], entry["what"]) == ("hgy", "br-1", "position")
