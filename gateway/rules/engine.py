@@ -262,8 +262,13 @@ class RuleEngine:
     def _clock_set_back(self, now_ms: int, by_ms: int) -> None:
         """What the gateway timed before the step is `by_ms` ahead of its clock: a device
         heard then would not count as silent until the clock caught up. Times ahead of
-        the clock are moved back by the step; the gateway's own too."""
+        the clock are moved back by the step; the gateway's own too, and the rules'
+        tracks': a report stamped by the clock ahead would otherwise hold off the
+        all-clear of its alert until the clock caught up."""
         self.heard.shift(now_ms, -by_ms)
+        for key, track in self.tracks.items():
+            if track.shift(now_ms, -by_ms):
+                self._dirty.add(key)
         self._started_ms -= by_ms
         self._last_tick_ms -= by_ms
         self._judged_by_tick_ms -= by_ms

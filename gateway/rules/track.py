@@ -30,6 +30,21 @@ class Track:
     # which comes on a lane of its own) says nothing of now, and clears nothing.
     held_ms: int | None = None
 
+    def shift(self, after_ms: int, by_ms: int) -> bool:
+        """Moves its times later than `after_ms` by `by_ms` (see RuleEngine.clock_set);
+        whether any moved."""
+        moved = False
+        if self.since_ms > after_ms:
+            self.since_ms += by_ms
+            moved = True
+        if self.clearing_since_ms is not None and self.clearing_since_ms > after_ms:
+            self.clearing_since_ms += by_ms
+            moved = True
+        if self.held_ms is not None and self.held_ms > after_ms:
+            self.held_ms += by_ms
+            moved = True
+        return moved
+
 
 class TrackTable:
     """Tracks by key, counted by device id (key[2]) and rule (key[0])."""

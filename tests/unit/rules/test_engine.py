@@ -937,6 +937,25 @@ def test_a_clock_set_back_does_not_hold_off_offline_by_the_step() -> None:
     assert fired == [(250, "br-2", 150)]
 
 
+def test_a_clock_set_back_does_not_hold_off_an_all_clear_by_the_step() -> None:
+    # The box's clock ran an hour ahead; NTP sets it back at 120 s. A detector without a
+    # clock of its own (the gateway's time stands in) alarms at 10 s, off from 60 s on.
+    clock = ManualClock(T0)
+    e = RuleEngine(RULES, Registry(), {"smoke_detector": 3600.0}, now_ms=clock.now_ms())
+    steps = WallSteps(clock)
+    cleared: list[int] = []
+    for t in range(10, 1000, 10):
+        clock.advance(10)
+        if t == 120:
+            clock.step(-3600)
+        stamped = Reading(SMOKE, clock.now_ms(), TimeSource.GATEWAY, {"alarm": t < 60})
+        changes = e.evaluate([stamped], now_ms=clock.now_ms())
+        e.clock_set(clock.now_ms(), steps.taken_ms())
+        cleared += [t for c in changes if c.state is AlertState.RESOLVED]
+    # Off for 10 minutes of the clock's time, the step not counted, from 60 s on.
+    assert cleared == [660]
+
+
 def test_an_offline_alert_from_before_a_restart_resolves_when_the_device_returns(
     tmp_path: Path,
 ) -> None:
