@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from gateway.api.audit import Shown
 from gateway.api.auth import Principal, Role, require
 from gateway.api.context import ApiContext, Caller, Ctx
-from gateway.api.devices import audit_reads, person_of, place_of, tracks_person, what_shown
+from gateway.api.devices import audit_reads, person_of, place_of, tracks_person
 from gateway.api.models import (
     AUTH_ERRORS,
     AlertDetailOut,
@@ -26,7 +26,13 @@ from gateway.api.models import (
     StepOut,
     error_responses,
 )
-from gateway.api.privacy import coarse_position, mask_receiver, names_a_contact, sees_whole
+from gateway.api.privacy import (
+    coarse_position,
+    mask_receiver,
+    names_a_contact,
+    sees_whole,
+    what_shown,
+)
 from gateway.notify.log import DeliveryAttempt
 from gateway.registry import PLACE_TYPES, Place, Registry
 from gateway.registry import place_of as registered_place

@@ -29,13 +29,13 @@ from gateway.api.models import (
 )
 from gateway.api.privacy import (
     POSITION,
-    WEARER,
     coarse_fields,
     has_personal_data,
     mask_name,
     mask_phone,
     sees_whole,
     shows_position,
+    what_shown,
 )
 from gateway.api.readings import ReadingHistory
 from gateway.decode.record import DeviceRef
@@ -81,13 +81,6 @@ def person_of(
 def tracks_person(ctx: ApiContext, device_type: str) -> bool:
     """Whether where a device of this type is, is where a person is (see privacy)."""
     return device_type in ctx.gateway.profiles.personal_position_types
-
-
-def what_shown(wearer: bool, position: bool) -> str | None:
-    """What an audit row says was shown whole; None: nothing personal."""
-    return (
-        ", ".join(what for what, shown in ((WEARER, wearer), (POSITION, position)) if shown) or None
-    )
 
 
 async def audit_reads(

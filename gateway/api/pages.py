@@ -21,9 +21,9 @@ from gateway.api.alerts import alert_place
 from gateway.api.audit import Shown
 from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
-from gateway.api.devices import audit_reads, tracks_person, what_shown
+from gateway.api.devices import audit_reads, tracks_person
 from gateway.api.latest import DeviceLatest
-from gateway.api.privacy import has_personal_data, mask_receiver
+from gateway.api.privacy import has_personal_data, mask_receiver, what_shown
 from gateway.decode.record import DeviceRef, Position
 from gateway.notify.link import (
     RECEIVER_GONE,

@@ -94,3 +94,10 @@ def sees_whole(principal: Principal, device: RegisteredDevice | None, community:
     if principal.role is Role.GRID_WORKER:
         return principal.covers_device(device, community)
     return False
+
+
+def what_shown(wearer: bool, position: bool) -> str | None:
+    """What an audit row says was shown whole; None: nothing personal."""
+    return (
+        ", ".join(what for what, shown in ((WEARER, wearer), (POSITION, position)) if shown) or None
+    )
