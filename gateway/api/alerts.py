@@ -264,13 +264,13 @@ def _communities_of(principal: Principal) -> list[str] | None:
 async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str) -> AlertDetailOut:
     entry = find(ctx, principal, alert_id)
     registered = ctx.gateway.registry.get(entry.community, entry.device_id)
-    wearer, wearer_whole = person_of(principal, registered)
     whole = sees_whole(principal, registered, entry.community)
+    wearer = person_of(registered, whole)
     history = ctx.gateway.alerts.history(alert_id)
     attempts = ctx.gateway.notifications.attempts(alert_id)
     names = [*(s.actor for s in history), *(a.receiver for a in attempts)]
     if whole:
-        await _audit_read(ctx, principal, request, [_read(ctx, entry, wearer_whole, names)])
+        await _audit_read(ctx, principal, request, [_read(ctx, entry, wearer is not None, names)])
     return AlertDetailOut(
         alert=alert_out(ctx, entry, whole),
         history=[

@@ -56,13 +56,10 @@ def place_of(device: RegisteredDevice | None) -> PlaceOut:
     )  # fmt: skip
 
 
-def person_of(
-    principal: Principal, device: RegisteredDevice | None
-) -> tuple[PersonOut | None, bool]:
-    """The wearer as this caller may see them, and whether it was shown whole."""
+def person_of(device: RegisteredDevice | None, whole: bool) -> PersonOut | None:
+    """The wearer, whole or masked as `sees_whole` says for the caller."""
     if device is None or not has_personal_data(device):
-        return None, False
-    whole = sees_whole(principal, device, device.community)
+        return None
     name, phone = device.wearer_name, device.wearer_phone
     contacts = [
         ContactOut(name=c.name if whole else mask_name(c.name),
@@ -75,7 +72,7 @@ def person_of(
         emergency_contacts=contacts,
         masked=not whole,
     )
-    return person, whole
+    return person
 
 
 def tracks_person(ctx: ApiContext, device_type: str) -> bool:
@@ -214,11 +211,12 @@ def _view(
     ref = DeviceRef(key[0], device_type, key[1])
     latest = ctx.latest.get(ref)
     seen_ms = latest.time_ms if latest is not None else None
-    wearer, wearer_whole = person_of(principal, registered)
+    whole = sees_whole(principal, registered, key[0])
+    wearer = person_of(registered, whole)
     positioned = (
         latest is not None and tracks_person(ctx, device_type) and shows_position(latest.fields)
     )
-    position_whole = positioned and sees_whole(principal, registered, key[0])
+    position_whole = positioned and whole
     view = DeviceOut(
         community=key[0], device_type=device_type, device_id=key[1],
         registered=registered is not None, place=place_of(registered),
@@ -227,7 +225,7 @@ def _view(
         last_seen_ms=seen_ms, wearer=wearer,
         latest=_latest_out(latest, coarse=positioned and not position_whole),
     )  # fmt: skip
-    what = what_shown(wearer_whole, position_whole)
+    what = what_shown(whole and wearer is not None, position_whole)
     return view, None if what is None else Shown(key[0], key[1], what)
 
 
