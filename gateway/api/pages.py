@@ -32,7 +32,7 @@ from gateway.notify.link import (
     LinkError,
     UnsignedLinkError,
 )
-from gateway.notify.notice import scene_position
+from gateway.notify.notice import map_url, scene_position
 from gateway.registry import RegisteredDevice
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry, AlertError
@@ -214,17 +214,6 @@ def _position(
     return scene_position(entry, device)
 
 
-def _map_link(position: Position | None, label: str) -> str | None:
-    if position is None:
-        return None
-    lat, lon = position
-    # Amap takes WGS-84, as devices and the registry give it, when told so.
-    return (
-        f"https://uri.amap.com/marker?position={lon},{lat}"
-        f"&name={quote(label)}&coordinate=wgs84&callnative=1"
-    )
-
-
 async def _alert_page(
     ctx: ApiContext,
     link: AlertLink,
@@ -278,18 +267,18 @@ async def _alert_page(
             items.append(_person("佩戴人", registered.wearer_name, registered.wearer_phone))
         items += [_person("紧急联系人", c.name, c.phone) for c in registered.emergency_contacts]
         people = "<h2>联系人</h2><ul class=people>" + "".join(items) + "</ul>"
-    map_url = None
+    map_link = None
     if live:
         latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
-        map_url = _map_link(_position(entry, registered, latest), entry.title)
+        map_link = map_url(_position(entry, registered, latest), entry.title, open_app=True)
     # The receiver of this alert is the one who must call and go: shown whole, and audited.
-    what = what_shown(wearer, map_url is not None and tracks_person(ctx, entry.device_type))
+    what = what_shown(wearer, map_link is not None and tracks_person(ctx, entry.device_type))
     if what is not None:
         shown = Shown(entry.community, entry.device_id, what)
         await audit_reads(ctx, link.receiver, "link", [shown], "GET /a/{token}")
     map_html = (
-        f'<p><a class=map href="{esc(map_url)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
-        if map_url else ""
+        f'<p><a class=map href="{esc(map_link)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
+        if map_link else ""
     )  # fmt: skip
     actions = _actions(token, entry)
     note = ""

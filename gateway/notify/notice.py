@@ -156,13 +156,14 @@ def scene_position(entry: AlertEntry, device: RegisteredDevice | None) -> Positi
     return None
 
 
-def map_url(position: Position | None, title: str) -> str | None:
-    """An AMap (高德) marker at a WGS-84 position."""
+def map_url(position: Position | None, title: str, *, open_app: bool = False) -> str | None:
+    """An AMap (高德) marker at a WGS-84 position; `open_app`: opened in the AMap app on a
+    phone that has it."""
     if position is None:
         return None
     return (
         f"https://uri.amap.com/marker?position={position.lon},{position.lat}"
-        f"&name={quote(title)}&coordinate=wgs84"
+        f"&name={quote(title)}&coordinate=wgs84" + ("&callnative=1" if open_app else "")
     )
 
 
