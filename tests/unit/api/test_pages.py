@@ -177,13 +177,18 @@ async def test_forged_links_count_as_failed_authentication(site: Site) -> None:
     assert expired.status_code == 403 and "链接已过期" in expired.text
 
 
-async def test_an_sms_s_short_link_leads_to_the_receiver_s_link(site: Site) -> None:
+async def fall_told(site: Site) -> Notice:
+    """A fall, and what wang-fang, whom the policy tells, was sent of it."""
     alert_id = await site.fall()
     assert site.gateway.notifier is not None
     await site.gateway.notifier.process()
     notification = site.gateway.notifications.get(f"{alert_id}/grid.0/wang-fang/firing")
     assert notification is not None
-    notice = Notice.from_json(notification.notice)
+    return Notice.from_json(notification.notice)
+
+
+async def test_an_sms_s_short_link_leads_to_the_receiver_s_link(site: Site) -> None:
+    notice = await fall_told(site)
     # Short enough for a template's variable (at most 35 characters).
     assert notice.link_code and len(notice.link_code) == 16
     assert notice.template_values()["link_code"] == notice.link_code
@@ -340,12 +345,7 @@ async def test_a_short_link_sent_before_the_address_changed_leads_to_the_gateway
 ) -> None:
     clock = ManualClock(T0)
     async with open_site(tmp_path, clock) as site:
-        alert_id = await site.fall()
-        assert site.gateway.notifier is not None
-        await site.gateway.notifier.process()
-        sent = site.gateway.notifications.get(f"{alert_id}/grid.0/wang-fang/firing")
-        assert sent is not None
-        notice = Notice.from_json(sent.notice)
+        notice = await fall_told(site)
     # The centre moved the gateway behind a new address and restarted it.
     async with open_site(tmp_path, clock, public_url="https://gw.example.cn/gateway") as site:
         short = await site.client.get(f"/s/{notice.link_code}")
