@@ -30,7 +30,7 @@ from gateway.notify.hooks import Publish
 from gateway.notify.link import AlertLink, LinkSigner, link_secret
 from gateway.notify.log import NotificationLog
 from gateway.notify.notifier import Notifier, make_channels
-from gateway.notify.policy import NotifyPolicy, unreachable
+from gateway.notify.policy import NotifyPolicy, empty_cell, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
 from gateway.registry import Registry, registry_for
@@ -132,15 +132,24 @@ def check_policy(
     config: GatewayConfig, registry: Registry, rules: Sequence[Rule], profiles: ProfileSet
 ) -> None:
     """Raises ConfigError if the config's notification policy names a place, rule or
-    device type the gateway does not have (notify.policy.unreachable)."""
+    device type the gateway does not have (notify.policy.unreachable), or a grid
+    worker's token a cell no registered device is in."""
+    places = registry.places()
+    all_registered = config.ingest.require_registered
+    for i, token in enumerate(config.api.tokens if config.api is not None else ()):
+        for j, cell in enumerate(token.cells):
+            wanted = (cell.community, cell.area, cell.compound, cell.building)
+            empty = empty_cell(wanted, places, all_registered=all_registered)
+            if empty is not None:
+                raise config.error(f"api.tokens[{i}].cells[{j}]", empty)
     if config.notify is None:
         return
     problem = unreachable(
         config.notify,
-        registry.places(),
+        places,
         {r.name for r in rules},
         profiles.device_types(),
-        all_registered=config.ingest.require_registered,
+        all_registered=all_registered,
     )
     if problem is not None:
         raise config.notify_error(*problem)

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,7 +28,7 @@ from gateway.address import HttpAddress
 from gateway.errors import ConfigError
 from gateway.notify.link import MIN_SECRET_CHARS
 from gateway.notify.policy import NotifyPolicy
-from gateway.textfile import read_text
+from gateway.textfile import parse_yaml, read_text
 
 
 class _Strict(BaseModel):
@@ -113,10 +112,11 @@ class MqttConfig(_Strict):
     password: SecretStr | None = None
     tls: TlsConfig | None = None
     protocol: Literal["3.1.1", "5"] = "5"
-    keepalive_s: int = Field(30, ge=5)
+    # Two bytes in the CONNECT packet; the session expiry four.
+    keepalive_s: int = Field(30, ge=5, le=65_535)
     # How many unacknowledged QoS 1 messages the broker may have in flight to us (MQTT 5).
     receive_maximum: int = Field(10_000, ge=1, le=65_535)
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=2**32 - 1)
     topics: tuple[str, ...] = (
         "community/+/+/+/telemetry",
         "community/+/+/+/status",
@@ -462,10 +462,14 @@ class GatewayConfig(_Strict):
     _file: Path | None = PrivateAttr(None)
     _notify_file: Path | None = PrivateAttr(None)
 
+    def error(self, field: str, problem: str) -> ConfigError:
+        """An error of the setting `field`, naming the config file."""
+        return ConfigError(str(self._file or "config"), field, problem)
+
     def notify_error(self, field: str, problem: str) -> ConfigError:
         """An error of the notification policy's `field`, naming its file."""
         if self._notify_file is None:
-            return ConfigError(str(self._file or "config"), f"notify.{field}", problem)
+            return self.error(f"notify.{field}", problem)
         return ConfigError(str(self._notify_file), field, problem)
 
     @field_validator("timezone")
@@ -556,10 +560,7 @@ def _read_marked(path: Path) -> dict[str, object]:
     # Each ${NAME} is marked in the text and replaced in the values read: a value with
     # `#`, `: ` or a quote in it stays whole, and one in a comment is never looked up.
     marked = _VARIABLE.sub(lambda match: f"{_MARK}{match.group(1)}{_MARK}", text)
-    try:
-        raw = yaml.safe_load(marked) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    raw = parse_yaml(path, marked) or {}
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "", "expected a mapping at the top level")
     return raw

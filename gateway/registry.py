@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import ConfigError
-from gateway.textfile import read_text
+from gateway.textfile import parse_yaml, read_text
 
 COLUMNS = (
     "device_id",
@@ -46,6 +45,15 @@ COLUMNS = (
 class Contact:
     name: str
     phone: str
+
+
+def _contact(item: Mapping[str, object]) -> Contact:
+    """A contact written as a mapping (YAML); its phone may be written as a number."""
+    if set(item) != {"name", "phone"} or not all(
+        v is not None and str(v).strip() for v in item.values()
+    ):
+        raise ValueError(f"expected {{name: ..., phone: ...}}, got {dict(item)!r}")
+    return Contact(str(item["name"]).strip(), str(item["phone"]).strip())
 
 
 class RegisteredDevice(BaseModel):
@@ -97,10 +105,7 @@ class RegisteredDevice(BaseModel):
                 contacts.append(Contact(name.strip(), phone.strip()))
             return tuple(contacts)
         if isinstance(value, list):
-            return tuple(
-                Contact(str(c["name"]), str(c["phone"])) if isinstance(c, Mapping) else c
-                for c in value
-            )
+            return tuple(_contact(c) if isinstance(c, Mapping) else c for c in value)
         return value
 
     @property
@@ -220,6 +225,11 @@ def place_of(device: RegisteredDevice) -> Place:
     return (device.community, device.area, device.compound, device.building)
 
 
+def within(cell: Place, place: Place) -> bool:
+    """Whether `place` lies in `cell`, whose levels left out (None) take any."""
+    return all(want is None or want == have for want, have in zip(cell, place, strict=True))
+
+
 # The places an alert may be about instead of a device, as they nest.
 PLACE_TYPES = ("area", "compound", "building")
 
@@ -246,8 +256,11 @@ def load_registry(path: Path, device_types: Collection[str] | None = None) -> Re
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    reader = csv.DictReader(io.StringIO(text), strict=True)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise ConfigError(str(path), "header", f"not a valid CSV line: {exc}") from exc
     unknown = [name for name in header if name not in COLUMNS]
     if unknown:
         raise ConfigError(str(path), "header", f"unknown column(s) {unknown}; known: {COLUMNS}")
@@ -255,17 +268,42 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
         if required not in header:
             raise ConfigError(str(path), "header", f"missing column {required!r}")
     rows = []
-    for record in reader:
-        cleaned = {k: v.strip() for k, v in record.items() if k is not None and v and v.strip()}
-        rows.append((f"line {reader.line_num}", cleaned))
+    # Where the next row begins, for a row the csv module cannot read to its end.
+    begins = reader.line_num + 1
+    try:
+        for record in reader:
+            where = f"line {reader.line_num}"
+            extra = record.pop(None, None)
+            if extra is not None:
+                # Dropped, a second contact written after a comma would never be told.
+                raise ConfigError(
+                    str(path),
+                    where,
+                    f"{len(header) + len(extra)} cells where the header has {len(header)}: "
+                    "a comma inside a value? (contacts and thresholds are separated by ';')",
+                )
+            breaks = sum(value.count("\n") for value in record.values() if value)
+            if breaks:
+                # A quote left open runs its cell on over the rows after it.
+                raise ConfigError(
+                    str(path),
+                    f"line {reader.line_num - breaks}",
+                    f'a cell runs on to line {reader.line_num}: a quote (") left open?',
+                )
+            cleaned = {k: v.strip() for k, v in record.items() if v and v.strip()}
+            rows.append((where, cleaned))
+            begins = reader.line_num + 1
+    except csv.Error as exc:
+        raise ConfigError(
+            str(path),
+            f"line {begins}",
+            f'not a valid CSV row: {exc} (a quote (") left open?)',
+        ) from exc
     return rows
 
 
 def _yaml_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    data = parse_yaml(path, text)
     if isinstance(data, dict):
         data = data.get("devices")
     if not isinstance(data, list):

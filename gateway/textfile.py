@@ -4,8 +4,15 @@ device profiles, alert rules and device registry."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from gateway.errors import ConfigError
+
+# Both endings are YAML: a file named `.yml` in a folder of rules or profiles is read,
+# not passed over without a word.
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def read_text(path: Path, *, encoding: str = "utf-8") -> str:
@@ -23,3 +30,47 @@ def read_text(path: Path, *, encoding: str = "utf-8") -> str:
             f"not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset {exc.start}): "
             f"save it as UTF-8{how}",
         ) from exc
+
+
+def yaml_files(folder: Path) -> list[Path]:
+    """The YAML files of a folder, by name."""
+    return sorted(path for path in folder.iterdir() if path.suffix in YAML_SUFFIXES)
+
+
+def parse_yaml(path: Path, text: str) -> Any:
+    """`text`, read from `path`, as YAML. Raises ConfigError naming the file if it is not
+    valid YAML, or names a key twice in one mapping: YAML would keep the last, and a
+    second `rules:` pasted into a rule file would drop every rule of the first."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(str(path), exc.key, exc.problem) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # A merge (`<<: *defaults`) may be overridden by the mapping's own keys.
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:
+                continue  # not a key at all: the mapping's own construction says so
+            if first is not None:
+                where = f"on line {line}" if first == line else f"at lines {first} and {line}"
+                raise _DuplicateKey(str(key), f"given twice {where}: only one can be meant")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)

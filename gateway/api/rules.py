@@ -15,6 +15,7 @@ from gateway.api.context import Caller, Ctx
 from gateway.api.models import AUTH_ERRORS, ReloadOut, RuleCheckOut, RuleOut, error_responses
 from gateway.errors import ConfigError
 from gateway.rules.rule import load_rules
+from gateway.textfile import yaml_files
 
 router = APIRouter(prefix="/api/v1/rules", tags=["rules"], responses=AUTH_ERRORS)
 INVALID = error_responses(422, e422="the rules do not load: file, rule, field")
@@ -40,14 +41,14 @@ async def check_rules(
     ctx: Ctx,
     principal: Caller,
     text: Annotated[str, Body(media_type="application/yaml", max_length=MAX_RULE_FILE_BYTES)],
-    file: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{1,64}\.yaml$")] = "new.yaml",
+    file: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{1,64}\.ya?ml$")] = "new.yaml",
 ) -> RuleCheckOut:
     require(principal, Role.ADMIN)
     folder = ctx.gateway.config.rules_dir
     with tempfile.TemporaryDirectory(prefix="rules-check-") as scratch:
         trial = Path(scratch)
         # The other files come along, so that a name used twice across files is found too.
-        for path in folder.glob("*.yaml"):
+        for path in yaml_files(folder):
             if path.name != file:
                 shutil.copy(path, trial / path.name)
         (trial / file).write_text(text, encoding="utf-8")

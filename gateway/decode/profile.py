@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.config import config_error, filter_problem
 from gateway.errors import ConfigError
-from gateway.textfile import read_text
+from gateway.textfile import parse_yaml, read_text, yaml_files
 
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
 
@@ -153,12 +152,12 @@ class ProfileSet:
 
 
 def load_profiles(folder: Path, known_codecs: frozenset[str]) -> ProfileSet:
-    """Load every `*.yaml` in `folder`; an error names the file, the field and the problem."""
+    """Load every `*.yaml` and `*.yml` in `folder`; an error names the file, the field and the problem."""
     if not folder.is_dir():
         raise ConfigError(str(folder), "", "device profile folder not found")
     profiles: dict[str, DeviceProfile] = {}
     json_types: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.yaml")):
+    for path in yaml_files(folder):
         profile = _load_one(path)
         if profile.codec not in known_codecs:
             raise ConfigError(
@@ -179,16 +178,13 @@ def load_profiles(folder: Path, known_codecs: frozenset[str]) -> ProfileSet:
             json_types[profile.device_type] = path
         profiles[profile.name] = profile
     if not profiles:
-        raise ConfigError(str(folder), "", "no device profiles (*.yaml) found")
+        raise ConfigError(str(folder), "", "no device profiles (*.yaml, *.yml) found")
     return ProfileSet(profiles)
 
 
 def _load_one(path: Path) -> DeviceProfile:
     text = read_text(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    raw = parse_yaml(path, text)
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "", "expected a mapping at the top level")
     raw.setdefault("name", path.stem)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.address import HttpAddress
-from gateway.registry import Place
+from gateway.registry import Place, within
 from gateway.rules.rule import Severity
 from gateway.rules.schedule import DailyWindow
 
@@ -367,11 +367,9 @@ def unreachable(
     for index, roster in enumerate(policy.rosters):
         cell = roster.cell
         wanted = (cell.community, cell.area, cell.compound, cell.building)
-        if wanted[1:] == (None, None, None) and not all_registered:
-            continue
-        if places and not any(_within(wanted, place) for place in places):
-            shown = "/".join(part for part in wanted if part is not None)
-            return f"rosters[{index}].cell", f"no registered device is in {shown}"
+        problem = empty_cell(wanted, places, all_registered=all_registered)
+        if problem is not None:
+            return f"rosters[{index}].cell", problem
     for index, route in enumerate(policy.routes):
         match = route.match
         for name in match.rules:
@@ -410,5 +408,12 @@ def unreachable(
     return None
 
 
-def _within(cell: Place, place: Place) -> bool:
-    return all(want is None or want == have for want, have in zip(cell, place, strict=True))
+def empty_cell(wanted: Place, places: Collection[Place], *, all_registered: bool) -> str | None:
+    """What is wrong with a grid cell, as (community, area, compound, building), that no
+    registered device is in, or None (see `unreachable`): nobody on duty there, nor a
+    grid worker of it, would ever see an alert."""
+    if wanted[1:] == (None, None, None) and not all_registered:
+        return None
+    if places and not any(within(wanted, place) for place in places):
+        return f"no registered device is in {'/'.join(p for p in wanted if p is not None)}"
+    return None

@@ -6,9 +6,8 @@ import ast
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import ConfigError
@@ -22,7 +21,7 @@ from gateway.rules.expression import (
     parse_condition,
 )
 from gateway.rules.schedule import DailyWindow
-from gateway.textfile import read_text
+from gateway.textfile import parse_yaml, read_text, yaml_files
 
 if TYPE_CHECKING:
     # Imported for its type only: the profiles' module imports the config's, which
@@ -71,7 +70,7 @@ class RuleSpec(BaseModel):
     window_s: float = Field(300.0, gt=0)
     # Field -> window in seconds: the condition may then use `<field>_per_min`, the
     # field's change per minute over that window (°C per minute for temperature_c).
-    rates: dict[str, float] = {}
+    rates: dict[str, Annotated[float, Field(gt=0)]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +97,34 @@ class Rule:
         return "*" in self.spec.device_types or device_type in self.spec.device_types
 
 
+# The settings only some kinds of rule take. One written on a rule of another kind is a
+# mistake that would otherwise go unseen: a correlation's min_devices on a rule that
+# left out `kind: correlation` fires for every single detector.
+_KIND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "for_s": ("condition",),
+    "repeat": ("condition",),
+    "clear_after_s": ("condition",),
+    "clear_when": ("condition", "correlation"),
+    "merge_s": ("event",),
+    "per_port": ("condition", "event"),
+    "after_periods": ("absence",),
+    "field": ("inactivity",),
+    "unchanged_for_s": ("inactivity",),
+    "place": ("correlation",),
+    "min_devices": ("correlation",),
+    "window_s": ("correlation",),
+}
+
+
 def load_rules(folder: Path, profiles: ProfileSet) -> list[Rule]:
-    """Every rule of every `*.yaml` in `folder`, checked against the device profiles; an
+    """Every rule of every `*.yaml` and `*.yml` in `folder`, checked against the device profiles; an
     error names the file, rule and field."""
     if not folder.is_dir():
         raise ConfigError(str(folder), "", "alert rule folder not found")
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     sent = _SentByType.of(profiles)
-    for path in sorted(folder.glob("*.yaml")):
+    for path in yaml_files(folder):
         for rule in _load_file(path):
             sent.check(rule, path)
             if rule.name in seen:
@@ -120,10 +138,7 @@ def load_rules(folder: Path, profiles: ProfileSet) -> list[Rule]:
 
 def _load_file(path: Path) -> list[Rule]:
     text = read_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    data = parse_yaml(path, text)
     items = data.get("rules") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise ConfigError(str(path), "rules", "expected a list of rules under 'rules'")
@@ -145,12 +160,15 @@ def _load_file(path: Path) -> list[Rule]:
             check_generates(when_tree)
         except ExpressionError as exc:
             raise ConfigError(str(path), f"{label}: condition", str(exc)) from exc
-        if spec.kind != "condition" and (spec.for_s or spec.repeat > 1):
-            raise ConfigError(str(path), label, f"an {spec.kind} rule takes no for_s or repeat")
-        if spec.kind not in ("condition", "correlation") and spec.clear_when:
-            raise ConfigError(str(path), label, f"an {spec.kind} rule takes no clear_when")
-        if spec.kind != "event" and "merge_s" in spec.model_fields_set:
-            raise ConfigError(str(path), f"{label}: merge_s", "only an event rule takes merge_s")
+        for setting in sorted(spec.model_fields_set & _KIND_SETTINGS.keys()):
+            kinds = _KIND_SETTINGS[setting]
+            if spec.kind not in kinds:
+                raise ConfigError(
+                    str(path),
+                    f"{label}: {setting}",
+                    f"only rules of kind {' or '.join(kinds)} take {setting}; "
+                    f"this one is of kind {spec.kind}",
+                )
         if spec.kind == "inactivity" and (not spec.field or not spec.unchanged_for_s):
             raise ConfigError(
                 str(path), label, "an inactivity rule needs field and unchanged_for_s"

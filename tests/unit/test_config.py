@@ -10,6 +10,7 @@ from gateway.decode.decoder import CODECS
 from gateway.decode.profile import load_profiles
 from gateway.errors import ConfigError
 from gateway.registry import load_registry
+from gateway.textfile import parse_yaml
 
 EXAMPLE = PROJECT_ROOT / "deploy" / "gateway.example.yaml"
 
@@ -503,3 +504,110 @@ def test_a_desk_limited_to_some_communities_is_taken_and_unset_means_all(tmp_pat
     assert config.api is not None
     desk, everywhere = config.api.tokens
     assert (desk.communities, everywhere.communities) == (("hgy", "lgy-2"), None)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        # MQTT's keep alive is two bytes, its session expiry four: the CONNECT packet
+        # cannot carry more, so `run` fails at every connect where `check` said ok.
+        ("mqtt: {keepalive_s: 70000}", "mqtt.keepalive_s"),
+        ("mqtt: {session_expiry_s: 4294967296}", "mqtt.session_expiry_s"),
+    ],
+)
+def test_mqtt_numbers_the_protocol_cannot_carry_are_refused(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.file, info.value.field) == (str(path), field)
+
+
+def test_a_grid_workers_cell_where_no_device_is_registered_is_named_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `area: eats` for east: the worker's page and API show no alert, ever; a roster's
+    # cell with the same typo is refused (notify.policy.unreachable), a token's is not.
+    (tmp_path / "devices.csv").write_text(
+        "device_id,device_type,community,area\nsd-1,smoke_detector,hgy,east\n", encoding="utf-8"
+    )
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "mqtt: null\nregistry_file: devices.csv\n"
+        "api:\n  tokens:\n"
+        "    - {name: wang-fang, role: grid_worker, token: worker-token-0123456789,\n"
+        "       cells: [{community: hgy, area: eats}]}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "api.tokens" in err and "eats" in err
+
+
+def test_a_yaml_contact_without_a_phone_is_named_not_a_traceback(tmp_path: Path) -> None:
+    # A wearer's emergency contact written as a mapping, its phone left out: `check`
+    # must name the row and the field, not end in a KeyError traceback.
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        "devices:\n"
+        "  - {device_id: br-1, device_type: bracelet, community: hgy,\n"
+        "     emergency_contacts: [{name: 张丽}]}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert info.value.file == str(path)
+    assert "devices[0]" in info.value.field and "emergency_contacts" in info.value.field
+
+
+def test_a_stray_quote_in_the_csv_does_not_swallow_the_devices_after_it(
+    tmp_path: Path,
+) -> None:
+    # One unbalanced quote (a building typed as "3号楼) makes the csv module read the
+    # rest of the sheet as that one cell: sd-2 and sd-3 vanish from the registry, and
+    # `check` says ok.
+    path = tmp_path / "devices.csv"
+    path.write_text(
+        "device_id,device_type,community,building\n"
+        'sd-1,smoke_detector,hgy,"3号楼\n'
+        "sd-2,smoke_detector,hgy,4号楼\n"
+        "sd-3,smoke_detector,hgy,5号楼\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert info.value.file == str(path)
+    assert "line 2" in str(info.value)
+
+
+def test_a_csv_row_with_more_cells_than_the_header_is_refused(tmp_path: Path) -> None:
+    # A second emergency contact after a comma instead of a semicolon: the extra cell
+    # is dropped without a word, and that contact is never told of a fall.
+    path = tmp_path / "devices.csv"
+    path.write_text(
+        "device_id,device_type,community,wearer_name,wearer_phone,emergency_contacts\n"
+        "br-1,bracelet,hgy,张三,13812345678,李四:13987654321,王五:13700001111\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert info.value.file == str(path)
+    assert "line 2" in info.value.field
+
+
+def test_a_setting_written_twice_in_the_config_file_is_refused(tmp_path: Path) -> None:
+    # YAML keeps the last: the broker's second `mqtt:` would silently take the place of
+    # the first, with its login and TLS.
+    path = tmp_path / "gw.yaml"
+    path.write_text("mqtt:\n  host: broker.local\ntimezone: Asia/Shanghai\nmqtt: null\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.file, info.value.field) == (str(path), "mqtt")
+    assert "lines 1 and 4" in info.value.problem
+
+
+def test_a_yaml_merge_may_be_overridden_by_the_mapping_s_own_keys(tmp_path: Path) -> None:
+    # `<<: *defaults` then a key of its own is YAML's way to override, not a key twice.
+    text = "a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  y: 3\n"
+    assert parse_yaml(tmp_path / "f.yaml", text) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}

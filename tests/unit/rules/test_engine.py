@@ -370,7 +370,7 @@ def test_a_broken_rule_file_names_file_rule_and_problem(tmp_path: Path) -> None:
         ("device_types: ['*'], when: 'battery < 10'",
          "condition", "'battery' is not a field that any of bracelet, charging_shed"),
         ("device_types: [bracelet], when: 'heart_rate_bpm > 150', merge_s: 60",
-         "merge_s", "only an event rule takes merge_s"),
+         "merge_s", "only rules of kind event take merge_s"),
     ],
 )  # fmt: skip
 def test_a_rule_that_could_never_fire_is_refused(
