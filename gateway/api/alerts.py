@@ -246,7 +246,8 @@ async def list_alerts(
             await asyncio.sleep(0)
         del chosen[limit:]
     chosen.sort(key=lambda e: (SEVERITY_ORDER.get(e.severity, 9), e.started_ms))
-    shown_alerts = await alerts_out(ctx, principal, request, chosen[:limit])
+    # Every open alert: the board shows what is going on, not the first `limit` of it.
+    shown_alerts = await alerts_out(ctx, principal, request, chosen)
     return AlertListOut(version=ctx.feed.version, alerts=shown_alerts)
 
 

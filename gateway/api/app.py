@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__
 from gateway.api import alerts, devices, health, metrics, pages, quarantine, rules, silences
 from gateway.api.auth import AuthError, ForbiddenError, TooManyFailuresError
-from gateway.api.context import ApiContext, NotFoundError, UnknownParameterError, strict_query
+from gateway.api.context import ApiContext, BadParameterError, NotFoundError, strict_query
 from gateway.config import ApiConfig
 from gateway.errors import ConfigError, StoreError
 from gateway.notify.link import LinkError
@@ -53,7 +53,7 @@ ERRORS: dict[type[Exception], Callable[[Exception], int]] = {
     ForbiddenError: lambda _: 403,
     TooManyFailuresError: lambda _: 429,
     NotFoundError: lambda _: 404,
-    UnknownParameterError: lambda _: 422,
+    BadParameterError: lambda _: 422,
     AlertError: _alert_status,
     SilenceError: lambda e: 404 if str(e).startswith("no silence") else 422,
     LinkError: lambda _: 403,

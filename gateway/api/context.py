@@ -23,9 +23,10 @@ class NotFoundError(GatewayError):
     """What a path names does not exist (404)."""
 
 
-class UnknownParameterError(GatewayError):
-    """A query parameter the route does not take, or one given twice: a misspelt filter
-    must not silently match everything (422)."""
+class BadParameterError(GatewayError):
+    """A query parameter the route does not take, one given twice, or one at odds with
+    another: a misspelt filter must not silently match everything, nor a range that
+    ends before it begins match nothing (422)."""
 
 
 def strict_query(request: Request) -> None:
@@ -37,11 +38,11 @@ def strict_query(request: Request) -> None:
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
-        raise UnknownParameterError(f"unknown query parameter(s) {unknown}; this takes: {takes}")
+        raise BadParameterError(f"unknown query parameter(s) {unknown}; this takes: {takes}")
     # Every parameter takes one value; of several, which one counts would be a guess.
     repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
     if repeated:
-        raise UnknownParameterError(f"query parameter(s) {repeated} given more than once")
+        raise BadParameterError(f"query parameter(s) {repeated} given more than once")
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from gateway.api.audit import Shown
 from gateway.api.auth import Principal, Role, require
-from gateway.api.context import ApiContext, Caller, Ctx, NotFoundError
+from gateway.api.context import ApiContext, BadParameterError, Caller, Ctx, NotFoundError
 from gateway.api.latest import DeviceLatest
 from gateway.api.models import (
     AUTH_ERRORS,
@@ -360,6 +360,8 @@ async def get_readings(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> ReadingsOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        raise BadParameterError(f"since_ms ({since_ms}) is after until_ms ({until_ms})")
     kind, registered = _find(ctx, principal, community, device_id)
     history = ReadingHistory(ctx.gateway)
     found = await history.readings(DeviceRef(community, kind, device_id), since_ms, until_ms, limit)

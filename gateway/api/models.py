@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.decode.record import FieldValue
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+def _said(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must say something, not only spaces")
+    return text
+
+
+# Text a person must write: a close note, who takes an alert.
+Said = Annotated[str, AfterValidator(_said)]
 
 
 class _In(BaseModel):
@@ -160,11 +170,11 @@ class AlertDetailOut(_Out):
 
 
 class CloseIn(_In):
-    note: str = Field(min_length=1, max_length=2000, description="what was found and done")
+    note: Said = Field(max_length=2000, description="what was found and done")
 
 
 class AssignIn(_In):
-    to: str = Field(min_length=1, max_length=64, description="who takes the alert")
+    to: Said = Field(max_length=64, description="who takes the alert")
 
 
 class SilenceIn(_In):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Response
 from gateway.api.auth import ForbiddenError, Principal, Role, require
 from gateway.api.context import Caller, Ctx
 from gateway.api.models import AUTH_ERRORS, SilenceIn, SilenceOut, error_responses
-from gateway.rules.silence import Silence
+from gateway.rules.silence import Silence, SilenceError
 
 router = APIRouter(prefix="/api/v1/silences", tags=["silences"], responses=AUTH_ERRORS)
 REFUSED = error_responses(
@@ -56,13 +56,16 @@ async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> Silenc
             f"{principal.name} silences only within its communities "
             f"({', '.join(sorted(scope))}): name one as `community`"
         )
+    if body.rule is not None and body.rule not in {r.name for r in ctx.gateway.loaded_rules}:
+        # Misspelt, it would mute nothing; a rule added later is silenced once it is loaded.
+        raise SilenceError(f"no rule is named {body.rule!r}")
     # In a worker thread: the write may wait for the ingest's commits (see open_book).
     silence = await asyncio.to_thread(
         ctx.gateway.silences.add, author=principal.name, reason=body.reason,
         starts_ms=body.starts_ms if body.starts_ms is not None else ctx.now_ms(),
         ends_ms=body.ends_ms, community=body.community, area=body.area,
         compound=body.compound, building=body.building, device_id=body.device_id,
-        rule=body.rule,
+        rule=body.rule, now_ms=ctx.now_ms(),
     )  # fmt: skip
     return silence_out(silence)
 

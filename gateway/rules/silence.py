@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import RegisteredDevice, Registry, within
 from gateway.rules.alert import AlertChange
 from gateway.store.database import add_columns, open_book
 
@@ -113,11 +113,17 @@ class SilenceBook:
         building: str | None = None,
         device_id: str | None = None,
         rule: str | None = None,
+        now_ms: int,
     ) -> Silence:
         if not author.strip() or not reason.strip():
             raise SilenceError("a silence needs an author and a reason")
         if ends_ms <= starts_ms:
             raise SilenceError("a silence must end after it starts")
+        if ends_ms <= now_ms:
+            # Times in seconds, say, rather than milliseconds: a silence of 1970.
+            raise SilenceError(
+                f"ends_ms {ends_ms} is already past (now {now_ms}, in ms since 1970)"
+            )
         if not any((community, area, compound, building, device_id, rule)):
             raise SilenceError("a silence needs a device, a place or a rule to match")
         # Ids and place names repeat across the communities of one installation: a
@@ -126,6 +132,13 @@ class SilenceBook:
                              ("a building", building), ("a device", device_id)):  # fmt: skip
             if named and not community:
                 raise SilenceError(f"{level} is named within its community")
+        cell = (community or "", area, compound, building)
+        if (area or compound or building) and not any(
+            within(cell, place) for place in self._registry.places()
+        ):
+            # Matched against the place the registry gives a device, it would mute nothing.
+            shown = "/".join(p for p in cell if p)
+            raise SilenceError(f"no registered device is in {shown}")
         with self._lock:
             cursor = self._conn.execute(
                 f"INSERT INTO silences ({_STORED})"

@@ -378,3 +378,28 @@ async def test_a_desk_limited_to_its_community_sees_and_takes_its_alerts_alone(
         # Community lgy's alert is as it was, for those who see it.
         shown = (await site.get(f"/api/v1/alerts/{other}", OPERATOR)).json()["alert"]
         assert (shown["state"], shown["acknowledged_by"]) == ("firing", None)
+
+
+@pytest.mark.parametrize(
+    ("step", "body", "field"),
+    [("close", {"note": "   "}, "note"), ("assign", {"to": "   "}, "to")],
+)
+async def test_a_blank_note_or_assignee_is_a_bad_body_not_a_conflict(
+    tmp_path: Path, step: str, body: dict[str, str], field: str
+) -> None:
+    # 409 says the step does not apply to the alert as it is; the body is what is wrong.
+    async with open_site(tmp_path, ManualClock(T0)) as site:
+        alert_id = await site.fall("br-1")
+        response = await site.post(f"/api/v1/alerts/{alert_id}/{step}", ADMIN, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith(field)
+
+
+async def test_the_open_alerts_list_holds_every_open_alert(tmp_path: Path) -> None:
+    # "for `open`, every open alert that matches": the board asks for the open alerts
+    # with the default limit, and past 500 of them it would silently show only some.
+    async with open_site(tmp_path, ManualClock(T0)) as site:
+        await site.fall("br-1")
+        await site.fall("br-2")
+        listed = (await site.get("/api/v1/alerts?state=open&limit=1")).json()["alerts"]
+        assert len(listed) == 2

@@ -297,3 +297,12 @@ async def test_a_desk_of_several_communities_lists_theirs_in_one_order(tmp_path:
             assert page.json()["total"] == 7
             paged += ids(page.json())
         assert paged == theirs
+
+
+async def test_readings_with_since_after_until_are_refused(tmp_path: Path) -> None:
+    async with open_site(tmp_path, ManualClock(T0)) as site:
+        response = await site.get(
+            f"/api/v1/devices/hgy/sd-1/readings?since_ms={T0}&until_ms={T0 - 3_600_000}"
+        )
+        assert response.status_code == 422, response.text
+        assert "since_ms" in response.json()["detail"]

@@ -475,7 +475,7 @@ async def test_an_alert_committed_just_before_a_crash_is_notified_after_it(tmp_p
 
 async def test_a_silenced_alert_notifies_nobody_but_is_recorded(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    rig.stage.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+    rig.stage.silences.add(author="operator", reason="maintenance", starts_ms=T0, now_ms=T0,
                            ends_ms=T0 + 3600_000, community="hgy", rule="smoke_low_battery")  # fmt: skip
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)
@@ -1373,7 +1373,7 @@ async def test_a_provider_s_limit_on_one_number_leaves_the_others_reachable(
 async def test_an_alert_muted_by_a_silence_is_told_once_the_silence_ends(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
     # An hour of maintenance on the community's detectors.
-    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0, now_ms=T0,
                      ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
     rig.feed(reading(SMOKE, 600, battery_pct=10))
     await rig.after(600)
@@ -1391,7 +1391,7 @@ async def test_an_alert_muted_by_a_silence_is_told_once_the_silence_ends(tmp_pat
 async def test_an_event_muted_during_maintenance_is_not_told_after_it(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
     # An hour of maintenance on the community's detectors: the crew opens them.
-    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0, now_ms=T0,
                      ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
     rig.feed(Event(SMOKE, T0 + 60_000, TimeSource.DEVICE, "tamper", {}))
     await rig.after(60)
@@ -1403,7 +1403,7 @@ async def test_an_event_muted_during_maintenance_is_not_told_after_it(tmp_path: 
 
 async def test_a_silence_that_ended_during_a_stop_is_over_at_the_start(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0, now_ms=T0,
                      ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
     rig.feed(reading(SMOKE, 600, battery_pct=10))
     await rig.after(600)
@@ -1418,7 +1418,7 @@ async def test_an_alert_muted_that_cleared_or_was_taken_meanwhile_is_not_told(
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+    rig.silences.add(author="operator", reason="maintenance", starts_ms=T0, now_ms=T0,
                      ends_ms=T0 + 3_600_000, community="hgy")  # fmt: skip
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
@@ -1435,7 +1435,7 @@ async def test_an_alert_whose_silence_is_ended_early_is_told_within_a_minute(
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path / "outbox.sqlite3")
-    silence = rig.silences.add(author="operator", reason="maintenance", starts_ms=T0,
+    silence = rig.silences.add(author="operator", reason="maintenance", starts_ms=T0, now_ms=T0,
                                ends_ms=T0 + 8 * 3_600_000, community="hgy")  # fmt: skip
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)

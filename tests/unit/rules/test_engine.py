@@ -225,7 +225,7 @@ def test_an_event_after_a_silence_ended_is_told_not_merged_into_the_muted_one(
     registry = Registry([RegisteredDevice(device_id="sd-1", device_type="smoke_detector",
                                           community="hgy", building="3")])  # fmt: skip
     outbox, silences, clock = Outbox(path), SilenceBook(path, registry), ManualClock(T0)
-    silences.add(author="物业", reason="烟感检修", starts_ms=T0, ends_ms=T0 + 600_000,
+    silences.add(author="物业", reason="烟感检修", starts_ms=T0, ends_ms=T0 + 600_000, now_ms=T0,
                  community="hgy", device_id="sd-1")  # fmt: skip
     stage = AlertStage(RuleEngine(RULES, registry, now_ms=T0), AlertBook(path), silences, clock)
     told = []
@@ -555,7 +555,7 @@ def test_a_silence_mutes_maintenance_but_never_a_life_safety_alert(tmp_path: Pat
     outbox = Outbox(path)
     maintenance = silences.add(
         author="物业 李强", reason="更换充电桩", community="hgy", building="5号楼",
-        starts_ms=T0, ends_ms=T0 + 3_600_000,
+        starts_ms=T0, ends_ms=T0 + 3_600_000, now_ms=T0,
     )  # fmt: skip
     decision = stage.evaluate([reading(SHED, 0, port=1, current_a=12.0), event(SMOKE, 0, "alarm")])
     outbox.commit(decision.lines, [], None, decision.write)
@@ -592,7 +592,7 @@ def test_a_silence_must_say_what_when_who_and_why(
     tmp_path: Path, kwargs: dict[str, object], problem: str
 ) -> None:
     silences = SilenceBook(tmp_path / "s.sqlite3", Registry())
-    arguments: dict[str, object] = {"starts_ms": T0, "ends_ms": T0 + 1000, **kwargs}
+    arguments: dict[str, object] = {"starts_ms": T0, "ends_ms": T0 + 1000, "now_ms": T0, **kwargs}
     with pytest.raises(SilenceError, match=problem):
         silences.add(**arguments)  # type: ignore[arg-type]
 
