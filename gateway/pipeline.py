@@ -328,7 +328,9 @@ class IngestPipeline:
             if batch.records:
                 handoff = dump_records(batch.records)
         else:
-            decision = self.alerts.evaluate(batch.records) if self.alerts else AlertDecision()
+            decision = (
+                self.alerts.evaluate(batch.records, ahead=alarm) if self.alerts else AlertDecision()
+            )
         commit = partial(
             self._outbox.commit,
             batch.lines + decision.lines,

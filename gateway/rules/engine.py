@@ -102,8 +102,10 @@ class RuleEngine:
     ) -> None:
         self._registry = registry
         self.faults = faults or RuleFaults()
-        # Whether a person has taken (or closed) an alert: the alert stage asks the book.
+        # Whether a person has taken (or closed) an alert, and whether closed: the alert
+        # stage asks the book.
         self.taken: Callable[[str], bool] = _never_taken
+        self.closed: Callable[[str], bool] = _never_taken
         self._zone = zone
         self._periods_s = dict(periods_s or {})
         # When each device was last heard from; registered devices count from start-up,
@@ -331,11 +333,13 @@ class RuleEngine:
         in; when not, silence is judged only as far as the records judged show."""
         changes: list[AlertChange] = []
         heard_through_ms = self._heard_through_ms(now_ms, listening)
-        for key, _ in self.tracks.of_rules(self._ticked):
+        for key, track in self.tracks.of_rules(self._ticked):
             merging = self._merging.get(key[0])
             if merging is not None:
-                # Nothing more joins it: let the track go.
-                if now_ms - self.tracks[key].since_ms >= merging.spec.merge_s * 1000:
+                # Nothing more joins it: let the track go. Timed by the gateway's clock,
+                # as the device's may be behind it (see Track.held_ms).
+                joined_ms = track.since_ms if track.held_ms is None else track.held_ms
+                if now_ms - joined_ms >= merging.spec.merge_s * 1000:
                     del self.tracks[key]
                     self._dirty.add(key)
                 continue
@@ -562,21 +566,28 @@ class RuleEngine:
         changes = []
         for rule in self._absence:
             key = (rule.name, record.device.community, record.device.device_id, None)
-            track = self.tracks.pop(key)
-            if track is not None:
-                self._dirty.add(key)
-                changes.append(
-                    _change(
-                        rule,
-                        record.device,
-                        None,
-                        AlertState.RESOLVED,
-                        track.alert_id,
-                        track.since_ms,
-                        record.time_ms,
-                        {},
-                    )
+            track = self.tracks.get(key)
+            if track is None:
+                continue
+            if type(record) is StatusReport and record.time_ms <= track.since_ms:
+                # A retained status, which the broker hands over with every new
+                # subscription however old it is, from before the device fell silent:
+                # not a word from it since.
+                continue
+            self.tracks.pop(key)
+            self._dirty.add(key)
+            changes.append(
+                _change(
+                    rule,
+                    record.device,
+                    None,
+                    AlertState.RESOLVED,
+                    track.alert_id,
+                    track.since_ms,
+                    record.time_ms,
+                    {},
                 )
+            )
         return changes
 
     def _forget_hits(self, key: TrackKey) -> None:
@@ -688,18 +699,25 @@ class RuleEngine:
             return partial(self._apply_event, rule)
         return partial(self._apply_condition, rule)
 
-    def evaluate(self, records: Sequence[Record], now_ms: int | None = None) -> list[AlertChange]:
+    def evaluate(
+        self, records: Sequence[Record], now_ms: int | None = None, *, ahead: bool = False
+    ) -> list[AlertChange]:
         """`now_ms`: the gateway's time as it judges them, which bounds what a device's
-        clock ahead of it may claim (see `Track.held_ms`)."""
+        clock ahead of it may claim (see `Track.held_ms`). `ahead`: records judged ahead
+        of the telemetry queued before them (the alarm lane's): they do not say how far
+        the devices' records have been judged, nor how the downtime's backlog began, as
+        the telemetry's do. An SOS that came at once must not make every device whose
+        readings still wait in the backlog look silent."""
         self._judged_at_ms = now_ms
-        if not self._downtime_settled:
+        if not self._downtime_settled and not ahead:
             self._settle_downtime(records)
         changes: list[AlertChange] = []
         routes = self._routes
         counts = self.tracks.counts
         last_device = None
         newest_ms = -1 if self._newest_heard_ms is None else self._newest_heard_ms
-        device_time = TimeSource.DEVICE
+        # None of the records is newer than the newest before them, ahead.
+        device_time = None if ahead else TimeSource.DEVICE
         for record in records:
             if record.time_ms > newest_ms and record.time_source is device_time:
                 newest_ms = record.time_ms
@@ -800,6 +818,10 @@ class RuleEngine:
         scope.update((name, rate) for name, rate in rates.items() if rate is not None)
         return scope
 
+    def _judged_at(self, record: Record) -> int:
+        """The gateway's time as it judges `record`; the record's time without one."""
+        return record.time_ms if self._judged_at_ms is None else self._judged_at_ms
+
     def _apply_event(
         self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
     ) -> AlertChange | None:
@@ -817,13 +839,16 @@ class RuleEngine:
             # The same occurrence going on (a resident pressing SOS again while the
             # first is being told, a lid rattling): the alert is already being told.
             track.since_ms = max(track.since_ms, record.time_ms)
+            track.held_ms = self._judged_at(record)
             track.readings += 1
             self._dirty.add(key)
             self._repeats.append(Repeat(track.alert_id, record.time_ms))
             return None
         alert_id = _alert_id(rule.name, record.device, port, record.time_ms)
         if merge_ms:
-            self.tracks[key] = Track(True, record.time_ms, 1, None, alert_id)
+            self.tracks[key] = Track(
+                True, record.time_ms, 1, None, alert_id, held_ms=self._judged_at(record)
+            )
             self._dirty.add(key)
         return _record_change(rule, port, AlertState.FIRING, alert_id, record, record.time_ms)
 
@@ -841,6 +866,15 @@ class RuleEngine:
         track = self.tracks.get(key)
         now_ms = record.time_ms
         if holds:
+            if (
+                track is not None
+                and track.clearing_since_ms is not None
+                and self.closed(track.alert_id)
+            ):
+                # Closed by a person once it had begun to clear (a detector hushed, burnt
+                # toast): holding again is a new occurrence, a fire this time, and a new
+                # alert, not one taken into the alert nobody watches any more.
+                track = None
             created = track is None
             if track is None:
                 alert_id = _alert_id(rule.name, device, port, now_ms)
@@ -857,6 +891,9 @@ class RuleEngine:
             if track.firing:
                 return None
             if now_ms - track.since_ms >= spec.for_s * 1000 and track.readings >= spec.repeat:
+                if not created and self.closed(track.alert_id):
+                    # Closed while pending: firing, it is an alert of its own.
+                    track.alert_id = _alert_id(rule.name, device, port, now_ms)
                 track.firing = True
                 return _record_change(
                     rule, port, AlertState.FIRING, track.alert_id, record, track.since_ms

@@ -49,6 +49,7 @@ class AlertStage:
         self._clock = clock
         self._kept_ms = kept_ms
         engine.taken = self._taken
+        engine.closed = self._closed
         engine.restore(book.load_tracks())
         # Offline timers carry on from when each device was last heard, not from start-up.
         engine.restore_seen(book.load_last_seen())
@@ -57,8 +58,9 @@ class AlertStage:
         self._steps = WallSteps(clock)
         engine.rates.restore(book.load_rates())
 
-    def evaluate(self, records: Sequence[Record]) -> AlertDecision:
-        return self._decide(self.engine.evaluate(records, self._clock.now_ms()))
+    def evaluate(self, records: Sequence[Record], *, ahead: bool = False) -> AlertDecision:
+        """`ahead`: records of the alarm lane (see RuleEngine.evaluate)."""
+        return self._decide(self.engine.evaluate(records, self._clock.now_ms(), ahead=ahead))
 
     def tick(self, now_ms: int, *, listening: bool = True) -> AlertDecision:
         step_ms = self._steps.taken_ms()
@@ -81,11 +83,21 @@ class AlertStage:
             return False
         return entry.state is not AlertState.FIRING or was_muted(self.book.history(alert_id))
 
+    def _closed(self, alert_id: str) -> bool:
+        try:
+            return self.book.get(alert_id).state is AlertState.CLOSED
+        except AlertError:
+            return False
+
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()
         if self._kept_ms is not None:
             kept_since_ms = now_ms - self._kept_ms
-            changes = [c for c in changes if c.at_ms >= kept_since_ms or self._known(c)]
+            changes = [
+                c
+                for c in changes
+                if c.at_ms >= kept_since_ms or c.life_safety or self._known(c)
+            ]
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()
@@ -110,7 +122,10 @@ class AlertStage:
         """Whether the alert a record older than the book keeps alerts changes is in the
         book (open all that time). If not, the record was sent again (a device's stored
         events uploaded once more, after the redelivery filter forgot them), and what it
-        made was told, closed and let go: it is not made again."""
+        made was told, closed and let go: it is not made again. A life-safety alarm is
+        made all the same (not asked here): one from a device whose clock a flat battery
+        set back years must reach a person, and a years-old one sent again is told twice
+        at worst."""
         try:
             self.book.get(change.alert_id)
         except AlertError:
@@ -122,6 +137,10 @@ class AlertStage:
         return True
 
     def _silence(self, change: AlertChange, now_ms: int) -> AlertChange:
+        if change.state is AlertState.RESOLVED:
+            # A silence mutes what fires in it. The all-clear of an alert told before it
+            # goes to those told (and to nobody else: see Notifier._announce_resolved).
+            return change
         silence = self.silences.matching(change, now_ms)
         if silence is None:
             return change

@@ -28,6 +28,9 @@ class Track:
     # Condition rules: the time of the newest record the condition held for. A record
     # older than it (a detector's report from before its alarm, judged after the alarm,
     # which comes on a lane of its own) says nothing of now, and clears nothing.
+    # Event rules: the gateway's time when the last event joined the alert, from which
+    # `merge_s` runs until the track is let go; by the device's time, a bracelet's clock
+    # minutes behind would have it let go before the next press could join it.
     held_ms: int | None = None
 
     def shift(self, after_ms: int, by_ms: int) -> bool:

@@ -523,3 +523,32 @@ async def test_a_damaged_outbox_stops_the_lane_at_once_and_leaves_the_batch_to_t
     with pytest.raises(DamagedStoreError, match="database disk image is malformed"):
         await asyncio.wait_for(p.handle(source, batch), timeout=5)
     assert source.acked == [] and p.commit_error is None
+
+
+async def test_an_alarm_lane_sos_makes_no_device_queued_behind_it_look_silent(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(NOW_MS)
+    p = judging(tmp_path / "o.sqlite3", clock)
+    assert p.alerts is not None
+
+    def bracelet(mid: int, device_id: str, kind: str, body: dict[str, object]) -> InboundMessage:
+        topic = f"community/hgy/bracelet/{device_id}/{kind}"
+        return InboundMessage(topic, json.dumps(body).encode(), NOW_MS, mid, 1)
+
+    # The telemetry lane is ten minutes behind: a backlog at the broker.
+    backlog_ms = NOW_MS - 600_000
+    await p.handle(FakeSource(), [
+        bracelet(1, "br-1", "telemetry", {"ts": backlog_ms, "seq": 1, "heart_rate_bpm": 70}),
+        bracelet(2, "br-2", "telemetry", {"ts": backlog_ms, "seq": 1, "heart_rate_bpm": 70}),
+    ])  # fmt: skip
+    # br-1's SOS comes at once on the alarm lane, ahead of the readings queued before it.
+    await p.handle(
+        FakeSource(), [bracelet(3, "br-1", "event", {"ts": NOW_MS, "seq": 2, "event": "sos"})],
+        alarm=True,
+    )  # fmt: skip
+    clock.advance(5)
+    decision = p.alerts.tick(clock.now_ms())
+    # br-2's later readings still wait in the backlog: it is not offline.
+    assert [c.rule for c in decision.changes] == []
+    assert [a.rule for a in p.alerts.book.open_alerts()] == ["sos"]

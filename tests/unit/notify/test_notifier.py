@@ -1444,3 +1444,23 @@ async def test_an_alert_whose_silence_is_ended_early_is_told_within_a_minute(
     assert rig.sent() == []
     await rig.after(1)
     assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
+async def test_those_told_hear_the_all_clear_even_if_it_comes_during_a_silence(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # A detector's battery runs low: the grid worker on duty is told.
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    # The crew comes to change batteries; the operator silences the community meanwhile.
+    rig.silences.add(author="operator", reason="battery round", starts_ms=T0 + 60_000, now_ms=T0,
+                     ends_ms=T0 + 8 * 3_600_000, community="hgy")  # fmt: skip
+    # New batteries: the next two hourly reports say so, and the alert resolves.
+    rig.clock.advance(7200)
+    rig.feed(reading(SMOKE, 3600, battery_pct=100),
+             reading(SMOKE, 7200, battery_pct=100))  # fmt: skip
+    await rig.after(0)
+    # The worker who was told it was low hears that it is over, as after any restart.
+    assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]

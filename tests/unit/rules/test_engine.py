@@ -1350,3 +1350,132 @@ def test_a_rule_whose_action_fails_leaves_the_rules_after_it_to_judge_the_record
     (logged,) = caplog.records
     assert "fire_alarm" in logged.getMessage() and "hgy/sd-1" in logged.getMessage()
     assert logged.exc_info is not None and "a fault of the gateway's" in str(logged.exc_info[1])
+
+
+DAY_MS = 86_400_000
+
+
+class Judged:
+    """The rules stage on one outbox file, committing what it decides, as the pipeline
+    does; `ahead` as the alarm lane's records."""
+
+    def __init__(self, path: Path, clock: ManualClock, *, kept_ms: int | None = None,
+                 periods: dict[str, float] | None = None) -> None:  # fmt: skip
+        self.outbox = Outbox(path)
+        self.book = AlertBook(path)
+        self.clock = clock
+        judging = RuleEngine(RULES, Registry(), periods or {}, now_ms=clock.now_ms())
+        self.stage = AlertStage(judging, self.book, SilenceBook(path, Registry()), clock,
+                                kept_ms=kept_ms)  # fmt: skip
+
+    def feed(
+        self, *records: Reading | Event | StatusReport, ahead: bool = False
+    ) -> list[tuple[str, AlertState]]:
+        decision = self.stage.evaluate(list(records), ahead=ahead)
+        self.outbox.commit(decision.lines, [], None, decision.write)
+        return [(c.rule, c.state) for c in decision.changes if c.fired]
+
+    def tick(self) -> list[tuple[str, str, AlertState]]:
+        decision = self.stage.tick(self.clock.now_ms())
+        self.outbox.commit(decision.lines, [], None, decision.write)
+        return [(c.rule, c.device.device_id, c.state) for c in decision.changes if c.fired]
+
+
+def test_a_retained_status_from_before_the_silence_does_not_end_the_offline_alert(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    rules = Judged(tmp_path / "outbox.sqlite3", clock, periods={"bracelet": 60.0})
+    rules.feed(reading(WRIST, 0, heart_rate_bpm=70), reading(OTHER_WRIST, 0, heart_rate_bpm=70))
+    # br-1 falls silent; br-2 goes on reporting.
+    for minute in range(1, 4):
+        clock.advance(60)
+        rules.feed(reading(OTHER_WRIST, minute * 60, heart_rate_bpm=70))
+        fired = rules.tick()
+    assert fired == [("device_offline", "br-1", AlertState.FIRING)]
+    (offline,) = rules.book.open_alerts()
+    # The gateway's session is made again (a first subscription, or MQTT 3.1.1 at every
+    # reconnect): the broker hands over br-1's retained status, published a day ago.
+    rules.feed(StatusReport(WRIST, T0 - DAY_MS, TimeSource.DEVICE, True))
+    # br-1 stays silent for another hour.
+    for minute in range(4, 64):
+        clock.advance(60)
+        rules.feed(reading(OTHER_WRIST, minute * 60, heart_rate_bpm=70))
+        rules.tick()
+    # Still offline: the grid worker must not be told it is back, and the alert must not
+    # end while the device has said nothing.
+    assert rules.book.get(offline.alert_id).state is AlertState.FIRING
+    assert rules.book.get(offline.alert_id).resolved_ms is None
+
+
+def test_an_alarm_judged_ahead_of_a_telemetry_backlog_makes_no_device_offline(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    rules = Judged(tmp_path / "outbox.sqlite3", clock, periods={"bracelet": 60.0})
+    rules.feed(reading(WRIST, 0, heart_rate_bpm=70), reading(OTHER_WRIST, 0, heart_rate_bpm=70))
+    assert rules.tick() == []
+    # Ten minutes on, the gateway is behind its bracelets (a backlog at the broker after
+    # a restart, or more traffic than it takes in): the telemetry lane has reached 100 s.
+    clock.advance(600)
+    rules.feed(reading(WRIST, 100, heart_rate_bpm=70), reading(OTHER_WRIST, 100, heart_rate_bpm=70))
+    assert rules.tick() == []
+    # br-1's resident presses SOS now; the alarm lane, which has no backlog, brings it at
+    # once, ahead of the readings queued before it.
+    assert rules.feed(event(WRIST, 600, "sos"), ahead=True) == [("sos", AlertState.FIRING)]
+    clock.advance(5)
+    # br-2's readings from 160 s on still wait in the telemetry backlog: it is not silent.
+    assert rules.tick() == []
+
+
+def test_a_detector_that_alarms_again_after_its_alert_was_closed_is_an_alert_again(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    rules = Judged(tmp_path / "outbox.sqlite3", clock)
+    assert rules.feed(event(SMOKE, 0, "alarm")) == [("fire_alarm", AlertState.FIRING)]
+    (alert,) = rules.book.open_alerts()
+    # The grid worker goes, finds burnt toast, hushes the detector and closes the alert.
+    clock.advance(180)
+    rules.feed(event(SMOKE, 170, "alarm_cleared"))
+    rules.book.close_alert(alert.alert_id, "wang-fang", clock.now_ms(), "burnt toast, hushed")
+    # Five minutes later the detector alarms again: a real fire this time.
+    clock.advance(300)
+    fired = rules.feed(event(SMOKE, 480, "alarm"))
+    # Somebody must hear of it: a new alert (the closed one told nobody anything).
+    assert fired == [("fire_alarm", AlertState.FIRING)]
+    assert [a.state for a in rules.book.open_alerts()] == [AlertState.FIRING]
+
+
+def test_an_sos_from_a_bracelet_whose_clock_was_reset_to_an_old_date_is_not_dropped(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    # retention.alerts_days at its default, three years.
+    rules = Judged(tmp_path / "outbox.sqlite3", clock, kept_ms=3 * 365 * DAY_MS)
+    # The bracelet's battery ran flat; its clock came back at its firmware's default,
+    # 2022-01-01, after 2000 (so taken for the device's time) but before the retention.
+    reset_ms = 1_640_995_200_000
+    sos = Event(WRIST, reset_ms, TimeSource.DEVICE, "sos", {"lat": 34.75, "lon": 113.62})
+    assert rules.feed(sos) == [("sos", AlertState.FIRING)]
+    assert [a.rule for a in rules.book.open_alerts()] == ["sos"]
+
+
+def test_repeated_sos_presses_from_a_bracelet_whose_clock_is_behind_stay_one_alert(
+    tmp_path: Path,
+) -> None:
+    # The bracelet's clock is 15 minutes behind the gateway's (drift, no NTP).
+    behind_s = 900
+    clock = ManualClock(T0)
+    rules = Judged(tmp_path / "outbox.sqlite3", clock)
+    assert rules.feed(event(WRIST, -behind_s, "sos")) == [("sos", AlertState.FIRING)]
+    # The resident presses again every 30 s while nobody has taken it yet; the rule
+    # timers tick every 5 s meanwhile.
+    for press in range(1, 5):
+        for _ in range(6):
+            clock.advance(5)
+            rules.tick()
+        assert rules.feed(event(WRIST, 30 * press - behind_s, "sos")) == []
+    # One alert being told, with its repeats, not one escalation each (merge_s: 600).
+    (alert,) = rules.book.open_alerts()
+    assert alert.repeats == 4
