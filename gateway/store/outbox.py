@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
+-- The quarantine's size, kept as rows come and go rather than summed at every commit.
+CREATE TABLE IF NOT EXISTS quarantine_size (bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions (
     client_id TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -96,6 +98,11 @@ CREATE TABLE IF NOT EXISTS {table} (
 # Share of the size bound freed beyond the excess when the outbox is full, so that
 # the eviction does not run again for every batch.
 _EVICT_HEADROOM = 0.05
+# The share of `max_bytes` the quarantine may take, its oldest rows going first past it:
+# one device sending large messages that are refused must not fill the bound, which only
+# the lines waiting for the database are dropped to keep.
+_QUARANTINE_SHARE = 0.25
+_QUARANTINE_ROW_BYTES = "length(topic) + length(payload) + length(detail)"
 # How long a connection waits for another's write lock before the commit fails.
 LOCK_TIMEOUT_S = 30.0
 # SQLite's own wait for another connection's write lock sleeps in growing steps of up
@@ -407,15 +414,39 @@ class Outbox:
     def _insert_quarantine(
         self, conn: sqlite3.Connection, entries: Sequence[QuarantineEntry]
     ) -> None:
+        size_bytes = _quarantine_bytes(conn)
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM quarantine").fetchone()[0]
         conn.executemany(
             "INSERT INTO quarantine (received_ms, topic, payload, reason, detail) "
             "VALUES (?, ?, ?, ?, ?)",
             ((e.received_ms, e.topic, e.payload, e.reason, e.detail) for e in entries),
         )
         self._add_counts(conn, (f"quarantined:{e.reason}" for e in entries))
-        newest = conn.execute("SELECT max(id) FROM quarantine").fetchone()[0] or 0
-        # Keep the newest rows; the counters still count every rejection.
-        conn.execute("DELETE FROM quarantine WHERE id <= ?", (newest - self.quarantine_max_rows,))
+        newest, added = conn.execute(
+            f"SELECT max(id), sum({_QUARANTINE_ROW_BYTES}) FROM quarantine WHERE id > ?",
+            (before,),
+        ).fetchone()
+        size_bytes += added
+        # Keep the newest rows, as many as `quarantine_max_rows` and its share of the
+        # bound take; the counters still count every rejection.
+        cut = newest - self.quarantine_max_rows
+        size_bytes -= conn.execute(
+            f"SELECT coalesce(sum({_QUARANTINE_ROW_BYTES}), 0) FROM quarantine WHERE id <= ?",
+            (cut,),
+        ).fetchone()[0]
+        budget = self.max_bytes * _QUARANTINE_SHARE
+        if size_bytes > budget:
+            rows = conn.execute(
+                f"SELECT id, {_QUARANTINE_ROW_BYTES} FROM quarantine WHERE id > ? ORDER BY id",
+                (cut,),
+            )
+            for row_id, row_bytes in rows:
+                cut, size_bytes = row_id, size_bytes - row_bytes
+                if size_bytes <= budget:
+                    break
+            rows.close()
+        conn.execute("DELETE FROM quarantine WHERE id <= ?", (cut,))
+        conn.execute("UPDATE quarantine_size SET bytes = ?", (size_bytes,))
 
     def _evict_if_full(self, conn: sqlite3.Connection) -> int:
         used = self._used_bytes(conn)
@@ -425,9 +456,12 @@ class Outbox:
         if first is None:
             return 0
         rows = last - first + 1
-        # Free a little more than the excess, so that the next batches fit without another cut.
+        # Free a little more than the excess, so that the next batches fit without another
+        # cut; never the newest lines, which this very commit may have brought.
         excess = used - self.max_bytes * (1 - _EVICT_HEADROOM)
-        count = min(rows, max(1, math.ceil(excess / (used / rows))))
+        count = min(rows - 1, max(1, math.ceil(excess / (used / rows))))
+        if count <= 0:
+            return 0
         (evicted,) = conn.execute(
             "SELECT coalesce(sum(line_count), 0) FROM chunks WHERE id < ?", (first + count,)
         ).fetchone()
@@ -641,6 +675,18 @@ class Outbox:
     def size_bytes(self) -> int:
         with self._turn(self._drain_turn):
             return self._used_bytes(self._drain)
+
+
+def _quarantine_bytes(conn: sqlite3.Connection) -> int:
+    """The quarantine's size; summed once, for an outbox made before it was kept."""
+    row = conn.execute("SELECT bytes FROM quarantine_size").fetchone()
+    if row is not None:
+        return int(row[0])
+    (size_bytes,) = conn.execute(
+        f"SELECT coalesce(sum({_QUARANTINE_ROW_BYTES}), 0) FROM quarantine"
+    ).fetchone()
+    conn.execute("INSERT INTO quarantine_size (bytes) VALUES (?)", (size_bytes,))
+    return int(size_bytes)
 
 
 def _count_evicted(conn: sqlite3.Connection, lines: int) -> None:

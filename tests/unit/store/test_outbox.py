@@ -127,6 +127,26 @@ def test_quarantine_keeps_the_newest_rows_and_counts_all(tmp_path: Path) -> None
     assert [q.id for q in first + after] == [q.id for q in outbox.quarantine(limit=80)]
 
 
+def test_a_quarantine_of_large_messages_leaves_the_bound_to_the_lines(tmp_path: Path) -> None:
+    # A misbehaving device sends large messages, each refused and kept whole: without a
+    # share of its own, the quarantine would fill the bound, and every commit would then
+    # drop every line waiting for the database, its own batch's too.
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
+    large = QuarantineEntry(1, "community/hgy/bracelet/br-9/telemetry", b"x" * 20_000,
+                            "too_large", "20000 bytes")  # fmt: skip
+    for _ in range(10):
+        outbox.commit([], [large] * 10)
+    readings = [f"bracelet,community=hgy,device_id=br-{i} heart_rate_bpm=70i 1" for i in range(10)]
+    result = outbox.commit(readings, [])
+    assert result.evicted_lines == 0
+    assert outbox.peek(100).lines == readings
+    # The newest refusals are kept, within a quarter of the bound, and all are counted.
+    kept = outbox.quarantine(limit=1000)
+    assert 0 < len(kept) * 20_000 <= (1 << 20) // 4
+    assert kept[0].id == 100
+    assert outbox.counters()["quarantined:too_large"] == 100
+
+
 def test_reaching_the_size_bound_drops_oldest_lines_and_counts_them(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
     evicted = 0
