@@ -246,26 +246,33 @@ class Gateway:
         # Set when the telemetry process has handed over records for the rules.
         self.handed_over: asyncio.Event | None = None
         if mqtt is not None:
-            retired = self._retired_topics(
+            retired, added = self._session_filters(
                 mqtt.client_id, mqtt.topics, LEGACY_TOPICS if main_keys else ()
             )
             if self._telemetry_apart(config):
                 self.handed_over = asyncio.Event()
                 self.subscriber = TelemetryProcess(
-                    config, self.clock, self.stats, retired=retired, on_counts=self._on_counts
-                )
+                    config, self.clock, self.stats, retired=retired, added=added,
+                    on_counts=self._on_counts,
+                )  # fmt: skip
             else:
                 # The gateway's status goes with the alarms: on their connection if any.
                 self.subscriber = subscriber_for(
-                    mqtt, self.clock, retired=retired, status=not mqtt.alarm_topics
+                    mqtt, self.clock, retired=retired, added=added, status=not mqtt.alarm_topics
                 )
+        alarm_retired, alarm_added = (
+            self._session_filters(mqtt.alarm_client_id, mqtt.alarm_topics, ())
+            if mqtt and mqtt.alarm_topics
+            else ([], [])
+        )
         self.alarm_subscriber = (
             subscriber_for(
                 mqtt,
                 self.clock,
                 topics=mqtt.alarm_topics,
                 client_id=mqtt.alarm_client_id,
-                retired=self._retired_topics(mqtt.alarm_client_id, mqtt.alarm_topics, ()),
+                retired=alarm_retired,
+                added=alarm_added,
                 status=True,
             )
             if mqtt and mqtt.alarm_topics
@@ -315,6 +322,9 @@ class Gateway:
             if connection is not None and not isinstance(connection, TelemetryProcess):
                 connection.on_retired = partial(
                     self.outbox.forget_subscriptions, connection.client_id
+                )
+                connection.on_subscribed = partial(
+                    self.outbox.record_subscriptions, connection.client_id
                 )
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
@@ -560,17 +570,20 @@ class Gateway:
             self._count_open_alerts()
             log.info("%s", self.stats.summary())
 
-    def _retired_topics(
+    def _session_filters(
         self, client_id: str, topics: tuple[str, ...], before_record: tuple[str, ...]
-    ) -> list[str]:
-        """Filters this client id was configured with before but is not now, which its
-        persistent session may hold still; forgotten once the broker dropped them.
-        `before_record` stands for an outbox that took in messages before the record
-        was kept: the defaults of that time."""
+    ) -> tuple[list[str], list[str]]:
+        """The filters this client id was configured with before but is not now, which
+        its persistent session may hold still (forgotten once the broker dropped them);
+        and those it is configured with now but was not, which a resumed session does
+        not hold yet (recorded once the broker has them). `before_record` stands for an
+        outbox that took in messages before the record was kept: the defaults of that
+        time."""
         known = self.outbox.subscriptions(client_id)
-        self.outbox.record_subscriptions(client_id, topics)
         previous = before_record if known is None else known
-        return [topic for topic in previous if topic not in topics]
+        self.outbox.record_subscriptions(client_id, [t for t in topics if t in previous])
+        retired = [topic for topic in previous if topic not in topics]
+        return retired, [topic for topic in topics if topic not in previous]
 
     def reload_rules(self) -> None:
         """Load the rule files again; a broken one raises ConfigError, naming its file and

@@ -57,11 +57,13 @@ class MqttSubscriber(Subscription):
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
         retired: Sequence[str] = (),
+        added: Sequence[str] = (),
         status: bool = False,
     ) -> None:
         super().__init__(
-            config, clock, topics=topics, client_id=client_id, retired=retired, status=status
-        )
+            config, clock, topics=topics, client_id=client_id, retired=retired, added=added,
+            status=status,
+        )  # fmt: skip
         # Read now: a certificate that cannot be loaded is a start-up error.
         self._ssl = config.tls.ssl_context() if config.tls is not None else None
         self._link: _Link | None = None
@@ -286,6 +288,7 @@ class MqttSubscriber(Subscription):
             for topic, code in zip(self._topics, suback.reason_codes, strict=False):
                 if code.value >= 0x80:
                     log.error("the broker refused the subscription to %s: %s", topic, code.name)
+        self._subscription_done()
         if link is self._link:
             self.connected.set()
 
@@ -399,8 +402,12 @@ def subscriber_for(
     topics: Sequence[str] | None = None,
     client_id: str | None = None,
     retired: Sequence[str] = (),
+    added: Sequence[str] = (),
     status: bool = False,
 ) -> Subscriber:
     """The subscription for the broker's protocol; `status`: it says the gateway's."""
     kind = Mqtt3Subscriber if config.protocol == "3.1.1" else MqttSubscriber
-    return kind(config, clock, topics=topics, client_id=client_id, retired=retired, status=status)
+    return kind(
+        config, clock, topics=topics, client_id=client_id, retired=retired, added=added,
+        status=status,
+    )  # fmt: skip

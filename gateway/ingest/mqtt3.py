@@ -54,11 +54,13 @@ class Mqtt3Subscriber(Subscription):
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
         retired: Sequence[str] = (),
+        added: Sequence[str] = (),
         status: bool = False,
     ) -> None:
         super().__init__(
-            config, clock, topics=topics, client_id=client_id, retired=retired, status=status
-        )
+            config, clock, topics=topics, client_id=client_id, retired=retired, added=added,
+            status=status,
+        )  # fmt: skip
         self._received = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -88,6 +90,7 @@ class Mqtt3Subscriber(Subscription):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_subscribe = self._on_subscribe
         return client
 
     async def publish(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
@@ -238,8 +241,13 @@ class Mqtt3Subscriber(Subscription):
             )
             return
         self._connected_anew(flags.session_present)
+        # A resumed session holds its filters: subscribed again, they would have the
+        # broker send every retained status once more (MQTT 3.1.1 has no retain
+        # handling). Those configured since it was last subscribed, it does not hold.
         if not flags.session_present or self._retired:
             client.subscribe([(topic, 1) for topic in self._topics])
+        elif self._added:
+            client.subscribe([(topic, 1) for topic in self._added])
         if self._retired:
             client.unsubscribe(list(self._retired))
         if self._status is not None:
@@ -247,6 +255,16 @@ class Mqtt3Subscriber(Subscription):
             # next connect says online again.
             client.publish(self._status.topic, self._status.online(), qos=0, retain=True)
         self.connected.set()
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._subscription_done()
 
     def _on_unsubscribe(
         self,

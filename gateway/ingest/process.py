@@ -69,6 +69,7 @@ class TelemetryProcess:
         stats: Stats,
         *,
         retired: Sequence[str] = (),
+        added: Sequence[str] = (),
         on_counts: Callable[[BatchCounts], None] | None = None,
     ) -> None:
         assert config.mqtt is not None
@@ -76,6 +77,7 @@ class TelemetryProcess:
         self._clock = clock
         self._stats = stats
         self._retired = tuple(retired)
+        self._added = tuple(added)
         self._on_counts = on_counts
         # As the subscribers have them, for readiness and for tests.
         self.connected = threading.Event()
@@ -122,7 +124,7 @@ class TelemetryProcess:
         ours, theirs = context.Pipe()
         process = context.Process(
             target=serve,
-            args=(self._config, self._retired, logging.getLogger().level, theirs),
+            args=(self._config, self._retired, self._added, logging.getLogger().level, theirs),
             name="telemetry",
             daemon=True,
         )
@@ -183,16 +185,24 @@ class TelemetryProcess:
             ended.set()
 
 
-def serve(config: GatewayConfig, retired: Sequence[str], log_level: int, pipe: Connection) -> None:
+def serve(
+    config: GatewayConfig,
+    retired: Sequence[str],
+    added: Sequence[str],
+    log_level: int,
+    pipe: Connection,
+) -> None:
     """The telemetry process."""
     configure_logging(log_level, "%(asctime)s %(levelname)s %(name)s[telemetry]: %(message)s")
     # Ctrl-C in a terminal reaches every process of the group; the main process says
     # when this one stops, after its own last batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve(config, retired, pipe))
+    asyncio.run(_serve(config, retired, added, pipe))
 
 
-async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection) -> None:
+async def _serve(
+    config: GatewayConfig, retired: Sequence[str], added: Sequence[str], pipe: Connection
+) -> None:
     assert config.mqtt is not None
     # When the cores are busy, the main process (alarms, notifications) goes first.
     os.nice(TELEMETRY_NICENESS)
@@ -223,8 +233,9 @@ async def _serve(config: GatewayConfig, retired: Sequence[str], pipe: Connection
     # A full pass of the collector in the middle of a commit holds the outbox's write
     # lock, which an alarm's commit in the main process may be waiting for.
     set_aside_startup_objects()
-    connection = subscriber_for(config.mqtt, clock, retired=retired)
+    connection = subscriber_for(config.mqtt, clock, retired=retired, added=added)
     connection.on_retired = partial(outbox.forget_subscriptions, connection.client_id)
+    connection.on_subscribed = partial(outbox.record_subscriptions, connection.client_id)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping)

@@ -67,6 +67,7 @@ class Subscription:
         topics: Sequence[str] | None = None,
         client_id: str | None = None,
         retired: Sequence[str] = (),
+        added: Sequence[str] = (),
         status: bool = False,
     ) -> None:
         self._config = config
@@ -82,6 +83,11 @@ class Subscription:
         self._retired = tuple(t for t in retired if t not in self._topics)
         # Told, on the event loop, once the broker has dropped the retired filters.
         self.on_retired: Callable[[Sequence[str]], None] | None = None
+        # Filters configured since the session was last subscribed, which a resumed
+        # session does not hold yet: subscribed at the next connect whatever the session,
+        # and told once the broker has them.
+        self._added = tuple(t for t in added if t in self._topics)
+        self.on_subscribed: Callable[[Sequence[str]], None] | None = None
         self._pending: deque[InboundMessage] = deque()
         self._wakeup = asyncio.Event()
         # Counts connections: a message carries the number of the one that delivered
@@ -124,6 +130,12 @@ class Subscription:
             self._config.port,
             "resumed" if session_present else "new",
         )
+
+    def _subscription_done(self) -> None:
+        """The broker has the filters subscribed."""
+        added, self._added = self._added, ()
+        if added and self.on_subscribed is not None:
+            self.on_subscribed(added)
 
     def _retirement_done(self) -> None:
         """The broker has dropped the retired filters."""

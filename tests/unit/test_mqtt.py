@@ -5,12 +5,17 @@ Mosquitto is tested by the integration tests."""
 import asyncio
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import mqtt5
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.app import Gateway
 from gateway.clock import ManualClock
-from gateway.config import MqttConfig
+from gateway.config import GatewayConfig, MqttConfig
 from gateway.ingest.mqtt import MqttSubscriber, _Link, subscriber_for
 from gateway.ingest.mqtt3 import Mqtt3Subscriber
 
@@ -178,3 +183,56 @@ async def test_a_refused_connection_says_why() -> None:
 def test_mqtt_3_1_1_brokers_get_the_paho_subscription() -> None:
     made = subscriber_for(MqttConfig(protocol="3.1.1"), ManualClock())
     assert isinstance(made, Mqtt3Subscriber)
+
+
+def test_a_resumed_mqtt_3_1_1_session_is_subscribed_to_filters_configured_since() -> None:
+    # An ACME detector's frames moved from `topics` to `alarm_topics`, on a 3.1.1 broker:
+    # the alarm connection's session already exists, and the main connection drops the
+    # vendor filter as retired. Unless subscribed here, every ACME frame, fire alarms
+    # included, would reach no connection.
+    vendor = "vendor/acme-smoke/+/up"
+    sub = Mqtt3Subscriber(
+        MqttConfig(protocol="3.1.1"), ManualClock(),
+        topics=["community/+/+/+/event", vendor], client_id="community-gateway-alarms",
+        added=[vendor],
+    )  # fmt: skip
+    subscribed: list[list[str]] = []
+    recorded: list[list[str]] = []
+    sub._client.subscribe = lambda topics, *_, **__: subscribed.append(  # type: ignore[method-assign]
+        [topic for topic, _ in topics]
+    )
+    sub.on_subscribed = lambda topics: recorded.append(list(topics))
+    resumed = paho.ConnectFlags(session_present=True)
+    success = ReasonCode(PacketTypes.CONNACK, "Success")
+    sub._on_connect(sub._client, None, resumed, success, None)
+    # The new filter alone: the ones the session holds would have the broker send every
+    # retained status again.
+    assert subscribed == [[vendor]]
+    sub._on_subscribe(sub._client, None, 1, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
+    assert recorded == [[vendor]]
+    # Held by the session from then on: the next resumed connect subscribes nothing.
+    sub._on_connect(sub._client, None, resumed, success, None)
+    assert subscribed == [[vendor]]
+
+
+def test_filters_are_recorded_as_the_session_s_once_the_broker_has_them(tmp_path: Path) -> None:
+    def started(alarm_topics: list[str]) -> Gateway:
+        return Gateway(GatewayConfig.model_validate({
+            "mqtt": {"protocol": "3.1.1", "alarm_topics": alarm_topics,
+                     "topics": ["community/+/+/+/telemetry"]},
+            "outbox": {"path": tmp_path / "outbox.sqlite3"},
+            "ingest": {"telemetry_process": False},
+        }))  # fmt: skip
+
+    first = started(["community/+/+/+/event"])
+    alarms = first.alarm_subscriber
+    assert isinstance(alarms, Mqtt3Subscriber)
+    alarms._subscription_done()
+    first.close()
+    second = started(["community/+/+/+/event", "vendor/acme-smoke/+/up"])
+    # Stopped before the broker had the new filter: the next start still subscribes it.
+    second.close()
+    third = started(["community/+/+/+/event", "vendor/acme-smoke/+/up"])
+    assert isinstance(third.alarm_subscriber, Mqtt3Subscriber)
+    assert third.alarm_subscriber._added == ("vendor/acme-smoke/+/up",)
+    third.close()
