@@ -165,6 +165,8 @@ class RedeliveryFilter:
         # The batch each device's list was written with: the log's keys up to it are in
         # the list, or were dropped from it as old, and must not come back as the newest.
         written: dict[Ident, int] = {}
+        newest = max((batch for *_, batch in saved.lists), default=0)
+        newest = max([newest, *(batch for batch, _ in saved.log)])
         for community, device_id, keys, batch in saved.lists:
             if isinstance(keys, str):
                 # Saved as text before the keys were kept as bytes.
@@ -174,10 +176,12 @@ class RedeliveryFilter:
             ident = (community, device_id)
             self._recent[ident] = kept
             written[ident] = batch
-            if len(kept) > self._keys_per_device:
-                # More than its last few: a burst of the batches up to this one, whose
-                # acknowledgements may not have reached the broker. Counted as of this
-                # batch, it is kept as long as it would have been, or a little longer.
+            if len(kept) > 1 and batch > newest - UNACKNOWLEDGED_BATCHES:
+                # Written with one of the batches whose acknowledgements may not have
+                # reached the broker, and more than one key: maybe a burst of them (a
+                # backlog's list is written whole with every batch, and its log goes).
+                # Counted as of this batch, it is kept as long as it would have been, or
+                # a little longer.
                 self._bursts[ident] = [(batch, len(kept))]
             # Batches go on being numbered after the newest saved.
             self._batch = max(self._batch, batch)

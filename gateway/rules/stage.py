@@ -94,9 +94,7 @@ class AlertStage:
         if self._kept_ms is not None:
             kept_since_ms = now_ms - self._kept_ms
             changes = [
-                c
-                for c in changes
-                if c.at_ms >= kept_since_ms or c.life_safety or self._known(c)
+                c for c in changes if c.at_ms >= kept_since_ms or c.life_safety or self._known(c)
             ]
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()

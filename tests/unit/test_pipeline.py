@@ -552,3 +552,32 @@ async def test_an_alarm_lane_sos_makes_no_device_queued_behind_it_look_silent(
     # br-2's later readings still wait in the backlog: it is not offline.
     assert [c.rule for c in decision.changes] == []
     assert [a.rule for a in p.alerts.book.open_alerts()] == ["sos"]
+
+
+def bracelet_reading(seq: int) -> InboundMessage:
+    return msg(seq, {"ts": NOW_MS + seq * 1000, "seq": seq, "heart_rate_bpm": 70})
+
+
+async def test_a_restart_keeps_every_key_of_the_last_eight_batches_as_long_as_before(
+    tmp_path: Path,
+) -> None:
+    # A bracelet's backlog comes 8 messages a batch for 4 batches (32 keys: its list is
+    # written whole, the log of them goes). The gateway restarts; the broker sends the 4
+    # unacknowledged batches again, with 8 new messages of the same backlog, in one batch
+    # whose acknowledgement is lost in turn, so that all 40 come once more. Without the
+    # restart every one of them is known (the burst keeps all keys of the last eight
+    # batches); after it, the 8 oldest were dropped and are stored and judged twice.
+    path = tmp_path / "o.sqlite3"
+    first = pipeline(path)
+    source = FakeSource()
+    batches = [[bracelet_reading(b * 8 + i) for i in range(8)] for b in range(4)]
+    for batch in batches:
+        await first.handle(source, batch)
+    first._outbox.close()
+
+    second = pipeline(path)
+    resent = [m for batch in batches for m in batch] + [bracelet_reading(100 + i) for i in range(8)]
+    await second.handle(source, resent)
+    assert second._stats.redeliveries == 32
+    await second.handle(source, resent)
+    assert second._stats.redeliveries == 32 + 40
