@@ -102,6 +102,9 @@ CREATE TABLE IF NOT EXISTS heard (
     PRIMARY KEY (community, device_type)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS heard_log (id INTEGER PRIMARY KEY, seen BLOB NOT NULL);
+-- Life-safety alerts retention let go: a record of one sent again is known by it, where
+-- an alarm never seen, from a device whose clock is years behind, is made.
+CREATE TABLE IF NOT EXISTS let_go (alert_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 # Batches logged in `heard_log` before they are folded into `heard`: a fold rewrites the
 # groups heard from, so it is done for many batches at once, and often enough that the
@@ -410,6 +413,11 @@ class AlertBook:
     def get(self, alert_id: str) -> AlertEntry:
         return _read(self._conn, alert_id)
 
+    def was_let_go(self, alert_id: str) -> bool:
+        """Whether retention let go of this life-safety alert."""
+        found = self._conn.execute("SELECT 1 FROM let_go WHERE alert_id = ?", (alert_id,))
+        return found.fetchone() is not None
+
     @staticmethod
     def read(conn: sqlite3.Connection, alert_id: str) -> AlertEntry:
         """The alert as it is in the caller's transaction."""
@@ -512,6 +520,11 @@ class AlertBook:
     def forget(conn: sqlite3.Connection, alert_ids: Sequence[str]) -> int:
         """Removes the alerts and their history, inside the caller's transaction."""
         params = [(alert_id,) for alert_id in alert_ids]
+        conn.executemany(
+            "INSERT OR IGNORE INTO let_go (alert_id)"
+            " SELECT alert_id FROM alerts WHERE alert_id = ? AND life_safety",
+            params,
+        )
         conn.executemany("DELETE FROM alert_history WHERE alert_id = ?", params)
         return conn.executemany("DELETE FROM alerts WHERE alert_id = ?", params).rowcount
 

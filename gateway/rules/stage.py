@@ -93,9 +93,7 @@ class AlertStage:
         now_ms = self._clock.now_ms()
         if self._kept_ms is not None:
             kept_since_ms = now_ms - self._kept_ms
-            changes = [
-                c for c in changes if c.at_ms >= kept_since_ms or c.life_safety or self._known(c)
-            ]
+            changes = [c for c in changes if c.at_ms >= kept_since_ms or self._known(c)]
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()
@@ -120,13 +118,14 @@ class AlertStage:
         """Whether the alert a record older than the book keeps alerts changes is in the
         book (open all that time). If not, the record was sent again (a device's stored
         events uploaded once more, after the redelivery filter forgot them), and what it
-        made was told, closed and let go: it is not made again. A life-safety alarm is
-        made all the same (not asked here): one from a device whose clock a flat battery
-        set back years must reach a person, and a years-old one sent again is told twice
-        at worst."""
+        made was told, closed and let go: it is not made again. A life-safety alarm is,
+        unless retention let go of it: one from a device whose clock a flat battery set
+        back years, never seen, must reach a person."""
         try:
             self.book.get(change.alert_id)
         except AlertError:
+            if change.life_safety and not self.book.was_let_go(change.alert_id):
+                return True
             log.warning("%s/%s: a record of %s ms, older than the alerts kept "
                         "(retention.alerts_days), is not made an alert (%s) again",
                         change.device.community, change.device.device_id, change.at_ms,
