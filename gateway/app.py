@@ -138,8 +138,7 @@ def check_policy(
     all_registered = config.ingest.require_registered
     for i, token in enumerate(config.api.tokens if config.api is not None else ()):
         for j, cell in enumerate(token.cells):
-            wanted = (cell.community, cell.area, cell.compound, cell.building)
-            empty = empty_cell(wanted, places, all_registered=all_registered)
+            empty = empty_cell(cell, places, all_registered=all_registered)
             if empty is not None:
                 raise config.error(f"api.tokens[{i}].cells[{j}]", empty)
     if config.notify is None:

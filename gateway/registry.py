@@ -11,7 +11,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -221,8 +221,21 @@ def _place_order(place: Place) -> tuple[str, ...]:
 Place = tuple[str, str | None, str | None, str | None]
 
 
-def place_of(device: RegisteredDevice) -> Place:
-    return (device.community, device.area, device.compound, device.building)
+class Placed(Protocol):
+    """A registered device, or a grid cell (a roster's, a grid worker's) named as one."""
+
+    @property
+    def community(self) -> str: ...
+    @property
+    def area(self) -> str | None: ...
+    @property
+    def compound(self) -> str | None: ...
+    @property
+    def building(self) -> str | None: ...
+
+
+def place_of(placed: Placed) -> Place:
+    return (placed.community, placed.area, placed.compound, placed.building)
 
 
 def within(cell: Place, place: Place) -> bool:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.address import HttpAddress
-from gateway.registry import Place, within
+from gateway.registry import Place, Placed, place_of, within
 from gateway.rules.rule import Severity
 from gateway.rules.schedule import DailyWindow
 
@@ -365,9 +365,7 @@ def unreachable(
     the registry are refused), a community may have devices the registry does not list,
     so that only its areas, compounds and buildings, which come from the registry, are."""
     for index, roster in enumerate(policy.rosters):
-        cell = roster.cell
-        wanted = (cell.community, cell.area, cell.compound, cell.building)
-        problem = empty_cell(wanted, places, all_registered=all_registered)
+        problem = empty_cell(roster.cell, places, all_registered=all_registered)
         if problem is not None:
             return f"rosters[{index}].cell", problem
     for index, route in enumerate(policy.routes):
@@ -408,10 +406,11 @@ def unreachable(
     return None
 
 
-def empty_cell(wanted: Place, places: Collection[Place], *, all_registered: bool) -> str | None:
-    """What is wrong with a grid cell, as (community, area, compound, building), that no
-    registered device is in, or None (see `unreachable`): nobody on duty there, nor a
-    grid worker of it, would ever see an alert."""
+def empty_cell(cell: Placed, places: Collection[Place], *, all_registered: bool) -> str | None:
+    """What is wrong with a grid cell that no registered device is in, or None (see
+    `unreachable`): nobody on duty there, nor a grid worker of it, would ever see an
+    alert."""
+    wanted = place_of(cell)
     if wanted[1:] == (None, None, None) and not all_registered:
         return None
     if places and not any(within(wanted, place) for place in places):
