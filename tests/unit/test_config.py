@@ -545,55 +545,41 @@ def test_a_grid_workers_cell_where_no_device_is_registered_is_named_by_check(
     assert str(config) in err and "api.tokens" in err and "eats" in err
 
 
-def test_a_yaml_contact_without_a_phone_is_named_not_a_traceback(tmp_path: Path) -> None:
-    # A wearer's emergency contact written as a mapping, its phone left out: `check`
-    # must name the row and the field, not end in a KeyError traceback.
-    path = tmp_path / "devices.yaml"
-    path.write_text(
-        "devices:\n"
-        "  - {device_id: br-1, device_type: bracelet, community: hgy,\n"
-        "     emergency_contacts: [{name: 张丽}]}\n",
-        encoding="utf-8",
-    )
-    with pytest.raises(ConfigError) as info:
-        load_registry(path)
-    assert info.value.file == str(path)
-    assert "devices[0]" in info.value.field and "emergency_contacts" in info.value.field
-
-
-def test_a_stray_quote_in_the_csv_does_not_swallow_the_devices_after_it(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("name", "text", "named"),
+    [
+        # A wearer's emergency contact written as a mapping, its phone left out: named,
+        # not a KeyError traceback.
+        ("devices.yaml",
+         "devices:\n"
+         "  - {device_id: br-1, device_type: bracelet, community: hgy,\n"
+         "     emergency_contacts: [{name: 张丽}]}\n",
+         ("devices[0]", "emergency_contacts")),
+        # One unbalanced quote (a building typed as "3号楼) would have the csv module read
+        # the rest of the sheet as that one cell: sd-2 and sd-3 would vanish.
+        ("devices.csv",
+         "device_id,device_type,community,building\n"
+         'sd-1,smoke_detector,hgy,"3号楼\n'
+         "sd-2,smoke_detector,hgy,4号楼\n"
+         "sd-3,smoke_detector,hgy,5号楼\n",
+         ("line 2",)),
+        # A second emergency contact after a comma instead of a semicolon: the extra
+        # cell would be dropped without a word, and that contact never told of a fall.
+        ("devices.csv",
+         "device_id,device_type,community,wearer_name,wearer_phone,emergency_contacts\n"
+         "br-1,bracelet,hgy,张三,13812345678,李四:13987654321,王五:13700001111\n",
+         ("line 2",)),
+    ],
+)  # fmt: skip
+def test_a_registry_that_would_lose_devices_or_contacts_is_refused(
+    tmp_path: Path, name: str, text: str, named: tuple[str, ...]
 ) -> None:
-    # One unbalanced quote (a building typed as "3号楼) makes the csv module read the
-    # rest of the sheet as that one cell: sd-2 and sd-3 vanish from the registry, and
-    # `check` says ok.
-    path = tmp_path / "devices.csv"
-    path.write_text(
-        "device_id,device_type,community,building\n"
-        'sd-1,smoke_detector,hgy,"3号楼\n'
-        "sd-2,smoke_detector,hgy,4号楼\n"
-        "sd-3,smoke_detector,hgy,5号楼\n",
-        encoding="utf-8",
-    )
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_registry(path)
     assert info.value.file == str(path)
-    assert "line 2" in str(info.value)
-
-
-def test_a_csv_row_with_more_cells_than_the_header_is_refused(tmp_path: Path) -> None:
-    # A second emergency contact after a comma instead of a semicolon: the extra cell
-    # is dropped without a word, and that contact is never told of a fall.
-    path = tmp_path / "devices.csv"
-    path.write_text(
-        "device_id,device_type,community,wearer_name,wearer_phone,emergency_contacts\n"
-        "br-1,bracelet,hgy,张三,13812345678,李四:13987654321,王五:13700001111\n",
-        encoding="utf-8",
-    )
-    with pytest.raises(ConfigError) as info:
-        load_registry(path)
-    assert info.value.file == str(path)
-    assert "line 2" in info.value.field
+    assert all(part in info.value.field for part in named), info.value
 
 
 def test_a_setting_written_twice_in_the_config_file_is_refused(tmp_path: Path) -> None:

@@ -19,24 +19,30 @@ def _rule_folder(tmp_path: Path, text: str, name: str = "extra.yaml") -> Path:
     return folder
 
 
+def _refused(tmp_path: Path, text: str) -> ConfigError:
+    """The error loading a rule folder of `text` alone raises, which names its file."""
+    folder = _rule_folder(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_rules(folder, SHIPPED_PROFILES)
+    assert info.value.file == str(folder / "extra.yaml")
+    return info.value
+
+
 @pytest.mark.parametrize("window_s", [0, -60])
 def test_a_rate_window_that_is_not_positive_is_refused(tmp_path: Path, window_s: int) -> None:
-    folder = _rule_folder(
+    error = _refused(
         tmp_path,
         "rules:\n"
         "  - {name: current_rising, title: t, device_types: [charging_shed], severity: info,\n"
         f"     per_port: true, when: 'current_a_per_min > 5', rates: {{current_a: {window_s}}}}}\n",
     )
-    with pytest.raises(ConfigError) as info:
-        load_rules(folder, SHIPPED_PROFILES)
-    assert info.value.file == str(folder / "extra.yaml")
-    assert "rule current_rising" in info.value.field and "rates" in info.value.field
+    assert "rule current_rising" in error.field and "rates" in error.field
 
 
 def test_a_rule_file_with_rules_twice_is_refused_not_half_loaded(tmp_path: Path) -> None:
     # Two `rules:` sections (a block pasted from another file): YAML's last key wins
     # and the fire rule of the first section is dropped without a word.
-    folder = _rule_folder(
+    error = _refused(
         tmp_path,
         "rules:\n"
         "  - {name: fire_again, title: t, device_types: [smoke_detector], severity: critical,\n"
@@ -45,15 +51,12 @@ def test_a_rule_file_with_rules_twice_is_refused_not_half_loaded(tmp_path: Path)
         "  - {name: battery_again, title: t, device_types: [smoke_detector], severity: info,\n"
         "     when: battery_pct < 5}\n",
     )
-    with pytest.raises(ConfigError) as info:
-        load_rules(folder, SHIPPED_PROFILES)
-    assert info.value.file == str(folder / "extra.yaml")
-    assert info.value.field == "rules"
-    assert "lines 1 and 4" in info.value.problem
+    assert error.field == "rules"
+    assert "lines 1 and 4" in error.problem
 
 
 def test_a_key_given_twice_in_a_rule_is_refused(tmp_path: Path) -> None:
-    folder = _rule_folder(
+    error = _refused(
         tmp_path,
         "rules:\n"
         "  - name: smoke_high\n"
@@ -63,25 +66,19 @@ def test_a_key_given_twice_in_a_rule_is_refused(tmp_path: Path) -> None:
         "    when: obscuration_pct_per_m > 10\n"
         "    when: battery_pct < 0\n",
     )
-    with pytest.raises(ConfigError) as info:
-        load_rules(folder, SHIPPED_PROFILES)
-    assert info.value.file == str(folder / "extra.yaml")
-    assert "when" in str(info.value)
+    assert "when" in str(error)
 
 
 def test_correlation_settings_on_a_condition_rule_are_refused(tmp_path: Path) -> None:
     # `kind: correlation` left out: the rule fires for every single detector, and its
     # min_devices, place and window_s are ignored, as merge_s on a non-event rule is not.
-    folder = _rule_folder(
+    error = _refused(
         tmp_path,
         "rules:\n"
         "  - {name: two_alarms, title: t, device_types: [smoke_detector], severity: major,\n"
         "     when: alarm == true, min_devices: 3, place: compound, window_s: 120}\n",
     )
-    with pytest.raises(ConfigError) as info:
-        load_rules(folder, SHIPPED_PROFILES)
-    assert info.value.file == str(folder / "extra.yaml")
-    assert "min_devices" in str(info.value)
+    assert "min_devices" in str(error)
 
 
 def test_a_rule_file_named_yml_is_not_skipped_without_a_word(tmp_path: Path) -> None:
