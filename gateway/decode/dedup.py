@@ -165,8 +165,7 @@ class RedeliveryFilter:
         # The batch each device's list was written with: the log's keys up to it are in
         # the list, or were dropped from it as old, and must not come back as the newest.
         written: dict[Ident, int] = {}
-        newest = max((batch for *_, batch in saved.lists), default=0)
-        newest = max([newest, *(batch for batch, _ in saved.log)])
+        newest = max([0, *(batch for *_, batch in saved.lists), *(batch for batch, _ in saved.log)])
         for community, device_id, keys, batch in saved.lists:
             if isinstance(keys, str):
                 # Saved as text before the keys were kept as bytes.
