@@ -57,7 +57,7 @@ async def create_silence(ctx: Ctx, principal: Caller, body: SilenceIn) -> Silenc
             f"({', '.join(sorted(scope))}): name one as `community`"
         )
     if body.rule is not None and body.rule not in {r.name for r in ctx.gateway.loaded_rules}:
-        # Misspelt, it would mute nothing; a rule added later is silenced once it is loaded.
+        # Misspelt, it would mute nothing; a rule yet to come is silenced once loaded.
         raise SilenceError(f"no rule is named {body.rule!r}")
     # In a worker thread: the write may wait for the ingest's commits (see open_book).
     silence = await asyncio.to_thread(
