@@ -22,6 +22,7 @@ from gateway.decode.record import Record
 from gateway.rules.alert import AlertChange
 from gateway.rules.stage import AlertDecision
 from gateway.store.lock import pid_path
+from simulators.acme import AcmeFrame, FrameType, StatusBits
 from tests.catalogue import shipped_rules
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import MosquittoService
@@ -241,6 +242,49 @@ async def test_a_session_from_before_the_alarm_connection_no_longer_takes_events
             await asyncio.sleep(0.5)
             assert gateway.stats.messages_in == 1
             assert gateway.stats.alerts_firing == 1
+    finally:
+        publisher.close()
+
+
+async def test_a_filter_moved_to_the_alarm_connection_takes_frames_on_a_resumed_311_session(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    imei = "869876543210987"
+    registry = tmp_path / "devices.csv"
+    registry.write_text(
+        "device_id,device_type,community,area,compound,building,imei\n"
+        f"acme-9,smoke_detector,{namespace},东区,湖光新苑,5号楼,{imei}\n",
+        encoding="utf-8",
+    )
+    base = gateway_config(tmp_path, mosquitto, namespace, registry_file=registry)
+    assert base.mqtt is not None
+    v311 = base.mqtt.model_copy(update={"protocol": "3.1.1"})
+    async with running(base.model_copy(update={"mqtt": v311})):
+        pass  # both connections' sessions now wait at the broker
+    vendor = "vendor/acme-smoke/+/up"
+    moved = v311.model_copy(
+        update={
+            "topics": tuple(t for t in v311.topics if t != vendor),
+            "alarm_topics": (*v311.alarm_topics, vendor),
+        }
+    )
+    frame = AcmeFrame(FrameType.ALARM, StatusBits.ALARM, 61, 57.5, 4.25).encode()
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(base.model_copy(update={"mqtt": moved})) as gateway:
+            # A 3.1.1 broker says only that the session is there, not what it holds:
+            # the alarm connection's resumed session must be given the filter it lacks.
+            await wait_until(
+                lambda: (
+                    gateway.outbox.subscriptions(moved.alarm_client_id)
+                    == sorted(moved.alarm_topics)
+                ),
+                what="the moved filter subscribed",
+            )
+            publisher.publish_all(
+                [(f"vendor/acme-smoke/{imei}/up", {"imei": imei, "ts": T0, "payload": frame.hex()})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 1, what="the fire alarm")
     finally:
         publisher.close()
 
