@@ -273,6 +273,8 @@ class Decoder:
                 raise DecodeError(
                     RejectReason.WRONG_TYPE, f"online must be a boolean, got {online!r}"
                 )
+            if message.retain and source is TimeSource.GATEWAY:
+                source = TimeSource.RETAINED
             records = (StatusReport(device, time_ms, source, online, seq),)
         return _new(DecodedMessage, (device, records, _dedup_key(kind, seq, stamp_ms)))
 

@@ -17,6 +17,10 @@ class TimeSource(StrEnum):
     DEVICE = "device"
     # The message carried no `ts`; the gateway's receive time stands in for it.
     GATEWAY = "gateway"
+    # A status with no `ts` that the broker kept (retained) and hands over with every
+    # new subscription: the receive time stands in for it too, but the device may have
+    # said it at any time before, so it is not a sign of life.
+    RETAINED = "retained"
 
 
 class DeviceRef(NamedTuple):
@@ -111,7 +115,7 @@ def dump_records(records: Sequence[Record]) -> bytes:
             append((_EVENT, d[0], d[1], d[2], r[1], source, fields, r[5], r[6], r[3]))
         else:
             assert type(r) is StatusReport
-            append((_STATUS, d[0], d[1], d[2], r[1], source, r[3], r[4]))
+            append((_STATUS, d[0], d[1], d[2], r[1], r[2].value, r[3], r[4]))
     return marshal.dumps(rows, 4)
 
 

@@ -569,10 +569,12 @@ class RuleEngine:
             track = self.tracks.get(key)
             if track is None:
                 continue
-            if type(record) is StatusReport and record.time_ms <= track.since_ms:
+            if type(record) is StatusReport and (
+                record.time_ms <= track.since_ms or record.time_source is TimeSource.RETAINED
+            ):
                 # A retained status, which the broker hands over with every new
-                # subscription however old it is, from before the device fell silent:
-                # not a word from it since.
+                # subscription however old it is, from before the device fell silent, or
+                # with no time to tell: not a word from it since.
                 continue
             self.tracks.pop(key)
             self._dirty.add(key)
@@ -748,9 +750,11 @@ class RuleEngine:
             time_ms = record.time_ms
             if isinstance(record, StatusReport):
                 # A retained status comes with every new subscription, however old: it
-                # says the device was heard then, not that it was silent since, and a
-                # device first known by it is watched from the start.
-                if time_ms > seen_ms.get(device_id, self._started_ms):
+                # says the device was heard then (if it says when), not that it was
+                # silent since, and a device first known by it is watched from the start.
+                if record.time_source is not TimeSource.RETAINED and time_ms > seen_ms.get(
+                    device_id, self._started_ms
+                ):
                     seen_ms[device_id] = time_ms
                 elif device_id not in seen_ms:
                     seen_ms[device_id] = self._started_ms

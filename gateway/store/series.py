@@ -15,7 +15,7 @@ STATUS_MEASUREMENT = "device_status"
 # A point without a device timestamp is marked, so that dashboards can tell.
 _GATEWAY_TIME = (("gateway_time", True),)
 _GATEWAY_TIME_TEXT = encode_fields(_GATEWAY_TIME)
-_GATEWAY = TimeSource.GATEWAY
+_GATEWAY, _DEVICE = TimeSource.GATEWAY, TimeSource.DEVICE
 _EVENT_COUNT = (("count", 1),)
 # Series prefixes cached; cleared when full so that a storm of new ids stays bounded.
 _CACHE_MAX_ENTRIES = 200_000
@@ -68,7 +68,7 @@ class SeriesMapper:
         series = self._series.get(key)
         if series is None:
             series = remember(self._series, key, self._series_of(record), _CACHE_MAX_ENTRIES)
-        if record.time_source is _GATEWAY:
+        if record.time_source is not _DEVICE:
             fields += _GATEWAY_TIME
         return f"{series} {encode_fields(fields)} {record.time_ms}"
 

@@ -399,6 +399,7 @@ def test_records_survive_the_handoff_format_unchanged() -> None:
         Reading(device, NOW_MS, TimeSource.GATEWAY, {"note": "雨 \n"}),
         Event(device, NOW_MS, TimeSource.DEVICE, "overcurrent", {"current_a": 12}, 8, 1),
         StatusReport(device, NOW_MS, TimeSource.GATEWAY, False),
+        StatusReport(device, NOW_MS, TimeSource.RETAINED, True, 3),
     ]
     assert load_records(dump_records(records)) == records
 

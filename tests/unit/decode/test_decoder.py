@@ -209,6 +209,23 @@ def test_event_and_status() -> None:
     )
 
 
+def test_a_retained_status_without_a_time_is_marked_as_of_no_known_time() -> None:
+    topic = "community/hgy/bracelet/br-1/status"
+    stamped, unstamped, live = (
+        decoder().decode(InboundMessage(topic, json.dumps(body).encode(), NOW_MS, retain=retain))
+        for body, retain in (
+            ({"online": True, "ts": NOW_MS - 86_400_000}, True),
+            ({"online": True}, True),
+            ({"online": True}, False),
+        )
+    )
+    assert [r.time_source for m in (stamped, unstamped, live) for r in m.records] == [
+        TimeSource.DEVICE,
+        TimeSource.RETAINED,
+        TimeSource.GATEWAY,
+    ]
+
+
 def acme_body(frame: bytes, imei: str = IMEI) -> dict[str, object]:
     return {"imei": imei, "ts": NOW_MS, "payload": frame.hex().upper()}
 

@@ -1109,6 +1109,19 @@ def test_an_old_retained_status_makes_no_device_offline() -> None:
     assert sorted(c.device.device_id for c in offline) == ["sd-1", "sd-9"]
 
 
+def test_a_retained_status_with_no_time_does_not_put_off_a_silent_device_going_offline() -> None:
+    e = silent_pair()
+    e.evaluate([reading(WRIST, 60, heart_rate_bpm=70)])
+    # A new subscription at 100 s: the broker hands over the other bracelet's retained
+    # status, which carries no time, silent as it has been since 0 s.
+    e.evaluate([StatusReport(OTHER_WRIST, T0 + 100_000, TimeSource.RETAINED, True)])
+    e.evaluate([reading(WRIST, 160, heart_rate_bpm=70)])
+    offline = e.tick(T0 + 160_000)
+    assert [(c.device, c.state, c.values["silent_s"]) for c in offline] == [
+        (OTHER_WRIST, AlertState.FIRING, 160)
+    ]
+
+
 def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
     e = silent_pair()
     # The gateway is ten minutes behind: it judges what one bracelet sent at 100 s and
@@ -1381,8 +1394,9 @@ class Judged:
         return [(c.rule, c.device.device_id, c.state) for c in decision.changes if c.fired]
 
 
+@pytest.mark.parametrize("timed", [True, False], ids=["from the day before", "with no time"])
 def test_a_retained_status_from_before_the_silence_does_not_end_the_offline_alert(
-    tmp_path: Path,
+    tmp_path: Path, timed: bool
 ) -> None:
     clock = ManualClock(T0)
     rules = Judged(tmp_path / "outbox.sqlite3", clock, periods={"bracelet": 60.0})
@@ -1396,7 +1410,11 @@ def test_a_retained_status_from_before_the_silence_does_not_end_the_offline_aler
     (offline,) = rules.book.open_alerts()
     # The gateway's session is made again (a first subscription, or MQTT 3.1.1 at every
     # reconnect): the broker hands over br-1's retained status, published a day ago.
-    rules.feed(StatusReport(WRIST, T0 - DAY_MS, TimeSource.DEVICE, True))
+    rules.feed(
+        StatusReport(WRIST, T0 - DAY_MS, TimeSource.DEVICE, True)
+        if timed
+        else StatusReport(WRIST, clock.now_ms(), TimeSource.RETAINED, True)
+    )
     # br-1 stays silent for another hour.
     for minute in range(4, 64):
         clock.advance(60)

@@ -5,7 +5,7 @@ from gateway import PROJECT_ROOT
 from gateway.clock import SystemClock
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.profile import load_profiles
-from gateway.decode.record import DeviceRef, Reading, TimeSource
+from gateway.decode.record import DeviceRef, Reading, StatusReport, TimeSource
 from gateway.ingest.message import InboundMessage
 from gateway.registry import RegisteredDevice, Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
@@ -117,3 +117,17 @@ def test_every_reading_of_the_fleet_is_a_line_that_reads_back_as_its_fields(
             record.device.device_id,
         )
         assert tags.get("port") == (None if record.port is None else str(record.port))
+
+
+def test_a_status_not_timed_by_the_device_is_marked_so() -> None:
+    mapper = SeriesMapper(load_profiles(PROJECT_ROOT / "device_profiles", CODECS), Registry())
+    device = DeviceRef("hgy", "bracelet", "br-1")
+    marked = [
+        parse_line(mapper.line(StatusReport(device, 5_000, source, True)))[2].get("gateway_time")
+        for source in TimeSource
+    ]
+    assert dict(zip(TimeSource, marked, strict=True)) == {
+        TimeSource.DEVICE: None,
+        TimeSource.GATEWAY: True,
+        TimeSource.RETAINED: True,
+    }
