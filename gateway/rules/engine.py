@@ -609,6 +609,16 @@ class RuleEngine:
         self._hits_dirty.clear()
         return changed, gone
 
+    def forget(self, change: AlertChange) -> None:
+        """Lets go of the track of a change not made (an old record sent again, see
+        AlertStage): left firing, it would take in the next record that meets the rule,
+        a fire now included, as part of an alert that is nobody's."""
+        key = (change.rule, change.device.community, change.device.device_id, change.port)
+        track = self.tracks.get(key)
+        if track is not None and track.alert_id == change.alert_id:
+            self.tracks.pop(key)
+            self._dirty.add(key)
+
     def lasts(self, rule: str) -> bool:
         """Whether an alert of the rule lasts while its condition holds: not an event's,
         which is over once it came. A rule no longer loaded counts as lasting."""

@@ -93,7 +93,13 @@ class AlertStage:
         now_ms = self._clock.now_ms()
         if self._kept_ms is not None:
             kept_since_ms = now_ms - self._kept_ms
-            changes = [c for c in changes if c.at_ms >= kept_since_ms or self._known(c)]
+            made = []
+            for change in changes:
+                if change.at_ms >= kept_since_ms or self._known(change):
+                    made.append(change)
+                else:
+                    self.engine.forget(change)
+            changes = made
         changes = [self._silence(change, now_ms) for change in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()

@@ -318,3 +318,39 @@ async def test_a_device_silent_for_longer_than_alerts_are_kept_is_still_offline(
     await _later(site, 60)
     offline = {(a.rule, a.device_id, a.started_ms) for a in site.gateway.alerts.open_alerts()}
     assert offline == {("device_offline", d, T0) for d in ("br-1", "br-2", "sd-1", "sd-2")}
+
+
+async def test_an_old_record_not_made_an_alert_leaves_no_timer_to_hide_the_live_condition(
+    site: Site,
+) -> None:
+    # A detector whose clock runs 40 days behind reports a low battery: older than the
+    # alerts kept, it is not made an alert, and the same low battery at the right time
+    # a minute later is.
+    await site.send(SD1, {"ts": T0 - 40 * DAY_S * 1000, "alarm": False, "battery_pct": 10})
+    site.clock.advance(60)
+    await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 10})
+    assert [a.rule for a in site.gateway.alerts.open_alerts()] == ["smoke_low_battery"]
+
+
+async def test_a_fire_alarm_sent_again_after_it_was_let_go_does_not_hide_a_new_fire(
+    site: Site,
+) -> None:
+    await site.send(SD1, {"ts": T0, "alarm": True, "battery_pct": 90})
+    (fire,) = [a.alert_id for a in site.gateway.alerts.open_alerts()]
+    await _close(site, fire)
+    for _ in range(2):  # the detector's all-clear, ten minutes apart
+        site.clock.advance(601)
+        await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
+    assert site.gateway.alerts.get(fire).resolved_ms is not None
+    site.clock.advance(31 * DAY_S)
+    for _ in range(40):  # hourly reports, past what the redelivery filter keeps
+        site.clock.advance(HOUR_S)
+        await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
+    assert site.gateway.retention.prune().alerts == 1
+    # The month-old alarm, uploaded again: not told again.
+    await site.send(SD1, {"ts": T0, "alarm": True, "battery_pct": 90})
+    assert site.gateway.alerts.open_alerts() == []
+    # A fire now.
+    site.clock.advance(60)
+    await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": True, "battery_pct": 90})
+    assert [a.rule for a in site.gateway.alerts.open_alerts()] == ["fire_alarm"]
