@@ -111,15 +111,7 @@ class RegisteredDevice(BaseModel):
     @property
     def place_tags(self) -> tuple[tuple[str, str], ...]:
         """The grid cell (片区/小区/楼栋) as time-series tags, for dashboards per place."""
-        return tuple(
-            (key, value)
-            for key, value in (
-                ("area", self.area),
-                ("compound", self.compound),
-                ("building", self.building),
-            )
-            if value
-        )
+        return place_tags(place_of(self))
 
 
 class Registry:
@@ -196,6 +188,14 @@ class Registry:
         numbers repeat."""
         return list(self._within.get((community, 1 + PLACE_TYPES.index(place_type), name), ()))
 
+    def where(self, community: str, device_type: str, device_id: str) -> Place | None:
+        """Where an alert is: its device's registered place, or the place it is about (a
+        building on fire), with the levels above it that all of it shares."""
+        if device_type in PLACE_TYPES:
+            return self.place(community, device_type, device_id)
+        device = self.get(community, device_id)
+        return None if device is None else place_of(device)
+
     def place(self, community: str, place_type: str, name: str) -> Place:
         """A place an alert is about, with the levels above it that all of it shares."""
         level = 1 + PLACE_TYPES.index(place_type)
@@ -236,6 +236,11 @@ class Placed(Protocol):
 
 def place_of(placed: Placed) -> Place:
     return (placed.community, placed.area, placed.compound, placed.building)
+
+
+def place_tags(place: Place) -> tuple[tuple[str, str], ...]:
+    """A place's grid cell (片区/小区/楼栋) as time-series tags, for dashboards per place."""
+    return tuple((key, value) for key, value in zip(PLACE_TYPES, place[1:], strict=True) if value)
 
 
 def within(cell: Place, place: Place) -> bool:

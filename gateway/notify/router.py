@@ -22,7 +22,7 @@ from gateway.notify.policy import (
     Shift,
     Step,
 )
-from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry, place_of
+from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry
 from gateway.rules.book import AlertEntry
 from gateway.rules.schedule import DailyWindow
 
@@ -73,12 +73,8 @@ class Router:
         return self._registry.get(entry.community, entry.device_id)
 
     def place(self, entry: AlertEntry) -> Place | None:
-        """Where an alert is, to route it by: its device's registered place, or the place
-        it is about (a building on fire), with the levels above it that all of it shares."""
-        if entry.device_type in PLACE_TYPES:
-            return self._registry.place(entry.community, entry.device_type, entry.device_id)
-        device = self.device(entry)
-        return None if device is None else place_of(device)
+        """Where an alert is, to route it by (see Registry.where)."""
+        return self._registry.where(entry.community, entry.device_type, entry.device_id)
 
     def routes(self, entry: AlertEntry) -> list[Route]:
         """The routes an alert follows: the first that matches, and any after it while a

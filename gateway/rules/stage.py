@@ -114,10 +114,7 @@ class AlertStage:
             seen=seen,
             repeats=repeats,
         )
-        registry = self.engine.registry
-        lines = [
-            alert_line(c, registry.get(c.device.community, c.device.device_id)) for c in changes
-        ]
+        lines = [alert_line(c, self.engine.registry) for c in changes]
         return AlertDecision(changes, lines, write, repeats)
 
     def _known(self, change: AlertChange) -> bool:

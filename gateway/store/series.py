@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from gateway.cache import remember
 from gateway.decode.profile import FieldSpec, ProfileSet
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, TimeSource
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry, place_tags
 from gateway.rules.alert import AlertChange
 from gateway.store.line_protocol import FieldSetEncoder, encode_fields, encode_series
 
@@ -113,12 +113,12 @@ def _add_types(types: dict[str, str], fields: Mapping[str, FieldSpec]) -> None:
 ALERT_MEASUREMENT = "alert"
 
 
-def alert_line(change: AlertChange, registered: RegisteredDevice | None = None) -> str:
+def alert_line(change: AlertChange, registry: Registry) -> str:
     """An alert's change of state, for timelines and annotations.
 
-    With the device's registry entry, the alert carries its grid cell as tags and the
-    device's position as fields, so that dashboards can group alerts by place and put
-    them on the map.
+    The alert carries its grid cell as tags (its device's, or the place's it is about: a
+    building on fire), and a registered device's position as fields, so that dashboards
+    can group alerts by place and put them on the map.
     """
     device = change.device
     tags = [
@@ -137,8 +137,11 @@ def alert_line(change: AlertChange, registered: RegisteredDevice | None = None) 
         ("life_safety", change.life_safety),
         ("started_ms", change.started_ms),
     )
-    if registered is not None:
-        tags.extend(registered.place_tags)
+    place = registry.where(device.community, device.device_type, device.device_id)
+    if place is not None:
+        tags.extend(place_tags(place))
+    registered = registry.get(device.community, device.device_id)
+    if registered is not None and device.device_type not in PLACE_TYPES:
         fields += _position(registered)
     return f"{encode_series(ALERT_MEASUREMENT, tags)} {encode_fields(fields)} {change.at_ms}"
 

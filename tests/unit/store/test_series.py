@@ -53,7 +53,7 @@ def change(device_id: str, device_type: str) -> AlertChange:
 
 
 def test_an_alert_carries_its_grid_cell_and_position_from_the_registry() -> None:
-    line = alert_line(change("mh-1", "manhole_cover"), COVER)
+    line = alert_line(change("mh-1", "manhole_cover"), Registry([COVER]))
     assert line.startswith(
         "alert,area=东区,community=hgy,compound=湖光苑,device_id=mh-1,"
         "device_type=manhole_cover,rule=cover_open,severity=major "
@@ -61,8 +61,26 @@ def test_an_alert_carries_its_grid_cell_and_position_from_the_registry() -> None
     assert line.endswith(",lat=34.75,lon=113.6 2000")
 
 
+def test_an_alert_about_a_building_carries_the_building_s_grid_cell() -> None:
+    # A building on fire: a dashboard with its area or building chosen shows it too.
+    registry = Registry(
+        [
+            COVER.model_copy(
+                update={"device_id": d, "device_type": "smoke_detector", "building": "3"}
+            )
+            for d in ("sd-1", "sd-2")
+        ]
+    )
+    line = alert_line(change("3", "building"), registry)
+    assert line.startswith(
+        "alert,area=东区,building=3,community=hgy,compound=湖光苑,device_id=3,"
+        "device_type=building,rule=cover_open,severity=major "
+    )
+    assert "lat=" not in line
+
+
 def test_an_unregistered_device_alert_has_no_place() -> None:
-    line = alert_line(change("mh-9", "manhole_cover"))
+    line = alert_line(change("mh-9", "manhole_cover"), Registry([COVER]))
     assert "area=" not in line and "lat=" not in line
 
 
