@@ -13,8 +13,11 @@ import httpx
 
 from gateway.errors import NotifyError
 from gateway.notify.notice import Notice
+from gateway.retry_after import retry_after_s
 
 log = logging.getLogger(__name__)
+# A provider's word on how long to wait, believed up to a day.
+RETRY_AFTER_MAX_S = 86_400.0
 # httpx logs every request's URL at INFO, and robots carry their key in the URL.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -87,8 +90,15 @@ class Channel(ABC):
     kind = ""
     # Whether it needs the receiver's phone number (SMS, voice).
     needs_phone = False
-    # A message listing several alerts is one send (robots, webhook); not for voice.
+    # A message listing several alerts is one send (robots, webhook); not for SMS and
+    # voice, whose template carries one alert and its one link.
     digests = True
+    # Whether it carries news that an alert is over: not a call, whose template reads
+    # out an alarm and tells the receiver to go.
+    tells_clearing = True
+    # The longest text the provider takes, in UTF-8 bytes: a digest is cut to fit, the
+    # rest going in the next.
+    max_text_bytes: int | None = None
     # Whether a send that succeeds means the receiver has it (a provider took it for the
     # number or the group). One that cannot tell is not the last channel tried for a
     # critical notice (see gateway.notify.hooks.MqttPublisher).
@@ -143,7 +153,7 @@ def check_http(response: httpx.Response, provider: str) -> None:
             f"{provider} answered 429: over its rate limit",
             retryable=True,
             rate_limited=True,
-            retry_after_s=retry_after(response),
+            retry_after_s=_capped(retry_after_s(response.headers, None)),
         )
     if response.status_code >= 500:
         raise NotifyError(f"{provider} answered {response.status_code}", retryable=True)
@@ -154,12 +164,8 @@ def check_http(response: httpx.Response, provider: str) -> None:
         )
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+def _capped(seconds: float | None) -> float | None:
+    return None if seconds is None else min(seconds, RETRY_AFTER_MAX_S)
 
 
 async def post(

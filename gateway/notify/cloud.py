@@ -34,6 +34,7 @@ class _CloudChannel(Channel):
     """A provider API called with a template and its variables, for a phone number."""
 
     needs_phone = True
+    digests = False
 
     def __init__(
         self,
@@ -142,7 +143,7 @@ class AliyunSms(_Aliyun):
 
 class AliyunVoice(_Aliyun):
     kind = "aliyun_voice"
-    digests = False
+    tells_clearing = False
 
     def __init__(
         self, name: str, config: AliyunVoiceChannel, http: httpx.AsyncClient, clock: Clock
@@ -308,7 +309,7 @@ class TencentSms(_Tencent):
 
 class TencentVoice(_Tencent):
     kind = "tencent_voice"
-    digests = False
+    tells_clearing = False
     _service = "vms"
     _version = "2020-09-02"
     _action = "SendTtsVoice"

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.clock import Clock, seconds_since
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel
-from gateway.notify.notice import Notice, local_time_text
+from gateway.notify.notice import CLEARED_KINDS, Notice, local_time_text
 from gateway.notify.policy import NotifyPolicy, Receiver
 from gateway.stats import Stats
 
@@ -418,6 +418,8 @@ class FaultWatch:
         for name in pending.receiver.channels:
             channel = self._reach.channels.get(name)
             if channel is None or (channel.needs_phone and not notice.phone):
+                continue
+            if notice.kind in CLEARED_KINDS and not channel.tells_clearing:
                 continue
             now_s = self._clock.monotonic_s()
             if channel.limiter.wait_s(notice.phone, now_s) > 0:

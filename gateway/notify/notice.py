@@ -35,6 +35,8 @@ _KIND_ZH = {
 }
 # Of the gateway itself rather than of an alert (gateway.notify.fault).
 FAULT_KINDS = ("fault", "fault_cleared")
+# News that something is over, which asks nobody to go anywhere.
+CLEARED_KINDS = ("resolved", "fault_cleared")
 # SMS and voice templates take short variables; longer ones are refused by providers.
 TEMPLATE_VALUE_MAX_CHARS = 35
 
@@ -110,9 +112,24 @@ class Notice:
         lines = self.text().split("\n")
         return "\n\n".join([f"### {lines[0]}", *lines[1:]])
 
+    def digest_line(self, *, whose: bool) -> str:
+        """The notice as a line of a digest, with its link; `whose`: naming its receiver,
+        in a group's digest for several."""
+        state = "" if self.kind == "firing" else f"【{_KIND_ZH[self.kind]}】"
+        return (
+            f"- {state}{self.title} · {self.place} · {self.device_id} · {self.time_text}"
+            + (f" · {self.receiver_name}" if whose else "")
+            + (f" {self.link}" if self.link else "")
+        )
+
     def template_values(self) -> dict[str, str]:
+        # A template's words are an alarm's, approved once with the provider: the title
+        # says when the news is that it is over.
+        title = (
+            f"【{_KIND_ZH[self.kind]}】{self.title}" if self.kind in CLEARED_KINDS else self.title
+        )
         values = {
-            "title": self.title,
+            "title": title,
             "severity": _SEVERITY_ZH.get(Severity(self.severity), self.severity),
             "place": self.place,
             "device": self.device_id,

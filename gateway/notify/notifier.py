@@ -50,7 +50,7 @@ from gateway.notify.log import (
     NotificationLog,
     PlannedStep,
 )
-from gateway.notify.notice import Notice, make_notice
+from gateway.notify.notice import CLEARED_KINDS, Notice, make_notice
 from gateway.notify.policy import (
     AliyunSmsChannel,
     AliyunVoiceChannel,
@@ -722,6 +722,11 @@ class Notifier:
                                 "the receiver has no phone number", None)  # fmt: skip
             self._next_channel(notification, notice, now_ms)
             return None
+        if notice.kind in CLEARED_KINDS and not channel.tells_clearing:
+            self._record_notice(notice, channel.name, AttemptResult.FAILED,
+                                "a call reads out an alarm, not news that one is over", None)  # fmt: skip
+            self._next_channel(notification, notice, now_ms)
+            return None
         now_s = self._clock.monotonic_s()
         wait_s = channel.limiter.wait_s(notice.phone, now_s)
         if wait_s > 0:
@@ -744,12 +749,8 @@ class Notifier:
             wait_s = self._block(channel, notice, exc, now_ms)
             self._over_limit(notification, notice, channel, wait_s, str(exc))
             return
-        delivery = self.policy.delivery
-        if exc.retryable and tries + 1 < delivery.max_tries:
-            # Jittered, so that many notifications failing together do not retry together,
-            # and never at once, so that a retry is not another pass of the same round.
-            ceiling_s = min(delivery.backoff_max_s, delivery.backoff_initial_s * 2**tries)
-            due_ms = now_ms + round(self._random.uniform(ceiling_s / 2, ceiling_s) * 1000)
+        if exc.retryable and tries + 1 < self.policy.delivery.max_tries:
+            due_ms = now_ms + self._backoff_ms(tries)
             self.log.update(notification.key, state="pending",
                             channel_index=notification.channel_index, tries=tries + 1,
                             due_ms=due_ms)  # fmt: skip
@@ -757,6 +758,14 @@ class Notifier:
             return
         self._record_notice(notice, channel.name, AttemptResult.FAILED, str(exc), latency_ms)
         self._next_channel(notification, notice, now_ms)
+
+    def _backoff_ms(self, tries: int) -> int:
+        """How long to wait before the next try, after `tries` retries. Jittered, so that
+        many notifications failing together do not retry together, and never at once, so
+        that a retry is not another pass of the same round."""
+        delivery = self.policy.delivery
+        ceiling_s = min(delivery.backoff_max_s, delivery.backoff_initial_s * 2**tries)
+        return round(self._random.uniform(ceiling_s / 2, ceiling_s) * 1000)
 
     def _block(self, channel: Channel, notice: Notice, exc: NotifyError, now_ms: int) -> float:
         """A provider's limit answer holds the channel's sends (to that number, for SMS
@@ -888,8 +897,10 @@ class Notifier:
         and receiver as soon as the limit allows: each digest due now, with the channel
         it goes by and its notifications."""
         groups: dict[tuple[str, str], list[tuple[Notification, Notice]]] = {}
+        now_ms = self._clock.now_ms()
         for notification in self.log.waiting_for_digest():
-            if notification.key in self._sending:
+            if notification.key in self._sending or notification.due_ms > now_ms:
+                # Being sent, or waiting to be tried again.
                 continue
             name = notification.channels[notification.channel_index]
             notice = Notice.from_json(notification.notice)
@@ -909,6 +920,7 @@ class Notifier:
             if channel.limiter.wait_s(first.phone, now_s) > 0:
                 continue
             channel.limiter.note(first.phone, now_s)
+            members = _fitting(members, channel.max_text_bytes)
             digests.append((channel, _digest(first, [n for _, n in members]), members))
         return digests
 
@@ -946,7 +958,15 @@ class Notifier:
                 self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED,
                                     f"{exc}; the digest waits {wait_s:g} s", None)  # fmt: skip
             return
+        # Tried again as a single notice would be, the digest's members together.
+        due_ms = now_ms + self._backoff_ms(max(n.tries for n, _ in members))
         for notification, notice in members:
+            if exc.retryable and notification.tries + 1 < self.policy.delivery.max_tries:
+                self.log.update(notification.key, state="digest",
+                                channel_index=notification.channel_index,
+                                tries=notification.tries + 1, due_ms=due_ms)  # fmt: skip
+                self._record_notice(notice, channel.name, AttemptResult.RETRY, str(exc), None)
+                continue
             self._record_notice(notice, channel.name, AttemptResult.FAILED, str(exc), None)
             self._next_channel(notification, notice, now_ms)
 
@@ -1000,23 +1020,44 @@ def _digest(first: Notice, notices: list[Notice]) -> Notice:
     # @-mentioned.
     several = len({n.receiver for n in notices}) > 1
     # Each alert with its own link, to take it from the message as from a single notice.
-    lines = tuple(
-        f"- {n.title} · {n.place} · {n.device_id} · {n.time_text}"
-        + (f" · {n.receiver_name}" if several else "")
-        + (f" {n.link}" if n.link else "")
-        for n in notices
-    )
+    lines = tuple(n.digest_line(whose=several) for n in notices)
+    firing = sum(n.kind == "firing" for n in notices)
+    counts = [f"{firing} 条告警"] if firing else []
+    if len(notices) > firing:
+        counts.append(f"{len(notices) - firing} 条已恢复")
     return replace(
         first,
         key=f"digest/{digest_id}",
         kind="digest",
-        title=f"{len(notices)} 条告警",
+        title="，".join(counts),
         link=None,
         link_code=None,
         map_url=None,
         lines=lines,
         mentions=tuple(n.phone for n in notices[1:] if n.phone),
     )
+
+
+def _fitting(
+    members: list[tuple[Notification, Notice]], max_bytes: int | None
+) -> list[tuple[Notification, Notice]]:
+    """The first members whose digest's text takes at most `max_bytes`, one at least;
+    the others wait for the next."""
+    if max_bytes is None:
+        return members
+
+    def fits(count: int) -> bool:
+        notices = [n for _, n in members[:count]]
+        return len(_digest(notices[0], notices).text().encode()) <= max_bytes
+
+    low, high = 1, len(members)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return members[:low]
 
 
 def _chain_of(key: str, notice: Notice) -> str:

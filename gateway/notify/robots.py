@@ -51,6 +51,8 @@ def _raise_for_code(
 
 class WecomRobot(Channel):
     kind = "wecom"
+    # A text message's content, as WeCom's robot documentation gives it.
+    max_text_bytes = 2048
 
     def __init__(self, name: str, config: WecomChannel, http: httpx.AsyncClient) -> None:
         super().__init__(name, (Limit(config.per_minute, 60.0),), config.timeout_s)
@@ -86,6 +88,8 @@ def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
 
 class DingtalkRobot(Channel):
     kind = "dingtalk"
+    # A message, as DingTalk's robot documentation gives it.
+    max_text_bytes = 20_000
 
     def __init__(
         self, name: str, config: DingtalkChannel, http: httpx.AsyncClient, clock: Clock
@@ -141,6 +145,8 @@ def feishu_sign(secret: str, timestamp_s: int) -> str:
 
 class FeishuBot(Channel):
     kind = "feishu"
+    # A request's body, as Feishu's bot documentation gives it.
+    max_text_bytes = 20_000
 
     def __init__(
         self, name: str, config: FeishuChannel, http: httpx.AsyncClient, clock: Clock

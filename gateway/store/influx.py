@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import gzip
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from types import TracebackType
 from typing import Self
 
@@ -24,6 +21,7 @@ import httpx
 from gateway.clock import Clock, SystemClock
 from gateway.config import InfluxConfig
 from gateway.errors import StoreError
+from gateway.retry_after import retry_after_s
 
 # Level 1: a typical 5,000-line write (1 MB) compressed about 10x. zlib's level 6 gains a
 # third more at three times the CPU, which the gateway's 2 cores need more.
@@ -267,39 +265,4 @@ class InfluxWriter:
         return text
 
     def _retry_after_s(self, headers: httpx.Headers) -> float | None:
-        # A date is the server's: read against its own `Date`, not this box's clock,
-        # which may be days off before NTP has set it.
-        server_s = _http_date_s(headers.get("Date", ""))
-        now_s = self._clock.now_ms() / 1000.0 if server_s is None else server_s
-        return parse_retry_after_s(headers.get("Retry-After"), now_s=now_s)
-
-
-def parse_retry_after_s(value: str | None, *, now_s: float) -> float | None:
-    """Seconds to wait from a Retry-After header: delay seconds or an HTTP date.
-
-    None when the header is absent or unreadable; a date in the past gives 0.
-    """
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        when_s = _http_date_s(value)
-        if when_s is None:
-            return None
-        seconds = when_s - now_s
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _http_date_s(value: str) -> float | None:
-    """Epoch seconds of an HTTP date, None if it is none."""
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+        return retry_after_s(headers, self._clock.now_ms() / 1000.0)

@@ -40,11 +40,13 @@ class FakeChannel(Channel):
     kind = "fake"
 
     def __init__(self, name: str, *, needs_phone: bool = False, digests: bool = True,
-                 limits: tuple[Limit, ...] = (), links: bool = True) -> None:  # fmt: skip
+                 limits: tuple[Limit, ...] = (), links: bool = True,
+                 tells_clearing: bool = True) -> None:  # fmt: skip
         super().__init__(name, limits)
         self.needs_phone = needs_phone
         self.digests = digests
         self.links = links
+        self.tells_clearing = tells_clearing
         self.sent: list[Notice] = []
         self.errors: deque[NotifyError] = deque()
 

@@ -21,7 +21,7 @@ from werkzeug import Request, Response
 
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
-from gateway.notify.channel import Limiter
+from gateway.notify.channel import Limiter, check_http
 from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
 from gateway.notify.hooks import Console, MqttPublisher, Webhook
 from gateway.notify.policy import (
@@ -654,3 +654,18 @@ async def test_an_sms_brings_the_link_as_its_short_code_and_a_call_never(
                      params=params), http, ManualClock(T0)),
     ]  # fmt: skip
     assert [c.links for c in channels] == [sms_links, sms_links, False, False]
+
+
+def test_a_retry_after_given_as_a_date_holds_the_channel_as_long_as_it_says() -> None:
+    # HTTP allows a date as well as seconds; it counts from the answer's own Date.
+    response = httpx.Response(
+        429,
+        headers={
+            "Date": "Thu, 01 Jan 2026 00:00:00 GMT",
+            "Retry-After": "Thu, 01 Jan 2026 00:05:00 GMT",
+        },
+    )
+    with pytest.raises(NotifyError) as error:
+        check_http(response, "webhook")
+    assert error.value.rate_limited
+    assert error.value.retry_after_s == 300.0

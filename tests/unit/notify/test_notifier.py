@@ -3,23 +3,29 @@ digests, quiet hours, silences and idempotency across a restart."""
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
+from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
+from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
+from gateway.config import load_config
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
 from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Limit
+from gateway.notify.cloud import AliyunSms
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import AttemptResult, NotificationLog, PlannedStep
 from gateway.notify.notice import Notice
 from gateway.notify.notifier import FAILED_ROUND_PAUSE_S, Notifier, make_channels
-from gateway.notify.policy import NotifyPolicy, Route
+from gateway.notify.policy import AliyunSmsChannel, NotifyPolicy, Route, WecomChannel
+from gateway.notify.robots import WecomRobot
 from gateway.notify.router import Router
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.book import AlertBook, AlertEntry
@@ -1464,3 +1470,226 @@ async def test_those_told_hear_the_all_clear_even_if_it_comes_during_a_silence(
     await rig.after(0)
     # The worker who was told it was low hears that it is over, as after any restart.
     assert rig.sent() == [("wecom", "wang-fang", "firing"), ("wecom", "wang-fang", "resolved")]
+
+
+# --- digests -------------------------------------------------------------------------------
+
+
+def one_robot_policy() -> NotifyPolicy:
+    """A receiver reached by one group robot alone (the community office's DingTalk)."""
+    return NotifyPolicy.model_validate(
+        {
+            "channels": {"office-robot": {"type": "console"}},
+            "receivers": [{"name": "office", "phone": "13800000004", "channels": ["office-robot"]}],
+            "routes": [{"escalation": "all"}],
+            "escalations": {"all": [{"after_s": 0, "to": ["office"]}]},
+            "delivery": {"max_tries": 3, "backoff_initial_s": 2, "backoff_max_s": 10},
+        }
+    )
+
+
+async def test_a_digest_that_meets_a_retryable_error_is_tried_again_not_given_up(
+    tmp_path: Path,
+) -> None:
+    # A receiver reached by one group robot alone, which answers a digest "system busy":
+    # the digest is tried again, as a single notice would be.
+    robot = FakeChannel("office-robot", limits=(Limit(1, 60.0),))
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=one_robot_policy(),
+              channels={"office-robot": robot})  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert [n.kind for n in robot.sent] == ["firing"]
+    # Two more within the minute: held for a digest.
+    rig.feed(reading(WRIST, 1, battery_pct=10))
+    await rig.after(1)
+    # The digest is due once the minute is over; the provider is busy for a moment.
+    robot.errors.append(NotifyError("DingTalk refused: -1 system busy", retryable=True))
+    await rig.after(60)
+    assert [n.kind for n in robot.sent] == ["firing"]
+    await rig.after(60)
+    await rig.after(60)
+    wrist_alert = next(a for a in rig.book.open_alerts() if a.device_id == "br-1")
+    results = [a.result for a in rig.log.attempts(wrist_alert.alert_id)]
+    assert AttemptResult.UNDELIVERED not in results, results
+    assert [n.kind for n in robot.sent] == ["firing", "digest"]
+
+
+async def test_an_all_clear_in_a_digest_does_not_read_as_a_new_alarm(tmp_path: Path) -> None:
+    # Over the robot's limit, an all-clear waits for a digest, which says it is over.
+    # A robot that has taken its message of these three hours.
+    robot = FakeChannel("office-robot", limits=(Limit(1, 3 * 3600.0),))
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=one_robot_policy(),
+              channels={"office-robot": robot})  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert [n.kind for n in robot.sent] == ["firing"]
+    # A new battery, and still so at the next hourly report: the all-clear.
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), reading(SMOKE, 7200, battery_pct=100))
+    await rig.after(7200)
+    assert [n.kind for n in robot.sent] == ["firing"]
+    await rig.after(3600)
+    (digest,) = [n for n in robot.sent if n.kind == "digest"]
+    assert digest.text().split("\n")[:2] == [
+        "【提示告警汇总】1 条已恢复",
+        "- 【已恢复】烟感电量低 Low battery · hgy east 3 · sd-1 · 2026-01-01 08:00",
+    ]
+
+
+# --- SMS -----------------------------------------------------------------------------------
+
+
+class AliyunAnswers:
+    """A local stand-in for Aliyun's SendSms: answers in turn, records what it was sent."""
+
+    def __init__(self, *answers: tuple[int, dict[str, object]]) -> None:
+        self.answers = list(answers)
+        self.requests: list[dict[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(dict(parse_qsl(request.content.decode())))
+        status, body = self.answers.pop(0) if self.answers else (200, {"Code": "OK"})
+        return httpx.Response(status, json=body)
+
+
+def sms_policy(params: list[str]) -> NotifyPolicy:
+    return NotifyPolicy.model_validate(
+        {
+            "channels": {"sms": {"type": "aliyun_sms", "access_key_id": "id",
+                                 "access_key_secret": "secret", "sign_name": "湖光苑社区",
+                                 "template_code": "SMS_1", "params": params,
+                                 "url": "https://dysmsapi.example.cn/"}},
+            "receivers": [{"name": "wang-fang", "phone": "13800000001", "channels": ["sms"]}],
+            "routes": [{"escalation": "all"}],
+            "escalations": {"all": [{"after_s": 0, "to": ["wang-fang"]}]},
+        }
+    )  # fmt: skip
+
+
+def sms_rig(tmp_path: Path, policy: NotifyPolicy, aliyun: AliyunAnswers) -> Rig:
+    """The notifier with a real Aliyun SMS channel, answered by `aliyun`."""
+    clock = ManualClock(T0)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(aliyun))
+    config = policy.channels["sms"]
+    assert isinstance(config, AliyunSmsChannel)
+    sms = AliyunSms("sms", config, http, clock)
+    return Rig(tmp_path / "outbox.sqlite3", clock=clock, policy=policy,
+               channels={"sms": sms})  # type: ignore[dict-item]  # fmt: skip
+
+
+async def test_sms_over_a_number_s_limit_go_one_by_one_each_with_its_link(tmp_path: Path) -> None:
+    # An SMS template carries one alert and its one short link: over Aliyun's limit for
+    # the number, each alert still goes in an SMS of its own, by which it can be taken.
+    aliyun = AliyunAnswers(
+        (200, {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": "触发分钟级流控"})
+    )
+    rig = sms_rig(tmp_path, sms_policy(["title", "place", "time", "link_code"]), aliyun)
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    rig.feed(reading(WRIST, 1, battery_pct=10))
+    await rig.after(1)
+    await rig.after(60)
+    sent = [json.loads(r["TemplateParam"]) for r in aliyun.requests[1:]]
+    assert sorted(v["title"] for v in sent) == ["手环电量低 Low battery", "烟感电量低 Low battery"]
+    for values in sent:
+        link = rig.log.short_link(values["link_code"])
+        assert link is not None and "/a/" in link
+
+
+@pytest.mark.usefixtures("example_secrets")
+async def test_the_shipped_sms_template_tells_an_all_clear_as_an_all_clear(tmp_path: Path) -> None:
+    # The shipped SMS template's words are an alarm's: the title says an all-clear is one.
+    (tmp_path / "notify.yaml").write_text(
+        (PROJECT_ROOT / "deploy" / "notify.example.yaml").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    (tmp_path / "gateway.yaml").write_text("mqtt: null\nnotify: notify.yaml\n", encoding="utf-8")
+    shipped = load_config(tmp_path / "gateway.yaml").notify
+    assert shipped is not None
+    sms = shipped.channels["sms"]
+    assert isinstance(sms, AliyunSmsChannel)
+    aliyun = AliyunAnswers()
+    rig = sms_rig(tmp_path, sms_policy(list(sms.params)), aliyun)
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    # A new battery, and still so at the next hourly report: the all-clear.
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), reading(SMOKE, 7200, battery_pct=100))
+    await rig.after(7200)
+    firing, resolved = (json.loads(r["TemplateParam"]) for r in aliyun.requests)
+    assert resolved["title"] == "【已恢复】" + firing["title"]
+
+
+# --- message size --------------------------------------------------------------------------
+
+
+async def test_a_wecom_digest_stays_within_what_a_wecom_text_message_takes(
+    tmp_path: Path,
+) -> None:
+    # Thirty low batteries within a minute: the robot's 20 a minute go one by one, and
+    # the other ten in digests that WeCom takes, 2048 bytes of text at most.
+    sizes: list[int] = []
+
+    def wecom(request: httpx.Request) -> httpx.Response:
+        content = json.loads(request.content)["text"]["content"]
+        sizes.append(len(content.encode()))
+        if sizes[-1] > 2048:
+            return httpx.Response(
+                200, json={"errcode": 40058, "errmsg": "content exceed max length"}
+            )
+        return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
+
+    devices = [f"sd-{n}" for n in range(1, 31)]
+    registry = Registry([
+        RegisteredDevice(device_id=d, device_type="smoke_detector", community="hgy",
+                         area="east", building="3") for d in devices
+    ])  # fmt: skip
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"wecom": {"type": "wecom", "key": "k", "url": "https://wecom.example.cn/"}},
+            "receivers": [{"name": "wang-fang", "phone": "13800000001", "channels": ["wecom"]}],
+            "routes": [{"escalation": "all"}],
+            "escalations": {"all": [{"after_s": 0, "to": ["wang-fang"]}]},
+        }
+    )  # fmt: skip
+    config = policy.channels["wecom"]
+    assert isinstance(config, WecomChannel)
+    robot = WecomRobot("wecom", config, httpx.AsyncClient(transport=httpx.MockTransport(wecom)))
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy, registry=registry,
+              channels={"wecom": robot})  # type: ignore[dict-item]  # fmt: skip
+    for device in devices:
+        rig.feed(reading(SMOKE._replace(device_id=device), 0, battery_pct=10))
+    await rig.after(0)
+    assert len(sizes) == 20
+    await rig.after(60)
+    assert len(sizes) > 20
+    undelivered = [
+        a.alert_id
+        for alert in rig.book.open_alerts()
+        for a in rig.log.attempts(alert.alert_id)
+        if a.result is AttemptResult.UNDELIVERED
+    ]
+    assert undelivered == [], (sizes[20:], len(undelivered))
+    assert max(sizes) <= 2048
+
+
+async def test_an_all_clear_is_not_called_but_goes_by_the_next_channel(tmp_path: Path) -> None:
+    # A call's template reads out an alarm and tells the receiver to go.
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"voice": {"type": "console"}, "office-robot": {"type": "console"}},
+            "receivers": [{"name": "office", "phone": "13800000004",
+                           "channels": ["voice", "office-robot"]}],
+            "routes": [{"escalation": "all"}],
+            "escalations": {"all": [{"after_s": 0, "to": ["office"]}]},
+        }
+    )  # fmt: skip
+    voice = FakeChannel("voice", needs_phone=True, digests=False, links=False,
+                        tells_clearing=False)  # fmt: skip
+    robot = FakeChannel("office-robot")
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy,
+              channels={"voice": voice, "office-robot": robot})  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), reading(SMOKE, 7200, battery_pct=100))
+    await rig.after(7200)
+    assert [n.kind for n in voice.sent] == ["firing"]
+    assert [n.kind for n in robot.sent] == ["firing", "resolved"]

@@ -16,8 +16,9 @@ from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.config import InfluxConfig
 from gateway.errors import StoreError
+from gateway.retry_after import parse_retry_after_s
 from gateway.store import influx
-from gateway.store.influx import InfluxWriter, RejectedLine, WriteResult, parse_retry_after_s
+from gateway.store.influx import InfluxWriter, RejectedLine, WriteResult
 
 PASSWORD = "pa55-w0rd-very-secret"
 TOKEN = "tok-0123456789-secret"
