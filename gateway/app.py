@@ -163,7 +163,14 @@ class Gateway:
         self.loaded_rules = rules
         # Two gateways on one outbox would each notify every alarm; and a damaged outbox
         # is moved aside only while no other process has it open.
-        config.outbox.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = config.outbox.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"{folder}: the outbox folder cannot be made: {exc.strerror or exc}",
+                retryable=False,
+            ) from exc
         self.instance = PidLock.take(pid_path(config.outbox.path), "another gateway")
         try:
             wait_until_free(

@@ -126,6 +126,8 @@ def _check(path: Path) -> int:
 
     config = load_config(path)
     profiles, registry, rules = load_catalogue(config)
+    if (blocker := _not_a_folder(config.outbox.path.parent)) is not None:
+        raise config.error("outbox.path", f"{blocker} is not a folder")
     print(f"{path}: ok")
     print(f"  device profiles: {len(profiles)} ({', '.join(sorted(profiles.by_name))})")
     print(f"  registered devices: {len(registry)}")
@@ -144,6 +146,15 @@ def _check(path: Path) -> int:
     served = f"{api.host}:{api.port}, {len(api.tokens)} token(s)" if api else "none"
     print(f"  API and pages: {served}")
     return 0
+
+
+def _not_a_folder(folder: Path) -> Path | None:
+    """The file standing where `folder` or one above it should be, if any. Whether the
+    gateway may make the folder is left to its start: `check` may run as another user."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            return None if place.is_dir() else place
+    return None
 
 
 DASHBOARD_FOLDER = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"

@@ -155,7 +155,15 @@ def run_from_args(ns: argparse.Namespace) -> int:
     options = options_from_args(ns)
     if ns.write_registry is not None:
         fleet = fleet_of(options)
-        ns.write_registry.write_text(fleet.registry_csv(), encoding="utf-8")
+        try:
+            ns.write_registry.write_text(fleet.registry_csv(), encoding="utf-8")
+        except OSError as error:
+            reason = error.strerror or error
+            print(
+                f"simulate: cannot write the registry to {ns.write_registry}: {reason}",
+                file=sys.stderr,
+            )
+            return 1
         print(f"wrote {len(fleet.devices)} devices to {ns.write_registry}", file=sys.stderr)
     if not wants_publishing(ns):
         return 0

@@ -59,7 +59,7 @@ def push_dashboards(
     """Create or replace each dashboard; returns the URL Grafana gives each one."""
     auth = credential.auth()
     shown = _without_userinfo(url)
-    endpoint = url.rstrip("/") + "/api/dashboards/db"
+    endpoint = url.rstrip("/") + API_PATH
     urls = []
     with httpx.Client(auth=auth, timeout=timeout_s) as http:
         for name, board in dashboards.items():
@@ -84,9 +84,52 @@ def push_dashboards(
                     f"Grafana at {shown} {what} {name}: HTTP {response.status_code} "
                     f"{_message(response)}"
                 )
-            answer = response.json() if response.content else {}
-            urls.append(str(answer.get("url", "")) if isinstance(answer, dict) else "")
+            if not response.is_success:
+                raise _redirected(response, shown, credential)
+            urls.append(str(_answer(response, shown, name).get("url", "")))
     return urls
+
+
+API_PATH = "/api/dashboards/db"
+
+
+def _redirected(response: httpx.Response, shown: str, credential: Credential) -> PushError:
+    """Redirects are not followed: a POST redirected by a 301 or 302 becomes a GET, and
+    a sign-in page is no place to save dashboards; the address to give instead is."""
+    status = response.status_code
+    location = response.headers.get("Location")
+    if not location:
+        return PushError(f"{shown} answered HTTP {status}, not as Grafana's API does")
+    target = credential.redact(_without_userinfo(str(response.url.join(location))))
+    parts = urlsplit(target)
+    if parts.path.endswith(API_PATH) and not parts.query:
+        # Sent on to Grafana's API elsewhere: from http to https, or another host name.
+        address = urlunsplit(parts._replace(path=parts.path.removesuffix(API_PATH)))
+        return PushError(
+            f"{shown} redirected the request to {target} (HTTP {status}): "
+            f"give that address, {address}"
+        )
+    return PushError(
+        f"{shown} redirected the request to {target} (HTTP {status}), a sign-in page or "
+        "another site rather than Grafana's API: give the address Grafana answers on"
+    )
+
+
+def _answer(response: httpx.Response, shown: str, name: str) -> dict[str, Any]:
+    """Grafana answers a dashboard saved with a JSON object; anything else is some other
+    server at that address, such as a proxy's sign-in page."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        kind = response.headers.get("Content-Type", "no content type")
+        first = " ".join(response.text[:80].split()) or "an empty body"
+        raise PushError(
+            f"{shown} answered {name} with HTTP {response.status_code} ({kind}) that is "
+            f"not Grafana's API: {first}"
+        )
+    return answer
 
 
 class _Bearer(httpx.Auth):

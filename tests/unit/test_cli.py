@@ -1,4 +1,4 @@
-"""The `run` command's signals, in a process of its own."""
+"""The `run` command: its signals, in a process of its own, and what stops it starting."""
 
 import signal
 import subprocess
@@ -6,7 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway import PROJECT_ROOT
+from gateway.cli import main
 
 # The gateway sends itself SIGHUP once it has taken its pid file, as `reload` may
 # whenever it finds the file held: while the gateway is still being made.
@@ -45,3 +48,19 @@ def test_a_reload_while_the_gateway_starts_is_carried_out_once_it_runs(tmp_path:
     finally:
         process.kill()
         process.wait()
+
+
+def test_an_outbox_folder_that_cannot_be_made_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`outbox.path` under a file (a typo), or where the gateway may not make a folder:
+    `run` says which folder and why, and exits 1, as for a pid file it cannot open;
+    `check` names the file in the way."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a folder")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"mqtt: null\noutbox:\n  path: {blocker}/outbox.sqlite3\n")
+    assert main(["run", "--config", str(config)]) == 1
+    assert f"error: {blocker}" in capsys.readouterr().err
+    assert main(["check", "--config", str(config)]) == 2
+    assert f"outbox.path: {blocker} is not a folder" in capsys.readouterr().err

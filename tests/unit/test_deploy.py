@@ -244,3 +244,24 @@ def test_install_guide_covers_backup_and_upgrade() -> None:
     guide = (DEPLOY / "INSTALL.md").read_text()
     for needed in ("apt-get install", "mosquitto_passwd", ".backup", "influxd backup", "Upgrade"):
         assert needed in guide, needed
+
+
+def test_install_guide_writes_recovered_lines_as_the_gateway_and_stops_at_a_refusal() -> None:
+    """The guide turns InfluxDB's authentication on: lines read back from a damaged
+    outbox are written with the gateway's own InfluxDB login, from its env file, and a
+    write refused stops the loop naming its file rather than losing the lines unseen."""
+    guide = (DEPLOY / "INSTALL.md").read_text()
+    assert "auth-enabled = true" in guide
+    influx = yaml.safe_load((DEPLOY / "gateway.compose.yaml").read_text())["influx"]
+    (password,) = VARIABLE.findall(influx["password"])
+    assert password in env_example_names()
+    lines = guide.splitlines()
+    writes = [i for i, line in enumerate(lines) if "curl" in line and "/write?" in line]
+    assert writes
+    for i in writes:
+        flags = re.findall(r"\s-([A-Za-z]+)", lines[i])
+        assert f'-u "{influx["username"]}:${password}"' in lines[i], lines[i]
+        # Silenced (-s), curl's reason must still be shown (-S).
+        assert not any("s" in f for f in flags) or any("S" in f for f in flags), lines[i]
+        after = "\n".join(lines[i : i + 3])
+        assert "$f" in after.partition("||")[2] and "break" in after, after

@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -60,6 +61,33 @@ class FakeGrafana(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+@contextmanager
+def answering(status: int, headers: dict[str, str], body: bytes) -> Iterator[str]:
+    """A server that answers every POST alike, as a reverse proxy in front of Grafana
+    may: a redirect to https or to its sign-in page."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -139,3 +167,37 @@ def test_no_address_or_no_credential_is_refused_before_any_request(
     assert "--url" in capsys.readouterr().err
     assert main(["push-dashboards", "--url", "http://127.0.0.1:9"]) == 1
     assert "token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "status, location, says",
+    [
+        (
+            301,
+            "https://grafana.example/api/dashboards/db",
+            "give that address, https://grafana.example",
+        ),
+        (302, "/oauth2/sign_in?rd=%2Fapi%2Fdashboards%2Fdb", "/oauth2/sign_in"),
+    ],
+)
+def test_a_redirect_is_an_error_that_says_where_it_points(
+    status: int, location: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing is saved where a proxy redirects (to https, or to its sign-in page): that
+    is no success, and where it points is named so that the right address is given."""
+    with answering(status, {"Location": location}, b"") as url:
+        assert main(["push-dashboards", "--url", url, "--token", TOKEN]) == 1
+    out, err = capsys.readouterr()
+    assert f"HTTP {status}" in err and says in err
+    assert out == ""
+
+
+def test_an_answer_that_is_not_grafanas_api_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An address that reaches some other web server (a sign-in page answering 200)."""
+    page = b"<html><body>Sign in</body></html>"
+    with answering(200, {"Content-Type": "text/html"}, page) as url:
+        assert main(["push-dashboards", "--url", url, "--token", TOKEN]) == 1
+    err = capsys.readouterr().err
+    assert "not Grafana's API" in err and "Sign in" in err

@@ -126,6 +126,16 @@ def test_write_registry_alone_writes_and_exits(tmp_path: Path) -> None:
     assert wants_publishing(_parse("--write-registry", str(path), "--seconds", "5"))
 
 
+def test_write_registry_into_a_missing_folder_says_so_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `dashboards --out` does: the path and the reason, and a non-zero exit."""
+    path = tmp_path / "missing" / "registry.csv"
+    for run in (main, lambda argv: gateway_main(["simulate", *argv])):
+        assert run(["--write-registry", str(path), "--devices", "5"]) == 1
+        assert f"{path}: No such file or directory" in capsys.readouterr().err
+
+
 def test_cli_publishes(
     broker_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
