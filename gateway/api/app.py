@@ -17,7 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__
 from gateway.api import alerts, devices, health, metrics, pages, quarantine, rules, silences
 from gateway.api.auth import AuthError, ForbiddenError, TooManyFailuresError
-from gateway.api.context import ApiContext, BadParameterError, NotFoundError, strict_query
+from gateway.api.context import (
+    ApiContext,
+    BadParameterError,
+    NotFoundError,
+    is_page,
+    strict_query,
+)
 from gateway.config import ApiConfig
 from gateway.errors import ConfigError, StoreError
 from gateway.notify.link import LinkError
@@ -62,10 +68,6 @@ ERRORS: dict[type[Exception], Callable[[Exception], int]] = {
 }
 
 
-def _is_page(request: Request) -> bool:
-    return request.url.path.startswith(("/a/", "/s/"))
-
-
 def _route_template(request: Request) -> str:
     route = request.scope.get("route")
     return getattr(route, "path", None) or "(no route)"
@@ -83,13 +85,16 @@ def _handler(kind: type[Exception]) -> Callable[[Request, Exception], Awaitable[
             # The route's template, never the path: a link's path is its token, which
             # alone acts on the alert and shows the wearer's phone.
             log.warning("%s %s failed: %s", request.method, _route_template(request), exc)
-        if _is_page(request):
+        if is_page(request.url.path):
+            root = pages.root_of(request.url.path)
             if isinstance(exc, LinkError):
-                body = pages.link_error_page(exc)
+                body = pages.link_error_page(exc, root)
             elif isinstance(exc, TooManyFailuresError):
-                body = pages.too_many_page(exc)
+                body = pages.too_many_page(exc, root)
             else:
-                body = pages.error_page("无法完成", str(exc))
+                if status < 500:
+                    log.info("%s %s failed: %s", request.method, _route_template(request), exc)
+                body = pages.failure_page(exc, root)
             return HTMLResponse(body, status_code=status, headers={**headers, **pages.PAGE_HEADERS})
         return JSONResponse({"detail": _config_detail(exc)}, status_code=status, headers=headers)
 

@@ -29,7 +29,17 @@ class BadParameterError(GatewayError):
     ends before it begins match nothing (422)."""
 
 
+def is_page(path: str) -> bool:
+    """Whether a path is a page a person opens (the board, a notification's link, an
+    SMS's short link), rather than the API."""
+    return path in ("/", "/board") or path.startswith(("/a/", "/s/"))
+
+
 def strict_query(request: Request) -> None:
+    # A page's link is forwarded through messengers that add their own parameters
+    # (WeChat's ?from=singlemessage&isappinstalled=0, utm_ tags): a page ignores them.
+    if is_page(request.url.path):
+        return
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
     if dependant is None:

@@ -25,6 +25,7 @@ from gateway.api.devices import audit_reads, tracks_person
 from gateway.api.latest import DeviceLatest
 from gateway.api.privacy import has_personal_data, mask_receiver, what_shown
 from gateway.decode.record import DeviceRef, Position
+from gateway.errors import StoreError
 from gateway.notify.link import (
     RECEIVER_GONE,
     SHORT_CODE,
@@ -54,9 +55,17 @@ ACTIONS = {"acknowledge": "接单", "arrive": "已到场", "close": "关闭告�
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
+def root_of(path: str) -> str:
+    """The way back from a page at `path` to the gateway's root, as a relative address.
+    A proxy may publish the gateway under a path of its own (`api.public_url`
+    https://gw.example.cn/gateway) and strip it before the gateway sees a request: an
+    address from the host's root would lead out of the gateway."""
+    return "../" * max(0, path.count("/") - 1)
+
+
 @router.get("/", response_class=RedirectResponse)
 async def root() -> RedirectResponse:
-    return RedirectResponse("/board", status_code=307)
+    return RedirectResponse("board", status_code=307)
 
 
 @router.get("/board", response_class=HTMLResponse)
@@ -138,7 +147,7 @@ async def link_page(
     link = _verify(ctx, request, token)
     entry = ctx.gateway.alerts.get(link.alert_id)
     message = f"已记录：{ACTIONS[done]}" if done in ACTIONS else None
-    page = await _alert_page(ctx, link, token, entry, message)
+    page = await _alert_page(ctx, request, link, token, entry, message)
     return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
@@ -146,7 +155,8 @@ async def link_page(
 async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Response:
     link = _verify(ctx, request, token)
     if action not in ACTIONS:
-        return HTMLResponse(error_page("没有这个操作", f"未知操作：{action}"), status_code=404)
+        page = error_page("没有这个操作", f"未知操作：{action}", root_of(request.url.path))
+        return HTMLResponse(page, status_code=404, headers=PAGE_HEADERS)
     desk = ctx.gateway.desk
     try:
         if action == "acknowledge":
@@ -159,16 +169,18 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
             if not note:
                 entry = ctx.gateway.alerts.get(link.alert_id)
                 page = await _alert_page(
-                    ctx, link, token, entry, "关闭告警需要填写处理说明。", error=True
+                    ctx, request, link, token, entry, "关闭告警需要填写处理说明。", error=True
                 )
                 return HTMLResponse(page, status_code=422, headers=PAGE_HEADERS)
             await desk.close(link.alert_id, link.receiver, note)
     except AlertError as exc:
         entry = ctx.gateway.alerts.get(link.alert_id)
-        page = await _alert_page(ctx, link, token, entry, _refusal(entry, action, exc), error=True)
+        refusal = _refusal(entry, action, exc)
+        page = await _alert_page(ctx, request, link, token, entry, refusal, error=True)
         return HTMLResponse(page, status_code=409, headers=PAGE_HEADERS)
+    # Relative, as every address on the pages (see `root_of`): from /a/{token}/{action}.
     return RedirectResponse(
-        f"/a/{quote(token)}?done={action}", status_code=303, headers=PAGE_HEADERS
+        f"../{quote(token)}?done={action}", status_code=303, headers=PAGE_HEADERS
     )
 
 
@@ -216,6 +228,7 @@ def _position(
 
 async def _alert_page(
     ctx: ApiContext,
+    request: Request,
     link: AlertLink,
     token: str,
     entry: AlertEntry,
@@ -288,7 +301,7 @@ async def _alert_page(
         f"<h1>{esc(entry.title)}</h1>{note}<table>{table}</table>{map_html}{people}{actions}"
         f"<p class=small>处理人：{esc(_actor(entry, link.receiver))}</p>"
     )
-    return _page(entry.title, body)
+    return _page(entry.title, body, root_of(request.url.path))
 
 
 def _person(label: str, name: str | None, phone: str | None) -> str:
@@ -300,7 +313,8 @@ def _person(label: str, name: str | None, phone: str | None) -> str:
 def _actions(token: str, entry: AlertEntry) -> str:
     if entry.state is AlertState.CLOSED:
         return "<p>告警已关闭。</p>"
-    base = f"/a/{quote(token)}"
+    # Relative to the page, /a/{token}: see `root_of`.
+    base = f"./{quote(token)}"
     forms = []
     first = True
 
@@ -325,8 +339,9 @@ def _actions(token: str, entry: AlertEntry) -> str:
     return "<div class=actions>" + "".join(forms) + "</div>"
 
 
-def error_page(title: str, message: str) -> str:
-    return _page(title, f"<h1>{html.escape(title)}</h1><p class=error>{html.escape(message)}</p>")
+def error_page(title: str, message: str, root: str) -> str:
+    body = f"<h1>{html.escape(title)}</h1><p class=error>{html.escape(message)}</p>"
+    return _page(title, body, root)
 
 
 LINK_ERRORS = {
@@ -336,19 +351,31 @@ LINK_ERRORS = {
 }
 
 
-def link_error_page(exc: LinkError) -> str:
-    return error_page("无法打开告警", LINK_ERRORS.get(str(exc), str(exc)))
+def link_error_page(exc: LinkError, root: str) -> str:
+    return error_page("无法打开告警", LINK_ERRORS.get(str(exc), str(exc)), root)
 
 
-def too_many_page(exc: TooManyFailuresError) -> str:
-    return error_page("请稍后再试", f"失败次数过多，请 {exc.retry_after_s} 秒后再试。")
+def too_many_page(exc: TooManyFailuresError, root: str) -> str:
+    return error_page("请稍后再试", f"失败次数过多，请 {exc.retry_after_s} 秒后再试。", root)
 
 
-def _page(title: str, body: str) -> str:
+def failure_page(exc: Exception, root: str) -> str:
+    """A page or step that failed, said so that the person on the spot knows what to do;
+    the error itself, in English, is for the log."""
+    if isinstance(exc, StoreError):
+        message = "操作未记录：系统暂时无法保存，请稍后重试；仍不成功请联系值班人员。"
+    elif isinstance(exc, AlertError) and str(exc).startswith("no alert"):
+        message = "该告警已不存在，请联系值班人员。"
+    else:
+        message = "操作未完成，请稍后重试；仍不成功请联系值班人员。"
+    return error_page("无法完成", message, root)
+
+
+def _page(title: str, body: str, root: str) -> str:
     return (
         "<!doctype html><html lang=zh-CN><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title>"
-        '<link rel=stylesheet href="/static/page.css"></head>'
+        f'<link rel=stylesheet href="{root}static/page.css"></head>'
         f"<body><main>{body}</main></body></html>"
     )

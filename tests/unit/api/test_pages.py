@@ -1,8 +1,15 @@
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from itsdangerous import URLSafeSerializer
 
+from gateway import PROJECT_ROOT
 from gateway.cli import reload_in_place
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef
@@ -61,8 +68,9 @@ async def test_the_link_acts_as_its_receiver_with_the_token_alone(site: Site) ->
     site.clock.advance(120)
     done = await site.client.post(path + "/acknowledge")
     assert done.status_code == 303
-    assert done.headers["location"] == path + "?done=acknowledge"
-    assert "已记录：接单" in (await site.client.get(done.headers["location"])).text
+    back = urljoin(path + "/acknowledge", done.headers["location"])
+    assert back == path + "?done=acknowledge"
+    assert "已记录：接单" in (await site.client.get(back)).text
     entry = site.gateway.alerts.get(alert_id)
     assert (entry.acknowledged_by, entry.acknowledged_ms) == ("wang-fang", site.clock.now_ms())
     again = await site.client.post(path + "/acknowledge")
@@ -259,6 +267,11 @@ async def test_a_failing_step_on_a_link_page_logs_the_route_not_the_link(
     leaked = [r.getMessage() for r in caplog.records if token in r.getMessage()]
     assert not leaked, f"the link token reached the log: {leaked[0]!r}"
     assert "POST /a/{token}/{action} failed: the outbox cannot commit" in caplog.text
+    # The grid worker is told, in Chinese, that the step was not recorded; the English
+    # detail is for the log alone.
+    message = re.search(r"<p class=error>(.*?)</p>", answer.text)
+    assert message is not None and "操作未记录" in message.group(1)
+    assert not re.search(r"[A-Za-z]{4,}", message.group(1)), message.group(1)
 
 
 async def test_a_link_signed_with_an_empty_kept_secret_is_refused(tmp_path: Path) -> None:
@@ -279,7 +292,7 @@ async def test_the_board_page_is_served(site: Site) -> None:
     board = await site.client.get("/board")
     assert board.status_code == 200 and "告警看板" in board.text
     assert (await site.client.get("/static/page.css")).status_code == 200
-    assert (await site.client.get("/")).headers["location"] == "/board"
+    assert (await site.client.get("/")).headers["location"] == "board"
 
 
 async def test_the_board_of_a_desk_limited_to_its_community_shows_and_takes_its_alerts(
@@ -354,3 +367,97 @@ async def test_a_short_link_sent_before_the_address_changed_leads_to_the_gateway
         assert short.headers["location"] == f"https://gw.example.cn/gateway/a/{token}"
         page = await site.client.get(f"/a/{token}")
         assert page.status_code == 200 and "跌倒" in page.text
+
+
+class _Addresses(HTMLParser):
+    """The `action` of each form and the `href` of each stylesheet in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[str] = []
+        self.styles: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "form":
+            self.actions.append(values.get("action") or "")
+        if tag == "link" and values.get("rel") == "stylesheet":
+            self.styles.append(values.get("href") or "")
+
+
+async def test_a_link_page_behind_a_proxy_s_path_keeps_its_steps_under_it(tmp_path: Path) -> None:
+    # A proxy publishes the gateway under a path of its own, and strips it before the
+    # gateway sees a request: the page's forms, where it leads after a step, and its
+    # stylesheet must stay under that path, not lead to the host's root.
+    public_url = "https://gw.example.cn/gateway"
+    async with open_site(tmp_path, ManualClock(T0), public_url=public_url) as site:
+        alert_id = await site.fall()
+        link = site.gateway.links.url(alert_id, "wang-fang", site.clock.now_ms())
+        assert link.startswith(public_url + "/a/")
+        page = await site.client.get(link.removeprefix(public_url))
+        assert page.status_code == 200
+        addresses = _Addresses()
+        addresses.feed(page.text)
+        assert len(addresses.actions) == 3 and len(addresses.styles) == 1
+        steps = [urljoin(link, action) for action in addresses.actions]
+        assert steps == [f"{link}/acknowledge", f"{link}/arrive", f"{link}/close"]
+        assert urljoin(link, addresses.styles[0]) == f"{public_url}/static/page.css"
+        done = await site.client.post(link.removeprefix(public_url) + "/acknowledge")
+        assert urljoin(steps[0], done.headers["location"]) == f"{link}?done=acknowledge"
+        # A refused step's page, one level deeper, finds the stylesheet too.
+        again = await site.client.post(link.removeprefix(public_url) + "/acknowledge")
+        assert again.status_code == 409
+        addresses = _Addresses()
+        addresses.feed(again.text)
+        assert [urljoin(steps[0], h) for h in addresses.styles] == [f"{public_url}/static/page.css"]
+
+
+async def test_a_link_forwarded_with_a_messenger_s_parameters_still_opens(site: Site) -> None:
+    # WeChat adds ?from=singlemessage&isappinstalled=0 to a link forwarded in a chat,
+    # other apps utm_ tags: a page ignores what it does not use. The API still refuses
+    # a parameter it does not take, so that a misspelt filter matches nothing silently.
+    notice = await fall_told(site)
+    assert notice.link is not None
+    tracking = "?from=singlemessage&isappinstalled=0&utm_source=wechat"
+    page = await site.client.get(notice.link.removeprefix("http://gw.test") + tracking)
+    assert page.status_code == 200 and "跌倒" in page.text
+    short = await site.client.get(f"/s/{notice.link_code}{tracking}")
+    assert short.status_code == 303 and short.headers["location"] == notice.link
+    assert (await site.client.get("/board" + tracking)).status_code == 200
+    api = await site.get("/api/v1/alerts?from=singlemessage")
+    assert api.status_code == 422 and "unknown query parameter" in api.text
+
+
+def _run_board(tmp_path: Path, failures: int) -> dict[str, object]:
+    """board.html's script in Node, its fetch failing `failures` times (see
+    board_harness.js): the addresses it fetched, and the status it shows."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    harness = Path(__file__).with_name("board_harness.js")
+    board = PROJECT_ROOT / "gateway" / "api" / "static" / "board.html"
+    done = subprocess.run(
+        [node, str(harness), str(board), str(failures)],
+        capture_output=True, text=True, timeout=30, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_board_opened_while_the_gateway_is_out_of_reach_keeps_trying(tmp_path: Path) -> None:
+    # A wall screen's browser restores its tab after a power cut, while the gateway is
+    # still starting: the board tries again until it loads, then listens live. Its
+    # addresses are relative, to stay under a proxy's path.
+    healthy = _run_board(tmp_path, failures=0)
+    assert healthy == {
+        "calls": ["api/v1/alerts?state=open", "api/v1/alerts-stream"],
+        "status": "实时",
+    }
+    retried = _run_board(tmp_path, failures=2)
+    assert retried["calls"] == [
+        "api/v1/alerts?state=open",
+        "api/v1/alerts?state=open",
+        "api/v1/alerts?state=open",
+        "api/v1/alerts-stream",
+    ]
+    assert retried["status"] == "实时"
