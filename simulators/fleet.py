@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import random
@@ -78,6 +79,8 @@ class Fleet:
         for site, count in zip(sites, per_site, strict=True):
             if count:
                 built.extend(_community_devices(site, count, rng, imeis))
+        if not imeis:
+            _give_one_vendor(built, random.Random(f"fleet:{seed}:vendor"), imeis)
         return cls(seed=seed, devices=tuple(built))
 
     def sharded(self, index: int, count: int) -> Fleet:
@@ -228,6 +231,19 @@ def _community_devices(site: Site, count: int, rng: random.Random, imeis: set[st
                 )
             )
     return devices
+
+
+def _give_one_vendor(devices: list[Device], rng: random.Random, imeis: set[str]) -> None:
+    """Make the first detector of a fleet too small for one in four an ACME one, so
+    that the vendor protocol (and `malformed`'s bad frames) reaches a registered IMEI;
+    unless it is the fleet's only device, which must speak JSON. Its own random
+    numbers leave every other device as it was."""
+    if len(devices) < 2:
+        return
+    for i, device in enumerate(devices):
+        if device.device_type is DeviceType.SMOKE_DETECTOR:
+            devices[i] = dataclasses.replace(device, imei=_new_imei(rng, imeis))
+            return
 
 
 def _make_device(

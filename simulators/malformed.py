@@ -17,9 +17,6 @@ from simulators.message import (
     vendor_topic,
 )
 
-# Used when the fleet has no vendor detector, so the vendor cases are still sent.
-SPARE_IMEI = "860000000000009"
-
 
 class BadInput(StrEnum):
     NOT_JSON = "not_json"
@@ -38,19 +35,28 @@ class _Bad:
     label: BadInput
     topic: str
     payload: bytes
-    device_id: str | None
+    device_id: str
 
 
 def malformed_messages(devices: Sequence[Device], time_ms: int) -> list[SimMessage]:
-    """One message of each bad kind, 1 ms apart from `time_ms`; no `seq`, to spare dedup."""
+    """One message of each bad kind, 1 ms apart from `time_ms`; no `seq`, to spare dedup.
+
+    Each is sent as a registered device of the fleet, so that the gateway rejects it for
+    its own fault: the frame cases as the fleet's ACME detector (a fleet of one device
+    has none, and sends the other cases alone); the field cases as a bracelet, else as
+    the first device that speaks JSON, a detector or a cover, which report a battery."""
     json_device = next((d for d in devices if d.imei is None), None)
     if json_device is None:
         raise ValueError("malformed needs at least one device that speaks JSON")
     community = json_device.community
-    bracelet = next((d for d in devices if d.device_type is DeviceType.BRACELET), json_device)
+    bracelet = next((d for d in devices if d.device_type is DeviceType.BRACELET), None)
+    fielded = bracelet or json_device
+    wrong_type: dict[str, object] = {"battery_pct": "full"}
+    out_of_range: dict[str, object] = {"battery_pct": 180}
+    if bracelet is not None:
+        wrong_type = {"heart_rate_bpm": "seventy", "worn": "yes"}
+        out_of_range = {"heart_rate_bpm": 400, "battery_pct": 180}
     vendor = next((d for d in devices if d.imei is not None), None)
-    imei = vendor.imei if vendor is not None and vendor.imei else SPARE_IMEI
-    vendor_id = vendor.device_id if vendor is not None else None
 
     def topic(device: Device) -> str:
         return device_topic(device.community, device.device_type, device.device_id, "telemetry")
@@ -89,32 +95,39 @@ def malformed_messages(devices: Sequence[Device], time_ms: int) -> list[SimMessa
         ),
         _Bad(
             BadInput.WRONG_TYPE,
-            topic(bracelet),
-            encode_json({"ts": time_ms, "heart_rate_bpm": "seventy", "worn": "yes"}),
-            bracelet.device_id,
+            topic(fielded),
+            encode_json({"ts": time_ms, **wrong_type}),
+            fielded.device_id,
         ),
         _Bad(
             BadInput.OUT_OF_RANGE,
-            topic(bracelet),
-            encode_json({"ts": time_ms, "heart_rate_bpm": 400, "battery_pct": 180}),
-            bracelet.device_id,
-        ),
-        _Bad(
-            BadInput.ACME_BAD_HEADER,
-            vendor_topic(imei),
-            _envelope(imei, time_ms, frame.encode(header=0x55)),
-            vendor_id,
-        ),
-        _Bad(
-            BadInput.ACME_BAD_LENGTH,
-            vendor_topic(imei),
-            _envelope(imei, time_ms, good[:8]),
-            vendor_id,
-        ),
-        _Bad(
-            BadInput.ACME_BAD_CRC, vendor_topic(imei), _envelope(imei, time_ms, bad_crc), vendor_id
+            topic(fielded),
+            encode_json({"ts": time_ms, **out_of_range}),
+            fielded.device_id,
         ),
     ]
+    if vendor is not None and vendor.imei is not None:
+        imei = vendor.imei
+        cases += [
+            _Bad(
+                BadInput.ACME_BAD_HEADER,
+                vendor_topic(imei),
+                _envelope(imei, time_ms, frame.encode(header=0x55)),
+                vendor.device_id,
+            ),
+            _Bad(
+                BadInput.ACME_BAD_LENGTH,
+                vendor_topic(imei),
+                _envelope(imei, time_ms, good[:8]),
+                vendor.device_id,
+            ),
+            _Bad(
+                BadInput.ACME_BAD_CRC,
+                vendor_topic(imei),
+                _envelope(imei, time_ms, bad_crc),
+                vendor.device_id,
+            ),
+        ]
     return [
         SimMessage(
             topic=case.topic,

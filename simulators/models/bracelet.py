@@ -9,7 +9,14 @@ from simulators.device import Device, Wearer
 from simulators.layout import offset
 from simulators.models.model import DeviceModel, Fields, Reaction, clamp, local_day, local_hour
 
-BATTERY_DRAIN_PCT_PER_H = 0.6  # about a week between charges
+BATTERY_DRAIN_PCT_PER_H = 0.6  # about a week on a full charge
+CHARGE_PCT_PER_H = 35.0  # flat to full in about three hours
+# A wearer takes the bracelet off at bedtime to charge it when its gauge reads below
+# their own habit, drawn from this range: every three to five nights, never so late
+# that it warns of a low battery.
+CHARGE_BELOW_PCT = (35.0, 60.0)
+WAKE_H = 7.0
+BED_H = 21.0
 WALK_CHANCE_PER_H = 1 / 3  # a stroll every three waking hours or so
 WALK_SPEED_M_S = 0.9
 WALK_STEPS_PER_MIN = (80.0, 110.0)
@@ -44,16 +51,18 @@ class BraceletModel(DeviceModel):
         self.wandering = False
         self.still = False  # no_activity: lying at home, not a step
         self.abnormal_hr_bpm: float | None = None
+        self.charge_below_pct = rng.uniform(*CHARGE_BELOW_PCT)
+        self.charging = False
 
     # --- evolution ---
 
     def _evolve(self, dt_s: float) -> None:
-        self.battery_pct = max(0.0, self.battery_pct - BATTERY_DRAIN_PCT_PER_H * dt_s / 3600)
         today = local_day(self.now_ms)
         if today != self.day:
             self.day, self.steps = today, 0.0
         hour = local_hour(self.now_ms)
-        awake = 7.0 <= hour < 21.0
+        awake = WAKE_H <= hour < BED_H
+        self._evolve_battery(dt_s, hour, awake)
         moving = False
         if self.still:
             pass
@@ -70,6 +79,19 @@ class BraceletModel(DeviceModel):
         if moving:
             self.steps += self.rng.uniform(*WALK_STEPS_PER_MIN) * dt_s / 60
         self._evolve_heart(dt_s, moving)
+
+    def _evolve_battery(self, dt_s: float, hour: float, awake: bool) -> None:
+        if self.charging:
+            self.battery_pct = min(100.0, self.battery_pct + CHARGE_PCT_PER_H * dt_s / 3600)
+            if awake:
+                # Back on the wrist in the morning.
+                self.charging, self.worn = False, True
+            return
+        self.battery_pct = max(0.0, self.battery_pct - BATTERY_DRAIN_PCT_PER_H * dt_s / 3600)
+        bedtime = BED_H <= hour < BED_H + 1
+        at_home = not (self.still or self.wandering or self.walk_left_s > 0)
+        if bedtime and at_home and self.battery_pct < self.charge_below_pct:
+            self.charging, self.worn = True, False
 
     def _start_walk(self) -> None:
         # Out and back along one bearing, never further than 60% of the safe radius.
@@ -133,6 +155,9 @@ class BraceletModel(DeviceModel):
     # --- scenarios ---
 
     def _react(self, stage: str) -> Reaction:
+        # Whatever befalls the wearer, the bracelet is on them; one on the charger would
+        # not see it.
+        self.charging, self.worn = False, True
         match stage:
             case "fall" | "sos":
                 lat, lon = self.position()

@@ -2,10 +2,17 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import PROJECT_ROOT
+from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.profile import load_profiles
+from gateway.errors import DecodeError
+from gateway.ingest.message import InboundMessage
+from gateway.registry import load_registry
 from simulators import DeviceType, Fleet, MessageKind, Scenario, ScenarioKind, SimMessage
 from simulators.layout import distance_m
 from tests.unit.simulators.sim_contract import (
@@ -261,3 +268,39 @@ def test_malformed_sends_every_kind_of_bad_input(fleet: Fleet) -> None:
     crc = frame("acme_bad_crc")
     assert len(crc) == 10 and crc[0] == 0xAA
     assert crc16_modbus(crc[:8]) != int.from_bytes(crc[8:], "little")
+
+
+# Each bad input, and the reason the gateway gives for it.
+BAD_INPUT_REASONS = {
+    "not_json": "not_json", "too_large": "too_large",
+    "unknown_device_type": "unknown_device_type", "unregistered_device": "unregistered_device",
+    "wrong_type": "wrong_type", "out_of_range": "out_of_range",
+    "acme_bad_header": "bad_frame_header", "acme_bad_length": "bad_frame_length",
+    "acme_bad_crc": "bad_crc",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("devices", "communities", "sent"),
+    [(60, 3, 9), (6, 3, 9), (2, 2, 9), (2, 1, 9), (1, 1, 6)],
+)
+def test_the_gateway_rejects_each_bad_input_for_its_own_fault_in_any_fleet(
+    tmp_path: Path, devices: int, communities: int, sent: int
+) -> None:
+    # A fleet too small for a bracelet, or for one detector in four to be an ACME one,
+    # still tests what each case is for, not the registry: its vendor frames come from
+    # its one ACME detector, its wrong-typed and out-of-range fields from a device that
+    # has them. A fleet of one device (which speaks JSON) has no frames to send.
+    fleet = Fleet.build(seed=1, devices=devices, communities=communities)
+    registry_file = tmp_path / "devices.csv"
+    registry_file.write_text(fleet.registry_csv(), encoding="utf-8")
+    profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+    decoder = Decoder(profiles, load_registry(registry_file), require_registered=True)
+    reasons = {}
+    for m in _run(fleet, "malformed@1", hours=0.01):
+        if m.kind is MessageKind.MALFORMED:
+            with pytest.raises(DecodeError) as refused:
+                decoder.decode(InboundMessage(m.topic, m.payload, m.time_ms))
+            reasons[m.label] = refused.value.reason
+    assert len(reasons) == sent
+    assert reasons == {label: BAD_INPUT_REASONS[label] for label in reasons}

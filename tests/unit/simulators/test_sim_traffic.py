@@ -6,6 +6,8 @@ from itertools import islice, pairwise
 
 from simulators import DeviceType, Fleet, MessageKind, Scenario, SimMessage
 from simulators.layout import distance_m
+from simulators.models import make_model
+from simulators.models.model import local_hour
 from tests.unit.simulators.sim_contract import MORNING_MS, decode_frame, message_problems
 
 ALL_SCENARIOS = [
@@ -105,7 +107,9 @@ def test_a_quiet_day_raises_no_alarm() -> None:
                 assert body.get("ch4_ppm", 0) < 500
             case DeviceType.BRACELET:
                 wearer = device.wearer
-                assert wearer is not None and body["worn"]
+                # Off the wrist only at night, on the charger.
+                night = not 7 <= local_hour(m.time_ms) < 21
+                assert wearer is not None and (body["worn"] or night)
                 assert 55 <= body["heart_rate_bpm"] <= 100 and body["battery_pct"] >= 15
                 away_m = distance_m(body["lat"], body["lon"], wearer.home_lat, wearer.home_lon)
                 assert away_m < wearer.safe_radius_m
@@ -138,6 +142,31 @@ def test_walks_move_the_wearer() -> None:
             away = distance_m(body["lat"], body["lon"], wearer.home_lat, wearer.home_lon)
             furthest[m.device_id] = max(furthest[m.device_id], away)
     assert sum(1 for d in furthest.values() if d > 50) >= len(bracelets) // 2
+
+
+def test_wearers_charge_their_bracelets_overnight_before_they_run_low() -> None:
+    # Left on the wrist, a bracelet would run flat in a week, warning of a low battery
+    # for days: its wearer takes it off at bedtime every few nights to charge it.
+    fleet = Fleet.build(seed=1, devices=40, communities=1)
+    bracelets = [d for d in fleet.devices if d.device_type is DeviceType.BRACELET]
+    assert bracelets
+    for device in bracelets:
+        model = make_model(device, seed=1, start_ms=MORNING_MS)
+        batteries: list[int] = []
+        off_at_h: list[float] = []
+        for hour in range(1, 10 * 24 + 1):
+            time_ms = MORNING_MS + hour * 3_600_000
+            model.advance(time_ms)
+            reading = model.reading()
+            battery = reading["battery_pct"]
+            assert isinstance(battery, int)
+            batteries.append(battery)
+            if not reading["worn"]:
+                off_at_h.append(local_hour(time_ms))
+        # bracelet_low_battery fires below 15 %.
+        assert min(batteries) >= 15, device.device_id
+        assert off_at_h, f"{device.device_id} was never charged"
+        assert all(h >= 21 or h < 7 for h in off_at_h), device.device_id
 
 
 def test_status_and_last_will(fleet: Fleet) -> None:
