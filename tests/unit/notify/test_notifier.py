@@ -1475,17 +1475,27 @@ async def test_those_told_hear_the_all_clear_even_if_it_comes_during_a_silence(
 # --- digests -------------------------------------------------------------------------------
 
 
-def one_robot_policy() -> NotifyPolicy:
-    """A receiver reached by one group robot alone (the community office's DingTalk)."""
+def told_at_once(
+    receiver: str, phone: str, channels: dict[str, dict[str, object]], **settings: object
+) -> NotifyPolicy:
+    """One receiver, told of every alert at once by `channels`, tried in their order."""
     return NotifyPolicy.model_validate(
         {
-            "channels": {"office-robot": {"type": "console"}},
-            "receivers": [{"name": "office", "phone": "13800000004", "channels": ["office-robot"]}],
+            "channels": channels,
+            "receivers": [{"name": receiver, "phone": phone, "channels": list(channels)}],
             "routes": [{"escalation": "all"}],
-            "escalations": {"all": [{"after_s": 0, "to": ["office"]}]},
-            "delivery": {"max_tries": 3, "backoff_initial_s": 2, "backoff_max_s": 10},
+            "escalations": {"all": [{"after_s": 0, "to": [receiver]}]},
+            **settings,
         }
     )
+
+
+def one_robot_policy() -> NotifyPolicy:
+    """A receiver reached by one group robot alone (the community office's DingTalk)."""
+    return told_at_once(
+        "office", "13800000004", {"office-robot": {"type": "console"}},
+        delivery={"max_tries": 3, "backoff_initial_s": 2, "backoff_max_s": 10},
+    )  # fmt: skip
 
 
 async def test_a_digest_that_meets_a_retryable_error_is_tried_again_not_given_up(
@@ -1552,16 +1562,11 @@ class AliyunAnswers:
 
 
 def sms_policy(params: list[str]) -> NotifyPolicy:
-    return NotifyPolicy.model_validate(
-        {
-            "channels": {"sms": {"type": "aliyun_sms", "access_key_id": "id",
-                                 "access_key_secret": "secret", "sign_name": "湖光苑社区",
-                                 "template_code": "SMS_1", "params": params,
-                                 "url": "https://dysmsapi.example.cn/"}},
-            "receivers": [{"name": "wang-fang", "phone": "13800000001", "channels": ["sms"]}],
-            "routes": [{"escalation": "all"}],
-            "escalations": {"all": [{"after_s": 0, "to": ["wang-fang"]}]},
-        }
+    return told_at_once(
+        "wang-fang", "13800000001",
+        {"sms": {"type": "aliyun_sms", "access_key_id": "id", "access_key_secret": "secret",
+                 "sign_name": "湖光苑社区", "template_code": "SMS_1", "params": params,
+                 "url": "https://dysmsapi.example.cn/"}},
     )  # fmt: skip
 
 
@@ -1618,7 +1623,7 @@ async def test_the_shipped_sms_template_tells_an_all_clear_as_an_all_clear(tmp_p
     assert resolved["title"] == "【已恢复】" + firing["title"]
 
 
-# --- message size --------------------------------------------------------------------------
+# --- what a provider takes ------------------------------------------------------------------
 
 
 async def test_a_wecom_digest_stays_within_what_a_wecom_text_message_takes(
@@ -1642,13 +1647,9 @@ async def test_a_wecom_digest_stays_within_what_a_wecom_text_message_takes(
         RegisteredDevice(device_id=d, device_type="smoke_detector", community="hgy",
                          area="east", building="3") for d in devices
     ])  # fmt: skip
-    policy = NotifyPolicy.model_validate(
-        {
-            "channels": {"wecom": {"type": "wecom", "key": "k", "url": "https://wecom.example.cn/"}},
-            "receivers": [{"name": "wang-fang", "phone": "13800000001", "channels": ["wecom"]}],
-            "routes": [{"escalation": "all"}],
-            "escalations": {"all": [{"after_s": 0, "to": ["wang-fang"]}]},
-        }
+    policy = told_at_once(
+        "wang-fang", "13800000001",
+        {"wecom": {"type": "wecom", "key": "k", "url": "https://wecom.example.cn/"}},
     )  # fmt: skip
     config = policy.channels["wecom"]
     assert isinstance(config, WecomChannel)
@@ -1673,15 +1674,9 @@ async def test_a_wecom_digest_stays_within_what_a_wecom_text_message_takes(
 
 async def test_an_all_clear_is_not_called_but_goes_by_the_next_channel(tmp_path: Path) -> None:
     # A call's template reads out an alarm and tells the receiver to go.
-    policy = NotifyPolicy.model_validate(
-        {
-            "channels": {"voice": {"type": "console"}, "office-robot": {"type": "console"}},
-            "receivers": [{"name": "office", "phone": "13800000004",
-                           "channels": ["voice", "office-robot"]}],
-            "routes": [{"escalation": "all"}],
-            "escalations": {"all": [{"after_s": 0, "to": ["office"]}]},
-        }
-    )  # fmt: skip
+    policy = told_at_once(
+        "office", "13800000004", {"voice": {"type": "console"}, "office-robot": {"type": "console"}}
+    )
     voice = FakeChannel("voice", needs_phone=True, digests=False, links=False,
                         tells_clearing=False)  # fmt: skip
     robot = FakeChannel("office-robot")
