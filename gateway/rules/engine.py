@@ -455,12 +455,23 @@ class RuleEngine:
             self._hits_dirty.add((key, device.device_id))
             return None if hits else self._resolve_correlation(rule, key, record.time_ms)
         window_ms = int(rule.spec.window_s * 1000)
+        track = self.tracks.get(key)
+        hits = self._correlations.get(key, {})
+        if track is not None and device.device_id not in hits and self.closed(track.alert_id):
+            # Closed by a person while a detector still said so (one that reports hourly
+            # counts for hours): a detector that joins now, or alarms again after its
+            # all-clear, is a fire spreading again, judged afresh from its first
+            # detector, not taken into the alert nobody watches any more.
+            del self.tracks[key]
+            self._forget_hits(key)
+            self._dirty.add(key)
+            track = None
         hits = self._correlations.setdefault(key, {})
         hits[device.device_id] = max(record.time_ms, hits.get(device.device_id, 0))
         self._hits_dirty.add((key, device.device_id))
-        if key in self.tracks:
+        if track is not None:
             # Open: every device that says so is one of its own until it stops.
-            self.tracks[key].since_ms = max(self.tracks[key].since_ms, record.time_ms)
+            track.since_ms = max(track.since_ms, record.time_ms)
             self._dirty.add(key)
             return None
         for device_id, at_ms in list(hits.items()):

@@ -1373,12 +1373,14 @@ class Judged:
     does; `ahead` as the alarm lane's records."""
 
     def __init__(self, path: Path, clock: ManualClock, *, kept_ms: int | None = None,
-                 periods: dict[str, float] | None = None) -> None:  # fmt: skip
+                 periods: dict[str, float] | None = None,
+                 registry: Registry | None = None) -> None:  # fmt: skip
         self.outbox = Outbox(path)
         self.book = AlertBook(path)
         self.clock = clock
-        judging = RuleEngine(RULES, Registry(), periods or {}, now_ms=clock.now_ms())
-        self.stage = AlertStage(judging, self.book, SilenceBook(path, Registry()), clock,
+        registry = registry or Registry()
+        judging = RuleEngine(RULES, registry, periods or {}, now_ms=clock.now_ms())
+        self.stage = AlertStage(judging, self.book, SilenceBook(path, registry), clock,
                                 kept_ms=kept_ms)  # fmt: skip
 
     def feed(
@@ -1463,6 +1465,33 @@ def test_a_detector_that_alarms_again_after_its_alert_was_closed_is_an_alert_aga
     # Somebody must hear of it: a new alert (the closed one told nobody anything).
     assert fired == [("fire_alarm", AlertState.FIRING)]
     assert [a.state for a in rules.book.open_alerts()] == [AlertState.FIRING]
+
+
+def test_detectors_alarming_after_a_building_alert_was_closed_make_a_new_building_alert(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    rules = Judged(tmp_path / "outbox.sqlite3", clock, periods={"smoke_detector": 3600.0},
+                   registry=one_building(4))  # fmt: skip
+    sd = [DeviceRef("hgy", "smoke_detector", f"sd-{i}") for i in range(5)]
+    rules.feed(event(sd[1], 0, "alarm"))
+    assert ("building_fire", AlertState.FIRING) in rules.feed(event(sd[2], 30, "alarm"))
+    (building,) = [a for a in rules.book.open_alerts() if a.rule == "building_fire"]
+    # Burnt toast in the stairwell: the grid worker hushes sd-2 and closes the alert.
+    # sd-1, which reports hourly, has not yet said its alarm is over.
+    clock.advance(600)
+    rules.feed(event(sd[2], 590, "alarm_cleared"))
+    rules.book.close_alert(building.alert_id, "wang-fang", clock.now_ms(), "burnt toast")
+    # sd-1 reporting its alarm again is still the closed one's.
+    clock.advance(60)
+    assert rules.feed(event(sd[1], 660, "alarm")) == []
+    # An hour later a fire: sd-3 alarms, then sd-2 again.
+    clock.advance(3600)
+    assert ("building_fire", AlertState.FIRING) not in rules.feed(event(sd[3], 4260, "alarm"))
+    fired = rules.feed(event(sd[2], 4290, "alarm"))
+    assert ("building_fire", AlertState.FIRING) in fired
+    (again,) = [a for a in rules.book.open_alerts() if a.rule == "building_fire"]
+    assert again.alert_id != building.alert_id
 
 
 def test_an_sos_from_a_bracelet_whose_clock_was_reset_to_an_old_date_is_not_dropped(
