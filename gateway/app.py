@@ -73,6 +73,11 @@ RULE_TICK_S = 5.0
 RATES_SAVE_TICKS = 6
 # How often the disk set aside for the outbox, if given back, is set aside again.
 RESERVE_CHECK_S = 60.0
+# How often the registry's points are written again. The dashboards read the last point
+# with no time range, so a retention policy shorter than the gateway's uptime (7 or 30
+# days on many edge boxes) would empty their map and place lists; a day stays well
+# inside any such policy, for one line a device a day.
+DEVICE_INFO_INTERVAL_S = 24 * 3600.0
 
 
 def _told(error: BaseException) -> BaseException:
@@ -367,6 +372,7 @@ class Gateway:
                 tasks.append(asyncio.create_task(self._watch_depth(), name="depth"))
             tasks.append(asyncio.create_task(self._keep_disk_reserve(), name="reserve"))
             tasks.append(asyncio.create_task(self._log_summary(), name="summary"))
+            tasks.append(asyncio.create_task(self._write_device_info(), name="device-info"))
             tasks.append(asyncio.create_task(self._report_health(), name="health"))
             tasks.append(asyncio.create_task(self._tick_rules(), name="rule-timers"))
             tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
@@ -494,12 +500,17 @@ class Gateway:
             self.stats.outbox_depth = await asyncio.to_thread(self.outbox.depth)
             await self.clock.sleep(1.0)
 
+    async def _write_device_info(self) -> None:
+        # The registry's places and positions, for the dashboards' map and place lists,
+        # through the outbox like every other point.
+        while True:
+            info = device_info_lines(self.registry, self.clock.now_ms())
+            if info:
+                await self.pipeline.commit_until_stored(info, None)
+            await self.clock.sleep(DEVICE_INFO_INTERVAL_S)
+
     async def _report_health(self) -> None:
-        # The registry's places and positions first, for the dashboards' map; then the
-        # gateway's own counters, through the outbox like every other point.
-        info = device_info_lines(self.registry, self.clock.now_ms())
-        if info:
-            await self.pipeline.commit_until_stored(info, None)
+        # The gateway's own counters, through the outbox like every other point.
         interval_s = self.config.health_interval_s
         if interval_s is None:
             # A stage that ends stops the gateway; this one has nothing more to do.

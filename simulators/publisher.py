@@ -118,8 +118,7 @@ class SimulationReport:
 def run_simulation(options: SimulationOptions) -> SimulationReport:
     """Raises ValueError, before connecting, for a scenario no device of the fleet takes."""
     fleet = fleet_of(options)
-    for scenario in options.scenarios:
-        resolve(scenario, fleet.devices, options.seed)
+    resolve(options.scenarios, fleet.devices, options.seed)
     start_ms = time.time_ns() // 1_000_000
     if options.processes == 1:
         return _publish_shard(options, 0, start_ms)

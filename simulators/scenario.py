@@ -98,12 +98,36 @@ class Hit:
     at_s: float
 
 
-def resolve(scenario: Scenario, devices: Sequence[Device], seed: int) -> list[Hit]:
-    """The devices a scenario hits, chosen the same way whichever process asks."""
+def resolve(
+    scenarios: Sequence[Scenario], devices: Sequence[Device], seed: int
+) -> list[tuple[Scenario, list[Hit]]]:
+    """Each scenario of a run with the devices it hits, in the order given, chosen the
+    same way whichever process asks.
+
+    A `silent` without a target is chosen last, among the devices no other scenario of
+    the run hits: a device it silenced would send none of what another scenario asks of
+    it. Raises ValueError for a scenario no device of the fleet takes."""
+    # Each silent without a target spares what the scenarios resolved before it hit.
+    order = sorted(range(len(scenarios)), key=lambda i: _silent_by_default(scenarios[i]))
+    hits: dict[int, list[Hit]] = {}
+    taken: set[str] = set()
+    for i in order:
+        hits[i] = _resolve(scenarios[i], devices, seed, frozenset(taken))
+        taken.update(h.device_id for h in hits[i] if h.device_id is not None)
+    return [(scenario, hits[i]) for i, scenario in enumerate(scenarios)]
+
+
+def _silent_by_default(scenario: Scenario) -> bool:
+    return scenario.kind is ScenarioKind.SILENT and scenario.target is None
+
+
+def _resolve(
+    scenario: Scenario, devices: Sequence[Device], seed: int, taken: frozenset[str]
+) -> list[Hit]:
     kind = scenario.kind
     if kind is ScenarioKind.MALFORMED:
         return [Hit(None, kind.value, scenario.at_s)]
-    targets = _targets(scenario, devices)
+    targets = _targets(scenario, devices, taken)
     if kind is ScenarioKind.FIRE:
         rng = random.Random(f"{seed}:fire:{scenario}")
         hits = [Hit(targets[0].device_id, kind.value, scenario.at_s)]
@@ -115,7 +139,7 @@ def resolve(scenario: Scenario, devices: Sequence[Device], seed: int) -> list[Hi
     return [Hit(device.device_id, kind.value, scenario.at_s) for device in targets]
 
 
-def _targets(scenario: Scenario, devices: Sequence[Device]) -> list[Device]:
+def _targets(scenario: Scenario, devices: Sequence[Device], taken: frozenset[str]) -> list[Device]:
     kind = scenario.kind
     allowed = TARGET_TYPES[kind]
     if scenario.target is not None:
@@ -131,10 +155,20 @@ def _targets(scenario: Scenario, devices: Sequence[Device]) -> list[Device]:
     if kind is ScenarioKind.FIRE:
         return _default_fire(scenario, devices)
     if kind in (ScenarioKind.LOW_BATTERY, ScenarioKind.SILENT):
-        # One of each type it applies to, so every type's rule gets exercised.
-        firsts = [next((d for d in devices if d.device_type is t), None) for t in allowed]
+        # One of each type it applies to, so every type's rule gets exercised; a silent
+        # one that no other scenario needs to send anything.
+        avoid = taken if kind is ScenarioKind.SILENT else frozenset()
+        firsts = [
+            next((d for d in devices if d.device_type is t and d.device_id not in avoid), None)
+            for t in allowed
+        ]
         found = [d for d in firsts if d is not None]
         if not found:
+            if any(d.device_type in allowed for d in devices):
+                raise ValueError(
+                    f"scenario {scenario}: every device it applies to is hit by another"
+                    " scenario of the run; give it one with :device_id"
+                )
             raise ValueError(f"scenario {scenario}: the fleet has no device it applies to")
         return found
     candidates = [d for d in devices if d.device_type in allowed]

@@ -115,8 +115,8 @@ class Simulation:
         self.counter = itertools.count()
         # Scheduled mode: each device has a chain of periodic ticks; streamed mode has none.
         self.ticking = False
-        for scenario in scenarios:
-            for hit in resolve(scenario, self.devices, seed):
+        for scenario, hits in resolve(scenarios, self.devices, seed):
+            for hit in hits:
                 time_ms = start_ms + round(hit.at_s * 1000)
                 if hit.device_id is None:
                     if sends_fleet_wide:

@@ -2,14 +2,15 @@ import asyncio
 import json
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.app import DEVICE_INFO_INTERVAL_S, Gateway
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig
 from gateway.health import HEALTH_MEASUREMENT, HealthReport
 from gateway.ingest.message import InboundMessage
 from gateway.stats import Stats
+from gateway.store.series import DEVICE_INFO_MEASUREMENT
 from tests.integration.harness import wait_until
-from tests.unit.api.conftest import T0, FakeSource
+from tests.unit.api.conftest import REGISTRY, T0, FakeSource
 
 
 def test_each_report_carries_the_counts_since_the_previous_one() -> None:
@@ -81,6 +82,50 @@ async def test_open_alerts_are_counted_from_the_book_after_a_restart_and_a_close
     finally:
         second.stop()
         await asyncio.wait_for(running, timeout=10)
+
+
+async def test_the_registry_is_written_again_each_day_without_health_reports(
+    tmp_path: Path,
+) -> None:
+    # The dashboards read the registry's last point with no time range: a retention
+    # policy shorter than the gateway's uptime must not leave them without one.
+    registry = tmp_path / "devices.csv"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    config = GatewayConfig.model_validate(
+        {
+            "mqtt": None,
+            "outbox": {"path": tmp_path / "o.sqlite3"},
+            "registry_file": registry,
+            "health_interval_s": None,
+        }
+    )
+    clock = ManualClock(T0)
+    gateway = Gateway(config, clock)
+    running = asyncio.create_task(gateway.run())
+    try:
+        await wait_until(lambda: len(device_info(gateway)) == 4, timeout_s=5, what="device_info")
+        clock.advance(DEVICE_INFO_INTERVAL_S - 1)
+        await asyncio.sleep(0.05)
+        assert len(device_info(gateway)) == 4
+        clock.advance(1)
+        await wait_until(
+            lambda: len(device_info(gateway)) == 8, timeout_s=5, what="device_info a day on"
+        )
+        again = device_info(gateway)[4:]
+        day_on_ms = T0 + round(DEVICE_INFO_INTERVAL_S * 1000)
+        assert [line.rsplit(" ", 1)[0] for line in again] == [
+            line.rsplit(" ", 1)[0] for line in device_info(gateway)[:4]
+        ]
+        assert all(line.endswith(f" {day_on_ms}") for line in again)
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(running, timeout=10)
+
+
+def device_info(gateway: Gateway) -> list[str]:
+    """The registry's points in the outbox."""
+    lines = gateway.outbox.peek(10_000).lines
+    return [line for line in lines if line.startswith(f"{DEVICE_INFO_MEASUREMENT},")]
 
 
 def reports(gateway: Gateway) -> list[str]:

@@ -235,6 +235,48 @@ def test_silent_devices_stop_and_leave_a_last_will(fleet: Fleet) -> None:
     assert others
 
 
+@pytest.mark.parametrize("others", [("sos@60",), ("fire@60",), ("sos@60", "fire@70")])
+def test_a_silent_without_a_target_spares_the_devices_other_scenarios_hit(
+    others: tuple[str, ...],
+) -> None:
+    # In this fleet the burning building has the first detector in it, and the bracelet
+    # that presses SOS is the first bracelet.
+    fleet = Fleet.build(seed=7, devices=12, communities=1)
+    scenarios = [Scenario.parse(text) for text in ("silent@50", *others)]
+    messages = list(fleet.messages(start_ms=MORNING_MS, duration_s=900, scenarios=scenarios))
+    silenced = {
+        m.device_id
+        for m in messages
+        if m.kind is MessageKind.STATUS and json.loads(m.payload) == {"online": False}
+    }
+    assert {fleet.device(d or "").device_type for d in silenced} == set(DeviceType)
+    needed: set[str | None] = set()
+    if "sos@60" in others:
+        soses = _events(messages, "sos")
+        assert len(soses) == 1, "the bracelet that should press SOS was silenced"
+        needed.add(soses[0][0])
+    if any(text.startswith("fire@") for text in others):
+        alarms = _events(messages, "alarm")
+        assert alarms, "the detectors of the burning building were silenced"
+        first = fleet.device(alarms[0][0] or "")
+        needed.update(
+            d.device_id
+            for d in fleet.devices
+            if d.device_type is DeviceType.SMOKE_DETECTOR and d.building_key == first.building_key
+        )
+    assert needed and not silenced & needed
+
+
+def test_a_silent_without_a_target_is_refused_when_other_scenarios_hit_every_device() -> None:
+    fleet = Fleet.build(seed=1, devices=1, communities=1)
+    with pytest.raises(ValueError, match="silent@50: every device it applies to is hit"):
+        _ = fleet.messages(
+            start_ms=MORNING_MS,
+            duration_s=60,
+            scenarios=[Scenario.parse("silent@50"), Scenario.parse("low_battery@10")],
+        )
+
+
 def test_malformed_sends_every_kind_of_bad_input(fleet: Fleet) -> None:
     messages = [
         m for m in _run(fleet, "malformed@5", hours=0.01) if m.kind is MessageKind.MALFORMED
