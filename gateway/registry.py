@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import ConfigError
+from gateway.phone import Phone, normalise_phone
 from gateway.textfile import parse_yaml, read_text
 
 COLUMNS = (
@@ -53,7 +54,29 @@ def _contact(item: Mapping[str, object]) -> Contact:
         v is not None and str(v).strip() for v in item.values()
     ):
         raise ValueError(f"expected {{name: ..., phone: ...}}, got {dict(item)!r}")
-    return Contact(str(item["name"]).strip(), str(item["phone"]).strip())
+    phone = item["phone"]
+    return _checked_contact(
+        str(item["name"]).strip(),
+        phone if isinstance(phone, int) and not isinstance(phone, bool) else str(phone).strip(),
+    )
+
+
+def _as_contact(item: object) -> object:
+    """A contact from a YAML mapping, or one made in code, its phone checked; anything
+    else as it is, for pydantic to refuse."""
+    if isinstance(item, Mapping):
+        return _contact(item)
+    if isinstance(item, Contact):
+        return _checked_contact(item.name, item.phone)
+    return item
+
+
+def _checked_contact(name: str, phone: str | int) -> Contact:
+    """A contact with their phone in E.164, or ValueError naming the contact."""
+    try:
+        return Contact(name, normalise_phone(phone))
+    except ValueError as exc:
+        raise ValueError(f"contact {name}: {exc}") from None
 
 
 class RegisteredDevice(BaseModel):
@@ -75,7 +98,8 @@ class RegisteredDevice(BaseModel):
     safe_radius_m: float | None = Field(None, gt=0)
     lives_alone: bool = False
     wearer_name: str | None = None
-    wearer_phone: str | None = None
+    # Phones, however written, are kept in E.164 (gateway.phone).
+    wearer_phone: Phone | None = None
     emergency_contacts: tuple[Contact, ...] = ()
     # Per-device rule thresholds, read by rules as device.<name>: "name=value;name=value".
     thresholds: dict[str, float] = {}
@@ -102,10 +126,10 @@ class RegisteredDevice(BaseModel):
                 name, sep, phone = item.partition(":")
                 if not sep or not name.strip() or not phone.strip():
                     raise ValueError(f"expected 'name:phone;name:phone', got {item!r}")
-                contacts.append(Contact(name.strip(), phone.strip()))
+                contacts.append(_checked_contact(name.strip(), phone.strip()))
             return tuple(contacts)
-        if isinstance(value, list):
-            return tuple(_contact(c) if isinstance(c, Mapping) else c for c in value)
+        if isinstance(value, list | tuple):
+            return tuple(_as_contact(c) for c in value)
         return value
 
     @property

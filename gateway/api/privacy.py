@@ -22,6 +22,7 @@ from gateway.api.auth import Principal, Role
 from gateway.decode.record import FieldValue, Position
 from gateway.logs import COARSE_DECIMALS
 from gateway.notify.router import CONTACT_PREFIX
+from gateway.phone import dialled_in_mainland
 from gateway.registry import RegisteredDevice
 
 
@@ -35,7 +36,10 @@ def mask_name(name: str) -> str:
 
 
 def mask_phone(phone: str) -> str:
-    """138****5678: the first three and last four digits kept."""
+    """138****5678: the first three and last four digits kept, of a mainland number as
+    dialled there (the registry keeps +8613812345678), so that the carrier's prefix
+    still shows."""
+    phone = dialled_in_mainland(phone)
     if len(phone) >= 11:
         return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
     if len(phone) <= 4:

@@ -13,6 +13,7 @@ import httpx
 
 from gateway.errors import NotifyError
 from gateway.notify.notice import Notice
+from gateway.phone import e164
 from gateway.retry_after import retry_after_s
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,6 @@ class Limit:
     window_s: float
     # Per phone number (voice calls) rather than per channel (a group robot).
     per_number: bool = False
-
-
-def e164(phone: str) -> str:
-    """A phone number in its international form; one without a country code is taken for
-    a Chinese one. The providers' limits count a number however it was written."""
-    return phone if phone.startswith("+") else f"+86{phone}"
 
 
 class Limiter:
@@ -169,18 +164,37 @@ def _capped(seconds: float | None) -> float | None:
 
 
 async def post(
-    http: httpx.AsyncClient, provider: str, url: str, **kwargs: object
+    http: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    *,
+    codes_on_4xx: bool = False,
+    **kwargs: object,
 ) -> httpx.Response:
     """POST, turning transport failures into retryable NotifyErrors; never logs the URL,
-    which may carry a robot's key."""
+    which may carry a robot's key. `codes_on_4xx`: a 4xx other than 429 that carries a
+    JSON object is returned for the caller to classify by the provider's code in it
+    (Aliyun answers its throttling with 400 and `Throttling.User` in the body, which the
+    status alone would make a final failure)."""
     try:
         response = await http.post(url, **kwargs)  # type: ignore[arg-type]
     except httpx.TimeoutException as exc:
         raise NotifyError(f"{provider} did not answer in time", retryable=True) from exc
     except httpx.TransportError as exc:
         raise NotifyError(f"{provider} unreachable: {type(exc).__name__}", retryable=True) from exc
-    check_http(response, provider)
+    if not (codes_on_4xx and _json_refusal(response)):
+        check_http(response, provider)
     return response
+
+
+def _json_refusal(response: httpx.Response) -> bool:
+    """Whether the answer is a 4xx other than 429 whose body is a JSON object."""
+    if not 400 <= response.status_code < 500 or response.status_code == 429:
+        return False
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
 
 
 def json_body(response: httpx.Response, provider: str) -> dict[str, object]:

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import hmac
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -20,7 +20,7 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.errors import NotifyError
-from gateway.notify.channel import Channel, Limit, e164, json_body, post
+from gateway.notify.channel import Channel, Limit, json_body, post
 from gateway.notify.notice import Notice
 from gateway.notify.policy import (
     AliyunSmsChannel,
@@ -28,6 +28,7 @@ from gateway.notify.policy import (
     TencentSmsChannel,
     TencentVoiceChannel,
 )
+from gateway.phone import dialled_in_mainland, e164
 
 
 class _CloudChannel(Channel):
@@ -55,10 +56,30 @@ class _CloudChannel(Channel):
         self._clock = clock
 
 
+# China Standard Time, which keeps no daylight saving time.
+_CHINA = timezone(timedelta(hours=8))
+
+
+def until_china_midnight_s(now_ms: int) -> float:
+    """Seconds from `now_ms` to the next midnight in China, where a provider's count per
+    calendar day starts again."""
+    now = datetime.fromtimestamp(now_ms / 1000, _CHINA)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=_CHINA) + timedelta(days=1)
+    return (midnight - now).total_seconds()
+
+
 # --- Aliyun ---------------------------------------------------------------------------
 
+# Over a limit: isv.BUSINESS_LIMIT_CONTROL, a number's limit per minute, hour or day,
+# its message saying which ("触发天级流控Permits:10"); Throttling, Throttling.User and
+# Throttling.Api, the API's own rate limit, answered with HTTP 400. isv.DAY_LIMIT_CONTROL
+# and isv.MONTH_LIMIT_CONTROL are the account's quota set in Aliyun's console: final, so
+# that the notice goes on by its next channel.
 _ALIYUN_LIMITED = ("isv.BUSINESS_LIMIT_CONTROL", "Throttling")
 _ALIYUN_BUSY = ("isp.", "InternalError", "ServiceUnavailable")
+# Aliyun counts a number's day from each send to the same time the next day, not from
+# midnight: a number over it is reachable again within a day, at a time only Aliyun knows.
+_ALIYUN_DAY_S = 86_400.0
 
 
 def _percent(value: str) -> str:
@@ -109,16 +130,18 @@ class _Aliyun(_CloudChannel):
         params["Signature"] = aliyun_signature(
             config.access_key_secret.get_secret_value(), "POST", params
         )
-        response = await post(self._http, provider, config.url, data=params,
-                              timeout=config.timeout_s)  # fmt: skip
+        response = await post(self._http, provider, config.url, codes_on_4xx=True,
+                              data=params, timeout=config.timeout_s)  # fmt: skip
         body = json_body(response, provider)
         code = str(body.get("Code", ""))
         if code == "OK":
             return
-        message = f"{provider} refused: {code} {body.get('Message', '')}"
+        message = str(body.get("Message", ""))
+        text = f"{provider} refused: {code} {message}"
         if code.startswith(_ALIYUN_LIMITED):
-            raise NotifyError(message, retryable=True, rate_limited=True, retry_after_s=60.0)
-        raise NotifyError(message, retryable=code.startswith(_ALIYUN_BUSY))
+            wait_s = _ALIYUN_DAY_S if "天级" in message else 60.0
+            raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=wait_s)
+        raise NotifyError(text, retryable=code.startswith(_ALIYUN_BUSY))
 
 
 class AliyunSms(_Aliyun):
@@ -132,7 +155,7 @@ class AliyunSms(_Aliyun):
 
     async def send(self, notice: Notice) -> None:
         fields = {
-            "PhoneNumbers": _national(notice.phone),
+            "PhoneNumbers": _aliyun_number(notice.phone),
             "SignName": self._sms.sign_name,
             "TemplateCode": self._sms.template_code,
             "TemplateParam": self._values(notice),
@@ -154,7 +177,7 @@ class AliyunVoice(_Aliyun):
 
     async def send(self, notice: Notice) -> None:
         fields = {
-            "CalledNumber": _national(notice.phone),
+            "CalledNumber": _aliyun_number(notice.phone),
             "TtsCode": self._voice.tts_code,
             "TtsParam": self._values(notice),
             "PlayTimes": str(self._voice.play_times),
@@ -167,7 +190,13 @@ class AliyunVoice(_Aliyun):
 
 # --- Tencent Cloud --------------------------------------------------------------------
 
+# Over a limit: LimitExceeded.PhoneNumberThirtySecondLimit, ...OneHourLimit and
+# ...DailyLimit, a number's; LimitExceeded.AppDailyLimit, the application's;
+# RequestLimitExceeded, the API's own rate limit. Tencent answers them with HTTP 200 and
+# the code in `Response.Error` or the number's `SendStatusSet` entry. Those named
+# ...DailyLimit count the calendar day in China, and hold until its midnight.
 _TENCENT_LIMITED = ("LimitExceeded", "RequestLimitExceeded")
+_TENCENT_DAILY = "DailyLimit"
 _TENCENT_BUSY = ("InternalError", "ResourceUnavailable")
 
 
@@ -264,15 +293,17 @@ class _Tencent(_CloudChannel):
             raise NotifyError(f"{provider} answered without a Response", retryable=True)
         error = answer.get("Error")
         if isinstance(error, dict):
-            _tencent_raise(provider, str(error.get("Code", "")), str(error.get("Message", "")))
+            self._refuse(provider, str(error.get("Code", "")), str(error.get("Message", "")))
         return answer
 
-
-def _tencent_raise(provider: str, code: str, message: str) -> None:
-    text = f"{provider} refused: {code} {message}"
-    if code.startswith(_TENCENT_LIMITED):
-        raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=60.0)
-    raise NotifyError(text, retryable=code.startswith(_TENCENT_BUSY))
+    def _refuse(self, provider: str, code: str, message: str) -> None:
+        text = f"{provider} refused: {code} {message}"
+        if code.startswith(_TENCENT_LIMITED):
+            wait_s = 60.0
+            if code.endswith(_TENCENT_DAILY):
+                wait_s = until_china_midnight_s(self._clock.now_ms())
+            raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=wait_s)
+        raise NotifyError(text, retryable=code.startswith(_TENCENT_BUSY))
 
 
 class TencentSms(_Tencent):
@@ -304,7 +335,7 @@ class TencentSms(_Tencent):
         if isinstance(statuses, list) and statuses and isinstance(statuses[0], dict):
             code = str(statuses[0].get("Code", ""))
             if code != "Ok":
-                _tencent_raise("Tencent SMS", code, str(statuses[0].get("Message", "")))
+                self._refuse("Tencent SMS", code, str(statuses[0].get("Message", "")))
 
 
 class TencentVoice(_Tencent):
@@ -335,10 +366,13 @@ class TencentVoice(_Tencent):
         )
 
 
-def _national(phone: str | None) -> str:
+def _aliyun_number(phone: str | None) -> str:
+    """As Aliyun's SMS and voice APIs take a number: a mainland one as dialled there (a
+    landline with its trunk 0, 037166123456), another with its country code and no +
+    (85291234567)."""
     if not phone:
         raise NotifyError("the receiver has no phone number", retryable=False)
-    return phone.removeprefix("+86")
+    return dialled_in_mainland(phone).removeprefix("+")
 
 
 def _e164(phone: str | None) -> str:

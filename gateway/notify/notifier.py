@@ -6,7 +6,8 @@ its receiver failed.
                  -> due step: stopped if a person took the alert, else one
                     notification per receiver (keyed: never made twice)
                  -> delivery: channel after channel; retries with backoff; over a
-                    limit, critical goes to the next channel, the rest into a digest
+                    limit, critical (or any, over one lasting hours) goes to the next
+                    channel, the rest into a digest
 
 Each round plans, runs due steps and starts the sends that are due, each a task of its
 own: a provider that hangs (up to its channel's `timeout_s`) holds up neither the next
@@ -94,6 +95,10 @@ STOP_GRACE_S = 5.0
 # How long a channel whose provider said it was over its limit, without saying for how
 # long, is left alone.
 DEFAULT_RETRY_AFTER_S = 60.0
+# A limit that holds a channel longer than this (a number's limit per day) passes any
+# notice on to its next channel, as a critical one always is: a grid worker is not left
+# waiting until the next day for an SMS while a call or a robot can reach them now.
+LONG_LIMIT_S = 3600.0
 # How often an alert a silence mutes is looked at again: a silence ended early lets it
 # be told within this, not at the end the silence had.
 MUTED_RECHECK_MS = 60_000
@@ -787,8 +792,9 @@ class Notifier:
         now_ms = self._clock.now_ms()
         self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED, detail, None)
         last = notification.channel_index + 1 >= len(notification.channels)
-        if notice.critical and not last:
-            # A critical alert is never held behind a limit: the next channel takes it.
+        if (notice.critical or wait_s > LONG_LIMIT_S) and not last:
+            # A critical alert is never held behind a limit, nor any behind one that lasts
+            # hours: the next channel takes it.
             self._next_channel(notification, notice, now_ms)
         elif channel.digests and not notice.critical:
             self.log.update(notification.key, state="digest",

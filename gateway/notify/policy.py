@@ -10,9 +10,18 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.address import HttpAddress
+from gateway.phone import normalise_phone
 from gateway.registry import Place, Placed, place_of, within
 from gateway.rules.rule import Severity
 from gateway.rules.schedule import DailyWindow
@@ -184,13 +193,25 @@ ChannelConfig = Annotated[
 class Receiver(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     display_name: str | None = None
-    phone: str | None = Field(None, pattern=r"^\+?[0-9]{5,20}$")
+    # However written, kept in E.164 (gateway.phone).
+    phone: str | None = None
     # Tried in this order: the next one takes over when one fails or is over its limit.
     channels: tuple[str, ...] = Field(min_length=1)
     # Non-critical notifications wait until these hours end; critical ones never wait.
     quiet_hours: str | None = None
 
     _quiet = field_validator("quiet_hours")(_window)
+
+    @field_validator("phone", mode="before")
+    @classmethod
+    def _dialable(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            return value
+        try:
+            return normalise_phone(value)
+        except ValueError as exc:
+            # Named, as a policy's receivers are known by their names, not their places.
+            raise ValueError(f"receiver {info.data.get('name', '?')!r}: {exc}") from None
 
 
 class Cell(_Strict):

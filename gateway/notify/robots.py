@@ -18,15 +18,19 @@ from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit, json_body, post
 from gateway.notify.notice import Notice
 from gateway.notify.policy import DingtalkChannel, FeishuChannel, WecomChannel
+from gateway.phone import dialled_in_mainland
 
-# WeCom: 45009 over the frequency limit; -1 system busy.
+# WeCom: 45009 over the frequency limit (20 messages a minute, then refused for a
+# minute); 45033 too many calls at once and -1 system busy, both worth trying again soon.
 _WECOM_LIMITED = {45009}
-_WECOM_BUSY = {-1}
-# DingTalk: 130101 sent too fast (the robot is then blocked); -1 system busy.
-_DINGTALK_LIMITED = {130101}
+_WECOM_BUSY = {-1, 45033}
+# DingTalk: 130101 ("send too fast, exceed 20 times per minute") and 410100 (发送速度太快
+# 而限流), both sent too fast, the robot then blocked for 10 minutes; -1 system busy.
+_DINGTALK_LIMITED = {130101, 410100}
 _DINGTALK_BUSY = {-1}
-# Feishu: 9499 and 11232 too many requests.
-_FEISHU_LIMITED = {9499, 11232}
+# Feishu: 11232 over the frequency limit. 9499 is "Bad Request", a body Feishu cannot
+# read, which no retry mends: final, like every code not named here.
+_FEISHU_LIMITED = {11232}
 
 
 def _raise_for_code(
@@ -49,6 +53,12 @@ def _raise_for_code(
     raise NotifyError(f"{provider} refused: {code} {message}", retryable=code in busy)
 
 
+def _mentioned(notice: Notice) -> list[str]:
+    """Whom a group message @-mentions, by their mobile number as their WeCom or DingTalk
+    account has it: 13800138000, not +8613800138000."""
+    return list(dict.fromkeys(dialled_in_mainland(phone) for phone in notice.phones()))
+
+
 class WecomRobot(Channel):
     kind = "wecom"
     # A text message's content, as WeCom's robot documentation gives it.
@@ -62,7 +72,7 @@ class WecomRobot(Channel):
     async def send(self, notice: Notice) -> None:
         # Text, not markdown: only text messages can @ the receiver by phone number.
         text: dict[str, object] = {"content": notice.text()}
-        phones = notice.phones()
+        phones = _mentioned(notice)
         if phones:
             text["mentioned_mobile_list"] = phones
         response = await post(
@@ -103,7 +113,7 @@ class DingtalkRobot(Channel):
     async def send(self, notice: Notice) -> None:
         text = notice.markdown()
         at: dict[str, object] = {"isAtAll": False}
-        phones = notice.phones()
+        phones = _mentioned(notice)
         if phones:
             # DingTalk shows the mention only when the text names the number too.
             text += "\n\n" + " ".join(f"@{phone}" for phone in phones)

@@ -22,6 +22,7 @@ from gateway.notify.policy import (
     Shift,
     Step,
 )
+from gateway.phone import e164
 from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry
 from gateway.rules.book import AlertEntry
 from gateway.rules.schedule import DailyWindow
@@ -65,7 +66,9 @@ class Router:
         receiver it names, or an emergency contact of the device."""
         if receiver.startswith(CONTACT_PREFIX):
             device = self._registry.get(community, device_id)
-            phone = receiver.removeprefix(CONTACT_PREFIX)
+            # A link sent before the registry's numbers were kept in E.164 names the
+            # contact as the registry then had them (contact:13987654321).
+            phone = e164(receiver.removeprefix(CONTACT_PREFIX))
             return device is not None and any(c.phone == phone for c in device.emergency_contacts)
         return any(r.name == receiver for r in self.policy.receivers)
 

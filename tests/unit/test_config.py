@@ -253,8 +253,8 @@ def test_registry_in_yaml_with_contacts(tmp_path: Path) -> None:
     csv = load_registry(PROJECT_ROOT / "deploy" / "devices.example.csv")
     wearer = csv.get("huguangyuan", "br-hgy-0001")
     assert wearer is not None and [c.phone for c in wearer.emergency_contacts] == [
-        "13987654321",
-        "037112345678",
+        "+8613987654321",
+        "+8637112345678",
     ]
     assert csv.by_imei("860425041234563") is not None
 

@@ -1,7 +1,14 @@
 """The registry's indexes: devices by community in the order the API lists them, and the
-places alerts about a building or compound are routed and found by."""
+places alerts about a building or compound are routed and found by; its phone numbers,
+read as community staff type them and kept in one form."""
 
-from gateway.registry import RegisteredDevice, Registry
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.errors import ConfigError
+from gateway.registry import RegisteredDevice, Registry, load_registry
 
 
 def device(community: str, device_id: str, compound: str, building: str) -> RegisteredDevice:
@@ -69,3 +76,94 @@ def test_an_empty_registry_has_no_places() -> None:
     assert (len(registry), registry.places(), registry.devices_in()) == (0, frozenset(), ())
     assert registry.places_within("hgy", "building", "3") == []
     assert registry.place("hgy", "building", "3") == ("hgy", None, None, "3")
+
+
+HEADER = "device_id,device_type,community,wearer_name,wearer_phone,emergency_contacts\n"
+
+
+def test_phones_are_kept_in_e164_however_they_were_typed(tmp_path: Path) -> None:
+    path = tmp_path / "devices.csv"
+    path.write_text(
+        HEADER
+        + "br-1,bracelet,hgy,张三,138 0013 8000,张丽:0086 139 8765 4321;社区值班:0371-66123456\n"
+        + "br-2,bracelet,hgy,王五,138-0013-8001,李四:+86 137 0000 1111;赵六:037166123457\n",
+        encoding="utf-8",
+    )
+    registry = load_registry(path)
+    first, second = registry.get("hgy", "br-1"), registry.get("hgy", "br-2")
+    assert first is not None and second is not None
+    assert (first.wearer_phone, second.wearer_phone) == ("+8613800138000", "+8613800138001")
+    # A landline's trunk 0 is no part of its international form.
+    assert [c.phone for c in first.emergency_contacts + second.emergency_contacts] == [
+        "+8613987654321", "+8637166123456", "+8613700001111", "+8637166123457",
+    ]  # fmt: skip
+
+
+def test_phones_written_in_yaml_as_numbers_or_mappings_are_kept_in_e164(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        "devices:\n"
+        "  - {device_id: br-1, device_type: bracelet, community: hgy, wearer_phone: 13800138000,\n"
+        "     emergency_contacts: [{name: 张丽, phone: 13987654321},\n"
+        "                          {name: 社区值班, phone: '(0371) 6612-3456'}]}\n",
+        encoding="utf-8",
+    )
+    (device,) = load_registry(path).devices()
+    assert device.wearer_phone == "+8613800138000"
+    assert [c.phone for c in device.emergency_contacts] == ["+8613987654321", "+8637166123456"]
+
+
+@pytest.mark.parametrize(
+    ("wearer_phone", "contacts", "field", "why"),
+    [
+        ("12345", "", "wearer_phone", "'12345': too short"),
+        ("138001380001234", "", "wearer_phone", "'138001380001234': too long"),
+        # Read on a keypad, the Os would make another, valid, number.
+        ("138OO138OOO", "", "wearer_phone", "letters"),
+        # A Zhengzhou landline has eight digits after its area code.
+        ("13800138000", "张丽:03711234567", "emergency_contacts",
+         "contact 张丽: expected a phone number"),
+        ("13800138000", "张丽:139八七六五4321", "emergency_contacts", "contact 张丽"),
+        ("13800138000", "社区值班:0371-66123456#12", "emergency_contacts", "an extension"),
+    ],
+)  # fmt: skip
+def test_a_number_that_cannot_be_dialled_is_refused_naming_file_row_and_field(
+    tmp_path: Path, wearer_phone: str, contacts: str, field: str, why: str
+) -> None:
+    path = tmp_path / "devices.csv"
+    path.write_text(f"{HEADER}br-1,bracelet,hgy,张三,{wearer_phone},{contacts}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert (info.value.file, info.value.field) == (str(path), f"line 2 (br-1): {field}")
+    assert "expected a phone number such as 13800138000, 0371-66123456" in info.value.problem
+    assert why in info.value.problem
+
+
+def test_a_yaml_contact_s_number_that_cannot_be_dialled_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        "devices:\n"
+        "  - {device_id: br-1, device_type: bracelet, community: hgy,\n"
+        "     emergency_contacts: [{name: 张丽, phone: '1398765432'}]}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert info.value.field == "devices[0] (br-1): emergency_contacts"
+    assert "contact 张丽: expected a phone number" in info.value.problem
+
+
+def test_check_names_a_registry_number_that_cannot_be_dialled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "devices.csv"
+    registry.write_text(
+        f"{HEADER}br-1,bracelet,hgy,张三,13800138000,\nbr-2,bracelet,hgy,王五,1380013800,\n",
+        encoding="utf-8",
+    )
+    config = tmp_path / "gw.yaml"
+    config.write_text("mqtt: null\nregistry_file: devices.csv\n")
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"config error: {registry}: line 3 (br-2): wearer_phone: ")
+    assert "got '1380013800'" in err

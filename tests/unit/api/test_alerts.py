@@ -157,7 +157,7 @@ async def test_an_emergency_contact_is_shown_by_the_same_rule_as_the_wearer(
         alert_id = await site.fall("br-1")
         await site.gateway.notifier.process()
         # 李四 takes the alert from the link in the text message sent to their phone.
-        link = site.gateway.links.url(alert_id, "contact:13987654321", T0)
+        link = site.gateway.links.url(alert_id, "contact:+8613987654321", T0)
         taken = await site.client.post(link.removeprefix("http://gw.test") + "/acknowledge")
         assert taken.status_code == 303
 
@@ -183,14 +183,14 @@ async def test_an_emergency_contact_is_shown_by_the_same_rule_as_the_wearer(
         # An admin, and the grid worker of the cell, who may call them: whole, and audited.
         for token, name in ((ADMIN, "root"), (WORKER, "wang-fang")):
             alerts = (await site.get("/api/v1/alerts", token)).json()["alerts"]
-            assert alerts[0]["acknowledged_by"] == "contact:13987654321"
+            assert alerts[0]["acknowledged_by"] == "contact:+8613987654321"
             (entry,) = audit.entries(actor=name)
             assert (entry.device_id, entry.via) == ("br-1", "GET /api/v1/alerts")
         receivers = {
             n["receiver"]
             for n in (await site.get(f"/api/v1/alerts/{alert_id}", WORKER)).json()["notifications"]
         }
-        assert "contact:13987654321" in receivers
+        assert "contact:+8613987654321" in receivers
         newest, _ = audit.entries(actor="wang-fang")
         assert newest.via == f"GET /api/v1/alerts/{alert_id}"
 

@@ -71,7 +71,7 @@ async def test_personal_data_is_masked_for_operators_and_whole_for_admin(site: S
     }  # fmt: skip
     assert (await site.get("/api/v1/audit")).json() == []
     whole = (await site.get("/api/v1/devices/hgy/br-1", ADMIN)).json()["wearer"]
-    assert (whole["name"], whole["phone"], whole["masked"]) == ("张三明", "13812345678", False)
+    assert (whole["name"], whole["phone"], whole["masked"]) == ("张三明", "+8613812345678", False)
     (entry,) = (await site.get("/api/v1/audit")).json()
     assert (entry["actor"], entry["role"], entry["device_id"]) == ("root", "admin", "br-1")
     assert entry["via"] == "GET /api/v1/devices/hgy/br-1"
@@ -82,7 +82,7 @@ async def test_a_grid_worker_sees_whole_personal_data_of_their_cells_only(site: 
     mine = await site.fall("br-1")
     theirs = await site.fall("br-2")
     detail = (await site.get(f"/api/v1/alerts/{mine}", WORKER)).json()
-    assert detail["wearer"]["phone"] == "13812345678"
+    assert detail["wearer"]["phone"] == "+8613812345678"
     operator_view = (await site.get(f"/api/v1/alerts/{theirs}", OPERATOR)).json()
     assert operator_view["wearer"] == {
         "name": "王*", "phone": "137****1111", "masked": True, "emergency_contacts": [],

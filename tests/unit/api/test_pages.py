@@ -31,7 +31,7 @@ async def test_the_link_page_shows_the_alert_whole_and_audits_it(site: Site) -> 
     text = page.text
     assert "跌倒" in text and "告警中" in text and "hgy east lakeside 3 2-301" in text
     # The receiver must call the wearer and the emergency contacts.
-    assert 'href="tel:13812345678"' in text and "李四" in text
+    assert 'href="tel:+8613812345678"' in text and "李四" in text
     assert "uri.amap.com/marker?position=113.62,34.75" in text
     assert "autofocus>接单</button>" in text
     (entry,) = (await site.get("/api/v1/audit")).json()

@@ -21,8 +21,14 @@ from werkzeug import Request, Response
 
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
-from gateway.notify.channel import Limiter, check_http
-from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
+from gateway.notify.channel import Limit, Limiter, check_http
+from gateway.notify.cloud import (
+    AliyunSms,
+    AliyunVoice,
+    TencentSms,
+    TencentVoice,
+    until_china_midnight_s,
+)
 from gateway.notify.hooks import Console, MqttPublisher, Webhook
 from gateway.notify.policy import (
     AliyunSmsChannel,
@@ -86,6 +92,8 @@ async def test_wecom_sends_text_that_mentions_the_receiver(
     [
         ({"errcode": 45009, "errmsg": "api freq out of limit"}, True, True),
         ({"errcode": -1, "errmsg": "system busy"}, True, False),
+        # Too many calls at once: tried again shortly, the robot not held for a minute.
+        ({"errcode": 45033, "errmsg": "api concurrent out of limit"}, True, False),
         ({"errcode": 93000, "errmsg": "invalid webhook url"}, False, False),
     ],
 )
@@ -194,6 +202,26 @@ async def test_dingtalk_wrong_secret_is_final_and_its_limit_blocks_for_ten_minut
     assert right.blocked_s == 600
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"},
+        {"errcode": 410100, "errmsg": "send too fast"},
+    ],
+)
+async def test_dingtalk_s_send_too_fast_codes_hold_the_robot_for_its_block(
+    httpserver: HTTPServer, http: httpx.AsyncClient, answer: dict[str, object]
+) -> None:
+    httpserver.expect_request("/robot/send").respond_with_json(answer)
+    robot = DingtalkRobot("d", DingtalkChannel(type="dingtalk", access_token="tok",
+                                               url=httpserver.url_for("/robot/send")),
+                          http, ManualClock(T0))  # fmt: skip
+    with pytest.raises(NotifyError) as limited:
+        await robot.send(notice())
+    assert (limited.value.retryable, limited.value.rate_limited) == (True, True)
+    assert limited.value.retry_after_s == 600
+
+
 # --- Feishu --------------------------------------------------------------------------------
 
 
@@ -240,7 +268,7 @@ async def test_feishu_signs_in_its_own_way(httpserver: HTTPServer, http: httpx.A
 
 async def test_feishu_limit_and_http_429(httpserver: HTTPServer, http: httpx.AsyncClient) -> None:
     httpserver.expect_oneshot_request("/hook/h").respond_with_json(
-        {"code": 9499, "msg": "Too Many Requests"}
+        {"code": 11232, "msg": "frequency limited"}
     )
     httpserver.expect_oneshot_request("/hook/h").respond_with_response(
         Response("slow down", status=429, headers={"Retry-After": "3"})
@@ -253,6 +281,18 @@ async def test_feishu_limit_and_http_429(httpserver: HTTPServer, http: httpx.Asy
     with pytest.raises(NotifyError) as second:
         await bot.send(notice())
     assert (second.value.rate_limited, second.value.retry_after_s) == (True, 3.0)
+
+
+async def test_feishu_s_bad_request_is_final_not_a_limit(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    # A body Feishu cannot read: sent again, it would be refused again for ever.
+    httpserver.expect_request("/hook/h").respond_with_json({"code": 9499, "msg": "Bad Request"})
+    bot = FeishuBot("f", FeishuChannel(type="feishu", hook="h", url=httpserver.url_for("/hook")),
+                    http, ManualClock(T0))  # fmt: skip
+    with pytest.raises(NotifyError, match="9499") as error:
+        await bot.send(notice())
+    assert (error.value.retryable, error.value.rate_limited) == (False, False)
 
 
 # --- Aliyun --------------------------------------------------------------------------------
@@ -353,6 +393,77 @@ async def test_aliyun_voice_calls_and_its_errors(
     assert voice.limiter.wait_s("+8613800000001", T0 / 1000 + 30) == 30
 
 
+def aliyun_sms(url: str, http: httpx.AsyncClient) -> AliyunSms:
+    return AliyunSms(
+        "sms",
+        AliyunSmsChannel(type="aliyun_sms", access_key_id="id", access_key_secret="s",
+                         sign_name="湖光苑社区", template_code="SMS_1", url=url),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "retryable", "rate_limited"),
+    [
+        # Aliyun's own rate limit comes with HTTP 400 and its code in the body.
+        (400, {"Code": "Throttling.User",
+               "Message": "Request was denied due to user flow control."}, True, True),
+        (400, {"Code": "Throttling",
+               "Message": "Request was denied due to request throttling."}, True, True),
+        (400, {"Code": "SignatureDoesNotMatch", "Message": "Specified signature is not matched"},
+         False, False),
+        (404, {"Code": "InvalidAccessKeyId.NotFound", "Message": "Specified access key is not found."},
+         False, False),
+    ],
+)  # fmt: skip
+async def test_aliyun_s_throttling_with_http_400_is_a_limit_and_its_other_refusals_final(
+    httpserver: HTTPServer,
+    http: httpx.AsyncClient,
+    status: int,
+    answer: dict[str, object],
+    retryable: bool,
+    rate_limited: bool,
+) -> None:
+    httpserver.expect_request("/", method="POST").respond_with_response(
+        json_response(answer, status)
+    )
+    with pytest.raises(NotifyError, match=str(answer["Code"])) as error:
+        await aliyun_sms(httpserver.url_for("/"), http).send(notice())
+    assert (error.value.retryable, error.value.rate_limited) == (retryable, rate_limited)
+    if rate_limited:
+        assert error.value.retry_after_s == 60.0
+
+
+async def test_an_aliyun_4xx_without_a_code_is_final(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_request("/", method="POST").respond_with_data("Bad Request", status=400)
+    with pytest.raises(NotifyError, match="400") as error:
+        await aliyun_sms(httpserver.url_for("/"), http).send(notice())
+    assert (error.value.retryable, error.value.rate_limited) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("message", "retry_after_s"),
+    [
+        ("触发分钟级流控Permits:1", 60.0),
+        ("触发小时级流控Permits:5", 60.0),
+        # Aliyun counts the day from each send, 24 h on: the number is held a day.
+        ("触发天级流控Permits:10", 86_400.0),
+    ],
+)
+async def test_aliyun_s_limit_per_day_holds_the_number_for_a_day(
+    httpserver: HTTPServer, http: httpx.AsyncClient, message: str, retry_after_s: float
+) -> None:
+    httpserver.expect_request("/", method="POST").respond_with_json(
+        {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": message, "RequestId": "r"}
+    )
+    with pytest.raises(NotifyError) as error:
+        await aliyun_sms(httpserver.url_for("/"), http).send(notice())
+    assert (error.value.rate_limited, error.value.retry_after_s) == (True, retry_after_s)
+
+
 # --- Tencent Cloud -------------------------------------------------------------------------
 
 
@@ -442,6 +553,56 @@ async def test_tencent_sms_signs_tc3_and_reads_the_per_number_status(
     with pytest.raises(NotifyError, match="PhoneNumberThirtySecondLimit") as error:
         await sms.send(notice())
     assert error.value.rate_limited
+
+
+@pytest.mark.parametrize(
+    ("answer", "retry_after_s"),
+    [
+        ({"SendStatusSet": [{"Code": "LimitExceeded.PhoneNumberThirtySecondLimit",
+                             "Message": "30s"}]}, 60.0),
+        # T0 is 08:00 in China: the calendar day Tencent counts by ends 16 h later.
+        ({"SendStatusSet": [{"Code": "LimitExceeded.PhoneNumberDailyLimit",
+                             "Message": "the number of sms messages sent from a single mobile "
+                                        "number every day exceeds the upper limit"}]},
+         16 * 3600.0),
+        ({"Error": {"Code": "LimitExceeded.AppDailyLimit", "Message": "daily limit"}},
+         16 * 3600.0),
+    ],
+)  # fmt: skip
+async def test_tencent_s_limits_per_day_hold_until_midnight_in_china(
+    httpserver: HTTPServer,
+    http: httpx.AsyncClient,
+    answer: dict[str, object],
+    retry_after_s: float,
+) -> None:
+    httpserver.expect_request("/", method="POST").respond_with_handler(
+        tencent_check("AKIDx", "tkey", "sms", {"Response": {**answer, "RequestId": "r"}})
+    )
+    sms = TencentSms(
+        "tsms",
+        TencentSmsChannel(type="tencent_sms", secret_id="AKIDx", secret_key="tkey",
+                          sdk_app_id="1400000000", sign_name="湖光苑", template_id="100",
+                          url=httpserver.url_for("/")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    with pytest.raises(NotifyError, match="LimitExceeded") as error:
+        await sms.send(notice())
+    assert (error.value.rate_limited, error.value.retry_after_s) == (True, retry_after_s)
+
+
+@pytest.mark.parametrize(
+    ("now_ms", "left_s"),
+    [
+        (T0, 16 * 3600.0),
+        # 23:59:30 in China is 15:59:30 UTC.
+        (T0 + (16 * 3600 - 30) * 1000, 30.0),
+        # At midnight itself a whole day is left.
+        (T0 + 16 * 3600 * 1000, 86_400.0),
+    ],
+)
+def test_a_day_in_china_ends_at_its_midnight(now_ms: int, left_s: float) -> None:
+    assert until_china_midnight_s(now_ms) == left_s
 
 
 async def test_tencent_voice_and_a_wrong_key(
@@ -669,3 +830,96 @@ def test_a_retry_after_given_as_a_date_holds_the_channel_as_long_as_it_says() ->
         check_http(response, "webhook")
     assert error.value.rate_limited
     assert error.value.retry_after_s == 300.0
+
+
+# --- phone numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    # As the registry keeps it, and as a notice stored by an earlier version may carry it.
+    "phone", ["+8637166123456", "037166123456"],
+)  # fmt: skip
+async def test_a_call_to_a_landline_emergency_contact_dials_its_area_code(
+    httpserver: HTTPServer, http: httpx.AsyncClient, phone: str
+) -> None:
+    httpserver.expect_request("/aliyun", method="POST").respond_with_handler(
+        aliyun_check("s", {"Code": "OK", "CallId": "c1", "RequestId": "r"})
+    )
+    httpserver.expect_request("/tencent", method="POST").respond_with_handler(
+        tencent_check(
+            "AKIDx", "tkey", "vms", {"Response": {"SendStatus": {"CallId": "c"}, "RequestId": "r"}}
+        )
+    )
+    aliyun = AliyunVoice(
+        "voice",
+        AliyunVoiceChannel(type="aliyun_voice", access_key_id="id", access_key_secret="s",
+                           tts_code="TTS_1", url=httpserver.url_for("/aliyun")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    tencent = TencentVoice(
+        "tvoice",
+        TencentVoiceChannel(type="tencent_voice", secret_id="AKIDx", secret_key="tkey",
+                            voice_sdk_app_id="1400000001", template_id="200",
+                            url=httpserver.url_for("/tencent")),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+    family = notice(receiver="contact:+8637166123456", phone=phone)
+    await aliyun.send(family)
+    await tencent.send(family)
+    (aliyun_request, _), (tencent_request, _) = httpserver.log
+    # Aliyun takes a mainland landline with its area code as dialled there, trunk 0 and
+    # all; Tencent takes E.164, without the trunk 0.
+    assert dict(parse_qsl(aliyun_request.get_data(as_text=True)))["CalledNumber"] == (
+        "037166123456"
+    )
+    assert tencent_request.get_json()["CalledNumber"] == "+8637166123456"
+
+
+async def test_aliyun_takes_a_number_abroad_with_its_country_code_and_no_plus(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_request("/", method="POST").respond_with_handler(
+        aliyun_check("s", {"Code": "OK", "Message": "OK", "BizId": "9", "RequestId": "r"})
+    )
+    await aliyun_sms(httpserver.url_for("/"), http).send(notice(phone="+85291234567"))
+    ((request, _),) = httpserver.log
+    assert dict(parse_qsl(request.get_data(as_text=True)))["PhoneNumbers"] == "85291234567"
+
+
+async def test_group_robots_mention_a_receiver_by_the_mobile_number_their_account_has(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    httpserver.expect_request("/wecom", method="POST").respond_with_json(
+        {"errcode": 0, "errmsg": "ok"}
+    )
+    httpserver.expect_request("/ding", method="POST").respond_with_json(
+        {"errcode": 0, "errmsg": "ok"}
+    )
+    wecom = WecomRobot("wecom", WecomChannel(type="wecom", key="k", url=httpserver.url_for("/wecom")),
+                       http)  # fmt: skip
+    ding = DingtalkRobot("ding", DingtalkChannel(type="dingtalk", access_token="t",
+                                                 url=httpserver.url_for("/ding")),
+                         http, ManualClock(T0))  # fmt: skip
+    # The policy keeps its receivers' numbers in E.164; WeCom and DingTalk know a member
+    # by the 11 digits of their mobile.
+    digest = replace(notice(kind="digest", phone="+8613800000001"), mentions=("+8613800000003",))
+    await wecom.send(digest)
+    await ding.send(digest)
+    (wecom_request, _), (ding_request, _) = httpserver.log
+    assert wecom_request.get_json()["text"]["mentioned_mobile_list"] == [
+        "13800000001", "13800000003",
+    ]  # fmt: skip
+    body = ding_request.get_json()
+    assert body["at"]["atMobiles"] == ["13800000001", "13800000003"]
+    assert body["markdown"]["text"].endswith("@13800000001 @13800000003")
+
+
+def test_a_landline_is_one_number_to_a_limit_however_written() -> None:
+    limiter = Limiter((Limit(1, 60.0, per_number=True),))
+    limiter.note("+8637166123456", 0.0)
+    for written in ("0371-66123456", "037166123456", "+86 371 6612 3456"):
+        assert limiter.wait_s(written, 1.0) == 59.0, written
+    limiter.block(100.0, "037166123456")
+    assert limiter.wait_s("+8637166123456", 70.0) == 30.0

@@ -30,7 +30,7 @@ def policy(**faults: Any) -> NotifyPolicy:
     document: dict[str, Any] = {
         "channels": {"robot": {"type": "console"}, "sms": {"type": "console"}},
         "receivers": [
-            {"name": "office", "display_name": "社区办公室", "phone": "03711234567",
+            {"name": "office", "display_name": "社区办公室", "phone": "0371-66123456",
              "channels": ["robot", "sms"]},
             {"name": "secretary", "phone": "13800000006", "channels": ["sms"]},
             {"name": "wang-fang", "channels": ["robot"]},
@@ -158,7 +158,7 @@ async def test_the_receivers_named_are_told_each_by_the_first_channel_that_takes
     await rig.at(0)
     # The office's robot failed: its SMS took it, to the office's number.
     assert sorted(rig.told()) == [("sms", "office", "fault"), ("sms", "secretary", "fault")]
-    assert {n.phone for n in rig.reach.sent("sms")} == {"03711234567", "13800000006"}
+    assert {n.phone for n in rig.reach.sent("sms")} == {"+8637166123456", "+8613800000006"}
     assert rig.stats.notifications[("robot", "failed")] == 1
 
 

@@ -185,7 +185,7 @@ async def test_a_critical_alert_escalates_step_by_step_until_acknowledged(tmp_pa
     # 08:00: the day shift of the east area, and the wearer's emergency contact.
     assert rig.sent() == [
         ("wecom", "wang-fang", "firing"),
-        ("sms", "contact:13900000009", "firing"),
+        ("sms", "contact:+8613900000009", "firing"),
     ]
     notice = rig.channels["wecom"].sent[0]  # type: ignore[attr-defined]
     assert notice.link.startswith("https://gw.example.cn/a/")
@@ -343,7 +343,7 @@ async def test_a_district_groups_digest_names_and_mentions_each_community_s_work
     await rig.after(2)
     await rig.after(60)
     (digest,) = [n for n in rig.channels["district-wecom"].sent if n.kind == "digest"]  # type: ignore[attr-defined]
-    assert sorted(digest.phones()) == ["13800000001", "13800000003"]
+    assert sorted(digest.phones()) == ["+8613800000001", "+8613800000003"]
     # Each line says whose it is: the tamper in hgy for 王芳, the battery in lgy for 赵敏.
     owners = {line.split(" · ")[1]: line.split(" · ")[4].split(" ")[0] for line in digest.lines}
     assert owners == {"hgy east 3": "王芳", "lgy north 7": "赵敏"}
@@ -471,7 +471,7 @@ async def test_an_alert_committed_just_before_a_crash_is_notified_after_it(tmp_p
     await rig.after(0)
     assert rig.sent() == [
         ("wecom", "wang-fang", "firing"),
-        ("sms", "contact:13900000009", "firing"),
+        ("sms", "contact:+8613900000009", "firing"),
     ]
     rig.restart()
     rig.notifier.recover()
@@ -615,7 +615,7 @@ async def test_a_clock_set_back_holds_neither_an_escalation_nor_a_retry(tmp_path
     rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
     rig.feed(fall())
     await rig.after(0)
-    assert rig.sent() == [("sms", "contact:13900000009", "firing")]
+    assert rig.sent() == [("sms", "contact:+8613900000009", "firing")]
     # NTP sets the box's clock back two hours (it booted with one ahead).
     rig.clock.step(-2 * 3600)
     await rig.after(15)
@@ -854,7 +854,7 @@ async def test_an_alert_that_cannot_be_planned_stops_neither_the_others_nor_the_
     rig.notifier.recover()
     await rig.after(0)
     assert ("wecom", "wang-fang", "firing") in rig.sent()
-    assert ("sms", "contact:13900000009", "firing") in rig.sent()
+    assert ("sms", "contact:+8613900000009", "firing") in rig.sent()
 
 
 async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path: Path) -> None:
@@ -1089,7 +1089,7 @@ async def test_a_provider_that_hangs_holds_up_no_other_alarm(tmp_path: Path) -> 
         sms.release.set()
         await settle()
         contact = [a for a in rig.log.attempts(sms.sent[0].alert_id)
-                   if a.receiver == "contact:13900000009"]  # fmt: skip
+                   if a.receiver == "contact:+8613900000009"]  # fmt: skip
         assert [a.result for a in contact] == [AttemptResult.SENT]
     finally:
         runner.cancel()
@@ -1277,10 +1277,10 @@ async def test_a_first_notice_held_in_a_retry_still_reaches_the_family(tmp_path:
     await rig.desk.acknowledge(entry.alert_id, "wang-fang")
     await rig.after(10)
     # The wearer's family still hear of the fall; she is not told of what she took.
-    assert rig.sent() == [("sms", "contact:13900000009", "firing")]
+    assert rig.sent() == [("sms", "contact:+8613900000009", "firing")]
     # Nor is anyone at a later step.
     await rig.after(600)
-    assert rig.sent() == [("sms", "contact:13900000009", "firing")]
+    assert rig.sent() == [("sms", "contact:+8613900000009", "firing")]
 
 
 async def test_those_told_of_an_alarm_from_a_backlog_hear_its_all_clear(tmp_path: Path) -> None:
@@ -1371,9 +1371,9 @@ async def test_a_provider_s_limit_on_one_number_leaves_the_others_reachable(
     # The family's number was over its limit (the SMS tried first), wang-fang's is not.
     told = rig.sent()
     assert ("sms", "wang-fang", "firing") in told
-    assert ("sms", "contact:13900000009", "firing") not in told
+    assert ("sms", "contact:+8613900000009", "firing") not in told
     await rig.after(60)
-    assert ("sms", "contact:13900000009", "firing") in rig.sent()
+    assert ("sms", "contact:+8613900000009", "firing") in rig.sent()
 
 
 async def test_an_alert_muted_by_a_silence_is_told_once_the_silence_ends(tmp_path: Path) -> None:
@@ -1598,6 +1598,43 @@ async def test_sms_over_a_number_s_limit_go_one_by_one_each_with_its_link(tmp_pa
     for values in sent:
         link = rig.log.short_link(values["link_code"])
         assert link is not None and "/a/" in link
+
+
+async def test_a_number_over_its_limit_per_day_is_reached_by_the_next_channel_meanwhile(
+    tmp_path: Path,
+) -> None:
+    aliyun = AliyunAnswers(
+        (200, {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": "触发天级流控Permits:10"})
+    )
+    policy = told_at_once(
+        "wang-fang", "13800000001",
+        {"sms": {"type": "aliyun_sms", "access_key_id": "id", "access_key_secret": "secret",
+                 "sign_name": "湖光苑社区", "template_code": "SMS_1",
+                 "params": ["title", "link_code"],
+                 "url": "https://dysmsapi.example.cn/"},
+         "wecom": {"type": "console"}},
+    )  # fmt: skip
+    clock = ManualClock(T0)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(aliyun))
+    config = policy.channels["sms"]
+    assert isinstance(config, AliyunSmsChannel)
+    robot = FakeChannel("wecom")
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=clock, policy=policy,
+              channels={"sms": AliyunSms("sms", config, http, clock), "wecom": robot})  # type: ignore[dict-item]  # fmt: skip
+    # A low battery, not critical: not held until the next day behind the SMS limit.
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert [n.receiver for n in robot.sent] == ["wang-fang"]
+    # Nor is the next alert, and Aliyun is not asked again for the number meanwhile.
+    rig.feed(reading(WRIST, 600, battery_pct=10))
+    await rig.after(600)
+    assert len(robot.sent) == 2
+    assert len(aliyun.requests) == 1
+    # A day on, the number takes SMS again.
+    rig.feed(Event(SMOKE, T0 + 86_401_000, TimeSource.DEVICE, "tamper", {}))
+    await rig.after(86_401 - 600)
+    assert len(aliyun.requests) == 2
+    assert len(robot.sent) == 2
 
 
 @pytest.mark.usefixtures("example_secrets")

@@ -51,7 +51,7 @@ def test_the_example_policy_routes_by_severity_and_duty_roster(tmp_path: Path) -
     # 东区 by day: its own grid worker; the wearer's family by SMS, then a call.
     targets = router.targets(first, fall, WED_0900)
     assert [t.receiver for t in targets] == [
-        "wang-fang", "contact:13987654321", "contact:037112345678",
+        "wang-fang", "contact:+8613987654321", "contact:+8637112345678",
     ]  # fmt: skip
     assert targets[1].channels == ("sms", "voice")
     # At night the community's night duty.
@@ -201,3 +201,59 @@ def test_a_route_naming_an_area_of_several_communities_must_name_its_community()
     document["routes"][0]["match"]["communities"] = ["hgy"]  # type: ignore[index]
     named = NotifyPolicy.model_validate(document)
     assert unreachable(named, places, (), (), all_registered=True) is None
+
+
+def test_receivers_phones_are_kept_in_e164_however_they_were_typed() -> None:
+    written = ["+86 138 0000 0001", "0086 13800000002", "138-0000-0003", "0371-66123456"]
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"sms": {"type": "console"}},
+            "receivers": [
+                {"name": f"r{index}", "phone": phone, "channels": ["sms"]}
+                for index, phone in enumerate(written)
+            ],
+            "routes": [{"escalation": "e"}],
+            "escalations": {"e": [{"after_s": 0, "to": ["r0"]}]},
+        }
+    )
+    assert [r.phone for r in policy.receivers] == [
+        "+8613800000001", "+8613800000002", "+8613800000003", "+8637166123456",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("phone", "why"),
+    [("12345", "too short"), ("138001380001234", "too long"), ("138OO138OOO", "letters")],
+)
+def test_a_receiver_s_number_that_cannot_be_dialled_is_named_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], phone: str, why: str
+) -> None:
+    text = (DEPLOY / "notify.example.yaml").read_text(encoding="utf-8")
+    written = 'name: wang-fang, display_name: 王芳, phone: "13800000001"'
+    assert written in text
+    path = config_with(tmp_path, text.replace(written, written.replace("13800000001", phone)))
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"config error: {tmp_path / 'notify.yaml'}: receivers.0.phone: ")
+    assert "receiver 'wang-fang': expected a phone number such as 13800138000" in err
+    assert f"got {phone!r}: {why}" in err
+
+
+def test_a_contact_is_reached_however_their_number_was_written() -> None:
+    # A link names an emergency contact by their number: one sent before the registry
+    # kept numbers in E.164 names them as it had them then.
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"sms": {"type": "console"}},
+            "routes": [{"escalation": "e"}],
+            "escalations": {"e": [{"after_s": 0, "to": ["emergency_contacts"]}]},
+            "emergency_contact_channels": ["sms"],
+        }
+    )
+    registry = load_registry(DEPLOY / "devices.example.csv")
+    router = Router(policy, registry, ZoneInfo("Asia/Shanghai"))
+    for receiver in ("contact:+8613987654321", "contact:13987654321",
+                     "contact:139 8765 4321", "contact:0371-12345678"):  # fmt: skip
+        assert router.reaches(receiver, "huguangyuan", "br-hgy-0001"), receiver
+    assert not router.reaches("contact:13700001111", "huguangyuan", "br-hgy-0001")
+    assert not router.reaches("contact:13987654321", "huguangyuan", "sd-hgy-0001")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 import time
 from collections import Counter
@@ -11,6 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cli import main as gateway_main
+from gateway.registry import load_registry
 from simulators import MessageKind, Scenario
 from simulators.cli import add_arguments, main, options_from_args, wants_publishing
 from simulators.publisher import SimulationOptions, SimulationReport, run_simulation
@@ -124,6 +126,14 @@ def test_write_registry_alone_writes_and_exits(tmp_path: Path) -> None:
     assert main(["--write-registry", str(path), "--devices", "12"]) == 0
     assert path.read_text(encoding="utf-8").count("\n") == 13
     assert wants_publishing(_parse("--write-registry", str(path), "--seconds", "5"))
+    # Every number it writes is one the gateway dials: a mainland mobile.
+    phones = [
+        phone
+        for device in load_registry(path).devices()
+        for phone in (device.wearer_phone, *(c.phone for c in device.emergency_contacts))
+        if phone
+    ]
+    assert phones and all(re.fullmatch(r"\+861\d{10}", phone) for phone in phones), phones
 
 
 def test_write_registry_into_a_missing_folder_says_so_not_a_traceback(
