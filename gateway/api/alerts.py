@@ -89,6 +89,16 @@ def shown_name(name: str, whole: bool) -> str:
     return name if whole else mask_receiver(name)
 
 
+def masked_names(text: str, names: Iterable[str | None]) -> str:
+    """`text` with every emergency contact among `names` that it names masked, as
+    `shown_name` masks them: a refusal or a delivery's detail may name who took the
+    alert or who was told."""
+    # The longest first: a phone that is the start of another is not masked in it.
+    for name in sorted({n for n in names if names_a_contact(n)}, key=len, reverse=True):
+        text = text.replace(name, mask_receiver(name))
+    return text
+
+
 def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
     """`whole`: as `sees_contacts` says for the caller."""
 
@@ -279,15 +289,18 @@ async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str
                     note=s.note)
             for s in history
         ],
-        notifications=[_attempt_out(a, whole) for a in attempts],
+        notifications=[_attempt_out(a, whole, (*_names(entry), *names)) for a in attempts],
         wearer=wearer,
     )  # fmt: skip
 
 
-def _attempt_out(a: DeliveryAttempt, whole: bool) -> AttemptOut:
+def _attempt_out(a: DeliveryAttempt, whole: bool, names: Iterable[str | None]) -> AttemptOut:
+    """`names`: whoever the alert names (its audit counts them read when shown whole);
+    the detail names a contact who took the alert, or one who was told."""
+    detail = a.detail if whole else masked_names(a.detail, names)
     return AttemptOut(
         receiver=shown_name(a.receiver, whole), channel=a.channel, at_ms=a.at_ms,
-        result=str(a.result), detail=a.detail, latency_ms=a.latency_ms,
+        result=str(a.result), detail=detail, latency_ms=a.latency_ms,
     )  # fmt: skip
 
 
@@ -319,10 +332,7 @@ async def _refusal(
     if sees_contacts(ctx, principal, entry):
         await _audit_read(ctx, principal, request, [(entry, True, False)])
         return exc
-    message = str(exc)
-    for name in named:
-        message = message.replace(name, mask_receiver(name))
-    return AlertError(message)
+    return AlertError(masked_names(str(exc), named))
 
 
 @router.post(

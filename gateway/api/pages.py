@@ -192,6 +192,8 @@ def _refusal(entry: AlertEntry, action: str, exc: AlertError) -> str:
         return f"操作未执行：已由 {entry.acknowledged_by} 接单。"
     if action == "arrive" and entry.arrived_by:
         return f"操作未执行：{entry.arrived_by} 已到场。"
+    if action in ("acknowledge", "arrive") and entry.fired_ms is None:
+        return "操作未执行：告警尚未触发，触发后才能接单或到场。"
     return f"操作未执行：{exc}"
 
 
@@ -327,9 +329,11 @@ def _actions(token: str, entry: AlertEntry) -> str:
             f"<button type=submit name=go value=1{focus}>{ACTIONS[action]}</button></form>"
         )
 
-    if entry.acknowledged_by is None:
+    # Not before it fires: taken while pending it would fire untold (see the book).
+    fired = entry.fired_ms is not None
+    if fired and entry.acknowledged_by is None:
         forms.append(button("acknowledge"))
-    if entry.arrived_by is None:
+    if fired and entry.arrived_by is None:
         forms.append(button("arrive"))
     note_field = (
         "<label for=note>处理说明</label>"

@@ -104,10 +104,19 @@ async def list_quarantine(
 
 def _worn_device(ctx: ApiContext, topic: str, payload: str) -> tuple[str, str] | None:
     """The community and id of the device worn by a person (see privacy) whose rejected
-    message this is, as its topic names it, or the tags of a line the database refused."""
+    message this is, as its topic names it, or the tags of a line the database refused.
+
+    A device registered as worn is one whatever device type its topic names: a bracelet
+    whose firmware publishes under a smoke detector's type still sends where its wearer
+    is."""
     parts = topic.split("/")
-    if len(parts) >= 4 and parts[0] == "community" and tracks_person(ctx, parts[2]):
-        return parts[1], parts[3]
+    if len(parts) >= 4 and parts[0] == "community":
+        community, device_type, device_id = parts[1:4]
+        registered = ctx.gateway.registry.get(community, device_id)
+        worn = tracks_person(ctx, device_type) or (
+            registered is not None and tracks_person(ctx, registered.device_type)
+        )
+        return (community, device_id) if worn else None
     if topic:
         return None
     try:

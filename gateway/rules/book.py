@@ -357,6 +357,7 @@ class AlertBook:
             raise AlertError(
                 f"alert {alert_id} is {entry.state}, acknowledged by {entry.acknowledged_by}"
             )
+        _refuse_unfired(entry)
         conn.execute(
             "UPDATE alerts SET acknowledged_by = ?, acknowledged_ms = ?, updated_ms = ?,"
             f" state = {_STATE_AFTER[AlertState.ACKNOWLEDGED]} WHERE alert_id = ?",
@@ -370,6 +371,7 @@ class AlertBook:
         entry = _read(conn, alert_id)
         if entry.state is AlertState.CLOSED or entry.arrived_by is not None:
             raise AlertError(f"alert {alert_id} is {entry.state}, arrived: {entry.arrived_by}")
+        _refuse_unfired(entry)
         if entry.acknowledged_by is None:
             AlertBook.record_acknowledge(conn, alert_id, who, at_ms)
         conn.execute(
@@ -565,6 +567,17 @@ def _silence_note(change: AlertChange) -> str | None:
     if change.silence_overridden is not None:
         return f"silence {change.silence_overridden} overridden: life-safety alerts are never muted"
     return None
+
+
+def _refuse_unfired(entry: AlertEntry) -> None:
+    """Nobody takes or reaches an alert that has not fired: the notices of an alert stop
+    once a person took it, so one taken while pending would fire unannounced, and a
+    pending condition may yet end without anything to handle."""
+    if entry.fired_ms is not None:
+        return
+    if entry.state is AlertState.PENDING:
+        raise AlertError(f"alert {entry.alert_id} is pending: it has not fired yet")
+    raise AlertError(f"alert {entry.alert_id} never fired: its condition ended while pending")
 
 
 def _read(conn: sqlite3.Connection, alert_id: str) -> AlertEntry:

@@ -1,17 +1,24 @@
 // Just enough of a browser for board.html's script: the DOM calls it makes, timers run
-// by hand, and a fetch that fails FAILURES times before the gateway answers.
-// node board_harness.js BOARD_HTML FAILURES  ->  {"calls": [...], "status": "..."}
+// by hand, and a fetch that fails FAILURES times before the gateway answers with the
+// open alerts in ALERTS_JSON (a file of the list's "alerts"; none if not given).
+// node board_harness.js BOARD_HTML FAILURES [ALERTS_JSON]
+//   ->  {"calls": [...], "status": "...", "rows": [{"alert_id", "buttons", "action"}]}
 "use strict";
 const fs = require("fs");
 const html = fs.readFileSync(process.argv[2], "utf8");
 const script = html.slice(html.indexOf("<script>") + 8, html.lastIndexOf("</script>"));
 const FAILURES = Number(process.argv[3]);
+const ALERTS = process.argv[4] ? JSON.parse(fs.readFileSync(process.argv[4], "utf8")) : [];
 process.on("unhandledRejection", () => {});
 function element(id) {
   return {id, hidden: false, textContent: "", dataset: {}, children: [], className: "",
     value: "", style: {},
     append(...c) { this.children.push(...c); }, replaceChildren() { this.children = []; },
-    querySelector() { return element("q"); }, querySelectorAll() { return []; },
+    get lastChild() { return this.children[this.children.length - 1]; },
+    // The same element for the same selector: the table's body keeps its rows.
+    found: {},
+    querySelector(s) { return (this.found[s] = this.found[s] || element(s)); },
+    querySelectorAll() { return []; },
     addEventListener() {}, setAttribute() {}, focus() {}, closest() { return null; },
     matches() { return false; }};
 }
@@ -37,7 +44,7 @@ global.fetch = async (url) => {
     return {ok: true, status: 200, body: {pipeThrough: () => ({getReader: () => ({
       read: () => new Promise(() => {})})})}};
   }
-  return {ok: true, status: 200, json: async () => ({version: 1, alerts: []})};
+  return {ok: true, status: 200, json: async () => ({version: 1, alerts: ALERTS})};
 };
 global.TextDecoderStream = function () {};
 eval(script);
@@ -48,5 +55,11 @@ eval(script);
     const due = timers; timers = [];
     for (const f of due) f();
   }
-  console.log(JSON.stringify({calls, status: document.getElementById("status").textContent}));
+  // Each row as shown: its last cell's buttons, or the text in their place.
+  const rows = document.getElementById("alerts").querySelector("tbody").children.map((tr) => {
+    const act = tr.children[tr.children.length - 1];
+    return {alert_id: tr.dataset.alertId, buttons: act.children.map((b) => b.textContent),
+      action: act.textContent};
+  });
+  console.log(JSON.stringify({calls, status: document.getElementById("status").textContent, rows}));
 })();

@@ -1,9 +1,12 @@
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.clock import ManualClock
+from gateway.notify.channel import NotifyError
+from gateway.notify.notice import Notice
 from gateway.registry import RegisteredDevice
 from tests.unit.api.conftest import (
     ADMIN,
@@ -193,6 +196,85 @@ async def test_an_emergency_contact_is_shown_by_the_same_rule_as_the_wearer(
         assert "contact:+8613987654321" in receivers
         newest, _ = audit.entries(actor="wang-fang")
         assert newest.via == f"GET /api/v1/alerts/{alert_id}"
+
+
+async def test_a_withdrawn_notice_names_an_emergency_contact_by_the_same_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tell = ("wang-fang", "emergency_contacts")
+    async with open_site(tmp_path, ManualClock(T0), tell=tell) as site:
+        console = site.gateway.notifier.channels["console"]
+        sent = console.send
+        failed: list[str] = []
+
+        async def busy_for_the_contact(notice: Notice) -> None:
+            if notice.receiver.startswith("contact:") and not failed:
+                failed.append(notice.receiver)
+                raise NotifyError("the SMS provider is busy", retryable=True)
+            await sent(notice)
+
+        monkeypatch.setattr(console, "send", busy_for_the_contact)
+        alert_id = await site.fall("br-1")
+        await site.gateway.notifier.process()
+        (contact,) = failed
+        assert contact == "contact:+8613987654321"
+        # The text went out after all (a send cut off by a timeout): 李四 takes the fall,
+        # and the retry owed to them is withdrawn, its detail naming them.
+        link = site.gateway.links.url(alert_id, contact, T0)
+        taken = await site.client.post(link.removeprefix("http://gw.test") + "/acknowledge")
+        assert taken.status_code == 303
+        site.clock.advance(120)
+        await site.gateway.notifier.process()
+        assert "withdrawn" in [a.result for a in site.gateway.notifications.attempts(alert_id)]
+
+        def withdrawn(response: httpx.Response) -> str:
+            (shown,) = [n for n in response.json()["notifications"] if n["result"] == "withdrawn"]
+            return str(shown["detail"])
+
+        # An operator, even a desk of the community, reads it masked, as the receiver.
+        for token in (OPERATOR, DESK_HGY):
+            detail = await site.get(f"/api/v1/alerts/{alert_id}", token)
+            assert "13987654321" not in detail.text
+            assert withdrawn(detail).startswith("contact:139****4321 took the alert")
+        # The grid worker who may call them reads it whole, and the read is audited.
+        whole = await site.get(f"/api/v1/alerts/{alert_id}", WORKER)
+        assert withdrawn(whole).startswith("contact:+8613987654321 took the alert")
+        (entry,) = (await site.get("/api/v1/audit")).json()
+        assert (entry["actor"], entry["device_id"]) == ("wang-fang", "br-1")
+
+
+async def test_a_pending_alert_is_taken_only_once_it_fires(tmp_path: Path) -> None:
+    # An operator "taking" an elderly wearer's heart rate of 170 while it is pending
+    # would keep the grid worker of the cell, the only one who can go there (operators
+    # neither arrive nor close), from being told when it fires.
+    async with open_site(tmp_path, ManualClock(T0)) as site:
+
+        async def heart_rate(bpm: int) -> None:
+            await site.send(
+                "community/hgy/bracelet/br-1/telemetry",
+                {"ts": site.clock.now_ms(), "heart_rate_bpm": bpm, "worn": True},
+            )
+
+        await heart_rate(170)
+        (pending,) = (await site.get("/api/v1/alerts", OPERATOR)).json()["alerts"]
+        assert pending["state"] == "pending"
+        alert_id = pending["alert_id"]
+        taken = await site.post(f"/api/v1/alerts/{alert_id}/acknowledge", OPERATOR)
+        assert taken.status_code == 409
+        assert taken.json()["detail"] == f"alert {alert_id} is pending: it has not fired yet"
+        reached = await site.post(f"/api/v1/alerts/{alert_id}/arrive", WORKER)
+        assert reached.status_code == 409
+        for _ in range(3):
+            site.clock.advance(30)
+            await heart_rate(170)
+        await site.gateway.notifier.process()
+        entry = site.gateway.alerts.get(alert_id)
+        assert entry.fired_ms is not None and entry.acknowledged_by is None
+        told = [(a.receiver, a.result) for a in site.gateway.notifications.attempts(alert_id)]
+        assert ("wang-fang", "sent") in told
+        # Fired, it is taken as any other.
+        taken = await site.post(f"/api/v1/alerts/{alert_id}/acknowledge", OPERATOR)
+        assert taken.status_code == 200 and taken.json()["acknowledged_by"] == "desk"
 
 
 async def smoke_alarms(site: Site, *device_ids: str) -> None:

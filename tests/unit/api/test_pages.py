@@ -428,16 +428,21 @@ async def test_a_link_forwarded_with_a_messenger_s_parameters_still_opens(site: 
     assert api.status_code == 422 and "unknown query parameter" in api.text
 
 
-def _run_board(tmp_path: Path, failures: int) -> dict[str, object]:
-    """board.html's script in Node, its fetch failing `failures` times (see
-    board_harness.js): the addresses it fetched, and the status it shows."""
+def _run_board(
+    tmp_path: Path, failures: int, alerts: list[dict[str, object]] | None = None
+) -> dict[str, object]:
+    """board.html's script in Node, its fetch failing `failures` times, then answered
+    with `alerts` (see board_harness.js): the addresses it fetched, the status it shows,
+    and its rows."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     harness = Path(__file__).with_name("board_harness.js")
     board = PROJECT_ROOT / "gateway" / "api" / "static" / "board.html"
+    answer = tmp_path / "alerts.json"
+    answer.write_text(json.dumps(alerts or []), encoding="utf-8")
     done = subprocess.run(
-        [node, str(harness), str(board), str(failures)],
+        [node, str(harness), str(board), str(failures), str(answer)],
         capture_output=True, text=True, timeout=30, check=True, cwd=tmp_path,
     )  # fmt: skip
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -452,6 +457,7 @@ def test_a_board_opened_while_the_gateway_is_out_of_reach_keeps_trying(tmp_path:
     assert healthy == {
         "calls": ["api/v1/alerts?state=open", "api/v1/alerts-stream"],
         "status": "实时",
+        "rows": [],
     }
     retried = _run_board(tmp_path, failures=2)
     assert retried["calls"] == [
@@ -461,3 +467,38 @@ def test_a_board_opened_while_the_gateway_is_out_of_reach_keeps_trying(tmp_path:
         "api/v1/alerts-stream",
     ]
     assert retried["status"] == "实时"
+
+
+async def test_the_board_offers_to_take_an_alert_once_it_fires(tmp_path: Path) -> None:
+    # A heart rate of 170 is pending until it has held for the rule's duration: taken
+    # then, it would fire with its grid worker never told.
+    async with open_site(tmp_path, ManualClock(T0)) as site:
+        await site.send(
+            "community/hgy/bracelet/br-1/telemetry",
+            {"ts": T0, "heart_rate_bpm": 170, "worn": True},
+        )
+        fallen = await site.fall("br-1")
+        listed = (await site.get("/api/v1/alerts?state=open", OPERATOR)).json()["alerts"]
+    states = {a["alert_id"]: a["state"] for a in listed}
+    (pending,) = [alert_id for alert_id, state in states.items() if state == "pending"]
+    rows = _run_board(tmp_path, failures=0, alerts=listed)["rows"]
+    assert rows == [
+        {"alert_id": fallen, "buttons": ["接单"], "action": ""},
+        {"alert_id": pending, "buttons": [], "action": "触发后可接单"},
+    ]
+
+
+async def test_a_link_to_an_alert_not_yet_fired_offers_no_step_but_closing(site: Site) -> None:
+    await site.send(
+        "community/hgy/bracelet/br-1/telemetry",
+        {"ts": T0, "heart_rate_bpm": 170, "worn": True},
+    )
+    (pending,) = site.gateway.alerts.open_alerts()
+    path = link_path(site, pending.alert_id)
+    page = await site.client.get(path)
+    assert page.status_code == 200 and "待确认条件" in page.text
+    assert "接单</button>" not in page.text and "已到场</button>" not in page.text
+    assert "关闭告警</button>" in page.text
+    refused = await site.client.post(f"{path}/acknowledge")
+    assert refused.status_code == 409
+    assert "操作未执行：告警尚未触发，触发后才能接单或到场。" in refused.text

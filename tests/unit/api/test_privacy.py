@@ -170,6 +170,29 @@ async def test_a_rejected_message_of_a_bracelet_shows_where_only_coarse(site: Si
     )  # fmt: skip
 
 
+async def test_a_bracelets_message_under_another_devices_type_shows_where_only_coarse(
+    site: Site,
+) -> None:
+    # br-1 is registered as a bracelet: whatever topic its firmware publishes on (a
+    # smoke detector's, or a type no profile knows), what it sends is where its wearer
+    # is, their flat at night.
+    for device_type in ("smoke_detector", "wristband_v2"):
+        await site.send(f"community/hgy/{device_type}/br-1/telemetry",
+                        {"ts": T0, "heart_rate_bpm": 72, **WHERE})  # fmt: skip
+    refused = (await site.get("/api/v1/quarantine", OPERATOR)).json()
+    assert [q["reason"] for q in refused] == ["unknown_device_type", "device_type_mismatch"]
+    for q in refused:
+        assert '"lat": 34.76, "lon": 113.62' in q["payload"]
+        assert "34.75612" not in q["detail"] and "113.62387" not in q["detail"]
+    assert (await site.get("/api/v1/audit")).json() == []
+    whole = (await site.get("/api/v1/quarantine", ADMIN)).json()
+    assert all('"lat": 34.75612, "lon": 113.62387' in q["payload"] for q in whole)
+    (entry,) = (await site.get("/api/v1/audit")).json()
+    assert (entry["device_id"], entry["what"], entry["via"]) == (
+        "br-1", "position", "GET /api/v1/quarantine"
+    )  # fmt: skip
+
+
 async def test_a_message_without_a_position_is_shown_as_it_came_and_not_audited(
     site: Site,
 ) -> None:

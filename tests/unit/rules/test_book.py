@@ -8,7 +8,7 @@ import pytest
 from gateway.decode.record import DeviceRef, FieldValue, Position
 from gateway.errors import StoreError
 from gateway.rules.alert import AlertChange, AlertState
-from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook
+from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook, AlertError
 from gateway.rules.rule import Severity
 from gateway.store.outbox import Outbox
 
@@ -126,6 +126,34 @@ def test_an_alert_keeps_where_the_record_that_fired_it_was(tmp_path: Path) -> No
         "sos": None,
         "removed": None,
     }
+
+
+def test_nobody_takes_or_reaches_an_alert_before_it_fires(tmp_path: Path) -> None:
+    # Taken while pending, an alert would fire untold: its notices stop once a person
+    # took it.
+    path = tmp_path / "outbox.sqlite3"
+    AlertBook(path).close()
+    write(
+        path,
+        change("heart", AlertState.PENDING, 100, heart_rate_bpm=170),
+        change("away", AlertState.PENDING, 100),
+    )
+    # The wearer came back before it held for the rule's duration: nothing to handle.
+    write(path, change("away", AlertState.RESOLVED, 150))
+    book = AlertBook(path)
+    try:
+        for step in (book.acknowledge, book.arrive):
+            with pytest.raises(AlertError, match=r"^alert heart is pending: it has not fired yet$"):
+                step("heart", "desk", 120)
+            with pytest.raises(AlertError, match=r"^alert away never fired"):
+                step("away", "desk", 160)
+        assert book.get("heart").acknowledged_by is None
+        assert [s.state for s in book.history("heart")] == [AlertState.PENDING]
+        write(path, change("heart", AlertState.FIRING, 200, heart_rate_bpm=170))
+        arrived = book.arrive("heart", "wang-fang", 300)
+        assert (arrived.state, arrived.acknowledged_by) == (AlertState.ARRIVED, "wang-fang")
+    finally:
+        book.close()
 
 
 def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path: Path) -> None:
