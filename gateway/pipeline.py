@@ -159,7 +159,10 @@ class IngestPipeline:
         self._commit_max_messages = commit_max_messages
         self._commit_interval_s = commit_interval_s
         self.alerts = alerts
-        self._alarm_redelivery = alarm_redelivery or RedeliveryFilter()
+        # Compared with None: a filter that holds no key yet is empty, and false.
+        self._alarm_redelivery = (
+            RedeliveryFilter() if alarm_redelivery is None else alarm_redelivery
+        )
         # Commit the records for the rules of another process instead of judging them.
         # Such a process takes in telemetry and nothing else, and commits on its event
         # loop rather than in a thread: there is nothing else for the loop to do
@@ -197,7 +200,9 @@ class IngestPipeline:
         types: list[str] = []
         redeliveries = 0
         decode = self._decoder.decode
-        is_redelivery = (redelivery or self._redelivery).is_redelivery
+        # Not `redelivery or ...`: the alarm lane's filter, empty before its first key,
+        # would hand its keys to the other lane's, which this process may never save.
+        is_redelivery = (self._redelivery if redelivery is None else redelivery).is_redelivery
         line = self._mapper.line
         for message in messages:
             try:

@@ -271,6 +271,25 @@ async def test_each_lane_remembers_its_own_redeliveries_across_a_restart(tmp_pat
     assert second._stats.redeliveries == 2
 
 
+async def test_an_alarm_lane_alone_remembers_its_redeliveries_from_its_first_alarm(
+    tmp_path: Path,
+) -> None:
+    # The main process, with the telemetry in a process of its own, takes in alarms
+    # alone; a fresh installation's first alarm finds every filter empty.
+    path = tmp_path / "o.sqlite3"
+    first = pipeline(path)
+    fall = msg(1, {"ts": NOW_MS, "seq": 5, "event": "fall"}, "event")
+    await first.handle(FakeSource(), [fall], alarm=True)
+    first._outbox.close()
+    # The gateway is killed before the broker saw the acknowledgement: the fall comes again.
+    second = pipeline(path)
+    seen: list[Record] = []
+    second.listeners.append(seen.extend)
+    await second.handle(FakeSource(), [fall], alarm=True)
+    assert seen == []
+    assert second._stats.redeliveries == 1
+
+
 def judging(path: Path, clock: ManualClock | None = None) -> IngestPipeline:
     """The main process's side: rules, no telemetry of its own."""
     profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
