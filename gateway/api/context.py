@@ -69,7 +69,7 @@ class ApiContext:
         self.tokens = TokenBook(config.tokens)
         self.limiter = FailureLimiter(gateway.clock, config.auth_failures_per_min)
         self.audit = AuditLog(gateway.config.outbox.path)
-        self.latest = LatestValues()
+        self.latest = LatestValues(gateway.registry)
         self.feed = AlertFeed()
         gateway.pipeline.listeners.append(self.latest.listen)
         gateway.pipeline.alert_listeners.append(self.feed.alert_changes)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.decode.record import DeviceRef, Event, FieldValue, Position, Reading, Record
+from gateway.registry import Registry
 
 # Bounded, so that a storm of unregistered device ids cannot grow memory without end.
-MAX_DEVICES = 200_000
+# Registered devices are not counted: the registry bounds them, and a district's own
+# must never lose their place to strays.
+MAX_UNREGISTERED_DEVICES = 200_000
 
 
 @dataclass(slots=True)
@@ -25,23 +29,27 @@ class DeviceLatest:
 
 
 class LatestValues:
-    def __init__(self) -> None:
-        self._devices: dict[DeviceRef, DeviceLatest] = {}
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._registered: dict[DeviceRef, DeviceLatest] = {}
+        # Ordered by when each was last heard from, longest ago first: past the bound the
+        # one let go is the one most likely silent by now, so that an unregistered device
+        # heard after a storm of stray ids is still shown.
+        self._unregistered: OrderedDict[DeviceRef, DeviceLatest] = OrderedDict()
 
     def get(self, device: DeviceRef) -> DeviceLatest | None:
-        return self._devices.get(device)
+        latest = self._registered.get(device)
+        return self._unregistered.get(device) if latest is None else latest
 
     def devices(self) -> list[DeviceRef]:
-        return list(self._devices)
+        return [*self._registered, *self._unregistered]
 
     def listen(self, records: Sequence[Record]) -> None:
         """A pipeline record listener: runs after each batch commits."""
         for record in records:
-            latest = self._devices.get(record.device)
+            latest = self._registered.get(record.device)
             if latest is None:
-                if len(self._devices) >= MAX_DEVICES:
-                    continue
-                latest = self._devices[record.device] = DeviceLatest()
+                latest = self._keep(record.device)
             # Redelivered late messages must not roll the values back.
             if record.time_ms < latest.time_ms:
                 continue
@@ -67,3 +75,21 @@ class LatestValues:
                 latest.online = True
             else:
                 latest.online = record.online
+
+    def _keep(self, device: DeviceRef) -> DeviceLatest:
+        """The latest values to update of a device heard from that is not held as a
+        registered one: an unregistered device's, now the last to let go, or a new
+        device's."""
+        unregistered = self._unregistered
+        latest = unregistered.get(device)
+        if latest is not None:
+            unregistered.move_to_end(device)
+            return latest
+        latest = DeviceLatest()
+        if self._registry.get(device.community, device.device_id) is not None:
+            self._registered[device] = latest
+            return latest
+        if len(unregistered) >= MAX_UNREGISTERED_DEVICES:
+            unregistered.popitem(last=False)
+        unregistered[device] = latest
+        return latest

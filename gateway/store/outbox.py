@@ -501,6 +501,19 @@ class Outbox:
             [(int(b), bytes(k)) for b, k in log],
         )
 
+    def holds_redelivery_keys(self, lane: str = "main") -> bool:
+        """Whether a lane saved any redelivery key, without reading them all."""
+        with self._turn(self._ingest_turn):
+            try:
+                row = self._ingest.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {KEYS_TABLES[lane]}) "
+                    "OR EXISTS (SELECT 1 FROM redelivery_log WHERE lane = ?)",
+                    (lane,),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self._failure("reading the redelivery keys failed", exc) from exc
+        return bool(row[0])
+
     # The subscription record is read and written outside the ingest's commits, from
     # the event loop, on a connection of its own: it changes at start-up and on the
     # rare connect that drops a retired filter.
