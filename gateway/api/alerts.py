@@ -232,7 +232,8 @@ async def list_alerts(
 
     book = ctx.gateway.alerts
     if state == "open":
-        chosen = [entry for entry in book.open_alerts() if shown(entry)]
+        communities = [community] if community is not None else _communities_of(principal)
+        chosen = [entry for entry in book.open_alerts(communities=communities) if shown(entry)]
     else:
         chosen = []
         search = partial(
@@ -263,7 +264,8 @@ async def list_alerts(
 
 def _communities_of(principal: Principal) -> list[str] | None:
     """The communities whose alerts the caller may see, if not all: the book is asked
-    for theirs alone, so that others' never push theirs out of a page."""
+    for theirs alone, so that others' never push theirs out of a page, and a desk's
+    board never reads the open alerts of every community to show its own."""
     scope = principal.scope
     return None if scope is None else sorted(scope)
 

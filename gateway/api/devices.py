@@ -244,7 +244,6 @@ async def list_devices(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DeviceListOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
-    alerts = open_alerts_by_device(ctx.gateway.alerts.open_alerts(), offline_rules(ctx))
     places = {"area": area, "compound": compound, "building": building}
     wanted_places = {level: name for level, name in places.items() if name is not None}
     kept = _kept_by(device_type, wanted_places)
@@ -256,6 +255,9 @@ async def list_devices(
     communities = _listed_communities(principal, community)
     listed = _registered_in(ctx, communities)
     heard = _heard_unregistered(ctx, communities)
+    # Which devices are in the state asked for is told by the open alerts of every
+    # community listed; without a state asked for, those of the page's devices suffice.
+    alerts = {} if state is None else _alert_states(ctx, communities=communities)
     if device_type is None and not wanted_places and state is None:
         total = len(listed) + len(heard)
         page = _window(listed, heard, offset, limit)
@@ -276,6 +278,8 @@ async def list_devices(
             total += 1
             if offset < total <= offset + limit:
                 page.append(candidate)
+    if state is None:
+        alerts = _alert_states(ctx, devices=[key for key, _, _ in page])
     views: list[DeviceOut] = []
     audited: list[Shown] = []
     for key, kind, registered in page:
@@ -309,6 +313,18 @@ def offline_rules(ctx: ApiContext) -> set[str]:
     return {r.name for r in ctx.gateway.loaded_rules if r.spec.kind == "absence"}
 
 
+def _alert_states(
+    ctx: ApiContext,
+    *,
+    communities: Collection[str] | None = None,
+    devices: Collection[tuple[str, str]] | None = None,
+) -> dict[tuple[str, str], DeviceState]:
+    """The state the open alerts of these communities, or of these devices (community,
+    device id), give their devices; of every community when neither is given."""
+    alerts = ctx.gateway.alerts.open_alerts(communities=communities, devices=devices)
+    return open_alerts_by_device(alerts, offline_rules(ctx))
+
+
 def _find(
     ctx: ApiContext, principal: Principal, community: str, device_id: str
 ) -> tuple[str, RegisteredDevice | None]:
@@ -333,7 +349,7 @@ async def get_device(
 ) -> DeviceOut:
     require(principal, Role.ADMIN, Role.OPERATOR)
     kind, registered = _find(ctx, principal, community, device_id)
-    alerts = open_alerts_by_device(ctx.gateway.alerts.open_alerts(), offline_rules(ctx))
+    alerts = _alert_states(ctx, devices=[(community, device_id)])
     view, shown = _view(ctx, principal, (community, device_id), kind, registered, alerts)
     if shown is not None:
         await audit_reads(

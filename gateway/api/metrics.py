@@ -196,7 +196,7 @@ def render(
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(ctx: Ctx) -> PlainTextResponse:
-    states = Counter(str(a.state) for a in ctx.gateway.alerts.open_alerts())
+    states = Counter({str(s): n for s, n in ctx.gateway.alerts.count_open().items()})
     text = render(
         ctx.gateway.stats,
         states,

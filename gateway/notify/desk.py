@@ -83,8 +83,10 @@ class AlertDesk:
                 steps.insert(0, AlertState.ACKNOWLEDGED)
             lines = [self.handling_line(entry, s, now_ms) for s in steps]
             # Read on the transaction's own connection, in the commit's thread: the
-            # book's is the event loop's.
-            shown = self.state_line(entry, step, now_ms, AlertBook.open_in(conn))
+            # book's is the event loop's. The device's alerts alone: the transaction
+            # holds the write lock every alarm's commit waits for.
+            device_open = AlertBook.open_in(conn, devices=[(entry.community, entry.device_id)])
+            shown = self.state_line(entry, step, now_ms, device_open)
             if shown is not None:
                 lines.append(shown)
             return lines
@@ -120,6 +122,7 @@ class AlertDesk:
     ) -> str | None:
         """The alert's state after the step, as an `alert` point of the series the rules
         stage writes the alert's changes to; None when the point would show wrong.
+        `open_alerts`: the open alerts of the alert's device, at least.
 
         Dashboards take the last state of each series (rule, device, port), not of each
         alert, so a step writes nothing that would hide another alert of its series still

@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     repeated_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state);
+-- The open alerts alone, by device: those of a device or a community are found, and all
+-- are counted by state, without going through the years of closed ones. Its condition is
+-- the first term of _OPEN, which a query must hold as written for SQLite to use it.
+CREATE INDEX IF NOT EXISTS alerts_open_device
+    ON alerts (community, device_id, state, fired_ms) WHERE state != 'closed';
 -- A page of the history, newest first, reads the newest alerts alone.
 CREATE INDEX IF NOT EXISTS alerts_started ON alerts (started_ms);
 CREATE TABLE IF NOT EXISTS alert_history (
@@ -135,6 +140,8 @@ _STATE_AFTER = {
     )
     for step, sources in MOVES_FROM.items()
 }
+# The alerts the book counts open: pending, and fired but not yet closed by a person.
+_OPEN = "state != 'closed' AND (fired_ms IS NOT NULL OR state = 'pending')"
 _ENTRY_COLUMNS = (
     "alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,"
     " state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,"
@@ -432,19 +439,55 @@ class AlertBook:
         ).fetchone()
         return int(row[0])
 
-    def open_alerts(self) -> list[AlertEntry]:
-        """Pending, and fired but not yet closed by a person."""
-        return AlertBook.open_in(self._conn)
+    def open_alerts(
+        self,
+        *,
+        communities: Collection[str] | None = None,
+        devices: Collection[tuple[str, str]] | None = None,
+    ) -> list[AlertEntry]:
+        """Pending, and fired but not yet closed by a person, in order of start.
+        `communities`: only alerts of these. `devices`: only alerts of these (community,
+        device id)."""
+        return AlertBook.open_in(self._conn, communities=communities, devices=devices)
 
     @staticmethod
-    def open_in(conn: sqlite3.Connection) -> list[AlertEntry]:
-        """The open alerts as they are in the caller's transaction."""
+    def open_in(
+        conn: sqlite3.Connection,
+        *,
+        communities: Collection[str] | None = None,
+        devices: Collection[tuple[str, str]] | None = None,
+    ) -> list[AlertEntry]:
+        """The open alerts as they are in the caller's transaction; see open_alerts."""
+        where = [_OPEN]
+        params: list[object] = []
+        if communities is not None:
+            where.append(f"community IN ({', '.join('?' * len(communities))})")
+            params.extend(communities)
+        if devices is not None:
+            # One parameter for a page of thousands of devices: SQLite limits how many a
+            # statement takes.
+            where.append(
+                "(community, device_id) IN (SELECT json_extract(value, '$[0]'),"
+                " json_extract(value, '$[1]') FROM json_each(?))"
+            )
+            params.append(orjson.dumps(list(devices)).decode())
+        # `+started_ms`: the open alerts read through their own index, then put in order,
+        # rather than every alert ever kept gone through in order of start.
         rows = conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM alerts"
-            " WHERE state != 'closed' AND (fired_ms IS NOT NULL OR state = 'pending')"
-            " ORDER BY started_ms"
+            f"SELECT {_ENTRY_COLUMNS} FROM alerts WHERE {' AND '.join(where)}"
+            " ORDER BY +started_ms, alert_id",
+            params,
         )
         return [_entry(row) for row in rows]
+
+    def count_open(self) -> dict[AlertState, int]:
+        """The open alerts (see open_alerts) by state; a state none is in is left out."""
+        # `+state`: grouped through the index of open alerts, not the one of every
+        # alert's state, which would go through every closed alert to skip it.
+        rows = self._conn.execute(
+            f"SELECT state, count(*) FROM alerts WHERE {_OPEN} GROUP BY +state"
+        )
+        return {AlertState(state): count for state, count in rows}
 
     def search(
         self,

@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+import gateway.rules.book as book_module
 from gateway.app import Gateway
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig
 from gateway.ingest.message import InboundMessage
+from gateway.rules.book import AlertEntry
 
 T0 = 1_767_225_600_000
 ADMIN = "admin-token-0123456789"
@@ -170,3 +172,42 @@ async def serve_site(gateway: Gateway, clock: ManualClock) -> AsyncIterator[Site
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     async with open_site(tmp_path, ManualClock(T0)) as opened:
         yield opened
+
+
+# Bracelets of another community, lgy, that never report (not yet installed, a flat
+# battery): each has an open `device_offline` alert, as a district holds thousands.
+OTHER_COMMUNITY_OFFLINE = 500
+
+
+@asynccontextmanager
+async def district(tmp_path: Path) -> AsyncIterator[Site]:
+    """The site, with community lgy's OTHER_COMMUNITY_OFFLINE bracelets found offline:
+    the absence rule finds every registered device that never reports."""
+    rows = "".join(
+        f"lb-{i:05d},bracelet,lgy,north,pine,{i % 40}" + "," * 8 + "\n"
+        for i in range(OTHER_COMMUNITY_OFFLINE)
+    )
+    async with open_site(tmp_path, ManualClock(T0), registry_text=REGISTRY + rows) as site:
+        stage = site.gateway.pipeline.alerts
+        assert stage is not None
+        await site.gateway.pipeline.commit_alerts(stage.tick(site.clock.now_ms()))
+        # Bracelets report every 60 s: ten minutes of silence is 2.5 periods and more.
+        site.clock.advance(600)
+        await site.gateway.pipeline.commit_alerts(stage.tick(site.clock.now_ms()))
+        in_lgy = [a for a in site.gateway.alerts.open_alerts() if a.community == "lgy"]
+        assert len(in_lgy) == OTHER_COMMUNITY_OFFLINE
+        yield site
+
+
+def count_alerts_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many of the alert book's rows are made into entries from now on: one for
+    each alert read."""
+    made = [0]
+    entry = book_module._entry
+
+    def counting(row: tuple[object, ...]) -> AlertEntry:
+        made[0] += 1
+        return entry(row)
+
+    monkeypatch.setattr(book_module, "_entry", counting)
+    return made

@@ -14,6 +14,8 @@ from tests.unit.api.conftest import (
     TWO_COMMUNITIES,
     WORKER,
     Site,
+    count_alerts_read,
+    district,
     open_site,
 )
 
@@ -141,6 +143,31 @@ async def test_a_cleared_condition_is_no_alarm_though_its_alert_is_still_open(si
     (alert,) = (await site.get("/api/v1/alerts")).json()["alerts"]
     assert alert["state"] == "resolved"
     assert (await site.get("/api/v1/devices/hgy/sd-1")).json()["state"] == "normal"
+
+
+async def test_a_devices_state_is_read_from_its_own_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A device's page, and a page of the list, are told from the open alerts of the
+    # devices shown: read whole, a district's thousands held the loop the alarms are
+    # committed on for each device looked at.
+    async with district(tmp_path) as site:
+        await site.fall("br-1")
+        read = count_alerts_read(monkeypatch)
+        assert (await site.get("/api/v1/devices/hgy/br-1")).json()["state"] == "alarm"
+        assert read[0] <= 2, f"{read[0]} alerts read to show one device"
+        read[0] = 0
+        page = (await site.get("/api/v1/devices?limit=2")).json()
+        assert [(d["device_id"], d["state"]) for d in page["devices"]] == [
+            ("br-1", "alarm"), ("br-2", "offline"),
+        ]  # fmt: skip
+        assert read[0] <= 4, f"{read[0]} alerts read to show a page of two devices"
+        # A state asked for is looked for among the open alerts of the community asked for.
+        in_hgy = len([a for a in site.gateway.alerts.open_alerts() if a.community == "hgy"])
+        read[0] = 0
+        alarmed = (await site.get("/api/v1/devices?community=hgy&state=alarm")).json()
+        assert ids(alarmed) == ["hgy/br-1"]
+        assert read[0] == in_hgy, f"{read[0]} alerts read where hgy has {in_hgy} open"
 
 
 async def test_pages_of_the_list_keep_one_order_of_community_and_id(tmp_path: Path) -> None:

@@ -1,11 +1,22 @@
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from gateway.api.metrics import render
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef, Reading, TimeSource
+from gateway.rules.alert import AlertState
 from gateway.stats import Stats
-from tests.unit.api.conftest import DESK_HGY, T0, TWO_COMMUNITIES, Site, open_site
+from tests.unit.api.conftest import (
+    DESK_HGY,
+    T0,
+    TWO_COMMUNITIES,
+    Site,
+    count_alerts_read,
+    district,
+    open_site,
+)
 
 
 async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
@@ -22,6 +33,23 @@ async def test_metrics_count_traffic_rejects_and_alerts(site: Site) -> None:
     assert 'gateway_alerts{state="firing"} 0' in lines
     assert "gateway_alerts_fired_total 1" in lines
     assert "# TYPE gateway_outbox_depth_lines gauge" in lines
+
+
+async def test_a_scrape_counts_the_open_alerts_without_reading_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prometheus scrapes every 15 s: an entry made of each open alert to count it held
+    # the loop the alarms are committed on for over half a second at 60,000 open.
+    async with district(tmp_path) as site:
+        alert_id = await site.fall()
+        await site.post(f"/api/v1/alerts/{alert_id}/acknowledge")
+        firing = [a for a in site.gateway.alerts.open_alerts() if a.state is AlertState.FIRING]
+        read = count_alerts_read(monkeypatch)
+        lines = set((await site.client.get("/metrics")).text.splitlines())
+        assert f'gateway_alerts{{state="firing"}} {len(firing)}' in lines
+        assert 'gateway_alerts{state="acknowledged"} 1' in lines
+        assert 'gateway_alerts{state="arrived"} 0' in lines
+        assert read[0] == 0, f"{read[0]} alerts read to count them"
 
 
 async def test_metrics_and_health_are_of_the_installation_and_name_no_community(

@@ -16,6 +16,7 @@ from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.store.outbox import Outbox
 from tests.catalogue import shipped_rules
+from tests.unit.api.conftest import count_alerts_read
 from tests.unit.notify.test_notifier import REGISTRY as NOTIFIER_REGISTRY
 from tests.unit.notify.test_notifier import SMOKE as NOTIFIER_SMOKE
 from tests.unit.notify.test_notifier import Rig, fall, reading
@@ -259,6 +260,30 @@ async def test_closing_one_sos_does_not_hide_another_of_the_same_wearer(tmp_path
     await d.desk.close(second.alert_id, "wang-fang", "老人已安全")
     assert d.states()[-1] == "closed"
     assert _point(d.alert_lines()[-1])[1]["alert_id"] == second.alert_id
+
+
+async def test_a_step_reads_the_open_alerts_of_its_device_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step looks for another open alert of its series inside the outbox's write
+    # transaction, which every alarm's commit waits for: reading every open alert of a
+    # district (thousands of devices offline) held the alarms back half a second a step.
+    d = Desk(tmp_path / "outbox.sqlite3")
+    others = [
+        Event(DeviceRef("hgy", "bracelet", f"other-{i}"), T0, TimeSource.DEVICE, "fall", {})
+        for i in range(200)
+    ]
+    decision = d.stage.evaluate(others)
+    d.outbox.commit(decision.lines, [], None, decision.write)
+    alert = d.fall()
+    read = count_alerts_read(monkeypatch)
+    d.clock.advance(30)
+    await d.desk.acknowledge(alert.alert_id, "wang-fang")
+    await d.desk.close(alert.alert_id, "wang-fang", "老人已送医")
+    assert read[0] <= 10, f"{read[0]} alerts read for two steps of one alert"
+    points = [_point(line)[1] for line in d.outbox.peek(1000).lines if line.startswith("alert,")]
+    shown = [point["state"] for point in points if point["alert_id"] == alert.alert_id]
+    assert shown == ["firing", "acknowledged", "closed"]
 
 
 async def test_a_step_comes_after_an_alert_stamped_by_a_clock_running_ahead(

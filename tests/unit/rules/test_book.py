@@ -8,7 +8,7 @@ import pytest
 from gateway.decode.record import DeviceRef, FieldValue, Position
 from gateway.errors import StoreError
 from gateway.rules.alert import AlertChange, AlertState
-from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook, AlertError
+from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook, AlertEntry, AlertError
 from gateway.rules.rule import Severity
 from gateway.store.outbox import Outbox
 
@@ -231,5 +231,48 @@ def test_a_search_filters_in_the_book_and_pages_by_start_then_id(tmp_path: Path)
         found = book.search(community="hgy", device_id="br-1", severity="info", limit=1)
         assert [e.alert_id for e in found] == ["a09"]
         assert book.search(communities=[]) == []
+    finally:
+        book.close()
+
+
+def test_the_open_alerts_of_some_devices_or_communities_are_theirs_alone(
+    tmp_path: Path,
+) -> None:
+    # A device's page, a step of the desk, a desk's board read these alone; the same
+    # device id in another community is another device.
+    path = tmp_path / "outbox.sqlite3"
+    AlertBook(path).close()
+    devices = (WRIST, OTHER, SMOKE)
+    write(
+        path,
+        *(
+            AlertChange(
+                alert_id=f"a{n:02d}", rule="fall", title="t", severity=Severity.CRITICAL,
+                life_safety=True, device=devices[n % 3], port=None,
+                state=AlertState.PENDING if n == 7 else AlertState.FIRING,
+                # Pairs of alerts share a start.
+                started_ms=100 - n // 2, at_ms=100 - n // 2, values={},
+            )
+            for n in range(9)
+        ),
+    )  # fmt: skip
+    # Ended while pending: never open to anyone.
+    write(path, change("a07", AlertState.RESOLVED, 200))
+    book = AlertBook(path)
+    try:
+        book.acknowledge("a03", "wang-fang", 200)
+        book.close_alert("a06", "wang-fang", 200, "误报")
+
+        def ids(entries: list[AlertEntry]) -> list[str]:
+            return [e.alert_id for e in entries]
+
+        # a03 (WRIST) acknowledged, a06 (WRIST) closed, a07 (OTHER) never fired.
+        assert ids(book.open_alerts()) == ["a08", "a04", "a05", "a02", "a03", "a00", "a01"]
+        assert ids(book.open_alerts(devices=[("hgy", "br-1")])) == ["a03", "a00"]
+        both = book.open_alerts(devices=[("qhy", "br-1"), ("hgy", "sd-1")])
+        assert ids(both) == ["a08", "a04", "a05", "a02", "a01"]
+        assert ids(book.open_alerts(communities=["qhy"])) == ["a04", "a01"]
+        assert book.open_alerts(devices=[]) == book.open_alerts(communities=[]) == []
+        assert book.count_open() == {AlertState.FIRING: 6, AlertState.ACKNOWLEDGED: 1}
     finally:
         book.close()
