@@ -7,7 +7,9 @@ alarm needs it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -402,22 +404,22 @@ def unreachable(
                 )
         if not places:
             continue
+        named = _index(places).communities
         for key, level in (("communities", 0), ("areas", 1), ("compounds", 2), ("buildings", 3)):
             if level == 0 and not all_registered:
                 continue
-            there = {place[level] for place in places}
+            there = named[level]
             for name in getattr(match, key):
                 if name not in there:
                     return (
                         f"routes[{index}].match.{key}",
-                        f"no registered device is in {name!r}; known: "
-                        f"{sorted(n for n in there if n is not None)}",
+                        f"no registered device is in {name!r}; known: {sorted(there)}",
                     )
                 # An installation of several communities (a district's) repeats names
                 # (east, building 3): unless the route names its communities, it would
                 # send the other communities' alerts there down its chain too.
                 if level and not match.communities:
-                    communities = sorted({p[0] for p in places if p[level] == name})
+                    communities = sorted(there[name])
                     if len(communities) > 1:
                         return (
                             f"routes[{index}].match.{key}",
@@ -434,6 +436,49 @@ def empty_cell(cell: Placed, places: Collection[Place], *, all_registered: bool)
     wanted = place_of(cell)
     if wanted[1:] == (None, None, None) and not all_registered:
         return None
-    if places and not any(within(wanted, place) for place in places):
+    if places and not _index(places).holds(wanted):
         return f"no registered device is in {'/'.join(p for p in wanted if p is not None)}"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _PlaceIndex:
+    """Registered places found by the names of their levels, for cells and routes to be
+    looked up in rather than compared with every place."""
+
+    # The places in each community (level 0, named by itself) and in each of its areas,
+    # compounds and buildings (levels 1-3): by (community, level, name).
+    by_name: Mapping[tuple[str, int, str], tuple[Place, ...]]
+    # For each level, the names there are at it, with the communities they are in.
+    communities: tuple[Mapping[str, frozenset[str]], ...]
+
+    def holds(self, cell: Place) -> bool:
+        """Whether a registered place lies in `cell`."""
+        named = [(cell[0], level, name) for level, name in enumerate(cell) if name is not None]
+        # The places of its least common name: a building number repeats across the
+        # compounds of a community, a compound's name does not.
+        candidates = min((self.by_name.get(key, ()) for key in named), key=len)
+        return any(within(cell, place) for place in candidates)
+
+
+def _index(places: Collection[Place]) -> _PlaceIndex:
+    # A registry gives the same set of places every time it is asked, so that a check
+    # (every roster's and every grid worker's cell, every route) indexes it once: a
+    # district's thousands of cells, each compared with its tens of thousands of places,
+    # took half a minute of a reload, every alarm waiting.
+    return _index_of(frozenset(places))
+
+
+@lru_cache(maxsize=1)
+def _index_of(places: frozenset[Place]) -> _PlaceIndex:
+    by_name: dict[tuple[str, int, str], list[Place]] = {}
+    communities: tuple[dict[str, set[str]], ...] = ({}, {}, {}, {})
+    for place in places:
+        for level, name in enumerate(place):
+            if name is not None:
+                by_name.setdefault((place[0], level, name), []).append(place)
+                communities[level].setdefault(name, set()).add(place[0])
+    return _PlaceIndex(
+        {key: tuple(found) for key, found in by_name.items()},
+        tuple({name: frozenset(c) for name, c in level.items()} for level in communities),
+    )

@@ -60,6 +60,14 @@ class Router:
         hours = [s.hours for r in policy.rosters for s in r.shifts]
         hours += [r.quiet_hours for r in policy.receivers if r.quiet_hours]
         self._windows = {text: DailyWindow.parse(text) for text in hours}
+        # Receivers by name and rosters by community, each community's in the policy's
+        # order: an alert is routed among its own community's rosters, not the district's
+        # thousands, as a flood of offline alerts is planned in one round that never yields.
+        self._receivers = {r.name: r for r in policy.receivers}
+        rosters: dict[str, list[Roster]] = {}
+        for roster in policy.rosters:
+            rosters.setdefault(roster.cell.community, []).append(roster)
+        self._rosters = {community: tuple(found) for community, found in rosters.items()}
 
     def reaches(self, receiver: str, community: str, device_id: str) -> bool:
         """Whether `receiver` is still one this policy tells about the device's alerts: a
@@ -70,7 +78,7 @@ class Router:
             # contact as the registry then had them (contact:13987654321).
             phone = e164(receiver.removeprefix(CONTACT_PREFIX))
             return device is not None and any(c.phone == phone for c in device.emergency_contacts)
-        return any(r.name == receiver for r in self.policy.receivers)
+        return receiver in self._receivers
 
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
         return self._registry.get(entry.community, entry.device_id)
@@ -103,7 +111,7 @@ class Router:
                         entry.community,
                         ", ".join(self.policy.fallback_receivers) or "nobody",
                     )
-                    on_duty = [self.policy.receiver(n) for n in self.policy.fallback_receivers]
+                    on_duty = [self._receivers[n] for n in self.policy.fallback_receivers]
                 targets.extend(self._target(r, step.channels) for r in on_duty)
             elif name == EMERGENCY_CONTACTS:
                 channels = step.channels or self.policy.emergency_contact_channels
@@ -113,7 +121,7 @@ class Router:
                                channels, None, self.policy.emergency_contact_channels)
                     )  # fmt: skip
             else:
-                targets.append(self._target(self.policy.receiver(name), step.channels))
+                targets.append(self._target(self._receivers[name], step.channels))
         unique: dict[str, Target] = {}
         for target in targets:
             unique.setdefault(target.receiver, target)
@@ -126,7 +134,7 @@ class Router:
         if notice.receiver.startswith(CONTACT_PREFIX):
             channels = self.policy.emergency_contact_channels or channels
             return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
-        receiver = next((r for r in self.policy.receivers if r.name == notice.receiver), None)
+        receiver = self._receivers.get(notice.receiver)
         if receiver is None:
             return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
         return self._target(receiver)
@@ -135,7 +143,7 @@ class Router:
         """Who is on duty for the most specific cell that holds the place (an alert's,
         see `place`) and has someone on duty now."""
         rosters = sorted(
-            (r for r in self.policy.rosters if _in_cell(r, place, community)),
+            (r for r in self._rosters.get(community, ()) if _in_cell(r, place, community)),
             key=_specificity,
             reverse=True,
         )
@@ -143,7 +151,7 @@ class Router:
         for roster in rosters:
             names = [s.receiver for s in roster.shifts if self._on_shift(s, moment, at_ms)]
             if names:
-                return [self.policy.receiver(n) for n in dict.fromkeys(names)]
+                return [self._receivers[n] for n in dict.fromkeys(names)]
         return []
 
     def _on_duty_for(self, entry: AlertEntry, at_ms: int) -> list[Receiver]:

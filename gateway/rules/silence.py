@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Collection
+from bisect import bisect_right
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,6 +83,39 @@ class Silence:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The silences kept, by the community they are of (None: of every community), each
+    community's in order of their ends with those ends beside them: the silences that
+    can match at a time are those ending after it, found by bisection, however many
+    ended before (a district's desks make thousands a year, kept for years, and a tick
+    that finds tens of thousands of devices offline matches every change)."""
+
+    by_community: Mapping[str | None, tuple[tuple[int, ...], tuple[Silence, ...]]]
+
+    @staticmethod
+    def of(silences: Iterable[Silence]) -> _Held:
+        grouped: dict[str | None, list[Silence]] = {}
+        for silence in silences:
+            grouped.setdefault(silence.community, []).append(silence)
+        by_community = {}
+        for community, group in grouped.items():
+            group.sort(key=_ends_then_id)
+            by_community[community] = (tuple(s.ends_ms for s in group), tuple(group))
+        return _Held(by_community)
+
+    def silences(self) -> list[Silence]:
+        return [s for _, group in self.by_community.values() for s in group]
+
+    def unended(self, community: str | None, now_ms: int) -> tuple[Silence, ...]:
+        ends, group = self.by_community.get(community, ((), ()))
+        return group[bisect_right(ends, now_ms) :]
+
+
+def _ends_then_id(silence: Silence) -> tuple[int, int]:
+    return silence.ends_ms, silence.id
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """An earlier version's silences, brought to this version's."""
     add_columns(conn, "silences", _ADDED_COLUMNS)
@@ -93,7 +127,7 @@ class SilenceBook:
         self._conn = open_book(path, _SCHEMA, "silences", migrate=_migrate)
         # Writes come from the API's worker threads (see open_book), one at a time.
         self._lock = threading.Lock()
-        self._active = self._load()
+        self._held = _Held.of(self._load())
 
     def close(self) -> None:
         # Once a call still running on a worker thread has ended.
@@ -150,8 +184,8 @@ class SilenceBook:
                 int(cursor.lastrowid or 0), community, area, compound, building, device_id,
                 rule, starts_ms, ends_ms, author, reason,
             )  # fmt: skip
-            # A new list, not an append: the event loop's thread may be going through it.
-            self._active = [*self._active, silence]
+            # Made anew: the event loop's thread may be going through them.
+            self._held = _Held.of([*self._held.silences(), silence])
         return silence
 
     def end(self, silence_id: int, now_ms: int, *, within: Collection[str] | None = None) -> None:
@@ -160,7 +194,7 @@ class SilenceBook:
         `within`: the communities the silence must be of, or it is not found."""
         with self._lock:
             found = [
-                s for s in self._active
+                s for s in self._held.silences()
                 if s.id == silence_id and s.ends_ms > now_ms
                 and (within is None or s.community in within)
             ]  # fmt: skip
@@ -168,7 +202,7 @@ class SilenceBook:
                 raise SilenceError(f"no silence {silence_id}")
             self._conn.execute("UPDATE silences SET ends_ms = ? WHERE id = ?", (now_ms, silence_id))
             ended = replace(found[0], ends_ms=now_ms)
-            self._active = [ended if s.id == silence_id else s for s in self._active]
+            self._held = _Held.of(ended if s.id == silence_id else s for s in self._held.silences())
 
     def forget_ended(self, before_ms: int) -> int:
         """Removes silences that ended before `before_ms`; the newest stays whatever its
@@ -179,22 +213,30 @@ class SilenceBook:
                 (before_ms,),
             ).rowcount
             if removed:
-                self._active = self._load()
+                self._held = _Held.of(self._load())
         return removed
 
     def current(self, now_ms: int) -> list[Silence]:
-        """Silences not yet expired."""
-        return [s for s in self._active if s.ends_ms > now_ms]
+        """Silences not yet expired, in the order they were made."""
+        held = self._held
+        unended = [s for c in held.by_community for s in held.unended(c, now_ms)]
+        return sorted(unended, key=_silence_id)
 
     def matching(self, change: AlertChange, now_ms: int) -> Silence | None:
-        if not self._active:
+        """The first made of the silences that mute `change` at `now_ms`, or None."""
+        held = self._held
+        community = change.device.community
+        candidates = [*held.unended(community, now_ms), *held.unended(None, now_ms)]
+        if not candidates:
             return None
-        registered = self._registry.get(change.device.community, change.device.device_id)
-        for silence in self._active:
-            if silence.matches(change, registered, now_ms):
-                return silence
-        return None
+        registered = self._registry.get(community, change.device.device_id)
+        muting = [s for s in candidates if s.matches(change, registered, now_ms)]
+        return min(muting, key=_silence_id, default=None)
 
     def _load(self) -> list[Silence]:
         rows = self._conn.execute(f"SELECT id, {_STORED} FROM silences")
         return [Silence(*row) for row in rows]
+
+
+def _silence_id(silence: Silence) -> int:
+    return silence.id

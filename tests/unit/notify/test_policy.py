@@ -1,17 +1,25 @@
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+import gateway.notify.policy as policy_module
+import gateway.notify.router as router_module
 from gateway import PROJECT_ROOT
+from gateway.app import check_policy
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
+from gateway.decode.decoder import CODECS
+from gateway.decode.profile import load_profiles
 from gateway.errors import ConfigError
 from gateway.notify.policy import NotifyPolicy, unreachable
 from gateway.notify.router import Router
-from gateway.registry import load_registry
+from gateway.registry import RegisteredDevice, Registry, load_registry
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry
+from gateway.rules.rule import load_rules
 
 DEPLOY = PROJECT_ROOT / "deploy"
 # The example policy takes its channels' keys and secrets from the environment.
@@ -257,3 +265,104 @@ def test_a_contact_is_reached_however_their_number_was_written() -> None:
         assert router.reaches(receiver, "huguangyuan", "br-hgy-0001"), receiver
     assert not router.reaches("contact:13700001111", "huguangyuan", "br-hgy-0001")
     assert not router.reaches("contact:13987654321", "huguangyuan", "sd-hgy-0001")
+
+
+def test_checking_a_district_s_policy_looks_each_cell_up_rather_than_in_every_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `check`, the start and every `reload` (on the event loop, every alarm waiting)
+    # check that each roster's and each grid worker's cell holds a registered device: a
+    # district's 4,200 compound rosters, each compared with its 25,050 places, took 27 s.
+    communities, compounds = 50, 20
+    lines = ["device_id,device_type,community,area,compound,building"]
+    receivers: list[dict[str, Any]] = [{"name": "office", "channels": ["console"]}]
+    rosters: list[dict[str, Any]] = []
+    tokens: list[dict[str, Any]] = []
+    for c in range(communities):
+        for k in range(compounds):
+            lines.append(f"sd-{k},smoke_detector,c{c},a1,k{k},1")
+            name = f"gw-{c}-{k}"
+            cell = {"community": f"c{c}", "area": "a1", "compound": f"k{k}"}
+            receivers.append({"name": name, "channels": ["console"]})
+            rosters.append({"cell": cell, "shifts": [{"receiver": name, "hours": "00:00-23:59"}]})
+            tokens.append({"name": name, "role": "grid_worker", "token": f"token-of-{name}-0123456",
+                           "cells": [cell]})  # fmt: skip
+    registry_file = tmp_path / "devices.csv"
+    registry_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    policy = {
+        "channels": {"console": {"type": "console"}},
+        "receivers": receivers,
+        "rosters": rosters,
+        "routes": [{"escalation": "grid"}],
+        "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
+        "fallback_receivers": ["office"],
+    }
+    config = GatewayConfig.model_validate(
+        {"mqtt": None, "outbox": {"path": tmp_path / "outbox.sqlite3"},
+         "registry_file": registry_file, "notify": policy, "api": {"tokens": tokens}}
+    )  # fmt: skip
+    profiles = load_profiles(config.profiles_dir, CODECS)
+    registry = load_registry(registry_file, profiles.device_types())
+    rules = load_rules(config.rules_dir, profiles)
+    places = len(registry.places())
+    cells = communities * compounds
+    assert places == cells == 1000
+    compared = [0]
+    original = policy_module.within
+
+    def counting(cell: Any, place: Any) -> bool:
+        compared[0] += 1
+        return original(cell, place)
+
+    monkeypatch.setattr(policy_module, "within", counting)
+    check_policy(config, registry, rules, profiles)
+    # About as many comparisons as cells (rosters' and tokens') and places, not their
+    # product.
+    assert compared[0] <= 10 * (2 * cells + places), f"{compared[0]} place comparisons"
+
+
+def test_routing_one_alert_looks_at_its_own_community_s_rosters_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A flood of offline alerts (a carrier's outage) is planned in one round of the
+    # notifier that never yields: with every roster of the district looked at for each
+    # alert, 20,000 alerts took 9.2 s, no alarm told meanwhile.
+    communities = 600
+    receivers: list[dict[str, Any]] = [{"name": "office", "channels": ["console"]}]
+    rosters: list[dict[str, Any]] = []
+    for c in range(communities):
+        for area in ("east", "west"):
+            name = f"gw-{c}-{area}"
+            receivers.append({"name": name, "channels": ["console"]})
+            rosters.append(
+                {
+                    "cell": {"community": f"c{c}", "area": area},
+                    "shifts": [{"receiver": name, "hours": "00:00-23:59"}],
+                }
+            )
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"console": {"type": "console"}},
+            "receivers": receivers,
+            "rosters": rosters,
+            "routes": [{"escalation": "grid"}],
+            "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
+            "fallback_receivers": ["office"],
+        }
+    )
+    device = RegisteredDevice(
+        device_id="sd-1", device_type="smoke_detector", community="c7", area="east",
+        compound="k1", building="3",
+    )  # fmt: skip
+    router = Router(policy, Registry([device]), ZoneInfo("Asia/Shanghai"))
+    walked = [0]
+    original: Callable[..., bool] = router_module._in_cell
+
+    def counting(*args: Any) -> bool:
+        walked[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(router_module, "_in_cell", counting)
+    on_duty = router.on_duty(("c7", "east", "k1", "3"), "c7", WED_0900)
+    assert [r.name for r in on_duty] == ["gw-7-east"]
+    assert walked[0] <= 10, f"{walked[0]} rosters looked at for one alert of c7"
