@@ -231,9 +231,16 @@ async def list_alerts(
         )
 
     book = ctx.gateway.alerts
+    total: int | None = None
     if state == "open":
         communities = [community] if community is not None else _communities_of(principal)
         chosen = [entry for entry in book.open_alerts(communities=communities) if shown(entry)]
+        total = len(chosen)
+        # The most severe first, then the oldest: a district's thousands of devices
+        # offline never push a fire off the board, and the answer stays a page (every
+        # open alert of a district was tens of MB, made on the loop alarms are told on).
+        chosen.sort(key=_most_severe_first)
+        del chosen[limit:]
     else:
         chosen = []
         search = partial(
@@ -256,10 +263,13 @@ async def list_alerts(
             # Alarms are committed and notified on this loop too.
             await asyncio.sleep(0)
         del chosen[limit:]
-    chosen.sort(key=lambda e: (SEVERITY_ORDER.get(e.severity, 9), e.started_ms))
-    # Every open alert: the board shows what is going on, not the first `limit` of it.
+    chosen.sort(key=_most_severe_first)
     shown_alerts = await alerts_out(ctx, principal, request, chosen)
-    return AlertListOut(version=ctx.feed.version, alerts=shown_alerts)
+    return AlertListOut(version=ctx.feed.version, alerts=shown_alerts, total=total)
+
+
+def _most_severe_first(entry: AlertEntry) -> tuple[int, int]:
+    return SEVERITY_ORDER.get(entry.severity, 9), entry.started_ms
 
 
 def _communities_of(principal: Principal) -> list[str] | None:

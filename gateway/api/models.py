@@ -160,6 +160,9 @@ class AlertOut(_Out):
 class AlertListOut(_Out):
     version: int
     alerts: list[AlertOut]
+    # For `state=open`: how many open alerts match, of which the `limit` most severe
+    # are listed. None for other states, which list the newest `limit`.
+    total: int | None = None
 
 
 class AlertDetailOut(_Out):

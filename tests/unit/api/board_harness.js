@@ -2,13 +2,16 @@
 // by hand, and a fetch that fails FAILURES times before the gateway answers with the
 // open alerts in ALERTS_JSON (a file of the list's "alerts"; none if not given).
 // node board_harness.js BOARD_HTML FAILURES [ALERTS_JSON]
-//   ->  {"calls": [...], "status": "...", "rows": [{"alert_id", "buttons", "action"}]}
+//   ->  {"calls": [...], "status": "...", "rows": [{"alert_id", "buttons", "action"}],
+//        "summary": "..."}
 "use strict";
 const fs = require("fs");
 const html = fs.readFileSync(process.argv[2], "utf8");
 const script = html.slice(html.indexOf("<script>") + 8, html.lastIndexOf("</script>"));
 const FAILURES = Number(process.argv[3]);
-const ALERTS = process.argv[4] ? JSON.parse(fs.readFileSync(process.argv[4], "utf8")) : [];
+// The list's "alerts" alone, or the whole answer (with its "total").
+const GIVEN = process.argv[4] ? JSON.parse(fs.readFileSync(process.argv[4], "utf8")) : [];
+const ANSWER = Array.isArray(GIVEN) ? {version: 1, alerts: GIVEN} : GIVEN;
 process.on("unhandledRejection", () => {});
 function element(id) {
   return {id, hidden: false, textContent: "", dataset: {}, children: [], className: "",
@@ -44,7 +47,7 @@ global.fetch = async (url) => {
     return {ok: true, status: 200, body: {pipeThrough: () => ({getReader: () => ({
       read: () => new Promise(() => {})})})}};
   }
-  return {ok: true, status: 200, json: async () => ({version: 1, alerts: ALERTS})};
+  return {ok: true, status: 200, json: async () => ANSWER};
 };
 global.TextDecoderStream = function () {};
 eval(script);
@@ -61,5 +64,6 @@ eval(script);
     return {alert_id: tr.dataset.alertId, buttons: act.children.map((b) => b.textContent),
       action: act.textContent};
   });
-  console.log(JSON.stringify({calls, status: document.getElementById("status").textContent, rows}));
+  console.log(JSON.stringify({calls, status: document.getElementById("status").textContent, rows,
+    summary: document.getElementById("summary").textContent}));
 })();

@@ -14,7 +14,17 @@ from gateway.cli import reload_in_place
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef
 from gateway.notify.notice import Notice
-from tests.unit.api.conftest import DESK_HGY, OPERATOR, T0, TWO_COMMUNITIES, Site, open_site
+from tests.unit.api.conftest import (
+    ADMIN,
+    DESK_HGY,
+    OPERATOR,
+    OTHER_COMMUNITY_OFFLINE,
+    T0,
+    TWO_COMMUNITIES,
+    Site,
+    district,
+    open_site,
+)
 
 
 def link_path(site: Site, alert_id: str, receiver: str = "wang-fang") -> str:
@@ -429,11 +439,11 @@ async def test_a_link_forwarded_with_a_messenger_s_parameters_still_opens(site: 
 
 
 def _run_board(
-    tmp_path: Path, failures: int, alerts: list[dict[str, object]] | None = None
+    tmp_path: Path, failures: int, alerts: list[dict[str, object]] | dict[str, object] | None = None
 ) -> dict[str, object]:
     """board.html's script in Node, its fetch failing `failures` times, then answered
-    with `alerts` (see board_harness.js): the addresses it fetched, the status it shows,
-    and its rows."""
+    with `alerts`, the list's or the whole answer (see board_harness.js): the addresses
+    it fetched, the status it shows, its rows and its summary."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
@@ -458,6 +468,7 @@ def test_a_board_opened_while_the_gateway_is_out_of_reach_keeps_trying(tmp_path:
         "calls": ["api/v1/alerts?state=open", "api/v1/alerts-stream"],
         "status": "实时",
         "rows": [],
+        "summary": "未关闭告警 0 条，其中紧急 0 条",
     }
     retried = _run_board(tmp_path, failures=2)
     assert retried["calls"] == [
@@ -486,6 +497,19 @@ async def test_the_board_offers_to_take_an_alert_once_it_fires(tmp_path: Path) -
         {"alert_id": fallen, "buttons": ["接单"], "action": ""},
         {"alert_id": pending, "buttons": [], "action": "触发后可接单"},
     ]
+
+
+async def test_a_district_board_shows_the_most_severe_alerts_and_counts_them_all(
+    tmp_path: Path,
+) -> None:
+    async with district(tmp_path) as site:
+        fallen = await site.fall("br-1")
+        answer = (await site.get("/api/v1/alerts?state=open&limit=20", ADMIN)).json()
+        total = len(site.gateway.alerts.open_alerts())
+    rows = _run_board(tmp_path, failures=0, alerts=answer)
+    assert rows["rows"][0]["alert_id"] == fallen  # type: ignore[index]
+    assert total > OTHER_COMMUNITY_OFFLINE
+    assert rows["summary"] == f"未关闭告警 {total} 条，其中紧急 1 条（显示最紧急的 20 条）"
 
 
 async def test_a_link_to_an_alert_not_yet_fired_offers_no_step_but_closing(site: Site) -> None:
