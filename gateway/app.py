@@ -139,18 +139,17 @@ def check_policy(
     """Raises ConfigError if the config's notification policy names a place, rule or
     device type the gateway does not have (notify.policy.unreachable), or a grid
     worker's token a cell no registered device is in."""
-    places = registry.places()
     all_registered = config.ingest.require_registered
     for i, token in enumerate(config.api.tokens if config.api is not None else ()):
         for j, cell in enumerate(token.cells):
-            empty = empty_cell(cell, places, all_registered=all_registered)
+            empty = empty_cell(cell, registry, all_registered=all_registered)
             if empty is not None:
                 raise config.error(f"api.tokens[{i}].cells[{j}]", empty)
     if config.notify is None:
         return
     problem = unreachable(
         config.notify,
-        places,
+        registry,
         {r.name for r in rules},
         profiles.device_types(),
         all_registered=all_registered,

@@ -177,6 +177,12 @@ class Registry:
         self._within = {
             key: tuple(sorted(found, key=_place_order)) for key, found in within.items()
         }
+        # The communities that have an area, compound or building of a name, by (level,
+        # name): a district's repeat them (east, building 3).
+        named: dict[tuple[int, str], set[str]] = {}
+        for community, level, name in self._within:
+            named.setdefault((level, name), set()).add(community)
+        self._communities_named = {key: frozenset(found) for key, found in named.items()}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -211,6 +217,25 @@ class Registry:
         fire, named by the building alone): in several compounds, where their building
         numbers repeat."""
         return list(self._within.get((community, 1 + PLACE_TYPES.index(place_type), name), ()))
+
+    def holds(self, cell: Place) -> bool:
+        """Whether a registered place lies in `cell` (see `within`)."""
+        named = [(cell[0], level, name) for level, name in enumerate(cell) if name and level]
+        if not named:
+            return cell[0] in self._by_community
+        # The places of its least common name: a building number repeats across the
+        # compounds of a community, a compound's name does not.
+        candidates = min((self._within.get(key, ()) for key in named), key=len)
+        return any(within(cell, place) for place in candidates)
+
+    def communities_named(self, place_type: str, name: str) -> frozenset[str]:
+        """The communities with an area, compound or building of this name."""
+        return self._communities_named.get((1 + PLACE_TYPES.index(place_type), name), frozenset())
+
+    def names(self, place_type: str) -> list[str]:
+        """The names of the registry's areas, compounds or buildings, sorted."""
+        level = 1 + PLACE_TYPES.index(place_type)
+        return sorted({name for at, name in self._communities_named if at == level})
 
     def where(self, community: str, device_type: str, device_id: str) -> Place | None:
         """Where an alert is: its device's registered place, or the place it is about (a

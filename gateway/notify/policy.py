@@ -7,9 +7,7 @@ alarm needs it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -24,7 +22,7 @@ from pydantic import (
 
 from gateway.address import HttpAddress
 from gateway.phone import normalise_phone
-from gateway.registry import Place, Placed, place_of, within
+from gateway.registry import PLACE_TYPES, Placed, Registry, place_of
 from gateway.rules.rule import Severity
 from gateway.rules.schedule import DailyWindow
 
@@ -373,7 +371,7 @@ class NotifyPolicy(_Strict):
 
 def unreachable(
     policy: NotifyPolicy,
-    places: Collection[Place],
+    registry: Registry,
     rule_names: Collection[str],
     device_types: Collection[str],
     *,
@@ -383,12 +381,11 @@ def unreachable(
     (field, problem), or None. A roster for a cell with no device in it never has anyone
     on duty, and a route matching a rule, a device type or a place that does not exist
     never sends an alert down its chain: a typo there sends a fire to the fallback
-    receivers, or to nobody. `places`: where the registered devices are; with none
-    registered, places are not checked. Unless `all_registered` (devices missing from
+    receivers, or to nobody. With no device registered, places are not checked. Unless `all_registered` (devices missing from
     the registry are refused), a community may have devices the registry does not list,
     so that only its areas, compounds and buildings, which come from the registry, are."""
     for index, roster in enumerate(policy.rosters):
-        problem = empty_cell(roster.cell, places, all_registered=all_registered)
+        problem = empty_cell(roster.cell, registry, all_registered=all_registered)
         if problem is not None:
             return f"rosters[{index}].cell", problem
     for index, route in enumerate(policy.routes):
@@ -402,83 +399,43 @@ def unreachable(
                     f"routes[{index}].match.device_types",
                     f"no device profile is of type {name!r}; known: {sorted(device_types)}",
                 )
-        if not places:
+        if not registry.places():
             continue
-        named = _index(places).communities
-        for key, level in (("communities", 0), ("areas", 1), ("compounds", 2), ("buildings", 3)):
-            if level == 0 and not all_registered:
-                continue
-            there = named[level]
+        if all_registered:
+            communities = {place[0] for place in registry.places()}
+            for name in match.communities:
+                if name not in communities:
+                    return (
+                        f"routes[{index}].match.communities",
+                        f"no registered device is in {name!r}; known: {sorted(communities)}",
+                    )
+        for key, place_type in zip(("areas", "compounds", "buildings"), PLACE_TYPES, strict=True):
             for name in getattr(match, key):
-                if name not in there:
+                there = registry.communities_named(place_type, name)
+                if not there:
                     return (
                         f"routes[{index}].match.{key}",
-                        f"no registered device is in {name!r}; known: {sorted(there)}",
+                        f"no registered device is in {name!r}; known: {registry.names(place_type)}",
                     )
                 # An installation of several communities (a district's) repeats names
                 # (east, building 3): unless the route names its communities, it would
                 # send the other communities' alerts there down its chain too.
-                if level and not match.communities:
-                    communities = sorted(there[name])
-                    if len(communities) > 1:
-                        return (
-                            f"routes[{index}].match.{key}",
-                            f"{name!r} is in several communities ({', '.join(communities)}): "
-                            f"name the one meant in routes[{index}].match.communities",
-                        )
+                if not match.communities and len(there) > 1:
+                    return (
+                        f"routes[{index}].match.{key}",
+                        f"{name!r} is in several communities ({', '.join(sorted(there))}): "
+                        f"name the one meant in routes[{index}].match.communities",
+                    )
     return None
 
 
-def empty_cell(cell: Placed, places: Collection[Place], *, all_registered: bool) -> str | None:
+def empty_cell(cell: Placed, registry: Registry, *, all_registered: bool) -> str | None:
     """What is wrong with a grid cell that no registered device is in, or None (see
     `unreachable`): nobody on duty there, nor a grid worker of it, would ever see an
     alert."""
     wanted = place_of(cell)
     if wanted[1:] == (None, None, None) and not all_registered:
         return None
-    if places and not _index(places).holds(wanted):
+    if registry.places() and not registry.holds(wanted):
         return f"no registered device is in {'/'.join(p for p in wanted if p is not None)}"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class _PlaceIndex:
-    """Registered places found by the names of their levels, for cells and routes to be
-    looked up in rather than compared with every place."""
-
-    # The places in each community (level 0, named by itself) and in each of its areas,
-    # compounds and buildings (levels 1-3): by (community, level, name).
-    by_name: Mapping[tuple[str, int, str], tuple[Place, ...]]
-    # For each level, the names there are at it, with the communities they are in.
-    communities: tuple[Mapping[str, frozenset[str]], ...]
-
-    def holds(self, cell: Place) -> bool:
-        """Whether a registered place lies in `cell`."""
-        named = [(cell[0], level, name) for level, name in enumerate(cell) if name is not None]
-        # The places of its least common name: a building number repeats across the
-        # compounds of a community, a compound's name does not.
-        candidates = min((self.by_name.get(key, ()) for key in named), key=len)
-        return any(within(cell, place) for place in candidates)
-
-
-def _index(places: Collection[Place]) -> _PlaceIndex:
-    # A registry gives the same set of places every time it is asked, so that a check
-    # (every roster's and every grid worker's cell, every route) indexes it once: a
-    # district's thousands of cells, each compared with its tens of thousands of places,
-    # took half a minute of a reload, every alarm waiting.
-    return _index_of(frozenset(places))
-
-
-@lru_cache(maxsize=1)
-def _index_of(places: frozenset[Place]) -> _PlaceIndex:
-    by_name: dict[tuple[str, int, str], list[Place]] = {}
-    communities: tuple[dict[str, set[str]], ...] = ({}, {}, {}, {})
-    for place in places:
-        for level, name in enumerate(place):
-            if name is not None:
-                by_name.setdefault((place[0], level, name), []).append(place)
-                communities[level].setdefault(name, set()).add(place[0])
-    return _PlaceIndex(
-        {key: tuple(found) for key, found in by_name.items()},
-        tuple({name: frozenset(c) for name, c in level.items()} for level in communities),
-    )

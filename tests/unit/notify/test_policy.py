@@ -5,8 +5,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import gateway.notify.policy as policy_module
 import gateway.notify.router as router_module
+import gateway.registry as registry_module
 from gateway import PROJECT_ROOT
 from gateway.app import check_policy
 from gateway.cli import main
@@ -192,7 +192,12 @@ def test_unknown_channel_type_and_missing_secret(tmp_path: Path) -> None:
 
 def test_a_route_naming_an_area_of_several_communities_must_name_its_community() -> None:
     # A district's installation: both communities have an area called east.
-    places = [("hgy", "east", "lakeside", "3"), ("lgy", "east", "pine", "7")]
+    registry = Registry(
+        RegisteredDevice(device_id=f"sd-{n}", device_type="smoke_detector", community=c,
+                         area="east", compound=compound, building=building)
+        for n, (c, compound, building) in enumerate((("hgy", "lakeside", "3"),
+                                                     ("lgy", "pine", "7")))
+    )  # fmt: skip
     document = {
         "channels": {"console": {"type": "console"}},
         "receivers": [{"name": "hgy-east", "channels": ["console"]}],
@@ -201,14 +206,14 @@ def test_a_route_naming_an_area_of_several_communities_must_name_its_community()
     }
     policy = NotifyPolicy.model_validate(document)
     # hgy's east-area worker would be told of lgy's east area too.
-    assert unreachable(policy, places, (), (), all_registered=True) == (
+    assert unreachable(policy, registry, (), (), all_registered=True) == (
         "routes[0].match.areas",
         "'east' is in several communities (hgy, lgy): name the one meant in "
         "routes[0].match.communities",
     )
     document["routes"][0]["match"]["communities"] = ["hgy"]  # type: ignore[index]
     named = NotifyPolicy.model_validate(document)
-    assert unreachable(named, places, (), (), all_registered=True) is None
+    assert unreachable(named, registry, (), (), all_registered=True) is None
 
 
 def test_receivers_phones_are_kept_in_e164_however_they_were_typed() -> None:
@@ -308,13 +313,13 @@ def test_checking_a_district_s_policy_looks_each_cell_up_rather_than_in_every_pl
     cells = communities * compounds
     assert places == cells == 1000
     compared = [0]
-    original = policy_module.within
+    original = registry_module.within
 
     def counting(cell: Any, place: Any) -> bool:
         compared[0] += 1
         return original(cell, place)
 
-    monkeypatch.setattr(policy_module, "within", counting)
+    monkeypatch.setattr(registry_module, "within", counting)
     check_policy(config, registry, rules, profiles)
     # About as many comparisons as cells (rosters' and tokens') and places, not their
     # product.
