@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Protocol
+from zoneinfo import ZoneInfo
+
+# Where the rules' daily windows and the providers' days are counted by default.
+CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 
 
 class Clock(Protocol):

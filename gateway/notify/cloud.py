@@ -12,13 +12,13 @@ import base64
 import hashlib
 import hmac
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
 
-from gateway.clock import Clock
+from gateway.clock import CHINA_STANDARD_TIME, Clock
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit, json_body, post
 from gateway.notify.notice import Notice
@@ -56,15 +56,13 @@ class _CloudChannel(Channel):
         self._clock = clock
 
 
-# China Standard Time, which keeps no daylight saving time.
-_CHINA = timezone(timedelta(hours=8))
-
-
 def until_china_midnight_s(now_ms: int) -> float:
     """Seconds from `now_ms` to the next midnight in China, where a provider's count per
     calendar day starts again."""
-    now = datetime.fromtimestamp(now_ms / 1000, _CHINA)
-    midnight = datetime(now.year, now.month, now.day, tzinfo=_CHINA) + timedelta(days=1)
+    now = datetime.fromtimestamp(now_ms / 1000, CHINA_STANDARD_TIME)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=CHINA_STANDARD_TIME) + timedelta(
+        days=1
+    )
     return (midnight - now).total_seconds()
 
 

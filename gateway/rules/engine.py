@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.clock import CHINA_STANDARD_TIME
 from gateway.decode.record import (
     DeviceRef,
     Event,
@@ -41,9 +42,8 @@ from gateway.rules.schedule import DailyWindow
 from gateway.rules.track import Track, TrackKey, TrackTable
 
 # The alert book stores tracks by these.
-__all__ = ["CHINA_STANDARD_TIME", "RuleEngine", "Track", "TrackKey"]
+__all__ = ["RuleEngine", "Track", "TrackKey"]
 
-CHINA_STANDARD_TIME = ZoneInfo("Asia/Shanghai")
 # Shapes remembered per device type and kind of record (see RuleEngine._recent).
 _RECENT_SHAPES = 4
 # A shape's field names, and its evaluator.
