@@ -154,20 +154,26 @@ async def test_dingtalk_signs_with_hmac_sha256_and_mentions_the_receiver(
     assert body["at"] == {"isAtAll": False, "atMobiles": ["13800000001"]}
 
 
-async def test_group_robots_mention_every_receiver_of_a_digest_once(
+def group_robots(
     httpserver: HTTPServer, http: httpx.AsyncClient
-) -> None:
-    httpserver.expect_request("/wecom", method="POST").respond_with_json(
-        {"errcode": 0, "errmsg": "ok"}
-    )
-    httpserver.expect_request("/ding", method="POST").respond_with_json(
-        {"errcode": 0, "errmsg": "ok"}
-    )
+) -> tuple[WecomRobot, DingtalkRobot]:
+    """A WeCom and a DingTalk group robot, each answered as it answers a message sent."""
+    for path in ("/wecom", "/ding"):
+        httpserver.expect_request(path, method="POST").respond_with_json(
+            {"errcode": 0, "errmsg": "ok"}
+        )
     wecom = WecomRobot("wecom", WecomChannel(type="wecom", key="k", url=httpserver.url_for("/wecom")),
                        http)  # fmt: skip
     ding = DingtalkRobot("ding", DingtalkChannel(type="dingtalk", access_token="t",
                                                  url=httpserver.url_for("/ding")),
                          http, ManualClock(T0))  # fmt: skip
+    return wecom, ding
+
+
+async def test_group_robots_mention_every_receiver_of_a_digest_once(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    wecom, ding = group_robots(httpserver, http)
     # A digest for two grid workers of a district group, one of them with two alerts.
     digest = replace(notice(kind="digest"), mentions=("13800000003", "13800000001"))
     await wecom.send(digest)
@@ -891,17 +897,7 @@ async def test_aliyun_takes_a_number_abroad_with_its_country_code_and_no_plus(
 async def test_group_robots_mention_a_receiver_by_the_mobile_number_their_account_has(
     httpserver: HTTPServer, http: httpx.AsyncClient
 ) -> None:
-    httpserver.expect_request("/wecom", method="POST").respond_with_json(
-        {"errcode": 0, "errmsg": "ok"}
-    )
-    httpserver.expect_request("/ding", method="POST").respond_with_json(
-        {"errcode": 0, "errmsg": "ok"}
-    )
-    wecom = WecomRobot("wecom", WecomChannel(type="wecom", key="k", url=httpserver.url_for("/wecom")),
-                       http)  # fmt: skip
-    ding = DingtalkRobot("ding", DingtalkChannel(type="dingtalk", access_token="t",
-                                                 url=httpserver.url_for("/ding")),
-                         http, ManualClock(T0))  # fmt: skip
+    wecom, ding = group_robots(httpserver, http)
     # The policy keeps its receivers' numbers in E.164; WeCom and DingTalk know a member
     # by the 11 digits of their mobile.
     digest = replace(notice(kind="digest", phone="+8613800000001"), mentions=("+8613800000003",))

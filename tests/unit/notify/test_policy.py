@@ -272,6 +272,20 @@ def test_a_contact_is_reached_however_their_number_was_written() -> None:
     assert not router.reaches("contact:13987654321", "huguangyuan", "sd-hgy-0001")
 
 
+def on_duty_policy(
+    receivers: list[dict[str, Any]], rosters: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A policy that tells whoever is on duty in the alert's cell, else the office."""
+    return {
+        "channels": {"console": {"type": "console"}},
+        "receivers": receivers,
+        "rosters": rosters,
+        "routes": [{"escalation": "grid"}],
+        "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
+        "fallback_receivers": ["office"],
+    }
+
+
 def test_checking_a_district_s_policy_looks_each_cell_up_rather_than_in_every_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,14 +308,7 @@ def test_checking_a_district_s_policy_looks_each_cell_up_rather_than_in_every_pl
                            "cells": [cell]})  # fmt: skip
     registry_file = tmp_path / "devices.csv"
     registry_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    policy = {
-        "channels": {"console": {"type": "console"}},
-        "receivers": receivers,
-        "rosters": rosters,
-        "routes": [{"escalation": "grid"}],
-        "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
-        "fallback_receivers": ["office"],
-    }
+    policy = on_duty_policy(receivers, rosters)
     config = GatewayConfig.model_validate(
         {"mqtt": None, "outbox": {"path": tmp_path / "outbox.sqlite3"},
          "registry_file": registry_file, "notify": policy, "api": {"tokens": tokens}}
@@ -345,16 +352,7 @@ def test_routing_one_alert_looks_at_its_own_community_s_rosters_alone(
                     "shifts": [{"receiver": name, "hours": "00:00-23:59"}],
                 }
             )
-    policy = NotifyPolicy.model_validate(
-        {
-            "channels": {"console": {"type": "console"}},
-            "receivers": receivers,
-            "rosters": rosters,
-            "routes": [{"escalation": "grid"}],
-            "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
-            "fallback_receivers": ["office"],
-        }
-    )
+    policy = NotifyPolicy.model_validate(on_duty_policy(receivers, rosters))
     device = RegisteredDevice(
         device_id="sd-1", device_type="smoke_detector", community="c7", area="east",
         compound="k1", building="3",
