@@ -14,12 +14,12 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from gateway.api.server import ApiServer
-from gateway.clock import Clock, SystemClock
-from gateway.config import ApiConfig, ApiToken, GatewayConfig
+from gateway.clock import Clock, SystemClock, sleep_unless_set
+from gateway.config import ApiConfig, ApiToken, GatewayConfig, load_config
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter, SavedKeys
 from gateway.decode.profile import ProfileSet, load_profiles
-from gateway.errors import GatewayError, StoreError
+from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.health import HealthReport
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.ingest.process import STOP_TIMEOUT_S, TelemetryProcess
@@ -308,12 +308,11 @@ class Gateway:
             )
             self.pipeline.alert_listeners.append(self.notifier.on_alerts)
             self.desk.listeners.append(self.notifier.on_desk_step)
-            communities = sorted({place[0] for place in self.registry.places()})
             self.faults = FaultWatch(
                 self._faults,
                 self.notifier,
                 instance=self.instance_name,
-                place=" ".join([*communities, self.instance_name]),
+                place=self._fault_place(),
                 clock=self.clock,
                 stats=self.stats,
                 zone=ZoneInfo(config.timezone),
@@ -331,6 +330,9 @@ class Gateway:
                     self.outbox.record_subscriptions, connection.client_id
                 )
         self.stopping = asyncio.Event()
+        # One reload at a time; and the registry's points written again after one.
+        self._reloading = asyncio.Lock()
+        self._registry_reloaded = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
 
     def _redelivery_filters(
@@ -519,10 +521,11 @@ class Gateway:
         # The registry's places and positions, for the dashboards' map and place lists,
         # through the outbox like every other point.
         while True:
+            self._registry_reloaded.clear()
             info = device_info_lines(self.registry, self.clock.now_ms())
             if info:
                 await self.pipeline.commit_until_stored(info, None)
-            await self.clock.sleep(DEVICE_INFO_INTERVAL_S)
+            await sleep_unless_set(self.clock, DEVICE_INFO_INTERVAL_S, self._registry_reloaded)
 
     async def _report_health(self) -> None:
         # The gateway's own counters, through the outbox like every other point.
@@ -616,6 +619,63 @@ class Gateway:
         self.outbox.record_subscriptions(client_id, [t for t in topics if t in previous])
         retired = [topic for topic in previous if topic not in topics]
         return retired, [topic for topic in topics if topic not in previous]
+
+    async def reload(self, config_path: Path) -> None:
+        """What SIGHUP does. The rules; the registry and, from the config file, the API
+        tokens and the notification policy, checked together (the policy names the
+        registry's places and devices): a grid worker's new bracelet wearer is routed,
+        a token taken out of the file stops working, a roster's new shifts hold, without a
+        restart. Other settings take effect at the next start."""
+        async with self._reloading:
+            try:
+                self.reload_rules()
+            except ConfigError as exc:
+                log.error("rules not reloaded, the running rules stay: %s", exc)
+            try:
+                config = load_config(config_path)
+                # Off the loop: a district's registry takes seconds to read.
+                registry = await asyncio.to_thread(
+                    registry_for, config.registry_file, self.profiles.device_types()
+                )
+                check_policy(config, registry, self.loaded_rules, self.profiles)
+            except ConfigError as exc:
+                log.error("registry, API tokens and notification policy not reloaded, the "
+                          "running ones stay: %s", exc)  # fmt: skip
+                return
+            self.use_registry(registry, config.registry_file)
+            self.reload_tokens(config.api.tokens if config.api is not None else ())
+            self.reload_policy(config.notify)
+
+    def use_registry(self, registry: Registry, path: Path | None) -> bool:
+        """Take a reloaded registry (read from `path`) in every stage at once, between
+        two batches: a device is decoded, placed, judged, silenced and routed by one
+        registry. Whether it changed anything."""
+        changes = registry.changes_from(self.registry)
+        if not (changes.added or changes.removed or changes.changed):
+            return False
+        self.registry = registry
+        self.pipeline.use_registry(registry)
+        self.rules.use_registry(registry, self.clock.now_ms())
+        self.silences.use_registry(registry)
+        self.desk.use_registry(registry)
+        if isinstance(self.subscriber, TelemetryProcess):
+            self.subscriber.use_registry(path)
+        if self.notifier is not None:
+            policy = self.notifier.policy
+            router = Router(policy, registry, ZoneInfo(self.config.timezone))
+            self.notifier.use_policy(policy, router, self.notifier.channels)
+        if self.faults is not None:
+            self.faults.place = self._fault_place()
+        if self.api is not None:
+            self.api.context.latest.use_registry(registry)
+        self._registry_reloaded.set()
+        log.info("reloaded the registry: %d devices (%s)", len(registry), changes)
+        return True
+
+    def _fault_place(self) -> str:
+        """Where the gateway is, in the notices of its own faults."""
+        communities = sorted({place[0] for place in self.registry.places()})
+        return " ".join([*communities, self.instance_name])
 
     def reload_rules(self) -> None:
         """Load the rule files again; a broken one raises ConfigError, naming its file and

@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--config", type=Path, required=True)
 
     reload = commands.add_parser(
-        "reload", help="check the alert rules and have the running gateway load them"
+        "reload",
+        help="check the alert rules, the registry, the API tokens and the notification "
+        "policy, and have the running gateway load them",
     )
     reload.add_argument("--config", type=Path, required=True)
 
@@ -205,6 +207,8 @@ async def _run(config: GatewayConfig, path: Path) -> int:
     # finds it, and SIGHUP's default would end it while it opens its files. The loop
     # runs a handler only at an await, so not before the gateway is there.
     made: list[Gateway] = []
+    # Held until they end: the loop keeps only weak references to its tasks.
+    reloads: set[asyncio.Task[None]] = set()
 
     def stop() -> None:
         for gateway in made:
@@ -212,7 +216,9 @@ async def _run(config: GatewayConfig, path: Path) -> int:
 
     def reload() -> None:
         for gateway in made:
-            reload_in_place(gateway, path)
+            task = asyncio.create_task(gateway.reload(path), name="reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -286,27 +292,6 @@ def _say_cannot_start(config: GatewayConfig, problem: str) -> None:
         log.warning("could not say on %s that the gateway cannot start: %s", mqtt.status, exc)
 
 
-def reload_in_place(gateway: Gateway, path: Path) -> None:
-    """The rules; from the config file, the API tokens and the notification policy: a
-    token taken out of it stops working, and a roster's new shifts hold, without a
-    restart. Other settings take effect at the next start."""
-    from gateway.app import check_policy
-
-    try:
-        gateway.reload_rules()
-    except ConfigError as exc:
-        log.error("rules not reloaded, the running rules stay: %s", exc)
-    try:
-        config = load_config(path)
-        check_policy(config, gateway.registry, gateway.loaded_rules, gateway.profiles)
-    except ConfigError as exc:
-        log.error("API tokens and notification policy not reloaded, the running ones "
-                  "stay: %s", exc)  # fmt: skip
-        return
-    gateway.reload_tokens(config.api.tokens if config.api is not None else ())
-    gateway.reload_policy(config.notify)
-
-
 def _reload(path: Path) -> int:
     """Check the config and the rules here, where errors can be shown, then tell the
     running gateway."""
@@ -315,7 +300,7 @@ def _reload(path: Path) -> int:
     config = load_config(path)
     # Checked as the gateway checks them: the rules against the profiles, the policy
     # against the registry and the rules.
-    _, _, rules = load_catalogue(config)
+    _, registry, rules = load_catalogue(config)
     tokens = len(config.api.tokens) if config.api is not None else 0
     pid_file = pid_path(config.outbox.path)
     # Only a running gateway holds its pid file: one left by a gateway that was killed
@@ -330,8 +315,8 @@ def _reload(path: Path) -> int:
         print(f"no running gateway for {path} (pid {pid}: {exc})", file=sys.stderr)
         return 1
     policy = "the notification policy, " if config.notify is not None else ""
-    print(f"{len(rules)} rules, {policy}{tokens} API tokens checked; "
-          f"gateway {pid} told to reload them")  # fmt: skip
+    print(f"{len(registry)} registered devices, {len(rules)} rules, {policy}{tokens} API "
+          f"tokens checked; gateway {pid} told to reload them")  # fmt: skip
     return 0
 
 

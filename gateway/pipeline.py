@@ -36,6 +36,7 @@ from gateway.decode.rejection import RejectReason
 from gateway.errors import DamagedStoreError, DecodeError, StoreError
 from gateway.ingest.lag import IngestLag
 from gateway.ingest.message import InboundMessage
+from gateway.registry import Registry
 from gateway.rules.alert import AlertChange, Repeat
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
@@ -189,6 +190,11 @@ class IngestPipeline:
         self.commit_error: str | None = None
         # Set by `run`'s caller; a batch handled outside `run` is tried until stored.
         self._stopping = asyncio.Event()
+
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry, from the next batch on."""
+        self._decoder.use_registry(registry)
+        self._mapper.use_registry(registry)
 
     def prepare(
         self, messages: Sequence[InboundMessage], redelivery: RedeliveryFilter | None = None

@@ -138,12 +138,23 @@ class RegisteredDevice(BaseModel):
         return place_tags(place_of(self))
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryChanges:
+    added: int
+    removed: int
+    changed: int
+
+    def __str__(self) -> str:
+        return f"{self.added} added, {self.removed} removed, {self.changed} changed"
+
+
 class Registry:
     """Registered devices, found by (community, device id) or by a vendor IMEI.
 
-    A registry does not change once made (a reload makes a new one): what the API and
-    the routing of alerts ask of it is indexed here once, rather than looked for among
-    all its devices, on the event loop, at every request or alert."""
+    A registry does not change once made (a reload makes a new one, which the stages
+    then take in one step): what the API and the routing of alerts ask of it is indexed
+    here once, rather than looked for among all its devices, on the event loop, at every
+    request or alert."""
 
     def __init__(self, devices: Iterable[RegisteredDevice] = ()) -> None:
         self._by_id: dict[tuple[str, str], RegisteredDevice] = {}
@@ -186,6 +197,15 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def changes_from(self, before: Registry) -> RegistryChanges:
+        """What a reload changes: devices added, removed and registered otherwise."""
+        now, then = self._by_id, before._by_id
+        return RegistryChanges(
+            added=len(now.keys() - then.keys()),
+            removed=len(then.keys() - now.keys()),
+            changed=sum(1 for key, device in now.items() if then.get(key, device) != device),
+        )
 
     def get(self, community: str, device_id: str) -> RegisteredDevice | None:
         return self._by_id.get((community, device_id))

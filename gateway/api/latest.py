@@ -37,6 +37,17 @@ class LatestValues:
         # heard after a storm of stray ids is still shown.
         self._unregistered: OrderedDict[DeviceRef, DeviceLatest] = OrderedDict()
 
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry: a device registered now is kept whatever the bound, one
+        no longer registered is held as any unregistered device is."""
+        self._registry = registry
+        for device in [d for d in self._registered if not _registered(registry, d)]:
+            self._unregistered[device] = self._registered.pop(device)
+            if len(self._unregistered) > MAX_UNREGISTERED_DEVICES:
+                self._unregistered.popitem(last=False)
+        for device in [d for d in self._unregistered if _registered(registry, d)]:
+            self._registered[device] = self._unregistered.pop(device)
+
     def get(self, device: DeviceRef) -> DeviceLatest | None:
         latest = self._registered.get(device)
         return self._unregistered.get(device) if latest is None else latest
@@ -86,10 +97,14 @@ class LatestValues:
             unregistered.move_to_end(device)
             return latest
         latest = DeviceLatest()
-        if self._registry.get(device.community, device.device_id) is not None:
+        if _registered(self._registry, device):
             self._registered[device] = latest
             return latest
         if len(unregistered) >= MAX_UNREGISTERED_DEVICES:
             unregistered.popitem(last=False)
         unregistered[device] = latest
         return latest
+
+
+def _registered(registry: Registry, device: DeviceRef) -> bool:
+    return registry.get(device.community, device.device_id) is not None

@@ -209,6 +209,11 @@ class Decoder:
             max_future_skew_s=ingest.max_future_skew_s,
         )
 
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry, from the next message on: each topic is checked again."""
+        self._registry = registry
+        self._routes.clear()
+
     def decode(self, message: InboundMessage) -> DecodedMessage:
         """Raises DecodeError with the reason the message is rejected."""
         if len(message.payload) > self._max_payload_bytes:
@@ -226,8 +231,7 @@ class Decoder:
         return self._decode_canonical(message, route.compiled, route.device, route.kind)
 
     def _route(self, topic: str) -> _Route:
-        """What a topic says about its messages, checked once: the registry does not
-        change while the gateway runs."""
+        """What a topic says about its messages, checked once a registry."""
         parts = topic.split("/")
         if len(parts) == 5 and parts[0] == "community":
             _, community, device_type, device_id, kind = parts

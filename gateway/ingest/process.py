@@ -9,9 +9,10 @@ the handoffs in order and remove them in the transaction that commits what they
 decided. A crash of either process between the two loses nothing and judges nothing
 twice.
 
-The two talk over a pipe: the main process says when to stop; the telemetry process
-sends its connection state and what each batch added to the counters. A telemetry
-process whose main process is gone sees the pipe close and stops.
+The two talk over a pipe: the main process says when to stop, and when to load the
+registry again; the telemetry process sends its connection state and what each batch
+added to the counters. A telemetry process whose main process is gone sees the pipe
+close and stops.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
-from gateway.decode.profile import load_profiles
-from gateway.errors import DamagedStoreError
+from gateway.decode.profile import ProfileSet, load_profiles
+from gateway.errors import ConfigError, DamagedStoreError
 from gateway.heap import set_aside_startup_objects
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.logs import configure_logging
@@ -84,6 +86,10 @@ class TelemetryProcess:
         self.connections = 0
         self.started = 0
         self.pid: int | None = None
+        # The running process's end of the pipe.
+        self._pipe: Connection | None = None
+        # The registry file it loads, once a reload has named one.
+        self._registry_file = config.registry_file
 
     @property
     def client_id(self) -> str:
@@ -117,6 +123,14 @@ class TelemetryProcess:
     def stop(self) -> None:
         """Nothing to do: `run` stops the process when `stopping` is set."""
 
+    def use_registry(self, path: Path | None) -> None:
+        """Have the process load the registry again, from `path`, as the main process
+        just did; and a process started again after it ends, too."""
+        self._registry_file = path
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.send(("registry", path))
+
     async def _run_once(self, stopping: asyncio.Event) -> int | None:
         # Spawned, not forked: this process has threads (the commits', the drain's), and a
         # fork copies their locks in whatever state they are.
@@ -124,7 +138,13 @@ class TelemetryProcess:
         ours, theirs = context.Pipe()
         process = context.Process(
             target=serve,
-            args=(self._config, self._retired, self._added, logging.getLogger().level, theirs),
+            args=(
+                self._config.model_copy(update={"registry_file": self._registry_file}),
+                self._retired,
+                self._added,
+                logging.getLogger().level,
+                theirs,
+            ),
             name="telemetry",
             daemon=True,
         )
@@ -137,6 +157,7 @@ class TelemetryProcess:
         loop.add_reader(ours.fileno(), self._receive, ours, ended)
         # Its end is seen on the pipe; the sentinel covers a pipe something else holds.
         loop.add_reader(process.sentinel, ended.set)
+        self._pipe = ours
         try:
             waits = [asyncio.create_task(stopping.wait()), asyncio.create_task(ended.wait())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -148,6 +169,7 @@ class TelemetryProcess:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), STOP_TIMEOUT_S)
         finally:
+            self._pipe = None
             loop.remove_reader(process.sentinel)
             # What it sent last, its counts, before the pipe closes.
             self._receive(ours, ended)
@@ -238,7 +260,10 @@ async def _serve(
     connection.on_subscribed = partial(outbox.record_subscriptions, connection.client_id)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping)
+    # One reload at a time, in the order they were asked for.
+    reloads: asyncio.Queue[Path | None] = asyncio.Queue()
+    reloader = asyncio.create_task(_reload_registries(reloads, profiles, pipeline))
+    loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping, reloads)
     reporter = asyncio.create_task(_report_connection(connection, pipe, stopping))
     try:
         await connection.start()
@@ -247,20 +272,44 @@ async def _serve(
         stopping.set()
         connection.stop()
         await reporter
+        reloader.cancel()
         loop.remove_reader(pipe.fileno())
         outbox.close()
         instance.release()
 
 
-def _on_parent(pipe: Connection, stopping: asyncio.Event) -> None:
+def _on_parent(
+    pipe: Connection, stopping: asyncio.Event, reloads: asyncio.Queue[Path | None]
+) -> None:
     try:
         while pipe.poll():
-            if pipe.recv() == "stop":
+            message = pipe.recv()
+            if message == "stop":
                 stopping.set()
+            elif message[0] == "registry":
+                reloads.put_nowait(message[1])
     except (EOFError, OSError):
         # The main process is gone: finish the batch in hand and stop.
         asyncio.get_running_loop().remove_reader(pipe.fileno())
         stopping.set()
+
+
+async def _reload_registries(
+    reloads: asyncio.Queue[Path | None],
+    profiles: ProfileSet,
+    pipeline: IngestPipeline,
+) -> None:
+    while True:
+        path = await reloads.get()
+        try:
+            # Off the loop: a district's registry takes seconds to read.
+            registry = await asyncio.to_thread(registry_for, path, profiles.device_types())
+        except ConfigError as exc:
+            # The main process read the same file a moment ago: changed again since.
+            log.error("registry not reloaded, the running registry stays: %s", exc)
+            continue
+        pipeline.use_registry(registry)
+        log.info("reloaded the registry: %d devices", len(registry))
 
 
 async def _report_connection(

@@ -39,6 +39,10 @@ class AlertDesk:
         # Told after each step commits: the escalation stops on an acknowledgement.
         self.listeners: list[DeskListener] = []
 
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry, for where the alerts handled from now on are."""
+        self._registry = registry
+
     async def acknowledge(self, alert_id: str, who: str) -> AlertEntry:
         now_ms = self._clock.now_ms()
         write = partial(AlertBook.record_acknowledge, alert_id=alert_id, who=who, at_ms=now_ms)

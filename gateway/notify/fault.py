@@ -134,7 +134,8 @@ class FaultWatch:
         self._problems = problems
         self._reach = reach
         self._instance = instance
-        self._place = place
+        # Where the gateway is, in its notices: its communities (a reload may add one).
+        self.place = place
         self._clock = clock
         self._stats = stats
         self._zone = zone
@@ -398,7 +399,7 @@ class FaultWatch:
             device_type="gateway",
             device_id=self._instance,
             port=None,
-            place=self._place,
+            place=self.place,
             started_ms=since_ms,
             time_text=local_time_text(since_ms, self._zone),
             receiver=receiver.name,

@@ -160,6 +160,15 @@ class RuleEngine:
         """The registry the rules read device attributes from."""
         return self._registry
 
+    def use_registry(self, registry: Registry, now_ms: int) -> None:
+        """A reloaded registry, read from the next record on. A device it adds that was
+        never heard is watched from now, as one registered at start-up is from then."""
+        self._registry = registry
+        for registered in registry.devices():
+            device = DeviceRef(registered.community, registered.device_type, registered.device_id)
+            if self.heard.get(device) is None:
+                self.heard.hear(device, now_ms)
+
     def load(self, rules: Sequence[Rule]) -> None:
         """Take a new set of rules; the state of rules that remain is kept."""
         self._rules = [r for r in rules if r.spec.kind != "absence"]

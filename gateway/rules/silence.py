@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.registry import RegisteredDevice, Registry, within
+from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange
 from gateway.store.database import add_columns, open_book
 
@@ -129,6 +129,10 @@ class SilenceBook:
         self._lock = threading.Lock()
         self._held = _Held.of(self._load())
 
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry: a device is silenced where it is registered now."""
+        self._registry = registry
+
     def close(self) -> None:
         # Once a call still running on a worker thread has ended.
         with self._lock:
@@ -167,9 +171,7 @@ class SilenceBook:
             if named and not community:
                 raise SilenceError(f"{level} is named within its community")
         cell = (community or "", area, compound, building)
-        if (area or compound or building) and not any(
-            within(cell, place) for place in self._registry.places()
-        ):
+        if (area or compound or building) and not self._registry.holds(cell):
             # Matched against the place the registry gives a device, it would mute nothing.
             shown = "/".join(p for p in cell if p)
             raise SilenceError(f"no registered device is in {shown}")

@@ -46,6 +46,13 @@ class SeriesMapper:
         self._readings: dict[tuple[DeviceRef, int | None], tuple[str, FieldSetEncoder]] = {}
         self._series: dict[tuple[object, ...], str] = {}
 
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry: a device moved to another building is tagged there from
+        its next point on."""
+        self._registry = registry
+        self._readings.clear()
+        self._series.clear()
+
     def line(self, record: Record) -> str:
         """The record as one line of line protocol. Raises ValueError if it cannot be one."""
         if isinstance(record, Reading):

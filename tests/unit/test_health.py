@@ -4,7 +4,7 @@ from pathlib import Path
 
 from gateway.app import DEVICE_INFO_INTERVAL_S, Gateway
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, load_config
 from gateway.health import HEALTH_MEASUREMENT, HealthReport
 from gateway.ingest.message import InboundMessage
 from gateway.stats import Stats
@@ -117,6 +117,32 @@ async def test_the_registry_is_written_again_each_day_without_health_reports(
             line.rsplit(" ", 1)[0] for line in device_info(gateway)[:4]
         ]
         assert all(line.endswith(f" {day_on_ms}") for line in again)
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(running, timeout=10)
+
+
+async def test_the_registry_is_written_again_when_a_reload_changes_it(tmp_path: Path) -> None:
+    # The dashboards' map and place lists show a device registered while the gateway
+    # runs, not a day later.
+    registry = tmp_path / "devices.csv"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(
+        f"mqtt: null\noutbox: {{path: {tmp_path / 'o.sqlite3'}}}\nregistry_file: {registry}\n"
+        "health_interval_s: null\n",
+        encoding="utf-8",
+    )
+    gateway = Gateway(load_config(config_file), ManualClock(T0))
+    running = asyncio.create_task(gateway.run())
+    try:
+        await wait_until(lambda: len(device_info(gateway)) == 4, timeout_s=5, what="device_info")
+        registry.write_text(REGISTRY + "sd-3,smoke_detector,hgy,east,lakeside,5,,,,,,,,\n")
+        await gateway.reload(config_file)
+        await wait_until(
+            lambda: len(device_info(gateway)) == 9, timeout_s=5, what="device_info reloaded"
+        )
+        assert "building=5" in device_info(gateway)[-1]
     finally:
         gateway.stop()
         await asyncio.wait_for(running, timeout=10)

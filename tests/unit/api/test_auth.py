@@ -146,12 +146,10 @@ async def test_a_token_taken_out_of_the_config_file_stops_working_at_a_reload(
 ) -> None:
     import asyncio
 
-    from gateway.cli import reload_in_place
-
     config_file = tmp_path / "gateway.yaml"
 
     def write_tokens(*tokens: tuple[str, str, str]) -> None:
-        lines = ["mqtt: null", "api:", "  tokens:"]
+        lines = ["mqtt: null", f"registry_file: {tmp_path / 'devices.csv'}", "api:", "  tokens:"]
         lines += [f"    - {{name: {n}, role: {r}, token: {t}}}" for n, r, t in tokens]
         config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -168,16 +166,16 @@ async def test_a_token_taken_out_of_the_config_file_stops_working_at_a_reload(
     # The desk's token is taken out: refused from the next request, and its open
     # stream ends, to be refused when the board reconnects.
     write_tokens(("root", "admin", ADMIN))
-    reload_in_place(site.gateway, config_file)
+    await site.gateway.reload(config_file)
     assert (await stream).text == "event: alerts\ndata: 0\n\n"
     refused = await site.get("/api/v1/alerts", OPERATOR)
     assert (refused.status_code, refused.json()["detail"]) == (401, "unknown token")
     assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200
     # A config file broken meanwhile leaves the running tokens as they are.
-    caplog.set_level(logging.ERROR, "gateway.cli")
+    caplog.set_level(logging.ERROR, "gateway.app")
     config_file.write_text("api: {tokens: [{name: x, role: king, token: short}]}\n")
-    reload_in_place(site.gateway, config_file)
-    assert "API tokens and notification policy not reloaded, the running ones stay" in caplog.text
+    await site.gateway.reload(config_file)
+    assert "API tokens and notification policy not reloaded, the running ones stay" in (caplog.text)
     assert "gateway.yaml" in caplog.text
     assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200
 

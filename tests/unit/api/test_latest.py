@@ -64,3 +64,28 @@ def test_past_the_bound_the_unregistered_device_heard_from_longest_ago_is_let_go
     newcomer = hear("br-new", T0 + 2)
     assert set(latest.devices()) == {strays[0], strays[2], newcomer, registered}
     assert latest.get(strays[1]) is None
+
+
+def test_a_device_registered_by_a_reload_is_kept_whatever_the_strays_and_one_taken_out_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(latest_module, "MAX_UNREGISTERED_DEVICES", 3)
+    bracelet = RegisteredDevice(device_id="br-1", device_type="bracelet", community="hgy")
+    latest = LatestValues(Registry([bracelet]))
+
+    def hear(device_id: str) -> DeviceRef:
+        device = DeviceRef("hgy", "bracelet", device_id)
+        latest.listen([Reading(device, T0, TimeSource.DEVICE, {"battery_pct": 50})])
+        return device
+
+    # A new resident's bracelet, on before the registry listed it.
+    new = hear("br-new")
+    registered = hear("br-1")
+    latest.use_registry(
+        Registry([RegisteredDevice(device_id="br-new", device_type="bracelet", community="hgy")])
+    )
+    # A storm of stray ids fills the bound: the newly registered bracelet stays, the
+    # one taken out of the registry is let go with the strays heard before it.
+    strays = [hear(f"stray-{i}") for i in range(3)]
+    assert set(latest.devices()) == {new, *strays}
+    assert latest.get(registered) is None

@@ -10,7 +10,6 @@ import pytest
 from itsdangerous import URLSafeSerializer
 
 from gateway import PROJECT_ROOT
-from gateway.cli import reload_in_place
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef
 from gateway.notify.notice import Notice
@@ -139,6 +138,7 @@ def wang_fang_alone(tmp_path: Path, *, to: str, rosters: str = "[]") -> Path:
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(
         "mqtt: null\n"
+        f"registry_file: {tmp_path / 'devices.csv'}\n"
         "notify:\n"
         "  channels: {console: {type: console}}\n"
         "  receivers: [{name: wang-fang, channels: [console]}]\n"
@@ -157,7 +157,7 @@ async def test_a_reloaded_policy_revokes_the_links_of_those_it_no_longer_tells(
     assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
     # li-na is taken out of the policy in the config file, which is reloaded.
     config_file = wang_fang_alone(tmp_path, to="wang-fang")
-    reload_in_place(site.gateway, config_file)
+    await site.gateway.reload(config_file)
     # At once, not at the next start.
     gone = await site.client.post(link_path(site, alert_id, "li-na") + "/acknowledge")
     assert gone.status_code == 403 and "已不再接收告警" in gone.text
@@ -175,7 +175,7 @@ async def test_a_reloaded_policy_naming_a_cell_with_no_device_leaves_the_running
         rosters="[{cell: {community: hgy, area: 西区}, shifts: [{receiver: wang-fang}]}]",
     )
     with caplog.at_level("ERROR"):
-        reload_in_place(site.gateway, config_file)
+        await site.gateway.reload(config_file)
     assert "notify.rosters[0].cell: no registered device is in hgy/西区" in caplog.text
     # li-na, whom only the running policy tells, can still act on the alert.
     assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
