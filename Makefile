@@ -50,6 +50,7 @@ bench: install services
 	$(BIN)/python -m bench.rules
 	$(BIN)/python -m bench.notify_latency
 	$(BIN)/python -m bench.retention
+	$(BIN)/python -m bench.registry
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

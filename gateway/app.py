@@ -33,7 +33,7 @@ from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, empty_cell, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
-from gateway.registry import Registry, registry_for
+from gateway.registry import Registry, RegistryChanges, registry_for
 from gateway.retention import Retention
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
@@ -633,29 +633,31 @@ class Gateway:
                 log.error("rules not reloaded, the running rules stay: %s", exc)
             try:
                 config = load_config(config_path)
-                # Off the loop: a district's registry takes seconds to read.
-                registry = await asyncio.to_thread(
-                    registry_for, config.registry_file, self.profiles.device_types()
-                )
+                # Off the loop: a district's registry takes seconds to read and compare.
+                registry, changes = await asyncio.to_thread(self._read_registry, config)
                 check_policy(config, registry, self.loaded_rules, self.profiles)
             except ConfigError as exc:
                 log.error("registry, API tokens and notification policy not reloaded, the "
                           "running ones stay: %s", exc)  # fmt: skip
                 return
-            self.use_registry(registry, config.registry_file)
+            if changes:
+                self.use_registry(registry, changes, config.registry_file)
             self.reload_tokens(config.api.tokens if config.api is not None else ())
             self.reload_policy(config.notify)
 
-    def use_registry(self, registry: Registry, path: Path | None) -> bool:
+    def _read_registry(self, config: GatewayConfig) -> tuple[Registry, RegistryChanges]:
+        """The registry the config names, and how it differs from the running one (which
+        only a reload replaces, one at a time)."""
+        registry = registry_for(config.registry_file, self.profiles.device_types())
+        return registry, registry.changes_from(self.registry)
+
+    def use_registry(self, registry: Registry, changes: RegistryChanges, path: Path | None) -> None:
         """Take a reloaded registry (read from `path`) in every stage at once, between
         two batches: a device is decoded, placed, judged, silenced and routed by one
-        registry. Whether it changed anything."""
-        changes = registry.changes_from(self.registry)
-        if not (changes.added or changes.removed or changes.changed):
-            return False
+        registry."""
         self.registry = registry
         self.pipeline.use_registry(registry)
-        self.rules.use_registry(registry, self.clock.now_ms())
+        self.rules.use_registry(registry, changes.added, self.clock.now_ms())
         self.silences.use_registry(registry)
         self.desk.use_registry(registry)
         if isinstance(self.subscriber, TelemetryProcess):
@@ -670,7 +672,6 @@ class Gateway:
             self.api.context.latest.use_registry(registry)
         self._registry_reloaded.set()
         log.info("reloaded the registry: %d devices (%s)", len(registry), changes)
-        return True
 
     def _fault_place(self) -> str:
         """Where the gateway is, in the notices of its own faults."""

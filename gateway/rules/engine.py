@@ -160,11 +160,14 @@ class RuleEngine:
         """The registry the rules read device attributes from."""
         return self._registry
 
-    def use_registry(self, registry: Registry, now_ms: int) -> None:
-        """A reloaded registry, read from the next record on. A device it adds that was
-        never heard is watched from now, as one registered at start-up is from then."""
+    def use_registry(
+        self, registry: Registry, added: Iterable[RegisteredDevice], now_ms: int
+    ) -> None:
+        """A reloaded registry, read from the next record on. A device it adds (`added`)
+        that was never heard is watched from now, as one registered at start-up is from
+        then."""
         self._registry = registry
-        for registered in registry.devices():
+        for registered in added:
             device = DeviceRef(registered.community, registered.device_type, registered.device_id)
             if self.heard.get(device) is None:
                 self.heard.hear(device, now_ms)
@@ -984,12 +987,8 @@ def _in_window(window: DailyWindow, zone: ZoneInfo) -> Callable[[int], bool]:
 
 def _registry_attribute(name: str) -> bool:
     """Whether getattr() may find `name` on a registry entry; a name it cannot find costs
-    pydantic a slow miss, and reads as unknown anyway."""
-    return (
-        name.startswith("_")
-        or name in RegisteredDevice.model_fields
-        or hasattr(RegisteredDevice, name)
-    )
+    a slow miss, and reads as unknown anyway."""
+    return name.startswith("_") or hasattr(RegisteredDevice, name)
 
 
 def _alert_id(rule: str, device: DeviceRef, port: int | None, started_ms: int) -> str:

@@ -139,18 +139,23 @@ def test_a_number_that_cannot_be_dialled_is_refused_naming_file_row_and_field(
     assert why in info.value.problem
 
 
-def test_a_yaml_contact_s_number_that_cannot_be_dialled_is_named(tmp_path: Path) -> None:
+def yaml_error(tmp_path: Path, device: str) -> ConfigError:
+    """What reading a YAML registry of bracelet br-1 of hgy, with `device`'s keys too,
+    raises."""
     path = tmp_path / "devices.yaml"
     path.write_text(
-        "devices:\n"
-        "  - {device_id: br-1, device_type: bracelet, community: hgy,\n"
-        "     emergency_contacts: [{name: 张丽, phone: '1398765432'}]}\n",
+        f"devices:\n  - {{device_id: br-1, device_type: bracelet, community: hgy, {device}}}\n",
         encoding="utf-8",
     )
     with pytest.raises(ConfigError) as info:
         load_registry(path)
-    assert info.value.field == "devices[0] (br-1): emergency_contacts"
-    assert "contact 张丽: expected a phone number" in info.value.problem
+    return info.value
+
+
+def test_a_yaml_contact_s_number_that_cannot_be_dialled_is_named(tmp_path: Path) -> None:
+    error = yaml_error(tmp_path, "emergency_contacts: [{name: 张丽, phone: '1398765432'}]")
+    assert error.field == "devices[0] (br-1): emergency_contacts"
+    assert "contact 张丽: expected a phone number" in error.problem
 
 
 def test_check_names_a_registry_number_that_cannot_be_dialled(
@@ -167,3 +172,18 @@ def test_check_names_a_registry_number_that_cannot_be_dialled(
     err = capsys.readouterr().err
     assert err.startswith(f"config error: {registry}: line 3 (br-2): wearer_phone: ")
     assert "got '1380013800'" in err
+
+
+def test_a_yaml_device_with_a_key_the_registry_does_not_have_is_named(tmp_path: Path) -> None:
+    # A misspelt key would otherwise leave its attribute unset: a wearer's home, say,
+    # and with it the geofence rule for that wearer.
+    error = yaml_error(tmp_path, "home_latt: 34.75")
+    assert error.field == "devices[0] (br-1): home_latt"
+    assert error.problem.startswith("unknown key; known: device_id, device_type,")
+
+
+def test_a_registered_device_cannot_be_changed_once_read() -> None:
+    # The API, the rules and the router share each device: none may change it for the
+    # others. A reload makes a new registry.
+    with pytest.raises(AttributeError):
+        DEVICES[0].building = "4"  # type: ignore[misc]

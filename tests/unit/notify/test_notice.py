@@ -1,5 +1,6 @@
 """What a notice tells of where to go."""
 
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from gateway.decode.record import Position
@@ -13,7 +14,7 @@ WEARER = RegisteredDevice(
     device_id="br-1", device_type="bracelet", community="hgy", home_lat=34.75, home_lon=113.62
 )
 # One registered at a place of its own as well: the place comes before the home.
-PLACED = WEARER.model_copy(update={"lat": 34.7, "lon": 113.6})
+PLACED = replace(WEARER, lat=34.7, lon=113.6)
 
 
 def fall(position: Position | None) -> AlertEntry:

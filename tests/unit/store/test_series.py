@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 from gateway import PROJECT_ROOT
@@ -65,9 +66,7 @@ def test_an_alert_about_a_building_carries_the_building_s_grid_cell() -> None:
     # A building on fire: a dashboard with its area or building chosen shows it too.
     registry = Registry(
         [
-            COVER.model_copy(
-                update={"device_id": d, "device_type": "smoke_detector", "building": "3"}
-            )
+            replace(COVER, device_id=d, device_type="smoke_detector", building="3")
             for d in ("sd-1", "sd-2")
         ]
     )
