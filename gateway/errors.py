@@ -55,7 +55,9 @@ class NotifyError(GatewayError):
     """A notification could not be delivered.
 
     `rate_limited`: the provider (or our own count of its limit) refuses more for now;
-    `retry_after_s` says for how long, when known.
+    `retry_after_s` says for how long, when known. `account_wide`: the limit is the
+    account's or the application's, not the number's: no send by the channel, to any
+    number, gets through meanwhile.
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class NotifyError(GatewayError):
         retryable: bool,
         rate_limited: bool = False,
         retry_after_s: float | None = None,
+        account_wide: bool = False,
     ) -> None:
         self.retryable = retryable
         self.rate_limited = rate_limited
         self.retry_after_s = retry_after_s
+        self.account_wide = account_wide
         super().__init__(message)

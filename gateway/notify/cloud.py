@@ -70,10 +70,11 @@ def until_china_midnight_s(now_ms: int) -> float:
 
 # Over a limit: isv.BUSINESS_LIMIT_CONTROL, a number's limit per minute, hour or day,
 # its message saying which ("触发天级流控Permits:10"); Throttling, Throttling.User and
-# Throttling.Api, the API's own rate limit, answered with HTTP 400. isv.DAY_LIMIT_CONTROL
-# and isv.MONTH_LIMIT_CONTROL are the account's quota set in Aliyun's console: final, so
-# that the notice goes on by its next channel.
+# Throttling.Api, the API's own rate limit for the account, answered with HTTP 400.
+# isv.DAY_LIMIT_CONTROL and isv.MONTH_LIMIT_CONTROL are the account's quota set in
+# Aliyun's console: final, so that the notice goes on by its next channel.
 _ALIYUN_LIMITED = ("isv.BUSINESS_LIMIT_CONTROL", "Throttling")
+_ALIYUN_ACCOUNT_LIMITED = "Throttling"
 _ALIYUN_BUSY = ("isp.", "InternalError", "ServiceUnavailable")
 # Aliyun counts a number's day from each send to the same time the next day, not from
 # midnight: a number over it is reachable again within a day, at a time only Aliyun knows.
@@ -138,7 +139,8 @@ class _Aliyun(_CloudChannel):
         text = f"{provider} refused: {code} {message}"
         if code.startswith(_ALIYUN_LIMITED):
             wait_s = _ALIYUN_DAY_S if "天级" in message else 60.0
-            raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=wait_s)
+            raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=wait_s,
+                              account_wide=code.startswith(_ALIYUN_ACCOUNT_LIMITED))  # fmt: skip
         raise NotifyError(text, retryable=code.startswith(_ALIYUN_BUSY))
 
 
@@ -189,12 +191,17 @@ class AliyunVoice(_Aliyun):
 # --- Tencent Cloud --------------------------------------------------------------------
 
 # Over a limit: LimitExceeded.PhoneNumberThirtySecondLimit, ...OneHourLimit and
-# ...DailyLimit, a number's; LimitExceeded.AppDailyLimit, the application's;
-# RequestLimitExceeded, the API's own rate limit. Tencent answers them with HTTP 200 and
-# the code in `Response.Error` or the number's `SendStatusSet` entry. Those named
-# ...DailyLimit count the calendar day in China, and hold until its midnight.
+# ...DailyLimit, a number's; LimitExceeded.AppDailyLimit (AppMainlandChinaDailyLimit,
+# AppGlobalDailyLimit, AppCountryOrRegionDailyLimit) and LimitExceeded.DailyLimit, the
+# application's; RequestLimitExceeded, the API's own rate limit for the account. Tencent
+# answers them with HTTP 200 and the code in `Response.Error` or the number's
+# `SendStatusSet` entry. Those named ...DailyLimit count the calendar day in China, and
+# hold until its midnight. LimitExceeded.AppCountryOrRegionInBlacklist is no limit but
+# the application's list of regions, which no wait changes: final.
 _TENCENT_LIMITED = ("LimitExceeded", "RequestLimitExceeded")
+_TENCENT_ACCOUNT_LIMITED = ("LimitExceeded.App", "LimitExceeded.DailyLimit", "RequestLimitExceeded")
 _TENCENT_DAILY = "DailyLimit"
+_TENCENT_REFUSED = "InBlacklist"
 _TENCENT_BUSY = ("InternalError", "ResourceUnavailable")
 
 
@@ -296,11 +303,12 @@ class _Tencent(_CloudChannel):
 
     def _refuse(self, provider: str, code: str, message: str) -> None:
         text = f"{provider} refused: {code} {message}"
-        if code.startswith(_TENCENT_LIMITED):
+        if code.startswith(_TENCENT_LIMITED) and not code.endswith(_TENCENT_REFUSED):
             wait_s = 60.0
             if code.endswith(_TENCENT_DAILY):
                 wait_s = until_china_midnight_s(self._clock.now_ms())
-            raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=wait_s)
+            raise NotifyError(text, retryable=True, rate_limited=True, retry_after_s=wait_s,
+                              account_wide=code.startswith(_TENCENT_ACCOUNT_LIMITED))  # fmt: skip
         raise NotifyError(text, retryable=code.startswith(_TENCENT_BUSY))
 
 

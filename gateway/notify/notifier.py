@@ -774,10 +774,11 @@ class Notifier:
 
     def _block(self, channel: Channel, notice: Notice, exc: NotifyError, now_ms: int) -> float:
         """A provider's limit answer holds the channel's sends (to that number, for SMS
-        and voice, whose limits are per number) for as long as it said: tried again at
-        once, a robot over its limit is blocked the longer. How long, in seconds."""
+        and voice, whose limits are per number, unless the account's was reached) for as
+        long as it said: tried again at once, a robot over its limit is blocked the
+        longer. How long, in seconds."""
         wait_s = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
-        number = notice.phone if channel.needs_phone else None
+        number = notice.phone if channel.needs_phone and not exc.account_wide else None
         channel.limiter.block(self._clock.monotonic_s() + wait_s, number)
         return wait_s
 

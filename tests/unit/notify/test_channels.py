@@ -438,7 +438,8 @@ async def test_aliyun_s_throttling_with_http_400_is_a_limit_and_its_other_refusa
         await aliyun_sms(httpserver.url_for("/"), http).send(notice())
     assert (error.value.retryable, error.value.rate_limited) == (retryable, rate_limited)
     if rate_limited:
-        assert error.value.retry_after_s == 60.0
+        # The account's API rate, not the number's: every number waits.
+        assert (error.value.retry_after_s, error.value.account_wide) == (60.0, True)
 
 
 async def test_an_aliyun_4xx_without_a_code_is_final(
@@ -468,6 +469,7 @@ async def test_aliyun_s_limit_per_day_holds_the_number_for_a_day(
     with pytest.raises(NotifyError) as error:
         await aliyun_sms(httpserver.url_for("/"), http).send(notice())
     assert (error.value.rate_limited, error.value.retry_after_s) == (True, retry_after_s)
+    assert not error.value.account_wide
 
 
 # --- Tencent Cloud -------------------------------------------------------------------------
@@ -562,17 +564,22 @@ async def test_tencent_sms_signs_tc3_and_reads_the_per_number_status(
 
 
 @pytest.mark.parametrize(
-    ("answer", "retry_after_s"),
+    ("answer", "retry_after_s", "account_wide"),
     [
         ({"SendStatusSet": [{"Code": "LimitExceeded.PhoneNumberThirtySecondLimit",
-                             "Message": "30s"}]}, 60.0),
+                             "Message": "30s"}]}, 60.0, False),
         # T0 is 08:00 in China: the calendar day Tencent counts by ends 16 h later.
         ({"SendStatusSet": [{"Code": "LimitExceeded.PhoneNumberDailyLimit",
                              "Message": "the number of sms messages sent from a single mobile "
                                         "number every day exceeds the upper limit"}]},
-         16 * 3600.0),
+         16 * 3600.0, False),
+        # The application's, whatever the number: every number waits.
         ({"Error": {"Code": "LimitExceeded.AppDailyLimit", "Message": "daily limit"}},
-         16 * 3600.0),
+         16 * 3600.0, True),
+        ({"Error": {"Code": "LimitExceeded.AppMainlandChinaDailyLimit",
+                    "Message": "mainland daily limit"}}, 16 * 3600.0, True),
+        ({"Error": {"Code": "RequestLimitExceeded", "Message": "too many requests"}},
+         60.0, True),
     ],
 )  # fmt: skip
 async def test_tencent_s_limits_per_day_hold_until_midnight_in_china(
@@ -580,21 +587,15 @@ async def test_tencent_s_limits_per_day_hold_until_midnight_in_china(
     http: httpx.AsyncClient,
     answer: dict[str, object],
     retry_after_s: float,
+    account_wide: bool,
 ) -> None:
     httpserver.expect_request("/", method="POST").respond_with_handler(
         tencent_check("AKIDx", "tkey", "sms", {"Response": {**answer, "RequestId": "r"}})
     )
-    sms = TencentSms(
-        "tsms",
-        TencentSmsChannel(type="tencent_sms", secret_id="AKIDx", secret_key="tkey",
-                          sdk_app_id="1400000000", sign_name="湖光苑", template_id="100",
-                          url=httpserver.url_for("/")),
-        http,
-        ManualClock(T0),
-    )  # fmt: skip
     with pytest.raises(NotifyError, match="LimitExceeded") as error:
-        await sms.send(notice())
+        await tencent_sms(httpserver.url_for("/"), http).send(notice())
     assert (error.value.rate_limited, error.value.retry_after_s) == (True, retry_after_s)
+    assert error.value.account_wide is account_wide
 
 
 @pytest.mark.parametrize(
@@ -609,6 +610,30 @@ async def test_tencent_s_limits_per_day_hold_until_midnight_in_china(
 )
 def test_a_day_in_china_ends_at_its_midnight(now_ms: int, left_s: float) -> None:
     assert until_china_midnight_s(now_ms) == left_s
+
+
+def tencent_sms(url: str, http: httpx.AsyncClient) -> TencentSms:
+    return TencentSms(
+        "tsms",
+        TencentSmsChannel(type="tencent_sms", secret_id="AKIDx", secret_key="tkey",
+                          sdk_app_id="1400000000", sign_name="湖光苑", template_id="100", url=url),
+        http,
+        ManualClock(T0),
+    )  # fmt: skip
+
+
+async def test_a_region_the_tencent_application_does_not_send_to_is_no_limit_but_final(
+    httpserver: HTTPServer, http: httpx.AsyncClient
+) -> None:
+    # Named LimitExceeded, but the application's list of regions, which waiting does not
+    # change: the notice goes on by its next channel at once.
+    error_code = {"Code": "LimitExceeded.AppCountryOrRegionInBlacklist", "Message": "blacklist"}
+    httpserver.expect_request("/", method="POST").respond_with_handler(
+        tencent_check("AKIDx", "tkey", "sms", {"Response": {"Error": error_code, "RequestId": "r"}})
+    )
+    with pytest.raises(NotifyError, match="InBlacklist") as error:
+        await tencent_sms(httpserver.url_for("/"), http).send(notice())
+    assert (error.value.retryable, error.value.rate_limited) == (False, False)
 
 
 async def test_tencent_voice_and_a_wrong_key(

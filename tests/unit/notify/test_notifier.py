@@ -1581,6 +1581,21 @@ def sms_rig(tmp_path: Path, policy: NotifyPolicy, aliyun: AliyunAnswers) -> Rig:
                channels={"sms": sms})  # type: ignore[dict-item]  # fmt: skip
 
 
+def sms_and_robot_rig(
+    tmp_path: Path, policy: NotifyPolicy, aliyun: AliyunAnswers
+) -> tuple[Rig, FakeChannel]:
+    """The notifier with a real Aliyun SMS channel, answered by `aliyun`, and a group
+    robot ("wecom") after it."""
+    clock = ManualClock(T0)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(aliyun))
+    config = policy.channels["sms"]
+    assert isinstance(config, AliyunSmsChannel)
+    robot = FakeChannel("wecom")
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=clock, policy=policy,
+              channels={"sms": AliyunSms("sms", config, http, clock), "wecom": robot})  # type: ignore[dict-item]  # fmt: skip
+    return rig, robot
+
+
 async def test_sms_over_a_number_s_limit_go_one_by_one_each_with_its_link(tmp_path: Path) -> None:
     # An SMS template carries one alert and its one short link: over Aliyun's limit for
     # the number, each alert still goes in an SMS of its own, by which it can be taken.
@@ -1614,13 +1629,7 @@ async def test_a_number_over_its_limit_per_day_is_reached_by_the_next_channel_me
                  "url": "https://dysmsapi.example.cn/"},
          "wecom": {"type": "console"}},
     )  # fmt: skip
-    clock = ManualClock(T0)
-    http = httpx.AsyncClient(transport=httpx.MockTransport(aliyun))
-    config = policy.channels["sms"]
-    assert isinstance(config, AliyunSmsChannel)
-    robot = FakeChannel("wecom")
-    rig = Rig(tmp_path / "outbox.sqlite3", clock=clock, policy=policy,
-              channels={"sms": AliyunSms("sms", config, http, clock), "wecom": robot})  # type: ignore[dict-item]  # fmt: skip
+    rig, robot = sms_and_robot_rig(tmp_path, policy, aliyun)
     # A low battery, not critical: not held until the next day behind the SMS limit.
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)
@@ -1635,6 +1644,46 @@ async def test_a_number_over_its_limit_per_day_is_reached_by_the_next_channel_me
     await rig.after(86_401 - 600)
     assert len(aliyun.requests) == 2
     assert len(robot.sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "asked"),
+    [
+        # The account's own rate limit: no number gets an SMS meanwhile.
+        ((400, {"Code": "Throttling.User", "Message": "Request was denied due to user flow control."}), 1),
+        # A number's: another number still does.
+        ((200, {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": "触发分钟级流控"}), 2),
+    ],
+)  # fmt: skip
+async def test_over_the_account_s_limit_the_next_receiver_s_sms_is_not_asked_for(
+    tmp_path: Path, answer: tuple[int, dict[str, object]], asked: int
+) -> None:
+    # A fire, told to the grid worker at once and to the community office half a minute
+    # later: with the account over its limit, the office's SMS is not tried and refused
+    # first, a request and its answer before the next channel, but goes by it at once.
+    aliyun = AliyunAnswers(answer)
+    sms = {"type": "aliyun_sms", "access_key_id": "id", "access_key_secret": "secret",
+           "sign_name": "湖光苑社区", "template_code": "SMS_1", "params": ["title"],
+           "url": "https://dysmsapi.example.cn/"}  # fmt: skip
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"sms": sms, "wecom": {"type": "console"}},
+            "receivers": [
+                {"name": "wang-fang", "phone": "13800000001", "channels": ["sms", "wecom"]},
+                {"name": "office", "phone": "13800000004", "channels": ["sms", "wecom"]},
+            ],
+            "routes": [{"escalation": "fire"}],
+            "escalations": {
+                "fire": [{"after_s": 0, "to": ["wang-fang"]}, {"after_s": 30, "to": ["office"]}]
+            },
+        }
+    )
+    rig, robot = sms_and_robot_rig(tmp_path, policy, aliyun)
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    await rig.after(0)
+    await rig.after(30)
+    assert [n.receiver for n in robot.sent] == ["wang-fang", "office"]
+    assert len(aliyun.requests) == asked
 
 
 @pytest.mark.usefixtures("example_secrets")
