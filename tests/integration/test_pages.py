@@ -138,6 +138,10 @@ async def test_the_board_asks_for_a_new_token_once_its_own_is_taken_out(
         await expect(board.locator("#status")).to_have_text("令牌无效")
         # Alerts it can no longer keep up to date are not left on the screen as if live.
         await expect(board.locator("#alerts")).to_be_hidden()
+        # Nor does its stream reconnect with the refused token while the form waits: a
+        # desk that types the new one after that would have this address counted against
+        # twice.
+        assert await board.evaluate("listening") is False
 
         # A new token, typed in, brings the board back live.
         await board.keyboard.type(replacement)
