@@ -51,6 +51,7 @@ bench: install services
 	$(BIN)/python -m bench.notify_latency
 	$(BIN)/python -m bench.retention
 	$(BIN)/python -m bench.registry
+	$(BIN)/python -m bench.rate_windows
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

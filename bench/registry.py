@@ -21,6 +21,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from bench import best_of
 from gateway import PROJECT_ROOT
 from gateway.api.latest import LatestValues
 from gateway.decode.decoder import CODECS
@@ -77,15 +78,10 @@ def main() -> None:
         latest.use_registry(new)
         take_s.append(time.perf_counter() - started)
     print(f"registry of {len(running):,} devices in {args.communities} communities")
-    print(f"  read and checked: {_runs(load_s)}")
+    print(f"  read and checked: {best_of(load_s)}")
     print(f"  held: {held_bytes / 2**20:.0f} MiB, {held_bytes / len(running):.0f} B a device")
-    print(f"  a reload ({changes}): compared in a thread {_runs(compare_s)}; "
-          f"taken on the event loop {_runs(take_s)}")  # fmt: skip
-
-
-def _runs(seconds: list[float]) -> str:
-    """The best run, and every run."""
-    return f"{min(seconds):.3f} s (runs: {', '.join(f'{s:.3f}' for s in seconds)})"
+    print(f"  a reload ({changes}): compared in a thread {best_of(compare_s)}; "
+          f"taken on the event loop {best_of(take_s)}")  # fmt: skip
 
 
 def _with(row: str, columns: list[str], *changed: str) -> str:

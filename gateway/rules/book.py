@@ -8,6 +8,7 @@ close it. Each step is recorded with who and when.
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from gateway.errors import GatewayError
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
+from gateway.rules.rate import RateWindows, SavedWindows
 from gateway.store.database import add_columns, open_book, transaction
 
 _SCHEMA = """
@@ -86,15 +88,14 @@ CREATE TABLE IF NOT EXISTS rule_tracks (
     held_ms INTEGER,
     PRIMARY KEY (rule, community, device_id, port)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rate_windows (
-    community TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    field TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    -- time (epoch ms) and value in turn, as doubles
-    samples BLOB NOT NULL,
-    PRIMARY KEY (community, device_id, field, port)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS community_rates (
+    community TEXT PRIMARY KEY,
+    -- JSON [[device_id, field, doubles], ...]: the series whose windows follow in turn
+    series TEXT NOT NULL,
+    -- each series' windows, each window as doubles: its port (-1: the device's own), how
+    -- many doubles follow, then time (epoch ms) and value in turn (gateway.rules.rate)
+    windows BLOB NOT NULL
+);
 -- When each device was last heard, by group: `seen` is a JSON object of device id to
 -- epoch ms. What each judged batch heard is logged in `heard_log` as JSON
 -- [[[community, device_type], {device id: ms}], ...], and folded in here every
@@ -200,6 +201,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     add_columns(conn, "alerts", _ADDED_COLUMNS)
     add_columns(conn, "rule_tracks", (("held_ms", "INTEGER"),))
     _move_last_seen(conn)
+    _move_rate_windows(conn)
 
 
 class AlertBook:
@@ -233,21 +235,14 @@ class AlertBook:
         ]
 
     @staticmethod
-    def write_rates(
-        conn: sqlite3.Connection, windows: list[tuple[str, str, str, int | None, bytes]]
-    ) -> None:
+    def write_rates(conn: sqlite3.Connection, saved: list[SavedWindows]) -> None:
         """Replace the saved rate windows with these, inside the caller's transaction."""
-        conn.execute("DELETE FROM rate_windows")
-        conn.executemany(
-            "INSERT INTO rate_windows VALUES (?, ?, ?, ?, ?)",
-            ((c, d, f, _NO_PORT if p is None else p, b) for c, d, f, p, b in windows),
-        )
+        conn.execute("DELETE FROM community_rates")
+        conn.executemany("INSERT INTO community_rates VALUES (?, ?, ?)", saved)
 
-    def load_rates(self) -> list[tuple[str, str, str, int | None, bytes]]:
-        rows = self._conn.execute(
-            "SELECT community, device_id, field, port, samples FROM rate_windows"
-        )
-        return [(c, d, f, None if p == _NO_PORT else p, bytes(b)) for c, d, f, p, b in rows]
+    def load_rates(self) -> list[SavedWindows]:
+        rows = self._conn.execute("SELECT community, series, windows FROM community_rates")
+        return [(community, series, bytes(windows)) for community, series, windows in rows]
 
     @staticmethod
     def write(
@@ -705,6 +700,24 @@ def _fold_heard_log(conn: sqlite3.Connection) -> None:
             (community, device_type, orjson.dumps(times)),
         )
     conn.execute("DELETE FROM heard_log")
+
+
+def _move_rate_windows(conn: sqlite3.Connection) -> None:
+    """An alert book of an earlier version kept a row a port's rate window, in
+    `rate_windows`: moved into `community_rates`, a row a community."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rate_windows'").fetchone():
+        return
+    with transaction(conn):
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rate_windows'").fetchone():
+            return
+        windows = RateWindows()
+        rows = conn.execute("SELECT community, device_id, field, port, samples FROM rate_windows")
+        for community, device_id, field, port, blob in rows.fetchall():
+            samples = array("d")
+            samples.frombytes(blob)
+            windows.put((community, device_id, field), None if port == _NO_PORT else port, samples)
+        AlertBook.write_rates(conn, windows.saved())
+        conn.execute("DROP TABLE rate_windows")
 
 
 def _move_last_seen(conn: sqlite3.Connection) -> None:

@@ -71,7 +71,7 @@ class AlertStage:
     def rates_write(self) -> partial[None]:
         """Writes the rate windows as they are now, inside the caller's transaction: kept
         for a restart, but too many to write with every batch."""
-        return partial(AlertBook.write_rates, windows=self.engine.rates.saved())
+        return partial(AlertBook.write_rates, saved=self.engine.rates.saved())
 
     def _taken(self, alert_id: str) -> bool:
         """Whether a person took the alert (or closed it), or a silence muted it: a

@@ -1,14 +1,16 @@
 """When devices were last heard, as the alert book keeps it across a restart."""
 
 import sqlite3
+from array import array
 from pathlib import Path
 
 import pytest
 
-from gateway.decode.record import DeviceRef, FieldValue, Position
+from gateway.decode.record import DeviceRef, FieldValue, Position, Reading, TimeSource
 from gateway.errors import StoreError
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook, AlertEntry, AlertError
+from gateway.rules.rate import RateWindows
 from gateway.rules.rule import Severity
 from gateway.store.outbox import Outbox
 
@@ -92,6 +94,48 @@ def test_an_earlier_books_rows_of_last_heard_are_moved(tmp_path: Path) -> None:
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "last_seen" not in tables
     assert heard(path) == {SMOKE: 100, OTHER: 300}
+
+
+def test_an_earlier_books_rate_windows_of_each_port_are_moved_and_still_give_rates(
+    tmp_path: Path,
+) -> None:
+    # A charging shed's ports 3 and 5 and a field of the device's own (port -1), kept a
+    # row a port by the version before: after the upgrade, the windows are whole, and a
+    # thermal runaway under way across the restart is still seen at once.
+    path = tmp_path / "outbox.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE rate_windows (community TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " field TEXT NOT NULL, port INTEGER NOT NULL, samples BLOB NOT NULL,"
+        " PRIMARY KEY (community, device_id, field, port)) WITHOUT ROWID"
+    )
+    rows = [
+        ("hgy", "cs-1", "temperature_c", 3, array("d", [0.0, 40.0, 20_000.0, 43.0])),
+        ("hgy", "cs-1", "temperature_c", 5, array("d", [0.0, 30.0])),
+        ("hgy", "cs-1", "ambient_temp_c", -1, array("d", [0.0, 20.0])),
+    ]
+    old.executemany(
+        "INSERT INTO rate_windows VALUES (?, ?, ?, ?, ?)",
+        [(c, d, f, p, samples.tobytes()) for c, d, f, p, samples in rows],
+    )
+    old.commit()
+    old.close()
+    book = AlertBook(path)
+    windows = RateWindows()
+    windows.restore(book.load_rates())
+    book.close()
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "rate_windows" not in tables
+    shed = DeviceRef("hgy", "charging_shed", "cs-1")
+
+    def rate(field: str, port: int | None, value: float) -> float | None:
+        """The field's change per minute over the 40 s since each window's first sample."""
+        reading = Reading(shed, 40_000, TimeSource.DEVICE, {field: value}, port=port)
+        return windows.add(reading, field, 60_000, value)
+
+    # 7 °C in 40 s on port 3, a runaway; 4 °C on port 5; the shed's own air 2 °C.
+    assert (rate("temperature_c", 3, 47.0), rate("temperature_c", 5, 34.0)) == (10.5, 6.0)
+    assert rate("ambient_temp_c", None, 22.0) == 3.0
 
 
 def test_an_alert_keeps_where_the_record_that_fired_it_was(tmp_path: Path) -> None:
