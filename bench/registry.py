@@ -74,7 +74,7 @@ def main() -> None:
         changes = new.changes_from(running)
         compare_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        engine.use_registry(new, changes.added, 1)
+        engine.use_registry(new, changes, 1)
         latest.use_registry(new)
         take_s.append(time.perf_counter() - started)
     print(f"registry of {len(running):,} devices in {args.communities} communities")

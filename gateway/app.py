@@ -33,7 +33,7 @@ from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, empty_cell, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
-from gateway.registry import Registry, RegistryChanges, registry_for
+from gateway.registry import Registry, RegistryChanges, registry_for, reread
 from gateway.retention import Retention
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
@@ -634,34 +634,41 @@ class Gateway:
             try:
                 config = load_config(config_path)
                 # Off the loop: a district's registry takes seconds to read and compare.
-                registry, changes = await asyncio.to_thread(self._read_registry, config)
+                registry, changes = await asyncio.to_thread(
+                    reread, config.registry_file, self.profiles.device_types(), self.registry
+                )
                 check_policy(config, registry, self.loaded_rules, self.profiles)
+                if not len(registry) and len(self.registry):
+                    # A sheet saved empty (a filter left on, the wrong tab exported) would
+                    # leave every device unregistered: their places, wearers and routes gone.
+                    raise ConfigError(
+                        str(config.registry_file or config_path),
+                        "" if config.registry_file else "registry_file",
+                        f"names no device, where the running registry has {len(self.registry)}"
+                        "; to run without a registry, restart the gateway",
+                    )
             except ConfigError as exc:
                 log.error("registry, API tokens and notification policy not reloaded, the "
                           "running ones stay: %s", exc)  # fmt: skip
                 return
             if changes:
-                self.use_registry(registry, changes, config.registry_file)
+                self.use_registry(registry, changes)
+            # Told even when nothing changed: its own reading of the sheet may have failed
+            # before, and a restarted one must read the file the config names now.
+            if isinstance(self.subscriber, TelemetryProcess):
+                self.subscriber.use_registry(config.registry_file)
             self.reload_tokens(config.api.tokens if config.api is not None else ())
             self.reload_policy(config.notify)
 
-    def _read_registry(self, config: GatewayConfig) -> tuple[Registry, RegistryChanges]:
-        """The registry the config names, and how it differs from the running one (which
-        only a reload replaces, one at a time)."""
-        registry = registry_for(config.registry_file, self.profiles.device_types())
-        return registry, registry.changes_from(self.registry)
-
-    def use_registry(self, registry: Registry, changes: RegistryChanges, path: Path | None) -> None:
-        """Take a reloaded registry (read from `path`) in every stage at once, between
-        two batches: a device is decoded, placed, judged, silenced and routed by one
-        registry."""
+    def use_registry(self, registry: Registry, changes: RegistryChanges) -> None:
+        """Take a reloaded registry in every stage of this process at once, between two
+        batches: a device is decoded, placed, judged, silenced and routed by one
+        registry. (The telemetry process, apart, reads the sheet itself.)"""
         self.registry = registry
         self.pipeline.use_registry(registry)
-        self.rules.use_registry(registry, changes.added, self.clock.now_ms())
+        self.rules.use_registry(registry, changes, self.clock.now_ms())
         self.silences.use_registry(registry)
         self.desk.use_registry(registry)
-        if isinstance(self.subscriber, TelemetryProcess):
-            self.subscriber.use_registry(path)
         if self.notifier is not None:
             policy = self.notifier.policy
             router = Router(policy, registry, ZoneInfo(self.config.timezone))

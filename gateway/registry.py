@@ -147,14 +147,26 @@ _DEVICE = TypeAdapter(RegisteredDevice)
 @dataclass(frozen=True, slots=True)
 class RegistryChanges:
     added: tuple[RegisteredDevice, ...]
-    removed: int
-    changed: int
+    # As they were registered.
+    removed: tuple[RegisteredDevice, ...]
+    # Each as it was and as it is now.
+    changed: tuple[tuple[RegisteredDevice, RegisteredDevice], ...]
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
 
     def __str__(self) -> str:
-        return f"{len(self.added)} added, {self.removed} removed, {self.changed} changed"
+        return f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed"
+
+    def no_longer(self) -> list[RegisteredDevice]:
+        """Devices no longer registered as they were: taken out, or now of another type."""
+        retyped = [then for then, now in self.changed if then.device_type != now.device_type]
+        return [*self.removed, *retyped]
+
+    def newly(self) -> list[RegisteredDevice]:
+        """Devices registered as they were not: added, or now of another type."""
+        retyped = [now for then, now in self.changed if then.device_type != now.device_type]
+        return [*self.added, *retyped]
 
 
 class Registry:
@@ -212,8 +224,12 @@ class Registry:
         now, then = self._by_id, before._by_id
         return RegistryChanges(
             added=tuple(now[key] for key in now.keys() - then.keys()),
-            removed=len(then.keys() - now.keys()),
-            changed=sum(1 for key, device in now.items() if then.get(key, device) != device),
+            removed=tuple(then[key] for key in then.keys() - now.keys()),
+            changed=tuple(
+                (then[key], device)
+                for key, device in now.items()
+                if then.get(key, device) != device
+            ),
         )
 
     def get(self, community: str, device_id: str) -> RegisteredDevice | None:
@@ -333,6 +349,14 @@ PLACE_TYPES = ("area", "compound", "building")
 def registry_for(path: Path | None, device_types: Collection[str]) -> Registry:
     """The registry a config names, its device types checked; none named, an empty one."""
     return load_registry(path, device_types) if path is not None else Registry()
+
+
+def reread(
+    path: Path | None, device_types: Collection[str], running: Registry
+) -> tuple[Registry, RegistryChanges]:
+    """The registry a config names now, and how it differs from the running one."""
+    registry = registry_for(path, device_types)
+    return registry, registry.changes_from(running)
 
 
 def load_registry(path: Path, device_types: Collection[str] | None = None) -> Registry:

@@ -39,7 +39,7 @@ from gateway.heap import set_aside_startup_objects
 from gateway.ingest.mqtt import Subscriber, subscriber_for
 from gateway.logs import configure_logging
 from gateway.pipeline import BatchCounts, IngestPipeline
-from gateway.registry import registry_for
+from gateway.registry import Registry, registry_for, reread
 from gateway.stats import Stats
 from gateway.store.database import damage_noted
 from gateway.store.lock import PidLock, telemetry_pid_path
@@ -124,8 +124,9 @@ class TelemetryProcess:
         """Nothing to do: `run` stops the process when `stopping` is set."""
 
     def use_registry(self, path: Path | None) -> None:
-        """Have the process load the registry again, from `path`, as the main process
-        just did; and a process started again after it ends, too."""
+        """Have the process read the registry again, from `path`, as the main process
+        just did (it takes it if it changed); and a process started again after it
+        ends, too."""
         self._registry_file = path
         if self._pipe is not None:
             with contextlib.suppress(OSError):
@@ -262,7 +263,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     # One reload at a time, in the order they were asked for.
     reloads: asyncio.Queue[Path | None] = asyncio.Queue()
-    reloader = asyncio.create_task(_reload_registries(reloads, profiles, pipeline))
+    reloader = asyncio.create_task(_reload_registries(reloads, profiles, pipeline, registry))
     loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping, reloads)
     reporter = asyncio.create_task(_report_connection(connection, pipe, stopping))
     try:
@@ -298,18 +299,23 @@ async def _reload_registries(
     reloads: asyncio.Queue[Path | None],
     profiles: ProfileSet,
     pipeline: IngestPipeline,
+    running: Registry,
 ) -> None:
     while True:
         path = await reloads.get()
         try:
-            # Off the loop: a district's registry takes seconds to read.
-            registry = await asyncio.to_thread(registry_for, path, profiles.device_types())
+            # Off the loop: a district's registry takes seconds to read and compare.
+            registry, changes = await asyncio.to_thread(
+                reread, path, profiles.device_types(), running
+            )
         except ConfigError as exc:
             # The main process read the same file a moment ago: changed again since.
             log.error("registry not reloaded, the running registry stays: %s", exc)
             continue
-        pipeline.use_registry(registry)
-        log.info("reloaded the registry: %d devices", len(registry))
+        if changes:
+            pipeline.use_registry(registry)
+            running = registry
+            log.info("reloaded the registry: %d devices (%s)", len(registry), changes)
 
 
 async def _report_connection(

@@ -232,6 +232,7 @@ class AlertBook:
             (DeviceRef(community, device_type, device_id), seen_ms)
             for (community, device_type), times in groups.items()
             for device_id, seen_ms in times.items()
+            if seen_ms is not None
         ]
 
     @staticmethod
@@ -250,7 +251,7 @@ class AlertBook:
         changes: Sequence[AlertChange],
         tracks_changed: Sequence[tuple[TrackKey, Track]],
         tracks_gone: Sequence[TrackKey],
-        seen: Sequence[tuple[GroupKey, dict[str, int]]] = (),
+        seen: Sequence[tuple[GroupKey, dict[str, int | None]]] = (),
         repeats: Sequence[Repeat] = (),
     ) -> None:
         """What the rules decided, inside the caller's transaction: when devices were last
@@ -671,13 +672,16 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
     )
 
 
-def _heard_groups(conn: sqlite3.Connection) -> dict[GroupKey, dict[str, int]]:
+def _heard_groups(conn: sqlite3.Connection) -> dict[GroupKey, dict[str, int | None]]:
     rows = conn.execute("SELECT community, device_type, seen FROM heard")
     return {(community, device_type): orjson.loads(seen) for community, device_type, seen in rows}
 
 
-def _replay_heard_log(conn: sqlite3.Connection, groups: dict[GroupKey, dict[str, int]]) -> None:
-    """The logged batches over `groups`, in the order they were judged."""
+def _replay_heard_log(
+    conn: sqlite3.Connection, groups: dict[GroupKey, dict[str, int | None]]
+) -> None:
+    """The logged batches over `groups`, in the order they were judged. A device no
+    longer watched (see LastHeard.forget) is None until it is heard again."""
     for (seen,) in conn.execute("SELECT seen FROM heard_log ORDER BY id"):
         for (community, device_type), times in orjson.loads(seen):
             groups.setdefault((community, device_type), {}).update(times)
@@ -686,7 +690,7 @@ def _replay_heard_log(conn: sqlite3.Connection, groups: dict[GroupKey, dict[str,
 def _fold_heard_log(conn: sqlite3.Connection) -> None:
     """Fold the logged batches into the groups they heard from, inside the caller's
     transaction."""
-    logged: dict[GroupKey, dict[str, int]] = {}
+    logged: dict[GroupKey, dict[str, int | None]] = {}
     _replay_heard_log(conn, logged)
     for (community, device_type), times in logged.items():
         row = conn.execute(
@@ -695,9 +699,10 @@ def _fold_heard_log(conn: sqlite3.Connection) -> None:
         ).fetchone()
         if row is not None:
             times = {**orjson.loads(row[0]), **times}
+        kept = {device_id: at_ms for device_id, at_ms in times.items() if at_ms is not None}
         conn.execute(
             "INSERT OR REPLACE INTO heard VALUES (?, ?, ?)",
-            (community, device_type, orjson.dumps(times)),
+            (community, device_type, orjson.dumps(kept)),
         )
     conn.execute("DELETE FROM heard_log")
 

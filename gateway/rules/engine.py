@@ -30,7 +30,7 @@ from gateway.decode.record import (
     StatusReport,
     TimeSource,
 )
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import RegisteredDevice, Registry, RegistryChanges
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
@@ -160,15 +160,18 @@ class RuleEngine:
         """The registry the rules read device attributes from."""
         return self._registry
 
-    def use_registry(
-        self, registry: Registry, added: Iterable[RegisteredDevice], now_ms: int
-    ) -> None:
-        """A reloaded registry, read from the next record on. A device it adds (`added`)
-        that was never heard is watched from now, as one registered at start-up is from
-        then."""
+    def use_registry(self, registry: Registry, changes: RegistryChanges, now_ms: int) -> None:
+        """A reloaded registry, read from the next record on. A device it adds that was
+        never heard is watched from now, as one registered at start-up is from then; one
+        it takes out (or registers as another type) is no longer watched as it was, to be
+        found offline forever: if it still reports, it is heard again."""
         self._registry = registry
-        for registered in added:
-            device = DeviceRef(registered.community, registered.device_type, registered.device_id)
+        # The evaluators read device attributes through the registry they were made with.
+        self._forget_evaluators()
+        for registered in changes.no_longer():
+            self.heard.forget(_ref(registered))
+        for registered in changes.newly():
+            device = _ref(registered)
             if self.heard.get(device) is None:
                 self.heard.hear(device, now_ms)
 
@@ -192,6 +195,9 @@ class RuleEngine:
         # its rules read.
         self._windows: dict[str, dict[str, float]] = {}
         self._attributes: dict[str, frozenset[str]] = {}
+        self._forget_evaluators()
+
+    def _forget_evaluators(self) -> None:
         # One generated evaluator per record shape; and by device type, by kind of record
         # (reading or event, with or without a port), the last few shapes seen with
         # their field names, which tell a record's shape without making a key for it.
@@ -209,6 +215,13 @@ class RuleEngine:
         """When devices were last heard, as saved before a restart."""
         saved = list(saved)
         self.heard.update(saved)
+        # A device registered as another type since (a detector entered as a bracelet,
+        # corrected): no longer watched as the type it was heard as, to be found offline
+        # as that type for ever.
+        for device, _ in saved:
+            registered = self._registry.get(device.community, device.device_id)
+            if registered is not None and registered.device_type != device.device_type:
+                self.heard.forget(device)
         # A registered device never heard is watched from the first start that knew it,
         # saved as if heard then: a gateway that restarts more often than the device's
         # silence takes would otherwise never find it offline.
@@ -983,6 +996,10 @@ def _in_window(window: DailyWindow, zone: ZoneInfo) -> Callable[[int], bool]:
         return contains(time_ms, zone)
 
     return in_window
+
+
+def _ref(device: RegisteredDevice) -> DeviceRef:
+    return DeviceRef(device.community, device.device_type, device.device_id)
 
 
 def _registry_attribute(name: str) -> bool:

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Iterator
 from gateway.decode.record import DeviceRef
 
 GroupKey = tuple[str, str]  # (community, device_type)
-# When devices were heard, by group: (group, device id -> epoch ms).
-HeardTimes = list[tuple[GroupKey, dict[str, int]]]
+# When devices were heard, by group: (group, device id -> epoch ms, or None for a device
+# no longer watched).
+HeardTimes = list[tuple[GroupKey, dict[str, int | None]]]
 
 
 class HeardGroup:
@@ -54,6 +55,16 @@ class LastHeard:
             self.fresh_groups.append(group)
         group.fresh.add(device.device_id)
 
+    def forget(self, device: DeviceRef) -> None:
+        """A device taken out of the registry (or registered as another type): no longer
+        watched as this one, and so no longer saved."""
+        group = self.groups.get((device.community, device.device_type))
+        if group is None or group.seen_ms.pop(device.device_id, None) is None:
+            return
+        if not group.fresh:
+            self.fresh_groups.append(group)
+        group.fresh.add(device.device_id)
+
     def set(self, device: DeviceRef, at_ms: int) -> None:
         """Without marking it fresh: what start-up and a restored state say."""
         self.group(device.community, device.device_type).seen_ms[device.device_id] = at_ms
@@ -82,7 +93,9 @@ class LastHeard:
         taken = []
         for group in self.fresh_groups:
             seen_ms = group.seen_ms
-            taken.append((group.key, {device_id: seen_ms[device_id] for device_id in group.fresh}))
+            taken.append(
+                (group.key, {device_id: seen_ms.get(device_id) for device_id in group.fresh})
+            )
             group.fresh.clear()
         self.fresh_groups.clear()
         return taken

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gateway.store.lock import telemetry_pid_path
 from simulators.acme import AcmeFrame, FrameType, StatusBits
 from tests.integration.harness import Publisher, gateway_config, wait_until
 from tests.integration.services import InfluxService, MosquittoService
@@ -178,6 +180,29 @@ async def test_a_reload_registers_an_imei_moves_a_detector_and_a_broken_registry
         # One reload in each process, the first edit's; the broken file reached neither.
         assert len(log_lines("reloaded the registry:")) == 2
         assert quarantined() == [(VENDOR_TOPIC, "unregistered_device")]
+
+        # The sheet, mended, kept under another name, and the old file deleted: a
+        # telemetry process started again (after a crash) reads the file the config
+        # names now, the same devices though they are.
+        renamed = tmp_path / "devices-2027.csv"
+        renamed.write_text(
+            HEADER
+            + f"sd-1,smoke_detector,{ns},东区,湖光苑,4号楼,\n"
+            + f"acme-8,smoke_detector,{ns},西区,湖光新苑,7号楼,{IMEI}\n",
+            encoding="utf-8",
+        )
+        moved = config.model_copy(update={"registry_file": renamed})
+        config_file.write_text(yaml.safe_dump(moved.model_dump(mode="json", exclude_none=True)))
+        assert cli_reload().returncode == 0
+        registry.unlink()
+        connected = f"[telemetry]: {mqtt.client_id} connected to"
+        await wait_until(lambda: bool(log_lines(connected)), what="telemetry connected")
+        telemetry_pid = int(telemetry_pid_path(outbox).read_text().split()[0])
+        os.kill(telemetry_pid, signal.SIGKILL)
+        await wait_until(lambda: len(log_lines(connected)) == 2, what="telemetry started again")
+        publisher.publish_all([(VENDOR_TOPIC, vendor_frame(T0 + 30))])
+        await wait_until(lambda: len(smoke_points("acme-8")) == 3, what="a frame after it")
+        assert not log_lines("cannot read")
     finally:
         publisher.close()
         process.terminate()

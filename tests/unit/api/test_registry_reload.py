@@ -1,14 +1,34 @@
 """The registry reloaded while the gateway runs: a device added, moved or taken out
 counts from the next message on, in every stage; a file that is wrong changes nothing."""
 
+import asyncio
+import shutil
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+import gateway.app as app_module
+from gateway import PROJECT_ROOT
 from gateway.app import Gateway
-from gateway.config import GatewayConfig
-from tests.unit.api.conftest import ADMIN, REGISTRY, WORKER, Site, ten_silent_minutes
+from gateway.clock import ManualClock
+from gateway.config import GatewayConfig, IngestConfig
+from gateway.registry import reread
+from tests.unit.api.conftest import (
+    ADMIN,
+    REGISTRY,
+    T0,
+    WORKER,
+    Site,
+    open_site,
+    serve_site,
+    site_config,
+    ten_silent_minutes,
+)
 from tests.unit.api.test_pages import link_path
 
 # A new resident's bracelet, in building 5 of lakeside, with a family contact.
@@ -150,3 +170,217 @@ async def test_a_reload_with_the_registry_unchanged_keeps_it(
         await site.gateway.reload(path)
     assert site.gateway.registry is running
     assert "reloaded the registry" not in caplog.text
+
+
+# The test site's registry, with the columns of a wearer's home and safe radius.
+HOMES = (
+    REGISTRY.replace("home_lon\n", "home_lon,safe_radius_m\n", 1)
+    .replace(",34.75,113.62\n", ",34.75,113.62,500\n")
+    .replace(",34.76,113.63\n", ",34.76,113.63,500\n")
+)
+# A new resident's bracelet, at home at 34.75,113.62, who must not go past 200 m.
+BR_3_AWAY_LIMIT = "br-3,bracelet,hgy,east,lakeside,5,3-502,,,赵桂兰,13811112222,,34.75,113.62,200\n"
+
+
+@asynccontextmanager
+async def opened(
+    tmp_path: Path,
+    registry_text: str = REGISTRY,
+    *,
+    rules_dir: Path | None = None,
+    **ingest: Any,
+) -> AsyncIterator[Site]:
+    """The API tests' site, with `registry_text`, the rules of `rules_dir` and `ingest`
+    settings."""
+    clock = ManualClock(T0)
+    config = site_config(tmp_path, registry_text=registry_text)
+    if ingest:
+        config = config.model_copy(update={"ingest": IngestConfig(**ingest)})
+    if rules_dir is not None:
+        config = config.model_copy(update={"rules_dir": rules_dir})
+    async with serve_site(Gateway(config, clock), clock) as site:
+        yield site
+
+
+def open_rules(site: Site, rule: str) -> list[str]:
+    """The device ids with an alert of `rule` open."""
+    return sorted(a.device_id for a in site.gateway.alerts.open_alerts() if a.rule == rule)
+
+
+async def tick(site: Site) -> None:
+    stage = site.gateway.pipeline.alerts
+    assert stage is not None
+    await site.gateway.pipeline.commit_alerts(stage.tick(site.clock.now_ms()))
+
+
+def position(lat: float, lon: float) -> dict[str, Any]:
+    return {"heart_rate_bpm": 72, "lat": lat, "lon": lon, "worn": True, "battery_pct": 80}
+
+
+async def test_a_resident_registered_by_a_reload_is_judged_with_their_own_safe_area(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new resident's bracelet is added while another bracelet's reading is judged:
+    # a district's sheet is read for seconds, while the telemetry goes on. The resident,
+    # 2 km from home, is judged against their own safe area, not left unjudged until the
+    # next restart.
+    async with opened(tmp_path, HOMES) as site:
+        path = config_file(site, tmp_path)
+        edit_registry(tmp_path, HOMES + BR_3_AWAY_LIMIT)
+        gateway = site.gateway
+        reading, release = threading.Event(), threading.Event()
+
+        def slow_read(*args: Any) -> Any:
+            # A district's sheet: read for seconds, while the telemetry goes on.
+            reading.set()
+            release.wait(10)
+            return reread(*args)
+
+        monkeypatch.setattr(app_module, "reread", slow_read)
+        reload = asyncio.create_task(gateway.reload(path))
+        assert await asyncio.to_thread(reading.wait, 10)
+        # br-1, at home, reports meanwhile, as every bracelet does each minute.
+        await site.send("community/hgy/bracelet/br-1/telemetry", position(34.75, 113.62))
+        release.set()
+        await reload
+        assert gateway.registry.get("hgy", "br-3") is not None
+
+        site.clock.advance(60)
+        # The new resident, 2 km north of home.
+        await site.send("community/hgy/bracelet/br-3/telemetry", position(34.768, 113.62))
+        assert open_rules(site, "left_safe_area") == ["br-3"]
+
+
+async def test_a_resident_registered_while_a_rule_file_is_broken_is_judged_with_their_safe_area(
+    tmp_path: Path,
+) -> None:
+    # A reload whose rule files have a mistake keeps the running rules and still takes
+    # the registry: the rules read the new resident's home from it.
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "alert_rules", rules_dir)
+    async with opened(tmp_path, HOMES, rules_dir=rules_dir) as site:
+        # Any bracelet's report compiles the evaluator of its shape.
+        await site.send("community/hgy/bracelet/br-1/telemetry", position(34.75, 113.62))
+        path = config_file(site, tmp_path)
+        (rules_dir / "charging_shed.yaml").write_text("rules: [{name: broken}]\n", "utf-8")
+        edit_registry(tmp_path, HOMES + BR_3_AWAY_LIMIT)
+        await site.gateway.reload(path)
+        assert site.gateway.registry.get("hgy", "br-3") is not None
+
+        site.clock.advance(60)
+        await site.send("community/hgy/bracelet/br-3/telemetry", position(34.768, 113.62))
+        assert open_rules(site, "left_safe_area") == ["br-3"]
+
+
+def telemetry(site: Site, **fields: Any) -> dict[str, Any]:
+    return {"ts": site.clock.now_ms(), **fields}
+
+
+async def test_a_bracelet_moved_to_another_community_is_not_left_offline_in_the_old_one(
+    tmp_path: Path,
+) -> None:
+    # A resident moves from hgy to lgy, both served by the gateway, and the bracelet
+    # reports from lgy every minute: hgy's grid worker is not told it is offline there,
+    # which no message could ever resolve.
+    async with opened(tmp_path) as site:
+        path = config_file(site, tmp_path)
+        moved = REGISTRY.replace(
+            "br-1,bracelet,hgy,east,lakeside,3,", "br-1,bracelet,lgy,north,pine,7,"
+        )
+        edit_registry(tmp_path, moved)
+        await site.gateway.reload(path)
+        for _ in range(10):
+            site.clock.advance(60)
+            await site.send(
+                "community/lgy/bracelet/br-1/telemetry",
+                telemetry(site, heart_rate_bpm=72, worn=True, battery_pct=80),
+            )
+            await tick(site)
+        offline = [(a.community, a.device_id) for a in site.gateway.alerts.open_alerts()
+                   if a.rule == "device_offline"]  # fmt: skip
+        assert ("lgy", "br-1") not in offline
+        assert ("hgy", "br-1") not in offline
+
+
+MISTYPED = REGISTRY + "sd-3,bracelet,hgy,east,lakeside,5,,34.75,113.62,,,,,\n"
+FIXED = REGISTRY + "sd-3,smoke_detector,hgy,east,lakeside,5,,34.75,113.62,,,,,\n"
+
+
+async def ten_minutes_of_sd_3_reports(site: Site) -> None:
+    """Smoke detector sd-3 reporting every minute, the rules' timers running."""
+    reading = {"obscuration_pct_per_m": 0.1, "temperature_c": 21.0, "battery_pct": 90}
+    for _ in range(10):
+        site.clock.advance(60)
+        await site.send("community/hgy/smoke_detector/sd-3/telemetry", telemetry(site, **reading))
+        await tick(site)
+
+
+async def test_a_device_whose_type_is_corrected_is_not_found_offline_as_its_old_type(
+    tmp_path: Path,
+) -> None:
+    # A smoke detector entered in the sheet as a bracelet (its reports refused as not of
+    # its registered type), corrected and reloaded: its reports are taken, and it is not
+    # found offline as the bracelet it never was, at every tick again.
+    async with opened(tmp_path, MISTYPED) as site:
+        path = config_file(site, tmp_path)
+        edit_registry(tmp_path, FIXED)
+        await site.gateway.reload(path)
+        await ten_minutes_of_sd_3_reports(site)
+        assert "sd-3" not in open_rules(site, "device_offline")
+
+
+async def test_a_device_taken_out_of_the_registry_is_not_found_offline(tmp_path: Path) -> None:
+    # With only registered devices taken in, a resident's bracelet is taken out of the
+    # sheet (the resident moved away): it is not found offline, in an alert its refused
+    # messages could never resolve.
+    br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
+    async with opened(tmp_path, require_registered=True) as site:
+        # Watched from the start, and saved as such.
+        await tick(site)
+        path = config_file(site, tmp_path)
+        edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+        await site.gateway.reload(path)
+        assert site.gateway.registry.get("hgy", "br-1") is None
+        for _ in range(10):
+            site.clock.advance(60)
+            await tick(site)
+        assert "br-1" not in open_rules(site, "device_offline")
+    # Nor after a restart: what was saved of it was let go with it.
+    async with opened(tmp_path, REGISTRY.replace(br_1, ""), require_registered=True) as site:
+        for _ in range(10):
+            site.clock.advance(60)
+            await tick(site)
+        assert "br-1" not in open_rules(site, "device_offline")
+
+
+HEADER_ONLY = REGISTRY.splitlines(keepends=True)[0]
+
+
+async def test_a_sheet_emptied_by_mistake_is_refused_like_one_that_empties_a_cell(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A sheet saved with its header and no rows (a filter left on in the spreadsheet, an
+    # export of the wrong tab) would leave every device unregistered at once: grid workers
+    # would see none of their alerts, rosters by cell route nothing, and with only
+    # registered devices taken in, every message, fire alarms among them, be refused.
+    async with opened(tmp_path) as site:
+        path = config_file(site, tmp_path)
+        running = site.gateway.registry
+        edit_registry(tmp_path, HEADER_ONLY)
+        with caplog.at_level("ERROR", "gateway.app"):
+            await site.gateway.reload(path)
+        assert site.gateway.registry is running, "the reload emptied the running registry"
+        assert "devices.csv: names no device, where the running registry has 4" in caplog.text
+
+
+async def test_a_device_whose_type_was_corrected_while_stopped_is_not_found_offline_as_its_old(
+    tmp_path: Path,
+) -> None:
+    # The same correction made with the gateway stopped: what it saved of the device as a
+    # bracelet is let go at the start, not watched as a bracelet for ever.
+    clock = ManualClock(T0)
+    async with open_site(tmp_path, clock, registry_text=MISTYPED) as site:
+        await tick(site)
+    async with open_site(tmp_path, clock, registry_text=FIXED) as site:
+        await ten_minutes_of_sd_3_reports(site)
+        assert "sd-3" not in open_rules(site, "device_offline")

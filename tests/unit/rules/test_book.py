@@ -76,6 +76,28 @@ def test_every_batch_heard_is_kept_before_and_after_it_is_folded(tmp_path: Path)
     outbox.close()
 
 
+def test_a_device_no_longer_watched_is_let_go_before_and_after_the_fold(tmp_path: Path) -> None:
+    # A device taken out of the registry (None), and one heard again after that.
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path)
+    AlertBook(path).close()
+
+    def commit(seen: list[tuple[tuple[str, str], dict[str, int | None]]]) -> None:
+        outbox.commit([], [], None, lambda conn: AlertBook.write(conn, [], [], [], seen))
+
+    commit([(("hgy", "smoke_detector"), {"sd-1": 100}), (("hgy", "bracelet"), {"br-1": 200})])
+    for batch in range(HEARD_FOLD_BATCHES):
+        commit([(("qhy", "bracelet"), {"br-1": 300 + batch})])
+    commit([(("hgy", "smoke_detector"), {"sd-1": None}), (("hgy", "bracelet"), {"br-1": None})])
+    commit([(("hgy", "bracelet"), {"br-1": 5000})])
+    latest = {WRIST: 5000, OTHER: 300 + HEARD_FOLD_BATCHES - 1}
+    assert heard(path) == latest
+    for batch in range(HEARD_FOLD_BATCHES):
+        commit([(("qhy", "bracelet"), {"br-1": 300 + batch})])
+    assert heard(path) == latest
+    outbox.close()
+
+
 def test_an_earlier_books_rows_of_last_heard_are_moved(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     old = sqlite3.connect(path)
