@@ -49,7 +49,7 @@ from gateway.store.drain import OutboxDrain
 from gateway.store.influx import InfluxWriter
 from gateway.store.lock import PidLock, pid_path, telemetry_pid_path, wait_until_free
 from gateway.store.outbox import Outbox
-from gateway.store.series import SeriesMapper, device_info_lines
+from gateway.store.series import SeriesMapper, device_info
 
 log = logging.getLogger(__name__)
 
@@ -522,9 +522,11 @@ class Gateway:
         # through the outbox like every other point.
         while True:
             self._registry_reloaded.clear()
-            info = device_info_lines(self.registry, self.clock.now_ms())
-            if info:
-                await self.pipeline.commit_until_stored(info, None)
+            written = await asyncio.to_thread(self.outbox.registry_series)
+            info = device_info(self.registry, self.clock.now_ms(), written)
+            if info.lines:
+                record = partial(Outbox.write_registry_series, series=info.series)
+                await self.pipeline.commit_until_stored(info.lines, record)
             await sleep_unless_set(self.clock, DEVICE_INFO_INTERVAL_S, self._registry_reloaded)
 
     async def _report_health(self) -> None:

@@ -30,9 +30,13 @@ def build() -> Board:
         "Every device on the map by state, open alerts, online rate and traffic.",
         ["overview"],
     )
+    # A device's series where the registry no longer has it (taken out, or moved to
+    # another building) ends with a point of registered=false.
     devices = Influx(
-        'SELECT last("lat") AS "lat", last("lon") AS "lon" FROM "device_info" '
-        f'WHERE {PLACE} GROUP BY {DEVICE}, "device_type"'
+        'SELECT "lat", "lon" FROM ('
+        'SELECT last("lat") AS "lat", last("lon") AS "lon", last("registered") AS "registered" '
+        f'FROM "device_info" WHERE {PLACE} GROUP BY {DEVICE}, "device_type"'
+        f') WHERE "registered" = true GROUP BY {DEVICE}, "device_type"'
     ).table()
     offline = Influx(
         'SELECT "lat", "lon", "state" FROM ('
@@ -65,7 +69,7 @@ def build() -> Board:
         'SELECT count("registered") AS "registered" FROM ('
         'SELECT last("registered") AS "registered" FROM "device_info" '
         f'WHERE {PLACE} GROUP BY {DEVICE}, "device_type"'
-        ') GROUP BY "device_type"'
+        ') WHERE "registered" = true GROUP BY "device_type"'
     ).table()
     offline_count = Influx(
         'SELECT count("state") AS "offline" FROM ('

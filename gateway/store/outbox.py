@@ -21,7 +21,8 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -69,6 +70,12 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS handoffs (id INTEGER PRIMARY KEY, records BLOB NOT NULL);
+-- The registry's series last written (gateway.store.series.device_info), sorted, a line
+-- each, zlib-compressed: one row.
+CREATE TABLE IF NOT EXISTS registry_series (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    series BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS redelivery_log (
     lane TEXT NOT NULL,
     batch INTEGER NOT NULL,
@@ -541,6 +548,19 @@ class Outbox:
                 "DELETE FROM subscriptions WHERE client_id = ? AND topic = ?",
                 ((client_id, topic) for topic in topics),
             )
+
+    def registry_series(self) -> list[str]:
+        """The registry's series as last written (see `write_registry_series`)."""
+        with contextlib.closing(self._connect("normal")) as conn:
+            row = conn.execute("SELECT series FROM registry_series").fetchone()
+        text = zlib.decompress(row[0]).decode() if row else ""
+        return text.split("\n") if text else []
+
+    @staticmethod
+    def write_registry_series(conn: sqlite3.Connection, series: Collection[str]) -> None:
+        """Inside the caller's transaction, that of the points written for them."""
+        packed = zlib.compress("\n".join(sorted(series)).encode())
+        conn.execute("INSERT OR REPLACE INTO registry_series VALUES (0, ?)", (packed,))
 
     def handoffs(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest batches of records handed over and not yet judged, with their ids;

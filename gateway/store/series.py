@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 from gateway.cache import remember
 from gateway.decode.profile import FieldSpec, ProfileSet
@@ -156,10 +157,21 @@ def alert_line(change: AlertChange, registry: Registry) -> str:
 DEVICE_INFO_MEASUREMENT = "device_info"
 
 
-def device_info_lines(registry: Registry, at_ms: int) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    lines: list[str]
+    # The series written, to tell those of devices taken out, moved or retyped next time.
+    series: frozenset[str]
+
+
+def device_info(registry: Registry, at_ms: int, written: Collection[str] = ()) -> DeviceInfo:
     """Each registered device's place and position, for maps of devices that do not send
-    their own. Names and phone numbers of wearers stay out: dashboards are public screens."""
+    their own. Names and phone numbers of wearers stay out: dashboards are public screens.
+    A series of `written` (those of an earlier registry) that this one does not have is
+    written as no longer registered: the dashboards read each series' last point with no
+    time range, and would show a device taken out, or in its old building, for ever."""
     lines = []
+    series = set()
     for device in registry.devices():
         tags = [
             ("community", device.community),
@@ -170,10 +182,14 @@ def device_info_lines(registry: Registry, at_ms: int) -> list[str]:
         fields: tuple[tuple[str, FieldValue], ...] = (("registered", True), *_position(device))
         if device.well_depth_cm is not None:
             fields += (("well_depth_cm", device.well_depth_cm),)
-        lines.append(
-            f"{encode_series(DEVICE_INFO_MEASUREMENT, tags)} {encode_fields(fields)} {at_ms}"
-        )
-    return lines
+        prefix = encode_series(DEVICE_INFO_MEASUREMENT, tags)
+        series.add(prefix)
+        lines.append(f"{prefix} {encode_fields(fields)} {at_ms}")
+    # A millisecond before: a device moved to another building is one group in the
+    # dashboards' queries, whose last point must be the registered one.
+    retracted = sorted(set(written) - series)
+    lines += [f"{prefix} registered=false {at_ms - 1}" for prefix in retracted]
+    return DeviceInfo(lines, frozenset(series))
 
 
 def _position(device: RegisteredDevice) -> tuple[tuple[str, FieldValue], ...]:

@@ -28,7 +28,7 @@ from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.store.outbox import Outbox
-from gateway.store.series import device_info_lines
+from gateway.store.series import device_info
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
 from tests.catalogue import shipped_rules
@@ -296,7 +296,7 @@ def district(tmp_path: Path, fresh_influxdb: InfluxService) -> InfluxService:
     )  # fmt: skip
     clock = ManualClock(time.time_ns() // 1_000_000 - 1_200_000)
     outbox, book, stage = judging(tmp_path / "outbox.sqlite3", registry, clock)
-    outbox.commit(device_info_lines(registry, clock.now_ms()), [], None, None)
+    outbox.commit(device_info(registry, clock.now_ms()).lines, [], None, None)
 
     def alarm(community: str, on: bool, at_s: int) -> None:
         fields = {"alarm": on, "obscuration_pct_per_m": 9.0 if on else 0.0}
@@ -394,3 +394,36 @@ async def test_a_building_on_fire_stays_open_when_another_communitys_building_3_
         values = {**DISTRICT, "community": community}
         shown = fresh_influxdb.query("gateway", fill(building_fires, values))
         assert [r["open"] for r in shown] == [1], community
+
+
+async def test_a_detector_moved_or_taken_out_of_the_registry_leaves_the_map_and_the_counts(
+    tmp_path: Path, fresh_influxdb: InfluxService
+) -> None:
+    # The map and the online rate read each device's last registry point: sd-2, moved to
+    # building 4, is one marker there and counted once; sd-3, taken out, is neither.
+    fresh_influxdb.create_database("gateway")
+
+    def detector(n: int, building: str) -> RegisteredDevice:
+        return RegisteredDevice(
+            device_id=f"sd-{n}", device_type="smoke_detector", community="hgy", area="east",
+            compound="lakeside", building=building, lat=30.1 + n / 100, lon=120.1,
+        )  # fmt: skip
+
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
+    before = device_info(Registry([detector(n, "3") for n in (1, 2, 3)]), clock.now_ms())
+    clock.advance(60)
+    after = device_info(Registry([detector(1, "3"), detector(2, "4")]), clock.now_ms(),
+                        before.series)  # fmt: skip
+    outbox.commit([*before.lines, *after.lines], [], None, None)
+    store(fresh_influxdb, outbox)
+    markers = overview_rows(fresh_influxdb, "Devices by state", "A")
+    assert sorted(r["device_id"] for r in markers) == ["sd-1", "sd-2"]
+    registered = overview_rows(fresh_influxdb, "Online rate", "A")
+    assert [(r["device_type"], r["registered"]) for r in registered] == [("smoke_detector", 2)]
+    # Building 3 chosen: sd-2 is no longer there.
+    building_3 = {**DISTRICT, "community": "hgy", "building": "3"}
+    board = dashboards()["community-overview.json"]
+    query = next(q for w, q in queries(board) if "Devices by state" in w and w.endswith(" A"))
+    rows = fresh_influxdb.query("gateway", fill(query, building_3))
+    assert [r["device_id"] for r in rows] == ["sd-1"]

@@ -84,14 +84,11 @@ async def test_open_alerts_are_counted_from_the_book_after_a_restart_and_a_close
         await asyncio.wait_for(running, timeout=10)
 
 
-async def test_the_registry_is_written_again_each_day_without_health_reports(
-    tmp_path: Path,
-) -> None:
-    # The dashboards read the registry's last point with no time range: a retention
-    # policy shorter than the gateway's uptime must not leave them without one.
+def registry_only(tmp_path: Path) -> tuple[Path, GatewayConfig]:
+    """A gateway with no broker and no health reports, and its registry file."""
     registry = tmp_path / "devices.csv"
     registry.write_text(REGISTRY, encoding="utf-8")
-    config = GatewayConfig.model_validate(
+    return registry, GatewayConfig.model_validate(
         {
             "mqtt": None,
             "outbox": {"path": tmp_path / "o.sqlite3"},
@@ -99,6 +96,14 @@ async def test_the_registry_is_written_again_each_day_without_health_reports(
             "health_interval_s": None,
         }
     )
+
+
+async def test_the_registry_is_written_again_each_day_without_health_reports(
+    tmp_path: Path,
+) -> None:
+    # The dashboards read the registry's last point with no time range: a retention
+    # policy shorter than the gateway's uptime must not leave them without one.
+    _, config = registry_only(tmp_path)
     clock = ManualClock(T0)
     gateway = Gateway(config, clock)
     running = asyncio.create_task(gateway.run())
@@ -146,6 +151,32 @@ async def test_the_registry_is_written_again_when_a_reload_changes_it(tmp_path: 
     finally:
         gateway.stop()
         await asyncio.wait_for(running, timeout=10)
+
+
+async def test_a_device_taken_out_while_the_gateway_was_stopped_is_written_as_no_longer_there(
+    tmp_path: Path,
+) -> None:
+    # The dashboards read each device's last point with no time range: taken out of the
+    # sheet between two runs, a detector would stay on the map and in the counts for ever.
+    registry, config = registry_only(tmp_path)
+
+    async def run_until_written(lines: int) -> list[str]:
+        """A run of the gateway until the registry's points in the outbox are `lines`."""
+        gateway = Gateway(config, ManualClock(T0))
+        running = asyncio.create_task(gateway.run())
+        try:
+            await wait_until(lambda: len(device_info(gateway)) == lines, timeout_s=5,
+                             what="device_info")  # fmt: skip
+            return device_info(gateway)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(running, timeout=10)
+
+    await run_until_written(4)
+    sd_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("sd-1,"))
+    registry.write_text(REGISTRY.replace(sd_1, ""), encoding="utf-8")
+    (gone,) = [line for line in await run_until_written(8) if "registered=false" in line]
+    assert ",device_id=sd-1," in gone
 
 
 def device_info(gateway: Gateway) -> list[str]:

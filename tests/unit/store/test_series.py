@@ -12,7 +12,7 @@ from gateway.registry import RegisteredDevice, Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.rule import Severity
 from gateway.store.line_protocol import parse_line
-from gateway.store.series import SeriesMapper, alert_line, device_info_lines
+from gateway.store.series import SeriesMapper, alert_line, device_info
 from simulators.fleet import Fleet
 
 COVER = RegisteredDevice(
@@ -84,12 +84,29 @@ def test_an_unregistered_device_alert_has_no_place() -> None:
 
 
 def test_device_info_has_place_and_position_but_nothing_about_the_wearer() -> None:
-    lines = device_info_lines(Registry([COVER, WEARER]), 5_000)
-    assert lines == [
+    info = device_info(Registry([COVER, WEARER]), 5_000)
+    assert info.lines == [
         "device_info,area=东区,community=hgy,compound=湖光苑,device_id=mh-1,"
         "device_type=manhole_cover registered=true,lat=34.75,lon=113.6,well_depth_cm=180.0 5000",
         "device_info,community=hgy,device_id=br-1,device_type=bracelet registered=true 5000",
     ]
+
+
+def test_a_device_taken_out_or_moved_is_written_as_no_longer_registered_where_it_was() -> None:
+    # The dashboards read each series' last point: the cover moved to another compound
+    # and the bracelet taken out would otherwise stay on the map, counted, for ever.
+    before = device_info(Registry([COVER, WEARER]), 5_000)
+    moved = replace(COVER, compound="湖光新苑")
+    after = device_info(Registry([moved]), 6_000, before.series)
+    assert after.lines == [
+        "device_info,area=东区,community=hgy,compound=湖光新苑,device_id=mh-1,"
+        "device_type=manhole_cover registered=true,lat=34.75,lon=113.6,well_depth_cm=180.0 6000",
+        "device_info,area=东区,community=hgy,compound=湖光苑,device_id=mh-1,"
+        "device_type=manhole_cover registered=false 5999",
+        "device_info,community=hgy,device_id=br-1,device_type=bracelet registered=false 5999",
+    ]
+    # Written once: the next writing knows them no more.
+    assert len(device_info(Registry([moved]), 7_000, after.series).lines) == 1
 
 
 def test_every_reading_of_the_fleet_is_a_line_that_reads_back_as_its_fields(
