@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.case import Case
 from schemathesis.generation.modes import GenerationMode
@@ -69,6 +70,22 @@ EXAMPLES = 8
 EXCLUDED = [positive_data_acceptance, negative_data_rejection]
 
 
+# A header name is a token (RFC 9110); and the headers that frame a message are the HTTP
+# server's to read. A request that breaks either is refused by the server before the
+# API sees it, as plain text: "Invalid HTTP request received."
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING = {"content-length", "transfer-encoding", "host", "connection"}
+
+
+def reaches_the_api(case: Case) -> bool:
+    """Whether the HTTP server reads the request and hands it to the API."""
+    return all(
+        _TOKEN.fullmatch(name) and name.lower() not in _FRAMING and not _CONTROL.search(value)
+        for name, value in (case.headers or {}).items()
+    )
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_api_keeps_to_its_openapi_document(tmp_path: Path, mode: GenerationMode) -> None:
     with ServedGateway(tmp_path) as served:
@@ -81,6 +98,7 @@ def test_the_api_keeps_to_its_openapi_document(tmp_path: Path, mode: GenerationM
             @settings(max_examples=EXAMPLES, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))  # fmt: skip
             def keeps_to_it(case: Case) -> None:
+                assume(reaches_the_api(case))
                 case.call_and_validate(
                     headers={"Authorization": f"Bearer {ADMIN}"}, excluded_checks=EXCLUDED
                 )
