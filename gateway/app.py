@@ -522,10 +522,10 @@ class Gateway:
         # through the outbox like every other point.
         while True:
             self._registry_reloaded.clear()
-            written = await asyncio.to_thread(self.outbox.registry_series)
-            info = device_info(self.registry, self.clock.now_ms(), written)
+            written, ended = await asyncio.to_thread(self.outbox.registry_series)
+            info = device_info(self.registry, self.clock.now_ms(), written, ended)
             if info.lines:
-                record = partial(Outbox.write_registry_series, series=info.series)
+                record = partial(Outbox.write_registry_series, series=info.series, ended=info.ended)
                 await self.pipeline.commit_until_stored(info.lines, record)
             await sleep_unless_set(self.clock, DEVICE_INFO_INTERVAL_S, self._registry_reloaded)
 

@@ -191,15 +191,17 @@ class AliyunVoice(_Aliyun):
 # --- Tencent Cloud --------------------------------------------------------------------
 
 # Over a limit: LimitExceeded.PhoneNumberThirtySecondLimit, ...OneHourLimit and
-# ...DailyLimit, a number's; LimitExceeded.AppDailyLimit (AppMainlandChinaDailyLimit,
-# AppGlobalDailyLimit, AppCountryOrRegionDailyLimit) and LimitExceeded.DailyLimit, the
-# application's; RequestLimitExceeded, the API's own rate limit for the account. Tencent
-# answers them with HTTP 200 and the code in `Response.Error` or the number's
-# `SendStatusSet` entry. Those named ...DailyLimit count the calendar day in China, and
-# hold until its midnight. LimitExceeded.AppCountryOrRegionInBlacklist is no limit but
-# the application's list of regions, which no wait changes: final.
+# ...DailyLimit, a number's; LimitExceeded.AppDailyLimit, the application's, and
+# RequestLimitExceeded, the API's own rate limit for the account: these two hold every
+# number. The application's limits of a region (AppMainlandChinaDailyLimit,
+# AppGlobalDailyLimit and DailyLimit for international and Hong Kong, Macao and Taiwan
+# numbers, AppCountryOrRegionDailyLimit) hold the number alone: numbers of other regions
+# still get through. Tencent answers them with HTTP 200 and the code in `Response.Error`
+# or the number's `SendStatusSet` entry. Those named ...DailyLimit count the calendar
+# day in China, and hold until its midnight. LimitExceeded.AppCountryOrRegionInBlacklist
+# is no limit but the application's list of regions, which no wait changes: final.
 _TENCENT_LIMITED = ("LimitExceeded", "RequestLimitExceeded")
-_TENCENT_ACCOUNT_LIMITED = ("LimitExceeded.App", "LimitExceeded.DailyLimit", "RequestLimitExceeded")
+_TENCENT_ACCOUNT_LIMITED = ("LimitExceeded.AppDailyLimit", "RequestLimitExceeded")
 _TENCENT_DAILY = "DailyLimit"
 _TENCENT_REFUSED = "InBlacklist"
 _TENCENT_BUSY = ("InternalError", "ResourceUnavailable")

@@ -70,11 +70,12 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS handoffs (id INTEGER PRIMARY KEY, records BLOB NOT NULL);
--- The registry's series last written (gateway.store.series.device_info), sorted, a line
--- each, zlib-compressed: one row.
+-- The registry's series last written (gateway.store.series.device_info), and those
+-- ended, each sorted, a line each, zlib-compressed: one row.
 CREATE TABLE IF NOT EXISTS registry_series (
     id INTEGER PRIMARY KEY CHECK (id = 0),
-    series BLOB NOT NULL
+    series BLOB NOT NULL,
+    ended BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS redelivery_log (
     lane TEXT NOT NULL,
@@ -549,18 +550,24 @@ class Outbox:
                 ((client_id, topic) for topic in topics),
             )
 
-    def registry_series(self) -> list[str]:
-        """The registry's series as last written (see `write_registry_series`)."""
+    def registry_series(self) -> tuple[list[str], list[str]]:
+        """The registry's series as last written, and those ended (see
+        `write_registry_series`)."""
         with contextlib.closing(self._connect("normal")) as conn:
-            row = conn.execute("SELECT series FROM registry_series").fetchone()
-        text = zlib.decompress(row[0]).decode() if row else ""
-        return text.split("\n") if text else []
+            row = conn.execute("SELECT series, ended FROM registry_series").fetchone()
+        if row is None:
+            return [], []
+        return _unpack_lines(row[0]), _unpack_lines(row[1])
 
     @staticmethod
-    def write_registry_series(conn: sqlite3.Connection, series: Collection[str]) -> None:
+    def write_registry_series(
+        conn: sqlite3.Connection, series: Collection[str], ended: Collection[str]
+    ) -> None:
         """Inside the caller's transaction, that of the points written for them."""
-        packed = zlib.compress("\n".join(sorted(series)).encode())
-        conn.execute("INSERT OR REPLACE INTO registry_series VALUES (0, ?)", (packed,))
+        conn.execute(
+            "INSERT OR REPLACE INTO registry_series VALUES (0, ?, ?)",
+            (_pack_lines(series), _pack_lines(ended)),
+        )
 
     def handoffs(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest batches of records handed over and not yet judged, with their ids;
@@ -804,3 +811,12 @@ def begin_promptly(
     finally:
         # Other statements on the connection keep SQLite's own wait.
         conn.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
+
+
+def _pack_lines(lines: Collection[str]) -> bytes:
+    return zlib.compress("\n".join(sorted(lines)).encode())
+
+
+def _unpack_lines(packed: bytes) -> list[str]:
+    text = zlib.decompress(packed).decode()
+    return text.split("\n") if text else []

@@ -160,16 +160,22 @@ DEVICE_INFO_MEASUREMENT = "device_info"
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     lines: list[str]
-    # The series written, to tell those of devices taken out, moved or retyped next time.
+    # The series of the registry's devices, and those it no longer has (devices taken
+    # out, moved or retyped), to write again next time.
     series: frozenset[str]
+    ended: frozenset[str]
 
 
-def device_info(registry: Registry, at_ms: int, written: Collection[str] = ()) -> DeviceInfo:
+def device_info(
+    registry: Registry, at_ms: int, written: Collection[str] = (), ended: Collection[str] = ()
+) -> DeviceInfo:
     """Each registered device's place and position, for maps of devices that do not send
     their own. Names and phone numbers of wearers stay out: dashboards are public screens.
-    A series of `written` (those of an earlier registry) that this one does not have is
+    A series written before (`written`, `ended`) that this registry does not have is
     written as no longer registered: the dashboards read each series' last point with no
-    time range, and would show a device taken out, or in its old building, for ever."""
+    time range, and would show a device taken out, or in its old building, for ever. It
+    is written so at every writing, as the others are, so that a point dropped from a
+    full outbox is made good the next day."""
     lines = []
     series = set()
     for device in registry.devices():
@@ -187,9 +193,9 @@ def device_info(registry: Registry, at_ms: int, written: Collection[str] = ()) -
         lines.append(f"{prefix} {encode_fields(fields)} {at_ms}")
     # A millisecond before: a device moved to another building is one group in the
     # dashboards' queries, whose last point must be the registered one.
-    retracted = sorted(set(written) - series)
-    lines += [f"{prefix} registered=false {at_ms - 1}" for prefix in retracted]
-    return DeviceInfo(lines, frozenset(series))
+    gone = (set(written) | set(ended)) - series
+    lines += [f"{prefix} registered=false {at_ms - 1}" for prefix in sorted(gone)]
+    return DeviceInfo(lines, frozenset(series), frozenset(gone))
 
 
 def _position(device: RegisteredDevice) -> tuple[tuple[str, FieldValue], ...]:

@@ -576,8 +576,12 @@ async def test_tencent_sms_signs_tc3_and_reads_the_per_number_status(
         # The application's, whatever the number: every number waits.
         ({"Error": {"Code": "LimitExceeded.AppDailyLimit", "Message": "daily limit"}},
          16 * 3600.0, True),
-        ({"Error": {"Code": "LimitExceeded.AppMainlandChinaDailyLimit",
-                    "Message": "mainland daily limit"}}, 16 * 3600.0, True),
+        # The application's for a region (international and Hong Kong numbers here): a
+        # mainland number still gets through.
+        ({"Error": {"Code": "LimitExceeded.AppGlobalDailyLimit",
+                    "Message": "global daily limit"}}, 16 * 3600.0, False),
+        ({"Error": {"Code": "LimitExceeded.DailyLimit", "Message": "daily limit"}},
+         16 * 3600.0, False),
         ({"Error": {"Code": "RequestLimitExceeded", "Message": "too many requests"}},
          60.0, True),
     ],

@@ -18,13 +18,19 @@ from gateway.config import load_config
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
 from gateway.errors import DamagedStoreError, NotifyError
 from gateway.notify.channel import Limit
-from gateway.notify.cloud import AliyunSms
+from gateway.notify.cloud import AliyunSms, TencentSms
 from gateway.notify.desk import AlertDesk
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import AttemptResult, NotificationLog, PlannedStep
 from gateway.notify.notice import Notice
 from gateway.notify.notifier import FAILED_ROUND_PAUSE_S, Notifier, make_channels
-from gateway.notify.policy import AliyunSmsChannel, NotifyPolicy, Route, WecomChannel
+from gateway.notify.policy import (
+    AliyunSmsChannel,
+    NotifyPolicy,
+    Route,
+    TencentSmsChannel,
+    WecomChannel,
+)
 from gateway.notify.robots import WecomRobot
 from gateway.notify.router import Router
 from gateway.registry import RegisteredDevice, Registry
@@ -1774,3 +1780,64 @@ async def test_an_all_clear_is_not_called_but_goes_by_the_next_channel(tmp_path:
     await rig.after(7200)
     assert [n.kind for n in voice.sent] == ["firing"]
     assert [n.kind for n in robot.sent] == ["firing", "resolved"]
+
+
+class TencentAnswers:
+    """A local stand-in for Tencent's SendSms: the first answers in turn (as the number's
+    `SendStatusSet` entry), then Ok; records the numbers it was asked for."""
+
+    def __init__(self, *codes: str) -> None:
+        self.codes = list(codes)
+        self.numbers: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.numbers.extend(body["PhoneNumberSet"])
+        code = self.codes.pop(0) if self.codes else "Ok"
+        status = {"Code": code, "Message": code, "PhoneNumber": body["PhoneNumberSet"][0]}
+        return httpx.Response(200, json={"Response": {"SendStatusSet": [status], "RequestId": "r"}})
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "LimitExceeded.AppGlobalDailyLimit",  # international and Hong Kong numbers'
+        "LimitExceeded.DailyLimit",  # the same, as Tencent's older code
+        "LimitExceeded.AppCountryOrRegionDailyLimit",  # one region's
+    ],
+)
+async def test_tencent_s_limit_for_hong_kong_numbers_does_not_hold_mainland_ones(
+    tmp_path: Path, code: str
+) -> None:
+    # The property manager's Hong Kong number reaches the application's international
+    # quota: the mainland grid worker, reached by SMS alone, still gets the fire.
+    tencent = TencentAnswers(code)
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {
+                "sms": {"type": "tencent_sms", "secret_id": "AKIDx", "secret_key": "tkey",
+                        "sdk_app_id": "1400000000", "sign_name": "湖光苑",
+                        "template_id": "100", "url": "https://sms.example.cn/"},
+            },
+            "receivers": [
+                {"name": "hk-manager", "phone": "+852 9123 4567", "channels": ["sms"]},
+                {"name": "wang-fang", "phone": "13800000001", "channels": ["sms"]},
+            ],
+            "routes": [{"escalation": "fire"}],
+            "escalations": {
+                "fire": [{"after_s": 0, "to": ["hk-manager"]},
+                         {"after_s": 30, "to": ["wang-fang"]}],
+            },
+        }
+    )  # fmt: skip
+    clock = ManualClock(T0)
+    config = policy.channels["sms"]
+    assert isinstance(config, TencentSmsChannel)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(tencent))
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=clock, policy=policy,
+              channels={"sms": TencentSms("sms", config, http, clock)})  # type: ignore[dict-item]  # fmt: skip
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    await rig.after(0)
+    assert tencent.numbers == ["+85291234567"]
+    await rig.after(30)
+    assert tencent.numbers == ["+85291234567", "+8613800000001"]

@@ -1,5 +1,6 @@
 import itertools
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from gateway import PROJECT_ROOT
@@ -12,6 +13,7 @@ from gateway.registry import RegisteredDevice, Registry, load_registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.rule import Severity
 from gateway.store.line_protocol import parse_line
+from gateway.store.outbox import Outbox
 from gateway.store.series import SeriesMapper, alert_line, device_info
 from simulators.fleet import Fleet
 
@@ -105,8 +107,47 @@ def test_a_device_taken_out_or_moved_is_written_as_no_longer_registered_where_it
         "device_type=manhole_cover registered=false 5999",
         "device_info,community=hgy,device_id=br-1,device_type=bracelet registered=false 5999",
     ]
-    # Written once: the next writing knows them no more.
-    assert len(device_info(Registry([moved]), 7_000, after.series).lines) == 1
+    # And at every writing after, as the registered ones are: the point may have been
+    # dropped from a full outbox meanwhile. Until the device is registered there again.
+    again = device_info(Registry([moved]), 7_000, after.series, after.ended)
+    assert [line.endswith("registered=false 6999") for line in again.lines] == [
+        False,
+        True,
+        True,
+    ]
+    back = device_info(Registry([moved, WEARER]), 8_000, again.series, again.ended)
+    assert [line for line in back.lines if "registered=false" in line] == [
+        "device_info,area=东区,community=hgy,compound=湖光苑,device_id=mh-1,"
+        "device_type=manhole_cover registered=false 7999",
+    ]
+
+
+def test_a_device_s_end_dropped_from_a_full_outbox_is_written_again_the_next_day(
+    tmp_path: Path,
+) -> None:
+    # The database away long enough for the outbox to reach its bound: the bracelet's
+    # end is among the oldest lines dropped. Written again the next day, it leaves the
+    # map and the counts all the same.
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
+
+    def write(registry: Registry, at_ms: int) -> list[str]:
+        info = device_info(registry, at_ms, *outbox.registry_series())
+        record = partial(Outbox.write_registry_series, series=info.series, ended=info.ended)
+        outbox.commit(info.lines, [], None, record)
+        return info.lines
+
+    write(Registry([COVER, WEARER]), 5_000)
+    outbox.remove_through(outbox.peek(100).through)
+    ended = [line for line in write(Registry([COVER]), 6_000) if "registered=false" in line]
+    assert len(ended) == 1 and "device_id=br-1" in ended[0]
+    for batch in range(40):
+        outbox.commit([f'm,batch={batch} pad="{"x" * 900}" {i}' for i in range(100)], [])
+    assert not any("registered=false" in line for line in outbox.peek(100_000).lines)
+    again = write(Registry([COVER]), 6_000 + 86_400_000)
+    assert [line for line in again if "registered=false" in line] == [
+        ended[0].replace(" 5999", f" {6_000 + 86_400_000 - 1}")
+    ]
+    outbox.close()
 
 
 def test_every_reading_of_the_fleet_is_a_line_that_reads_back_as_its_fields(
