@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS rule_tracks (
     PRIMARY KEY (rule, community, device_id, port)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS community_rates (
-    community TEXT PRIMARY KEY,
+    community TEXT NOT NULL,
     -- JSON [[device_id, field, doubles], ...]: the series whose windows follow in turn
     series TEXT NOT NULL,
     -- each series' windows, each window as doubles: its port (-1: the device's own), how
@@ -709,7 +709,7 @@ def _fold_heard_log(conn: sqlite3.Connection) -> None:
 
 def _move_rate_windows(conn: sqlite3.Connection) -> None:
     """An alert book of an earlier version kept a row a port's rate window, in
-    `rate_windows`: moved into `community_rates`, a row a community."""
+    `rate_windows`: moved into `community_rates`, in rows of a community's devices."""
     if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rate_windows'").fetchone():
         return
     with transaction(conn):

@@ -6,7 +6,7 @@ import random
 from collections import deque
 
 from gateway.decode.record import DeviceRef, Reading, TimeSource
-from gateway.rules.rate import RateWindows
+from gateway.rules.rate import ROW_DOUBLES, RateWindows
 
 # Shared, as by the records of one message, which the windows take advantage of.
 DEVICES = {
@@ -59,3 +59,26 @@ def test_a_rate_is_unknown_until_half_the_window_is_covered() -> None:
     assert add(windows, "cs-1", 1, 30_000, 44.0) == 8.0
     # Sparse readings: the sample before the window's start still gives a rate.
     assert add(windows, "cs-1", 1, 200_000, 44.0) == 0.0
+
+
+def test_a_community_of_many_sheds_is_saved_in_bounded_rows_and_restored_whole() -> None:
+    # 300 sheds of one community, eight ports each, five samples a port: more than a row
+    # holds, so several rows of that community, each within the bound, giving back the
+    # same rates after a restart.
+    windows = RateWindows()
+    sheds = [DeviceRef("hgy", "charging_shed", f"cs-{n:03d}") for n in range(300)]
+    for at_ms in range(0, 75_000, 15_000):
+        for device in sheds:
+            for port in range(1, 9):
+                record = Reading(device, at_ms, TimeSource.DEVICE, {}, port=port)
+                windows.add(record, "t", 60_000.0, 30.0 + port + at_ms / 15_000)
+    rows = windows.saved()
+    assert len(rows) > 1 and {row[0] for row in rows} == {"hgy"}
+    assert all(len(row[2]) <= ROW_DOUBLES * 8 for row in rows)
+    restored = RateWindows()
+    restored.restore(rows)
+    for device in sheds:
+        for port in range(1, 9):
+            record = Reading(device, 75_000, TimeSource.DEVICE, {}, port=port)
+            # One degree every 15 s: 4 a minute, wherever the shed was in the rows.
+            assert restored.add(record, "t", 60_000.0, 30.0 + port + 5) == 4.0
