@@ -523,7 +523,10 @@ class Gateway:
         while True:
             self._registry_reloaded.clear()
             written, ended = await asyncio.to_thread(self.outbox.registry_series)
-            info = device_info(self.registry, self.clock.now_ms(), written, ended)
+            # Off the loop: 2 s for a district's 200,000 devices.
+            info = await asyncio.to_thread(
+                device_info, self.registry, self.clock.now_ms(), written, ended
+            )
             if info.lines:
                 record = partial(Outbox.write_registry_series, series=info.series, ended=info.ended)
                 await self.pipeline.commit_until_stored(info.lines, record)
