@@ -301,6 +301,15 @@ def _reload(path: Path) -> int:
     # Checked as the gateway checks them: the rules against the profiles, the policy
     # against the registry and the rules.
     _, registry, rules = load_catalogue(config)
+    if config.registry_file is not None and not len(registry):
+        # As the running gateway would refuse it, said here where it is seen: a sheet
+        # saved empty (a filter left on, the wrong tab exported).
+        raise ConfigError(
+            str(config.registry_file),
+            "",
+            "names no device; a running gateway keeps the registry it has (to run without "
+            "one, leave registry_file out and restart it)",
+        )
     tokens = len(config.api.tokens) if config.api is not None else 0
     pid_file = pid_path(config.outbox.path)
     # Only a running gateway holds its pid file: one left by a gateway that was killed

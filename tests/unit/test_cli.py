@@ -64,3 +64,18 @@ def test_an_outbox_folder_that_cannot_be_made_is_named_not_a_traceback(
     assert f"error: {blocker}" in capsys.readouterr().err
     assert main(["check", "--config", str(config)]) == 2
     assert f"outbox.path: {blocker} is not a folder" in capsys.readouterr().err
+
+
+def test_reload_refuses_a_registry_sheet_saved_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A filter left on, the wrong tab exported: said at once, with the file, rather than
+    # "0 registered devices ... told to reload them" and a refusal in the gateway's log.
+    registry = tmp_path / "devices.csv"
+    registry.write_text("device_id,device_type,community\n", encoding="utf-8")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"mqtt: null\noutbox: {{path: {tmp_path / 'outbox.sqlite3'}}}\nregistry_file: {registry}\n"
+    )
+    assert main(["reload", "--config", str(config)]) == 2
+    assert f"{registry}: names no device" in capsys.readouterr().err
