@@ -227,7 +227,7 @@ class RuleEngine:
         # silence takes would otherwise never find it offline.
         known = {device for device, _ in saved}
         for registered in self._registry.devices():
-            device = DeviceRef(registered.community, registered.device_type, registered.device_id)
+            device = _ref(registered)
             if device not in known:
                 self.heard.hear(device, self._started_ms)
         if saved:

@@ -145,12 +145,15 @@ def alert_line(change: AlertChange, registry: Registry) -> str:
         ("life_safety", change.life_safety),
         ("started_ms", change.started_ms),
     )
-    place = registry.where(device.community, device.device_type, device.device_id)
-    if place is not None:
-        tags.extend(place_tags(place))
-    registered = registry.get(device.community, device.device_id)
-    if registered is not None and device.device_type not in PLACE_TYPES:
-        fields += _position(registered)
+    if device.device_type in PLACE_TYPES:
+        tags.extend(
+            place_tags(registry.place(device.community, device.device_type, device.device_id))
+        )
+    else:
+        registered = registry.get(device.community, device.device_id)
+        if registered is not None:
+            tags.extend(registered.place_tags)
+            fields += _position(registered)
     return f"{encode_series(ALERT_MEASUREMENT, tags)} {encode_fields(fields)} {change.at_ms}"
 
 
