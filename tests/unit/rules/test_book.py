@@ -27,6 +27,23 @@ def change(alert_id: str, state: AlertState, at_ms: int, **values: FieldValue) -
     )  # fmt: skip
 
 
+def numbered(
+    n: int,
+    started_ms: int,
+    *,
+    rule: str = "fall",
+    severity: Severity = Severity.CRITICAL,
+    state: AlertState = AlertState.FIRING,
+) -> AlertChange:
+    """Alert a{n:02d}, of WRIST, OTHER and SMOKE in turn, started and changed at
+    `started_ms`."""
+    return AlertChange(
+        alert_id=f"a{n:02d}", rule=rule, title="t", severity=severity, life_safety=True,
+        device=(WRIST, OTHER, SMOKE)[n % 3], port=None, state=state, started_ms=started_ms,
+        at_ms=started_ms, values={},
+    )  # fmt: skip
+
+
 def write(path: Path, *changes: AlertChange) -> None:
     outbox = Outbox(path)
     try:
@@ -258,27 +275,15 @@ def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path
 def test_a_search_filters_in_the_book_and_pages_by_start_then_id(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     AlertBook(path).close()
-    devices = (WRIST, OTHER, SMOKE)
     write(
         path,
         *(
-            AlertChange(
-                alert_id=f"a{n:02d}",
-                rule="fall" if n % 2 else "sos",
-                title="t",
-                severity=Severity.CRITICAL if n % 3 else Severity.INFO,
-                life_safety=True,
-                device=devices[n % 3],
-                port=None,
-                state=AlertState.FIRING,
-                # Pairs of alerts share a start.
-                started_ms=100 + n // 2,
-                at_ms=100 + n // 2,
-                values={},
-            )
+            # Pairs of alerts share a start.
+            numbered(n, 100 + n // 2, rule="fall" if n % 2 else "sos",
+                     severity=Severity.CRITICAL if n % 3 else Severity.INFO)
             for n in range(12)
         ),
-    )
+    )  # fmt: skip
     book = AlertBook(path)
     try:
         newest_first = [e.alert_id for e in book.search()]
@@ -308,20 +313,14 @@ def test_the_open_alerts_of_some_devices_or_communities_are_theirs_alone(
     # device id in another community is another device.
     path = tmp_path / "outbox.sqlite3"
     AlertBook(path).close()
-    devices = (WRIST, OTHER, SMOKE)
     write(
         path,
         *(
-            AlertChange(
-                alert_id=f"a{n:02d}", rule="fall", title="t", severity=Severity.CRITICAL,
-                life_safety=True, device=devices[n % 3], port=None,
-                state=AlertState.PENDING if n == 7 else AlertState.FIRING,
-                # Pairs of alerts share a start.
-                started_ms=100 - n // 2, at_ms=100 - n // 2, values={},
-            )
+            # Pairs of alerts share a start.
+            numbered(n, 100 - n // 2, state=AlertState.PENDING if n == 7 else AlertState.FIRING)
             for n in range(9)
         ),
-    )  # fmt: skip
+    )
     # Ended while pending: never open to anyone.
     write(path, change("a07", AlertState.RESOLVED, 200))
     book = AlertBook(path)
