@@ -526,10 +526,20 @@ class Outbox:
     # the event loop, on a connection of its own: it changes at start-up and on the
     # rare connect that drops a retired filter.
 
+    @contextlib.contextmanager
+    def _apart(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A connection of its own; SQLite's errors raised as the outbox's (a damaged
+        file stops the gateway, whichever of its stages finds it)."""
+        try:
+            with contextlib.closing(self._connect("normal")) as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            raise self._failure(what, exc) from exc
+
     def subscriptions(self, client_id: str) -> list[str] | None:
         """The topic filters a client id was configured with and that its session may
         still hold; None if never recorded."""
-        with contextlib.closing(self._connect("normal")) as conn:
+        with self._apart("reading the subscriptions failed") as conn:
             rows = conn.execute(
                 "SELECT topic FROM subscriptions WHERE client_id = ? ORDER BY topic",
                 (client_id,),
@@ -537,14 +547,14 @@ class Outbox:
         return [str(topic) for (topic,) in rows] if rows else None
 
     def record_subscriptions(self, client_id: str, topics: Iterable[str]) -> None:
-        with contextlib.closing(self._connect("normal")) as conn:
+        with self._apart("recording the subscriptions failed") as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO subscriptions (client_id, topic) VALUES (?, ?)",
                 ((client_id, topic) for topic in topics),
             )
 
     def forget_subscriptions(self, client_id: str, topics: Iterable[str]) -> None:
-        with contextlib.closing(self._connect("normal")) as conn:
+        with self._apart("recording the subscriptions failed") as conn:
             conn.executemany(
                 "DELETE FROM subscriptions WHERE client_id = ? AND topic = ?",
                 ((client_id, topic) for topic in topics),
@@ -553,7 +563,7 @@ class Outbox:
     def registry_series(self) -> tuple[list[str], list[str]]:
         """The registry's series as last written, and those ended (see
         `write_registry_series`)."""
-        with contextlib.closing(self._connect("normal")) as conn:
+        with self._apart("reading the registry's series failed") as conn:
             row = conn.execute("SELECT series, ended FROM registry_series").fetchone()
         if row is None:
             return [], []

@@ -76,6 +76,11 @@ def test_damage_found_while_running_stops_commits_and_reads_and_the_next_start_m
             outbox.commit(["m v=1i 1"], [])
         with pytest.raises(DamagedStoreError, match="reading the outbox failed"):
             outbox.peek(10)
+        # Read on connections of their own, beside the commits, while the gateway runs.
+        with pytest.raises(DamagedStoreError, match="reading the registry's series failed"):
+            outbox.registry_series()
+        with pytest.raises(DamagedStoreError, match="reading the subscriptions failed"):
+            outbox.subscriptions("gw")
     finally:
         outbox.close()
     assert "database disk image is malformed" in (damage_noted(path) or "")
