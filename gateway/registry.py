@@ -283,13 +283,17 @@ class Registry:
         level = 1 + PLACE_TYPES.index(place_type)
         return sorted({name for at, name in self._communities_named if at == level})
 
-    def where(self, community: str, device_type: str, device_id: str) -> Place | None:
-        """Where an alert is: its device's registered place, or the place it is about (a
-        building on fire), with the levels above it that all of it shares."""
+    def site(self, community: str, device_type: str, device_id: str) -> Site | None:
+        """Where an alert is: its device's registered place, unit and position, or the
+        place it is about (a building on fire), with the levels above it that all of it
+        shares; None for a device not registered."""
         if device_type in PLACE_TYPES:
-            return self.place(community, device_type, device_id)
+            return Site(*self.place(community, device_type, device_id))
         device = self.get(community, device_id)
-        return None if device is None else place_of(device)
+        if device is None:
+            return None
+        return Site(device.community, device.area, device.compound, device.building,
+                    device.unit, device.lat, device.lon)  # fmt: skip
 
     def place(self, community: str, place_type: str, name: str) -> Place:
         """A place an alert is about, with the levels above it that all of it shares."""
@@ -341,6 +345,21 @@ def place_tags(place: Place) -> tuple[tuple[str, str], ...]:
 def within(cell: Place, place: Place) -> bool:
     """Whether `place` lies in `cell`, whose levels left out (None) take any."""
     return all(want is None or want == have for want, have in zip(cell, place, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where an alert is, as the registry said when it began (see Registry.site): kept
+    with the alert, so that a device taken out or moved while its alert is open leaves
+    the alert where it was, in its grid cell's view and escalation."""
+
+    community: str
+    area: str | None = None
+    compound: str | None = None
+    building: str | None = None
+    unit: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
 
 # The places an alert may be about instead of a device, as they nest.

@@ -51,13 +51,15 @@ StateFilter = Literal[
 
 
 def places_of(registry: Registry, entry: AlertEntry) -> list[Place]:
-    """Where an alert is: its device's registered place; for an alert about a place (a
-    building on fire, named by the building alone), every registered place within it,
-    which may be in several compounds when their building numbers repeat."""
+    """Where an alert is (see AlertEntry.where); for an alert about a place (a building
+    on fire, named by the building alone), every registered place within it, which may
+    be in several compounds when their building numbers repeat."""
     if entry.device_type in PLACE_TYPES:
-        return registry.places_within(entry.community, entry.device_type, entry.device_id)
-    registered = registry.get(entry.community, entry.device_id)
-    return [] if registered is None else [registered_place(registered)]
+        within = registry.places_within(entry.community, entry.device_type, entry.device_id)
+        if within:
+            return within
+    site = entry.where(registry)
+    return [] if site is None else [registered_place(site)]
 
 
 def in_place(
@@ -72,15 +74,11 @@ def in_place(
 
 
 def alert_place(registry: Registry, entry: AlertEntry) -> PlaceOut | None:
-    """The registered place of an alert's device; for an alert about a place, that place,
-    with the levels above it that all of it shares."""
-    if entry.device_type not in PLACE_TYPES:
-        registered = registry.get(entry.community, entry.device_id)
-        return place_of(registered) if registered is not None else None
-    _, area, compound, building = registry.place(
-        entry.community, entry.device_type, entry.device_id
-    )
-    return PlaceOut(area=area, compound=compound, building=building, unit=None, lat=None, lon=None)
+    """Where an alert is (see AlertEntry.where): its device's place, unit and position;
+    for an alert about a place, that place, with the levels above it that all of it
+    shares."""
+    site = entry.where(registry)
+    return None if site is None else place_of(site)
 
 
 def shown_name(name: str, whole: bool) -> str:
@@ -186,7 +184,9 @@ async def _audit_read(
 
 def visible(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
     registry = ctx.gateway.registry
-    return principal.covers_alert(registry, entry.community, entry.device_type, entry.device_id)
+    return principal.covers_alert(
+        registry, entry.community, entry.device_type, entry.device_id, entry.site
+    )
 
 
 def find(ctx: ApiContext, principal: Principal, alert_id: str) -> AlertEntry:

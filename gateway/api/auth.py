@@ -12,14 +12,14 @@ import hashlib
 import hmac
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.clock import Clock
 from gateway.config import ApiToken, GridCell
 from gateway.errors import GatewayError
-from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry
+from gateway.registry import PLACE_TYPES, Placed, Registry, Site
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Principal:
         scope = self.scope
         return scope is None or community in scope
 
-    def covers_device(self, device: RegisteredDevice | None, community: str) -> bool:
+    def covers_device(self, device: Placed | None, community: str) -> bool:
         """Whether a device is in one of this person's cells, or for the other roles in
         one of their communities. An unregistered device has no place but its community."""
         if self.role is not Role.GRID_WORKER:
@@ -78,24 +78,34 @@ class Principal:
         return any(_in_cell(cell, device, community) for cell in self.cells)
 
     def covers_alert(
-        self, registry: Registry, community: str, device_type: str, device_id: str
+        self,
+        registry: Registry,
+        community: str,
+        device_type: str,
+        device_id: str,
+        site: Site | None = None,
     ) -> bool:
+        """`site`: where the alert is, kept since it began (see AlertEntry.where); None
+        for the registry's place now."""
         if self.role is not Role.GRID_WORKER:
             return self.covers_community(community)
+        at_place: Sequence[Placed | None]
         if device_type in PLACE_TYPES:
             # An alert about a place (a building on fire): in the cell if any device
-            # registered at that place is, found by the registry's index of places.
-            at_place = registry.devices_at(community, device_type, device_id)
-            return any(self.covers_device(d, community) for d in at_place)
-        return self.covers_device(registry.get(community, device_id), community)
+            # registered at that place is, found by the registry's index of places; its
+            # devices all taken out since, where it was.
+            at_place = registry.devices_at(community, device_type, device_id) or [site]
+        else:
+            at_place = [site if site is not None else registry.get(community, device_id)]
+        return any(self.covers_device(placed, community) for placed in at_place)
 
 
-def _in_cell(cell: GridCell, device: RegisteredDevice | None, community: str) -> bool:
+def _in_cell(cell: GridCell, placed: Placed | None, community: str) -> bool:
     if cell.community != community:
         return False
     for level in PLACE_TYPES:
         wanted = getattr(cell, level)
-        if wanted is not None and (device is None or getattr(device, level) != wanted):
+        if wanted is not None and (placed is None or getattr(placed, level) != wanted):
             return False
     return True
 

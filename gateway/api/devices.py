@@ -39,7 +39,7 @@ from gateway.api.privacy import (
 )
 from gateway.api.readings import ReadingHistory
 from gateway.decode.record import DeviceRef
-from gateway.registry import RegisteredDevice
+from gateway.registry import RegisteredDevice, Site
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry
 
@@ -47,7 +47,7 @@ router = APIRouter(prefix="/api/v1", tags=["devices"], responses=AUTH_ERRORS)
 NOT_FOUND = error_responses(404, e404="no such device")
 
 
-def place_of(device: RegisteredDevice | None) -> PlaceOut:
+def place_of(device: RegisteredDevice | Site | None) -> PlaceOut:
     if device is None:
         return PlaceOut(area=None, compound=None, building=None, unit=None, lat=None, lon=None)
     return PlaceOut(

@@ -151,7 +151,8 @@ class AlertOut(_Out):
     place: PlaceOut | None
     position: PositionOut | None = Field(
         description="where the alert fired, as the record that fired it said (a fall's lat"
-        " and lon); null when it said nothing. `place` is where the device is registered."
+        " and lon); null when it said nothing. `place` is where the device was registered when"
+        " the alert began."
         " A device worn by a person gives where they were: to those who see its wearer"
         " masked, to two decimals of a degree (about a kilometre)"
     )

@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from gateway.api.alerts import alert_place
 from gateway.api.audit import Shown
 from gateway.api.auth import TooManyFailuresError
 from gateway.api.context import ApiContext, Caller, Ctx, client_address
@@ -33,8 +32,8 @@ from gateway.notify.link import (
     LinkError,
     UnsignedLinkError,
 )
-from gateway.notify.notice import map_url, scene_position
-from gateway.registry import RegisteredDevice
+from gateway.notify.notice import describe_place, map_url, scene_position
+from gateway.registry import RegisteredDevice, Site
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry, AlertError
 
@@ -213,7 +212,10 @@ def _when(ctx: ApiContext, ms: int | None) -> str:
 
 
 def _position(
-    entry: AlertEntry, device: RegisteredDevice | None, latest: DeviceLatest | None
+    entry: AlertEntry,
+    site: Site | None,
+    device: RegisteredDevice | None,
+    latest: DeviceLatest | None,
 ) -> Position | None:
     """Where to go: the device's last known position, where a wandering resident is now
     rather than where they fell; else as a notice has it (`scene_position`).
@@ -225,7 +227,7 @@ def _position(
         fired_ms = entry.fired_ms or entry.started_ms
         if entry.position is None or (latest.position_ms or 0) >= fired_ms:
             return last
-    return scene_position(entry, device)
+    return scene_position(entry, site, device)
 
 
 async def _alert_page(
@@ -243,11 +245,8 @@ async def _alert_page(
     # and no more: not whom to call, nor where the wearer is now.
     live = entry.state is not AlertState.CLOSED
     registered = ctx.gateway.registry.get(entry.community, entry.device_id)
-    where = alert_place(ctx.gateway.registry, entry)
-    parts: list[str | None] = [entry.community]
-    if where is not None:
-        parts += [where.area, where.compound, where.building, where.unit]
-    place = " ".join(p for p in parts if p)
+    site = entry.where(ctx.gateway.registry)
+    place = describe_place(entry.community, site)
     rows = [
         ("级别", SEVERITY_LABELS.get(entry.severity, entry.severity)),
         ("状态", STATE_LABELS.get(str(entry.state), str(entry.state))),
@@ -285,7 +284,7 @@ async def _alert_page(
     map_link = None
     if live:
         latest = ctx.latest.get(DeviceRef(entry.community, entry.device_type, entry.device_id))
-        map_link = map_url(_position(entry, registered, latest), entry.title, open_app=True)
+        map_link = map_url(_position(entry, site, registered, latest), entry.title, open_app=True)
     # The receiver of this alert is the one who must call and go: shown whole, and audited.
     what = what_shown(wearer, map_link is not None and tracks_person(ctx, entry.device_type))
     if what is not None:

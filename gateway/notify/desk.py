@@ -16,7 +16,7 @@ from functools import partial
 
 from gateway.clock import Clock
 from gateway.decode.record import DeviceRef
-from gateway.registry import Registry, place_tags
+from gateway.registry import Registry, place_of, place_tags
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import MOVES_FROM, AlertBook, AlertEntry
 from gateway.rules.rule import Severity
@@ -105,9 +105,9 @@ class AlertDesk:
     def handling_line(self, entry: AlertEntry, step: AlertState, at_ms: int) -> str:
         """How long after it fired a step came, as a point tagged with the grid cell."""
         tags: list[tuple[str, str]] = [("community", entry.community)]
-        place = self._registry.where(entry.community, entry.device_type, entry.device_id)
-        if place is not None:
-            tags.extend(place_tags(place))
+        site = entry.where(self._registry)
+        if site is not None:
+            tags.extend(place_tags(place_of(site)))
         tags += [
             ("device_type", entry.device_type),
             # Two alerts of one rule in one building handled in the same millisecond
@@ -157,7 +157,7 @@ class AlertDesk:
             at_ms=max(at_ms, entry.updated_ms + 1),
             values={},
         )
-        return alert_line(change, self._registry)
+        return alert_line(change, entry.where(self._registry))
 
 
 # The states dashboards count as an open alert: fired, and neither resolved nor closed.

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from gateway.decode.record import Position
-from gateway.registry import Place, RegisteredDevice
+from gateway.registry import RegisteredDevice, Site
 from gateway.rules.book import AlertEntry
 from gateway.rules.rule import Severity
 
@@ -152,24 +152,26 @@ class Notice:
         return cls(**raw)
 
 
-def describe_place(community: str, device: RegisteredDevice | None) -> str:
-    if device is None:
+def describe_place(community: str, site: Site | None) -> str:
+    if site is None:
         return community
-    parts = [community, device.area, device.compound, device.building, device.unit]
+    parts = [community, site.area, site.compound, site.building, site.unit]
     return " ".join(part for part in parts if part)
 
 
-def scene_position(entry: AlertEntry, device: RegisteredDevice | None) -> Position | None:
+def scene_position(
+    entry: AlertEntry, site: Site | None, device: RegisteredDevice | None
+) -> Position | None:
     """Where to send a person: where the alert fired, as the record that fired it said
     (kept in the alert book, so a link opened after a restart still finds it); else
-    where the device is registered; else the wearer's home."""
+    where the device was registered when the alert began (see AlertEntry.where); else
+    the wearer's home."""
     if entry.position is not None:
         return entry.position
-    if device is None:
-        return None
-    for lat, lon in ((device.lat, device.lon), (device.home_lat, device.home_lon)):
-        if lat is not None and lon is not None:
-            return Position(lat, lon)
+    if site is not None and site.lat is not None and site.lon is not None:
+        return Position(site.lat, site.lon)
+    if device is not None and device.home_lat is not None and device.home_lon is not None:
+        return Position(device.home_lat, device.home_lon)
     return None
 
 
@@ -199,11 +201,11 @@ def make_notice(
     phone: str | None,
     link: str | None,
     zone: ZoneInfo,
-    place: Place | None = None,
+    site: Site | None = None,
     link_code: str | None = None,
 ) -> Notice:
-    """`place`: where an alert about a place rather than a device (a building on fire)
-    is, as the router finds it."""
+    """`site`: where the alert is (see AlertEntry.where); `device`: its device as
+    registered now, for the wearer's home."""
     return Notice(
         key=key,
         kind=kind,
@@ -216,11 +218,7 @@ def make_notice(
         device_type=entry.device_type,
         device_id=entry.device_id,
         port=entry.port,
-        place=(
-            describe_place(entry.community, device)
-            if device is not None or place is None
-            else " ".join(part for part in place if part)
-        ),
+        place=describe_place(entry.community, site),
         started_ms=entry.started_ms,
         time_text=local_time_text(entry.fired_ms or entry.started_ms, zone),
         receiver=receiver,
@@ -228,5 +226,5 @@ def make_notice(
         phone=phone,
         link=link,
         link_code=link_code,
-        map_url=map_url(scene_position(entry, device), entry.title),
+        map_url=map_url(scene_position(entry, site, device), entry.title),
     )

@@ -593,7 +593,7 @@ class Notifier:
         notice = make_notice(
             key=key, kind=kind, entry=entry, device=self.router.device(entry),
             receiver=target.receiver, receiver_name=target.display_name, phone=target.phone,
-            link=link, zone=self._zone, place=self.router.place(entry), link_code=code,
+            link=link, zone=self._zone, site=self.router.site(entry), link_code=code,
         )  # fmt: skip
         due_ms = now_ms
         quiet = target.quiet_hours

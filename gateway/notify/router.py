@@ -23,7 +23,7 @@ from gateway.notify.policy import (
     Step,
 )
 from gateway.phone import e164
-from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry
+from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry, Site, place_of
 from gateway.rules.book import AlertEntry
 from gateway.rules.schedule import DailyWindow
 
@@ -83,9 +83,14 @@ class Router:
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
         return self._registry.get(entry.community, entry.device_id)
 
+    def site(self, entry: AlertEntry) -> Site | None:
+        """Where an alert is (see AlertEntry.where)."""
+        return entry.where(self._registry)
+
     def place(self, entry: AlertEntry) -> Place | None:
-        """Where an alert is, to route it by (see Registry.where)."""
-        return self._registry.where(entry.community, entry.device_type, entry.device_id)
+        """Where an alert is, to route it by."""
+        site = self.site(entry)
+        return None if site is None else place_of(site)
 
     def routes(self, entry: AlertEntry) -> list[Route]:
         """The routes an alert follows: the first that matches, and any after it while a

@@ -17,6 +17,7 @@ import orjson
 
 from gateway.decode.record import DeviceRef, Position
 from gateway.errors import GatewayError
+from gateway.registry import Registry, Site
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
@@ -55,7 +56,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     -- Events that joined the alert after the one that made it (see merge_s), and when
     -- the last of them came.
     repeats INTEGER NOT NULL DEFAULT 0,
-    repeated_ms INTEGER
+    repeated_ms INTEGER,
+    -- Where the alert is, as the registry said when it began: JSON [area, compound,
+    -- building, unit, lat, lon] (gateway.registry.Site); null in an earlier version's.
+    site TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state);
 -- The open alerts alone, by device: those of a device or a community are found, and all
@@ -120,7 +124,7 @@ HEARD_FOLD_BATCHES = 50
 _ADDED_COLUMNS = (
     ("arrived_by", "TEXT"), ("arrived_ms", "INTEGER"), ("assigned_to", "TEXT"),
     ("lat", "REAL"), ("lon", "REAL"), ("repeats", "INTEGER NOT NULL DEFAULT 0"),
-    ("repeated_ms", "INTEGER"),
+    ("repeated_ms", "INTEGER"), ("site", "TEXT"),
 )  # fmt: skip
 # SQLite's primary keys take no NULL; no port is stored as -1.
 _NO_PORT = -1
@@ -147,7 +151,7 @@ _ENTRY_COLUMNS = (
     "alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,"
     " state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,"
     " arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon, repeats,"
-    " repeated_ms"
+    " repeated_ms, site"
 )
 
 
@@ -194,6 +198,15 @@ class AlertEntry:
     # the last came.
     repeats: int = 0
     repeated_ms: int | None = None
+    # Where it is, as the registry said when it began; None in an earlier version's book.
+    site: Site | None = None
+
+    def where(self, registry: Registry) -> Site | None:
+        """Where the alert is: where the registry had it when it began, or for an alert
+        kept by an earlier version, where the registry has it now."""
+        if self.site is not None:
+            return self.site
+        return registry.site(self.community, self.device_type, self.device_id)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -253,10 +266,11 @@ class AlertBook:
         tracks_gone: Sequence[TrackKey],
         seen: Sequence[tuple[GroupKey, dict[str, int | None]]] = (),
         repeats: Sequence[Repeat] = (),
+        sites: Mapping[str, Site] | None = None,
     ) -> None:
         """What the rules decided, inside the caller's transaction: when devices were last
         heard from, the rule timers, new alerts, events that joined alerts, and alerts
-        whose condition cleared."""
+        whose condition cleared. `sites`: where new alerts are, by alert id."""
         if seen:
             conn.execute("INSERT INTO heard_log (seen) VALUES (?)", (orjson.dumps(seen),))
             (logged,) = conn.execute("SELECT count(*) FROM heard_log").fetchone()
@@ -277,16 +291,19 @@ class AlertBook:
         for change in changes:
             if change.state in (AlertState.PENDING, AlertState.FIRING):
                 lat, lon = Position.in_fields(change.values) or (None, None)
+                site = sites.get(change.alert_id) if sites else None
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO alerts (alert_id, rule, title, severity, life_safety,"
                     " community, device_type, device_id, port, state, started_ms, updated_ms,"
-                    " fired_ms, lat, lon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " fired_ms, lat, lon, site)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         change.alert_id, change.rule, change.title, str(change.severity),
                         int(change.life_safety), change.device.community,
                         change.device.device_type, change.device.device_id, change.port,
                         str(change.state), change.started_ms, change.at_ms,
                         change.at_ms if change.state is AlertState.FIRING else None, lat, lon,
+                        None if site is None else _site_json(site),
                     ),
                 ).rowcount  # fmt: skip
                 if not inserted and change.state is AlertState.FIRING:
@@ -640,7 +657,7 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
     (alert_id, rule, title, severity, life_safety, community, device_type, device_id, port,
      state, started_ms, updated_ms, fired_ms, acknowledged_by, acknowledged_ms, arrived_by,
      arrived_ms, assigned_to, resolved_ms, closed_by, closed_ms, note, lat, lon, repeats,
-     repeated_ms) = row  # fmt: skip
+     repeated_ms, site) = row  # fmt: skip
     return AlertEntry(
         alert_id=str(alert_id),
         rule=str(rule),
@@ -669,7 +686,13 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
         ),
         repeats=int(repeats or 0),  # type: ignore[call-overload]
         repeated_ms=_ms(repeated_ms),
+        site=None if site is None else Site(str(community), *orjson.loads(str(site))),
     )
+
+
+def _site_json(site: Site) -> str:
+    fields = [site.area, site.compound, site.building, site.unit, site.lat, site.lon]
+    return orjson.dumps(fields).decode()
 
 
 def _heard_groups(conn: sqlite3.Connection) -> dict[GroupKey, dict[str, int | None]]:

@@ -11,6 +11,7 @@ from functools import partial
 
 from gateway.clock import Clock, WallSteps
 from gateway.decode.record import Record
+from gateway.registry import Site
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.book import AlertBook, AlertError, was_muted
 from gateway.rules.engine import RuleEngine
@@ -83,6 +84,14 @@ class AlertStage:
             return False
         return entry.state is not AlertState.FIRING or was_muted(self.book.history(alert_id))
 
+    def _site(self, change: AlertChange) -> Site | None:
+        """Where the alert is: kept in the book since it began, or for a new one, where
+        the registry has its device now."""
+        try:
+            return self.book.get(change.alert_id).where(self.engine.registry)
+        except AlertError:
+            return self.engine.registry.site(*change.device)
+
     def _closed(self, alert_id: str) -> bool:
         try:
             return self.book.get(alert_id).state is AlertState.CLOSED
@@ -106,6 +115,7 @@ class AlertStage:
         repeats = self.engine.take_repeats()
         if not changes and not tracks_changed and not tracks_gone and not seen:
             return AlertDecision()
+        sites = {c.alert_id: site for c in changes if (site := self._site(c)) is not None}
         write = partial(
             AlertBook.write,
             changes=changes,
@@ -113,8 +123,9 @@ class AlertStage:
             tracks_gone=tracks_gone,
             seen=seen,
             repeats=repeats,
+            sites=sites,
         )
-        lines = [alert_line(c, self.engine.registry) for c in changes]
+        lines = [alert_line(c, sites.get(c.alert_id)) for c in changes]
         return AlertDecision(changes, lines, write, repeats)
 
     def _known(self, change: AlertChange) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gateway.cache import remember
 from gateway.decode.profile import FieldSpec, ProfileSet
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, TimeSource
-from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry, place_tags
+from gateway.registry import RegisteredDevice, Registry, Site, place_of, place_tags
 from gateway.rules.alert import AlertChange
 from gateway.store.line_protocol import FieldSetEncoder, encode_fields, encode_series
 
@@ -121,12 +121,13 @@ def _add_types(types: dict[str, str], fields: Mapping[str, FieldSpec]) -> None:
 ALERT_MEASUREMENT = "alert"
 
 
-def alert_line(change: AlertChange, registry: Registry) -> str:
+def alert_line(change: AlertChange, site: Site | None) -> str:
     """An alert's change of state, for timelines and annotations.
 
-    The alert carries its grid cell as tags (its device's, or the place's it is about: a
-    building on fire), and a registered device's position as fields, so that dashboards
-    can group alerts by place and put them on the map.
+    The alert carries its grid cell as tags (where its device was when it began, or the
+    place it is about: a building on fire), and its device's position as fields, so that
+    dashboards can group alerts by place and put them on the map. Every change of an
+    alert is tagged alike, as dashboards take the last state of each series.
     """
     device = change.device
     tags = [
@@ -145,15 +146,10 @@ def alert_line(change: AlertChange, registry: Registry) -> str:
         ("life_safety", change.life_safety),
         ("started_ms", change.started_ms),
     )
-    if device.device_type in PLACE_TYPES:
-        tags.extend(
-            place_tags(registry.place(device.community, device.device_type, device.device_id))
-        )
-    else:
-        registered = registry.get(device.community, device.device_id)
-        if registered is not None:
-            tags.extend(registered.place_tags)
-            fields += _position(registered)
+    if site is not None:
+        tags.extend(place_tags(place_of(site)))
+        if site.lat is not None and site.lon is not None:
+            fields += (("lat", site.lat), ("lon", site.lon))
     return f"{encode_series(ALERT_MEASUREMENT, tags)} {encode_fields(fields)} {change.at_ms}"
 
 

@@ -20,6 +20,7 @@ from gateway.clock import ManualClock
 from gateway.config import ApiConfig, ApiToken, GridCell, load_config
 from gateway.errors import ConfigError
 from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import Site as Began
 from tests.unit.api.conftest import ADMIN, OPERATOR, Site
 
 
@@ -118,6 +119,12 @@ def test_a_cell_covers_the_places_below_it() -> None:
     community = Principal("w", Role.GRID_WORKER, (GridCell(community="hgy"),))
     assert community.covers_alert(registry, "hgy", "bracelet", "unknown")
     assert "building" in PLACE_TYPES
+    # Where an alert began, kept with it, counts over the registry's now: a device taken
+    # out, or moved, while its alert was open.
+    began = Began("hgy", "west", "hillside", "4")
+    assert other.covers_alert(registry, "hgy", "smoke_detector", "sd-1", began)
+    assert not area.covers_alert(registry, "hgy", "smoke_detector", "sd-1", began)
+    assert other.covers_alert(Registry(), "hgy", "building", "4", began)
 
 
 def test_a_token_mistake_in_the_config_file_names_the_field(

@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig, IngestConfig
 from gateway.registry import reread
 from tests.unit.api.conftest import (
     ADMIN,
+    OTHER_WORKER,
     REGISTRY,
     T0,
     WORKER,
@@ -384,3 +385,65 @@ async def test_a_device_whose_type_was_corrected_while_stopped_is_not_found_offl
     async with open_site(tmp_path, clock, registry_text=FIXED) as site:
         await ten_minutes_of_sd_3_reports(site)
         assert "sd-3" not in open_rules(site, "device_offline")
+
+
+def series_of(line: str) -> str:
+    return line.split(" ", 1)[0]
+
+
+async def test_an_open_alert_of_a_device_taken_out_stays_in_its_cell_where_it_began(
+    site: Site, tmp_path: Path
+) -> None:
+    # A resident moved out while their fall was still being handled: the grid worker who
+    # has it keeps it, sees where to go, and closes it where dashboards show it open.
+    path = config_file(site, tmp_path)
+    alert_id = await site.fall("br-1")
+    br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
+    edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+    await site.gateway.reload(path)
+
+    seen = await site.get(f"/api/v1/alerts/{alert_id}", WORKER)
+    assert seen.status_code == 200
+    place = seen.json()["alert"]["place"]
+    assert (place["compound"], place["building"], place["unit"]) == ("lakeside", "3", "2-301")
+    listed = await site.get("/api/v1/alerts", WORKER, params={"building": "3"})
+    assert alert_id in {a["alert_id"] for a in listed.json()["alerts"]}
+    assert (await site.get(f"/api/v1/alerts/{alert_id}", OTHER_WORKER)).status_code == 404
+
+    closed = await site.post(f"/api/v1/alerts/{alert_id}/close", WORKER, json={"note": "已搬走"})
+    assert closed.status_code == 200
+    firing, closing = lines_of(site.gateway, "alert", "br-1")
+    assert 'state="firing"' in firing and 'state="closed"' in closing
+    assert series_of(closing) == series_of(firing)
+    assert "building=3" in series_of(closing).split(",")
+
+
+async def test_an_alert_of_a_device_moved_while_it_is_open_stays_where_it_began(
+    site: Site, tmp_path: Path
+) -> None:
+    path = config_file(site, tmp_path)
+    await site.send("community/hgy/smoke_detector/sd-1/telemetry", {"alarm": True})
+    (fire,) = [a for a in site.gateway.alerts.open_alerts() if a.rule == "fire_alarm"]
+    # Found registered in the wrong building, and corrected while the alarm sounds.
+    edit_registry(tmp_path, REGISTRY.replace("sd-1,smoke_detector,hgy,east,lakeside,3,",
+                                             "sd-1,smoke_detector,hgy,west,hillside,9,"))  # fmt: skip
+    await site.gateway.reload(path)
+    # Still with the grid worker of the cell it began in, and routed there.
+    assert (await site.get(f"/api/v1/alerts/{fire.alert_id}", WORKER)).status_code == 200
+    assert (await site.get(f"/api/v1/alerts/{fire.alert_id}", OTHER_WORKER)).status_code == 404
+    assert site.gateway.notifier is not None
+    assert site.gateway.notifier.router.place(site.gateway.alerts.get(fire.alert_id)) == (
+        "hgy", "east", "lakeside", "3",
+    )  # fmt: skip
+    # Its all-clear (off for ten minutes) ends the series the dashboards show it open in.
+    site.clock.advance(60)
+    await site.send("community/hgy/smoke_detector/sd-1/telemetry", {"alarm": False})
+    site.clock.advance(660)
+    await site.send("community/hgy/smoke_detector/sd-1/telemetry", {"alarm": False})
+    assert site.gateway.alerts.get(fire.alert_id).resolved_ms is not None
+    fire_lines = [
+        line for line in lines_of(site.gateway, "alert", "sd-1") if "rule=fire_alarm" in line
+    ]
+    assert len(fire_lines) == 2 and 'state="resolved"' in fire_lines[-1]
+    assert series_of(fire_lines[0]) == series_of(fire_lines[1])
+    assert "building=3" in series_of(fire_lines[1]).split(",")

@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.decode.record import Position
 from gateway.notify.notice import Notice, make_notice
-from gateway.registry import RegisteredDevice
+from gateway.registry import RegisteredDevice, Registry, Site
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry
 
@@ -28,10 +28,12 @@ def fall(position: Position | None) -> AlertEntry:
 
 
 def notice_of(entry: AlertEntry, device: RegisteredDevice | None) -> Notice:
+    """`entry`'s notice, its device registered as `device` when it began and now."""
+    site = entry.where(Registry([device] if device else []))
     return make_notice(
         key="a/grid.0/wang-fang/firing", kind="firing", entry=entry, device=device,
         receiver="wang-fang", receiver_name="王芳", phone=None, link=None,
-        zone=ZoneInfo("Asia/Shanghai"),
+        zone=ZoneInfo("Asia/Shanghai"), site=site,
     )  # fmt: skip
 
 
@@ -45,3 +47,16 @@ def test_the_map_is_where_the_alert_fired_else_the_registered_place_else_home() 
     home = notice_of(fall(None), WEARER).map_url
     assert home is not None and "marker?position=113.62,34.75&" in home
     assert notice_of(fall(None), None).map_url is None
+
+
+def test_a_notice_tells_where_the_alert_began_though_its_device_was_taken_out_since() -> None:
+    # An escalation's notice after the wearer's bracelet left the registry: the place and
+    # the map the grid worker needs, as the registry gave them when the fall began.
+    began = Site("hgy", "east", "lakeside", "3", "2-301", 34.7, 113.6)
+    notice = make_notice(
+        key="a/grid.1/zhao-lei/firing", kind="firing", entry=fall(None),
+        device=None, receiver="zhao-lei", receiver_name="赵磊", phone=None, link=None,
+        zone=ZoneInfo("Asia/Shanghai"), site=began,
+    )  # fmt: skip
+    assert notice.place == "hgy east lakeside 3 2-301"
+    assert notice.map_url is not None and "marker?position=113.6,34.7&" in notice.map_url

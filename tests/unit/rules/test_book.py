@@ -8,6 +8,7 @@ import pytest
 
 from gateway.decode.record import DeviceRef, FieldValue, Position, Reading, TimeSource
 from gateway.errors import StoreError
+from gateway.registry import RegisteredDevice, Registry, Site
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook, AlertEntry, AlertError
 from gateway.rules.rate import RateWindows
@@ -44,10 +45,12 @@ def numbered(
     )  # fmt: skip
 
 
-def write(path: Path, *changes: AlertChange) -> None:
+def write(path: Path, *changes: AlertChange, sites: dict[str, Site] | None = None) -> None:
     outbox = Outbox(path)
     try:
-        outbox.commit([], [], None, lambda conn: AlertBook.write(conn, changes, [], []))
+        outbox.commit(
+            [], [], None, lambda conn: AlertBook.write(conn, changes, [], [], sites=sites)
+        )
     finally:
         outbox.close()
 
@@ -261,7 +264,12 @@ def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path
     old.close()
     book = AlertBook(path)
     book.close()
-    write(path, change("after", AlertState.FIRING, 100, event="fall", lat=34.8, lon=113.7))
+    where = Site("hgy", "east", "lakeside", "3", "2-301", 34.75, 113.62)
+    write(
+        path,
+        change("after", AlertState.FIRING, 100, event="fall", lat=34.8, lon=113.7),
+        sites={"after": where},
+    )
     # Opened again: the columns are there once, and what they hold is kept.
     book = AlertBook(path)
     before, after = book.get("before"), book.get("after")
@@ -270,6 +278,11 @@ def test_an_alert_book_of_the_previous_version_gains_where_alerts_fired(tmp_path
         AlertState.ACKNOWLEDGED, "wang-fang", None, 0,
     )  # fmt: skip
     assert after.position == Position(34.8, 113.7)
+    # Where each is: kept since it began; for the earlier version's, the registry's now.
+    moved = Registry([RegisteredDevice("br-1", "bracelet", "hgy", "west", "hillside", "9")])
+    assert after.where(moved) == where
+    assert before.where(moved) == Site("hgy", "west", "hillside", "9")
+    assert before.where(Registry()) is None
 
 
 def test_a_search_filters_in_the_book_and_pages_by_start_then_id(tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def change(device_id: str, device_type: str) -> AlertChange:
 
 
 def test_an_alert_carries_its_grid_cell_and_position_from_the_registry() -> None:
-    line = alert_line(change("mh-1", "manhole_cover"), Registry([COVER]))
+    line = alert_line(
+        change("mh-1", "manhole_cover"), Registry([COVER]).site("hgy", "manhole_cover", "mh-1")
+    )
     assert line.startswith(
         "alert,area=东区,community=hgy,compound=湖光苑,device_id=mh-1,"
         "device_type=manhole_cover,rule=cover_open,severity=major "
@@ -72,7 +74,7 @@ def test_an_alert_about_a_building_carries_the_building_s_grid_cell() -> None:
             for d in ("sd-1", "sd-2")
         ]
     )
-    line = alert_line(change("3", "building"), registry)
+    line = alert_line(change("3", "building"), registry.site("hgy", "building", "3"))
     assert line.startswith(
         "alert,area=东区,building=3,community=hgy,compound=湖光苑,device_id=3,"
         "device_type=building,rule=cover_open,severity=major "
@@ -81,7 +83,9 @@ def test_an_alert_about_a_building_carries_the_building_s_grid_cell() -> None:
 
 
 def test_an_unregistered_device_alert_has_no_place() -> None:
-    line = alert_line(change("mh-9", "manhole_cover"), Registry([COVER]))
+    line = alert_line(
+        change("mh-9", "manhole_cover"), Registry([COVER]).site("hgy", "manhole_cover", "mh-9")
+    )
     assert "area=" not in line and "lat=" not in line
 
 
