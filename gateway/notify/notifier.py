@@ -491,7 +491,8 @@ class Notifier:
                     or self.log.planned(alert_id)
                 ):
                     continue
-                silence = self._silences.matching(_change_of(entry, now_ms), now_ms)
+                change = _change_of(entry, now_ms)
+                silence = self._silences.matching(change, now_ms, self.router.site(entry))
                 if silence is not None:
                     self._muted[alert_id] = max(
                         min(silence.ends_ms, now_ms + MUTED_RECHECK_MS), now_ms + 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import Placed, Registry, Site
 from gateway.rules.alert import AlertChange
 from gateway.store.database import add_columns, open_book
 
@@ -62,10 +62,9 @@ class Silence:
     author: str
     reason: str
 
-    def matches(
-        self, change: AlertChange, registered: RegisteredDevice | None, now_ms: int
-    ) -> bool:
-        """`registered`: the change's device in the registry, for its place."""
+    def matches(self, change: AlertChange, placed: Placed | None, now_ms: int) -> bool:
+        """`placed`: where the change's alert is (its device in the registry, or where
+        the alert began)."""
         device = change.device
         return (
             self.starts_ms <= now_ms < self.ends_ms
@@ -73,7 +72,7 @@ class Silence:
             and self.device_id in (None, device.device_id)
             and self.rule in (None, change.rule)
             and all(
-                wanted is None or wanted == getattr(registered, level, None)
+                wanted is None or wanted == getattr(placed, level, None)
                 for level, wanted in (
                     ("area", self.area),
                     ("compound", self.compound),
@@ -224,15 +223,20 @@ class SilenceBook:
         unended = [s for c in held.by_community for s in held.unended(c, now_ms)]
         return sorted(unended, key=_silence_id)
 
-    def matching(self, change: AlertChange, now_ms: int) -> Silence | None:
-        """The first made of the silences that mute `change` at `now_ms`, or None."""
+    def matching(
+        self, change: AlertChange, now_ms: int, site: Site | None = None
+    ) -> Silence | None:
+        """The first made of the silences that mute `change` at `now_ms`, or None.
+        `site`: where its alert began (see AlertEntry.where), if it did."""
         held = self._held
         community = change.device.community
         candidates = [*held.unended(community, now_ms), *held.unended(None, now_ms)]
         if not candidates:
             return None
-        registered = self._registry.get(community, change.device.device_id)
-        muting = [s for s in candidates if s.matches(change, registered, now_ms)]
+        placed = (
+            site if site is not None else self._registry.get(community, change.device.device_id)
+        )
+        muting = [s for s in candidates if s.matches(change, placed, now_ms)]
         return min(muting, key=_silence_id, default=None)
 
     def _load(self) -> list[Silence]:

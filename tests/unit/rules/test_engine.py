@@ -15,7 +15,7 @@ from gateway.decode.record import (
     TimeSource,
 )
 from gateway.errors import ConfigError
-from gateway.registry import RegisteredDevice, Registry
+from gateway.registry import RegisteredDevice, Registry, Site
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
@@ -650,6 +650,29 @@ def test_an_alert_change_is_matched_against_the_silences_not_yet_ended_alone(
         book.add(author="desk", reason="rewiring", starts_ms=now_ms, ends_ms=now_ms + 600_000,
                  community="hgy", now_ms=now_ms)  # fmt: skip
         assert book.matching(offline(now_ms), now_ms) == everywhere
+    finally:
+        book.close()
+
+
+def test_a_silence_of_a_place_mutes_an_alert_by_where_it_began(tmp_path: Path) -> None:
+    # The notifier asks again of an alert a silence muted; its device taken out of the
+    # registry since, the building's silence still mutes it, as it began there.
+    device = RegisteredDevice(
+        device_id="sd-1", device_type="smoke_detector", community="hgy", building="3"
+    )
+    book = SilenceBook(tmp_path / "outbox.sqlite3", Registry([device]))
+    try:
+        silence = book.add(author="desk", reason="rewiring", starts_ms=T0, ends_ms=T0 + 600_000,
+                           community="hgy", building="3", now_ms=T0)  # fmt: skip
+        book.use_registry(Registry())
+        change = AlertChange(
+            alert_id="smoke_low_battery:hgy:sd-1:1", rule="smoke_low_battery", title="low",
+            severity=Severity("info"), life_safety=False, device=SMOKE, port=None,
+            state=AlertState.FIRING, started_ms=T0, at_ms=T0, values={},
+        )  # fmt: skip
+        assert book.matching(change, T0) is None
+        assert book.matching(change, T0, Site("hgy", "east", "lakeside", "3")) == silence
+        assert book.matching(change, T0, Site("hgy", "east", "lakeside", "4")) is None
     finally:
         book.close()
 
