@@ -62,9 +62,20 @@ def root_of(path: str) -> str:
     return "../" * max(0, path.count("/") - 1)
 
 
-@router.get("/", response_class=RedirectResponse)
-async def root() -> RedirectResponse:
-    return RedirectResponse("board", status_code=307)
+# The way from the gateway's root to the board. Not a redirect to `board`: published by
+# a proxy under a path of its own and opened without its trailing slash
+# (https://gw.example.cn/gateway), the browser would take `board` from the host's root.
+# The page's own path, as the browser has it, knows; the token in the fragment goes along.
+ROOT_PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>告警看板</title>
+<script>location.replace(location.pathname.replace(/\\/?$/, "/board") + location.hash)</script>
+</head><body><a href="board">告警看板</a></body></html>
+"""
+
+
+@router.get("/", response_class=HTMLResponse)
+async def root() -> HTMLResponse:
+    return HTMLResponse(ROOT_PAGE, headers=PAGE_HEADERS)
 
 
 @router.get("/board", response_class=HTMLResponse)

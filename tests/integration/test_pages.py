@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from playwright.async_api import expect
+from playwright.async_api import Route, expect
 
 from gateway.config import ApiConfig, ApiToken
 from gateway.notify.policy import NotifyPolicy
@@ -152,3 +152,39 @@ async def test_the_board_asks_for_a_new_token_once_its_own_is_taken_out(
         # The refused token was tried once, not again every few seconds: this address is
         # not locked out, for this board or for anyone else on it.
         assert gateway.api.context.limiter.failures_total == 1
+
+
+async def test_the_gateway_s_root_leads_to_the_board_under_a_proxy_s_path_without_its_slash(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    config = gateway_config(tmp_path, mosquitto, namespace)
+    api = ApiConfig(
+        port=0, link_secret="browser-test-secret-0123456789abcdef",  # type: ignore[arg-type]
+        tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),),  # type: ignore[arg-type]
+    )  # fmt: skip
+    async with (
+        running(config.model_copy(update={"api": api})) as gateway,
+        chromium(tmp_path / "profile") as browser,
+    ):
+        assert gateway.api is not None
+        await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+        base = f"http://127.0.0.1:{gateway.api.port}"
+        published = f"{base}/gateway"
+
+        async def proxy(route: Route) -> None:
+            # A proxy publishing the gateway under /gateway, which it strips before it
+            # forwards, and passing redirects on as they are.
+            path = route.request.url.removeprefix(published) or "/"
+            if path.startswith("/api/v1/alerts-stream"):
+                await route.abort()  # a stream, which a route cannot pass on as it comes
+                return
+            await route.fulfill(response=await route.fetch(url=base + path, max_redirects=0))
+
+        page = await browser.new_page()
+        await page.route(f"{published}**", proxy)
+        # The address as a desk types it, with no slash after the proxy's path.
+        await page.goto(f"{published}#token={OPERATOR}")
+        # The board under the proxy's path, with the token it was opened with (which it
+        # then takes out of the address bar).
+        await expect(page.locator("#summary")).to_have_text("未关闭告警 0 条，其中紧急 0 条")
+        await expect(page).to_have_url(f"{published}/board")

@@ -302,7 +302,6 @@ async def test_the_board_page_is_served(site: Site) -> None:
     board = await site.client.get("/board")
     assert board.status_code == 200 and "告警看板" in board.text
     assert (await site.client.get("/static/page.css")).status_code == 200
-    assert (await site.client.get("/")).headers["location"] == "board"
 
 
 async def test_the_board_of_a_desk_limited_to_its_community_shows_and_takes_its_alerts(
