@@ -16,7 +16,7 @@ from functools import partial
 
 from gateway.clock import Clock
 from gateway.decode.record import DeviceRef
-from gateway.registry import Registry, place_of, place_tags
+from gateway.registry import Place, Registry, Site, place_of, place_tags
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import MOVES_FROM, AlertBook, AlertEntry
 from gateway.rules.rule import Severity
@@ -135,10 +135,12 @@ class AlertDesk:
         if entry.state not in MOVES_FROM[step]:
             # The book keeps the state: an alert acknowledged after it resolved.
             return None
+        site = entry.where(self._registry)
         if step not in _SHOWN_OPEN and any(
             other.alert_id != entry.alert_id
             and other.state in _SHOWN_OPEN
             and _series(other) == _series(entry)
+            and _cell(other.where(self._registry)) == _cell(site)
             for other in open_alerts
         ):
             return None
@@ -157,7 +159,7 @@ class AlertDesk:
             at_ms=max(at_ms, entry.updated_ms + 1),
             values={},
         )
-        return alert_line(change, entry.where(self._registry))
+        return alert_line(change, site)
 
 
 # The states dashboards count as an open alert: fired, and neither resolved nor closed.
@@ -165,10 +167,15 @@ _SHOWN_OPEN = frozenset({AlertState.FIRING, AlertState.ACKNOWLEDGED, AlertState.
 
 
 def _series(entry: AlertEntry) -> tuple[object, ...]:
-    """What names an alert's series in `alert`, but for the grid cell, which is the
-    device's."""
+    """What names an alert's series in `alert`, but for the grid cell (see `_cell`)."""
     return (entry.community, entry.device_type, entry.device_id, entry.rule, entry.severity,
             entry.port)  # fmt: skip
+
+
+def _cell(site: Site | None) -> Place | None:
+    """The grid cell that tags an alert's series: where it began (see AlertEntry.where),
+    which two alerts of one device differ in when it was moved between them."""
+    return None if site is None else place_of(site)
 
 
 _STEP_FIELDS = {

@@ -198,7 +198,8 @@ class AlertEntry:
     # the last came.
     repeats: int = 0
     repeated_ms: int | None = None
-    # Where it is, as the registry said when it began; None in an earlier version's book.
+    # Where it is, as the registry said when it began (its community alone for a device
+    # it did not have); None in an earlier version's book.
     site: Site | None = None
 
     def where(self, registry: Registry) -> Site | None:
@@ -434,6 +435,17 @@ class AlertBook:
 
     def get(self, alert_id: str) -> AlertEntry:
         return _read(self._conn, alert_id)
+
+    def sites(self, alert_ids: Collection[str]) -> dict[str, Site | None]:
+        """Where each of these alerts in the book is kept as being (see AlertEntry.site),
+        by alert id; those not in the book left out. In one statement: a tick that finds
+        a district's devices offline changes thousands."""
+        rows = self._conn.execute(
+            "SELECT alert_id, community, site FROM alerts"
+            " WHERE alert_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(alert_ids)).decode(),),
+        )
+        return {str(alert_id): _site(community, site) for alert_id, community, site in rows}
 
     def was_let_go(self, alert_id: str) -> bool:
         """Whether retention let go of this life-safety alert."""
@@ -686,8 +698,12 @@ def _entry(row: tuple[object, ...]) -> AlertEntry:
         ),
         repeats=int(repeats or 0),  # type: ignore[call-overload]
         repeated_ms=_ms(repeated_ms),
-        site=None if site is None else Site(str(community), *orjson.loads(str(site))),
+        site=_site(community, site),
     )
+
+
+def _site(community: object, stored: object) -> Site | None:
+    return None if stored is None else Site(str(community), *orjson.loads(str(stored)))
 
 
 def _site_json(site: Site) -> str:

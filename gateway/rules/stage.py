@@ -84,13 +84,22 @@ class AlertStage:
             return False
         return entry.state is not AlertState.FIRING or was_muted(self.book.history(alert_id))
 
-    def _site(self, change: AlertChange) -> Site | None:
-        """Where the alert is: kept in the book since it began, or for a new one, where
-        the registry has its device now."""
-        try:
-            return self.book.get(change.alert_id).where(self.engine.registry)
-        except AlertError:
-            return self.engine.registry.site(*change.device)
+    def _sites(self, changes: Sequence[AlertChange]) -> dict[str, Site]:
+        """Where each changed alert is: kept in the book since it began; for a new one,
+        where the registry has its device now, or its community alone for a device the
+        registry does not have, so that every point of an alert is of one series."""
+        registry = self.engine.registry
+        kept = self.book.sites({c.alert_id for c in changes}) if changes else {}
+        sites: dict[str, Site] = {}
+        for change in changes:
+            if change.alert_id in kept:
+                # An earlier version's alert kept none: where the registry has it now.
+                site = kept[change.alert_id] or registry.site(*change.device)
+            else:
+                site = registry.site(*change.device) or Site(change.device.community)
+            if site is not None:
+                sites[change.alert_id] = site
+        return sites
 
     def _closed(self, alert_id: str) -> bool:
         try:
@@ -109,13 +118,13 @@ class AlertStage:
                 else:
                     self.engine.forget(change)
             changes = made
-        changes = [self._silence(change, now_ms) for change in changes]
+        sites = self._sites(changes)
+        changes = [self._silence(c, now_ms, sites.get(c.alert_id)) for c in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()
         repeats = self.engine.take_repeats()
         if not changes and not tracks_changed and not tracks_gone and not seen:
             return AlertDecision()
-        sites = {c.alert_id: site for c in changes if (site := self._site(c)) is not None}
         write = partial(
             AlertBook.write,
             changes=changes,
@@ -147,12 +156,12 @@ class AlertStage:
             return False
         return True
 
-    def _silence(self, change: AlertChange, now_ms: int) -> AlertChange:
+    def _silence(self, change: AlertChange, now_ms: int, site: Site | None) -> AlertChange:
         if change.state is AlertState.RESOLVED:
             # A silence mutes what fires in it. The all-clear of an alert told before it
             # goes to those told (and to nobody else: see Notifier._announce_resolved).
             return change
-        silence = self.silences.matching(change, now_ms)
+        silence = self.silences.matching(change, now_ms, site)
         if silence is None:
             return change
         if change.life_safety:

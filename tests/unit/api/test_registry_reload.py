@@ -18,6 +18,7 @@ from gateway.app import Gateway
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, IngestConfig
 from gateway.registry import reread
+from gateway.rules.book import was_muted
 from tests.unit.api.conftest import (
     ADMIN,
     OTHER_WORKER,
@@ -447,3 +448,90 @@ async def test_an_alert_of_a_device_moved_while_it_is_open_stays_where_it_began(
     assert len(fire_lines) == 2 and 'state="resolved"' in fire_lines[-1]
     assert series_of(fire_lines[0]) == series_of(fire_lines[1])
     assert "building=3" in series_of(fire_lines[1]).split(",")
+
+
+# br-1, found registered in the wrong building, and corrected: west, hillside 9.
+BR_1_MOVED = REGISTRY.replace(
+    "br-1,bracelet,hgy,east,lakeside,3,2-301,", "br-1,bracelet,hgy,west,hillside,9,1-102,"
+)
+# A new resident's bracelet, sending before the registry's sheet had it.
+BR_9 = "br-9,bracelet,hgy,east,lakeside,5,3-502,,,赵桂兰,13811112222,,34.75,113.62\n"
+
+
+def last_state_of_series(lines: list[str], series: str) -> str:
+    """The state dashboards show for a series: that of its last point."""
+    (last, *_) = [line for line in reversed(lines) if series_of(line) == series]
+    return last.split('state="', 1)[1].split('"', 1)[0]
+
+
+async def test_closing_an_alert_that_began_before_its_device_moved_ends_it_on_the_dashboards(
+    site: Site, tmp_path: Path
+) -> None:
+    # A fall in building 3, taken by its grid worker; the bracelet is then found
+    # registered in the wrong building and corrected, and its wearer falls again. The
+    # first fall, closed, must no longer show open in building 3's dashboards: the
+    # second is in another series (building 9's), and hides nothing there.
+    path = config_file(site, tmp_path)
+    first = await site.fall("br-1")
+    assert (await site.post(f"/api/v1/alerts/{first}/acknowledge", WORKER)).status_code == 200
+    edit_registry(tmp_path, BR_1_MOVED)
+    await site.gateway.reload(path)
+    site.clock.advance(60)
+    second = await site.fall("br-1")
+    assert second != first
+
+    closed = await site.post(f"/api/v1/alerts/{first}/close", WORKER, json={"note": "误报"})
+    assert closed.status_code == 200
+    lines = lines_of(site.gateway, "alert", "br-1")
+    first_series = series_of(next(line for line in lines if f'alert_id="{first}"' in line))
+    assert "building=3" in first_series.split(",")
+    assert last_state_of_series(lines, first_series) == "closed"
+
+
+async def test_an_alert_of_a_device_registered_while_it_is_open_ends_in_the_series_it_began_in(
+    site: Site, tmp_path: Path
+) -> None:
+    # A new bracelet falls before the operator adds it to the sheet; added while the
+    # fall is handled, its closing must end the series its firing was written to, or
+    # the dashboards show the fall open for ever.
+    path = config_file(site, tmp_path)
+    alert_id = await site.fall("br-9")
+    edit_registry(tmp_path, REGISTRY + BR_9)
+    await site.gateway.reload(path)
+
+    closed = await site.post(f"/api/v1/alerts/{alert_id}/close", ADMIN, json={"note": "已处理"})
+    assert closed.status_code == 200
+    firing, closing = lines_of(site.gateway, "alert", "br-9")
+    assert 'state="firing"' in firing and 'state="closed"' in closing
+    assert series_of(closing) == series_of(firing)
+
+
+async def test_a_silence_of_the_place_where_an_alert_began_mutes_it_when_it_fires(
+    site: Site, tmp_path: Path
+) -> None:
+    # A heart rate out of range is pending for a minute before it fires. The bracelet's
+    # building is corrected meanwhile; the alert stays in building 3 (its notices,
+    # routes and dashboards say so), so building 3's silence mutes it as it fires, as
+    # the notifier's second look at a muted alert judges it by building 3 too.
+    path = config_file(site, tmp_path)
+    topic = "community/hgy/bracelet/br-1/telemetry"
+    await site.send(topic, {"worn": True, "heart_rate_bpm": 190})
+    (pending,) = [a for a in site.gateway.alerts.open_alerts() if a.rule == "abnormal_heart_rate"]
+    assert str(pending.state) == "pending" and pending.site is not None
+    assert pending.site.building == "3"
+
+    edit_registry(tmp_path, BR_1_MOVED)
+    await site.gateway.reload(path)
+    now_ms = site.clock.now_ms()
+    silence = site.gateway.silences.add(
+        author="desk", reason="更换手环电池", starts_ms=now_ms, ends_ms=now_ms + 3_600_000,
+        community="hgy", compound="lakeside", building="3", now_ms=now_ms,
+    )  # fmt: skip
+    site.clock.advance(70)
+    await site.send(topic, {"worn": True, "heart_rate_bpm": 190})
+
+    fired = site.gateway.alerts.get(pending.alert_id)
+    assert str(fired.state) == "firing" and fired.site == pending.site
+    history = site.gateway.alerts.history(fired.alert_id)
+    assert was_muted(history), [(str(s.state), s.note) for s in history]
+    assert any(f"silence {silence.id}" in (s.note or "") for s in history)
