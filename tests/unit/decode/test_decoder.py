@@ -246,6 +246,15 @@ def test_acme_alarm_frame_is_a_smoke_detector_reading_and_events() -> None:
     assert [e.kind for e in events if isinstance(e, Event)] == ["alarm", "tamper"]
 
 
+def test_acme_periodic_frame_keeps_its_status_bits_as_fields_and_raises_no_event() -> None:
+    # A detector still open reports so every hour: its alarm report made the alert.
+    frame = AcmeFrame(FrameType.PERIODIC, StatusBits.TAMPER, 76, 21.5, 0.1).encode()
+    decoded = decoder().decode(message(f"vendor/acme-smoke/{IMEI}/up", acme_body(frame)))
+    (reading,) = decoded.records
+    assert isinstance(reading, Reading)
+    assert (reading.fields["tamper"], reading.fields["alarm"]) == (True, False)
+
+
 def test_acme_frame_known_vector() -> None:
     # header, periodic, no status bits, 90 %, 25.3 °C, 0.05 %/m
     body = bytes.fromhex("AA01005A00FD0005")
