@@ -215,6 +215,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     add_columns(conn, "alerts", _ADDED_COLUMNS)
     add_columns(conn, "rule_tracks", (("held_ms", "INTEGER"),))
     _move_last_seen(conn)
+    _unkey_community_rates(conn)
     _move_rate_windows(conn)
 
 
@@ -744,6 +745,30 @@ def _fold_heard_log(conn: sqlite3.Connection) -> None:
             (community, device_type, orjson.dumps(kept)),
         )
     conn.execute("DELETE FROM heard_log")
+
+
+def _unkey_community_rates(conn: sqlite3.Connection) -> None:
+    """An earlier version kept a row a community in `community_rates`, keyed by it: a
+    community's windows now take several rows, which its key refuses."""
+
+    def keyed() -> bool:
+        return any(row[5] for row in conn.execute("PRAGMA table_info(community_rates)"))
+
+    if not keyed():
+        return
+    with transaction(conn):
+        if not keyed():
+            return
+        conn.execute("ALTER TABLE community_rates RENAME TO community_rates_keyed")
+        conn.execute(
+            "CREATE TABLE community_rates (community TEXT NOT NULL, series TEXT NOT NULL,"
+            " windows BLOB NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO community_rates SELECT community, series, windows"
+            " FROM community_rates_keyed"
+        )
+        conn.execute("DROP TABLE community_rates_keyed")
 
 
 def _move_rate_windows(conn: sqlite3.Connection) -> None:

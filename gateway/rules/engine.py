@@ -170,6 +170,7 @@ class RuleEngine:
         self._forget_evaluators()
         for registered in changes.no_longer():
             self.heard.forget(_ref(registered))
+        self._rates.forget([(d.community, d.device_id) for d in changes.no_longer()])
         for registered in changes.newly():
             device = _ref(registered)
             if self.heard.get(device) is None:

@@ -9,7 +9,7 @@ themselves. Epoch milliseconds are exact in a double.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import orjson
 
@@ -56,8 +56,15 @@ class RateWindows:
         if samples is None:
             samples = ports[record.port] = array("d")
         at_ms = record.time_ms
-        samples.append(at_ms)
-        samples.append(value)
+        if samples and at_ms < samples[-2]:
+            # Before the newest sample (one from a clock that ran ahead for a while, or
+            # one sent late): in its place in time, or the window's start, trimmed by
+            # time below, would stay where the sample ahead of it is, for hours.
+            at = _place_of(samples, at_ms)
+            samples[at:at] = array("d", (at_ms, value))
+        else:
+            samples.append(at_ms)
+            samples.append(value)
         # Keep one sample at or before the window's start, so that readings sparser
         # than the window still give a rate.
         cut_ms = at_ms - window_ms
@@ -92,6 +99,15 @@ class RateWindows:
         ]
         return rows
 
+    def forget(self, devices: Collection[tuple[str, str]]) -> None:
+        """Let go of the windows of these devices (community, device id): taken out of
+        the registry, moved to another community or retyped. A device registered again
+        by the same id starts afresh, not from the samples of the one it replaced."""
+        if devices:
+            gone = frozenset(devices)
+            self._series = {k: v for k, v in self._series.items() if k[:2] not in gone}
+            self._last = (None, "", {})
+
     def put(self, key: SeriesKey, port: int | None, samples: array[float]) -> None:
         """A window as it was saved."""
         self._series.setdefault(key, {})[port] = samples
@@ -106,6 +122,19 @@ class RateWindows:
                     self.put((community, device_id, field), port, samples)
                 at += length
         self._last = (None, "", {})
+
+
+def _place_of(samples: array[float], at_ms: float) -> int:
+    """Where a sample of time `at_ms` goes among time-ordered (time, value) pairs: after
+    those of its time or before."""
+    low, high = 0, len(samples) // 2
+    while low < high:
+        middle = (low + high) // 2
+        if samples[2 * middle] <= at_ms:
+            low = middle + 1
+        else:
+            high = middle
+    return 2 * low
 
 
 def _row(community: str, series: list[tuple[str, str, int]], windows: array[float]) -> SavedWindows:

@@ -11,7 +11,7 @@ from gateway.errors import StoreError
 from gateway.registry import RegisteredDevice, Registry, Site
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import HEARD_FOLD_BATCHES, AlertBook, AlertEntry, AlertError
-from gateway.rules.rate import RateWindows
+from gateway.rules.rate import ROW_DOUBLES, RateWindows
 from gateway.rules.rule import Severity
 from gateway.store.outbox import Outbox
 
@@ -354,3 +354,41 @@ def test_the_open_alerts_of_some_devices_or_communities_are_theirs_alone(
         assert book.count_open() == {AlertState.FIRING: 6, AlertState.ACKNOWLEDGED: 1}
     finally:
         book.close()
+
+
+def test_a_book_made_when_rates_were_a_row_a_community_saves_a_large_communitys_windows(
+    tmp_path: Path,
+) -> None:
+    # 39d0b20 made `community_rates` with the community as its primary key; 8300c0a
+    # writes several rows of one community, and CREATE TABLE IF NOT EXISTS leaves the
+    # key in place. A community of 150 sheds (more than a row) then fails every save
+    # of the windows: its rates are lost at the next restart, and the gateway's commits
+    # wait behind the save tried again (pipeline._until_done).
+    path = tmp_path / "outbox.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE community_rates (community TEXT PRIMARY KEY, series TEXT NOT NULL,"
+        " windows BLOB NOT NULL)"
+    )
+    old.commit()
+    old.close()
+    AlertBook(path).close()
+    windows = RateWindows()
+    for at_ms in range(0, 60_000, 15_000):
+        for n in range(150):
+            device = DeviceRef("hgy", "charging_shed", f"cs-{n:03d}")
+            for port in range(1, 9):
+                reading_ = Reading(device, at_ms, TimeSource.DEVICE, {}, port=port)
+                windows.add(reading_, "temperature_c", 60_000.0, 30.0)
+    saved = windows.saved()
+    assert len(saved) > 1 and sum(len(row[2]) for row in saved) > ROW_DOUBLES * 8
+    outbox = Outbox(path)
+    try:
+        outbox.commit([], [], None, lambda conn: AlertBook.write_rates(conn, saved))
+    finally:
+        outbox.close()
+    book = AlertBook(path)
+    restored = RateWindows()
+    restored.restore(book.load_rates())
+    book.close()
+    assert len(restored) == len(windows) == 150 * 8

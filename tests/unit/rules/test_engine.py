@@ -2,6 +2,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway import PROJECT_ROOT
@@ -1606,3 +1607,53 @@ def test_repeated_sos_presses_from_a_bracelet_whose_clock_is_behind_stay_one_ale
     # One alert being told, with its repeats, not one escalation each (merge_s: 600).
     (alert,) = rules.book.open_alerts()
     assert alert.repeats == 4
+
+
+def sheds(*device_ids: str) -> Registry:
+    return Registry(
+        [RegisteredDevice(device_id=d, device_type="charging_shed", community="hgy")
+         for d in device_ids]
+    )  # fmt: skip
+
+
+def test_the_windows_of_a_shed_taken_out_of_the_registry_are_not_kept_and_saved_for_ever() -> None:
+    # Sheds replaced, moved or taken out over the years: their windows must not be held,
+    # saved every 30 s and restored at every start for ever.
+    before = sheds("cs-1", "cs-2")
+    engine = RuleEngine(RULES, before, now_ms=T0)
+    for t in (0, 15, 30):
+        for device_id in ("cs-1", "cs-2"):
+            shed = DeviceRef("hgy", "charging_shed", device_id)
+            engine.evaluate([reading(shed, t, port=3, temperature_c=30.0)], now_ms=T0 + t * 1000)
+    after = sheds("cs-2")
+    engine.use_registry(after, after.changes_from(before), T0 + 40_000)
+    kept = {
+        device_id for _, series, _ in engine.rates.saved() for device_id, *_ in orjson.loads(series)
+    }
+    assert kept == {"cs-2"}
+
+
+def test_a_port_heating_fast_is_caught_after_one_report_from_a_clock_far_ahead() -> None:
+    # A shed's clock jumps 12 hours ahead for one report (the decoder takes up to 24 h
+    # ahead as the device's time), then is right again. That report must not blind the
+    # port's rate: a battery rising 10 °C a minute an hour later is a thermal runaway.
+    engine = RuleEngine(RULES, sheds("cs-1"), now_ms=T0)
+
+    def judge(
+        t_s: float, temperature: float, judged_s: float | None = None
+    ) -> list[tuple[str, AlertState]]:
+        record = reading(SHED, t_s, port=3, temperature_c=temperature)
+        now_ms = T0 + int((t_s if judged_s is None else judged_s) * 1000)
+        return states(engine.evaluate([record], now_ms=now_ms))
+
+    for t in range(0, 600, 15):
+        assert judge(t, 30.0) == []
+    assert judge(600 + 43_200, 30.0, judged_s=600) == []
+    for t in range(615, 4_200, 15):
+        assert judge(t, 30.0) == []
+    fired: list[tuple[str, AlertState]] = []
+    temperature = 30.0
+    for t in range(4_200, 4_290, 15):
+        temperature += 2.5  # 10 °C a minute, still far below 80 °C
+        fired += judge(t, temperature)
+    assert ("thermal_runaway_risk", AlertState.FIRING) in fired

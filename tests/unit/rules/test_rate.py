@@ -1,8 +1,10 @@
-"""Rate windows as flat sample arrays give the rates a deque of (time, value) gives."""
+"""Rate windows as flat sample arrays give the rates a deque of (time, value) in time
+order gives."""
 
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from collections import deque
 
 from gateway.decode.record import DeviceRef, Reading, TimeSource
@@ -25,7 +27,8 @@ def add(
 def deque_rate(
     history: deque[tuple[int, float]], at_ms: int, value: float, window_ms: float
 ) -> float | None:
-    history.append((at_ms, value))
+    # In time order: a late reading takes its place among the others.
+    history.insert(bisect_right([t for t, _ in history], at_ms), (at_ms, value))
     while len(history) > 1 and history[1][0] <= at_ms - window_ms:
         history.popleft()
     first_ms, first = history[0]
