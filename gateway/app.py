@@ -522,7 +522,7 @@ class Gateway:
         # through the outbox like every other point.
         while True:
             self._registry_reloaded.clear()
-            written, ended = await asyncio.to_thread(self.outbox.registry_series)
+            written, ended = await self.pipeline.read_until_done(self.outbox.registry_series)
             # Off the loop: 2 s for a district's 200,000 devices.
             info = await asyncio.to_thread(
                 device_info, self.registry, self.clock.now_ms(), written, ended

@@ -394,6 +394,11 @@ class IngestPipeline:
         self._stats.lines_stored += result.lines
         self.committed.set()
 
+    async def read_until_done(self, read: Callable[[], T]) -> T:
+        """A read of the outbox for the gateway's own work, in a thread, tried again as a
+        commit is while SQLite cannot go on for now (a lock held, an I/O error)."""
+        return await self._until_done(read, on_loop=False)
+
     async def _until_done(self, step: Callable[[], T], *, on_loop: bool) -> T:
         """A step of the outbox's commits (a commit, or reading what is handed over),
         under the commit lock; while it fails, tried again with backoff. Raises the last

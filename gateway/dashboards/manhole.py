@@ -32,9 +32,13 @@ def build() -> Board:
                 'SELECT last("water_level_cm") AS "water_level_cm" FROM "manhole_cover" '
                 f"WHERE {PLACE} AND $timeFilter GROUP BY {DEVICE}"
             ).table(),
+            # The depth of the registry's last point of a cover still registered: one
+            # taken out of the sheet, or whose depth was, has none.
             Influx(
-                'SELECT last("well_depth_cm") AS "well_depth_cm" FROM "device_info" '
-                f"WHERE {PLACE} AND \"device_type\" = 'manhole_cover' GROUP BY {DEVICE}",
+                'SELECT "well_depth_cm" FROM ('
+                'SELECT last("registered") AS "registered", "well_depth_cm" FROM "device_info" '
+                f"WHERE {PLACE} AND \"device_type\" = 'manhole_cover' GROUP BY {DEVICE}"
+                f') WHERE "registered" = true GROUP BY {DEVICE}',
                 ref_id="B",
             ).table(),
             unit="percentunit",

@@ -31,10 +31,12 @@ def build() -> Board:
         ["overview"],
     )
     # A device's series where the registry no longer has it (taken out, or moved to
-    # another building) ends with a point of registered=false.
+    # another building) ends with a point of registered=false. The position is the one
+    # of the last point: a last() of its own would keep the old building's position of
+    # a device moved where the registry gives none.
     devices = Influx(
         'SELECT "lat", "lon" FROM ('
-        'SELECT last("lat") AS "lat", last("lon") AS "lon", last("registered") AS "registered" '
+        'SELECT last("registered") AS "registered", "lat", "lon" '
         f'FROM "device_info" WHERE {PLACE} GROUP BY {DEVICE}, "device_type"'
         f') WHERE "registered" = true GROUP BY {DEVICE}, "device_type"'
     ).table()

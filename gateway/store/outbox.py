@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS handoffs (id INTEGER PRIMARY KEY, records BLOB NOT NULL);
 -- The registry's series last written (gateway.store.series.device_info), and those
--- ended, each sorted, a line each, zlib-compressed: one row.
+-- ended (each after the epoch ms it was first found ended, and a space), each sorted, a
+-- line each, zlib-compressed: one row.
 CREATE TABLE IF NOT EXISTS registry_series (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     series BLOB NOT NULL,
@@ -560,23 +561,32 @@ class Outbox:
                 ((client_id, topic) for topic in topics),
             )
 
-    def registry_series(self) -> tuple[list[str], list[str]]:
-        """The registry's series as last written, and those ended (see
+    def registry_series(self) -> tuple[list[str], dict[str, int | None]]:
+        """The registry's series as last written, and those ended, with when each was
+        first found ended (None in an earlier version's record, which kept no time: see
         `write_registry_series`)."""
         with self._apart("reading the registry's series failed") as conn:
             row = conn.execute("SELECT series, ended FROM registry_series").fetchone()
         if row is None:
-            return [], []
-        return _unpack_lines(row[0]), _unpack_lines(row[1])
+            return [], {}
+        ended: dict[str, int | None] = {}
+        for line in _unpack_lines(row[1]):
+            # A series is the measurement's name and tags: it never begins with a digit.
+            since, _, series = line.partition(" ")
+            if since.isdigit():
+                ended[series] = int(since)
+            else:
+                ended[line] = None
+        return _unpack_lines(row[0]), ended
 
     @staticmethod
     def write_registry_series(
-        conn: sqlite3.Connection, series: Collection[str], ended: Collection[str]
+        conn: sqlite3.Connection, series: Collection[str], ended: Mapping[str, int]
     ) -> None:
         """Inside the caller's transaction, that of the points written for them."""
         conn.execute(
             "INSERT OR REPLACE INTO registry_series VALUES (0, ?, ?)",
-            (_pack_lines(series), _pack_lines(ended)),
+            (_pack_lines(series), _pack_lines([f"{ms} {s}" for s, ms in ended.items()])),
         )
 
     def handoffs(self, limit: int) -> list[tuple[int, bytes]]:

@@ -156,17 +156,28 @@ def alert_line(change: AlertChange, site: Site | None) -> str:
 DEVICE_INFO_MEASUREMENT = "device_info"
 
 
+# How long a series the registry no longer has is written as no longer registered, at
+# every writing: a point dropped from a full outbox is made good the next day, and past
+# a month the series is let be, for InfluxDB's retention policy to let go of, or its
+# administrator to drop, its place then leaving the dashboards' place lists.
+RETRACTED_FOR_MS = 30 * 86_400_000
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     lines: list[str]
-    # The series of the registry's devices, and those it no longer has (devices taken
-    # out, moved or retyped), to write again next time.
+    # The series of the registry's devices, to compare with next time; and those it no
+    # longer has (devices taken out, moved or retyped), with when that was first found,
+    # to write again next time.
     series: frozenset[str]
-    ended: frozenset[str]
+    ended: Mapping[str, int]
 
 
 def device_info(
-    registry: Registry, at_ms: int, written: Collection[str] = (), ended: Collection[str] = ()
+    registry: Registry,
+    at_ms: int,
+    written: Collection[str] = (),
+    ended: Mapping[str, int | None] | None = None,
 ) -> DeviceInfo:
     """Each registered device's place and position, for maps of devices that do not send
     their own. Names and phone numbers of wearers stay out: dashboards are public screens.
@@ -174,7 +185,8 @@ def device_info(
     written as no longer registered: the dashboards read each series' last point with no
     time range, and would show a device taken out, or in its old building, for ever. It
     is written so at every writing, as the others are, so that a point dropped from a
-    full outbox is made good the next day."""
+    full outbox is made good the next day, for RETRACTED_FOR_MS. `ended`: when each was
+    first found ended (None: not known, taken as now)."""
     lines = []
     series = set()
     for device in registry.devices():
@@ -192,9 +204,15 @@ def device_info(
         lines.append(f"{prefix} {encode_fields(fields)} {at_ms}")
     # A millisecond before: a device moved to another building is one group in the
     # dashboards' queries, whose last point must be the registered one.
-    gone = (set(written) | set(ended)) - series
-    lines += [f"{prefix} registered=false {at_ms - 1}" for prefix in sorted(gone)]
-    return DeviceInfo(lines, frozenset(series), frozenset(gone))
+    ended = ended or {}
+    gone: dict[str, int] = {}
+    for prefix in sorted((set(written) | set(ended)) - series):
+        since_ms = ended.get(prefix)
+        since_ms = at_ms if since_ms is None else since_ms
+        if at_ms - since_ms < RETRACTED_FOR_MS:
+            gone[prefix] = since_ms
+            lines.append(f"{prefix} registered=false {at_ms - 1}")
+    return DeviceInfo(lines, frozenset(series), gone)
 
 
 def _position(device: RegisteredDevice) -> tuple[tuple[str, FieldValue], ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -409,18 +410,32 @@ async def test_a_detector_moved_or_taken_out_of_the_registry_leaves_the_map_and_
             compound="lakeside", building=building, lat=30.1 + n / 100, lon=120.1,
         )  # fmt: skip
 
+    # sd-4 moved to building 5, whose position the sheet does not give: no marker at
+    # building 3's. The cover's well depth taken out of the sheet: no depth either.
+    cover = RegisteredDevice(device_id="mh-1", device_type="manhole_cover", community="hgy",
+                             well_depth_cm=180)  # fmt: skip
+    moved = replace(detector(4, "5"), lat=None, lon=None)
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
-    before = device_info(Registry([detector(n, "3") for n in (1, 2, 3)]), clock.now_ms())
+    before = device_info(
+        Registry([*(detector(n, "3") for n in (1, 2, 3, 4)), cover]), clock.now_ms()
+    )
     clock.advance(60)
-    after = device_info(Registry([detector(1, "3"), detector(2, "4")]), clock.now_ms(),
-                        before.series)  # fmt: skip
+    now = Registry([detector(1, "3"), detector(2, "4"), moved, replace(cover, well_depth_cm=None)])
+    after = device_info(now, clock.now_ms(), before.series)
     outbox.commit([*before.lines, *after.lines], [], None, None)
     store(fresh_influxdb, outbox)
     markers = overview_rows(fresh_influxdb, "Devices by state", "A")
-    assert sorted(r["device_id"] for r in markers) == ["sd-1", "sd-2"]
+    shown = {r["device_id"]: r["lat"] for r in markers if r["lat"] is not None}
+    assert shown == pytest.approx({"sd-1": 30.11, "sd-2": 30.12})
     registered = overview_rows(fresh_influxdb, "Online rate", "A")
-    assert [(r["device_type"], r["registered"]) for r in registered] == [("smoke_detector", 2)]
+    assert [(r["device_type"], r["registered"]) for r in registered] == [
+        ("manhole_cover", 1), ("smoke_detector", 3),
+    ]  # fmt: skip
+    manhole = dashboards()["community-manhole.json"]
+    depth = next(q for w, q in queries(manhole) if "well depth" in w and w.endswith(" B"))
+    depths = [r["well_depth_cm"] for r in fresh_influxdb.query("gateway", fill(depth, DISTRICT))]
+    assert depths in ([], [None])
     # Building 3 chosen: sd-2 is no longer there.
     building_3 = {**DISTRICT, "community": "hgy", "building": "3"}
     board = dashboards()["community-overview.json"]

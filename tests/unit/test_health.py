@@ -1,10 +1,13 @@
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.app import DEVICE_INFO_INTERVAL_S, Gateway
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, load_config
+from gateway.errors import StoreError
 from gateway.health import HEALTH_MEASUREMENT, HealthReport
 from gateway.ingest.message import InboundMessage
 from gateway.stats import Stats
@@ -103,12 +106,7 @@ async def test_the_registry_is_written_again_each_day_without_health_reports(
 ) -> None:
     # The dashboards read the registry's last point with no time range: a retention
     # policy shorter than the gateway's uptime must not leave them without one.
-    _, config = registry_only(tmp_path)
-    clock = ManualClock(T0)
-    gateway = Gateway(config, clock)
-    running = asyncio.create_task(gateway.run())
-    try:
-        await wait_until(lambda: len(device_info(gateway)) == 4, timeout_s=5, what="device_info")
+    async with registry_written(tmp_path) as (gateway, clock):
         clock.advance(DEVICE_INFO_INTERVAL_S - 1)
         await asyncio.sleep(0.05)
         assert len(device_info(gateway)) == 4
@@ -122,9 +120,6 @@ async def test_the_registry_is_written_again_each_day_without_health_reports(
             line.rsplit(" ", 1)[0] for line in device_info(gateway)[:4]
         ]
         assert all(line.endswith(f" {day_on_ms}") for line in again)
-    finally:
-        gateway.stop()
-        await asyncio.wait_for(running, timeout=10)
 
 
 async def test_the_registry_is_written_again_when_a_reload_changes_it(tmp_path: Path) -> None:
@@ -197,3 +192,49 @@ def ticked(clock: ManualClock, gateway: Gateway, count: int) -> bool:
         return True
     clock.advance(1)
     return False
+
+
+async def test_a_failure_reading_the_registry_s_series_for_the_daily_writing_does_not_stop_the_gateway(
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # SQLite could not go on for now (a lock held, an I/O error): the commits of the
+    # gateway try again, but the device-info stage ended, and with it the whole gateway,
+    # its alarms unheard until something starts it again.
+    async with registry_written(tmp_path) as (gateway, clock):
+        read = gateway.outbox.registry_series
+        failures = [StoreError("reading the registry's series failed: database is locked",
+                               retryable=True)]  # fmt: skip
+
+        def failing_once() -> tuple[list[str], dict[str, int | None]]:
+            if failures:
+                raise failures.pop()
+            return read()
+
+        gateway.outbox.registry_series = failing_once  # type: ignore[method-assign]
+        clock.advance(DEVICE_INFO_INTERVAL_S)
+
+        def written_again() -> bool:
+            # The try again waits its backoff on the gateway's clock.
+            if len(device_info(gateway)) >= 8:
+                return True
+            clock.advance(1)
+            return False
+
+        await wait_until(written_again, timeout_s=10, what="device_info a day on")
+        assert len(device_info(gateway)) == 8
+
+
+@asynccontextmanager
+async def registry_written(tmp_path: Path) -> AsyncIterator[tuple[Gateway, ManualClock]]:
+    """A gateway with the registry alone, once it wrote the registry's points; stopped at
+    the end, which raises what a stage that ended with a failure raised."""
+    _, config = registry_only(tmp_path)
+    clock = ManualClock(T0)
+    gateway = Gateway(config, clock)
+    running = asyncio.create_task(gateway.run())
+    try:
+        await wait_until(lambda: len(device_info(gateway)) == 4, timeout_s=5, what="device_info")
+        yield gateway, clock
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(running, timeout=10)

@@ -1,4 +1,6 @@
 import itertools
+import sqlite3
+import zlib
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -126,6 +128,20 @@ def test_a_device_taken_out_or_moved_is_written_as_no_longer_registered_where_it
     ]
 
 
+def test_a_device_taken_out_is_written_as_such_for_a_month_and_then_let_be() -> None:
+    # Every day for ever would undo an administrator's drop of its series the next
+    # morning, keep its building in the dashboards' place lists past any retention
+    # policy, and pile up in every writing.
+    day_ms = 86_400_000
+    info = device_info(Registry([COVER, WEARER]), 0)
+    for day in range(1, 31):
+        info = device_info(Registry([COVER]), day * day_ms, info.series, info.ended)
+        assert any("device_id=br-1" in line for line in info.lines), day
+    info = device_info(Registry([COVER]), 31 * day_ms, info.series, info.ended)
+    assert not any("device_id=br-1" in line for line in info.lines)
+    assert not info.ended
+
+
 def test_a_device_s_end_dropped_from_a_full_outbox_is_written_again_the_next_day(
     tmp_path: Path,
 ) -> None:
@@ -151,6 +167,27 @@ def test_a_device_s_end_dropped_from_a_full_outbox_is_written_again_the_next_day
     assert [line for line in again if "registered=false" in line] == [
         ended[0].replace(" 5999", f" {6_000 + 86_400_000 - 1}")
     ]
+    # Kept with when it was first found ended, across the writings.
+    assert list(outbox.registry_series()[1].values()) == [6_000]
+    outbox.close()
+
+
+def test_series_an_earlier_version_recorded_as_ended_are_written_so_from_now(
+    tmp_path: Path,
+) -> None:
+    # That version kept no time with them: they count as ended at the next writing.
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    gone = "device_info,community=hgy,device_id=br-1,device_type=bracelet"
+
+    def earlier(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO registry_series VALUES (0, ?, ?)",
+                     (zlib.compress(b""), zlib.compress(gone.encode())))  # fmt: skip
+
+    outbox.commit([], [], None, earlier)
+    written, ended = outbox.registry_series()
+    assert ended == {gone: None}
+    info = device_info(Registry([COVER]), 9_000, written, ended)
+    assert f"{gone} registered=false 8999" in info.lines and info.ended == {gone: 9_000}
     outbox.close()
 
 
