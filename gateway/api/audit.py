@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS audit (
     via TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_device ON audit (community, device_id);
+-- Retention's hourly pass finds the reads to let go by it, under the outbox's write lock,
+-- which alarms' commits wait for, rather than going through years of reads kept.
+CREATE INDEX IF NOT EXISTS audit_time ON audit (at_ms);
 """
 
 
@@ -78,12 +81,12 @@ class AuditLog:
             )  # fmt: skip
 
     def forget_before(self, before_ms: int, limit: int) -> int:
-        """Removes at most `limit` of the oldest rows recorded before `before_ms`; the
-        newest stays, so that ids are never given again."""
+        """Removes at most `limit` of the oldest rows recorded before `before_ms`, found
+        by their time's index; the newest stays, so that ids are never given again."""
         with self._lock:
             return self._conn.execute(
                 "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at_ms < ?"
-                " AND id < (SELECT max(id) FROM audit) ORDER BY id LIMIT ?)",
+                " AND id < (SELECT max(id) FROM audit) ORDER BY at_ms, id LIMIT ?)",
                 (before_ms, limit),
             ).rowcount
 

@@ -311,7 +311,8 @@ class AlertBook:
                 if not inserted and change.state is AlertState.FIRING:
                     # Where it fired, if the record that fired it said; else where it began.
                     inserted = conn.execute(
-                        "UPDATE alerts SET state = 'firing', updated_ms = ?, fired_ms = ?,"
+                        "UPDATE alerts SET state = 'firing', updated_ms = max(updated_ms, ?),"
+                        " fired_ms = ?,"
                         " lat = coalesce(?, lat), lon = coalesce(?, lon)"
                         " WHERE alert_id = ? AND state = 'pending'",
                         (change.at_ms, change.at_ms, lat, lon, change.alert_id),
@@ -328,7 +329,7 @@ class AlertBook:
             else:
                 updated = conn.execute(
                     "UPDATE alerts SET state = CASE WHEN state = 'closed' THEN 'closed'"
-                    " ELSE 'resolved' END, resolved_ms = ?, updated_ms = ?"
+                    " ELSE 'resolved' END, resolved_ms = ?, updated_ms = max(updated_ms, ?)"
                     " WHERE alert_id = ? AND resolved_ms IS NULL",
                     (change.at_ms, change.at_ms, change.alert_id),
                 ).rowcount
@@ -437,21 +438,27 @@ class AlertBook:
     def get(self, alert_id: str) -> AlertEntry:
         return _read(self._conn, alert_id)
 
-    def sites(self, alert_ids: Collection[str]) -> dict[str, Site | None]:
-        """Where each of these alerts in the book is kept as being (see AlertEntry.site),
-        by alert id; those not in the book left out. In one statement: a tick that finds
-        a district's devices offline changes thousands."""
+    def kept(self, alert_ids: Collection[str]) -> dict[str, tuple[AlertState, Site | None]]:
+        """The state of each of these alerts in the book, and where it is kept as being
+        (see AlertEntry.site), by alert id; those not in the book left out. In one
+        statement: a tick that finds a district's devices offline changes thousands."""
         rows = self._conn.execute(
-            "SELECT alert_id, community, site FROM alerts"
+            "SELECT alert_id, state, community, site FROM alerts"
             " WHERE alert_id IN (SELECT value FROM json_each(?))",
             (orjson.dumps(list(alert_ids)).decode(),),
         )
-        return {str(alert_id): _site(community, site) for alert_id, community, site in rows}
+        return {
+            str(alert_id): (AlertState(str(state)), _site(community, site))
+            for alert_id, state, community, site in rows
+        }
 
-    def was_let_go(self, alert_id: str) -> bool:
-        """Whether retention let go of this life-safety alert."""
-        found = self._conn.execute("SELECT 1 FROM let_go WHERE alert_id = ?", (alert_id,))
-        return found.fetchone() is not None
+    def let_go_of(self, alert_ids: Collection[str]) -> set[str]:
+        """Those of these alerts retention let go of (life-safety alerts, see `let_go`)."""
+        rows = self._conn.execute(
+            "SELECT alert_id FROM let_go WHERE alert_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(alert_ids)).decode(),),
+        )
+        return {str(alert_id) for (alert_id,) in rows}
 
     @staticmethod
     def read(conn: sqlite3.Connection, alert_id: str) -> AlertEntry:

@@ -5,7 +5,7 @@ neither lose an alert nor announce it twice."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -84,17 +84,18 @@ class AlertStage:
             return False
         return entry.state is not AlertState.FIRING or was_muted(self.book.history(alert_id))
 
-    def _sites(self, changes: Sequence[AlertChange]) -> dict[str, Site]:
+    def _sites(
+        self, changes: Sequence[AlertChange], kept: Mapping[str, tuple[AlertState, Site | None]]
+    ) -> dict[str, Site]:
         """Where each changed alert is: kept in the book since it began; for a new one,
         where the registry has its device now, or its community alone for a device the
         registry does not have, so that every point of an alert is of one series."""
         registry = self.engine.registry
-        kept = self.book.sites({c.alert_id for c in changes}) if changes else {}
         sites: dict[str, Site] = {}
         for change in changes:
             if change.alert_id in kept:
                 # An earlier version's alert kept none: where the registry has it now.
-                site = kept[change.alert_id] or registry.site(*change.device)
+                site = kept[change.alert_id][1] or registry.site(*change.device)
             else:
                 site = registry.site(*change.device) or Site(change.device.community)
             if site is not None:
@@ -109,16 +110,19 @@ class AlertStage:
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()
-        if self._kept_ms is not None:
-            kept_since_ms = now_ms - self._kept_ms
+        kept: dict[str, tuple[AlertState, Site | None]] = {}
+        if changes:
+            ids = {c.alert_id for c in changes}
+            kept = self.book.kept(ids)
+            let_go = self.book.let_go_of(ids - kept.keys())
             made = []
             for change in changes:
-                if change.at_ms >= kept_since_ms or self._known(change):
+                if self._made(change, kept, let_go, now_ms):
                     made.append(change)
                 else:
                     self.engine.forget(change)
             changes = made
-        sites = self._sites(changes)
+        sites = self._sites(changes, kept)
         changes = [self._silence(c, now_ms, sites.get(c.alert_id)) for c in changes]
         tracks_changed, tracks_gone = self.engine.take_changes()
         seen = self.engine.take_seen()
@@ -137,24 +141,43 @@ class AlertStage:
         lines = [alert_line(c, sites.get(c.alert_id)) for c in changes]
         return AlertDecision(changes, lines, write, repeats)
 
-    def _known(self, change: AlertChange) -> bool:
-        """Whether the alert a record older than the book keeps alerts changes is in the
-        book (open all that time). If not, the record was sent again (a device's stored
-        events uploaded once more, after the redelivery filter forgot them), and what it
-        made was told, closed and let go: it is not made again. A life-safety alarm is,
-        unless retention let go of it: one from a device whose clock a flat battery set
-        back years, never seen, must reach a person."""
-        try:
-            self.book.get(change.alert_id)
-        except AlertError:
-            if change.life_safety and not self.book.was_let_go(change.alert_id):
+    def _made(
+        self,
+        change: AlertChange,
+        kept: Mapping[str, tuple[AlertState, Site | None]],
+        let_go: Collection[str],
+        now_ms: int,
+    ) -> bool:
+        """Whether a change is made, or is of a record sent again (a device's stored
+        events uploaded once more, after the redelivery filter forgot them) whose alert was
+        told and closed, or let go: not made again, and its timer let go, which left
+        firing would take a fire of now into an alert nobody watches.
+
+        An alert is made again neither if the book has it closed, nor if retention let it
+        go (a life-safety one), nor if its record is older than the alerts the book keeps
+        and the book does not have it. A life-safety alarm of such a record is made: one
+        from a device whose clock a flat battery set back years, never seen, must reach a
+        person."""
+        found = kept.get(change.alert_id)
+        if found is not None:
+            # An alert closed while its condition held clears as any other.
+            if found[0] is not AlertState.CLOSED or change.state is AlertState.RESOLVED:
                 return True
-            log.warning("%s/%s: a record of %s ms, older than the alerts kept "
-                        "(retention.alerts_days), is not made an alert (%s) again",
-                        change.device.community, change.device.device_id, change.at_ms,
-                        change.rule)  # fmt: skip
-            return False
-        return True
+            why = "its alert was closed"
+        elif change.alert_id in let_go:
+            why = "retention let its alert go"
+        elif (
+            self._kept_ms is not None
+            and change.at_ms < now_ms - self._kept_ms
+            and not change.life_safety
+        ):
+            why = "it is older than the alerts kept (retention.alerts_days)"
+        else:
+            return True
+        log.warning("%s/%s: a record of %s ms is not made an alert (%s) again: %s",
+                    change.device.community, change.device.device_id, change.at_ms,
+                    change.rule, why)  # fmt: skip
+        return False
 
     def _silence(self, change: AlertChange, now_ms: int, site: Site | None) -> AlertChange:
         if change.state is AlertState.RESOLVED:
