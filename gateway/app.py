@@ -339,7 +339,7 @@ class Gateway:
         self, config: GatewayConfig
     ) -> tuple[RedeliveryFilter, RedeliveryFilter]:
         """The main lane's and the alarm lane's redelivery filters, with their saved keys."""
-        redelivery = RedeliveryFilter()
+        redelivery = RedeliveryFilter.configured(config)
         main_keys: SavedKeys | None = None
         # With the telemetry apart the main lane is that process's, which restores its
         # keys itself: here they would only take memory and start-up time from the
@@ -353,7 +353,7 @@ class Gateway:
             # saved keys of its own, a device sending one of those alarms again must find
             # it known.
             alarm_keys = self.outbox.redelivery_keys() if main_keys is None else main_keys
-        alarm_redelivery = RedeliveryFilter()
+        alarm_redelivery = RedeliveryFilter.configured(config)
         alarm_redelivery.restore(alarm_keys)
         return redelivery, alarm_redelivery
 

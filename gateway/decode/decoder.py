@@ -258,6 +258,7 @@ class Decoder:
     ) -> DecodedMessage:
         body = _parse_object(message.payload)
         time_ms, source, stamp_ms = self._timestamp(device, body, message.received_ms)
+        clock_right = source is TimeSource.DEVICE
         seq = _seq(body)
         records: tuple[Record, ...]
         if kind == "telemetry":
@@ -267,7 +268,8 @@ class Decoder:
             records = (event,)
             # Two events at one time (a fall and an SOS in the same second) are two.
             detail = zlib.crc32(f"{event.kind}/{event.port}".encode())
-            key = _dedup_key(kind, seq, stamp_ms, detail)
+            key = _dedup_key(kind, seq, stamp_ms, message.payload, detail,
+                             clock_right=clock_right)  # fmt: skip
             return _new(DecodedMessage, (device, records, key))
         else:
             online = body.get("online")
@@ -280,7 +282,8 @@ class Decoder:
             if message.retain and source is TimeSource.GATEWAY:
                 source = TimeSource.RETAINED
             records = (StatusReport(device, time_ms, source, online, seq),)
-        return _new(DecodedMessage, (device, records, _dedup_key(kind, seq, stamp_ms)))
+        key = _dedup_key(kind, seq, stamp_ms, message.payload, clock_right=clock_right)
+        return _new(DecodedMessage, (device, records, key))
 
     def _decode_vendor(self, message: InboundMessage, route: _Route) -> DecodedMessage:
         compiled = route.compiled
@@ -314,7 +317,8 @@ class Decoder:
         )
         records: list[Record] = [Reading(device, time_ms, source, fields)]
         records.extend(Event(device, time_ms, source, name, {}) for name in frame.events)
-        key = _dedup_key("up", _seq(body), stamp_ms, frame.crc)
+        key = _dedup_key("up", _seq(body), stamp_ms, message.payload, frame.crc,
+                         clock_right=source is TimeSource.DEVICE)  # fmt: skip
         return DecodedMessage(device, tuple(records), key)
 
     def _check_registered(self, community: str, device_type: str, device_id: str) -> None:
@@ -347,14 +351,19 @@ class Decoder:
             raise DecodeError(
                 RejectReason.BAD_TIMESTAMP, f"ts must be epoch ms or RFC 3339, got {ts!r}"
             )
+        # What tells a message apart is the device's time as sent, whenever its clock was
+        # ever set: not whether it is usable as the record's time, which depends on when
+        # the message came, and a redelivery comes later.
+        stamp_ms = time_ms if time_ms >= _EARLIEST_TS_MS else None
         # When the message was read stands for now: the clock is read once a read of the
         # socket, not once a message.
         if _EARLIEST_TS_MS <= time_ms <= received_ms + self._max_future_skew_ms:
-            return time_ms, TimeSource.DEVICE, time_ms
-        # A clock never set, reset by a flat battery, or seconds sent for milliseconds:
-        # what the device says is kept all the same (a fire alarm is a fire alarm), at
-        # the time it came, marked as such. Its time tells no message from another (a
-        # clock stuck at 0 sends it with every one): only `seq` may then.
+            return time_ms, TimeSource.DEVICE, stamp_ms
+        # A clock never set, reset by a flat battery, running far ahead, or seconds sent
+        # for milliseconds: what the device says is kept all the same (a fire alarm is a
+        # fire alarm), at the time it came, marked as such. A time before the clock was
+        # ever set tells no message from another (a clock stuck at 0 sends it with every
+        # one): only `seq` may then.
         if device not in self._clocks_off:
             if len(self._clocks_off) >= _CLOCKS_OFF_MAX_ENTRIES:
                 self._clocks_off.clear()
@@ -362,7 +371,7 @@ class Decoder:
             log.warning("%s/%s/%s sends times its clock cannot have (ts %s): what it sends is "
                         "kept at the time it comes", device.community, device.device_type,
                         device.device_id, ts)  # fmt: skip
-        return received_ms, TimeSource.GATEWAY, None
+        return received_ms, TimeSource.GATEWAY, stamp_ms
 
     def _readings(
         self,
@@ -479,18 +488,31 @@ def _rfc3339_ms(ts: str) -> int:
     return round(parsed.timestamp() * 1000) + (1000 if leap else 0)
 
 
-def _dedup_key(kind: str, seq: int | None, stamp_ms: int | None, detail: int = 0) -> int | None:
+def _dedup_key(
+    kind: str,
+    seq: int | None,
+    stamp_ms: int | None,
+    payload: bytes,
+    detail: int = 0,
+    *,
+    clock_right: bool = True,
+) -> int | None:
     """A small int per message, the same for every delivery of it, in every process:
     made of ints alone, whose hashes Python does not salt.
 
     `seq` and the device's `ts` together where both are sent: a device that restarts
-    counts from 0 again, and its new messages must not pass for old ones. Without `seq`,
-    the time and `detail`, which tells apart messages a device may send at one time.
+    counts from 0 again, and its new messages must not pass for old ones. `seq` without a
+    time (none sent, or a clock never set): with the message's bytes, which every
+    delivery of it repeats, and a device counting again from 0 after a battery change
+    does not (its readings differ), or it would be silenced as if each were one before.
+    Without `seq`, the time and `detail`, which tells apart messages a device may send at
+    one time, if the time is one the device's clock can have (`clock_right`): a clock
+    stuck ahead sends one time with every message, each of which would pass for the first.
     """
-    if stamp_ms is None:
-        return seq
     if seq is not None:
-        return hash((seq, stamp_ms))
+        return hash((seq, stamp_ms if stamp_ms is not None else zlib.crc32(payload)))
+    if stamp_ms is None or not clock_right:
+        return None
     code = _KIND_CODES[kind]
     return hash((code, stamp_ms, detail)) if detail else hash((code, stamp_ms))
 

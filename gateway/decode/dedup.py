@@ -20,6 +20,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass
 
+from gateway.config import GatewayConfig, MqttConfig
 from gateway.decode.record import DeviceRef
 
 # The devices' lists are written whole once the log holds this many keys for each
@@ -31,8 +32,17 @@ WHOLE_LISTS_PER_BATCH = 1000
 
 # Batches whose acknowledgements may still be on their way to the broker when the
 # connection is lost (a batch is acknowledged as soon as it is committed, every 50 ms or
-# so under load): a device keeps all its keys of these.
-UNACKNOWLEDGED_BATCHES = 8
+# so under load): a device keeps all its keys of these. The default's, for full batches
+# (see `unacknowledged_batches`).
+UNACKNOWLEDGED_BATCHES = 12
+
+
+def unacknowledged_batches(in_flight: int, batch_messages: int) -> int:
+    """Full batches the broker's messages in flight to the gateway fill (`in_flight`, up
+    to receive_maximum), and two more: all of them are committed, and sent again, when a
+    connection is lost unnoticed while a backlog from a few devices drains."""
+    return -(-in_flight // batch_messages) + 2
+
 
 Ident = tuple[str, str]
 
@@ -64,8 +74,11 @@ class KeysToSave:
 
 
 class RedeliveryFilter:
-    def __init__(self, keys_per_device: int = 32) -> None:
+    def __init__(
+        self, keys_per_device: int = 32, unacknowledged: int = UNACKNOWLEDGED_BATCHES
+    ) -> None:
         self._keys_per_device = keys_per_device
+        self._unacknowledged = unacknowledged
         # A device's keys as 64-bit ints in an array: a list written whole is its bytes,
         # which cost far less to make and to write than text.
         self._recent: dict[Ident, array[int]] = {}
@@ -81,6 +94,15 @@ class RedeliveryFilter:
         self._writing: list[Ident] = []
         self._writing_through = 0
         self._batch = 0
+
+    @classmethod
+    def configured(cls, config: GatewayConfig) -> RedeliveryFilter:
+        """For the config's connections: as many messages in flight to the gateway as
+        the broker may have unacknowledged, committed in batches of at most
+        `ingest.commit_max_messages`."""
+        mqtt = config.mqtt or MqttConfig()
+        batches = unacknowledged_batches(mqtt.receive_maximum, config.ingest.commit_max_messages)
+        return cls(unacknowledged=batches)
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -113,7 +135,11 @@ class RedeliveryFilter:
         recent = self._recent
         counts = Counter(idents)
         for ident, count in counts.items():
-            keep = max(keys_per_device, self._burst(ident, count, batch))
+            # In a burst, its usual last few as well: the message that came just before
+            # it (a reading, then those kept while the device's link was down) may be
+            # unacknowledged too.
+            burst = self._burst(ident, count, batch)
+            keep = keys_per_device + burst if burst else keys_per_device
             kept = recent[ident]
             excess = len(kept) - keep
             if excess > 0:
@@ -127,7 +153,7 @@ class RedeliveryFilter:
         bursts = self._bursts
         if count == 1 and ident not in bursts:
             return 0
-        oldest = batch - UNACKNOWLEDGED_BATCHES + 1
+        oldest = batch - self._unacknowledged + 1
         burst = [(b, n) for b, n in bursts.get(ident, ()) if b >= oldest]
         burst.append((batch, count))
         if any(n > 1 for _, n in burst):
@@ -175,7 +201,7 @@ class RedeliveryFilter:
             ident = (community, device_id)
             self._recent[ident] = kept
             written[ident] = batch
-            if len(kept) > 1 and batch > newest - UNACKNOWLEDGED_BATCHES:
+            if len(kept) > 1 and batch > newest - self._unacknowledged:
                 # Written with one of the batches whose acknowledgements may not have
                 # reached the broker, and more than one key: maybe a burst of them (a
                 # backlog's list is written whole with every batch, and its log goes).

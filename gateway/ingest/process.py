@@ -237,7 +237,7 @@ async def _serve(
     # before it opens the outbox.
     instance = PidLock.take(telemetry_pid_path(config.outbox.path), "another telemetry process")
     outbox = Outbox.configured(config.outbox)
-    redelivery = RedeliveryFilter()
+    redelivery = RedeliveryFilter.configured(config)
     redelivery.restore(outbox.redelivery_keys())
     ingest = config.ingest
     pipeline = IngestPipeline(

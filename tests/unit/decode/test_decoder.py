@@ -11,6 +11,7 @@ from gateway import PROJECT_ROOT
 from gateway.decode import acme
 from gateway.decode import decoder as decoder_module
 from gateway.decode.decoder import CODECS, Decoder
+from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import load_profiles
 from gateway.decode.record import Event, Reading, StatusReport, TimeSource
 from gateway.decode.rejection import RejectReason
@@ -110,9 +111,12 @@ def test_an_alarm_from_a_device_whose_clock_is_off_is_kept_at_the_time_it_came(
     assert isinstance(event, Event) and event.kind == "alarm"
     assert (event.time_ms, event.time_source) == (NOW_MS + 5, TimeSource.GATEWAY)
     # A clock stuck at one time sends it with every alarm: it tells none from the next,
-    # which would be dropped as a redelivery; only seq does.
+    # which would be dropped as a redelivery; only seq does, alike at every delivery.
     assert decoded.dedup_key is None
-    assert later.dedup_key == 8
+    again = d.decode(message(topic, {"ts": ts, "event": "alarm", "seq": 8}))
+    next_one = d.decode(message(topic, {"ts": ts, "event": "alarm", "seq": 9}))
+    assert later.dedup_key is not None and later.dedup_key == again.dedup_key
+    assert next_one.dedup_key != later.dedup_key
     assert [r.message for r in caplog.records] == [
         f"hgy/smoke_detector/sd-1 sends times its clock cannot have (ts {ts}): what it sends "
         "is kept at the time it comes"
@@ -413,7 +417,10 @@ def test_redelivery_keys() -> None:
     assert key("telemetry", {"ts": NOW_MS, "worn": True}) != key(
         "event", {"ts": NOW_MS, "event": "sos"}
     )
-    assert key("telemetry", {"seq": 5, "worn": True}) == 5
+    # seq without ts: with the message's bytes, alike at every delivery, where a device
+    # counting from 0 again after a battery change sends other readings under an old seq.
+    assert key("telemetry", {"seq": 5, "worn": True}) == key("telemetry", {"seq": 5, "worn": True})
+    assert key("telemetry", {"seq": 5, "worn": True}) != key("telemetry", {"seq": 5, "worn": False})
     # Neither seq nor ts: nothing tells a redelivery from a new message.
     assert key("telemetry", {"worn": True}) is None
 
@@ -537,3 +544,51 @@ def test_each_field_is_taken_converted_or_rejected_as_its_spec_says(
     assert isinstance(reading, Reading)
     value = reading.fields[field]
     assert (value, type(value)) == (expected, type(expected))
+
+
+DETECTOR = "community/hgy/smoke_detector/sd-1/"
+DAY_MS = 24 * 3600 * 1000
+
+
+def smoke_reading(seq: int, *, alarm: bool) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "obscuration_pct_per_m": 4.5 if alarm else 0.1,
+        "temperature_c": 58.0 if alarm else 22.0,
+        "battery_pct": 100,
+        "alarm": alarm,
+    }
+
+
+def test_a_device_without_a_clock_that_restarts_its_seq_counter_is_not_silenced() -> None:
+    d = decoder()
+    keys = RedeliveryFilter()
+
+    def taken(body: dict[str, object]) -> bool:
+        payload = json.dumps(body).encode()
+        decoded = d.decode(InboundMessage(DETECTOR + "telemetry", payload, NOW_MS))
+        assert decoded.dedup_key is not None
+        return not keys.is_redelivery(decoded.device, decoded.dedup_key)
+
+    # A detector that sends no time (or one its clock cannot have: never set, reset by
+    # a flat battery), hourly, for a day.
+    assert all(taken(smoke_reading(seq, alarm=False)) for seq in range(24))
+    # Its battery is changed: it counts from 0 again, and then there is a fire.
+    assert [taken(smoke_reading(seq, alarm=True)) for seq in range(3)] == [True, True, True]
+    # A redelivery of one of those is still one.
+    assert not taken(smoke_reading(1, alarm=True))
+
+
+def test_a_redelivery_from_a_device_whose_clock_is_a_day_ahead_is_known_whenever_it_comes() -> None:
+    d = decoder()
+    keys = RedeliveryFilter()
+    # An SOS from a bracelet whose clock runs a day and a minute ahead: taken in at the
+    # time it came. The gateway crashes after the commit, before the acknowledgement, and
+    # is back ten minutes later: the broker sends it again.
+    body = json.dumps({"ts": NOW_MS + DAY_MS + 60_000, "seq": 41, "event": "sos"}).encode()
+    topic = "community/hgy/bracelet/br-1/event"
+    first = d.decode(InboundMessage(topic, body, NOW_MS))
+    again = d.decode(InboundMessage(topic, body, NOW_MS + 10 * 60_000))
+    assert first.dedup_key is not None and again.dedup_key is not None
+    assert not keys.is_redelivery(first.device, first.dedup_key)
+    assert keys.is_redelivery(again.device, again.dedup_key)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import IngestConfig, MqttConfig
 from gateway.decode import dedup
 from gateway.decode.dedup import (
     LOG_KEYS_PER_DEVICE,
@@ -104,13 +105,14 @@ def test_a_batch_keeps_all_its_keys_for_a_redelivery_of_all_of_it(tmp_path: Path
     # Then the device keeps its last few again.
     keys.is_redelivery(BRACELET, 300)
     keys.take_changes()
-    assert [keys.is_redelivery(BRACELET, k) for k in (300, 206, 205, 204, 203)] == [
+    last = 200 + UNACKNOWLEDGED_BATCHES - 2
+    assert [keys.is_redelivery(BRACELET, k) for k in (300, last, last - 1, last - 2)] == [
         True,
         True,
         True,
         True,
-        False,
     ]
+    assert not keys.is_redelivery(BRACELET, last - 3)
 
 
 def test_a_lost_connection_finds_every_batch_on_its_way_to_the_broker_again() -> None:
@@ -261,3 +263,66 @@ def test_a_burst_already_in_a_list_written_whole_survives_a_restart(tmp_path: Pa
     restored = saved_and_restored(keys, outbox, keys_per_device=4)
     # The gateway stopped before the broker had the acknowledgements: it sends both again.
     assert all(restored.is_redelivery(BRACELET, k) for k in (*range(100, 110), 200))
+
+
+SHED = DeviceRef("hgy", "charging_shed", "cs-1")
+
+
+def test_a_lost_connections_whole_window_of_unacknowledged_messages_is_known_when_sent_again() -> (
+    None
+):
+    # A backlog of few devices: full batches, many messages of each. The path to the
+    # broker dies unnoticed (seen only after 1.5 keepalives): everything the broker had
+    # in flight, up to receive_maximum, is committed from what was received, acknowledged
+    # on a connection that is gone or not at all, and sent again on the next connection.
+    in_flight = MqttConfig().receive_maximum
+    batch_size = IngestConfig().commit_max_messages
+    keys = RedeliveryFilter()
+    sheds = [DeviceRef("hgy", "charging_shed", f"cs-{n}") for n in range(50)]
+    sent = []
+    for key in range(in_flight):
+        device = sheds[key % len(sheds)]
+        assert not keys.is_redelivery(device, key)
+        sent.append((device, key))
+        if (key + 1) % batch_size == 0:
+            keys.take_changes()
+    taken_for_new = [key for device, key in sent if not keys.is_redelivery(device, key)]
+    assert taken_for_new == []
+
+
+def test_a_message_just_before_a_burst_of_its_device_is_known_when_both_come_again() -> None:
+    keys = RedeliveryFilter()
+    # A shed's reading, then in the next batch the readings it kept while its own link
+    # was down.
+    assert not keys.is_redelivery(SHED, 0)
+    keys.take_changes()
+    for key in range(1, 41):
+        assert not keys.is_redelivery(SHED, key)
+    keys.take_changes()
+    # The connection is lost before the broker had either batch's acknowledgement.
+    assert [key for key in range(41) if not keys.is_redelivery(SHED, key)] == []
+
+
+def test_a_message_just_before_a_burst_of_its_device_is_known_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    keys = RedeliveryFilter()
+    others = [DeviceRef("hgy", "charging_shed", f"cs-{n}") for n in range(2, 13)]
+    # The shed's reading comes with a busy batch of another's: the lists are written.
+    keys.is_redelivery(SHED, 0)
+    for key in range(100, 120):
+        keys.is_redelivery(others[0], key)
+    first = keys.take_changes()
+    assert ("hgy", "cs-1") in {(c, d) for c, d, _ in first.lists}
+    outbox.commit([], [], first)
+    # Then the readings the shed kept while its own link was down, among other devices'.
+    for key in range(1, 41):
+        keys.is_redelivery(SHED, key)
+    for device in others[1:]:
+        keys.is_redelivery(device, 500)
+    outbox.commit([], [], keys.take_changes())
+    # The gateway crashes before the broker had the acknowledgements: both batches again.
+    restored = RedeliveryFilter()
+    restored.restore(outbox.redelivery_keys())
+    assert [key for key in range(41) if not restored.is_redelivery(SHED, key)] == []
