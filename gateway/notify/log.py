@@ -22,6 +22,10 @@ from pathlib import Path
 
 from gateway.store.database import FoundDamaged, check_whole, is_damaged, open_book
 
+# The detail of the attempt that holds a notification for its receiver's quiet hours,
+# before the time it is held until.
+QUIET_HOLD = "held until "
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notification_attempts (
     id INTEGER PRIMARY KEY,
@@ -308,8 +312,16 @@ class NotificationLog:
         steps = self._conn.execute(
             "UPDATE escalation_plan SET due_ms = due_ms + ? WHERE state = 'waiting'", (step_ms,)
         )
+        # A digest's member waits as a pending one does (a retry, a limit's wait). One
+        # held for the receiver's quiet hours, and not since, waits for a time of day,
+        # which a step of the clock does not move (see Notifier._add).
         notifications = self._conn.execute(
-            "UPDATE notifications SET due_ms = due_ms + ? WHERE state = 'pending'", (step_ms,)
+            "UPDATE notifications SET due_ms = due_ms + ? WHERE state IN ('pending', 'digest')"
+            " AND NOT EXISTS (SELECT 1 FROM notification_attempts AS a"
+            " WHERE a.alert_id = notifications.alert_id AND a.notification_key = notifications.key"
+            f" AND a.result = '{AttemptResult.QUIET_HOURS}'"
+            f" AND a.detail = '{QUIET_HOLD}' || notifications.due_ms)",
+            (step_ms,),
         )
         return steps.rowcount + notifications.rowcount
 

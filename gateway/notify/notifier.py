@@ -45,6 +45,7 @@ from gateway.notify.hooks import Console, MqttPublisher, Publish, Webhook
 from gateway.notify.link import LinkSigner
 from gateway.notify.log import (
     IN_DIGEST,
+    QUIET_HOLD,
     AttemptResult,
     DeliveryAttempt,
     Notification,
@@ -187,6 +188,9 @@ class Notifier:
         self._commit = commit
         self._clock = clock
         self._steps = WallSteps(clock)
+        # A step of the wall clock not yet moved into what waits: a round rolled back
+        # moves nothing, and the next round must.
+        self._unshifted_ms = 0
         self._stats = stats
         self._zone = zone
         self._incoming: deque[AlertChange] = deque()
@@ -412,6 +416,7 @@ class Notifier:
                                      self.book.get(step.alert_id))  # fmt: skip
             sends = self._due_sends()
             digests = self._due_digests()
+        self._unshifted_ms = 0
         # Started once their round committed: a round rolled back starts none.
         for notification, notice, channel in sends:
             self._start((notification.key,), self._deliver(notification, notice, channel))
@@ -426,7 +431,8 @@ class Notifier:
         """After the wall clock was set (NTP, on a box that booted with a wrong clock),
         what waits keeps its delay: set back two hours, the clock would otherwise hold
         a fall's voice call for two hours; set forward, run every step at once."""
-        step_ms = self._steps.taken_ms()
+        self._unshifted_ms += self._steps.taken_ms()
+        step_ms = self._unshifted_ms
         if step_ms:
             moved = self.log.shift_due(step_ms)
             log.warning("the clock was set %s by %.0f s; %d waiting step(s) and "
@@ -604,7 +610,7 @@ class Notifier:
                                     "pending", notice.to_json().decode())  # fmt: skip
         if self.log.add(notification, now_ms) and due_ms > now_ms:
             self._record_notice(notice, "-", AttemptResult.QUIET_HOURS,
-                                f"held until {due_ms}", None)  # fmt: skip
+                                f"{QUIET_HOLD}{due_ms}", None)  # fmt: skip
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -830,6 +836,9 @@ class Notifier:
                         channel_index=notification.channel_index, tries=notification.tries,
                         due_ms=notification.due_ms)  # fmt: skip
         self._record_notice(notice, "-", AttemptResult.WITHDRAWN, reason, None)
+        if told:
+            # The all-clear went to those told when it came, this one still pending.
+            self._told_after_clear(notification, notice, self._clock.now_ms())
         return True
 
     def _carries_link(self, name: str) -> bool:
@@ -960,9 +969,18 @@ class Notifier:
     ) -> None:
         now_ms = self._clock.now_ms()
         if exc.rate_limited:
-            # Waits, as it did, for the limit to allow it: as long as the provider said.
+            # Waits, as it did, for the limit to allow it: as long as the provider said;
+            # a member with a channel after this one takes it now past a limit that lasts
+            # hours, as a single notice does (see `_over_limit`).
             wait_s = self._block(channel, digest, exc, now_ms)
-            for _, notice in members:
+            for notification, notice in members:
+                if wait_s > LONG_LIMIT_S and notification.channel_index + 1 < len(
+                    notification.channels
+                ):
+                    self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED,
+                                        str(exc), None)  # fmt: skip
+                    self._next_channel(notification, notice, now_ms)
+                    continue
                 self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED,
                                     f"{exc}; the digest waits {wait_s:g} s", None)  # fmt: skip
             return

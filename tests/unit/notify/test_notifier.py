@@ -1841,3 +1841,111 @@ async def test_tencent_s_limit_for_hong_kong_numbers_does_not_hold_mainland_ones
     assert tencent.numbers == ["+85291234567"]
     await rig.after(30)
     assert tencent.numbers == ["+85291234567", "+8613800000001"]
+
+
+async def a_tamper_waiting_for_a_digest(tmp_path: Path) -> Rig:
+    """A low battery told by a robot that takes one message a minute, and a tamper of
+    the same detector within the minute, waiting to go out in a digest."""
+    rig = Rig(tmp_path / "outbox.sqlite3", limits=(Limit(1, 60.0),))
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
+    await rig.after(1)
+    return rig
+
+
+async def test_a_digest_in_a_retry_is_not_held_for_hours_by_a_clock_set_back(
+    tmp_path: Path,
+) -> None:
+    rig = await a_tamper_waiting_for_a_digest(tmp_path)
+    # The digest meets a busy provider: tried again after a backoff of a few seconds.
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    await rig.after(59)
+    assert [s for s in rig.sent() if s[2] == "digest"] == []
+    # NTP sets the clock back two hours meanwhile.
+    rig.clock.step(-2 * 3600)
+    # The robot takes one message a minute: a minute later the digest goes, not 2 h on.
+    for _ in range(3):
+        await rig.after(30)
+    assert [s for s in rig.sent() if s[2] == "digest"] == [("wecom", "wang-fang", "digest")]
+
+
+async def test_a_clock_set_back_while_a_round_fails_holds_no_escalation_for_hours(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    await rig.after(0)
+    assert len(rig.sent()) == 2
+    # NTP sets the clock back two hours, and the round that sees it fails (the log's
+    # file locked): it is rolled back and tried again, as README says.
+    rig.clock.step(-2 * 3600)
+    due_steps = rig.log.due_steps
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def locked_once(now_ms: int):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return due_steps(now_ms)
+
+    rig.log.due_steps = locked_once  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        await rig.after(1)
+    await rig.after(0)
+    # Three minutes after the fall, as without the step: the office and a call.
+    await rig.after(179)
+    assert ("office-robot", "office", "firing") in rig.sent()
+
+
+async def test_a_notice_held_for_quiet_hours_goes_when_they_end_though_ntp_set_the_clock(
+    tmp_path: Path,
+) -> None:
+    # The box booted with its clock two hours behind: it reads 23:00 at 01:00.
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600_000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    assert rig.sent() == []  # held until her quiet hours end at 07:00
+    # NTP sets the clock right: 01:00.
+    rig.clock.step(2 * 3600)
+    await rig.after(1)
+    # 07:00: her quiet hours are over, and the low battery is told then, not at 09:00.
+    await rig.after(6 * 3600)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
+async def test_a_digest_refused_for_a_day_goes_by_the_next_channel_not_the_next_day(
+    tmp_path: Path,
+) -> None:
+    rig = await a_tamper_waiting_for_a_digest(tmp_path)
+    # The robot's digest is refused: over a limit that lasts until tomorrow.
+    rig.channels["wecom"].errors.append(NotifyError(  # type: ignore[attr-defined]
+        "over the daily limit", retryable=True, rate_limited=True, retry_after_s=86_400.0))  # fmt: skip
+    await rig.after(59)
+    # As any notice over a limit lasting more than an hour: the next channel, now.
+    for _ in range(3):
+        await rig.after(1)
+    assert ("sms", "wang-fang", "firing") in rig.sent()
+
+
+async def test_one_told_by_sms_whose_link_was_still_to_come_hears_the_all_clear(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # wang-fang is reached by SMS first, whose template carries no link, then by WeCom.
+    policy = POLICY.model_copy(update={"receivers": tuple(
+        r.model_copy(update={"channels": ("sms", "wecom")}) if r.name == "wang-fang" else r
+        for r in POLICY.receivers)})  # fmt: skip
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    # Told by SMS; the WeCom message with the link waits for a retry.
+    assert rig.sent() == [("sms", "wang-fang", "firing")]
+    # A new battery meanwhile: the alert is over.
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), reading(SMOKE, 7200, battery_pct=100))
+    await rig.after(1)
+    await rig.after(10)
+    # She was told it was low: she hears that it is over.
+    assert [s for s in rig.sent() if s[2] == "resolved"] != []
