@@ -129,8 +129,11 @@ class MqttSubscriber(Subscription):
         if link is None or link.transport.is_closing():
             return
         connection = self._connection
+        # A message at QoS 2 (queued in the session under an earlier subscription of the
+        # client id) is answered as QoS 2 asks: a PUBACK would be a protocol error, the
+        # connection dropped and the message sent again, for ever.
         acks = b"".join(
-            mqtt5.PubAckPacket(m.mid).write()
+            (mqtt5.PubAckPacket(m.mid) if m.qos == 1 else mqtt5.PubRecPacket(m.mid)).write()
             for m in messages
             if m.qos and m.connection == connection
         )
@@ -381,6 +384,9 @@ class _Link(asyncio.Protocol):
             subscriber._on_connack(self, packet)
         elif isinstance(packet, mqtt5.PubAckPacket | mqtt5.SubAckPacket | mqtt5.UnsubAckPacket):
             subscriber._on_answer(packet.packet_id, packet)
+        elif isinstance(packet, mqtt5.PubRelPacket):
+            # The second half of a QoS 2 message acknowledged after its commit.
+            self.transport.write(mqtt5.PubCompPacket(packet.packet_id).write())
         elif isinstance(packet, mqtt5.DisconnectPacket):
             log.warning(
                 "the broker closed the connection: %s%s",

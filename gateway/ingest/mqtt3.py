@@ -198,8 +198,12 @@ class Mqtt3Subscriber(Subscription):
         """Acknowledge committed QoS 1 messages.
 
         One delivered on a connection since lost is not acknowledged: the broker sends
-        it again on the new one, and the redelivery filter drops the copy.
+        it again on the new one, and the redelivery filter drops the copy. Nor is any
+        while a new connection waits for the broker's CONNACK: its packet id would name
+        another message of the session there.
         """
+        if not self.connected.is_set():
+            return
         client = self._client
         connection = self._connection
         for message in messages:
@@ -285,6 +289,8 @@ class Mqtt3Subscriber(Subscription):
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        # What came on this connection can no longer be acknowledged (see `ack`).
+        self._connection += 1
         if self._on_loop():
             self._lost.set()
         if reason.is_failure:

@@ -29,7 +29,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SystemClock, sleep_unless_set
 from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
@@ -104,6 +104,10 @@ class TelemetryProcess:
             exitcode = await self._run_once(stopping)
             if stopping.is_set():
                 return
+            # A process that ran a while before it ended is restarted soon again; one
+            # that ends at its start (a broken profile) ever later, up to the most.
+            if (self._clock.now_ms() - began_ms) / 1000 > RESTART_MAX_S:
+                delay_s = RESTART_MIN_S
             damage = damage_noted(self._config.outbox.path)
             if damage is not None:
                 # Started again, it would find the same damage: the gateway stops, and its
@@ -114,11 +118,8 @@ class TelemetryProcess:
                 exitcode,
                 delay_s,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay_s)
-            # A process that ran a while before it ended is restarted soon again.
-            ran_s = (self._clock.now_ms() - began_ms) / 1000
-            delay_s = RESTART_MIN_S if ran_s > RESTART_MAX_S else min(delay_s * 2, RESTART_MAX_S)
+            await sleep_unless_set(self._clock, delay_s, stopping)
+            delay_s = min(delay_s * 2, RESTART_MAX_S)
 
     def stop(self) -> None:
         """Nothing to do: `run` stops the process when `stopping` is set."""

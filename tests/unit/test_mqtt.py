@@ -14,8 +14,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.app import Gateway
-from gateway.clock import ManualClock
+from gateway.clock import ManualClock, SystemClock
 from gateway.config import GatewayConfig, MqttConfig
+from gateway.ingest.message import InboundMessage
 from gateway.ingest.mqtt import MqttSubscriber, _Link, subscriber_for
 from gateway.ingest.mqtt3 import Mqtt3Subscriber
 
@@ -236,3 +237,86 @@ def test_filters_are_recorded_as_the_session_s_once_the_broker_has_them(tmp_path
     assert isinstance(third.alarm_subscriber, Mqtt3Subscriber)
     assert third.alarm_subscriber._added == ("vendor/acme-smoke/+/up",)
     third.close()
+
+
+async def test_a_qos_2_message_is_answered_as_qos_2_asks_never_with_a_puback() -> None:
+    # A persistent session may hold messages queued under a QoS 2 subscription of an
+    # earlier client of the same id: the broker sends them at QoS 2 after the CONNACK.
+    # A PUBACK for a QoS 2 packet id is a protocol error (the broker drops the
+    # connection, sends the message again, gets a PUBACK again: nothing goes on).
+    link, transport = connect(subscriber(alarm_topics=[]), session_present=True)
+    sub = link._subscriber
+    transport.packets()
+    link.data_received(
+        mqtt5.PublishPacket(TOPIC, b"{}", qos=mqtt5.QoS.EXACTLY_ONCE, packet_id=3).write()
+    )
+    batch = await sub.next_batch(1000, 0.0)
+    assert [m.qos for m in batch] == [2]
+    sub.ack(batch)
+    assert [(type(p), p.packet_id) for p in transport.packets()] == [(mqtt5.PubRecPacket, 3)]
+    link.data_received(mqtt5.PubRelPacket(3).write())
+    assert [(type(p), p.packet_id) for p in transport.packets()] == [(mqtt5.PubCompPacket, 3)]
+
+
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """A packet's first byte and body, as a broker reads it."""
+    kind = (await reader.readexactly(1))[0]
+    length, multiplier = 0, 1
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length += (byte & 0x7F) * multiplier
+        multiplier *= 128
+        if not byte & 0x80:
+            break
+    return kind, await reader.readexactly(length)
+
+
+def publish_3(packet_id: int, payload: bytes) -> bytes:
+    topic = TOPIC.encode()
+    body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + payload
+    return bytes([0x32, len(body)]) + body
+
+
+CONNECT, CONNACK, PUBACK, SUBSCRIBE = 0x10, b"\x20\x02\x00\x00", 0x40, 0x82
+
+
+async def test_mqtt_3_1_1_never_acknowledges_on_a_new_connection_what_came_on_the_old() -> None:
+    # A broker restarted while a batch was being committed: the commit ends while the
+    # new connection waits for its CONNACK. The batch's packet id is the old
+    # connection's; on the new one it may name another message of the session, which
+    # would be acknowledged uncommitted, and lost at a crash.
+    connections: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    server = await asyncio.start_server(lambda r, w: connections.put_nowait((r, w)), "127.0.0.1", 0)
+    config = MqttConfig(
+        protocol="3.1.1", port=server.sockets[0].getsockname()[1], topics=[TOPIC],
+        alarm_topics=[], reconnect_min_s=0.01, reconnect_max_s=0.05, status_topic=None,
+    )  # fmt: skip
+    sub = Mqtt3Subscriber(config, SystemClock())
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        await sub.start()
+        reader, writer = await asyncio.wait_for(connections.get(), 5)
+        writers.append(writer)
+        assert (await asyncio.wait_for(read_packet(reader), 5))[0] == CONNECT
+        writer.write(CONNACK)
+        kind, body = await asyncio.wait_for(read_packet(reader), 5)
+        assert kind == SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x01" + publish_3(5, b'{"worn": true}'))
+        batch: list[InboundMessage] = []
+        while not batch:
+            batch = await asyncio.wait_for(sub.next_batch(1000, 0.1), 5)
+        assert [(m.mid, m.qos) for m in batch] == [(5, 1)]
+        writer.close()
+        reader, writer = await asyncio.wait_for(connections.get(), 5)
+        writers.append(writer)
+        assert (await asyncio.wait_for(read_packet(reader), 5))[0] == CONNECT
+        sub.ack(batch)
+        # A new session: the CONNACK has it subscribe. Nothing was written before.
+        writer.write(CONNACK)
+        assert (await asyncio.wait_for(read_packet(reader), 5))[0] == SUBSCRIBE
+    finally:
+        sub.stop()
+        for opened in writers:
+            opened.close()
+        server.close()
+        await server.wait_closed()
