@@ -161,6 +161,14 @@ async def link_page(
     return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
+@router.get("/a/{token}/{action}", response_class=RedirectResponse)
+async def link_action_reopened(ctx: Ctx, request: Request, token: str, action: str) -> Response:
+    """A step's address opened again (a refused step's page, reopened in the browser):
+    the alert's page."""
+    _verify(ctx, request, token)
+    return RedirectResponse(f"../{quote(token)}", status_code=303, headers=PAGE_HEADERS)
+
+
 @router.post("/a/{token}/{action}", response_class=HTMLResponse)
 async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Response:
     link = _verify(ctx, request, token)
@@ -305,7 +313,7 @@ async def _alert_page(
         f'<p><a class=map href="{esc(map_link)}" target=_blank rel=noopener>在地图中查看位置</a></p>'
         if map_link else ""
     )  # fmt: skip
-    actions = _actions(token, entry)
+    actions = _actions(token, entry, root_of(request.url.path))
     note = ""
     if message:
         note = f'<p class="{"error" if error else "ok"}" role=status>{esc(message)}</p>'
@@ -322,11 +330,12 @@ def _person(label: str, name: str | None, phone: str | None) -> str:
     return f"<li>{esc(label)}：{esc(name or '')}{call}</li>"
 
 
-def _actions(token: str, entry: AlertEntry) -> str:
+def _actions(token: str, entry: AlertEntry, root: str) -> str:
+    """`root`: the way back to the gateway's root from the page's address (see
+    `root_of`), which is /a/{token}, or /a/{token}/{action} for a step refused."""
     if entry.state is AlertState.CLOSED:
         return "<p>告警已关闭。</p>"
-    # Relative to the page, /a/{token}: see `root_of`.
-    base = f"./{quote(token)}"
+    base = f"{root}a/{quote(token)}"
     forms = []
     first = True
 

@@ -525,3 +525,76 @@ async def test_a_link_to_an_alert_not_yet_fired_offers_no_step_but_closing(site:
     refused = await site.client.post(f"{path}/acknowledge")
     assert refused.status_code == 409
     assert "操作未执行：告警尚未触发，触发后才能接单或到场。" in refused.text
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+class _Forms(HTMLParser):
+    """The `action` of each form in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "form":
+            self.actions.append(dict(attrs).get("action") or "")
+
+
+def _steps(page_url: str, text: str) -> dict[str, str]:
+    """Each step's address, as a browser at `page_url` resolves the page's forms."""
+    forms = _Forms()
+    forms.feed(text)
+    resolved = [urljoin(page_url, action) for action in forms.actions]
+    return {address.rpartition("/")[2]: address for address in resolved}
+
+
+async def test_a_worker_refused_a_step_can_still_mark_arrival_from_the_page_shown(
+    site: Site,
+) -> None:
+    # Two workers told of one fall both press 接单: the second is refused (409), and the
+    # page shown at /a/{token}/acknowledge offers 已到场 and 关闭告警. Its forms must lead
+    # to /a/{token}/arrive, not /a/{token}/{token}/arrive (a 404 in English).
+    alert_id = await site.fall()
+    await site.client.post(link_path(site, alert_id, "li-na") + "/acknowledge")
+    path = link_path(site, alert_id)
+    refused = await site.client.post(path + "/acknowledge")
+    assert refused.status_code == 409
+    steps = _steps("http://gw.test" + path + "/acknowledge", refused.text)
+    assert steps["arrive"] == f"http://gw.test{path}/arrive"
+    arrived = await site.client.post(steps["arrive"].removeprefix("http://gw.test"))
+    assert arrived.status_code == 303
+    assert site.gateway.alerts.get(alert_id).arrived_by == "wang-fang"
+
+
+async def test_a_worker_asked_for_a_note_can_close_the_alert_from_the_page_shown(
+    site: Site,
+) -> None:
+    # A note of blanks passes the textarea's `required`, and is refused with a page
+    # (422) at /a/{token}/close asking for one: writing it there must close the alert.
+    alert_id = await site.fall()
+    path = link_path(site, alert_id)
+    asked = await site.client.post(path + "/close", content=b"note=+++", headers=FORM)
+    assert asked.status_code == 422 and "处理说明" in asked.text
+    steps = _steps("http://gw.test" + path + "/close", asked.text)
+    assert steps["close"] == f"http://gw.test{path}/close"
+    closed = await site.client.post(
+        steps["close"].removeprefix("http://gw.test"),
+        content="note=已送医".encode(),
+        headers=FORM,
+    )
+    assert closed.status_code == 303
+    assert site.gateway.alerts.get(alert_id).note == "已送医"
+
+
+async def test_a_step_s_address_opened_again_leads_to_the_alert_s_page(site: Site) -> None:
+    # After a refused step the address bar holds /a/{token}/acknowledge; opened again
+    # (copied from WeChat's browser, 在浏览器打开) it is a GET: the worker must reach the
+    # alert's page in Chinese, not {"detail":"Method Not Allowed"}.
+    alert_id = await site.fall()
+    path = link_path(site, alert_id)
+    again = await site.client.get(path + "/acknowledge", follow_redirects=True)
+    assert again.status_code == 200 and again.headers["content-type"].startswith("text/html")
+    assert str(again.url) == f"http://gw.test{path}"
+    assert "接单" in again.text
