@@ -404,6 +404,11 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     unknown = [name for name in header if name not in COLUMNS]
     if unknown:
         raise ConfigError(str(path), "header", f"unknown column(s) {unknown}; known: {COLUMNS}")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        # The last would be taken: a `unit` column retyped `area` puts every device in
+        # an area named after its unit, routed to nobody's roster.
+        raise ConfigError(str(path), "header", f"column(s) {twice} given twice: one of each")
     for required in ("device_id", "device_type", "community"):
         if required not in header:
             raise ConfigError(str(path), "header", f"missing column {required!r}")

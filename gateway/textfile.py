@@ -3,6 +3,7 @@ device profiles, alert rules and device registry."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ def read_text(path: Path, *, encoding: str = "utf-8") -> str:
 
 
 def yaml_files(folder: Path) -> list[Path]:
-    """The YAML files of a folder, by name."""
-    return sorted(path for path in folder.iterdir() if path.suffix in YAML_SUFFIXES)
+    """The YAML files of a folder, by name; `.YAML` as well, as a Windows desktop may
+    save it."""
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in YAML_SUFFIXES)
 
 
 def parse_yaml(path: Path, text: str) -> Any:
@@ -74,3 +76,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise _DuplicateKey(str(key), f"given twice {where}: only one can be meant")
             lines[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# A number written with a leading 0 (a landline, 0371…) is text: YAML 1.1 reads it as
+# octal, and an unquoted landline whose digits are all 0-7 would become another number,
+# a stranger's, that alarms would call. A field that wants a number takes the text too.
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "0+-":
+    _UniqueKeyLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:str", _LEADING_ZERO)
+    )

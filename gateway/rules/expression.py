@@ -77,6 +77,10 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {"distance_m": distance_m, "abs": abs}
+# How many arguments each takes: a call given other would fail at every record, and its
+# rule never fire.
+_ARITY = {"distance_m": 4, "abs": 1}
+_ORDERING = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 
 
 def compile_condition(text: str) -> Evaluator:
@@ -94,7 +98,27 @@ def parse_condition(text: str) -> ast.expr:
         raise ExpressionError(f"not a valid expression: {exc.msg} in {text!r}") from exc
     # Compiling walks every node and refuses anything it does not know.
     _compile(tree.body)
+    for node in ast.walk(tree):
+        _check_at_load(node)
     return tree.body
+
+
+def _check_at_load(node: ast.AST) -> None:
+    """What would fail at every record, refused when the rule loads instead."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        wanted = _ARITY.get(node.func.id)
+        if wanted is not None and len(node.args) != wanted:
+            raise ExpressionError(
+                f"{ast.unparse(node)!r}: {node.func.id} takes {wanted} argument(s), "
+                f"not {len(node.args)}"
+            )
+    if isinstance(node, ast.Compare) and any(isinstance(op, _ORDERING) for op in node.ops):
+        for operand in (node.left, *node.comparators):
+            if isinstance(operand, ast.Constant) and isinstance(operand.value, str):
+                raise ExpressionError(
+                    f"{ast.unparse(node)!r} orders by the text {operand.value!r}: write a "
+                    "number without quotes"
+                )
 
 
 def names_in(text: str) -> set[str]:

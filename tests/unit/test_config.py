@@ -597,3 +597,38 @@ def test_a_yaml_merge_may_be_overridden_by_the_mapping_s_own_keys(tmp_path: Path
     # `<<: *defaults` then a key of its own is YAML's way to override, not a key twice.
     text = "a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  y: 3\n"
     assert parse_yaml(tmp_path / "f.yaml", text) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+
+
+# A landline written without quotes or a dash (Zhengzhou, 0371 66123456): its digits are
+# all 0-7, so YAML 1.1 would read an octal number, 4191725358, itself a valid number, a
+# landline of Liaoyang (0419): the alarms would call a stranger.
+UNQUOTED_LANDLINE = "037166123456"
+POLICY = """\
+channels:
+  sms: {type: console}
+receivers:
+  - {name: community-office, phone: %s, channels: [sms]}
+routes:
+  - {escalation: all}
+escalations:
+  all:
+    - {after_s: 0, to: [community-office]}
+"""
+
+
+def test_a_landline_written_without_quotes_in_the_policy_is_the_landline(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "mqtt: null\nnotify:\n"
+        + "".join(f"  {line}\n" for line in (POLICY % UNQUOTED_LANDLINE).splitlines()),
+        encoding="utf-8",
+    )
+    loaded = load_config(config)
+    assert loaded.notify is not None
+    assert loaded.notify.receivers[0].phone == "+8637166123456"
+    # Numbers the config wants still read as numbers.
+    assert parse_yaml(config, "port: 08080\nratio: 0.5\nnone: 0") == {
+        "port": "08080", "ratio": 0.5, "none": 0,
+    }  # fmt: skip

@@ -187,3 +187,35 @@ def test_a_registered_device_cannot_be_changed_once_read() -> None:
     # others. A reload makes a new registry.
     with pytest.raises(AttributeError):
         DEVICES[0].building = "4"  # type: ignore[misc]
+
+
+def test_a_contacts_landline_written_without_quotes_in_a_yaml_registry_is_the_landline(
+    tmp_path: Path,
+) -> None:
+    # YAML 1.1 would read 037166123456 as an octal number, another valid number.
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        "devices:\n"
+        "  - {device_id: br-1, device_type: bracelet, community: hgy,\n"
+        "     emergency_contacts: [{name: 社区值班, phone: 037166123456}]}\n",
+        encoding="utf-8",
+    )
+    (device,) = load_registry(path).devices()
+    assert device.emergency_contacts[0].phone == "+8637166123456"
+
+
+def test_a_registry_sheet_with_a_column_twice_is_refused_naming_the_header(
+    tmp_path: Path,
+) -> None:
+    # The sheet's `unit` column renamed `area` by a slip: the csv module keeps the last,
+    # and every device would be placed in the area "2单元", routed to nobody's roster.
+    path = tmp_path / "devices.csv"
+    path.write_text(
+        "device_id,device_type,community,area,compound,building,area\n"
+        "sd-1,smoke_detector,hgy,东区,湖光苑,1号楼,2单元\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert (info.value.file, info.value.field) == (str(path), "header")
+    assert "['area'] given twice" in info.value.problem

@@ -90,3 +90,40 @@ def test_a_rule_file_named_yml_is_not_skipped_without_a_word(tmp_path: Path) -> 
         name="gas.yml",
     )
     assert [r.name for r in load_rules(folder, SHIPPED_PROFILES)] == ["gas_in_well"]
+
+
+def _bracelet_rule(when: str) -> str:
+    return (
+        "rules:\n"
+        "  - name: extra\n"
+        "    title: t\n"
+        "    device_types: [bracelet]\n"
+        "    severity: major\n"
+        f'    when: "{when}"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("when", "problem"),
+    [
+        # A number left out: every reading would raise, and the rule never fire.
+        ("distance_m(lat, lon, device.home_lat) > device.safe_radius_m",
+         "distance_m takes 4 argument(s), not 3"),
+        ("abs(heart_rate_bpm, 100) > 50", "abs takes 1 argument(s), not 2"),
+        # int < str raises for every reading.
+        ("battery_pct < '15'", "orders by the text '15': write a number without quotes"),
+    ],
+)  # fmt: skip
+def test_a_condition_that_would_fail_at_every_reading_is_refused_when_the_rule_loads(
+    tmp_path: Path, when: str, problem: str
+) -> None:
+    error = _refused(tmp_path, _bracelet_rule(when))
+    assert error.field == "rule extra: condition"
+    assert problem in error.problem
+
+
+def test_a_rule_file_ending_in_upper_case_yaml_is_read(tmp_path: Path) -> None:
+    # Saved on a Windows desktop as `EXTRA.YAML`: passed over without a word, its rules
+    # would never fire.
+    folder = _rule_folder(tmp_path, _bracelet_rule("battery_pct < 15"), "EXTRA.YAML")
+    assert [rule.name for rule in load_rules(folder, SHIPPED_PROFILES)] == ["extra"]
