@@ -20,7 +20,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig, MqttConfig
+from gateway.config import GatewayConfig, IngestConfig, MqttConfig
 from gateway.decode.record import DeviceRef
 
 # The devices' lists are written whole once the log holds this many keys for each
@@ -30,18 +30,20 @@ LOG_KEYS_PER_DEVICE = 8
 # rather than holding the outbox's write lock for long.
 WHOLE_LISTS_PER_BATCH = 1000
 
-# Batches whose acknowledgements may still be on their way to the broker when the
-# connection is lost (a batch is acknowledged as soon as it is committed, every 50 ms or
-# so under load): a device keeps all its keys of these. The default's, for full batches
-# (see `unacknowledged_batches`).
-UNACKNOWLEDGED_BATCHES = 12
-
 
 def unacknowledged_batches(in_flight: int, batch_messages: int) -> int:
     """Full batches the broker's messages in flight to the gateway fill (`in_flight`, up
     to receive_maximum), and two more: all of them are committed, and sent again, when a
     connection is lost unnoticed while a backlog from a few devices drains."""
     return -(-in_flight // batch_messages) + 2
+
+
+# Batches whose acknowledgements may still be on their way to the broker when the
+# connection is lost (a batch is acknowledged as soon as it is committed, every 50 ms or
+# so under load): a device keeps all its keys of these. The default config's.
+UNACKNOWLEDGED_BATCHES = unacknowledged_batches(
+    MqttConfig().receive_maximum, IngestConfig().commit_max_messages
+)
 
 
 Ident = tuple[str, str]

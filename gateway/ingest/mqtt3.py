@@ -289,8 +289,6 @@ class Mqtt3Subscriber(Subscription):
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        # What came on this connection can no longer be acknowledged (see `ack`).
-        self._connection += 1
         if self._on_loop():
             self._lost.set()
         if reason.is_failure:

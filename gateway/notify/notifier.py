@@ -799,10 +799,7 @@ class Notifier:
     ) -> None:
         now_ms = self._clock.now_ms()
         self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED, detail, None)
-        last = notification.channel_index + 1 >= len(notification.channels)
-        if (notice.critical or wait_s > LONG_LIMIT_S) and not last:
-            # A critical alert is never held behind a limit, nor any behind one that lasts
-            # hours: the next channel takes it.
+        if _past_limit_moves_on(notification, notice, wait_s):
             self._next_channel(notification, notice, now_ms)
         elif channel.digests and not notice.critical:
             self.log.update(notification.key, state="digest",
@@ -974,15 +971,11 @@ class Notifier:
             # hours, as a single notice does (see `_over_limit`).
             wait_s = self._block(channel, digest, exc, now_ms)
             for notification, notice in members:
-                if wait_s > LONG_LIMIT_S and notification.channel_index + 1 < len(
-                    notification.channels
-                ):
-                    self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED,
-                                        str(exc), None)  # fmt: skip
+                moves_on = _past_limit_moves_on(notification, notice, wait_s)
+                detail = str(exc) if moves_on else f"{exc}; the digest waits {wait_s:g} s"
+                self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED, detail, None)
+                if moves_on:
                     self._next_channel(notification, notice, now_ms)
-                    continue
-                self._record_notice(notice, channel.name, AttemptResult.RATE_LIMITED,
-                                    f"{exc}; the digest waits {wait_s:g} s", None)  # fmt: skip
             return
         # Tried again as a single notice would be, the digest's members together.
         due_ms = now_ms + self._backoff_ms(max(n.tries for n, _ in members))
@@ -1121,6 +1114,13 @@ def _why_withdrawn(entry: AlertEntry, key: str, notice: Notice) -> str | None:
     if entry.state is AlertState.FIRING or notice.critical:
         return None
     return f"the alert was {entry.state} before this could go out"
+
+
+def _past_limit_moves_on(notification: Notification, notice: Notice, wait_s: float) -> bool:
+    """Whether a notice over a limit for `wait_s` takes its next channel now: a critical
+    alert is never held behind a limit, nor any behind one that lasts hours."""
+    last = notification.channel_index + 1 >= len(notification.channels)
+    return (notice.critical or wait_s > LONG_LIMIT_S) and not last
 
 
 def _change_of(entry: AlertEntry, now_ms: int) -> AlertChange:

@@ -279,6 +279,35 @@ async def test_short_links_of_let_go_alerts_go_even_after_the_link_secret_change
     assert left == []
 
 
+async def _a_fall_let_go(site: Site) -> tuple[int, str]:
+    """A fall told and closed, then a month of readings, and retention's pass letting it
+    go: when it fell, and its alert's id."""
+    fall_ms = site.clock.now_ms()
+    alert_id = await site.fall("br-1")
+    await _told(site, alert_id)
+    await _close(site, alert_id)
+    await _later(site, 31 * DAY_S)
+    for _ in range(40):  # a month of readings later
+        site.clock.advance(60)
+        await site.send(
+            "community/hgy/bracelet/br-1/telemetry",
+            {"ts": site.clock.now_ms(), "heart_rate_bpm": 70, "worn": True},
+        )
+    assert site.gateway.retention.prune().alerts == 1
+    return fall_ms, alert_id
+
+
+async def _sent_again_and_not_told(site: Site, fall_ms: int, alert_id: str) -> None:
+    """The fall uploaded again by the bracelet: nobody is told, and no alert is made."""
+    await site.send(
+        "community/hgy/bracelet/br-1/event", {"ts": fall_ms, "event": "fall", "confidence": 0.9}
+    )
+    assert site.gateway.notifier is not None
+    await site.gateway.notifier.process()
+    assert site.gateway.notifications.attempts(alert_id) == []
+    assert (await site.get(f"/api/v1/alerts/{alert_id}")).status_code == 404
+
+
 async def test_a_fall_sent_again_after_its_alert_was_let_go_is_not_told_again(
     tmp_path: Path,
 ) -> None:
@@ -288,25 +317,8 @@ async def test_a_fall_sent_again_after_its_alert_was_let_go_is_not_told_again(
     they let it go, nobody must be called out for a fall a month old."""
     clock = ManualClock(T0)
     async with open_site(tmp_path, clock, retention=KEPT_30_DAYS) as site:
-        fall_ms = clock.now_ms()
-        alert_id = await site.fall("br-1")
-        await _told(site, alert_id)
-        await _close(site, alert_id)
-        await _later(site, 31 * DAY_S)
-        for _ in range(40):  # a month of readings later
-            clock.advance(60)
-            await site.send(
-                "community/hgy/bracelet/br-1/telemetry",
-                {"ts": clock.now_ms(), "heart_rate_bpm": 70, "worn": True},
-            )
-        assert site.gateway.retention.prune().alerts == 1
-        await site.send(
-            "community/hgy/bracelet/br-1/event", {"ts": fall_ms, "event": "fall", "confidence": 0.9}
-        )
-        assert site.gateway.notifier is not None
-        await site.gateway.notifier.process()
-        assert site.gateway.notifications.attempts(alert_id) == []
-        assert (await site.get(f"/api/v1/alerts/{alert_id}")).status_code == 404
+        fall_ms, alert_id = await _a_fall_let_go(site)
+        await _sent_again_and_not_told(site, fall_ms, alert_id)
         # A fall of today still is one.
         assert await site.fall("br-1") != alert_id
 
@@ -399,26 +411,9 @@ async def test_a_fall_let_go_is_not_told_again_after_retention_was_made_longer(
     ids of the life-safety alerts it let go are kept to tell so. Nobody is called out."""
     clock = ManualClock(T0)
     async with open_site(tmp_path, clock, retention=KEPT_30_DAYS) as site:
-        fall_ms = clock.now_ms()
-        alert_id = await site.fall("br-1")
-        await _told(site, alert_id)
-        await _close(site, alert_id)
-        await _later(site, 31 * DAY_S)
-        for _ in range(40):  # a month of readings later
-            clock.advance(60)
-            await site.send(
-                "community/hgy/bracelet/br-1/telemetry",
-                {"ts": clock.now_ms(), "heart_rate_bpm": 70, "worn": True},
-            )
-        assert site.gateway.retention.prune().alerts == 1
+        fall_ms, alert_id = await _a_fall_let_go(site)
     async with open_site(tmp_path, clock, retention=kept_after) as site:
-        await site.send(
-            "community/hgy/bracelet/br-1/event", {"ts": fall_ms, "event": "fall", "confidence": 0.9}
-        )
-        assert site.gateway.notifier is not None
-        await site.gateway.notifier.process()
-        assert site.gateway.notifications.attempts(alert_id) == []
-        assert (await site.get(f"/api/v1/alerts/{alert_id}")).status_code == 404
+        await _sent_again_and_not_told(site, fall_ms, alert_id)
 
 
 async def test_a_fire_alarm_sent_again_while_its_closed_alert_is_still_kept_does_not_hide_a_new_fire(
