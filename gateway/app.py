@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -33,15 +34,22 @@ from gateway.notify.notifier import Notifier, make_channels
 from gateway.notify.policy import NotifyPolicy, empty_cell, unreachable
 from gateway.notify.router import Router
 from gateway.pipeline import BatchCounts, IngestPipeline
-from gateway.registry import Registry, RegistryChanges, registry_for, reread
+from gateway.registry import (
+    Registry,
+    RegistryChanges,
+    check_thresholds,
+    registry_for,
+    reread,
+)
 from gateway.retention import Retention
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertError
 from gateway.rules.engine import RuleEngine
 from gateway.rules.fault import RuleFaults
-from gateway.rules.rule import Rule, load_rules
+from gateway.rules.rule import Rule, attributes_read, load_rules
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
+from gateway.statefile import ReloadAnswer, reload_answer_path, write_durably
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
 from gateway.store.database import damaged_files
@@ -127,8 +135,9 @@ async def tell_refused_start(config: GatewayConfig, problem: str, clock: Clock) 
 def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Rule]]:
     """Profiles, registry and rules, checked; raises ConfigError naming the file and field."""
     profiles = load_profiles(config.profiles_dir, CODECS)
-    registry = registry_for(config.registry_file, profiles.device_types())
     rules = load_rules(config.rules_dir, profiles)
+    types = profiles.device_types()
+    registry = registry_for(config.registry_file, types, attributes_read(rules, types))
     check_policy(config, registry, rules, profiles)
     return profiles, registry, rules
 
@@ -164,6 +173,7 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.profiles, self.registry, rules = load_catalogue(config)
+        self.registry_file = config.registry_file
         self.loaded_rules = rules
         # Two gateways on one outbox would each notify every alarm; and a damaged outbox
         # is moved aside only while no other process has it open.
@@ -332,6 +342,7 @@ class Gateway:
         self.stopping = asyncio.Event()
         # One reload at a time; and the registry's points written again after one.
         self._reloading = asyncio.Lock()
+        self._reloads = 0
         self._registry_reloaded = asyncio.Event()
         self.api = ApiServer(self, config.api) if config.api is not None else None
 
@@ -625,24 +636,29 @@ class Gateway:
         retired = [topic for topic in previous if topic not in topics]
         return retired, [topic for topic in topics if topic not in previous]
 
-    async def reload(self, config_path: Path) -> None:
+    async def reload(self, config_path: Path) -> ReloadAnswer:
         """What SIGHUP does. The rules; the registry and, from the config file, the API
-        tokens and the notification policy, checked together (the policy names the
-        registry's places and devices): a grid worker's new bracelet wearer is routed,
-        a token taken out of the file stops working, a roster's new shifts hold, without a
-        restart. Other settings take effect at the next start."""
+        tokens and the notification policy: a grid worker's new bracelet wearer is
+        routed, a token taken out of the file stops working, a roster's new shifts hold,
+        without a restart. They are checked together (the policy names the registry's
+        places and devices and the rules, the registry's thresholds are read by the rules)
+        and taken together or not at all. Other settings take effect at the next start;
+        so do the device profiles, which every stage is built on. The answer is kept for
+        `community-gateway reload` to show."""
         async with self._reloading:
+            self._reloads += 1
+            unseen = ""
             try:
-                self.reload_rules()
-            except ConfigError as exc:
-                log.error("rules not reloaded, the running rules stay: %s", exc)
-            try:
+                rules = load_rules(self.config.rules_dir, self.profiles)
                 config = load_config(config_path)
+                unseen = self._profiles_unseen(config.profiles_dir)
+                types = self.profiles.device_types()
                 # Off the loop: a district's registry takes seconds to read and compare.
                 registry, changes = await asyncio.to_thread(
-                    reread, config.registry_file, self.profiles.device_types(), self.registry
-                )
-                check_policy(config, registry, self.loaded_rules, self.profiles)
+                    reread, config.registry_file, types, self.registry,
+                    attributes_read(rules, types),
+                )  # fmt: skip
+                check_policy(config, registry, rules, self.profiles)
                 if not len(registry) and len(self.registry):
                     # A sheet saved empty (a filter left on, the wrong tab exported) would
                     # leave every device unregistered: their places, wearers and routes gone.
@@ -653,9 +669,11 @@ class Gateway:
                         "; to run without a registry, restart the gateway",
                     )
             except ConfigError as exc:
-                log.error("registry, API tokens and notification policy not reloaded, the "
-                          "running ones stay: %s", exc)  # fmt: skip
-                return
+                log.error("nothing reloaded, the running rules, registry, API tokens and "
+                          "notification policy stay: %s%s", exc, unseen)  # fmt: skip
+                return self._answer_reload(False, f"{exc}{unseen}")
+            self.use_rules(rules)
+            self.registry_file = config.registry_file
             if changes:
                 self.use_registry(registry, changes)
             # Told even when nothing changed: its own reading of the sheet may have failed
@@ -664,6 +682,36 @@ class Gateway:
                 self.subscriber.use_registry(config.registry_file)
             self.reload_tokens(config.api.tokens if config.api is not None else ())
             self.reload_policy(config.notify)
+            if unseen:
+                log.warning("%s", unseen.removeprefix("; "))
+            return self._answer_reload(
+                True,
+                f"{len(registry)} registered devices ({changes or 'unchanged'}), "
+                f"{len(rules)} rules, {len(config.api.tokens) if config.api else 0} API tokens"
+                f"{', the notification policy' if config.notify else ''}{unseen}",
+            )
+
+    def _profiles_unseen(self, folder: Path) -> str:
+        """What a reload says of device profiles changed since the start, which it does
+        not take: a registry naming a new device type is refused for want of its profile
+        until the gateway is restarted."""
+        try:
+            changed = load_profiles(folder, CODECS).by_name != self.profiles.by_name
+        except ConfigError as exc:
+            return f"; the device profiles on disk fail their check ({exc}): the running ones stay"
+        if not changed:
+            return ""
+        return (f"; the device profiles in {folder} changed since the gateway started: they "
+                "are read at start, restart it to take them")  # fmt: skip
+
+    def _answer_reload(self, taken: bool, said: str) -> ReloadAnswer:
+        answer = ReloadAnswer(pid=os.getpid(), number=self._reloads, taken=taken, said=said)
+        try:
+            write_durably(reload_answer_path(self.config.outbox.path),
+                          answer.model_dump_json().encode())  # fmt: skip
+        except OSError as exc:
+            log.warning("cannot keep the answer to the reload for `reload` to show: %s", exc)
+        return answer
 
     def use_registry(self, registry: Registry, changes: RegistryChanges) -> None:
         """Take a reloaded registry in every stage of this process at once, between two
@@ -692,8 +740,14 @@ class Gateway:
 
     def reload_rules(self) -> None:
         """Load the rule files again; a broken one raises ConfigError, naming its file and
-        field, and leaves the running rules untouched."""
+        field, and leaves the running rules untouched. So do rules that no longer read a
+        threshold the registry gives."""
         rules = load_rules(self.config.rules_dir, self.profiles)
+        read = attributes_read(rules, self.profiles.device_types())
+        check_thresholds(self.registry, read, self.registry_file)
+        self.use_rules(rules)
+
+    def use_rules(self, rules: list[Rule]) -> None:
         self.rules.load(rules)
         self.loaded_rules = rules
         log.info("reloaded %d alert rules from %s", len(rules), self.config.rules_dir)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from gateway import PROJECT_ROOT, __version__
 from gateway.config import GatewayConfig, load_config, load_status_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
+from gateway.statefile import ReloadAnswer, reload_answer_path
 from gateway.store.lock import holder_pid, pid_path
 
 if TYPE_CHECKING:
@@ -208,7 +210,7 @@ async def _run(config: GatewayConfig, path: Path) -> int:
     # runs a handler only at an await, so not before the gateway is there.
     made: list[Gateway] = []
     # Held until they end: the loop keeps only weak references to its tasks.
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[ReloadAnswer]] = set()
 
     def stop() -> None:
         for gateway in made:
@@ -292,9 +294,15 @@ def _say_cannot_start(config: GatewayConfig, problem: str) -> None:
         log.warning("could not say on %s that the gateway cannot start: %s", mqtt.status, exc)
 
 
+# How long `reload` waits for the gateway's answer: a district's registry takes seconds
+# to read and compare (bench.registry), more on a box that is busy.
+RELOAD_ANSWER_TIMEOUT_S = 60.0
+
+
 def _reload(path: Path) -> int:
     """Check the config and the rules here, where errors can be shown, then tell the
-    running gateway."""
+    running gateway, and show its answer: it may still refuse what passes here (a device
+    type whose profile was added since it started)."""
     from gateway.app import load_catalogue
 
     config = load_config(path)
@@ -318,6 +326,8 @@ def _reload(path: Path) -> int:
     if pid is None:
         print(f"no running gateway for {path} (none holds {pid_file})", file=sys.stderr)
         return 1
+    answers = reload_answer_path(config.outbox.path)
+    before = ReloadAnswer.read(answers)
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:
@@ -325,8 +335,24 @@ def _reload(path: Path) -> int:
         return 1
     policy = "the notification policy, " if config.notify is not None else ""
     print(f"{len(registry)} registered devices, {len(rules)} rules, {policy}{tokens} API "
-          f"tokens checked; gateway {pid} told to reload them")  # fmt: skip
-    return 0
+          f"tokens checked; gateway {pid} told to reload them", flush=True)  # fmt: skip
+    deadline_s = time.monotonic() + RELOAD_ANSWER_TIMEOUT_S
+    while time.monotonic() < deadline_s:
+        answer = ReloadAnswer.read(answers)
+        if answer is not None and answer.pid == pid and answer != before:
+            if answer.taken:
+                print(f"gateway {pid} took them: {answer.said}")
+                return 0
+            print(f"gateway {pid} refused them, the running ones stay: {answer.said}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        if holder_pid(pid_file) != pid:
+            print(f"gateway {pid} ended before it answered", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"gateway {pid} has not answered in {RELOAD_ANSWER_TIMEOUT_S:.0f} s; its log says "
+          "whether it took them", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 if __name__ == "__main__":

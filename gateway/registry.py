@@ -6,6 +6,7 @@ Operators keep it as a CSV sheet (one row a device) or as YAML with the same key
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -366,25 +367,38 @@ class Site:
 PLACE_TYPES = ("area", "compound", "building")
 
 
-def registry_for(path: Path | None, device_types: Collection[str]) -> Registry:
+def registry_for(
+    path: Path | None,
+    device_types: Collection[str],
+    read_by_rules: Mapping[str, Collection[str]] | None = None,
+) -> Registry:
     """The registry a config names, its device types checked; none named, an empty one."""
-    return load_registry(path, device_types) if path is not None else Registry()
+    return load_registry(path, device_types, read_by_rules) if path is not None else Registry()
 
 
 def reread(
-    path: Path | None, device_types: Collection[str], running: Registry
+    path: Path | None,
+    device_types: Collection[str],
+    running: Registry,
+    read_by_rules: Mapping[str, Collection[str]] | None = None,
 ) -> tuple[Registry, RegistryChanges]:
     """The registry a config names now, and how it differs from the running one."""
-    registry = registry_for(path, device_types)
+    registry = registry_for(path, device_types, read_by_rules)
     return registry, registry.changes_from(running)
 
 
-def load_registry(path: Path, device_types: Collection[str] | None = None) -> Registry:
+def load_registry(
+    path: Path,
+    device_types: Collection[str] | None = None,
+    read_by_rules: Mapping[str, Collection[str]] | None = None,
+) -> Registry:
     """Read a registry file (.csv, .yaml or .yml); every error names the row and the field.
 
     With `device_types` (those the device profiles declare), a device of another type is
     an error: every message it sends would be refused as not of its registered type, a
-    fire alarm among them."""
+    fire alarm among them. With `read_by_rules` (per device type, the names its alert
+    rules read as `device.<name>`), so is a threshold none of them reads: a misspelt
+    `max_heart_rate=120` would leave a resident judged by the rule's default of 150."""
     text = read_text(path, encoding="utf-8-sig")
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(path, text)
@@ -392,7 +406,7 @@ def load_registry(path: Path, device_types: Collection[str] | None = None) -> Re
         rows = _yaml_rows(path, text)
     else:
         raise ConfigError(str(path), "", "expected a .csv, .yaml or .yml file")
-    return Registry(_validate_rows(path, rows, device_types))
+    return Registry(_validate_rows(path, rows, device_types, read_by_rules))
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -466,7 +480,10 @@ _REPEATED = ("device_type", "community", "area", "compound", "building")
 
 
 def _validate_rows(
-    path: Path, rows: list[tuple[str, dict[str, Any]]], device_types: Collection[str] | None
+    path: Path,
+    rows: list[tuple[str, dict[str, Any]]],
+    device_types: Collection[str] | None,
+    read_by_rules: Mapping[str, Collection[str]] | None,
 ) -> list[RegisteredDevice]:
     devices: list[RegisteredDevice] = []
     seen_ids: dict[tuple[str, str], str] = {}
@@ -495,6 +512,10 @@ def _validate_rows(
                 f"no device profile is of type {device.device_type!r}; "
                 f"known: {sorted(device_types)}",
             )
+        if read_by_rules is not None and device.thresholds:
+            unread = _unread_threshold(device, read_by_rules.get(device.device_type, ()))
+            if unread is not None:
+                raise ConfigError(str(path), f"{where} ({device.device_id}): thresholds", unread)
         key = (device.community, device.device_id)
         if key in seen_ids:
             raise ConfigError(
@@ -509,3 +530,29 @@ def _validate_rows(
             seen_imeis[device.imei] = where
         devices.append(device)
     return devices
+
+
+def check_thresholds(
+    registry: Registry, read_by_rules: Mapping[str, Collection[str]], path: Path | None
+) -> None:
+    """Raises ConfigError naming the first device of a loaded registry with a threshold
+    that no rule of its type reads (rules reloaded without one the sheet's thresholds
+    are for)."""
+    for device in registry.devices():
+        problem = _unread_threshold(device, read_by_rules.get(device.device_type, ()))
+        if problem is not None:
+            where = f"{device.device_id} of {device.community}: thresholds"
+            raise ConfigError(str(path or "registry"), where, problem)
+
+
+def _unread_threshold(device: RegisteredDevice, read: Collection[str]) -> str | None:
+    for name in device.thresholds:
+        if name in read:
+            continue
+        close = difflib.get_close_matches(name, read, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return (
+            f"no alert rule of {device.device_type} reads {name!r}{hint} "
+            f"(they read: {', '.join(sorted(read)) or 'nothing of the registry'})"
+        )
+    return None

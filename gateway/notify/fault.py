@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from gateway.errors import NotifyError
 from gateway.notify.channel import Channel
 from gateway.notify.notice import CLEARED_KINDS, Notice, local_time_text
 from gateway.notify.policy import NotifyPolicy, Receiver
+from gateway.statefile import write_durably
 from gateway.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ class FaultWatch:
 
     async def _write(self, path: Path, state: bytes) -> None:
         try:
-            await asyncio.to_thread(_replace, path, state)
+            await asyncio.to_thread(write_durably, path, state)
         except OSError as exc:
             # Tried again at the next look; said once.
             if not self._keeping_fails:
@@ -451,16 +451,6 @@ class FaultWatch:
             retry_s = self._clock.monotonic_s() + RETRY_S
             retry_ms = self._clock.now_ms() + round(RETRY_S * 1000)
             self._pending[notice.receiver] = _Pending(pending.receiver, notice, retry_s, retry_ms)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Whole or not at all, and on the disk before it counts."""
-    spare = path.with_name(path.name + ".new")
-    with spare.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(spare, path)
 
 
 def _details(problems: Mapping[str, str]) -> str:

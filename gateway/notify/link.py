@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from gateway.errors import GatewayError
+from gateway.statefile import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +113,5 @@ def link_secret(configured: str | None, folder: Path) -> str:
         )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    _write_durably(path, secret + "\n")
+    write_durably(path, (secret + "\n").encode("ascii"))
     return secret
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Whole or not at all, even across a power cut: a temporary file, synced, renamed
-    into place, and the folder synced so that the rename is kept too."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="ascii") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)

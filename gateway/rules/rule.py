@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -114,6 +115,18 @@ _KIND_SETTINGS: dict[str, tuple[str, ...]] = {
     "min_devices": ("correlation",),
     "window_s": ("correlation",),
 }
+
+
+def attributes_read(
+    rules: Iterable[Rule], device_types: Iterable[str]
+) -> dict[str, frozenset[str]]:
+    """Per device type, the registry attributes and thresholds its rules read
+    (`device.<name>`)."""
+    rules = list(rules)
+    return {
+        device_type: frozenset().union(*(r.attributes for r in rules if r.applies_to(device_type)))
+        for device_type in device_types
+    }
 
 
 def load_rules(folder: Path, profiles: ProfileSet) -> list[Rule]:

@@ -124,12 +124,12 @@ async def test_a_reload_registers_an_imei_moves_a_detector_and_a_broken_registry
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("2 registered devices, ")
         assert f"gateway {process.pid} told to reload them" in result.stdout
-        await wait_until(
-            lambda: bool(
-                log_lines(": reloaded the registry: 2 devices (1 added, 0 removed, 1 changed)")
-            ),
-            what="the main process reloaded",
+        # It waits for the gateway's answer: the main process has it once the command ends.
+        assert (
+            f"gateway {process.pid} took them: 2 registered devices (1 added, 0 removed, "
+            "1 changed), " in result.stdout
         )
+        assert log_lines(": reloaded the registry: 2 devices (1 added, 0 removed, 1 changed)")
         # The vendor frames and the telemetry are decoded and placed in the telemetry
         # process: it must hold the new registry too before the next frame counts.
         await wait_until(
@@ -166,7 +166,9 @@ async def test_a_reload_registers_an_imei_moves_a_detector_and_a_broken_registry
         # Whoever edits the file on the host may send SIGHUP by hand, or a service
         # manager's reload may: the gateway checks the file again itself.
         process.send_signal(signal.SIGHUP)
-        refusal = "registry, API tokens and notification policy not reloaded, the running ones stay"
+        refusal = (
+            "nothing reloaded, the running rules, registry, API tokens and notification policy stay"
+        )
         await wait_until(lambda: bool(log_lines(refusal)), what="the refusal logged")
         (logged,) = log_lines(refusal)
         assert " ERROR " in logged and str(registry) in logged

@@ -324,9 +324,12 @@ async def test_reload_checks_the_rules_a_broken_file_leaves_the_running_ones_and
         assert result.returncode == 0, result.stderr
         expected = len(shipped_rules()) + 1
         assert f"{expected} rules, 0 API tokens checked" in result.stdout
-        await wait_until(
-            lambda: f"reloaded {expected} alert rules" in log_file.read_text(), what="reload"
+        # It waits for the gateway's answer: taken once the command ends.
+        assert (
+            f"gateway {process.pid} took them: 0 registered devices (unchanged), "
+            f"{expected} rules, 0 API tokens" in result.stdout
         )
+        assert f"reloaded {expected} alert rules" in log_file.read_text()
         # A second gateway on the same outbox stops at once, naming the running one.
         second = cli("run")
         assert second.returncode == 1
@@ -340,16 +343,34 @@ async def test_reload_checks_the_rules_a_broken_file_leaves_the_running_ones_and
         # Signalled anyway (say by a hand-sent SIGHUP), it keeps the running rules.
         process.send_signal(signal.SIGHUP)
         await wait_until(
-            lambda: "rules not reloaded, the running rules stay" in log_file.read_text(),
+            lambda: "nothing reloaded, the running rules, registry" in log_file.read_text(),
             what="refusal logged",
         )
         assert process.poll() is None
+
+        # What the files on disk pass the running gateway may refuse (a device type whose
+        # profile came after its start): the command shows its answer.
+        (rules_dir / "extra.yaml").unlink()
+        profiles = tmp_path / "profiles"
+        shutil.copytree(PROJECT_ROOT / "device_profiles", profiles)
+        cover = (profiles / "manhole_cover.yaml").read_text("utf-8")
+        (profiles / "water_meter.yaml").write_text(cover.replace("manhole_cover", "water_meter"))
+        registry = tmp_path / "devices.csv"
+        registry.write_text(f"device_id,device_type,community\nwm-1,water_meter,{namespace}\n")
+        moved = config.model_copy(update={"profiles_dir": profiles, "registry_file": registry})
+        config_file.write_text(yaml.safe_dump(moved.model_dump(mode="json", exclude_none=True)))
+        answered = cli("reload")
+        assert answered.returncode == 1, answered.stdout
+        assert answered.stderr.startswith(
+            f"gateway {process.pid} refused them, the running ones stay: {registry}: line 2 "
+            "(wm-1): device_type: no device profile is of type 'water_meter'"
+        )
+        assert answered.stderr.rstrip().endswith("restart it to take them")
     finally:
         process.terminate()
         process.wait(timeout=15)
     # A pid file left behind by a gateway that was killed may name any process by now;
     # reload signals only a gateway that holds it.
-    (rules_dir / "extra.yaml").unlink()
     bystander = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
     try:
         pid_path(config.outbox.path).write_text(f"{bystander.pid}\n")

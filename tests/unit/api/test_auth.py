@@ -182,7 +182,10 @@ async def test_a_token_taken_out_of_the_config_file_stops_working_at_a_reload(
     caplog.set_level(logging.ERROR, "gateway.app")
     config_file.write_text("api: {tokens: [{name: x, role: king, token: short}]}\n")
     await site.gateway.reload(config_file)
-    assert "API tokens and notification policy not reloaded, the running ones stay" in (caplog.text)
+    assert (
+        "nothing reloaded, the running rules, registry, API tokens and notification policy stay"
+        in (caplog.text)
+    )
     assert "gateway.yaml" in caplog.text
     assert (await site.get("/api/v1/alerts", ADMIN)).status_code == 200
 

@@ -19,6 +19,7 @@ from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, IngestConfig
 from gateway.registry import reread
 from gateway.rules.book import was_muted
+from gateway.statefile import ReloadAnswer, reload_answer_path
 from tests.unit.api.conftest import (
     ADMIN,
     OTHER_WORKER,
@@ -153,7 +154,10 @@ async def test_a_registry_that_fails_its_check_leaves_the_running_one_and_says_w
     edit_registry(tmp_path, registry_text)
     with caplog.at_level("ERROR", "gateway.app"):
         await site.gateway.reload(path)
-    assert "registry, API tokens and notification policy not reloaded" in caplog.text
+    assert (
+        "nothing reloaded, the running rules, registry, API tokens and notification policy "
+        "stay" in caplog.text
+    )
     assert problem in caplog.text
     assert site.gateway.registry is running
     # The grid worker still sees the alerts of the cell, and no new device is shown.
@@ -202,6 +206,13 @@ async def opened(
         config = config.model_copy(update={"rules_dir": rules_dir})
     async with serve_site(Gateway(config, clock), clock) as site:
         yield site
+
+
+def shipped_rules_in(tmp_path: Path) -> Path:
+    """A copy of the shipped rule folder, to edit."""
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "alert_rules", rules_dir)
+    return rules_dir
 
 
 def open_rules(site: Site, rule: str) -> list[str]:
@@ -253,25 +264,121 @@ async def test_a_resident_registered_by_a_reload_is_judged_with_their_own_safe_a
         assert open_rules(site, "left_safe_area") == ["br-3"]
 
 
-async def test_a_resident_registered_while_a_rule_file_is_broken_is_judged_with_their_safe_area(
+async def test_a_reload_with_a_broken_rule_file_takes_nothing_and_then_all_once_mended(
     tmp_path: Path,
 ) -> None:
-    # A reload whose rule files have a mistake keeps the running rules and still takes
-    # the registry: the rules read the new resident's home from it.
-    rules_dir = tmp_path / "rules"
-    shutil.copytree(PROJECT_ROOT / "alert_rules", rules_dir)
+    # The rules, the registry, the tokens and the policy are checked together and taken
+    # together, as `reload` checks them before it signals: a hand-sent SIGHUP or a
+    # service manager's reload does what the command would have.
+    rules_dir = shipped_rules_in(tmp_path)
     async with opened(tmp_path, HOMES, rules_dir=rules_dir) as site:
         # Any bracelet's report compiles the evaluator of its shape.
         await site.send("community/hgy/bracelet/br-1/telemetry", position(34.75, 113.62))
         path = config_file(site, tmp_path)
+        shed_rules = (rules_dir / "charging_shed.yaml").read_text("utf-8")
         (rules_dir / "charging_shed.yaml").write_text("rules: [{name: broken}]\n", "utf-8")
         edit_registry(tmp_path, HOMES + BR_3_AWAY_LIMIT)
-        await site.gateway.reload(path)
-        assert site.gateway.registry.get("hgy", "br-3") is not None
+        refused = await site.gateway.reload(path)
+        assert not refused.taken
+        assert refused.said.startswith(f"{rules_dir / 'charging_shed.yaml'}: rule broken: ")
+        assert site.gateway.registry.get("hgy", "br-3") is None
 
+        (rules_dir / "charging_shed.yaml").write_text(shed_rules, "utf-8")
+        taken = await site.gateway.reload(path)
+        assert taken.taken and taken.number == refused.number + 1
+        assert taken.said.startswith("5 registered devices (1 added, 0 removed, 0 changed), ")
+        assert site.gateway.registry.get("hgy", "br-3") is not None
         site.clock.advance(60)
         await site.send("community/hgy/bracelet/br-3/telemetry", position(34.768, 113.62))
         assert open_rules(site, "left_safe_area") == ["br-3"]
+        # What `community-gateway reload` shows is kept beside the outbox.
+        kept = ReloadAnswer.read(reload_answer_path(site.gateway.config.outbox.path))
+        assert kept == taken
+
+
+# The test site's registry, with a column of thresholds.
+THRESHOLDS = REGISTRY.replace("home_lon\n", "home_lon,thresholds\n", 1)
+# A resident whose doctor set her upper heart rate at 120, with the name misspelt.
+BR_3_MISSPELT = BR_3.rstrip("\n") + ",max_heart_rate=120\n"
+
+
+async def test_a_threshold_no_rule_reads_is_refused_naming_its_row_and_the_name_meant(
+    tmp_path: Path,
+) -> None:
+    # Taken, the misspelt limit would be read by nothing: the resident's heart rate of
+    # 140 judged by the rule's default of 150, and nobody sent.
+    async with opened(tmp_path) as site:
+        path = config_file(site, tmp_path)
+        edit_registry(tmp_path, THRESHOLDS + BR_3_MISSPELT)
+        refused = await site.gateway.reload(path)
+        assert not refused.taken
+        assert refused.said.startswith(
+            f"{tmp_path / 'devices.csv'}: line 6 (br-3): thresholds: no alert rule of bracelet "
+            "reads 'max_heart_rate'; did you mean 'max_heart_rate_bpm'? (they read: "
+        )
+        assert site.gateway.registry.get("hgy", "br-3") is None
+
+        edit_registry(tmp_path, THRESHOLDS + BR_3_MISSPELT.replace("rate=", "rate_bpm="))
+        assert (await site.gateway.reload(path)).taken
+        for _ in range(3):
+            await site.send(
+                "community/hgy/bracelet/br-3/telemetry",
+                {"ts": site.clock.now_ms(), "heart_rate_bpm": 140, "worn": True},
+            )
+            site.clock.advance(30)
+        assert open_rules(site, "abnormal_heart_rate") == ["br-3"]
+
+
+async def test_rules_that_stop_reading_a_threshold_of_the_registry_are_refused(
+    tmp_path: Path,
+) -> None:
+    rules_dir = shipped_rules_in(tmp_path)
+    spelt = THRESHOLDS + BR_3_MISSPELT.replace("rate=", "rate_bpm=")
+    async with opened(tmp_path, spelt, rules_dir=rules_dir) as site:
+        bracelet = rules_dir / "bracelet.yaml"
+        bracelet.write_text(
+            bracelet.read_text("utf-8").replace("device.max_heart_rate_bpm", "180"), "utf-8"
+        )
+        refused = await site.post("/api/v1/rules/reload", ADMIN)
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == (
+            f"{tmp_path / 'devices.csv'}: br-3 of hgy: thresholds: no alert rule of bracelet "
+            "reads 'max_heart_rate_bpm'; did you mean 'min_heart_rate_bpm'? (they read: "
+            "home_lat, home_lon, lives_alone, min_heart_rate_bpm, safe_radius_m)"
+        )
+        (heart,) = [r for r in site.gateway.loaded_rules if r.name == "abnormal_heart_rate"]
+        assert "device.max_heart_rate_bpm" in heart.spec.when
+
+
+async def test_a_registry_naming_a_device_type_whose_profile_came_after_the_start_says_restart(
+    tmp_path: Path,
+) -> None:
+    # The device profiles, which every stage is built on, are read at start: the check
+    # of the files on disk passes, the running gateway refuses, and says what to do.
+    profiles = tmp_path / "profiles"
+    shutil.copytree(PROJECT_ROOT / "device_profiles", profiles)
+    async with opened(tmp_path) as site:
+        path = config_file(site, tmp_path)
+        config = yaml.safe_load(path.read_text("utf-8"))
+        config["profiles_dir"] = str(profiles)
+        path.write_text(yaml.safe_dump(config, allow_unicode=True), "utf-8")
+        water = (profiles / "manhole_cover.yaml").read_text("utf-8")
+        (profiles / "water_meter.yaml").write_text(
+            water.replace("device_type: manhole_cover", "device_type: water_meter").replace(
+                "name: manhole_cover", "name: water_meter"
+            ),
+            "utf-8",
+        )
+        edit_registry(tmp_path, REGISTRY + "wm-1,water_meter,hgy,east,lakeside,3" + "," * 8 + "\n")
+        refused = await site.gateway.reload(path)
+        assert not refused.taken
+        assert "line 6 (wm-1): device_type: no device profile is of type 'water_meter'" in (
+            refused.said
+        )
+        assert refused.said.endswith(
+            f"; the device profiles in {profiles} changed since the gateway started: they are "
+            "read at start, restart it to take them"
+        )
 
 
 def telemetry(site: Site, **fields: Any) -> dict[str, Any]:

@@ -337,11 +337,12 @@ async def test_a_disk_that_takes_no_writes_keeps_nothing_but_stops_no_news(
         await rig.at(0)
         await rig.at(1)
     assert rig.told() == [("robot", "office", "fault")]
-    assert [r.message for r in caplog.records if "cannot keep" in r.message] == [
+    (said,) = [r.message for r in caplog.records if "cannot keep" in r.message]
+    assert said.startswith(
         f"cannot keep what was told of the gateway's faults in {folder / 'outbox.faults.json'} "
-        f"([Errno 2] No such file or directory: '{folder / 'outbox.faults.json.new'}'); "
-        "kept in memory until it can"
-    ]
+        "([Errno 2] No such file or directory: "
+    )
+    assert said.endswith("kept in memory until it can")
     # Once the disk takes writes again, it is kept.
     folder.mkdir()
     await rig.at(2)
