@@ -190,7 +190,11 @@ class RuleEngine:
             if key[0] not in self._correlation:
                 self._forget_hits(key)
         names = {rule.name for rule in rules}
+        # The timers of a rule taken out are let go in the book too: kept, they would hold
+        # its closed alerts from retention for ever, and come back if the rule did.
+        gone = [key for key in self.tracks if key[0] not in names]
         self.tracks = TrackTable((k, t) for k, t in self.tracks.items() if k[0] in names)
+        self._dirty.update(gone)
         self._by_type: dict[str, list[Rule]] = {}
         # Per device type: the rate windows (field -> seconds), the registry attributes
         # its rules read.
@@ -680,6 +684,9 @@ class RuleEngine:
                 hits.append((rule, (key[0], key[1], place, None), device_id, track.since_ms))
             elif key[0] in names:
                 self.tracks[key] = track
+            elif rule is None:
+                # Of a rule taken out while the gateway was stopped.
+                self._dirty.add(key)
         # A hit of an open alert is one of its devices; another, once its window ended
         # before the start, is let go.
         for rule, place_key, device_id, at_ms in hits:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.app import Gateway
 from gateway.clock import ManualClock
@@ -27,6 +28,7 @@ from tests.unit.api.conftest import (
     serve_site,
     site_config,
 )
+from tests.unit.api.test_registry_reload import shipped_rules_in
 
 DAY_S = 24 * 3600
 HOUR_S = 3600
@@ -489,3 +491,39 @@ async def test_an_hourly_pass_over_the_audit_holds_the_outbox_s_lock_no_longer_f
         site.gateway.retention.prune()
         many = steps[0]
     assert many <= 2 * few + 20, (few, many)
+
+
+def _take_out_rule(rules_dir: Path, name: str) -> None:
+    path = rules_dir / "smoke_detector.yaml"
+    data = yaml.safe_load(path.read_text("utf-8"))
+    data["rules"] = [rule for rule in data["rules"] if rule["name"] != name]
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), "utf-8")
+
+
+@pytest.mark.parametrize("when", ["at a reload", "while stopped"])
+async def test_a_closed_alert_of_a_rule_taken_out_is_let_go_in_its_time(
+    tmp_path: Path, when: str
+) -> None:
+    # The detector still alarmed when its alert was closed; then the rule was taken out
+    # (renamed, replaced): nothing will ever clear its timer, which held the alert, and
+    # the sheet of closed alerts kept it, for ever.
+    rules_dir = shipped_rules_in(tmp_path)
+    clock = ManualClock(T0)
+    config = site_config(tmp_path, retention=KEPT_30_DAYS).model_copy(
+        update={"rules_dir": rules_dir}
+    )
+    async with serve_site(Gateway(config, clock), clock) as site:
+        await site.send(SD1, {"ts": clock.now_ms(), "alarm": True, "battery_pct": 90})
+        (fire,) = [a.alert_id for a in site.gateway.alerts.open_alerts() if a.rule == "fire_alarm"]
+        await _close(site, fire)
+        _take_out_rule(rules_dir, "fire_alarm")
+        if when == "at a reload":
+            site.gateway.reload_rules()
+            await _later(site, 31 * DAY_S)
+            assert site.gateway.retention.prune().alerts == 1
+            assert (await site.get(f"/api/v1/alerts/{fire}")).status_code == 404
+    if when == "while stopped":
+        async with serve_site(Gateway(config, clock), clock) as site:
+            await _later(site, 31 * DAY_S)
+            assert site.gateway.retention.prune().alerts == 1
+            assert (await site.get(f"/api/v1/alerts/{fire}")).status_code == 404
