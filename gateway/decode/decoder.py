@@ -345,6 +345,10 @@ class Decoder:
             return received_ms, TimeSource.GATEWAY, None
         if type(ts) is int:
             time_ms = ts
+        elif type(ts) is float and ts.is_integer():
+            # JSON has one kind of number: a firmware's library may write 64-bit integers
+            # as doubles (1.7672256e12), as it may any integer field.
+            time_ms = int(ts)
         elif isinstance(ts, str):
             time_ms = _rfc3339_ms(ts)
         else:
@@ -457,6 +461,8 @@ def _seq(body: Mapping[str, Any]) -> int | None:
     seq = body.get("seq")
     if seq is None:
         return None
+    if type(seq) is float and seq.is_integer():
+        seq = int(seq)
     # The redelivery filter keeps keys as 64-bit integers, and a message without `ts`
     # has its `seq` for a key: a larger one would stop the batch it came in, and the
     # broker would send that batch again and again.
@@ -468,7 +474,10 @@ def _seq(body: Mapping[str, Any]) -> int | None:
     return seq
 
 
-_KIND_CODES = {"telemetry": 0, "event": 1, "status": 2, "up": 3}
+# Negative, as a `seq` never is: a message without `seq` keyed (code, ts) must not share
+# the key of one with `seq` (seq, ts), an alarm with `seq` 2 sent in the millisecond of
+# a status without one.
+_KIND_CODES = {"telemetry": -1, "event": -2, "status": -3, "up": -4}
 
 
 def _rfc3339_ms(ts: str) -> int:

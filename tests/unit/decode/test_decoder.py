@@ -592,3 +592,76 @@ def test_a_redelivery_from_a_device_whose_clock_is_a_day_ahead_is_known_whenever
     assert first.dedup_key is not None and again.dedup_key is not None
     assert not keys.is_redelivery(first.device, first.dedup_key)
     assert keys.is_redelivery(again.device, again.dedup_key)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        # A detector wakes and says it is online, and in the same millisecond (a clock
+        # counting whole seconds makes it common) sends its alarm, numbered 2.
+        (
+            ("community/hgy/smoke_detector/sd-1/status", {"online": True, "ts": NOW_MS}),
+            (
+                "community/hgy/smoke_detector/sd-1/telemetry",
+                {"ts": NOW_MS, "seq": 2, "alarm": True, "battery_pct": 80},
+            ),
+        ),
+        # A bracelet numbers its events but not its readings: its SOS numbered 0 comes
+        # in the millisecond of a reading.
+        (
+            ("community/hgy/bracelet/br-1/telemetry", {"ts": NOW_MS, "worn": True}),
+            ("community/hgy/bracelet/br-1/event", {"ts": NOW_MS, "seq": 0, "event": "sos"}),
+        ),
+    ],
+)
+def test_a_message_with_seq_is_never_taken_for_one_without_sent_at_the_same_time(
+    first: tuple[str, dict[str, object]], then: tuple[str, dict[str, object]]
+) -> None:
+    # A repeated `seq` is a redelivery; a message without one repeats none.
+    keys = RedeliveryFilter()
+    for topic, payload in (first, then):
+        decoded = decoder().decode(message(topic, payload))
+        assert decoded.dedup_key is not None
+        assert not keys.is_redelivery(decoded.device, decoded.dedup_key), topic
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "kept"),
+    [
+        (
+            "community/hgy/manhole_cover/mc-1/telemetry",
+            {"ts": NOW_MS, "lid_open": True, "tilt_deg": 40.0, "battery_pct": -1},
+            ("lid_open", True),
+        ),
+        (
+            "community/hgy/bracelet/br-1/telemetry",
+            {"ts": NOW_MS, "heart_rate_bpm": 32, "worn": True, "battery_pct": 101},
+            ("heart_rate_bpm", 32),
+        ),
+    ],
+)
+def test_a_battery_the_contract_gives_no_range_is_taken_whatever_it_reads(
+    topic: str, body: dict[str, object], kept: tuple[str, object]
+) -> None:
+    # The contract gives covers' and bracelets' `battery_pct` no range (only a smoke
+    # detector's is 0-100): a lid open, or a heart rate of 32, with a battery of -1
+    # ("unknown") or 101 (charging) is not refused.
+    (reading,) = decoder().decode(message(topic, body)).records
+    assert isinstance(reading, Reading)
+    assert reading.fields[kept[0]] == kept[1]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"ts": 1.767225600000e12, "event": "sos"}',
+        b'{"ts": 1767225600000.0, "event": "sos"}',
+        b'{"ts": 1767225600000, "seq": 12.0, "event": "sos"}',
+    ],
+)
+def test_a_whole_ts_or_seq_written_as_a_json_double_is_taken(raw: bytes) -> None:
+    # A firmware's JSON library may write 64-bit integers as doubles; JSON has one kind
+    # of number, and an `int` field takes 88.0 as well.
+    (event,) = decoder().decode(message("community/hgy/bracelet/br-1/event", raw)).records
+    assert isinstance(event, Event) and event.kind == "sos"
+    assert (event.time_ms, event.time_source) == (NOW_MS, TimeSource.DEVICE)
