@@ -314,7 +314,7 @@ class NotificationLog:
         )
         # A digest's member waits as a pending one does (a retry, a limit's wait). One
         # held for the receiver's quiet hours, and not since, waits for a time of day,
-        # which a step of the clock does not move (see Notifier._add).
+        # which a step of the clock does not move (see Notifier._quiet_until_ms).
         notifications = self._conn.execute(
             "UPDATE notifications SET due_ms = due_ms + ? WHERE state IN ('pending', 'digest')"
             " AND NOT EXISTS (SELECT 1 FROM notification_attempts AS a"

@@ -73,6 +73,7 @@ from gateway.notify.router import Router, Target
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.book import AlertBook, AlertEntry, AlertError, was_muted
 from gateway.rules.rule import Severity
+from gateway.rules.schedule import DailyWindow
 from gateway.rules.silence import SilenceBook
 from gateway.stats import Stats
 from gateway.store.database import damaged_error, is_damaged
@@ -602,15 +603,40 @@ class Notifier:
             receiver=target.receiver, receiver_name=target.display_name, phone=target.phone,
             link=link, zone=self._zone, site=self.router.site(entry), link_code=code,
         )  # fmt: skip
-        due_ms = now_ms
-        quiet = target.quiet_hours
-        if quiet is not None and not notice.critical and quiet.contains(now_ms, self._zone):
-            due_ms = quiet.end_after(now_ms, self._zone)
+        quiet_until_ms = self._quiet_until_ms(target.quiet_hours, notice, now_ms)
+        due_ms = now_ms if quiet_until_ms is None else quiet_until_ms
         notification = Notification(key, entry.alert_id, target.channels, 0, 0, due_ms,
                                     "pending", notice.to_json().decode())  # fmt: skip
-        if self.log.add(notification, now_ms) and due_ms > now_ms:
+        if self.log.add(notification, now_ms) and quiet_until_ms is not None:
             self._record_notice(notice, "-", AttemptResult.QUIET_HOURS,
-                                f"{QUIET_HOLD}{due_ms}", None)  # fmt: skip
+                                f"{QUIET_HOLD}{quiet_until_ms}", None)  # fmt: skip
+
+    def _quiet_until_ms(self, quiet: DailyWindow | None, notice: Notice, now_ms: int) -> int | None:
+        """When the quiet hours a non-critical notice is due in end, or None if it may
+        go now."""
+        if quiet is None or notice.critical or not quiet.contains(now_ms, self._zone):
+            return None
+        return quiet.end_after(now_ms, self._zone)
+
+    def _held_for_quiet_hours(self, notification: Notification, notice: Notice) -> bool:
+        """Whether a notice whose time came inside its receiver's quiet hours, after it
+        was made outside them (a retry, the end of a limit's wait, a digest), waits for
+        their end, as one made inside them does; if so, recorded. The receiver's hours
+        are the policy's now: a reload that gave them new ones holds by those."""
+        now_ms = self._clock.now_ms()
+        quiet = self.router.quiet_hours(notice.receiver)
+        until_ms = self._quiet_until_ms(quiet, notice, now_ms)
+        if until_ms is None:
+            return False
+        # A digest's member stays one: those held together go out together at the end.
+        self.log.update(notification.key, state=notification.state,
+                        channel_index=notification.channel_index, tries=notification.tries,
+                        due_ms=until_ms)  # fmt: skip
+        # The same record as a hold at planning: the withdrawal at their end, and a step
+        # of the wall clock leaving the time of day it waits for, go by it.
+        self._record_notice(notice, "-", AttemptResult.QUIET_HOURS, f"{QUIET_HOLD}{until_ms}",
+                            None)  # fmt: skip
+        return True
 
     # --- delivery --------------------------------------------------------------------------
 
@@ -724,6 +750,8 @@ class Notifier:
         now_ms = self._clock.now_ms()
         if index >= len(notification.channels):
             self._undelivered(notification, notice)
+            return None
+        if self._held_for_quiet_hours(notification, notice):
             return None
         channel = self.channels.get(notification.channels[index])
         if channel is None:
@@ -922,7 +950,9 @@ class Notifier:
             if channel is None:
                 self._channel_gone(notification, notice, self._clock.now_ms())
                 continue
-            if self._withdrawn(notification, notice):
+            if self._withdrawn(notification, notice) or self._held_for_quiet_hours(
+                notification, notice
+            ):
                 continue
             group = "" if not channel.needs_phone else notice.receiver
             groups.setdefault((name, group), []).append((notification, notice))

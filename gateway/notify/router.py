@@ -144,6 +144,12 @@ class Router:
             return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
         return self._target(receiver)
 
+    def quiet_hours(self, receiver: str) -> DailyWindow | None:
+        """A receiver's quiet hours in this policy; an emergency contact, or one the
+        policy no longer names, has none."""
+        found = self._receivers.get(receiver)
+        return self._quiet(found) if found is not None else None
+
     def on_duty(self, place: Place | None, community: str, at_ms: int) -> list[Receiver]:
         """Who is on duty for the most specific cell that holds the place (an alert's,
         see `place`) and has someone on duty now."""
@@ -186,15 +192,17 @@ class Router:
 
     def _target(self, receiver: Receiver, channels: tuple[str, ...] = ()) -> Target:
         """`receiver`, by `channels` if any (a step's), else by their own."""
-        quiet = self._windows[receiver.quiet_hours] if receiver.quiet_hours else None
         return Target(
             receiver.name,
             receiver.display_name or receiver.name,
             receiver.phone,
             channels or receiver.channels,
-            quiet,
+            self._quiet(receiver),
             receiver.channels,
         )
+
+    def _quiet(self, receiver: Receiver) -> DailyWindow | None:
+        return self._windows[receiver.quiet_hours] if receiver.quiet_hours else None
 
 
 def _matches(match: Match, entry: AlertEntry, place: Place | None) -> bool:

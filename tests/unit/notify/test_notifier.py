@@ -28,6 +28,7 @@ from gateway.notify.policy import (
     AliyunSmsChannel,
     NotifyPolicy,
     Route,
+    Step,
     TencentSmsChannel,
     WecomChannel,
 )
@@ -311,21 +312,24 @@ async def test_over_the_limit_critical_moves_on_and_the_rest_wait_for_one_digest
     assert len([n for n in rig.channels["wecom"].sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
 
 
-async def test_a_district_groups_digest_names_and_mentions_each_community_s_worker(
-    tmp_path: Path,
-) -> None:
-    registry = Registry([
-        RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community="hgy",
-                         area="east", building="3"),
-        RegisteredDevice(device_id="br-1", device_type="bracelet", community="lgy",
-                         area="north", building="7"),
-    ])  # fmt: skip
-    # One district WeCom group robot for the grid workers of two communities.
+DISTRICT = Registry([
+    RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community="hgy",
+                     area="east", building="3"),
+    RegisteredDevice(device_id="br-1", device_type="bracelet", community="lgy",
+                     area="north", building="7"),
+])  # fmt: skip
+LGY_WRIST = DeviceRef("lgy", "bracelet", "br-1")
+
+
+def district_rig(path: Path, clock: ManualClock | None = None,
+                 wang_fang_quiet_hours: str | None = None) -> Rig:  # fmt: skip
+    """One district WeCom group robot, taking a message a minute, for the grid workers
+    of two communities: wang-fang in hgy, zhao-min in lgy."""
     policy = NotifyPolicy.model_validate({
         "channels": {"district-wecom": {"type": "console"}},
         "receivers": [
             {"name": "wang-fang", "display_name": "王芳", "phone": "13800000001",
-             "channels": ["district-wecom"]},
+             "channels": ["district-wecom"], "quiet_hours": wang_fang_quiet_hours},
             {"name": "zhao-min", "display_name": "赵敏", "phone": "13800000003",
              "channels": ["district-wecom"]},
         ],
@@ -336,16 +340,21 @@ async def test_a_district_groups_digest_names_and_mentions_each_community_s_work
         "routes": [{"escalation": "grid"}],
         "escalations": {"grid": [{"after_s": 0, "to": ["on_duty"]}]},
     })  # fmt: skip
-    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy, registry=registry,
-              channels={"district-wecom": FakeChannel("district-wecom",
-                                                      limits=(Limit(1, 60.0),))})  # fmt: skip
-    lgy_wrist = DeviceRef("lgy", "bracelet", "br-1")
+    robot = FakeChannel("district-wecom", limits=(Limit(1, 60.0),))
+    return Rig(path, clock=clock, policy=policy, registry=DISTRICT,
+               channels={"district-wecom": robot})  # fmt: skip
+
+
+async def test_a_district_groups_digest_names_and_mentions_each_community_s_worker(
+    tmp_path: Path,
+) -> None:
+    rig = district_rig(tmp_path / "outbox.sqlite3")
     rig.feed(reading(SMOKE, 0, battery_pct=10))
     await rig.after(0)
     # Within the minute: hgy's tamper for wang-fang, lgy's low bracelet battery for
     # zhao-min, both held for one digest.
     rig.feed(Event(SMOKE, T0 + 1000, TimeSource.DEVICE, "tamper", {}))
-    rig.feed(Reading(lgy_wrist, T0 + 2000, TimeSource.DEVICE, {"battery_pct": 5}))
+    rig.feed(Reading(LGY_WRIST, T0 + 2000, TimeSource.DEVICE, {"battery_pct": 5}))
     await rig.after(2)
     await rig.after(60)
     (digest,) = [n for n in rig.channels["district-wecom"].sent if n.kind == "digest"]  # type: ignore[attr-defined]
@@ -451,6 +460,123 @@ async def test_a_held_notice_of_an_alert_handled_meanwhile_is_not_sent(tmp_path:
     ]  # fmt: skip
     (withdrawn,) = [a for a in rig.log.attempts(entry.alert_id) if a.result == "withdrawn"]
     assert withdrawn.detail == "the alert was closed before this could go out"
+
+
+# 22:00 and 07:00 of the first night, wang-fang's quiet hours, in epoch ms.
+QUIET_FROM_MS = T0 + 14 * 3600_000
+QUIET_UNTIL_MS = T0 + 23 * 3600_000
+
+
+def seconds_until(rig: Rig, at_ms: int) -> float:
+    return (at_ms - rig.clock.now_ms()) / 1000
+
+
+async def a_retry_due_in_quiet_hours(tmp_path: Path) -> tuple[Rig, AlertEntry]:
+    """A low battery told to wang-fang a second before her quiet hours, by a WeCom that
+    is busy then: tried again a second or two later, inside them."""
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(QUIET_FROM_MS - 1000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    await rig.after(10)
+    (entry,) = rig.book.search()
+    return rig, entry
+
+
+async def test_a_retry_whose_time_comes_in_quiet_hours_waits_for_their_end(
+    tmp_path: Path,
+) -> None:
+    rig, entry = await a_retry_due_in_quiet_hours(tmp_path)
+    assert rig.sent() == []
+    assert [(str(a.result), a.detail) for a in rig.log.attempts(entry.alert_id)] == [
+        ("retry", "busy"), ("quiet_hours", f"held until {QUIET_UNTIL_MS}"),
+    ]  # fmt: skip
+    # Kept across a restart, and neither made nor held again.
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    await rig.after(seconds_until(rig, QUIET_UNTIL_MS) - 1)
+    assert rig.sent() == []
+    await rig.after(1)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    assert [str(a.result) for a in rig.log.attempts(entry.alert_id)] == [
+        "retry", "quiet_hours", "sent",
+    ]  # fmt: skip
+
+
+async def test_a_retry_held_for_quiet_hours_is_withdrawn_if_its_alert_is_taken(
+    tmp_path: Path,
+) -> None:
+    rig, entry = await a_retry_due_in_quiet_hours(tmp_path)
+    # The night's property staff change the battery and close the alert at 23:30.
+    rig.clock.advance(seconds_until(rig, QUIET_FROM_MS + 5400_000))
+    await rig.desk.close(entry.alert_id, "property", "battery replaced")
+    await rig.after(seconds_until(rig, QUIET_UNTIL_MS))
+    assert rig.sent() == []
+    assert [str(a.result) for a in rig.log.attempts(entry.alert_id)] == [
+        "retry", "quiet_hours", "withdrawn",
+    ]  # fmt: skip
+
+
+async def test_a_critical_retry_in_quiet_hours_is_not_held(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(QUIET_FROM_MS - 1000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
+    rig.feed(Event(WRIST, rig.clock.now_ms(), TimeSource.DEVICE, "sos", {}))
+    await rig.after(0)
+    await rig.after(10)
+    assert ("wecom", "wang-fang", "firing") in rig.sent()
+
+
+async def test_a_digest_s_members_whose_time_comes_in_quiet_hours_wait_for_their_end(
+    tmp_path: Path,
+) -> None:
+    # 21:59 at the district's group robot, which takes one message a minute; wang-fang's
+    # quiet hours begin at 22:00, zhao-min has none.
+    rig = district_rig(tmp_path / "outbox.sqlite3", ManualClock(QUIET_FROM_MS - 60_000),
+                       wang_fang_quiet_hours="22:00-07:00")  # fmt: skip
+    robot = rig.channels["district-wecom"]
+    now_ms = rig.clock.now_ms()
+    rig.feed(Reading(SMOKE, now_ms, TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    assert rig.sent() == [("district-wecom", "wang-fang", "firing")]
+    # Within the minute: hgy's tamper for wang-fang, lgy's low bracelet battery for
+    # zhao-min, both waiting for a digest, which is due at 22:00.
+    rig.feed(Event(SMOKE, now_ms + 1000, TimeSource.DEVICE, "tamper", {}))
+    rig.feed(Reading(LGY_WRIST, now_ms + 1000, TimeSource.DEVICE, {"battery_pct": 5}))
+    await rig.after(1)
+    await rig.after(60)
+    # zhao-min's goes; wang-fang's waits for 07:00.
+    (digest,) = [n for n in robot.sent if n.kind == "digest"]  # type: ignore[attr-defined]
+    assert [line.split(" · ")[1] for line in digest.lines] == ["lgy north 7"]
+    tamper = next(e for e in rig.book.search() if e.rule == "smoke_tampering")
+    assert [(str(a.result), a.detail) for a in rig.log.attempts(tamper.alert_id)][-1] == (
+        "quiet_hours", f"held until {QUIET_UNTIL_MS}",
+    )  # fmt: skip
+    await rig.after(seconds_until(rig, QUIET_UNTIL_MS) - 1)
+    assert len([n for n in robot.sent if n.kind == "digest"]) == 1  # type: ignore[attr-defined]
+    await rig.after(1)
+    (_, later) = [n for n in robot.sent if n.kind == "digest"]  # type: ignore[attr-defined]
+    assert [line.split(" · ")[1] for line in later.lines] == ["hgy east 3"]
+    assert [str(a.result) for a in rig.log.attempts(tamper.alert_id)][-1] == "sent"
+
+
+async def test_an_escalation_step_whose_time_comes_in_quiet_hours_waits_for_their_end(
+    tmp_path: Path,
+) -> None:
+    # Planned at 21:55: li-na at once, wang-fang ten minutes later, in her quiet hours.
+    policy = POLICY.model_copy(update={"escalations": {**POLICY.escalations, "normal": (
+        Step(after_s=0, to=("li-na",)), Step(after_s=600, to=("wang-fang",)))}})  # fmt: skip
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(QUIET_FROM_MS - 300_000))
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "li-na", "firing")]
+    await rig.after(600)
+    assert rig.sent() == [("wecom", "li-na", "firing")]
+    await rig.after(seconds_until(rig, QUIET_UNTIL_MS))
+    assert rig.sent() == [("wecom", "li-na", "firing"), ("wecom", "wang-fang", "firing")]
 
 
 async def test_neither_a_redelivery_nor_a_restart_sends_twice(tmp_path: Path) -> None:
@@ -1863,9 +1989,10 @@ async def test_a_digest_in_a_retry_is_not_held_for_hours_by_a_clock_set_back(
     rig.channels["wecom"].errors.append(NotifyError("busy", retryable=True))  # type: ignore[attr-defined]
     await rig.after(59)
     assert [s for s in rig.sent() if s[2] == "digest"] == []
-    # NTP sets the clock back two hours meanwhile.
-    rig.clock.step(-2 * 3600)
-    # The robot takes one message a minute: a minute later the digest goes, not 2 h on.
+    # NTP sets the clock back an hour meanwhile: 07:01, just after wang-fang's quiet
+    # hours, which would hold the tamper until they end.
+    rig.clock.step(-3600)
+    # The robot takes one message a minute: a minute later the digest goes, not 1 h on.
     for _ in range(3):
         await rig.after(30)
     assert [s for s in rig.sent() if s[2] == "digest"] == [("wecom", "wang-fang", "digest")]
