@@ -671,25 +671,31 @@ class Gateway:
             except ConfigError as exc:
                 log.error("nothing reloaded, the running rules, registry, API tokens and "
                           "notification policy stay: %s%s", exc, unseen)  # fmt: skip
-                return self._answer_reload(False, f"{exc}{unseen}")
+                return self._answer_reload(
+                    False, f"refused them, the running ones stay: {exc}{unseen}"
+                )
             self.use_rules(rules)
             self.registry_file = config.registry_file
             if changes:
                 self.use_registry(registry, changes)
-            # Told even when nothing changed: its own reading of the sheet may have failed
-            # before, and a restarted one must read the file the config names now.
-            if isinstance(self.subscriber, TelemetryProcess):
-                self.subscriber.use_registry(config.registry_file)
             self.reload_tokens(config.api.tokens if config.api is not None else ())
             self.reload_policy(config.notify)
             if unseen:
                 log.warning("%s", unseen.removeprefix("; "))
-            return self._answer_reload(
-                True,
+            taken = (
                 f"{len(registry)} registered devices ({changes or 'unchanged'}), "
                 f"{len(rules)} rules, {len(config.api.tokens) if config.api else 0} API tokens"
-                f"{', the notification policy' if config.notify else ''}{unseen}",
+                f"{', the notification policy' if config.notify else ''}{unseen}"
             )
+            # Told even when nothing changed: its own reading of the sheet may have failed
+            # before, and a restarted one must read the file the config names now. Waited
+            # for: until it holds the registry, a vendor frame of a device just added is
+            # refused as unregistered.
+            if isinstance(self.subscriber, TelemetryProcess):
+                refused = await self.subscriber.use_registry(config.registry_file)
+                if refused is not None:
+                    return self._answer_reload(False, f"took them ({taken}), but {refused}")
+            return self._answer_reload(True, f"took them: {taken}")
 
     def _profiles_unseen(self, folder: Path) -> str:
         """What a reload says of device profiles changed since the start, which it does

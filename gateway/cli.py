@@ -340,12 +340,8 @@ def _reload(path: Path) -> int:
     while time.monotonic() < deadline_s:
         answer = ReloadAnswer.read(answers)
         if answer is not None and answer.pid == pid and answer != before:
-            if answer.taken:
-                print(f"gateway {pid} took them: {answer.said}")
-                return 0
-            print(f"gateway {pid} refused them, the running ones stay: {answer.said}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
+            print(f"gateway {pid} {answer.said}", file=sys.stdout if answer.taken else sys.stderr)
+            return 0 if answer.taken else 1
         if holder_pid(pid_file) != pid:
             print(f"gateway {pid} ended before it answered", file=sys.stderr)
             return 1

@@ -48,6 +48,7 @@ class ReloadAnswer(BaseModel):
     # Counts the gateway's reloads, so that an answer is told from the one before.
     number: int
     taken: bool
+    # What it did, as said after "gateway 812 ": "took them: ...", "refused them, ...".
     said: str
 
     @classmethod

@@ -18,6 +18,7 @@ close and stops.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -54,6 +55,9 @@ CONNECTION_POLL_S = 0.05
 STOP_TIMEOUT_S = 15.0
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 30.0
+# How long a reload waits for the process to hold the registry: a district's takes
+# seconds to read and compare (bench.registry), more on a busy box at +12.
+REGISTRY_ANSWER_TIMEOUT_S = 30.0
 # Added to the telemetry process's niceness. When it takes in as much as the cores
 # allow, the main process (alarms, notifications) must win them: at 10,000 msg/s offered,
 # an alarm's p99 to the webhook was 112-139 ms at 5, 77-84 ms at 12 (bench.notify_latency).
@@ -90,6 +94,9 @@ class TelemetryProcess:
         self._pipe: Connection | None = None
         # The registry file it loads, once a reload has named one.
         self._registry_file = config.registry_file
+        # The reloads asked of the running process, oldest first, each answered with
+        # the process's refusal, or None once it holds the registry.
+        self._reloads: collections.deque[asyncio.Future[str | None]] = collections.deque()
 
     @property
     def client_id(self) -> str:
@@ -124,14 +131,24 @@ class TelemetryProcess:
     def stop(self) -> None:
         """Nothing to do: `run` stops the process when `stopping` is set."""
 
-    def use_registry(self, path: Path | None) -> None:
+    async def use_registry(self, path: Path | None) -> str | None:
         """Have the process read the registry again, from `path`, as the main process
         just did (it takes it if it changed); and a process started again after it
-        ends, too."""
+        ends, too. Its refusal, or None once it holds it (or, not running, will read it
+        when it starts)."""
         self._registry_file = path
-        if self._pipe is not None:
-            with contextlib.suppress(OSError):
-                self._pipe.send(("registry", path))
+        if self._pipe is None:
+            return None
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        try:
+            self._pipe.send(("registry", path))
+        except OSError:
+            return None
+        self._reloads.append(answer)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), REGISTRY_ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            return f"its telemetry process has not said in {REGISTRY_ANSWER_TIMEOUT_S:.0f} s"
 
     async def _run_once(self, stopping: asyncio.Event) -> int | None:
         # Spawned, not forked: this process has threads (the commits', the drain's), and a
@@ -178,6 +195,11 @@ class TelemetryProcess:
             loop.remove_reader(ours.fileno())
             ours.close()
             self.connected.clear()
+            # A process started again reads the registry file named last.
+            while self._reloads:
+                answer = self._reloads.popleft()
+                if not answer.done():
+                    answer.set_result(None)
             # A process that ended while its commits failed no longer fails; the next
             # says if it does.
             self._stats.note_commit("telemetry", None)
@@ -199,6 +221,10 @@ class TelemetryProcess:
                         self._on_counts(counts)
                 elif kind == "commit":
                     self._stats.note_commit("telemetry", values[0])
+                elif kind == "registry":
+                    answer = self._reloads.popleft() if self._reloads else None
+                    if answer is not None and not answer.done():
+                        answer.set_result(values[0])
                 elif kind == "connection":
                     connected, self.connections = values
                     if connected:
@@ -264,7 +290,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     # One reload at a time, in the order they were asked for.
     reloads: asyncio.Queue[Path | None] = asyncio.Queue()
-    reloader = asyncio.create_task(_reload_registries(reloads, profiles, pipeline, registry))
+    reloader = asyncio.create_task(_reload_registries(reloads, profiles, pipeline, registry, pipe))
     loop.add_reader(pipe.fileno(), _on_parent, pipe, stopping, reloads)
     reporter = asyncio.create_task(_report_connection(connection, pipe, stopping))
     try:
@@ -301,6 +327,7 @@ async def _reload_registries(
     profiles: ProfileSet,
     pipeline: IngestPipeline,
     running: Registry,
+    pipe: Connection,
 ) -> None:
     while True:
         path = await reloads.get()
@@ -312,11 +339,13 @@ async def _reload_registries(
         except ConfigError as exc:
             # The main process read the same file a moment ago: changed again since.
             log.error("registry not reloaded, the running registry stays: %s", exc)
+            _send(pipe, ("registry", f"its telemetry process refused the registry: {exc}"))
             continue
         if changes:
             pipeline.use_registry(registry)
             running = registry
             log.info("reloaded the registry: %d devices (%s)", len(registry), changes)
+        _send(pipe, ("registry", None))
 
 
 async def _report_connection(

@@ -280,13 +280,17 @@ async def test_a_reload_with_a_broken_rule_file_takes_nothing_and_then_all_once_
         edit_registry(tmp_path, HOMES + BR_3_AWAY_LIMIT)
         refused = await site.gateway.reload(path)
         assert not refused.taken
-        assert refused.said.startswith(f"{rules_dir / 'charging_shed.yaml'}: rule broken: ")
+        assert refused.said.startswith(
+            f"refused them, the running ones stay: {rules_dir / 'charging_shed.yaml'}: rule broken: "
+        )
         assert site.gateway.registry.get("hgy", "br-3") is None
 
         (rules_dir / "charging_shed.yaml").write_text(shed_rules, "utf-8")
         taken = await site.gateway.reload(path)
         assert taken.taken and taken.number == refused.number + 1
-        assert taken.said.startswith("5 registered devices (1 added, 0 removed, 0 changed), ")
+        assert taken.said.startswith(
+            "took them: 5 registered devices (1 added, 0 removed, 0 changed), "
+        )
         assert site.gateway.registry.get("hgy", "br-3") is not None
         site.clock.advance(60)
         await site.send("community/hgy/bracelet/br-3/telemetry", position(34.768, 113.62))
@@ -313,7 +317,7 @@ async def test_a_threshold_no_rule_reads_is_refused_naming_its_row_and_the_name_
         refused = await site.gateway.reload(path)
         assert not refused.taken
         assert refused.said.startswith(
-            f"{tmp_path / 'devices.csv'}: line 6 (br-3): thresholds: no alert rule of bracelet "
+            f"refused them, the running ones stay: {tmp_path / 'devices.csv'}: line 6 (br-3): thresholds: no alert rule of bracelet "
             "reads 'max_heart_rate'; did you mean 'max_heart_rate_bpm'? (they read: "
         )
         assert site.gateway.registry.get("hgy", "br-3") is None
