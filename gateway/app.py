@@ -305,7 +305,9 @@ class Gateway:
             self.notifier = Notifier(
                 config.notify,
                 make_channels(config.notify, self._http, self._publish, self.clock),
-                Router(config.notify, self.registry, ZoneInfo(config.timezone)),
+                Router(
+                    config.notify, self.registry, ZoneInfo(config.timezone), self.rules.place_types
+                ),
                 self.alerts,
                 self.notifications,
                 self.links,
@@ -730,7 +732,9 @@ class Gateway:
         self.desk.use_registry(registry)
         if self.notifier is not None:
             policy = self.notifier.policy
-            router = Router(policy, registry, ZoneInfo(self.config.timezone))
+            router = Router(
+                policy, registry, ZoneInfo(self.config.timezone), self.rules.place_types
+            )
             self.notifier.use_policy(policy, router, self.notifier.channels)
         if self.faults is not None:
             self.faults.place = self._fault_place()
@@ -773,8 +777,10 @@ class Gateway:
         channels = make_channels(
             policy, self._http, self._publish, self.clock, (notifier.policy, notifier.channels)
         )
-        notifier.use_policy(policy, Router(policy, self.registry, ZoneInfo(self.config.timezone)),
-                            channels)  # fmt: skip
+        router = Router(
+            policy, self.registry, ZoneInfo(self.config.timezone), self.rules.place_types
+        )
+        notifier.use_policy(policy, router, channels)
         log.info("reloaded the notification policy: %d receivers, %d routes, %d channels",
                  len(policy.receivers), len(policy.routes), len(channels))  # fmt: skip
         return True

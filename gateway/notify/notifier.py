@@ -337,7 +337,9 @@ class Notifier:
         for entry in self.book.open_alerts():
             if entry.fired_ms is None:
                 continue
-            unplanned = entry.acknowledged_by is None and not self.log.planned(entry.alert_id)
+            # Taken before it was planned, a critical alert still owes its first step.
+            owed = entry.acknowledged_by is None or _owes_first_step(entry)
+            unplanned = owed and not self.log.planned(entry.alert_id)
             untold = entry.resolved_ms is not None and not self.log.told_resolved(entry.alert_id)
             if not unplanned and not untold:
                 continue
@@ -520,7 +522,8 @@ class Notifier:
         entry = self.book.get(planned.alert_id)
         if self._taken(entry):
             self.log.stop_steps(entry.alert_id)
-            return
+            if planned.step > 0 or not _owes_first_step(entry):
+                return
         chains = [planned.chain]
         if planned.chain not in self.policy.escalations:
             # The chain was taken out of the policy (or renamed) after the alert was
@@ -578,14 +581,23 @@ class Notifier:
             return True
         return entry.resolved_ms is not None and not entry.life_safety
 
+    def _sends_resolved(self, entry: AlertEntry) -> Callable[[str], bool]:
+        """Whether those a chain told of the alert hear its all-clear: by the route that
+        gives the alert the chain now; by default (`send_resolved`), for a chain none
+        gives it any more (renamed or taken out at a reload after it told them)."""
+        routes = self.router.routes(entry)
+        given = {r.escalation for r in routes}
+        sending = {r.escalation for r in routes if r.send_resolved}
+        return lambda chain: chain in sending or chain not in given
+
     def _announce_resolved(self, entry: AlertEntry, now_ms: int) -> None:
         """Each one told of the alert by a chain whose route sends the all-clear hears
         it: at any step, and whoever is on duty now."""
-        chains = {r.escalation for r in self.router.routes(entry) if r.send_resolved}
+        sends = self._sends_resolved(entry)
         targets: dict[str, Target] = {}
         for sent in self.log.sent(entry.alert_id):
             notice = Notice.from_json(sent.notice)
-            if notice.kind == "firing" and _chain_of(sent.key, notice) in chains:
+            if notice.kind == "firing" and sends(_chain_of(sent.key, notice)):
                 # Keyed by receiver alone: one told by two steps or routes hears it once.
                 targets.setdefault(notice.receiver, self.router.told(notice, sent.channels))
         for target in targets.values():
@@ -736,8 +748,7 @@ class Notifier:
             return
         if entry.resolved_ms is None:
             return
-        chains = {r.escalation for r in self.router.routes(entry) if r.send_resolved}
-        if _chain_of(notification.key, notice) in chains:
+        if self._sends_resolved(entry)(_chain_of(notification.key, notice)):
             target = self.router.told(notice, notification.channels)
             # Keyed by receiver: made once, whoever told them first.
             self._add(entry, target, entry.alert_id, "resolved", now_ms)
@@ -1144,6 +1155,13 @@ def _why_withdrawn(entry: AlertEntry, key: str, notice: Notice) -> str | None:
     if entry.state is AlertState.FIRING or notice.critical:
         return None
     return f"the alert was {entry.state} before this could go out"
+
+
+def _owes_first_step(entry: AlertEntry) -> bool:
+    """Whether what an alert's first step owes others still goes out once a person took
+    it, or it cleared by itself, before the step ran (see _why_withdrawn): a critical
+    alert's, as its notices are (a wearer's family still hears of the fall)."""
+    return entry.severity == Severity.CRITICAL or entry.life_safety
 
 
 def _past_limit_moves_on(notification: Notification, notice: Notice, wait_s: float) -> bool:

@@ -5,6 +5,7 @@ contacts."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -52,10 +53,19 @@ class Target:
 
 
 class Router:
-    def __init__(self, policy: NotifyPolicy, registry: Registry, zone: ZoneInfo) -> None:
+    def __init__(
+        self,
+        policy: NotifyPolicy,
+        registry: Registry,
+        zone: ZoneInfo,
+        types_of: Callable[[str], Sequence[str]] = lambda rule: (),
+    ) -> None:
+        """`types_of`: the device types a rule about places judges (`*`: any), by which
+        routes take its alerts (a building's fire is its smoke detectors')."""
         self.policy = policy
         self._registry = registry
         self._zone = zone
+        self._types_of = types_of
         # Shift and quiet hours, parsed once: they are checked for every notification.
         hours = [s.hours for r in policy.rosters for s in r.shifts]
         hours += [r.quiet_hours for r in policy.receivers if r.quiet_hours]
@@ -96,9 +106,14 @@ class Router:
         """The routes an alert follows: the first that matches, and any after it while a
         matching route says `continue`."""
         place = self.place(entry)
+        types = (
+            tuple(self._types_of(entry.rule))
+            if entry.device_type in PLACE_TYPES
+            else (entry.device_type,)
+        )
         chosen: list[Route] = []
         for route in self.policy.routes:
-            if _matches(route.match, entry, place):
+            if _matches(route.match, entry, place, types):
                 chosen.append(route)
                 if not route.continue_:
                     break
@@ -110,13 +125,6 @@ class Router:
         for name in step.to:
             if name == ON_DUTY:
                 on_duty = self._on_duty_for(entry, at_ms)
-                if not on_duty:
-                    log.warning(
-                        "nobody on duty for %s; telling %s",
-                        entry.community,
-                        ", ".join(self.policy.fallback_receivers) or "nobody",
-                    )
-                    on_duty = [self._receivers[n] for n in self.policy.fallback_receivers]
                 targets.extend(self._target(r, step.channels) for r in on_duty)
             elif name == EMERGENCY_CONTACTS:
                 channels = step.channels or self.policy.emergency_contact_channels
@@ -166,9 +174,9 @@ class Router:
         return []
 
     def _on_duty_for(self, entry: AlertEntry, at_ms: int) -> list[Receiver]:
-        """Who is on duty for the alert: for an alert about a place whose name several
-        share (building numbers repeat across compounds), for each of them, so that the
-        one on fire is never missed."""
+        """Who is on duty for the alert, or the fallback receivers where nobody is: for
+        an alert about a place whose name several share (building numbers repeat across
+        compounds), for each of them, so that the one on fire is never missed."""
         places: list[Place | None] = []
         if entry.device_type in PLACE_TYPES:
             places.extend(
@@ -176,7 +184,14 @@ class Router:
             )
         found: dict[str, Receiver] = {}
         for place in places or [self.place(entry)]:
-            for receiver in self.on_duty(place, entry.community, at_ms):
+            on_duty = self.on_duty(place, entry.community, at_ms)
+            if not on_duty:
+                fallback = self.policy.fallback_receivers
+                log.warning("nobody on duty for %s; telling %s",
+                            " ".join(filter(None, place or (entry.community,))),
+                            ", ".join(fallback) or "nobody")  # fmt: skip
+                on_duty = [self._receivers[name] for name in fallback]
+            for receiver in on_duty:
                 found.setdefault(receiver.name, receiver)
         return list(found.values())
 
@@ -205,14 +220,14 @@ class Router:
         return self._windows[receiver.quiet_hours] if receiver.quiet_hours else None
 
 
-def _matches(match: Match, entry: AlertEntry, place: Place | None) -> bool:
+def _matches(match: Match, entry: AlertEntry, place: Place | None, types: tuple[str, ...]) -> bool:
     def fits(allowed: tuple[str, ...], value: str | None) -> bool:
         return not allowed or value in allowed
 
     return (
         fits(tuple(str(s) for s in match.severities), entry.severity)
         and fits(match.rules, entry.rule)
-        and fits(match.device_types, entry.device_type)
+        and (not match.device_types or any(t in match.device_types or t == "*" for t in types))
         and fits(match.communities, entry.community)
         and fits(match.areas, place[1] if place else None)
         and fits(match.compounds, place[2] if place else None)
@@ -234,6 +249,9 @@ def _in_cell(roster: Roster, place: Place | None, community: str) -> bool:
     return True
 
 
-def _specificity(roster: Roster) -> int:
-    cell = roster.cell
-    return sum(part is not None for part in (cell.area, cell.compound, cell.building))
+def _specificity(roster: Roster) -> tuple[int, int]:
+    """The deepest level a cell names (a compound's cell may leave out its area, as
+    compound names do not repeat in a community), then how many it names."""
+    parts = (roster.cell.area, roster.cell.compound, roster.cell.building)
+    named = [depth for depth, part in enumerate(parts, 1) if part is not None]
+    return (max(named, default=0), len(named))

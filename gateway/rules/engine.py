@@ -665,6 +665,12 @@ class RuleEngine:
         which is over once it came. A rule no longer loaded counts as lasting."""
         return all(r.spec.kind != "event" for r in self._rules if r.name == rule)
 
+    def place_types(self, rule: str) -> tuple[str, ...]:
+        """The device types a rule about places judges (`*`: any); none for another
+        rule, or one no longer loaded."""
+        found = self._correlation.get(rule)
+        return found.spec.device_types if found is not None else ()
+
     def take_repeats(self) -> list[Repeat]:
         """Events that joined an alert since the last call, for its history."""
         repeats, self._repeats = self._repeats, []

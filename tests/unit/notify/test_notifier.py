@@ -2076,3 +2076,137 @@ async def test_one_told_by_sms_whose_link_was_still_to_come_hears_the_all_clear(
     await rig.after(10)
     # She was told it was low: she hears that it is over.
     assert [s for s in rig.sent() if s[2] == "resolved"] != []
+
+
+def routing_policy(rosters: list[dict[str, object]], routes: list[dict[str, object]] | None = None,
+                ) -> NotifyPolicy:  # fmt: skip
+    # Grid workers of the east area and of the lakeside compound, and the office as the
+    # fallback.
+    return NotifyPolicy.model_validate(
+        {
+            "channels": {"app": {"type": "console"}},
+            "receivers": [
+                {"name": "area-worker", "channels": ["app"]},
+                {"name": "lake-worker", "channels": ["app"]},
+                {"name": "wang-fang", "channels": ["app"]},
+                {"name": "office", "channels": ["app"]},
+            ],
+            "rosters": rosters,
+            "routes": routes or [{"escalation": "grid"}],
+            "escalations": {
+                "grid": [{"after_s": 0, "to": ["on_duty"]}],
+                "fire": [{"after_s": 0, "to": ["on_duty", "office"]}],
+            },
+            "fallback_receivers": ["office"],
+        }
+    )
+
+
+def test_a_compound_s_roster_outranks_its_area_s_though_it_names_no_area() -> None:
+    # A compound's cell written without its area is more specific than the area's,
+    # listed before it: the compound's own grid worker, on duty, is told.
+    registry = Registry(
+        [RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community="hgy",
+                          area="east", compound="lakeside", building="3")]
+    )  # fmt: skip
+    policy = routing_policy(
+        [
+            {"cell": {"community": "hgy", "area": "east"},
+             "shifts": [{"receiver": "area-worker"}]},
+            # Compound names do not repeat within a community: its area need not be named.
+            {"cell": {"community": "hgy", "compound": "lakeside"},
+             "shifts": [{"receiver": "lake-worker"}]},
+        ]
+    )  # fmt: skip
+    router = Router(policy, registry, ZONE)
+    on_duty = router.on_duty(("hgy", "east", "lakeside", "3"), "hgy", T0)
+    # The most specific cell with someone on shift.
+    assert [r.name for r in on_duty] == ["lake-worker"]
+
+
+def test_a_building_fire_where_one_compound_of_its_name_has_nobody_on_duty_tells_the_fallback(
+    tmp_path: Path,
+) -> None:
+    # 3号楼 stands in two compounds, and nobody is on duty for 西区's: if the fire is
+    # there, those responsible for it are told too.
+    lakeside, jade = ("东区", "湖光小区"), ("西区", "翠苑")
+    registry, _, _, fire = building_on_fire(
+        tmp_path, {"sd-1": lakeside, "sd-2": lakeside, "sd-9": jade}
+    )
+    policy = routing_policy(
+        [{"cell": {"community": "hgy", "area": "东区"}, "shifts": [{"receiver": "wang-fang"}]}]
+    )
+    router = Router(policy, registry, ZONE)
+    (step,) = policy.escalations["grid"]
+    told = [t.receiver for t in router.targets(step, fire, T0)]
+    assert "wang-fang" in told
+    # Nobody on duty for one of the buildings: the fallback receivers are told of it.
+    assert "office" in told
+
+
+async def test_those_told_before_a_reload_renamed_their_chain_hear_the_all_clear(
+    tmp_path: Path,
+) -> None:
+    # The grid worker told of a fire alarm before a reload renamed its escalation chain
+    # hears that it is over, as the secretary told after the reload does.
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(SMOKE, 0, alarm=True))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    # "critical" renamed "life" at a reload: the alert's remaining steps go by "life".
+    policy = reloaded(
+        [{"match": {"severities": ["warning", "info"]}, "escalation": "normal"},
+         {"escalation": "life"}],
+        {"life": [{"after_s": 0, "to": ["on_duty"]}, {"after_s": 120, "to": ["secretary"]}],
+         "normal": [{"after_s": 0, "to": ["on_duty"]}]},
+    )  # fmt: skip
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    await rig.after(180)
+    assert ("sms", "secretary", "firing") in rig.sent()
+    # The alarm clears, and stays clear.
+    rig.feed(reading(SMOKE, 200, alarm=False), reading(SMOKE, 900, alarm=False))
+    await rig.after(720)
+    resolved = sorted(s for s in rig.sent() if s[2] == "resolved")
+    # Those told of an alert, at any step, hear when it clears, once.
+    assert resolved == [("sms", "secretary", "resolved"), ("wecom", "wang-fang", "resolved")]
+
+
+async def test_a_fall_an_operator_took_before_it_was_planned_still_reaches_the_family(
+    tmp_path: Path,
+) -> None:
+    # A fall committed just before a crash (or while rounds of notifications fail) and
+    # acknowledged meanwhile from the dashboard: the wearer's family is still told.
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    # Committed; the process died before planning its notifications.
+    rig.feed(fall(), announce=False)
+    (entry,) = rig.book.open_alerts()
+    # The operator at the big screen takes it meanwhile.
+    await rig.desk.acknowledge(entry.alert_id, "operator")
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    # What the first step owes others still goes out when critical; an alert that
+    # fired before a crash is found in the alert book at start-up.
+    assert ("sms", "contact:+8613900000009", "firing") in rig.sent()
+    # The escalation itself stays stopped.
+    await rig.after(600)
+    assert ("sms", "secretary", "firing") not in rig.sent()
+
+
+def test_a_route_for_smoke_detectors_takes_the_building_fire_they_raise(
+    tmp_path: Path,
+) -> None:
+    # A route for smoke detectors (a fire chain) takes all their alerts, the worst one
+    # too: several detectors of a building alarming, an alert about the building, which
+    # no route could name by its type.
+    lakeside = ("东区", "湖光小区")
+    registry, _, _, fire = building_on_fire(tmp_path, {"sd-1": lakeside, "sd-2": lakeside})
+    policy = routing_policy(
+        [{"cell": {"community": "hgy", "area": "东区"}, "shifts": [{"receiver": "wang-fang"}]}],
+        [{"match": {"device_types": ["smoke_detector"]}, "escalation": "fire"},
+         {"escalation": "grid"}],
+    )  # fmt: skip
+    shipped = {r.name: r.spec.device_types for r in shipped_rules()}
+    router = Router(policy, registry, ZONE, lambda rule: shipped.get(rule, ()))
+    # The rule says so: `building_fire` has `device_types: [smoke_detector]`.
+    assert [r.escalation for r in router.routes(fire)] == ["fire"]
