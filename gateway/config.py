@@ -261,10 +261,30 @@ class InfluxConfig(_Strict):
             )
         return url
 
+    @field_validator("token")
+    @classmethod
+    def _token_in_a_header(cls, token: SecretStr | None) -> SecretStr | None:
+        # Sent in the Authorization header, which takes ASCII alone: a token pasted with
+        # a typographic quote would fail every write.
+        if token is not None:
+            for index, char in enumerate(token.get_secret_value()):
+                if not " " < char <= "~":
+                    raise ValueError(
+                        f"character {index + 1} of the token is U+{ord(char):04X}, which "
+                        "no token has: pasted with a typographic quote, a space or a "
+                        "line break?"
+                    )
+        return token
+
     @model_validator(mode="after")
     def _v2_needs_bucket(self) -> InfluxConfig:
         if self.api == "v2" and not self.bucket:
             raise ValueError("api v2 needs 'bucket' (and 'org', 'token' for InfluxDB 2.x)")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s}) must be at least backoff_initial_s "
+                f"({self.backoff_initial_s})"
+            )
         return self
 
 

@@ -29,6 +29,22 @@ GZIP_LEVEL = 1
 # Both release the GIL: larger bodies are compressed on another core, off the loop.
 _THREAD_COMPRESS_MIN_BYTES = 256 * 1024
 _SERVER_TEXT_MAX_CHARS = 500
+# What the servers say of a line they refuse (InfluxDB 1.x, 2.x and 3.x, VictoriaMetrics):
+# a 400 saying none of it refuses the request itself ("Client sent an HTTP request to an
+# HTTPS server", "Please provide either orgID or org", "database is required"), and
+# splitting it would quarantine every line of the outbox for a mistake of the config.
+_LINE_PROBLEMS = (
+    "unable to parse",
+    "failed to parse",
+    "parsing failed",
+    "cannot parse",
+    "partial write",
+    "field type conflict",
+    "beyond retention",
+    "outside retention",
+    "max-values-per-tag",
+    "max-series-per-database",
+)
 
 
 def gzip_with_zlib(body: bytes) -> bytes:
@@ -157,7 +173,7 @@ class InfluxWriter:
         # failed. Halving finds each bad line in about 2*log2(n) requests; rewriting
         # the good halves is safe as points are idempotent. 413: the body is too large.
         # 422 (InfluxDB 2.x): points outside the retention period.
-        if status in (400, 413, 422):
+        if status == 413 or (status in (400, 422) and self._about_lines(response)):
             if len(lines) == 1:
                 reason = f"{status}: {self._server_text(response)}"
                 tally.rejected.append(RejectedLine(line=lines[0], reason=reason))
@@ -166,6 +182,10 @@ class InfluxWriter:
             first = await self._write_part(lines[:middle], tally)
             return first + await self._write_part(lines[middle:], tally)
         raise self._status_error(response)
+
+    def _about_lines(self, response: httpx.Response) -> bool:
+        text = self._server_text(response).lower()
+        return any(problem in text for problem in _LINE_PROBLEMS)
 
     async def _post(self, lines: list[str]) -> httpx.Response:
         body = "\n".join(lines).encode()
@@ -191,6 +211,14 @@ class InfluxWriter:
         except httpx.TransportError as exc:
             raise StoreError(
                 f"cannot reach InfluxDB at {self._config.url}: "
+                f"{type(exc).__name__}: {self._scrub(str(exc))}",
+                retryable=True,
+            ) from exc
+        except httpx.HTTPError as exc:
+            # An answer that cannot be read (a proxy's body labelled gzip that is not):
+            # a failed write, tried again, never the end of the drain.
+            raise StoreError(
+                f"InfluxDB at {self._config.url} answered what cannot be read: "
                 f"{type(exc).__name__}: {self._scrub(str(exc))}",
                 retryable=True,
             ) from exc
@@ -225,6 +253,12 @@ class InfluxWriter:
             return StoreError(
                 f"{where}: no write endpoint at {self._endpoint} (404: {text or 'no body'}); "
                 f"is api {self._config.api!r} right for this server?",
+                retryable=False,
+            )
+        if status in (400, 422):
+            return StoreError(
+                f"{where} refused the write itself, not a line of it ({status}: {text}); "
+                "the lines wait in the outbox",
                 retryable=False,
             )
         return StoreError(f"{where} answered {status}: {text}", retryable=False)

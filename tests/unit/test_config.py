@@ -59,6 +59,18 @@ def test_relative_paths_and_environment_secrets(
         ("influx: {url: ' http://db:8086'}", "influx.url", "(spaces)"),
         ("influx: {url: 'http://gw:s3cret@db:8086'}", "influx.url", "influx.password"),
         ("influx: {url: 'http://db:8086?u=gw&p=s3cret'}", "influx.url", "influx.password"),
+        # Built at the first write, the backoff would end the gateway at every start.
+        (
+            "influx: {url: 'http://db:8086', backoff_max_s: 0.2}",
+            "influx",
+            "backoff_max_s (0.2) must be at least backoff_initial_s (0.5)",
+        ),
+        # Sent in a header, which takes ASCII alone: every write would fail.
+        (
+            "influx: {url: 'http://db:8086', api: v2, bucket: b, token: 'abc’def-0123'}",
+            "influx.token",
+            "character 4 of the token is U+2019, which no token has",
+        ),
         # A value quoted in the problem is not taken for a field's name.
         ("influx: {url: 'http: //db:8086'}", "influx.url", "got 'http: //db:8086'"),
         ("api: {public_url: 'gw.example'}", "api.public_url", "http:// or https:// address"),

@@ -475,3 +475,52 @@ def isal_installed_here() -> bool:
 )
 def test_writes_are_compressed_with_isa_l_where_it_is_installed() -> None:
     assert influx.compress is getattr(influx, "gzip_with_isal", None)
+
+
+# Answers that refuse a write whatever its lines, each a 400: Go's server when `url`
+# says http:// to an InfluxDB serving HTTPS; InfluxDB 2.x without `org`; 1.x with an
+# empty database name.
+REQUEST_REFUSALS = [
+    (v1_config(), httpx.Response(400, text="Client sent an HTTP request to an HTTPS server.\n")),
+    (
+        v2_config(org=None),
+        httpx.Response(400, json={"code": "invalid", "message": "Please provide either orgID or org"}),
+    ),
+    (v1_config(database=""), httpx.Response(400, json={"error": "database is required"})),
+]
+
+
+@pytest.mark.parametrize(("config", "answer"), REQUEST_REFUSALS)
+async def test_a_400_refusing_the_write_itself_keeps_every_line(
+    config: InfluxConfig, answer: httpx.Response
+) -> None:
+    # Split down to single lines, every one would be quarantined as refused, and a
+    # mistake of the config empty the outbox: the lines wait until it is mended.
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answer
+
+    lines = [f"m,device_id=d-{i} v={i}i {1_767_225_600_000 + i}" for i in range(20)]
+    async with writer(config, handler) as w:
+        with pytest.raises(StoreError) as caught:
+            await w.write(lines)
+    assert not caught.value.retryable
+    assert "refused the write itself, not a line of it (400: " in str(caught.value)
+    assert len(requests) == 1
+
+
+async def test_an_answer_that_cannot_be_read_is_a_failed_write() -> None:
+    # A proxy's 502 whose body is labelled gzip and is not: tried again, never the end
+    # of the drain and with it of the gateway.
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            502, headers={"Content-Encoding": "gzip"}, content=b"<html>502 Bad Gateway</html>"
+        )
+
+    async with writer(v1_config(), handler) as w:
+        with pytest.raises(StoreError) as caught:
+            await w.write(["m v=1i 1"])
+    assert caught.value.retryable
+    assert "answered what cannot be read: DecodingError" in str(caught.value)
