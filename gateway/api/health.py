@@ -62,6 +62,12 @@ async def _influx(ctx: ApiContext) -> CheckOut:
         return CheckOut(
             name="influxdb", ok=False, detail=f"{influx.url} answered {response.status_code}"
         )
+    # It may answer a ping and refuse every write (a v2 write without the org it wants).
+    failing = ctx.gateway.stats.last_write_error
+    if failing is not None:
+        return CheckOut(
+            name="influxdb", ok=False, detail=f"{influx.url} answers, but writes fail: {failing}"
+        )
     return CheckOut(name="influxdb", ok=True, detail=f"{influx.url} answers")
 
 

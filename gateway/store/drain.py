@@ -120,6 +120,7 @@ class OutboxDrain:
         self._stats.write_latency_s = self._clock.monotonic_s() - started_s
         self._stats.write_latency.observe(self._stats.write_latency_s)
         self._backoff.reset()
+        self._stats.last_write_error = None
         now_ms = self._clock.now_ms()
         refused = [
             QuarantineEntry(now_ms, "", r.line.encode(), RejectReason.REFUSED_BY_DATABASE, r.reason)

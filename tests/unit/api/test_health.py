@@ -1,5 +1,7 @@
 import asyncio
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -9,6 +11,9 @@ from gateway.clock import ManualClock
 from gateway.config import InfluxConfig, MqttConfig
 from gateway.ingest.message import InboundMessage
 from gateway.pipeline import COMMIT_RETRY_MAX_S
+from gateway.store.backoff import Backoff
+from gateway.store.drain import OutboxDrain
+from gateway.store.influx import InfluxWriter
 from tests.integration.services import free_port
 from tests.unit.api.conftest import T0, FakeSource, Site, site_config
 from tests.unit.disk import fill_the_disk, make_room
@@ -97,3 +102,62 @@ async def test_readiness_says_while_the_disk_set_aside_is_given_back(site: Site)
     assert "the disk filled up" in disk["detail"] and str(reserve.path) in disk["detail"]
     assert reserve.restore()
     assert (await site.get("/health/ready", None)).status_code == 200
+
+
+class _Influx2WithoutOrg(BaseHTTPRequestHandler):
+    """Answers a ping, and refuses every write for want of the org, as InfluxDB 2.x."""
+
+    def do_GET(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"code":"invalid","message":"Please provide either orgID or org"}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+async def test_readiness_says_while_a_database_that_answers_refuses_the_writes(
+    tmp_path: Path,
+) -> None:
+    # A ping answered says nothing of the writes: the lines wait in the outbox, and the
+    # health page says why, until the config is mended.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Influx2WithoutOrg)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    influx = InfluxConfig(
+        url=f"http://127.0.0.1:{server.server_address[1]}", api="v2", bucket="community"
+    )
+    clock = ManualClock(T0)
+    gateway = Gateway(site_config(tmp_path).model_copy(update={"influx": influx}), clock)
+    try:
+        assert gateway.api is not None
+        gateway.outbox.commit(["m v=1i 1"], [])
+        async with InfluxWriter(influx) as writer:
+            drain = OutboxDrain(gateway.outbox, writer, Backoff(0.5, 1), clock, gateway.stats)
+            attempt = asyncio.create_task(drain.drain_once())
+            while not attempt.done():
+                await asyncio.sleep(0.01)
+                clock.advance(1)
+            assert attempt.result() is None
+        transport = httpx.ASGITransport(app=gateway.api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        influxdb = {c["name"]: c for c in ready.json()["checks"]}["influxdb"]
+        assert influxdb["detail"] == (
+            f"{influx.url} answers, but writes fail: InfluxDB at {influx.url} refused the write "
+            "itself, not a line of it (400: Please provide either orgID or org); the lines "
+            "wait in the outbox"
+        )
+        assert gateway.outbox.depth() == 1 and gateway.outbox.quarantine(limit=10) == []
+    finally:
+        gateway.close()
+        server.shutdown()
+        server.server_close()

@@ -90,10 +90,13 @@ async def test_a_failed_write_is_tried_again_from_where_the_last_good_one_ended(
         clock.advance(2.0)
     assert attempt.result() is None
     assert stats.write_failures == 1
+    assert stats.last_write_error is not None
     assert outbox.depth() == 8
     assert await drain.drain_once() == 3
     assert writer.writes == [lines[:5], lines[5:], lines[5:]]
     assert outbox.depth() == 0
+    # The health page no longer says the writes fail.
+    assert stats.last_write_error is None
 
 
 async def test_after_a_restart_a_batch_partly_written_is_written_from_its_start(
