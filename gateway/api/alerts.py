@@ -294,14 +294,16 @@ async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str
     names = [*(s.actor for s in history), *(a.receiver for a in attempts)]
     if whole:
         await _audit_read(ctx, principal, request, [_read(ctx, entry, wearer is not None, names)])
+    named = (*_names(entry), *names)
     return AlertDetailOut(
         alert=alert_out(ctx, entry, whole),
         history=[
+            # A step's note may name a contact: "assigned to contact:+86...".
             StepOut(state=str(s.state), at_ms=s.at_ms, actor=shown_name(s.actor, whole),
-                    note=s.note)
+                    note=s.note if whole or s.note is None else masked_names(s.note, named))
             for s in history
         ],
-        notifications=[_attempt_out(a, whole, (*_names(entry), *names)) for a in attempts],
+        notifications=[_attempt_out(a, whole, named) for a in attempts],
         wearer=wearer,
     )  # fmt: skip
 

@@ -262,13 +262,14 @@ class HealthOut(_Out):
 
 Responses = dict[int | str, dict[str, Any]]
 _ERROR_TEXT = {
-    400: "a body that cannot be read: not UTF-8, or not JSON where JSON is expected",
+    400: "a body that cannot be read",
     401: "no token, or one that matches no one",
     403: "the caller's role does not allow it",
     404: "not found",
     409: "the step does not apply to the alert as it is",
     413: "a request body over its limit (64 KiB; 256 KiB for a rule file), refused unread",
-    422: "a bad body or parameter; the detail names it",
+    422: "a bad body (not UTF-8, not JSON, a field missing or of the wrong type) or "
+    "parameter; the detail names it",
     429: "too many failed authentications from this address; see Retry-After",
     502: "the time-series database failed",
 }

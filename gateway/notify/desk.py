@@ -58,7 +58,11 @@ class AlertDesk:
         write = partial(AlertBook.record_assignment, alert_id=alert_id, who=who, to=to,
                         at_ms=now_ms)  # fmt: skip
         await self._commit([], write)
-        return self.book.get(alert_id)
+        after = self.book.get(alert_id)
+        # Told as any change of the alert: the stream's version says the list changed.
+        for listener in self.listeners:
+            listener(after, after.state)
+        return after
 
     async def close(self, alert_id: str, who: str, note: str) -> AlertEntry:
         now_ms = self._clock.now_ms()

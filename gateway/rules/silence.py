@@ -154,13 +154,14 @@ class SilenceBook:
     ) -> Silence:
         if not author.strip() or not reason.strip():
             raise SilenceError("a silence needs an author and a reason")
-        if ends_ms <= starts_ms:
-            raise SilenceError("a silence must end after it starts")
         if ends_ms <= now_ms:
-            # Times in seconds, say, rather than milliseconds: a silence of 1970.
+            # Times in seconds, say, rather than milliseconds: a silence of 1970. Said
+            # first: left out, the start is now, which the caller never gave.
             raise SilenceError(
                 f"ends_ms {ends_ms} is already past (now {now_ms}, in ms since 1970)"
             )
+        if ends_ms <= starts_ms:
+            raise SilenceError("a silence must end after it starts")
         if not any((community, area, compound, building, device_id, rule)):
             raise SilenceError("a silence needs a device, a place or a rule to match")
         # Ids and place names repeat across the communities of one installation: a

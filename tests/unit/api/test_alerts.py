@@ -8,6 +8,7 @@ from gateway.clock import ManualClock
 from gateway.notify.channel import NotifyError
 from gateway.notify.notice import Notice
 from gateway.registry import RegisteredDevice
+from gateway.rules.alert import AlertState
 from tests.unit.api.conftest import (
     ADMIN,
     DESK_HGY,
@@ -516,3 +517,45 @@ async def test_a_desks_open_alerts_are_read_from_its_own_communities(
         named = (await site.get("/api/v1/alerts?state=open&community=hgy")).json()["alerts"]
         assert named == own
         assert read[0] == len(own), f"{read[0]} alerts read to list {len(own)}"
+
+
+async def test_assigning_an_alert_is_told_on_the_alert_stream(site: Site) -> None:
+    # A client reads the list again when the stream's version moves: an alert given to
+    # someone is a change of it.
+    alert_id = await site.fall()
+    before = (await site.get("/api/v1/alerts", OPERATOR)).json()["version"]
+    given = await site.post(f"/api/v1/alerts/{alert_id}/assign", ADMIN, json={"to": "zhao-lei"})
+    assert given.status_code == 200, given.text
+    after = (await site.get("/api/v1/alerts", OPERATOR)).json()
+    assert after["alerts"][0]["assigned_to"] == "zhao-lei"
+    assert after["version"] > before, "the alert changed, the stream's version did not"
+
+
+async def test_an_alert_given_to_an_emergency_contact_is_masked_in_its_history_too(
+    site: Site,
+) -> None:
+    # A fall given to the wearer's family contact: the desk, which sees personal data
+    # masked, sees the contact masked in the history's note too.
+    alert_id = await site.fall()
+    contact = "contact:+8613987654321"  # br-1's, 李四
+    given = await site.post(f"/api/v1/alerts/{alert_id}/assign", ADMIN, json={"to": contact})
+    assert given.status_code == 200, given.text
+    read = await site.get(f"/api/v1/alerts/{alert_id}", OPERATOR)
+    assert read.status_code == 200
+    assert read.json()["alert"]["assigned_to"] == "contact:139****4321"
+    assert "13987654321" not in read.text, [s["note"] for s in read.json()["history"]]
+
+
+async def test_a_body_that_is_not_utf8_is_answered_saying_so(site: Site) -> None:
+    # A close note sent from a tool that saves GBK (a Chinese Windows default): the
+    # answer says what to mend, not only that the body could not be parsed.
+    alert_id = await site.fall()
+    answer = await site.post(
+        f"/api/v1/alerts/{alert_id}/close",
+        ADMIN,
+        content='{"note": "已送医"}'.encode("gbk"),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "body: not UTF-8 (byte 0xD2 at offset 10); send it as UTF-8"
+    assert site.gateway.alerts.get(alert_id).state is not AlertState.CLOSED

@@ -72,7 +72,7 @@ async def test_a_silence_that_cannot_be_made_says_why(site: Site) -> None:
     assert nothing.status_code == 422
     assert "needs a device, a place or a rule" in nothing.json()["detail"]
     backwards = await site.post("/api/v1/silences", json={
-        "device_id": "sd-1", "starts_ms": T0, "ends_ms": T0 - 1, "reason": "x",
+        "device_id": "sd-1", "starts_ms": T0 + 120_000, "ends_ms": T0 + 60_000, "reason": "x",
     })  # fmt: skip
     assert "must end after it starts" in backwards.json()["detail"]
     no_reason = await site.post("/api/v1/silences", json={"device_id": "sd-1", "ends_ms": T0})
@@ -249,3 +249,18 @@ async def test_a_silence_that_would_mute_nothing_is_refused(
         )
         assert made.status_code == 422, made.text
         assert named in made.json()["detail"]
+
+
+async def test_a_silence_ending_in_the_past_says_so_when_its_start_is_left_out(
+    site: Site,
+) -> None:
+    # The usual mistake, `ends_ms` in seconds with `starts_ms` left out: the answer names
+    # `ends_ms`, not a start the operator never gave.
+    made = await site.post(
+        "/api/v1/silences",
+        OPERATOR,
+        json={"community": "hgy", "device_id": "br-1", "ends_ms": T0 // 1000 + 3600,
+              "reason": "检修"},
+    )  # fmt: skip
+    assert made.status_code == 422
+    assert made.json()["detail"].startswith(f"ends_ms {T0 // 1000 + 3600} is already past")
