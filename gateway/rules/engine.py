@@ -30,7 +30,7 @@ from gateway.decode.record import (
     StatusReport,
     TimeSource,
 )
-from gateway.registry import RegisteredDevice, Registry, RegistryChanges
+from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry, RegistryChanges
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
@@ -118,6 +118,10 @@ class RuleEngine:
         # next message waits in that queue is not silent. Start-up counts as records
         # judged up to then, so the first tick after a restart waits for the backlog.
         self._newest_heard_ms: int | None = now_ms
+        # Up to when the last tick judged silence (None: none has yet). A device heard
+        # after it was heard at least then, whatever its clock says: one whose clock is
+        # minutes behind, reporting every minute, is not silent for those minutes.
+        self._heard_floor_ms: int | None = None
         # Spans of time in which the gateway may not have heard what devices sent (its
         # broker connection down, or what it took in not yet judged): closed ones, and
         # the start of an open one. A device is silent only for as long as the gateway
@@ -363,6 +367,8 @@ class RuleEngine:
         in; when not, silence is judged only as far as the records judged show."""
         changes: list[AlertChange] = []
         heard_through_ms = self._heard_through_ms(now_ms, listening)
+        if heard_through_ms is not None:
+            self._heard_floor_ms = heard_through_ms
         for key, track in self.tracks.of_rules(self._ticked):
             merging = self._merging.get(key[0])
             if merging is not None:
@@ -444,20 +450,27 @@ class RuleEngine:
                 del self.tracks[key]
                 self._dirty.add(key)
             return None
+        # A clock glitch hours ahead neither starts the stillness in the future nor
+        # counts it as hours long.
+        at_ms = self._held_at(record)
         if track is not None and track.last_value is not None and value < track.last_value:  # type: ignore[operator]
             # A cumulative counter reset (steps at midnight) is not activity.
             track.last_value = float(value)  # type: ignore[arg-type]
             self._dirty.add(key)
-            return self._inactive_too_long(rule, key, track, record.time_ms, record.time_ms)
+            return self._inactive_too_long(rule, key, track, at_ms, at_ms)
         if track is None or track.last_value != value:
-            self.tracks[key] = Track(False, record.time_ms, 0, None, "", float(value))  # type: ignore[arg-type]
+            self.tracks[key] = Track(False, at_ms, 0, None, "", float(value))  # type: ignore[arg-type]
             self._dirty.add(key)
             if track is not None and track.firing:
                 return _record_change(
                     rule, None, AlertState.RESOLVED, track.alert_id, record, track.since_ms
                 )
             return None
-        return self._inactive_too_long(rule, key, track, record.time_ms, record.time_ms)
+        if not track.firing and at_ms < track.since_ms:
+            # Unchanged already then: a report sent late, or the clock right again.
+            track.since_ms = at_ms
+            self._dirty.add(key)
+        return self._inactive_too_long(rule, key, track, at_ms, at_ms)
 
     def _apply_correlation(
         self, rule: Rule, record: Reading | Event, holds: bool | None, rates: Any = None
@@ -478,6 +491,10 @@ class RuleEngine:
             # silenced one detector is still spreading to the next.
             hits = self._correlations.get(key)
             if key not in self.tracks or hits is None or device.device_id not in hits:
+                return None
+            if record.time_ms < hits[device.device_id]:
+                # From before the device said so: after an outage its hourly reports
+                # from before the fire come after its alarm, and must not end it.
                 return None
             if not self._cleared(rule, record, holds, rates):
                 return None
@@ -504,18 +521,27 @@ class RuleEngine:
             track.since_ms = max(track.since_ms, record.time_ms)
             self._dirty.add(key)
             return None
+        # The window ends at the newest: a device's report judged late (queued behind
+        # the alarm lane) is not one within it because it came last.
+        newest_ms = max(hits.values())
         for device_id, at_ms in list(hits.items()):
-            if at_ms < record.time_ms - window_ms:
+            if at_ms < newest_ms - window_ms:
                 del hits[device_id]
                 self._hits_dirty.add((key, device_id))
-        if len(hits) < rule.spec.min_devices:
+        # Of one place: building numbers repeat across compounds, and two detectors of
+        # two compounds' 1号楼 are no fire spreading.
+        within = self._within(device, rule.spec.place)
+        together = {
+            d: at_ms for d, at_ms in hits.items() if self._within_of(d, key, rule) == within
+        }
+        if len(together) < rule.spec.min_devices:
             return None
-        first_ms = min(hits.values())
+        first_ms = min(together.values())
         alert_id = _alert_id(rule.name, place, None, first_ms)
         # since_ms: the latest hit, from which the window runs until the alert resolves.
-        self.tracks[key] = Track(True, record.time_ms, len(hits), None, alert_id)
+        self.tracks[key] = Track(True, record.time_ms, len(together), None, alert_id)
         self._dirty.add(key)
-        values: dict[str, FieldValue] = {"devices": ",".join(sorted(hits))}
+        values: dict[str, FieldValue] = {"devices": ",".join(sorted(together))}
         return _change(
             rule, place, None, AlertState.FIRING, alert_id, first_ms, record.time_ms, values
         )
@@ -549,6 +575,18 @@ class RuleEngine:
         types = self._periods_s if "*" in rule.spec.device_types else rule.spec.device_types
         periods = [self._periods_s.get(t, 0.0) for t in types]
         return round(max([rule.spec.window_s, *(2.5 * p for p in periods)]) * 1000)
+
+    def _within(self, device: DeviceRef, place: str) -> tuple[str | None, ...]:
+        """The places above a device's `place` (a building's area and compound), as the
+        registry has them."""
+        if place not in PLACE_TYPES:
+            return ()
+        registered = self._registry.get(device.community, device.device_id)
+        above = PLACE_TYPES[: PLACE_TYPES.index(place)]
+        return tuple(getattr(registered, level, None) for level in above) if registered else ()
+
+    def _within_of(self, device_id: str, key: TrackKey, rule: Rule) -> tuple[str | None, ...]:
+        return self._within(DeviceRef(key[1], "", device_id), rule.spec.place)
 
     def _place_of(self, device: DeviceRef, place: str) -> DeviceRef | None:
         """The place a correlation alert is about, named like a device of type `place`."""
@@ -778,6 +816,7 @@ class RuleEngine:
         counts = self.tracks.counts
         last_device = None
         newest_ms = -1 if self._newest_heard_ms is None else self._newest_heard_ms
+        floor_ms = -1 if self._heard_floor_ms is None else self._heard_floor_ms
         # None of the records is newer than the newest before them, ahead.
         device_time = None if ahead else TimeSource.DEVICE
         for record in records:
@@ -812,14 +851,15 @@ class RuleEngine:
                 # A retained status comes with every new subscription, however old: it
                 # says the device was heard then (if it says when), not that it was
                 # silent since, and a device first known by it is watched from the start.
-                if record.time_source is not TimeSource.RETAINED and time_ms > seen_ms.get(
+                heard_ms = time_ms if time_ms > floor_ms else floor_ms
+                if record.time_source is not TimeSource.RETAINED and heard_ms > seen_ms.get(
                     device_id, self._started_ms
                 ):
-                    seen_ms[device_id] = time_ms
+                    seen_ms[device_id] = heard_ms
                 elif device_id not in seen_ms:
                     seen_ms[device_id] = self._started_ms
                 continue
-            seen_ms[device_id] = time_ms
+            seen_ms[device_id] = time_ms if time_ms > floor_ms else floor_ms
             shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
             keys = record.fields.keys()
             for names, known in shapes:
@@ -882,6 +922,13 @@ class RuleEngine:
         scope.update((name, rate) for name, rate in rates.items() if rate is not None)
         return scope
 
+    def _held_at(self, record: Record) -> int:
+        """The record's time, never more than AHEAD_HELD_MS past the gateway's."""
+        judged_at_ms = self._judged_at_ms
+        if judged_at_ms is None:
+            return record.time_ms
+        return min(record.time_ms, judged_at_ms + AHEAD_HELD_MS)
+
     def _judged_at(self, record: Record) -> int:
         """The gateway's time as it judges `record`; the record's time without one."""
         return record.time_ms if self._judged_at_ms is None else self._judged_at_ms
@@ -897,7 +944,9 @@ class RuleEngine:
         track = self.tracks.get(key) if merge_ms else None
         if (
             track is not None
-            and record.time_ms - track.since_ms < merge_ms
+            and self._judged_at(record)
+            - (track.since_ms if track.held_ms is None else track.held_ms)
+            < merge_ms
             and not self.taken(track.alert_id)
         ):
             # The same occurrence going on (a resident pressing SOS again while the
@@ -939,22 +988,25 @@ class RuleEngine:
                 # toast): holding again is a new occurrence, a fire this time, and a new
                 # alert, not one taken into the alert nobody watches any more.
                 track = None
+            # Never far past the gateway's own time: a clock glitch a day ahead must not
+            # leave every report after it too old to clear the alert, nor start a
+            # duration that the right clock after it would take a day to reach.
+            held_ms = self._held_at(record)
             created = track is None
             if track is None:
                 alert_id = _alert_id(rule.name, device, port, now_ms)
-                track = self.tracks[key] = Track(False, now_ms, 0, None, alert_id)
+                track = self.tracks[key] = Track(False, held_ms, 0, None, alert_id)
+            elif not track.firing and now_ms < track.since_ms:
+                # It held already then: a report sent late, or the clock right again.
+                track.since_ms = now_ms
             self._dirty.add(key)
             track.readings += 1
             track.clearing_since_ms = None
-            # Never far past the gateway's own time: a clock glitch a day ahead must not
-            # leave every report after it too old to clear the alert.
-            judged_at_ms = self._judged_at_ms
-            held_ms = now_ms if judged_at_ms is None else min(now_ms, judged_at_ms + AHEAD_HELD_MS)
             if track.held_ms is None or held_ms > track.held_ms:
                 track.held_ms = held_ms
             if track.firing:
                 return None
-            if now_ms - track.since_ms >= spec.for_s * 1000 and track.readings >= spec.repeat:
+            if held_ms - track.since_ms >= spec.for_s * 1000 and track.readings >= spec.repeat:
                 if not created and self.closed(track.alert_id):
                     # Closed while pending: firing, it is an alert of its own.
                     track.alert_id = _alert_id(rule.name, device, port, now_ms)

@@ -66,9 +66,17 @@ class RateWindows:
             samples.append(at_ms)
             samples.append(value)
         # Keep one sample at or before the window's start, so that readings sparser
-        # than the window still give a rate.
+        # than the window still give a rate; but not one from long before it (a port
+        # back after an hour) once the window's own samples cover half of it, which
+        # would flatten a port heating fast.
         cut_ms = at_ms - window_ms
         while len(samples) > 2 and samples[2] <= cut_ms:
+            del samples[:2]
+        if (
+            len(samples) > 2
+            and samples[0] < cut_ms - window_ms / 2
+            and at_ms - samples[2] >= window_ms / 2
+        ):
             del samples[:2]
         span_ms = at_ms - samples[0]
         if span_ms >= window_ms / 2:

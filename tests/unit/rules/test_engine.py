@@ -587,7 +587,11 @@ def test_a_silence_mutes_maintenance_but_never_a_life_safety_alert(tmp_path: Pat
         ({"author": "", "reason": "x", "device_id": "a"}, "author and a reason"),
         ({"author": "a", "reason": "x"}, "a device, a place or a rule"),
         ({"author": "a", "reason": "x", "building": "5号楼"}, "within its community"),
-        ({"author": "a", "reason": "x", "rule": "fire_alarm", "ends_ms": T0}, "end after"),
+        (
+            {"author": "a", "reason": "x", "rule": "fire_alarm", "starts_ms": T0 + 2000},
+            "end after",
+        ),
+        ({"author": "a", "reason": "x", "rule": "fire_alarm", "ends_ms": T0}, "already past"),
     ],
 )
 def test_a_silence_must_say_what_when_who_and_why(

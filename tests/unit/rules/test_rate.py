@@ -31,6 +31,13 @@ def deque_rate(
     history.insert(bisect_right([t for t, _ in history], at_ms), (at_ms, value))
     while len(history) > 1 and history[1][0] <= at_ms - window_ms:
         history.popleft()
+    # One from long before the window goes once the window's own cover half of it.
+    if (
+        len(history) > 1
+        and history[0][0] < at_ms - window_ms * 1.5
+        and at_ms - history[1][0] >= window_ms / 2
+    ):
+        history.popleft()
     first_ms, first = history[0]
     if at_ms - first_ms >= window_ms / 2:
         return (value - first) / (at_ms - first_ms) * 60_000
