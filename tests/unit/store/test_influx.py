@@ -484,7 +484,9 @@ REQUEST_REFUSALS = [
     (v1_config(), httpx.Response(400, text="Client sent an HTTP request to an HTTPS server.\n")),
     (
         v2_config(org=None),
-        httpx.Response(400, json={"code": "invalid", "message": "Please provide either orgID or org"}),
+        httpx.Response(
+            400, json={"code": "invalid", "message": "Please provide either orgID or org"}
+        ),
     ),
     (v1_config(database=""), httpx.Response(400, json={"error": "database is required"})),
 ]
