@@ -41,7 +41,7 @@ from gateway.rules.alert import AlertChange, Repeat
 from gateway.rules.stage import AlertDecision, AlertStage
 from gateway.stats import Stats
 from gateway.store.backoff import Backoff
-from gateway.store.outbox import Outbox, QuarantineEntry, Write
+from gateway.store.outbox import CommitResult, Outbox, QuarantineEntry, Write
 from gateway.store.series import SeriesMapper
 
 log = logging.getLogger(__name__)
@@ -382,8 +382,7 @@ class IngestPipeline:
             raise StoreError(f"the outbox cannot commit: {self.commit_error}", retryable=True)
         async with self._commit_lock:
             result = await asyncio.to_thread(self._outbox.commit, lines, [], None, write)
-        self._stats.lines_stored += result.lines
-        self.committed.set()
+        self._committed(result)
 
     async def commit_until_stored(self, lines: Sequence[str], write: Write | None) -> None:
         """As `commit`, for the gateway's own work (judging, rule timers, its health),
@@ -391,7 +390,12 @@ class IngestPipeline:
         result = await self._until_done(
             partial(self._outbox.commit, lines, [], None, write), on_loop=False
         )
+        self._committed(result)
+
+    def _committed(self, result: CommitResult) -> None:
+        # Counted as a batch's are: lines dropped to make room are never silent.
         self._stats.lines_stored += result.lines
+        self._stats.lines_evicted += result.evicted_lines
         self.committed.set()
 
     async def read_until_done(self, read: Callable[[], T]) -> T:

@@ -601,3 +601,28 @@ async def test_a_restart_keeps_every_key_of_the_last_eight_batches_as_long_as_be
     assert second._stats.redeliveries == 32
     await second.handle(source, resent)
     assert second._stats.redeliveries == 32 + 40
+
+
+async def test_lines_dropped_for_the_gateway_s_own_commits_are_counted_too(
+    tmp_path: Path,
+) -> None:
+    # An outbox at its bound while InfluxDB is down: the alert points the rules commit
+    # make room as a batch does, and the lines dropped for them are counted as theirs
+    # are (gateway_lines_evicted_total), never silent.
+    stats = Stats()
+    profiles = load_profiles(PROJECT_ROOT / "device_profiles", CODECS)
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1 << 20)
+    p = IngestPipeline(
+        Decoder(profiles, Registry()),
+        RedeliveryFilter(),
+        SeriesMapper(profiles, Registry()),
+        outbox,
+        stats,
+    )
+    pad = "x" * 900
+    for batch in range(20):
+        await p.commit([f'm,batch={batch} pad="{pad}" {i}' for i in range(100)], None)
+    for batch in range(20, 40):
+        await p.commit_until_stored([f'm,batch={batch} pad="{pad}" {i}' for i in range(100)], None)
+    counted = outbox.counters()["outbox_evicted_lines"]
+    assert counted > 0 and stats.lines_evicted == counted
