@@ -17,7 +17,10 @@ from simulators.publisher import (
 from simulators.scenario import Scenario, ScenarioKind
 
 # Flags that only matter when publishing: with none of them, --write-registry just writes.
-PUBLISH_FLAGS = ("host", "port", "rate", "seconds", "messages", "scenario")
+PUBLISH_FLAGS = (
+    "host", "port", "username", "password", "seconds", "messages", "scenario", "processes",
+    "period_scale",
+)  # fmt: skip
 
 
 def positive_int(text: str) -> int:
@@ -110,11 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIND@S[:DEVICE]",
         help=f"inject a scenario at S seconds, repeatable; kinds: {kinds}",
     )
-    run.add_argument("--processes", type=positive_int, default=1, help="publisher processes (1)")
+    # Defaults left None, and given in options_from_args: given at all, they publish.
+    run.add_argument("--processes", type=positive_int, default=None, help="publisher processes (1)")
     run.add_argument(
         "--period-scale",
         type=positive_float,
-        default=1.0,
+        default=None,
         metavar="F",
         help="multiply every reporting period by F (0.01: 100 times faster)",
     )
@@ -138,16 +142,18 @@ def options_from_args(ns: argparse.Namespace) -> SimulationOptions:
         max_messages=ns.messages,
         rate_msg_s=ns.rate if has_rate else None,
         realistic=not has_rate,
-        period_scale=ns.period_scale,
+        period_scale=ns.period_scale or 1.0,
         scenarios=tuple(ns.scenario),
-        processes=ns.processes,
+        processes=ns.processes or 1,
     )
 
 
 def wants_publishing(ns: argparse.Namespace) -> bool:
     if ns.write_registry is None:
         return True
-    return any(getattr(ns, name, None) not in (None, []) for name in PUBLISH_FLAGS)
+    # Given, whatever its value: `--rate max` is None.
+    given = hasattr(ns, "rate")
+    return given or any(getattr(ns, name, None) not in (None, []) for name in PUBLISH_FLAGS)
 
 
 def run_from_args(ns: argparse.Namespace) -> int:

@@ -38,25 +38,34 @@ class _Bad:
     device_id: str
 
 
+def malformed_senders(devices: Sequence[Device]) -> tuple[Device, Device, Device | None]:
+    """The devices the bad messages are sent as: the first that speaks JSON; a bracelet,
+    else that one, for the field cases; the fleet's ACME detector, if it has one."""
+    json_device = next((d for d in devices if d.imei is None), None)
+    if json_device is None:
+        raise ValueError("malformed needs at least one device that speaks JSON")
+    bracelet = next((d for d in devices if d.device_type is DeviceType.BRACELET), None)
+    vendor = next((d for d in devices if d.imei is not None), None)
+    return json_device, bracelet or json_device, vendor
+
+
 def malformed_messages(devices: Sequence[Device], time_ms: int) -> list[SimMessage]:
     """One message of each bad kind, 1 ms apart from `time_ms`; no `seq`, to spare dedup.
 
     Each is sent as a registered device of the fleet, so that the gateway rejects it for
-    its own fault: the frame cases as the fleet's ACME detector (a fleet of one device
-    has none, and sends the other cases alone); the field cases as a bracelet, else as
-    the first device that speaks JSON, a detector or a cover, which report a battery."""
-    json_device = next((d for d in devices if d.imei is None), None)
-    if json_device is None:
-        raise ValueError("malformed needs at least one device that speaks JSON")
+    its own fault (see `malformed_senders`): the frame cases as the fleet's ACME
+    detector (a fleet of one device has none, and sends the other cases alone); the
+    field cases as a bracelet, else as a detector or a cover, each by a field the
+    contract gives a range."""
+    json_device, fielded, vendor = malformed_senders(devices)
     community = json_device.community
-    bracelet = next((d for d in devices if d.device_type is DeviceType.BRACELET), None)
-    fielded = bracelet or json_device
     wrong_type: dict[str, object] = {"battery_pct": "full"}
     out_of_range: dict[str, object] = {"battery_pct": 180}
-    if bracelet is not None:
+    if fielded.device_type is DeviceType.BRACELET:
         wrong_type = {"heart_rate_bpm": "seventy", "worn": "yes"}
-        out_of_range = {"heart_rate_bpm": 400, "battery_pct": 180}
-    vendor = next((d for d in devices if d.imei is not None), None)
+        out_of_range = {"heart_rate_bpm": 400}
+    elif fielded.device_type is DeviceType.MANHOLE_COVER:
+        out_of_range = {"tilt_deg": 400.0}
 
     def topic(device: Device) -> str:
         return device_topic(device.community, device.device_type, device.device_id, "telemetry")

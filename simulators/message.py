@@ -27,6 +27,8 @@ class SimMessage:
     payload: bytes
     qos: int
     retain: bool
+    # When it is sent, by the schedule; a payload's `ts` may run ahead of it (see
+    # Simulation._stamp).
     time_ms: int
     device_id: str | None
     kind: MessageKind = MessageKind.TELEMETRY

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from simulators.device import Device, DeviceType
+from simulators.malformed import malformed_senders
 
 
 class ScenarioKind(StrEnum):
@@ -114,6 +115,9 @@ def resolve(
     for i in order:
         hits[i] = _resolve(scenarios[i], devices, seed, frozenset(taken))
         taken.update(h.device_id for h in hits[i] if h.device_id is not None)
+        if scenarios[i].kind is ScenarioKind.MALFORMED:
+            # Sent as devices of the fleet, which a silent one would not be.
+            taken.update(d.device_id for d in malformed_senders(devices) if d is not None)
     return [(scenario, hits[i]) for i, scenario in enumerate(scenarios)]
 
 
@@ -172,9 +176,14 @@ def _targets(scenario: Scenario, devices: Sequence[Device], taken: frozenset[str
             raise ValueError(f"scenario {scenario}: the fleet has no device it applies to")
         return found
     candidates = [d for d in devices if d.device_type in allowed]
-    if kind is ScenarioKind.NO_ACTIVITY:
-        alone = [d for d in candidates if d.wearer is not None and d.wearer.lives_alone]
-        candidates = alone or candidates
+    if kind is ScenarioKind.NO_ACTIVITY and candidates:
+        # The rule watches only wearers who live alone: another would raise nothing.
+        candidates = [d for d in candidates if d.wearer is not None and d.wearer.lives_alone]
+        if not candidates:
+            raise ValueError(
+                f"scenario {scenario}: the fleet has no bracelet whose wearer lives alone; "
+                "give one with :device_id"
+            )
     if not candidates:
         names = ", ".join(allowed)
         raise ValueError(f"scenario {scenario}: the fleet has no {names}")

@@ -232,6 +232,9 @@ class Simulation:
     # --- messages ---
 
     def _stamp(self, run: _Run, now_ms: int) -> tuple[int, int]:
+        """The message's `ts`, after its device's last by 1 ms at least, and its `seq`.
+        The message itself is sent at `now_ms`: a stream faster than 1,000 msg/s a device
+        keeps its rate, its `ts` running ahead of the schedule meanwhile."""
         run.seq += 1
         run.last_ms = max(now_ms, run.last_ms + 1)
         return run.last_ms, run.seq
@@ -241,21 +244,21 @@ class Simulation:
         time_ms, seq = self._stamp(run, now_ms)
         reading = run.model.reading()
         if run.device.imei is not None:
-            return self._acme(run, reading, time_ms, seq)
+            return self._acme(run, reading, time_ms, seq, now_ms)
         payload = encode_json({"ts": time_ms, "seq": seq, **reading})
-        return self._message(run, "telemetry", payload, time_ms, MessageKind.TELEMETRY)
+        return self._message(run, "telemetry", payload, now_ms, MessageKind.TELEMETRY)
 
     def _event(self, run: _Run, now_ms: int, event: Fields) -> SimMessage:
         run.model.advance(now_ms)
         time_ms, seq = self._stamp(run, now_ms)
         if run.device.imei is not None:
             # The vendor frame has no events: an alarm is an alarm report of the state.
-            return self._acme(run, run.model.reading(), time_ms, seq)
+            return self._acme(run, run.model.reading(), time_ms, seq, now_ms)
         payload = encode_json({"ts": time_ms, "seq": seq, **event})
-        return self._message(run, "event", payload, time_ms, MessageKind.EVENT)
+        return self._message(run, "event", payload, now_ms, MessageKind.EVENT)
 
     def _message(
-        self, run: _Run, topic_kind: str, payload: bytes, time_ms: int, kind: MessageKind
+        self, run: _Run, topic_kind: str, payload: bytes, sent_ms: int, kind: MessageKind
     ) -> SimMessage:
         device = run.device
         return SimMessage(
@@ -263,12 +266,12 @@ class Simulation:
             payload=payload,
             qos=QOS,
             retain=False,
-            time_ms=time_ms,
+            time_ms=sent_ms,
             device_id=device.device_id,
             kind=kind,
         )
 
-    def _acme(self, run: _Run, reading: Fields, time_ms: int, seq: int) -> SimMessage:
+    def _acme(self, run: _Run, reading: Fields, time_ms: int, seq: int, sent_ms: int) -> SimMessage:
         imei = run.device.imei or ""
         alarm = bool(reading["alarm"])
         battery_pct = _as_int(reading["battery_pct"])
@@ -291,7 +294,7 @@ class Simulation:
             payload=payload,
             qos=QOS,
             retain=False,
-            time_ms=time_ms,
+            time_ms=sent_ms,
             device_id=run.device.device_id,
             kind=MessageKind.VENDOR,
         )

@@ -126,6 +126,10 @@ def test_write_registry_alone_writes_and_exits(tmp_path: Path) -> None:
     assert main(["--write-registry", str(path), "--devices", "12"]) == 0
     assert path.read_text(encoding="utf-8").count("\n") == 13
     assert wants_publishing(_parse("--write-registry", str(path), "--seconds", "5"))
+    # Any flag that only matters when publishing, whatever its value: `--rate max` is
+    # None, and the defaults of `--processes` and `--period-scale` are numbers.
+    for flags in (("--rate", "max"), ("--processes", "1"), ("--period-scale", "1")):
+        assert wants_publishing(_parse("--write-registry", str(path), *flags)), flags
     # Every number it writes is one the gateway dials: a mainland mobile.
     phones = [
         phone

@@ -15,6 +15,7 @@ from gateway.ingest.message import InboundMessage
 from gateway.registry import load_registry
 from simulators import DeviceType, Fleet, MessageKind, Scenario, ScenarioKind, SimMessage
 from simulators.layout import distance_m
+from simulators.scenario import resolve
 from tests.unit.simulators.sim_contract import (
     EVENTS,
     MAX_BYTES,
@@ -346,3 +347,30 @@ def test_the_gateway_rejects_each_bad_input_for_its_own_fault_in_any_fleet(
             reasons[m.label] = refused.value.reason
     assert len(reasons) == sent
     assert reasons == {label: BAD_INPUT_REASONS[label] for label in reasons}
+
+
+def test_a_default_silent_device_is_none_that_malformed_sends_as() -> None:
+    # Malformed sends its bad input as devices of the fleet: a silent one picked among
+    # them would keep publishing after its last will said it was gone.
+    fleet = Fleet.build(seed=7, devices=60)
+    scenarios = [Scenario.parse("silent@50"), Scenario.parse("malformed@100")]
+    messages = list(fleet.messages(start_ms=MORNING_MS, duration_s=600, scenarios=scenarios))
+    will_at = {
+        m.device_id: m.time_ms
+        for m in messages
+        if m.kind is MessageKind.STATUS and json.loads(m.payload) == {"online": False}
+    }
+    assert len(will_at) == 4  # one of each type
+    after_will = [
+        m for m in messages if m.device_id in will_at and m.time_ms > will_at[m.device_id]
+    ]
+    assert after_will == []
+
+
+def test_no_activity_is_refused_in_a_fleet_where_nobody_lives_alone() -> None:
+    # The rule watches only wearers who live alone: stilling another would raise nothing.
+    fleet = Fleet.build(seed=3, devices=8, communities=1)
+    bracelets = [d for d in fleet.devices if d.device_type is DeviceType.BRACELET]
+    assert bracelets and not any(d.wearer and d.wearer.lives_alone for d in bracelets)
+    with pytest.raises(ValueError, match="the fleet has no bracelet whose wearer lives alone"):
+        resolve([Scenario.parse("no_activity@0")], fleet.devices, fleet.seed)
