@@ -7,30 +7,23 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
+from gateway.decode.record import DeviceRef
 from gateway.registry import RegisteredDevice, Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import RuleEngine
-from tests.catalogue import shipped_rules
+from tests.unit.rules.test_engine import (
+    OTHER_WRIST,
+    RULES,
+    SHED,
+    T0,
+    WRIST,
+    event,
+    reading,
+)
 
-T0 = 1_767_225_600_000  # 2026-01-01 08:00 in Shanghai
-RULES = shipped_rules()
 ZONE = ZoneInfo("Asia/Shanghai")
-WRIST = DeviceRef("hgy", "bracelet", "br-1")
-OTHER_WRIST = DeviceRef("hgy", "bracelet", "br-2")
-SHED = DeviceRef("hgy", "charging_shed", "cs-1")
 SD1 = DeviceRef("hgy", "smoke_detector", "sd-1")
 SD2 = DeviceRef("hgy", "smoke_detector", "sd-2")
-
-
-def reading(
-    device: DeviceRef, t_s: float, port: int | None = None, **fields: FieldValue
-) -> Reading:
-    return Reading(device, T0 + int(t_s * 1000), TimeSource.DEVICE, fields, port=port)
-
-
-def event(device: DeviceRef, t_s: float, kind: str, port: int | None = None) -> Event:
-    return Event(device, T0 + int(t_s * 1000), TimeSource.DEVICE, kind, {}, port=port)
 
 
 def of_rule(rule: str, changes: list[AlertChange]) -> list[tuple[str, AlertState]]:
