@@ -270,6 +270,10 @@ class Gateway:
                     on_counts=self._on_counts,
                 )  # fmt: skip
             else:
+                if self.outbox.handoffs_waiting():
+                    # Left by a telemetry process before the config kept the telemetry in
+                    # this one: judged first, as a crash's are, or their rules never run.
+                    self.handed_over = asyncio.Event()
                 # The gateway's status goes with the alarms: on their connection if any.
                 self.subscriber = subscriber_for(
                     mqtt, self.clock, retired=retired, added=added, status=not mqtt.alarm_topics

@@ -121,8 +121,12 @@ class Subscription:
     def _connected_anew(self, session_present: bool) -> None:
         self._connection += 1
         self.connections += 1
-        # Messages held from the lost connection cannot be acknowledged any more.
+        # Messages held from the lost connection cannot be acknowledged any more: the
+        # broker sends them again. Not those it sent at QoS 0 (a device publishing so),
+        # which it never sends again and which need no acknowledgement.
+        unsent_again = [message for message in self._pending if not message.qos]
         self._pending.clear()
+        self._pending.extend(unsent_again)
         log.info(
             "%s connected to %s:%d (session %s)",
             self._client_id,

@@ -320,3 +320,21 @@ async def test_mqtt_3_1_1_never_acknowledges_on_a_new_connection_what_came_on_th
             opened.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_qos_0_message_taken_in_before_a_reconnect_is_kept() -> None:
+    # A message the broker sent at QoS 0 (a device publishing so: the broker grants the
+    # lower QoS) needs no acknowledgement and is never sent again: one waiting for the
+    # next batch when the connection is lost is kept, where one at QoS 1 is left to the
+    # broker to send again.
+    receiving = subscriber()
+    receiving._connected_anew(session_present=False)
+    alarm = mqtt5.PublishPacket("community/hgy/smoke_detector/sd-1/event", b'{"event":"alarm"}')
+    reading = mqtt5.PublishPacket(
+        "community/hgy/smoke_detector/sd-1/telemetry", b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE,
+        packet_id=7,
+    )  # fmt: skip
+    receiving._on_publishes(None, [alarm, reading])  # type: ignore[arg-type]
+    receiving._connected_anew(session_present=True)
+    batch = await receiving.next_batch(100, 0.0)
+    assert [(m.topic, m.qos) for m in batch] == [("community/hgy/smoke_detector/sd-1/event", 0)]

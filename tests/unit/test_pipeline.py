@@ -1,12 +1,15 @@
 import asyncio
 import json
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from gateway import PROJECT_ROOT
+from gateway.app import Gateway
 from gateway.clock import ManualClock
+from gateway.config import GatewayConfig
 from gateway.decode.decoder import CODECS, Decoder
 from gateway.decode.dedup import RedeliveryFilter
 from gateway.decode.profile import load_profiles
@@ -626,3 +629,33 @@ async def test_lines_dropped_for_the_gateway_s_own_commits_are_counted_too(
         await p.commit_until_stored([f'm,batch={batch} pad="{pad}" {i}' for i in range(100)], None)
     counted = outbox.counters()["outbox_evicted_lines"]
     assert counted > 0 and stats.lines_evicted == counted
+
+
+async def test_records_handed_over_are_judged_after_a_start_with_the_telemetry_in_process(
+    tmp_path: Path,
+) -> None:
+    # The telemetry process's last batch before a stop, handed over and not judged yet;
+    # the gateway started again with `ingest.telemetry_process: false`: judged first, a
+    # charging port at 70 °C raising its alert.
+    telemetry = pipeline(tmp_path / "outbox.sqlite3", handoff=True)
+    await telemetry.handle(FakeSource(), [shed(1, 1, 70.0)])
+    telemetry._outbox.close()
+    with socket.socket() as nobody:
+        # A broker that is not there, bound so that nothing else takes its port.
+        nobody.bind(("127.0.0.1", 0))
+        config = GatewayConfig.model_validate(
+            {
+                "mqtt": {"host": "127.0.0.1", "port": nobody.getsockname()[1]},
+                "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
+                "ingest": {"telemetry_process": False},
+                "health_interval_s": None,
+            }
+        )
+        gateway = Gateway(config, ManualClock(NOW_MS))
+        running = asyncio.create_task(gateway.run())
+        try:
+            await wait_until(lambda: not gateway.outbox.handoffs_waiting(), what="judged")
+            assert [a.rule for a in gateway.alerts.open_alerts()] == ["port_overheating"]
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(running, timeout=10)
