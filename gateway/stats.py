@@ -35,6 +35,8 @@ class Stats:
     lines_written: int = 0
     lines_refused: int = 0
     lines_evicted: int = 0
+    # Lines the database dropped as older than its retention policy keeps.
+    lines_expired: int = 0
     write_failures: int = 0
     last_write_error: str | None = None
     # Commits of the outbox that failed (a full disk, say), and while they fail the last

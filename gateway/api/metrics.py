@@ -99,6 +99,12 @@ def render(
         [({}, stats.lines_evicted)],
     )
     out.metric(
+        "gateway_lines_expired_total",
+        "counter",
+        "Lines the database dropped as older than its retention policy keeps",
+        [({}, stats.lines_expired)],
+    )
+    out.metric(
         "gateway_write_failures_total",
         "counter",
         "Failed writes to the database",

@@ -128,6 +128,9 @@ class OutboxDrain:
         ]
         for entry in refused:
             log.warning("the database refused a line: %s", entry.detail)
+        if result.expired_lines:
+            log.warning("the database dropped %d lines older than its retention policy keeps",
+                        result.expired_lines)  # fmt: skip
         if pending.through or refused:
             try:
                 await self._on_thread(self._outbox.remove_through, pending.through, refused)
@@ -143,5 +146,6 @@ class OutboxDrain:
         self._written = pending.next
         self._stats.lines_written += result.accepted_lines
         self._stats.lines_refused += len(refused)
+        self._stats.lines_expired += result.expired_lines
         self._stats.rejected_by_reason.update(e.reason for e in refused)
         return len(lines)

@@ -276,3 +276,30 @@ def test_any_name_and_string_is_stored_as_the_encoding_says(
     expected_fields = {as_stored_field_key(f"f_{key}"): text for key, text in texts}
     stored = {k: v for k, v in row.items() if v is not None and k not in ("time", "case")}
     assert stored == expected_tags | expected_fields, encode_point(point)
+
+
+async def test_a_backlog_older_than_the_retention_policy_is_settled_not_quarantined(
+    influxdb: Any,
+) -> None:
+    # An outage longer than the database keeps points (an hour here): the backlog's old
+    # lines are dropped by the database, counted, and cost one request; the newer are
+    # written.
+    database = f"test_{uuid.uuid4().hex[:16]}"
+    influxdb.create_database(database)
+    httpx.post(
+        f"{influxdb.url}/query",
+        params={
+            "q": f'CREATE RETENTION POLICY "hour" ON "{database}" DURATION 1h REPLICATION 1 DEFAULT'
+        },
+        timeout=10.0,
+    ).raise_for_status()
+    now_ms = int(time.time() * 1000)
+    old = [f"m,device_id=d-{i} v={i}i {now_ms - 7_200_000 + i}" for i in range(2000)]
+    new = [f"m,device_id=d-{i} v={i}i {now_ms - 60_000 + i}" for i in range(2000)]
+    async with InfluxWriter(v1_config(influxdb.url, database)) as writer:
+        expired = await writer.write(old)
+        mixed = await writer.write(old[:100] + new)
+    assert (expired.accepted_lines, expired.expired_lines, expired.requests) == (0, 2000, 1)
+    assert (mixed.accepted_lines, mixed.expired_lines, mixed.rejected) == (2000, 100, ())
+    (row,) = influxdb.query(database, 'SELECT count("v") FROM "m"')
+    assert row["count"] == 2000

@@ -26,7 +26,8 @@ class RecordingWriter:
         if len(self.writes) in self._fail_writes:
             raise StoreError("503: busy", retryable=True)
         rejected = tuple(RejectedLine(line, "400: bad") for line in lines if "bad" in line)
-        return WriteResult(len(lines) - len(rejected), rejected, 1)
+        expired = sum("old" in line for line in lines)
+        return WriteResult(len(lines) - len(rejected) - expired, rejected, 1, expired)
 
 
 def drain_of(
@@ -146,6 +147,19 @@ async def test_refused_lines_are_quarantined(tmp_path: Path) -> None:
     assert stats.lines_written == 3
     assert stats.lines_refused == 1
     assert outbox.depth() == 0
+
+
+async def test_lines_older_than_the_retention_are_counted_not_quarantined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.commit(["m,age=old v=1i 1", "m,age=old v=2i 2", "m v=3i 3"], [])
+    stats = Stats()
+    with caplog.at_level("WARNING", "gateway.store.drain"):
+        assert await drain_of(outbox, RecordingWriter(), stats).drain_once() == 3
+    assert outbox.quarantine() == [] and outbox.depth() == 0
+    assert (stats.lines_written, stats.lines_expired) == (1, 2)
+    assert "the database dropped 2 lines older than its retention policy keeps" in caplog.text
 
 
 async def test_a_backlog_is_written_without_pause_and_light_traffic_lingers(

@@ -526,3 +526,43 @@ async def test_an_answer_that_cannot_be_read_is_a_failed_write() -> None:
             await w.write(["m v=1i 1"])
     assert caught.value.retryable
     assert "answered what cannot be read: DecodingError" in str(caught.value)
+
+
+async def test_a_backlog_older_than_the_retention_is_settled_in_one_request() -> None:
+    # After an outage longer than the database keeps points, a batch of them all is the
+    # database's own policy, not bad lines: no line quarantined, and one request, where
+    # halving took two a line.
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        dropped = len(body_lines(request))
+        return httpx.Response(
+            400, json={"error": f"partial write: points beyond retention policy dropped={dropped}"}
+        )
+
+    lines = [f"m,device_id=d-{i} v={i}i {i}" for i in range(5000)]
+    async with writer(v1_config(), handler) as w:
+        result = await w.write(lines)
+    assert result == WriteResult(accepted_lines=0, rejected=(), requests=1, expired_lines=5000)
+
+
+async def test_a_batch_partly_older_than_the_retention_is_split_where_it_begins() -> None:
+    # The oldest 100 of 1,000 lines beyond it: the rest written, each half that is all
+    # beyond it settled at once.
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        times = [int(line.rsplit(" ", 1)[1]) for line in body_lines(request)]
+        dropped = sum(t < 100 for t in times)
+        if dropped:
+            text = f"partial write: points beyond retention policy dropped={dropped}"
+            return httpx.Response(400, json={"error": text})
+        return httpx.Response(204)
+
+    lines = [f"m,device_id=d-{i} v={i}i {i}" for i in range(1000)]
+    async with writer(v1_config(), handler) as w:
+        result = await w.write(lines)
+    assert (result.accepted_lines, result.expired_lines, result.rejected) == (900, 100, ())
+    assert len(requests) < 30
