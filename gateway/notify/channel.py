@@ -4,6 +4,7 @@ NotifyError saying whether trying again can help and whether a limit was hit."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
@@ -91,8 +92,8 @@ class Channel(ABC):
     # Whether it carries news that an alert is over: not a call, whose template reads
     # out an alarm and tells the receiver to go.
     tells_clearing = True
-    # The longest text the provider takes, in UTF-8 bytes: a digest is cut to fit, the
-    # rest going in the next.
+    # The most the provider takes in a message, in bytes as `size_bytes` measures them:
+    # a digest is cut to fit, the rest going in the next.
     max_text_bytes: int | None = None
     # Whether a send that succeeds means the receiver has it (a provider took it for the
     # number or the group). One that cannot tell is not the last channel tried for a
@@ -111,6 +112,10 @@ class Channel(ABC):
         self.blocked_s: float | None = None
         # The most one whole send may take; None: unbounded (the console).
         self.timeout_s = timeout_s
+
+    def size_bytes(self, notice: Notice) -> int:
+        """What of `notice` the provider's limit counts: its text, in UTF-8."""
+        return len(notice.text().encode())
 
     @abstractmethod
     async def send(self, notice: Notice) -> None:
@@ -141,8 +146,14 @@ class Channel(ABC):
             raise NotifyError(f"the channel failed: {exc!r}", retryable=False) from exc
 
 
+# Answers that say to send the request again: the server gave up waiting for it (408),
+# or would not take it early (425).
+_TRY_AGAIN = (408, 425)
+
+
 def check_http(response: httpx.Response, provider: str) -> None:
-    """Classify an HTTP answer: 429 is a limit, 5xx worth retrying, other 4xx final."""
+    """Classify an HTTP answer: 429 is a limit, 5xx, 408 and 425 worth retrying, other
+    4xx final, and so is a redirect (the client follows none: the notice went nowhere)."""
     if response.status_code == 429:
         raise NotifyError(
             f"{provider} answered 429: over its rate limit",
@@ -150,8 +161,15 @@ def check_http(response: httpx.Response, provider: str) -> None:
             rate_limited=True,
             retry_after_s=_capped(retry_after_s(response.headers, None)),
         )
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code in _TRY_AGAIN:
         raise NotifyError(f"{provider} answered {response.status_code}", retryable=True)
+    if 300 <= response.status_code < 400:
+        # Where to is not said: the address may carry a robot's key, as the URL does.
+        raise NotifyError(
+            f"{provider} answered {response.status_code}, a redirect: its address has "
+            "moved (or wants https), change it in the policy",
+            retryable=False,
+        )
     if response.status_code >= 400:
         raise NotifyError(
             f"{provider} refused the request: {response.status_code} {response.text[:200]}",
@@ -161,6 +179,11 @@ def check_http(response: httpx.Response, provider: str) -> None:
 
 def _capped(seconds: float | None) -> float | None:
     return None if seconds is None else min(seconds, RETRY_AFTER_MAX_S)
+
+
+def json_bytes(payload: object) -> bytes:
+    """A JSON body as httpx sends `json=`, to measure it against a provider's limit."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def post(

@@ -75,7 +75,9 @@ def until_china_midnight_s(now_ms: int) -> float:
 # Aliyun's console: final, so that the notice goes on by its next channel.
 _ALIYUN_LIMITED = ("isv.BUSINESS_LIMIT_CONTROL", "Throttling")
 _ALIYUN_ACCOUNT_LIMITED = "Throttling"
-_ALIYUN_BUSY = ("isp.", "InternalError", "ServiceUnavailable")
+# Those its error pages say to try again later; other isp. codes (isp.RAM_PERMISSION_DENY:
+# the RAM user lacks the permission) no retry mends.
+_ALIYUN_BUSY = ("isp.SYSTEM_ERROR", "isp.UNKNOWN_ERR_CODE", "InternalError", "ServiceUnavailable")
 # Aliyun counts a number's day from each send to the same time the next day, not from
 # midnight: a number over it is reachable again within a day, at a time only Aliyun knows.
 _ALIYUN_DAY_S = 86_400.0

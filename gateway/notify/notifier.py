@@ -975,7 +975,7 @@ class Notifier:
             if channel.limiter.wait_s(first.phone, now_s) > 0:
                 continue
             channel.limiter.note(first.phone, now_s)
-            members = _fitting(members, channel.max_text_bytes)
+            members = _fitting(members, channel)
             digests.append((channel, _digest(first, [n for _, n in members]), members))
         return digests
 
@@ -1099,16 +1099,17 @@ def _digest(first: Notice, notices: list[Notice]) -> Notice:
 
 
 def _fitting(
-    members: list[tuple[Notification, Notice]], max_bytes: int | None
+    members: list[tuple[Notification, Notice]], channel: Channel
 ) -> list[tuple[Notification, Notice]]:
-    """The first members whose digest's text takes at most `max_bytes`, one at least;
-    the others wait for the next."""
+    """The first members whose digest the channel's provider takes in one message, one
+    at least; the others wait for the next."""
+    max_bytes = channel.max_text_bytes
     if max_bytes is None:
         return members
 
     def fits(count: int) -> bool:
         notices = [n for _, n in members[:count]]
-        return len(_digest(notices[0], notices).text().encode()) <= max_bytes
+        return channel.size_bytes(_digest(notices[0], notices)) <= max_bytes
 
     low, high = 1, len(members)
     while low < high:

@@ -15,7 +15,7 @@ import httpx
 
 from gateway.clock import Clock
 from gateway.errors import NotifyError
-from gateway.notify.channel import Channel, Limit, json_body, post
+from gateway.notify.channel import Channel, Limit, json_body, json_bytes, post
 from gateway.notify.notice import Notice
 from gateway.notify.policy import DingtalkChannel, FeishuChannel, WecomChannel
 from gateway.phone import dialled_in_mainland
@@ -110,7 +110,12 @@ class DingtalkRobot(Channel):
         self._http = http
         self._clock = clock
 
-    async def send(self, notice: Notice) -> None:
+    def size_bytes(self, notice: Notice) -> int:
+        # DingTalk counts the whole body: the title, the markdown, the mentions.
+        return len(json_bytes(self._message(notice)))
+
+    @staticmethod
+    def _message(notice: Notice) -> dict[str, object]:
         text = notice.markdown()
         at: dict[str, object] = {"isAtAll": False}
         phones = _mentioned(notice)
@@ -118,6 +123,13 @@ class DingtalkRobot(Channel):
             # DingTalk shows the mention only when the text names the number too.
             text += "\n\n" + " ".join(f"@{phone}" for phone in phones)
             at["atMobiles"] = phones
+        return {
+            "msgtype": "markdown",
+            "markdown": {"title": notice.headline(), "text": text},
+            "at": at,
+        }
+
+    async def send(self, notice: Notice) -> None:
         params = {"access_token": self._config.access_token.get_secret_value()}
         if self._config.secret is not None:
             timestamp_ms = self._clock.now_ms()
@@ -128,11 +140,7 @@ class DingtalkRobot(Channel):
             "DingTalk",
             self._config.url,
             params=params,
-            json={
-                "msgtype": "markdown",
-                "markdown": {"title": notice.headline(), "text": text},
-                "at": at,
-            },
+            json=self._message(notice),
             timeout=self._config.timeout_s,
         )
         body = json_body(response, "DingTalk")
@@ -144,6 +152,10 @@ class DingtalkRobot(Channel):
             _DINGTALK_BUSY,
             self._config.blocked_s,
         )
+
+
+# `,"timestamp":"1767225600","sign":"<44 characters of base64>"`.
+_FEISHU_SIGNATURE_BYTES = 72
 
 
 def feishu_sign(secret: str, timestamp_s: int) -> str:
@@ -166,8 +178,17 @@ class FeishuBot(Channel):
         self._http = http
         self._clock = clock
 
+    def size_bytes(self, notice: Notice) -> int:
+        # Feishu counts the whole body, its signature too.
+        signed = self._config.secret is not None
+        return len(json_bytes(self._message(notice))) + _FEISHU_SIGNATURE_BYTES * signed
+
+    @staticmethod
+    def _message(notice: Notice) -> dict[str, object]:
+        return {"msg_type": "text", "content": {"text": notice.text()}}
+
     async def send(self, notice: Notice) -> None:
-        body: dict[str, object] = {"msg_type": "text", "content": {"text": notice.text()}}
+        body = self._message(notice)
         if self._config.secret is not None:
             timestamp_s = self._clock.now_ms() // 1000
             body["timestamp"] = str(timestamp_s)
