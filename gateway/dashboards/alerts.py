@@ -8,12 +8,16 @@ the notification stage.
 from __future__ import annotations
 
 from gateway.dashboards.board import Board, data_table, single_stat, time_series
-from gateway.dashboards.query import COMMUNITY, DEVICE, OPEN, PLACE, Influx
+from gateway.dashboards.query import ALERT_SERIES, COMMUNITY, OPEN, PLACE, Influx
 
 UID = "community-alerts"
 
 # A grid cell is inside its community: building 3 of one is not building 3 of another.
 _CELL = '"community", "area", "compound", "building"'
+# What the annotations are tagged with, to tell a fire alarm from a low battery on the
+# time axis and filter by. A tag column is there only if the query returns it.
+_TAGS = ("community", "device_id", "rule", "severity")
+_TAGS_SELECTED = ", ".join(f'"{tag}"' for tag in _TAGS)
 
 
 def _handling(field: str) -> str:
@@ -34,19 +38,19 @@ def build() -> Board:
     )
     board.annotate(
         "告警 Alerts fired",
-        f'SELECT "title", "community", "device_id" FROM "alert" WHERE {PLACE} '
+        f'SELECT "title", {_TAGS_SELECTED} FROM "alert" WHERE {PLACE} '
         "AND \"state\" = 'firing' AND $timeFilter",
         "red",
         text="title",
-        tags="community,device_id,rule,severity",
+        tags=",".join(_TAGS),
     )
     board.annotate(
         "恢复 Alerts resolved",
-        f'SELECT "title", "community", "device_id" FROM "alert" WHERE {PLACE} '
+        f'SELECT "title", {_TAGS_SELECTED} FROM "alert" WHERE {PLACE} '
         "AND \"state\" = 'resolved' AND $timeFilter",
         "green",
         text="title",
-        tags="community,device_id,rule,severity",
+        tags=",".join(_TAGS),
     )
     board.add(
         single_stat(
@@ -55,7 +59,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("state") AS "open" FROM ('
                 f'SELECT last("state") AS "state" FROM "alert" WHERE {PLACE} '
-                f'GROUP BY {DEVICE}, "rule", "port") WHERE {OPEN}'
+                f"GROUP BY {ALERT_SERIES}) WHERE {OPEN}"
             ),
             steps=((None, "green"), (1, "red")),
         )
@@ -97,10 +101,11 @@ def build() -> Board:
         board.add(
             data_table(
                 title,
-                description + " Mean and 90th percentile per grid cell.",
+                description + " Mean and 90th percentile per grid cell, and how many alerts.",
                 Influx(_handling(field)).table(),
                 unit="s",
                 steps=((None, "green"), (600, "orange"), (1800, "red")),
+                column_units=(("alerts", "short"),),
                 sort_by="p90",
                 descending=True,
                 width=8,
@@ -134,10 +139,13 @@ def build() -> Board:
     board.add(
         time_series(
             "通知延迟 Notification latency",
-            "Mean time from the alert to the channel accepting the message.",
+            "How long a channel took to accept a message, from the start of the send to the "
+            "provider's answer: the mean over the messages accepted. Failed and retried sends "
+            "(a timeout's wait among them) are counted in the panel beside, not here.",
             Influx(
                 f'SELECT mean("latency_ms") FROM "notification" WHERE {COMMUNITY} '
-                'AND $timeFilter GROUP BY time($__interval), "channel" fill(none)'
+                "AND \"result\" = 'sent' AND $timeFilter "
+                'GROUP BY time($__interval), "channel" fill(none)'
             ).alias("$tag_channel"),
             unit="ms",
             width=8,

@@ -7,6 +7,7 @@ so the same code always gives the same JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,9 +128,13 @@ def time_series(
     steps: Steps = GREEN,
     draw_steps: bool = False,
     bars: bool = False,
+    right_axis: Sequence[str] = (),
+    right_unit: str = "short",
     width: int = 12,
     height: int = 8,
 ) -> timeseries.Panel:
+    """`right_axis`: the ref ids of queries drawn against an axis of their own on the
+    right, in `right_unit`, such as counts beside a duration."""
     panel = (
         timeseries.Panel()
         .title(title)
@@ -149,6 +154,14 @@ def time_series(
         )
     if bars:
         panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(60)
+    for ref_id in right_axis:
+        panel.override_by_query(
+            ref_id,
+            [
+                model.DynamicConfigValue(id_val="unit", value=right_unit),
+                model.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+            ],
+        )
     return panel
 
 
@@ -159,9 +172,16 @@ def single_stat(
     unit: str = "short",
     steps: Steps = GREEN,
     mappings: Sequence[model.ValueMapping] = (),
+    field: str | None = None,
     width: int = 6,
     height: int = 5,
 ) -> stat.Panel:
+    """`field`: the name of the one field to show (a query's alias), for a value that is
+    not a number: a stat shows numeric fields only unless told which."""
+    reduce = common_builder.ReduceDataOptions().calcs(["lastNotNull"])
+    if field is not None:
+        # Escaped as Grafana escapes a field's name when one is picked in its editor.
+        reduce.fields("/^" + re.sub(r"[\\^$*+?.()|\[\]{}/]", r"\\\g<0>", field) + "$/")
     panel = (
         stat.Panel()
         .title(title)
@@ -171,7 +191,7 @@ def single_stat(
         .thresholds(thresholds(steps))
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
-        .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]))
+        .reduce_options(reduce)
         .span(width)
         .height(height)
     )
@@ -220,9 +240,11 @@ def data_table(
     sort_by: str | None = None,
     descending: bool = False,
     transformations: Sequence[model.DataTransformerConfig] = (),
+    column_units: Sequence[tuple[str, str]] = (),
     width: int = 12,
     height: int = 8,
 ) -> table.Panel:
+    """`column_units`: (column, unit) for the columns not in the panel's `unit`."""
     panel = (
         table.Panel()
         .title(title)
@@ -239,6 +261,8 @@ def data_table(
         panel.sort_by(
             [common_builder.TableSortByFieldState().display_name(sort_by).desc(descending)]
         )
+    for column, column_unit in column_units:
+        panel.override_by_name(column, [model.DynamicConfigValue(id_val="unit", value=column_unit)])
     return panel
 
 

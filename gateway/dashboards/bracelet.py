@@ -14,8 +14,17 @@ from gateway.dashboards.board import (
     marker_layer,
     state_timeline,
     time_series,
+    transform,
 )
-from gateway.dashboards.query import DEVICE, DEVICE_LABEL, OPEN, PLACE, Influx
+from gateway.dashboards.query import (
+    ALERT_SERIES,
+    DEVICE,
+    DEVICE_LABEL,
+    OPEN,
+    PLACE,
+    Influx,
+    last_battery,
+)
 
 UID = "community-bracelet"
 
@@ -59,7 +68,7 @@ def build() -> Board:
         'SELECT "lat", "lon", "state" FROM ('
         'SELECT last("state") AS "state", last("lat") AS "lat", last("lon") AS "lon" '
         f'FROM "alert" WHERE {PLACE} AND "rule" = \'left_safe_area\' '
-        f'GROUP BY {DEVICE}, "building") WHERE {OPEN} GROUP BY {DEVICE}, "building"'
+        f'GROUP BY {ALERT_SERIES}) WHERE {OPEN} GROUP BY {DEVICE}, "building"'
     ).table()
     board.add(
         device_map(
@@ -78,9 +87,15 @@ def build() -> Board:
                 'SELECT "state", "started_ms" FROM ('
                 'SELECT last("state") AS "state", last("started_ms") AS "started_ms" '
                 f'FROM "alert" WHERE {PLACE} AND "rule" = \'left_safe_area\' '
-                f'GROUP BY {DEVICE}, "compound", "building") '
+                f"GROUP BY {ALERT_SERIES}) "
                 f'WHERE {OPEN} GROUP BY {DEVICE}, "compound", "building"'
             ).table(),
+            # A row of two last()s has no point's time (1970 here, with no time range):
+            # when the alert started is `started_ms`, shown as a time.
+            transformations=[
+                transform("organize", {"excludeByName": {"Time": True}, "renameByName": {}})
+            ],
+            column_units=(("started_ms", "dateTimeAsIso"),),
             height=10,
         )
     )
@@ -109,13 +124,9 @@ def build() -> Board:
     board.add(
         data_table(
             "电池 Batteries, lowest first",
-            "Last reported battery and blood oxygen of every bracelet; the low-battery "
-            "rule fires under 15%." + _PRIVACY,
-            Influx(
-                'SELECT last("battery_pct") AS "battery_pct", last("spo2_pct") AS "spo2_pct" '
-                f'FROM "bracelet" WHERE {PLACE} AND $timeFilter '
-                f'GROUP BY {DEVICE}, "compound", "building"'
-            ).table(),
+            "Last reported battery of every bracelet, with the blood oxygen and place of "
+            "that report; the low-battery rule fires under 15%." + _PRIVACY,
+            Influx(last_battery("bracelet", beside="spo2_pct")).table(),
             steps=((None, "red"), (15, "orange"), (30, "green")),
             sort_by="battery_pct",
             width=24,

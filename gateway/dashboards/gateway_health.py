@@ -77,14 +77,19 @@ def build() -> Board:
             width=3,
         )
     )
+    # A flag, stored as a boolean: not one of the numbers a stat shows unasked.
+    filled_up = "disk filled up"
     board.add(
         single_stat(
             "磁盘已满 Disk filled up",
             "Whether the disk filled up and the space set aside for the outbox "
             "(outbox.reserve_bytes) was given back to keep alarms coming in; it is set "
             "aside again once the disk has room for it twice over. Free disk space.",
-            Influx('SELECT last("disk_reserve_given_back") FROM "gateway" WHERE $timeFilter'),
+            Influx('SELECT last("disk_reserve_given_back") FROM "gateway" WHERE $timeFilter').alias(
+                filled_up
+            ),
             mappings=[flag_mapping("filled up", "red", "no", "green")],
+            field=filled_up,
             width=3,
         )
     )
@@ -136,8 +141,9 @@ def build() -> Board:
     board.add(
         time_series(
             "写入延迟趋势 Write latency and failures",
-            "Latency of writes to the database, and per minute the writes that failed and "
-            "the commits of the outbox that failed (a full disk: see readiness).",
+            "Latency of writes to the database, and on the right-hand axis the writes that "
+            "failed and the commits of the outbox that failed, per minute (a full disk: see "
+            "readiness).",
             Influx(
                 'SELECT max("write_latency_ms") AS "latency" FROM "gateway" WHERE $timeFilter '
                 'GROUP BY time($__interval), "instance" fill(none)'
@@ -153,6 +159,9 @@ def build() -> Board:
                 ref_id="C",
             ).alias("failed outbox commits ($tag_instance)"),
             unit="ms",
+            # Counts: on the latency's axis, 3 failures would read 3 ms, unseen at the
+            # foot of an axis of hundreds of milliseconds.
+            right_axis=("B", "C"),
         )
     )
     return board

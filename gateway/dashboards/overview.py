@@ -11,16 +11,18 @@ from gateway.dashboards.board import (
     time_series,
     transform,
 )
-from gateway.dashboards.query import DEVICE, OPEN, PLACE, Influx
+from gateway.dashboards.query import ALERT_SERIES, DEVICE, OPEN, PLACE, Influx
 
 UID = "community-overview"
 
-# The last state of each alert series (one open alert per rule, device and port).
+# The last state of each alert series (one open alert per rule, device, port and cell).
 _LAST_ALERT = (
     'SELECT last("state") AS "state", last("lat") AS "lat", last("lon") AS "lon" '
-    f'FROM "alert" WHERE {PLACE} AND {{rule}} GROUP BY {DEVICE}, "device_type", '
-    '"rule", "port", "severity"'
+    f'FROM "alert" WHERE {PLACE} AND {{rule}} GROUP BY {ALERT_SERIES}, "device_type", '
+    '"severity"'
 )
+# The online rate's count of devices offline, 0 for a type with none.
+_OFFLINE_OR_0 = "offline_or_0"
 
 
 def build() -> Board:
@@ -59,7 +61,7 @@ def build() -> Board:
             Influx(
                 'SELECT count("state") AS "open" FROM ('
                 + 'SELECT last("state") AS "state" FROM "alert" '
-                + f'WHERE {PLACE} GROUP BY {DEVICE}, "rule", "port", "severity"'
+                + f'WHERE {PLACE} GROUP BY {ALERT_SERIES}, "severity"'
                 + f') WHERE {OPEN} GROUP BY "severity"'
             ).alias("$tag_severity"),
             steps=((None, "green"), (1, "red")),
@@ -76,7 +78,7 @@ def build() -> Board:
     offline_count = Influx(
         'SELECT count("state") AS "offline" FROM ('
         'SELECT last("state") AS "state" FROM "alert" '
-        f'WHERE {PLACE} AND "rule" = \'device_offline\' GROUP BY {DEVICE}, "device_type"'
+        f'WHERE {PLACE} AND "rule" = \'device_offline\' GROUP BY {ALERT_SERIES}, "device_type"'
         f') WHERE {OPEN} GROUP BY "device_type"',
         ref_id="B",
     ).table()
@@ -91,12 +93,25 @@ def build() -> Board:
             steps=((None, "red"), (0.9, "orange"), (0.98, "green")),
             transformations=[
                 transform("merge", {}),
+                # A type with no device offline has no row of the offline count, and with
+                # none offline at all (the normal state) there is no `offline` field, which
+                # a binary operation takes for no operand and adds nothing. A sum of the
+                # field alone is its count where there is one, else 0.
+                transform(
+                    "calculateField",
+                    {
+                        "alias": _OFFLINE_OR_0,
+                        "mode": "reduceRow",
+                        "reduce": {"include": ["offline"], "reducer": "sum"},
+                        "replaceFields": False,
+                    },
+                ),
                 transform(
                     "calculateField",
                     {
                         "alias": "online",
                         "mode": "binary",
-                        "binary": {"left": "registered", "operator": "-", "right": "offline"},
+                        "binary": {"left": "registered", "operator": "-", "right": _OFFLINE_OR_0},
                         "replaceFields": False,
                     },
                 ),
@@ -108,9 +123,17 @@ def build() -> Board:
                         "binary": {"left": "online", "operator": "/", "right": "registered"},
                     },
                 ),
+                # The gauge draws every number in a row: the rate alone, not the counts
+                # it comes from read as percentages.
                 transform(
                     "organize",
-                    {"excludeByName": {"Time": True}, "renameByName": {}},
+                    {
+                        "excludeByName": {
+                            name: True
+                            for name in ("Time", "registered", "offline", _OFFLINE_OR_0, "online")
+                        },
+                        "renameByName": {},
+                    },
                 ),
             ],
             width=16,

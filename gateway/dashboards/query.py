@@ -40,8 +40,27 @@ DEVICE_LABEL = "$tag_community $tag_device_id"
 # resolved nor closed. The rules stage writes `firing` and `resolved` to `alert`, the
 # alert desk what people make of it: `acknowledged`, `arrived`, `closed`.
 OPEN = "(\"state\" = 'firing' OR \"state\" = 'acknowledged' OR \"state\" = 'arrived')"
+# What tells one alert series from another, for the last state of each: an alert keeps
+# the grid cell where it began, so a device moved while an alert of it is open has a
+# series in each cell, and the alert desk writes to each as to a series of its own.
+# Without the cell, closing the old alert would hide the new one, still open.
+ALERT_SERIES = f'{DEVICE}, "rule", "port", "area", "compound", "building"'
 
 ResultFormat = Literal["time_series", "table"]
+
+
+def last_battery(measurement: str, beside: str) -> str:
+    """Each device's last battery, with another field of the same report and the place
+    it reported from.
+
+    A device moved to another building has a series in each: grouped by the place too, it
+    would be a row in each, the old building's battery among them. So the place is
+    selected, from the point last() picks, as InfluxQL allows beside one selector only.
+    """
+    return (
+        f'SELECT last("battery_pct") AS "battery_pct", "{beside}", "compound", "building" '
+        f'FROM "{measurement}" WHERE {PLACE} AND $timeFilter GROUP BY {DEVICE}'
+    )
 
 
 class InfluxQuery(cogvariants.Dataquery):

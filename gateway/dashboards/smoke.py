@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.dashboards.board import Board, data_table, single_stat, time_series
-from gateway.dashboards.query import DEVICE, DEVICE_LABEL, PLACE, Influx
+from gateway.dashboards.query import DEVICE, DEVICE_LABEL, PLACE, Influx, last_battery
 
 UID = "community-smoke"
 
@@ -65,12 +65,9 @@ def build() -> Board:
     board.add(
         data_table(
             "电池 Batteries, lowest first",
-            "Last reported battery level of every detector, with its building.",
-            Influx(
-                'SELECT last("battery_pct") AS "battery_pct", last("rssi_dbm") AS "rssi_dbm" '
-                f'FROM "smoke_detector" WHERE {PLACE} AND $timeFilter '
-                f'GROUP BY {DEVICE}, "compound", "building"'
-            ).table(),
+            "Last reported battery level of every detector, with the signal strength and "
+            "building of that report.",
+            Influx(last_battery("smoke_detector", beside="rssi_dbm")).table(),
             steps=((None, "red"), (20, "orange"), (40, "green")),
             sort_by="battery_pct",
             width=12,

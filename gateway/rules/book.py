@@ -219,6 +219,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _move_rate_windows(conn)
 
 
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """An alert as the book has it, for judging a change of it."""
+
+    state: AlertState
+    # Where it is kept as being (see AlertEntry.site).
+    site: Site | None
+    # Its last change's time, which its next point comes after.
+    updated_ms: int
+
+
 class AlertBook:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -438,18 +449,18 @@ class AlertBook:
     def get(self, alert_id: str) -> AlertEntry:
         return _read(self._conn, alert_id)
 
-    def kept(self, alert_ids: Collection[str]) -> dict[str, tuple[AlertState, Site | None]]:
-        """The state of each of these alerts in the book, and where it is kept as being
-        (see AlertEntry.site), by alert id; those not in the book left out. In one
-        statement: a tick that finds a district's devices offline changes thousands."""
+    def kept(self, alert_ids: Collection[str]) -> dict[str, Kept]:
+        """How each of these alerts is in the book, by alert id; those not in the book
+        left out. In one statement: a tick that finds a district's devices offline
+        changes thousands."""
         rows = self._conn.execute(
-            "SELECT alert_id, state, community, site FROM alerts"
+            "SELECT alert_id, state, community, site, updated_ms FROM alerts"
             " WHERE alert_id IN (SELECT value FROM json_each(?))",
             (orjson.dumps(list(alert_ids)).decode(),),
         )
         return {
-            str(alert_id): (AlertState(str(state)), _site(community, site))
-            for alert_id, state, community, site in rows
+            str(alert_id): Kept(AlertState(str(state)), _site(community, site), int(updated_ms))
+            for alert_id, state, community, site, updated_ms in rows
         }
 
     def let_go_of(self, alert_ids: Collection[str]) -> set[str]:

@@ -13,7 +13,7 @@ from gateway.clock import Clock, WallSteps
 from gateway.decode.record import Record
 from gateway.registry import Site
 from gateway.rules.alert import AlertChange, AlertState, Repeat
-from gateway.rules.book import AlertBook, AlertError, was_muted
+from gateway.rules.book import AlertBook, AlertError, Kept, was_muted
 from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.store.series import alert_line
@@ -84,9 +84,7 @@ class AlertStage:
             return False
         return entry.state is not AlertState.FIRING or was_muted(self.book.history(alert_id))
 
-    def _sites(
-        self, changes: Sequence[AlertChange], kept: Mapping[str, tuple[AlertState, Site | None]]
-    ) -> dict[str, Site]:
+    def _sites(self, changes: Sequence[AlertChange], kept: Mapping[str, Kept]) -> dict[str, Site]:
         """Where each changed alert is: kept in the book since it began; for a new one,
         where the registry has its device now, or its community alone for a device the
         registry does not have, so that every point of an alert is of one series."""
@@ -95,7 +93,7 @@ class AlertStage:
         for change in changes:
             if change.alert_id in kept:
                 # An earlier version's alert kept none: where the registry has it now.
-                site = kept[change.alert_id][1] or registry.site(*change.device)
+                site = kept[change.alert_id].site or registry.site(*change.device)
             else:
                 site = registry.site(*change.device) or Site(change.device.community)
             if site is not None:
@@ -110,7 +108,7 @@ class AlertStage:
 
     def _decide(self, changes: list[AlertChange]) -> AlertDecision:
         now_ms = self._clock.now_ms()
-        kept: dict[str, tuple[AlertState, Site | None]] = {}
+        kept: dict[str, Kept] = {}
         if changes:
             ids = {c.alert_id for c in changes}
             kept = self.book.kept(ids)
@@ -138,13 +136,13 @@ class AlertStage:
             repeats=repeats,
             sites=sites,
         )
-        lines = [alert_line(c, sites.get(c.alert_id)) for c in changes]
+        lines = _alert_lines(changes, sites, kept)
         return AlertDecision(changes, lines, write, repeats)
 
     def _made(
         self,
         change: AlertChange,
-        kept: Mapping[str, tuple[AlertState, Site | None]],
+        kept: Mapping[str, Kept],
         let_go: Collection[str],
         now_ms: int,
     ) -> bool:
@@ -161,7 +159,7 @@ class AlertStage:
         found = kept.get(change.alert_id)
         if found is not None:
             # An alert closed while its condition held clears as any other.
-            if found[0] is not AlertState.CLOSED or change.state is AlertState.RESOLVED:
+            if found.state is not AlertState.CLOSED or change.state is AlertState.RESOLVED:
                 return True
             why = "its alert was closed"
         elif change.alert_id in let_go:
@@ -190,3 +188,20 @@ class AlertStage:
         if change.life_safety:
             return replace(change, silence_overridden=silence.id)
         return replace(change, silenced_by=silence.id)
+
+
+def _alert_lines(
+    changes: Sequence[AlertChange], sites: Mapping[str, Site], kept: Mapping[str, Kept]
+) -> list[str]:
+    """The changes' points, each after its alert's last: dashboards take the last state
+    of a series, and a change can be older than the one before it (a device offline at
+    the gateway's time, heard again by the readings it kept, oldest first)."""
+    last_ms = {alert_id: found.updated_ms for alert_id, found in kept.items()}
+    lines = []
+    for change in changes:
+        before_ms = last_ms.get(change.alert_id)
+        if before_ms is not None and change.at_ms <= before_ms:
+            change = replace(change, at_ms=before_ms + 1)
+        last_ms[change.alert_id] = change.at_ms
+        lines.append(alert_line(change, sites.get(change.alert_id)))
+    return lines

@@ -9,7 +9,7 @@ from gateway.cache import remember
 from gateway.decode.profile import FieldSpec, ProfileSet
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, Record, TimeSource
 from gateway.registry import RegisteredDevice, Registry, Site, place_of, place_tags
-from gateway.rules.alert import AlertChange
+from gateway.rules.alert import AlertChange, AlertState
 from gateway.store.line_protocol import FieldSetEncoder, encode_fields, encode_series
 
 STATUS_MEASUREMENT = "device_status"
@@ -121,6 +121,10 @@ def _add_types(types: dict[str, str], fields: Mapping[str, FieldSpec]) -> None:
 ALERT_MEASUREMENT = "alert"
 
 
+# The `alert` point's state of a pending alert that ended before it fired.
+ENDED_UNFIRED = "ended"
+
+
 def alert_line(change: AlertChange, site: Site | None) -> str:
     """An alert's change of state, for timelines and annotations.
 
@@ -139,8 +143,11 @@ def alert_line(change: AlertChange, site: Site | None) -> str:
     ]
     if change.port is not None:
         tags.append(("port", str(change.port)))
+    # A pending alert whose condition broke before it fired ended unannounced: not an
+    # alert resolved, which the dashboards mark as one.
+    ended = change.state is AlertState.RESOLVED and not change.fired
     fields: tuple[tuple[str, FieldValue], ...] = (
-        ("state", str(change.state)),
+        ("state", ENDED_UNFIRED if ended else str(change.state)),
         ("alert_id", change.alert_id),
         ("title", change.title),
         ("life_safety", change.life_safety),

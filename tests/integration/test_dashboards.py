@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,17 +24,19 @@ from gateway.dashboards.query import variable_queries
 from gateway.decode.record import DeviceRef, Event, Reading, TimeSource
 from gateway.notify.desk import AlertDesk
 from gateway.registry import RegisteredDevice, Registry
+from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertBook
 from gateway.rules.engine import RuleEngine
 from gateway.rules.silence import SilenceBook
 from gateway.rules.stage import AlertStage
 from gateway.store.outbox import Outbox
-from gateway.store.series import device_info
+from gateway.store.series import SeriesMapper, device_info
 from simulators.fleet import Fleet
 from simulators.scenario import Scenario, ScenarioKind
-from tests.catalogue import shipped_rules
+from tests.catalogue import SHIPPED_PROFILES, shipped_rules
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
 from tests.integration.services import InfluxService, MosquittoService
+from tests.unit.dashboards.grafana import Frame, find_panel, numeric_fields, transformed
 
 SCENARIOS = [
     Scenario(ScenarioKind.FIRE, 600.0),
@@ -75,15 +77,19 @@ def fill(query: str, values: dict[str, str]) -> str:
     return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], query)
 
 
-def store(influx: InfluxService, outbox: Outbox) -> None:
-    """Write every line committed to the outbox so far to the `gateway` database (again:
-    the same points)."""
+def write(influx: InfluxService, db: str, lines: Iterable[str]) -> None:
     httpx.post(
         f"{influx.url}/write",
-        params={"db": "gateway", "precision": "ms"},
-        content="\n".join(outbox.peek(1000).lines).encode(),
+        params={"db": db, "precision": "ms"},
+        content="\n".join(lines).encode(),
         timeout=10,
     ).raise_for_status()
+
+
+def store(influx: InfluxService, outbox: Outbox, db: str = "gateway") -> None:
+    """Write every line committed to the outbox so far to the database (again: the same
+    points)."""
+    write(influx, db, outbox.peek(1000).lines)
 
 
 def judging(
@@ -95,6 +101,24 @@ def judging(
         RuleEngine(shipped_rules(), registry), book, SilenceBook(path, registry), clock
     )
     return outbox, book, stage
+
+
+def alert_desk(
+    outbox: Outbox, book: AlertBook, registry: Registry, clock: ManualClock
+) -> AlertDesk:
+    """The alert desk, committing what people do to the outbox as the gateway does."""
+
+    async def commit(lines: Any, write: Any) -> None:
+        outbox.commit(lines, [], None, write)
+
+    return AlertDesk(book, registry, commit, clock)
+
+
+def wearer(community: str, building: str = "3") -> RegisteredDevice:
+    return RegisteredDevice(
+        device_id="br-1", device_type="bracelet", community=community, area="east",
+        compound="lakeside", building=building, lat=30.27, lon=120.15,
+    )  # fmt: skip
 
 
 def handling_lines(community: str, device: Any, now_ms: int) -> str:
@@ -162,12 +186,7 @@ async def community_data(
         publisher.close()
     now_ms = time.time_ns() // 1_000_000
     device = next(d for d in fleet.devices if d.device_type.value == "smoke_detector")
-    httpx.post(
-        f"{influxdb.url}/write",
-        params={"db": influx_db, "precision": "ms"},
-        content=handling_lines(namespace, device, now_ms).encode(),
-        timeout=10,
-    ).raise_for_status()
+    write(influxdb, influx_db, [handling_lines(namespace, device, now_ms)])
     return fleet
 
 
@@ -236,21 +255,10 @@ async def test_an_sos_acknowledged_and_closed_is_no_longer_open(
     the alert desk commit, as an SOS is fired, taken, reached and closed."""
     fresh_influxdb.create_database("gateway")
     wrist = DeviceRef(namespace, "bracelet", "br-1")
-    registry = Registry(
-        [
-            RegisteredDevice(
-                device_id="br-1", device_type="bracelet", community=namespace, area="east",
-                compound="lakeside", building="3", lat=30.27, lon=120.15,
-            )
-        ]
-    )  # fmt: skip
+    registry = Registry([wearer(namespace)])
     clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
     outbox, book, stage = judging(tmp_path / "outbox.sqlite3", registry, clock)
-
-    async def commit(lines: Any, write: Any) -> None:
-        outbox.commit(lines, [], None, write)
-
-    desk = AlertDesk(book, registry, commit, clock)
+    desk = alert_desk(outbox, book, registry, clock)
     decision = stage.evaluate([Event(wrist, clock.now_ms(), TimeSource.DEVICE, "sos", {})])
     outbox.commit(decision.lines, [], None, decision.write)
     (sos,) = decision.changes
@@ -316,26 +324,28 @@ def district(tmp_path: Path, fresh_influxdb: InfluxService) -> InfluxService:
     return fresh_influxdb
 
 
-def overview_rows(influx: InfluxService, panel: str, ref_id: str) -> list[dict[str, Any]]:
-    """What one query of the overview shows in the district view."""
-    board = dashboards()["community-overview.json"]
-    query = next(q for w, q in queries(board) if panel in w and w.endswith(f" {ref_id}"))
-    return influx.query("gateway", fill(query, DISTRICT))
+def district_rows(
+    influx: InfluxService, board: str, panel: str, ref_id: str = "A", db: str = "gateway"
+) -> list[dict[str, Any]]:
+    """What one query of a dashboard shows in the district view."""
+    found = queries(dashboards()[f"{board}.json"])
+    query = next(q for w, q in found if panel in w and w.endswith(f" {ref_id}"))
+    return influx.query(db, fill(query, DISTRICT))
 
 
 async def test_the_district_view_keeps_a_fire_open_when_the_same_id_elsewhere_resolved(
     district: InfluxService,
 ) -> None:
-    open_alerts = overview_rows(district, "Open alerts by severity", "A")
+    open_alerts = district_rows(district, "community-overview", "Open alerts by severity", "A")
     assert [(r["severity"], r["open"]) for r in open_alerts] == [("critical", 1)]
-    red = overview_rows(district, "Devices by state", "C")
+    red = district_rows(district, "community-overview", "Devices by state", "C")
     assert [(r["community"], r["device_id"], r["lat"]) for r in red] == [("hgy", "sd-0001", 30.1)]
 
 
 async def test_the_district_map_shows_each_communitys_device_of_the_same_id(
     district: InfluxService,
 ) -> None:
-    markers = overview_rows(district, "Devices by state", "A")
+    markers = district_rows(district, "community-overview", "Devices by state", "A")
     assert sorted((r["community"], r["device_id"], r["lat"]) for r in markers) == [
         ("hgy", "sd-0001", 30.1),
         ("lgy", "sd-0001", 30.5),
@@ -345,7 +355,7 @@ async def test_the_district_map_shows_each_communitys_device_of_the_same_id(
 async def test_the_district_online_rate_counts_each_communitys_device_of_the_same_id(
     district: InfluxService,
 ) -> None:
-    registered = overview_rows(district, "Online rate", "A")
+    registered = district_rows(district, "community-overview", "Online rate", "A")
     assert [(r["device_type"], r["registered"]) for r in registered] == [("smoke_detector", 2)]
 
 
@@ -425,10 +435,10 @@ async def test_a_detector_moved_or_taken_out_of_the_registry_leaves_the_map_and_
     after = device_info(now, clock.now_ms(), before.series)
     outbox.commit([*before.lines, *after.lines], [], None, None)
     store(fresh_influxdb, outbox)
-    markers = overview_rows(fresh_influxdb, "Devices by state", "A")
+    markers = district_rows(fresh_influxdb, "community-overview", "Devices by state", "A")
     shown = {r["device_id"]: r["lat"] for r in markers if r["lat"] is not None}
     assert shown == pytest.approx({"sd-1": 30.11, "sd-2": 30.12})
-    registered = overview_rows(fresh_influxdb, "Online rate", "A")
+    registered = district_rows(fresh_influxdb, "community-overview", "Online rate", "A")
     assert [(r["device_type"], r["registered"]) for r in registered] == [
         ("manhole_cover", 1), ("smoke_detector", 3),
     ]  # fmt: skip
@@ -442,3 +452,129 @@ async def test_a_detector_moved_or_taken_out_of_the_registry_leaves_the_map_and_
     query = next(q for w, q in queries(board) if "Devices by state" in w and w.endswith(" A"))
     rows = fresh_influxdb.query("gateway", fill(query, building_3))
     assert [r["device_id"] for r in rows] == ["sd-1"]
+
+
+async def test_a_moved_wearers_new_sos_stays_open_when_the_old_one_is_closed(
+    tmp_path: Path, influxdb: InfluxService, influx_db: str
+) -> None:
+    # An alert keeps the grid cell where it began: a wearer's SOS in building 3 and the
+    # next, after moving to building 4, are two alert series. Closing the first leaves
+    # the second, still firing, among the open alerts and on the map.
+    before = Registry([wearer("hgy", "3")])
+    clock = ManualClock(time.time_ns() // 1_000_000 - 600_000)
+    outbox, book, stage = judging(tmp_path / "outbox.sqlite3", before, clock)
+    desk = alert_desk(outbox, book, before, clock)
+    wrist = DeviceRef("hgy", "bracelet", "br-1")
+
+    def sos() -> Any:
+        decision = stage.evaluate([Event(wrist, clock.now_ms(), TimeSource.DEVICE, "sos", {})])
+        outbox.commit(decision.lines, [], None, decision.write)
+        (change,) = decision.changes
+        return change
+
+    first = sos()
+    clock.advance(60)
+    await desk.acknowledge(first.alert_id, "wang-fang")
+    clock.advance(60)
+    moved = Registry([wearer("hgy", "4")])  # a reload, as App.use_registry does it
+    stage.engine.use_registry(moved, moved.changes_from(before), clock.now_ms())
+    desk.use_registry(moved)
+    second = sos()
+    clock.advance(60)
+    await desk.close(first.alert_id, "wang-fang", "老人已安全")
+    store(influxdb, outbox, influx_db)
+    assert book.get(second.alert_id).state is AlertState.FIRING  # as the gateway has it
+
+    by_severity = district_rows(influxdb, "community-overview", "Open alerts by", db=influx_db)
+    assert [(r["severity"], r["open"]) for r in by_severity] == [("critical", 1)]
+    red = district_rows(influxdb, "community-overview", "Devices by state", "C", db=influx_db)
+    assert [(r["community"], r["device_id"]) for r in red] == [("hgy", "br-1")]
+    open_alerts = district_rows(influxdb, "community-alerts", "未处理告警", db=influx_db)
+    assert [r["open"] for r in open_alerts] == [1]
+
+
+def frames_of(influx: InfluxService, db: str, queries: Iterable[str]) -> list[Frame]:
+    """What Grafana's InfluxQL backend hands a panel of tables in the district view: a
+    frame per query that returned rows (Time, the tags grouped by, the values), none for
+    one that did not."""
+    frames = []
+    for query in queries:
+        found = influx.query(db, fill(query, DISTRICT))
+        if not found:
+            continue
+        names = ["Time", *(n for n in found[0] if n != "time")]
+        frames.append({n: [r["time"] if n == "Time" else r[n] for r in found] for n in names})
+    return frames
+
+
+async def test_the_online_rate_with_every_device_online_is_100_percent(
+    influxdb: InfluxService, influx_db: str
+) -> None:
+    # With none offline (the normal state) the offline count returns no rows at all.
+    registry = Registry(
+        [
+            *(RegisteredDevice(device_id=f"sd-{n}", device_type="smoke_detector",
+                               community="hgy", building="3") for n in range(12)),
+            *(RegisteredDevice(device_id=f"br-{n}", device_type="bracelet",
+                               community="hgy", building="3") for n in range(3)),
+        ]
+    )  # fmt: skip
+    write(influxdb, influx_db, device_info(registry, time.time_ns() // 1_000_000).lines)
+    p = find_panel("community-overview", "在线率")
+    frames = frames_of(influxdb, influx_db, [t["query"] for t in p["targets"]])
+    shown = numeric_fields(transformed(frames, p["transformations"]))
+    assert shown.get("online_rate") == [1.0, 1.0], f"drawn instead: {shown}"
+
+
+@pytest.mark.parametrize(
+    ("board", "device_type", "beside"),
+    [("community-smoke", "smoke_detector", {"rssi_dbm": -80}),
+     ("community-bracelet", "bracelet", {"spo2_pct": 97})],
+)  # fmt: skip
+async def test_the_battery_tables_list_a_moved_device_once(
+    influxdb: InfluxService, influx_db: str, board: str, device_type: str, beside: Any
+) -> None:
+    # A device moved to building 4, its battery changed on the way, is one row there:
+    # not also a red 9% in the building it left.
+    def registered(building: str) -> Registry:
+        device = RegisteredDevice(device_id="d-2", device_type=device_type, community="hgy",
+                                  compound="lakeside", building=building)  # fmt: skip
+        return Registry([device])
+
+    mapper = SeriesMapper(SHIPPED_PROFILES, registered("3"))
+    device = DeviceRef("hgy", device_type, "d-2")
+    now = time.time_ns() // 1_000_000
+
+    def reported(ago_ms: int, battery_pct: int) -> str:
+        fields = {"battery_pct": battery_pct, **beside}
+        return mapper.line(Reading(device, now - ago_ms, TimeSource.DEVICE, fields))
+
+    lines = [reported(3_600_000, 9)]
+    mapper.use_registry(registered("4"))
+    lines.append(reported(600_000, 100))
+    write(influxdb, influx_db, lines)
+    shown = district_rows(influxdb, board, "电池 Batteries", db=influx_db)
+    assert [(r["device_id"], r["battery_pct"], r["building"]) for r in shown] == [("d-2", 100, "4")]
+
+
+async def test_notification_latency_is_how_long_accepted_sends_took(
+    influxdb: InfluxService, influx_db: str
+) -> None:
+    # An SMS gateway that accepts in 0.3 s, after a retry and a failure that each waited
+    # out a 10 s timeout, took 0.3 s to accept: failed sends are in the results panel.
+    minute_ms = time.time_ns() // 1_000_000 // 60_000 * 60_000 - 60_000  # one interval
+    tags = "community=hgy,rule=fire_alarm,severity=critical"
+    write(
+        influxdb,
+        influx_db,
+        [
+            f'notification,channel=sms,{tags},result=sent count=1i,alert_id="a1",'
+            f"latency_ms=300.0 {minute_ms + 1000}",
+            f'notification,channel=sms,{tags},result=retry count=1i,alert_id="a2",'
+            f"latency_ms=10000.0 {minute_ms + 2000}",
+            f'notification,channel=sms,{tags},result=failed count=1i,alert_id="a2",'
+            f"latency_ms=10000.0 {minute_ms + 3000}",
+        ],
+    )
+    shown = district_rows(influxdb, "community-alerts", "Notification latency", db=influx_db)
+    assert [r["mean"] for r in shown if r["mean"] is not None] == [300.0]

@@ -8,7 +8,20 @@ from gateway import PROJECT_ROOT
 from gateway.cli import main
 from gateway.dashboards.catalogue import dashboards, render
 from gateway.dashboards.query import OPEN, PROVISIONED_DATASOURCE_UID
+from gateway.health import HealthReport
 from gateway.rules.alert import AlertState
+from gateway.stats import Stats
+from gateway.store.line_protocol import parse_line
+from tests.unit.dashboards.grafana import (
+    DATE_UNITS,
+    TIME_UNITS,
+    Frame,
+    find_panel,
+    numeric_fields,
+    panels_of,
+    transformed,
+    unit_of,
+)
 
 SHIPPED = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
 
@@ -144,3 +157,108 @@ def test_whatever_tells_devices_or_places_apart_tells_communities_apart() -> Non
                 assert '"community"' in annotation["target"]["query"], annotation["name"]
                 assert "community" in annotation["tagsColumn"].split(","), annotation["name"]
     assert checked > 30
+
+
+def test_online_rate_draws_the_rate_not_the_device_counts_behind_it() -> None:
+    # A bar gauge in percentunit draws every number of a row: the counts the rate comes
+    # from would read 40 registered detectors as a full bar of "4000%".
+    p = find_panel("community-overview", "在线率")
+    registered: Frame = {
+        "Time": [0, 0],
+        "device_type": ["smoke_detector", "bracelet"],
+        "registered": [40, 10],
+    }
+    offline: Frame = {"Time": [0, 0], "device_type": ["smoke_detector", "bracelet"],
+                      "offline": [2, 1]}  # fmt: skip
+    shown = numeric_fields(transformed([registered, offline], p["transformations"]))
+    assert set(shown) == {"online_rate"}, f"drawn in {p['fieldConfig']['defaults']['unit']}"
+    assert shown["online_rate"] == [0.95, 0.9]
+
+
+def test_the_online_rate_of_a_type_with_none_offline_is_100_percent() -> None:
+    # The offline count has no row for a type with no device offline.
+    p = find_panel("community-overview", "在线率")
+    registered: Frame = {
+        "Time": [0, 0],
+        "device_type": ["smoke_detector", "bracelet"],
+        "registered": [40, 10],
+    }
+    offline: Frame = {"Time": [0], "device_type": ["smoke_detector"], "offline": [2]}
+    shown = numeric_fields(transformed([registered, offline], p["transformations"]))
+    assert shown == {"online_rate": [0.95, 1.0]}
+
+
+def test_disk_filled_up_shows_its_flag() -> None:
+    # The gateway writes the flag as a boolean, which a stat shows only when told to:
+    # else "No data", whether or not the outbox's reserve was spent.
+    (line,) = HealthReport("gw").lines(Stats(), 0, reserve_given_back=True)
+    _, _, fields, _ = parse_line(line)
+    flags = {name for name, value in fields.items() if isinstance(value, bool)}
+    assert "disk_reserve_given_back" in flags
+    checked = 0
+    for board in dashboards():
+        for p in panels_of(board.removesuffix(".json")):
+            if p["type"] != "stat":
+                continue
+            for target in p["targets"]:
+                found = re.match(r'SELECT (?:last|first|max|min)\("(\w+)"\) FROM "gateway"',
+                                 target["query"])  # fmt: skip
+                if found and found.group(1) in flags:
+                    checked += 1
+                    shown = p["options"]["reduceOptions"].get("fields")
+                    assert shown, f"{p['title']}: a boolean in a numeric-only stat"
+                    assert re.search(shown.strip("/"), target["alias"]), p["title"]
+    assert checked >= 1
+
+
+def test_time_to_respond_tables_count_alerts_in_alerts_not_seconds() -> None:
+    for title in ("确认", "到场", "关闭"):
+        p = find_panel("community-alerts", title)
+        assert 'AS "alerts"' in p["targets"][0]["query"]
+        assert unit_of(p, "p90") in TIME_UNITS
+        assert unit_of(p, "alerts") not in TIME_UNITS, f"{p['title']}: a count in seconds"
+
+
+def test_write_failures_are_counts_on_an_axis_of_their_own() -> None:
+    # On the latency's axis 3 failed writes would read "3 ms", unseen at its foot.
+    checked = 0
+    for p in panels_of("community-gateway-health"):
+        for target in p["targets"]:
+            query = target["query"]
+            if "write_failures" not in query and "commit_failures" not in query:
+                continue
+            name = re.search(r'AS "(\w+)"', query)
+            field = name.group(1) if name else "sum"
+            display = target.get("alias", "").replace("$tag_instance", "gw")
+            unit = unit_of(p, field, display=display, ref_id=target["refId"])
+            checked += 1
+            assert unit not in TIME_UNITS, f"{p['title']} {target['refId']}: counts in {unit}"
+    assert checked == 2
+
+
+def test_outside_safe_area_list_shows_when_each_alert_started_as_a_time() -> None:
+    # `started_ms` is epoch milliseconds; the row's own time is none of the alert's.
+    p = find_panel("community-bracelet", "离开安全区域 Outside their safe area (list)")
+    assert '"started_ms"' in p["targets"][0]["query"]
+    assert unit_of(p, "started_ms") in DATE_UNITS
+    assert "Time" not in transformed([{"Time": [0], "started_ms": [1]}], p["transformations"])[0]
+
+
+def _returned_columns(query: str) -> set[str]:
+    """The columns an InfluxQL query without subqueries returns: what it selects (by
+    name or alias) and the tags it groups by."""
+    selected = query.split(" FROM ", 1)[0]
+    columns = set(re.findall(r'AS "(\w+)"', selected))
+    columns |= set(re.findall(r'(?<![\(\w])"(\w+)"(?!\s*\))', re.sub(r'AS "\w+"', "", selected)))
+    if "GROUP BY" in query:
+        columns |= set(re.findall(r'"(\w+)"', query.split("GROUP BY", 1)[1]))
+    return columns
+
+
+def test_alert_annotations_carry_the_tags_they_name() -> None:
+    # Operators tell a fire alarm from a low battery on the time axis, and filter the
+    # marks, by these tags.
+    for annotation in dashboards()["community-alerts.json"]["annotations"]["list"]:
+        query = annotation["target"]["query"]
+        missing = set(annotation["tagsColumn"].split(",")) - _returned_columns(query)
+        assert not missing, f"{annotation['name']}: {sorted(missing)} not returned"

@@ -1661,3 +1661,30 @@ def test_a_port_heating_fast_is_caught_after_one_report_from_a_clock_far_ahead()
         temperature += 2.5  # 10 °C a minute, still far below 80 °C
         fired += judge(t, temperature)
     assert ("thermal_runaway_risk", AlertState.FIRING) in fired
+
+
+def test_a_device_heard_again_by_the_readings_it_kept_ends_its_offline_alert_on_the_dashboards(
+    tmp_path: Path,
+) -> None:
+    # Offline at the gateway's time; back in range, the bracelet sends the readings it
+    # kept, oldest first: the alert's point of its end comes after the one of its start,
+    # as dashboards take a series' last point for the alert's state.
+    path = tmp_path / "state.sqlite3"
+    outbox = Outbox(path)
+    watching = RuleEngine(RULES, Registry(), {"bracelet": 60.0}, now_ms=T0)
+    stage = AlertStage(watching, AlertBook(path), SilenceBook(path, Registry()), ManualClock(T0))
+
+    def committed(decision: AlertDecision) -> list[tuple[str, int]]:
+        outbox.commit(decision.lines, [], None, decision.write)
+        return [
+            (line.split('state="')[1].split('"')[0], int(line.rsplit(" ", 1)[1]))
+            for line in decision.lines
+            if "device_id=br-1," in line and "rule=device_offline" in line
+        ]
+
+    committed(stage.evaluate([reading(WRIST, 0, heart_rate_bpm=70)]))
+    committed(stage.tick(T0 + 1_000))
+    ((fired, fired_ms),) = committed(stage.tick(T0 + 600_000))
+    ((ended, ended_ms),) = committed(stage.evaluate([reading(WRIST, 300, heart_rate_bpm=70)]))
+    assert (fired, ended) == ("firing", "resolved")
+    assert ended_ms > fired_ms

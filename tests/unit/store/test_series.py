@@ -84,6 +84,15 @@ def test_an_alert_about_a_building_carries_the_building_s_grid_cell() -> None:
     assert "lat=" not in line
 
 
+def test_a_pending_alert_that_ended_before_it_fired_is_not_written_resolved() -> None:
+    # A heart rate back to normal before its minute was up: no alert was told, and the
+    # dashboards' "resolved" annotations must not mark one.
+    pending_end = replace(change("br-1", "bracelet"), state=AlertState.RESOLVED, fired=False)
+    assert 'state="ended"' in alert_line(pending_end, None)
+    resolved = replace(change("br-1", "bracelet"), state=AlertState.RESOLVED)
+    assert 'state="resolved"' in alert_line(resolved, None)
+
+
 def test_an_unregistered_device_alert_has_no_place() -> None:
     line = alert_line(
         change("mh-9", "manhole_cover"), Registry([COVER]).site("hgy", "manhole_cover", "mh-9")
