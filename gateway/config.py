@@ -595,16 +595,22 @@ _MARKED = re.compile(f"{_MARK}([A-Za-z_][A-Za-z0-9_]*){_MARK}")
 
 def _substituted(value: Any, field: str, path: Path) -> Any:
     """`value` read from `path`, with each marked ${NAME} replaced by the environment
-    variable NAME. One that is not set is an error, found when the file is read rather
-    than by the first alarm sent with an unset key."""
+    variable NAME. One that is not set, or set empty (a line of the env file left
+    `KEY=`), is an error, found when the file is read rather than by the first alarm
+    sent with an unset key."""
     if isinstance(value, str):
 
         def variable(match: re.Match[str]) -> str:
             name = match.group(1)
             found = os.environ.get(name)
-            if found is None:
+            if not found:
+                said = "is empty" if found is not None else "is set"
                 raise ConfigError(
-                    str(path), field, f"${{{name}}}: no environment variable {name} is set"
+                    str(path),
+                    field,
+                    f"${{{name}}}: no environment variable {name} {said}"
+                    if found is None
+                    else f"${{{name}}}: the environment variable {name} {said}",
                 )
             return found
 

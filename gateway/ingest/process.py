@@ -247,6 +247,9 @@ def serve(
     # Ctrl-C in a terminal reaches every process of the group; the main process says
     # when this one stops, after its own last batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # So does a service manager's SIGTERM to every process of the service: ended by it,
+    # this one would lose its batch in hand.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     asyncio.run(_serve(config, retired, added, pipe))
 
 
