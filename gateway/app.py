@@ -309,9 +309,7 @@ class Gateway:
             self.notifier = Notifier(
                 config.notify,
                 make_channels(config.notify, self._http, self._publish, self.clock),
-                Router(
-                    config.notify, self.registry, ZoneInfo(config.timezone), self.rules.place_types
-                ),
+                self._router(config.notify, self.registry),
                 self.alerts,
                 self.notifications,
                 self.links,
@@ -736,16 +734,17 @@ class Gateway:
         self.desk.use_registry(registry)
         if self.notifier is not None:
             policy = self.notifier.policy
-            router = Router(
-                policy, registry, ZoneInfo(self.config.timezone), self.rules.place_types
-            )
-            self.notifier.use_policy(policy, router, self.notifier.channels)
+            self.notifier.use_policy(policy, self._router(policy, registry), self.notifier.channels)
         if self.faults is not None:
             self.faults.place = self._fault_place()
         if self.api is not None:
             self.api.context.latest.use_registry(registry)
         self._registry_reloaded.set()
         log.info("reloaded the registry: %d devices (%s)", len(registry), changes)
+
+    def _router(self, policy: NotifyPolicy, registry: Registry) -> Router:
+        # The rules' place alerts go by the device types of their rules, as loaded now.
+        return Router(policy, registry, ZoneInfo(self.config.timezone), self.rules.place_types)
 
     def _fault_place(self) -> str:
         """Where the gateway is, in the notices of its own faults."""
@@ -781,10 +780,7 @@ class Gateway:
         channels = make_channels(
             policy, self._http, self._publish, self.clock, (notifier.policy, notifier.channels)
         )
-        router = Router(
-            policy, self.registry, ZoneInfo(self.config.timezone), self.rules.place_types
-        )
-        notifier.use_policy(policy, router, channels)
+        notifier.use_policy(policy, self._router(policy, self.registry), channels)
         log.info("reloaded the notification policy: %d receivers, %d routes, %d channels",
                  len(policy.receivers), len(policy.routes), len(channels))  # fmt: skip
         return True

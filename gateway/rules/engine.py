@@ -530,9 +530,11 @@ class RuleEngine:
                 self._hits_dirty.add((key, device_id))
         # Of one place: building numbers repeat across compounds, and two detectors of
         # two compounds' 1号楼 are no fire spreading.
-        within = self._within(device, rule.spec.place)
+        within = self._within(device.community, device.device_id, rule.spec.place)
         together = {
-            d: at_ms for d, at_ms in hits.items() if self._within_of(d, key, rule) == within
+            d: at_ms
+            for d, at_ms in hits.items()
+            if self._within(device.community, d, rule.spec.place) == within
         }
         if len(together) < rule.spec.min_devices:
             return None
@@ -576,17 +578,14 @@ class RuleEngine:
         periods = [self._periods_s.get(t, 0.0) for t in types]
         return round(max([rule.spec.window_s, *(2.5 * p for p in periods)]) * 1000)
 
-    def _within(self, device: DeviceRef, place: str) -> tuple[str | None, ...]:
+    def _within(self, community: str, device_id: str, place: str) -> tuple[str | None, ...]:
         """The places above a device's `place` (a building's area and compound), as the
         registry has them."""
         if place not in PLACE_TYPES:
             return ()
-        registered = self._registry.get(device.community, device.device_id)
+        registered = self._registry.get(community, device_id)
         above = PLACE_TYPES[: PLACE_TYPES.index(place)]
         return tuple(getattr(registered, level, None) for level in above) if registered else ()
-
-    def _within_of(self, device_id: str, key: TrackKey, rule: Rule) -> tuple[str | None, ...]:
-        return self._within(DeviceRef(key[1], "", device_id), rule.spec.place)
 
     def _place_of(self, device: DeviceRef, place: str) -> DeviceRef | None:
         """The place a correlation alert is about, named like a device of type `place`."""

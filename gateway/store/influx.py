@@ -52,6 +52,16 @@ _LINE_PROBLEMS = (
 _BEYOND_RETENTION = re.compile(r"points beyond retention policy dropped=(\d+)")
 
 
+def _all_expired(text: str, count: int) -> bool:
+    found = _BEYOND_RETENTION.search(text)
+    return found is not None and int(found.group(1)) == count
+
+
+def _about_lines(text: str) -> bool:
+    lowered = text.lower()
+    return any(problem in lowered for problem in _LINE_PROBLEMS)
+
+
 def gzip_with_zlib(body: bytes) -> bytes:
     return gzip.compress(body, GZIP_LEVEL, mtime=0)
 
@@ -184,29 +194,23 @@ class InfluxWriter:
         # failed. Halving finds each bad line in about 2*log2(n) requests; rewriting
         # the good halves is safe as points are idempotent. 413: the body is too large.
         # 422 (InfluxDB 2.x): points outside the retention period.
-        if status in (400, 422) and self._all_expired(response, len(lines)):
+        if status not in (400, 413, 422):
+            raise self._status_error(response)
+        text = self._server_text(response)
+        if status != 413 and _all_expired(text, len(lines)):
             # A backlog older than the retention (an outage longer than it): the policy
             # the database keeps, not a bad line, and settled in one request, where
             # halving cost two a line and pushed the real refusals out of the quarantine.
             tally.expired += len(lines)
             return 0
-        if status == 413 or (status in (400, 422) and self._about_lines(response)):
-            if len(lines) == 1:
-                reason = f"{status}: {self._server_text(response)}"
-                tally.rejected.append(RejectedLine(line=lines[0], reason=reason))
-                return 0
-            middle = len(lines) // 2
-            first = await self._write_part(lines[:middle], tally)
-            return first + await self._write_part(lines[middle:], tally)
-        raise self._status_error(response)
-
-    def _all_expired(self, response: httpx.Response, count: int) -> bool:
-        found = _BEYOND_RETENTION.search(self._server_text(response))
-        return found is not None and int(found.group(1)) == count
-
-    def _about_lines(self, response: httpx.Response) -> bool:
-        text = self._server_text(response).lower()
-        return any(problem in text for problem in _LINE_PROBLEMS)
+        if status != 413 and not _about_lines(text):
+            raise self._status_error(response)
+        if len(lines) == 1:
+            tally.rejected.append(RejectedLine(line=lines[0], reason=f"{status}: {text}"))
+            return 0
+        middle = len(lines) // 2
+        first = await self._write_part(lines[:middle], tally)
+        return first + await self._write_part(lines[middle:], tally)
 
     async def _post(self, lines: list[str]) -> httpx.Response:
         body = "\n".join(lines).encode()

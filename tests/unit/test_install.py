@@ -39,7 +39,7 @@ def section(text: str, start: str, end: str) -> str:
     return text[text.index(start) : text.index(end, text.index(start))]
 
 
-# --- 1. An empty variable in the env file is taken as an empty secret -----------------
+# --- secrets from the env file ---------------------------------------------------------
 
 
 @pytest.mark.usefixtures("example_secrets")
@@ -70,7 +70,7 @@ def test_a_secret_left_empty_in_the_env_file_is_refused_by_check(
     assert variable in err or field in err, err
 
 
-# --- 2. systemd's SIGTERM reaches the telemetry process, which dies at once ----------
+# --- stopping under systemd -----------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -151,7 +151,7 @@ def test_a_stop_by_systemd_does_not_kill_the_telemetry_process_mid_batch(
             gateway.wait()
 
 
-# --- 3. The Compose upgrade signals Mosquitto, which re-reads the old ACL ------------
+# --- upgrading under Compose ----------------------------------------------------------
 
 
 def test_the_compose_upgrade_makes_mosquitto_read_the_release_s_acl() -> None:
@@ -178,7 +178,7 @@ def test_the_compose_upgrade_makes_mosquitto_read_the_release_s_acl() -> None:
     )
 
 
-# --- 4. Step 1 leaves the shell in the certificates folder --------------------------
+# --- the guide's steps in order -------------------------------------------------------
 
 
 def test_the_broker_login_step_runs_where_step_1_leaves_the_shell() -> None:

@@ -348,9 +348,9 @@ async def test_an_old_record_not_made_an_alert_leaves_no_timer_to_hide_the_live_
     assert [a.rule for a in site.gateway.alerts.open_alerts()] == ["smoke_low_battery"]
 
 
-async def test_a_fire_alarm_sent_again_after_it_was_let_go_does_not_hide_a_new_fire(
-    site: Site,
-) -> None:
+async def _a_fire_closed_a_month_ago(site: Site) -> None:
+    """A detector's fire alarm at T0, closed and cleared, then a month and 40 hours of
+    its hourly reports, past what the redelivery filter keeps."""
     await site.send(SD1, {"ts": T0, "alarm": True, "battery_pct": 90})
     (fire,) = [a.alert_id for a in site.gateway.alerts.open_alerts()]
     await _close(site, fire)
@@ -362,6 +362,12 @@ async def test_a_fire_alarm_sent_again_after_it_was_let_go_does_not_hide_a_new_f
     for _ in range(40):  # hourly reports, past what the redelivery filter keeps
         site.clock.advance(HOUR_S)
         await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
+
+
+async def test_a_fire_alarm_sent_again_after_it_was_let_go_does_not_hide_a_new_fire(
+    site: Site,
+) -> None:
+    await _a_fire_closed_a_month_ago(site)
     assert site.gateway.retention.prune().alerts == 1
     # The month-old alarm, uploaded again: not told again.
     await site.send(SD1, {"ts": T0, "alarm": True, "battery_pct": 90})
@@ -424,17 +430,7 @@ async def test_a_fire_alarm_sent_again_while_its_closed_alert_is_still_kept_does
     """As after the alert was let go (test_retention), but before the hourly pass came
     to it: the month-old alarm, uploaded again, must not leave a timer that takes a fire
     of now into the closed alert nobody watches."""
-    await site.send(SD1, {"ts": T0, "alarm": True, "battery_pct": 90})
-    (fire,) = [a.alert_id for a in site.gateway.alerts.open_alerts()]
-    await _close(site, fire)
-    for _ in range(2):  # the detector's all-clear, ten minutes apart
-        site.clock.advance(601)
-        await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
-    assert site.gateway.alerts.get(fire).resolved_ms is not None
-    site.clock.advance(31 * DAY_S)
-    for _ in range(40):  # hourly reports, past what the redelivery filter keeps
-        site.clock.advance(HOUR_S)
-        await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
+    await _a_fire_closed_a_month_ago(site)
     # The month-old alarm, uploaded again, before the pass let its alert go.
     await site.send(SD1, {"ts": T0, "alarm": True, "battery_pct": 90})
     site.gateway.retention.prune()

@@ -4,6 +4,7 @@ a webhook's redirect and request timeout. Each provider is a local fake that che
 request and answers as the provider documents."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -14,14 +15,13 @@ from werkzeug import Request, Response
 
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
+from gateway.notify.channel import Channel
 from gateway.notify.cloud import AliyunSms, AliyunVoice
 from gateway.notify.hooks import Webhook
 from gateway.notify.log import AttemptResult
 from gateway.notify.policy import (
     AliyunSmsChannel,
     AliyunVoiceChannel,
-    DingtalkChannel,
-    FeishuChannel,
     WebhookChannel,
 )
 from gateway.notify.robots import DingtalkRobot, FeishuBot
@@ -36,13 +36,26 @@ from tests.unit.notify.test_notifier import SMOKE, Rig, reading, told_at_once
 ROBOT_MAX_BYTES = 20_000
 
 
-def _low_batteries(count: int) -> tuple[list[str], Registry]:
+def _low_batteries(
+    tmp_path: Path, count: int, config: dict[str, object], robot: Callable[..., Channel]
+) -> Rig:
+    """The office told at once of `count` detectors' low batteries by one robot, `robot`
+    made of its `config` and an HTTP client (whose provider answers)."""
     devices = [f"sd-{n}" for n in range(1, count + 1)]
     registry = Registry([
         RegisteredDevice(device_id=d, device_type="smoke_detector", community="hgy",
                          area="east", building="3") for d in devices
     ])  # fmt: skip
-    return devices, registry
+    policy = told_at_once("office", "13800000004", {"robot": config})
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy, registry=registry,
+              channels={"robot": robot(policy.channels["robot"])})  # type: ignore[dict-item]  # fmt: skip
+    for device in devices:
+        rig.feed(reading(SMOKE._replace(device_id=device), 0, battery_pct=10))
+    return rig
+
+
+def _answered_by(provider: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(provider))
 
 
 def _undelivered(rig: Rig) -> list[str]:
@@ -54,7 +67,7 @@ def _undelivered(rig: Rig) -> list[str]:
     ]
 
 
-# --- 1. a digest measured by its plain text, not by what DingTalk / Feishu are sent ---------
+# --- a robot's digest, within what its request's body may take -----------------------------
 
 
 async def test_a_dingtalk_digest_stays_within_what_dingtalk_takes(tmp_path: Path) -> None:
@@ -71,22 +84,12 @@ async def test_a_dingtalk_digest_stays_within_what_dingtalk_takes(tmp_path: Path
             )
         return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
 
-    devices, registry = _low_batteries(150)
-    policy = told_at_once(
-        "office", "13800000004",
-        {"ding": {"type": "dingtalk", "access_token": "t",
-                  "url": "https://oapi.dingtalk.example.cn/robot/send"}},
+    rig = _low_batteries(
+        tmp_path, 150,
+        {"type": "dingtalk", "access_token": "t",
+         "url": "https://oapi.dingtalk.example.cn/robot/send"},
+        lambda config: DingtalkRobot("robot", config, _answered_by(dingtalk), ManualClock(T0)),
     )  # fmt: skip
-    config = policy.channels["ding"]
-    assert isinstance(config, DingtalkChannel)
-    robot = DingtalkRobot(
-        "ding", config, httpx.AsyncClient(transport=httpx.MockTransport(dingtalk)),
-        ManualClock(T0),
-    )  # fmt: skip
-    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy, registry=registry,
-              channels={"ding": robot})  # type: ignore[dict-item]  # fmt: skip
-    for device in devices:
-        rig.feed(reading(SMOKE._replace(device_id=device), 0, battery_pct=10))
     await rig.after(0)
     assert len(sizes) == 20
     for _ in range(8):
@@ -107,22 +110,12 @@ async def test_a_feishu_digest_stays_within_what_feishu_takes(tmp_path: Path) ->
             return httpx.Response(200, json={"code": 9499, "msg": "Bad Request"})
         return httpx.Response(200, json={"code": 0, "msg": "success"})
 
-    devices, registry = _low_batteries(130)
-    policy = told_at_once(
-        "office", "13800000004",
-        {"feishu": {"type": "feishu", "hook": "h", "secret": "s", "per_second": 1,
-                    "url": "https://open.feishu.example.cn/open-apis/bot/v2/hook"}},
+    rig = _low_batteries(
+        tmp_path, 130,
+        {"type": "feishu", "hook": "h", "secret": "s", "per_second": 1,
+         "url": "https://open.feishu.example.cn/open-apis/bot/v2/hook"},
+        lambda config: FeishuBot("robot", config, _answered_by(feishu), ManualClock(T0)),
     )  # fmt: skip
-    config = policy.channels["feishu"]
-    assert isinstance(config, FeishuChannel)
-    bot = FeishuBot(
-        "feishu", config, httpx.AsyncClient(transport=httpx.MockTransport(feishu)),
-        ManualClock(T0),
-    )  # fmt: skip
-    rig = Rig(tmp_path / "outbox.sqlite3", policy=policy, registry=registry,
-              channels={"feishu": bot})  # type: ignore[dict-item]  # fmt: skip
-    for device in devices:
-        rig.feed(reading(SMOKE._replace(device_id=device), 0, battery_pct=10))
     await rig.after(0)
     assert len(sizes) == 1
     for _ in range(8):
@@ -132,7 +125,7 @@ async def test_a_feishu_digest_stays_within_what_feishu_takes(tmp_path: Path) ->
     assert _undelivered(rig) == []
 
 
-# --- 2. Aliyun: a refusal no retry mends taken for "busy" ----------------------------------
+# --- Aliyun: which refusals are worth trying again -----------------------------------------
 
 
 def _aliyun_answering(answer: dict[str, object]):  # type: ignore[no-untyped-def]
@@ -179,7 +172,7 @@ async def test_aliyun_s_ram_permission_denied_is_final_not_busy(
     assert (error.value.retryable, error.value.rate_limited) == (False, False)
 
 
-# --- 3. a webhook's redirect read as delivered ------------------------------------------------
+# --- a webhook's redirect ------------------------------------------------------------------
 
 
 async def test_a_webhook_that_answers_with_a_redirect_has_not_taken_the_notice(
@@ -204,7 +197,7 @@ async def test_a_webhook_that_answers_with_a_redirect_has_not_taken_the_notice(
     assert delivered[0].get_json()["key"] == "a1/critical.0/wang-fang/firing"
 
 
-# --- 4. a timeout answered as HTTP 408 taken for a final refusal ----------------------------
+# --- a webhook's request timeout (408) -------------------------------------------------------
 
 
 async def test_a_webhook_s_request_timeout_is_retryable(httpserver: HTTPServer) -> None:

@@ -35,24 +35,23 @@ OTHER_WRIST = DeviceRef("hgy", "bracelet", "br-2")
 SHED = DeviceRef("hgy", "charging_shed", "cs-1")
 
 
+# A resident who lives alone, with a home and a safe radius.
+WEARER = RegisteredDevice(
+    device_id="br-1",
+    device_type="bracelet",
+    community="hgy",
+    home_lat=34.75,
+    home_lon=113.62,
+    safe_radius_m=500,
+    lives_alone=True,
+)
+
+
 def engine() -> RuleEngine:
-    registry = Registry(
-        [
-            RegisteredDevice(
-                device_id="mh-1", device_type="manhole_cover", community="hgy", well_depth_cm=200
-            ),
-            RegisteredDevice(
-                device_id="br-1",
-                device_type="bracelet",
-                community="hgy",
-                home_lat=34.75,
-                home_lon=113.62,
-                safe_radius_m=500,
-                lives_alone=True,
-            ),
-        ]
+    cover = RegisteredDevice(
+        device_id="mh-1", device_type="manhole_cover", community="hgy", well_depth_cm=200
     )
-    return RuleEngine(RULES, registry)
+    return RuleEngine(RULES, Registry([cover, WEARER]))
 
 
 def reading(

@@ -16,6 +16,7 @@ from tests.unit.rules.test_engine import (
     RULES,
     SHED,
     T0,
+    WEARER,
     WRIST,
     event,
     reading,
@@ -32,19 +33,7 @@ def of_rule(rule: str, changes: list[AlertChange]) -> list[tuple[str, AlertState
 
 
 def wearer_registry() -> Registry:
-    return Registry(
-        [
-            RegisteredDevice(
-                device_id="br-1",
-                device_type="bracelet",
-                community="hgy",
-                home_lat=34.75,
-                home_lon=113.62,
-                safe_radius_m=500,
-                lives_alone=True,
-            )
-        ]
-    )
+    return Registry([WEARER])
 
 
 def one_building() -> RuleEngine:
