@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import re
 import shutil
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,20 @@ def test_compose_runs_the_gateway_on_its_own_config_and_registry() -> None:
     assert (
         DEPLOY / compose()["services"]["gateway"]["build"]["dockerfile"].removeprefix("deploy/")
     ).exists()
+
+
+def test_the_image_copies_every_file_the_package_build_reads() -> None:
+    # pip builds the package inside the image: a file pyproject.toml names that the
+    # Dockerfile leaves out fails the build (setuptools refuses a missing license file).
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    wanted = {project["readme"], *project.get("license-files", [])}
+    copied = {
+        name
+        for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for name in line.split()[1:-1]
+    }
+    assert wanted <= copied, f"not copied into the image: {sorted(wanted - copied)}"
 
 
 def test_compose_secrets_come_from_the_environment() -> None:
