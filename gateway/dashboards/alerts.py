@@ -18,6 +18,9 @@ _CELL = '"community", "area", "compound", "building"'
 # time axis and filter by. A tag column is there only if the query returns it.
 _TAGS = ("community", "device_id", "rule", "severity")
 _TAGS_SELECTED = ", ".join(f'"{tag}"' for tag in _TAGS)
+# The changes of alerts someone was told of: a pending alert's waiting for its duration,
+# and its ending unfired, are nobody's alert.
+_ANNOUNCED = "\"state\" != 'pending' AND \"state\" != 'ended'"
 
 
 def _handling(field: str) -> str:
@@ -83,8 +86,8 @@ def build() -> Board:
             "acknowledged, reached, resolved, closed.",
             Influx(
                 'SELECT "state", "title", "alert_id", "life_safety" FROM "alert" '
-                f'WHERE {PLACE} AND $timeFilter GROUP BY "device_id", "rule", "severity", '
-                f"{_CELL}"
+                f"WHERE {PLACE} AND {_ANNOUNCED} AND $timeFilter "
+                f'GROUP BY "device_id", "rule", "severity", {_CELL}'
             ).table(),
             sort_by="Time",
             descending=True,

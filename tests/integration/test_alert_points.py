@@ -112,7 +112,7 @@ async def test_a_heart_rate_that_never_held_long_enough_is_not_marked_resolved(
     tmp_path: Path, influxdb: InfluxService, influx_db: str
 ) -> None:
     # A heart-rate spike shorter than the rule's minute raised no alert: the "恢复 Alerts
-    # resolved" annotation marks none.
+    # resolved" annotation marks none, and the table of alert changes lists none.
     gateway = Gateway(tmp_path / "outbox.sqlite3", Registry([wearer("3")]),
                       time.time_ns() // 1_000_000 - 600_000)  # fmt: skip
     wrist = DeviceRef("hgy", "bracelet", "br-1")
@@ -128,3 +128,4 @@ async def test_a_heart_rate_that_never_held_long_enough_is_not_marked_resolved(
     ]  # fmt: skip
     gateway.store(influxdb, influx_db)
     assert influxdb.query(influx_db, fill(annotation("community-alerts", "恢复"), DISTRICT)) == []
+    assert rows(influxdb, influx_db, "community-alerts", "告警记录") == []
