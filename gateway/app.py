@@ -296,6 +296,17 @@ class Gateway:
             if mqtt and mqtt.alarm_topics
             else None
         )
+        # Alarms queued for the alarm connection before its topics were configured away
+        # would wait at the broker for ever: its session is resumed, what it holds taken
+        # in on the alarm lane, and its filters dropped, once.
+        held = self.outbox.subscriptions(mqtt.alarm_client_id) if mqtt else None
+        self.alarm_leftover = (
+            subscriber_for(
+                mqtt, self.clock, topics=(), client_id=mqtt.alarm_client_id, retired=held
+            )
+            if mqtt and not mqtt.alarm_topics and held
+            else None
+        )
         self.notifier: Notifier | None = None
         self.faults: FaultWatch | None = None
         self._http: httpx.AsyncClient | None = None
@@ -335,7 +346,7 @@ class Gateway:
             if not config.notify.fault_receivers():
                 log.warning("nobody hears of the gateway's own faults: notify.gateway_faults.to "
                             "and notify.fallback_receivers are empty")  # fmt: skip
-        for connection in (self.subscriber, self.alarm_subscriber):
+        for connection in (self.subscriber, self.alarm_subscriber, self.alarm_leftover):
             if connection is not None and not isinstance(connection, TelemetryProcess):
                 connection.on_retired = partial(
                     self.outbox.forget_subscriptions, connection.client_id
@@ -415,8 +426,9 @@ class Gateway:
             if self.api is not None:
                 tasks.append(asyncio.create_task(self.api.serve(), name="api"))
             if self.subscriber is not None:
-                if self.alarm_subscriber is not None:
-                    await self.alarm_subscriber.start()
+                alarms = self.alarm_subscriber or self.alarm_leftover
+                if alarms is not None:
+                    await alarms.start()
                 source: Subscriber | None = None
                 if isinstance(self.subscriber, TelemetryProcess):
                     tasks.append(
@@ -427,9 +439,7 @@ class Gateway:
                     source = self.subscriber
                 tasks.append(
                     asyncio.create_task(
-                        self.pipeline.run(
-                            source, self.stopping, self.alarm_subscriber, self.handed_over
-                        ),
+                        self.pipeline.run(source, self.stopping, alarms, self.handed_over),
                         name="ingest",
                     )
                 )
@@ -458,7 +468,7 @@ class Gateway:
         """Stops the stages, finishing the batch in hand. A stage that failed raises its
         error here again."""
         self.stopping.set()
-        for subscriber in (self.subscriber, self.alarm_subscriber):
+        for subscriber in (self.subscriber, self.alarm_subscriber, self.alarm_leftover):
             if subscriber is not None:
                 subscriber.stop()
         if self.api is not None:

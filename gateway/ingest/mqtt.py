@@ -258,18 +258,24 @@ class MqttSubscriber(Subscription):
         self._connected_anew(connack.session_present)
         if connack.server_keep_alive:
             link.keepalive_s = connack.server_keep_alive
-        packet_id, answer = self._expect_answer()
-        answer.add_done_callback(lambda done: self._on_suback(link, done))
-        filters = [
-            mqtt5.TopicFilter(
-                topic,
-                max_qos=_AT_LEAST_ONCE,
-                retain_as_published=False,
-                retain_handling=_RETAIN_IF_NEW,
-            )
-            for topic in self._topics
-        ]
-        writes = [mqtt5.SubscribePacket(packet_id, filters).write()]
+        writes: list[bytes] = []
+        if self._topics:
+            packet_id, answer = self._expect_answer()
+            answer.add_done_callback(lambda done: self._on_suback(link, done))
+            filters = [
+                mqtt5.TopicFilter(
+                    topic,
+                    max_qos=_AT_LEAST_ONCE,
+                    retain_as_published=False,
+                    retain_handling=_RETAIN_IF_NEW,
+                )
+                for topic in self._topics
+            ]
+            writes.append(mqtt5.SubscribePacket(packet_id, filters).write())
+        else:
+            # A session kept only for what it still holds (Subscription.retired): a
+            # SUBSCRIBE without filters is a protocol error.
+            self.connected.set()
         if self._status is not None:
             # At most once: should this connection be lost, the will says so, and the
             # next connect says online again.

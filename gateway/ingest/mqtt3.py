@@ -248,7 +248,9 @@ class Mqtt3Subscriber(Subscription):
         # A resumed session holds its filters: subscribed again, they would have the
         # broker send every retained status once more (MQTT 3.1.1 has no retain
         # handling). Those configured since it was last subscribed, it does not hold.
-        if not flags.session_present or self._retired:
+        if not self._topics:
+            pass  # a session kept only for what it still holds (Subscription.retired)
+        elif not flags.session_present or self._retired:
             client.subscribe([(topic, 1) for topic in self._topics])
         elif self._added:
             client.subscribe([(topic, 1) for topic in self._added])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway import PROJECT_ROOT
@@ -244,6 +245,46 @@ async def test_a_session_from_before_the_alarm_connection_no_longer_takes_events
             assert gateway.stats.alerts_firing == 1
     finally:
         publisher.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_alarms_queued_for_the_alarm_connection_arrive_after_it_is_configured_away(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, protocol: str
+) -> None:
+    # A fall sent while the gateway was down waits in the alarm connection's session; the
+    # gateway then started with alarm_topics: [] still takes it in, and drops the old
+    # session's filters so that no later start connects for it again.
+    base = gateway_config(tmp_path, mosquitto, namespace)
+    assert base.mqtt is not None
+    lanes = base.mqtt.model_copy(update={"protocol": protocol})
+    async with running(base.model_copy(update={"mqtt": lanes})):
+        pass
+    publisher = Publisher(mosquitto)
+    try:
+        publisher.publish_all(
+            [(f"community/{namespace}/bracelet/br-3/event", {"ts": T0, "seq": 1, "event": "fall"})]
+        )
+    finally:
+        publisher.close()
+    single = lanes.model_copy(
+        update={"topics": (f"community/{namespace}/+/+/+",), "alarm_topics": ()}
+    )
+    async with running(base.model_copy(update={"mqtt": single})) as gateway:
+        await wait_until(
+            lambda: [a.rule for a in gateway.alerts.open_alerts() if a.rule == "fall"] == ["fall"],
+            what="the queued fall",
+        )
+        await wait_until(
+            lambda: gateway.outbox.subscriptions(single.alarm_client_id) is None,
+            what="the alarm session's filters dropped",
+        )
+        assert gateway.stats.messages_in == 1
+    # The next start has nothing to take from that session.
+    again = Gateway(base.model_copy(update={"mqtt": single}))
+    try:
+        assert again.alarm_leftover is None
+    finally:
+        again.close()
 
 
 async def test_a_filter_moved_to_the_alarm_connection_takes_frames_on_a_resumed_311_session(
