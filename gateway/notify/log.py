@@ -105,6 +105,16 @@ class AttemptResult(StrEnum):
     WITHDRAWN = "withdrawn"
 
 
+# A notification whose time is the end of quiet hours it was held for, and not since
+# given another: its hold's record names that time.
+_HELD_FOR_QUIET_HOURS = (
+    "EXISTS (SELECT 1 FROM notification_attempts AS a"
+    " WHERE a.alert_id = notifications.alert_id AND a.notification_key = notifications.key"
+    f" AND a.result = '{AttemptResult.QUIET_HOURS}'"
+    f" AND a.detail = '{QUIET_HOLD}' || notifications.due_ms)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryAttempt:
     notification_key: str
@@ -317,13 +327,14 @@ class NotificationLog:
         # which a step of the clock does not move (see Notifier._quiet_until_ms).
         notifications = self._conn.execute(
             "UPDATE notifications SET due_ms = due_ms + ? WHERE state IN ('pending', 'digest')"
-            " AND NOT EXISTS (SELECT 1 FROM notification_attempts AS a"
-            " WHERE a.alert_id = notifications.alert_id AND a.notification_key = notifications.key"
-            f" AND a.result = '{AttemptResult.QUIET_HOURS}'"
-            f" AND a.detail = '{QUIET_HOLD}' || notifications.due_ms)",
+            f" AND NOT {_HELD_FOR_QUIET_HOURS}",
             (step_ms,),
         )
         return steps.rowcount + notifications.rowcount
+
+    def held_for_quiet_hours(self) -> list[Notification]:
+        """The notifications waiting for the end of their receiver's quiet hours."""
+        return self._select(f"state IN ('pending', 'digest') AND {_HELD_FOR_QUIET_HOURS}", ())
 
     def next_due_ms(self, busy: Collection[str] = ()) -> int | None:
         """When the next step or notification is due; `busy`: keys of notifications

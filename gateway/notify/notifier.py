@@ -225,7 +225,25 @@ class Notifier:
         self.policy = policy
         self.router = router
         self.channels = channels
+        self._retime_quiet_holds()
         self._wakeup.set()
+
+    def _retime_quiet_holds(self) -> None:
+        """Notices held for quiet hours the policy has now shortened or taken away go at
+        their new end, or now: held to the old end, a receiver would hear of a low
+        battery an hour late. Those lengthened are held again at the old end."""
+        now_ms = self._clock.now_ms()
+        for held in self.log.held_for_quiet_hours():
+            notice = Notice.from_json(held.notice)
+            quiet = self.router.quiet_hours(notice.receiver)
+            until_ms = self._quiet_until_ms(quiet, notice, now_ms)
+            if until_ms is not None and until_ms >= held.due_ms:
+                continue
+            self.log.update(held.key, state=held.state, channel_index=held.channel_index,
+                            tries=held.tries, due_ms=now_ms if until_ms is None else until_ms)  # fmt: skip
+            if until_ms is not None:
+                self._record_notice(notice, "-", AttemptResult.QUIET_HOURS,
+                                    f"{QUIET_HOLD}{until_ms}", None)  # fmt: skip
 
     def on_alerts(self, changes: Sequence[AlertChange]) -> None:
         """Alert listener of the pipeline: called after the changes committed."""

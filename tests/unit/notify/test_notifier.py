@@ -462,6 +462,48 @@ async def test_a_held_notice_of_an_alert_handled_meanwhile_is_not_sent(tmp_path:
     assert withdrawn.detail == "the alert was closed before this could go out"
 
 
+def with_wang_fangs_quiet_hours(rig: Rig, hours: str | None) -> None:
+    """A reload that gives wang-fang other quiet hours, or none."""
+    policy = rig.notifier.policy
+    receivers = tuple(
+        r.model_copy(update={"quiet_hours": hours})
+        if r.name == "wang-fang" else r
+        for r in policy.receivers
+    )  # fmt: skip
+    policy = policy.model_copy(update={"receivers": receivers})
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+
+
+@pytest.mark.parametrize(("hours", "goes_after_s"), [("22:00-06:00", 7 * 3600), (None, 0)])
+async def test_a_notice_held_for_quiet_hours_a_reload_shortened_goes_at_their_new_end(
+    tmp_path: Path, hours: str | None, goes_after_s: int
+) -> None:
+    # A low battery at 23:00, held for wang-fang's quiet hours until 07:00; her quiet
+    # hours then end at 06:00, or are taken away: she hears of it then, not at 07:00.
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    assert rig.sent() == []
+    with_wang_fangs_quiet_hours(rig, hours)
+    await rig.after(goes_after_s)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
+async def test_a_notice_held_for_quiet_hours_a_reload_lengthened_waits_for_their_new_end(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    with_wang_fangs_quiet_hours(rig, "22:00-08:00")
+    await rig.after(8 * 3600)
+    assert rig.sent() == []
+    await rig.after(3600)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+
+
 # 22:00 and 07:00 of the first night, wang-fang's quiet hours, in epoch ms.
 QUIET_FROM_MS = T0 + 14 * 3600_000
 QUIET_UNTIL_MS = T0 + 23 * 3600_000
