@@ -100,14 +100,17 @@ class RegisteredDevice:
     well_depth_cm: Annotated[float | None, Field(gt=0, le=10_000)] = None
     home_lat: Annotated[float | None, Field(ge=-90, le=90)] = None
     home_lon: Annotated[float | None, Field(ge=-180, le=180)] = None
-    safe_radius_m: Annotated[float | None, Field(gt=0)] = None
+    safe_radius_m: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None
     lives_alone: bool = False
     wearer_name: str | None = None
     # Phones, however written, are kept in E.164 (gateway.phone).
     wearer_phone: Phone | None = None
     emergency_contacts: tuple[Contact, ...] = ()
     # Per-device rule thresholds, read by rules as device.<name>: "name=value;name=value".
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    # Finite: every comparison with NaN is false, and a rule would never fire.
+    thresholds: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("thresholds", mode="before")
     @classmethod

@@ -139,6 +139,32 @@ def test_a_number_that_cannot_be_dialled_is_refused_naming_file_row_and_field(
     assert why in info.value.problem
 
 
+@pytest.mark.parametrize(
+    ("cells", "field"),
+    [
+        ("max_heart_rate_bpm=nan", "thresholds.max_heart_rate_bpm"),
+        ("max_heart_rate_bpm=inf", "thresholds.max_heart_rate_bpm"),
+        ("", "safe_radius_m"),
+    ],
+)
+def test_a_limit_that_is_not_a_finite_number_is_refused_naming_its_line(
+    tmp_path: Path, cells: str, field: str
+) -> None:
+    # A sheet exported from a database whose cell was empty may say nan: every comparison
+    # with it is false, and the wearer's heart rate or whereabouts would never alarm.
+    path = tmp_path / "devices.csv"
+    radius = "inf" if field == "safe_radius_m" else ""
+    path.write_text(
+        "device_id,device_type,community,thresholds,safe_radius_m\n"
+        f"br-1,bracelet,hgy,{cells},{radius}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert (info.value.file, info.value.field) == (str(path), f"line 2 (br-1): {field}")
+    assert "finite number" in info.value.problem
+
+
 def yaml_error(tmp_path: Path, device: str) -> ConfigError:
     """What reading a YAML registry of bracelet br-1 of hgy, with `device`'s keys too,
     raises."""
