@@ -417,6 +417,12 @@ def unreachable(
                         f"routes[{index}].match.{key}",
                         f"no registered device is in {name!r}; known: {registry.names(place_type)}",
                     )
+                if match.communities and there.isdisjoint(match.communities):
+                    return (
+                        f"routes[{index}].match.{key}",
+                        f"no registered device of {', '.join(match.communities)} is in "
+                        f"{name!r}, which is in {', '.join(sorted(there))}",
+                    )
                 # An installation of several communities (a district's) repeats names
                 # (east, building 3): unless the route names its communities, it would
                 # send the other communities' alerts there down its chain too.

@@ -216,6 +216,34 @@ def test_a_route_naming_an_area_of_several_communities_must_name_its_community()
     assert unreachable(named, registry, (), (), all_registered=True) is None
 
 
+@pytest.mark.parametrize(("key", "name"), [("areas", "west"), ("compounds", "pine")])
+def test_a_route_naming_a_place_its_communities_do_not_have_is_refused(
+    key: str, name: str
+) -> None:
+    # hgy has no area west, no compound pine: lgy has. The route would never match, and
+    # hgy's alerts meant for it would go down the next route.
+    registry = Registry(
+        RegisteredDevice(device_id="sd-1", device_type="smoke_detector", community=c,
+                         area=area, compound=compound, building="3")
+        for c, area, compound in (("hgy", "east", "lakeside"), ("lgy", "west", "pine"))
+    )  # fmt: skip
+    policy = NotifyPolicy.model_validate(
+        {
+            "channels": {"console": {"type": "console"}},
+            "receivers": [{"name": "hgy-west", "channels": ["console"]}],
+            "routes": [
+                {"match": {"communities": ["hgy"], key: [name]}, "escalation": "west"},
+                {"escalation": "west"},
+            ],
+            "escalations": {"west": [{"after_s": 0, "to": ["hgy-west"]}]},
+        }
+    )
+    assert unreachable(policy, registry, (), (), all_registered=False) == (
+        f"routes[0].match.{key}",
+        f"no registered device of hgy is in {name!r}, which is in lgy",
+    )
+
+
 def test_receivers_phones_are_kept_in_e164_however_they_were_typed() -> None:
     written = ["+86 138 0000 0001", "0086 13800000002", "138-0000-0003", "0371-66123456"]
     policy = NotifyPolicy.model_validate(
