@@ -806,7 +806,7 @@ class Gateway:
             entry = self.alerts.get(link.alert_id)
         except AlertError:
             return True  # no such alert: the page says so
-        return self.notifier.router.reaches(link.receiver, entry.community, entry.device_id)
+        return self.notifier.router.reaches(link.receiver, entry)
 
     def reload_tokens(self, tokens: Sequence[ApiToken]) -> None:
         """Take the API tokens as the config file now has them."""

@@ -220,6 +220,24 @@ class Registry:
         for community, level, name in self._within:
             named.setdefault((level, name), set()).add(community)
         self._communities_named = {key: frozenset(found) for key, found in named.items()}
+        # A name several places of a community share (every compound has its 1号楼) does
+        # not tell an alert about one of them which: such a place goes by its path from
+        # the area down (`place_id`), indexed as its name is.
+        self._place_ids: dict[tuple[str, int, tuple[str | None, ...]], str] = {}
+        for (community, level, _), found in list(self._within.items()):
+            paths = {place[1 : level + 1] for place in found}
+            if len(paths) < 2:
+                continue
+            for path in paths:
+                place_id = PATH_SEPARATOR.join(name for name in path if name)
+                self._place_ids[(community, level, path)] = place_id
+                self._within[(community, level, place_id)] = tuple(
+                    place for place in found if place[1 : level + 1] == path
+                )
+        places_of: dict[str, list[Place]] = {}
+        for place in sorted(self._places, key=_place_order):
+            places_of.setdefault(place[0], []).append(place)
+        self._community_places = {c: tuple(found) for c, found in places_of.items()}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -240,6 +258,12 @@ class Registry:
     def get(self, community: str, device_id: str) -> RegisteredDevice | None:
         return self._by_id.get((community, device_id))
 
+    def device_of(self, alert: AlertAbout) -> RegisteredDevice | None:
+        """The registered device an alert is about; None for an alert about a place,
+        whose name a device may have too (a bracelet called 3 is not building 3)."""
+        device = self._by_id.get((alert.community, alert.device_id))
+        return device if device is not None and device.device_type == alert.device_type else None
+
     def by_imei(self, imei: str) -> RegisteredDevice | None:
         return self._by_imei.get(imei)
 
@@ -253,10 +277,12 @@ class Registry:
         return self._by_community.get(community, ())
 
     def devices_at(self, community: str, place_type: str, name: str) -> list[RegisteredDevice]:
-        """The devices registered in a place (an area, compound or building by its name
-        alone: in several compounds where their building numbers repeat)."""
-        places = self._within.get((community, 1 + PLACE_TYPES.index(place_type), name), ())
-        return [device for place in places for device in self._at_place[place]]
+        """The devices registered in a place an alert may be about (see `place_id`)."""
+        return [
+            device
+            for place in self.places_within(community, place_type, name)
+            for device in self._at_place[place]
+        ]
 
     def places(self) -> frozenset[Place]:
         """Where the devices are: (community, area, compound, building) of each."""
@@ -264,9 +290,21 @@ class Registry:
 
     def places_within(self, community: str, place_type: str, name: str) -> list[Place]:
         """The registered places inside a place that an alert is about (a building on
-        fire, named by the building alone): in several compounds, where their building
-        numbers repeat."""
+        fire, by its `place_id`; a whole community)."""
+        if place_type == COMMUNITY:
+            return list(self._community_places.get(community, ()))
         return list(self._within.get((community, 1 + PLACE_TYPES.index(place_type), name), ()))
+
+    def place_id(self, device: Placed, place_type: str) -> str | None:
+        """What an alert about the area, compound or building a device is in calls that
+        place: its name, or, where other places of its community have that name too, its
+        path from the area down (east·lakeside·3); None if the device is in none."""
+        place = place_of(device)
+        level = 1 + PLACE_TYPES.index(place_type)
+        name = place[level]
+        if name is None:
+            return None
+        return self._place_ids.get((place[0], level, place[1 : level + 1]), name)
 
     def holds(self, cell: Place) -> bool:
         """Whether a registered place lies in `cell` (see `within`)."""
@@ -291,7 +329,7 @@ class Registry:
         """Where an alert is: its device's registered place, unit and position, or the
         place it is about (a building on fire), with the levels above it that all of it
         shares; None for a device not registered."""
-        if device_type in PLACE_TYPES:
+        if device_type in ALERT_PLACES:
             return Site(*self.place(community, device_type, device_id))
         device = self.get(community, device_id)
         if device is None:
@@ -300,15 +338,19 @@ class Registry:
                     device.unit, device.lat, device.lon)  # fmt: skip
 
     def place(self, community: str, place_type: str, name: str) -> Place:
-        """A place an alert is about, with the levels above it that all of it shares."""
+        """A place an alert is about (see `place_id`), with the levels above it that all
+        of it shares."""
+        if place_type == COMMUNITY:
+            return (community, None, None, None)
         level = 1 + PLACE_TYPES.index(place_type)
         within = self._within.get((community, level, name), ())
         levels: list[str | None] = [None, None, None]
         levels[level - 1] = name
-        for above in range(1, level):
-            shared = {p[above] for p in within}
+        # Its own name too: a place known by its path has that of its level.
+        for at in range(1, level + 1):
+            shared = {p[at] for p in within}
             if len(shared) == 1:
-                levels[above - 1] = shared.pop()
+                levels[at - 1] = shared.pop()
         return (community, levels[0], levels[1], levels[2])
 
 
@@ -335,6 +377,17 @@ class Placed(Protocol):
     def compound(self) -> str | None: ...
     @property
     def building(self) -> str | None: ...
+
+
+class AlertAbout(Protocol):
+    """What an alert is about: a device, or a place named as one (see ALERT_PLACES)."""
+
+    @property
+    def community(self) -> str: ...
+    @property
+    def device_type(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
 
 
 def place_of(placed: Placed) -> Place:
@@ -368,6 +421,11 @@ class Site:
 
 # The places an alert may be about instead of a device, as they nest.
 PLACE_TYPES = ("area", "compound", "building")
+COMMUNITY = "community"
+# Those and the whole community (rule.place), as an alert's device type.
+ALERT_PLACES = (COMMUNITY, *PLACE_TYPES)
+# Between the levels of a place's path, where its name alone does not tell it (place_id).
+PATH_SEPARATOR = "·"
 
 
 def registry_for(

@@ -34,7 +34,7 @@ from gateway.api.privacy import (
     what_shown,
 )
 from gateway.notify.log import DeliveryAttempt
-from gateway.registry import PLACE_TYPES, Place, Registry
+from gateway.registry import ALERT_PLACES, Place, Registry
 from gateway.registry import place_of as registered_place
 from gateway.rules.book import AlertEntry, AlertError
 
@@ -52,9 +52,8 @@ StateFilter = Literal[
 
 def places_of(registry: Registry, entry: AlertEntry) -> list[Place]:
     """Where an alert is (see AlertEntry.where); for an alert about a place (a building
-    on fire, named by the building alone), every registered place within it, which may
-    be in several compounds when their building numbers repeat."""
-    if entry.device_type in PLACE_TYPES:
+    on fire, a community), every registered place within it."""
+    if entry.device_type in ALERT_PLACES:
         within = registry.places_within(entry.community, entry.device_type, entry.device_id)
         if within:
             return within
@@ -126,7 +125,7 @@ def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
 def sees_contacts(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
     """Whether the caller sees the emergency contacts of the alert's device whole, as
     they see its wearer."""
-    registered = ctx.gateway.registry.get(entry.community, entry.device_id)
+    registered = ctx.gateway.registry.device_of(entry)
     return sees_whole(principal, registered, entry.community)
 
 
@@ -286,7 +285,7 @@ def _communities_of(principal: Principal) -> list[str] | None:
 )  # fmt: skip
 async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str) -> AlertDetailOut:
     entry = find(ctx, principal, alert_id)
-    registered = ctx.gateway.registry.get(entry.community, entry.device_id)
+    registered = ctx.gateway.registry.device_of(entry)
     whole = sees_whole(principal, registered, entry.community)
     wearer = person_of(registered, whole)
     history = ctx.gateway.alerts.history(alert_id)

@@ -19,7 +19,7 @@ from enum import StrEnum
 from gateway.clock import Clock
 from gateway.config import ApiToken, GridCell
 from gateway.errors import GatewayError
-from gateway.registry import PLACE_TYPES, Placed, Registry, Site
+from gateway.registry import ALERT_PLACES, PLACE_TYPES, Placed, Registry, Site
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Principal:
         if self.role is not Role.GRID_WORKER:
             return self.covers_community(community)
         at_place: Sequence[Placed | None]
-        if device_type in PLACE_TYPES:
+        if device_type in ALERT_PLACES:
             # An alert about a place (a building on fire): in the cell if any device
             # registered at that place is, found by the registry's index of places; its
             # devices all taken out since, where it was.

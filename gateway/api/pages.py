@@ -263,7 +263,7 @@ async def _alert_page(
     # A closed alert's link, still valid and posted in group chats, shows what was done
     # and no more: not whom to call, nor where the wearer is now.
     live = entry.state is not AlertState.CLOSED
-    registered = ctx.gateway.registry.get(entry.community, entry.device_id)
+    registered = ctx.gateway.registry.device_of(entry)
     site = entry.where(ctx.gateway.registry)
     place = describe_place(entry.community, site)
     rows = [

@@ -24,7 +24,15 @@ from gateway.notify.policy import (
     Step,
 )
 from gateway.phone import e164
-from gateway.registry import PLACE_TYPES, Place, RegisteredDevice, Registry, Site, place_of
+from gateway.registry import (
+    ALERT_PLACES,
+    AlertAbout,
+    Place,
+    RegisteredDevice,
+    Registry,
+    Site,
+    place_of,
+)
 from gateway.rules.book import AlertEntry
 from gateway.rules.schedule import DailyWindow
 
@@ -79,11 +87,11 @@ class Router:
             rosters.setdefault(roster.cell.community, []).append(roster)
         self._rosters = {community: tuple(found) for community, found in rosters.items()}
 
-    def reaches(self, receiver: str, community: str, device_id: str) -> bool:
-        """Whether `receiver` is still one this policy tells about the device's alerts: a
-        receiver it names, or an emergency contact of the device."""
+    def reaches(self, receiver: str, entry: AlertAbout) -> bool:
+        """Whether `receiver` is still one this policy tells about the alert: a receiver
+        it names, or an emergency contact of its device."""
         if receiver.startswith(CONTACT_PREFIX):
-            device = self._registry.get(community, device_id)
+            device = self._registry.device_of(entry)
             # A link sent before the registry's numbers were kept in E.164 names the
             # contact as the registry then had them (contact:13987654321).
             phone = e164(receiver.removeprefix(CONTACT_PREFIX))
@@ -91,7 +99,7 @@ class Router:
         return receiver in self._receivers
 
     def device(self, entry: AlertEntry) -> RegisteredDevice | None:
-        return self._registry.get(entry.community, entry.device_id)
+        return self._registry.device_of(entry)
 
     def site(self, entry: AlertEntry) -> Site | None:
         """Where an alert is (see AlertEntry.where)."""
@@ -108,7 +116,7 @@ class Router:
         place = self.place(entry)
         types = (
             tuple(self._types_of(entry.rule))
-            if entry.device_type in PLACE_TYPES
+            if entry.device_type in ALERT_PLACES
             else (entry.device_type,)
         )
         chosen: list[Route] = []
@@ -175,10 +183,9 @@ class Router:
 
     def _on_duty_for(self, entry: AlertEntry, at_ms: int) -> list[Receiver]:
         """Who is on duty for the alert, or the fallback receivers where nobody is: for
-        an alert about a place whose name several share (building numbers repeat across
-        compounds), for each of them, so that the one on fire is never missed."""
+        an alert about a place, in each registered cell within it (a community's)."""
         places: list[Place | None] = []
-        if entry.device_type in PLACE_TYPES:
+        if entry.device_type in ALERT_PLACES:
             places.extend(
                 self._registry.places_within(entry.community, entry.device_type, entry.device_id)
             )

@@ -30,7 +30,7 @@ from gateway.decode.record import (
     StatusReport,
     TimeSource,
 )
-from gateway.registry import PLACE_TYPES, RegisteredDevice, Registry, RegistryChanges
+from gateway.registry import COMMUNITY, RegisteredDevice, Registry, RegistryChanges
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
@@ -528,22 +528,14 @@ class RuleEngine:
             if at_ms < newest_ms - window_ms:
                 del hits[device_id]
                 self._hits_dirty.add((key, device_id))
-        # Of one place: building numbers repeat across compounds, and two detectors of
-        # two compounds' 1号楼 are no fire spreading.
-        within = self._within(device.community, device.device_id, rule.spec.place)
-        together = {
-            d: at_ms
-            for d, at_ms in hits.items()
-            if self._within(device.community, d, rule.spec.place) == within
-        }
-        if len(together) < rule.spec.min_devices:
+        if len(hits) < rule.spec.min_devices:
             return None
-        first_ms = min(together.values())
+        first_ms = min(hits.values())
         alert_id = _alert_id(rule.name, place, None, first_ms)
         # since_ms: the latest hit, from which the window runs until the alert resolves.
-        self.tracks[key] = Track(True, record.time_ms, len(together), None, alert_id)
+        self.tracks[key] = Track(True, record.time_ms, len(hits), None, alert_id)
         self._dirty.add(key)
-        values: dict[str, FieldValue] = {"devices": ",".join(sorted(together))}
+        values: dict[str, FieldValue] = {"devices": ",".join(sorted(hits))}
         return _change(
             rule, place, None, AlertState.FIRING, alert_id, first_ms, record.time_ms, values
         )
@@ -578,22 +570,13 @@ class RuleEngine:
         periods = [self._periods_s.get(t, 0.0) for t in types]
         return round(max([rule.spec.window_s, *(2.5 * p for p in periods)]) * 1000)
 
-    def _within(self, community: str, device_id: str, place: str) -> tuple[str | None, ...]:
-        """The places above a device's `place` (a building's area and compound), as the
-        registry has them."""
-        if place not in PLACE_TYPES:
-            return ()
-        registered = self._registry.get(community, device_id)
-        above = PLACE_TYPES[: PLACE_TYPES.index(place)]
-        return tuple(getattr(registered, level, None) for level in above) if registered else ()
-
     def _place_of(self, device: DeviceRef, place: str) -> DeviceRef | None:
         """The place a correlation alert is about, named like a device of type `place`."""
-        if place == "community":
+        if place == COMMUNITY:
             return DeviceRef(device.community, place, device.community)
         registered = self._registry.get(device.community, device.device_id)
-        value = getattr(registered, place, None) if registered is not None else None
-        return DeviceRef(device.community, place, value) if value else None
+        name = self._registry.place_id(registered, place) if registered is not None else None
+        return DeviceRef(device.community, place, name) if name else None
 
     def _inactive_too_long(
         self, rule: Rule, key: TrackKey, track: Track, now_ms: int, heard_ms: int | None = None

@@ -234,8 +234,11 @@ class SilenceBook:
         candidates = [*held.unended(community, now_ms), *held.unended(None, now_ms)]
         if not candidates:
             return None
+        device = change.device
         placed = (
-            site if site is not None else self._registry.get(community, change.device.device_id)
+            site
+            if site is not None
+            else self._registry.site(community, device.device_type, device.device_id)
         )
         muting = [s for s in candidates if s.matches(change, placed, now_ms)]
         return min(muting, key=_silence_id, default=None)

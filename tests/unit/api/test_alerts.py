@@ -319,10 +319,9 @@ async def test_an_alert_about_a_building_is_found_and_placed_by_its_building(
     assert "hgy east lakeside 3" in page.text
 
 
-async def test_a_building_number_in_two_compounds_is_found_in_either(tmp_path: Path) -> None:
+async def test_a_building_number_in_two_compounds_is_found_where_it_is(tmp_path: Path) -> None:
     # Building numbers repeat across the compounds of a community (湖光苑 3号楼, 湖光新苑
-    # 3号楼); an alert named by the building alone may be in either. (Lakeside's two
-    # detectors alarm: one of each compound's would be no fire spreading.)
+    # 3号楼): an alert about one of them is named by its path, and found there alone.
     registry = REGISTRY + "sd-9,smoke_detector,hgy,west,hillside,3,,,,,,,,\n"
     async with open_site(tmp_path, ManualClock(T0), registry_text=registry) as site:
         await smoke_alarms(site, "sd-1", "sd-2")
@@ -330,11 +329,12 @@ async def test_a_building_number_in_two_compounds_is_found_in_either(tmp_path: P
             a for a in (await site.get("/api/v1/alerts")).json()["alerts"]
             if a["device_type"] == "building"
         ]  # fmt: skip
+        assert building["device_id"] == "east·lakeside·3"
         place = building["place"]
-        assert (place["area"], place["compound"], place["building"]) == (None, None, "3")
-        assert "building_fire:3" in await found(site, "compound=lakeside&building=3")
-        assert "building_fire:3" in await found(site, "compound=hillside&building=3")
-        assert "building_fire:3" not in await found(site, "compound=hillside&building=9")
+        assert (place["area"], place["compound"], place["building"]) == ("east", "lakeside", "3")
+        fire = "building_fire:east·lakeside·3"
+        assert fire in await found(site, "compound=lakeside&building=3")
+        assert fire not in await found(site, "compound=hillside&building=3")
 
 
 # Bracelets of wang-fang's community outside her cells, and of another community.

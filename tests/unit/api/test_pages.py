@@ -18,6 +18,7 @@ from tests.unit.api.conftest import (
     DESK_HGY,
     OPERATOR,
     OTHER_COMMUNITY_OFFLINE,
+    REGISTRY,
     T0,
     TWO_COMMUNITIES,
     Site,
@@ -179,6 +180,33 @@ async def test_a_reloaded_policy_naming_a_cell_with_no_device_leaves_the_running
     assert "notify.rosters[0].cell: no registered device is in hgy/西区" in caplog.text
     # li-na, whom only the running policy tells, can still act on the alert.
     assert (await site.client.get(link_path(site, alert_id, "li-na"))).status_code == 200
+
+
+async def test_a_building_fires_page_names_no_resident_whose_bracelet_has_its_number(
+    tmp_path: Path,
+) -> None:
+    # A bracelet may be registered as "3", the number of the building on fire: the fire's
+    # page, and the API's alert, name neither its wearer nor their contacts, lead to no
+    # stranger's home, and record no read of their data.
+    stranger = (
+        "3,bracelet,hgy,west,hillside,9,1-102,,,钱八,13611112222,周九:13522223333,34.70,113.60\n"
+    )
+    async with open_site(tmp_path, ManualClock(T0), registry_text=REGISTRY + stranger) as site:
+        for device_id in ("sd-1", "sd-2"):
+            await site.send(
+                f"community/hgy/smoke_detector/{device_id}/event",
+                {"ts": site.clock.now_ms(), "event": "alarm"},
+            )
+        (fire,) = [a for a in site.gateway.alerts.open_alerts() if a.device_type == "building"]
+        page = await site.client.get(link_path(site, fire.alert_id))
+        detail = (await site.get(f"/api/v1/alerts/{fire.alert_id}", ADMIN)).json()
+        audit = (await site.get("/api/v1/audit", ADMIN)).json()
+    assert page.status_code == 200 and "hgy east lakeside 3" in page.text
+    for personal in ("钱八", "13611112222", "周九", "13522223333"):
+        assert personal not in page.text
+    assert "position=113.6,34.7" not in page.text
+    assert detail["wearer"] is None
+    assert audit == []
 
 
 async def test_forged_links_count_as_failed_authentication(site: Site) -> None:

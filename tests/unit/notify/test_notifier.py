@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
@@ -1196,20 +1197,21 @@ async def test_an_alert_about_a_building_goes_where_its_detectors_are(tmp_path: 
     assert {n.place for n in told.sent if n.rule == "building_fire"} == {"hgy 东区 湖光小区 3号楼"}
 
 
-def test_a_building_whose_name_another_compound_shares_reaches_the_workers_of_both(
+def test_a_building_whose_name_another_compound_shares_goes_where_it_is(
     tmp_path: Path,
 ) -> None:
     lakeside, jade = ("东区", "湖光小区"), ("西区", "翠苑")
     registry, _, _, fire = building_on_fire(
         tmp_path, {"sd-1": lakeside, "sd-2": lakeside, "sd-9": jade}
     )
+    # Every compound has its 3号楼: the alert names the one on fire by its path, and
+    # goes by the routes of a 3号楼 to lakeside's grid worker, not jade's.
+    assert fire.device_id == "东区·湖光小区·3号楼"
     router = Router(BUILDING_POLICY, registry, ZONE)
-    (step,) = BUILDING_POLICY.escalations["b3"]
-    # Which 3号楼 burns, the name does not say: the worker of each hears of it, and the
-    # one on fire is never missed.
-    assert [t.receiver for t in router.targets(step, fire, T0)] == [
-        "wang-fang", "zhao-min", "office",
-    ]  # fmt: skip
+    assert router.place(fire) == ("hgy", "东区", "湖光小区", "3号楼")
+    (route,) = router.routes(fire)
+    (step,) = BUILDING_POLICY.escalations[route.escalation]
+    assert [t.receiver for t in router.targets(step, fire, T0)] == ["wang-fang", "office"]
 
 
 def outbox_commit(outbox: Outbox):  # type: ignore[no-untyped-def]
@@ -2169,21 +2171,39 @@ def test_a_compound_s_roster_outranks_its_area_s_though_it_names_no_area() -> No
 def test_a_building_fire_where_one_compound_of_its_name_has_nobody_on_duty_tells_the_fallback(
     tmp_path: Path,
 ) -> None:
-    # 3号楼 stands in two compounds, and nobody is on duty for 西区's: if the fire is
-    # there, those responsible for it are told too.
+    # 3号楼 stands in two compounds, and nobody is on duty for 西区's, which is on fire:
+    # the fallback receivers are told, not 东区's grid worker.
     lakeside, jade = ("东区", "湖光小区"), ("西区", "翠苑")
     registry, _, _, fire = building_on_fire(
-        tmp_path, {"sd-1": lakeside, "sd-2": lakeside, "sd-9": jade}
+        tmp_path, {"sd-1": jade, "sd-2": jade, "sd-9": lakeside}
     )
     policy = routing_policy(
         [{"cell": {"community": "hgy", "area": "东区"}, "shifts": [{"receiver": "wang-fang"}]}]
     )
     router = Router(policy, registry, ZONE)
     (step,) = policy.escalations["grid"]
-    told = [t.receiver for t in router.targets(step, fire, T0)]
-    assert "wang-fang" in told
-    # Nobody on duty for one of the buildings: the fallback receivers are told of it.
-    assert "office" in told
+    assert [t.receiver for t in router.targets(step, fire, T0)] == ["office"]
+
+
+def test_an_alert_about_a_whole_community_goes_by_its_rules_device_types_to_every_cell(
+    tmp_path: Path,
+) -> None:
+    # Fires across the community (a rule with place: community): the smoke detectors'
+    # route takes it, and those on duty in each of the community's cells hear of it.
+    lakeside, jade = ("东区", "湖光小区"), ("西区", "翠苑")
+    detectors = {"sd-1": lakeside, "sd-2": lakeside, "sd-9": jade}
+    registry, _, _, fire = building_on_fire(tmp_path, detectors)
+    everywhere = replace(fire, rule="community_fire", device_type="community", device_id="hgy")
+    policy = routing_policy(
+        [{"cell": {"community": "hgy", "area": "东区"}, "shifts": [{"receiver": "wang-fang"}]}],
+        [{"match": {"device_types": ["smoke_detector"]}, "escalation": "fire"},
+         {"escalation": "grid"}],
+    )  # fmt: skip
+    router = Router(policy, registry, ZONE, lambda rule: ("smoke_detector",))
+    assert [r.escalation for r in router.routes(everywhere)] == ["fire"]
+    (step,) = policy.escalations["fire"]
+    # 西区 has nobody on duty: the fallback receivers stand in for it.
+    assert [t.receiver for t in router.targets(step, everywhere, T0)] == ["wang-fang", "office"]
 
 
 async def test_those_told_before_a_reload_renamed_their_chain_hear_the_all_clear(

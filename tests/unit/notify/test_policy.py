@@ -13,6 +13,7 @@ from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from gateway.decode.decoder import CODECS
 from gateway.decode.profile import load_profiles
+from gateway.decode.record import DeviceRef
 from gateway.errors import ConfigError
 from gateway.notify.policy import NotifyPolicy, unreachable
 from gateway.notify.router import Router
@@ -217,9 +218,7 @@ def test_a_route_naming_an_area_of_several_communities_must_name_its_community()
 
 
 @pytest.mark.parametrize(("key", "name"), [("areas", "west"), ("compounds", "pine")])
-def test_a_route_naming_a_place_its_communities_do_not_have_is_refused(
-    key: str, name: str
-) -> None:
+def test_a_route_naming_a_place_its_communities_do_not_have_is_refused(key: str, name: str) -> None:
     # hgy has no area west, no compound pine: lgy has. The route would never match, and
     # hgy's alerts meant for it would go down the next route.
     registry = Registry(
@@ -295,9 +294,15 @@ def test_a_contact_is_reached_however_their_number_was_written() -> None:
     router = Router(policy, registry, ZoneInfo("Asia/Shanghai"))
     for receiver in ("contact:+8613987654321", "contact:13987654321",
                      "contact:139 8765 4321", "contact:0371-12345678"):  # fmt: skip
-        assert router.reaches(receiver, "huguangyuan", "br-hgy-0001"), receiver
-    assert not router.reaches("contact:13700001111", "huguangyuan", "br-hgy-0001")
-    assert not router.reaches("contact:13987654321", "huguangyuan", "sd-hgy-0001")
+        assert router.reaches(receiver, DeviceRef("huguangyuan", "bracelet", "br-hgy-0001")), (
+            receiver
+        )
+    assert not router.reaches(
+        "contact:13700001111", DeviceRef("huguangyuan", "bracelet", "br-hgy-0001")
+    )
+    assert not router.reaches(
+        "contact:13987654321", DeviceRef("huguangyuan", "smoke_detector", "sd-hgy-0001")
+    )
 
 
 def on_duty_policy(

@@ -101,6 +101,27 @@ def test_same_numbered_buildings_of_two_compounds_are_not_one_building() -> None
     assert of_rule("building_fire", changes) == []
 
 
+def test_a_fire_in_another_compounds_building_of_the_same_number_is_its_own_alert() -> None:
+    # While lakeside's building 3 burns, two detectors of hillside's building 3 alarm:
+    # a second building on fire, with an alert of its own named by its path, not taken
+    # into lakeside's.
+    registry = Registry(
+        RegisteredDevice(device_id=f"sd-{i}", device_type="smoke_detector", community="hgy",
+                         area="east", compound=compound, building="3")
+        for i, compound in ((1, "lakeside"), (2, "lakeside"), (3, "hillside"), (4, "hillside"))
+    )  # fmt: skip
+    e = RuleEngine(RULES, registry, {"smoke_detector": 3600.0}, now_ms=T0)
+
+    def alarm(i: int, t_s: int) -> list[tuple[str, AlertState]]:
+        device = DeviceRef("hgy", "smoke_detector", f"sd-{i}")
+        return of_rule("building_fire", e.evaluate([event(device, t_s, "alarm")]))
+
+    assert alarm(1, 0) == []
+    assert alarm(2, 30) == [("east·lakeside·3", AlertState.FIRING)]
+    assert alarm(3, 600) == []
+    assert alarm(4, 630) == [("east·hillside·3", AlertState.FIRING)]
+
+
 # --- a device clock far ahead for one report --------------------------------------------
 
 
