@@ -121,12 +121,15 @@ class Subscription:
     def _connected_anew(self, session_present: bool) -> None:
         self._connection += 1
         self.connections += 1
-        # Messages held from the lost connection cannot be acknowledged any more: the
-        # broker sends them again. Not those it sent at QoS 0 (a device publishing so),
-        # which it never sends again and which need no acknowledgement.
-        unsent_again = [message for message in self._pending if not message.qos]
-        self._pending.clear()
-        self._pending.extend(unsent_again)
+        # Messages held from the lost connection cannot be acknowledged any more: a
+        # resumed session sends them again. Not those it sent at QoS 0 (a device
+        # publishing so), which it never sends again; nor any of them when the broker
+        # lost the session (restarted without persistence, or the session expired),
+        # as it holds nothing of them now.
+        if session_present:
+            unsent_again = [message for message in self._pending if not message.qos]
+            self._pending.clear()
+            self._pending.extend(unsent_again)
         log.info(
             "%s connected to %s:%d (session %s)",
             self._client_id,

@@ -322,6 +322,37 @@ async def test_mqtt_3_1_1_never_acknowledges_on_a_new_connection_what_came_on_th
         await server.wait_closed()
 
 
+async def test_messages_held_when_the_broker_comes_back_without_the_session_are_kept() -> None:
+    # A broker restarted without persistence, or a session expired, holds nothing of
+    # what it sent before: the gateway's copy of a message not yet batched is the only
+    # one left.
+    sub = subscriber()
+    link, _ = connect(sub)
+    link.data_received(publish(1, b'{"seq": 1, "heart_rate_bpm": 70}'))
+    link.connection_lost(ConnectionResetError())
+    sub._lost(link)
+    connect(sub, session_present=False)
+    batch = await sub.next_batch(1000, 0.0)
+    assert [m.payload for m in batch] == [b'{"seq": 1, "heart_rate_bpm": 70}']
+
+
+async def test_mqtt_3_1_1_messages_held_when_the_broker_lost_the_session_are_kept() -> None:
+    sub = Mqtt3Subscriber(
+        MqttConfig(protocol="3.1.1", alarm_topics=[], topics=[TOPIC]), ManualClock()
+    )
+    sub._client.subscribe = lambda *_, **__: (0, 1)  # type: ignore[method-assign,assignment]
+    success = ReasonCode(PacketTypes.CONNACK, "Success")
+    new_session = paho.ConnectFlags(session_present=False)
+    sub._on_connect(sub._client, None, new_session, success, None)
+    message = paho.MQTTMessage(mid=4, topic=TOPIC.encode())
+    message.payload = b'{"seq": 1, "heart_rate_bpm": 70}'
+    message.qos = 1
+    sub._on_message(sub._client, None, message)
+    sub._on_connect(sub._client, None, new_session, success, None)
+    batch = await sub.next_batch(1000, 0.0)
+    assert [m.payload for m in batch] == [b'{"seq": 1, "heart_rate_bpm": 70}']
+
+
 async def test_a_qos_0_message_taken_in_before_a_reconnect_is_kept() -> None:
     # A message the broker sent at QoS 0 (a device publishing so: the broker grants the
     # lower QoS) needs no acknowledgement and is never sent again: one waiting for the
