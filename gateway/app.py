@@ -468,15 +468,22 @@ class Gateway:
         """Stops the stages, finishing the batch in hand. A stage that failed raises its
         error here again."""
         self.stopping.set()
-        for subscriber in (self.subscriber, self.alarm_subscriber, self.alarm_leftover):
-            if subscriber is not None:
-                subscriber.stop()
         if self.api is not None:
             # Ends by itself, after open requests and event streams finish.
             self.api.stop()
         for task in tasks:
             if task.get_name() not in ("ingest", "api"):
                 task.cancel()
+        try:
+            # The batch in hand is committed and acknowledged before the connections
+            # close: sent again, a message without seq or ts would be stored twice.
+            ingest = [task for task in tasks if task.get_name() == "ingest"]
+            if ingest:
+                await asyncio.wait(ingest)
+        finally:
+            for subscriber in (self.subscriber, self.alarm_subscriber, self.alarm_leftover):
+                if subscriber is not None:
+                    subscriber.stop()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

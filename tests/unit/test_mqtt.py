@@ -4,8 +4,10 @@ Mosquitto is tested by the integration tests."""
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import mqtt5
 import paho.mqtt.client as paho
@@ -369,3 +371,56 @@ async def test_a_qos_0_message_taken_in_before_a_reconnect_is_kept() -> None:
     receiving._connected_anew(session_present=True)
     batch = await receiving.next_batch(100, 0.0)
     assert [(m.topic, m.qos) for m in batch] == [("community/hgy/smoke_detector/sd-1/event", 0)]
+
+
+async def test_an_orderly_stop_acknowledges_the_alarm_batch_it_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch committed during an orderly stop is acknowledged too: sent again after the
+    # restart, an SOS without seq or ts (both optional) would be stored twice.
+    config = GatewayConfig.model_validate(
+        {
+            "mqtt": {"port": 18999, "status_topic": None},
+            "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
+            "ingest": {"telemetry_process": False},
+        }
+    )
+    gateway = Gateway(config, ManualClock(1_767_225_600_000))
+    alarms = gateway.alarm_subscriber
+    assert isinstance(alarms, MqttSubscriber) and isinstance(gateway.subscriber, MqttSubscriber)
+
+    async def no_broker() -> None:  # the test plays the broker
+        return None
+
+    monkeypatch.setattr(gateway.subscriber, "start", no_broker)
+    monkeypatch.setattr(alarms, "start", no_broker)
+    link, transport = connect(alarms)
+    transport.packets()
+    loop = asyncio.get_running_loop()
+    entered = asyncio.Event()
+    release = threading.Event()
+    commit = gateway.outbox.commit
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 2 and args[2] is not None:  # a batch's commit (it saves keys)
+            loop.call_soon_threadsafe(entered.set)
+            release.wait(10)
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(gateway.outbox, "commit", gated)
+    link.data_received(
+        mqtt5.PublishPacket(
+            "community/hgy/bracelet/br-1/event", b'{"event": "sos"}',
+            qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=7,
+        ).write()
+    )  # fmt: skip
+    running = asyncio.create_task(gateway.run())
+    await asyncio.wait_for(entered.wait(), 10)
+    # The stop comes while the batch is being committed.
+    gateway.stop()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(running, 15)
+    acked = [p.packet_id for p in transport.packets() if isinstance(p, mqtt5.PubAckPacket)]
+    assert acked == [7]
