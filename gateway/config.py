@@ -492,6 +492,22 @@ class GatewayConfig(_Strict):
             return self.error(f"notify.{field}", problem)
         return ConfigError(str(self._notify_file), field, problem)
 
+    @field_validator("mqtt")
+    @classmethod
+    def _takes_events(cls, mqtt: MqttConfig | None) -> MqttConfig | None:
+        # Set apart from the rest or not, the devices' alarms must reach some connection.
+        if mqtt is not None and not any(
+            filters_overlap(topic_filter, "community/+/+/+/event")
+            for topic_filter in (*mqtt.topics, *mqtt.alarm_topics)
+        ):
+            raise ValueError(
+                "alarm_topics: neither it nor topics match the devices' events "
+                "(community/{community}/{type}/{id}/event): no SOS, fall or fire alarm "
+                "would be heard; keep alarm_topics' default, or add "
+                "community/+/+/+/event to topics"
+            )
+        return mqtt
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

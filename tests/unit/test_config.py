@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from gateway import PROJECT_ROOT
@@ -302,6 +303,33 @@ def test_the_default_lanes_take_every_kind_of_the_contract_once() -> None:
         ]
         assert lanes.count(True) == 1, kind
     assert any(filters_overlap(f, "vendor/acme-smoke/860000000000001/up") for f in config.topics)
+
+
+@pytest.mark.parametrize(
+    ("topics", "taken"),
+    [
+        (None, False),  # the default topics: telemetry, status and the vendor frames
+        (["community/+/+/+/+", "vendor/acme-smoke/+/up"], True),
+        (["community/hgy/+/+/#"], True),
+    ],
+)
+def test_alarm_topics_set_empty_needs_topics_that_take_the_events(
+    tmp_path: Path, topics: list[str] | None, taken: bool
+) -> None:
+    # Everything on one connection: unless that one takes the events, every SOS, fall
+    # and fire alarm would reach no connection at all.
+    mqtt: dict[str, object] = {"alarm_topics": []}
+    if topics is not None:
+        mqtt["topics"] = topics
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({"mqtt": mqtt}))
+    if taken:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert (error.value.file, error.value.field) == (str(path), "mqtt.alarm_topics")
+    assert "no SOS, fall or fire alarm would be heard" in error.value.problem
 
 
 def test_addresses_are_kept_as_written(tmp_path: Path) -> None:
