@@ -526,12 +526,27 @@ class Gateway:
         connection = self.alarm_subscriber or self.subscriber
         if mqtt is not None and connection is not None and not connection.connected.is_set():
             problems["broker"] = f"not connected to {mqtt.host}:{mqtt.port}"
+        refused = self.refused_subscriptions()
+        if refused:
+            problems["subscriptions"] = (
+                f"the broker refused the subscriptions to {', '.join(refused)}: nothing "
+                "sent on them arrives"
+            )
         failing = self.stats.failing_commits()
         if failing is not None:
             problems["outbox"] = failing
         if self.notifier is not None and self.notifier.round_error is not None:
             problems["notifications"] = self.notifier.round_error
         return problems
+
+    def refused_subscriptions(self) -> list[str]:
+        """The topic filters the broker refused the gateway's connections."""
+        return [
+            topic
+            for connection in (self.subscriber, self.alarm_subscriber)
+            if connection is not None
+            for topic in connection.refused
+        ]
 
     def damaged_files(self) -> int:
         """Damaged files moved aside and still beside the outbox."""

@@ -42,6 +42,10 @@ def _broker(ctx: ApiContext) -> CheckOut:
     alarms = ctx.gateway.alarm_subscriber
     if alarms is not None and not alarms.connected.is_set():
         return CheckOut(name="broker", ok=False, detail=f"alarm connection not up to {where}")
+    refused = ctx.gateway.refused_subscriptions()
+    if refused:
+        detail = f"{where} refused the subscriptions to {', '.join(refused)}"
+        return CheckOut(name="broker", ok=False, detail=detail)
     if subscriber.connected.is_set():
         return CheckOut(name="broker", ok=True, detail=f"connected to {where}")
     return CheckOut(name="broker", ok=False, detail=f"not connected to {where}")

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 import mqtt5
 
@@ -261,16 +262,8 @@ class MqttSubscriber(Subscription):
         writes: list[bytes] = []
         if self._topics:
             packet_id, answer = self._expect_answer()
-            answer.add_done_callback(lambda done: self._on_suback(link, done))
-            filters = [
-                mqtt5.TopicFilter(
-                    topic,
-                    max_qos=_AT_LEAST_ONCE,
-                    retain_as_published=False,
-                    retain_handling=_RETAIN_IF_NEW,
-                )
-                for topic in self._topics
-            ]
+            answer.add_done_callback(partial(self._on_suback, link, self._topics))
+            filters = [self._filter(topic) for topic in self._topics]
             writes.append(mqtt5.SubscribePacket(packet_id, filters).write())
         else:
             # A session kept only for what it still holds (Subscription.retired): a
@@ -289,17 +282,44 @@ class MqttSubscriber(Subscription):
         link.transport.write(b"".join(writes))
         link.ready.set_result(link)
 
-    def _on_suback(self, link: _Link, answer: asyncio.Future[mqtt5.Packet]) -> None:
+    def _on_suback(
+        self, link: _Link, asked: Sequence[str], answer: asyncio.Future[mqtt5.Packet]
+    ) -> None:
         if answer.exception() is not None:
             return
         suback = answer.result()
+        refused: list[str] = []
         if isinstance(suback, mqtt5.SubAckPacket):
-            for topic, code in zip(self._topics, suback.reason_codes, strict=False):
-                if code.value >= 0x80:
-                    log.error("the broker refused the subscription to %s: %s", topic, code.name)
-        self._subscription_done()
+            refused = [
+                topic
+                for topic, code in zip(asked, suback.reason_codes, strict=False)
+                if code.value >= 0x80
+            ]
+        self._subscription_done(asked, refused)
         if link is self._link:
             self.connected.set()
+            if refused:
+                # An ACL mended at the broker takes effect without a reconnect.
+                asyncio.get_running_loop().call_later(
+                    self._config.reconnect_max_s, self._subscribe_again, link, refused
+                )
+
+    def _filter(self, topic: str) -> mqtt5.TopicFilter:
+        return mqtt5.TopicFilter(
+            topic,
+            max_qos=_AT_LEAST_ONCE,
+            retain_as_published=False,
+            retain_handling=_RETAIN_IF_NEW,
+        )
+
+    def _subscribe_again(self, link: _Link, topics: Sequence[str]) -> None:
+        if link is not self._link or link.transport.is_closing():
+            return  # the next connect asks for every filter anyway
+        packet_id, answer = self._expect_answer()
+        answer.add_done_callback(partial(self._on_suback, link, topics))
+        link.transport.write(
+            mqtt5.SubscribePacket(packet_id, [self._filter(topic) for topic in topics]).write()
+        )
 
     def _on_unsuback(self, answer: asyncio.Future[mqtt5.Packet]) -> None:
         if answer.exception() is not None:

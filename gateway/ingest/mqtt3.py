@@ -70,6 +70,8 @@ class Mqtt3Subscriber(Subscription):
         self._runner: asyncio.Task[None] | None = None
         # Our own publishes (notifications) waiting for the broker's PUBACK, by mid.
         self._published: dict[int, asyncio.Future[None]] = {}
+        # The filters of each subscription waiting for the broker's SUBACK, by mid.
+        self._asked: dict[int, tuple[str, ...]] = {}
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -251,9 +253,9 @@ class Mqtt3Subscriber(Subscription):
         if not self._topics:
             pass  # a session kept only for what it still holds (Subscription.retired)
         elif not flags.session_present or self._retired:
-            client.subscribe([(topic, 1) for topic in self._topics])
+            self._subscribe(self._topics)
         elif self._added:
-            client.subscribe([(topic, 1) for topic in self._added])
+            self._subscribe(self._added)
         if self._retired:
             client.unsubscribe(list(self._retired))
         if self._status is not None:
@@ -261,6 +263,11 @@ class Mqtt3Subscriber(Subscription):
             # next connect says online again.
             client.publish(self._status.topic, self._status.online(), qos=0, retain=True)
         self.connected.set()
+
+    def _subscribe(self, topics: Sequence[str]) -> None:
+        _, mid = self._client.subscribe([(topic, 1) for topic in topics])
+        if mid is not None:
+            self._asked[mid] = tuple(topics)
 
     def _on_subscribe(
         self,
@@ -270,7 +277,16 @@ class Mqtt3Subscriber(Subscription):
         reasons: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        self._subscription_done()
+        asked = self._asked.pop(mid, self._topics)
+        refused = [topic for topic, r in zip(asked, reasons, strict=False) if r.is_failure]
+        self._subscription_done(asked, refused)
+        if refused and self._loop is not None:
+            # An ACL mended at the broker takes effect without a reconnect.
+            self._loop.call_later(self._config.reconnect_max_s, self._subscribe_again, refused)
+
+    def _subscribe_again(self, topics: Sequence[str]) -> None:
+        if self.connected.is_set():
+            self._subscribe(topics)  # else the next connect asks for them
 
     def _on_unsubscribe(
         self,

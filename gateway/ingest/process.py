@@ -87,6 +87,8 @@ class TelemetryProcess:
         self._on_counts = on_counts
         # As the subscribers have them, for readiness and for tests.
         self.connected = threading.Event()
+        # The filters the broker refused the process's connection (Subscription.refused).
+        self.refused: tuple[str, ...] = ()
         self.connections = 0
         self.started = 0
         self.pid: int | None = None
@@ -226,7 +228,7 @@ class TelemetryProcess:
                     if answer is not None and not answer.done():
                         answer.set_result(values[0])
                 elif kind == "connection":
-                    connected, self.connections = values
+                    connected, self.connections, self.refused = values
                     if connected:
                         self.connected.set()
                     else:
@@ -354,9 +356,9 @@ async def _reload_registries(
 async def _report_connection(
     subscriber: Subscriber, pipe: Connection, stopping: asyncio.Event
 ) -> None:
-    reported: tuple[bool, int] | None = None
+    reported: tuple[bool, int, tuple[str, ...]] | None = None
     while not stopping.is_set():
-        state = (subscriber.connected.is_set(), subscriber.connections)
+        state = (subscriber.connected.is_set(), subscriber.connections, subscriber.refused)
         if state != reported:
             _send(pipe, ("connection", *state))
             reported = state

@@ -88,6 +88,9 @@ class Subscription:
         # and told once the broker has them.
         self._added = tuple(t for t in added if t in self._topics)
         self.on_subscribed: Callable[[Sequence[str]], None] | None = None
+        # Filters the broker refused (an ACL that denies them): nothing arrives on them,
+        # which the gateway's fault watch and readiness tell; asked for again now and then.
+        self.refused: tuple[str, ...] = ()
         self._pending: deque[InboundMessage] = deque()
         self._wakeup = asyncio.Event()
         # Counts connections: a message carries the number of the one that delivered
@@ -138,9 +141,15 @@ class Subscription:
             "resumed" if session_present else "new",
         )
 
-    def _subscription_done(self) -> None:
-        """The broker has the filters subscribed."""
-        added, self._added = self._added, ()
+    def _subscription_done(self, asked: Sequence[str], refused: Sequence[str] = ()) -> None:
+        """The broker answered a subscription to `asked`, and has them but `refused`.
+        One refused is not recorded as the session's: a resumed session is asked for it
+        again."""
+        for topic in refused:
+            log.error("the broker refused %s the subscription to %s", self._client_id, topic)
+        self.refused = (*(t for t in self.refused if t not in asked), *refused)
+        added = tuple(t for t in self._added if t in asked and t not in refused)
+        self._added = tuple(t for t in self._added if t not in added)
         if added and self.on_subscribed is not None:
             self.on_subscribed(added)
 

@@ -53,6 +53,7 @@ Problems = Callable[[], Mapping[str, str]]
 
 PROBLEMS_ZH = {
     "broker": "与消息服务器的连接中断，收不到设备告警",
+    "subscriptions": "消息服务器拒绝了订阅，部分设备的消息收不到",
     "outbox": "数据无法保存，告警积压在消息服务器",
     "notifications": "告警通知无法处理",
     "restarts": "网关反复意外退出并重启，告警处理可能中断",

@@ -199,23 +199,86 @@ def test_a_resumed_mqtt_3_1_1_session_is_subscribed_to_filters_configured_since(
         topics=["community/+/+/+/event", vendor], client_id="community-gateway-alarms",
         added=[vendor],
     )  # fmt: skip
-    subscribed: list[list[str]] = []
+    subscribed = subscriptions_asked(sub)
     recorded: list[list[str]] = []
-    sub._client.subscribe = lambda topics, *_, **__: subscribed.append(  # type: ignore[method-assign]
-        [topic for topic, _ in topics]
-    )
     sub.on_subscribed = lambda topics: recorded.append(list(topics))
-    resumed = paho.ConnectFlags(session_present=True)
-    success = ReasonCode(PacketTypes.CONNACK, "Success")
-    sub._on_connect(sub._client, None, resumed, success, None)
+    sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
     # The new filter alone: the ones the session holds would have the broker send every
     # retained status again.
     assert subscribed == [[vendor]]
     sub._on_subscribe(sub._client, None, 1, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
     assert recorded == [[vendor]]
     # Held by the session from then on: the next resumed connect subscribes nothing.
-    sub._on_connect(sub._client, None, resumed, success, None)
+    sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
     assert subscribed == [[vendor]]
+
+
+def test_a_filter_the_mqtt_3_1_1_broker_refused_is_asked_for_again() -> None:
+    # An ACL that denies the subscription (SUBACK 0x80): the filter is not the session's,
+    # and the next connect, or a later try, asks for it again once the ACL is mended.
+    vendor = "vendor/acme-smoke/+/up"
+    sub = Mqtt3Subscriber(
+        MqttConfig(protocol="3.1.1"), ManualClock(),
+        topics=["community/+/+/+/event", vendor], client_id="community-gateway-alarms",
+        added=[vendor],
+    )  # fmt: skip
+    subscribed = subscriptions_asked(sub)
+    recorded: list[list[str]] = []
+    sub.on_subscribed = lambda topics: recorded.append(list(topics))
+    sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
+    sub._on_subscribe(sub._client, None, 1, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
+    assert (recorded, sub.refused) == ([], (vendor,))
+    sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
+    assert subscribed == [[vendor], [vendor]]
+    sub._on_subscribe(sub._client, None, 2, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
+    assert (recorded, sub.refused) == ([[vendor]], ())
+
+
+async def test_a_refused_subscription_is_a_fault_and_the_gateway_not_ready(
+    tmp_path: Path,
+) -> None:
+    # The broker refuses the alarm connection's subscription (an ACL without the
+    # gateway's role): no SOS, fall or fire alarm would arrive, which people are told.
+    config = GatewayConfig.model_validate(
+        {
+            "mqtt": {"port": 18999},
+            "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
+            "ingest": {"telemetry_process": False},
+        }
+    )
+    gateway = Gateway(config, ManualClock(1_767_225_600_000))
+    try:
+        alarms = gateway.alarm_subscriber
+        assert isinstance(alarms, MqttSubscriber)
+        link, transport = connect(alarms)
+        (subscribe,) = [p for p in transport.packets() if isinstance(p, mqtt5.SubscribePacket)]
+        link.data_received(
+            mqtt5.SubAckPacket(subscribe.packet_id, [mqtt5.SubAckReasonCode.NOT_AUTHORIZED]).write()
+        )
+        await asyncio.sleep(0)
+        assert gateway._faults() == {
+            "subscriptions": "the broker refused the subscriptions to community/+/+/+/event: "
+            "nothing sent on them arrives"
+        }
+        assert gateway.refused_subscriptions() == ["community/+/+/+/event"]
+    finally:
+        gateway.close()
+
+
+def subscriptions_asked(sub: Mqtt3Subscriber) -> list[list[str]]:
+    """The filters of each SUBSCRIBE the subscriber's paho client sends (mid 1, 2, ...)."""
+    subscribed: list[list[str]] = []
+
+    def subscribe(topics: list[tuple[str, int]], *_: object, **__: object) -> tuple[int, int]:
+        subscribed.append([topic for topic, _ in topics])
+        return 0, len(subscribed)
+
+    sub._client.subscribe = subscribe  # type: ignore[method-assign,assignment]
+    return subscribed
+
+
+RESUMED = paho.ConnectFlags(session_present=True)
+CONNECTED = ReasonCode(PacketTypes.CONNACK, "Success")
 
 
 def test_filters_are_recorded_as_the_session_s_once_the_broker_has_them(tmp_path: Path) -> None:
@@ -230,7 +293,7 @@ def test_filters_are_recorded_as_the_session_s_once_the_broker_has_them(tmp_path
     first = started(["community/+/+/+/event"])
     alarms = first.alarm_subscriber
     assert isinstance(alarms, Mqtt3Subscriber)
-    alarms._subscription_done()
+    alarms._subscription_done(alarms._topics)
     first.close()
     second = started(["community/+/+/+/event", "vendor/acme-smoke/+/up"])
     # Stopped before the broker had the new filter: the next start still subscribes it.

@@ -5,11 +5,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import mqtt5
 
 from gateway.app import Gateway
 from gateway.clock import ManualClock
-from gateway.config import InfluxConfig, MqttConfig
+from gateway.config import InfluxConfig, IngestConfig, MqttConfig
 from gateway.ingest.message import InboundMessage
+from gateway.ingest.mqtt import MqttSubscriber
 from gateway.pipeline import COMMIT_RETRY_MAX_S
 from gateway.store.backoff import Backoff
 from gateway.store.drain import OutboxDrain
@@ -17,6 +19,7 @@ from gateway.store.influx import InfluxWriter
 from tests.integration.services import free_port
 from tests.unit.api.conftest import T0, FakeSource, Site, site_config
 from tests.unit.disk import fill_the_disk, make_room
+from tests.unit.test_mqtt import connect
 
 
 async def test_liveness_and_readiness_need_no_token(site: Site) -> None:
@@ -49,6 +52,37 @@ async def test_readiness_names_what_is_down(tmp_path: Path) -> None:
     assert not checks["broker"]["ok"] and f"127.0.0.1:{closed}" in checks["broker"]["detail"]
     assert not checks["influxdb"]["ok"] and "unreachable" in checks["influxdb"]["detail"]
     assert not checks["disk"]["ok"] and "bytes free" in checks["disk"]["detail"]
+
+
+async def test_readiness_says_when_the_broker_refused_a_subscription(tmp_path: Path) -> None:
+    # Connected, but refused the alarm filter (an ACL without the gateway's role): no
+    # alarm would arrive, so the gateway is not ready.
+    config = site_config(tmp_path).model_copy(
+        update={
+            "mqtt": MqttConfig(port=free_port()),
+            "ingest": IngestConfig(telemetry_process=False),
+        }
+    )
+    gateway = Gateway(config, ManualClock(T0))
+    assert gateway.api is not None and isinstance(gateway.alarm_subscriber, MqttSubscriber)
+    assert isinstance(gateway.subscriber, MqttSubscriber)
+    connect(gateway.subscriber)[0].data_received(
+        mqtt5.SubAckPacket(1, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE] * 3).write()
+    )
+    link, _ = connect(gateway.alarm_subscriber)
+    link.data_received(mqtt5.SubAckPacket(1, [mqtt5.SubAckReasonCode.NOT_AUTHORIZED]).write())
+    transport = httpx.ASGITransport(app=gateway.api.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+        ready = await client.get("/health/ready")
+    gateway.close()
+    assert ready.status_code == 503
+    (broker,) = [c for c in ready.json()["checks"] if c["name"] == "broker"]
+    assert broker == {
+        "name": "broker",
+        "ok": False,
+        "detail": f"127.0.0.1:{config.mqtt.port} refused the subscriptions to "  # type: ignore[union-attr]
+        "community/+/+/+/event",
+    }
 
 
 async def test_readiness_says_while_the_outbox_cannot_commit(site: Site) -> None:
