@@ -346,7 +346,13 @@ class Gateway:
             if not config.notify.fault_receivers():
                 log.warning("nobody hears of the gateway's own faults: notify.gateway_faults.to "
                             "and notify.fallback_receivers are empty")  # fmt: skip
-        for connection in (self.subscriber, self.alarm_subscriber, self.alarm_leftover):
+        # The old alarm session's filters, once the broker dropped them: forgotten at an
+        # orderly stop that stored all it held, so that a crash before has the next start
+        # resume it again for what it still holds.
+        self._leftover_retired: list[str] = []
+        if self.alarm_leftover is not None:
+            self.alarm_leftover.on_retired = self._leftover_retired.extend
+        for connection in (self.subscriber, self.alarm_subscriber):
             if connection is not None and not isinstance(connection, TelemetryProcess):
                 connection.on_retired = partial(
                     self.outbox.forget_subscriptions, connection.client_id
@@ -480,6 +486,18 @@ class Gateway:
             ingest = [task for task in tasks if task.get_name() == "ingest"]
             if ingest:
                 await asyncio.wait(ingest)
+            leftover = self.alarm_leftover
+            if (
+                leftover is not None
+                and self._leftover_retired
+                and asked_to_stop
+                and self.pipeline.commit_error is None
+                and not leftover.holds_messages
+            ):
+                try:
+                    self.outbox.forget_subscriptions(leftover.client_id, self._leftover_retired)
+                except StoreError as exc:
+                    log.warning("the old alarm session is resumed again at the next start: %s", exc)
         finally:
             for subscriber in (self.subscriber, self.alarm_subscriber, self.alarm_leftover):
                 if subscriber is not None:

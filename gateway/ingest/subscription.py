@@ -104,6 +104,11 @@ class Subscription:
     def client_id(self) -> str:
         return self._client_id
 
+    @property
+    def holds_messages(self) -> bool:
+        """Whether messages taken in wait for the next batch."""
+        return bool(self._pending)
+
     async def next_batch(self, max_messages: int, linger_s: float) -> list[InboundMessage]:
         """Wait briefly for messages, then up to `linger_s` more so that commits come in batches."""
         pending = self._pending

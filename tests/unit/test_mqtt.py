@@ -487,3 +487,53 @@ async def test_an_orderly_stop_acknowledges_the_alarm_batch_it_finishes(
     await asyncio.wait_for(running, 15)
     acked = [p.packet_id for p in transport.packets() if isinstance(p, mqtt5.PubAckPacket)]
     assert acked == [7]
+
+
+async def test_alarms_left_in_the_old_alarm_session_survive_a_crash_before_they_are_stored(
+    tmp_path: Path,
+) -> None:
+    # The old alarm session's alarms, delivered and not yet stored when the gateway is
+    # killed, are sent again: the next start resumes the session once more.
+
+    def config(**mqtt: object) -> GatewayConfig:
+        return GatewayConfig.model_validate(
+            {
+                "mqtt": {"port": 18999, "status_topic": None, **mqtt},
+                "outbox": {"path": tmp_path / "outbox.sqlite3", "synchronous": "normal"},
+                "ingest": {"telemetry_process": False},
+            }
+        )
+
+    # A gateway that had an alarm connection, subscribed at the broker.
+    lanes = Gateway(config(), ManualClock(1_767_225_600_000))
+    assert isinstance(lanes.alarm_subscriber, MqttSubscriber)
+    lanes.alarm_subscriber._subscription_done(lanes.alarm_subscriber._topics)
+    lanes.close()
+    single_lane = {"topics": ["community/+/+/+/+"], "alarm_topics": []}
+
+    single = Gateway(config(**single_lane), ManualClock(1_767_225_600_000))
+    try:
+        leftover = single.alarm_leftover
+        assert isinstance(leftover, MqttSubscriber)
+        link, transport = connect(leftover, session_present=True)
+        unsubscribe = next(p for p in transport.packets() if isinstance(p, mqtt5.UnsubscribePacket))
+        # What the session held, then the answer to the UNSUBSCRIBE, in one read.
+        link.data_received(
+            mqtt5.PublishPacket(
+                "community/hgy/bracelet/br-1/event", b'{"ts": 1767225600000, "event": "sos"}',
+                qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=3,
+            ).write()
+            + mqtt5.UnsubAckPacket(
+                unsubscribe.packet_id, [mqtt5.UnsubAckReasonCode.SUCCESS]
+            ).write()
+        )  # fmt: skip
+        await asyncio.sleep(0)
+        # Taken in, waiting for its batch: not committed, not acknowledged.
+        assert [m.mid for m in leftover._pending] == [3]
+    finally:
+        single.close()  # SIGKILL: the SOS was neither committed nor acknowledged
+    again = Gateway(config(**single_lane), ManualClock(1_767_225_600_000))
+    try:
+        assert again.alarm_leftover is not None
+    finally:
+        again.close()
