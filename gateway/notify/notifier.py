@@ -235,6 +235,8 @@ class Notifier:
         now_ms = self._clock.now_ms()
         for held in self.log.held_for_quiet_hours():
             notice = Notice.from_json(held.notice)
+            if not self.router.names(notice.receiver):
+                continue  # taken out: left to its hold's end, not sent at night
             quiet = self.router.quiet_hours(notice.receiver)
             until_ms = self._quiet_until_ms(quiet, notice, now_ms)
             if until_ms is not None and until_ms >= held.due_ms:

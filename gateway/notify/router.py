@@ -160,6 +160,10 @@ class Router:
             return Target(notice.receiver, notice.receiver_name, notice.phone, channels, None)
         return self._target(receiver)
 
+    def names(self, receiver: str) -> bool:
+        """Whether the policy names the receiver (not an emergency contact)."""
+        return receiver in self._receivers
+
     def quiet_hours(self, receiver: str) -> DailyWindow | None:
         """A receiver's quiet hours in this policy; an emergency contact, or one the
         policy no longer names, has none."""

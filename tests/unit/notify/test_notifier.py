@@ -505,6 +505,23 @@ async def test_a_notice_held_for_quiet_hours_a_reload_lengthened_waits_for_their
     assert rig.sent() == [("wecom", "wang-fang", "firing")]
 
 
+async def test_a_notice_held_for_quiet_hours_of_a_receiver_taken_out_is_not_sent_at_night(
+    tmp_path: Path,
+) -> None:
+    # wang-fang leaves the job at a reload: her held notice is not sent her at 23:01.
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    data = POLICY.model_dump(by_alias=True)
+    data["receivers"] = [r for r in data["receivers"] if r["name"] != "wang-fang"]
+    data["rosters"][0]["shifts"] = [{"receiver": "li-na", "hours": "00:00-00:00"}]
+    policy = NotifyPolicy.model_validate(data)
+    rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
+    await rig.after(60)
+    assert rig.sent() == []
+
+
 # 22:00 and 07:00 of the first night, wang-fang's quiet hours, in epoch ms.
 QUIET_FROM_MS = T0 + 14 * 3600_000
 QUIET_UNTIL_MS = T0 + 23 * 3600_000
