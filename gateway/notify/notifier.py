@@ -38,7 +38,7 @@ import httpx
 
 from gateway.clock import Clock, WallSteps, seconds_since, sleep_unless_set
 from gateway.decode.record import DeviceRef
-from gateway.errors import DamagedStoreError, NotifyError
+from gateway.errors import DamagedStoreError, NotifyError, StoreError
 from gateway.notify.channel import Channel
 from gateway.notify.cloud import AliyunSms, AliyunVoice, TencentSms, TencentVoice
 from gateway.notify.hooks import Console, MqttPublisher, Publish, Webhook
@@ -83,7 +83,8 @@ log = logging.getLogger(__name__)
 
 NOTIFICATION_MEASUREMENT = "notification"
 ESCALATION_MEASUREMENT = "escalation"
-# Sends under way at once, so that one slow provider does not hold up the others.
+# Sends under way at once by one channel, critical ones apart: a provider that hangs
+# holds up neither another's sends nor its own critical ones.
 MAX_CONCURRENT_SENDS = 16
 # Bounds the rounds of `process` (each tries the next channel of those that failed).
 MAX_CHANNELS_PER_PASS = 8
@@ -197,7 +198,7 @@ class Notifier:
         self._incoming: deque[AlertChange] = deque()
         self._lines: list[str] = []
         self._wakeup = asyncio.Event()
-        self._sends = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        self._send_slots: dict[tuple[str, bool], asyncio.Semaphore] = {}
         # The sends under way, by the key of each notification they carry (a digest
         # carries several): one under way is not started again.
         self._sending: dict[str, asyncio.Task[None]] = {}
@@ -354,11 +355,14 @@ class Notifier:
         """Plan alerts that fired, and all-clears of alerts that resolved, but were never
         planned: the gateway stopped between committing them and planning them."""
         now_ms = self._clock.now_ms()
-        for entry in self.book.open_alerts():
+        for entry in [*self.book.open_alerts(), *self.book.closed_then_resolved()]:
             if entry.fired_ms is None:
                 continue
-            # Taken before it was planned, a critical alert still owes its first step.
-            owed = entry.acknowledged_by is None or _owes_first_step(entry)
+            # Taken before it was planned, a critical alert still owes its first step; one
+            # closed owes nothing but its all-clear.
+            owed = entry.state is not AlertState.CLOSED and (
+                entry.acknowledged_by is None or _owes_first_step(entry)
+            )
             unplanned = owed and not self.log.planned(entry.alert_id)
             untold = entry.resolved_ms is not None and not self.log.told_resolved(entry.alert_id)
             if not unplanned and not untold:
@@ -395,9 +399,7 @@ class Notifier:
             next_due = self.log.next_due_ms()
             if next_due is None or next_due > self._clock.now_ms():
                 break
-        if self._lines:
-            lines, self._lines = self._lines, []
-            await self._commit(lines, None)
+        await self._commit_lines()
 
     async def _round(self) -> None:
         """Everything due now: plan new alerts, run due steps, start the sends and the
@@ -446,9 +448,18 @@ class Notifier:
         for channel, digest, members in digests:
             keys = tuple(notification.key for notification, _ in members)
             self._start(keys, self._deliver_digest(channel, digest, members))
+        await self._commit_lines()
+
+    async def _commit_lines(self) -> None:
+        """Commit the points of the sends made; kept for the next round if the outbox
+        refuses them."""
         if self._lines:
             lines, self._lines = self._lines, []
-            await self._commit(lines, None)
+            try:
+                await self._commit(lines, None)
+            except StoreError:
+                self._lines = lines + self._lines
+                raise
 
     def _keep_delays(self) -> None:
         """After the wall clock was set (NTP, on a box that booted with a wrong clock),
@@ -625,18 +636,20 @@ class Notifier:
 
     def _add(self, entry: AlertEntry, target: Target, prefix: str, kind: str, now_ms: int) -> None:
         key = f"{prefix}/{target.receiver}/{kind}"
-        link = code = None
-        if kind == "firing":
-            link = self._links.url(entry.alert_id, target.receiver, now_ms)
-            code = self._links.code(key)
-            self.log.add_short_link(code, link)
         notice = make_notice(
             key=key, kind=kind, entry=entry, device=self.router.device(entry),
             receiver=target.receiver, receiver_name=target.display_name, phone=target.phone,
-            link=link, zone=self._zone, site=self.router.site(entry), link_code=code,
+            link=None, zone=self._zone, site=self.router.site(entry), link_code=None,
         )  # fmt: skip
         quiet_until_ms = self._quiet_until_ms(target.quiet_hours, notice, now_ms)
         due_ms = now_ms if quiet_until_ms is None else quiet_until_ms
+        if kind == "firing":
+            # Its time to open runs from when it goes out: held for the night, from the
+            # morning.
+            link = self._links.url(entry.alert_id, target.receiver, due_ms)
+            code = self._links.code(key)
+            self.log.add_short_link(code, link)
+            notice = replace(notice, link=link, link_code=code)
         notification = Notification(key, entry.alert_id, target.channels, 0, 0, due_ms,
                                     "pending", notice.to_json().decode())  # fmt: skip
         if self.log.add(notification, now_ms) and quiet_until_ms is not None:
@@ -699,9 +712,16 @@ class Notifier:
         # Its points to commit, or the notification's next channel due now.
         self._wakeup.set()
 
+    def _slots(self, channel: Channel, notice: Notice) -> asyncio.Semaphore:
+        key = (channel.name, notice.critical)
+        slots = self._send_slots.get(key)
+        if slots is None:
+            slots = self._send_slots[key] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        return slots
+
     async def _deliver(self, notification: Notification, notice: Notice, channel: Channel) -> None:
         try:
-            async with self._sends:
+            async with self._slots(channel, notice):
                 started_s = time.perf_counter()
                 try:
                     await channel.deliver(notice)
@@ -1003,7 +1023,7 @@ class Notifier:
         self, channel: Channel, digest: Notice, members: list[tuple[Notification, Notice]]
     ) -> None:
         try:
-            async with self._sends:
+            async with self._slots(channel, digest):
                 try:
                     await channel.deliver(digest)
                 except NotifyError as exc:
@@ -1092,6 +1112,11 @@ class Notifier:
         )
 
 
+def _severity_rank(severity: str) -> int:
+    order = list(Severity)
+    return order.index(Severity(severity)) if severity in order else len(order)
+
+
 def _digest(first: Notice, notices: list[Notice]) -> Notice:
     keys = sorted(n.key for n in notices)
     digest_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
@@ -1105,10 +1130,15 @@ def _digest(first: Notice, notices: list[Notice]) -> Notice:
     counts = [f"{firing} 条告警"] if firing else []
     if len(notices) > firing:
         counts.append(f"{len(notices) - firing} 条已恢复")
+    # Headed by the most severe of its alerts still firing: the headline is what a group
+    # reads first.
+    ranked = [n for n in notices if n.kind == "firing"] or notices
+    severity = min((n.severity for n in ranked), key=_severity_rank)
     return replace(
         first,
         key=f"digest/{digest_id}",
         kind="digest",
+        severity=severity,
         title="，".join(counts),
         link=None,
         link_code=None,

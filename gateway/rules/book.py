@@ -524,6 +524,15 @@ class AlertBook:
         )
         return [_entry(row) for row in rows]
 
+    def closed_then_resolved(self) -> list[AlertEntry]:
+        """Alerts a person closed while their condition still held, which then cleared:
+        their all-clear is owed as an open alert's is."""
+        rows = self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM alerts WHERE state = 'closed'"
+            " AND fired_ms IS NOT NULL AND resolved_ms > closed_ms ORDER BY started_ms, alert_id"
+        )
+        return [_entry(row) for row in rows]
+
     def count_open(self) -> dict[AlertState, int]:
         """The open alerts (see open_alerts) by state; a state none is in is left out."""
         # `+state`: grouped through the index of open alerts, not the one of every

@@ -17,7 +17,7 @@ from gateway import PROJECT_ROOT
 from gateway.clock import ManualClock
 from gateway.config import load_config
 from gateway.decode.record import DeviceRef, Event, FieldValue, Reading, TimeSource
-from gateway.errors import DamagedStoreError, NotifyError
+from gateway.errors import DamagedStoreError, NotifyError, StoreError
 from gateway.notify.channel import Limit
 from gateway.notify.cloud import AliyunSms, TencentSms
 from gateway.notify.desk import AlertDesk
@@ -2289,3 +2289,129 @@ def test_a_route_for_smoke_detectors_takes_the_building_fire_they_raise(
     router = Router(policy, registry, ZONE, lambda rule: shipped.get(rule, ()))
     # The rule says so: `building_fire` has `device_types: [smoke_detector]`.
     assert [r.escalation for r in router.routes(fire)] == ["fire"]
+
+
+async def test_a_fall_s_sms_to_the_family_is_not_queued_behind_a_hung_group_robot(
+    tmp_path: Path,
+) -> None:
+    # A fall's SMS to the family goes at once, though twenty low-battery notices hang on
+    # a group robot that no longer answers: sends wait for a slot of their own channel, and
+    # critical ones never behind the others.
+    detectors = [
+        RegisteredDevice(device_id=f"sd-{n}", device_type="smoke_detector", community="hgy",
+                         area="east", building="3")
+        for n in range(2, 22)
+    ]  # fmt: skip
+    rig = Rig(tmp_path / "outbox.sqlite3", registry=Registry([*REGISTRY.devices(), *detectors]))
+    # WeCom takes 20 messages a minute; this one takes them and does not answer.
+    wecom = HangingChannel("wecom", limits=(Limit(20, 60.0),))
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = wecom
+    rig.notifier.stop_grace_s = 0
+    runner = asyncio.create_task(rig.notifier.run())
+    try:
+        await settle()
+        for device in detectors:
+            ref = DeviceRef("hgy", "smoke_detector", device.device_id)
+            rig.feed(Reading(ref, T0, TimeSource.DEVICE, {"battery_pct": 10}))
+        await settle()
+        assert wecom.started == 16
+        rig.feed(fall())
+        await settle()
+        assert ("sms", "contact:+8613900000009", "firing") in rig.sent()
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_the_all_clear_of_an_alert_closed_while_it_held_is_told_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    # An alert a person closed while its condition held, which then cleared just before a
+    # crash: those told of it hear its all-clear after the start.
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert rig.sent() == [("wecom", "wang-fang", "firing")]
+    (alert,) = rig.book.open_alerts()
+    await rig.desk.close(alert.alert_id, "wang-fang", "a new battery is ordered")
+    # The new battery, still so at the next hourly report: committed, and the process
+    # died before telling anyone.
+    rig.feed(reading(SMOKE, 3600, battery_pct=100), reading(SMOKE, 7200, battery_pct=100),
+             announce=False)  # fmt: skip
+    assert rig.book.get(alert.alert_id).resolved_ms is not None
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(7200)
+    assert rig.sent() == [("wecom", "wang-fang", "resolved")]
+
+
+async def test_a_digest_s_headline_does_not_understate_the_most_severe_alert_in_it(
+    tmp_path: Path,
+) -> None:
+    # A digest is headed by the most severe of its alerts, not by the one that waited
+    # longest: a racing heart behind a low battery is 重要, not 提示.
+    # The community office's robot has taken its message of these three hours.
+    robot = FakeChannel("office-robot", limits=(Limit(1, 3 * 3600.0),))
+    rig = Rig(tmp_path / "outbox.sqlite3", policy=one_robot_policy(),
+              channels={"office-robot": robot})  # fmt: skip
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await rig.after(0)
+    assert [n.kind for n in robot.sent] == ["firing"]
+    # Then the bracelet's battery runs low, and its wearer's heart races for a minute.
+    rig.feed(Reading(WRIST, T0 + 1000, TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(1)
+    for at_s in (2, 62):
+        rig.feed(Reading(WRIST, T0 + at_s * 1000, TimeSource.DEVICE,
+                         {"worn": True, "heart_rate_bpm": 190}))  # fmt: skip
+        await rig.after(at_s - 1 if at_s == 2 else 60)
+    assert {e.rule for e in rig.book.open_alerts()} >= {"bracelet_low_battery",
+                                                       "abnormal_heart_rate"}  # fmt: skip
+    await rig.after(3 * 3600)
+    (digest,) = [n for n in robot.sent if n.kind == "digest"]
+    assert len(digest.lines) == 2
+    assert digest.headline() == "【重要告警汇总】2 条告警"
+
+
+async def test_notification_points_are_not_dropped_when_the_outbox_refuses_one_commit(
+    tmp_path: Path,
+) -> None:
+    # The points of a round whose commit the outbox refused are kept for the next: the
+    # dashboard shows the fall was told.
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    rig.feed(fall())
+    commit = rig.outbox.commit
+    refusals = [StoreError("the outbox cannot commit: disk I/O error", retryable=True)]
+
+    def refused_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if refusals:
+            raise refusals.pop()
+        return commit(*args, **kwargs)
+
+    rig.outbox.commit = refused_once  # type: ignore[method-assign]
+    # The fall is told; the round that would store its points meets the refusal.
+    with contextlib.suppress(StoreError):
+        await rig.after(0)
+    assert not refusals
+    assert len(rig.sent()) == 2
+    # The outbox takes commits again; the next rounds store what they hold.
+    for _ in range(3):
+        await rig.after(1)
+    assert len(rig.lines("notification")) == 2
+
+
+async def test_a_notice_held_for_quiet_hours_arrives_with_a_link_that_still_opens(
+    tmp_path: Path,
+) -> None:
+    # A notice held for the night carries a link whose time runs from the morning: with
+    # links valid for an hour, it still opens at 07:00.
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600_000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.feed(Reading(SMOKE, (T0 + 15 * 3600_000), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    assert rig.sent() == []
+    await rig.after(8 * 3600)  # 07:00
+    (notice,) = rig.channels["wecom"].sent  # type: ignore[attr-defined]
+    token = notice.link.rsplit("/a/", 1)[1]
+    link = LinkSigner("secret", "https://gw.example.cn", 3600).verify(token, rig.clock.now_ms())
+    assert link.receiver == "wang-fang"
