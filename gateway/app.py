@@ -138,6 +138,12 @@ def load_catalogue(config: GatewayConfig) -> tuple[ProfileSet, Registry, list[Ru
     rules = load_rules(config.rules_dir, profiles)
     types = profiles.device_types()
     registry = registry_for(config.registry_file, types, attributes_read(rules, types))
+    if config.ingest.require_registered and not len(registry):
+        raise config.error(
+            "ingest.require_registered",
+            "no device is registered (registry_file names no sheet, or an empty one): "
+            "every message would be refused, fire alarms and SOS among them",
+        )
     check_policy(config, registry, rules, profiles)
     return profiles, registry, rules
 
@@ -149,7 +155,16 @@ def check_policy(
     device type the gateway does not have (notify.policy.unreachable), or a grid
     worker's token a cell no registered device is in."""
     all_registered = config.ingest.require_registered
+    communities = {place[0] for place in registry.places()}
     for i, token in enumerate(config.api.tokens if config.api is not None else ()):
+        for j, community in enumerate(token.communities or ()):
+            # Only registered devices are taken in: a desk of a misspelt community
+            # would see nothing, for good.
+            if all_registered and communities and community not in communities:
+                raise config.error(
+                    f"api.tokens[{i}].communities[{j}]",
+                    f"no registered device is in {community!r}; known: {sorted(communities)}",
+                )
         for j, cell in enumerate(token.cells):
             empty = empty_cell(cell, registry, all_registered=all_registered)
             if empty is not None:
@@ -808,6 +823,8 @@ class Gateway:
         rules = load_rules(self.config.rules_dir, self.profiles)
         read = attributes_read(rules, self.profiles.device_types())
         check_thresholds(self.registry, read, self.registry_file)
+        # A route matching a rule renamed would never match again.
+        check_policy(self.config, self.registry, rules, self.profiles)
         self.use_rules(rules)
 
     def use_rules(self, rules: list[Rule]) -> None:

@@ -672,3 +672,40 @@ def test_a_landline_written_without_quotes_in_the_policy_is_the_landline(
     assert parse_yaml(config, "port: 08080\nratio: 0.5\nnone: 0") == {
         "port": "08080", "ratio": 0.5, "none": 0,
     }  # fmt: skip
+
+
+def test_check_refuses_require_registered_without_a_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only registered devices taken in, and none registered: every message would be
+    # refused, fire alarms and SOS among them.
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"mqtt: null\noutbox: {{path: {tmp_path / 'outbox.sqlite3'}}}\n"
+        "ingest: {require_registered: true}\n",
+        encoding="utf-8",
+    )
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "require_registered" in err
+
+
+def test_check_refuses_an_operator_token_limited_to_a_community_with_no_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only registered devices taken in: a desk limited to a misspelt community would see
+    # nothing, for good.
+    registry = tmp_path / "devices.csv"
+    registry.write_text("device_id,device_type,community\nsd-1,smoke_detector,hgy\n", "utf-8")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"mqtt: null\noutbox: {{path: {tmp_path / 'outbox.sqlite3'}}}\n"
+        f"registry_file: {registry}\n"
+        "ingest: {require_registered: true}\n"
+        "api:\n  tokens:\n"
+        "    - {name: desk-hgy, role: operator, token: desk-token-0123456789, "
+        "communities: [hgyy]}\n",
+        encoding="utf-8",
+    )
+    assert main(["check", "--config", str(config)]) == 2
+    assert "api.tokens[0].communities" in capsys.readouterr().err

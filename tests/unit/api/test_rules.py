@@ -2,11 +2,22 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gateway import PROJECT_ROOT
 from gateway.app import Gateway
 from gateway.clock import ManualClock
-from tests.unit.api.conftest import ADMIN, DESK_HGY, OPERATOR, T0, Site, site_config
+from gateway.errors import ConfigError
+from gateway.notify.policy import NotifyPolicy
+from tests.unit.api.conftest import (
+    ADMIN,
+    DESK_HGY,
+    OPERATOR,
+    T0,
+    Site,
+    serve_site,
+    site_config,
+)
 
 GOOD = "rules:\n  - {name: hot_shed, title: 棚内高温, device_types: [charging_shed], severity: info, when: 'ambient_temp_c > 45'}\n"
 
@@ -83,3 +94,32 @@ async def test_reload_takes_the_folder_or_says_what_is_broken(tmp_path: Path) ->
         )
         assert len(gateway.loaded_rules) == before + 1
     gateway.close()
+
+
+async def test_rules_reloaded_through_the_api_that_a_route_no_longer_finds_are_refused(
+    tmp_path: Path,
+) -> None:
+    # Rules reloaded through the API that a route of the policy names no longer (fall
+    # renamed) are refused, as at a SIGHUP: every fall would go down another chain.
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "alert_rules", rules_dir)
+    clock = ManualClock(T0)
+    config = site_config(tmp_path)
+    assert config.notify is not None
+    notify = config.notify.model_dump(by_alias=True)
+    notify["routes"] = [
+        {"match": {"rules": ["fall"]}, "escalation": "grid"},
+        {"escalation": "grid"},
+    ]
+    config = config.model_copy(
+        update={"rules_dir": rules_dir, "notify": NotifyPolicy.model_validate(notify)}
+    )
+    async with serve_site(Gateway(config, clock), clock) as site:
+        bracelet = rules_dir / "bracelet.yaml"
+        bracelet.write_text(
+            bracelet.read_text(encoding="utf-8").replace("name: fall\n", "name: fall_detected\n"),
+            encoding="utf-8",
+        )
+        with pytest.raises(ConfigError, match=r"routes\[0\]\.match\.rules"):
+            site.gateway.reload_rules()
+        assert "fall" in {rule.name for rule in site.gateway.loaded_rules}
