@@ -57,7 +57,7 @@ from gateway.store.drain import OutboxDrain
 from gateway.store.influx import InfluxWriter
 from gateway.store.lock import PidLock, pid_path, telemetry_pid_path, wait_until_free
 from gateway.store.outbox import Outbox
-from gateway.store.series import SeriesMapper, device_info
+from gateway.store.series import SeriesMapper, device_info, registered_in
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,10 @@ class Gateway:
             alarm_redelivery=alarm_redelivery,
             clock=self.clock,
         )
+        # Devices the registry had when it was last written and has no longer (taken
+        # out, or moved to another community, while the gateway was stopped) are not
+        # watched as they were, as after a reload.
+        self.rules.forget_taken_out(registered_in(self.outbox.registry_series()[0]))
         self.pipeline.alert_listeners += [_log_alerts, self._count_alerts]
         self.pipeline.commit_listeners.append(partial(self.stats.note_commit, "main"))
         self.desk = AlertDesk(self.alerts, self.registry, self.pipeline.commit, self.clock)

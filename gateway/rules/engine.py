@@ -220,6 +220,16 @@ class RuleEngine:
         """The samples behind `<field>_per_min`, saved and restored across a restart."""
         return self._rates
 
+    def forget_taken_out(self, registered_before: Iterable[tuple[str, str]]) -> None:
+        """Devices registered before, by (community, device id), that the registry has no
+        longer: no longer watched, as `use_registry` has it for a reload."""
+        gone = [key for key in registered_before if self._registry.get(*key) is None]
+        for community, device_id in gone:
+            device_type = self.heard.type_of(community, device_id)
+            if device_type is not None:
+                self.heard.forget(DeviceRef(community, device_type, device_id))
+        self._rates.forget(gone)
+
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""
         saved = list(saved)

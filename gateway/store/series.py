@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import re
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.cache import remember
@@ -168,6 +169,23 @@ DEVICE_INFO_MEASUREMENT = "device_info"
 # a month the series is let be, for InfluxDB's retention policy to let go of, or its
 # administrator to drop, its place then leaving the dashboards' place lists.
 RETRACTED_FOR_MS = 30 * 86_400_000
+
+
+# A device_info series' community and device id, whose characters need no escaping; a
+# comma or an equals sign inside another tag's value is escaped.
+_COMMUNITY_TAG = re.compile(r"(?<!\\),community=([a-z0-9-]+)(?:,|$)")
+_DEVICE_ID_TAG = re.compile(r"(?<!\\),device_id=([A-Za-z0-9_-]+)(?:,|$)")
+
+
+def registered_in(series: Iterable[str]) -> set[tuple[str, str]]:
+    """The (community, device id) of the devices whose device_info series were written."""
+    found = set()
+    for prefix in series:
+        community = _COMMUNITY_TAG.search(prefix)
+        device_id = _DEVICE_ID_TAG.search(prefix)
+        if community is not None and device_id is not None:
+            found.add((community[1], device_id[1]))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
