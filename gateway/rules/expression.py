@@ -94,10 +94,12 @@ def parse_condition(text: str) -> ast.expr:
     never from the text."""
     try:
         tree = ast.parse(text, mode="eval")
+        # Compiling walks every node and refuses anything it does not know.
+        _compile(tree.body)
     except SyntaxError as exc:
         raise ExpressionError(f"not a valid expression: {exc.msg} in {text!r}") from exc
-    # Compiling walks every node and refuses anything it does not know.
-    _compile(tree.body)
+    except (RecursionError, MemoryError) as exc:
+        raise ExpressionError("nested too deeply: write it as several shorter terms") from exc
     for node in ast.walk(tree):
         _check_at_load(node)
     return tree.body
@@ -112,6 +114,25 @@ def _check_at_load(node: ast.AST) -> None:
                 f"{ast.unparse(node)!r}: {node.func.id} takes {wanted} argument(s), "
                 f"not {len(node.args)}"
             )
+    if isinstance(node, ast.BoolOp | ast.UnaryOp) and isinstance(
+        node.op, ast.And | ast.Or | ast.Not
+    ):
+        operands = node.values if isinstance(node, ast.BoolOp) else [node.operand]
+        for operand in operands:
+            if isinstance(operand, ast.Constant) and not isinstance(operand.value, bool):
+                # `event == 'sos' or 'fall'` is always true: a text is no condition.
+                raise ExpressionError(
+                    f"{ast.unparse(node)!r}: {ast.unparse(operand)} is no condition; "
+                    f"compare with it, as in event in ('sos', 'fall')"
+                )
+    if isinstance(node, ast.Compare):
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            if isinstance(op, ast.In | ast.NotIn) and not isinstance(right, ast.Tuple | ast.List):
+                # ('displaced') is a text, whose `in` finds parts of it: '' is in every one.
+                raise ExpressionError(
+                    f"{ast.unparse(node)!r}: `in` takes a list of values, such as "
+                    "('displaced',) or ('sos', 'fall')"
+                )
     if isinstance(node, ast.Compare) and any(isinstance(op, _ORDERING) for op in node.ops):
         for operand in (node.left, *node.comparators):
             if isinstance(operand, ast.Constant) and isinstance(operand.value, str):

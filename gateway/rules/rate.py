@@ -80,7 +80,9 @@ class RateWindows:
             del samples[:2]
         span_ms = at_ms - samples[0]
         if span_ms >= window_ms / 2:
-            return (value - samples[1]) / span_ms * 60_000
+            # Rounded past the readings' own precision: 27.3 to 32.3 °C in a minute is
+            # 5 °C a minute, not 4.9999999999999964, which "≥ 5" would miss.
+            return round((value - samples[1]) / span_ms * 60_000, 9)
         return None
 
     def saved(self) -> list[SavedWindows]:

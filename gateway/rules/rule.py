@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -38,7 +38,8 @@ class Severity(StrEnum):
 
 
 class RuleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Durations are finite: one of infinity would never fire, or never clear.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     title: str
@@ -114,6 +115,10 @@ _KIND_SETTINGS: dict[str, tuple[str, ...]] = {
     "place": ("correlation",),
     "min_devices": ("correlation",),
     "window_s": ("correlation",),
+    # An absence rule judges silence, not records, at any hour.
+    "when": ("condition", "event", "inactivity", "correlation"),
+    "rates": ("condition", "event", "inactivity", "correlation"),
+    "active_hours": ("condition", "event", "inactivity", "correlation"),
 }
 
 
@@ -145,8 +150,29 @@ def load_rules(folder: Path, profiles: ProfileSet) -> list[Rule]:
                     str(path), f"rule {rule.name}", f"also defined in {seen[rule.name]}"
                 )
             seen[rule.name] = path.name
+            _check_rate_windows(rule, rules, path)
             rules.append(rule)
     return rules
+
+
+def _check_rate_windows(rule: Rule, earlier: Sequence[Rule], path: Path) -> None:
+    """A device type's field has one rate window, which every rule reading its rate
+    shares: a rule asking for another would change the others' (a slow-heating rule's
+    10 minutes would flatten the thermal runaway rule's "5 °C per minute")."""
+    for other in earlier:
+        types = set(rule.spec.device_types) & set(other.spec.device_types)
+        if not types and "*" not in (*rule.spec.device_types, *other.spec.device_types):
+            continue
+        for field, window_s in rule.spec.rates.items():
+            taken_s = other.spec.rates.get(field)
+            if taken_s is not None and taken_s != window_s:
+                raise ConfigError(
+                    str(path),
+                    f"rule {rule.name}: rates.{field}",
+                    f"{window_s:g} s, where rule {other.name} ({other.source}) reads the "
+                    f"rate of {field} over {taken_s:g} s: a field has one window; use "
+                    f"{taken_s:g}",
+                )
 
 
 def _load_file(path: Path) -> list[Rule]:

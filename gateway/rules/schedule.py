@@ -57,8 +57,11 @@ class DailyWindow:
     @classmethod
     def parse(cls, text: str) -> DailyWindow:
         try:
-            first, second = (part.strip() for part in text.split("-"))
-            return cls(time.fromisoformat(first), time.fromisoformat(second))
+            first, second = (time.fromisoformat(part.strip()) for part in text.split("-"))
+            if first.tzinfo is not None or second.tzinfo is not None:
+                # Times of the gateway's zone: one of another would be read as local.
+                raise ValueError("a time with a zone")
+            return cls(first, second)
         except ValueError as exc:
             raise ValueError(f"expected 'HH:MM-HH:MM', got {text!r}") from exc
 

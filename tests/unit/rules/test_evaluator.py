@@ -158,7 +158,7 @@ CONDITIONS = [
     "abs(s) > 1",
     "s + 1 > 2 or x > 1",
     "x > 1 or s + 1 > 2",
-    "t in 5",
+    "t in (5, 65.0)",
 ]
 RECORDS = [
     reading({"t": 65.0, "h": 20, "s": "on", "zero": 0}),

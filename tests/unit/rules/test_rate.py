@@ -40,7 +40,7 @@ def deque_rate(
         history.popleft()
     first_ms, first = history[0]
     if at_ms - first_ms >= window_ms / 2:
-        return (value - first) / (at_ms - first_ms) * 60_000
+        return round((value - first) / (at_ms - first_ms) * 60_000, 9)
     return None
 
 
