@@ -330,6 +330,11 @@ def _reload(path: Path) -> int:
     before = ReloadAnswer.read(answers)
     try:
         os.kill(pid, signal.SIGHUP)
+    except PermissionError:
+        print(f"gateway {pid} runs for {path}, but this user may not signal it: run this "
+              "as the gateway's user, or `systemctl reload community-gateway`",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except OSError as exc:
         print(f"no running gateway for {path} (pid {pid}: {exc})", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -35,7 +36,8 @@ class _Exposition:
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+            shown = _sample(value)
+            self.lines.append(f"{name}{{{text}}} {shown}" if text else f"{name} {shown}")
 
     def histogram(self, name: str, help_text: str, histogram: LatencyHistogram) -> None:
         self.lines.append(f"# HELP {name} {help_text}")
@@ -46,11 +48,23 @@ class _Exposition:
             self.lines.append(f'{name}_bucket{{le="{bound:g}"}} {total}')
         total += histogram.counts[-1]
         self.lines.append(f'{name}_bucket{{le="+Inf"}} {total}')
-        self.lines.append(f"{name}_sum {histogram.sum_s:g}")
+        self.lines.append(f"{name}_sum {_sample(histogram.sum_s)}")
         self.lines.append(f"{name}_count {total}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+def _sample(value: float) -> str:
+    """A sample's value in full: `:g` keeps six digits, and a counter past a million
+    would move in steps of ten."""
+    if isinstance(value, int) or (math.isfinite(value) and value.is_integer()):
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
 
 
 def render(

@@ -73,7 +73,8 @@ def push_dashboards(
                 payload["folderUid"] = folder_uid
             try:
                 response = http.post(endpoint, json=payload)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                # A mistyped address (a port of letters, an unclosed [) is not an HTTPError.
                 reason = credential.redact(str(exc) or type(exc).__name__)
                 raise PushError(f"cannot reach Grafana at {shown}: {reason}") from exc
             if response.status_code == 401:

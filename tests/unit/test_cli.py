@@ -1,5 +1,6 @@
 """The `run` command: its signals, in a process of its own, and what stops it starting."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -79,3 +80,45 @@ def test_reload_refuses_a_registry_sheet_saved_empty(
     )
     assert main(["reload", "--config", str(config)]) == 2
     assert f"{registry}: names no device" in capsys.readouterr().err
+
+
+def test_reload_does_not_call_a_running_gateway_it_may_not_signal_absent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run as a user who may not signal the gateway, reload says so: not that no gateway
+    # runs, which would send an administrator to start a second one.
+    outbox = tmp_path / "outbox.sqlite3"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"mqtt: null\noutbox: {{path: {outbox}}}\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_PID_FILE, str(outbox.with_suffix(".pid"))],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+
+        def not_permitted(pid: int, signum: int) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "kill", not_permitted)
+        assert main(["reload", "--config", str(config)]) == 1
+    finally:
+        monkeypatch.undo()
+        holder.kill()
+        holder.communicate()
+    err = capsys.readouterr().err
+    assert str(holder.pid) in err
+    assert "no running gateway" not in err, err
+
+
+HOLD_THE_PID_FILE = """
+import sys
+from pathlib import Path
+from gateway.store.lock import PidLock
+PidLock.take(Path(sys.argv[1]), "another gateway")
+print("held", flush=True)
+sys.stdin.read()
+"""

@@ -137,3 +137,20 @@ def test_notifications_and_escalations_with_escaped_labels() -> None:
     assert 'gateway_write_latency_seconds_bucket{le="+Inf"} 4' in lines
     assert "gateway_write_latency_seconds_count 4" in lines
     assert "gateway_write_latency_seconds_sum 60.553" in lines
+
+
+def test_metrics_counters_above_a_million_are_exposed_exactly() -> None:
+    # Prometheus takes rates from a counter's exact value: past a million lines, six
+    # significant digits would move it in steps of ten.
+    stats = Stats(lines_stored=1_234_567, outbox_depth=2_345_678)
+    stats.rejected_by_reason["not_json"] = 1_000_001
+    text = render(stats, Counter(), 0)
+    assert exposed(text, "gateway_lines_stored_total") == 1_234_567
+    assert exposed(text, "gateway_outbox_depth_lines") == 2_345_678
+    assert 'gateway_rejected_messages_total{reason="not_json"} 1000001' in text.splitlines()
+
+
+def exposed(text: str, name: str) -> float:
+    """The value of the unlabelled sample `name` in a Prometheus exposition."""
+    (value,) = [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)

@@ -201,3 +201,17 @@ def test_an_answer_that_is_not_grafanas_api_is_a_clear_error(
         assert main(["push-dashboards", "--url", url, "--token", TOKEN]) == 1
     err = capsys.readouterr().err
     assert "not Grafana's API" in err and "Sign in" in err
+
+
+def test_push_dashboards_names_a_mistyped_address_rather_than_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A port mistyped in the address is said as an error naming it, not a traceback.
+    for url in ("http://grafana.example:30o0", "http://grafana.example:3000:3000"):
+        try:
+            code = main(["push-dashboards", "--url", url, "--token", "glsa_token"])
+        except Exception as exc:
+            pytest.fail(f"{url}: raised {type(exc).__name__}: {exc}")
+        assert code in (1, 2)
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and url in err
