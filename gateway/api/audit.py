@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from gateway.errors import StoreError
 from gateway.store.database import open_book
 
 _SCHEMA = """
@@ -71,14 +73,18 @@ class AuditLog:
         shown: Sequence[Shown],
         via: str,
     ) -> None:
-        """One row per device whose personal data was shown whole."""
+        """One row per device whose personal data was shown whole; StoreError if it
+        cannot be recorded (a full disk)."""
         with self._lock:
-            self._conn.executemany(
-                "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((at_ms, actor, role, community, device_id, what, via)
-                 for community, device_id, what in shown),
-            )  # fmt: skip
+            try:
+                self._conn.executemany(
+                    "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ((at_ms, actor, role, community, device_id, what, via)
+                     for community, device_id, what in shown),
+                )  # fmt: skip
+            except sqlite3.Error as exc:
+                raise StoreError(f"the read could not be audited: {exc}", retryable=True) from exc
 
     def forget_before(self, before_ms: int, limit: int) -> int:
         """Removes at most `limit` of the oldest rows recorded before `before_ms`, found

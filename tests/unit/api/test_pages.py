@@ -1,11 +1,13 @@
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin
 
+import httpx
 import pytest
 from itsdangerous import URLSafeSerializer
 
@@ -626,3 +628,29 @@ async def test_a_step_s_address_opened_again_leads_to_the_alert_s_page(site: Sit
     assert again.status_code == 200 and again.headers["content-type"].startswith("text/html")
     assert str(again.url) == f"http://gw.test{path}"
     assert "接单" in again.text
+
+
+async def test_a_link_page_on_a_full_disk_still_shows_the_fall(
+    tmp_path: Path,
+) -> None:
+    # On a disk that takes no more, the read cannot be audited: the one sent to a fall
+    # still sees the page, whom to call and where to go.
+    async with open_site(tmp_path, ManualClock(T0)) as site:
+        alert_id = await site.fall()
+        assert site.gateway.api is not None
+        conn = site.gateway.api.context.audit._conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for n in range(100_000):
+                conn.execute(
+                    "INSERT INTO audit (at_ms, actor, role, community, device_id, what, via)"
+                    " VALUES (0, ?, 'x', 'x', 'x', 'x', 'x')",
+                    (f"filler-{n}",),
+                )
+        # As a browser sees it: an error the app does not handle becomes a response.
+        transport = httpx.ASGITransport(app=site.gateway.api.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            page = await client.get(link_path(site, alert_id))
+    assert page.status_code == 200
+    assert "跌倒" in page.text
