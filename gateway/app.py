@@ -228,7 +228,9 @@ class Gateway:
             config.outbox, bulk_elsewhere=self._telemetry_apart(config), recover_damaged=True
         )
         self.alerts = AlertBook(config.outbox.path)
-        self.silences = SilenceBook(config.outbox.path, self.registry)
+        self.silences = SilenceBook(
+            config.outbox.path, self.registry, all_registered=config.ingest.require_registered
+        )
         redelivery, alarm_redelivery = self._redelivery_filters(config)
         ingest = config.ingest
         decoder = Decoder.configured(self.profiles, self.registry, ingest)

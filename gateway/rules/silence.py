@@ -121,8 +121,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 class SilenceBook:
-    def __init__(self, path: Path, registry: Registry) -> None:
+    def __init__(self, path: Path, registry: Registry, *, all_registered: bool = False) -> None:
+        """`all_registered`: only registered devices are taken in (a community without
+        one has none to mute)."""
         self._registry = registry
+        self._all_registered = all_registered
         self._conn = open_book(path, _SCHEMA, "silences", migrate=_migrate)
         # Writes come from the API's worker threads (see open_book), one at a time.
         self._lock = threading.Lock()
@@ -171,7 +174,8 @@ class SilenceBook:
             if named and not community:
                 raise SilenceError(f"{level} is named within its community")
         cell = (community or "", area, compound, building)
-        if (area or compound or building) and not self._registry.holds(cell):
+        placed = bool(area or compound or building) or bool(community and self._all_registered)
+        if placed and not self._registry.holds(cell):
             # Matched against the place the registry gives a device, it would mute nothing.
             shown = "/".join(p for p in cell if p)
             raise SilenceError(f"no registered device is in {shown}")

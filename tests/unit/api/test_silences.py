@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.clock import ManualClock
 from tests.unit.api.conftest import (
     ADMIN,
@@ -14,6 +15,8 @@ from tests.unit.api.conftest import (
     WORKER,
     Site,
     open_site,
+    serve_site,
+    site_config,
 )
 
 # Building 3 of compound hillside too, as building numbers repeat across the compounds
@@ -264,3 +267,21 @@ async def test_a_silence_ending_in_the_past_says_so_when_its_start_is_left_out(
     )  # fmt: skip
     assert made.status_code == 422
     assert made.json()["detail"].startswith(f"ends_ms {T0 // 1000 + 3600} is already past")
+
+
+async def test_a_silence_of_a_community_no_device_can_be_in_is_refused(tmp_path: Path) -> None:
+    # With only registered devices taken in, a silence of a misspelt community (lyg for
+    # lgy) would mute nothing: refused, as a place without a device is.
+    config = site_config(tmp_path, registry_text=TWO_COMMUNITIES)
+    config = config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"require_registered": True})}
+    )
+    clock = ManualClock(T0)
+    async with serve_site(Gateway(config, clock), clock) as site:
+        made = await site.post(
+            "/api/v1/silences",
+            ADMIN,
+            json={"community": "lyg", "ends_ms": T0 + 3_600_000, "reason": "检修"},
+        )
+        assert made.status_code == 422, made.text
+        assert "lyg" in made.json()["detail"]
