@@ -174,7 +174,7 @@ class RuleEngine:
         self._forget_evaluators()
         for registered in changes.no_longer():
             self.heard.forget(_ref(registered))
-        self._rates.forget([(d.community, d.device_id) for d in changes.no_longer()])
+        self._forget_devices([(d.community, d.device_id) for d in changes.no_longer()])
         for registered in changes.newly():
             device = _ref(registered)
             if self.heard.get(device) is None:
@@ -228,7 +228,21 @@ class RuleEngine:
             device_type = self.heard.type_of(community, device_id)
             if device_type is not None:
                 self.heard.forget(DeviceRef(community, device_type, device_id))
+        self._forget_devices(gone)
+
+    def _forget_devices(self, gone: Sequence[tuple[str, str]]) -> None:
+        """The rate windows and rule timers of devices taken out: a timer kept would
+        hold its closed alert from retention for ever."""
         self._rates.forget(gone)
+        taken_out = set(gone)
+        dropped = [
+            key
+            for key, track in self.tracks.items()
+            if (key[1], key[2]) in taken_out and key[0] not in self._correlation
+        ]
+        for key in dropped:
+            del self.tracks[key]
+        self._dirty.update(dropped)
 
     def restore_seen(self, saved: Iterable[tuple[DeviceRef, int]]) -> None:
         """When devices were last heard, as saved before a restart."""

@@ -21,14 +21,16 @@ from gateway.store.database import open_book
 from tests.unit.api.conftest import (
     ADMIN,
     OPERATOR,
+    REGISTRY,
     T0,
     WORKER,
     Site,
     open_site,
     serve_site,
     site_config,
+    ten_silent_minutes,
 )
-from tests.unit.api.test_registry_reload import shipped_rules_in
+from tests.unit.api.test_registry_reload import config_file, edit_registry, shipped_rules_in
 
 DAY_S = 24 * 3600
 HOUR_S = 3600
@@ -523,3 +525,28 @@ async def test_a_closed_alert_of_a_rule_taken_out_is_let_go_in_its_time(
             await _later(site, 31 * DAY_S)
             assert site.gateway.retention.prune().alerts == 1
             assert (await site.get(f"/api/v1/alerts/{fire}")).status_code == 404
+
+
+async def test_a_closed_offline_alert_of_a_device_taken_out_is_let_go_in_its_time(
+    tmp_path: Path,
+) -> None:
+    # A resident moves away: the bracelet's offline alert is closed and the bracelet taken
+    # out of the sheet. Its timer goes with it, and the closed alert is let go in its time.
+    clock = ManualClock(T0)
+    async with open_site(tmp_path, clock, retention=KEPT_30_DAYS) as site:
+        await ten_silent_minutes(site)
+        offline = {
+            a.device_id: a.alert_id
+            for a in site.gateway.alerts.open_alerts()
+            if a.rule == "device_offline"
+        }
+        alert_id = offline["br-1"]
+        await _close(site, alert_id)
+        path = config_file(site, tmp_path)
+        br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
+        edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+        assert (await site.gateway.reload(path)).taken
+        await _later(site, 31 * DAY_S)
+        await _later(site, 60)
+        site.gateway.retention.prune()
+        assert (await site.get(f"/api/v1/alerts/{alert_id}")).status_code == 404
