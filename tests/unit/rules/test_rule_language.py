@@ -278,4 +278,3 @@ def test_a_rule_asking_another_rate_window_of_a_field_is_refused(tmp_path: Path)
     assert isinstance(error, ConfigError)
     assert error.field == "rule slow_heating: rates.temperature_c"
     assert "thermal_runaway_risk (charging_shed.yaml)" in error.problem
-
