@@ -193,45 +193,29 @@ def test_a_resumed_mqtt_3_1_1_session_is_subscribed_to_filters_configured_since(
     # the alarm connection's session already exists, and the main connection drops the
     # vendor filter as retired. Unless subscribed here, every ACME frame, fire alarms
     # included, would reach no connection.
-    vendor = "vendor/acme-smoke/+/up"
-    sub = Mqtt3Subscriber(
-        MqttConfig(protocol="3.1.1"), ManualClock(),
-        topics=["community/+/+/+/event", vendor], client_id="community-gateway-alarms",
-        added=[vendor],
-    )  # fmt: skip
-    subscribed = subscriptions_asked(sub)
-    recorded: list[list[str]] = []
-    sub.on_subscribed = lambda topics: recorded.append(list(topics))
+    sub, subscribed, recorded = vendor_filter_added_to_the_alarm_session()
     sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
     # The new filter alone: the ones the session holds would have the broker send every
     # retained status again.
-    assert subscribed == [[vendor]]
+    assert subscribed == [[VENDOR]]
     sub._on_subscribe(sub._client, None, 1, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
-    assert recorded == [[vendor]]
+    assert recorded == [[VENDOR]]
     # Held by the session from then on: the next resumed connect subscribes nothing.
     sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
-    assert subscribed == [[vendor]]
+    assert subscribed == [[VENDOR]]
 
 
 def test_a_filter_the_mqtt_3_1_1_broker_refused_is_asked_for_again() -> None:
     # An ACL that denies the subscription (SUBACK 0x80): the filter is not the session's,
     # and the next connect, or a later try, asks for it again once the ACL is mended.
-    vendor = "vendor/acme-smoke/+/up"
-    sub = Mqtt3Subscriber(
-        MqttConfig(protocol="3.1.1"), ManualClock(),
-        topics=["community/+/+/+/event", vendor], client_id="community-gateway-alarms",
-        added=[vendor],
-    )  # fmt: skip
-    subscribed = subscriptions_asked(sub)
-    recorded: list[list[str]] = []
-    sub.on_subscribed = lambda topics: recorded.append(list(topics))
+    sub, subscribed, recorded = vendor_filter_added_to_the_alarm_session()
     sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
     sub._on_subscribe(sub._client, None, 1, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
-    assert (recorded, sub.refused) == ([], (vendor,))
+    assert (recorded, sub.refused) == ([], (VENDOR,))
     sub._on_connect(sub._client, None, RESUMED, CONNECTED, None)
-    assert subscribed == [[vendor], [vendor]]
+    assert subscribed == [[VENDOR], [VENDOR]]
     sub._on_subscribe(sub._client, None, 2, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
-    assert (recorded, sub.refused) == ([[vendor]], ())
+    assert (recorded, sub.refused) == ([[VENDOR]], ())
 
 
 async def test_a_refused_subscription_is_a_fault_and_the_gateway_not_ready(
@@ -263,6 +247,24 @@ async def test_a_refused_subscription_is_a_fault_and_the_gateway_not_ready(
         assert gateway.refused_subscriptions() == ["community/+/+/+/event"]
     finally:
         gateway.close()
+
+
+VENDOR = "vendor/acme-smoke/+/up"
+
+
+def vendor_filter_added_to_the_alarm_session() -> tuple[
+    Mqtt3Subscriber, list[list[str]], list[list[str]]
+]:
+    """An alarm connection on a 3.1.1 broker given the vendor filter since its session
+    was made; the filters each SUBSCRIBE asks for, and those recorded as the session's."""
+    sub = Mqtt3Subscriber(
+        MqttConfig(protocol="3.1.1"), ManualClock(),
+        topics=["community/+/+/+/event", VENDOR], client_id="community-gateway-alarms",
+        added=[VENDOR],
+    )  # fmt: skip
+    recorded: list[list[str]] = []
+    sub.on_subscribed = lambda topics: recorded.append(list(topics))
+    return sub, subscriptions_asked(sub), recorded
 
 
 def subscriptions_asked(sub: Mqtt3Subscriber) -> list[list[str]]:

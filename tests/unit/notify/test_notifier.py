@@ -475,16 +475,23 @@ def with_wang_fangs_quiet_hours(rig: Rig, hours: str | None) -> None:
     rig.notifier.use_policy(policy, Router(policy, REGISTRY, ZONE), dict(rig.channels))
 
 
+async def a_low_battery_held_for_the_night(tmp_path: Path) -> Rig:
+    """A low battery at 23:00, held for wang-fang's quiet hours (she is on duty around
+    the clock) until 07:00."""
+    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
+    wang_fang_on_duty_around_the_clock(rig)
+    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
+    await rig.after(0)
+    return rig
+
+
 @pytest.mark.parametrize(("hours", "goes_after_s"), [("22:00-06:00", 7 * 3600), (None, 0)])
 async def test_a_notice_held_for_quiet_hours_a_reload_shortened_goes_at_their_new_end(
     tmp_path: Path, hours: str | None, goes_after_s: int
 ) -> None:
     # A low battery at 23:00, held for wang-fang's quiet hours until 07:00; her quiet
     # hours then end at 06:00, or are taken away: she hears of it then, not at 07:00.
-    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
-    wang_fang_on_duty_around_the_clock(rig)
-    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
-    await rig.after(0)
+    rig = await a_low_battery_held_for_the_night(tmp_path)
     assert rig.sent() == []
     with_wang_fangs_quiet_hours(rig, hours)
     await rig.after(goes_after_s)
@@ -494,10 +501,7 @@ async def test_a_notice_held_for_quiet_hours_a_reload_shortened_goes_at_their_ne
 async def test_a_notice_held_for_quiet_hours_a_reload_lengthened_waits_for_their_new_end(
     tmp_path: Path,
 ) -> None:
-    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
-    wang_fang_on_duty_around_the_clock(rig)
-    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
-    await rig.after(0)
+    rig = await a_low_battery_held_for_the_night(tmp_path)
     with_wang_fangs_quiet_hours(rig, "22:00-08:00")
     await rig.after(8 * 3600)
     assert rig.sent() == []
@@ -509,10 +513,7 @@ async def test_a_notice_held_for_quiet_hours_of_a_receiver_taken_out_is_not_sent
     tmp_path: Path,
 ) -> None:
     # wang-fang leaves the job at a reload: her held notice is not sent her at 23:01.
-    rig = Rig(tmp_path / "outbox.sqlite3", clock=ManualClock(T0 + 15 * 3600 * 1000))
-    wang_fang_on_duty_around_the_clock(rig)
-    rig.feed(Reading(SMOKE, rig.clock.now_ms(), TimeSource.DEVICE, {"battery_pct": 10}))
-    await rig.after(0)
+    rig = await a_low_battery_held_for_the_night(tmp_path)
     data = POLICY.model_dump(by_alias=True)
     data["receivers"] = [r for r in data["receivers"] if r["name"] != "wang-fang"]
     data["rosters"][0]["shifts"] = [{"receiver": "li-na", "hours": "00:00-00:00"}]
