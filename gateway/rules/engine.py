@@ -231,14 +231,18 @@ class RuleEngine:
         self._forget_devices(gone)
 
     def _forget_devices(self, gone: Sequence[tuple[str, str]]) -> None:
-        """The rate windows and rule timers of devices taken out: a timer kept would
-        hold its closed alert from retention for ever."""
+        """The rate windows of devices taken out, and the rule timers of their alerts a
+        person closed: one kept would hold the closed alert from retention for ever. An
+        open alert's stays: a device still reporting (taken in unregistered) ends it,
+        rather than raising a second."""
         self._rates.forget(gone)
         taken_out = set(gone)
         dropped = [
             key
             for key, track in self.tracks.items()
-            if (key[1], key[2]) in taken_out and key[0] not in self._correlation
+            if (key[1], key[2]) in taken_out
+            and key[0] not in self._correlation
+            and (not track.firing or self.closed(track.alert_id))
         ]
         for key in dropped:
             del self.tracks[key]
