@@ -3,25 +3,34 @@ field when it loads, never left to go unnoticed while the gateway runs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from gateway import PROJECT_ROOT
 from gateway.errors import ConfigError
 from gateway.rules.rule import load_rules
 from tests.catalogue import SHIPPED_PROFILES
 
 
-def _rule_folder(tmp_path: Path, text: str, name: str = "extra.yaml") -> Path:
+def _rule_folder(
+    tmp_path: Path, text: str, name: str = "extra.yaml", *, shipped: bool = False
+) -> Path:
+    """A rule folder holding `text` as `name` (and the shipped rule files, if asked)."""
     folder = tmp_path / "rules"
     folder.mkdir()
+    if shipped:
+        for path in (PROJECT_ROOT / "alert_rules").iterdir():
+            shutil.copy(path, folder / path.name)
     (folder / name).write_text(text, encoding="utf-8")
     return folder
 
 
-def _refused(tmp_path: Path, text: str) -> ConfigError:
-    """The error loading a rule folder of `text` alone raises, which names its file."""
-    folder = _rule_folder(tmp_path, text)
+def _refused(tmp_path: Path, text: str, *, shipped: bool = False) -> ConfigError:
+    """The error loading a rule folder of `text` (beside the shipped rule files, if
+    asked) raises, which names its file."""
+    folder = _rule_folder(tmp_path, text, shipped=shipped)
     with pytest.raises(ConfigError) as info:
         load_rules(folder, SHIPPED_PROFILES)
     assert info.value.file == str(folder / "extra.yaml")
