@@ -392,6 +392,29 @@ def telemetry(site: Site, **fields: Any) -> dict[str, Any]:
     return {"ts": site.clock.now_ms(), **fields}
 
 
+# The resident of br-1 moved from hgy to lgy, both served by the gateway.
+MOVED_TO_LGY = REGISTRY.replace(
+    "br-1,bracelet,hgy,east,lakeside,3,", "br-1,bracelet,lgy,north,pine,7,"
+)
+
+
+async def offline_after_ten_minutes_reporting_from_lgy(site: Site) -> list[tuple[str, str]]:
+    """br-1 reporting from lgy every minute for ten minutes, the rules judging each: the
+    (community, device id) of the offline alerts open then."""
+    for _ in range(10):
+        site.clock.advance(60)
+        await site.send(
+            "community/lgy/bracelet/br-1/telemetry",
+            telemetry(site, heart_rate_bpm=72, worn=True, battery_pct=80),
+        )
+        await tick(site)
+    return [
+        (a.community, a.device_id)
+        for a in site.gateway.alerts.open_alerts()
+        if a.rule == "device_offline"
+    ]
+
+
 async def test_a_bracelet_moved_to_another_community_is_not_left_offline_in_the_old_one(
     tmp_path: Path,
 ) -> None:
@@ -400,20 +423,9 @@ async def test_a_bracelet_moved_to_another_community_is_not_left_offline_in_the_
     # which no message could ever resolve.
     async with opened(tmp_path) as site:
         path = config_file(site, tmp_path)
-        moved = REGISTRY.replace(
-            "br-1,bracelet,hgy,east,lakeside,3,", "br-1,bracelet,lgy,north,pine,7,"
-        )
-        edit_registry(tmp_path, moved)
+        edit_registry(tmp_path, MOVED_TO_LGY)
         await site.gateway.reload(path)
-        for _ in range(10):
-            site.clock.advance(60)
-            await site.send(
-                "community/lgy/bracelet/br-1/telemetry",
-                telemetry(site, heart_rate_bpm=72, worn=True, battery_pct=80),
-            )
-            await tick(site)
-        offline = [(a.community, a.device_id) for a in site.gateway.alerts.open_alerts()
-                   if a.rule == "device_offline"]  # fmt: skip
+        offline = await offline_after_ten_minutes_reporting_from_lgy(site)
         assert ("lgy", "br-1") not in offline
         assert ("hgy", "br-1") not in offline
 
@@ -676,25 +688,11 @@ async def test_a_bracelet_moved_to_another_community_while_stopped_is_not_offlin
 ) -> None:
     # Moved to another community while the gateway was stopped: reporting from the new
     # one, it is not found offline in the old.
-    moved = REGISTRY.replace(
-        "br-1,bracelet,hgy,east,lakeside,3,", "br-1,bracelet,lgy,north,pine,7,"
-    )
     async with opened(tmp_path) as site:
         record_registry(site)
         await tick(site)
-    async with opened(tmp_path, moved) as site:
-        for _ in range(10):
-            site.clock.advance(60)
-            await site.send(
-                "community/lgy/bracelet/br-1/telemetry",
-                telemetry(site, heart_rate_bpm=72, worn=True, battery_pct=80),
-            )
-            await tick(site)
-        offline = [
-            (a.community, a.device_id)
-            for a in site.gateway.alerts.open_alerts()
-            if a.rule == "device_offline"
-        ]
+    async with opened(tmp_path, MOVED_TO_LGY) as site:
+        offline = await offline_after_ten_minutes_reporting_from_lgy(site)
         assert ("hgy", "br-1") not in offline
 
 
