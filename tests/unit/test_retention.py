@@ -21,7 +21,6 @@ from gateway.store.database import open_book
 from tests.unit.api.conftest import (
     ADMIN,
     OPERATOR,
-    REGISTRY,
     T0,
     WORKER,
     Site,
@@ -30,7 +29,12 @@ from tests.unit.api.conftest import (
     site_config,
     ten_silent_minutes,
 )
-from tests.unit.api.test_registry_reload import config_file, edit_registry, shipped_rules_in
+from tests.unit.api.test_registry_reload import (
+    WITHOUT_BR_1,
+    config_file,
+    edit_registry,
+    shipped_rules_in,
+)
 
 DAY_S = 24 * 3600
 HOUR_S = 3600
@@ -543,8 +547,7 @@ async def test_a_closed_offline_alert_of_a_device_taken_out_is_let_go_in_its_tim
         alert_id = offline["br-1"]
         await _close(site, alert_id)
         path = config_file(site, tmp_path)
-        br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
-        edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+        edit_registry(tmp_path, WITHOUT_BR_1)
         assert (await site.gateway.reload(path)).taken
         await _later(site, 31 * DAY_S)
         await _later(site, 60)

@@ -126,8 +126,7 @@ async def test_a_device_taken_out_of_the_registry_is_shown_as_unregistered(
 ) -> None:
     path = config_file(site, tmp_path)
     await site.fall("br-1")
-    br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
-    edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+    edit_registry(tmp_path, WITHOUT_BR_1)
     await site.gateway.reload(path)
     device = (await site.get("/api/v1/devices/hgy/br-1")).json()
     # What it sent before is still shown; whose it was, no longer.
@@ -392,6 +391,10 @@ def telemetry(site: Site, **fields: Any) -> dict[str, Any]:
     return {"ts": site.clock.now_ms(), **fields}
 
 
+# The registry with resident br-1 taken out.
+WITHOUT_BR_1 = "".join(
+    line for line in REGISTRY.splitlines(keepends=True) if not line.startswith("br-1,")
+)
 # The resident of br-1 moved from hgy to lgy, both served by the gateway.
 MOVED_TO_LGY = REGISTRY.replace(
     "br-1,bracelet,hgy,east,lakeside,3,", "br-1,bracelet,lgy,north,pine,7,"
@@ -461,13 +464,12 @@ async def test_a_device_taken_out_of_the_registry_is_not_found_offline(tmp_path:
     # With only registered devices taken in, a resident's bracelet is taken out of the
     # sheet (the resident moved away): it is not found offline, in an alert its refused
     # messages could never resolve.
-    br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
     async with opened(tmp_path, require_registered=True) as site:
         # Watched from the start, and saved as such.
         record_registry(site)
         await tick(site)
         path = config_file(site, tmp_path)
-        edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+        edit_registry(tmp_path, WITHOUT_BR_1)
         await site.gateway.reload(path)
         assert site.gateway.registry.get("hgy", "br-1") is None
         for _ in range(10):
@@ -475,7 +477,7 @@ async def test_a_device_taken_out_of_the_registry_is_not_found_offline(tmp_path:
             await tick(site)
         assert "br-1" not in open_rules(site, "device_offline")
     # Nor after a restart: what was saved of it was let go with it.
-    async with opened(tmp_path, REGISTRY.replace(br_1, ""), require_registered=True) as site:
+    async with opened(tmp_path, WITHOUT_BR_1, require_registered=True) as site:
         for _ in range(10):
             site.clock.advance(60)
             await tick(site)
@@ -526,8 +528,7 @@ async def test_an_open_alert_of_a_device_taken_out_stays_in_its_cell_where_it_be
     # has it keeps it, sees where to go, and closes it where dashboards show it open.
     path = config_file(site, tmp_path)
     alert_id = await site.fall("br-1")
-    br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
-    edit_registry(tmp_path, REGISTRY.replace(br_1, ""))
+    edit_registry(tmp_path, WITHOUT_BR_1)
     await site.gateway.reload(path)
 
     seen = await site.get(f"/api/v1/alerts/{alert_id}", WORKER)
@@ -670,12 +671,11 @@ async def test_a_device_taken_out_while_the_gateway_was_stopped_is_not_found_off
     # Taken out of the sheet while the gateway was stopped (an upgrade, a restart rather
     # than a reload), with only registered devices taken in: not found offline at the start,
     # in an alert its refused messages could never resolve.
-    br_1 = next(line for line in REGISTRY.splitlines(keepends=True) if line.startswith("br-1,"))
     async with opened(tmp_path, require_registered=True) as site:
         # Watched from the start, and saved as such.
         record_registry(site)
         await tick(site)
-    async with opened(tmp_path, REGISTRY.replace(br_1, ""), require_registered=True) as site:
+    async with opened(tmp_path, WITHOUT_BR_1, require_registered=True) as site:
         assert site.gateway.registry.get("hgy", "br-1") is None
         for _ in range(10):
             site.clock.advance(60)
