@@ -247,6 +247,8 @@ class Mqtt3Subscriber(Subscription):
             )
             return
         self._connected_anew(flags.session_present)
+        # A SUBACK the lost connection never had will not come.
+        self._asked.clear()
         # A resumed session holds its filters: subscribed again, they would have the
         # broker send every retained status once more (MQTT 3.1.1 has no retain
         # handling). Those configured since it was last subscribed, it does not hold.

@@ -235,6 +235,8 @@ class RuleEngine:
         person closed: one kept would hold the closed alert from retention for ever. An
         open alert's stays: a device still reporting (taken in unregistered) ends it,
         rather than raising a second."""
+        if not gone:
+            return  # most starts: no timer to look through
         self._rates.forget(gone)
         taken_out = set(gone)
         dropped = [
