@@ -247,24 +247,33 @@ class _SentByType:
 
     names: dict[str, frozenset[str]]
     events: dict[str, frozenset[str]]
+    # The profiles' types of each field, by device type (`event` is text).
+    kinds_of: dict[str, dict[str, frozenset[str]]]
 
     @classmethod
     def of(cls, profiles: ProfileSet) -> _SentByType:
         names: dict[str, set[str]] = {}
         events: dict[str, set[str]] = {}
+        kinds_of: dict[str, dict[str, set[str]]] = {}
         for profile in profiles.by_name.values():
             # Every record has `event` ("" for a reading) and `port` (None but for a part).
             known = names.setdefault(profile.device_type, {"event", "port"})
-            known.update(profile.telemetry.fields)
+            typed = kinds_of.setdefault(profile.device_type, {"event": {"string"}})
+            declared = [profile.telemetry.fields]
             if profile.telemetry.parts is not None:
-                known.update(profile.telemetry.parts.fields)
+                declared.append(profile.telemetry.parts.fields)
             kinds = events.setdefault(profile.device_type, set())
             if profile.events is not None:
-                known.update(profile.events.fields)
+                declared.append(profile.events.fields)
                 kinds.update(profile.events.kinds)
+            for fields in declared:
+                known.update(fields)
+                for field, spec in fields.items():
+                    typed.setdefault(field, set()).add(spec.type)
         return cls(
             {t: frozenset(n) for t, n in names.items()},
             {t: frozenset(k) for t, k in events.items()},
+            {t: {f: frozenset(k) for f, k in typed.items()} for t, typed in kinds_of.items()},
         )
 
     def check(self, rule: Rule, path: Path) -> None:
@@ -307,6 +316,64 @@ class _SentByType:
                     f"{label}: condition",
                     f"no event {kind!r} is sent by {_either(types)}; their events: {sorted(kinds)}",
                 )
+        typed: dict[str, set[str]] = {}
+        for device_type in types:
+            for field, field_kinds in self.kinds_of[device_type].items():
+                typed.setdefault(field, set()).update(field_kinds)
+        for tree in trees:
+            problem = _mistyped_comparison(tree, typed)
+            if problem:
+                raise ConfigError(str(path), f"{label}: condition", problem)
+
+
+# What a constant of a condition can equal, by the profiles' field types. Python's
+# `1 == True` makes numbers and yes/no comparable, and a rule relying on it still works.
+_COMPARABLE = {
+    "string": frozenset({"string"}),
+    "bool": frozenset({"bool", "int", "float"}),
+    "number": frozenset({"int", "float", "bool"}),
+}
+
+
+def _constant_kind(node: ast.expr) -> str | None:
+    """`string`, `bool` or `number` for a constant of a condition, else None."""
+    if isinstance(node, ast.Name) and node.id in ("true", "false"):
+        return "bool"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return "string"
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return "number"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return "number" if _constant_kind(node.operand) == "number" else None
+    return None
+
+
+def _mistyped_comparison(tree: ast.expr, typed: dict[str, set[str]]) -> str | None:
+    """What is wrong with a comparison of a field with a constant it can never equal
+    (`alarm == 'true'` on a yes/no field is false at every report, and the fire rule
+    would never fire), or None."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        fields = [o.id for o in operands if isinstance(o, ast.Name) and o.id in typed]
+        for field in fields:
+            for operand in operands:
+                items = operand.elts if isinstance(operand, ast.Tuple | ast.List) else [operand]
+                for item in items:
+                    kind = _constant_kind(item)
+                    if kind is not None and not _COMPARABLE[kind] & typed[field]:
+                        declared = " or ".join(sorted(typed[field]))
+                        return (
+                            f"{ast.unparse(node)!r} compares {field}, a {declared} field, "
+                            f"with {ast.unparse(item)}, which it never equals"
+                            + (
+                                ": write true or false without quotes"
+                                if "bool" in typed[field]
+                                else ""
+                            )
+                        )
+    return None
 
 
 def _either(types: list[str]) -> str:

@@ -12,8 +12,9 @@ from gateway.decode.record import DeviceRef, FieldValue, Reading, TimeSource
 from gateway.registry import Registry
 from gateway.rules.alert import AlertChange, AlertState
 from gateway.rules.engine import RuleEngine
-from tests.catalogue import shipped_rules
-from tests.unit.rules.test_rule_files import _refused
+from gateway.rules.rule import load_rules
+from tests.catalogue import SHIPPED_PROFILES, shipped_rules
+from tests.unit.rules.test_rule_files import _refused, _rule_folder
 
 T0 = 1_767_225_600_000  # 2026-01-01 08:00 in Shanghai
 SHED = DeviceRef("hgy", "charging_shed", "cs-1")
@@ -81,6 +82,44 @@ def test_a_bare_text_beside_or_is_refused_not_always_true(tmp_path: Path) -> Non
         "    when: event == 'sos' or 'fall'\n"
     )
     assert "help_needed" in _refused(tmp_path, text).field
+
+
+@pytest.mark.parametrize(
+    ("when", "named"),
+    [
+        ("alarm == 'true' or event == 'alarm'", "alarm"),
+        ("battery_pct == '10'", "battery_pct"),
+        ("event in ('alarm', 1)", "event"),
+        ("alarm in (true, 'yes')", "alarm"),
+    ],
+)
+def test_a_field_compared_with_a_value_it_never_equals_is_refused(
+    tmp_path: Path, when: str, named: str
+) -> None:
+    # `alarm == 'true'` is false at every report of a yes/no field: the fire rule would
+    # load and never fire.
+    text = (
+        "rules:\n"
+        "  - name: smoke_seen\n"
+        "    title: t\n"
+        "    device_types: [smoke_detector]\n"
+        "    severity: critical\n"
+        f'    when: "{when}"\n'
+    )
+    error = _refused(tmp_path, text)
+    assert "smoke_seen" in error.field and "condition" in error.field
+    assert named in error.problem
+
+
+def test_yes_no_fields_compared_with_true_false_or_numbers_load(tmp_path: Path) -> None:
+    # Python's 1 == True: a rule comparing a yes/no field with 1 works, and is kept.
+    folder = _rule_folder(
+        tmp_path,
+        "rules:\n"
+        "  - {name: smoke_seen, title: t, device_types: [smoke_detector], severity: info,\n"
+        "     when: 'alarm == 1 or alarm in (true,) or battery_pct == true'}\n",
+    )
+    assert [r.name for r in load_rules(folder, SHIPPED_PROFILES)] == ["smoke_seen"]
 
 
 @pytest.mark.parametrize(
