@@ -33,6 +33,7 @@ from gateway.heap import set_aside_startup_objects
 from gateway.logs import configure_logging
 from gateway.notify.policy import NotifyPolicy
 from simulators.fleet import Fleet
+from simulators.scenario import Scenario, resolve
 
 # Things to see go wrong during the demo, at these seconds after the start.
 SCENARIOS = ("malformed@4", "fire@6", "fall@9", "thermal_runaway@12", "lid_opened@15", "sos@18")
@@ -62,6 +63,22 @@ DEMO_POLICY = NotifyPolicy.model_validate(
         },
     }
 )
+
+
+def runnable_scenarios(fleet: Fleet) -> tuple[list[str], list[str]]:
+    """The demo's scenarios that the fleet can play, and why each other one cannot: a
+    small fleet (`--devices 5`) has no charging shed to heat, say."""
+    chosen: list[Scenario] = []
+    skipped: list[str] = []
+    for text in SCENARIOS:
+        scenario = Scenario.parse(text)
+        try:
+            resolve([*chosen, scenario], fleet.devices, fleet.seed)
+        except ValueError as exc:
+            skipped.append(str(exc))
+        else:
+            chosen.append(scenario)
+    return [str(s) for s in chosen], skipped
 
 
 def _free_port() -> int:
@@ -112,24 +129,33 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
     print("demo: no InfluxDB configured: points wait in the local outbox. Ctrl-C stops.")
     print(f"demo: alert board: {base_url}/board#token={operator_token}")
     print(f"demo: API (operator token {operator_token}): {base_url}/docs")
+    scenarios, skipped = runnable_scenarios(fleet)
+    for reason in skipped:
+        print(f"demo: left out {reason}")
     simulator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulators",
         "--host", "127.0.0.1", "--port", str(port),
         "--devices", str(devices), "--seed", str(seed),
         "--period-scale", str(period_scale),
         "--seconds", str(seconds if seconds is not None else 365 * 86400),
-        *(arg for scenario in SCENARIOS for arg in ("--scenario", scenario)),
+        *(arg for scenario in scenarios for arg in ("--scenario", scenario)),
         stdout=asyncio.subprocess.DEVNULL,
         # Its own session: Ctrl-C in the terminal reaches the demo, which stops it in order.
         start_new_session=True,
     )  # fmt: skip
     started_s = loop.time()
+    exit_code = 0
     try:
         while not stop.is_set() and not running.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             elapsed_s = loop.time() - started_s
             print(f"[{elapsed_s:5.0f} s] {gateway.stats.summary()}", flush=True)
+            if simulator.returncode not in (None, 0):
+                # Its error is above; a demo without devices would count nothing for ever.
+                print(f"demo: the device simulators stopped (exit {simulator.returncode})")
+                exit_code = 1
+                break
             if seconds is not None and elapsed_s >= seconds:
                 break
     finally:
@@ -141,4 +167,4 @@ async def run_demo(seconds: float | None, devices: int, period_scale: float, see
         await broker.shutdown()
     print(f"demo: done. {gateway.stats.summary()}")
     print(f"demo: outbox and quarantine in {config.outbox.path}")
-    return 0
+    return exit_code
