@@ -127,14 +127,32 @@ def run_simulation(options: SimulationOptions) -> SimulationReport:
     with ProcessPoolExecutor(
         max_workers=options.processes,
         mp_context=context,
-        initializer=os.nice,
-        initargs=(options.niceness,),
+        initializer=_start_publisher,
+        initargs=(options.niceness, os.getpid()),
     ) as pool:
         futures = [
             pool.submit(_publish_shard, options, index, start_ms)
             for index in range(options.processes)
         ]
         return SimulationReport.combine([f.result() for f in futures])
+
+
+# How often a publisher process looks whether the run that started it is still there.
+PARENT_CHECK_S = 0.5
+
+
+def _start_publisher(niceness: int, parent_pid: int) -> None:
+    """Lower the process's priority, and end it with the run that started it: a run
+    stopped by SIGTERM or SIGKILL (a CI job's timeout, the demo's stop) dies at once,
+    and its publishers would otherwise go on flooding the broker for the whole run."""
+    os.nice(niceness)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _shard_limit(options: SimulationOptions, index: int) -> int | None:

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -82,6 +85,46 @@ def test_run_simulation_publishes_to_a_real_broker(broker_port: int) -> None:
     # 400 messages at 800 msg/s: paced, so about half a second.
     assert 0.4 < report.elapsed_s < 4
     assert report.rate_msg_s > 0 and "msg/s" in report.summary()
+
+
+def _children_of(pid: int) -> set[int]:
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def test_publisher_processes_end_with_a_run_stopped_by_sigterm(broker_port: int) -> None:
+    # A CI job's timeout or the demo's stop ends the run with SIGTERM: its publishers
+    # must not go on flooding the broker for the rest of the run's minutes.
+    counter = _Counter(broker_port)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "simulators", "--port", str(broker_port), "--devices", "20",
+         "--processes", "2", "--rate", "200", "--seconds", "600"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        counter.wait_for(100, timeout_s=60)
+        assert counter.total() >= 100, "the run never published"
+        publishers = _children_of(run.pid)
+        assert len(publishers) >= 2
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while (left := {p for p in publishers if Path(f"/proc/{p}").exists()}) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert not left, "publisher processes outlived their run"
+    finally:
+        if run.poll() is None:
+            run.kill()
+        counter.close()
 
 
 def test_report_combines_processes() -> None:
