@@ -94,8 +94,11 @@ def _disk(ctx: ApiContext) -> CheckOut:
             f"{reserve.path} were given back, until it has room for them twice over",
         )
     used = outbox.size_bytes()
-    if used >= outbox.max_bytes:
+    if used >= outbox.full_at_bytes:
         return CheckOut(
-            name="disk", ok=False, detail=f"outbox full ({used} bytes): oldest lines are dropped"
+            name="disk",
+            ok=False,
+            detail=f"outbox full ({used} of {outbox.max_bytes} bytes): its oldest lines are "
+            "dropped to make room",
         )
     return CheckOut(name="disk", ok=True, detail=f"{free} bytes free; outbox {used} bytes")

@@ -736,6 +736,13 @@ class Outbox:
         with self._turn(self._drain_turn):
             return self._used_bytes(self._drain)
 
+    @property
+    def full_at_bytes(self) -> int:
+        """The size from which the outbox is full: each time it passes its bound the
+        oldest lines are dropped down to (1 - _EVICT_HEADROOM) of it, so an outbox losing
+        lines for want of room never stays at its bound itself."""
+        return int(self.max_bytes * (1 - 2 * _EVICT_HEADROOM))
+
 
 def _quarantine_bytes(conn: sqlite3.Connection) -> int:
     """The quarantine's size; summed once, for an outbox made before it was kept."""

@@ -138,6 +138,26 @@ async def test_readiness_says_while_the_disk_set_aside_is_given_back(site: Site)
     assert (await site.get("/health/ready", None)).status_code == 200
 
 
+async def test_readiness_says_while_the_outbox_drops_lines_at_its_bound(site: Site) -> None:
+    # A database that answers but falls behind: each time the outbox passes its bound
+    # the oldest lines go, which brings it back under; it is still full.
+    outbox = site.gateway.outbox
+    body = "x" * 1000
+    for t in range(0, 200, 10):
+        outbox.commit([f'm v="{body}" {t + i}' for i in range(10)], [])
+    outbox.max_bytes = outbox.size_bytes() + 50_000
+    assert (await site.get("/health/ready", None)).status_code == 200
+    evicted, t = 0, 200
+    while not evicted:
+        evicted = outbox.commit([f'm v="{body}" {t + i}' for i in range(10)], []).evicted_lines
+        t += 10
+    assert outbox.size_bytes() < outbox.max_bytes
+    ready = await site.get("/health/ready", None)
+    assert ready.status_code == 503
+    disk = {c["name"]: c for c in ready.json()["checks"]}["disk"]
+    assert "outbox full" in disk["detail"] and str(outbox.max_bytes) in disk["detail"]
+
+
 class _Influx2WithoutOrg(BaseHTTPRequestHandler):
     """Answers a ping, and refuses every write for want of the org, as InfluxDB 2.x."""
 
