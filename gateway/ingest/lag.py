@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from statistics import median
 
-from gateway.decode.record import Record, TimeSource
+from gateway.decode.record import Record, StatusReport, TimeSource
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,12 @@ class IngestLag:
         """A batch's records, taken in at `taken_in_ms`; those without the device's time
         tell nothing. The lag after them, as `lag_s`."""
         step = max(1, -(-len(records) // AGES_PER_BATCH))
+        # A port's reading comes with its shed's, in the same message: counted, the
+        # sheds, a tenth of the messages, would be half the figure.
         self._ages_ms.extend(
-            taken_in_ms - r.time_ms for r in records[::step] if r.time_source is _DEVICE
+            taken_in_ms - r.time_ms
+            for r in records[::step]
+            if r.time_source is _DEVICE and (isinstance(r, StatusReport) or r.port is None)
         )
         lag_s = self.lag_s
         if lag_s is None:

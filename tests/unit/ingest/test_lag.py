@@ -69,6 +69,16 @@ def test_a_batch_adds_at_most_its_share_of_ages() -> None:
     assert lag.lag_s == 0.5
 
 
+def test_a_message_counts_once_however_many_ports_it_reports() -> None:
+    # Sheds, whose ten ports come as records of their own, are not ten times the others.
+    lag = IngestLag()
+    shed = reading(0, 30.0)._replace(device=DeviceRef("hgy", "charging_shed", "cs-1"))
+    for _ in range(10):
+        ports = [shed._replace(port=p) for p in range(10)]
+        lag.observe([shed, *ports, reading(1, 1.0), reading(2, 1.0)], NOW_MS)
+    assert lag.lag_s == 1.0
+
+
 def settle(lag: IngestLag, age_s: float) -> None:
     """As many small batches of messages that old as the lag is taken over."""
     for i in range(AGES_KEPT):
