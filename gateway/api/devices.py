@@ -138,12 +138,9 @@ Candidate = tuple[tuple[str, str], str, RegisteredDevice | None]
 def _heard_unregistered(ctx: ApiContext, communities: Collection[str] | None) -> list[Candidate]:
     """The devices heard from that the registry does not list, of these communities or
     of all, in the order of the list."""
-    registry = ctx.gateway.registry
     found: dict[tuple[str, str], str] = {}
-    for ref in ctx.latest.devices():
-        if communities is not None and ref.community not in communities:
-            continue
-        if registry.get(ref.community, ref.device_id) is None:
+    for ref in ctx.latest.unregistered():
+        if communities is None or ref.community in communities:
             found.setdefault((ref.community, ref.device_id), ref.device_type)
     return [(key, kind, None) for key, kind in sorted(found.items())]
 
@@ -334,7 +331,7 @@ def _find(
     registered = ctx.gateway.registry.get(community, device_id)
     if registered is not None:
         return registered.device_type, registered
-    for ref in ctx.latest.devices():
+    for ref in ctx.latest.unregistered():
         if ref.community == community and ref.device_id == device_id:
             return ref.device_type, None
     raise NotFoundError(f"no device {community}/{device_id}")

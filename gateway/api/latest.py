@@ -52,8 +52,10 @@ class LatestValues:
         latest = self._registered.get(device)
         return self._unregistered.get(device) if latest is None else latest
 
-    def devices(self) -> list[DeviceRef]:
-        return [*self._registered, *self._unregistered]
+    def unregistered(self) -> list[DeviceRef]:
+        """The devices heard from that the registry does not list: a few, or a storm of
+        stray ids, never the registry's hundreds of thousands to look through."""
+        return list(self._unregistered)
 
     def listen(self, records: Sequence[Record]) -> None:
         """A pipeline record listener: runs after each batch commits."""
