@@ -154,7 +154,7 @@ class Retention:
                     ended = [alert_id for alert_id in ended if alert_id not in unfinished]
                     told = NotificationLog.forget(notifications, ended)
                 with transaction(book):
-                    forgotten = AlertBook.forget(book, ended)
+                    forgotten = AlertBook.forget(book, ended, before_ms)
             yield Pruned(alerts=forgotten, notifications=told)
         with self._lock:
             if self._closed:

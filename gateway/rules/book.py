@@ -115,6 +115,9 @@ CREATE TABLE IF NOT EXISTS heard_log (id INTEGER PRIMARY KEY, seen BLOB NOT NULL
 -- Life-safety alerts retention let go: a record of one sent again is known by it, where
 -- an alarm never seen, from a device whose clock is years behind, is made.
 CREATE TABLE IF NOT EXISTS let_go (alert_id TEXT PRIMARY KEY) WITHOUT ROWID;
+-- The latest time before which retention let the ended alerts go, whatever it keeps now:
+-- a record of one of them sent again, after retention was made longer, is known by it.
+CREATE TABLE IF NOT EXISTS let_go_before (ms INTEGER NOT NULL);
 """
 # Batches logged in `heard_log` before they are folded into `heard`: a fold rewrites the
 # groups heard from, so it is done for many batches at once, and often enough that the
@@ -463,6 +466,11 @@ class AlertBook:
             for alert_id, state, community, site, updated_ms in rows
         }
 
+    def let_go_before_ms(self) -> int | None:
+        """The latest time before which retention let the ended alerts go, if it did."""
+        row = self._conn.execute("SELECT ms FROM let_go_before").fetchone()
+        return None if row is None else int(row[0])
+
     def let_go_of(self, alert_ids: Collection[str]) -> set[str]:
         """Those of these alerts retention let go of (life-safety alerts, see `let_go`)."""
         rows = self._conn.execute(
@@ -615,8 +623,11 @@ class AlertBook:
         return ended, ((last_start, last_id) if len(rows) == limit else None)
 
     @staticmethod
-    def forget(conn: sqlite3.Connection, alert_ids: Sequence[str]) -> int:
-        """Removes the alerts and their history, inside the caller's transaction."""
+    def forget(conn: sqlite3.Connection, alert_ids: Sequence[str], before_ms: int) -> int:
+        """Removes the alerts and their history, inside the caller's transaction: those
+        that ended before `before_ms` (AlertBook.ended)."""
+        if conn.execute("UPDATE let_go_before SET ms = max(ms, ?)", (before_ms,)).rowcount == 0:
+            conn.execute("INSERT INTO let_go_before (ms) VALUES (?)", (before_ms,))
         params = [(alert_id,) for alert_id in alert_ids]
         conn.executemany(
             "INSERT OR IGNORE INTO let_go (alert_id)"

@@ -49,6 +49,9 @@ class AlertStage:
         self.silences = silences
         self._clock = clock
         self._kept_ms = kept_ms
+        # Only retention's passes of earlier runs can have set it later than `kept_ms`
+        # from now (the same setting never moves it ahead of that).
+        self._let_go_before = book.let_go_before_ms()
         engine.taken = self._taken
         engine.closed = self._closed
         engine.restore(book.load_tracks())
@@ -152,8 +155,8 @@ class AlertStage:
         firing would take a fire of now into an alert nobody watches.
 
         An alert is made again neither if the book has it closed, nor if retention let it
-        go (a life-safety one), nor if its record is older than the alerts the book keeps
-        and the book does not have it. A life-safety alarm of such a record is made: one
+        go (a life-safety one), nor if its record is older than the alerts the book keeps,
+        or kept when retention let the others go, and the book does not have it. A life-safety alarm of such a record is made: one
         from a device whose clock a flat battery set back years, never seen, must reach a
         person."""
         found = kept.get(change.alert_id)
@@ -164,11 +167,7 @@ class AlertStage:
             why = "its alert was closed"
         elif change.alert_id in let_go:
             why = "retention let its alert go"
-        elif (
-            self._kept_ms is not None
-            and change.at_ms < now_ms - self._kept_ms
-            and not change.life_safety
-        ):
+        elif change.at_ms < self._let_go_before_ms(now_ms) and not change.life_safety:
             why = "it is older than the alerts kept (retention.alerts_days)"
         else:
             return True
@@ -176,6 +175,12 @@ class AlertStage:
                     change.device.community, change.device.device_id, change.at_ms,
                     change.rule, why)  # fmt: skip
         return False
+
+    def _let_go_before_ms(self, now_ms: int) -> int:
+        """Before when an ended alert is, or was, let go: retention made longer keeps
+        those of now on, and the alerts a shorter one let go stay gone."""
+        kept_from_ms = -1 if self._kept_ms is None else now_ms - self._kept_ms
+        return max(kept_from_ms, self._let_go_before or -1)
 
     def _silence(self, change: AlertChange, now_ms: int, site: Site | None) -> AlertChange:
         if change.state is AlertState.RESOLVED:

@@ -430,6 +430,31 @@ async def test_a_fall_let_go_is_not_told_again_after_retention_was_made_longer(
         await _sent_again_and_not_told(site, fall_ms, alert_id)
 
 
+async def test_a_tamper_let_go_is_not_made_again_after_retention_was_made_longer(
+    tmp_path: Path,
+) -> None:
+    # Not a life-safety alert, but its detector's stored events come again all the same:
+    # a district that keeps alerts longer from now on must not see a month-old tamper
+    # opened again, for somebody to go and look at a detector handled weeks ago.
+    clock = ManualClock(T0)
+    tamper = "community/hgy/smoke_detector/sd-1/event"
+    async with open_site(tmp_path, clock, retention=KEPT_30_DAYS) as site:
+        await site.send(tamper, {"ts": T0, "event": "tamper"})
+        (alert_id,) = [a.alert_id for a in site.gateway.alerts.open_alerts()]
+        await _close(site, alert_id)
+        await _later(site, 31 * DAY_S)
+        for _ in range(40):  # hourly reports, past what the redelivery filter keeps
+            site.clock.advance(HOUR_S)
+            await site.send(SD1, {"ts": site.clock.now_ms(), "alarm": False, "battery_pct": 90})
+        assert site.gateway.retention.prune().alerts == 1
+    async with open_site(tmp_path, clock, retention=KEPT_A_YEAR) as site:
+        await site.send(tamper, {"ts": T0, "event": "tamper"})
+        assert site.gateway.alerts.open_alerts() == []
+        # A tamper of today still is one.
+        await site.send(tamper, {"ts": site.clock.now_ms(), "event": "tamper"})
+        assert [a.rule for a in site.gateway.alerts.open_alerts()] == ["smoke_tampering"]
+
+
 async def test_a_fire_alarm_sent_again_while_its_closed_alert_is_still_kept_does_not_hide_a_new_fire(
     site: Site,
 ) -> None:
