@@ -126,8 +126,8 @@ async def tell_refused_start(config: GatewayConfig, problem: str, clock: Clock) 
         # With no broker connection: an MQTT channel fails, and the next one is tried.
         reach = _Reach(policy, make_channels(policy, http, None, clock))
         # Its only problem is the refusal.
-        watch = FaultWatch(lambda: {}, reach, instance=name, place=name, clock=clock, stats=Stats(),
-                           zone=ZoneInfo(config.timezone),
+        watch = FaultWatch(lambda: {}, reach, instance=name, communities=(), clock=clock,
+                           stats=Stats(), zone=ZoneInfo(config.timezone),
                            path=fault_state_path(config.outbox.path))  # fmt: skip
         await watch.refused(problem)
 
@@ -358,7 +358,7 @@ class Gateway:
                 self._faults,
                 self.notifier,
                 instance=self.instance_name,
-                place=self._fault_place(),
+                communities=self._communities(),
                 clock=self.clock,
                 stats=self.stats,
                 zone=ZoneInfo(config.timezone),
@@ -807,7 +807,7 @@ class Gateway:
             policy = self.notifier.policy
             self.notifier.use_policy(policy, self._router(policy, registry), self.notifier.channels)
         if self.faults is not None:
-            self.faults.place = self._fault_place()
+            self.faults.communities = self._communities()
         if self.api is not None:
             self.api.context.latest.use_registry(registry)
         self._registry_reloaded.set()
@@ -817,10 +817,9 @@ class Gateway:
         # The rules' place alerts go by the device types of their rules, as loaded now.
         return Router(policy, registry, ZoneInfo(self.config.timezone), self.rules.place_types)
 
-    def _fault_place(self) -> str:
-        """Where the gateway is, in the notices of its own faults."""
-        communities = sorted({place[0] for place in self.registry.places()})
-        return " ".join([*communities, self.instance_name])
+    def _communities(self) -> tuple[str, ...]:
+        """The communities the gateway serves, named in the notices of its own faults."""
+        return tuple(sorted({place[0] for place in self.registry.places()}))
 
     def reload_rules(self) -> None:
         """Load the rule files again; a broken one raises ConfigError, naming its file and

@@ -5,13 +5,16 @@ round of notifications, whose log lies on the outbox's disk. When one of them ha
 failed for `gateway_faults.after_s`, its receivers are told by their own channels, whether
 the disk takes writes or not: a dead or read-only disk, which holds every alarm back
 unacknowledged in the broker, is heard of as well as a broker that went away. They are
-told again every `repeat_s` while it lasts, and once more when it has been over for
-`after_s`. These intervals go by the monotonic clock: the box often boots with a wrong wall
-clock that NTP later sets forward or back, which must neither hold a notice back nor make
-a fault of a moment. The wall clock is only for what people read, and for keys.
+told again every `repeat_s` while it lasts, and as soon as a problem they were not told of
+has lasted `after_s` (the gateway no longer starting, say); and once more when it has been
+over for `after_s`. These intervals go by the monotonic clock: the box often boots with a
+wrong wall clock that NTP later sets forward or back, which must neither hold a notice
+back nor make a fault of a moment. The wall clock is only for what people read, and for
+keys.
 
 What was told, and what is owed, is kept in a small file of its own, written off the
-event loop whenever it changes: a restart during a fault goes on with the same fault,
+event loop whenever it changes, before the notices go and once they went: a restart
+during a fault, or a crash just after it was told, goes on with the same fault,
 its end is told to those who heard of it, and a notice owed is still sent. On a disk that
 takes no writes it is kept in memory, and the telling goes on. A restart has no monotonic
 time to go on from: the file keeps wall times, and a start counts how long ago each was;
@@ -30,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -67,11 +70,19 @@ TICK_S = 1.0
 RETRY_S = 30.0
 # An error's text in a message: SMS and robots are no place for a traceback.
 DETAIL_MAX_CHARS = 120
+# The communities a notice names: a district's gateway may serve a hundred and more, whose
+# names would take the notice past a group robot's limit (WeCom's 2,048 bytes), and fill
+# an SMS's place; the others are counted.
+PLACE_COMMUNITIES = 3
 # Starts after a crash, within a window, that make a fault.
 RESTARTS_TO_TELL = 2
 RESTART_WINDOW_S = 600.0
 # How long a stop waits to say in the file that it was asked for.
 STOP_WRITE_S = 2.0
+# How long a look waits for what it keeps to be written, before its notices go and once
+# they went: a crash just after finds them in the file. A disk that hangs holds the
+# telling no longer, and once only.
+KEEP_WAIT_S = 2.0
 
 
 class Reach(Protocol):
@@ -108,6 +119,8 @@ class _Kept(BaseModel):
     repeat: int = 0
     owed: tuple[_Owed, ...] = ()
     running: bool = False
+    # The problems the fault was told with, one time or another.
+    told_problems: tuple[str, ...] = ()
     # Starts that followed a crash, within RESTART_WINDOW_S.
     crash_restarts_ms: tuple[int, ...] = ()
     # The first of the starts refused in a row, up to the last start.
@@ -119,6 +132,15 @@ def fault_state_path(outbox_path: Path) -> Path:
     return outbox_path.with_name(f"{outbox_path.stem}.faults.json")
 
 
+def fault_place(communities: Sequence[str], instance: str) -> str:
+    """Where the gateway is, in its notices: its first communities by name, how many it
+    serves if there are more ("hgy lgy xyz 等150个社区"), and its own name."""
+    named = list(communities[:PLACE_COMMUNITIES])
+    if len(communities) > PLACE_COMMUNITIES:
+        named.append(f"等{len(communities)}个社区")
+    return " ".join([*named, instance])
+
+
 class FaultWatch:
     def __init__(
         self,
@@ -126,7 +148,7 @@ class FaultWatch:
         reach: Reach,
         *,
         instance: str,
-        place: str,
+        communities: Sequence[str],
         clock: Clock,
         stats: Stats,
         zone: ZoneInfo,
@@ -136,7 +158,7 @@ class FaultWatch:
         self._reach = reach
         self._instance = instance
         # Where the gateway is, in its notices: its communities (a reload may add one).
-        self.place = place
+        self.communities = tuple(communities)
         self._clock = clock
         self._stats = stats
         self._zone = zone
@@ -151,11 +173,15 @@ class FaultWatch:
         self._clear_since_s: float | None = None
         # Receivers who heard of the fault, and so hear that it is over.
         self._told: set[str] = set()
+        # The problems it was told with: one more is news (see `check`).
+        self._told_problems: set[str] = set()
         self._pending: dict[str, _Pending] = {}
         self._path = path
         self._kept: bytes | None = None
         self._keeping: asyncio.Task[None] | None = None
         self._keeping_fails = False
+        # Whether a look waited KEEP_WAIT_S for the write under way in vain.
+        self._keeping_held = False
         self._running = True
         # Starts after a crash: the wall time people read, and the monotonic time the
         # window goes by.
@@ -207,7 +233,14 @@ class FaultWatch:
         elif problems:
             self._clear_since_s = None
             repeat_s = settings.repeat_s
-            if repeat_s is not None and now_s - self._told_s >= repeat_s:
+            # One more problem that lasts is told at once, not at the repeat: those who
+            # heard the broker is down must hear that the gateway no longer starts at
+            # all. Each once a fault: one that comes and goes is not told each time.
+            news = any(
+                name not in self._told_problems and now_s - self._first_seen_s[name] >= after_s
+                for name in problems
+            )
+            if news or (repeat_s is not None and now_s - self._told_s >= repeat_s):
                 self._repeat += 1
                 self._tell("fault", problems, since_ms, now_ms, now_s)
         else:
@@ -219,8 +252,10 @@ class FaultWatch:
                 self._clear_since_s = None
         due = [p for p in self._pending.values() if p.due_s <= now_s]
         if due:
+            # A crash during the sends leaves the fault, and the notices owed, in the file.
+            await self._keep_now()
             await asyncio.gather(*(self._deliver(p) for p in due))
-        self._keep()
+        await self._keep_now()
 
     async def settle(self) -> None:
         """Until what is being written to the file is written."""
@@ -237,7 +272,9 @@ class FaultWatch:
 
         async def write() -> None:
             await self.settle()
-            await self._write(path, self._state())
+            # Once more, should the write under way have failed.
+            self._keep()
+            await self.settle()
 
         try:
             await asyncio.wait_for(write(), STOP_WRITE_S)
@@ -278,32 +315,49 @@ class FaultWatch:
             repeat=self._repeat,
             owed=owed,
             running=self._running,
+            told_problems=tuple(sorted(self._told_problems)),
             crash_restarts_ms=tuple(at_ms for at_ms, _ in self._crash_restarts),
             refused_since_ms=self._refused_since_ms,
         )
         return kept.model_dump_json().encode()
 
     def _keep(self) -> None:
-        """Writes the state if it changed, unless a write is under way: a disk that hangs
-        holds one thread, never the watch."""
+        """Writes the state if it changed, one write at a time, each of the state as it is
+        by then: a disk that hangs holds one thread, never the watch."""
         if self._path is None or (self._keeping is not None and not self._keeping.done()):
             return
-        state = self._state()
-        if state != self._kept:
-            self._keeping = asyncio.create_task(self._write(self._path, state))
+        if self._state() != self._kept:
+            self._keeping = asyncio.create_task(self._write(self._path))
 
-    async def _write(self, path: Path, state: bytes) -> None:
-        try:
-            await asyncio.to_thread(write_durably, path, state)
-        except OSError as exc:
-            # Tried again at the next look; said once.
-            if not self._keeping_fails:
-                log.warning("cannot keep what was told of the gateway's faults in %s (%s); "
-                            "kept in memory until it can", path, exc)  # fmt: skip
-            self._keeping_fails = True
+    async def _keep_now(self) -> None:
+        """`_keep`, and wait for it KEEP_WAIT_S at most; not again for a write that was
+        waited for in vain."""
+        self._keep()
+        keeping = self._keeping
+        if keeping is None or keeping.done() or self._keeping_held:
             return
-        self._kept = state
-        self._keeping_fails = False
+        try:
+            await asyncio.wait_for(asyncio.shield(keeping), KEEP_WAIT_S)
+        except TimeoutError:
+            self._keeping_held = True
+            log.warning("%s takes more than %.0f s to write; told on without waiting",
+                        self._path, KEEP_WAIT_S)  # fmt: skip
+
+    async def _write(self, path: Path) -> None:
+        while (state := self._state()) != self._kept:
+            try:
+                await asyncio.to_thread(write_durably, path, state)
+            except OSError as exc:
+                # Tried again at the next look; said once.
+                if not self._keeping_fails:
+                    log.warning("cannot keep what was told of the gateway's faults in %s "
+                                "(%s); kept in memory until it can", path, exc)  # fmt: skip
+                self._keeping_fails = True
+                return
+            finally:
+                self._keeping_held = False
+            self._kept = state
+            self._keeping_fails = False
 
     def _restore(self, path: Path) -> None:
         try:
@@ -343,13 +397,19 @@ class FaultWatch:
             self._first_seen_s["restarts"] = restarts[0][1]
         self.since_ms = kept.since_ms
         self._told = set(kept.told)
+        self._told_problems = set(kept.told_problems)
         self._told_ms = min(kept.told_ms, now_ms)
         self._told_s = now_s - seconds_since(kept.told_ms, now_ms)
         self._repeat = kept.repeat
-        receivers = {r.name: r for r in self._reach.policy.fault_receivers()}
+        policy = self._reach.policy
         for owed in kept.owed:
-            receiver = receivers.get(owed.notice.receiver)
-            # One the policy no longer names is owed nothing.
+            # A fault is owed to those who hear of the gateway's faults now, its end to
+            # whoever heard of it (see `_tell`); one the policy no longer names is owed
+            # nothing.
+            names = (
+                policy.receivers if owed.notice.kind in CLEARED_KINDS else policy.fault_receivers()
+            )
+            receiver = next((r for r in names if r.name == owed.notice.receiver), None)
             if receiver is not None:
                 # Due no later than a retry from now.
                 wait_s = min(max(0.0, (owed.due_ms - now_ms) / 1000), RETRY_S)
@@ -367,19 +427,22 @@ class FaultWatch:
         self._told_s = now_s
         if kind == "fault":
             receivers = self._reach.policy.fault_receivers()
+            self._told_problems.update(problems)
             log.error("the gateway's alarms may not get through since %s: %s; telling %s",
                       local_time_text(since_ms, self._zone), _details(problems),
                       ", ".join(r.name for r in receivers) or "nobody")  # fmt: skip
         else:
             # Only those who heard of it; one still waiting for the news hears neither.
-            receivers = tuple(
-                r for r in self._reach.policy.fault_receivers() if r.name in self._told
-            )
+            # Whether or not a reload took them off `gateway_faults.to` meanwhile: told
+            # that alarms may not get through, they wait to hear that they do again. One
+            # the policy no longer names has no channel to hear it by.
+            receivers = tuple(r for r in self._reach.policy.receivers if r.name in self._told)
             for name in [n for n, p in self._pending.items() if p.notice.kind == "fault"]:
                 del self._pending[name]
             log.warning("the gateway's fault since %s is over",
                         local_time_text(since_ms, self._zone))  # fmt: skip
             self._told.clear()
+            self._told_problems.clear()
         for receiver in receivers:
             notice = self._notice(kind, problems, receiver, since_ms)
             self._pending[receiver.name] = _Pending(receiver, notice, now_s, now_ms)
@@ -400,7 +463,7 @@ class FaultWatch:
             device_type="gateway",
             device_id=self._instance,
             port=None,
-            place=self.place,
+            place=fault_place(self.communities, self._instance),
             started_ms=since_ms,
             time_text=local_time_text(since_ms, self._zone),
             receiver=receiver.name,
@@ -417,18 +480,20 @@ class FaultWatch:
         confirm the receiver has it (an app that may be offline) and the next one too."""
         notice = pending.notice
         taken = False
+        carried = False
         for name in pending.receiver.channels:
             channel = self._reach.channels.get(name)
             if channel is None or (channel.needs_phone and not notice.phone):
                 continue
             if notice.kind in CLEARED_KINDS and not channel.tells_clearing:
                 continue
+            carried = True
             now_s = self._clock.monotonic_s()
             if channel.limiter.wait_s(notice.phone, now_s) > 0:
                 continue
             channel.limiter.note(notice.phone, now_s)
             try:
-                await channel.deliver(notice)
+                await channel.deliver(_fitted(notice, channel))
             except NotifyError as exc:
                 self._stats.notifications[(name, "failed")] += 1
                 log.warning("telling %s of the gateway's fault by %s failed: %s",
@@ -446,12 +511,34 @@ class FaultWatch:
                 return
         if taken:
             return
+        if notice.kind in CLEARED_KINDS and not carried:
+            # None of their channels can carry it: a call (their only one, say) reads out
+            # an alarm and sends them out, at any hour, and a grid worker woken at three
+            # for news that asks nothing of them would take it for the fault itself. So,
+            # as the notifier does with an alert's all-clear, it is not owed to them:
+            # kept owed, it would be tried every RETRY_S for ever.
+            log.warning("%s is not told that the gateway's fault is over: none of their "
+                        "channels carries news that it is over (a call reads out an alarm)",
+                        notice.receiver)  # fmt: skip
+            if self._pending.get(notice.receiver) is pending:
+                del self._pending[notice.receiver]
+            return
         log.error("could not tell %s of the gateway's fault by any channel; again in %.0f s",
                   notice.receiver, RETRY_S)  # fmt: skip
         if self._pending.get(notice.receiver) is pending:
             retry_s = self._clock.monotonic_s() + RETRY_S
             retry_ms = self._clock.now_ms() + round(RETRY_S * 1000)
             self._pending[notice.receiver] = _Pending(pending.receiver, notice, retry_s, retry_ms)
+
+
+def _fitted(notice: Notice, channel: Channel) -> Notice:
+    """The notice as the channel's provider takes it in one message: with the errors'
+    words too long for it (paths and topics in Chinese, every problem at once), each
+    problem by its name alone, the words being in the log."""
+    max_bytes = channel.max_text_bytes
+    if max_bytes is None or channel.size_bytes(notice) <= max_bytes:
+        return notice
+    return replace(notice, lines=tuple(line.split(": ", 1)[0] for line in notice.lines))
 
 
 def _details(problems: Mapping[str, str]) -> str:

@@ -204,6 +204,8 @@ class Notifier:
         self._sending: dict[str, asyncio.Task[None]] = {}
         # What a send's bookkeeping raised, for the next round to raise as its own.
         self._send_error: Exception | None = None
+        # The results of sends made that the log did not take (see `_record_result`).
+        self._unrecorded: list[Callable[[], None]] = []
         self._silences = silences
         self._lasts = lasts
         self.stop_grace_s = STOP_GRACE_S
@@ -409,6 +411,8 @@ class Notifier:
             raise error
         now_ms = self._clock.now_ms()
         with self.log.transaction():
+            for record in self._unrecorded:
+                record()
             self._keep_delays()
             while self._incoming:
                 change = self._incoming.popleft()
@@ -441,6 +445,7 @@ class Notifier:
                                      self.book.get(step.alert_id))  # fmt: skip
             sends = self._due_sends()
             digests = self._due_digests()
+        self._unrecorded.clear()
         self._unshifted_ms = 0
         # Started once their round committed: a round rolled back starts none.
         for notification, notice, channel in sends:
@@ -727,18 +732,33 @@ class Notifier:
                     await channel.deliver(notice)
                 except NotifyError as exc:
                     latency_ms = (time.perf_counter() - started_s) * 1000
-                    with self.log.transaction():
-                        self._failed(notification, notice, channel, exc, latency_ms)
+                    failed = partial(self._failed, notification, notice, channel, exc, latency_ms)
+                    self._record_result(notice.key, failed)
                     return
                 latency_ms = (time.perf_counter() - started_s) * 1000
-                with self.log.transaction():
-                    self._delivered(notification, notice, channel, latency_ms)
+                delivered = partial(self._delivered, notification, notice, channel, latency_ms)
+                self._record_result(notice.key, delivered)
         except Exception as exc:
             self._send_failed(exc, notice.key)
 
+    def _record_result(self, key: str, record: Callable[[], None]) -> None:
+        """Records a send's result. One the log does not take (its file locked, its disk
+        refusing writes) is recorded again first thing in each round, which fails until
+        it is: the send is not made again meanwhile, to the same people time after
+        time, and the rounds fail without a break, a fault told to people
+        (gateway.notify.fault)."""
+        try:
+            with self.log.transaction():
+                record()
+        except sqlite3.Error as exc:
+            log.error("the result of sending %s was not recorded: %r", key, exc)
+            self._unrecorded.append(record)
+            self._wakeup.set()
+
     def _send_failed(self, exc: Exception, key: str) -> None:
-        """A send whose result could not be recorded (the log's file locked, say): the
-        next round fails with it, as if it had been the round's own."""
+        """A send whose result could not be recorded for a fault of the notifier's own
+        (not the log's file: see `_record_result`): the next round fails with it, as if
+        it had been the round's own."""
         log.error("the result of sending %s was not recorded: %r", key, exc)
         if self._send_error is None:
             self._send_error = exc
@@ -1027,16 +1047,21 @@ class Notifier:
                 try:
                     await channel.deliver(digest)
                 except NotifyError as exc:
-                    with self.log.transaction():
-                        self._digest_failed(channel, digest, members, exc)
+                    failed = partial(self._digest_failed, channel, digest, members, exc)
+                    self._record_result(digest.key, failed)
                     return
-                with self.log.transaction():
-                    now_ms = self._clock.now_ms()
-                    for notification, notice in members:
-                        self._sent(notification, notice, channel.name,
-                                   f"{IN_DIGEST}{digest.key}", None, now_ms)  # fmt: skip
+                sent = partial(self._digest_sent, channel, digest, members)
+                self._record_result(digest.key, sent)
         except Exception as exc:
             self._send_failed(exc, digest.key)
+
+    def _digest_sent(
+        self, channel: Channel, digest: Notice, members: list[tuple[Notification, Notice]]
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        for notification, notice in members:
+            self._sent(notification, notice, channel.name, f"{IN_DIGEST}{digest.key}", None,
+                       now_ms)  # fmt: skip
 
     def _digest_failed(
         self,

@@ -1,5 +1,6 @@
 """Notices, receivers and a channel shared by the notification tests."""
 
+import asyncio
 from collections import deque
 
 from gateway.errors import NotifyError
@@ -54,3 +55,19 @@ class FakeChannel(Channel):
         if self.errors:
             raise self.errors.popleft()
         self.sent.append(notice)
+
+
+class HangingChannel(FakeChannel):
+    """A provider that takes the request (`asked`) and does not answer until released."""
+
+    def __init__(self, name: str, **kwargs: object) -> None:
+        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def send(self, notice: Notice) -> None:
+        self.started += 1
+        self.asked.set()
+        await self.release.wait()
+        await super().send(notice)

@@ -1,6 +1,8 @@
 """The gateway's own faults told to people from memory: when, to whom, by which channel,
 again while they last, and once more when they are over."""
 
+import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +15,13 @@ from pydantic import ValidationError
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit
-from gateway.notify.fault import RETRY_S, FaultWatch, fault_state_path
+from gateway.notify.fault import PROBLEMS_ZH, RETRY_S, FaultWatch, fault_state_path
 from gateway.notify.hooks import notice_document
 from gateway.notify.notice import Notice
 from gateway.notify.policy import NotifyPolicy
+from gateway.notify.robots import WecomRobot
 from gateway.stats import Stats
-from tests.unit.notify.notices import FakeChannel
+from tests.unit.notify.notices import FakeChannel, HangingChannel
 
 T0 = 1_767_225_600_000
 HOUR_S = 3600.0
@@ -28,12 +31,14 @@ ZONE = ZoneInfo("Asia/Shanghai")
 
 def policy(**faults: Any) -> NotifyPolicy:
     document: dict[str, Any] = {
-        "channels": {"robot": {"type": "console"}, "sms": {"type": "console"}},
+        "channels": {"robot": {"type": "console"}, "sms": {"type": "console"},
+                     "voice": {"type": "console"}},
         "receivers": [
             {"name": "office", "display_name": "社区办公室", "phone": "0371-66123456",
              "channels": ["robot", "sms"]},
             {"name": "secretary", "phone": "13800000006", "channels": ["sms"]},
             {"name": "wang-fang", "channels": ["robot"]},
+            {"name": "night-duty", "phone": "13800000007", "channels": ["voice"]},
         ],
         "routes": [{"escalation": "all"}],
         "escalations": {"all": [{"after_s": 0, "to": ["on_duty"]}]},
@@ -51,6 +56,8 @@ class Reach:
         default_factory=lambda: {
             "robot": FakeChannel("robot"),
             "sms": FakeChannel("sms", needs_phone=True),
+            # A phone call, whose template reads out an alarm.
+            "voice": FakeChannel("voice", needs_phone=True, tells_clearing=False),
         }
     )
 
@@ -76,7 +83,7 @@ class Rig:
 
     def _watch(self) -> FaultWatch:
         return FaultWatch(
-            lambda: self.problems, self.reach, instance="gw-hgy", place="hgy gw-hgy",
+            lambda: self.problems, self.reach, instance="gw-hgy", communities=("hgy",),
             clock=self.clock, stats=self.stats, zone=ZONE, path=self.path,
         )  # fmt: skip
 
@@ -103,7 +110,7 @@ class Rig:
 
     def told(self) -> list[tuple[str, str, str]]:
         """(channel, receiver, kind) of every notice sent."""
-        return [(name, n.receiver, n.kind) for name in ("robot", "sms")
+        return [(name, n.receiver, n.kind) for name in ("robot", "sms", "voice")
                 for n in self.reach.sent(name)]  # fmt: skip
 
 
@@ -544,3 +551,170 @@ async def test_a_clock_set_back_does_not_hold_a_crash_loop_over(tmp_path: Path) 
     assert len(rig.told()) == 1
     await rig.at(680)
     assert rig.told() == [("robot", "office", "fault"), ("robot", "office", "fault_cleared")]
+
+
+# A district's gateway serves 150 communities: its fault notice still goes through the
+# district's WeCom group robot (2,048 bytes a text), naming a few and how many in all.
+async def test_a_district_gateway_is_named_within_what_a_group_robot_takes() -> None:
+    rig = Rig(policy(after_s=0))
+    robot = rig.reach.channels["robot"]
+    robot.max_text_bytes = WecomRobot.max_text_bytes
+    rig.watch.communities = tuple(f"community-{n:03}" for n in range(150))
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    (notice,) = rig.reach.sent("robot")
+    assert robot.size_bytes(notice) <= WecomRobot.max_text_bytes
+    assert notice.place == "community-000 community-001 community-002 等150个社区 gw-hgy"
+    assert notice.lines == ("数据无法保存，告警积压在消息服务器: main: disk I/O error",)
+
+
+# Whatever words the errors bring (paths and topics in Chinese, every problem at once),
+# the notice goes through a group robot: each problem named, the words left to the log.
+async def test_a_notice_of_many_long_problems_still_fits_a_group_robot() -> None:
+    rig = Rig(policy(after_s=0))
+    robot = rig.reach.channels["robot"]
+    robot.max_text_bytes = WecomRobot.max_text_bytes
+    words = "发件箱所在的数据盘无法写入" * 10
+    names = ("broker", "notifications", "outbox", "restarts", "subscriptions")
+    rig.problems = dict.fromkeys(names, words)
+    await rig.at(0)
+    (notice,) = rig.reach.sent("robot")
+    assert robot.size_bytes(notice) <= WecomRobot.max_text_bytes
+    assert notice.lines == tuple(PROBLEMS_ZH[name] for name in names)
+    assert notice.place == "hgy gw-hgy"
+    # A channel that takes it whole has it whole.
+    rig.reach.fail("robot")
+    await rig.at(3600)
+    (whole,) = rig.reach.sent("sms")
+    assert whole.lines[0] == f"与消息服务器的连接中断，收不到设备告警: {words[:120]}"
+    assert len(whole.lines) == 5
+
+
+# A night-duty phone hears of the fault by a call; a call cannot say it is over (its
+# template reads out an alarm and sends them out), so the end is owed to nobody else
+# than those a channel reaches with it: never retried every 30 s for ever, nor kept.
+async def test_an_all_clear_none_of_the_receivers_channels_carries_is_not_owed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.faults.json"
+    rig = Rig(policy(after_s=10, to=["office", "night-duty"]), path)
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    await rig.at(10)
+    assert sorted(rig.told()) == [("robot", "office", "fault"), ("voice", "night-duty", "fault")]
+    rig.problems = {}
+    await rig.at(20)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gateway.notify.fault"):
+        await rig.at(30)
+        for second in (30 + RETRY_S, 30 + 2 * RETRY_S):
+            await rig.at(second)
+    assert sorted(rig.told()) == [
+        ("robot", "office", "fault"), ("robot", "office", "fault_cleared"),
+        ("voice", "night-duty", "fault"),
+    ]  # fmt: skip
+    assert [r.message for r in caplog.records if "night-duty" in r.message] == [
+        "night-duty is not told that the gateway's fault is over: none of their channels "
+        "carries news that it is over (a call reads out an alarm)"
+    ]
+    assert json.loads(path.read_bytes())["owed"] == []
+
+
+# The start after a crash that came just after a fault was told goes on with that fault:
+# it is not told again as new, nor is the same notice sent twice.
+async def test_a_fault_told_just_before_a_crash_is_not_told_again(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=10, repeat_s=3600), tmp_path / "outbox.faults.json")
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    rig.move_to(10)
+    await rig.watch.check()
+    assert rig.told() == [("robot", "office", "fault")]
+    # Killed as soon as the look that told it ended.
+    rig.restart()
+    for second in (11, 21, 80, 3609):
+        await rig.at(second)
+    assert rig.told() == [("robot", "office", "fault")]
+    await rig.at(3610)
+    assert rig.reach.sent("robot")[-1].key == f"gateway-fault/gw-hgy/{T0}/1/office/fault"
+
+
+# A crash while the notices go (a provider slow to answer) leaves the fault in the file:
+# the start after it goes on with it, and sends the notice owed, as it was made.
+async def test_a_crash_while_a_fault_is_told_leaves_it_told_as_the_same(tmp_path: Path) -> None:
+    rig = Rig(policy(after_s=10), tmp_path / "outbox.faults.json")
+    slow = rig.reach.channels["robot"] = HangingChannel("robot")
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    rig.move_to(10)
+    telling = asyncio.create_task(rig.watch.check())
+    await slow.asked.wait()
+    # Killed with the send under way.
+    telling.cancel()
+    rig.restart()
+    slow.release.set()
+    await rig.at(11)
+    assert rig.told() == [("robot", "office", "fault")]
+    assert rig.reach.sent("robot")[0].key == f"gateway-fault/gw-hgy/{T0}/0/office/fault"
+    await rig.at(80)
+    assert len(rig.told()) == 1
+
+
+# Those who heard of a fault hear that it is over, though a reload (or a restart with
+# the policy changed) named others to hear of the gateway's faults meanwhile.
+async def test_those_told_hear_the_end_though_the_policy_names_others_since(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(policy(after_s=10, to=["office"]), tmp_path / "outbox.faults.json")
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    await rig.at(10)
+    assert rig.told() == [("robot", "office", "fault")]
+    rig.reach.policy = policy(after_s=10, to=["wang-fang"])
+    rig.problems = {}
+    await rig.at(20)
+    # Neither of the office's channels takes its end at first, nor before the restart.
+    rig.reach.fail("robot")
+    rig.reach.fail("sms")
+    await rig.at(30)
+    assert rig.told() == [("robot", "office", "fault")]
+    await rig.stop_and_restart()
+    await rig.at(30 + RETRY_S)
+    assert rig.told() == [("robot", "office", "fault"), ("robot", "office", "fault_cleared")]
+    assert rig.reach.sent("robot")[-1].key == f"gateway-fault/gw-hgy/{T0}/0/office/fault_cleared"
+
+
+# People told the broker is down learn, once it has lasted `after_s`, that the gateway
+# does not even start any more (its config broken while mending it), rather than at the
+# next repeat an hour later, or never with no repeat.
+@pytest.mark.parametrize("repeat_s", [3600, None])
+async def test_a_refused_start_within_a_fault_told_is_told_when_it_lasts(
+    tmp_path: Path, repeat_s: float | None
+) -> None:
+    rig = Rig(policy(after_s=60, repeat_s=repeat_s), tmp_path / "outbox.faults.json")
+    rig.problems = {"broker": "not connected to 127.0.0.1:1883"}
+    await rig.at(0)
+    await rig.at(60)
+    assert rig.told() == [("robot", "office", "fault")]
+    await rig.stop_and_restart()
+    problem = "config.yaml: mqtt.port: expected an integer"
+    # A start refused knows no problem but its refusal.
+    rig.problems = {}
+    # Refused, and started again by the service manager every 20 s.
+    for second in (100, 120, 140):
+        rig.move_to(second)
+        rig.restart()
+        await rig.watch.refused(problem)
+    assert len(rig.told()) == 1
+    rig.move_to(160)
+    rig.restart()
+    await rig.watch.refused(problem)
+    assert rig.told() == [("robot", "office", "fault")] * 2
+    told = rig.reach.sent("robot")[-1]
+    assert told.lines == (f"网关无法启动，收不到设备告警，也发不出通知: {problem}",)
+    # The same fault, told again.
+    assert told.key == f"gateway-fault/gw-hgy/{T0}/1/office/fault"
+    # Once: not again at each refused start after.
+    rig.move_to(180)
+    rig.restart()
+    await rig.watch.refused(problem)
+    assert len(rig.told()) == 2

@@ -45,7 +45,7 @@ from gateway.store.database import damage_noted
 from gateway.store.outbox import Outbox
 from tests.catalogue import shipped_rules
 from tests.unit.disk import damage
-from tests.unit.notify.notices import FakeChannel
+from tests.unit.notify.notices import FakeChannel, HangingChannel
 
 # 2026-01-01 08:00 in Shanghai.
 T0 = 1_767_225_600_000
@@ -1084,6 +1084,53 @@ async def test_a_round_that_fails_is_tried_again_and_the_stage_goes_on(tmp_path:
         runner.cancel()
 
 
+# A send whose result the log does not take (its disk refusing writes) is not made
+# again and again, and the rounds are said to fail without a break while that lasts,
+# so that the gateway's fault notices tell people (gateway.notify.fault); once the log
+# takes writes again, the result is recorded and nothing was sent twice.
+async def test_a_send_whose_result_is_not_recorded_is_not_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    wecom = HangingChannel("wecom")
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = wecom
+    runner = asyncio.create_task(rig.notifier.run())
+    try:
+        await settle()
+        rig.feed(fall())
+        await settle()
+        refused = sqlite3.OperationalError("attempt to write a readonly database")
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise refused
+
+        monkeypatch.setattr(rig.log, "update", refuse)
+        monkeypatch.setattr(rig.log, "record", refuse)
+        wecom.release.set()
+        await settle()
+        assert [n.receiver for n in wecom.sent] == ["wang-fang"]
+        # From now on WeCom is slow to answer: a send made again would be under way.
+        wecom.release.clear()
+        for _ in range(5):
+            rig.clock.advance(FAILED_ROUND_PAUSE_S)
+            await settle()
+            assert rig.notifier.round_error == f"OperationalError: {refused}"
+        wecom.release.set()
+        await settle()
+        assert wecom.started == 1
+        monkeypatch.undo()
+        rig.clock.advance(FAILED_ROUND_PAUSE_S)
+        await settle()
+        assert rig.notifier.round_error is None
+        alert_id = next(a.alert_id for a in rig.book.open_alerts() if a.rule == "fall")
+        sent = [(a.receiver, a.channel) for a in rig.log.attempts(alert_id)
+                if a.result is AttemptResult.SENT]  # fmt: skip
+        assert sent.count(("wang-fang", "wecom")) == 1
+        assert len(wecom.sent) == 1
+    finally:
+        runner.cancel()
+
+
 async def test_a_chain_taken_out_leaves_its_steps_to_no_chain_planned_already(
     tmp_path: Path,
 ) -> None:
@@ -1237,20 +1284,6 @@ def outbox_commit(outbox: Outbox):  # type: ignore[no-untyped-def]
         outbox.commit(lines, [], None, write)
 
     return commit
-
-
-class HangingChannel(FakeChannel):
-    """A provider that takes the request and does not answer until released."""
-
-    def __init__(self, name: str, **kwargs: object) -> None:
-        super().__init__(name, **kwargs)  # type: ignore[arg-type]
-        self.release = asyncio.Event()
-        self.started = 0
-
-    async def send(self, notice: Notice) -> None:
-        self.started += 1
-        await self.release.wait()
-        await super().send(notice)
 
 
 async def settle() -> None:
