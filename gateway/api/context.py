@@ -70,7 +70,7 @@ class ApiContext:
         self.limiter = FailureLimiter(gateway.clock, config.auth_failures_per_min)
         self.audit = AuditLog(gateway.config.outbox.path)
         self.latest = LatestValues(gateway.registry)
-        self.feed = AlertFeed()
+        self.feed = AlertFeed(gateway.clock)
         gateway.pipeline.listeners.append(self.latest.listen)
         gateway.pipeline.alert_listeners.append(self.feed.alert_changes)
         gateway.pipeline.repeat_listeners.append(self.feed.repeats)

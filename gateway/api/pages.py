@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
-# A comment line keeps proxies from closing a quiet stream.
+# A comment line keeps proxies from closing a quiet stream, and tells the board that the
+# stream still flows: a connection left half-open (a proxy or a mobile network that stops
+# passing data without closing it) says nothing, and the board, which is told this
+# interval in the `X-Keepalive-S` header, takes a few of them missed for a stream gone.
 KEEPALIVE_S = 15.0
 MAX_NOTE_CHARS = 2000
 
@@ -93,7 +96,8 @@ async def alert_stream(
     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
 ) -> StreamingResponse:
     """Server-sent events: `alerts` with a version number whenever alerts change, first
-    at once. Ends when the gateway stops, or after `limit` events."""
+    at once, and a keepalive comment after each `KEEPALIVE_S` without one. Ends when the
+    gateway stops, or after `limit` events."""
 
     async def events() -> AsyncIterator[str]:
         version = -1
@@ -115,7 +119,11 @@ async def alert_stream(
             if limit is not None and sent >= limit:
                 return
 
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",
+        "X-Keepalive-S": f"{KEEPALIVE_S:g}",
+    }
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
@@ -160,7 +168,7 @@ async def link_page(
     link = _verify(ctx, request, token)
     entry = ctx.gateway.alerts.get(link.alert_id)
     message = f"已记录：{ACTIONS[done]}" if done in ACTIONS else None
-    page = await _alert_page(ctx, request, link, token, entry, message)
+    page = await _alert_page(ctx, request, link, token, entry, message, via="GET /a/{token}")
     return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
@@ -179,6 +187,8 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
         page = error_page("没有这个操作", f"未知操作：{action}", root_of(request.url.path))
         return HTMLResponse(page, status_code=404, headers=PAGE_HEADERS)
     desk = ctx.gateway.desk
+    # A refused step's page shows the alert again: read through the step asked for.
+    refused = f"POST /a/{{token}}/{action} refused"
     try:
         if action == "acknowledge":
             await desk.acknowledge(link.alert_id, link.receiver)
@@ -189,15 +199,16 @@ async def link_action(ctx: Ctx, request: Request, token: str, action: str) -> Re
             note = (form.get("note") or [""])[0].strip()[:MAX_NOTE_CHARS]
             if not note:
                 entry = ctx.gateway.alerts.get(link.alert_id)
+                asked = "关闭告警需要填写处理说明。"
                 page = await _alert_page(
-                    ctx, request, link, token, entry, "关闭告警需要填写处理说明。", error=True
+                    ctx, request, link, token, entry, asked, via=refused, error=True
                 )
                 return HTMLResponse(page, status_code=422, headers=PAGE_HEADERS)
             await desk.close(link.alert_id, link.receiver, note)
     except AlertError as exc:
         entry = ctx.gateway.alerts.get(link.alert_id)
         refusal = _refusal(entry, action, exc)
-        page = await _alert_page(ctx, request, link, token, entry, refusal, error=True)
+        page = await _alert_page(ctx, request, link, token, entry, refusal, via=refused, error=True)
         return HTMLResponse(page, status_code=409, headers=PAGE_HEADERS)
     # Relative, as every address on the pages (see `root_of`): from /a/{token}/{action}.
     return RedirectResponse(
@@ -260,8 +271,11 @@ async def _alert_page(
     entry: AlertEntry,
     message: str | None,
     *,
+    via: str,
     error: bool = False,
 ) -> str:
+    """`via`: the request that shows the page, as the read of personal data is recorded;
+    the route's template, never the token, which alone acts on the alert."""
     esc = html.escape
     # A closed alert's link, still valid and posted in group chats, shows what was done
     # and no more: not whom to call, nor where the wearer is now.
@@ -312,7 +326,7 @@ async def _alert_page(
     if what is not None:
         shown = Shown(entry.community, entry.device_id, what)
         try:
-            await audit_reads(ctx, link.receiver, "link", [shown], "GET /a/{token}")
+            await audit_reads(ctx, link.receiver, "link", [shown], via)
         except StoreError as exc:
             # The one sent to a fall must see whom to call and where to go, audited or
             # not: said in the log, which an audit would be read beside.

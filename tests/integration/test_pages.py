@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Route, expect
 
-from gateway.config import ApiConfig, ApiToken
+from gateway.api import pages
+from gateway.config import ApiConfig, ApiToken, GatewayConfig
 from gateway.notify.policy import NotifyPolicy
 from tests.integration.browser import chromium
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
@@ -16,9 +19,9 @@ from tests.integration.services import MosquittoService
 OPERATOR = "board-operator-token-0123"
 
 
-async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
-    tmp_path: Path, mosquitto: MosquittoService, namespace: str
-) -> None:
+def bracelet_config(tmp_path: Path, mosquitto: MosquittoService, namespace: str) -> GatewayConfig:
+    """The gateway with bracelet br-1 of this test's community, the board's token (desk),
+    and a policy that tells wang-fang, whose link therefore works."""
     registry = tmp_path / "devices.csv"
     registry.write_text(
         "device_id,device_type,community,area,compound,building,unit,wearer_name,wearer_phone\n"
@@ -30,7 +33,6 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
         port=0, link_secret="browser-test-secret-0123456789abcdef",  # type: ignore[arg-type]
         tokens=(ApiToken(name="desk", role="operator", token=OPERATOR),),  # type: ignore[arg-type]
     )  # fmt: skip
-    # The link's receiver is one the policy tells.
     policy = NotifyPolicy.model_validate(
         {
             "channels": {"console": {"type": "console"}},
@@ -39,7 +41,13 @@ async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
             "escalations": {"grid": [{"after_s": 0, "to": ["wang-fang"]}]},
         }
     )
-    config = config.model_copy(update={"api": api, "notify": policy})
+    return config.model_copy(update={"api": api, "notify": policy})
+
+
+async def test_a_fall_reaches_the_board_and_is_taken_from_the_link_by_keyboard(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    config = bracelet_config(tmp_path, mosquitto, namespace)
     publisher = Publisher(mosquitto)
     try:
         async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
@@ -188,3 +196,129 @@ async def test_the_gateway_s_root_leads_to_the_board_under_a_proxy_s_path_withou
         # then takes out of the address bar).
         await expect(page.locator("#summary")).to_have_text("未关闭告警 0 条，其中紧急 0 条")
         await expect(page).to_have_url(f"{published}/board")
+
+
+async def test_a_take_that_fails_is_said_on_the_board_and_can_be_tried_again(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    # A desk that presses 接单 and is told nothing believes the alert taken, and sends
+    # nobody: a failure is said in Chinese, with the gateway's reason for a refusal, and
+    # the button, still focused, takes the alert when pressed again.
+    config = bracelet_config(tmp_path, mosquitto, namespace)
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
+            assert gateway.api is not None
+            await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+            board = await browser.new_page()
+            await board.goto(f"http://127.0.0.1:{gateway.api.port}/board#token={OPERATOR}")
+            await expect(board.locator("#status")).to_have_text("实时")
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 1})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 1, what="fall alert")
+            (fall,) = gateway.alerts.open_alerts()
+            row = board.locator(f'tr[data-alert-id="{fall.alert_id}"]')
+            take = row.get_by_role("button", name=re.compile("^接单"))
+            notice = board.get_by_role("alert")
+            await take.focus()
+
+            # A proxy's error page in place of the gateway's answer, then no answer at all.
+            async def bad_gateway(route: Route) -> None:
+                await route.fulfill(status=502, content_type="text/html", body="<h1>502</h1>")
+
+            async def unreachable(route: Route) -> None:
+                await route.abort("internetdisconnected")
+
+            for failure, said in (
+                (bad_gateway, "网关暂时无法处理（502）"),
+                (unreachable, "网络故障"),
+            ):
+                await board.route("**/acknowledge", failure)
+                await board.keyboard.press("Enter")
+                await expect(notice).to_contain_text("接单失败：跌倒")
+                await expect(notice).to_contain_text(said)
+                await expect(take).to_have_text("接单")
+                await expect(take).to_be_focused()
+                await board.unroute("**/acknowledge")
+                assert gateway.alerts.get(fall.alert_id).acknowledged_by is None
+                # The board's own state is not hidden by it: its stream is still live.
+                await expect(board.locator("#status")).to_have_text("实时")
+
+            await board.keyboard.press("Enter")
+            await expect(row.locator("td.state")).to_have_text("已接单")
+            await expect(notice).to_be_hidden()
+            assert gateway.alerts.get(fall.alert_id).acknowledged_by == "desk"
+
+            # Refused by the gateway: wang-fang took the SOS from a link at the same moment.
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "sos", "seq": 2})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 2, what="SOS alert")
+            (sos,) = [a for a in gateway.alerts.open_alerts() if a.alert_id != fall.alert_id]
+            take = board.locator(f'tr[data-alert-id="{sos.alert_id}"]').get_by_role("button")
+
+            async def taken_first(route: Route) -> None:
+                await gateway.desk.acknowledge(sos.alert_id, "wang-fang")
+                await route.continue_()
+
+            await board.route("**/acknowledge", taken_first)
+            await take.click()
+            await expect(notice).to_contain_text("接单失败：一键呼救")
+            await expect(notice).to_contain_text("告警状态已变化，不能接单（网关答复 409：")
+            await expect(notice).to_contain_text("acknowledged by wang-fang")
+            await board.screenshot(path=str(tmp_path / "board.png"))
+    finally:
+        publisher.close()
+
+
+async def test_a_board_whose_stream_goes_silent_says_so_and_connects_again(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wall screen showing 实时 is trusted to show every new alert. A stream that goes
+    # silent without closing (the gateway or a proxy holding the connection half-open)
+    # is noticed within a few keepalives, said, and replaced by a new one.
+    keepalive_s = 0.5
+    monkeypatch.setattr(pages, "KEEPALIVE_S", keepalive_s)
+    config = bracelet_config(tmp_path, mosquitto, namespace)
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
+            assert gateway.api is not None
+            await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+            board = await browser.new_page()
+            await board.goto(f"http://127.0.0.1:{gateway.api.port}/board#token={OPERATOR}")
+            status = board.locator("#status")
+            await expect(status).to_have_text("实时")
+            # Quiet, but for its keepalives: live for longer than a few of them.
+            await board.evaluate(
+                """() => { window.said = [];
+                  const status = document.getElementById("status");
+                  new MutationObserver(() => said.push(status.textContent))
+                    .observe(status, {childList: true, characterData: true, subtree: true}); }"""
+            )
+            await asyncio.sleep(keepalive_s * 6)
+            assert await board.evaluate("said") == []
+            await expect(status).to_have_text("实时")
+
+            # The stream says nothing more, and is not closed.
+            feed = gateway.api.context.feed
+            flowing = feed.wait
+
+            async def silent(after: int, timeout_s: float, stopping: asyncio.Event) -> int:
+                await stopping.wait()
+                return after
+
+            monkeypatch.setattr(feed, "wait", silent)
+            await expect(status).to_have_text("连接中断，重新连接中…", timeout=10_000)
+            await expect(status).to_have_class("down")
+
+            monkeypatch.setattr(feed, "wait", flowing)
+            await expect(status).to_have_text("实时", timeout=15_000)
+            # Live again in deed: a fall is on the board without a reload.
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 1})]
+            )
+            await expect(board.locator("tbody tr")).to_contain_text("跌倒")
+    finally:
+        publisher.close()

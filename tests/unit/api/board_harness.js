@@ -37,15 +37,21 @@ global.sessionStorage = {getItem: (k) => store[k] || null, setItem: (k, v) => { 
 global.CSS = {escape: (s) => s};
 let timers = [];
 global.setTimeout = (f) => { timers.push(f); return 1; };
+global.clearTimeout = () => {};
 global.setInterval = () => 1;
 const calls = [];
 global.fetch = async (url) => {
   calls.push(url);
   if (calls.length <= FAILURES) throw new TypeError("Failed to fetch");
   if (String(url).includes("alerts-stream")) {
-    // A stream that stays open and quiet.
-    return {ok: true, status: 200, body: {pipeThrough: () => ({getReader: () => ({
-      read: () => new Promise(() => {})})})}};
+    // A stream that says the alerts' version at once, as the gateway's does, then stays
+    // open and quiet. Its reads do not heed the page's abort: the page's timers run here
+    // at once, with no time passing, and its watchdog would end every stream.
+    const unread = ["event: alerts\ndata: 1\n\n"];
+    const read = () => (unread.length ? Promise.resolve({value: unread.shift(), done: false})
+      : new Promise(() => {}));
+    return {ok: true, status: 200, headers: {get: () => null},
+      body: {pipeThrough: () => ({getReader: () => ({read})})}};
   }
   return {ok: true, status: 200, json: async () => ANSWER};
 };

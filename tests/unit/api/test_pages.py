@@ -1,10 +1,13 @@
+import asyncio
 import json
 import re
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import AsyncGenerator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import cast
 from urllib.parse import urljoin
 
 import httpx
@@ -12,6 +15,8 @@ import pytest
 from itsdangerous import URLSafeSerializer
 
 from gateway import PROJECT_ROOT
+from gateway.api import pages
+from gateway.api.auth import Principal, Role
 from gateway.clock import ManualClock
 from gateway.decode.record import DeviceRef
 from gateway.notify.notice import Notice
@@ -355,6 +360,39 @@ async def test_the_board_of_a_desk_limited_to_its_community_shows_and_takes_its_
         assert taken.status_code == 200
 
 
+async def test_a_quiet_alert_stream_says_at_a_fixed_interval_that_it_still_flows(
+    site: Site,
+) -> None:
+    # A board takes its stream for gone once it has missed a few keepalives, so that a
+    # connection left half-open does not show 实时 on a board no longer kept up to date:
+    # the stream says how often they come, and they come that often while alerts rest.
+    assert site.gateway.api is not None
+    stream = await pages.alert_stream(
+        site.gateway.api.context, Principal("desk", Role.OPERATOR), limit=None
+    )
+    assert stream.headers["x-keepalive-s"] == "15"
+    events = cast(AsyncGenerator[str, None], stream.body_iterator)
+
+    async def next_after(seconds: float) -> str:
+        """What the stream sends next, once the clock has moved on by `seconds`, and
+        not before."""
+        sent = asyncio.ensure_future(anext(events))
+        for step_s in (seconds - 1, 1):
+            # The stream waits on the clock before it is moved on.
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not sent.done(), f"sent before {seconds} s: {sent.result()!r}"
+            site.clock.advance(step_s)
+        return await asyncio.wait_for(sent, timeout=5)
+
+    try:
+        assert await anext(events) == "event: alerts\ndata: 0\n\n"
+        assert await next_after(pages.KEEPALIVE_S) == ": keepalive\n\n"
+        assert await next_after(pages.KEEPALIVE_S) == ": keepalive\n\n"
+    finally:
+        await events.aclose()
+
+
 async def test_the_map_shows_where_the_wearer_was_last_seen(site: Site) -> None:
     await site.send("community/hgy/bracelet/br-1/telemetry",
                     {"ts": site.clock.now_ms(), "lat": 34.8, "lon": 113.7, "worn": True})  # fmt: skip
@@ -490,11 +528,12 @@ def _run_board(
 
 def test_a_board_opened_while_the_gateway_is_out_of_reach_keeps_trying(tmp_path: Path) -> None:
     # A wall screen's browser restores its tab after a power cut, while the gateway is
-    # still starting: the board tries again until it loads, then listens live. Its
-    # addresses are relative, to stay under a proxy's path.
+    # still starting: the board tries again until it loads, then listens live (and loads
+    # again when the stream first says the alerts' version). Its addresses are relative,
+    # to stay under a proxy's path.
     healthy = _run_board(tmp_path, failures=0)
     assert healthy == {
-        "calls": ["api/v1/alerts?state=open", "api/v1/alerts-stream"],
+        "calls": ["api/v1/alerts?state=open", "api/v1/alerts-stream", "api/v1/alerts?state=open"],
         "status": "实时",
         "rows": [],
         "summary": "未关闭告警 0 条，其中紧急 0 条",
@@ -505,6 +544,7 @@ def test_a_board_opened_while_the_gateway_is_out_of_reach_keeps_trying(tmp_path:
         "api/v1/alerts?state=open",
         "api/v1/alerts?state=open",
         "api/v1/alerts-stream",
+        "api/v1/alerts?state=open",
     ]
     assert retried["status"] == "实时"
 
@@ -616,6 +656,23 @@ async def test_a_worker_asked_for_a_note_can_close_the_alert_from_the_page_shown
     )
     assert closed.status_code == 303
     assert site.gateway.alerts.get(alert_id).note == "已送医"
+
+
+async def test_a_refused_step_is_recorded_as_the_step_asked_for_and_refused(site: Site) -> None:
+    # A refused step's page shows the wearer's phone and contacts again: the record of
+    # who read them names what was asked, the step and its refusal, not a page opened.
+    alert_id = await site.fall()
+    await site.client.post(link_path(site, alert_id, "li-na") + "/acknowledge")
+    path = link_path(site, alert_id)
+    taken = await site.client.post(path + "/acknowledge")
+    assert taken.status_code == 409 and 'href="tel:+8613812345678"' in taken.text
+    no_note = await site.client.post(path + "/close", content=b"note=+++", headers=FORM)
+    assert no_note.status_code == 422 and 'href="tel:+8613812345678"' in no_note.text
+    read = (await site.get("/api/v1/audit")).json()
+    assert [(e["actor"], e["role"], e["via"]) for e in read] == [
+        ("wang-fang", "link", "POST /a/{token}/close refused"),
+        ("wang-fang", "link", "POST /a/{token}/acknowledge refused"),
+    ]
 
 
 async def test_a_step_s_address_opened_again_leads_to_the_alert_s_page(site: Site) -> None:
