@@ -7,9 +7,10 @@ the disk takes writes or not: a dead or read-only disk, which holds every alarm 
 unacknowledged in the broker, is heard of as well as a broker that went away. They are
 told again every `repeat_s` while it lasts, and as soon as a problem they were not told of
 has lasted `after_s` (the gateway no longer starting, say); and once more when it has been
-over for `after_s`. These intervals go by the monotonic clock: the box often boots with a
-wrong wall clock that NTP later sets forward or back, which must neither hold a notice
-back nor make a fault of a moment. The wall clock is only for what people read, and for
+over for `after_s`. One put on duty for them (by a reload) while it lasts is told of it at
+the next look, once, and hears its end as the others do. These intervals go by the
+monotonic clock: the box often boots with a wrong wall clock that NTP later sets forward
+or back, which must neither hold a notice back nor make a fault of a moment. The wall clock is only for what people read, and for
 keys.
 
 What was told, and what is owed, is kept in a small file of its own, written off the
@@ -44,7 +45,12 @@ from pydantic import BaseModel, ValidationError
 from gateway.clock import Clock, seconds_since
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel
-from gateway.notify.notice import CLEARED_KINDS, Notice, local_time_text
+from gateway.notify.notice import (
+    CLEARED_KINDS,
+    TEMPLATE_VALUE_MAX_CHARS,
+    Notice,
+    local_time_text,
+)
 from gateway.notify.policy import NotifyPolicy, Receiver
 from gateway.statefile import write_durably
 from gateway.stats import Stats
@@ -70,9 +76,9 @@ TICK_S = 1.0
 RETRY_S = 30.0
 # An error's text in a message: SMS and robots are no place for a traceback.
 DETAIL_MAX_CHARS = 120
-# The communities a notice names: a district's gateway may serve a hundred and more, whose
-# names would take the notice past a group robot's limit (WeCom's 2,048 bytes), and fill
-# an SMS's place; the others are counted.
+# The communities a notice names at most: a district's gateway may serve a hundred and
+# more, whose names would take the notice past a group robot's limit (WeCom's 2,048
+# bytes); the others are counted.
 PLACE_COMMUNITIES = 3
 # Starts after a crash, within a window, that make a fault.
 RESTARTS_TO_TELL = 2
@@ -134,11 +140,19 @@ def fault_state_path(outbox_path: Path) -> Path:
 
 def fault_place(communities: Sequence[str], instance: str) -> str:
     """Where the gateway is, in its notices: its first communities by name, how many it
-    serves if there are more ("hgy lgy xyz 等150个社区"), and its own name."""
-    named = list(communities[:PLACE_COMMUNITIES])
-    if len(communities) > PLACE_COMMUNITIES:
-        named.append(f"等{len(communities)}个社区")
-    return " ".join([*named, instance])
+    serves if there are more ("hgy lgy xyz 等150个社区"), and its own name. An SMS or a
+    call takes TEMPLATE_VALUE_MAX_CHARS of it and cuts the rest, and communities have
+    long names ("金水区花园路街道丰产路社区"): so only as many are named as leave the
+    gateway's name whole, the others counted; whoever reads it must know which gateway
+    failed."""
+    count = len(communities)
+    for named in range(min(count, PLACE_COMMUNITIES), -1, -1):
+        counted = [] if named == count else [f"等{count}个社区" if named else f"{count}个社区"]
+        place = " ".join([*communities[:named], *counted, instance])
+        if len(place) <= TEMPLATE_VALUE_MAX_CHARS:
+            return place
+    # A name longer than a template takes keeps its beginning.
+    return instance
 
 
 class FaultWatch:
@@ -243,6 +257,14 @@ class FaultWatch:
             if news or (repeat_s is not None and now_s - self._told_s >= repeat_s):
                 self._repeat += 1
                 self._tell("fault", problems, since_ms, now_ms, now_s)
+            elif newcomers := self._newcomers():
+                # Put on duty for the gateway's faults (by a reload) since it was told:
+                # told now, not at the repeat an hour on, or never with none. The others'
+                # repeat keeps its time.
+                log.error("the gateway's alarms may not get through since %s: %s; telling "
+                          "%s, put on duty for it since", local_time_text(since_ms, self._zone),
+                          _details(problems), ", ".join(r.name for r in newcomers))  # fmt: skip
+                self._owe("fault", newcomers, problems, since_ms, now_ms, now_s)
         else:
             if self._clear_since_s is None:
                 self._clear_since_s = now_s
@@ -443,9 +465,30 @@ class FaultWatch:
                         local_time_text(since_ms, self._zone))  # fmt: skip
             self._told.clear()
             self._told_problems.clear()
+        self._owe(kind, receivers, problems, since_ms, now_ms, now_s)
+
+    def _owe(
+        self,
+        kind: str,
+        receivers: Sequence[Receiver],
+        problems: Mapping[str, str],
+        since_ms: int,
+        now_ms: int,
+        now_s: float,
+    ) -> None:
         for receiver in receivers:
             notice = self._notice(kind, problems, receiver, since_ms)
             self._pending[receiver.name] = _Pending(receiver, notice, now_s, now_ms)
+
+    def _newcomers(self) -> tuple[Receiver, ...]:
+        """Those who hear of the gateway's faults, neither told of the one under way nor
+        owed news of it: one whose channels failed is owed it, and tried again."""
+        return tuple(
+            r
+            for r in self._reach.policy.fault_receivers()
+            if r.name not in self._told
+            and not (r.name in self._pending and self._pending[r.name].notice.kind == "fault")
+        )
 
     def _notice(
         self, kind: str, problems: Mapping[str, str], receiver: Receiver, since_ms: int

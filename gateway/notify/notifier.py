@@ -204,8 +204,9 @@ class Notifier:
         self._sending: dict[str, asyncio.Task[None]] = {}
         # What a send's bookkeeping raised, for the next round to raise as its own.
         self._send_error: Exception | None = None
-        # The results of sends made that the log did not take (see `_record_result`).
-        self._unrecorded: list[Callable[[], None]] = []
+        # The results of sends made that the log did not take, by the key of what was
+        # sent (see `_record_result`).
+        self._unrecorded: list[tuple[str, Callable[[], None]]] = []
         self._silences = silences
         self._lasts = lasts
         self.stop_grace_s = STOP_GRACE_S
@@ -312,8 +313,9 @@ class Notifier:
             await sleep_unless_set(self._clock, wait_s, self._wakeup)
 
     async def _stop_sends(self) -> None:
-        """At a stop: the sends under way end (or, after `stop_grace_s`, are cut off), and
-        what was recorded of them goes to the time series."""
+        """At a stop: the sends under way end (or, after `stop_grace_s`, are cut off), the
+        results the log did not take are recorded once more, and what was recorded goes
+        to the time series."""
         tasks = set(self._sending.values())
         if tasks:
             _, going = await asyncio.wait(tasks, timeout=self.stop_grace_s)
@@ -323,12 +325,32 @@ class Notifier:
                 await asyncio.wait(going)
                 log.warning("stopped with %d notification send(s) under way; they go again "
                             "at the next start", len(going))  # fmt: skip
+        self._record_unrecorded()
         if self._lines:
             lines, self._lines = self._lines, []
             try:
                 await self._commit(lines, None)
             except Exception:
                 log.exception("the last notification points were not written")
+
+    def _record_unrecorded(self) -> None:
+        """At a stop, the results of sends the log did not take, which no round records
+        any more: unrecorded, each is sent again at the next start, to someone who has it
+        already. Those it still does not take are named."""
+        if not self._unrecorded:
+            return
+        lines = len(self._lines)
+        try:
+            with self.log.transaction():
+                for _, record in self._unrecorded:
+                    record()
+        except Exception as exc:
+            # Rolled back: none of their points is written either.
+            del self._lines[lines:]
+            log.error("stopped with the results of sending %s not recorded (%r): they are "
+                      "sent again at the next start",
+                      ", ".join(key for key, _ in self._unrecorded), exc)  # fmt: skip
+        self._unrecorded.clear()
 
     def _damaged(self, exc: sqlite3.Error) -> DamagedStoreError:
         """Which of the two files a round reads is damaged: the notification log, or else
@@ -411,7 +433,7 @@ class Notifier:
             raise error
         now_ms = self._clock.now_ms()
         with self.log.transaction():
-            for record in self._unrecorded:
+            for _, record in self._unrecorded:
                 record()
             self._keep_delays()
             while self._incoming:
@@ -746,13 +768,13 @@ class Notifier:
         refusing writes) is recorded again first thing in each round, which fails until
         it is: the send is not made again meanwhile, to the same people time after
         time, and the rounds fail without a break, a fault told to people
-        (gateway.notify.fault)."""
+        (gateway.notify.fault). A stop records it once more (see `_record_unrecorded`)."""
         try:
             with self.log.transaction():
                 record()
         except sqlite3.Error as exc:
             log.error("the result of sending %s was not recorded: %r", key, exc)
-            self._unrecorded.append(record)
+            self._unrecorded.append((key, record))
             self._wakeup.set()
 
     def _send_failed(self, exc: Exception, key: str) -> None:

@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from gateway.clock import ManualClock
 from gateway.errors import NotifyError
 from gateway.notify.channel import Channel, Limit
-from gateway.notify.fault import PROBLEMS_ZH, RETRY_S, FaultWatch, fault_state_path
+from gateway.notify.fault import (
+    PROBLEMS_ZH,
+    RETRY_S,
+    FaultWatch,
+    fault_place,
+    fault_state_path,
+)
 from gateway.notify.hooks import notice_document
 from gateway.notify.notice import Notice
 from gateway.notify.policy import NotifyPolicy
@@ -564,7 +570,7 @@ async def test_a_district_gateway_is_named_within_what_a_group_robot_takes() -> 
     await rig.at(0)
     (notice,) = rig.reach.sent("robot")
     assert robot.size_bytes(notice) <= WecomRobot.max_text_bytes
-    assert notice.place == "community-000 community-001 community-002 等150个社区 gw-hgy"
+    assert notice.place == "community-000 等150个社区 gw-hgy"
     assert notice.lines == ("数据无法保存，告警积压在消息服务器: main: disk I/O error",)
 
 
@@ -718,3 +724,81 @@ async def test_a_refused_start_within_a_fault_told_is_told_when_it_lasts(
     rig.restart()
     await rig.watch.refused(problem)
     assert len(rig.told()) == 2
+
+
+# Someone put on duty for the gateway's faults (a reload) while one is under way hears of
+# it at the next look, rather than at the repeat an hour later, or never with no repeat;
+# once; and hears that it is over, as those told before them do.
+@pytest.mark.parametrize("repeat_s", [3600, None])
+async def test_one_put_on_duty_during_a_fault_hears_of_it_at_once_and_of_its_end(
+    repeat_s: float | None,
+) -> None:
+    rig = Rig(policy(after_s=10, repeat_s=repeat_s, to=["office"]))
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    await rig.at(10)
+    assert rig.told() == [("robot", "office", "fault")]
+    rig.reach.policy = policy(after_s=10, repeat_s=repeat_s, to=["office", "wang-fang"])
+    await rig.at(11)
+    assert rig.told() == [("robot", "office", "fault"), ("robot", "wang-fang", "fault")]
+    joined = rig.reach.sent("robot")[-1]
+    assert joined.key == f"gateway-fault/gw-hgy/{T0}/0/wang-fang/fault"
+    assert joined.started_ms == T0
+    assert joined.lines == ("数据无法保存，告警积压在消息服务器: main: disk I/O error",)
+    for second in (12, 100, 1000):
+        await rig.at(second)
+    assert len(rig.told()) == 2
+    rig.problems = {}
+    await rig.at(1001)
+    await rig.at(1011)
+    assert rig.told() == [
+        ("robot", "office", "fault"), ("robot", "wang-fang", "fault"),
+        ("robot", "office", "fault_cleared"), ("robot", "wang-fang", "fault_cleared"),
+    ]  # fmt: skip
+
+
+# A newcomer whose channels fail is tried again as any receiver is, and told once.
+async def test_one_put_on_duty_during_a_fault_whose_channel_fails_is_tried_again() -> None:
+    rig = Rig(policy(after_s=0, to=["office"]))
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    rig.reach.policy = policy(after_s=0, to=["office", "secretary"])
+    rig.reach.fail("sms")
+    await rig.at(1)
+    assert rig.told() == [("robot", "office", "fault")]
+    await rig.at(1 + RETRY_S - 1)
+    assert rig.told() == [("robot", "office", "fault")]
+    await rig.at(1 + RETRY_S)
+    assert rig.told() == [("robot", "office", "fault"), ("sms", "secretary", "fault")]
+    await rig.at(1 + 3 * RETRY_S)
+    assert len(rig.told()) == 2
+
+
+# Communities go by long names ("金水区花园路街道丰产路社区"); an SMS or a call, whose
+# template takes 35 characters of a place, must still say which gateway failed, and how
+# many communities it serves.
+async def test_an_sms_names_the_gateway_that_failed_whatever_its_communities_are_called() -> None:
+    rig = Rig(policy(after_s=0, to=["secretary"]))
+    rig.watch.communities = (
+        "金水区花园路街道丰产路社区", "金水区花园路街道经八路社区",
+        "金水区文化路街道农科路社区", "金水区丰庆路街道庆丰社区",
+    )  # fmt: skip
+    rig.problems = {"outbox": "main: disk I/O error"}
+    await rig.at(0)
+    (notice,) = rig.reach.sent("sms")
+    assert notice.template_values()["place"] == "金水区花园路街道丰产路社区 等4个社区 gw-hgy"
+    assert notice.text().split("\n")[1] == "网关: 金水区花园路街道丰产路社区 等4个社区 gw-hgy"
+
+
+# However long the names, the gateway's own comes whole within a template's 35 characters;
+# communities that fit are named, the others counted.
+def test_a_gateway_s_place_keeps_its_name_within_what_a_template_takes() -> None:
+    assert fault_place(("hgy", "lgy", "xyz", "abc"), "gw-hgy") == "hgy lgy xyz 等4个社区 gw-hgy"
+    assert fault_place(("hgy",), "gw-hgy") == "hgy gw-hgy"
+    assert fault_place((), "gw-hgy") == "gw-hgy"
+    long_name = "郑州市金水区花园路街道丰产路社区居民委员会第一网格智慧社区网关"
+    assert fault_place((long_name,), "gw-hgy") == "1个社区 gw-hgy"
+    assert fault_place((long_name, "hgy"), "gw-jinshui-01") == "2个社区 gw-jinshui-01"
+    # A gateway's own name longer than that keeps its beginning, the most a template shows.
+    long_instance = "gw-jinshui-huayuanlu-fengchanlu-wangge-01"
+    assert fault_place(("hgy",), long_instance) == long_instance

@@ -4,6 +4,7 @@ digests, quiet hours, silences and idempotency across a restart."""
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -1371,6 +1372,72 @@ async def test_a_send_a_stop_cuts_off_goes_again_once_after_the_start(tmp_path: 
     assert rig.sent() == [("wecom", "wang-fang", "firing")]
     await rig.after(60)
     assert len(rig.sent()) == 1
+
+
+async def a_result_the_log_did_not_take(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> tuple[HangingChannel, asyncio.Task[None]]:
+    """The notifier running, a low battery sent by WeCom, and its result refused by the
+    log (its file locked, its disk refusing writes)."""
+    wecom = HangingChannel("wecom")
+    rig.channels["wecom"] = rig.notifier.channels["wecom"] = wecom
+    runner = asyncio.create_task(rig.notifier.run())
+    rig.feed(reading(SMOKE, 0, battery_pct=10))
+    await settle()
+    assert wecom.started == 1
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(rig.log, "update", refuse)
+    monkeypatch.setattr(rig.log, "record", refuse)
+    wecom.release.set()
+    await settle()
+    assert [n.receiver for n in wecom.sent] == ["wang-fang"]
+    return wecom, runner
+
+
+# A send whose result the log did not take, with the gateway stopped before a round
+# recorded it: the stop records it, and the start after it does not send the same
+# notice to the same person again.
+async def test_a_stop_records_a_send_s_result_the_log_did_not_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    _, runner = await a_result_the_log_did_not_take(rig, monkeypatch)
+    # The log takes writes again (the lock let go of), and the gateway is stopped.
+    monkeypatch.undo()
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    (alert,) = rig.book.open_alerts()
+    assert [a.result for a in rig.log.attempts(alert.alert_id)] == [AttemptResult.SENT]
+    assert len(rig.lines("notification")) == 1
+    rig.restart()
+    rig.notifier.recover()
+    await rig.after(0)
+    await rig.after(60)
+    assert rig.sent() == []
+
+
+# One the log still does not take at the stop is named, and so is what follows from it,
+# for whoever wonders why a grid worker had the same notice twice.
+async def test_a_stop_names_the_results_it_could_not_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    wecom, runner = await a_result_the_log_did_not_take(rig, monkeypatch)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="gateway.notify.notifier"):
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert [r.message for r in caplog.records] == [
+        f"stopped with the results of sending {wecom.sent[0].key} not recorded "
+        "(OperationalError('database is locked')): they are sent again at the next start"
+    ]
+    # No point of a result the log does not have.
+    assert rig.lines("notification") == []
 
 
 async def test_a_send_that_outlasts_its_channels_timeout_is_tried_again(tmp_path: Path) -> None:
