@@ -28,7 +28,7 @@ import random
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -339,18 +339,32 @@ class Notifier:
         already. Those it still does not take are named."""
         if not self._unrecorded:
             return
-        lines = len(self._lines)
         try:
-            with self.log.transaction():
+            with self._transaction():
                 for _, record in self._unrecorded:
                     record()
         except Exception as exc:
-            # Rolled back: none of their points is written either.
-            del self._lines[lines:]
             log.error("stopped with the results of sending %s not recorded (%r): they are "
                       "sent again at the next start",
                       ", ".join(key for key, _ in self._unrecorded), exc)  # fmt: skip
         self._unrecorded.clear()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The log's transaction. Rolled back, the points and counts of what it recorded
+        go with it: what it recorded is recorded again, by the next round or start."""
+        lines = len(self._lines)
+        counts = self._stats.notifications.copy()
+        escalations = self._stats.escalations
+        try:
+            with self.log.transaction():
+                yield
+        except BaseException:
+            del self._lines[lines:]
+            self._stats.notifications.clear()
+            self._stats.notifications.update(counts)
+            self._stats.escalations = escalations
+            raise
 
     def _damaged(self, exc: sqlite3.Error) -> DamagedStoreError:
         """Which of the two files a round reads is damaged: the notification log, or else
@@ -432,7 +446,7 @@ class Notifier:
             error, self._send_error = self._send_error, None
             raise error
         now_ms = self._clock.now_ms()
-        with self.log.transaction():
+        with self._transaction():
             for _, record in self._unrecorded:
                 record()
             self._keep_delays()
@@ -770,7 +784,7 @@ class Notifier:
         time, and the rounds fail without a break, a fault told to people
         (gateway.notify.fault). A stop records it once more (see `_record_unrecorded`)."""
         try:
-            with self.log.transaction():
+            with self._transaction():
                 record()
         except sqlite3.Error as exc:
             log.error("the result of sending %s was not recorded: %r", key, exc)

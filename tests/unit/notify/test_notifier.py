@@ -1420,6 +1420,38 @@ async def test_a_stop_records_a_send_s_result_the_log_did_not_take(
     assert rig.sent() == []
 
 
+# A round that recorded a send's result and then failed is rolled back; the next records
+# it again: its point and its count are written once, not once a try.
+async def test_a_round_rolled_back_leaves_no_point_of_what_it_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path / "outbox.sqlite3")
+    _, runner = await a_result_the_log_did_not_take(rig, monkeypatch)
+    monkeypatch.undo()
+    due_steps = rig.log.due_steps
+    tries = 0
+
+    def locked_once(now_ms: int) -> list[PlannedStep]:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return due_steps(now_ms)
+
+    monkeypatch.setattr(rig.log, "due_steps", locked_once)
+    for _ in range(3):
+        with contextlib.suppress(sqlite3.Error):
+            await rig.after(1)
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    assert tries >= 2
+    (alert,) = rig.book.open_alerts()
+    assert [a.result for a in rig.log.attempts(alert.alert_id)] == [AttemptResult.SENT]
+    assert len(rig.lines("notification")) == 1
+    assert rig.stats.notifications[("wecom", "sent")] == 1
+
+
 # One the log still does not take at the stop is named, and so is what follows from it,
 # for whoever wonders why a grid worker had the same notice twice.
 async def test_a_stop_names_the_results_it_could_not_record(
