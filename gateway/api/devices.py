@@ -39,7 +39,7 @@ from gateway.api.privacy import (
 )
 from gateway.api.readings import ReadingHistory
 from gateway.decode.record import DeviceRef
-from gateway.registry import RegisteredDevice, Site
+from gateway.registry import ALERT_PLACES, RegisteredDevice, Site
 from gateway.rules.alert import AlertState
 from gateway.rules.book import AlertEntry
 
@@ -99,6 +99,10 @@ def open_alerts_by_device(
         # A pending alert has not fired; a resolved one's condition has cleared, though
         # nobody has closed it yet.
         if alert.state in (AlertState.PENDING, AlertState.RESOLVED) or alert.fired_ms is None:
+            continue
+        if alert.device_type in ALERT_PLACES:
+            # About a place, named as a device may be (detector 3 is not building 3):
+            # each of its devices in alarm has an alert of its own.
             continue
         key = (alert.community, alert.device_id)
         if alert.rule in offline_rules:

@@ -333,3 +333,26 @@ async def test_readings_with_since_after_until_are_refused(tmp_path: Path) -> No
         )
         assert response.status_code == 422, response.text
         assert "since_ms" in response.json()["detail"]
+
+
+# A detector numbered like a building (ids 1, 2, 3 in a community are common) is not in
+# alarm because that building is on fire: the desk would send someone to the wrong
+# building.
+async def test_a_device_named_like_a_building_on_fire_is_not_shown_in_alarm(
+    tmp_path: Path,
+) -> None:
+    quiet = "3,smoke_detector,hgy,west,hillside,9,,,,,,,,\n"
+    async with open_site(tmp_path, ManualClock(T0), registry_text=REGISTRY + quiet) as site:
+        for device_id in ("sd-1", "sd-2"):
+            await site.send(
+                f"community/hgy/smoke_detector/{device_id}/event",
+                {"ts": site.clock.now_ms(), "event": "alarm"},
+            )
+        fires = [
+            a.device_id for a in site.gateway.alerts.open_alerts() if a.rule == "building_fire"
+        ]
+        assert fires == ["3"]
+        device = (await site.get("/api/v1/devices/hgy/3", ADMIN)).json()
+        assert device["state"] == "normal"
+        alarming = (await site.get("/api/v1/devices?state=alarm", ADMIN)).json()["devices"]
+        assert {d["device_id"] for d in alarming} == {"sd-1", "sd-2"}
