@@ -224,12 +224,17 @@ class Registry:
         # not tell an alert about one of them which: such a place goes by its path from
         # the area down (`place_id`), indexed as its name is.
         self._place_ids: dict[tuple[str, int, tuple[str | None, ...]], str] = {}
-        for (community, level, _), found in list(self._within.items()):
+        for (community, level, name), found in list(self._within.items()):
             paths = {place[1 : level + 1] for place in found}
             if len(paths) < 2:
                 continue
             for path in paths:
-                place_id = PATH_SEPARATOR.join(name for name in path if name)
+                place_id = PATH_SEPARATOR.join(part for part in path if part)
+                if place_id == name:
+                    # Registered without the levels above (a row without its area, most
+                    # often one of those places entered short): it goes by the name,
+                    # which still finds every place of that name.
+                    continue
                 self._place_ids[(community, level, path)] = place_id
                 self._within[(community, level, place_id)] = tuple(
                     place for place in found if place[1 : level + 1] == path

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.config import GridCell
 from gateway.errors import ConfigError
+from gateway.notify.policy import empty_cell
 from gateway.registry import RegisteredDevice, Registry, load_registry
 
 
@@ -69,6 +71,25 @@ def test_places_are_found_without_looking_at_every_device() -> None:
     ]  # fmt: skip
     assert keys(registry.devices_at("lgy", "area", "west")) == ["lgy/sd-1"]
     assert registry.devices_at("lgy", "building", "9") == []
+
+
+# One detector entered without its area must not make its compound's cell look empty:
+# a desk's silence, a token or a roster naming east/lakeside would be refused.
+def test_a_row_without_its_area_leaves_its_compound_found() -> None:
+    registry = Registry(
+        [
+            *DEVICES,
+            RegisteredDevice(
+                device_id="sd-9", device_type="smoke_detector", community="hgy",
+                compound="lakeside", building="3",
+            ),
+        ]
+    )  # fmt: skip
+    assert registry.holds(("hgy", "east", "lakeside", None))
+    assert registry.holds(("hgy", "east", "lakeside", "3"))
+    assert ("hgy", "east", "lakeside", "3") in registry.places_within("hgy", "compound", "lakeside")
+    cell = GridCell(community="hgy", area="east", compound="lakeside")
+    assert empty_cell(cell, registry, all_registered=False) is None
 
 
 def test_an_empty_registry_has_no_places() -> None:
