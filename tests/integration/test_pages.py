@@ -268,6 +268,44 @@ async def test_a_take_that_fails_is_said_on_the_board_and_can_be_tried_again(
             await expect(notice).to_contain_text("告警状态已变化，不能接单（网关答复 409：")
             await expect(notice).to_contain_text("acknowledged by wang-fang")
             await board.screenshot(path=str(tmp_path / "board.png"))
+            # Closed by her from the scene: the failure asks nothing more of the desk.
+            await gateway.desk.close(sos.alert_id, "wang-fang", "误按，已确认老人安全")
+            await expect(board.locator(f'tr[data-alert-id="{sos.alert_id}"]')).to_have_count(0)
+            await expect(notice).to_be_hidden()
+    finally:
+        publisher.close()
+
+
+async def test_a_board_says_a_failed_load_and_is_live_again_once_a_load_succeeds(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    # A load that fails (a proxy's 502 for a moment) is said; the next that succeeds
+    # shows the alerts as they are, and so does the status: not "加载失败" for good.
+    config = bracelet_config(tmp_path, mosquitto, namespace)
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
+            assert gateway.api is not None
+            await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+            board = await browser.new_page()
+            await board.goto(f"http://127.0.0.1:{gateway.api.port}/board#token={OPERATOR}")
+            status = board.locator("#status")
+            await expect(status).to_have_text("实时")
+
+            async def bad_gateway(route: Route) -> None:
+                await route.fulfill(status=502, content_type="text/html", body="<h1>502</h1>")
+
+            await board.route("**/alerts?state=open", bad_gateway)
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 1})]
+            )
+            await expect(status).to_have_text("加载失败 502")
+            await board.unroute("**/alerts?state=open")
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "sos", "seq": 2})]
+            )
+            await expect(board.locator("tbody tr")).to_have_count(2)
+            await expect(status).to_have_text("实时")
     finally:
         publisher.close()
 
