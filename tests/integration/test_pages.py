@@ -310,6 +310,37 @@ async def test_a_board_says_a_failed_load_and_is_live_again_once_a_load_succeeds
         publisher.close()
 
 
+async def test_a_new_critical_alert_catches_the_eye_until_somebody_takes_it(
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+) -> None:
+    # A wall screen across the duty room: a fall that comes in flashes its row, and the
+    # tab counts the critical alerts nobody has taken, until somebody takes it.
+    config = bracelet_config(tmp_path, mosquitto, namespace)
+    publisher = Publisher(mosquitto)
+    try:
+        async with running(config) as gateway, chromium(tmp_path / "profile") as browser:
+            assert gateway.api is not None
+            await asyncio.wait_for(gateway.api.started.wait(), timeout=10)
+            board = await browser.new_page()
+            await board.goto(f"http://127.0.0.1:{gateway.api.port}/board#token={OPERATOR}")
+            await expect(board.locator("#status")).to_have_text("实时")
+            await expect(board).to_have_title("告警看板")
+            publisher.publish_all(
+                [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 1})]
+            )
+            await wait_until(lambda: gateway.stats.alerts_firing == 1, what="fall alert")
+            (fall,) = gateway.alerts.open_alerts()
+            row = board.locator(f'tr[data-alert-id="{fall.alert_id}"]')
+            await expect(row).to_have_class("new")
+            await expect(board).to_have_title("(1) 告警看板")
+            await row.get_by_role("button").click()
+            await expect(row.locator("td.state")).to_have_text("已接单")
+            await expect(row).not_to_have_class("new")
+            await expect(board).to_have_title("告警看板")
+    finally:
+        publisher.close()
+
+
 async def test_a_board_whose_stream_goes_silent_says_so_and_connects_again(
     tmp_path: Path, mosquitto: MosquittoService, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
