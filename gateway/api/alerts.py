@@ -36,7 +36,7 @@ from gateway.api.privacy import (
 from gateway.notify.log import DeliveryAttempt
 from gateway.registry import ALERT_PLACES, Place, Registry
 from gateway.registry import place_of as registered_place
-from gateway.rules.book import AlertEntry, AlertError
+from gateway.rules.book import AlertEntry, AlertError, places_about
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=AUTH_ERRORS)
 STEP_ERRORS = error_responses(
@@ -52,9 +52,11 @@ StateFilter = Literal[
 
 def places_of(registry: Registry, entry: AlertEntry) -> list[Place]:
     """Where an alert is (see AlertEntry.where); for an alert about a place (a building
-    on fire, a community), every registered place within it."""
+    on fire, a community), every registered place within it (see places_about)."""
     if entry.device_type in ALERT_PLACES:
-        within = registry.places_within(entry.community, entry.device_type, entry.device_id)
+        within = places_about(
+            registry, entry.community, entry.device_type, entry.device_id, entry.site
+        )
         if within:
             return within
     site = entry.where(registry)
@@ -124,9 +126,10 @@ def alert_out(ctx: ApiContext, entry: AlertEntry, whole: bool) -> AlertOut:
 
 def sees_contacts(ctx: ApiContext, principal: Principal, entry: AlertEntry) -> bool:
     """Whether the caller sees the emergency contacts of the alert's device whole, as
-    they see its wearer."""
-    registered = ctx.gateway.registry.device_of(entry)
-    return sees_whole(principal, registered, entry.community)
+    they see its wearer: judged by where the alert is (see AlertEntry.where), as is
+    whether they see the alert at all, so that the grid worker handling it can call the
+    family though a reload has put the device in another cell since."""
+    return sees_whole(principal, entry.where(ctx.gateway.registry), entry.community)
 
 
 def _names(entry: AlertEntry) -> tuple[str | None, ...]:
@@ -285,9 +288,8 @@ def _communities_of(principal: Principal) -> list[str] | None:
 )  # fmt: skip
 async def get_alert(ctx: Ctx, principal: Caller, request: Request, alert_id: str) -> AlertDetailOut:
     entry = find(ctx, principal, alert_id)
-    registered = ctx.gateway.registry.device_of(entry)
-    whole = sees_whole(principal, registered, entry.community)
-    wearer = person_of(registered, whole)
+    whole = sees_contacts(ctx, principal, entry)
+    wearer = person_of(ctx.gateway.registry.device_of(entry), whole)
     history = ctx.gateway.alerts.history(alert_id)
     attempts = ctx.gateway.notifications.attempts(alert_id)
     names = [*(s.actor for s in history), *(a.receiver for a in attempts)]

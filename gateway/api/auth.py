@@ -20,6 +20,7 @@ from gateway.clock import Clock
 from gateway.config import ApiToken, GridCell
 from gateway.errors import GatewayError
 from gateway.registry import ALERT_PLACES, PLACE_TYPES, Placed, Registry, Site
+from gateway.rules.book import places_about
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,11 @@ class Principal:
             return self.covers_community(community)
         at_place: Sequence[Placed | None]
         if device_type in ALERT_PLACES:
-            # An alert about a place (a building on fire): in the cell if any device
-            # registered at that place is, found by the registry's index of places; its
-            # devices all taken out since, where it was.
-            at_place = registry.devices_at(community, device_type, device_id) or [site]
+            # An alert about a place (a building on fire): in the cell if any place
+            # registered within it is, the place where it began; its devices all taken
+            # out since, where it was.
+            places = places_about(registry, community, device_type, device_id, site)
+            at_place = [Site(*place) for place in places] or [site]
         else:
             at_place = [site if site is not None else registry.get(community, device_id)]
         return any(self.covers_device(placed, community) for placed in at_place)

@@ -23,7 +23,7 @@ from gateway.decode.record import FieldValue, Position
 from gateway.logs import COARSE_DECIMALS
 from gateway.notify.router import CONTACT_PREFIX
 from gateway.phone import dialled_in_mainland
-from gateway.registry import RegisteredDevice
+from gateway.registry import Placed, RegisteredDevice
 
 
 def mask_name(name: str) -> str:
@@ -89,8 +89,9 @@ def has_personal_data(device: RegisteredDevice) -> bool:
     return bool(device.wearer_name or device.wearer_phone or device.emergency_contacts)
 
 
-def sees_whole(principal: Principal, device: RegisteredDevice | None, community: str) -> bool:
-    """Whether the caller sees the personal data of a device in `community` whole; an
+def sees_whole(principal: Principal, device: Placed | None, community: str) -> bool:
+    """Whether the caller sees the personal data of a device in `community` whole, the
+    device where it is registered, or where its alert is (see AlertEntry.where); an
     unregistered device (one taken out of the registry since its alert) has no place but
     its community."""
     if principal.role is Role.ADMIN:

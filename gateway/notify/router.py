@@ -33,7 +33,7 @@ from gateway.registry import (
     Site,
     place_of,
 )
-from gateway.rules.book import AlertEntry
+from gateway.rules.book import AlertEntry, places_about
 from gateway.rules.schedule import DailyWindow
 
 log = logging.getLogger(__name__)
@@ -187,12 +187,14 @@ class Router:
 
     def _on_duty_for(self, entry: AlertEntry, at_ms: int) -> list[Receiver]:
         """Who is on duty for the alert, or the fallback receivers where nobody is: for
-        an alert about a place, in each registered cell within it (a community's)."""
+        an alert about a place, in each registered cell within it (a community's), the
+        place where it began (see places_about)."""
         places: list[Place | None] = []
         if entry.device_type in ALERT_PLACES:
             places.extend(
-                self._registry.places_within(entry.community, entry.device_type, entry.device_id)
-            )
+                places_about(self._registry, entry.community, entry.device_type,
+                             entry.device_id, entry.site)
+            )  # fmt: skip
         found: dict[str, Receiver] = {}
         for place in places or [self.place(entry)]:
             on_duty = self.on_duty(place, entry.community, at_ms)

@@ -17,7 +17,7 @@ import orjson
 
 from gateway.decode.record import DeviceRef, Position
 from gateway.errors import GatewayError
-from gateway.registry import Registry, Site
+from gateway.registry import COMMUNITY, PLACE_TYPES, Place, Registry, Site, within
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.engine import Track, TrackKey
 from gateway.rules.presence import GroupKey
@@ -211,6 +211,30 @@ class AlertEntry:
         if self.site is not None:
             return self.site
         return registry.site(self.community, self.device_type, self.device_id)
+
+
+def places_about(
+    registry: Registry, community: str, place_type: str, place_id: str, site: Site | None
+) -> list[Place]:
+    """The registered places within the place an alert is about (a building on fire, a
+    community), that place being where the alert began (`site`, see AlertEntry.site),
+    whatever the registry calls it now: once a reload gives another compound a building
+    3 too, lakeside's is east·lakeside·3, and 3 names both. For an alert kept without a
+    site (an earlier version's), the places the registry now has of its name."""
+    if site is None or place_type == COMMUNITY:
+        return registry.places_within(community, place_type, place_id)
+    level = 1 + PLACE_TYPES.index(place_type)
+    began: Place = (
+        community,
+        site.area,
+        site.compound if level > 1 else None,
+        site.building if level > 2 else None,
+    )
+    named = registry.place_id(site, place_type)
+    if named is None:
+        return []
+    # Its name alone may be another place's now, its own devices all taken out.
+    return [p for p in registry.places_within(community, place_type, named) if within(began, p)]
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

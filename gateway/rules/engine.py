@@ -30,7 +30,14 @@ from gateway.decode.record import (
     StatusReport,
     TimeSource,
 )
-from gateway.registry import COMMUNITY, RegisteredDevice, Registry, RegistryChanges
+from gateway.registry import (
+    COMMUNITY,
+    PLACE_TYPES,
+    RegisteredDevice,
+    Registry,
+    RegistryChanges,
+    Site,
+)
 from gateway.rules.alert import AlertChange, AlertState, Repeat
 from gateway.rules.evaluator import Action, Handler, Judged, Shape, build_handler
 from gateway.rules.expression import Unknown
@@ -169,6 +176,7 @@ class RuleEngine:
         never heard is watched from now, as one registered at start-up is from then; one
         it takes out (or registers as another type) is no longer watched as it was, to be
         found offline forever: if it still reports, it is heard again."""
+        self._rename_places(self._registry, registry)
         self._registry = registry
         # The evaluators read device attributes through the registry they were made with.
         self._forget_evaluators()
@@ -179,6 +187,32 @@ class RuleEngine:
             device = _ref(registered)
             if self.heard.get(device) is None:
                 self.heard.hear(device, now_ms)
+
+    def _rename_places(self, before: Registry, after: Registry) -> None:
+        """Correlations under way (an alert open, or devices within the window) about a
+        place that the reloaded registry calls otherwise, carried over to its new name:
+        once another compound has a building 3 too, lakeside's is east·lakeside·3, and
+        its detectors still alarming are the same fire, not a second one."""
+        under_way = {*self._correlations, *(k for k, _ in self.tracks.of_rules(self._correlation))}
+        for key in under_way:
+            place_type = self._correlation[key[0]].spec.place
+            renamed = _renamed(before, after, key[1], place_type, key[2])
+            if renamed is None:
+                continue
+            moved = (key[0], key[1], renamed, None)
+            if moved in self.tracks or moved in self._correlations:
+                # Under way under that name too (a state file kept with another sheet):
+                # neither is taken into the other.
+                continue
+            track = self.tracks.pop(key)
+            if track is not None:
+                self.tracks[moved] = track
+                self._dirty.update((key, moved))
+            hits = self._correlations.pop(key, {})
+            if hits:
+                self._correlations[moved] = hits
+            for device_id in hits:
+                self._hits_dirty.update(((key, device_id), (moved, device_id)))
 
     def load(self, rules: Sequence[Rule]) -> None:
         """Take a new set of rules; the state of rules that remain is kept."""
@@ -588,7 +622,9 @@ class RuleEngine:
         del self.tracks[key]
         self._forget_hits(key)
         self._dirty.add(key)
-        place = DeviceRef(key[1], rule.spec.place, key[2])
+        # Every change of an alert is about the place it began with, though a reload
+        # since calls that place otherwise (see `_rename_places`).
+        place = DeviceRef(key[1], rule.spec.place, _named(track.alert_id, key))
         return _change(
             rule, place, None, AlertState.RESOLVED, track.alert_id, track.since_ms, at_ms, {}
         )
@@ -1094,6 +1130,36 @@ def _alert_id(rule: str, device: DeviceRef, port: int | None, started_ms: int) -
     # Derived from what the alert is about, so a replay after a restart names it again.
     suffix = f":{port}" if port is not None else ""
     return f"{rule}:{device.community}:{device.device_id}{suffix}:{started_ms}"
+
+
+def _named(alert_id: str, key: TrackKey) -> str:
+    """What a correlation's alert named its place when it began, as its id says (see
+    `_alert_id`); that of `key` for an id not made so."""
+    began = f"{key[0]}:{key[1]}:"
+    if not alert_id.startswith(began):
+        return key[2]
+    return alert_id.removeprefix(began).rpartition(":")[0] or key[2]
+
+
+def _renamed(
+    before: Registry, after: Registry, community: str, place_type: str, place_id: str
+) -> str | None:
+    """What `after` calls the place `before` called `place_id`, where that is another
+    name; None if the same, or if `after` has no device there (another place may have
+    its name now: the old name's correlation is not taken into theirs)."""
+    if place_type == COMMUNITY:
+        return None
+    level = 1 + PLACE_TYPES.index(place_type)
+    places = before.places_within(community, place_type, place_id)
+    paths = {place[1 : level + 1] for place in places}
+    if len(paths) != 1:
+        return None
+    (path,) = paths
+    renamed = after.place_id(Site(*places[0]), place_type)
+    if renamed is None or renamed == place_id:
+        return None
+    there = after.places_within(community, place_type, renamed)
+    return renamed if any(place[1 : level + 1] == path for place in there) else None
 
 
 def _record_change(

@@ -582,6 +582,76 @@ async def test_an_alert_of_a_device_moved_while_it_is_open_stays_where_it_began(
 BR_1_MOVED = REGISTRY.replace(
     "br-1,bracelet,hgy,east,lakeside,3,2-301,", "br-1,bracelet,hgy,west,hillside,9,1-102,"
 )
+
+
+# Hillside, in area west, has a building 3 too: registered by a reload while lakeside's
+# building 3 is on fire.
+HILLSIDE_3 = "sd-9,smoke_detector,hgy,west,hillside,3,,,,,,,,\n"
+
+
+async def lakeside_on_fire_then_hillside_registered(site: Site, tmp_path: Path) -> str:
+    """Lakeside's building 3 on fire (its number its own then), then a reload that
+    registers hillside's building 3: the fire's alert id."""
+    path = config_file(site, tmp_path)
+    for device_id in ("sd-1", "sd-2"):
+        await site.send(
+            f"community/hgy/smoke_detector/{device_id}/event",
+            {"ts": site.clock.now_ms(), "event": "alarm"},
+        )
+    (fire,) = [a.alert_id for a in site.gateway.alerts.open_alerts() if a.rule == "building_fire"]
+    edit_registry(tmp_path, REGISTRY + HILLSIDE_3)
+    answer = await site.gateway.reload(path)
+    assert answer.taken, answer.said
+    return fire
+
+
+# An open alert stays where it began: the grid worker of another compound, whose
+# building of the same number a reload registered, neither lists nor opens lakeside's
+# fire.
+async def test_a_grid_worker_does_not_see_another_compounds_open_fire_after_a_reload(
+    site: Site, tmp_path: Path
+) -> None:
+    fire = await lakeside_on_fire_then_hillside_registered(site, tmp_path)
+    mine = (await site.get("/api/v1/alerts", WORKER)).json()["alerts"]
+    assert fire in {a["alert_id"] for a in mine}
+    theirs = (await site.get("/api/v1/alerts", OTHER_WORKER)).json()["alerts"]
+    assert fire not in {a["alert_id"] for a in theirs}
+    assert (await site.get(f"/api/v1/alerts/{fire}", OTHER_WORKER)).status_code == 404
+
+
+# A desk filtering the board by compound or area sees that place's alerts: an open fire
+# stays in the compound it began in.
+async def test_an_open_fire_is_not_found_in_another_compound_after_a_reload(
+    site: Site, tmp_path: Path
+) -> None:
+    fire = await lakeside_on_fire_then_hillside_registered(site, tmp_path)
+    for query in ("compound=lakeside", "area=east"):
+        listed = (await site.get(f"/api/v1/alerts?{query}", ADMIN)).json()["alerts"]
+        assert fire in {a["alert_id"] for a in listed}, query
+    for query in ("compound=hillside", "area=west"):
+        listed = (await site.get(f"/api/v1/alerts?{query}", ADMIN)).json()["alerts"]
+        assert fire not in {a["alert_id"] for a in listed}, query
+
+
+# The grid worker handling a fall must be able to call the wearer and the family: a
+# reload that moves the bracelet to another cell (its wearer moved house) leaves them
+# whole on the alert she is handling, which stays hers alone.
+async def test_the_grid_worker_handling_a_fall_still_sees_whom_to_call_after_a_reload(
+    site: Site, tmp_path: Path
+) -> None:
+    path = config_file(site, tmp_path)
+    fall = await site.fall()
+    edit_registry(tmp_path, BR_1_MOVED)
+    assert (await site.gateway.reload(path)).taken
+    assert (await site.get(f"/api/v1/alerts/{fall}", OTHER_WORKER)).status_code == 404
+    detail = await site.get(f"/api/v1/alerts/{fall}", WORKER)
+    assert detail.status_code == 200
+    assert detail.json()["alert"]["place"]["compound"] == "lakeside"
+    wearer = detail.json()["wearer"]
+    assert (wearer["name"], wearer["masked"]) == ("张三明", False)
+    assert wearer["emergency_contacts"][0]["phone"] == "+8613987654321"
+
+
 # A new resident's bracelet, sending before the registry's sheet had it.
 BR_9 = "br-9,bracelet,hgy,east,lakeside,5,3-502,,,赵桂兰,13811112222,,34.75,113.62\n"
 

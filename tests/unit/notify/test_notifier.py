@@ -1280,6 +1280,26 @@ def test_a_building_whose_name_another_compound_shares_goes_where_it_is(
     assert [t.receiver for t in router.targets(step, fire, T0)] == ["wang-fang", "office"]
 
 
+# A fire's escalation steps go to the grid worker of its cell: a step taken after a
+# reload that gives another compound a building of the same number does not send
+# lakeside's fire to that compound's worker.
+def test_a_fires_escalation_does_not_go_to_another_compounds_worker_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    lakeside = ("东区", "湖光小区")
+    before, _, _, fire = building_on_fire(tmp_path, {"sd-1": lakeside, "sd-2": lakeside})
+    assert fire.device_id == "3号楼"
+    jade_3 = RegisteredDevice(device_id="sd-9", device_type="smoke_detector", community="hgy",
+                              area="西区", compound="翠苑", building="3号楼")  # fmt: skip
+    router = Router(BUILDING_POLICY, Registry([*before.devices(), jade_3]), ZONE)
+    assert router.place(fire) == ("hgy", "东区", "湖光小区", "3号楼")
+    (route,) = router.routes(fire)
+    (step,) = BUILDING_POLICY.escalations[route.escalation]
+    assert [t.receiver for t in router.targets(step, fire, T0 + 180_000)] == [
+        "wang-fang", "office",
+    ]  # fmt: skip
+
+
 def outbox_commit(outbox: Outbox):  # type: ignore[no-untyped-def]
     async def commit(lines, write) -> None:  # type: ignore[no-untyped-def]
         outbox.commit(lines, [], None, write)

@@ -1163,6 +1163,68 @@ def test_a_rules_reload_keeps_the_detectors_that_alarmed() -> None:
     assert "building_fire" in [c.rule for c in fired if c.fired]
 
 
+# Lakeside's building 3, its number its own; a reload registers jade's building 3 while
+# it is on fire, and each then goes by its path (东区·湖光小区·3号楼).
+LAKESIDE_3 = [
+    RegisteredDevice(device_id=device_id, device_type="smoke_detector", community="hgy",
+                     area="东区", compound="湖光小区", building="3号楼")
+    for device_id in ("sd-1", "sd-2")
+]  # fmt: skip
+JADE_3 = RegisteredDevice(device_id="sd-9", device_type="smoke_detector", community="hgy",
+                          area="西区", compound="翠苑", building="3号楼")  # fmt: skip
+
+
+def building_fires(changes: list[AlertChange]) -> list[tuple[str, AlertState]]:
+    """The building alerts' changes told, each with the place it is about."""
+    return [(c.device.device_id, c.state) for c in changes if c.rule == "building_fire" and c.fired]
+
+
+# One fire is one alert: a reload in the middle of it that gives another compound a
+# building of the same number raises no second fire alert (a second round of calls),
+# and the detectors' all-clears end the first, in the series the dashboards show it in,
+# rather than leaving it open for hours.
+def test_a_reload_that_makes_a_building_name_shared_does_not_raise_a_second_fire() -> None:
+    before, after = Registry(LAKESIDE_3), Registry([*LAKESIDE_3, JADE_3])
+    e = RuleEngine(RULES, before, {"smoke_detector": 3600.0}, now_ms=T0)
+    sd1, sd2 = DETECTORS[:2]
+    fired = e.evaluate([reading(sd1, 0, alarm=True), reading(sd2, 30, alarm=True)])
+    assert building_fires(fired) == [("3号楼", AlertState.FIRING)]
+
+    e.use_registry(after, after.changes_from(before), T0 + 60_000)
+    still = e.evaluate([reading(sd1, 120, alarm=True), reading(sd2, 150, alarm=True)])
+    assert building_fires(still) == []
+    over = e.evaluate([reading(sd1, 400, alarm=False), reading(sd2, 420, alarm=False)])
+    assert building_fires(over) == [("3号楼", AlertState.RESOLVED)]
+    assert [c.alert_id for c in over if c.rule == "building_fire"] == [
+        c.alert_id for c in fired if c.rule == "building_fire"
+    ]
+
+
+# The same after a restart that follows the reload: the fire kept in the state file is
+# the one its detectors still alarm in.
+def test_a_fire_under_way_at_a_reload_is_the_same_fire_after_a_restart(tmp_path: Path) -> None:
+    before, after = Registry(LAKESIDE_3), Registry([*LAKESIDE_3, JADE_3])
+    gateway = Restarts(tmp_path / "state.sqlite3", before, {"smoke_detector": 3600.0})
+    sd1, sd2 = DETECTORS[:2]
+    first = gateway.start(T0)
+    fired = gateway.commit(
+        first.evaluate([reading(sd1, 0, alarm=True), reading(sd2, 30, alarm=True)])
+    )
+    (fire,) = [c.alert_id for c in fired if c.rule == "building_fire"]
+    first.engine.use_registry(after, after.changes_from(before), T0 + 60_000)
+    gateway.commit(first.tick(T0 + 60_000))
+    first.book.close()
+
+    gateway.registry = after
+    second = gateway.start(T0 + 90_000)
+    still = second.evaluate([reading(sd1, 120, alarm=True), reading(sd2, 150, alarm=True)])
+    assert building_fires(gateway.commit(still)) == []
+    over = second.evaluate([reading(sd1, 400, alarm=False), reading(sd2, 420, alarm=False)])
+    assert [(c.alert_id, c.state) for c in gateway.commit(over) if c.rule == "building_fire"] == [
+        (fire, AlertState.RESOLVED)
+    ]
+
+
 def silent_pair() -> RuleEngine:
     """Two bracelets, heard at T0; a bracelet is offline after 150 s of silence."""
     e = RuleEngine(RULES, Registry(), {"bracelet": 60.0}, now_ms=T0)
