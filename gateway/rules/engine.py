@@ -199,20 +199,46 @@ class RuleEngine:
             renamed = _renamed(before, after, key[1], place_type, key[2])
             if renamed is None:
                 continue
-            moved = (key[0], key[1], renamed, None)
-            if moved in self.tracks or moved in self._correlations:
-                # Under way under that name too (a state file kept with another sheet):
-                # neither is taken into the other.
+            self._move_place(key, renamed)
+
+    def place_alerts(self) -> list[str]:
+        """The alerts about places that the rules' tracks hold."""
+        return [track.alert_id for _, track in self.tracks.of_rules(self._correlation)]
+
+    def carry_places(self, began: Mapping[str, Site]) -> None:
+        """Correlations restored at a start about a place the registry now calls
+        otherwise (its sheet changed while the gateway was stopped), carried over to its
+        new name as a reload does: `began`, where each open place alert began, by id."""
+        for key, track in self.tracks.of_rules(self._correlation):
+            site = began.get(track.alert_id)
+            place_type = self._correlation[key[0]].spec.place
+            if site is None or place_type == COMMUNITY:
                 continue
-            track = self.tracks.pop(key)
-            if track is not None:
-                self.tracks[moved] = track
-                self._dirty.update((key, moved))
-            hits = self._correlations.pop(key, {})
-            if hits:
-                self._correlations[moved] = hits
-            for device_id in hits:
-                self._hits_dirty.update(((key, device_id), (moved, device_id)))
+            renamed = self._registry.place_id(site, place_type)
+            if renamed is None or renamed == key[2]:
+                continue
+            # Only to where its devices still are: another place may have its old name.
+            level = 1 + PLACE_TYPES.index(place_type)
+            path = (site.area, site.compound, site.building)[:level]
+            there = self._registry.places_within(key[1], place_type, renamed)
+            if any(place[1 : level + 1] == path for place in there):
+                self._move_place(key, renamed)
+
+    def _move_place(self, key: TrackKey, renamed: str) -> None:
+        moved = (key[0], key[1], renamed, None)
+        if moved in self.tracks or moved in self._correlations:
+            # Under way under that name too (a state file kept with another sheet):
+            # neither is taken into the other.
+            return
+        track = self.tracks.pop(key)
+        if track is not None:
+            self.tracks[moved] = track
+            self._dirty.update((key, moved))
+        hits = self._correlations.pop(key, {})
+        if hits:
+            self._correlations[moved] = hits
+        for device_id in hits:
+            self._hits_dirty.update(((key, device_id), (moved, device_id)))
 
     def load(self, rules: Sequence[Rule]) -> None:
         """Take a new set of rules; the state of rules that remain is kept."""

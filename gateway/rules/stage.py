@@ -55,6 +55,9 @@ class AlertStage:
         engine.taken = self._taken
         engine.closed = self._closed
         engine.restore(book.load_tracks())
+        # Where each open place alert began, should the sheet have renamed its place.
+        began = book.kept(engine.place_alerts())
+        engine.carry_places({alert_id: k.site for alert_id, k in began.items() if k.site})
         # Offline timers carry on from when each device was last heard, not from start-up.
         engine.restore_seen(book.load_last_seen())
         # A step of the wall clock, told apart from time passing at every tick, is nobody's
