@@ -49,6 +49,8 @@ def parse_yaml(path: Path, text: str) -> Any:
         raise ConfigError(str(path), exc.key, exc.problem) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(str(path), "", "nested too deeply to read") from exc
 
 
 class _DuplicateKey(Exception):

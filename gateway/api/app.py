@@ -8,11 +8,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
@@ -186,9 +189,34 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     problems = []
     for error in errors:
+        if error.get("type") == "json_invalid":
+            # Its place is a character of the body, not a field.
+            at = error.get("loc", ("body", 0))[-1]
+            reason = (error.get("ctx") or {}).get("error", "")
+            problems.append(f"body: not valid JSON at character {at}: {reason}".rstrip(": "))
+            continue
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         problems.append(f"{where}: {error.get('msg', 'invalid')}")
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's answer; but a 405's Allow names every method the address takes: GET
+    and POST of one address are two routes, and Starlette names the first's alone."""
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    if exc.status_code == 405:
+        # As the document has them: the app's routes are nested in its routers.
+        allowed = {
+            method.upper()
+            for template, operations in request.app.openapi()["paths"].items()
+            if compile_path(template)[0].fullmatch(request.url.path)
+            for method in operations
+        }
+        if allowed:
+            headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+    return await http_exception_handler(request, exc)
 
 
 def create_app(gateway: Gateway, config: ApiConfig) -> FastAPI:
@@ -202,6 +230,7 @@ def create_app(gateway: Gateway, config: ApiConfig) -> FastAPI:
     for kind in ERRORS:
         app.add_exception_handler(kind, _handler(kind))
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimit)
     for module in (devices, alerts, silences, rules, quarantine, health, metrics, pages):
         app.include_router(module.router)

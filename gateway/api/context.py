@@ -40,6 +40,10 @@ def strict_query(request: Request) -> None:
     # (WeChat's ?from=singlemessage&isappinstalled=0, utm_ tags): a page ignores them.
     if is_page(request.url.path):
         return
+    # A probe or a scraper configured with parameters of its own (Prometheus' `params:`)
+    # must not take a refusal for the gateway being down.
+    if request.url.path.startswith(("/health/", "/metrics")):
+        return
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
     if dependant is None:

@@ -284,5 +284,6 @@ def error_responses(*codes: int, **described: str) -> Responses:
     return out
 
 
-# Any request may be refused for its body's size before it is read.
-AUTH_ERRORS = error_responses(400, 401, 403, 413, 429)
+# Any request may be refused for its body's size before it is read, and for a query
+# parameter it does not take.
+AUTH_ERRORS = error_responses(400, 401, 403, 413, 422, 429)

@@ -105,14 +105,29 @@ def parse_condition(text: str) -> ast.expr:
     return tree.body
 
 
+# How much of a condition a message quotes.
+SHOWN_MAX_CHARS = 120
+
+
+def _shown(node: ast.AST) -> str:
+    """A part of a condition, quoted in a message: cut short, and never deeper than its
+    compile went (unparsing recurses further)."""
+    try:
+        text = ast.unparse(node)
+    except RecursionError:
+        return "a long part of the condition"
+    if len(text) > SHOWN_MAX_CHARS:
+        text = text[: SHOWN_MAX_CHARS - 1] + "…"
+    return repr(text)
+
+
 def _check_at_load(node: ast.AST) -> None:
     """What would fail at every record, refused when the rule loads instead."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         wanted = _ARITY.get(node.func.id)
         if wanted is not None and len(node.args) != wanted:
             raise ExpressionError(
-                f"{ast.unparse(node)!r}: {node.func.id} takes {wanted} argument(s), "
-                f"not {len(node.args)}"
+                f"{_shown(node)}: {node.func.id} takes {wanted} argument(s), not {len(node.args)}"
             )
     if isinstance(node, ast.BoolOp | ast.UnaryOp) and isinstance(
         node.op, ast.And | ast.Or | ast.Not
@@ -122,7 +137,7 @@ def _check_at_load(node: ast.AST) -> None:
             if isinstance(operand, ast.Constant) and not isinstance(operand.value, bool):
                 # `event == 'sos' or 'fall'` is always true: a text is no condition.
                 raise ExpressionError(
-                    f"{ast.unparse(node)!r}: {ast.unparse(operand)} is no condition; "
+                    f"{_shown(node)}: {ast.unparse(operand)} is no condition; "
                     f"compare with it, as in event in ('sos', 'fall')"
                 )
     if isinstance(node, ast.Compare):
@@ -130,14 +145,14 @@ def _check_at_load(node: ast.AST) -> None:
             if isinstance(op, ast.In | ast.NotIn) and not isinstance(right, ast.Tuple | ast.List):
                 # ('displaced') is a text, whose `in` finds parts of it: '' is in every one.
                 raise ExpressionError(
-                    f"{ast.unparse(node)!r}: `in` takes a list of values, such as "
+                    f"{_shown(node)}: `in` takes a list of values, such as "
                     "('displaced',) or ('sos', 'fall')"
                 )
     if isinstance(node, ast.Compare) and any(isinstance(op, _ORDERING) for op in node.ops):
         for operand in (node.left, *node.comparators):
             if isinstance(operand, ast.Constant) and isinstance(operand.value, str):
                 raise ExpressionError(
-                    f"{ast.unparse(node)!r} orders by the text {operand.value!r}: write a "
+                    f"{_shown(node)} orders by the text {operand.value!r}: write a "
                     "number without quotes"
                 )
 
@@ -213,7 +228,7 @@ def _compile(node: ast.expr) -> Evaluator:
         function = FUNCTIONS[node.func.id]
         args = [_compile(a) for a in node.args]
         return lambda scope: function(*(a(scope) for a in args))
-    raise ExpressionError(f"{ast.unparse(node)!r} is not allowed in a condition")
+    raise ExpressionError(f"{_shown(node)} is not allowed in a condition")
 
 
 def _coalesce(options: list[Evaluator]) -> Evaluator:
@@ -252,7 +267,7 @@ def _comparison(node: ast.Compare) -> Evaluator:
         if type(op) in _COMPARE
     ]
     if len(steps) != len(node.ops):
-        raise ExpressionError(f"{ast.unparse(node)!r} uses an unsupported comparison")
+        raise ExpressionError(f"{_shown(node)} uses an unsupported comparison")
 
     def compare(scope: Mapping[str, Any]) -> bool:
         a = left(scope)

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS silences (
 # Columns added since the table was first made, with their types: silences made before
 # them name no area or compound (NULL), and match as they did.
 _ADDED_COLUMNS = (("area", "TEXT"), ("compound", "TEXT"))
+# The longest silence: a building's renovation, a season's works on the sewers.
+MAX_SILENCE_MS = 366 * 86_400_000
 _STORED = "community, area, compound, building, device_id, rule, starts_ms, ends_ms, author, reason"
 
 
@@ -165,6 +167,13 @@ class SilenceBook:
             )
         if ends_ms <= starts_ms:
             raise SilenceError("a silence must end after it starts")
+        if ends_ms - max(starts_ms, now_ms) > MAX_SILENCE_MS:
+            # Microseconds, say, rather than milliseconds: a silence of the year 57,970,
+            # which would mute the community for good and never be let go.
+            raise SilenceError(
+                f"ends_ms {ends_ms} is more than a year after the silence starts (in ms "
+                "since 1970): a longer one is a change of the rules, not a silence"
+            )
         if not any((community, area, compound, building, device_id, rule)):
             raise SilenceError("a silence needs a device, a place or a rule to match")
         # Ids and place names repeat across the communities of one installation: a

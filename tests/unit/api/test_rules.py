@@ -123,3 +123,24 @@ async def test_rules_reloaded_through_the_api_that_a_route_no_longer_finds_are_r
         with pytest.raises(ConfigError, match=r"routes\[0\]\.match\.rules"):
             site.gateway.reload_rules()
         assert "fall" in {rule.name for rule in site.gateway.loaded_rules}
+
+
+# Whatever a rule file holds, its check names the file and what is wrong, never a crash:
+# nesting too deep to read, or a long condition with a mistake in it.
+async def test_a_rule_file_nested_too_deeply_is_refused_naming_it(site: Site) -> None:
+    answer = await site.post("/api/v1/rules/check", content="rules: " + "[" * 2000 + "]" * 2000)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == "new.yaml: nested too deeply to read"
+
+
+async def test_a_long_condition_with_a_mistake_is_refused_with_the_mistake(site: Site) -> None:
+    terms = " + ".join(["battery_pct"] * 600)
+    text = (
+        "rules:\n  - name: long_sum\n    title: t\n    device_types: [bracelet]\n"
+        f"    severity: info\n    when: \"{terms} in 'x'\"\n"
+    )
+    answer = await site.post("/api/v1/rules/check", content=text)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert detail.startswith("new.yaml: rule long_sum: condition: ") and "`in`" in detail
+    assert len(detail) < 400

@@ -148,3 +148,29 @@ async def test_a_rule_file_to_check_may_be_larger_than_other_bodies(site: Site) 
     refused = await site.post("/api/v1/rules/check", ADMIN, content=too_long)
     assert refused.status_code == 413
     assert refused.json()["detail"] == "request body over 262144 bytes (256 KiB)"
+
+
+# A client made from /openapi.json handles the answers it lists; a probe or a scraper
+# configured with parameters of its own gets its answer, not a refusal it would take
+# for the gateway down.
+async def test_an_unknown_query_parameter_gets_an_answer_the_document_lists(
+    site: Site,
+) -> None:
+    document = (await site.get("/openapi.json")).json()
+    for path, code in (("/api/v1/silences", 422), ("/api/v1/rules", 422),
+                       ("/health/live", 200), ("/health/ready", 200), ("/metrics", 200)):  # fmt: skip
+        answer = await site.get(f"{path}?verbose=1")
+        assert answer.status_code == code, (path, answer.text)
+        assert str(code) in document["paths"][path]["get"]["responses"], path
+
+
+# A body that is not JSON is refused saying so, and where the parser stopped.
+async def test_a_body_that_is_not_json_is_refused_saying_so(site: Site) -> None:
+    alert_id = await site.fall()
+    truncated = await site.post(
+        f"/api/v1/alerts/{alert_id}/close",
+        content=b'{"note": ',
+        headers={"Content-Type": "application/json"},
+    )
+    assert truncated.status_code == 422
+    assert truncated.json()["detail"].startswith("body: not valid JSON at character 9")

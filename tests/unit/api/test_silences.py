@@ -285,3 +285,29 @@ async def test_a_silence_of_a_community_no_device_can_be_in_is_refused(tmp_path:
         )
         assert made.status_code == 422, made.text
         assert "lyg" in made.json()["detail"]
+
+
+# A silence ends when its author meant: a time in microseconds is refused, as one in
+# seconds is, not taken as a silence muting the community for good.
+async def test_a_silence_ending_in_microseconds_is_refused(site: Site) -> None:
+    an_hour_on_us = (T0 + 3_600_000) * 1000
+    answer = await site.post(
+        "/api/v1/silences",
+        json={"community": "hgy", "ends_ms": an_hour_on_us, "reason": "maintenance"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert "more than a year" in answer.json()["detail"]
+    a_season = await site.post(
+        "/api/v1/silences",
+        json={"community": "hgy", "ends_ms": T0 + 90 * 86_400_000, "reason": "管网改造"},
+    )
+    assert a_season.status_code == 201, a_season.text
+
+
+# A script told 405 reads in Allow what the address takes: silences are made with POST.
+async def test_a_method_not_allowed_names_every_method_the_address_takes(site: Site) -> None:
+    answer = await site.client.put(
+        "/api/v1/silences", headers={"Authorization": f"Bearer {ADMIN}"}, json={}
+    )
+    assert answer.status_code == 405
+    assert {m.strip() for m in answer.headers["allow"].split(",")} == {"GET", "POST"}
