@@ -223,7 +223,11 @@ async def list_alerts(
             (community is not None and entry.community != community)
             or (severity is not None and entry.severity != severity)
             or (rule is not None and entry.rule != rule)
-            or (device_id is not None and entry.device_id != device_id)
+            # A device's alerts, not those of the building it is named like (detector 3).
+            or (
+                device_id is not None
+                and (entry.device_id != device_id or entry.device_type in ALERT_PLACES)
+            )
             or (since_ms is not None and entry.started_ms < since_ms)
             or not visible(ctx, principal, entry)
         ):

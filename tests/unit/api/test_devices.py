@@ -356,3 +356,6 @@ async def test_a_device_named_like_a_building_on_fire_is_not_shown_in_alarm(
         assert device["state"] == "normal"
         alarming = (await site.get("/api/v1/devices?state=alarm", ADMIN)).json()["devices"]
         assert {d["device_id"] for d in alarming} == {"sd-1", "sd-2"}
+        for state in ("open", "all"):
+            its_alerts = await site.get(f"/api/v1/alerts?device_id=3&state={state}", ADMIN)
+            assert its_alerts.json()["alerts"] == [], state
