@@ -933,11 +933,7 @@ class RuleEngine:
                 elif device_id not in seen_ms:
                     seen_ms[device_id] = self._started_ms
                 continue
-            # Never back: readings a device kept and sends after its reading of now
-            # (back in range) say nothing of its silence since.
-            heard_ms = time_ms if time_ms > floor_ms else floor_ms
-            if heard_ms > seen_ms.get(device_id, -1):
-                seen_ms[device_id] = heard_ms
+            seen_ms[device_id] = time_ms if time_ms > floor_ms else floor_ms
             shapes = recent[(type(record) is Event) * 2 + (record.port is None)]
             keys = record.fields.keys()
             for names, known in shapes:

@@ -1275,19 +1275,6 @@ def test_a_retained_status_with_no_time_does_not_put_off_a_silent_device_going_o
     ]
 
 
-def test_readings_a_bracelet_kept_and_sends_late_do_not_make_it_offline() -> None:
-    # Back in range, a bracelet sends its reading of now, then the hour of readings it
-    # kept: heard now, it is not offline minutes later because its last messages were
-    # of an hour ago.
-    e = RuleEngine(RULES, Registry([]), {"bracelet": 60.0}, now_ms=T0)
-    e.evaluate([reading(WRIST, 3_600, heart_rate_bpm=70)])
-    e.evaluate([reading(WRIST, t_s, heart_rate_bpm=70) for t_s in range(0, 3_600, 60)])
-    assert e.tick(T0 + 3_700_000) == []
-    assert e.tick(T0 + 3_745_000) == []
-    offline = e.tick(T0 + 3_751_000)
-    assert [(c.device.device_id, c.state) for c in offline] == [("br-1", AlertState.FIRING)]
-
-
 def test_a_device_whose_message_waits_in_a_backlog_is_not_offline() -> None:
     e = silent_pair()
     # The gateway is ten minutes behind: it judges what one bracelet sent at 100 s and
