@@ -14,6 +14,7 @@ from playwright.async_api import Page, Route, expect
 from gateway.api import pages
 from gateway.app import Gateway
 from gateway.config import ApiConfig, ApiToken, GatewayConfig
+from gateway.errors import StoreError
 from gateway.notify.policy import NotifyPolicy
 from tests.integration.browser import chromium
 from tests.integration.harness import Publisher, gateway_config, running, wait_until
@@ -214,7 +215,7 @@ async def test_the_gateway_s_root_leads_to_the_board_under_a_proxy_s_path_withou
 
 
 async def test_a_take_that_fails_is_said_on_the_board_and_can_be_tried_again(
-    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A desk that presses 接单 and is told nothing believes the alert taken, and sends
     # nobody: a failure is said in Chinese, with the gateway's reason for a refusal, and
@@ -230,27 +231,27 @@ async def test_a_take_that_fails_is_said_on_the_board_and_can_be_tried_again(
         notice = board.get_by_role("alert")
         await take.focus()
 
-        # A proxy's error page in place of the gateway's answer, then no answer at all.
-        async def bad_gateway(route: Route) -> None:
-            await route.fulfill(status=502, content_type="text/html", body="<h1>502</h1>")
+        # The gateway failing (its disk full), then no answer at all (the network down).
+        acknowledge = gateway.desk.acknowledge
 
-        async def unreachable(route: Route) -> None:
-            await route.abort("internetdisconnected")
+        async def failing(*args: object, **kwargs: object) -> None:
+            raise StoreError("database or disk is full", retryable=True)
 
-        for failure, said in (
-            (bad_gateway, "网关暂时无法处理（502）"),
-            (unreachable, "网络故障"),
-        ):
-            await board.route("**/acknowledge", failure)
+        for failure, said in (("gateway", "网关暂时无法处理（502）"), ("network", "网络故障")):
+            if failure == "gateway":
+                monkeypatch.setattr(gateway.desk, "acknowledge", failing)
+            else:
+                await board.context.set_offline(True)
             await board.keyboard.press("Enter")
             await expect(notice).to_contain_text("接单失败：跌倒")
             await expect(notice).to_contain_text(said)
             await expect(take).to_have_text("接单")
             await expect(take).to_be_focused()
-            await board.unroute("**/acknowledge")
+            monkeypatch.setattr(gateway.desk, "acknowledge", acknowledge)
+            await board.context.set_offline(False)
             assert gateway.alerts.get(fall.alert_id).acknowledged_by is None
-            # The board's own state is not hidden by it: its stream is still live.
-            await expect(board.locator("#status")).to_have_text("实时")
+            # The board's own state is not hidden by it: its stream is live (again).
+            await expect(board.locator("#status")).to_have_text("实时", timeout=15_000)
 
         await board.keyboard.press("Enter")
         await expect(row.locator("td.state")).to_have_text("已接单")
@@ -265,11 +266,11 @@ async def test_a_take_that_fails_is_said_on_the_board_and_can_be_tried_again(
         (sos,) = [a for a in gateway.alerts.open_alerts() if a.alert_id != fall.alert_id]
         take = board.locator(f'tr[data-alert-id="{sos.alert_id}"]').get_by_role("button")
 
-        async def taken_first(route: Route) -> None:
-            await gateway.desk.acknowledge(sos.alert_id, "wang-fang")
-            await route.continue_()
+        async def taken_first(alert_id: str, actor: str) -> None:
+            await acknowledge(sos.alert_id, "wang-fang")
+            await acknowledge(alert_id, actor)
 
-        await board.route("**/acknowledge", taken_first)
+        monkeypatch.setattr(gateway.desk, "acknowledge", taken_first)
         await take.click()
         await expect(notice).to_contain_text("接单失败：一键呼救")
         await expect(notice).to_contain_text("告警状态已变化，不能接单（网关答复 409：")
@@ -282,22 +283,23 @@ async def test_a_take_that_fails_is_said_on_the_board_and_can_be_tried_again(
 
 
 async def test_a_board_says_a_failed_load_and_is_live_again_once_a_load_succeeds(
-    tmp_path: Path, mosquitto: MosquittoService, namespace: str
+    tmp_path: Path, mosquitto: MosquittoService, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A load that fails (a proxy's 502 for a moment) is said; the next that succeeds
     # shows the alerts as they are, and so does the status: not "加载失败" for good.
-    async with live_board(tmp_path, mosquitto, namespace) as (_, board, publisher):
+    async with live_board(tmp_path, mosquitto, namespace) as (gateway, board, publisher):
         status = board.locator("#status")
+        open_alerts = gateway.alerts.open_alerts
 
-        async def bad_gateway(route: Route) -> None:
-            await route.fulfill(status=502, content_type="text/html", body="<h1>502</h1>")
+        def failing(*args: object, **kwargs: object) -> None:
+            raise StoreError("disk I/O error", retryable=True)
 
-        await board.route("**/alerts?state=open", bad_gateway)
+        monkeypatch.setattr(gateway.alerts, "open_alerts", failing)
         publisher.publish_all(
             [(f"community/{namespace}/bracelet/br-1/event", {"event": "fall", "seq": 1})]
         )
         await expect(status).to_have_text("加载失败 502")
-        await board.unroute("**/alerts?state=open")
+        monkeypatch.setattr(gateway.alerts, "open_alerts", open_alerts)
         publisher.publish_all(
             [(f"community/{namespace}/bracelet/br-1/event", {"event": "sos", "seq": 2})]
         )
