@@ -10,8 +10,8 @@ has lasted `after_s` (the gateway no longer starting, say); and once more when i
 over for `after_s`. One put on duty for them (by a reload) while it lasts is told of it at
 the next look, once, and hears its end as the others do. These intervals go by the
 monotonic clock: the box often boots with a wrong wall clock that NTP later sets forward
-or back, which must neither hold a notice back nor make a fault of a moment. The wall clock is only for what people read, and for
-keys.
+or back, which must neither hold a notice back nor make a fault of a moment. The wall
+clock is only for what people read, and for keys.
 
 What was told, and what is owed, is kept in a small file of its own, written off the
 event loop whenever it changes, before the notices go and once they went: a restart

@@ -33,6 +33,7 @@ from gateway.decode.record import (
 from gateway.registry import (
     COMMUNITY,
     PLACE_TYPES,
+    Place,
     RegisteredDevice,
     Registry,
     RegistryChanges,
@@ -214,14 +215,9 @@ class RuleEngine:
             place_type = self._correlation[key[0]].spec.place
             if site is None or place_type == COMMUNITY:
                 continue
-            renamed = self._registry.place_id(site, place_type)
-            if renamed is None or renamed == key[2]:
-                continue
-            # Only to where its devices still are: another place may have its old name.
-            level = 1 + PLACE_TYPES.index(place_type)
-            path = (site.area, site.compound, site.building)[:level]
-            there = self._registry.places_within(key[1], place_type, renamed)
-            if any(place[1 : level + 1] == path for place in there):
+            place = (key[1], site.area, site.compound, site.building)
+            renamed = _called_now(self._registry, place_type, place, key[2])
+            if renamed is not None:
                 self._move_place(key, renamed)
 
     def _move_place(self, key: TrackKey, renamed: str) -> None:
@@ -1173,15 +1169,21 @@ def _renamed(
         return None
     level = 1 + PLACE_TYPES.index(place_type)
     places = before.places_within(community, place_type, place_id)
-    paths = {place[1 : level + 1] for place in places}
-    if len(paths) != 1:
+    if len({place[1 : level + 1] for place in places}) != 1:
         return None
-    (path,) = paths
-    renamed = after.place_id(Site(*places[0]), place_type)
+    return _called_now(after, place_type, places[0], place_id)
+
+
+def _called_now(registry: Registry, place_type: str, place: Place, place_id: str) -> str | None:
+    """What `registry` calls the area, compound or building `place` is in, where that is
+    not `place_id`; None if the same, or if the registry has no device there (another
+    place may have its name now: a correlation of the old name is not taken into theirs)."""
+    renamed = registry.place_id(Site(*place), place_type)
     if renamed is None or renamed == place_id:
         return None
-    there = after.places_within(community, place_type, renamed)
-    return renamed if any(place[1 : level + 1] == path for place in there) else None
+    level = 1 + PLACE_TYPES.index(place_type)
+    there = registry.places_within(place[0], place_type, renamed)
+    return renamed if any(p[1 : level + 1] == place[1 : level + 1] for p in there) else None
 
 
 def _record_change(

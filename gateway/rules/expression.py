@@ -109,7 +109,7 @@ def parse_condition(text: str) -> ast.expr:
 SHOWN_MAX_CHARS = 120
 
 
-def _shown(node: ast.AST) -> str:
+def quoted(node: ast.AST) -> str:
     """A part of a condition, quoted in a message: cut short, and never deeper than its
     compile went (unparsing recurses further)."""
     try:
@@ -127,7 +127,7 @@ def _check_at_load(node: ast.AST) -> None:
         wanted = _ARITY.get(node.func.id)
         if wanted is not None and len(node.args) != wanted:
             raise ExpressionError(
-                f"{_shown(node)}: {node.func.id} takes {wanted} argument(s), not {len(node.args)}"
+                f"{quoted(node)}: {node.func.id} takes {wanted} argument(s), not {len(node.args)}"
             )
     if isinstance(node, ast.BoolOp | ast.UnaryOp) and isinstance(
         node.op, ast.And | ast.Or | ast.Not
@@ -137,7 +137,7 @@ def _check_at_load(node: ast.AST) -> None:
             if isinstance(operand, ast.Constant) and not isinstance(operand.value, bool):
                 # `event == 'sos' or 'fall'` is always true: a text is no condition.
                 raise ExpressionError(
-                    f"{_shown(node)}: {ast.unparse(operand)} is no condition; "
+                    f"{quoted(node)}: {ast.unparse(operand)} is no condition; "
                     f"compare with it, as in event in ('sos', 'fall')"
                 )
     if isinstance(node, ast.Compare):
@@ -145,14 +145,14 @@ def _check_at_load(node: ast.AST) -> None:
             if isinstance(op, ast.In | ast.NotIn) and not isinstance(right, ast.Tuple | ast.List):
                 # ('displaced') is a text, whose `in` finds parts of it: '' is in every one.
                 raise ExpressionError(
-                    f"{_shown(node)}: `in` takes a list of values, such as "
+                    f"{quoted(node)}: `in` takes a list of values, such as "
                     "('displaced',) or ('sos', 'fall')"
                 )
     if isinstance(node, ast.Compare) and any(isinstance(op, _ORDERING) for op in node.ops):
         for operand in (node.left, *node.comparators):
             if isinstance(operand, ast.Constant) and isinstance(operand.value, str):
                 raise ExpressionError(
-                    f"{_shown(node)} orders by the text {operand.value!r}: write a "
+                    f"{quoted(node)} orders by the text {operand.value!r}: write a "
                     "number without quotes"
                 )
 
@@ -228,7 +228,7 @@ def _compile(node: ast.expr) -> Evaluator:
         function = FUNCTIONS[node.func.id]
         args = [_compile(a) for a in node.args]
         return lambda scope: function(*(a(scope) for a in args))
-    raise ExpressionError(f"{_shown(node)} is not allowed in a condition")
+    raise ExpressionError(f"{quoted(node)} is not allowed in a condition")
 
 
 def _coalesce(options: list[Evaluator]) -> Evaluator:
@@ -267,7 +267,7 @@ def _comparison(node: ast.Compare) -> Evaluator:
         if type(op) in _COMPARE
     ]
     if len(steps) != len(node.ops):
-        raise ExpressionError(f"{_shown(node)} uses an unsupported comparison")
+        raise ExpressionError(f"{quoted(node)} uses an unsupported comparison")
 
     def compare(scope: Mapping[str, Any]) -> bool:
         a = left(scope)

@@ -20,6 +20,7 @@ from gateway.rules.expression import (
     device_attributes_in,
     names_in,
     parse_condition,
+    quoted,
 )
 from gateway.rules.schedule import DailyWindow
 from gateway.textfile import parse_yaml, read_text, yaml_files
@@ -365,7 +366,7 @@ def _mistyped_comparison(tree: ast.expr, typed: dict[str, set[str]]) -> str | No
                     if kind is not None and not _COMPARABLE[kind] & typed[field]:
                         declared = " or ".join(sorted(typed[field]))
                         return (
-                            f"{ast.unparse(node)!r} compares {field}, a {declared} field, "
+                            f"{quoted(node)} compares {field}, a {declared} field, "
                             f"with {ast.unparse(item)}, which it never equals"
                             + (
                                 ": write true or false without quotes"

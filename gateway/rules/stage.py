@@ -159,9 +159,9 @@ class AlertStage:
 
         An alert is made again neither if the book has it closed, nor if retention let it
         go (a life-safety one), nor if its record is older than the alerts the book keeps,
-        or kept when retention let the others go, and the book does not have it. A life-safety alarm of such a record is made: one
-        from a device whose clock a flat battery set back years, never seen, must reach a
-        person."""
+        or kept when retention let the others go, and the book does not have it. A
+        life-safety alarm of such a record is made: one from a device whose clock a flat
+        battery set back years, never seen, must reach a person."""
         found = kept.get(change.alert_id)
         if found is not None:
             # An alert closed while its condition held clears as any other.
